@@ -1,0 +1,1 @@
+"""cli: the ``p2pblog`` command line (click).  Nothing imports this package."""

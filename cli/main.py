@@ -1,0 +1,351 @@
+"""The ``p2pblog`` command line.
+
+Offline commands (init, id, post, log, verify, export, import) open the home
+directory's key file and store directly.  Output that scripts read (a handle,
+an entry id, JSON) goes to stdout; messages for people go to stderr.  Expected
+failures print one ``Error: ...`` line and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import click
+
+from identity import Identity, KeyFileError, PassphraseError, decode_handle, encode_handle
+from identity.handle import HandleError, fingerprint
+from identity.keyfile import key_file_is_encrypted
+from p2pblog.entry import (
+    FOLLOW,
+    POST,
+    PROFILE,
+    entry_to_json,
+    parse_entry_id,
+    post_body,
+    validate_body,
+)
+from p2pblog.errors import P2PBlogError
+from p2pblog.feedfile import FeedFileError, read_feed, write_feed
+from p2pblog.home import Home, default_home
+from p2pblog.store import FeedItem
+
+PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Group(click.Group):
+    """Turns the errors users can cause into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (P2PBlogError, KeyFileError, HandleError, OSError) as exc:
+            raise click.ClickException(_message(exc)) from None
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}"
+    return str(exc) or type(exc).__name__
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="P2PBLOG_HOME",
+    help="The node's data directory (key file and store). "
+    "Default: $P2PBLOG_HOME, else the platform's user data directory.",
+)
+@click.version_option(package_name="p2pblog")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None) -> None:
+    """p2pblog: a peer-to-peer microblogging node.
+
+    Every node keeps a signed, hash-chained log of its owner's posts.  Start
+    with `p2pblog init`, then `p2pblog post TEXT` and `p2pblog log`.
+    """
+    ctx.obj = Home(home if home is not None else default_home())
+
+
+def _home() -> Home:
+    home = click.get_current_context().find_object(Home)
+    assert home is not None
+    return home
+
+
+def _passphrase(*, confirm: bool = False) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise PassphraseError(f"the key is encrypted: set {PASSPHRASE_ENV} or run in a terminal")
+    return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+def _identity(home: Home) -> Identity:
+    if home.exists() and key_file_is_encrypted(home.key_file):
+        return home.load_identity(_passphrase())
+    return home.load_identity()
+
+
+def _public_key(home: Home) -> bytes:
+    """The own public key, without unlocking an encrypted key file."""
+    if not home.exists():
+        home.load_identity()  # raises the "no identity" error
+    doc = json.loads(home.key_file.read_bytes())
+    return bytes.fromhex(doc["public"])
+
+
+def _feed_key(handle: str | None, home: Home) -> bytes:
+    return _public_key(home) if handle is None else decode_handle(handle)
+
+
+def _when(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _echo_item(item: FeedItem) -> None:
+    e = item.entry
+    click.echo(f"[{fingerprint(e.author)} #{e.seq}] {_when(e.timestamp)}  {e.kind}  id {e.id.hex()}")
+    if item.deleted:
+        click.echo("    (deleted by its author)")
+    elif e.kind == POST:
+        for line in (e.text or "").splitlines() or [""]:
+            click.echo(f"    {line}")
+        if e.reply_to:
+            click.echo(f"    (reply to {e.reply_to.hex()})")
+    elif e.feed is not None:
+        click.echo(f"    {e.kind} {encode_handle(e.feed)}")
+    elif e.kind == PROFILE:
+        click.echo("    " + ", ".join(f"{k}: {v}" for k, v in e.body.items()))
+    elif e.target is not None:
+        click.echo(f"    retracts {e.target.hex()}")
+
+
+def _items_json(items: list[FeedItem]) -> str:
+    return json.dumps([entry_to_json(i.entry, retracted=i.deleted) for i in items], indent=2)
+
+
+# --- commands ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", help="A display name, recorded as the first (profile) entry of the feed.")
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help=f"Protect the key with a passphrase (prompted, or ${PASSPHRASE_ENV}).",
+)
+def init(name: str | None, encrypt: bool) -> None:
+    """Create this node's identity and store, and print its handle.
+
+    Refuses if the home directory already has an identity.
+    """
+    home = _home()
+    identity = Identity.generate()
+    passphrase = _passphrase(confirm=True) if encrypt else None
+    if name is not None:
+        validate_body(PROFILE, {"name": name})  # before anything is written
+    home.create(identity, passphrase)
+    if name is not None:
+        with home.open_store() as store:
+            store.append(identity, PROFILE, {"name": name}, now_ms())
+    click.echo(f"Created identity in {home.path} (fingerprint {identity.fingerprint})", err=True)
+    click.echo(identity.handle)
+
+
+@main.command("id")
+@click.option("--json", "as_json", is_flag=True, help="Print handle, fingerprint and home as JSON.")
+def id_(as_json: bool) -> None:
+    """Print this node's own handle."""
+    home = _home()
+    key = _public_key(home)
+    if as_json:
+        doc = {
+            "handle": encode_handle(key),
+            "fingerprint": fingerprint(key),
+            "home": str(home.path),
+        }
+        click.echo(json.dumps(doc))
+    else:
+        click.echo(encode_handle(key))
+
+
+@main.command()
+@click.argument("text")
+@click.option("--reply-to", "reply_to", metavar="ENTRY_ID", help="Id of the post this replies to.")
+def post(text: str, reply_to: str | None) -> None:
+    """Append a signed post to the own feed and print its entry id.
+
+    Works with no node running; @handles in TEXT become mentions.
+    """
+    home = _home()
+    parent = None
+    if reply_to is not None:
+        try:
+            parent = parse_entry_id(reply_to)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--reply-to") from None
+    body = post_body(text, parent)
+    identity = _identity(home)
+    with home.open_store() as store:
+        entry = store.append(identity, POST, body, now_ms())
+    click.echo(f"Posted #{entry.seq}", err=True)
+    click.echo(entry.id.hex())
+
+
+@main.command()
+@click.argument("handle", required=False)
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
+def log(handle: str | None, limit: int, as_json: bool) -> None:
+    """Show a feed from the local store, newest first (default: your own)."""
+    home = _home()
+    key = _feed_key(handle, home)
+    with home.open_store() as store:
+        items = store.feed(key, limit=limit)
+        forked = store.feed_state(key).forked_seq
+    if as_json:
+        click.echo(_items_json(items))
+        return
+    if not items:
+        click.echo(f"No entries of {encode_handle(key)} in the local store.", err=True)
+    if forked is not None:
+        click.echo(f"Warning: this feed is forked at seq {forked}.", err=True)
+    for item in items:
+        _echo_item(item)
+
+
+@main.command()
+@click.argument("handle", required=False)
+def verify(handle: str | None) -> None:
+    """Re-verify every stored entry (signature, seq, hash chain).
+
+    Checks one feed if HANDLE is given, else all.  Exits 1 if anything is wrong.
+    """
+    home = _home()
+    key = None if handle is None else decode_handle(handle)
+    with home.open_store() as store:
+        report = store.verify(key)
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+    status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    click.echo(f"verified {report.entries} entries in {report.feeds} feed(s): {status}")
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("handle")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def export(handle: str, file: Path) -> None:
+    """Write a feed's signed entries to FILE (for backup or hand-carrying)."""
+    home = _home()
+    key = decode_handle(handle)
+    with home.open_store() as store:
+        if store.latest_seq(key) == 0:
+            raise click.ClickException(f"no entries of {encode_handle(key)} in the local store")
+        tmp = file.with_name(file.name + ".part")
+        with tmp.open("wb") as out:
+            count = write_feed(out, (e.raw for e in store.feed_range(key, 1)))
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.replace(file)
+    click.echo(f"exported {count} entries of {encode_handle(key)} to {file}")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_(file: Path) -> None:
+    """Verify and store the entries of a feed file.
+
+    The valid contiguous prefix is stored; the rest is refused with the reason
+    and a non-zero exit.
+    """
+    home = _home()
+    file_error: list[FeedFileError] = []
+
+    def frames(source: BinaryIO) -> Iterator[bytes]:
+        try:
+            yield from read_feed(source)
+        except FeedFileError as exc:
+            file_error.append(exc)
+
+    with home.open_store() as store, file.open("rb") as source:
+        report = store.ingest_many(frames(source))
+    click.echo(f"imported {report.accepted} new entries ({report.duplicates} already present) from {file}")
+    failed = False
+    for author, seq in report.fork_seqs:
+        click.echo(
+            f"Error: fork: {encode_handle(author)} signed two entries with seq {seq}; "
+            "both kept as proof, the feed is marked forked",
+            err=True,
+        )
+        failed = True
+    if report.error is not None:
+        click.echo(
+            f"Error: refused {report.refused} entries from entry {(report.error_index or 0) + 1} "
+            f"on: {report.error}",
+            err=True,
+        )
+        failed = True
+    if file_error:
+        click.echo(f"Error: {file_error[0]}", err=True)
+        failed = True
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+def demo() -> None:
+    """Show p2pblog working, offline, in a throw-away directory.
+
+    Creates two identities (alice and bob), has alice post (one post
+    mentions bob, one replies), hand-carries alice's feed to bob as a feed
+    file, and shows bob's timeline after verifying everything.
+    """
+    with tempfile.TemporaryDirectory(prefix="p2pblog-demo-") as tmp:
+        root = Path(tmp)
+        alice_home, bob_home = Home(root / "alice"), Home(root / "bob")
+        alice, bob = Identity.generate(), Identity.generate()
+        alice_home.create(alice)
+        bob_home.create(bob)
+        click.echo(f"alice is {alice.handle}")
+        click.echo(f"bob   is {bob.handle}")
+        with alice_home.open_store() as store:
+            store.append(alice, PROFILE, {"name": "alice"}, now_ms())
+            first = store.append(alice, POST, post_body("Hello, peer-to-peer world!"), now_ms())
+            store.append(alice, POST, post_body(f"Welcome {bob.handle}, good to see you."), now_ms())
+            store.append(alice, POST, post_body("Replying to myself.", first.id), now_ms())
+            click.echo(f"alice posted {store.latest_seq(alice.public_key)} entries")
+            feed_file = root / "alice.feed"
+            with feed_file.open("wb") as out:
+                write_feed(out, (e.raw for e in store.feed_range(alice.public_key, 1)))
+        click.echo(f"alice exported her feed to a file ({feed_file.stat().st_size} bytes)")
+        with bob_home.open_store() as store:
+            store.append(bob, FOLLOW, {"feed": alice.public_key}, now_ms())
+            with feed_file.open("rb") as source:
+                report = store.ingest_many(read_feed(source))
+            click.echo(f"bob followed alice and imported {report.accepted} verified entries")
+            check = store.verify()
+            click.echo(
+                f"bob's store: {check.entries} entries verified, {'ok' if check.ok else check.problems}"
+            )
+            click.echo("\nbob's timeline:")
+            for item in store.timeline(bob.public_key):
+                _echo_item(item)
+            click.echo("\nbob's mentions:")
+            for item in store.mentions(bob.public_key):
+                _echo_item(item)

@@ -1,0 +1,86 @@
+"""Ed25519 identities: generation, signing and verification (PyNaCl / libsodium).
+
+An `Identity` holds a signing key.  Everything that signs in p2pblog goes
+through `Identity.sign`, and everything that verifies goes through `verify`,
+so that the RFC 8032 vectors in ``tests/vectors`` test exactly the wrapper the
+rest of the code uses.
+
+Signed bytes use libsodium's combined form: the 64-byte signature followed by
+the message (``crypto_sign``).  `verify` returns the message on success.
+"""
+
+from __future__ import annotations
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+
+from identity.handle import encode_handle, fingerprint
+
+SIGNATURE_BYTES = 64
+PUBLIC_KEY_BYTES = 32
+SEED_BYTES = 32
+
+
+class SignatureError(ValueError):
+    """A signature does not verify against the claimed key."""
+
+
+class Identity:
+    """An Ed25519 keypair: the public key is the feed id."""
+
+    __slots__ = ("_signing_key", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SEED_BYTES:
+            raise ValueError(f"an Ed25519 seed is {SEED_BYTES} bytes, got {len(seed)}")
+        self._signing_key = nacl.signing.SigningKey(seed)
+        self.public_key: bytes = bytes(self._signing_key.verify_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._signing_key)
+
+    @property
+    def handle(self) -> str:
+        return encode_handle(self.public_key)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def sign(self, message: bytes) -> bytes:
+        """Return signature || message (libsodium combined form)."""
+        return bytes(self._signing_key.sign(message))
+
+    def signature(self, message: bytes) -> bytes:
+        """Return the detached 64-byte signature of message."""
+        return self._signing_key.sign(message).signature
+
+    def __repr__(self) -> str:
+        return f"Identity({self.handle})"
+
+
+def verify(public_key: bytes, signed: bytes) -> bytes:
+    """Check signature || message against public_key; return the message.
+
+    Raises `SignatureError` for a bad signature, a malformed key or a short
+    input.  libsodium rejects non-canonical signatures and small-order keys.
+    """
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signed) < SIGNATURE_BYTES:
+        raise SignatureError("malformed key or signature")
+    try:
+        return nacl.bindings.crypto_sign_open(signed, public_key)
+    except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
+        raise SignatureError("signature does not verify") from exc
+
+
+def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Check a detached signature; raise `SignatureError` if it is wrong."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise SignatureError("a signature is 64 bytes")
+    verify(public_key, signature + message)

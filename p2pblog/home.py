@@ -1,0 +1,70 @@
+"""A node's home directory: where its key file and store live.
+
+Layout (documented in the README's user guide)::
+
+    HOME/identity.key     the Ed25519 key file (0600, optionally encrypted)
+    HOME/store.sqlite3    the SQLite store (+ -wal / -shm files)
+
+HOME is ``--home``, else ``$P2PBLOG_HOME``, else the platform's user data
+directory.  Several nodes on one machine use several homes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from identity import Identity, read_key_file, write_key_file
+from p2pblog.errors import P2PBlogError
+from p2pblog.store import Store
+
+KEY_FILE = "identity.key"
+STORE_FILE = "store.sqlite3"
+
+
+class HomeError(P2PBlogError):
+    """The home directory has no identity, or already has one."""
+
+
+def default_home() -> Path:
+    env = os.environ.get("P2PBLOG_HOME")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("p2pblog", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @property
+    def key_file(self) -> Path:
+        return self.path / KEY_FILE
+
+    @property
+    def store_file(self) -> Path:
+        return self.path / STORE_FILE
+
+    def exists(self) -> bool:
+        return self.key_file.exists()
+
+    def create(self, identity: Identity, passphrase: str | None = None) -> None:
+        """Write the identity and an empty store; refuse if one is there."""
+        if self.exists():
+            raise HomeError(f"an identity already exists in {self.path}")
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_key_file(self.key_file, identity, passphrase)
+        Store(self.store_file).close()
+
+    def load_identity(self, passphrase: str | None = None) -> Identity:
+        if not self.exists():
+            raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
+        return read_key_file(self.key_file, passphrase)
+
+    def open_store(self) -> Store:
+        if not self.exists():
+            raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
+        return Store(self.store_file)

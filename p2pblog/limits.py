@@ -1,0 +1,33 @@
+"""Protocol constants: every size and count limit of p2pblog, in one place.
+
+ARCHITECTURE.md fixes the first four.  Each limit is enforced where input
+enters (decoders, the CLI, the store) with a declared error or a counted drop.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Longest post text, in Unicode code points.
+MAX_POST_CHARS: Final = 500
+#: Largest signed entry (signature + content), in bytes.
+MAX_ENTRY_BYTES: Final = 8 * 1024
+#: Largest gossip frame, in bytes.
+MAX_FRAME_BYTES: Final = 1024 * 1024
+#: Largest DHT datagram (rpcudp's request limit) and DHT value, in bytes.
+MAX_DATAGRAM_BYTES: Final = 8 * 1024
+MAX_DHT_VALUE_BYTES: Final = 1024
+
+#: Mentions carried by one post.
+MAX_MENTIONS: Final = 16
+#: Profile display name and bio, in code points.
+MAX_PROFILE_NAME_CHARS: Final = 64
+MAX_PROFILE_BIO_CHARS: Final = 280
+#: Timestamps are integer milliseconds since the Unix epoch, below 2**53 so
+#: that every JSON reader keeps them exact.
+MAX_TIMESTAMP_MS: Final = 2**53 - 1
+#: Highest sequence number (fits SQLite's signed 64-bit integers).
+MAX_SEQ: Final = 2**63 - 1
+
+#: Entries written per SQLite transaction when importing or ingesting a batch.
+INGEST_BATCH: Final = 1000

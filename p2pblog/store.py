@@ -1,0 +1,557 @@
+"""The node's SQLite store: feeds, fork proofs and the indexes the queries need.
+
+Theory of operation
+-------------------
+One database file per node, in WAL mode with ``synchronous=FULL``: a commit
+that returned is on disk, so a killed process (or a lost machine) never loses
+an acknowledged entry, and a transaction that did not commit leaves nothing.
+Every write goes through `Store.transaction`, which opens ``BEGIN IMMEDIATE``
+so that a CLI command and a running node on the same home serialize instead of
+racing for the next seq.
+
+Feeds are stored contiguously from seq 1.  An entry is accepted (`ingest`)
+only if it verifies on its own (`decode_entry`) and extends the feed: seq is
+latest + 1 and prev is the latest id.  All checks run before the first write,
+so an entry is stored whole or not at all.  An entry with the seq of one we
+hold but another id is a *fork*: both signed entries go to ``forks`` as a
+proof, the feed is marked forked at that seq, and nothing past the fork is
+accepted afterwards.
+
+Derived tables are maintained as entries are stored, in seq order per feed
+(which the chain guarantees): ``follows`` from follow/unfollow entries,
+``mentions`` from post bodies, ``retractions`` from delete entries whose
+target is an earlier entry of the same feed.
+
+The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` lists the
+scripts that bring a database from one version to the next.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from identity import Identity, encode_handle
+from p2pblog import limits
+from p2pblog.entry import (
+    DELETE,
+    FOLLOW,
+    POST,
+    PROFILE,
+    UNFOLLOW,
+    Entry,
+    create_entry,
+    decode_entry,
+)
+from p2pblog.errors import (
+    ChainError,
+    EntryError,
+    FeedForkedError,
+    LocalProtocolError,
+    StoreError,
+)
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: feeds, entries, fork proofs and derived indexes.
+    """
+    CREATE TABLE feeds (
+        author      BLOB PRIMARY KEY,
+        latest_seq  INTEGER NOT NULL,
+        latest_id   BLOB NOT NULL,
+        forked_seq  INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE entries (
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          BLOB NOT NULL UNIQUE,
+        timestamp   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        reply_to    BLOB,
+        raw         BLOB NOT NULL,
+        UNIQUE (author, seq)
+    );
+    CREATE INDEX entries_reply_to ON entries (reply_to) WHERE reply_to IS NOT NULL;
+    CREATE INDEX entries_kind_time ON entries (kind, timestamp);
+    CREATE TABLE forks (
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          BLOB NOT NULL,
+        raw         BLOB NOT NULL,
+        PRIMARY KEY (author, seq, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE follows (
+        follower    BLOB NOT NULL,
+        feed        BLOB NOT NULL,
+        PRIMARY KEY (follower, feed)
+    ) WITHOUT ROWID;
+    CREATE INDEX follows_feed ON follows (feed);
+    CREATE TABLE mentions (
+        mentioned   BLOB NOT NULL,
+        entry_id    BLOB NOT NULL,
+        PRIMARY KEY (mentioned, entry_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE retractions (
+        target      BLOB PRIMARY KEY,
+        delete_id   BLOB NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+class Ingested(enum.Enum):
+    """What `Store.ingest` did with a valid entry."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    FORK = "fork"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    author: bytes
+    latest_seq: int
+    latest_id: bytes | None
+    forked_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedItem:
+    """An entry as queries show it: ``deleted`` if its author retracted it."""
+
+    entry: Entry
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    """An entry with the ancestors and replies known locally.
+
+    ``missing_parent`` is the id of the first ancestor not (yet) stored.
+    """
+
+    entry: FeedItem
+    ancestors: list[FeedItem]
+    replies: list[FeedItem]
+    missing_parent: bytes | None
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """Outcome of `Store.ingest_many`: counts, and the first refusal if any."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    forks: int = 0
+    refused: int = 0
+    error: EntryError | None = None
+    error_index: int | None = None
+    fork_seqs: list[tuple[bytes, int]] = field(default_factory=list)
+
+    def refuse(self, error: EntryError) -> None:
+        """Record the first refusal; every entry after it is refused too."""
+        if self.error is None:
+            self.error = error
+            self.error_index = self.accepted + self.duplicates + self.forks
+        self.refused += 1
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    feeds: int = 0
+    entries: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_ENTRY_COLUMNS: Final = "e.raw, r.target IS NOT NULL"
+_ENTRY_FROM: Final = "entries e LEFT JOIN retractions r ON r.target = e.id"
+
+
+class Store:
+    """A node's SQLite store.  Not thread-safe; one per process and home."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        self._depth = 0
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}; this p2pblog knows "
+                f"up to {SCHEMA_VERSION}: upgrade p2pblog"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            # executescript commits first; run each migration in its own transaction.
+            self._db.executescript(
+                f"BEGIN IMMEDIATE; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested uses join the outermost one."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    # -- writing ----------------------------------------------------------------
+
+    def append(self, identity: Identity, kind: str, body: dict[str, Any], timestamp: int) -> Entry:
+        """Sign and store the next entry of identity's own feed."""
+        with self.transaction():
+            state = self.feed_state(identity.public_key)
+            if state.forked_seq is not None:
+                raise FeedForkedError("this feed is forked; refusing to extend it")
+            entry = create_entry(
+                identity,
+                seq=state.latest_seq + 1,
+                prev=state.latest_id,
+                timestamp=timestamp,
+                kind=kind,
+                body=body,
+            )
+            self._insert(entry)
+        return entry
+
+    def ingest(self, raw: bytes) -> Ingested:
+        """Verify and store an entry from elsewhere; raise `EntryError` if refused."""
+        entry = decode_entry(raw)
+        with self.transaction():
+            return self._ingest_decoded(entry)
+
+    def ingest_many(self, raws: Iterable[bytes]) -> IngestReport:
+        """Ingest entries in order until the first refusal; keep the valid prefix.
+
+        Entries are verified outside the write lock and committed in batches
+        of `limits.INGEST_BATCH`; the report says what was stored and why the
+        rest was refused.
+        """
+        report = IngestReport()
+        batch: list[Entry] = []
+        for raw in raws:
+            if report.error is not None:
+                report.refused += 1
+                continue
+            try:
+                batch.append(decode_entry(raw))
+            except EntryError as exc:
+                self._ingest_batch(batch, report)
+                batch = []
+                report.refuse(exc)
+                continue
+            if len(batch) >= limits.INGEST_BATCH:
+                self._ingest_batch(batch, report)
+                batch = []
+        self._ingest_batch(batch, report)
+        return report
+
+    def _ingest_batch(self, batch: list[Entry], report: IngestReport) -> None:
+        if not batch:
+            return
+        with self.transaction():
+            for entry in batch:
+                if report.error is not None:
+                    report.refused += 1
+                    continue
+                try:
+                    outcome = self._ingest_decoded(entry)
+                except EntryError as exc:
+                    report.refuse(exc)
+                    continue
+                if outcome is Ingested.ACCEPTED:
+                    report.accepted += 1
+                elif outcome is Ingested.DUPLICATE:
+                    report.duplicates += 1
+                else:
+                    report.forks += 1
+                    report.fork_seqs.append((entry.author, entry.seq))
+
+    def _ingest_decoded(self, entry: Entry) -> Ingested:
+        # Every check comes before the first write: an entry is stored whole or not at all.
+        state = self.feed_state(entry.author)
+        if entry.seq <= state.latest_seq:
+            row = self._db.execute(
+                "SELECT id, raw FROM entries WHERE author = ? AND seq = ?",
+                (entry.author, entry.seq),
+            ).fetchone()
+            if row is None:  # pragma: no cover - feeds are contiguous from 1
+                raise StoreError(f"store is missing seq {entry.seq} of a feed it holds")
+            if row[0] == entry.id:
+                return Ingested.DUPLICATE
+            self._record_fork(entry, row[0], row[1], state)
+            return Ingested.FORK
+        if state.forked_seq is not None:
+            raise FeedForkedError(
+                f"feed {encode_handle(entry.author)} is forked at seq {state.forked_seq}; "
+                f"nothing past the fork is accepted"
+            )
+        if entry.seq != state.latest_seq + 1:
+            raise ChainError(f"seq {entry.seq} does not follow the stored seq {state.latest_seq} (gap)")
+        if entry.prev != state.latest_id:
+            raise ChainError(f"prev of seq {entry.seq} does not match the stored entry {state.latest_seq}")
+        self._insert(entry)
+        return Ingested.ACCEPTED
+
+    def _record_fork(self, entry: Entry, other_id: bytes, other_raw: bytes, state: FeedState) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO forks (author, seq, id, raw) VALUES (?, ?, ?, ?)",
+            [
+                (entry.author, entry.seq, other_id, other_raw),
+                (entry.author, entry.seq, entry.id, entry.raw),
+            ],
+        )
+        forked = entry.seq if state.forked_seq is None else min(state.forked_seq, entry.seq)
+        self._db.execute("UPDATE feeds SET forked_seq = ? WHERE author = ?", (forked, entry.author))
+
+    def _insert(self, entry: Entry) -> None:
+        if not self._depth:
+            raise LocalProtocolError("writes happen inside Store.transaction()")
+        db = self._db
+        db.execute(
+            "INSERT INTO entries (author, seq, id, timestamp, kind, reply_to, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.author,
+                entry.seq,
+                entry.id,
+                entry.timestamp,
+                entry.kind,
+                entry.reply_to,
+                entry.raw,
+            ),
+        )
+        db.execute(
+            "INSERT INTO feeds (author, latest_seq, latest_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (author) DO UPDATE SET latest_seq = excluded.latest_seq, "
+            "latest_id = excluded.latest_id",
+            (entry.author, entry.seq, entry.id),
+        )
+        kind = entry.kind
+        if kind == POST:
+            if entry.mentions:
+                db.executemany(
+                    "INSERT OR IGNORE INTO mentions (mentioned, entry_id) VALUES (?, ?)",
+                    [(m, entry.id) for m in entry.mentions],
+                )
+        elif kind == FOLLOW:
+            db.execute(
+                "INSERT OR IGNORE INTO follows (follower, feed) VALUES (?, ?)",
+                (entry.author, entry.feed),
+            )
+        elif kind == UNFOLLOW:
+            db.execute("DELETE FROM follows WHERE follower = ? AND feed = ?", (entry.author, entry.feed))
+        elif kind == DELETE:
+            # Only the author may retract, and only an earlier entry of the same feed.
+            db.execute(
+                "INSERT OR IGNORE INTO retractions (target, delete_id) "
+                "SELECT id, ? FROM entries WHERE id = ? AND author = ? AND seq < ?",
+                (entry.id, entry.target, entry.author, entry.seq),
+            )
+
+    # -- reading ----------------------------------------------------------------
+
+    def feed_state(self, author: bytes) -> FeedState:
+        row = self._db.execute(
+            "SELECT latest_seq, latest_id, forked_seq FROM feeds WHERE author = ?", (author,)
+        ).fetchone()
+        if row is None:
+            return FeedState(author, 0, None, None)
+        return FeedState(author, row[0], row[1], row[2])
+
+    def latest_seq(self, author: bytes) -> int:
+        return self.feed_state(author).latest_seq
+
+    def clock(self) -> dict[bytes, int]:
+        """The latest seq of every stored feed (the vector gossip exchanges)."""
+        return {bytes(a): s for a, s in self._db.execute("SELECT author, latest_seq FROM feeds")}
+
+    def feeds(self) -> list[FeedState]:
+        rows = self._db.execute("SELECT author, latest_seq, latest_id, forked_seq FROM feeds ORDER BY author")
+        return [FeedState(*row) for row in rows]
+
+    def get(self, entry_id: bytes) -> FeedItem | None:
+        row = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.id = ?", (entry_id,)
+        ).fetchone()
+        return None if row is None else _item(row)
+
+    def feed(self, author: bytes, *, limit: int | None = None) -> list[FeedItem]:
+        """A feed, newest first."""
+        rows = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? ORDER BY e.seq DESC LIMIT ?",
+            (author, -1 if limit is None else limit),
+        )
+        return [_item(row) for row in rows]
+
+    def feed_range(self, author: bytes, first: int, last: int | None = None) -> Iterator[Entry]:
+        """Entries first..last (inclusive) of a feed in seq order, signed bytes as stored."""
+        rows = self._db.execute(
+            "SELECT raw FROM entries WHERE author = ? AND seq >= ? AND seq <= ? ORDER BY seq",
+            (author, first, limits.MAX_SEQ if last is None else last),
+        )
+        for (raw,) in rows:
+            yield decode_entry(raw, check_signature=False)
+
+    def following(self, author: bytes) -> set[bytes]:
+        """The feeds author follows, as its stored follow/unfollow entries say."""
+        rows = self._db.execute("SELECT feed FROM follows WHERE follower = ?", (author,))
+        return {bytes(feed) for (feed,) in rows}
+
+    def timeline(self, owner: bytes, *, limit: int = 50) -> list[FeedItem]:
+        """Posts by owner and the feeds owner follows, newest first."""
+        rows = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} "
+            "WHERE e.kind = ? AND (e.author = ? OR e.author IN "
+            "  (SELECT feed FROM follows WHERE follower = ?)) "
+            "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
+            (POST, owner, owner, limit),
+        )
+        return [_item(row) for row in rows]
+
+    def mentions(self, key: bytes, *, limit: int = 50) -> list[FeedItem]:
+        """Posts that mention key, newest first."""
+        rows = self._db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM mentions m JOIN entries e ON e.id = m.entry_id "
+            "LEFT JOIN retractions r ON r.target = e.id "
+            "WHERE m.mentioned = ? ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
+            (key, limit),
+        )
+        return [_item(row) for row in rows]
+
+    def thread(self, entry_id: bytes) -> Thread | None:
+        """The entry, its ancestors (oldest first) and all replies below it, by time."""
+        root = self.get(entry_id)
+        if root is None:
+            return None
+        ancestors: list[FeedItem] = []
+        seen = {entry_id}
+        parent = root.entry.reply_to
+        while parent is not None and parent not in seen:
+            seen.add(parent)
+            item = self.get(parent)
+            if item is None:
+                break
+            ancestors.append(item)
+            parent = item.entry.reply_to
+        missing = parent if parent is not None and parent not in seen else None
+        rows = self._db.execute(
+            "WITH RECURSIVE below(id) AS ("
+            "  SELECT id FROM entries WHERE reply_to = ? "
+            "  UNION SELECT e.id FROM entries e JOIN below b ON e.reply_to = b.id) "
+            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN {_ENTRY_FROM} ON e.id = below.id "
+            "ORDER BY e.timestamp, e.author, e.seq",
+            (entry_id,),
+        )
+        replies = [_item(row) for row in rows]
+        return Thread(root, ancestors[::-1], replies, missing)
+
+    def profile(self, author: bytes) -> dict[str, str]:
+        """The author's profile: the latest value of each field set by profile entries."""
+        merged: dict[str, str] = {}
+        rows = self._db.execute(
+            "SELECT raw FROM entries WHERE author = ? AND kind = ? ORDER BY seq", (author, PROFILE)
+        )
+        for (raw,) in rows:
+            merged.update(decode_entry(raw, check_signature=False).body)
+        return merged
+
+    def fork_proofs(self, author: bytes) -> list[Entry]:
+        rows = self._db.execute("SELECT raw FROM forks WHERE author = ? ORDER BY seq, id", (author,))
+        return [decode_entry(raw, check_signature=False) for (raw,) in rows]
+
+    # -- checking -----------------------------------------------------------------
+
+    def verify(self, author: bytes | None = None) -> VerifyReport:
+        """Re-verify every stored entry of one feed or all: signature, seq, chain, ids."""
+        report = VerifyReport()
+        states = [self.feed_state(author)] if author is not None else self.feeds()
+        for state in states:
+            if state.latest_seq == 0:
+                continue
+            report.feeds += 1
+            name = encode_handle(state.author)
+            expected_seq, prev = 1, None
+            rows = self._db.execute(
+                "SELECT seq, id, raw FROM entries WHERE author = ? ORDER BY seq", (state.author,)
+            )
+            for seq, stored_id, raw in rows:
+                report.entries += 1
+                where = f"{name} seq {seq}"
+                try:
+                    entry = decode_entry(raw)
+                except EntryError as exc:
+                    report.problems.append(f"{where}: {exc}")
+                    expected_seq, prev = seq + 1, stored_id
+                    continue
+                if entry.id != stored_id or entry.author != state.author or entry.seq != seq:
+                    report.problems.append(f"{where}: stored bytes do not match the index")
+                if seq != expected_seq:
+                    report.problems.append(f"{where}: expected seq {expected_seq} (gap)")
+                if entry.prev != prev:
+                    report.problems.append(f"{where}: prev does not match the previous entry")
+                expected_seq, prev = seq + 1, entry.id
+            if expected_seq - 1 != state.latest_seq or prev != state.latest_id:
+                report.problems.append(f"{name}: feed head does not match the stored entries")
+            for proof in self._db.execute(
+                "SELECT seq, raw FROM forks WHERE author = ?", (state.author,)
+            ).fetchall():
+                try:
+                    forked = decode_entry(proof[1])
+                except EntryError as exc:
+                    report.problems.append(f"{name} fork proof at seq {proof[0]}: {exc}")
+                    continue
+                if forked.author != state.author or forked.seq != proof[0]:
+                    report.problems.append(f"{name} fork proof at seq {proof[0]} is misfiled")
+            if state.forked_seq is not None:
+                report.problems.append(f"{name}: feed is forked at seq {state.forked_seq} (proof kept)")
+        return report
+
+
+def _item(row: tuple[Any, ...]) -> FeedItem:
+    return FeedItem(decode_entry(row[0], check_signature=False), bool(row[1]))
