@@ -183,6 +183,9 @@ class Store:
         self.path = Path(path)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            # Read TEXT as bytes: a damaged row typed TEXT must reach decode_entry
+            # (and be reported), not crash the query with a UTF-8 error.
+            self._db.text_factory = bytes
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -471,20 +474,22 @@ class Store:
             return None
         ancestors: list[FeedItem] = []
         seen = {entry_id}
+        missing = None
         parent = root.entry.reply_to
-        while parent is not None and parent not in seen:
+        while parent is not None and parent not in seen:  # `seen` stops reply cycles
             seen.add(parent)
             item = self.get(parent)
             if item is None:
+                missing = parent
                 break
             ancestors.append(item)
             parent = item.entry.reply_to
-        missing = parent if parent is not None and parent not in seen else None
         rows = self._db.execute(
             "WITH RECURSIVE below(id) AS ("
             "  SELECT id FROM entries WHERE reply_to = ? "
             "  UNION SELECT e.id FROM entries e JOIN below b ON e.reply_to = b.id) "
-            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN {_ENTRY_FROM} ON e.id = below.id "
+            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN entries e ON e.id = below.id "
+            "LEFT JOIN retractions r ON r.target = e.id "
             "ORDER BY e.timestamp, e.author, e.seq",
             (entry_id,),
         )
@@ -523,6 +528,8 @@ class Store:
             for seq, stored_id, raw in rows:
                 report.entries += 1
                 where = f"{name} seq {seq}"
+                if seq != expected_seq:
+                    report.problems.append(f"{where}: expected seq {expected_seq} (gap)")
                 try:
                     entry = decode_entry(raw)
                 except EntryError as exc:
@@ -531,9 +538,7 @@ class Store:
                     continue
                 if entry.id != stored_id or entry.author != state.author or entry.seq != seq:
                     report.problems.append(f"{where}: stored bytes do not match the index")
-                if seq != expected_seq:
-                    report.problems.append(f"{where}: expected seq {expected_seq} (gap)")
-                if entry.prev != prev:
+                if seq == expected_seq and entry.prev != prev:
                     report.problems.append(f"{where}: prev does not match the previous entry")
                 expected_seq, prev = seq + 1, entry.id
             if expected_seq - 1 != state.latest_seq or prev != state.latest_id:

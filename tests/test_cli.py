@@ -1,0 +1,193 @@
+"""The offline command line, driven exactly as a user would: real processes, real homes.
+
+Covers the contract of the foundation issue: init, id, post, log, verify,
+export, import, --home / P2PBLOG_HOME, --encrypt, python -m p2pblog, --help,
+and one clear error line (no traceback) for every expected failure.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from identity import decode_handle, is_handle
+from p2pblog.feedfile import MAGIC
+from tests.process import p2pblog
+
+COMMANDS = ["init", "id", "post", "log", "verify", "export", "import", "demo"]
+
+
+def init(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = p2pblog(home, "init", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def post(home: Path, text: str, *args: str, env: dict[str, str] | None = None) -> str:
+    result = p2pblog(home, "post", text, *args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def log_json(home: Path, *args: str) -> list[dict[str, object]]:
+    result = p2pblog(home, "log", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert isinstance(doc, list)
+    return doc
+
+
+def assert_one_line_error(result: object, fragment: str) -> None:
+    assert result.returncode != 0  # type: ignore[attr-defined]
+    err = result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in err
+    assert fragment in err, err
+
+
+def test_init_prints_a_valid_handle_and_protects_the_key(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    handle = init(home)
+    assert is_handle(handle) and handle.startswith("@pb1")
+    assert stat.S_IMODE((home / "identity.key").stat().st_mode) == 0o600
+    again = p2pblog(home, "init")
+    assert_one_line_error(again, "already exists")
+    assert p2pblog(home, "id").stdout.strip() == handle
+
+
+def test_id_json(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    handle = init(home, "--name", "alice")
+    doc = json.loads(p2pblog(home, "id", "--json").stdout)
+    assert doc["handle"] == handle
+    assert doc["home"] == str(home)
+    assert handle[4:].startswith(doc["fingerprint"]) and len(doc["fingerprint"]) == 12
+
+
+def test_post_log_and_replies(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    handle = init(home, "--name", "alice")
+    first = post(home, "hello world")
+    assert len(first) == 64 and bytes.fromhex(first)
+    reply = post(home, f"answering myself, cc {handle}", "--reply-to", first)
+    entries = log_json(home)
+    assert [e["id"] for e in entries[:2]] == [reply, first]
+    assert entries[0]["reply_to"] == first and entries[0]["mentions"] == [handle]
+    assert entries[1]["text"] == "hello world" and entries[1]["author"] == handle
+    assert entries[-1]["kind"] == "profile" and entries[-1]["seq"] == 1
+    for key in ("id", "author", "seq", "prev", "timestamp", "kind", "text", "reply_to", "mentions"):
+        assert key in entries[0]
+    assert entries[0]["prev"] == first
+    assert [e["seq"] for e in log_json(home, "--limit", "1")] == [3]
+    assert log_json(home, handle) == entries
+    human = p2pblog(home, "log").stdout
+    assert "hello world" in human and first in human
+
+
+def test_bad_input_gets_one_clear_line_and_stores_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    handle = init(home)
+    post(home, "kept")
+    assert_one_line_error(p2pblog(home, "post", "x" * 501), "limit is 500")
+    assert_one_line_error(p2pblog(home, "post", "   "), "empty")
+    assert_one_line_error(p2pblog(home, "post", "hi", "--reply-to", "nothex"), "hex digits")
+    typo = handle[:20] + ("q" if handle[20] != "q" else "p") + handle[21:]
+    assert_one_line_error(p2pblog(home, "post", f"hi {typo}"), "not a valid handle")
+    assert_one_line_error(p2pblog(home, "log", typo), "checksum")
+    assert_one_line_error(p2pblog(home, "verify", "@nonsense"), "handle")
+    assert [e["text"] for e in log_json(home)] == ["kept"]
+
+
+def test_commands_without_an_identity_say_how_to_start(tmp_path: Path) -> None:
+    for args in (["id"], ["post", "hi"], ["log"], ["verify"]):
+        assert_one_line_error(p2pblog(tmp_path / "empty", *args), "p2pblog init")
+
+
+def test_export_and_import_carry_a_feed(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    handle = init(alice)
+    init(bob)
+    ids = [post(alice, f"post {i}") for i in range(5)]
+    feed = tmp_path / "alice.feed"
+    result = p2pblog(alice, "export", handle, str(feed))
+    assert result.returncode == 0 and "exported 5" in result.stdout
+    result = p2pblog(bob, "import", str(feed))
+    assert result.returncode == 0, result.stderr
+    assert "imported 5" in result.stdout
+    assert [e["id"] for e in log_json(bob, handle)] == ids[::-1]
+    assert p2pblog(bob, "verify", handle).returncode == 0
+    again = p2pblog(bob, "import", str(feed))
+    assert again.returncode == 0 and "5 already present" in again.stdout
+
+
+def test_import_keeps_the_valid_prefix_and_refuses_the_rest(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    handle = init(alice)
+    init(bob)
+    for i in range(4):
+        post(alice, f"post {i}")
+    feed = tmp_path / "alice.feed"
+    assert p2pblog(alice, "export", handle, str(feed)).returncode == 0
+    data = bytearray(feed.read_bytes())
+    # Flip one byte inside the signature of the third entry.
+    offset = len(MAGIC) + 1
+    for _ in range(2):
+        offset += 4 + int.from_bytes(data[offset : offset + 4], "big")
+    data[offset + 4 + 10] ^= 0xFF
+    feed.write_bytes(bytes(data))
+    result = p2pblog(bob, "import", str(feed))
+    assert_one_line_error(result, "signature")
+    assert "imported 2" in result.stdout
+    assert "refused 2" in result.stderr
+    assert [e["seq"] for e in log_json(bob, handle)] == [2, 1]
+
+    truncated = tmp_path / "short.feed"
+    truncated.write_bytes(feed.read_bytes()[:-5])
+    assert_one_line_error(p2pblog(bob, "import", str(truncated)), "truncated")
+    junk = tmp_path / "junk.feed"
+    junk.write_bytes(b"not a feed file at all")
+    assert_one_line_error(p2pblog(bob, "import", str(junk)), "not a p2pblog feed file")
+    assert_one_line_error(p2pblog(bob, "import", str(tmp_path / "missing.feed")), "does not exist")
+
+
+def test_encrypted_key(tmp_path: Path) -> None:
+    home = tmp_path / "secret"
+    good = {"P2PBLOG_PASSPHRASE": "correct horse"}
+    init(home, "--encrypt", env=good)
+    assert "box" in json.loads((home / "identity.key").read_text())
+    assert_one_line_error(p2pblog(home, "post", "no passphrase"), "P2PBLOG_PASSPHRASE")
+    assert_one_line_error(
+        p2pblog(home, "post", "bad", env={"P2PBLOG_PASSPHRASE": "wrong"}), "wrong passphrase"
+    )
+    entry_id = post(home, "signed with the unlocked key", env=good)
+    assert log_json(home)[0]["id"] == entry_id
+    assert p2pblog(home, "id").returncode == 0  # reading the handle needs no passphrase
+
+
+def test_home_from_the_environment_and_console_script(tmp_path: Path) -> None:
+    home = tmp_path / "envhome"
+    result = p2pblog(None, "init", env={"P2PBLOG_HOME": str(home)}, module=False)
+    assert result.returncode == 0, result.stderr
+    handle = result.stdout.strip()
+    assert (home / "identity.key").exists()
+    assert p2pblog(home, "id", module=False).stdout.strip() == handle
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command: str) -> None:
+    result = p2pblog(None, command, "--help")
+    assert result.returncode == 0
+    assert "Usage:" in result.stdout and len(result.stdout.splitlines()) >= 4
+
+
+def test_demo_shows_the_system_working() -> None:
+    result = p2pblog(None, "demo")
+    assert result.returncode == 0, result.stderr
+    assert "imported 4 verified entries" in result.stdout
+    assert "Hello, peer-to-peer world!" in result.stdout
+    handles = [
+        line.split()[-1] for line in result.stdout.splitlines() if line.startswith(("alice is", "bob   is"))
+    ]
+    assert len(handles) == 2 and all(decode_handle(h) for h in handles)

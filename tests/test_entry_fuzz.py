@@ -1,0 +1,102 @@
+"""Decoder fuzz: random, truncated, bit-flipped and hostile-but-signed input.
+
+Whatever bytes arrive, `decode_entry` either returns a valid entry or raises
+an `EntryError`; any other exception is a bug (as msgpack's OSS-Fuzz harness
+treats it).  The feed-file reader likewise raises only `FeedFileError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from identity import Identity
+from p2pblog.entry import decode_entry
+from p2pblog.errors import EntryError
+from p2pblog.feedfile import MAGIC, VERSION, FeedFileError, read_feed
+from tests.feeds import make_chain
+
+AUTHOR = Identity(bytes(range(32)))
+SAMPLES = [e.raw for e in make_chain(AUTHOR, 3)]
+
+
+def decode_or_declared_error(data: bytes) -> None:
+    try:
+        entry = decode_entry(data)
+    except EntryError:
+        return
+    # Anything accepted must really be a well-formed entry signed by its author.
+    assert entry.raw == data
+    assert entry.seq >= 1
+
+
+@given(st.binary(max_size=9000))
+def test_random_bytes(data: bytes) -> None:
+    decode_or_declared_error(data)
+
+
+@given(st.sampled_from(SAMPLES), st.data())
+def test_truncations(raw: bytes, data: st.DataObject) -> None:
+    cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    try:
+        decode_entry(raw[:cut])
+    except EntryError:
+        return
+    raise AssertionError("a truncated entry was accepted")
+
+
+@given(st.sampled_from(SAMPLES), st.data())
+def test_bit_flips(raw: bytes, data: st.DataObject) -> None:
+    flips = data.draw(
+        st.lists(st.integers(min_value=0, max_value=len(raw) * 8 - 1), min_size=1, max_size=4, unique=True)
+    )
+    mutated = bytearray(raw)
+    for bit in flips:
+        mutated[bit // 8] ^= 1 << (bit % 8)
+    try:
+        decode_entry(bytes(mutated))
+    except EntryError:
+        return
+    raise AssertionError("a bit-flipped entry was accepted")
+
+
+@given(st.sampled_from(SAMPLES), st.binary(min_size=1, max_size=64), st.data())
+def test_byte_insertions(raw: bytes, junk: bytes, data: st.DataObject) -> None:
+    at = data.draw(st.integers(min_value=0, max_value=len(raw)))
+    decode_or_declared_error(raw[:at] + junk + raw[at:])
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=40)
+    | st.binary(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.lists(msgpack_values, min_size=0, max_size=9).map(lambda items: [1, AUTHOR.public_key, *items][:9])
+    | msgpack_values
+)
+@settings(max_examples=300)
+def test_validly_signed_hostile_structures(obj: Any) -> None:
+    """A real key signing garbage: the signature is fine, the content is not."""
+    decode_or_declared_error(AUTHOR.sign(msgpack.packb(obj)))
+
+
+@given(st.binary(max_size=200))
+def test_feed_file_reader_raises_only_its_error(tail: bytes) -> None:
+    for prefix in (b"", MAGIC, MAGIC + bytes([VERSION])):
+        with contextlib.suppress(FeedFileError):
+            list(read_feed(io.BytesIO(prefix + tail)))
