@@ -3,7 +3,7 @@
 A handle is ``@`` followed by a bech32m string (BIP-350) whose human-readable
 part is ``pb`` and whose data part is the key.  Example::
 
-    @pb1qqqsyqcyq5rqwzqfpg9scrgwpugpzysnzs23v9ccrydpk8qarc0jqe2enfp
+    @pb1qqqsyqcyq5rqwzqfpg9scrgwpugpzysnzs23v9ccrydpk8qarc0sv9vdx5
 
 Why bech32m and not base64 (as SSB uses): bech32m's BCH checksum is
 *guaranteed* to detect any error that touches up to four characters of a
@@ -110,6 +110,10 @@ def decode_handle(text: str) -> bytes:
             f"a handle is '@{HRP}1' followed by {_DATA_CHARS + _CHECKSUM_CHARS} characters; "
             f"got {len(s)} characters"
         )
+    # str.lower() maps some non-ASCII letters onto the alphabet (KELVIN SIGN
+    # U+212A -> 'k'); BIP-173 allows only ASCII 33-126, so refuse them first.
+    if not s.isascii():
+        raise HandleError("a handle is ASCII text")
     if s.lower() != s and s.upper() != s:
         raise HandleError("a handle is all lower case (mixed case is a typo)")
     s = s.lower()

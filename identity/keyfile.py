@@ -109,7 +109,7 @@ def _read_doc(path: Path) -> dict[str, Any]:
         raise KeyFileError(f"key file {path} is too large to be a key file")
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
         raise KeyFileError(f"key file {path} is unreadable: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("type") != "ed25519":
         raise KeyFileError(f"{path} is not a p2pblog key file")
@@ -137,8 +137,17 @@ def read_key_file(path: Path, passphrase: str | None = None) -> Identity:
         salt = _hex_field(doc, "salt", argon2id.SALTBYTES, path)
         box_bytes = _hex_field(doc, "box", None, path)
         ops, mem = doc.get("opslimit"), doc.get("memlimit")
-        if not isinstance(ops, int) or not isinstance(mem, int):
-            raise KeyFileError(f"key file {path} has malformed KDF limits")
+        # Bounded by libsodium's presets: a crafted file must not make loading
+        # run Argon2id for hours or allocate unbounded memory.
+        if not (
+            isinstance(ops, int)
+            and isinstance(mem, int)
+            and argon2id.OPSLIMIT_MIN <= ops <= argon2id.OPSLIMIT_SENSITIVE
+            and argon2id.MEMLIMIT_MIN <= mem <= argon2id.MEMLIMIT_SENSITIVE
+        ):
+            raise KeyFileError(f"key file {path} has malformed or out-of-range KDF limits")
+        if len(box_bytes) != nacl.secret.SecretBox.NONCE_SIZE + nacl.secret.SecretBox.MACBYTES + 32:
+            raise KeyFileError(f"key file {path} has a malformed 'box' field")
         try:
             seed = nacl.secret.SecretBox(_derive(passphrase, salt, ops, mem)).decrypt(box_bytes)
         except nacl.exceptions.CryptoError:
