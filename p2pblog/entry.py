@@ -125,6 +125,11 @@ def _text(body: Mapping[str, Any], name: str, limit: int, *, required: bool) -> 
     value = body[name]
     if not isinstance(value, str):
         raise EntrySchemaError(f"{name!r} must be text")
+    try:
+        # Lone surrogates (how Python carries undecodable argv bytes) have no UTF-8 form.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EntrySchemaError(f"{name!r} is not valid UTF-8 text") from None
     if len(value) > limit:
         raise EntryTooLarge(f"{name!r} is {len(value)} characters; the limit is {limit}")
 

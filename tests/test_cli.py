@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,12 @@ def test_bad_input_gets_one_clear_line_and_stores_nothing(tmp_path: Path) -> Non
     assert_one_line_error(p2pblog(home, "post", f"hi {typo}"), "not a valid handle")
     assert_one_line_error(p2pblog(home, "log", typo), "checksum")
     assert_one_line_error(p2pblog(home, "verify", "@nonsense"), "handle")
+    not_utf8 = subprocess.run(
+        [sys.executable, "-m", "p2pblog", "--home", str(home), "post", b"bad \xff text"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert not_utf8.returncode == 1 and b"UTF-8" in not_utf8.stderr and b"Traceback" not in not_utf8.stderr
     assert [e["text"] for e in log_json(home)] == ["kept"]
 
 

@@ -169,6 +169,14 @@ def test_text_that_is_not_utf8_is_refused() -> None:
         decode_entry(ALICE.sign(bad))
 
 
+def test_text_with_lone_surrogates_is_refused_at_creation() -> None:
+    # Python decodes non-UTF-8 command-line bytes to lone surrogates.
+    for body in ({"text": "bad \udcff text"}, {"name": "\udcfe"}):
+        kind = POST if "text" in body else PROFILE
+        with pytest.raises(EntrySchemaError, match="UTF-8"):
+            create_entry(ALICE, seq=1, prev=None, timestamp=T0, kind=kind, body=body)
+
+
 def test_non_canonical_encoding_is_refused() -> None:
     # seq 1 as a uint32 instead of a positive fixint: same value, other bytes.
     canonical = msgpack.packb(content())
