@@ -30,4 +30,4 @@ MAX_TIMESTAMP_MS: Final = 2**53 - 1
 MAX_SEQ: Final = 2**63 - 1
 
 #: Entries written per SQLite transaction when importing or ingesting a batch.
-INGEST_BATCH: Final = 1000
+INGEST_BATCH: Final = 5000

@@ -193,6 +193,10 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
         self._depth = 0
+        # Feed heads read or changed in the current write transaction; written
+        # back once per commit instead of once per entry (docs/benchmarks.md).
+        self._heads: dict[bytes, FeedState] = {}
+        self._dirty: set[bytes] = set()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -236,12 +240,27 @@ class Store:
         self._depth = 1
         try:
             yield
+            self._flush_heads()
         except BaseException:
-            self._depth = 0
             self._db.execute("ROLLBACK")
             raise
-        self._depth = 0
-        self._db.execute("COMMIT")
+        else:
+            self._db.execute("COMMIT")
+        finally:
+            self._depth = 0
+            self._heads.clear()
+            self._dirty.clear()
+
+    def _flush_heads(self) -> None:
+        self._db.executemany(
+            "INSERT INTO feeds (author, latest_seq, latest_id, forked_seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (author) DO UPDATE SET latest_seq = excluded.latest_seq, "
+            "latest_id = excluded.latest_id, forked_seq = excluded.forked_seq",
+            [
+                (h.author, h.latest_seq, h.latest_id, h.forked_seq)
+                for h in map(self._heads.__getitem__, self._dirty)
+            ],
+        )
 
     # -- writing ----------------------------------------------------------------
 
@@ -350,7 +369,7 @@ class Store:
             ],
         )
         forked = entry.seq if state.forked_seq is None else min(state.forked_seq, entry.seq)
-        self._db.execute("UPDATE feeds SET forked_seq = ? WHERE author = ?", (forked, entry.author))
+        self._set_head(FeedState(state.author, state.latest_seq, state.latest_id, forked))
 
     def _insert(self, entry: Entry) -> None:
         if not self._depth:
@@ -369,12 +388,7 @@ class Store:
                 entry.raw,
             ),
         )
-        db.execute(
-            "INSERT INTO feeds (author, latest_seq, latest_id) VALUES (?, ?, ?) "
-            "ON CONFLICT (author) DO UPDATE SET latest_seq = excluded.latest_seq, "
-            "latest_id = excluded.latest_id",
-            (entry.author, entry.seq, entry.id),
-        )
+        self._set_head(FeedState(entry.author, entry.seq, entry.id, self.feed_state(entry.author).forked_seq))
         kind = entry.kind
         if kind == POST:
             if entry.mentions:
@@ -399,7 +413,19 @@ class Store:
 
     # -- reading ----------------------------------------------------------------
 
+    def _set_head(self, state: FeedState) -> None:
+        self._heads[state.author] = state
+        self._dirty.add(state.author)
+
     def feed_state(self, author: bytes) -> FeedState:
+        if self._depth:
+            cached = self._heads.get(author)
+            if cached is None:
+                cached = self._heads[author] = self._read_feed_state(author)
+            return cached
+        return self._read_feed_state(author)
+
+    def _read_feed_state(self, author: bytes) -> FeedState:
         row = self._db.execute(
             "SELECT latest_seq, latest_id, forked_seq FROM feeds WHERE author = ?", (author,)
         ).fetchone()

@@ -214,3 +214,27 @@ def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     assert store.clock() == {}
     entry = create_entry(ME, seq=1, prev=None, timestamp=T0, kind=POST, body=post_body("kept"))
     assert store.ingest(entry.raw) is Ingested.ACCEPTED
+
+
+def test_fork_inside_one_batch_is_committed_with_the_feed_head(tmp_path: Path) -> None:
+    """Feed heads are cached per transaction: a new feed, its fork and the refusal share one commit."""
+    path = tmp_path / "s.sqlite3"
+    chain = make_chain(ALICE, 4)
+    rival = make_entry(ALICE, 2, chain[0].id, body=post_body("rival"))
+    with Store(path) as store:
+        report = store.ingest_many([e.raw for e in chain[:3]] + [rival.raw, chain[3].raw])
+        assert (report.accepted, report.forks, report.refused) == (3, 1, 1)
+        assert isinstance(report.error, FeedForkedError)
+    with Store(path) as store:  # what was committed, read back from disk
+        state = store.feed_state(ALICE.public_key)
+        assert (state.latest_seq, state.latest_id, state.forked_seq) == (3, chain[2].id, 2)
+        assert len(store.fork_proofs(ALICE.public_key)) == 2
+
+
+def test_a_rolled_back_transaction_forgets_cached_heads(store: Store) -> None:
+    with pytest.raises(RuntimeError), store.transaction():
+        store.append(ME, POST, post_body("rolled back"), T0)
+        assert store.feed_state(ME.public_key).latest_seq == 1
+        raise RuntimeError
+    assert store.feed_state(ME.public_key).latest_seq == 0
+    assert store.append(ME, POST, post_body("first for real"), T0).seq == 1
