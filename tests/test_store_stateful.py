@@ -79,6 +79,40 @@ class StoreModel(RuleBasedStateMachine):
         assert self.store.ingest(entry.raw) is Ingested.ACCEPTED
         self.feeds.setdefault(author.public_key, []).append(entry)
 
+    @rule(
+        author=st.sampled_from(AUTHORS),
+        count=st.integers(min_value=1, max_value=5),
+        fork_at=st.integers(0, 5),
+    )
+    def ingest_batch(self, author: Identity, count: int, fork_at: int) -> None:
+        """Several entries in one ingest_many transaction, maybe with a fork among them."""
+        key = author.public_key
+        chain = list(self.feeds.get(key, []))
+        raws = []
+        for _ in range(count):
+            entry = make_entry(author, len(chain) + 1, chain[-1].id if chain else None)
+            chain.append(entry)
+            raws.append(entry.raw)
+        forked_seq = None
+        if 0 < fork_at <= len(chain):
+            rival = make_entry(
+                author, fork_at, chain[fork_at - 2].id if fork_at > 1 else None, body=post_body("rival")
+            )
+            raws.append(rival.raw)
+            raws.append(make_entry(author, len(chain) + 1, chain[-1].id).raw)  # past the fork
+            forked_seq = fork_at
+        report = self.store.ingest_many(raws)
+        if key in self.forked:
+            assert isinstance(report.error, FeedForkedError) and report.accepted == 0
+            return
+        assert report.accepted == count
+        self.feeds[key] = chain
+        if forked_seq is not None:
+            assert report.forks == 1 and isinstance(report.error, FeedForkedError)
+            self.forked[key] = forked_seq
+        else:
+            assert report.error is None
+
     @precondition(lambda self: any(self.feeds.get(a.public_key) for a in AUTHORS))
     @rule(data=st.data())
     def ingest_duplicate(self, data: st.DataObject) -> None:
