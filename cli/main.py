@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
+import trio
 
 from identity import Identity, KeyFileError, PassphraseError, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keyfile import key_file_is_encrypted
+from p2pblog import control
+from p2pblog.daemon import DEFAULT_PORT, NodeService
 from p2pblog.entry import (
     FOLLOW,
     POST,
@@ -35,6 +39,7 @@ from p2pblog.entry import (
 from p2pblog.errors import P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import Home, default_home
+from p2pblog.runtime import parse_hostport
 from p2pblog.store import FeedItem
 
 PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
@@ -349,3 +354,104 @@ def demo() -> None:
             click.echo("\nbob's mentions:")
             for item in store.mentions(bob.public_key):
                 _echo_item(item)
+
+
+# --- the running node -------------------------------------------------------------
+
+
+def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    del ctx
+    try:
+        if isinstance(value, tuple):
+            return [parse_hostport(v) for v in value]
+        return None if value is None else parse_hostport(value, default_host="0.0.0.0")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default=f"0.0.0.0:{DEFAULT_PORT}",
+    show_default=True,
+    callback=_hostport,
+    metavar="HOST:PORT",
+    help="UDP address of the DHT (port 0 picks a free port).",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    callback=_hostport,
+    metavar="HOST:PORT",
+    help="A node to join the network through (repeatable). Not needed after the first run: "
+    "the routing table is saved in the store.",
+)
+@click.option(
+    "--advertise",
+    metavar="HOST",
+    help="The address other nodes should use to reach this one "
+    "(default: the listen address, or the local address towards the bootstrap node).",
+)
+def run(listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None) -> None:
+    """Run the node in the foreground until Ctrl-C or SIGTERM.
+
+    Joins the Kademlia DHT, publishes this node's signed peer record, and
+    serves the local control API used by `lookup` and `peers`.
+    """
+    home = _home()
+    identity = _identity(home)
+    service = NodeService(home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise)
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                await nursery.start(service.run)
+                async for signum in signals:
+                    click.echo(f"stopping ({signal.Signals(signum).name})", err=True)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(main_task)
+    click.echo("stopped", err=True)
+
+
+@main.command()
+@click.argument("handle")
+@click.option("--json", "as_json", is_flag=True, help="Print the peer record as JSON.")
+def lookup(handle: str, as_json: bool) -> None:
+    """Find HANDLE's current peer record through the DHT (node running).
+
+    Prints the addresses it is reachable at; exits 1 if no valid record is found.
+    """
+    home = _home()
+    decode_handle(handle)  # a typo is reported before the node is asked
+    result = control.call(home.path, "lookup", {"handle": handle})
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    if not result.get("found"):
+        raise click.ClickException(f"not found: no valid peer record for {result.get('handle', handle)}")
+    if not as_json:
+        click.echo(result["handle"])
+        for proto, host, port in result["addrs"]:
+            click.echo(f"  {proto} {host}:{port}")
+        click.echo(f"  record seq {result['seq']}, expires {_when(result['expires'] * 1000)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the routing table and counters as JSON.")
+def peers(as_json: bool) -> None:
+    """Show the DHT routing table: contacts per bucket, last seen, dropped-input counters."""
+    home = _home()
+    result = control.call(home.path, "peers")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    me = result["self"]
+    click.echo(f"node id {me['node_id']}  udp {me['dht'][0]}:{me['dht'][1]}  {result['contacts']} contacts")
+    for bucket in result["buckets"]:
+        click.echo(f"bucket {bucket['index']}:")
+        for c in bucket["contacts"]:
+            seen = _when(int(c["last_seen"] * 1000))
+            click.echo(f"  {c['node_id'][:16]}..  {c['host']}:{c['port']}  last seen {seen}")
+    dropped = result["dropped"]
+    click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))

@@ -100,6 +100,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         delete_id   BLOB NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: the DHT routing table, saved so a restarted node needs no bootstrap address.
+    """
+    CREATE TABLE dht_contacts (
+        node_id     BLOB PRIMARY KEY,
+        host        TEXT NOT NULL,
+        port        INTEGER NOT NULL,
+        last_seen   REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -535,6 +544,28 @@ class Store:
     def fork_proofs(self, author: bytes) -> list[Entry]:
         rows = self._db.execute("SELECT raw FROM forks WHERE author = ? ORDER BY seq, id", (author,))
         return [decode_entry(raw, check_signature=False) for (raw,) in rows]
+
+    # -- DHT contacts -------------------------------------------------------------
+
+    def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> None:
+        """Replace the saved routing table with (node_id, host, port, last_seen) rows."""
+        with self.transaction():
+            self._db.execute("DELETE FROM dht_contacts")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO dht_contacts (node_id, host, port, last_seen) VALUES (?, ?, ?, ?)",
+                contacts,
+            )
+
+    def load_contacts(self) -> list[tuple[bytes, str, int, float]]:
+        """The saved routing table, most recently seen first."""
+        rows = self._db.execute(
+            "SELECT node_id, host, port, last_seen FROM dht_contacts ORDER BY last_seen DESC"
+        )
+        out = []
+        for node_id, host, port, last_seen in rows:
+            text = host.decode("utf-8", "replace") if isinstance(host, bytes) else str(host)
+            out.append((bytes(node_id), text, int(port), float(last_seen)))
+        return out
 
     # -- checking -----------------------------------------------------------------
 

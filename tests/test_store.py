@@ -238,3 +238,29 @@ def test_a_rolled_back_transaction_forgets_cached_heads(store: Store) -> None:
         raise RuntimeError
     assert store.feed_state(ME.public_key).latest_seq == 0
     assert store.append(ME, POST, post_body("first for real"), T0).seq == 1
+
+
+def test_dht_contacts_are_saved_and_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    with Store(path) as store:
+        store.save_contacts([(b"\x01" * 20, "127.0.0.1", 4000, 10.0), (b"\x02" * 20, "::1", 4001, 20.0)])
+    with Store(path) as store:
+        assert store.load_contacts() == [
+            (b"\x02" * 20, "::1", 4001, 20.0),
+            (b"\x01" * 20, "127.0.0.1", 4000, 10.0),
+        ]
+        store.save_contacts([(b"\x03" * 20, "127.0.0.2", 5000, 1.0)])
+        assert store.load_contacts() == [(b"\x03" * 20, "127.0.0.2", 5000, 1.0)]
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    from p2pblog.store import MIGRATIONS
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        store.save_contacts([(b"\x01" * 20, "127.0.0.1", 1, 0.0)])
+        assert len(store.load_contacts()) == 1

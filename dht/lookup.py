@@ -1,0 +1,326 @@
+"""Iterative lookups as pure state machines: FIND_NODE and FIND_VALUE.
+
+Theory of operation
+-------------------
+This is rust-libp2p's ``protocols/kad/src/query/peers/closest.rs`` in Python.
+A lookup knows nothing about sockets or RPCs.  Its driver (the `DhtCore`)
+asks `ClosestPeersLookup.next` which peers to query now, sends the RPCs, and
+reports each outcome with `on_success` (with the closer peers the answer
+named) or `on_failure`.  Every call carries ``now``.
+
+The lookup keeps every peer it has heard of, ordered by XOR distance to the
+target, each in one `PeerState`::
+
+    NOT_CONTACTED --next--> WAITING --on_success--> SUCCEEDED
+                               |  \\--on_failure--> FAILED
+                               | peer_timeout passes (seen in next)
+                               v
+                          UNRESPONSIVE --on_success--> SUCCEEDED
+                                       \\--on_failure--> FAILED
+
+`next` walks the peers nearest first:
+
+* first, every WAITING peer whose deadline passed becomes UNRESPONSIVE (it
+  no longer holds a slot, but a late answer still counts);
+* each SUCCEEDED peer is counted, and when k of them are counted before any
+  peer that is still in flight or not yet asked, the lookup is FINISHED:
+  the k closest peers seen have all answered (or failed and been skipped);
+* the first NOT_CONTACTED peer is queried if there is capacity.
+
+Capacity is alpha requests in flight while the lookup makes progress
+(paper section 2.3: "the initiator sends parallel, asynchronous FIND_NODE
+RPCs to the alpha nodes it has chosen").  An answer makes progress when it
+names a peer nearer than every peer seen so far (or the lookup has not yet
+seen k peers).  After alpha answers in a row without progress the lookup is
+*stalled* and capacity rises to k: section 2.3's "if a round of FIND_NODEs
+fails to return a node any closer than the closest already seen, the
+initiator resends the FIND_NODE to all of the k closest nodes it has not
+already queried".  Progress returns it to alpha.
+
+When no peer is in flight and none is left to ask, the lookup is FINISHED
+as well.  `ClosestPeersLookup.result` is then the k nearest SUCCEEDED peers.
+
+`ValueLookup` is the same machine plus `ValueLookup.on_value`: a peer that
+answered with a value counts as succeeded, its value is kept, and the lookup
+finishes as soon as ``quorum`` values are in (section 2.3: "the procedure
+halts immediately when any node returns the value"; quorum 1 is exactly
+that).  The driver validates values before it reports them.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dht.ids import ALPHA, ID_BYTES, Contact, K
+from dht.wire import Value
+from p2pblog.errors import LocalProtocolError
+
+#: Seconds a queried peer holds a slot before it counts as unresponsive.
+DEFAULT_PEER_TIMEOUT = 5.0
+
+
+class PeerState(enum.Enum):
+    NOT_CONTACTED = "not contacted"
+    WAITING = "waiting"
+    UNRESPONSIVE = "unresponsive"
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+
+
+class LookupState(enum.Enum):
+    ITERATING = "iterating"
+    STALLED = "stalled"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class _Peer:
+    contact: Contact
+    distance: int
+    state: PeerState = PeerState.NOT_CONTACTED
+    deadline: float = 0.0
+
+
+@dataclass(slots=True)
+class _Order:
+    """Peers sorted by distance; the key list makes insertion a bisect."""
+
+    keys: list[int] = field(default_factory=list)
+    peers: list[_Peer] = field(default_factory=list)
+
+
+class ClosestPeersLookup:
+    """Find the k peers closest to ``target`` (Kademlia's node lookup, paper 2.3)."""
+
+    def __init__(
+        self,
+        target: bytes,
+        seeds: Iterable[Contact],
+        *,
+        k: int = K,
+        alpha: int = ALPHA,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+        local_id: bytes | None = None,
+    ) -> None:
+        if len(target) != ID_BYTES:
+            raise LocalProtocolError(f"a lookup target is {ID_BYTES} bytes")
+        if k < 1 or alpha < 1 or peer_timeout <= 0:
+            raise LocalProtocolError("k and alpha must be >= 1 and peer_timeout > 0")
+        self.target = target
+        self.k = k
+        self.alpha = alpha
+        self.peer_timeout = peer_timeout
+        self.local_id = local_id
+        self.state = LookupState.ITERATING
+        self._target_int = int.from_bytes(target, "big")
+        self._no_progress = 0
+        # Deadlines of the WAITING peers, by id (its size is the number in flight).
+        self._waiting: dict[bytes, float] = {}
+        self._peers: dict[bytes, _Peer] = {}
+        self._order = _Order()
+        #: Number of peers queried so far (a cost metric for the simulator).
+        self.queried = 0
+        for contact in seeds:
+            self._insert(contact)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _insert(self, contact: Contact) -> bool:
+        """Add a peer we have not seen; True when it is new."""
+        if contact.node_id in self._peers or contact.node_id == self.local_id:
+            return False
+        if len(contact.node_id) != ID_BYTES:
+            return False
+        d = int.from_bytes(contact.node_id, "big") ^ self._target_int
+        peer = _Peer(contact, d)
+        self._peers[contact.node_id] = peer
+        i = bisect.bisect_left(self._order.keys, d)
+        self._order.keys.insert(i, d)
+        self._order.peers.insert(i, peer)
+        return True
+
+    def _at_capacity(self) -> bool:
+        if self.state is LookupState.STALLED:
+            return len(self._waiting) >= max(self.k, self.alpha)
+        if self.state is LookupState.ITERATING:
+            return len(self._waiting) >= self.alpha
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self.state is LookupState.FINISHED
+
+    @property
+    def in_flight(self) -> int:
+        """Peers WAITING: queried, not answered, not yet timed out."""
+        return len(self._waiting)
+
+    def peer_state(self, node_id: bytes) -> PeerState | None:
+        peer = self._peers.get(node_id)
+        return peer.state if peer is not None else None
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_success(self, node_id: bytes, closer_peers: Iterable[Contact], now: float) -> bool:
+        """``node_id`` answered, naming ``closer_peers``.  False if the answer was not expected."""
+        del now  # accepted for a uniform signature; nothing here depends on it
+        if self.state is LookupState.FINISHED:
+            return False
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return False
+        if peer.state is PeerState.WAITING:
+            del self._waiting[node_id]
+        elif peer.state is not PeerState.UNRESPONSIVE:
+            return False
+        peer.state = PeerState.SUCCEEDED
+        progress = False
+        for contact in closer_peers:
+            seen = len(self._peers)
+            if self._insert(contact):
+                d = int.from_bytes(contact.node_id, "big") ^ self._target_int
+                progress = progress or self._order.keys[0] == d or seen < self.k
+        if self.state is LookupState.ITERATING:
+            self._no_progress = 0 if progress else self._no_progress + 1
+            if self._no_progress >= self.alpha:
+                self.state = LookupState.STALLED
+        elif self.state is LookupState.STALLED and progress:
+            self.state = LookupState.ITERATING
+            self._no_progress = 0
+        return True
+
+    def on_failure(self, node_id: bytes, now: float) -> bool:
+        """The RPC to ``node_id`` failed (timed out or answered nonsense)."""
+        del now
+        if self.state is LookupState.FINISHED:
+            return False
+        peer = self._peers.get(node_id)
+        if peer is None:
+            return False
+        if peer.state is PeerState.WAITING:
+            del self._waiting[node_id]
+        elif peer.state is not PeerState.UNRESPONSIVE:
+            return False
+        peer.state = PeerState.FAILED
+        return True
+
+    def next(self, now: float) -> list[Contact]:
+        """Peers to query now (each returned once); may finish the lookup."""
+        # Time out in-flight peers first.  closest.rs does this inside its walk,
+        # which never reaches a timed-out peer that lies behind a nearer
+        # NOT_CONTACTED one while at capacity, and then waits forever.
+        for node_id, deadline in list(self._waiting.items()):
+            if now >= deadline:
+                del self._waiting[node_id]
+                self._peers[node_id].state = PeerState.UNRESPONSIVE
+        out: list[Contact] = []
+        while self.state is not LookupState.FINISHED:
+            peer = self._step(now)
+            if peer is None:
+                break
+            out.append(peer)
+        return out
+
+    def _step(self, now: float) -> Contact | None:
+        # One pass of closest.rs's `next`.  Returns a peer to query, or None when
+        # the lookup must wait (at capacity / for answers) or has finished.
+        result_counter: int | None = 0
+        for peer in self._order.peers:
+            state = peer.state
+            if state is PeerState.WAITING:
+                if self._at_capacity():
+                    return None
+                # A nearer peer is still in flight: answers from farther
+                # peers cannot finish the lookup yet.
+                result_counter = None
+            elif state is PeerState.SUCCEEDED:
+                if result_counter is not None:
+                    result_counter += 1
+                    if result_counter >= self.k:
+                        self.state = LookupState.FINISHED
+                        return None
+            elif state is PeerState.NOT_CONTACTED:
+                if self._at_capacity():
+                    return None
+                peer.state = PeerState.WAITING
+                peer.deadline = now + self.peer_timeout
+                self._waiting[peer.contact.node_id] = peer.deadline
+                self.queried += 1
+                return peer.contact
+        if not self._waiting:
+            self.state = LookupState.FINISHED
+        return None
+
+    def finish(self) -> None:
+        """Stop the lookup now (the driver has what it wanted)."""
+        self.state = LookupState.FINISHED
+
+    # ------------------------------------------------------------------ outputs
+
+    def next_deadline(self) -> float | None:
+        """Earliest time a WAITING peer turns unresponsive (None if nothing is in flight)."""
+        if self.state is LookupState.FINISHED or not self._waiting:
+            return None
+        return min(self._waiting.values())
+
+    def result(self) -> list[Contact]:
+        """The k nearest peers that answered, nearest first."""
+        out = [p.contact for p in self._order.peers if p.state is PeerState.SUCCEEDED]
+        return out[: self.k]
+
+    def failed_count(self) -> int:
+        return sum(1 for p in self._order.peers if p.state is PeerState.FAILED)
+
+
+class ValueLookup(ClosestPeersLookup):
+    """FIND_VALUE: a node lookup that stops once ``quorum`` values were returned."""
+
+    def __init__(
+        self,
+        key: bytes,
+        seeds: Iterable[Contact],
+        *,
+        quorum: int = 1,
+        k: int = K,
+        alpha: int = ALPHA,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+        local_id: bytes | None = None,
+    ) -> None:
+        if quorum < 1:
+            raise LocalProtocolError("a value lookup needs a quorum >= 1")
+        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        self.quorum = quorum
+        #: (peer, value) in arrival order, peer None for the driver's own copy;
+        #: the driver has validated each value.
+        self.found: list[tuple[Contact | None, Value]] = []
+
+    def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
+        """``node_id`` answered with ``value``."""
+        peer = self._peers.get(node_id)
+        if peer is None or not self.on_success(node_id, (), now):
+            return False
+        self.found.append((peer.contact, value))
+        if len(self.found) >= self.quorum:
+            self.finish()
+        return True
+
+    def add_local_value(self, value: Value) -> None:
+        """Count a value the driver already holds itself toward the quorum."""
+        self.found.append((None, value))
+        if len(self.found) >= self.quorum:
+            self.finish()
+
+    def peers_without_value(self) -> list[Contact]:
+        """Peers that answered with contacts instead of a value, nearest first.
+
+        The nearest is where section 2.3 caches the value once found.
+        """
+        holders = {c.node_id for c, _ in self.found if c is not None}
+        return [
+            p.contact
+            for p in self._order.peers
+            if p.state is PeerState.SUCCEEDED and p.contact.node_id not in holders
+        ]

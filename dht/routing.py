@@ -1,0 +1,339 @@
+"""The routing table: k-buckets with ping-before-evict, exact k-closest, refresh times.
+
+Theory of operation
+-------------------
+The table holds up to k contacts per *bucket*.  Bucket ``i`` (0..159) holds the
+contacts whose XOR distance to our own id lies in ``[2**i, 2**(i+1))``
+(paper section 2.2), i.e. ``i = distance.bit_length() - 1``.  A fixed array of
+160 buckets is equivalent to the paper's split-on-demand tree of section 4.2
+for every bucket that can fill up, and is simpler to reason about (it is also
+what rust-libp2p's ``KBucketsTable`` does).  Our own id is never stored.
+
+Within a bucket contacts are kept least-recently seen first (an insertion-
+ordered dict).  `RoutingTable.update` is called for every message a contact
+proves it sent (paper 2.2: "when a Kademlia node receives any message ...
+from another node, it updates the appropriate k-bucket"):
+
+* known id, same address: move to the tail, clear its failure count;
+* known id, other address: ignored.  Section 2.2 prefers old contacts
+  ("the longer a node has been up, the more likely it is to remain up") and
+  an unverified claim must not redirect traffic; if the old address dies the
+  contact is evicted and the new one can come in;
+* bucket has room: append;
+* bucket full, one of its contacts is stale (see below): replace it;
+* bucket full: the newcomer goes to the bucket's *replacement cache*
+  (section 4.1) and, unless a check is already running, the table asks the
+  driver to ping the least-recently seen contact (`UpdateOutcome.PING`).  If
+  that contact answers, `update` moves it to the tail and the newcomer stays a
+  replacement; if the ping times out the driver calls `eviction_failed`, the
+  contact is removed and the freshest replacement takes its place.  Live old
+  contacts are never evicted for a newcomer (section 2.2's defence against
+  flooding the table with new ids).
+
+RPC failures outside that check are counted per contact (`record_failure`); a
+contact that failed `STALE_FAILURES` RPCs in a row is *stale*: it is replaced
+at once when a replacement exists (section 4.1 keeps stale contacts only when
+nothing better is known, so that a node that loses its own connectivity does
+not flush its table).
+
+`closest` is exact: it scans every contact and keeps the k nearest by XOR
+(``heapq.nsmallest``), rather than walking buckets and stopping early.  Tables
+hold at most a few hundred contacts in practice (about k per bit of
+log2(network size)), so the scan is cheap, and exactness is what lookups and
+the tests rely on.
+
+Each bucket remembers when a lookup last targeted its range
+(`touch`).  Buckets not touched for `refresh_interval` are due for a
+refresh lookup of a random id in their range (section 2.3).  Only buckets from
+the nearest non-empty one outwards are refreshed: nearer buckets are empty
+because no such node exists, and refreshing them would cost ~150 useless
+lookups an hour.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from dht.ids import ID_BITS, ID_BYTES, Contact, K
+from p2pblog.errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from random import Random
+
+#: Consecutive RPC failures after which a contact is stale (paper 4.1 says 5
+#: for a contact that merely went quiet; we retransmit every RPC several times,
+#: so each of our failures already means several lost datagrams).
+STALE_FAILURES: Final = 2
+#: Seconds after which an untouched bucket is refreshed (paper 2.3: one hour).
+REFRESH_INTERVAL: Final = 3600.0
+
+
+class UpdateOutcome(enum.Enum):
+    ADDED = "added"
+    REFRESHED = "refreshed"
+    #: Bucket full: newcomer cached as a replacement, ping the returned contact.
+    PING = "ping"
+    #: Bucket full and a check is already running: newcomer cached.
+    QUEUED = "queued"
+    IGNORED = "ignored"
+
+
+@dataclass(slots=True)
+class _Entry:
+    contact: Contact
+    last_seen: float
+    failures: int = 0
+
+
+class _Bucket:
+    __slots__ = ("checking", "entries", "last_touched", "replacements")
+
+    def __init__(self, now: float) -> None:
+        # Least-recently seen first.
+        self.entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # Most-recently seen last.
+        self.replacements: OrderedDict[bytes, Contact] = OrderedDict()
+        # Id of the contact whose liveness check is in flight, if any.
+        self.checking: bytes | None = None
+        self.last_touched = now
+
+
+class RoutingTable:
+    """Contacts by XOR distance from ``own_id``.  Pure data: it never sends anything."""
+
+    def __init__(
+        self,
+        own_id: bytes,
+        now: float,
+        *,
+        k: int = K,
+        replacement_cache: int = K,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ) -> None:
+        if len(own_id) != ID_BYTES:
+            raise LocalProtocolError(f"a node id is {ID_BYTES} bytes")
+        if k < 1 or replacement_cache < 0:
+            raise LocalProtocolError("k must be >= 1 and the replacement cache >= 0")
+        self.own_id = own_id
+        self.k = k
+        self.replacement_cache = replacement_cache
+        self.refresh_interval = refresh_interval
+        self._own_int = int.from_bytes(own_id, "big")
+        self._buckets = [_Bucket(now) for _ in range(ID_BITS)]
+        # Every contact by id, with its id as an integer: the flat view `closest` scans.
+        self._flat: dict[bytes, tuple[int, Contact]] = {}
+        # Cache of next_refresh(): it is asked after every input, and changes
+        # only when a bucket is touched or the nearest non-empty bucket moves.
+        self._refresh_cache: float | None = None
+        self._refresh_dirty = True
+
+    # ------------------------------------------------------------------ queries
+
+    def bucket_index(self, node_id: bytes) -> int:
+        """Index of the bucket that holds ``node_id`` (raises for our own id)."""
+        d = self._own_int ^ int.from_bytes(node_id, "big")
+        if d == 0:
+            raise LocalProtocolError("our own id has no bucket")
+        return d.bit_length() - 1
+
+    def __len__(self) -> int:
+        return len(self._flat)
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, bytes) and self.get(node_id) is not None
+
+    def get(self, node_id: bytes) -> Contact | None:
+        found = self._flat.get(node_id)
+        return found[1] if found is not None else None
+
+    def contacts(self) -> Iterator[Contact]:
+        """Every contact, bucket by bucket, least-recently seen first within a bucket."""
+        for bucket in self._buckets:
+            for entry in bucket.entries.values():
+                yield entry.contact
+
+    def bucket_contacts(self, index: int) -> list[Contact]:
+        return [e.contact for e in self._buckets[index].entries.values()]
+
+    def replacements(self, index: int) -> list[Contact]:
+        return list(self._buckets[index].replacements.values())
+
+    def last_seen(self, node_id: bytes) -> float:
+        """When the contact last answered or sent us something (``now`` units); 0.0 if unknown."""
+        entry = self._entry(node_id)
+        return entry.last_seen if entry is not None else 0.0
+
+    def failures(self, node_id: bytes) -> int:
+        entry = self._entry(node_id)
+        return entry.failures if entry is not None else 0
+
+    def closest(
+        self,
+        target: bytes,
+        count: int | None = None,
+        *,
+        exclude_id: bytes | None = None,
+        exclude_addr: tuple[str, int] | None = None,
+    ) -> list[Contact]:
+        """The ``count`` (default k) contacts nearest ``target`` by XOR, nearest first.
+
+        Exact over the whole table.  ``exclude_*`` leaves out the requester, as
+        ``kademlia``'s ``find_neighbors(node, exclude=source)`` does.
+        """
+        n = self.k if count is None else count
+        t = int.from_bytes(target, "big")
+        # At most two entries can be excluded (one by id, one by address).
+        nearest = heapq.nsmallest(n + 2, self._flat.values(), key=lambda e: e[0] ^ t)
+        out = [c for _, c in nearest if c.node_id != exclude_id and c.addr != exclude_addr]
+        return out[:n]
+
+    # ------------------------------------------------------------------ updates
+
+    def update(self, contact: Contact, now: float) -> tuple[UpdateOutcome, Contact | None]:
+        """Record that ``contact`` is alive; see the module docstring for the rules.
+
+        Returns the outcome and, for `UpdateOutcome.PING`, the contact to ping.
+        """
+        node_id = contact.node_id
+        if len(node_id) != ID_BYTES or node_id == self.own_id:
+            return UpdateOutcome.IGNORED, None
+        bucket = self._buckets[self.bucket_index(node_id)]
+        entry = bucket.entries.get(node_id)
+        if entry is not None:
+            if entry.contact.addr != contact.addr:
+                return UpdateOutcome.IGNORED, None
+            bucket.entries.move_to_end(node_id)
+            entry.last_seen = now
+            entry.failures = 0
+            if bucket.checking == node_id:
+                bucket.checking = None
+            return UpdateOutcome.REFRESHED, None
+        if len(bucket.entries) < self.k:
+            self._insert(bucket, contact, now)
+            return UpdateOutcome.ADDED, None
+        stale = next((e for e in bucket.entries.values() if e.failures >= STALE_FAILURES), None)
+        if stale is not None:
+            self._drop(bucket, stale.contact.node_id)
+            self._insert(bucket, contact, now)
+            return UpdateOutcome.ADDED, None
+        self._cache_replacement(bucket, contact)
+        if bucket.checking is not None:
+            return UpdateOutcome.QUEUED, None
+        oldest = next(iter(bucket.entries.values()))
+        bucket.checking = oldest.contact.node_id
+        return UpdateOutcome.PING, oldest.contact
+
+    def eviction_failed(self, node_id: bytes, now: float) -> Contact | None:
+        """The liveness ping of ``node_id`` timed out: evict it, promote a replacement.
+
+        Returns the promoted contact, if any.
+        """
+        if self._entry(node_id) is None:
+            return None
+        return self.remove(node_id, now)
+
+    def record_failure(self, node_id: bytes, now: float) -> Contact | None:
+        """An RPC to ``node_id`` failed.  Stale contacts give way to a replacement.
+
+        Returns the promoted contact, if the failing one was replaced.
+        """
+        entry = self._entry(node_id)
+        if entry is None:
+            return None
+        entry.failures += 1
+        bucket = self._buckets[self.bucket_index(node_id)]
+        if entry.failures >= STALE_FAILURES and bucket.replacements:
+            return self.remove(node_id, now)
+        return None
+
+    def remove(self, node_id: bytes, now: float) -> Contact | None:
+        """Forget ``node_id`` (and its replacement-cache entry); promote the freshest replacement."""
+        if len(node_id) != ID_BYTES or node_id == self.own_id:
+            return None
+        bucket = self._buckets[self.bucket_index(node_id)]
+        bucket.replacements.pop(node_id, None)
+        if node_id not in bucket.entries:
+            return None
+        self._drop(bucket, node_id)
+        if bucket.replacements:
+            _, promoted = bucket.replacements.popitem(last=True)
+            self._insert(bucket, promoted, now)
+            return promoted
+        return None
+
+    def _entry(self, node_id: bytes) -> _Entry | None:
+        if len(node_id) != ID_BYTES or node_id == self.own_id:
+            return None
+        return self._buckets[self.bucket_index(node_id)].entries.get(node_id)
+
+    def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
+        bucket.replacements.pop(contact.node_id, None)
+        bucket.entries[contact.node_id] = _Entry(contact, now)
+        self._flat[contact.node_id] = (int.from_bytes(contact.node_id, "big"), contact)
+        self._refresh_dirty = True
+
+    def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
+        del bucket.entries[node_id]
+        del self._flat[node_id]
+        if bucket.checking == node_id:
+            bucket.checking = None
+        self._refresh_dirty = True
+
+    def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
+        if self.replacement_cache == 0:
+            return
+        bucket.replacements.pop(contact.node_id, None)
+        bucket.replacements[contact.node_id] = contact
+        while len(bucket.replacements) > self.replacement_cache:
+            bucket.replacements.popitem(last=False)
+
+    # ------------------------------------------------------------------ refresh
+
+    def touch(self, target: bytes, now: float) -> None:
+        """A lookup for ``target`` started: its bucket counts as fresh (paper 2.3)."""
+        if target != self.own_id:
+            self.touch_bucket(self.bucket_index(target), now)
+
+    def touch_bucket(self, index: int, now: float) -> None:
+        bucket = self._buckets[index]
+        if now > bucket.last_touched:
+            bucket.last_touched = now
+            self._refresh_dirty = True
+
+    def _refreshable(self) -> range:
+        nearest = next((i for i, b in enumerate(self._buckets) if b.entries), None)
+        return range(0) if nearest is None else range(nearest, ID_BITS)
+
+    def buckets_due(self, now: float) -> list[int]:
+        """Indexes of refreshable buckets not touched for `refresh_interval`."""
+        limit = now - self.refresh_interval
+        return [i for i in self._refreshable() if self._buckets[i].last_touched <= limit]
+
+    def next_refresh(self) -> float | None:
+        """When the next bucket falls due, or None while the table is empty."""
+        if self._refresh_dirty:
+            indexes = self._refreshable()
+            self._refresh_cache = (
+                min(self._buckets[i].last_touched for i in indexes) + self.refresh_interval
+                if indexes
+                else None
+            )
+            self._refresh_dirty = False
+        return self._refresh_cache
+
+    def nearest_bucket(self) -> int | None:
+        """Index of the nearest non-empty bucket (None when the table is empty)."""
+        indexes = self._refreshable()
+        return indexes.start if indexes else None
+
+    def random_id_in_bucket(self, index: int, rng: Random) -> bytes:
+        """A uniformly random id whose distance from us falls in bucket ``index``."""
+        if not 0 <= index < ID_BITS:
+            raise LocalProtocolError(f"bucket index {index} out of range")
+        d = (1 << index) | rng.getrandbits(index)
+        return (self._own_int ^ d).to_bytes(ID_BYTES, "big")

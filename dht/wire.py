@@ -1,0 +1,407 @@
+"""Wire codec of the DHT: rpcudp framing and the ``kademlia`` package's RPC shapes.
+
+Theory of operation
+-------------------
+p2pblog speaks the exact datagram format of ``rpcudp`` 5.0.1 and the RPC
+argument and return shapes of ``kademlia`` 2.2.3, so that p2pblog nodes and
+``kademlia.network.Server`` nodes can bootstrap from and store to each other.
+What follows was read off their source (``rpcudp/protocol.py``,
+``kademlia/protocol.py``, ``kademlia/crawling.py``).
+
+A datagram is::
+
+    byte 0      0x00 request | 0x01 response
+    bytes 1-20  message id: 20 opaque bytes chosen by the requester
+                (rpcudp uses sha1(os.urandom(32)); we use the injected RNG)
+    bytes 21-   msgpack body
+
+rpcudp ignores datagrams shorter than 22 bytes, and refuses to *send* a
+request whose msgpack body is longer than 8192 bytes; we enforce that same
+limit (`MAX_BODY_BYTES` = `p2pblog.limits.MAX_DATAGRAM_BYTES`) on the body of
+everything we receive or send, so the largest datagram is 21 + 8192 bytes.
+rpcudp matches a response to its request by message id alone.
+
+A request body is ``[name, args]`` where ``args`` is the tuple the caller
+passed, packed as an array; every ``kademlia`` RPC puts the sender's node id
+first.  A response body is the bare return value of ``rpc_<name>``:
+
+=============  =====================================  ===================================
+name           request args                           response body
+=============  =====================================  ===================================
+``ping``       ``[sender_id]``                        the responder's id (bin 20)
+``store``      ``[sender_id, key, value]``            ``true`` (kademlia always; we send
+                                                      ``false`` for a refused value)
+``find_node``  ``[sender_id, target]``                ``[[id, ip, port], ...]`` (<= k)
+``find_value`` ``[sender_id, key]``                   ``{"value": v}`` or, if not held,
+                                                      the ``find_node`` answer
+``stun``       ``[]``                                 ``[ip, port]`` of the requester
+=============  =====================================  ===================================
+
+Ids and keys are msgpack *bin*, names and ips are *str* (rpcudp packs with
+u-msgpack-python, which, like ``msgpack.packb`` with ``use_bin_type=True``,
+uses the smallest encoding of every value; the golden vectors in
+``tests/dht/test_wire.py`` pin that we produce the same bytes).  A value is
+whatever ``kademlia.network.check_dht_value_type`` allows: int, float, bool,
+str or bytes.  A request with an unknown name gets no answer (rpcudp logs and
+drops it); p2pblog-only RPCs therefore use names of their own and peers that
+do not know them stay silent.
+
+Decoding is bounded and total: `decode_datagram` and the ``parse_*``
+functions raise `WireError` (a `ValueError`) and nothing else for any input,
+however malformed.  They validate shapes once, here at the boundary, so the
+core works with typed values.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from dht.ids import ID_BYTES, Address, Contact, is_id
+from p2pblog.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
+
+REQUEST: Final = 0x00
+RESPONSE: Final = 0x01
+MSG_ID_BYTES: Final = 20
+HEADER_BYTES: Final = 1 + MSG_ID_BYTES
+#: rpcudp's own check: ``len(umsgpack.packb([name, args])) > 8192`` is refused.
+MAX_BODY_BYTES: Final = MAX_DATAGRAM_BYTES
+MAX_WIRE_DATAGRAM_BYTES: Final = HEADER_BYTES + MAX_BODY_BYTES
+#: rpcudp drops anything shorter (a header and at least one body byte).
+MIN_DATAGRAM_BYTES: Final = HEADER_BYTES + 1
+#: Longest RPC name we keep (unknown names are only logged and counted).
+MAX_NAME_CHARS: Final = 64
+
+PING: Final = "ping"
+STORE: Final = "store"
+FIND_NODE: Final = "find_node"
+FIND_VALUE: Final = "find_value"
+STUN: Final = "stun"
+
+#: A DHT value as ``kademlia`` allows it (``check_dht_value_type``).
+Value = bytes | str | int | float | bool
+
+
+class WireError(ValueError):
+    """Bytes from a peer that are not a well-formed DHT datagram or RPC reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    msg_id: bytes
+    sender_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    msg_id: bytes
+    sender_id: bytes
+    key: bytes
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode:
+    msg_id: bytes
+    sender_id: bytes
+    target: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FindValue:
+    msg_id: bytes
+    sender_id: bytes
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stun:
+    msg_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownRequest:
+    """A well-framed request whose name we do not serve (left unanswered)."""
+
+    msg_id: bytes
+    name: str
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response; its body's shape depends on the request, see the ``parse_*`` functions."""
+
+    msg_id: bytes
+    body: Any
+
+
+Request = Ping | Store | FindNode | FindValue | Stun | UnknownRequest
+Message = Request | Response
+
+
+# --------------------------------------------------------------------------- values
+
+
+def value_size(value: Value) -> int:
+    """Size a value counts against `MAX_DHT_VALUE_BYTES`: its payload bytes."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    return 8
+
+
+def is_value(obj: object) -> bool:
+    """True for a value ``kademlia`` would store (exact types, as ``type(v) in typeset``)."""
+    return type(obj) in (bytes, str, int, float, bool)
+
+
+def _check_value(obj: object) -> Value:
+    if not is_value(obj):
+        raise WireError(f"a DHT value is int, float, bool, str or bytes, not {type(obj).__name__}")
+    assert isinstance(obj, bytes | str | int | float)
+    if value_size(obj) > MAX_DHT_VALUE_BYTES:
+        raise WireError(f"DHT value over {MAX_DHT_VALUE_BYTES} bytes")
+    return obj
+
+
+def _check_id(obj: object, what: str) -> bytes:
+    if not is_id(obj):
+        raise WireError(f"{what} is not a {ID_BYTES}-byte id")
+    assert isinstance(obj, bytes)
+    return obj
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _pack(obj: object) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def _frame(kind: int, msg_id: bytes, body: bytes) -> bytes:
+    if len(msg_id) != MSG_ID_BYTES:
+        raise ValueError(f"a message id is {MSG_ID_BYTES} bytes")
+    if len(body) > MAX_BODY_BYTES:
+        raise ValueError(f"message body of {len(body)} bytes is over {MAX_BODY_BYTES}")
+    return bytes((kind,)) + msg_id + body
+
+
+def _contact_triple(contact: Contact) -> list[object]:
+    return [contact.node_id, contact.addr[0], contact.addr[1]]
+
+
+def request_name(request: Request) -> str:
+    """The RPC name a request is sent under (``"find_node"``, ...)."""
+    match request:
+        case Ping():
+            return PING
+        case Store():
+            return STORE
+        case FindNode():
+            return FIND_NODE
+        case FindValue():
+            return FIND_VALUE
+        case Stun():
+            return STUN
+        case UnknownRequest(name=name):
+            return name
+
+
+def encode_request(request: Request) -> bytes:
+    """Frame a request as rpcudp's ``__getattr__`` closure does."""
+    args: Sequence[object]
+    match request:
+        case Ping(msg_id, sender_id):
+            name, args = PING, (sender_id,)
+        case Store(msg_id, sender_id, key, value):
+            name, args = STORE, (sender_id, key, value)
+        case FindNode(msg_id, sender_id, target):
+            name, args = FIND_NODE, (sender_id, target)
+        case FindValue(msg_id, sender_id, key):
+            name, args = FIND_VALUE, (sender_id, key)
+        case Stun(msg_id):
+            name, args = STUN, ()
+        case UnknownRequest(msg_id, name, args):
+            pass
+    return _frame(REQUEST, msg_id, _pack([name, list(args)]))
+
+
+def encode_response(msg_id: bytes, body: object) -> bytes:
+    """Frame a bare return value as rpcudp's ``_accept_request`` does."""
+    return _frame(RESPONSE, msg_id, _pack(body))
+
+
+def ping_response(msg_id: bytes, node_id: bytes) -> bytes:
+    return encode_response(msg_id, node_id)
+
+
+def store_response(msg_id: bytes, stored: bool) -> bytes:
+    return encode_response(msg_id, stored)
+
+
+def find_node_response(msg_id: bytes, contacts: Sequence[Contact]) -> bytes:
+    return encode_response(msg_id, [_contact_triple(c) for c in contacts])
+
+
+def find_value_response(msg_id: bytes, found: Value | Sequence[Contact]) -> bytes:
+    if is_value(found):
+        return encode_response(msg_id, {"value": found})
+    assert not isinstance(found, bytes | str | int | float)
+    return find_node_response(msg_id, found)
+
+
+def stun_response(msg_id: bytes, addr: Address) -> bytes:
+    return encode_response(msg_id, [addr[0], addr[1]])
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _unpack(body: bytes) -> Any:
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_str_len=MAX_BODY_BYTES,
+            max_bin_len=MAX_BODY_BYTES,
+            max_array_len=MAX_BODY_BYTES,
+            max_map_len=MAX_BODY_BYTES,
+            max_ext_len=MAX_BODY_BYTES,
+        )
+    except (ValueError, msgpack.UnpackException) as exc:
+        # ExtraData, FormatError, StackError, UnicodeDecodeError and plain
+        # ValueError (truncation, limits, non-str map keys) are ValueErrors;
+        # OutOfData is only an UnpackException.
+        # Anything else escaping here is a bug the fuzz tests are meant to catch.
+        raise WireError(f"malformed msgpack body: {type(exc).__name__}") from None
+
+
+def decode_datagram(data: bytes) -> Message:
+    """Decode one datagram; raise `WireError` for anything but a well-formed one."""
+    if len(data) < MIN_DATAGRAM_BYTES:
+        raise WireError(f"datagram of {len(data)} bytes is shorter than {MIN_DATAGRAM_BYTES}")
+    if len(data) > MAX_WIRE_DATAGRAM_BYTES:
+        raise WireError(f"datagram of {len(data)} bytes is over {MAX_WIRE_DATAGRAM_BYTES}")
+    kind = data[0]
+    msg_id = bytes(data[1:HEADER_BYTES])
+    if kind == RESPONSE:
+        return Response(msg_id, _unpack(bytes(data[HEADER_BYTES:])))
+    if kind != REQUEST:
+        raise WireError(f"unknown datagram type 0x{kind:02x}")
+    body = _unpack(bytes(data[HEADER_BYTES:]))
+    # rpcudp's _accept_request: "if not isinstance(data, list) or len(data) != 2".
+    if not isinstance(body, list) or len(body) != 2:
+        raise WireError("a request body is [name, args]")
+    name, args = body
+    if not isinstance(name, str) or not isinstance(args, list):
+        raise WireError("a request body is [str name, array args]")
+    if len(name) > MAX_NAME_CHARS:
+        raise WireError("RPC name too long")
+    return _decode_request(msg_id, name, args)
+
+
+def _arity(name: str, args: list[Any], n: int) -> None:
+    if len(args) != n:
+        raise WireError(f"{name} takes {n} arguments, got {len(args)}")
+
+
+def _decode_request(msg_id: bytes, name: str, args: list[Any]) -> Request:
+    if name == PING:
+        _arity(name, args, 1)
+        return Ping(msg_id, _check_id(args[0], "sender id"))
+    if name == STORE:
+        _arity(name, args, 3)
+        return Store(
+            msg_id,
+            _check_id(args[0], "sender id"),
+            _check_id(args[1], "key"),
+            _check_value(args[2]),
+        )
+    if name == FIND_NODE:
+        _arity(name, args, 2)
+        return FindNode(msg_id, _check_id(args[0], "sender id"), _check_id(args[1], "target"))
+    if name == FIND_VALUE:
+        _arity(name, args, 2)
+        return FindValue(msg_id, _check_id(args[0], "sender id"), _check_id(args[1], "key"))
+    if name == STUN:
+        _arity(name, args, 0)
+        return Stun(msg_id)
+    return UnknownRequest(msg_id, name, tuple(args))
+
+
+def _check_addr(host: object, port: object) -> Address:
+    if not isinstance(host, str) or type(port) is not int:
+        raise WireError("an address is [str ip, int port]")
+    if not 0 < port < 65536:
+        raise WireError("port out of range")
+    if len(host) > 45:  # longest textual IPv6 address (with embedded IPv4)
+        raise WireError("ip too long")
+    if not _is_ip(host):
+        # kademlia says "only IP addresses are acceptable - hostnames will cause an error".
+        raise WireError("not an IP address")
+    return (host, port)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    # Cached: a find_node answer carries up to k addresses, mostly ones seen before.
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_contacts(body: Any) -> tuple[Contact, ...]:
+    """A ``find_node`` answer: ``[[id, ip, port], ...]`` -> contacts, in the peer's order."""
+    if not isinstance(body, list):
+        raise WireError("a find_node answer is an array of [id, ip, port]")
+    out: list[Contact] = []
+    for triple in body:
+        if not isinstance(triple, list) or len(triple) != 3:
+            raise WireError("a contact is [id, ip, port]")
+        node_id = _check_id(triple[0], "contact id")
+        out.append(Contact(node_id, _check_addr(triple[1], triple[2])))
+    return tuple(out)
+
+
+def parse_ping_response(body: Any) -> bytes:
+    return _check_id(body, "ping answer")
+
+
+def parse_store_response(body: Any) -> bool:
+    if not isinstance(body, bool):
+        raise WireError("a store answer is a boolean")
+    return body
+
+
+def parse_find_node_response(body: Any) -> tuple[Contact, ...]:
+    return parse_contacts(body)
+
+
+def parse_find_value_response(body: Any) -> Value | tuple[Contact, ...]:
+    """``{"value": v}`` -> v; otherwise a ``find_node`` answer -> contacts.
+
+    ``kademlia``'s ``RPCFindResponse.has_value`` is ``isinstance(response, dict)``.
+    """
+    if isinstance(body, dict):
+        if set(body) != {"value"}:
+            raise WireError('a find_value answer map is {"value": v}')
+        return _check_value(body["value"])
+    return parse_contacts(body)
+
+
+def parse_stun_response(body: Any) -> Address:
+    if not isinstance(body, list) or len(body) != 2:
+        raise WireError("a stun answer is [ip, port]")
+    return _check_addr(body[0], body[1])

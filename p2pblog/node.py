@@ -1,0 +1,218 @@
+"""NodeCore: the sans-IO p2pblog node that composes the DHT (and, later, gossip).
+
+Theory of operation
+-------------------
+`NodeCore` owns a `dht.DhtCore` and adds what p2pblog means by its values:
+
+* **Record rules.**  A DHT value that begins like a p2pblog record (a
+  64-byte signature, then a 6-element msgpack array of version 1) must *be*
+  a valid one: signed by its signer, unexpired, and filed under its own key
+  (`identity.records`).  Anything else is an opaque value, accepted as the
+  ``kademlia`` package would, so real ``kademlia`` peers can use our nodes.
+  Among values for one key, valid records beat opaque values and the highest
+  ``seq`` wins; opaque values keep ``kademlia``'s last-write-wins.
+* **Own peer record.**  `publish(addrs, now)` signs "this key is reachable
+  here" with ``seq`` = milliseconds of ``now`` (so a restarted node's record
+  supersedes the old one) and stores it at the k nodes closest to
+  ``peer_key(own key)``; it is re-signed and republished every
+  `PEER_REPUBLISH` seconds, well inside its `PEER_TTL`.
+* **Resolution.**  `start_resolve(public_key, now)` runs a FIND_VALUE for the
+  peer record and reports `PeerResolved` (verified record) or
+  `PeerNotResolved`.
+
+Like the DHT core it never reads a clock: ``now`` is Unix seconds (the
+runtime supplies a monotonic clock anchored to Unix time, because records
+carry absolute expiry times).  Outputs are pulled with the same methods as
+`DhtCore`'s: `datagrams_to_send`, `next_event`, `get_timer`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from random import Random
+from typing import Final
+
+from dht import DhtConfig, DhtCore, ValueFound, node_id_from_public_key
+from dht.events import Event as DhtEvent
+from dht.ids import Address
+from dht.records import accept_any
+from dht.wire import Value
+from identity import Identity
+from identity.records import (
+    PEER,
+    Record,
+    RecordError,
+    create_record,
+    decode_record,
+    peer_key,
+)
+
+#: Seconds a peer record is valid after signing, and between re-signings.
+PEER_TTL: Final = 2 * 3600
+PEER_REPUBLISH: Final = 30 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class PeerResolved:
+    """A key's peer record was found and verified."""
+
+    query_id: int
+    public_key: bytes
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class PeerNotResolved:
+    """No valid peer record for the key was found."""
+
+    query_id: int
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPublished:
+    """Our own peer record was stored at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    seq: int
+    stored_at: int
+
+
+Event = DhtEvent | PeerResolved | PeerNotResolved | RecordPublished
+
+
+def _looks_like_record(value: Value) -> bool:
+    # signature (64) || fixarray-6 (0x96) || version 1 (0x01)
+    return isinstance(value, bytes) and len(value) > 66 and value[64] == 0x96 and value[65] == 0x01
+
+
+def validate_value(key: bytes, value: Value, now: float) -> bool:
+    """The DHT validator: p2pblog records must verify; other values as ``kademlia`` allows."""
+    if _looks_like_record(value):
+        assert isinstance(value, bytes)
+        try:
+            decode_record(value, now=now, key=key)
+        except RecordError:
+            return False
+        return True
+    return accept_any(key, value, now)
+
+
+def select_value(key: bytes, values: Sequence[Value]) -> int:
+    """The DHT selector: the valid record with the highest seq, else the newest value."""
+    del key
+    best: tuple[int, bytes] | None = None
+    best_index = len(values) - 1
+    for index, value in enumerate(values):
+        if not _looks_like_record(value):
+            continue
+        assert isinstance(value, bytes)
+        try:
+            record = decode_record(value, now=None)
+        except RecordError:
+            continue
+        rank = (record.seq, record.raw)
+        if best is None or rank > best:
+            best, best_index = rank, index
+    return best_index
+
+
+class NodeCore:
+    """A p2pblog node, sans IO.  Drive it exactly like `dht.DhtCore`."""
+
+    def __init__(
+        self, identity: Identity, rng: Random, now: float, *, dht_config: DhtConfig | None = None
+    ) -> None:
+        self.identity = identity
+        self.dht = DhtCore(
+            node_id_from_public_key(identity.public_key),
+            rng,
+            now,
+            config=dht_config,
+            validator=validate_value,
+            selector=select_value,
+        )
+        self.peer_record: Record | None = None
+        self._addrs: tuple[tuple[str, str, int], ...] = ()
+        self._republish_at: float | None = None
+        self._resolves: dict[int, bytes] = {}
+        self._publishes: dict[int, int] = {}
+        self._events: deque[Event] = deque()
+
+    # -- outputs (DhtCore's contract) ---------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        return self.dht.datagrams_to_send()
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (self.dht.get_timer(), self._republish_at) if t is not None]
+        return min(timers) if timers else None
+
+    def next_event(self) -> Event | None:
+        while not self._events:
+            event = self.dht.next_event()
+            if event is None:
+                return None
+            self._translate(event)
+        return self._events.popleft()
+
+    def _translate(self, event: DhtEvent) -> None:
+        qid = getattr(event, "query_id", None)
+        if qid is not None and qid in self._resolves:
+            key = self._resolves.pop(qid)
+            if isinstance(event, ValueFound) and isinstance(event.value, bytes):
+                try:
+                    record = decode_record(event.value, now=None, key=peer_key(key))
+                except RecordError:
+                    record = None
+                if record is not None and record.type == PEER and record.signer == key:
+                    self._events.append(PeerResolved(qid, key, record))
+                    return
+            self._events.append(PeerNotResolved(qid, key))
+            return
+        if qid is not None and qid in self._publishes:
+            seq = self._publishes.pop(qid)
+            stored = len(getattr(event, "stored_at", ()))
+            self._events.append(RecordPublished(qid, seq, stored))
+            return
+        self._events.append(event)
+
+    # -- inputs ---------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self.dht.receive_datagram(data, addr, now)
+
+    def handle_timer(self, now: float) -> None:
+        self.dht.handle_timer(now)
+        if self._republish_at is not None and now >= self._republish_at:
+            self._publish(now)
+
+    # -- commands -------------------------------------------------------------------
+
+    def bootstrap(self, addrs: Sequence[Address], now: float) -> int:
+        return self.dht.bootstrap(addrs, now)
+
+    def publish(self, addrs: Sequence[tuple[str, str, int]], now: float) -> int:
+        """Sign our peer record for addrs and store it in the DHT; keep it fresh."""
+        self._addrs = tuple(addrs)
+        return self._publish(now)
+
+    def _publish(self, now: float) -> int:
+        seq = int(now * 1000)
+        if self.peer_record is not None and seq <= self.peer_record.seq:
+            seq = self.peer_record.seq + 1
+        self.peer_record = create_record(
+            self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self._addrs
+        )
+        self._republish_at = now + PEER_REPUBLISH
+        qid = self.dht.start_put(peer_key(self.identity.public_key), self.peer_record.raw, now)
+        self._publishes[qid] = seq
+        return qid
+
+    def start_resolve(self, public_key: bytes, now: float) -> int:
+        """Find and verify the peer record of public_key."""
+        qid = self.dht.start_get(peer_key(public_key), now)
+        self._resolves[qid] = public_key
+        return qid

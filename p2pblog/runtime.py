@@ -1,0 +1,177 @@
+"""The trio runtime: real sockets and timers around the sans-IO cores.
+
+Theory of operation
+-------------------
+`UdpDriver` gives one core (a `NodeCore`, or a bare `dht.DhtCore`) one UDP
+socket and one timer, in the shape of aioquic's asyncio adapter: after every
+input (a datagram, a timer expiry, a command) it calls `flush`, which sends
+every queued datagram, dispatches every event, and re-arms the timer at the
+core's earliest deadline.  The socket is a non-blocking stdlib socket read
+after `trio.lowlevel.wait_readable`, so `flush` can send synchronously; a
+send that would block or fails is a lost datagram, which the protocol
+already tolerates (and which is counted).
+
+Commands are started on the core with the current time and awaited through
+their query id: every command's query ends in exactly one result event
+(the cores guarantee it), which `flush` hands to the waiting task.
+
+Clock: the cores take ``now`` in Unix seconds that never go backwards.
+`unix_now` is ``time.monotonic()`` anchored to the wall clock once at import,
+so records can carry absolute expiry times and a wall-clock step (NTP) cannot
+make time run backwards inside a core.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+_EPOCH_OFFSET = time.time() - time.monotonic()
+#: Largest datagram read from the socket; the core counts and drops oversize ones.
+RECV_BYTES = 65536
+
+
+def unix_now() -> float:
+    """Unix time in seconds from a monotonic clock (never decreases)."""
+    return time.monotonic() + _EPOCH_OFFSET
+
+
+class DatagramCore(Protocol):
+    """What `UdpDriver` needs of a core: `dht.DhtCore`'s driver contract."""
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def get_timer(self) -> float | None: ...
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]: ...
+    def next_event(self) -> Any: ...
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT``; raise ValueError with a clear message."""
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return (host or default_host), int(port)
+
+
+class UdpDriver:
+    """Drives one datagram core over one UDP socket, with one timer."""
+
+    def __init__(
+        self,
+        core: DatagramCore,
+        sock: socket.socket,
+        *,
+        clock: Callable[[], float] = unix_now,
+        on_event: Callable[[Any], None] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.core = core
+        self.sock = sock
+        self.clock = clock
+        self.on_event = on_event
+        self.stats: Counter[str] = Counter()
+        self._waiters: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._rearm = trio.Event()
+
+    @classmethod
+    def bind(cls, core: DatagramCore, host: str, port: int, **kwargs: Any) -> UdpDriver:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        return cls(core, sock, **kwargs)
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    # -- the flush after every input ----------------------------------------------
+
+    def flush(self) -> None:
+        for data, addr in self.core.datagrams_to_send():
+            try:
+                self.sock.sendto(data, addr)
+            except OSError as exc:
+                # Would block, unreachable, refused: a lost datagram; the RPC layer retries.
+                self.stats[f"send_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+        while (event := self.core.next_event()) is not None:
+            qid = getattr(event, "query_id", None)
+            waiter = self._waiters.pop(qid, None) if qid is not None else None
+            if waiter is not None:
+                waiter[1].append(event)
+                waiter[0].set()
+            elif self.on_event is not None:
+                self.on_event(event)
+        self._rearm.set()
+
+    async def request(self, start: Callable[[float], int]) -> Any:
+        """Start a command (``start(now) -> query id``) and wait for its result event."""
+        qid = start(self.clock())
+        done, box = trio.Event(), list[Any]()
+        self._waiters[qid] = (done, box)
+        try:
+            self.flush()
+            await done.wait()
+        finally:
+            self._waiters.pop(qid, None)
+        return box[0]
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Receive datagrams and fire timers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._timer_loop)
+
+    async def _receive_loop(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            got_any = False
+            for _ in range(256):  # bounded batch, then let other tasks run
+                try:
+                    data, addr = self.sock.recvfrom(RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                    self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+                    continue
+                got_any = True
+                self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), self.clock())
+            if got_any:
+                self.flush()
+            await trio.lowlevel.checkpoint()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._rearm = trio.Event()
+            deadline = self.core.get_timer()
+            if deadline is None:
+                await self._rearm.wait()
+                continue
+            delay = deadline - self.clock()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await self._rearm.wait()
+                    continue  # re-armed before the deadline: recompute it
+            self.core.handle_timer(self.clock())
+            self.flush()
+            await trio.lowlevel.checkpoint()

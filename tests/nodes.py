@@ -1,0 +1,92 @@
+"""Test helper: real ``p2pblog run`` processes on 127.0.0.1, each in its own home."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.process import p2pblog
+
+
+@dataclass
+class NodeProcess:
+    home: Path
+    process: subprocess.Popen[str]
+    dht: tuple[str, int]
+    handle: str
+    log: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.dht[0]}:{self.dht[1]}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if not self.stopped:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.stopped = True
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def init_home(home: Path) -> str:
+    result = p2pblog(home, "init")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def start_node(home: Path, *args: str, listen: str = "127.0.0.1:0", timeout: float = 20.0) -> NodeProcess:
+    """Start ``p2pblog run`` and wait until it has written HOME/node.json."""
+    if not (home / "identity.key").exists():
+        init_home(home)
+    state = home / "node.json"
+    if state.exists():
+        state.unlink()
+    log = home / f"run-{time.monotonic_ns()}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
+    out = log.open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "p2pblog", "--home", str(home), "run", "--listen", listen, *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"node exited with {process.returncode}: {log.read_text()}")
+        try:
+            doc = json.loads(state.read_text())
+            host, port = doc["dht"]
+            return NodeProcess(home, process, (host, int(port)), doc["handle"], log)
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"node did not start within {timeout} s: {log.read_text()}")
+
+
+def wait_for(predicate: object, timeout: float, interval: float = 0.2) -> bool:
+    """Poll predicate() until it is true or timeout seconds pass."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
