@@ -57,7 +57,8 @@ Rules:
 
 The layer above (p2pblog's NodeCore) plugs its record rules in with
 ``DhtCore(..., validator=..., selector=...)``: the validator checks signed
-records (signature, expiry), the selector picks the highest seq.
+records (signature, expiry), the selector picks the highest seq.  Both get
+peers' values and must not raise (see `dht.records`).
 """
 
 from __future__ import annotations

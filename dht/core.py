@@ -590,7 +590,7 @@ class DhtCore:
             if rpc.purpose is _Purpose.CHECK:
                 # Paper 2.2: the least-recently seen contact did not answer: evict it.
                 self.stats["table.evictions"] += 1
-                self._promoted(self.table.eviction_failed(rpc.node_id, now), now)
+                self._promoted(self.table.eviction_failed(rpc.node_id, now, checked_at=rpc.sent_at), now)
             else:
                 self._promoted(self.table.record_failure(rpc.node_id, now), now)
         query = self._queries.get(rpc.query_id) if rpc.query_id is not None else None

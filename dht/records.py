@@ -15,6 +15,10 @@ held, in the manner of libp2p's record validators:
   value for a key we already hold, and on the values a FIND_VALUE lookup
   collected.
 
+Both see values straight from peers, so both must be total: a validator
+returns False for anything it refuses, and neither may raise (an exception
+escaping them is a bug, and it propagates out of the core like one).
+
 The defaults reproduce ``kademlia``: every value of an allowed type and size
 is valid; a STORE overwrites (`latest_selector` prefers the newest
 candidate) and a lookup takes the most common value (`majority_selector`, as

@@ -26,7 +26,8 @@ from another node, it updates the appropriate k-bucket"):
   driver to ping the least-recently seen contact (`UpdateOutcome.PING`).  If
   that contact answers, `update` moves it to the tail and the newcomer stays a
   replacement; if the ping times out the driver calls `eviction_failed`, the
-  contact is removed and the freshest replacement takes its place.  Live old
+  contact is removed (unless it was heard from after the ping went out) and
+  the freshest replacement takes its place.  Live old
   contacts are never evicted for a newcomer (section 2.2's defence against
   flooding the table with new ids).
 
@@ -228,12 +229,22 @@ class RoutingTable:
         bucket.checking = oldest.contact.node_id
         return UpdateOutcome.PING, oldest.contact
 
-    def eviction_failed(self, node_id: bytes, now: float) -> Contact | None:
+    def eviction_failed(
+        self, node_id: bytes, now: float, *, checked_at: float | None = None
+    ) -> Contact | None:
         """The liveness ping of ``node_id`` timed out: evict it, promote a replacement.
 
+        ``checked_at`` is when the ping was sent: a contact heard from since
+        then is alive after all (its answer was lost, not its node) and stays.
         Returns the promoted contact, if any.
         """
-        if self._entry(node_id) is None:
+        entry = self._entry(node_id)
+        if entry is None:
+            return None
+        if checked_at is not None and entry.last_seen > checked_at:
+            bucket = self._buckets[self.bucket_index(node_id)]
+            if bucket.checking == node_id:
+                bucket.checking = None
             return None
         return self.remove(node_id, now)
 

@@ -81,6 +81,19 @@ def test_ping_before_evict_evicts_dead_contact() -> None:
     assert table.replacements(150) == [first]
 
 
+def test_contact_heard_from_during_its_check_stays() -> None:
+    table = RoutingTable(OWN, 0.0, k=1)
+    old, new = contact(id_in_bucket(OWN, 150, 1)), contact(id_in_bucket(OWN, 150, 2))
+    table.update(old, 0.0)
+    assert table.update(new, 1.0) == (UpdateOutcome.PING, old)
+    table.update(old, 2.0)  # it sent us something while our ping was lost
+    assert table.eviction_failed(old.node_id, 6.0, checked_at=1.0) is None
+    assert old.node_id in table and new.node_id not in table
+    # Not heard from since the check: evicted.
+    assert table.update(new, 7.0) == (UpdateOutcome.PING, old)
+    assert table.eviction_failed(old.node_id, 12.0, checked_at=7.0) == new
+
+
 def test_stale_contact_gives_way() -> None:
     table = RoutingTable(OWN, 0.0, k=2)
     a, b = contact(id_in_bucket(OWN, 100, 1)), contact(id_in_bucket(OWN, 100, 2))

@@ -229,7 +229,7 @@ requests = st.one_of(
         st.text(min_size=1, max_size=20).filter(
             lambda n: n not in ("ping", "store", "find_node", "find_value", "stun")
         ),
-        st.lists(st.integers(), max_size=3).map(tuple),
+        st.lists(st.integers(-(2**63), 2**64 - 1), max_size=3).map(tuple),
     ),
 )
 
