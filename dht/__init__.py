@@ -15,7 +15,7 @@ Modules
 
 Nothing here imports trio, socket, asyncio, time or a global RNG; every input
 carries ``now`` and randomness comes from an injected ``random.Random``.
-This package imports only `identity` and `p2pblog.limits` / `p2pblog.errors`.
+This package imports only `identity` (keys, `identity.limits`, `identity.errors`).
 
 Driver contract
 ---------------

@@ -99,7 +99,7 @@ from dht.records import (
 )
 from dht.routing import REFRESH_INTERVAL, RoutingTable, UpdateOutcome
 from dht.wire import Value, WireError
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 #: rpcudp's ``wait_timeout``: seconds before an unanswered RPC has failed.
 RPC_TIMEOUT: Final = 5.0

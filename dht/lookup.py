@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 
 from dht.ids import ALPHA, ID_BYTES, Contact, K
 from dht.wire import Value
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 #: Seconds a queried peer holds a slot before it counts as unresponsive.
 DEFAULT_PEER_TIMEOUT = 5.0

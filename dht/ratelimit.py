@@ -22,7 +22,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final
 
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 #: Datagrams per second one source address may make us process, sustained.
 SOURCE_RATE: Final = 50.0

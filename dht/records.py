@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dht.wire import Value, is_value, value_size
-from p2pblog.limits import MAX_DHT_VALUE_BYTES
+from identity.limits import MAX_DHT_VALUE_BYTES
 
 if TYPE_CHECKING:
     from random import Random

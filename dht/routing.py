@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dht.ids import ID_BITS, ID_BYTES, Contact, K
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 if TYPE_CHECKING:
     from random import Random

@@ -17,7 +17,7 @@ A datagram is::
 
 rpcudp ignores datagrams shorter than 22 bytes, and refuses to *send* a
 request whose msgpack body is longer than 8192 bytes; we enforce that same
-limit (`MAX_BODY_BYTES` = `p2pblog.limits.MAX_DATAGRAM_BYTES`) on the body of
+limit (`MAX_BODY_BYTES` = `identity.limits.MAX_DATAGRAM_BYTES`) on the body of
 everything we receive or send, so the largest datagram is 21 + 8192 bytes.
 rpcudp matches a response to its request by message id alone.
 
@@ -63,7 +63,7 @@ from typing import Any, Final
 import msgpack
 
 from dht.ids import ID_BYTES, Address, Contact, is_id
-from p2pblog.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
+from identity.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
 
 REQUEST: Final = 0x00
 RESPONSE: Final = 0x01

@@ -1,8 +1,10 @@
 """p2pblog: the node.
 
-Entry format and validation (`p2pblog.entry`), protocol limits
-(`p2pblog.limits`), the SQLite store (`p2pblog.store`), feed files
-(`p2pblog.feedfile`) and the home directory layout (`p2pblog.home`).
+Entry format and validation (`p2pblog.entry`), the SQLite store
+(`p2pblog.store`), feed files (`p2pblog.feedfile`), the home directory
+layout (`p2pblog.home`), the sans-IO `NodeCore` (`p2pblog.node`), and the
+trio runtime (`p2pblog.runtime`, `p2pblog.daemon`, `p2pblog.control`).
+Protocol limits are in `identity.limits`, the bottom layer.
 """
 
 from __future__ import annotations

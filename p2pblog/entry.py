@@ -34,10 +34,9 @@ from typing import Any, Final
 
 import msgpack
 
-from identity import Identity, SignatureError, decode_handle, encode_handle, verify
+from identity import Identity, SignatureError, decode_handle, encode_handle, limits, verify
 from identity.handle import HandleError
 from identity.keys import SIGNATURE_BYTES
-from p2pblog import limits
 from p2pblog.errors import (
     EntryDecodeError,
     EntrySchemaError,

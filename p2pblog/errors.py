@@ -7,13 +7,24 @@ it).  `LocalProtocolError` is misuse by our own code (h11's split).
 
 from __future__ import annotations
 
+from identity.errors import LocalProtocolError
+
+__all__ = [
+    "ChainError",
+    "EntryDecodeError",
+    "EntryError",
+    "EntrySchemaError",
+    "EntrySignatureError",
+    "EntryTooLarge",
+    "FeedForkedError",
+    "LocalProtocolError",
+    "P2PBlogError",
+    "StoreError",
+]
+
 
 class P2PBlogError(Exception):
     """Base of every error p2pblog declares."""
-
-
-class LocalProtocolError(P2PBlogError):
-    """Our own code used an API wrongly (a bug, not a peer's fault)."""
 
 
 class EntryError(P2PBlogError):

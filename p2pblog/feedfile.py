@@ -19,7 +19,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Final
 
-from p2pblog import limits
+from identity import limits
 from p2pblog.errors import P2PBlogError
 
 MAGIC: Final = b"p2pblog-feed\n"

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from identity import Identity, encode_handle
-from p2pblog import limits
+from identity import Identity, encode_handle, limits
 from p2pblog.entry import (
     DELETE,
     FOLLOW,

@@ -9,8 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from identity import HandleError, Identity
-from p2pblog import limits
+from identity import HandleError, Identity, limits
 from p2pblog.entry import (
     DELETE,
     FOLLOW,

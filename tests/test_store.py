@@ -94,7 +94,7 @@ def test_ingest_many_keeps_the_valid_prefix(store: Store) -> None:
 
 
 def test_ingest_many_across_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("p2pblog.limits.INGEST_BATCH", 4)
+    monkeypatch.setattr("identity.limits.INGEST_BATCH", 4)
     chain = make_chain(ALICE, 11)
     bad = make_entry(ALICE, 12, b"\x00" * 32)
     report = store.ingest_many([e.raw for e in chain] + [bad.raw] + [e.raw for e in make_chain(BOB, 2)])

@@ -23,8 +23,8 @@ from dht import (
 )
 from dht.events import MAX_QUEUED_NOTICES, Event
 from dht.ids import Contact, distance
-from p2pblog.errors import LocalProtocolError
-from p2pblog.limits import MAX_DHT_VALUE_BYTES
+from identity.errors import LocalProtocolError
+from identity.limits import MAX_DHT_VALUE_BYTES
 from tests.dht.simnet import SimNetwork, SimNode, bootstrap_via, put_of
 from tests.dht.test_records import seq_record, seq_selector, seq_validator
 from tests.dht.test_wire import A_ADDR, A_ID, B_ID, C1, C2, GOLDEN, KEY, STORE_VALUES, golden

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dht.ids import Contact, distance
 from dht.lookup import ClosestPeersLookup, LookupState, PeerState, ValueLookup
 from dht.routing import RoutingTable
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 K = 20
 ALPHA = 3

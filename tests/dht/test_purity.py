@@ -24,8 +24,8 @@ ALLOWED_MODULES = {
     "typing",
     "msgpack",
     "identity.keys",
-    "p2pblog.errors",
-    "p2pblog.limits",
+    "identity.errors",
+    "identity.limits",
 }
 
 

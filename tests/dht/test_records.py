@@ -17,8 +17,8 @@ from dht.records import (
     majority_selector,
 )
 from dht.wire import Value
-from p2pblog.errors import LocalProtocolError
-from p2pblog.limits import MAX_DHT_VALUE_BYTES
+from identity.errors import LocalProtocolError
+from identity.limits import MAX_DHT_VALUE_BYTES
 
 KEY = b"k" * 20
 OTHER = b"o" * 20

@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dht.ids import ID_BITS, Contact, distance
 from dht.routing import STALE_FAILURES, RoutingTable, UpdateOutcome
-from p2pblog.errors import LocalProtocolError
+from identity.errors import LocalProtocolError
 
 OWN = bytes.fromhex("5a" * 20)
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from dht import wire
 from dht.ids import Contact, kademlia_key, node_id_from_public_key
 from dht.wire import WireError
-from p2pblog.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
+from identity.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
 
 
 def _sha1(label: str) -> bytes:

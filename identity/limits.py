@@ -2,6 +2,10 @@
 
 ARCHITECTURE.md fixes the first four.  Each limit is enforced where input
 enters (decoders, the CLI, the store) with a declared error or a counted drop.
+
+The module sits in `identity`, the bottom layer, so that every package
+(`p2pblog`, `dht`, `gossip`) reads the same constants without importing
+upwards.
 """
 
 from __future__ import annotations
