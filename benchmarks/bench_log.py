@@ -51,7 +51,7 @@ import nacl.bindings
 import nacl.signing
 
 from identity import Identity
-from p2pblog import limits
+from identity import limits
 from p2pblog.entry import POST, Entry, create_entry, post_body
 from p2pblog.store import Store
 
