@@ -167,16 +167,8 @@ class ClosestPeersLookup:
     def on_success(self, node_id: bytes, closer_peers: Iterable[Contact], now: float) -> bool:
         """``node_id`` answered, naming ``closer_peers``.  False if the answer was not expected."""
         del now  # accepted for a uniform signature; nothing here depends on it
-        if self.state is LookupState.FINISHED:
+        if not self._conclude(node_id, PeerState.SUCCEEDED):
             return False
-        peer = self._peers.get(node_id)
-        if peer is None:
-            return False
-        if peer.state is PeerState.WAITING:
-            del self._waiting[node_id]
-        elif peer.state is not PeerState.UNRESPONSIVE:
-            return False
-        peer.state = PeerState.SUCCEEDED
         progress = False
         for contact in closer_peers:
             seen = len(self._peers)
@@ -195,6 +187,10 @@ class ClosestPeersLookup:
     def on_failure(self, node_id: bytes, now: float) -> bool:
         """The RPC to ``node_id`` failed (timed out or answered nonsense)."""
         del now
+        return self._conclude(node_id, PeerState.FAILED)
+
+    def _conclude(self, node_id: bytes, outcome: PeerState) -> bool:
+        """Settle a peer we are waiting on (or that timed out); False if unexpected."""
         if self.state is LookupState.FINISHED:
             return False
         peer = self._peers.get(node_id)
@@ -204,7 +200,7 @@ class ClosestPeersLookup:
             del self._waiting[node_id]
         elif peer.state is not PeerState.UNRESPONSIVE:
             return False
-        peer.state = PeerState.FAILED
+        peer.state = outcome
         return True
 
     def next(self, now: float) -> list[Contact]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import struct
 from collections.abc import Iterator
@@ -74,8 +75,10 @@ def test_lookup_from_the_third_node_finds_the_first(tmp_path: Path, nodes: list[
     missing = p2pblog(c.home, "lookup", stranger)
     assert missing.returncode == 1 and "not found" in missing.stderr
 
-    for node in nodes:
-        assert node.stop() == 0, node.output()
+    # Ctrl-C and SIGTERM both stop a node cleanly: exit 0, state file removed.
+    for node, sig in zip(nodes, (signal.SIGINT, signal.SIGTERM, signal.SIGINT), strict=True):
+        assert node.stop(sig) == 0, node.output()
+        assert "stopped" in node.output() and not (node.home / "node.json").exists()
 
 
 def test_a_restarted_node_rejoins_without_bootstrap(tmp_path: Path, nodes: list[NodeProcess]) -> None:
