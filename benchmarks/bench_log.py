@@ -50,8 +50,7 @@ import nacl
 import nacl.bindings
 import nacl.signing
 
-from identity import Identity
-from identity import limits
+from identity import Identity, limits
 from p2pblog.entry import POST, Entry, create_entry, post_body
 from p2pblog.store import Store
 
