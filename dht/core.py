@@ -97,7 +97,7 @@ from dht.records import (
     latest_selector,
     majority_selector,
 )
-from dht.routing import REFRESH_INTERVAL, RoutingTable, UpdateOutcome
+from dht.routing import QUESTIONABLE_AFTER, REFRESH_INTERVAL, RoutingTable, UpdateOutcome
 from dht.wire import Value, WireError
 from identity.errors import LocalProtocolError
 
@@ -118,6 +118,8 @@ class DhtConfig:
     #: A lookup stops waiting for a peer after this long (closest.rs ``peer_timeout``).
     lookup_peer_timeout: float = RPC_TIMEOUT
     refresh_interval: float = REFRESH_INTERVAL
+    #: A full bucket pings its least-recently seen contact only after this much silence (BEP 5).
+    questionable_after: float = QUESTIONABLE_AFTER
     #: Paper 2.3: after joining, refresh every bucket farther than the nearest neighbour.
     refresh_after_bootstrap: bool = True
     replacement_cache: int = K
@@ -223,6 +225,7 @@ class DhtCore:
             k=cfg.k,
             replacement_cache=cfg.replacement_cache,
             refresh_interval=cfg.refresh_interval,
+            questionable_after=cfg.questionable_after,
         )
         self.records = RecordStore(
             validator=validator,

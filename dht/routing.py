@@ -22,8 +22,13 @@ from another node, it updates the appropriate k-bucket"):
 * bucket has room: append;
 * bucket full, one of its contacts is stale (see below): replace it;
 * bucket full: the newcomer goes to the bucket's *replacement cache*
-  (section 4.1) and, unless a check is already running, the table asks the
-  driver to ping the least-recently seen contact (`UpdateOutcome.PING`).  If
+  (section 4.1) and, unless a check is already running or the
+  least-recently seen contact was heard from within `questionable_after`
+  seconds, the table asks the driver to ping that contact
+  (`UpdateOutcome.PING`).  The grace period is BitTorrent's "questionable
+  node" rule (BEP 5): a contact that spoke a moment ago is alive, and pinging
+  it for every newcomer of a full bucket more than doubled our datagrams per
+  lookup (docs/benchmarks.md).  If
   that contact answers, `update` moves it to the tail and the newcomer stays a
   replacement; if the ping times out the driver calls `eviction_failed`, the
   contact is removed (unless it was heard from after the ping went out) and
@@ -38,7 +43,8 @@ nothing better is known, so that a node that loses its own connectivity does
 not flush its table).
 
 `closest` is exact: it scans every contact and keeps the k nearest by XOR
-(``heapq.nsmallest``), rather than walking buckets and stopping early.  Tables
+(one ``sorted`` pass, faster than ``heapq.nsmallest`` at these sizes), rather
+than walking buckets and stopping early.  Tables
 hold at most a few hundred contacts in practice (about k per bit of
 log2(network size)), so the scan is cheap, and exactness is what lookups and
 the tests rely on.
@@ -54,7 +60,6 @@ lookups an hour.
 from __future__ import annotations
 
 import enum
-import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +77,9 @@ if TYPE_CHECKING:
 STALE_FAILURES: Final = 2
 #: Seconds after which an untouched bucket is refreshed (paper 2.3: one hour).
 REFRESH_INTERVAL: Final = 3600.0
+#: Seconds of silence after which a contact is "questionable" and a full
+#: bucket's newcomer triggers a liveness ping of it (BEP 5: 15 minutes).
+QUESTIONABLE_AFTER: Final = 15 * 60.0
 
 
 class UpdateOutcome(enum.Enum):
@@ -115,6 +123,7 @@ class RoutingTable:
         k: int = K,
         replacement_cache: int = K,
         refresh_interval: float = REFRESH_INTERVAL,
+        questionable_after: float = QUESTIONABLE_AFTER,
     ) -> None:
         if len(own_id) != ID_BYTES:
             raise LocalProtocolError(f"a node id is {ID_BYTES} bytes")
@@ -124,6 +133,7 @@ class RoutingTable:
         self.k = k
         self.replacement_cache = replacement_cache
         self.refresh_interval = refresh_interval
+        self.questionable_after = questionable_after
         self._own_int = int.from_bytes(own_id, "big")
         self._buckets = [_Bucket(now) for _ in range(ID_BITS)]
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
@@ -189,7 +199,7 @@ class RoutingTable:
         n = self.k if count is None else count
         t = int.from_bytes(target, "big")
         # At most two entries can be excluded (one by id, one by address).
-        nearest = heapq.nsmallest(n + 2, self._flat.values(), key=lambda e: e[0] ^ t)
+        nearest = sorted(self._flat.values(), key=lambda e: e[0] ^ t)[: n + 2]
         out = [c for _, c in nearest if c.node_id != exclude_id and c.addr != exclude_addr]
         return out[:n]
 
@@ -226,6 +236,8 @@ class RoutingTable:
         if bucket.checking is not None:
             return UpdateOutcome.QUEUED, None
         oldest = next(iter(bucket.entries.values()))
+        if now - oldest.last_seen < self.questionable_after:
+            return UpdateOutcome.QUEUED, None
         bucket.checking = oldest.contact.node_id
         return UpdateOutcome.PING, oldest.contact
 

@@ -83,6 +83,8 @@ class UdpDriver:
         self.stats: Counter[str] = Counter()
         self._waiters: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._rearm = trio.Event()
+        # The deadline the timer task sleeps towards (None: no deadline).
+        self._armed_at: float | None = None
 
     @classmethod
     def bind(cls, core: DatagramCore, host: str, port: int, **kwargs: Any) -> UdpDriver:
@@ -120,7 +122,11 @@ class UdpDriver:
                 waiter[0].set()
             elif self.on_event is not None:
                 self.on_event(event)
-        self._rearm.set()
+        # Wake the timer task only if the deadline moved earlier; a later one
+        # just means it wakes early once (handle_timer may be called early).
+        deadline = self.core.get_timer()
+        if deadline is not None and (self._armed_at is None or deadline < self._armed_at):
+            self._rearm.set()
 
     async def request(self, start: Callable[[float], int]) -> Any:
         """Start a command (``start(now) -> query id``) and wait for its result event."""
@@ -163,7 +169,7 @@ class UdpDriver:
     async def _timer_loop(self) -> None:
         while True:
             self._rearm = trio.Event()
-            deadline = self.core.get_timer()
+            deadline = self._armed_at = self.core.get_timer()
             if deadline is None:
                 await self._rearm.wait()
                 continue

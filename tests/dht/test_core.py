@@ -237,7 +237,7 @@ def id_in_bucket(own: bytes, index: int, low: int) -> bytes:
 @pytest.mark.parametrize("answers", [True, False])
 def test_ping_before_evict(answers: bool) -> None:
     own = bytes(20)
-    core = make_core(own, config=DhtConfig(k=2))
+    core = make_core(own, config=DhtConfig(k=2, questionable_after=0.0))
     members = [Contact(id_in_bucket(own, 159, i), (f"10.4.0.{i + 1}", 1)) for i in range(3)]
     for m in members:
         core.receive_datagram(wire.encode_request(wire.Ping(sha(m.addr[0]), m.node_id)), m.addr, 1.0)

@@ -34,7 +34,7 @@ def brute_force_closest(contacts: list[Contact], target: bytes, count: int) -> l
 
 
 def test_bucket_index_and_own_id() -> None:
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     assert table.bucket_index(id_in_bucket(OWN, 0, 0)) == 0
     assert table.bucket_index(id_in_bucket(OWN, 159, 12345)) == 159
     with pytest.raises(LocalProtocolError):
@@ -44,7 +44,7 @@ def test_bucket_index_and_own_id() -> None:
 
 
 def test_ping_before_evict_keeps_live_contact() -> None:
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     members = [contact(id_in_bucket(OWN, 150, i)) for i in range(20)]
     for i, c in enumerate(members):
         assert table.update(c, float(i)) == (UpdateOutcome.ADDED, None)
@@ -66,7 +66,7 @@ def test_ping_before_evict_keeps_live_contact() -> None:
 
 
 def test_ping_before_evict_evicts_dead_contact() -> None:
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     members = [contact(id_in_bucket(OWN, 150, i)) for i in range(20)]
     for c in members:
         table.update(c, 0.0)
@@ -82,7 +82,7 @@ def test_ping_before_evict_evicts_dead_contact() -> None:
 
 
 def test_contact_heard_from_during_its_check_stays() -> None:
-    table = RoutingTable(OWN, 0.0, k=1)
+    table = RoutingTable(OWN, 0.0, k=1, questionable_after=0.0)
     old, new = contact(id_in_bucket(OWN, 150, 1)), contact(id_in_bucket(OWN, 150, 2))
     table.update(old, 0.0)
     assert table.update(new, 1.0) == (UpdateOutcome.PING, old)
@@ -95,7 +95,7 @@ def test_contact_heard_from_during_its_check_stays() -> None:
 
 
 def test_stale_contact_gives_way() -> None:
-    table = RoutingTable(OWN, 0.0, k=2)
+    table = RoutingTable(OWN, 0.0, k=2, questionable_after=0.0)
     a, b = contact(id_in_bucket(OWN, 100, 1)), contact(id_in_bucket(OWN, 100, 2))
     table.update(a, 0.0)
     table.update(b, 0.0)
@@ -108,7 +108,7 @@ def test_stale_contact_gives_way() -> None:
 
 
 def test_known_id_from_new_address_is_ignored() -> None:
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     a = contact(id_in_bucket(OWN, 10, 1))
     table.update(a, 0.0)
     moved = Contact(a.node_id, ("10.9.9.9", 1))
@@ -118,7 +118,7 @@ def test_known_id_from_new_address_is_ignored() -> None:
 
 def test_closest_is_exact_and_excludes() -> None:
     rng = Random(3)
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     for _ in range(400):
         table.update(contact(rng.randbytes(20)), 0.0)
     held = list(table.contacts())
@@ -133,7 +133,7 @@ def test_closest_is_exact_and_excludes() -> None:
 
 def test_refresh_schedule() -> None:
     rng = Random(4)
-    table = RoutingTable(OWN, 0.0)
+    table = RoutingTable(OWN, 0.0, questionable_after=0.0)
     assert table.next_refresh() is None and table.buckets_due(10_000.0) == []
     table.update(contact(id_in_bucket(OWN, 150, 1)), 10.0)
     table.update(contact(id_in_bucket(OWN, 159, 1)), 10.0)
@@ -160,7 +160,7 @@ class RoutingTableMachine(RuleBasedStateMachine):
     def setup(self, own: bytes) -> None:
         self.own = own
         self.now = 0.0
-        self.table = RoutingTable(own, 0.0, k=K_SMALL, replacement_cache=REPLACEMENTS)
+        self.table = RoutingTable(own, 0.0, k=K_SMALL, replacement_cache=REPLACEMENTS, questionable_after=0.0)
         # Liveness checks in flight, by bucket: the contact pinged.
         self.checks: dict[int, Contact] = {}
         self.known: list[Contact] = []
@@ -286,3 +286,15 @@ class RoutingTableMachine(RuleBasedStateMachine):
 
 RoutingTableMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=80, deadline=None)
 TestRoutingTable = RoutingTableMachine.TestCase
+
+
+def test_a_recently_heard_contact_is_not_pinged_for_a_newcomer() -> None:
+    """BEP 5's questionable-node rule: no liveness ping while the oldest contact is fresh."""
+    table = RoutingTable(OWN, 0.0, k=1, questionable_after=900.0)
+    old = Contact(id_in_bucket(OWN, 159, 0), ("10.0.0.1", 1))
+    new = Contact(id_in_bucket(OWN, 159, 1), ("10.0.0.2", 1))
+    assert table.update(old, 100.0)[0] is UpdateOutcome.ADDED
+    assert table.update(new, 500.0) == (UpdateOutcome.QUEUED, None)
+    assert table.replacements(159) == [new]
+    # After 15 minutes of silence the oldest contact is questionable: ping it.
+    assert table.update(new, 1000.0) == (UpdateOutcome.PING, old)

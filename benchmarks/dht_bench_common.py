@@ -1,0 +1,168 @@
+"""What the two side processes of ``bench_dht.py`` share: the workload, memory and the result.
+
+``bench_dht.py`` writes one workload file (JSON) and starts each side as its
+own process with ``--spec FILE``; a side prints one JSON object on stdout.
+Everything a side measures goes through the helpers here, so the trio side
+(``dht_p2pblog_side.py``) and the asyncio side (``dht_kademlia_side.py``)
+measure in the same way.  This module imports neither trio, asyncio, ``dht``
+nor ``kademlia``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import pstats
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Per-operation outcomes (one per put or get, in the result's ``outcomes`` list).
+OK = "ok"
+WRONG_VALUE = "wrong value"
+NOT_FOUND = "not found"
+NOT_STORED = "not stored"
+TIMEOUT = "timeout"
+ERROR = "error"
+SKIPPED = "skipped (phase budget spent)"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The workload, identical for both sides (built by ``bench_dht.py`` from the seed)."""
+
+    seed: int
+    ids: list[bytes]
+    #: Node indices each node ``i >= 1`` bootstraps from (all < i).
+    seeds: list[list[int]]
+    keys: list[str]
+    values: list[bytes]
+    storers: list[int]
+    getters: list[int]
+    concurrency: int
+    op_timeout: float
+    phase_budget: float
+    settle: float
+    settle_max: float
+
+    @property
+    def nodes(self) -> int:
+        return len(self.ids)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "ids": [i.hex() for i in self.ids],
+            "seeds": self.seeds,
+            "keys": self.keys,
+            "values": [v.hex() for v in self.values],
+            "storers": self.storers,
+            "getters": self.getters,
+            "concurrency": self.concurrency,
+            "op_timeout": self.op_timeout,
+            "phase_budget": self.phase_budget,
+            "settle": self.settle,
+            "settle_max": self.settle_max,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Spec:
+        return cls(
+            seed=int(data["seed"]),
+            ids=[bytes.fromhex(x) for x in data["ids"]],
+            seeds=[[int(j) for j in s] for s in data["seeds"]],
+            keys=[str(k) for k in data["keys"]],
+            values=[bytes.fromhex(v) for v in data["values"]],
+            storers=[int(x) for x in data["storers"]],
+            getters=[int(x) for x in data["getters"]],
+            concurrency=int(data["concurrency"]),
+            op_timeout=float(data["op_timeout"]),
+            phase_budget=float(data["phase_budget"]),
+            settle=float(data["settle"]),
+            settle_max=float(data["settle_max"]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        return cls.from_json(json.loads(path.read_text()))
+
+
+def vm_rss_kib() -> int:
+    """Resident set size now (``VmRSS`` of /proc/self/status), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def max_rss_kib() -> int:
+    """Peak resident set size of this process (``ru_maxrss``; KiB on Linux)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def memory() -> dict[str, int]:
+    return {"vm_rss_kib": vm_rss_kib(), "max_rss_kib": max_rss_kib()}
+
+
+@dataclass
+class Phase:
+    """One timed phase (puts or gets): per-operation outcomes and latencies, CPU and wall time."""
+
+    name: str
+    outcomes: list[str] = field(default_factory=list)
+    #: Seconds per operation in the order operations were issued; a timed-out
+    #: operation counts its timeout, a skipped one is absent.
+    latencies: list[float] = field(default_factory=list)
+    cpu_start: float = 0.0
+    wall_start: float = 0.0
+    cpu: float = 0.0
+    wall: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.cpu_start = time.process_time()
+        self.wall_start = time.perf_counter()
+
+    def stop(self) -> None:
+        self.cpu = time.process_time() - self.cpu_start
+        self.wall = time.perf_counter() - self.wall_start
+
+    def record(self, outcome: str, latency: float | None) -> None:
+        self.outcomes.append(outcome)
+        if latency is not None:
+            self.latencies.append(latency)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "operations": len(self.outcomes),
+            "ok": self.outcomes.count(OK),
+            "outcomes": {o: self.outcomes.count(o) for o in sorted(set(self.outcomes))},
+            "latencies": self.latencies,
+            "cpu_seconds": self.cpu,
+            "wall_seconds": self.wall,
+            **self.extra,
+        }
+
+
+def profile_text(profiler: cProfile.Profile, label: str) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    out.write(f"## cProfile: {label} (sorted by tottime)\n")
+    stats.sort_stats("tottime").print_stats(35)
+    out.write(f"## cProfile: {label} (sorted by cumulative)\n")
+    stats.sort_stats("cumulative").print_stats(35)
+    return out.getvalue()
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Hand the result to ``bench_dht.py`` (the only thing a side writes on stdout)."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
