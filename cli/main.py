@@ -24,7 +24,7 @@ import trio
 
 from identity import Identity, KeyFileError, PassphraseError, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
-from identity.keyfile import key_file_is_encrypted
+from identity.keyfile import key_file_is_encrypted, read_public_key
 from p2pblog import control
 from p2pblog.daemon import DEFAULT_PORT, NodeService
 from p2pblog.entry import (
@@ -109,8 +109,7 @@ def _public_key(home: Home) -> bytes:
     """The own public key, without unlocking an encrypted key file."""
     if not home.exists():
         home.load_identity()  # raises the "no identity" error
-    doc = json.loads(home.key_file.read_bytes())
-    return bytes.fromhex(doc["public"])
+    return read_public_key(home.key_file)
 
 
 def _feed_key(handle: str | None, home: Home) -> bytes:
@@ -399,6 +398,14 @@ def run(listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: st
     serves the local control API used by `lookup` and `peers`.
     """
     home = _home()
+    try:
+        running = control.call(home.path, "status", timeout=5)
+    except control.NodeNotRunning:
+        running = None
+    except control.ControlError:
+        running = {}  # something answers on the recorded port but not as our node
+    if running is not None:
+        raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = _identity(home)
     service = NodeService(home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise)
 

@@ -127,6 +127,11 @@ def _hex_field(doc: dict[str, Any], name: str, size: int | None, path: Path) -> 
     return raw
 
 
+def read_public_key(path: Path) -> bytes:
+    """The public key recorded in a key file, without unlocking it."""
+    return _hex_field(_read_doc(path), "public", 32, path)
+
+
 def read_key_file(path: Path, passphrase: str | None = None) -> Identity:
     """Load the identity in path, decrypting with passphrase if needed."""
     doc = _read_doc(path)

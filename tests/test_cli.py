@@ -108,6 +108,14 @@ def test_bad_input_gets_one_clear_line_and_stores_nothing(tmp_path: Path) -> Non
     assert [e["text"] for e in log_json(home)] == ["kept"]
 
 
+def test_a_damaged_key_file_is_one_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    (home / "identity.key").write_text('{"format": "p2pblog-key/1", "type": "ed25519"}')
+    for args in (["id"], ["log"], ["post", "x"]):
+        assert_one_line_error(p2pblog(home, *args), "malformed 'public' field")
+
+
 def test_commands_without_an_identity_say_how_to_start(tmp_path: Path) -> None:
     for args in (["id"], ["post", "hi"], ["log"], ["verify"]):
         assert_one_line_error(p2pblog(tmp_path / "empty", *args), "p2pblog init")

@@ -70,6 +70,10 @@ def test_lookup_from_the_third_node_finds_the_first(tmp_path: Path, nodes: list[
     assert {a.dht[1], b.dht[1]} <= ports
     assert p2pblog(c.home, "peers").returncode == 0
 
+    # A second node on the same home is refused while the first runs.
+    twice = p2pblog(a.home, "run", "--listen", "127.0.0.1:0")
+    assert twice.returncode == 1 and "already running" in twice.stderr
+
     # An unknown key: a clear "not found" and a non-zero exit.
     stranger = p2pblog(tmp_path / "s", "init").stdout.strip()
     missing = p2pblog(c.home, "lookup", stranger)
