@@ -83,6 +83,8 @@ class NodeService:
         self.core = NodeCore(identity, Random(), unix_now())
         self.driver: UdpDriver | None = None
         self.store: Store | None = None
+        #: The addresses in our peer record, known once the socket is bound.
+        self.addrs: list[tuple[str, str, int]] = []
 
     # -- lifecycle --------------------------------------------------------------------
 
