@@ -4,11 +4,14 @@ Modules
 -------
 `dht.ids`        node ids (from Ed25519 keys), record keys, XOR distance, `Contact`
 `dht.wire`       rpcudp framing and the ``ping``/``store``/``find_node``/``find_value``
-                 shapes; `WireError` is the only error peer bytes can cause
+                 shapes, plus p2pblog's ``p2pb_add_provider``/``p2pb_get_providers``;
+                 `WireError` is the only error peer bytes can cause
 `dht.routing`    `RoutingTable`: 160 k-buckets, ping-before-evict, exact k-closest
-`dht.lookup`     `ClosestPeersLookup` / `ValueLookup`: iterative lookups as pure
-                 state machines (rust-libp2p ``closest.rs``)
+`dht.lookup`     `ClosestPeersLookup` / `ValueLookup` / `ProvidersLookup`: iterative
+                 lookups as pure state machines (rust-libp2p ``closest.rs``)
 `dht.records`    `RecordStore`: validator and selector hooks, expiry, republish
+`dht.providers`  `ProviderStore`: many values per key, one per provider (libp2p's
+                 provider records), bounded, with expiry and republish
 `dht.ratelimit`  `TokenBucketLimiter`: per-source datagram budget
 `dht.events`     what the core reports
 `dht.core`       `DhtCore`, which composes all of the above
@@ -49,16 +52,20 @@ Rules:
   whatever is due.  Calling it only when ``now >= get_timer()`` is enough.
 * Commands return a query id; exactly one result event carries it
   (`LookupFinished`, `BootstrapFinished`, `ValueFound` / `ValueNotFound`,
-  `PutFinished`).  A query never blocks the core: several run at once.
-* Notices (`RecordStored`, `PeerMisbehaved`, `DatagramDropped`) are also
+  `PutFinished`, `ProvidersAdded`, `ProvidersFound`).  A query never blocks
+  the core: several run at once.
+* Notices (`RecordStored`, `ProviderStored`, `PeerMisbehaved`,
+  `DatagramDropped`) are also
   counted in `DhtCore.stats`; a driver that does not care may ignore them.
 * Bad bytes from a peer never raise.  `LocalProtocolError` means the driver
   or the layer above misused the API.
 
 The layer above (p2pblog's NodeCore) plugs its record rules in with
-``DhtCore(..., validator=..., selector=...)``: the validator checks signed
-records (signature, expiry), the selector picks the highest seq.  Both get
-peers' values and must not raise (see `dht.records`).
+``DhtCore(..., validator=..., selector=..., provider_validator=...)``: the
+validator checks signed records (signature, expiry), the selector picks the
+highest seq, the provider validator checks a provider value and names the
+provider it speaks for.  All get peers' values and must not raise (see
+`dht.records`, `dht.providers`).
 """
 
 from __future__ import annotations
@@ -70,13 +77,17 @@ from dht.events import (
     Event,
     LookupFinished,
     PeerMisbehaved,
+    ProvidersAdded,
+    ProvidersFound,
+    ProviderStored,
     PutFinished,
     RecordStored,
     ValueFound,
     ValueNotFound,
 )
 from dht.ids import ALPHA, ID_BYTES, Address, Contact, K, distance, kademlia_key, node_id_from_public_key
-from dht.lookup import ClosestPeersLookup, LookupState, PeerState, ValueLookup
+from dht.lookup import ClosestPeersLookup, LookupState, PeerState, ProvidersLookup, ValueLookup
+from dht.providers import ProviderStore, ProviderValidator
 from dht.records import RecordStore, Selector, StoreOutcome, Validator
 from dht.routing import RoutingTable, UpdateOutcome
 from dht.wire import Value, WireError
@@ -97,6 +108,12 @@ __all__ = [
     "LookupState",
     "PeerMisbehaved",
     "PeerState",
+    "ProviderStore",
+    "ProviderStored",
+    "ProviderValidator",
+    "ProvidersAdded",
+    "ProvidersFound",
+    "ProvidersLookup",
     "PutFinished",
     "RecordStore",
     "RecordStored",

@@ -8,8 +8,8 @@ A `DhtCore` is a synchronous state machine in the shape of aioquic's
 * datagrams: `DhtCore.receive_datagram` ``(data, addr, now)``;
 * timer expiries: `DhtCore.handle_timer` ``(now)``, whenever ``now`` has
   reached `DhtCore.get_timer` (calling it early or twice is harmless);
-* commands: `start_lookup`, `start_get`, `start_put`, `bootstrap`, each
-  returning a query id,
+* commands: `start_lookup`, `start_get`, `start_put`, `bootstrap`,
+  `start_add_provider`, `start_get_providers`, each returning a query id,
 
 and after each of those collects the outputs: `DhtCore.datagrams_to_send`,
 `DhtCore.next_event` until it returns None, and the new `DhtCore.get_timer`.
@@ -27,7 +27,11 @@ one of: an answer (parsed by the ``parse_*`` function of its kind; a
 malformed answer is a failure and a `PeerMisbehaved`), or the final timeout.
 Either outcome goes to the routing table (alive / failed) and then to what
 the RPC was for (its ``_Purpose``): a lookup step, a bootstrap ping, a put's
-STORE, a ping-before-evict check, or a fire-and-forget STORE.
+STORE (or an announcement's ``p2pb_add_provider``), a ping-before-evict
+check, or a fire-and-forget STORE.  One exception: silence to a p2pblog-only
+RPC (``p2pb_*``) is not held against the peer in the routing table, because a
+live ``kademlia`` node is silent to those too; the lookup still counts it as
+a failed step and moves on.
 
 Every message a peer proves it sent (a request from an address, or a matched
 answer) updates the routing table (paper section 2.2).  A full bucket makes
@@ -48,7 +52,17 @@ GET            LOOKING_UP (FIND_VALUE)                              ValueFound /
 PUT            LOOKING_UP -> STORING at the k closest               PutFinished
 REFRESH        LOOKING_UP random id in a stale bucket (2.3)         none
 REPUBLISH      LOOKING_UP -> STORING (2.5 replication)              none
+ADD_PROVIDER   LOOKING_UP -> STORING (``p2pb_add_provider``)        ProvidersAdded
+GET_PROVIDERS  LOOKING_UP (``p2pb_get_providers``)                  ProvidersFound
+REANNOUNCE     LOOKING_UP -> STORING our own provider values        none
 =============  ===================================================  ==============
+
+Providers follow libp2p kad-dht's content routing: an announcement looks up
+the k closest nodes to the key and sends each ``p2pb_add_provider``; a
+providers lookup walks towards the key like FIND_VALUE, gathering the
+providers every answer carries, until ``want`` distinct ones are in or the k
+closest nodes have answered (`dht.lookup.ProvidersLookup`).  Held providers
+live in a `ProviderStore`, beside the records.
 
 Requests are answered at once with the shapes of ``kademlia.protocol``
 (see `dht.wire`).  Bad input from a peer never raises: it becomes a counted
@@ -76,13 +90,25 @@ from dht.events import (
     Event,
     LookupFinished,
     PeerMisbehaved,
+    ProvidersAdded,
+    ProvidersFound,
+    ProviderStored,
     PutFinished,
     RecordStored,
     ValueFound,
     ValueNotFound,
 )
 from dht.ids import ALPHA, ID_BYTES, Address, Contact, K, distance
-from dht.lookup import ClosestPeersLookup, ValueLookup
+from dht.lookup import ClosestPeersLookup, ProvidersLookup, ValueLookup
+from dht.providers import (
+    MAX_PROVIDER_VALUES,
+    MAX_PROVIDERS_PER_KEY,
+    PROVIDER_REPUBLISH_INTERVAL,
+    PROVIDER_TTL,
+    ProviderStore,
+    ProviderValidator,
+    distinct_values,
+)
 from dht.ratelimit import MAX_SOURCES, SOURCE_BURST, SOURCE_RATE, TokenBucketLimiter
 from dht.records import (
     MAX_RECORDS,
@@ -127,6 +153,10 @@ class DhtConfig:
     replicate_interval: float = REPLICATE_INTERVAL
     republish_interval: float = REPUBLISH_INTERVAL
     max_records: int = MAX_RECORDS
+    provider_ttl: float = PROVIDER_TTL
+    provider_republish_interval: float = PROVIDER_REPUBLISH_INTERVAL
+    max_providers_per_key: int = MAX_PROVIDERS_PER_KEY
+    max_provider_values: int = MAX_PROVIDER_VALUES
     source_rate: float = SOURCE_RATE
     source_burst: float = SOURCE_BURST
     max_sources: int = MAX_SOURCES
@@ -154,6 +184,9 @@ class _Kind(enum.Enum):
     PUT = "put"
     REFRESH = "refresh"
     REPUBLISH = "republish"
+    ADD_PROVIDER = "add provider"
+    GET_PROVIDERS = "get providers"
+    REANNOUNCE = "reannounce"
 
 
 class _Phase(enum.Enum):
@@ -178,6 +211,17 @@ class _Rpc:
     deadline: float
 
 
+@dataclass(frozen=True, slots=True)
+class _ProvidersAnswer:
+    """A parsed ``p2pb_get_providers`` answer (not yet validated)."""
+
+    values: tuple[bytes, ...]
+    contacts: tuple[Contact, ...]
+
+
+_Answer = Value | tuple[Contact, ...] | _ProvidersAnswer | None
+
+
 @dataclass(slots=True)
 class _Query:
     query_id: int
@@ -187,12 +231,18 @@ class _Query:
     lookup: ClosestPeersLookup | None = None
     value: Value | None = None
     quorum: int = 1
+    #: GET_PROVIDERS: stop once this many distinct providers are in.
+    want: int = 1
     pending: int = 0
     seeds_answered: int = 0
     seed_contacts: list[Contact] = field(default_factory=list)
     stored_at: list[Contact] = field(default_factory=list)
     refused: list[Contact] = field(default_factory=list)
     failed: list[Contact] = field(default_factory=list)
+
+
+#: Events that count against `MAX_QUEUED_NOTICES`.
+_NOTICES: Final = (PeerMisbehaved, DatagramDropped, RecordStored, ProviderStored)
 
 
 class DhtCore:
@@ -207,10 +257,15 @@ class DhtCore:
         config: DhtConfig | None = None,
         validator: Validator = accept_any,
         selector: Selector | None = None,
+        provider_validator: ProviderValidator = distinct_values,
     ) -> None:
         """``selector`` None keeps ``kademlia``'s behaviour: a STORE overwrites
         (`latest_selector`), a lookup takes the most common value
-        (`majority_selector`).  Pass one selector (e.g. highest seq) to use it for both."""
+        (`majority_selector`).  Pass one selector (e.g. highest seq) to use it for both;
+        it also chooses between two values of one provider.
+
+        ``provider_validator`` names the provider a provider value speaks for
+        (None: invalid); the default makes each distinct value a provider."""
         if len(node_id) != ID_BYTES:
             raise LocalProtocolError(f"a node id is {ID_BYTES} bytes")
         if not isinstance(rng, Random):
@@ -234,6 +289,15 @@ class DhtCore:
             replicate_interval=cfg.replicate_interval,
             republish_interval=cfg.republish_interval,
             max_records=cfg.max_records,
+            rng=rng,
+        )
+        self.providers = ProviderStore(
+            validator=provider_validator,
+            selector=selector if selector is not None else latest_selector,
+            ttl=cfg.provider_ttl,
+            republish_interval=cfg.provider_republish_interval,
+            max_per_key=cfg.max_providers_per_key,
+            max_values=cfg.max_provider_values,
             rng=rng,
         )
         self._get_selector = selector if selector is not None else majority_selector
@@ -261,7 +325,7 @@ class DhtCore:
         if not self._events:
             return None
         event = self._events.popleft()
-        if isinstance(event, PeerMisbehaved | DatagramDropped | RecordStored):
+        if isinstance(event, _NOTICES):
             self._notices_queued -= 1
         return event
 
@@ -280,7 +344,7 @@ class DhtCore:
                 d = query.lookup.next_deadline()
                 if d is not None:
                     deadlines.append(d)
-        for d2 in (self.table.next_refresh(), self.records.next_deadline()):
+        for d2 in (self.table.next_refresh(), self.records.next_deadline(), self.providers.next_deadline()):
             if d2 is not None:
                 deadlines.append(d2)
         return min(deadlines) if deadlines else None
@@ -327,6 +391,9 @@ class DhtCore:
         for key, value in self.records.due(now):
             self.stats["records.republished"] += 1
             self._start(_Kind.REPUBLISH, key, now, value=value)
+        for key, provider in self.providers.due(now):
+            self.stats["providers.reannounced"] += 1
+            self._start(_Kind.REANNOUNCE, key, now, value=provider)
 
     # ================================================================== commands
 
@@ -366,6 +433,42 @@ class DhtCore:
         if outcome is StoreOutcome.FULL:
             raise LocalProtocolError("the record store is full")
         return self._start(_Kind.PUT, key, now, value=value)
+
+    def start_add_provider(self, key: bytes, value: bytes, now: float) -> int:
+        """Announce ``value`` as a provider of ``key``: hold it, re-announce it, and send
+        ``p2pb_add_provider`` to the k closest nodes.  Ends with `ProvidersAdded`.
+
+        Raises `LocalProtocolError` if the provider validator refuses the value,
+        or a better value of the same provider is already held.
+        """
+        self._advance(now)
+        self._check_key(key, "key")
+        if not isinstance(value, bytes):
+            raise LocalProtocolError("a provider value is bytes")
+        outcome = self.providers.add(key, value, now, published=True)
+        if outcome is StoreOutcome.INVALID:
+            raise LocalProtocolError("the value is over the size limit or refused by the provider validator")
+        if outcome is StoreOutcome.OUTDATED:
+            raise LocalProtocolError("a better value of this provider is already held")
+        if outcome is StoreOutcome.FULL:
+            raise LocalProtocolError("the provider store is full")
+        return self._start(_Kind.ADD_PROVIDER, key, now, value=value)
+
+    def start_get_providers(self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
+        """Find providers of ``key`` (``p2pb_get_providers``).  Ends with `ProvidersFound`.
+
+        The lookup gathers valid provider values (one per provider, the
+        selector's pick between versions; those we hold count too) until
+        ``want`` distinct providers are in or the k closest nodes answered.
+        """
+        self._advance(now)
+        self._check_key(key, "key")
+        if want < 1:
+            raise LocalProtocolError("want must be >= 1")
+        query = self._new_query(_Kind.GET_PROVIDERS, key, _Phase.LOOKING_UP)
+        query.want = want
+        self._begin_lookup(query, now)
+        return query.query_id
 
     def bootstrap(self, addrs: Iterable[Address], now: float) -> int:
         """Join the network through ``addrs`` (paper 2.3).  Ends with `BootstrapFinished`.
@@ -407,6 +510,13 @@ class DhtCore:
         elif isinstance(request, wire.FindNode):
             closest = self.table.closest(request.target, exclude_id=sender.node_id, exclude_addr=addr)
             self._reply(wire.find_node_response(request.msg_id, closest), addr)
+        elif isinstance(request, wire.AddProvider):
+            stored = self._on_add_provider(request, sender, now)
+            self._reply(wire.add_provider_response(request.msg_id, stored), addr)
+        elif isinstance(request, wire.GetProviders):
+            closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
+            held = self.providers.get(request.key, now)
+            self._reply(wire.get_providers_response(request.msg_id, held, closest), addr)
         else:
             value = self.records.get(request.key, now)
             if value is not None:
@@ -422,6 +532,18 @@ class DhtCore:
             self._misbehaved(sender.addr, sender.node_id, "invalid stored value")
         elif outcome is StoreOutcome.STORED:
             self._notice(RecordStored(request.key, request.value, sender))
+        return outcome in (StoreOutcome.STORED, StoreOutcome.REFRESHED)
+
+    def _on_add_provider(self, request: wire.AddProvider, sender: Contact, now: float) -> bool:
+        # The value speaks for itself (p2pblog: a signed record), so unlike
+        # libp2p we do not require the sender to be the provider: the sender
+        # may relay an announcement it did not make.
+        outcome = self.providers.add(request.key, request.value, now)
+        self.stats[f"providers.{outcome.value}"] += 1
+        if outcome is StoreOutcome.INVALID:
+            self._misbehaved(sender.addr, sender.node_id, "invalid provider value")
+        elif outcome is StoreOutcome.STORED:
+            self._notice(ProviderStored(request.key, request.value, sender))
         return outcome in (StoreOutcome.STORED, StoreOutcome.REFRESHED)
 
     def _reply(self, datagram: bytes, addr: Address) -> None:
@@ -540,7 +662,7 @@ class DhtCore:
                 continue
             del self._rpcs[msg_id]
             self.stats[f"rpc.timeout.{rpc.name}"] += 1
-            self._rpc_failed(rpc, now)
+            self._rpc_failed(rpc, now, silent=True)
 
     # ================================================================== RPCs back
 
@@ -576,20 +698,29 @@ class DhtCore:
             return
         assert rpc.node_id is not None
         contact = Contact(rpc.node_id, rpc.addr)
-        if rpc.name == wire.STORE:
-            stored = wire.parse_store_response(body)
+        if rpc.name in (wire.STORE, wire.ADD_PROVIDER):
+            if rpc.name == wire.STORE:
+                stored = wire.parse_store_response(body)
+            else:
+                stored = wire.parse_add_provider_response(body)
             self._saw(contact, now)
             self._query_success(rpc, contact, stored, now)
             return
+        answer: _Answer
         if rpc.name == wire.FIND_NODE:
-            answer: Value | tuple[Contact, ...] = wire.parse_find_node_response(body)
+            answer = wire.parse_find_node_response(body)
+        elif rpc.name == wire.GET_PROVIDERS:
+            answer = _ProvidersAnswer(*wire.parse_get_providers_response(body))
         else:
             answer = wire.parse_find_value_response(body)
         self._saw(contact, now)
         self._query_success(rpc, contact, answer, now)
 
-    def _rpc_failed(self, rpc: _Rpc, now: float) -> None:
-        if rpc.node_id is not None:
+    def _rpc_failed(self, rpc: _Rpc, now: float, *, silent: bool = False) -> None:
+        if silent and rpc.name in wire.P2PBLOG_RPCS:
+            # kademlia nodes never answer p2pblog's RPCs: silence is no proof of death.
+            self.stats["rpc.unanswered_p2pblog_rpc"] += 1
+        elif rpc.node_id is not None:
             if rpc.purpose is _Purpose.CHECK:
                 # Paper 2.2: the least-recently seen contact did not answer: evict it.
                 self.stats["table.evictions"] += 1
@@ -618,7 +749,7 @@ class DhtCore:
         self,
         rpc: _Rpc,
         contact: Contact,
-        answer: Value | tuple[Contact, ...] | None,
+        answer: _Answer,
         now: float,
     ) -> None:
         query = self._queries.get(rpc.query_id) if rpc.query_id is not None else None
@@ -626,9 +757,16 @@ class DhtCore:
             return
         if rpc.purpose is _Purpose.LOOKUP_STEP and query.lookup is not None:
             lookup = query.lookup
-            if isinstance(answer, tuple):
+            if isinstance(answer, _ProvidersAnswer) and isinstance(lookup, ProvidersLookup):
+                providers = self._valid_providers(query.target, answer.values, lookup, contact, now)
+                lookup.on_providers(contact.node_id, providers, answer.contacts, now)
+            elif isinstance(answer, tuple):
                 lookup.on_success(contact.node_id, answer, now)
-            elif answer is not None and isinstance(lookup, ValueLookup):
+            elif (
+                answer is not None
+                and not isinstance(answer, _ProvidersAnswer)
+                and isinstance(lookup, ValueLookup)
+            ):
                 if self.records.is_valid(query.target, answer, now):
                     lookup.on_value(contact.node_id, answer, now)
                 else:
@@ -649,6 +787,32 @@ class DhtCore:
             query.pending -= 1
             if query.pending == 0:
                 self._finish(query)
+
+    def _valid_providers(
+        self,
+        key: bytes,
+        values: Iterable[bytes],
+        lookup: ProvidersLookup,
+        source: Contact,
+        now: float,
+    ) -> list[tuple[bytes, bytes]]:
+        """``(provider id, value)`` for the valid ``values`` worth keeping in ``lookup``.
+
+        An invalid value is the answering peer's fault (it should have
+        validated it) but not a reason to distrust its closer peers: the value
+        is dropped and counted, the rest of the answer is used.  Of two values
+        of one provider the selector's pick is kept.
+        """
+        chosen: dict[bytes, bytes] = {}
+        for value in values:
+            pid = self.providers.provider_id(key, value, now)
+            if pid is None:
+                self._misbehaved(source.addr, source.node_id, "invalid returned provider")
+                continue
+            old = chosen.get(pid, lookup.providers.get(pid))
+            if old is None or (old != value and self.providers.prefers(key, old, value)):
+                chosen[pid] = value
+        return list(chosen.items())
 
     # ================================================================== queries
 
@@ -693,6 +857,17 @@ class DhtCore:
             )
             if local is not None:
                 lookup.add_local_value(local)
+        elif query.kind is _Kind.GET_PROVIDERS:
+            lookup = ProvidersLookup(
+                query.target,
+                seeds,
+                want=query.want,
+                k=cfg.k,
+                alpha=cfg.alpha,
+                peer_timeout=cfg.lookup_peer_timeout,
+                local_id=self.node_id,
+            )
+            lookup.add_providers(self.providers.get_with_ids(query.target, now))
         else:
             lookup = ClosestPeersLookup(
                 query.target,
@@ -714,6 +889,8 @@ class DhtCore:
                 request: wire.Request
                 if isinstance(lookup, ValueLookup):
                     request = wire.FindValue(self._new_msg_id(), self.node_id, query.target)
+                elif isinstance(lookup, ProvidersLookup):
+                    request = wire.GetProviders(self._new_msg_id(), self.node_id, query.target)
                 else:
                     request = wire.FindNode(self._new_msg_id(), self.node_id, query.target)
                 self._send(request, contact.addr, contact.node_id, _Purpose.LOOKUP_STEP, query, now)
@@ -724,12 +901,17 @@ class DhtCore:
         lookup = query.lookup
         assert lookup is not None
         closest = tuple(lookup.result())
-        if query.kind in (_Kind.PUT, _Kind.REPUBLISH):
+        if query.kind in (_Kind.PUT, _Kind.REPUBLISH, _Kind.ADD_PROVIDER, _Kind.REANNOUNCE):
             assert query.value is not None
             query.phase = _Phase.STORING
             query.pending = len(closest)
             for contact in closest:
-                self._send_store(contact, query.target, query.value, _Purpose.PUT_STORE, query, now)
+                if query.kind in (_Kind.PUT, _Kind.REPUBLISH):
+                    self._send_store(contact, query.target, query.value, _Purpose.PUT_STORE, query, now)
+                else:
+                    assert isinstance(query.value, bytes)
+                    request = wire.AddProvider(self._new_msg_id(), self.node_id, query.target, query.value)
+                    self._send(request, contact.addr, contact.node_id, _Purpose.PUT_STORE, query, now)
             if not closest:
                 self._finish(query)
             return
@@ -748,6 +930,10 @@ class DhtCore:
         elif query.kind is _Kind.GET:
             assert isinstance(lookup, ValueLookup)
             self._get_done(query, lookup, now)
+        elif query.kind is _Kind.GET_PROVIDERS:
+            assert isinstance(lookup, ProvidersLookup)
+            values = tuple(lookup.providers.values())
+            self._emit(ProvidersFound(query.query_id, query.target, values, lookup.queried))
 
     def _get_done(self, query: _Query, lookup: ValueLookup, now: float) -> None:
         if not lookup.found:
@@ -773,18 +959,19 @@ class DhtCore:
         return index
 
     def _finish(self, query: _Query) -> None:
-        """A put's STOREs have all been answered or failed."""
+        """A put's STOREs (an announcement's ADD_PROVIDERs) have all been answered or failed."""
         self._queries.pop(query.query_id, None)
+        outcome = (
+            query.query_id,
+            query.target,
+            tuple(query.stored_at),
+            tuple(query.refused),
+            tuple(query.failed),
+        )
         if query.kind is _Kind.PUT:
-            self._emit(
-                PutFinished(
-                    query.query_id,
-                    query.target,
-                    tuple(query.stored_at),
-                    tuple(query.refused),
-                    tuple(query.failed),
-                )
-            )
+            self._emit(PutFinished(*outcome))
+        elif query.kind is _Kind.ADD_PROVIDER:
+            self._emit(ProvidersAdded(*outcome))
 
     # ================================================================== helpers
 
@@ -801,7 +988,7 @@ class DhtCore:
     def _emit(self, event: Event) -> None:
         self._events.append(event)
 
-    def _notice(self, event: PeerMisbehaved | DatagramDropped | RecordStored) -> None:
+    def _notice(self, event: PeerMisbehaved | DatagramDropped | RecordStored | ProviderStored) -> None:
         if self._notices_queued >= MAX_QUEUED_NOTICES:
             self.stats["events.notices_not_queued"] += 1
             return

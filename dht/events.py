@@ -3,20 +3,24 @@
 Theory of operation
 -------------------
 `DhtCore.next_event` returns these one at a time.  Every command that starts
-a query (`DhtCore.start_lookup`, `start_get`, `start_put`, `bootstrap`)
-returns a ``query_id``; exactly one *result* event with that id follows:
+a query (`DhtCore.start_lookup`, `start_get`, `start_put`, `bootstrap`,
+`start_add_provider`, `start_get_providers`) returns a ``query_id``; exactly
+one *result* event with that id follows:
 
-======================  =====================================================
-command                 result event
-======================  =====================================================
-``start_lookup``        `LookupFinished`
-``bootstrap``           `BootstrapFinished`
-``start_get``           `ValueFound` or `ValueNotFound`
-``start_put``           `PutFinished`
-======================  =====================================================
+========================  =====================================================
+command                   result event
+========================  =====================================================
+``start_lookup``          `LookupFinished`
+``bootstrap``             `BootstrapFinished`
+``start_get``             `ValueFound` or `ValueNotFound`
+``start_put``             `PutFinished`
+``start_add_provider``    `ProvidersAdded`
+``start_get_providers``   `ProvidersFound` (``values`` may be empty)
+========================  =====================================================
 
 The others are *notices* with no query id: `RecordStored` (a peer stored a
-value here), `PeerMisbehaved` (a peer sent bytes that break the protocol) and
+value here), `ProviderStored` (a peer added a provider here),
+`PeerMisbehaved` (a peer sent bytes that break the protocol) and
 `DatagramDropped` (a datagram was ignored for an ordinary reason: rate limit,
 unknown RPC, an answer that arrived after we gave up).  Every notice is also
 counted in `DhtCore.stats`; when the driver lets notices pile up beyond
@@ -95,11 +99,53 @@ class PutFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class ProvidersAdded:
+    """An announcement ended: the k closest nodes to ``key`` were sent ``p2pb_add_provider``.
+
+    ``stored_at`` accepted the value, ``refused`` answered false, the rest
+    failed (or are ``kademlia`` nodes, which do not answer p2pblog's RPCs).
+    """
+
+    query_id: int
+    key: bytes
+    stored_at: tuple[Contact, ...]
+    refused: tuple[Contact, ...]
+    failed: tuple[Contact, ...]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.stored_at)
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersFound:
+    """A ``p2pb_get_providers`` lookup ended with these valid values, one per provider.
+
+    Values come in order of arrival (ours first, if we hold any); there are
+    fewer than ``want`` when the k closest nodes to ``key`` had no more.
+    """
+
+    query_id: int
+    key: bytes
+    values: tuple[bytes, ...]
+    queried: int
+
+
+@dataclass(frozen=True, slots=True)
 class RecordStored:
     """A peer's STORE put a new or better value in our record store."""
 
     key: bytes
     value: Value
+    source: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStored:
+    """A peer's ``p2pb_add_provider`` added a new or better provider value here."""
+
+    key: bytes
+    value: bytes
     source: Contact
 
 
@@ -126,7 +172,10 @@ Event = (
     | ValueFound
     | ValueNotFound
     | PutFinished
+    | ProvidersAdded
+    | ProvidersFound
     | RecordStored
+    | ProviderStored
     | PeerMisbehaved
     | DatagramDropped
 )

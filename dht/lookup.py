@@ -45,6 +45,14 @@ answered with a value counts as succeeded, its value is kept, and the lookup
 finishes as soon as ``quorum`` values are in (section 2.3: "the procedure
 halts immediately when any node returns the value"; quorum 1 is exactly
 that).  The driver validates values before it reports them.
+
+`ProvidersLookup` is the same machine for ``p2pb_get_providers``: every
+answer names closer peers *and* may carry provider values, so answers count
+as successes and their values are gathered by provider id.  It does not stop
+at the first answer with values (providers are spread over the nodes near
+the key, and each holds only those that reached it); it stops when ``want``
+distinct providers are in, or, like a node lookup, when the k closest peers
+have answered.
 """
 
 from __future__ import annotations
@@ -320,3 +328,46 @@ class ValueLookup(ClosestPeersLookup):
             for p in self._order.peers
             if p.state is PeerState.SUCCEEDED and p.contact.node_id not in holders
         ]
+
+
+class ProvidersLookup(ClosestPeersLookup):
+    """GET_PROVIDERS: a node lookup that gathers providers until ``want`` distinct ones are in."""
+
+    def __init__(
+        self,
+        key: bytes,
+        seeds: Iterable[Contact],
+        *,
+        want: int,
+        k: int = K,
+        alpha: int = ALPHA,
+        peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+        local_id: bytes | None = None,
+    ) -> None:
+        if want < 1:
+            raise LocalProtocolError("a providers lookup wants >= 1 provider")
+        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        self.want = want
+        #: Provider id -> the value kept for it, in order of first arrival; the
+        #: driver has validated each value and chosen between versions.
+        self.providers: dict[bytes, bytes] = {}
+
+    def on_providers(
+        self,
+        node_id: bytes,
+        providers: Iterable[tuple[bytes, bytes]],
+        closer_peers: Iterable[Contact],
+        now: float,
+    ) -> bool:
+        """``node_id`` answered with ``(provider id, value)`` pairs and closer peers."""
+        if not self.on_success(node_id, closer_peers, now):
+            return False
+        self.add_providers(providers)
+        return True
+
+    def add_providers(self, providers: Iterable[tuple[bytes, bytes]]) -> None:
+        """Keep these providers (a later value for a known id replaces the earlier one)."""
+        for provider_id, value in providers:
+            self.providers[provider_id] = value
+        if len(self.providers) >= self.want:
+            self.finish()

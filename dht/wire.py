@@ -46,6 +46,27 @@ str or bytes.  A request with an unknown name gets no answer (rpcudp logs and
 drops it); p2pblog-only RPCs therefore use names of their own and peers that
 do not know them stay silent.
 
+p2pblog adds two RPCs of its own, after libp2p kad-dht's ``ADD_PROVIDER`` /
+``GET_PROVIDERS`` (a key may have many *providers*, one value each, where a
+record key has one value).  Their names carry a ``p2pb_`` prefix so they can
+never collide with a ``kademlia`` method, and ``kademlia`` nodes leave them
+unanswered, which the core treats as that peer failing the step:
+
+======================  =====================================  ====================================
+name                    request args                           response body
+======================  =====================================  ====================================
+``p2pb_add_provider``   ``[sender_id, key, value (bin)]``      ``true`` stored / ``false`` refused
+``p2pb_get_providers``  ``[sender_id, key]``                   ``{"providers": [value, ...],
+                                                               "nodes": [[id, ip, port], ...]}``
+======================  =====================================  ====================================
+
+A provider value is bytes of at most `MAX_DHT_VALUE_BYTES`.  A
+``p2pb_get_providers`` answer always carries both fields (libp2p's
+``providerPeers`` and ``closerPeers``), at most `MAX_PROVIDERS_PER_ANSWER`
+values, and `get_providers_response` leaves out the values that would push
+the body over `MAX_BODY_BYTES`: rpcudp only limits requests, but our decoder
+refuses any larger datagram, so answers obey the same bound.
+
 Decoding is bounded and total: `decode_datagram` and the ``parse_*``
 functions raise `WireError` (a `ValueError`) and nothing else for any input,
 however malformed.  They validate shapes once, here at the boundary, so the
@@ -82,6 +103,12 @@ STORE: Final = "store"
 FIND_NODE: Final = "find_node"
 FIND_VALUE: Final = "find_value"
 STUN: Final = "stun"
+ADD_PROVIDER: Final = "p2pb_add_provider"
+GET_PROVIDERS: Final = "p2pb_get_providers"
+#: RPCs only p2pblog nodes answer; silence to them may just mean "a kademlia peer".
+P2PBLOG_RPCS: Final = frozenset({ADD_PROVIDER, GET_PROVIDERS})
+#: Provider values in one ``p2pb_get_providers`` answer, at most (libp2p sends up to k).
+MAX_PROVIDERS_PER_ANSWER: Final = 20
 
 #: A DHT value as ``kademlia`` allows it (``check_dht_value_type``).
 Value = bytes | str | int | float | bool
@@ -125,6 +152,21 @@ class Stun:
 
 
 @dataclass(frozen=True, slots=True)
+class AddProvider:
+    msg_id: bytes
+    sender_id: bytes
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetProviders:
+    msg_id: bytes
+    sender_id: bytes
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownRequest:
     """A well-framed request whose name we do not serve (left unanswered)."""
 
@@ -141,7 +183,7 @@ class Response:
     body: Any
 
 
-Request = Ping | Store | FindNode | FindValue | Stun | UnknownRequest
+Request = Ping | Store | FindNode | FindValue | Stun | AddProvider | GetProviders | UnknownRequest
 Message = Request | Response
 
 
@@ -168,6 +210,14 @@ def _check_value(obj: object) -> Value:
     assert isinstance(obj, bytes | str | int | float)
     if value_size(obj) > MAX_DHT_VALUE_BYTES:
         raise WireError(f"DHT value over {MAX_DHT_VALUE_BYTES} bytes")
+    return obj
+
+
+def _check_provider_value(obj: object) -> bytes:
+    if not isinstance(obj, bytes):
+        raise WireError("a provider value is bytes")
+    if len(obj) > MAX_DHT_VALUE_BYTES:
+        raise WireError(f"provider value over {MAX_DHT_VALUE_BYTES} bytes")
     return obj
 
 
@@ -211,6 +261,10 @@ def request_name(request: Request) -> str:
             return FIND_VALUE
         case Stun():
             return STUN
+        case AddProvider():
+            return ADD_PROVIDER
+        case GetProviders():
+            return GET_PROVIDERS
         case UnknownRequest(name=name):
             return name
 
@@ -229,6 +283,10 @@ def encode_request(request: Request) -> bytes:
             name, args = FIND_VALUE, (sender_id, key)
         case Stun(msg_id):
             name, args = STUN, ()
+        case AddProvider(msg_id, sender_id, key, value):
+            name, args = ADD_PROVIDER, (sender_id, key, value)
+        case GetProviders(msg_id, sender_id, key):
+            name, args = GET_PROVIDERS, (sender_id, key)
         case UnknownRequest(msg_id, name, args):
             pass
     return _frame(REQUEST, msg_id, _pack([name, list(args)]))
@@ -260,6 +318,31 @@ def find_value_response(msg_id: bytes, found: Value | Sequence[Contact]) -> byte
 
 def stun_response(msg_id: bytes, addr: Address) -> bytes:
     return encode_response(msg_id, [addr[0], addr[1]])
+
+
+def add_provider_response(msg_id: bytes, stored: bool) -> bytes:
+    return encode_response(msg_id, stored)
+
+
+def get_providers_response(msg_id: bytes, providers: Sequence[bytes], contacts: Sequence[Contact]) -> bytes:
+    """``{"providers": [...], "nodes": [...]}`` within `MAX_BODY_BYTES`.
+
+    Takes the first `MAX_PROVIDERS_PER_ANSWER` of ``providers`` (the caller
+    orders them, best first) and stops at the first one that no longer fits
+    next to ``contacts``, which always go in whole (k contacts take < 1 KiB).
+    """
+    nodes = [_contact_triple(c) for c in contacts]
+    # Room left once the empty shape is packed; 2 more bytes for the array
+    # header, which grows from fixarray (1 byte) to array 16 (3 bytes) at 16.
+    room = MAX_BODY_BYTES - len(_pack({"providers": [], "nodes": nodes})) - 2
+    chosen: list[bytes] = []
+    for value in providers[:MAX_PROVIDERS_PER_ANSWER]:
+        size = len(_pack(value))
+        if size > room:
+            break
+        chosen.append(value)
+        room -= size
+    return encode_response(msg_id, {"providers": chosen, "nodes": nodes})
 
 
 # --------------------------------------------------------------------------- decoding
@@ -336,6 +419,17 @@ def _decode_request(msg_id: bytes, name: str, args: list[Any]) -> Request:
     if name == STUN:
         _arity(name, args, 0)
         return Stun(msg_id)
+    if name == ADD_PROVIDER:
+        _arity(name, args, 3)
+        return AddProvider(
+            msg_id,
+            _check_id(args[0], "sender id"),
+            _check_id(args[1], "key"),
+            _check_provider_value(args[2]),
+        )
+    if name == GET_PROVIDERS:
+        _arity(name, args, 2)
+        return GetProviders(msg_id, _check_id(args[0], "sender id"), _check_id(args[1], "key"))
     return UnknownRequest(msg_id, name, tuple(args))
 
 
@@ -405,3 +499,21 @@ def parse_stun_response(body: Any) -> Address:
     if not isinstance(body, list) or len(body) != 2:
         raise WireError("a stun answer is [ip, port]")
     return _check_addr(body[0], body[1])
+
+
+def parse_add_provider_response(body: Any) -> bool:
+    if not isinstance(body, bool):
+        raise WireError("a p2pb_add_provider answer is a boolean")
+    return body
+
+
+def parse_get_providers_response(body: Any) -> tuple[tuple[bytes, ...], tuple[Contact, ...]]:
+    """``{"providers": [v, ...], "nodes": [[id, ip, port], ...]}`` -> (values, contacts)."""
+    if not isinstance(body, dict) or set(body) != {"providers", "nodes"}:
+        raise WireError('a p2pb_get_providers answer is {"providers": [...], "nodes": [...]}')
+    providers = body["providers"]
+    if not isinstance(providers, list):
+        raise WireError("providers is an array of values")
+    if len(providers) > MAX_PROVIDERS_PER_ANSWER:
+        raise WireError(f"more than {MAX_PROVIDERS_PER_ANSWER} providers in one answer")
+    return tuple(_check_provider_value(v) for v in providers), parse_contacts(body["nodes"])

@@ -19,6 +19,18 @@ Theory of operation
 * **Resolution.**  `start_resolve(public_key, now)` runs a FIND_VALUE for the
   peer record and reports `PeerResolved` (verified record) or
   `PeerNotResolved`.
+* **Providers.**  A key in the DHT's provider store holds one value per
+  provider (`dht.providers`).  `validate_provider` is its validator: a value
+  must be a valid, unexpired *provider* record filed under
+  ``provider_key(record.feed)``, and the provider it speaks for is the
+  record's signer (so one key has one entry per feed, highest seq winning).
+  `announce(feed, addrs, now)` signs "this node holds feed F, reachable
+  here" and adds it at the k nodes closest to ``provider_key(F)``
+  (`ProviderAnnounced`); like the peer record it is re-signed and re-announced
+  every `PROVIDER_REPUBLISH` seconds, inside its `PROVIDER_TTL`, until
+  `withdraw(feed)`.  `start_find_providers(feed, now)` gathers the providers
+  of a feed and reports `ProvidersResolved` with the verified records
+  (possibly none, possibly our own).
 
 Like the DHT core it never reads a clock: ``now`` is Unix seconds (the
 runtime supplies a monotonic clock anchored to Unix time, because records
@@ -34,24 +46,32 @@ from dataclasses import dataclass
 from random import Random
 from typing import Final
 
-from dht import DhtConfig, DhtCore, ValueFound, node_id_from_public_key
+from dht import DhtConfig, DhtCore, ProvidersFound, ValueFound, node_id_from_public_key
 from dht.events import Event as DhtEvent
 from dht.ids import Address
+from dht.providers import MAX_PROVIDERS_PER_KEY
 from dht.records import accept_any
 from dht.wire import Value
 from identity import Identity
 from identity.records import (
     PEER,
+    PROVIDER,
     Record,
     RecordError,
     create_record,
     decode_record,
     peer_key,
+    provider_key,
 )
 
 #: Seconds a peer record is valid after signing, and between re-signings.
 PEER_TTL: Final = 2 * 3600
 PEER_REPUBLISH: Final = 30 * 60
+#: Seconds a provider record is valid after signing, and between re-signings.
+#: Longer than a peer record's: a node announces every feed it holds, and a
+#: stale provider costs a finder one failed dial, not a wrong identity.
+PROVIDER_TTL: Final = 6 * 3600
+PROVIDER_REPUBLISH: Final = 2 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +100,26 @@ class RecordPublished:
     stored_at: int
 
 
-Event = DhtEvent | PeerResolved | PeerNotResolved | RecordPublished
+@dataclass(frozen=True, slots=True)
+class ProviderAnnounced:
+    """Our provider record for ``feed`` was added at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    feed: bytes
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersResolved:
+    """The verified provider records found for ``feed`` (one per provider; may be empty)."""
+
+    query_id: int
+    feed: bytes
+    records: tuple[Record, ...]
+
+
+Event = DhtEvent | PeerResolved | PeerNotResolved | RecordPublished | ProviderAnnounced | ProvidersResolved
 
 
 def _looks_like_record(value: Value) -> bool:
@@ -98,6 +137,17 @@ def validate_value(key: bytes, value: Value, now: float) -> bool:
             return False
         return True
     return accept_any(key, value, now)
+
+
+def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
+    """The DHT provider validator: a valid provider record under its own key -> its signer."""
+    if not _looks_like_record(value):
+        return None
+    try:
+        record = decode_record(value, now=now, key=key)
+    except RecordError:
+        return None
+    return record.signer if record.type == PROVIDER else None
 
 
 def select_value(key: bytes, values: Sequence[Value]) -> int:
@@ -133,8 +183,15 @@ class NodeCore:
             config=dht_config,
             validator=validate_value,
             selector=select_value,
+            provider_validator=validate_provider,
         )
         self.peer_record: Record | None = None
+        #: Our current provider record per feed we announce.
+        self.provider_records: dict[bytes, Record] = {}
+        self._provided: dict[bytes, tuple[tuple[str, str, int], ...]] = {}
+        self._announce_at: dict[bytes, float] = {}
+        self._announces: dict[int, tuple[bytes, int]] = {}
+        self._finds: dict[int, bytes] = {}
         self._addrs: tuple[tuple[str, str, int], ...] = ()
         self._republish_at: float | None = None
         self._resolves: dict[int, bytes] = {}
@@ -147,7 +204,8 @@ class NodeCore:
         return self.dht.datagrams_to_send()
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (self.dht.get_timer(), self._republish_at) if t is not None]
+        announce_at = min(self._announce_at.values(), default=None)
+        timers = [t for t in (self.dht.get_timer(), self._republish_at, announce_at) if t is not None]
         return min(timers) if timers else None
 
     def next_event(self) -> Event | None:
@@ -177,7 +235,32 @@ class NodeCore:
             stored = len(getattr(event, "stored_at", ()))
             self._events.append(RecordPublished(qid, seq, stored))
             return
+        if qid is not None and qid in self._announces:
+            feed, seq = self._announces.pop(qid)
+            stored = len(getattr(event, "stored_at", ()))
+            self._events.append(ProviderAnnounced(qid, feed, seq, stored))
+            return
+        if qid is not None and qid in self._finds:
+            feed = self._finds.pop(qid)
+            values = event.values if isinstance(event, ProvidersFound) else ()
+            self._events.append(ProvidersResolved(qid, feed, self._verified_providers(feed, values)))
+            return
         self._events.append(event)
+
+    @staticmethod
+    def _verified_providers(feed: bytes, values: Sequence[bytes]) -> tuple[Record, ...]:
+        # The DHT validated each value on arrival; check again that each is a
+        # provider record of this very feed, one per signer.
+        key = provider_key(feed)
+        records: dict[bytes, Record] = {}
+        for value in values:
+            try:
+                record = decode_record(value, now=None, key=key)
+            except RecordError:
+                continue
+            if record.type == PROVIDER and record.feed == feed and record.signer not in records:
+                records[record.signer] = record
+        return tuple(records.values())
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -188,6 +271,9 @@ class NodeCore:
         self.dht.handle_timer(now)
         if self._republish_at is not None and now >= self._republish_at:
             self._publish(now)
+        for feed, at in list(self._announce_at.items()):
+            if now >= at:
+                self._announce(feed, self._provided[feed], now)
 
     # -- commands -------------------------------------------------------------------
 
@@ -215,4 +301,51 @@ class NodeCore:
         """Find and verify the peer record of public_key."""
         qid = self.dht.start_get(peer_key(public_key), now)
         self._resolves[qid] = public_key
+        return qid
+
+    def announce(self, feed: bytes, addrs: Sequence[tuple[str, str, int]], now: float) -> int:
+        """Announce that this node holds ``feed``, reachable at ``addrs``; keep it announced.
+
+        Signs a provider record and adds it at the k nodes closest to
+        ``provider_key(feed)``; ends with `ProviderAnnounced`.  The caller
+        announces only feeds it holds.  Raises `RecordError` for a bad feed
+        or addresses.
+        """
+        return self._announce(feed, tuple(addrs), now)
+
+    def withdraw(self, feed: bytes) -> None:
+        """Stop announcing ``feed``; copies held elsewhere lapse with the record's expiry."""
+        self._provided.pop(feed, None)
+        self._announce_at.pop(feed, None)
+        self.provider_records.pop(feed, None)
+        self.dht.providers.remove(provider_key(feed), self.identity.public_key)
+
+    def _announce(self, feed: bytes, addrs: tuple[tuple[str, str, int], ...], now: float) -> int:
+        key = provider_key(feed)
+        # Above our last seq, and above any record of ours a peer handed back
+        # (signed by an earlier run whose clock was ahead), which would win.
+        seqs = [int(now * 1000)]
+        seqs += [r.seq + 1 for r in (self.provider_records.get(feed),) if r is not None]
+        for signer, value in self.dht.providers.get_with_ids(key, now):
+            if signer == self.identity.public_key:
+                seqs.append(decode_record(value, now=None).seq + 1)
+        record = create_record(
+            self.identity,
+            type=PROVIDER,
+            seq=max(seqs),
+            expires=int(now) + PROVIDER_TTL,
+            addrs=addrs,
+            feed=feed,
+        )
+        self.provider_records[feed] = record
+        self._provided[feed] = addrs
+        self._announce_at[feed] = now + PROVIDER_REPUBLISH
+        qid = self.dht.start_add_provider(key, record.raw, now)
+        self._announces[qid] = (feed, record.seq)
+        return qid
+
+    def start_find_providers(self, feed: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
+        """Find the nodes that hold ``feed``.  Ends with `ProvidersResolved`."""
+        qid = self.dht.start_get_providers(provider_key(feed), now, want=want)
+        self._finds[qid] = feed
         return qid

@@ -2,7 +2,9 @@
 
 Both directions, on 127.0.0.1: our node bootstraps from theirs and theirs
 from ours; a value their ``set`` stored is found by our FIND_VALUE; a value
-our node stores is read by their ``get``.  Our side is the production stack:
+our node stores is read by their ``get``.  p2pblog's own RPCs
+(``p2pb_add_provider`` / ``p2pb_get_providers``) get no answer from them,
+and our node copes: the queries end, the kademlia nodes stay in its table.  Our side is the production stack:
 `NodeCore` (with p2pblog's record rules) driven by the trio `UdpDriver`.
 """
 
@@ -22,7 +24,7 @@ import trio
 
 from dht import BootstrapFinished, PutFinished, ValueFound, kademlia_key
 from identity import Identity
-from p2pblog.node import NodeCore
+from p2pblog.node import NodeCore, ProviderAnnounced, ProvidersResolved
 from p2pblog.runtime import UdpDriver, unix_now
 
 pytest.importorskip("kademlia.network")
@@ -123,3 +125,39 @@ def test_kademlia_bootstraps_from_our_node_and_reads_our_value(kademlia_net: Kad
     assert learned & set(kademlia_net.ports), (learned, our_port)
     for read in (read_old, read_new):
         assert read["bytes"] and bytes.fromhex(read["value"]) == b"stored by p2pblog"
+
+
+def test_kademlia_nodes_ignore_provider_rpcs_and_stay_in_our_table(kademlia_net: KademliaProcess) -> None:
+    feed = bytes([5]) * 32
+
+    async def body(core: NodeCore, driver: UdpDriver) -> tuple[Any, ...]:
+        joined = await driver.request(lambda now: core.bootstrap([("127.0.0.1", kademlia_net.ports[0])], now))
+        results: dict[str, Any] = {}
+        announcing = trio.Event()
+
+        def announce(now: float) -> int:
+            qid = core.announce(feed, [("tcp", "127.0.0.1", 1)], now)
+            announcing.set()
+            return qid
+
+        async def run(name: str, start: Any, after: trio.Event | None = None) -> None:
+            if after is not None:
+                await after.wait()
+            results[name] = await driver.request(start)
+
+        # Both at once (each waits out rpcudp's 5 s timeout on the silent
+        # peers), the find once our own record is held.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "announce", announce)
+            nursery.start_soon(run, "find", lambda now: core.start_find_providers(feed, now), announcing)
+        return core, joined, results["announce"], results["find"]
+
+    core, joined, announced, found = trio.run(with_node, body)
+    assert isinstance(announced, ProviderAnnounced) and announced.stored_at == 0
+    # Only the record we hold ourselves: no kademlia node answered.
+    assert isinstance(found, ProvidersResolved)
+    assert [r.signer for r in found.records] == [core.identity.public_key]
+    kademlia_ids = [c.node_id for c in joined.closest]
+    assert len(kademlia_ids) >= 3
+    assert all(core.dht.table.get(i) is not None and core.dht.table.failures(i) == 0 for i in kademlia_ids)
+    assert core.dht.stats["rpc.unanswered_p2pblog_rpc"] >= 2 * len(kademlia_ids)

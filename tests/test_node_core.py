@@ -1,6 +1,6 @@
-"""NodeCore, sans IO: p2pblog's record rules on the DHT, publishing and resolving peer records.
+"""NodeCore, sans IO: p2pblog's record rules on the DHT, peer records and provider records.
 
-Three cores are linked by a tiny in-memory network with explicit ``now``
+A few cores are linked by a tiny in-memory network with explicit ``now``
 (h11's ConnectionPair, scaled to three); no sockets, no sleeps.
 """
 
@@ -15,21 +15,28 @@ import pytest
 from dht import wire
 from dht.records import accept_any
 from identity import Identity
-from identity.records import PEER, create_record, peer_key
+from identity.records import PEER, PROVIDER, RecordError, create_record, peer_key, provider_key
 from p2pblog.errors import LocalProtocolError
 from p2pblog.node import (
     PEER_REPUBLISH,
+    PROVIDER_REPUBLISH,
+    PROVIDER_TTL,
     NodeCore,
     PeerNotResolved,
     PeerResolved,
+    ProviderAnnounced,
+    ProvidersResolved,
     RecordPublished,
     select_value,
+    validate_provider,
     validate_value,
 )
 
 T0 = 1_800_000_000.0
-A, B, C = (Identity(bytes([i]) * 32) for i in (21, 22, 23))
+A, B, C, D = (Identity(bytes([i]) * 32) for i in (21, 22, 23, 24))
 ADDRS = [("udp", "127.0.0.1", 4000)]
+FEED = bytes([77]) * 32
+FEED2 = bytes([78]) * 32
 
 
 class Net:
@@ -174,3 +181,133 @@ def test_a_forged_record_stored_by_a_peer_is_not_resolved() -> None:
 def test_garbage_values_are_refused_or_opaque(bad: bytes) -> None:
     key = peer_key(A.public_key)
     assert validate_value(key, bad, T0) in (True, False)  # never raises
+
+
+# ----------------------------------------------------------------------------- provider records
+
+
+def provider_record(
+    identity: Identity, feed: bytes = FEED, seq: int = 1, expires: int = int(T0) + 100
+) -> bytes:
+    tcp = [("tcp", "127.0.0.1", 4100)]
+    return create_record(identity, type=PROVIDER, seq=seq, expires=expires, addrs=tcp, feed=feed).raw
+
+
+def test_provider_validator_names_the_signer_of_a_valid_provider_record() -> None:
+    key = provider_key(FEED)
+    good = provider_record(A)
+    assert validate_provider(key, good, T0) == A.public_key
+    assert validate_provider(provider_key(FEED2), good, T0) is None  # another feed's key
+    assert validate_provider(key, good, T0 + 100) is None  # expired
+    assert validate_provider(key, good[:70] + bytes([good[70] ^ 1]) + good[71:], T0) is None
+    peer = create_record(A, type=PEER, seq=1, expires=int(T0) + 100, addrs=ADDRS).raw
+    assert validate_provider(peer_key(A.public_key), peer, T0) is None  # not a provider record
+    for opaque in (b"", b"hello", b"\x00" * 1024, b"\x96\x01" * 40):
+        assert validate_provider(key, opaque, T0) is None
+    # Versions by one signer: the highest seq wins.
+    assert select_value(key, [provider_record(A, seq=2), provider_record(A, seq=3)]) == 1
+
+
+def test_three_nodes_announce_a_feed_and_a_fourth_finds_them_all() -> None:
+    net = Net([A, B, C, D])
+    for i in (1, 2, 3):
+        net.core(i).bootstrap([net.addr(0)], net.now)
+    net.run(T0 + 10)
+    tcp = {i: [("tcp", "127.0.0.1", 4100 + i)] for i in range(3)}
+    qids = {i: net.core(i).announce(FEED, tcp[i], net.now) for i in range(3)}
+    net.run(net.now + 10)
+    for i, qid in qids.items():
+        announced = net.result(i, qid)
+        assert isinstance(announced, ProviderAnnounced) and announced.feed == FEED
+        assert announced.stored_at >= 2 and announced.seq == net.core(i).provider_records[FEED].seq
+
+    qid = net.core(3).start_find_providers(FEED, net.now)
+    net.run(net.now + 10)
+    resolved = net.result(3, qid)
+    assert isinstance(resolved, ProvidersResolved) and resolved.feed == FEED
+    assert {r.signer for r in resolved.records} == {A.public_key, B.public_key, C.public_key}
+    by_signer = {r.signer: r for r in resolved.records}
+    for i, ident in enumerate((A, B, C)):
+        record = by_signer[ident.public_key]
+        assert (
+            record.type == PROVIDER and record.feed == FEED and record.addr("tcp") == ("127.0.0.1", 4100 + i)
+        )
+
+    qid = net.core(3).start_find_providers(FEED2, net.now)
+    net.run(net.now + 10)
+    nobody = net.result(3, qid)
+    assert isinstance(nobody, ProvidersResolved) and nobody.records == ()
+
+
+def test_provider_records_are_reannounced_and_withdrawn() -> None:
+    net = Net([A, B, C])
+    for i in (1, 2):
+        net.core(i).bootstrap([net.addr(0)], net.now)
+    net.run(T0 + 5)
+    announced_at = net.now
+    net.core(0).announce(FEED, ADDRS, announced_at)
+    net.run(net.now + 5)
+    first = net.core(0).provider_records[FEED]
+    assert first.seq == int(announced_at * 1000) and first.expires == int(announced_at) + PROVIDER_TTL
+    net.run(net.now + PROVIDER_REPUBLISH + 1)
+    second = net.core(0).provider_records[FEED]
+    assert second.seq > first.seq and second.expires > first.expires
+    qid = net.core(2).start_find_providers(FEED, net.now)
+    net.run(net.now + 10)
+    resolved = net.result(2, qid)
+    assert isinstance(resolved, ProvidersResolved) and [r.seq for r in resolved.records] == [second.seq]
+    # Withdrawn: no more re-signing; the copies held elsewhere lapse with the record.
+    net.core(0).withdraw(FEED)
+    net.run(second.expires + 1.0)
+    assert FEED not in net.core(0).provider_records
+    qid = net.core(2).start_find_providers(FEED, net.now)
+    net.run(net.now + 10)
+    lapsed = net.result(2, qid)
+    assert isinstance(lapsed, ProvidersResolved) and lapsed.records == ()
+    with pytest.raises(RecordError):
+        net.core(0).announce(b"short feed", ADDRS, net.now)
+
+
+def test_forged_provider_records_are_refused_by_remote_nodes() -> None:
+    """B sends raw p2pb_add_provider requests carrying forged records: nobody keeps them."""
+    net = Net([A, B, C, D])
+    for i in (1, 2, 3):
+        net.core(i).bootstrap([net.addr(0)], net.now)
+    net.run(T0 + 10)
+    key = provider_key(FEED)
+    genuine = provider_record(A)
+    forgeries = {
+        # A's record content, signed by B's key: the signature does not verify.
+        "signed by another key": B.sign(genuine[64:]),
+        # B's valid record for another feed, filed under FEED's key.
+        "another feed's record": provider_record(B, feed=FEED2),
+        # A's record with one byte of the feed changed (filed under the old key).
+        "tampered": genuine[:-1] + bytes([genuine[-1] ^ 1]),
+        # A peer record is no provider record.
+        "a peer record": create_record(B, type=PEER, seq=1, expires=int(T0) + 100, addrs=ADDRS).raw,
+        "expired": provider_record(B, expires=int(T0)),
+    }
+    # B's own core refuses to announce any of them.
+    for forged in forgeries.values():
+        with pytest.raises(LocalProtocolError):
+            net.core(1).dht.start_add_provider(key, forged, net.now)
+    b_id = net.core(1).dht.node_id
+    for target in (0, 2, 3):
+        for forged in forgeries.values():
+            request = wire.AddProvider(os.urandom(20), b_id, key, forged)
+            net.in_flight.append((net.now, wire.encode_request(request), net.addr(1), net.addr(target)))
+    net.run(net.now + 5)
+    for index in (0, 2, 3):
+        dht = net.core(index).dht
+        assert dht.providers.get(key, net.now) == []
+        assert dht.stats["providers.invalid"] == len(forgeries)
+        assert dht.stats["misbehaved.invalid provider value"] == len(forgeries)
+    # The genuine record, relayed by B, is kept: the signature is what counts.
+    request = wire.AddProvider(os.urandom(20), b_id, key, genuine)
+    net.in_flight.append((net.now, wire.encode_request(request), net.addr(1), net.addr(0)))
+    net.run(net.now + 5)
+    qid = net.core(3).start_find_providers(FEED, net.now)
+    net.run(net.now + 10)
+    resolved = net.result(3, qid)
+    assert isinstance(resolved, ProvidersResolved)
+    assert [r.raw for r in resolved.records] == [genuine]

@@ -20,6 +20,8 @@ from dht import (
     DhtCore,
     Event,
     LookupFinished,
+    ProvidersAdded,
+    ProvidersFound,
     PutFinished,
     ValueFound,
     ValueNotFound,
@@ -27,7 +29,15 @@ from dht import (
 from dht.ids import Address
 from dht.wire import Value
 
-ResultEvent = LookupFinished | BootstrapFinished | ValueFound | ValueNotFound | PutFinished
+ResultEvent = (
+    LookupFinished
+    | BootstrapFinished
+    | ValueFound
+    | ValueNotFound
+    | PutFinished
+    | ProvidersAdded
+    | ProvidersFound
+)
 #: A command for `SimNetwork.command`: runs on a core at ``now``, returns a query id.
 Command = Callable[[DhtCore, float], int]
 
@@ -46,6 +56,14 @@ def get_of(key: bytes, quorum: int = 1) -> Command:
 
 def put_of(key: bytes, value: Value) -> Command:
     return lambda core, now: core.start_put(key, value, now)
+
+
+def add_provider_of(key: bytes, value: bytes) -> Command:
+    return lambda core, now: core.start_add_provider(key, value, now)
+
+
+def get_providers_of(key: bytes, want: int = 20) -> Command:
+    return lambda core, now: core.start_get_providers(key, now, want=want)
 
 
 @dataclass

@@ -1,0 +1,268 @@
+"""The provider store: many values per key, one per provider, with expiry and republish.
+
+Theory of operation
+-------------------
+A record key holds one value (`dht.records`); a *provider* key holds a set:
+"these nodes can serve X", as libp2p kad-dht's ``ADD_PROVIDER`` /
+``GET_PROVIDERS`` keep it.  Each value in the set is one provider's
+advertisement (p2pblog: a signed provider record).  The DHT does not know
+the format; the layer above passes a *provider validator*::
+
+    provider_validator(key, value, now) -> provider id (bytes) | None
+
+which refuses a value (None) or names the provider it speaks for.  A key
+holds at most one value per provider id; a second value for the same id
+replaces the first only if the record *selector* (the one `dht.records`
+uses, p2pblog: highest seq) prefers it, so a replayed old advertisement
+cannot push out a newer one.  The default validator, `distinct_values`,
+makes every distinct byte string its own provider: a key then holds a plain
+set of values.
+
+Like record validators, the provider validator sees peers' bytes and must be
+total (return None, never raise).  It runs on every ``p2pb_add_provider``
+received, on every value a ``p2pb_get_providers`` lookup returns, on our own
+announcements, and again whenever a held value is read or republished, so a
+signed advertisement is dropped the first time it is touched after its own
+expiry.
+
+Bounds and timers:
+
+* at most `max_per_key` providers per key (libp2p answers with up to k).
+  A new provider arriving at a full key evicts the held (not our own)
+  provider that was refreshed longest ago: providers re-announce on a
+  timer, so the most recently refreshed are the likeliest to be alive;
+* at most `max_values` values in all; a new provider is refused (`FULL`)
+  beyond that, as `RecordStore` refuses new keys;
+* a held value expires `ttl` after its last ``p2pb_add_provider`` (libp2p:
+  provider advertisements expire after 24 h); our own values do not expire
+  here (the validator judges their freshness) and are *republished* every
+  `republish_interval`, stretched by a random fraction of up to
+  `RENEW_JITTER` so many announcements made together spread out.
+
+Unlike records, held providers are not replicated by their holders (paper
+2.5 replication, ``kademlia``'s hourly re-STORE): as in libp2p, only the
+provider re-announces, because each holder re-sending every value it holds
+for a key would multiply the traffic by the number of providers.
+
+`ProviderStore.due` drops expired values and returns our own ones to
+re-announce; `ProviderStore.next_deadline` says when to call it again.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from dht.records import RENEW_JITTER, Selector, StoreOutcome, latest_selector
+from identity.limits import MAX_DHT_VALUE_BYTES
+
+if TYPE_CHECKING:
+    from random import Random
+
+ProviderValidator = Callable[[bytes, bytes, float], bytes | None]
+
+#: Seconds a received provider value lives after its last ADD_PROVIDER (libp2p: 24 h).
+PROVIDER_TTL: Final = 24 * 3600.0
+#: Seconds between republications of our own provider values (half the ttl,
+#: so one lost round does not let the value lapse).
+PROVIDER_REPUBLISH_INTERVAL: Final = 12 * 3600.0
+#: Providers held per key (libp2p's GET_PROVIDERS answers with up to k).
+MAX_PROVIDERS_PER_KEY: Final = 20
+#: Provider values held in all.
+MAX_PROVIDER_VALUES: Final = 65536
+
+
+def distinct_values(key: bytes, value: bytes, now: float) -> bytes | None:
+    """The default provider validator: any bytes value within the limit is its own provider."""
+    del key, now
+    return value
+
+
+@dataclass(slots=True)
+class _Provider:
+    value: bytes
+    published: bool
+    refreshed_at: float
+    #: Held values: `refreshed_at` + ttl; our own: never.
+    expires_at: float
+    #: Our own: next republication; held values: never.
+    renew_at: float
+    #: Order of the last add (ties of `refreshed_at`); a republication keeps it.
+    order: int
+    #: Identifies the live timer-heap entry.
+    version: int
+
+
+class ProviderStore:
+    """Provider values held by this node: key -> provider id -> value."""
+
+    def __init__(
+        self,
+        *,
+        validator: ProviderValidator = distinct_values,
+        selector: Selector = latest_selector,
+        ttl: float = PROVIDER_TTL,
+        republish_interval: float = PROVIDER_REPUBLISH_INTERVAL,
+        max_per_key: int = MAX_PROVIDERS_PER_KEY,
+        max_values: int = MAX_PROVIDER_VALUES,
+        rng: Random | None = None,
+    ) -> None:
+        self.validator = validator
+        self.selector = selector
+        self.ttl = ttl
+        self.republish_interval = republish_interval
+        self.max_per_key = max_per_key
+        self.max_values = max_values
+        self._rng = rng
+        self._keys: dict[bytes, dict[bytes, _Provider]] = {}
+        self._count = 0
+        # (deadline, version, key, provider id): lazy heap; stale entries are skipped.
+        self._timers: list[tuple[float, int, bytes, bytes]] = []
+        self._version = 0
+
+    def __len__(self) -> int:
+        """Values held, over all keys."""
+        return self._count
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Keys held (a snapshot)."""
+        return iter(list(self._keys))
+
+    def provider_id(self, key: bytes, value: bytes, now: float) -> bytes | None:
+        """The provider ``value`` speaks for, or None when it is not a valid provider value."""
+        if not isinstance(value, bytes) or len(value) > MAX_DHT_VALUE_BYTES:
+            return None
+        return self.validator(key, value, now)
+
+    def add(self, key: bytes, value: bytes, now: float, *, published: bool = False) -> StoreOutcome:
+        """Hold ``value`` as its provider's advertisement for ``key``."""
+        pid = self.provider_id(key, value, now)
+        if pid is None:
+            return StoreOutcome.INVALID
+        held = self._keys.get(key, {})
+        old = held.get(pid)
+        if old is not None and not self._alive(key, pid, old, now):
+            self._drop(key, pid)
+            old = None
+        if old is not None:
+            if old.value == value:
+                self._set(key, pid, value, now, published=published or old.published)
+                return StoreOutcome.REFRESHED
+            if not self.prefers(key, old.value, value):
+                return StoreOutcome.OUTDATED
+            self._set(key, pid, value, now, published=published or old.published)
+            return StoreOutcome.STORED
+        if len(held) >= self.max_per_key:
+            self._purge(key, now)
+            held = self._keys.get(key, {})
+        if len(held) >= self.max_per_key:
+            evictable = [(p.refreshed_at, p.order, i) for i, p in held.items() if not p.published]
+            if not evictable:
+                return StoreOutcome.FULL
+            self._drop(key, min(evictable)[2])
+        elif self._count >= self.max_values:
+            return StoreOutcome.FULL
+        self._set(key, pid, value, now, published=published)
+        return StoreOutcome.STORED
+
+    def get(self, key: bytes, now: float) -> list[bytes]:
+        """Valid values for ``key``, most recently refreshed first (invalid ones are dropped)."""
+        return [value for _, value in self.get_with_ids(key, now)]
+
+    def get_with_ids(self, key: bytes, now: float) -> list[tuple[bytes, bytes]]:
+        """``(provider id, value)`` pairs for ``key``, most recently refreshed first."""
+        self._purge(key, now)
+        held = self._keys.get(key, {})
+        ordered = sorted(held.items(), key=lambda item: (item[1].refreshed_at, item[1].order), reverse=True)
+        return [(pid, entry.value) for pid, entry in ordered]
+
+    def is_published(self, key: bytes, provider_id: bytes) -> bool:
+        entry = self._keys.get(key, {}).get(provider_id)
+        return entry is not None and entry.published
+
+    def remove(self, key: bytes, provider_id: bytes) -> None:
+        """Forget one provider of ``key`` (e.g. our own, when we stop providing)."""
+        self._drop(key, provider_id)
+
+    def prefers(self, key: bytes, old: bytes, new: bytes) -> bool:
+        """True if the selector prefers ``new`` to ``old`` (two values of one provider)."""
+        index = self.selector(key, [old, new])
+        if index not in (0, 1):
+            raise IndexError(f"selector returned {index} for 2 values")
+        return index == 1
+
+    # ------------------------------------------------------------------ internals
+
+    def _alive(self, key: bytes, pid: bytes, entry: _Provider, now: float) -> bool:
+        # A value whose provider id changed under the validator is as good as invalid.
+        return entry.expires_at > now and self.provider_id(key, entry.value, now) == pid
+
+    def _purge(self, key: bytes, now: float) -> None:
+        """Drop the values of ``key`` that expired or no longer validate."""
+        held = self._keys.get(key)
+        if held is None:
+            return
+        for pid, entry in list(held.items()):
+            if not self._alive(key, pid, entry, now):
+                self._drop(key, pid)
+
+    def _interval(self) -> float:
+        base = self.republish_interval
+        return base * (1.0 + RENEW_JITTER * self._rng.random()) if self._rng is not None else base
+
+    def _set(self, key: bytes, pid: bytes, value: bytes, now: float, *, published: bool) -> None:
+        self._version += 1
+        if published:
+            expires, renew = float("inf"), now + self._interval()
+        else:
+            expires, renew = now + self.ttl, float("inf")
+        held = self._keys.setdefault(key, {})
+        if pid not in held:
+            self._count += 1
+        held[pid] = _Provider(value, published, now, expires, renew, self._version, self._version)
+        heapq.heappush(self._timers, (min(expires, renew), self._version, key, pid))
+
+    def _drop(self, key: bytes, pid: bytes) -> None:
+        held = self._keys.get(key)
+        if held is None or pid not in held:
+            return
+        del held[pid]
+        self._count -= 1
+        if not held:
+            del self._keys[key]
+
+    def _current(self, version: int, key: bytes, pid: bytes) -> _Provider | None:
+        entry = self._keys.get(key, {}).get(pid)
+        return entry if entry is not None and entry.version == version else None
+
+    def next_deadline(self) -> float | None:
+        """When `due` next has something to do."""
+        while self._timers:
+            deadline, version, key, pid = self._timers[0]
+            if self._current(version, key, pid) is not None:
+                return deadline
+            heapq.heappop(self._timers)
+        return None
+
+    def due(self, now: float) -> list[tuple[bytes, bytes]]:
+        """Drop expired values; return our own ``(key, value)`` to re-announce now."""
+        out: list[tuple[bytes, bytes]] = []
+        while self._timers and self._timers[0][0] <= now:
+            _, version, key, pid = heapq.heappop(self._timers)
+            entry = self._current(version, key, pid)
+            if entry is None:
+                continue
+            if not entry.published or not self._alive(key, pid, entry, now):
+                self._drop(key, pid)
+                continue
+            entry.renew_at = now + self._interval()
+            self._version += 1
+            entry.version = self._version
+            heapq.heappush(self._timers, (entry.renew_at, entry.version, key, pid))
+            out.append((key, entry.value))
+        return out
