@@ -6,6 +6,13 @@ Modules:
   primitives: CipherState, SymmetricState, HandshakeState, Split.
 - `gossip.transport`: `SecureChannel`, one connection's handshake, Ed25519
   identity binding, length-prefixed chunked frames and timeouts.
+- `gossip.messages`: the replication messages carried in those frames (CLOCK,
+  ENTRIES, HAVE, WANT, ACK, FORK_PROOF) and their bounded codec;
+  `GossipDecodeError` is the only error peer bytes can cause.
+- `gossip.session`: `GossipSession`, one connection's replication state
+  machine: EBT clock exchange, batched catch-up with an ACK window, live push,
+  Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, misbehaviour
+  scoring; it reads the node's feeds through a `FeedSource`.
 
 Like `dht`, this package never imports trio, socket, time or os.urandom and
 imports nothing from the project but `identity`.
@@ -13,7 +20,20 @@ imports nothing from the project but `identity`.
 
 from __future__ import annotations
 
+from gossip.messages import GossipDecodeError, decode_message, encode_message
 from gossip.noise import NoiseError
+from gossip.session import (
+    EntriesReceived,
+    EntriesRefused,
+    FeedSource,
+    ForkProofReceived,
+    GossipConfig,
+    GossipSession,
+    MessageDropped,
+    PeerMisbehaved,
+    SessionFailed,
+    SessionState,
+)
 from gossip.transport import (
     ChannelConfig,
     ChannelFailed,
@@ -28,9 +48,22 @@ __all__ = [
     "ChannelConfig",
     "ChannelFailed",
     "ChannelState",
+    "EntriesReceived",
+    "EntriesRefused",
+    "FeedSource",
+    "ForkProofReceived",
     "FrameReceived",
+    "GossipConfig",
+    "GossipDecodeError",
+    "GossipSession",
     "HandshakeCompleted",
     "HandshakeError",
+    "MessageDropped",
     "NoiseError",
+    "PeerMisbehaved",
     "SecureChannel",
+    "SessionFailed",
+    "SessionState",
+    "decode_message",
+    "encode_message",
 ]

@@ -33,5 +33,14 @@ MAX_TIMESTAMP_MS: Final = 2**53 - 1
 #: Highest sequence number (fits SQLite's signed 64-bit integers).
 MAX_SEQ: Final = 2**63 - 1
 
+#: Gossip: most entries in one ENTRIES message.
+MAX_ENTRIES_PER_FRAME: Final = 500
+#: Gossip: most feeds named in one CLOCK, HAVE, WANT or ACK message.  A note is
+#: at most 34 + 9 bytes, so 10,000 of them stay well under `MAX_FRAME_BYTES`.
+MAX_NOTES_PER_FRAME: Final = 10_000
+#: Gossip: most ENTRIES messages a sender may have unacknowledged.  The
+#: receiver enforces it, so both ends must agree on it.
+MAX_BATCHES_IN_FLIGHT: Final = 4
+
 #: Entries written per SQLite transaction when importing or ingesting a batch.
 INGEST_BATCH: Final = 5000

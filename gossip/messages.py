@@ -1,0 +1,340 @@
+"""Gossip messages: what two replicating peers say to each other, and its codec.
+
+Theory of operation
+-------------------
+The transport (`gossip.transport`) carries frames of at most
+`identity.limits.MAX_FRAME_BYTES`; each frame payload is exactly one message,
+one msgpack array whose first element is the message type::
+
+    [0, {feed: note, ...}]                  CLOCK       what I replicate, and how
+    [1, feed, first_seq, [entry, ...]]      ENTRIES     consecutive entries of one feed
+    [2, {feed: seq, ...}]                   HAVE        lazy notice: I hold feed up to seq
+    [3, {feed: from_seq, ...}]              WANT        pull: send me feed from from_seq on
+    [4, count, {feed: seq, ...}]            ACK         I processed your `count` oldest
+                                                        unacknowledged ENTRIES; I now hold..
+    [5, feed, seq, entry, entry]            FORK_PROOF  two signed entries with one seq
+
+``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
+signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
+seqs are unsigned integers (1 .. `MAX_SEQ`; 0 in HAVE/ACK means "none").  No
+strings travel, so no text can be malformed.
+
+A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
+``-1`` means "I do not replicate this feed (any more)", otherwise
+``note = seq << 1 | lazy`` where ``seq`` is the latest seq the sender holds
+and ``lazy`` = 1 asks the receiver not to push the feed's new entries but only
+to send HAVE notices (Plumtree's *prune*; 0 is *graft*: push to me).  Decoded,
+a note is a `Note` or None.  A CLOCK is incremental: a later one updates only
+the feeds it names, so a large clock is sent as several frames of at most
+`MAX_NOTES_PER_FRAME` notes.
+
+Byte example: a CLOCK saying "I hold seq 5 of feed ``aa..aa`` and want pushes",
+i.e. note ``5 << 1 | 0 = 10``::
+
+    92                      array of 2
+    00                      type 0 (CLOCK)
+    81                      map of 1
+    c4 20 aa aa .. aa       bin 32: the feed
+    0a                      10 (seq 5, push)
+
+The golden vectors of every message are in ``tests/gossip/test_messages.py``.
+
+`decode_message` is bounded (payload size, msgpack container and bin limits)
+and total: for any input it returns a message or raises `GossipDecodeError`
+(`UnknownMessageType` for a well-formed frame of a type this version does not
+know, so a session can tell a newer peer from a broken one).  Shapes are
+checked once, here; the session works with typed values.  `encode_message`
+runs the same checks on what it is given and raises `LocalProtocolError` on
+our own misuse, so we never send a frame our peer's decoder would refuse.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from identity.errors import LocalProtocolError
+from identity.keys import PUBLIC_KEY_BYTES
+from identity.limits import (
+    MAX_BATCHES_IN_FLIGHT,
+    MAX_ENTRIES_PER_FRAME,
+    MAX_ENTRY_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_NOTES_PER_FRAME,
+    MAX_SEQ,
+)
+
+#: A feed id is the author's public key.
+FEED_BYTES: Final = PUBLIC_KEY_BYTES
+#: Largest note: the highest seq, lazy.
+MAX_NOTE: Final = MAX_SEQ << 1 | 1
+
+#: Bytes an ENTRIES frame adds around its entries: array, type, feed (bin 8 +
+#: 32), first_seq (uint 64), entry array header (array 16), each entry's bin
+#: header (bin 16: entries are < 64 KiB).
+ENTRIES_OVERHEAD: Final = 1 + 1 + 2 + FEED_BYTES + 9 + 3
+ENTRY_OVERHEAD: Final = 3
+
+
+class GossipDecodeError(ValueError):
+    """A frame payload is not a valid gossip message (the only error peer bytes cause)."""
+
+
+class UnknownMessageType(GossipDecodeError):
+    """A well-formed frame whose message type this version does not know."""
+
+
+class MessageType(enum.IntEnum):
+    CLOCK = 0
+    ENTRIES = 1
+    HAVE = 2
+    WANT = 3
+    ACK = 4
+    FORK_PROOF = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """One feed's line in a clock: the latest seq held, and whether to push new entries."""
+
+    seq: int
+    push: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """What the sender replicates: feed -> `Note`, or None for "not (any more)"."""
+
+    notes: dict[bytes, Note | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entries:
+    """Entries ``first_seq``, ``first_seq + 1``, ... of one feed, as signed bytes.
+
+    The seqs are the sender's claim; the node checks each entry's author and
+    seq against them when it decodes the entries.
+    """
+
+    feed: bytes
+    first_seq: int
+    entries: tuple[bytes, ...]
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + len(self.entries) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """Lazy notice (Plumtree IHAVE): the sender holds each feed up to seq."""
+
+    seqs: dict[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """Pull repair (Plumtree GRAFT's request half): send each feed from from_seq on."""
+
+    from_seqs: dict[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Flow control: the sender processed the ``count`` oldest ENTRIES it had not yet
+    acknowledged, and now holds each of their feeds up to seq."""
+
+    count: int
+    seqs: dict[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ForkProof:
+    """Two different validly signed entries of ``feed`` with the same ``seq``."""
+
+    feed: bytes
+    seq: int
+    first: bytes
+    second: bytes
+
+
+Message = Clock | Entries | Have | Want | Ack | ForkProof
+
+
+# --- checks shared by decoding and encoding ------------------------------------------
+# Each takes the msgpack-level object and raises GossipDecodeError.
+
+
+def _int(value: object, low: int, high: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise GossipDecodeError(f"{what} must be an integer in {low}..{high}")
+    return value
+
+
+def _feed(value: object) -> bytes:
+    if type(value) is not bytes or len(value) != FEED_BYTES:
+        raise GossipDecodeError(f"a feed is {FEED_BYTES} bytes")
+    return value
+
+
+def _entry(value: object) -> bytes:
+    if type(value) is not bytes or not 1 <= len(value) <= MAX_ENTRY_BYTES:
+        raise GossipDecodeError(f"an entry is 1..{MAX_ENTRY_BYTES} bytes")
+    return value
+
+
+def _map(value: object, check: Callable[[object], Any], what: str) -> dict[bytes, Any]:
+    if type(value) is not dict or not 1 <= len(value) <= MAX_NOTES_PER_FRAME:
+        raise GossipDecodeError(f"{what} must be a map of 1..{MAX_NOTES_PER_FRAME} feeds")
+    return {_feed(k): check(v) for k, v in value.items()}
+
+
+def _note(value: object) -> Note | None:
+    raw = _int(value, -1, MAX_NOTE, "a clock note")
+    return None if raw == -1 else Note(raw >> 1, not raw & 1)
+
+
+def _seq0(value: object) -> int:
+    return _int(value, 0, MAX_SEQ, "a seq")
+
+
+def _seq1(value: object) -> int:
+    return _int(value, 1, MAX_SEQ, "a seq")
+
+
+def _fields(obj: list[Any], count: int, name: str) -> list[Any]:
+    if len(obj) != count:
+        raise GossipDecodeError(f"{name} is an array of {count}")
+    return obj[1:]
+
+
+def _parse_clock(obj: list[Any]) -> Clock:
+    (notes,) = _fields(obj, 2, "CLOCK")
+    return Clock(_map(notes, _note, "CLOCK notes"))
+
+
+def _parse_entries(obj: list[Any]) -> Entries:
+    feed, first_seq, entries = _fields(obj, 4, "ENTRIES")
+    first = _seq1(first_seq)
+    if type(entries) is not list or not 1 <= len(entries) <= MAX_ENTRIES_PER_FRAME:
+        raise GossipDecodeError(f"ENTRIES carries 1..{MAX_ENTRIES_PER_FRAME} entries")
+    if first + len(entries) - 1 > MAX_SEQ:
+        raise GossipDecodeError("ENTRIES runs past the highest seq")
+    return Entries(_feed(feed), first, tuple(_entry(e) for e in entries))
+
+
+def _parse_have(obj: list[Any]) -> Have:
+    (seqs,) = _fields(obj, 2, "HAVE")
+    return Have(_map(seqs, _seq0, "HAVE seqs"))
+
+
+def _parse_want(obj: list[Any]) -> Want:
+    (froms,) = _fields(obj, 2, "WANT")
+    return Want(_map(froms, _seq1, "WANT seqs"))
+
+
+def _parse_ack(obj: list[Any]) -> Ack:
+    count, seqs = _fields(obj, 3, "ACK")
+    return Ack(_int(count, 1, MAX_BATCHES_IN_FLIGHT, "an ACK count"), _map(seqs, _seq0, "ACK seqs"))
+
+
+def _parse_fork_proof(obj: list[Any]) -> ForkProof:
+    feed, seq, first, second = _fields(obj, 5, "FORK_PROOF")
+    proof = ForkProof(_feed(feed), _seq1(seq), _entry(first), _entry(second))
+    if proof.first == proof.second:
+        raise GossipDecodeError("a fork proof is two different entries")
+    return proof
+
+
+_PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
+    MessageType.CLOCK: _parse_clock,
+    MessageType.ENTRIES: _parse_entries,
+    MessageType.HAVE: _parse_have,
+    MessageType.WANT: _parse_want,
+    MessageType.ACK: _parse_ack,
+    MessageType.FORK_PROOF: _parse_fork_proof,
+}
+
+_UNPACK_LIMITS: Final = {
+    "max_bin_len": MAX_ENTRY_BYTES,
+    "max_str_len": 0,
+    "max_array_len": MAX_ENTRIES_PER_FRAME,
+    "max_map_len": MAX_NOTES_PER_FRAME,
+    "max_ext_len": 0,
+}
+
+
+def _parse(obj: object) -> Message:
+    if type(obj) is not list or not obj:
+        raise GossipDecodeError("a message is a non-empty array")
+    kind = obj[0]
+    if type(kind) is not int:
+        raise GossipDecodeError("a message starts with its integer type")
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise UnknownMessageType(f"unknown message type {kind}")
+    return parser(obj)
+
+
+def decode_message(payload: bytes) -> Message:
+    """Decode one frame payload.  Raises only `GossipDecodeError`."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise GossipDecodeError("a frame payload is bytes")
+    if len(payload) > MAX_FRAME_BYTES:
+        raise GossipDecodeError(f"frame payload is over {MAX_FRAME_BYTES} bytes")
+    try:
+        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        # ValueError covers ExtraData, FormatError, StackError and the limits.
+        raise GossipDecodeError(f"malformed msgpack: {type(exc).__name__}") from None
+    return _parse(obj)
+
+
+# --- encoding -------------------------------------------------------------------------------
+
+
+def _note_value(note: Note | None) -> int:
+    if note is None:
+        return -1
+    if type(note.seq) is not int or not 0 <= note.seq <= MAX_SEQ:
+        raise LocalProtocolError(f"note seq out of range: {note.seq!r}")
+    return note.seq << 1 | (0 if note.push else 1)
+
+
+def _wire(message: Message) -> list[Any]:
+    if isinstance(message, Clock):
+        return [MessageType.CLOCK.value, {k: _note_value(v) for k, v in message.notes.items()}]
+    if isinstance(message, Entries):
+        return [MessageType.ENTRIES.value, message.feed, message.first_seq, list(message.entries)]
+    if isinstance(message, Have):
+        return [MessageType.HAVE.value, dict(message.seqs)]
+    if isinstance(message, Want):
+        return [MessageType.WANT.value, dict(message.from_seqs)]
+    if isinstance(message, Ack):
+        return [MessageType.ACK.value, message.count, dict(message.seqs)]
+    if isinstance(message, ForkProof):
+        return [MessageType.FORK_PROOF.value, message.feed, message.seq, message.first, message.second]
+    raise LocalProtocolError(f"not a gossip message: {message!r}")
+
+
+def encode_message(message: Message) -> bytes:
+    """The frame payload of a message.  Raises `LocalProtocolError` if it is not valid."""
+    obj = _wire(message)
+    try:
+        _parse(obj)
+    except GossipDecodeError as exc:
+        raise LocalProtocolError(f"invalid {type(message).__name__}: {exc}") from None
+    payload: bytes = msgpack.packb(obj)
+    if len(payload) > MAX_FRAME_BYTES:
+        raise LocalProtocolError(f"{type(message).__name__} is {len(payload)} bytes encoded")
+    return payload
+
+
+def chunked(mapping: Mapping[bytes, Any], size: int = MAX_NOTES_PER_FRAME) -> list[dict[bytes, Any]]:
+    """Split a feed map into maps small enough for one CLOCK/HAVE/WANT."""
+    items = list(mapping.items())
+    return [dict(items[i : i + size]) for i in range(0, len(items), size)]

@@ -1,0 +1,956 @@
+"""`GossipSession`: the sans-IO replication state machine of one connection.
+
+Theory of operation
+-------------------
+A session replicates feeds with one peer over one authenticated connection.
+It owns no socket, reads no clock and never touches the store: it reads the
+node's feeds through a `FeedSource` and reports what arrives as events.  The
+driver (the node's runtime, the simulator, a test's in-memory pair) feeds it
+
+* `connection_made` ``(now)`` once the transport is up, `connection_lost`;
+* `frame_received` ``(payload, now)`` for every frame payload;
+* `feed_updated` ``(feed, now)`` whenever the node stored new entries of a
+  feed (its own post, or entries from any session, this one included) and
+  `fork_found` ``(feed, now)`` when it learned of a fork;
+* `entries_stored` ``(feed, now)`` once per `EntriesReceived`, in order,
+  after ingesting its entries (this is the acknowledgement: see below);
+* `handle_timer` ``(now)`` when ``now`` reaches `get_timer`;
+* Plumtree decisions: `set_eager`, `request_push`, and `wants_changed`,
+
+and after each of those collects `frames_to_send`, `next_event` until None,
+and `get_timer`.  ``now`` never decreases.
+
+*Clocks (SSB EBT).*  On connect each side sends a CLOCK: for every feed the
+node wants (`FeedSource.wanted_feeds`), the latest seq it holds and whether
+it wants the feed pushed.  Everything a peer declares it holds (CLOCK, HAVE,
+ACK, WANT's ``from_seq - 1``) comes from its append-only store and so never
+decreases; a decrease is misbehaviour.
+
+*Streaming and back-pressure.*  For each feed the peer wants, the session
+knows the highest seq the peer holds (declared, or sent by it, or sent to it
+and acknowledged) and the highest seq it sent; it sends what lies above both
+and below its own latest, in ENTRIES batches of at most
+`GossipConfig.batch_entries` entries and `GossipConfig.batch_bytes` bytes,
+round-robin over feeds so one long feed does not starve the others.  At most
+`GossipConfig.window` (<= `MAX_BATCHES_IN_FLIGHT`) batches are
+unacknowledged at a time; the next one is read from the source only when an
+ACK frees the window, so a slow peer or a slow node stops the flow instead of
+growing a queue.  The receiver emits `EntriesReceived`, the node ingests and
+calls `entries_stored`, and the receiver ACKs the batch (FIFO, coalesced)
+with its new latest seq of the feed.  An ACK below the batch's last seq means
+the peer refused the entries (a fork on its side, or our feed is wrong): the
+feed is *stalled* for this session (`EntriesRefused`) and nothing more of it
+is sent until the peer re-subscribes.  Once caught up, every `feed_updated`
+sends the new entries at once: live push is the same rule with one entry.
+
+*Eager and lazy (Plumtree).*  A feed is pushed to the peer only if the peer
+asked for pushes in its note and this side is eager for the feed
+(`set_eager`: a session default plus per-feed overrides, chosen by the node
+so that a few peers per feed are eager).  Otherwise new entries produce a
+HAVE notice.  A HAVE promising seqs we lack arms a timer of
+`GossipConfig.want_delay`; if the entries have not arrived by another path
+when it fires, we send WANT (pull repair) and the peer streams up to its
+latest of that moment.  A node that sees duplicates from a peer prunes it
+with `request_push(feed, False)`, which re-sends our note with the lazy bit;
+a WANT re-grafts a pruned peer (its next note asks for pushes again,
+`GossipConfig.graft_on_want`), so the push tree heals where it broke.
+
+*Duplicates.*  Nothing is sent that the peer is known to hold; entries the
+peer sent us count as held by it.  Two peers pushing one feed to a third
+still duplicate, until the third prunes one of them.
+
+*Fork proofs* travel like entries: when the peer starts wanting a feed, and
+on every `fork_found`, the proofs the source holds for it go out once per
+(feed, seq) per session; received ones become `ForkProofReceived`.
+
+*Bounds.*  Per peer, everything is bounded whatever the peer or the driver
+does: data frames waiting for `frames_to_send` are at most ``window`` ENTRIES
+batches plus `MAX_QUEUED_FORK_PROOFS` proofs (more are dropped and counted);
+HAVE/WANT/ACK/CLOCK are coalesced per feed until sent; received batches not
+yet acknowledged are at most `MAX_BATCHES_IN_FLIGHT` (the peer's excess is
+dropped as misbehaviour); feeds tracked for the peer's clock beyond our own
+are at most `MAX_PEER_FEEDS`; notices in the event queue at most
+`MAX_QUEUED_NOTICES`.
+
+*Bad input.*  A malformed frame, entries for a feed we never wanted, entries
+that skip seqs, more unacknowledged batches than the window, a declared seq
+that goes backwards, an ACK for nothing, a WANT for a feed not in its clock,
+control messages over the rate budget (`CONTROL_RATE`): each is dropped,
+counted in `stats` and reported as `PeerMisbehaved`; the node adds what only
+it can see (a forged entry) with `report_misbehaviour`.  At
+`GossipConfig.misbehaviour_limit` the session fails (`SessionFailed`) and the
+driver should close the connection.  Nothing a peer sends raises.  Our own
+misuse (time going backwards, `entries_stored` out of order, an input in the
+wrong state) raises `LocalProtocolError`.
+
+States and inputs (`_TABLE`): RUN handles the input, IGNORE drops it
+silently, a missing pair is misuse.
+
+=================  ==============  ==============  ==============
+input              IDLE            OPEN            CLOSED
+=================  ==============  ==============  ==============
+connection_made    -> OPEN         misuse          misuse
+frame_received     misuse          RUN             IGNORE
+node inputs [1]_   IGNORE          RUN             IGNORE
+set_eager          RUN             RUN             IGNORE
+entries_stored     misuse          RUN             IGNORE
+handle_timer       IGNORE          RUN             IGNORE
+connection_lost    -> CLOSED       -> CLOSED       IGNORE
+=================  ==============  ==============  ==============
+
+.. [1] `feed_updated`, `fork_found`, `wants_changed`, `request_push`,
+   `report_misbehaviour`: before the connection there is nothing to tell the
+   peer (`connection_made` reads the source afresh), after it nothing to do.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import Counter, deque
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from gossip.messages import (
+    ENTRIES_OVERHEAD,
+    ENTRY_OVERHEAD,
+    FEED_BYTES,
+    Ack,
+    Clock,
+    Entries,
+    ForkProof,
+    GossipDecodeError,
+    Have,
+    Message,
+    Note,
+    UnknownMessageType,
+    Want,
+    chunked,
+    decode_message,
+    encode_message,
+)
+from identity.errors import LocalProtocolError
+from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES
+
+# --- protocol tunables (local choices; the peer does not depend on them) -------------------
+
+#: Entries per ENTRIES batch (<= the protocol's `MAX_ENTRIES_PER_FRAME`).
+BATCH_ENTRIES: Final = MAX_ENTRIES_PER_FRAME
+#: Bytes of entries per ENTRIES batch; with the framing it stays under `MAX_FRAME_BYTES`.
+BATCH_BYTES: Final = 512 * 1024
+#: Seconds between a HAVE for entries we lack and our WANT, so that an eager
+#: path can deliver them first (Plumtree's IHAVE timer).
+WANT_DELAY: Final = 0.5
+#: Control budget: tokens a peer earns per second, and may save up.  A CLOCK,
+#: HAVE, WANT or FORK_PROOF costs one token plus one per `NOTES_PER_TOKEN`
+#: feeds it names (each costs us a store read); beyond the budget it is
+#: dropped as misbehaviour.  ENTRIES and ACK are bounded by the window instead.
+CONTROL_RATE: Final = 200.0
+CONTROL_BURST: Final = 1000.0
+NOTES_PER_TOKEN: Final = 100
+#: Protocol violations before the session gives up on the peer.
+MISBEHAVIOUR_LIMIT: Final = 8
+#: Fork proofs waiting to be sent; more are dropped (and counted).
+MAX_QUEUED_FORK_PROOFS: Final = 64
+#: Feeds we track for the peer beyond those we want ourselves (its clock).
+MAX_PEER_FEEDS: Final = 65_536
+#: Notices (`PeerMisbehaved`, `MessageDropped`, `EntriesRefused`,
+#: `ForkProofReceived`) kept in the event queue before further ones are only counted.
+MAX_QUEUED_NOTICES: Final = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    """Tunables of one session; the defaults are the module's constants."""
+
+    batch_entries: int = BATCH_ENTRIES
+    batch_bytes: int = BATCH_BYTES
+    window: int = MAX_BATCHES_IN_FLIGHT
+    want_delay: float = WANT_DELAY
+    control_rate: float = CONTROL_RATE
+    control_burst: float = CONTROL_BURST
+    misbehaviour_limit: int = MISBEHAVIOUR_LIMIT
+    max_queued_fork_proofs: int = MAX_QUEUED_FORK_PROOFS
+    max_peer_feeds: int = MAX_PEER_FEEDS
+    max_queued_notices: int = MAX_QUEUED_NOTICES
+    #: A WANT also asks the peer to push the feed again if we had pruned it.
+    graft_on_want: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_entries <= MAX_ENTRIES_PER_FRAME:
+            raise LocalProtocolError(f"batch_entries must be 1..{MAX_ENTRIES_PER_FRAME}")
+        most = MAX_FRAME_BYTES - ENTRIES_OVERHEAD - ENTRY_OVERHEAD * MAX_ENTRIES_PER_FRAME
+        if not 1 <= self.batch_bytes <= most:
+            raise LocalProtocolError(f"batch_bytes must be 1..{most}")
+        if not 1 <= self.window <= MAX_BATCHES_IN_FLIGHT:
+            raise LocalProtocolError(f"window must be 1..{MAX_BATCHES_IN_FLIGHT} (a protocol limit)")
+        if self.want_delay < 0 or self.control_rate <= 0 or self.control_burst < 1:
+            raise LocalProtocolError("want_delay >= 0, control_rate > 0 and control_burst >= 1")
+        if min(self.misbehaviour_limit, self.max_queued_fork_proofs, self.max_peer_feeds) < 1:
+            raise LocalProtocolError("limits must be >= 1")
+
+
+class FeedSource(Protocol):
+    """What a session reads from the node (its store).  All reads, no writes."""
+
+    def wanted_feeds(self) -> Collection[bytes]:
+        """The feeds this node replicates (follows, its own, ...)."""
+        ...
+
+    def latest_seq(self, feed: bytes) -> int:
+        """The latest seq held of feed (0 if none); never decreases."""
+        ...
+
+    def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
+        """Up to ``limit`` signed entries of feed from ``first_seq`` on, consecutive."""
+        ...
+
+    def fork_proofs(self, feed: bytes) -> Sequence[tuple[int, bytes, bytes]]:
+        """``(seq, entry, other entry)`` for every fork the node holds proof of."""
+        ...
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesReceived:
+    """The peer sent entries ``first_seq..`` of feed.  Ingest them, then call
+    `GossipSession.entries_stored` (once per event, in order).  The node checks
+    that each entry's author is ``feed`` and its seq ``first_seq + i``.
+
+    The feed may be one we stopped wanting while these were in flight; the
+    node may store them or not (not storing them is a refusal: the peer stops
+    sending the feed until we want it again)."""
+
+    feed: bytes
+    first_seq: int
+    entries: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ForkProofReceived:
+    """The peer sent a fork proof; the node verifies and stores it, and calls
+    `GossipSession.fork_found` on its other sessions to pass it on."""
+
+    feed: bytes
+    seq: int
+    first: bytes
+    second: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesRefused:
+    """The peer acknowledged our entries of feed only up to ``seq``: it refused
+    the rest.  We stopped sending the feed to it."""
+
+    feed: bytes
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMisbehaved:
+    """The peer broke the protocol; what it sent was dropped.  ``reason`` is one of
+    a fixed set (it names a counter in `GossipSession.stats`)."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDropped:
+    """Something was dropped for an ordinary reason (not the peer's fault)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
+    """The session gave up on the peer; the driver closes the connection."""
+
+    reason: str
+
+
+Event = EntriesReceived | ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped | SessionFailed
+_Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
+
+
+def _cost(message: Message) -> float:
+    """Control-budget tokens a message costs (see `NOTES_PER_TOKEN`)."""
+    if isinstance(message, Clock):
+        feeds = len(message.notes)
+    elif isinstance(message, Have):
+        feeds = len(message.seqs)
+    elif isinstance(message, Want):
+        feeds = len(message.from_seqs)
+    else:
+        feeds = 0
+    return 1 + feeds // NOTES_PER_TOKEN
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+class SessionState(enum.Enum):
+    IDLE = "idle"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Do(enum.Enum):
+    RUN = "run"
+    IGNORE = "ignore"
+
+
+_IDLE, _OPEN, _CLOSED = SessionState.IDLE, SessionState.OPEN, SessionState.CLOSED
+_NODE_INPUTS: Final = (
+    "feed_updated",
+    "fork_found",
+    "wants_changed",
+    "request_push",
+    "report_misbehaviour",
+)
+#: (state, input) -> what to do; a missing pair is `LocalProtocolError`.
+_TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
+    (_IDLE, "connection_made"): _Do.RUN,
+    (_OPEN, "frame_received"): _Do.RUN,
+    (_CLOSED, "frame_received"): _Do.IGNORE,
+    **{(_IDLE, name): _Do.IGNORE for name in _NODE_INPUTS},
+    **{(_OPEN, name): _Do.RUN for name in _NODE_INPUTS},
+    **{(_CLOSED, name): _Do.IGNORE for name in _NODE_INPUTS},
+    (_IDLE, "set_eager"): _Do.RUN,
+    (_OPEN, "set_eager"): _Do.RUN,
+    (_CLOSED, "set_eager"): _Do.IGNORE,
+    (_OPEN, "entries_stored"): _Do.RUN,
+    (_CLOSED, "entries_stored"): _Do.IGNORE,
+    (_IDLE, "handle_timer"): _Do.IGNORE,
+    (_OPEN, "handle_timer"): _Do.RUN,
+    (_CLOSED, "handle_timer"): _Do.IGNORE,
+    (_IDLE, "connection_lost"): _Do.RUN,
+    (_OPEN, "connection_lost"): _Do.RUN,
+    (_CLOSED, "connection_lost"): _Do.IGNORE,
+}
+
+
+@dataclass(slots=True)
+class _Feed:
+    """Everything the session knows about one feed, in both directions."""
+
+    # -- sending: what the peer told us and what we sent it
+    peer_wants: bool = False
+    #: The peer's note asked for pushes (False: lazy, HAVE only).
+    peer_push: bool = True
+    #: Highest seq the peer declared (clock, have, ack, want); must not decrease.
+    peer_declared: int = 0
+    #: Highest seq the peer is known to hold (declared, or it sent it to us).
+    peer_known: int = 0
+    #: Highest seq sent to the peer in this session.
+    sent: int = 0
+    #: Lazy mode: the peer's WANT asked for entries up to this seq.
+    pull_to: int = 0
+    #: Highest seq announced to the peer with HAVE.
+    noticed: int = 0
+    #: The peer refused our entries; send none until it re-subscribes.
+    stalled: bool = False
+    #: Our eagerness for this feed (None: the session default).
+    eager: bool | None = None
+    # -- receiving: what we want from the peer
+    we_want: bool = False
+    ever_wanted: bool = False
+    ask_push: bool = True
+    #: Highest seq received from the peer in this session.
+    received: int = 0
+    #: Highest seq a HAVE promised that we lack, and when to WANT it.
+    want_seq: int = 0
+    want_deadline: float | None = None
+    #: Highest seq our WANTs asked for.
+    wanted_until: int = 0
+    #: Fork proof seqs sent to or received from the peer.
+    forks: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _RxBatch:
+    feed: bytes
+    done: bool
+
+
+class GossipSession:
+    """Replication with one peer, sans IO.  See the module docstring."""
+
+    def __init__(
+        self,
+        source: FeedSource,
+        *,
+        eager: bool = True,
+        config: GossipConfig | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.config = config if config is not None else GossipConfig()
+        self._source = source
+        self._eager = eager
+        self._state = SessionState.IDLE
+        self._now = now
+        #: Counts of everything that happened, by name.
+        self.stats: Counter[str] = Counter()
+        #: Protocol violations by the peer so far (ours and the node's reports).
+        self.misbehaviour = 0
+        self._feeds: dict[bytes, _Feed] = {}
+        self._peer_feeds = 0
+        # Sending: feeds with entries to send (an ordered set, round-robin),
+        # batches awaiting ACK as (feed, last seq), and encoded data frames.
+        self._ready: dict[bytes, None] = {}
+        self._in_flight: deque[tuple[bytes, int]] = deque()
+        self._data: deque[bytes] = deque()
+        self._data_bytes = 0
+        self._queued_proofs = 0
+        # Control messages, coalesced until `frames_to_send`.
+        self._clock_pending: dict[bytes, None] = {}
+        self._have_pending: dict[bytes, None] = {}
+        self._want_pending: dict[bytes, None] = {}
+        self._ack_count = 0
+        self._ack_feeds: dict[bytes, None] = {}
+        # Receiving: batches not yet acknowledged, oldest first.
+        self._rx: deque[_RxBatch] = deque()
+        self._want_timers: list[tuple[float, int, bytes]] = []
+        self._timer_seq = 0
+        self._tokens = self.config.control_burst
+        self._tokens_at = now
+        self._events: deque[Event] = deque()
+        self._notices = 0
+
+    # ============================================================ outputs
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def frames_to_send(self) -> list[bytes]:
+        """Frame payloads to send, in order; the driver writes them all."""
+        if self._state is not SessionState.OPEN:
+            return []
+        out: list[bytes] = []
+        latest = self._source.latest_seq
+        if self._clock_pending:
+            notes: dict[bytes, Note | None] = {}
+            for feed in self._clock_pending:
+                st = self._feeds[feed]
+                notes[feed] = Note(latest(feed), st.ask_push) if st.we_want else None
+            out += [encode_message(Clock(part)) for part in chunked(notes)]
+            self._clock_pending.clear()
+        if self._ack_count:
+            seqs = {feed: latest(feed) for feed in self._ack_feeds}
+            out.append(encode_message(Ack(self._ack_count, seqs)))
+            self.stats["tx.acks"] += 1
+            self._ack_count = 0
+            self._ack_feeds.clear()
+        if self._have_pending:
+            haves = {feed: latest(feed) for feed in self._have_pending}
+            out += [encode_message(Have(part)) for part in chunked(haves)]
+            self.stats["tx.haves"] += len(haves)
+            self._have_pending.clear()
+        if self._want_pending:
+            wants: dict[bytes, int] = {}
+            for feed in self._want_pending:
+                st = self._feeds[feed]
+                held = latest(feed)
+                if st.we_want and held < st.wanted_until:
+                    wants[feed] = held + 1
+            out += [encode_message(Want(part)) for part in chunked(wants)]
+            self.stats["tx.wants"] += len(wants)
+            self._want_pending.clear()
+        out += self._data
+        self._data.clear()
+        self._data_bytes = 0
+        self._queued_proofs = 0
+        self.stats["tx.frames"] += len(out)
+        return out
+
+    def next_event(self) -> Event | None:
+        """The oldest pending event, or None."""
+        if not self._events:
+            return None
+        event = self._events.popleft()
+        if isinstance(event, _Notice):
+            self._notices -= 1
+        return event
+
+    def get_timer(self) -> float | None:
+        """The earliest time at which `handle_timer` has work, or None."""
+        while self._want_timers:
+            deadline, _, feed = self._want_timers[0]
+            if self._feeds[feed].want_deadline == deadline:
+                return deadline
+            heapq.heappop(self._want_timers)
+        return None
+
+    @property
+    def batches_in_flight(self) -> int:
+        """ENTRIES batches we sent that the peer has not acknowledged."""
+        return len(self._in_flight)
+
+    @property
+    def batches_unacknowledged(self) -> int:
+        """ENTRIES batches we received and have not yet acknowledged (<= `MAX_BATCHES_IN_FLIGHT`)."""
+        return len(self._rx) + self._ack_count
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of data frames (ENTRIES, FORK_PROOF) waiting for `frames_to_send`."""
+        return self._data_bytes
+
+    @property
+    def queued_fork_proofs(self) -> int:
+        return self._queued_proofs
+
+    def peer_wants(self, feed: bytes) -> bool:
+        st = self._feeds.get(feed)
+        return st is not None and st.peer_wants
+
+    def peer_seq(self, feed: bytes) -> int:
+        """The highest seq of feed the peer is known to hold."""
+        st = self._feeds.get(feed)
+        return 0 if st is None else st.peer_known
+
+    def is_eager(self, feed: bytes) -> bool:
+        """Whether we push feed to the peer (if the peer asks for pushes)."""
+        st = self._feeds.get(feed)
+        return self._eager if st is None or st.eager is None else st.eager
+
+    # ============================================================ inputs
+
+    def connection_made(self, now: float) -> None:
+        """The transport is up: send our clock."""
+        if not self._enter("connection_made", now):
+            return
+        self._state = SessionState.OPEN
+        self._tokens_at = now
+        for feed in self._source.wanted_feeds():
+            self._want(feed)
+        self._pump()
+
+    def connection_lost(self, now: float) -> None:
+        if self._enter("connection_lost", now):
+            self._close()
+
+    def frame_received(self, payload: bytes, now: float) -> None:
+        """Process one frame payload from the peer.  Never raises for its content."""
+        if not self._enter("frame_received", now):
+            self.stats["drop.closed"] += 1
+            return
+        self.stats["rx.frames"] += 1
+        try:
+            message = decode_message(payload)
+        except UnknownMessageType as exc:
+            self._dropped("unknown message type", str(exc))
+            return
+        except GossipDecodeError as exc:
+            self._misbehaved("malformed frame", str(exc))
+            return
+        if not isinstance(message, Entries | Ack) and not self._take_tokens(_cost(message), now):
+            self._misbehaved("too many messages", type(message).__name__)
+            return
+        self._dispatch(message, now)
+        self._pump()
+
+    def feed_updated(self, feed: bytes, now: float) -> None:
+        """The node stored new entries of feed: push them, or announce them (HAVE)."""
+        if self._enter("feed_updated", now):
+            self._refresh(feed)
+            self._pump()
+
+    def fork_found(self, feed: bytes, now: float) -> None:
+        """The node holds a new fork proof of feed: pass it on if the peer wants the feed."""
+        if self._enter("fork_found", now):
+            st = self._feeds.get(feed)
+            if st is not None and st.peer_wants:
+                self._send_fork_proofs(feed, st)
+
+    def wants_changed(self, now: float) -> None:
+        """`FeedSource.wanted_feeds` changed: tell the peer (clock notes)."""
+        if not self._enter("wants_changed", now):
+            return
+        wanted = set(self._source.wanted_feeds())
+        for feed, st in self._feeds.items():
+            if st.we_want and feed not in wanted:
+                st.we_want = False
+                st.want_deadline = None
+                st.want_seq = st.wanted_until = 0
+                self._clock_pending[feed] = None
+        for feed in wanted:
+            self._want(feed)
+
+    def set_eager(self, eager: bool, now: float, feed: bytes | None = None) -> None:
+        """Push (True) or only announce (False) new entries: for feed, or by default.
+
+        Plumtree's eager/lazy choice on the sending side; the node keeps a few
+        eager peers per feed.  A per-feed choice overrides the default.
+        """
+        if not self._enter("set_eager", now):
+            return
+        if feed is None:
+            self._eager = eager
+            for name in list(self._feeds):
+                self._refresh(name)
+        else:
+            self._check_feed(feed)
+            st = self._feeds.get(feed)
+            if st is None:
+                st = self._feeds[feed] = _Feed()
+            st.eager = eager
+            self._refresh(feed)
+        self._pump()
+
+    def request_push(self, feed: bytes, push: bool, now: float) -> None:
+        """Ask the peer to push feed (graft) or only to announce it (prune)."""
+        if not self._enter("request_push", now):
+            return
+        st = self._feeds.get(feed)
+        if st is None or not st.we_want:
+            raise LocalProtocolError("request_push for a feed we do not want")
+        if st.ask_push != push:
+            st.ask_push = push
+            self._clock_pending[feed] = None
+
+    def entries_stored(self, feed: bytes, now: float) -> None:
+        """The node ingested the oldest `EntriesReceived` still open (of feed): ACK it."""
+        if not self._enter("entries_stored", now):
+            return
+        for batch in self._rx:
+            if not batch.done:
+                if batch.feed != feed:
+                    raise LocalProtocolError("entries_stored out of order: call it once per event, in order")
+                batch.done = True
+                break
+        else:
+            raise LocalProtocolError("entries_stored without an EntriesReceived to acknowledge")
+        self._release_acks()
+        self._refresh(feed)
+        self._pump()
+
+    def report_misbehaviour(self, reason: str, now: float) -> None:
+        """The node found the peer's data bad (a forged entry, an invalid fork proof)."""
+        if self._enter("report_misbehaviour", now):
+            self.stats[f"misbehaved.{reason}"] += 1
+            self._score(reason)
+
+    def handle_timer(self, now: float) -> None:
+        """Send the WANTs that are due."""
+        if not self._enter("handle_timer", now):
+            return
+        while self._want_timers and self._want_timers[0][0] <= now:
+            deadline, _, feed = heapq.heappop(self._want_timers)
+            st = self._feeds[feed]
+            if st.want_deadline != deadline:
+                continue
+            st.want_deadline = None
+            if not st.we_want:
+                continue
+            held = max(self._source.latest_seq(feed), st.received, st.wanted_until)
+            if st.want_seq > held:
+                st.wanted_until = st.want_seq
+                self._want_pending[feed] = None
+                if self.config.graft_on_want and not st.ask_push:
+                    # The eager paths missed what this peer announced: take
+                    # its pushes again (Plumtree GRAFT).
+                    st.ask_push = True
+                    self._clock_pending[feed] = None
+
+    # ============================================================ receiving
+
+    def _dispatch(self, message: Message, now: float) -> None:
+        if isinstance(message, Entries):
+            self._on_entries(message)
+        elif isinstance(message, Ack):
+            self._on_ack(message)
+        elif isinstance(message, Clock):
+            self._on_clock(message)
+        elif isinstance(message, Have):
+            self._on_have(message)
+        elif isinstance(message, Want):
+            self._on_want(message)
+        else:
+            self._on_fork_proof(message)
+
+    def _on_entries(self, message: Entries) -> None:
+        feed, count = message.feed, len(message.entries)
+        self.stats["rx.entries"] += count
+        # The protocol's window, not our configured one: the peer's may be larger.
+        if len(self._rx) + self._ack_count >= MAX_BATCHES_IN_FLIGHT:
+            # The sender ignores our ACKs.  Not acknowledged: it already broke the count.
+            self._misbehaved("window exceeded")
+            return
+        st = self._feeds.get(feed)
+        if st is None or not st.ever_wanted:
+            self._misbehaved("unsolicited entries")
+            self._ack_dropped(feed)
+            return
+        held = max(self._source.latest_seq(feed), st.received)
+        if message.first_seq > held + 1:
+            self._misbehaved("entries skip seqs", f"got {message.first_seq}, hold {held}")
+            self._ack_dropped(feed)
+            return
+        if message.first_seq <= held:
+            self.stats["rx.entries_already_held"] += min(count, held - message.first_seq + 1)
+        st.received = max(st.received, message.last_seq)
+        st.peer_known = max(st.peer_known, message.last_seq)
+        self._rx.append(_RxBatch(feed, False))
+        self._events.append(EntriesReceived(feed, message.first_seq, message.entries))
+
+    def _on_ack(self, message: Ack) -> None:
+        if message.count > len(self._in_flight):
+            self._misbehaved("ack for nothing", f"{message.count} > {len(self._in_flight)}")
+            return
+        for _ in range(message.count):
+            feed, last = self._in_flight.popleft()
+            seq = message.seqs.get(feed)
+            if seq is None:
+                self._misbehaved("ack without the feed")
+                continue
+            st = self._feeds[feed]
+            if not self._declared(st, seq):
+                continue
+            if seq < last and not st.stalled:
+                st.stalled = True
+                st.sent = st.peer_known
+                self._ready.pop(feed, None)
+                self.stats["tx.refused_batches"] += 1
+                self._notice(EntriesRefused(feed, seq))
+        for feed in message.seqs:
+            self._refresh(feed)
+
+    def _on_clock(self, message: Clock) -> None:
+        for feed, note in message.notes.items():
+            st = self._peer_feed(feed)
+            if st is None:
+                continue
+            if note is None:
+                st.peer_wants = False
+                st.pull_to = 0
+                self._ready.pop(feed, None)
+                continue
+            if not self._declared(st, note.seq):
+                continue
+            st.peer_push = note.push
+            if not st.peer_wants:
+                # (Re)subscribed: start afresh, announcements and refusals included.
+                st.peer_wants = True
+                st.noticed = st.pull_to = 0
+                if st.stalled:
+                    st.stalled = False
+                    st.sent = st.peer_known
+                self._send_fork_proofs(feed, st)
+            self._refresh(feed)
+
+    def _on_have(self, message: Have) -> None:
+        for feed, seq in message.seqs.items():
+            st = self._feeds.get(feed)
+            if st is None or not st.we_want:
+                self.stats["rx.haves_unwanted"] += 1
+                continue
+            if self._declared(st, seq):
+                self._expect(feed, st, seq)
+
+    def _expect(self, feed: bytes, st: _Feed, seq: int) -> None:
+        """The peer holds feed up to seq: WANT what we lack after `want_delay`."""
+        if seq <= max(st.received, st.wanted_until, st.want_seq):
+            return
+        if seq <= self._source.latest_seq(feed):
+            return
+        st.want_seq = seq
+        if st.want_deadline is None:
+            st.want_deadline = self._now + self.config.want_delay
+            self._timer_seq += 1
+            heapq.heappush(self._want_timers, (st.want_deadline, self._timer_seq, feed))
+
+    def _on_want(self, message: Want) -> None:
+        for feed, from_seq in message.from_seqs.items():
+            st = self._feeds.get(feed)
+            if st is None or not st.peer_wants:
+                self._misbehaved("want for a feed not in its clock")
+                continue
+            if not self._declared(st, from_seq - 1):
+                continue
+            st.pull_to = max(st.pull_to, self._source.latest_seq(feed))
+            self._refresh(feed)
+
+    def _on_fork_proof(self, message: ForkProof) -> None:
+        st = self._feeds.get(message.feed)
+        if st is None or not st.ever_wanted:
+            self._misbehaved("unsolicited fork proof")
+            return
+        if message.seq in st.forks:
+            self._dropped("fork proof already exchanged")
+            return
+        st.forks.add(message.seq)
+        self._notice(ForkProofReceived(message.feed, message.seq, message.first, message.second))
+
+    def _declared(self, st: _Feed, seq: int) -> bool:
+        """Record a seq the peer says it holds; False (misbehaviour) if it went backwards."""
+        if seq < st.peer_declared:
+            self._misbehaved("clock went backwards", f"{seq} < {st.peer_declared}")
+            return False
+        st.peer_declared = seq
+        st.peer_known = max(st.peer_known, seq)
+        return True
+
+    def _ack_dropped(self, feed: bytes) -> None:
+        self._rx.append(_RxBatch(feed, True))
+        self._release_acks()
+
+    def _release_acks(self) -> None:
+        while self._rx and self._rx[0].done:
+            batch = self._rx.popleft()
+            self._ack_count += 1
+            self._ack_feeds[batch.feed] = None
+
+    # ============================================================ sending
+
+    def _pushing(self, st: _Feed) -> bool:
+        return st.peer_push and (self._eager if st.eager is None else st.eager)
+
+    def _refresh(self, feed: bytes) -> None:
+        """Re-decide what feed needs: a HAVE now, or a place in the send queue."""
+        st = self._feeds.get(feed)
+        if st is None or not st.peer_wants or st.stalled:
+            self._ready.pop(feed, None)
+            return
+        latest = self._source.latest_seq(feed)
+        sent_to = max(st.peer_known, st.sent)
+        if self._pushing(st):
+            limit = latest
+        else:
+            limit = min(st.pull_to, latest)
+            if latest > max(sent_to, st.noticed, st.pull_to):
+                st.noticed = latest
+                self._have_pending[feed] = None
+        if sent_to < limit:
+            self._ready.setdefault(feed, None)
+        else:
+            self._ready.pop(feed, None)
+
+    def _pump(self) -> None:
+        """Fill the window with batches, one feed at a time, round-robin."""
+        cfg = self.config
+        while self._ready and len(self._in_flight) < cfg.window and self._state is SessionState.OPEN:
+            feed = next(iter(self._ready))
+            del self._ready[feed]
+            st = self._feeds[feed]
+            latest = self._source.latest_seq(feed)
+            limit = latest if self._pushing(st) else min(st.pull_to, latest)
+            first = max(st.peer_known, st.sent) + 1
+            if first > limit:
+                continue
+            raws = list(self._source.entries(feed, first, min(cfg.batch_entries, limit - first + 1)))
+            batch: list[bytes] = []
+            size = 0
+            for raw in raws[: cfg.batch_entries]:
+                if batch and size + len(raw) > cfg.batch_bytes:
+                    break
+                batch.append(raw)
+                size += len(raw)
+            if not batch:
+                self.stats["source.entries_missing"] += 1
+                continue
+            frame = encode_message(Entries(feed, first, tuple(batch)))
+            self._data.append(frame)
+            self._data_bytes += len(frame)
+            st.sent = first + len(batch) - 1
+            self._in_flight.append((feed, st.sent))
+            self.stats["tx.entries"] += len(batch)
+            self.stats["tx.batches"] += 1
+            if st.sent < limit:
+                self._ready[feed] = None
+
+    def _send_fork_proofs(self, feed: bytes, st: _Feed) -> None:
+        for seq, first, second in self._source.fork_proofs(feed):
+            if seq in st.forks:
+                continue
+            if self._queued_proofs >= self.config.max_queued_fork_proofs:
+                self._dropped("fork proof queue full")
+                return
+            st.forks.add(seq)
+            frame = encode_message(ForkProof(feed, seq, first, second))
+            self._data.append(frame)
+            self._data_bytes += len(frame)
+            self._queued_proofs += 1
+            self.stats["tx.fork_proofs"] += 1
+
+    # ============================================================ helpers
+
+    def _enter(self, name: str, now: float) -> bool:
+        """Check the input against the state table and the clock; True to run it."""
+        action = _TABLE.get((self._state, name))
+        if action is None:
+            raise LocalProtocolError(f"{name} in state {self._state.name}")
+        if now < self._now:
+            raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
+        self._now = now
+        return action is _Do.RUN
+
+    @staticmethod
+    def _check_feed(feed: bytes) -> None:
+        if not isinstance(feed, bytes) or len(feed) != FEED_BYTES:
+            raise LocalProtocolError(f"a feed is {FEED_BYTES} bytes")
+
+    def _want(self, feed: bytes) -> None:
+        self._check_feed(feed)
+        st = self._feeds.get(feed)
+        if st is None:
+            st = self._feeds[feed] = _Feed()
+        if not st.we_want:
+            st.we_want = st.ever_wanted = True
+            self._clock_pending[feed] = None
+            # Resubscribed: the peer may have announced entries meanwhile.
+            self._expect(feed, st, st.peer_known)
+
+    def _peer_feed(self, feed: bytes) -> _Feed | None:
+        """The record of a feed the peer names; None (counted) past `max_peer_feeds`."""
+        st = self._feeds.get(feed)
+        if st is None:
+            if self._peer_feeds >= self.config.max_peer_feeds:
+                self._dropped("too many peer feeds")
+                return None
+            self._peer_feeds += 1
+            st = self._feeds[feed] = _Feed()
+        return st
+
+    def _take_tokens(self, cost: float, now: float) -> bool:
+        cfg = self.config
+        self._tokens = min(cfg.control_burst, self._tokens + (now - self._tokens_at) * cfg.control_rate)
+        self._tokens_at = now
+        if self._tokens < cost:
+            return False
+        self._tokens -= cost
+        return True
+
+    def _notice(self, event: _Notice) -> None:
+        if self._notices >= self.config.max_queued_notices:
+            self.stats["events.notices_not_queued"] += 1
+            return
+        self._notices += 1
+        self._events.append(event)
+
+    def _dropped(self, reason: str, detail: str = "") -> None:
+        self.stats[f"drop.{reason}"] += 1
+        self._notice(MessageDropped(f"{reason}: {detail}" if detail else reason))
+
+    def _misbehaved(self, reason: str, detail: str = "") -> None:
+        self.stats[f"misbehaved.{reason}"] += 1
+        self._notice(PeerMisbehaved(reason, detail))
+        self._score(reason)
+
+    def _score(self, reason: str) -> None:
+        self.misbehaviour += 1
+        if self._state is SessionState.OPEN and self.misbehaviour >= self.config.misbehaviour_limit:
+            self._close()
+            self._events.append(SessionFailed(f"misbehaviour limit reached (last: {reason})"))
+
+    def _close(self) -> None:
+        self._state = SessionState.CLOSED
+        self._ready.clear()
+        self._data.clear()
+        self._data_bytes = 0
+        self._queued_proofs = 0
+        self._want_timers.clear()
