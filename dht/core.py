@@ -245,6 +245,16 @@ class _Query:
 _NOTICES: Final = (PeerMisbehaved, DatagramDropped, RecordStored, ProviderStored)
 
 
+def _require_held(outcome: StoreOutcome, store: str) -> None:
+    """Raise `LocalProtocolError` unless our own value was stored (or refreshed) in store."""
+    if outcome is StoreOutcome.INVALID:
+        raise LocalProtocolError(f"the value is over the size limit or refused by the {store} validator")
+    if outcome is StoreOutcome.OUTDATED:
+        raise LocalProtocolError(f"a better value is already held in the {store} store")
+    if outcome is StoreOutcome.FULL:
+        raise LocalProtocolError(f"the {store} store is full")
+
+
 class DhtCore:
     """One Kademlia node, sans IO.  See the module docstring for the driver contract."""
 
@@ -425,13 +435,7 @@ class DhtCore:
         self._check_key(key, "key")
         if not wire.is_value(value):
             raise LocalProtocolError("a DHT value is int, float, bool, str or bytes")
-        outcome = self.records.put(key, value, now, published=True)
-        if outcome is StoreOutcome.INVALID:
-            raise LocalProtocolError("the value is over the size limit or refused by the validator")
-        if outcome is StoreOutcome.OUTDATED:
-            raise LocalProtocolError("a better value for this key is already held")
-        if outcome is StoreOutcome.FULL:
-            raise LocalProtocolError("the record store is full")
+        _require_held(self.records.put(key, value, now, published=True), "record")
         return self._start(_Kind.PUT, key, now, value=value)
 
     def start_add_provider(self, key: bytes, value: bytes, now: float) -> int:
@@ -445,13 +449,7 @@ class DhtCore:
         self._check_key(key, "key")
         if not isinstance(value, bytes):
             raise LocalProtocolError("a provider value is bytes")
-        outcome = self.providers.add(key, value, now, published=True)
-        if outcome is StoreOutcome.INVALID:
-            raise LocalProtocolError("the value is over the size limit or refused by the provider validator")
-        if outcome is StoreOutcome.OUTDATED:
-            raise LocalProtocolError("a better value of this provider is already held")
-        if outcome is StoreOutcome.FULL:
-            raise LocalProtocolError("the provider store is full")
+        _require_held(self.providers.add(key, value, now, published=True), "provider")
         return self._start(_Kind.ADD_PROVIDER, key, now, value=value)
 
     def start_get_providers(self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:

@@ -12,7 +12,7 @@ A datagram is::
 
     byte 0      0x00 request | 0x01 response
     bytes 1-20  message id: 20 opaque bytes chosen by the requester
-                (rpcudp uses sha1(os.urandom(32)); we use the injected RNG)
+                (rpcudp hashes 32 bytes from the OS random source; we use the injected RNG)
     bytes 21-   msgpack body
 
 rpcudp ignores datagrams shorter than 22 bytes, and refuses to *send* a

@@ -14,7 +14,7 @@ Modules:
   Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, misbehaviour
   scoring; it reads the node's feeds through a `FeedSource`.
 
-Like `dht`, this package never imports trio, socket, time or os.urandom and
+Like `dht`, this package never imports trio, socket, time or the OS random source, and
 imports nothing from the project but `identity`.
 """
 
