@@ -292,9 +292,10 @@ class DhtCore:
             refresh_interval=cfg.refresh_interval,
             questionable_after=cfg.questionable_after,
         )
+        store_selector = selector if selector is not None else latest_selector
         self.records = RecordStore(
             validator=validator,
-            selector=selector if selector is not None else latest_selector,
+            selector=store_selector,
             ttl=cfg.record_ttl,
             replicate_interval=cfg.replicate_interval,
             republish_interval=cfg.republish_interval,
@@ -303,7 +304,7 @@ class DhtCore:
         )
         self.providers = ProviderStore(
             validator=provider_validator,
-            selector=selector if selector is not None else latest_selector,
+            selector=store_selector,
             ttl=cfg.provider_ttl,
             republish_interval=cfg.provider_republish_interval,
             max_per_key=cfg.max_providers_per_key,
