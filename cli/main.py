@@ -31,6 +31,7 @@ from p2pblog.entry import (
     FOLLOW,
     POST,
     PROFILE,
+    UNFOLLOW,
     entry_to_json,
     parse_entry_id,
     post_body,
@@ -193,7 +194,9 @@ def id_(as_json: bool) -> None:
 def post(text: str, reply_to: str | None) -> None:
     """Append a signed post to the own feed and print its entry id.
 
-    Works with no node running; @handles in TEXT become mentions.
+    With the node running, the node signs it and pushes it to online
+    followers at once.  With no node running it is stored and goes out when
+    the node next starts.  @handles in TEXT become mentions.
     """
     home = _home()
     parent = None
@@ -203,11 +206,113 @@ def post(text: str, reply_to: str | None) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--reply-to") from None
     body = post_body(text, parent)
+    live = _call_if_running(home, "post", {"text": text, "reply_to": reply_to})
+    if live is not None:
+        click.echo(f"Posted #{live['seq']} (sent to connected peers)", err=True)
+        click.echo(live["id"])
+        return
     identity = _identity(home)
     with home.open_store() as store:
         entry = store.append(identity, POST, body, now_ms())
     click.echo(f"Posted #{entry.seq}", err=True)
     click.echo(entry.id.hex())
+
+
+def _call_if_running(home: Home, command: str, args: dict[str, Any]) -> Any:
+    """The node's answer to command, or None when no node runs at home."""
+    try:
+        return control.call(home.path, command, args)
+    except control.NodeNotRunning:
+        return None
+
+
+@main.command()
+@click.argument("handle")
+def follow(handle: str) -> None:
+    """Follow HANDLE: record a signed follow entry and replicate its feed.
+
+    With the node running it starts looking for HANDLE's feed at once;
+    otherwise the entry is stored and the node replicates the feed when it
+    starts.
+    """
+    _follow_command(handle, FOLLOW)
+
+
+@main.command()
+@click.argument("handle")
+def unfollow(handle: str) -> None:
+    """Stop following HANDLE: record a signed unfollow entry, stop replicating its feed.
+
+    Entries of HANDLE already stored are kept.
+    """
+    _follow_command(handle, UNFOLLOW)
+
+
+def _follow_command(handle: str, kind: str) -> None:
+    home = _home()
+    key = decode_handle(handle)
+    if key == _public_key(home):
+        raise click.ClickException("that is your own handle")
+    verb = "follow" if kind == FOLLOW else "unfollow"
+    live = _call_if_running(home, verb, {"handle": handle})
+    if live is None:
+        with home.open_store() as store:
+            following = key in store.following(_public_key(home))
+            if following == (kind == FOLLOW):
+                changed = False
+            else:
+                store.append(_identity(home), kind, {"feed": key}, now_ms())
+                changed = True
+    else:
+        changed = bool(live["changed"])
+    name = encode_handle(key)
+    if not changed:
+        click.echo(f"already {'following' if kind == FOLLOW else 'not following'} {name}", err=True)
+    elif kind == FOLLOW:
+        where = "replicating now" if live is not None else "the node replicates it when it starts"
+        click.echo(f"following {name} ({where})", err=True)
+    else:
+        click.echo(f"unfollowed {name}", err=True)
+
+
+@main.command()
+@click.option("--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
+def timeline(limit: int, as_json: bool) -> None:
+    """Show your posts and the posts of feeds you follow, newest first.
+
+    Reads the local store, so it works with or without the node running;
+    with the node running it shows posts as they arrive.  JSON fields: id,
+    author (handle), seq, timestamp (ms), text, reply_to, mentions, ...
+    """
+    home = _home()
+    own = _public_key(home)
+    with home.open_store() as store:
+        items = store.timeline(own, limit=limit)
+        names = {key: store.profile(key).get("name") for key in {i.entry.author for i in items}}
+    if as_json:
+        docs = []
+        for item in items:
+            doc = entry_to_json(item.entry, retracted=item.deleted)
+            doc["time"] = _when(item.entry.timestamp)
+            doc["name"] = names.get(item.entry.author)
+            docs.append(doc)
+        click.echo(json.dumps(docs, indent=2))
+        return
+    if not items:
+        click.echo("No posts yet: post something, or follow someone with `p2pblog follow HANDLE`.", err=True)
+    for item in items:
+        e = item.entry
+        name = names.get(e.author)
+        who = f"{name} ({fingerprint(e.author)})" if name else encode_handle(e.author)
+        click.echo(f"{who}  {_when(e.timestamp)}  #{e.seq}")
+        if item.deleted:
+            click.echo("    (deleted by its author)")
+        else:
+            for line in (e.text or "").splitlines() or [""]:
+                click.echo(f"    {line}")
+        if e.reply_to:
+            click.echo(f"    (reply to {e.reply_to.hex()})")
 
 
 @main.command()
@@ -460,5 +565,31 @@ def peers(as_json: bool) -> None:
         for c in bucket["contacts"]:
             seen = _when(int(c["last_seen"] * 1000))
             click.echo(f"  {c['node_id'][:16]}..  {c['host']}:{c['port']}  last seen {seen}")
+    dropped = result["dropped"]
+    click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
+def status(as_json: bool) -> None:
+    """Show the running node: handle, addresses, peers, followed feeds, dropped input."""
+    home = _home()
+    result = control.call(home.path, "status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['handle']}  ({result['fingerprint']})")
+    for proto, host, port in result["addrs"]:
+        click.echo(f"  {proto} {host}:{port}")
+    click.echo(f"DHT: {result['contacts']} contacts, {result['records']} records held")
+    click.echo(f"peers: {len(result['peers'])} connected")
+    for p in result["peers"]:
+        way = "->" if p["direction"] == "out" else "<-"
+        click.echo(f"  {way} {p['fingerprint']}  {p['addr'][0]}:{p['addr'][1]}  feeds {len(p['feeds'])}")
+    click.echo("feeds:")
+    for f in result["feeds"]:
+        tag = " (own)" if f["own"] else ""
+        fork = "  FORKED" if f["forked"] else ""
+        click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))

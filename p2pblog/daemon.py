@@ -1,7 +1,8 @@
 """The running node (``p2pblog run``): NodeCore on real sockets, plus the control API.
 
-`NodeService.run` opens the store, binds the DHT's UDP socket, starts the
-control server, writes ``HOME/node.json`` and then, in the background:
+`NodeService.run` opens the store, binds the DHT's UDP socket and the gossip
+TCP listener (same port number), starts the control server, writes
+``HOME/node.json`` and then, in the background:
 
 * joins the DHT from the ``--bootstrap`` addresses and the contacts saved in
   the store by the previous run (so a restarted node needs no flag);
@@ -10,6 +11,12 @@ control server, writes ``HOME/node.json`` and then, in the background:
   appear), after which `NodeCore` re-signs and republishes it on a timer;
 * saves the routing table to the store every `SAVE_CONTACTS_EVERY` seconds
   and on the way out.
+
+Replication needs nothing from the service: `NodeCore` reconnects to the
+peers in its address book, searches providers of followed feeds, announces
+the feeds it holds and pushes new posts.  The service logs what happens
+(connections, arrivals, refused input) and hands every event to its
+``listeners`` (the demo prints arrivals that way).
 
 Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: contacts are
 saved, ``node.json`` removed, the store closed.
@@ -20,6 +27,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from random import Random
 from typing import Any
 
@@ -29,9 +37,12 @@ from dht.ids import Address
 from identity import Identity, decode_handle, encode_handle, fingerprint
 from identity.handle import HandleError
 from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
+from p2pblog.entry import Entry, parse_entry_id
+from p2pblog.errors import EntryError
 from p2pblog.home import Home
 from p2pblog.node import NodeCore, PeerResolved, RecordPublished
-from p2pblog.runtime import UdpDriver, unix_now
+from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
+from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import Store
 
 DEFAULT_PORT = 7710
@@ -61,6 +72,23 @@ def advertised_host(listen_host: str, seeds: list[Address]) -> str:
     return "::1" if listen_host == "::" else "127.0.0.1"
 
 
+#: Replicator counters that count refused input (shown as "dropped" by status).
+DROP_COUNTERS = (
+    "handshake.",
+    "channel.",
+    "misbehaved.",
+    "entries.forged",
+    "entries.malformed",
+    "refused.",
+    "session.failed",
+    "fork_proof.invalid",
+)
+
+
+def _changed(feed: bytes, entry: Entry | None) -> dict[str, Any]:
+    return {"handle": encode_handle(feed), "seq": entry.seq if entry else None, "changed": entry is not None}
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -80,11 +108,21 @@ class NodeService:
         self.listen = listen
         self.bootstrap = bootstrap
         self.advertise = advertise
-        self.core = NodeCore(identity, Random(), unix_now())
-        self.driver: UdpDriver | None = None
+        self._core: NodeCore | None = None
+        self.driver: NodeDriver | None = None
         self.store: Store | None = None
         #: The addresses in our peer record, known once the socket is bound.
         self.addrs: list[tuple[str, str, int]] = []
+        #: Called with every event the node reports (after the service's own logging).
+        self.listeners: list[Callable[[Any], None]] = []
+        #: Print connection and arrival messages on stderr.
+        self.verbose = True
+
+    @property
+    def core(self) -> NodeCore:
+        if self._core is None:
+            raise RuntimeError("the node is not running")
+        return self._core
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -92,16 +130,18 @@ class NodeService:
         store = self.store = self.home.open_store()
         token = new_token()
         try:
+            core = self._core = NodeCore(self.identity, Random(), unix_now(), store=store)
             try:
-                driver = self.driver = UdpDriver.bind(self.core, *self.listen)
+                driver = self.driver = NodeDriver.bind_both(core, *self.listen, on_event=self._on_event)
             except OSError as exc:
                 where = f"{self.listen[0]}:{self.listen[1]}"
-                raise OSError(exc.errno, f"cannot listen on udp {where}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
             saved = [(host, port) for _, host, port, _ in store.load_contacts()[:REJOIN_CONTACTS]]
             seeds = list(dict.fromkeys([*self.bootstrap, *saved]))
             host = self.advertise or advertised_host(self.listen[0], seeds)
             udp = driver.local_addr
-            self.addrs = [("udp", host, udp[1])]
+            tcp = driver.gossip_addr
+            self.addrs = [("udp", host, udp[1]), ("tcp", host, tcp[1])]
             server = ControlServer(token, self._handlers())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(driver.run)
@@ -112,11 +152,17 @@ class NodeService:
                         os.getpid(),
                         control,
                         token,
-                        {"handle": self.identity.handle, "dht": list(udp)},
+                        {"handle": self.identity.handle, "dht": list(udp), "gossip": list(tcp)},
                     ),
                 )
                 log(f"p2pblog node {self.identity.handle}")
-                log(f"listening on udp {udp[0]}:{udp[1]}, advertised as {host}:{udp[1]}")
+                log(
+                    f"listening on udp {udp[0]}:{udp[1]} (DHT) and tcp {tcp[0]}:{tcp[1]} (gossip), "
+                    f"advertised as {host}"
+                )
+                following = core.following()
+                if following:
+                    log(f"following {len(following)} feed(s); reconnecting")
                 nursery.start_soon(self._join, seeds)
                 nursery.start_soon(self._save_contacts_periodically)
                 task_status.started()
@@ -130,6 +176,8 @@ class NodeService:
     async def _join(self, seeds: list[Address]) -> None:
         driver = self.driver
         assert driver is not None
+        # Announcing needs our addresses even before the peer record is stored.
+        self.core.set_addresses(self.addrs)
         if seeds:
             result = await driver.request(lambda now: self.core.bootstrap(seeds, now))
             log(
@@ -153,29 +201,169 @@ class NodeService:
             self._save_contacts()
 
     def _save_contacts(self) -> None:
-        if self.store is None:
+        if self.store is None or self._core is None:
             return
-        table = self.core.dht.table
+        table = self._core.dht.table
         rows = [(c.node_id, c.addr[0], c.addr[1], table.last_seen(c.node_id)) for c in table.contacts()]
         if rows:
             self.store.save_contacts(rows)
 
     # -- control commands ---------------------------------------------------------------
 
+    # -- events -----------------------------------------------------------------------
+
+    def _on_event(self, event: Any) -> None:
+        if self.verbose:
+            if isinstance(event, PeerConnected):
+                way = "to" if event.outbound else "from"
+                log(f"connected {way} {fingerprint(event.peer)} at {event.addr[0]}:{event.addr[1]}")
+            elif isinstance(event, PeerDisconnected):
+                log(f"disconnected from {fingerprint(event.peer)}: {event.reason}")
+            elif isinstance(event, EntriesStored):
+                log(
+                    f"received {event.count} entries of {fingerprint(event.feed)} "
+                    f"from {fingerprint(event.peer)} (now at #{event.latest})"
+                )
+            elif isinstance(event, InputRefused):
+                who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
+                log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())
+        for listener in self.listeners:
+            listener(event)
+
+    # -- local commands (also used in-process by the demo) ------------------------------
+
+    def post(self, text: str, reply_to: bytes | None = None) -> dict[str, Any]:
+        entry = self.core.post(text, unix_now(), reply_to=reply_to)
+        self._flush()
+        return {"id": entry.id.hex(), "seq": entry.seq}
+
+    def follow(self, feed: bytes) -> dict[str, Any]:
+        entry = self.core.follow(feed, unix_now())
+        self._flush()
+        return {
+            "handle": encode_handle(feed),
+            "seq": entry.seq if entry else None,
+            "changed": entry is not None,
+        }
+
+    def unfollow(self, feed: bytes) -> dict[str, Any]:
+        entry = self.core.unfollow(feed, unix_now())
+        self._flush()
+        return {
+            "handle": encode_handle(feed),
+            "seq": entry.seq if entry else None,
+            "changed": entry is not None,
+        }
+
+    def _flush(self) -> None:
+        if self.driver is not None:
+            self.driver.flush()
+
+    # -- control commands ---------------------------------------------------------------
+
     def _handlers(self) -> dict[str, Any]:
-        return {"status": self._status, "lookup": self._lookup, "peers": self._peers}
+        return {
+            "status": self._status,
+            "lookup": self._lookup,
+            "peers": self._peers,
+            "post": self._post,
+            "follow": self._follow,
+            "unfollow": self._unfollow,
+        }
+
+    async def _post(self, args: dict[str, Any]) -> dict[str, Any]:
+        text = args.get("text")
+        if not isinstance(text, str):
+            raise CommandFailed("'text' must be a string")
+        reply_to = None
+        if args.get("reply_to") is not None:
+            try:
+                reply_to = parse_entry_id(str(args["reply_to"]))
+            except ValueError as exc:
+                raise CommandFailed(str(exc)) from None
+        try:
+            return self.post(text, reply_to)
+        except EntryError as exc:
+            raise CommandFailed(str(exc)) from None
+
+    def _feed_arg(self, args: dict[str, Any]) -> bytes:
+        try:
+            feed = decode_handle(str(args.get("handle", "")))
+        except HandleError as exc:
+            raise CommandFailed(str(exc)) from None
+        if feed == self.identity.public_key:
+            raise CommandFailed("that is this node's own handle")
+        return feed
+
+    async def _follow(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.follow(self._feed_arg(args))
+
+    async def _unfollow(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.unfollow(self._feed_arg(args))
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         del args
-        assert self.driver is not None
+        assert self.driver is not None and self.store is not None
+        core, store = self.core, self.store
+        own = self.identity.public_key
+        replicator = core.replicator
+        peers = []
+        for peer, session, outbound, addr, since in replicator.sessions():
+            peers.append(
+                {
+                    "handle": encode_handle(peer),
+                    "fingerprint": fingerprint(peer),
+                    "addr": list(addr),
+                    "direction": "out" if outbound else "in",
+                    "since": since,
+                    "feeds": sorted(encode_handle(f) for f in replicator.wanted if session.peer_wants(f)),
+                }
+            )
+        feeds = []
+        for feed in sorted(replicator.wanted, key=lambda f: (f != own, f)):
+            state = store.feed_state(feed)
+            feeds.append(
+                {
+                    "handle": encode_handle(feed),
+                    "fingerprint": fingerprint(feed),
+                    "own": feed == own,
+                    "seq": state.latest_seq,
+                    "forked": state.forked_seq is not None,
+                    "peers": replicator.peers_replicating(feed),
+                }
+            )
+        dropped: dict[str, int] = {}
+        for name, value in replicator.stats.items():
+            if name.startswith(
+                (
+                    "handshake.",
+                    "channel.",
+                    "misbehaved.",
+                    "entries.forged",
+                    "entries.malformed",
+                    "refused.",
+                    "session.failed",
+                    "fork_proof.invalid",
+                )
+            ):
+                dropped[f"gossip.{name}"] = value
+        for name, value in core.dht.stats.items():
+            if name.startswith(("drop.", "misbehaved.")):
+                dropped[f"dht.{name}"] = value
         return {
             "handle": self.identity.handle,
             "fingerprint": self.identity.fingerprint,
             "home": str(self.home.path),
             "dht": list(self.driver.local_addr),
+            "gossip": list(self.driver.gossip_addr),
             "addrs": [list(a) for a in self.addrs],
-            "contacts": len(self.core.dht.table),
-            "records": len(self.core.dht.records),
+            "contacts": len(core.dht.table),
+            "records": len(core.dht.records),
+            "peers": peers,
+            "connections": replicator.connection_count,
+            "feeds": feeds,
+            "dropped": dict(sorted(dropped.items())),
+            "counters": {f"gossip.{k}": v for k, v in sorted(replicator.stats.items())},
         }
 
     async def _lookup(self, args: dict[str, Any]) -> dict[str, Any]:

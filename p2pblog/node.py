@@ -1,4 +1,4 @@
-"""NodeCore: the sans-IO p2pblog node that composes the DHT (and, later, gossip).
+"""NodeCore: the sans-IO p2pblog node that composes the DHT, gossip and the store.
 
 Theory of operation
 -------------------
@@ -32,10 +32,24 @@ Theory of operation
   of a feed and reports `ProvidersResolved` with the verified records
   (possibly none, possibly our own).
 
+* **Replication** (`p2pblog.replication.Replicator`, owned here as
+  ``replicator``): the gossip connections.  NodeCore feeds it from the DHT:
+  every `MAINTAIN_EVERY` seconds, each followed feed that no connected peer
+  replicates gets a provider search (at most every `SEARCH_EVERY` seconds, at
+  once after `follow`), whose providers become dial candidates; a peer that
+  connected to us and whose listen address we do not know is resolved
+  through its peer record.  NodeCore announces itself as a provider of its
+  own feed and of every followed feed it holds entries of, once it has an
+  address to announce (`publish`) and DHT contacts to announce to.
+* **Commands** `post`, `follow`, `unfollow` write signed entries to the own
+  feed and tell the replicator (live push; start or stop replicating).
+
 Like the DHT core it never reads a clock: ``now`` is Unix seconds (the
 runtime supplies a monotonic clock anchored to Unix time, because records
 carry absolute expiry times).  Outputs are pulled with the same methods as
-`DhtCore`'s: `datagrams_to_send`, `next_event`, `get_timer`.
+`DhtCore`'s (`datagrams_to_send`, `next_event`, `get_timer`) plus the
+replicator's connection outputs (`dials_to_make`, `data_to_send`,
+`connections_to_close`), and connection inputs are passed through to it.
 """
 
 from __future__ import annotations
@@ -52,6 +66,8 @@ from dht.ids import Address
 from dht.providers import MAX_PROVIDERS_PER_KEY
 from dht.records import accept_any
 from dht.wire import Value
+from gossip.noise import RandomBytes
+from gossip.transport import ChannelConfig
 from identity import Identity
 from identity.records import (
     PEER,
@@ -63,6 +79,10 @@ from identity.records import (
     peer_key,
     provider_key,
 )
+from p2pblog.entry import FOLLOW, POST, UNFOLLOW, Entry, post_body
+from p2pblog.replication import EntriesStored, PeerConnected, Replicator
+from p2pblog.replication import Event as GossipEvent
+from p2pblog.store import Store
 
 #: Seconds a peer record is valid after signing, and between re-signings.
 PEER_TTL: Final = 2 * 3600
@@ -72,6 +92,12 @@ PEER_REPUBLISH: Final = 30 * 60
 #: stale provider costs a finder one failed dial, not a wrong identity.
 PROVIDER_TTL: Final = 6 * 3600
 PROVIDER_REPUBLISH: Final = 2 * 3600
+#: Seconds between provider searches for a followed feed no connected peer replicates.
+SEARCH_EVERY: Final = 30.0
+#: Seconds between NodeCore's maintenance passes (announces, searches).
+MAINTAIN_EVERY: Final = 2.0
+#: Seconds before retrying an announce that reached no node.
+ANNOUNCE_RETRY: Final = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +145,15 @@ class ProvidersResolved:
     records: tuple[Record, ...]
 
 
-Event = DhtEvent | PeerResolved | PeerNotResolved | RecordPublished | ProviderAnnounced | ProvidersResolved
+Event = (
+    DhtEvent
+    | PeerResolved
+    | PeerNotResolved
+    | RecordPublished
+    | ProviderAnnounced
+    | ProvidersResolved
+    | GossipEvent
+)
 
 
 def _looks_like_record(value: Value) -> bool:
@@ -178,9 +212,21 @@ class NodeCore:
     """A p2pblog node, sans IO.  Drive it exactly like `dht.DhtCore`."""
 
     def __init__(
-        self, identity: Identity, rng: Random, now: float, *, dht_config: DhtConfig | None = None
+        self,
+        identity: Identity,
+        rng: Random,
+        now: float,
+        *,
+        dht_config: DhtConfig | None = None,
+        store: Store | None = None,
+        channel_config: ChannelConfig | None = None,
+        random_bytes: RandomBytes | None = None,
     ) -> None:
         self.identity = identity
+        self.store = store if store is not None else Store(":memory:")
+        self.replicator = Replicator(
+            identity, self.store, rng, now, channel_config=channel_config, random_bytes=random_bytes
+        )
         self.dht = DhtCore(
             node_id_from_public_key(identity.public_key),
             rng,
@@ -202,24 +248,75 @@ class NodeCore:
         self._resolves: dict[int, bytes] = {}
         self._publishes: dict[int, int] = {}
         self._events: deque[Event] = deque()
+        #: Query ids whose results NodeCore consumes itself (they are still reported).
+        self._internal: set[int] = set()
+        self._search_at: dict[bytes, float] = {}
+        self._maintain_at = now
 
     # -- outputs (DhtCore's contract) ---------------------------------------------
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         return self.dht.datagrams_to_send()
 
+    def dials_to_make(self) -> list[tuple[int, str, int]]:
+        return self.replicator.dials_to_make()
+
+    def data_to_send(self) -> list[tuple[int, bytes]]:
+        return self.replicator.data_to_send()
+
+    def connections_to_close(self) -> list[int]:
+        return self.replicator.connections_to_close()
+
     def get_timer(self) -> float | None:
         announce_at = min(self._announce_at.values(), default=None)
-        timers = [t for t in (self.dht.get_timer(), self._republish_at, announce_at) if t is not None]
+        timers = [
+            t
+            for t in (
+                self.dht.get_timer(),
+                self._republish_at,
+                announce_at,
+                self.replicator.get_timer(),
+                self._maintain_at,
+            )
+            if t is not None
+        ]
         return min(timers) if timers else None
 
     def next_event(self) -> Event | None:
-        while not self._events:
-            event = self.dht.next_event()
-            if event is None:
-                return None
+        self._drain(None)
+        return self._events.popleft() if self._events else None
+
+    def _drain(self, now: float | None) -> None:
+        """Translate DHT events and act on those NodeCore consumes itself.
+
+        Called after every input, so that what they cause (a dial, an
+        announce) is among the outputs the driver collects next.
+        """
+        while (event := self.dht.next_event()) is not None:
             self._translate(event)
-        return self._events.popleft()
+        while (gossip := self.replicator.next_event()) is not None:
+            self._events.append(gossip)
+            if isinstance(gossip, PeerConnected) and now is not None:
+                if self.replicator.known_address(gossip.peer) is None:
+                    self._internal.add(self.start_resolve(gossip.peer, now))
+            elif isinstance(gossip, EntriesStored) and now is not None:
+                self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
+        if now is None:
+            return
+        for item in self._events:
+            qid = getattr(item, "query_id", None)
+            if qid is None or qid not in self._internal:
+                continue
+            self._internal.discard(qid)
+            if isinstance(item, ProvidersResolved):
+                peers = [(r.signer, *addr) for r in item.records if (addr := r.addr("tcp")) is not None]
+                self.replicator.add_candidates(item.feed, peers, now)
+            elif isinstance(item, PeerResolved):
+                addr = item.record.addr("tcp")
+                if addr is not None:
+                    self.replicator.learn_address(item.public_key, *addr, now)
+            elif isinstance(item, ProviderAnnounced) and not item.stored_at and item.feed in self._provided:
+                self._announce_at[item.feed] = now + ANNOUNCE_RETRY
 
     def _translate(self, event: DhtEvent) -> None:
         qid = getattr(event, "query_id", None)
@@ -271,6 +368,7 @@ class NodeCore:
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         self.dht.receive_datagram(data, addr, now)
+        self._drain(now)
 
     def handle_timer(self, now: float) -> None:
         self.dht.handle_timer(now)
@@ -279,11 +377,101 @@ class NodeCore:
         for feed, at in list(self._announce_at.items()):
             if now >= at:
                 self._announce(feed, self._provided[feed], now)
+        self.replicator.handle_timer(now)
+        if now >= self._maintain_at:
+            self._maintain_at = now + MAINTAIN_EVERY
+            self._maintain(now)
+        self._drain(now)
+
+    # -- gossip connections (passed through to the replicator) ----------------------
+
+    def connection_accepted(self, addr: Address, now: float) -> int:
+        conn_id = self.replicator.connection_accepted(addr, now)
+        self._drain(now)
+        return conn_id
+
+    def connection_opened(self, conn_id: int, now: float) -> None:
+        self.replicator.connection_opened(conn_id, now)
+        self._drain(now)
+
+    def connection_failed(self, conn_id: int, now: float) -> None:
+        self.replicator.connection_failed(conn_id, now)
+        self._drain(now)
+
+    def data_received(self, conn_id: int, data: bytes, now: float) -> None:
+        self.replicator.data_received(conn_id, data, now)
+        self._drain(now)
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        self.replicator.connection_lost(conn_id, now)
+        self._drain(now)
+
+    def _maintain(self, now: float) -> None:
+        """Announce the feeds we hold; search providers for followed feeds nobody serves us."""
+        if len(self.dht.table) == 0:
+            return
+        own = self.identity.public_key
+        if self._addrs and any(proto == "tcp" for proto, _, _ in self._addrs):
+            for feed in list(self.replicator.wanted):
+                if feed not in self._provided and (feed == own or self.store.latest_seq(feed) > 0):
+                    self._internal.add(self._announce(feed, self._addrs, now))
+        for feed in list(self.replicator.wanted):
+            if feed == own or self.replicator.peers_replicating(feed) > 0:
+                continue
+            if now >= self._search_at.get(feed, 0.0):
+                self._search_at[feed] = now + SEARCH_EVERY
+                self._internal.add(self.start_find_providers(feed, now))
+
+    # -- commands: the own feed -----------------------------------------------------
+
+    def following(self) -> set[bytes]:
+        return self.store.following(self.identity.public_key)
+
+    def post(self, text: str, now: float, *, reply_to: bytes | None = None) -> Entry:
+        """Append a post to the own feed and push it to connected peers.
+
+        Raises `p2pblog.errors.EntryError` for a post the protocol refuses (too long, ...).
+        """
+        entry = self.store.append(self.identity, POST, post_body(text, reply_to), int(now * 1000))
+        self.replicator.feed_appended(entry.author, now)
+        self._drain(now)
+        return entry
+
+    def follow(self, feed: bytes, now: float) -> Entry | None:
+        """Record a follow entry (None if already following) and start replicating feed."""
+        if feed == self.identity.public_key:
+            raise ValueError("a feed cannot follow itself")
+        if feed in self.following():
+            return None
+        entry = self.store.append(self.identity, FOLLOW, {"feed": feed}, int(now * 1000))
+        self._search_at[feed] = now
+        self._maintain_at = now
+        self.replicator.set_wanted(self.following(), now)
+        self.replicator.feed_appended(entry.author, now)
+        self._drain(now)
+        return entry
+
+    def unfollow(self, feed: bytes, now: float) -> Entry | None:
+        """Record an unfollow entry (None if not following) and stop replicating feed."""
+        if feed not in self.following():
+            return None
+        entry = self.store.append(self.identity, UNFOLLOW, {"feed": feed}, int(now * 1000))
+        self._search_at.pop(feed, None)
+        if feed in self._provided:
+            self.withdraw(feed)
+        self.replicator.set_wanted(self.following(), now)
+        self.replicator.feed_appended(entry.author, now)
+        self._drain(now)
+        return entry
 
     # -- commands -------------------------------------------------------------------
 
     def bootstrap(self, addrs: Sequence[Address], now: float) -> int:
         return self.dht.bootstrap(addrs, now)
+
+    def set_addresses(self, addrs: Sequence[tuple[str, str, int]]) -> None:
+        """The addresses to put in our records (before the first `publish`)."""
+        self._addrs = tuple(addrs)
 
     def publish(self, addrs: Sequence[tuple[str, str, int]], now: float) -> int:
         """Sign our peer record for addrs and store it in the DHT; keep it fresh."""

@@ -181,3 +181,199 @@ class UdpDriver:
             self.core.handle_timer(self.clock())
             self.flush()
             await trio.lowlevel.checkpoint()
+
+
+#: Seconds a gossip dial may take before it counts as failed.
+DIAL_TIMEOUT = 5.0
+#: Bytes read from a gossip connection at a time.
+TCP_RECV_BYTES = 65536
+
+
+class StreamCore(DatagramCore, Protocol):
+    """What `NodeDriver` needs of a core: the datagram contract plus gossip connections."""
+
+    def dials_to_make(self) -> list[tuple[int, str, int]]: ...
+    def data_to_send(self) -> list[tuple[int, bytes]]: ...
+    def connections_to_close(self) -> list[int]: ...
+    def connection_accepted(self, addr: tuple[str, int], now: float) -> int: ...
+    def connection_opened(self, conn_id: int, now: float) -> None: ...
+    def connection_failed(self, conn_id: int, now: float) -> None: ...
+    def data_received(self, conn_id: int, data: bytes, now: float) -> None: ...
+    def connection_lost(self, conn_id: int, now: float) -> None: ...
+
+
+class _Stream:
+    """The driver's side of one gossip connection."""
+
+    def __init__(self) -> None:
+        self.stream: trio.SocketStream | None = None
+        self.out = bytearray()
+        self.wake = trio.Event()
+        self.closing = False
+        self.scope = trio.CancelScope()
+
+
+class NodeDriver(UdpDriver):
+    """`UdpDriver` plus the gossip TCP listener and connections of a `NodeCore`.
+
+    Each connection runs a reader task (bytes -> ``data_received``) and a
+    writer task (``data_to_send`` -> the socket).  `flush` also starts the
+    dials the core asks for and closes the connections it gives up.  The
+    core bounds what it queues per connection, so the write buffers are
+    bounded too.
+    """
+
+    def __init__(self, core: StreamCore, sock: socket.socket, listener: socket.socket, **kwargs: Any) -> None:
+        super().__init__(core, sock, **kwargs)
+        self.stream_core = core
+        self.listener = listener
+        self._streams: dict[int, _Stream] = {}
+        self._nursery: trio.Nursery | None = None
+
+    @classmethod
+    def bind_both(cls, core: StreamCore, host: str, port: int, **kwargs: Any) -> NodeDriver:
+        """Bind UDP host:port for the DHT and TCP for gossip (the same port if free)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            udp.bind((host, port))
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind((host, udp.getsockname()[1]))
+            except OSError:
+                if port != 0:
+                    raise
+                tcp.bind((host, 0))  # the free UDP port is taken for TCP: any port will do
+            tcp.listen(128)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        return cls(core, udp, tcp, **kwargs)
+
+    @property
+    def gossip_addr(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        super().close()
+        self.listener.close()
+
+    @property
+    def connections(self) -> int:
+        return len(self._streams)
+
+    def flush(self) -> None:
+        core = self.stream_core
+        for conn_id, data in core.data_to_send():
+            st = self._streams.get(conn_id)
+            if st is None:
+                st = self._streams[conn_id] = _Stream()  # a dial about to start
+            st.out += data
+            st.wake.set()
+        for conn_id, host, port in core.dials_to_make():
+            self._streams.setdefault(conn_id, _Stream())
+            if self._nursery is not None:
+                self._nursery.start_soon(self._dial, conn_id, host, port)
+        for conn_id in core.connections_to_close():
+            st = self._streams.get(conn_id)
+            if st is not None:
+                st.closing = True
+                st.wake.set()
+        super().flush()
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._timer_loop)
+            nursery.start_soon(self._accept_loop)
+            self.flush()
+
+    async def _accept_loop(self) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
+        assert self._nursery is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # e.g. EMFILE: count, pause, go on
+                self.stats[f"accept_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+                await trio.sleep(0.1)
+                continue
+            host, port = stream.socket.getpeername()[:2]
+            conn_id = self.stream_core.connection_accepted((str(host), int(port)), self.clock())
+            st = self._streams.setdefault(conn_id, _Stream())
+            st.stream = stream
+            self.flush()
+            self._nursery.start_soon(self._serve, conn_id, st)
+
+    async def _dial(self, conn_id: int, host: str, port: int) -> None:
+        st = self._streams[conn_id]
+        stream = None
+        with trio.move_on_after(DIAL_TIMEOUT):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                stream = None
+        if stream is None or st.closing:
+            if stream is not None:
+                await stream.aclose()
+                self._streams.pop(conn_id, None)
+                self.stream_core.connection_lost(conn_id, self.clock())
+            else:
+                self._streams.pop(conn_id, None)
+                self.stream_core.connection_failed(conn_id, self.clock())
+            self.flush()
+            return
+        st.stream = stream
+        self.stream_core.connection_opened(conn_id, self.clock())
+        self.flush()
+        await self._serve(conn_id, st)
+
+    async def _serve(self, conn_id: int, st: _Stream) -> None:
+        assert st.stream is not None
+        try:
+            with st.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._read, conn_id, st)
+                    nursery.start_soon(self._write, st)
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(1):
+                    await st.stream.aclose()
+            self._streams.pop(conn_id, None)
+            self.stream_core.connection_lost(conn_id, self.clock())
+            self.flush()
+
+    async def _read(self, conn_id: int, st: _Stream) -> None:
+        assert st.stream is not None
+        while True:
+            try:
+                data = await st.stream.receive_some(TCP_RECV_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                st.scope.cancel()
+                return
+            self.stream_core.data_received(conn_id, data, self.clock())
+            self.flush()
+
+    async def _write(self, st: _Stream) -> None:
+        assert st.stream is not None
+        while True:
+            if not st.out:
+                if st.closing:
+                    st.scope.cancel()
+                    return
+                st.wake = trio.Event()
+                await st.wake.wait()
+                continue
+            data = bytes(st.out)
+            st.out.clear()
+            try:
+                await st.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                st.scope.cancel()
+                return

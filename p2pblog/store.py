@@ -108,6 +108,15 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         last_seen   REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: the gossip address book: peers we replicated with, and where they listen.
+    """
+    CREATE TABLE gossip_peers (
+        public_key      BLOB PRIMARY KEY,
+        host            TEXT NOT NULL,
+        port            INTEGER NOT NULL,
+        last_connected  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -564,6 +573,30 @@ class Store:
         for node_id, host, port, last_seen in rows:
             text = host.decode("utf-8", "replace") if isinstance(host, bytes) else str(host)
             out.append((bytes(node_id), text, int(port), float(last_seen)))
+        return out
+
+    # -- gossip address book ----------------------------------------------------------
+
+    def save_peer(self, public_key: bytes, host: str, port: int, last_connected: float) -> None:
+        """Remember where a gossip peer listens and when we last replicated with it."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO gossip_peers (public_key, host, port, last_connected) "
+                "VALUES (?, ?, ?, ?)",
+                (public_key, host, port, last_connected),
+            )
+
+    def load_peers(self, limit: int) -> list[tuple[bytes, str, int, float]]:
+        """Up to limit saved gossip peers, most recently connected first."""
+        rows = self._db.execute(
+            "SELECT public_key, host, port, last_connected FROM gossip_peers "
+            "ORDER BY last_connected DESC LIMIT ?",
+            (limit,),
+        )
+        out = []
+        for key, host, port, when in rows:
+            text = host.decode("utf-8", "replace") if isinstance(host, bytes) else str(host)
+            out.append((bytes(key), text, int(port), float(when)))
         return out
 
     # -- checking -----------------------------------------------------------------

@@ -1,0 +1,653 @@
+"""`Replicator`: the node's gossip connections, sans IO.
+
+Theory of operation
+-------------------
+The replicator owns every gossip connection of a node.  Each connection is a
+`gossip.transport.SecureChannel` (Noise XX, both ends proving their Ed25519
+identity) carrying one `gossip.session.GossipSession` once the handshake is
+done.  It reads and writes the node's `Store`, but owns no socket and reads
+no clock: the driver (the trio runtime, or the simulator) tells it
+
+* `connection_accepted` (an inbound TCP connection; returns its id),
+  `connection_opened` / `connection_failed` (the outcome of a dial it asked
+  for), `data_received`, `connection_lost`;
+* `handle_timer` at `get_timer`;
+
+and after every input collects `dials_to_make`, `data_to_send`,
+`connections_to_close` and `next_event`.  The node (`NodeCore`) adds what it
+learns from the DHT: `add_candidates` (providers of a feed) and
+`learn_address` (where an inbound peer listens), and tells it about local
+writes with `set_wanted` and `feed_appended`.
+
+**Glue between sessions and the store.**  `EntriesReceived` is checked
+against its header (author and seq of every entry), ingested with
+`Store.ingest_many` (which verifies signatures and the hash chain), then
+acknowledged with `entries_stored`; new entries are announced to every other
+session (`feed_updated`).  Entries that do not match their header, or that
+fail their signature, are the peer's fault (`report_misbehaviour`); a chain
+conflict is not (an honest peer may relay the other branch of a fork).  A
+session that fails (`SessionFailed`) closes its connection and the peer is
+banned for `BAN_SECONDS`.
+
+**Duplicates (Plumtree pruning).**  When a peer pushes entries we already
+hold, we ask it to send only HAVE notices for that feed (`request_push`
+False); a later WANT of ours re-grafts it.  So each feed settles on a push
+tree with lazy repair links.
+
+**Who to connect to.**  Every `MAINTAIN_EVERY` seconds the replicator dials
+(up to `MAX_OUTBOUND` outbound connections):
+
+* the most recent `BOOK_DIALS` peers of the address book (peers we replicated
+  with before, saved in the store with their listen address), so a restarted
+  node reconnects to its followers and sources with no lookup;
+* up to `DIALS_PER_FEED` providers of each wanted feed that no connected peer
+  replicates (`add_candidates`, fed by the node's DHT searches).
+
+A failed dial or a lost connection backs off exponentially (1 s doubling to
+`MAX_BACKOFF`, with jitter from the injected RNG).  At most one connection
+per peer survives: when two meet (both sides dialled), both ends keep the one
+dialled by the smaller public key.  Inbound connections beyond
+`MAX_CONNECTIONS` are closed at once (and counted).
+
+**Counters.**  `stats` counts everything dropped or refused, by reason:
+``handshake.failed``, ``channel.failed``, ``misbehaved.<reason>`` (from the
+sessions), ``entries.forged``, ``refused.capacity``, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from random import Random
+from typing import Final
+
+from gossip.noise import RandomBytes
+from gossip.session import (
+    EntriesReceived,
+    EntriesRefused,
+    ForkProofReceived,
+    GossipSession,
+    MessageDropped,
+    PeerMisbehaved,
+    SessionFailed,
+    SessionState,
+)
+from gossip.transport import (
+    ChannelConfig,
+    ChannelFailed,
+    FrameReceived,
+    HandshakeCompleted,
+    SecureChannel,
+)
+from identity import Identity
+from p2pblog.entry import Entry, decode_entry
+from p2pblog.errors import ChainError, EntryError
+from p2pblog.store import Store
+
+#: Seconds between connection-maintenance passes.
+MAINTAIN_EVERY: Final = 2.0
+#: Outbound connections we open at most, and connections of both kinds.
+MAX_OUTBOUND: Final = 16
+MAX_CONNECTIONS: Final = 64
+#: Address-book peers we keep dialling (most recently connected first).
+BOOK_DIALS: Final = 8
+#: Providers dialled per wanted feed that no connected peer replicates.
+DIALS_PER_FEED: Final = 3
+#: Candidate providers remembered per feed.
+MAX_CANDIDATES: Final = 20
+#: Peers loaded from the address book at start.
+BOOK_LOAD: Final = 64
+#: Reconnection backoff: first delay and ceiling, in seconds.
+FIRST_BACKOFF: Final = 1.0
+MAX_BACKOFF: Final = 60.0
+#: A peer whose session failed (protocol violations) is not dialled for this long.
+BAN_SECONDS: Final = 600.0
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    """A gossip session with ``peer`` is open (``outbound``: we dialled it)."""
+
+    peer: bytes
+    addr: tuple[str, int]
+    outbound: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    peer: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesStored:
+    """``count`` new entries of ``feed`` arrived from ``peer``; the feed is now at ``latest``."""
+
+    feed: bytes
+    peer: bytes
+    count: int
+    latest: int
+
+
+@dataclass(frozen=True, slots=True)
+class InputRefused:
+    """Bad input from a connection was dropped and counted (``reason`` names the counter)."""
+
+    peer: bytes | None
+    reason: str
+    detail: str = ""
+
+
+Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused
+
+
+# --- the feed source over the store ---------------------------------------------------------
+
+
+class StoreFeeds:
+    """The `gossip.session.FeedSource` over the node's store."""
+
+    def __init__(self, store: Store, wanted: Iterable[bytes]) -> None:
+        self.store = store
+        self.wanted = set(wanted)
+
+    def wanted_feeds(self) -> Collection[bytes]:
+        return self.wanted
+
+    def latest_seq(self, feed: bytes) -> int:
+        return self.store.latest_seq(feed)
+
+    def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
+        return [e.raw for e in self.store.feed_range(feed, first_seq, first_seq + limit - 1)]
+
+    def fork_proofs(self, feed: bytes) -> Sequence[tuple[int, bytes, bytes]]:
+        by_seq: dict[int, list[bytes]] = {}
+        for entry in self.store.fork_proofs(feed):
+            by_seq.setdefault(entry.seq, []).append(entry.raw)
+        return [(seq, raws[0], raws[1]) for seq, raws in sorted(by_seq.items()) if len(raws) >= 2]
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Conn:
+    id: int
+    channel: SecureChannel
+    outbound: bool
+    #: The remote socket address (for an outbound connection, what we dialled).
+    addr: tuple[str, int]
+    since: float
+    #: The key we dialled (outbound only).
+    expected: bytes | None = None
+    peer: bytes | None = None
+    session: GossipSession | None = None
+    closing: bool = False
+
+
+@dataclass(slots=True)
+class _Peer:
+    """What the address book knows of a peer."""
+
+    host: str | None = None
+    port: int | None = None
+    last_connected: float = 0.0
+    failures: int = 0
+    next_try: float = 0.0
+    banned_until: float = 0.0
+
+
+def _gone(conn: _Conn) -> bool:
+    """Whether handling an event closed the connection (a function, so checks are not narrowed)."""
+    return conn.closing
+
+
+class Replicator:
+    """A node's gossip connections and replication glue (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        rng: Random,
+        now: float,
+        *,
+        channel_config: ChannelConfig | None = None,
+        random_bytes: RandomBytes | None = None,
+    ) -> None:
+        self.identity = identity
+        self.store = store
+        self.rng = rng
+        self.channel_config = channel_config
+        self.random_bytes = random_bytes
+        own = identity.public_key
+        self.source = StoreFeeds(store, {own, *store.following(own)})
+        self.stats: Counter[str] = Counter()
+        self._conns: dict[int, _Conn] = {}
+        self._by_peer: dict[bytes, int] = {}
+        self._dialling: dict[bytes, int] = {}
+        self._next_id = 0
+        self._book: dict[bytes, _Peer] = {}
+        for key, host, port, when in store.load_peers(BOOK_LOAD):
+            if key != own:
+                self._book[key] = _Peer(host, port, when)
+        self._candidates: dict[bytes, dict[bytes, None]] = {}
+        self._dials: list[tuple[int, str, int]] = []
+        self._closes: list[int] = []
+        self._events: deque[Event] = deque()
+        self._maintain_at = now
+
+    # ============================================================ outputs
+
+    def dials_to_make(self) -> list[tuple[int, str, int]]:
+        """``(connection id, host, port)`` to dial; report with `connection_opened`/`_failed`."""
+        out, self._dials = self._dials, []
+        return out
+
+    def data_to_send(self) -> list[tuple[int, bytes]]:
+        out = []
+        for conn in self._conns.values():
+            data = conn.channel.data_to_send()
+            if data:
+                out.append((conn.id, data))
+        return out
+
+    def connections_to_close(self) -> list[int]:
+        """Connections to close (after sending their pending data); then `connection_lost`."""
+        out, self._closes = self._closes, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        deadline = self._maintain_at
+        for conn in self._conns.values():
+            for t in (conn.channel.get_timer(), conn.session.get_timer() if conn.session else None):
+                if t is not None and t < deadline:
+                    deadline = t
+        return deadline
+
+    # ============================================================ inspection
+
+    @property
+    def own(self) -> bytes:
+        return self.identity.public_key
+
+    @property
+    def wanted(self) -> Collection[bytes]:
+        return self.source.wanted
+
+    def sessions(self) -> list[tuple[bytes, GossipSession, bool, tuple[str, int], float]]:
+        """``(peer, session, outbound, addr, since)`` of every open session."""
+        out = []
+        for conn in self._conns.values():
+            if conn.session is not None and conn.peer is not None and not conn.closing:
+                out.append((conn.peer, conn.session, conn.outbound, conn.addr, conn.since))
+        return out
+
+    def peers_replicating(self, feed: bytes) -> int:
+        """Connected peers that replicate feed (it is in their clock)."""
+        return sum(1 for _, session, *_ in self.sessions() if session.peer_wants(feed))
+
+    def is_connected(self, peer: bytes) -> bool:
+        return peer in self._by_peer
+
+    def known_address(self, peer: bytes) -> tuple[str, int] | None:
+        entry = self._book.get(peer)
+        if entry is None or entry.host is None or entry.port is None:
+            return None
+        return entry.host, entry.port
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._conns)
+
+    # ============================================================ node inputs
+
+    def set_wanted(self, feeds: Iterable[bytes], now: float) -> None:
+        """The feeds this node replicates changed (follow/unfollow)."""
+        self.source.wanted = {self.own, *feeds}
+        for _, session, *_ in self.sessions():
+            session.wants_changed(now)
+        self._maintain_at = now
+        self._pump(now)
+
+    def feed_appended(self, feed: bytes, now: float) -> None:
+        """The node stored new entries of feed itself (its own post): push them."""
+        for _, session, *_ in self.sessions():
+            session.feed_updated(feed, now)
+        self._pump(now)
+
+    def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]], now: float) -> None:
+        """Providers of feed found in the DHT: ``(public key, tcp host, tcp port)``."""
+        known = self._candidates.setdefault(feed, {})
+        for key, host, port in peers:
+            if key == self.own:
+                continue
+            entry = self._book.setdefault(key, _Peer())
+            entry.host, entry.port = host, port
+            known[key] = None
+            while len(known) > MAX_CANDIDATES:
+                del known[next(iter(known))]
+        self._maintain(now)
+
+    def learn_address(self, peer: bytes, host: str, port: int, now: float) -> None:
+        """Where a connected peer listens (from its peer record); saved in the address book."""
+        entry = self._book.setdefault(peer, _Peer())
+        entry.host, entry.port = host, port
+        if peer in self._by_peer:
+            entry.last_connected = now
+            self.store.save_peer(peer, host, port, now)
+
+    # ============================================================ driver inputs
+
+    def connection_accepted(self, addr: tuple[str, int], now: float) -> int:
+        """An inbound TCP connection arrived; returns its id (maybe already to be closed)."""
+        conn = self._new_conn(
+            SecureChannel.responder(
+                self.identity, now=now, config=self.channel_config, random_bytes=self.random_bytes
+            ),
+            outbound=False,
+            addr=addr,
+            now=now,
+        )
+        if len(self._conns) > MAX_CONNECTIONS:
+            self.stats["refused.capacity"] += 1
+            self._close(conn, now, "over capacity")
+        return conn.id
+
+    def connection_opened(self, conn_id: int, now: float) -> None:
+        """A dial we asked for connected; the handshake starts."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._pump(now)
+
+    def connection_failed(self, conn_id: int, now: float) -> None:
+        """A dial we asked for did not connect."""
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        self.stats["dial.failed"] += 1
+        if conn.expected is not None:
+            self._dialling.pop(conn.expected, None)
+            self._back_off(conn.expected, now)
+
+    def data_received(self, conn_id: int, data: bytes, now: float) -> None:
+        conn = self._conns.get(conn_id)
+        if conn is None or conn.closing:
+            return
+        conn.channel.receive_data(data, now)
+        self._pump(now)
+
+    def connection_lost(self, conn_id: int, now: float) -> None:
+        """The connection is gone (closed by the peer, by an error, or by us)."""
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        if not conn.closing:
+            self._forget(conn, now, "connection lost")
+        self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            if conn.closing:
+                continue
+            conn.channel.handle_timer(now)
+            if conn.session is not None:
+                conn.session.handle_timer(now)
+        if now >= self._maintain_at:
+            self._maintain_at = now + MAINTAIN_EVERY
+            self._maintain(now)
+        self._pump(now)
+
+    # ============================================================ internals
+
+    def _new_conn(
+        self, channel: SecureChannel, *, outbound: bool, addr: tuple[str, int], now: float
+    ) -> _Conn:
+        self._next_id += 1
+        conn = _Conn(self._next_id, channel, outbound, addr, now)
+        self._conns[conn.id] = conn
+        return conn
+
+    def _dial(self, peer: bytes, host: str, port: int, now: float) -> None:
+        channel = SecureChannel.initiator(
+            self.identity,
+            now=now,
+            expected_peer=peer,
+            config=self.channel_config,
+            random_bytes=self.random_bytes,
+        )
+        conn = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
+        conn.expected = peer
+        self._dialling[peer] = conn.id
+        self._dials.append((conn.id, host, port))
+        self.stats["dial.attempts"] += 1
+
+    def _maintain(self, now: float) -> None:
+        outbound = sum(1 for c in self._conns.values() if c.outbound)
+        targets: dict[bytes, None] = {}
+        recent = sorted(
+            (p for p in self._book.items() if p[1].last_connected > 0),
+            key=lambda item: -item[1].last_connected,
+        )
+        for key, _ in recent[:BOOK_DIALS]:
+            targets[key] = None
+        for feed in list(self.source.wanted):
+            if feed == self.own or self.peers_replicating(feed) > 0:
+                continue
+            for key in list(self._candidates.get(feed, {}))[:DIALS_PER_FEED]:
+                targets[key] = None
+        for key in targets:
+            if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
+                break
+            entry = self._book.get(key)
+            if (
+                entry is None
+                or entry.host is None
+                or entry.port is None
+                or key in self._by_peer
+                or key in self._dialling
+                or now < entry.next_try
+            ):
+                continue
+            self._dial(key, entry.host, entry.port, now)
+            outbound += 1
+
+    def _back_off(self, peer: bytes, now: float, *, at_least: float = 0.0) -> None:
+        entry = self._book.setdefault(peer, _Peer())
+        delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2**entry.failures)
+        entry.failures = min(entry.failures + 1, 16)
+        entry.next_try = now + max(at_least, delay * (0.5 + 0.5 * self.rng.random()))
+
+    def _close(self, conn: _Conn, now: float, reason: str) -> None:
+        """Close a connection we no longer want; the driver reports `connection_lost`."""
+        if conn.closing:
+            return
+        conn.channel.close()
+        self._forget(conn, now, reason)
+        conn.closing = True
+        self._closes.append(conn.id)
+
+    def _forget(self, conn: _Conn, now: float, reason: str) -> None:
+        if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
+            del self._dialling[conn.expected]
+            if conn.peer is None:
+                self._back_off(conn.expected, now)
+        if conn.peer is not None and self._by_peer.get(conn.peer) == conn.id:
+            del self._by_peer[conn.peer]
+            self._back_off(conn.peer, now)
+            self._events.append(PeerDisconnected(conn.peer, reason))
+        if conn.session is not None:
+            conn.session.connection_lost(now)
+
+    def _pump(self, now: float) -> None:
+        """Move events and frames between channels, sessions and the store until quiet."""
+        busy = True
+        while busy:
+            busy = False
+            for conn in list(self._conns.values()):
+                if conn.closing:
+                    continue
+                while (cev := conn.channel.next_event()) is not None:
+                    busy = True
+                    self._on_channel_event(conn, cev, now)
+                    if _gone(conn):
+                        break
+                session = conn.session
+                if session is None or _gone(conn):
+                    continue
+                while (sev := session.next_event()) is not None:
+                    busy = True
+                    self._on_session_event(conn, session, sev, now)
+                if _gone(conn):
+                    continue
+                for frame in session.frames_to_send():
+                    conn.channel.send_frame(frame, now)
+
+    def _on_channel_event(
+        self, conn: _Conn, event: HandshakeCompleted | FrameReceived | ChannelFailed, now: float
+    ) -> None:
+        if isinstance(event, FrameReceived):
+            if conn.session is not None:
+                conn.session.frame_received(event.payload, now)
+        elif isinstance(event, HandshakeCompleted):
+            self._on_handshake(conn, event.peer_key, now)
+        else:
+            reason = "handshake.failed" if conn.peer is None else "channel.failed"
+            self.stats[reason] += 1
+            self._events.append(InputRefused(conn.peer, reason, event.reason))
+            self._close(conn, now, event.reason)
+
+    def _on_handshake(self, conn: _Conn, peer: bytes, now: float) -> None:
+        if peer == self.own:
+            self.stats["refused.self"] += 1
+            self._close(conn, now, "connected to ourselves")
+            return
+        entry = self._book.get(peer)
+        if entry is not None and now < entry.banned_until:
+            self.stats["refused.banned"] += 1
+            self._close(conn, now, "banned")
+            return
+        other_id = self._by_peer.get(peer)
+        if other_id is not None:
+            other = self._conns[other_id]
+
+            # Both ends keep the connection dialled by the smaller key.
+            def dialler(c: _Conn) -> bytes:
+                return self.own if c.outbound else peer
+
+            if (dialler(conn), conn.id) < (dialler(other), other.id) and dialler(conn) != dialler(other):
+                self._close(other, now, "duplicate connection")
+            else:
+                self.stats["refused.duplicate"] += 1
+                self._close(conn, now, "duplicate connection")
+                return
+        conn.peer = peer
+        self._by_peer[peer] = conn.id
+        if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
+            del self._dialling[conn.expected]
+        entry = self._book.setdefault(peer, _Peer())
+        entry.failures, entry.next_try = 0, max(0.0, entry.banned_until)
+        if conn.outbound:
+            entry.host, entry.port = conn.addr
+        if entry.host is not None and entry.port is not None:
+            entry.last_connected = now
+            self.store.save_peer(peer, entry.host, entry.port, now)
+        conn.session = GossipSession(self.source, eager=True, now=now)
+        conn.session.connection_made(now)
+        self._events.append(PeerConnected(peer, conn.addr, conn.outbound))
+
+    def _on_session_event(self, conn: _Conn, session: GossipSession, event: object, now: float) -> None:
+        peer = conn.peer
+        if isinstance(event, EntriesReceived):
+            self._ingest(conn, session, event, now)
+        elif isinstance(event, ForkProofReceived):
+            self._fork_proof(session, event, now)
+        elif isinstance(event, PeerMisbehaved):
+            self.stats[f"misbehaved.{event.reason}"] += 1
+            self._events.append(InputRefused(peer, f"misbehaved.{event.reason}", event.detail))
+        elif isinstance(event, MessageDropped):
+            self.stats[f"dropped.{event.reason}"] += 1
+        elif isinstance(event, EntriesRefused):
+            self.stats["entries.refused_by_peer"] += 1
+        elif isinstance(event, SessionFailed):
+            self.stats["session.failed"] += 1
+            self._close(conn, now, event.reason)
+            if peer is not None:
+                self._ban(peer, now)
+
+    def _ban(self, peer: bytes, now: float) -> None:
+        entry = self._book.setdefault(peer, _Peer())
+        entry.banned_until = entry.next_try = now + BAN_SECONDS
+
+    def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
+        if event.feed not in self.source.wanted:
+            # Unfollowed while in flight: not storing them is a refusal.
+            session.entries_stored(event.feed, now)
+            return
+        valid = 0
+        for i, raw in enumerate(event.entries):
+            try:
+                entry = decode_entry(raw, check_signature=False)
+            except EntryError:
+                break
+            if entry.author != event.feed or entry.seq != event.first_seq + i:
+                break
+            valid += 1
+        report = self.store.ingest_many(event.entries[:valid])
+        if valid < len(event.entries):
+            self._peer_fault(conn, session, "entries.malformed", "entries do not match their header", now)
+        elif report.error is not None and not isinstance(report.error, ChainError):
+            self._peer_fault(conn, session, "entries.forged", str(report.error), now)
+        session.entries_stored(event.feed, now)
+        self.stats["entries.received"] += report.accepted
+        self.stats["entries.duplicate"] += report.duplicates
+        if report.duplicates and session.state is SessionState.OPEN:
+            session.request_push(event.feed, False, now)
+        if report.accepted:
+            for other in self._conns.values():
+                if other is not conn and other.session is not None and not other.closing:
+                    other.session.feed_updated(event.feed, now)
+            assert conn.peer is not None
+            latest = self.store.latest_seq(event.feed)
+            self._events.append(EntriesStored(event.feed, conn.peer, report.accepted, latest))
+        for feed, _ in report.fork_seqs:
+            self.stats["forks.found"] += 1
+            self._fork_found(feed, now)
+
+    def _peer_fault(self, conn: _Conn, session: GossipSession, reason: str, detail: str, now: float) -> None:
+        self.stats[reason] += 1
+        self._events.append(InputRefused(conn.peer, reason, detail))
+        session.report_misbehaviour(detail, now)
+
+    def _fork_proof(self, session: GossipSession, event: ForkProofReceived, now: float) -> None:
+        try:
+            pair: tuple[Entry, Entry] | None = (decode_entry(event.first), decode_entry(event.second))
+        except EntryError:
+            pair = None
+        if (
+            pair is None
+            or {pair[0].author, pair[1].author} != {event.feed}
+            or {pair[0].seq, pair[1].seq} != {event.seq}
+            or pair[0].id == pair[1].id
+        ):
+            self.stats["fork_proof.invalid"] += 1
+            session.report_misbehaviour("invalid fork proof", now)
+            return
+        for entry in pair:
+            with contextlib.suppress(EntryError):  # e.g. we do not hold the feed up to that seq
+                self.store.ingest(entry.raw)
+        if self.store.feed_state(event.feed).forked_seq is not None:
+            self._fork_found(event.feed, now)
+
+    def _fork_found(self, feed: bytes, now: float) -> None:
+        for conn in self._conns.values():
+            if conn.session is not None and not conn.closing:
+                conn.session.fork_found(feed, now)
