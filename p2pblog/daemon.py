@@ -40,7 +40,7 @@ from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, 
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError
 from p2pblog.home import Home
-from p2pblog.node import NodeCore, PeerResolved, RecordPublished
+from p2pblog.node import NodeCore, PeerResolved, ProvidersResolved, RecordPublished
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import Store
@@ -224,6 +224,9 @@ class NodeService:
                     f"received {event.count} entries of {fingerprint(event.feed)} "
                     f"from {fingerprint(event.peer)} (now at #{event.latest})"
                 )
+            elif isinstance(event, ProvidersResolved):
+                who = ", ".join(fingerprint(r.signer) for r in event.records) or "none"
+                log(f"providers of {fingerprint(event.feed)}: {who}")
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())

@@ -251,6 +251,7 @@ class NodeCore:
         #: Query ids whose results NodeCore consumes itself (they are still reported).
         self._internal: set[int] = set()
         self._search_at: dict[bytes, float] = {}
+        self._search_rounds: dict[bytes, int] = {}
         self._maintain_at = now
 
     # -- outputs (DhtCore's contract) ---------------------------------------------
@@ -315,6 +316,8 @@ class NodeCore:
                 addr = item.record.addr("tcp")
                 if addr is not None:
                     self.replicator.learn_address(item.public_key, *addr, now)
+                    if item.public_key in self.replicator.wanted:
+                        self.replicator.add_candidates(item.public_key, [(item.public_key, *addr)], now)
             elif isinstance(item, ProviderAnnounced) and not item.stored_at and item.feed in self._provided:
                 self._announce_at[item.feed] = now + ANNOUNCE_RETRY
 
@@ -417,10 +420,16 @@ class NodeCore:
                     self._internal.add(self._announce(feed, self._addrs, now))
         for feed in list(self.replicator.wanted):
             if feed == own or self.replicator.peers_replicating(feed) > 0:
+                self._search_rounds.pop(feed, None)
                 continue
             if now >= self._search_at.get(feed, 0.0):
-                self._search_at[feed] = now + SEARCH_EVERY
+                # 1, 2, 4, ... seconds apart while nobody serves the feed, then every SEARCH_EVERY.
+                rounds = self._search_rounds.get(feed, 0)
+                self._search_rounds[feed] = rounds + 1
+                self._search_at[feed] = now + min(SEARCH_EVERY, 2.0**rounds)
                 self._internal.add(self.start_find_providers(feed, now))
+                # The author itself serves its feed: its peer record names its address.
+                self._internal.add(self.start_resolve(feed, now))
 
     # -- commands: the own feed -----------------------------------------------------
 
@@ -445,6 +454,7 @@ class NodeCore:
             return None
         entry = self.store.append(self.identity, FOLLOW, {"feed": feed}, int(now * 1000))
         self._search_at[feed] = now
+        self._search_rounds.pop(feed, None)
         self._maintain_at = now
         self.replicator.set_wanted(self.following(), now)
         self.replicator.feed_appended(entry.author, now)

@@ -21,6 +21,7 @@ class NodeProcess:
     dht: tuple[str, int]
     handle: str
     log: Path
+    gossip: tuple[str, int] = ("127.0.0.1", 0)
     stopped: bool = field(default=False)
 
     @property
@@ -74,7 +75,8 @@ def start_node(home: Path, *args: str, listen: str = "127.0.0.1:0", timeout: flo
         try:
             doc = json.loads(state.read_text())
             host, port = doc["dht"]
-            return NodeProcess(home, process, (host, int(port)), doc["handle"], log)
+            ghost, gport = doc["gossip"]
+            return NodeProcess(home, process, (host, int(port)), doc["handle"], log, (ghost, int(gport)))
         except (OSError, ValueError, KeyError):
             time.sleep(0.05)
     process.kill()
@@ -90,3 +92,23 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def cli_json(home: Path, *args: str) -> object:
+    """Run a p2pblog command that prints JSON (``--json`` is added) and parse its output."""
+    result = p2pblog(home, *args, "--json")
+    assert result.returncode == 0, f"{args}: {result.stderr}"
+    return json.loads(result.stdout)
+
+
+def status(node: NodeProcess) -> dict[str, object]:
+    doc = cli_json(node.home, "status")
+    assert isinstance(doc, dict)
+    return doc
+
+
+def timeline_texts(home: Path, limit: int = 1000) -> list[str]:
+    """Texts of the home's timeline, newest first."""
+    doc = cli_json(home, "timeline", "--limit", str(limit))
+    assert isinstance(doc, list)
+    return [str(item["text"]) for item in doc]
