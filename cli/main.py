@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,6 +26,8 @@ from identity.handle import HandleError, fingerprint
 from identity.keyfile import key_file_is_encrypted, read_public_key
 from p2pblog import control
 from p2pblog.daemon import DEFAULT_PORT, NodeService
+from p2pblog.demo import MAX_NODES as MAX_DEMO_NODES
+from p2pblog.demo import run_demo
 from p2pblog.entry import (
     FOLLOW,
     POST,
@@ -418,46 +419,32 @@ def import_(file: Path) -> None:
 
 
 @main.command()
-def demo() -> None:
-    """Show p2pblog working, offline, in a throw-away directory.
+@click.option(
+    "--nodes",
+    type=click.IntRange(2, MAX_DEMO_NODES),
+    default=3,
+    show_default=True,
+    help="How many nodes to run.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop after this many seconds (default: run until Ctrl-C).",
+)
+def demo(nodes: int, duration: float | None) -> None:
+    """Run a small live p2pblog network on 127.0.0.1 and watch posts travel.
 
-    Creates two identities (alice and bob), has alice post (one post
-    mentions bob, one replies), hand-carries alice's feed to bob as a feed
-    file, and shows bob's timeline after verifying everything.
+    Starts NODES real nodes (UDP for the DHT, Noise-encrypted TCP for gossip,
+    an SQLite store each) in a throw-away directory, joins them, has
+    everyone follow everyone, and then has them post in turn.  Every post is
+    printed when posted and again at each node it reaches, with the delay.
+    Ctrl-C stops everything and removes the directory.
     """
-    with tempfile.TemporaryDirectory(prefix="p2pblog-demo-") as tmp:
-        root = Path(tmp)
-        alice_home, bob_home = Home(root / "alice"), Home(root / "bob")
-        alice, bob = Identity.generate(), Identity.generate()
-        alice_home.create(alice)
-        bob_home.create(bob)
-        click.echo(f"alice is {alice.handle}")
-        click.echo(f"bob   is {bob.handle}")
-        with alice_home.open_store() as store:
-            store.append(alice, PROFILE, {"name": "alice"}, now_ms())
-            first = store.append(alice, POST, post_body("Hello, peer-to-peer world!"), now_ms())
-            store.append(alice, POST, post_body(f"Welcome {bob.handle}, good to see you."), now_ms())
-            store.append(alice, POST, post_body("Replying to myself.", first.id), now_ms())
-            click.echo(f"alice posted {store.latest_seq(alice.public_key)} entries")
-            feed_file = root / "alice.feed"
-            with feed_file.open("wb") as out:
-                write_feed(out, (e.raw for e in store.feed_range(alice.public_key, 1)))
-        click.echo(f"alice exported her feed to a file ({feed_file.stat().st_size} bytes)")
-        with bob_home.open_store() as store:
-            store.append(bob, FOLLOW, {"feed": alice.public_key}, now_ms())
-            with feed_file.open("rb") as source:
-                report = store.ingest_many(read_feed(source))
-            click.echo(f"bob followed alice and imported {report.accepted} verified entries")
-            check = store.verify()
-            click.echo(
-                f"bob's store: {check.entries} entries verified, {'ok' if check.ok else check.problems}"
-            )
-            click.echo("\nbob's timeline:")
-            for item in store.timeline(bob.public_key):
-                _echo_item(item)
-            click.echo("\nbob's mentions:")
-            for item in store.mentions(bob.public_key):
-                _echo_item(item)
+    try:
+        run_demo(nodes, duration, click.echo)
+    except KeyboardInterrupt:
+        click.echo("\nstopped", err=True)
 
 
 # --- the running node -------------------------------------------------------------

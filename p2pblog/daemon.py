@@ -118,6 +118,10 @@ class NodeService:
         #: Print connection and arrival messages on stderr.
         self.verbose = True
 
+    def _log(self, message: str) -> None:
+        if self.verbose:
+            log(message)
+
     @property
     def core(self) -> NodeCore:
         if self._core is None:
@@ -155,14 +159,14 @@ class NodeService:
                         {"handle": self.identity.handle, "dht": list(udp), "gossip": list(tcp)},
                     ),
                 )
-                log(f"p2pblog node {self.identity.handle}")
-                log(
+                self._log(f"p2pblog node {self.identity.handle}")
+                self._log(
                     f"listening on udp {udp[0]}:{udp[1]} (DHT) and tcp {tcp[0]}:{tcp[1]} (gossip), "
                     f"advertised as {host}"
                 )
                 following = core.following()
                 if following:
-                    log(f"following {len(following)} feed(s); reconnecting")
+                    self._log(f"following {len(following)} feed(s); reconnecting")
                 nursery.start_soon(self._join, seeds)
                 nursery.start_soon(self._save_contacts_periodically)
                 task_status.started()
@@ -180,16 +184,16 @@ class NodeService:
         self.core.set_addresses(self.addrs)
         if seeds:
             result = await driver.request(lambda now: self.core.bootstrap(seeds, now))
-            log(
+            self._log(
                 f"joined the DHT: {result.seeds_answered} of {len(seeds)} seeds answered, "
                 f"{len(self.core.dht.table)} contacts"
             )
         else:
-            log("no bootstrap address and no saved contacts: waiting for peers to contact this node")
+            self._log("no bootstrap address and no saved contacts: waiting for peers to contact this node")
         for delay in (*PUBLISH_RETRY, None):
             published: RecordPublished = await driver.request(lambda now: self.core.publish(self.addrs, now))
             if published.stored_at:
-                log(f"peer record published (seq {published.seq}) at {published.stored_at} nodes")
+                self._log(f"peer record published (seq {published.seq}) at {published.stored_at} nodes")
                 return
             if delay is None:
                 return  # NodeCore republishes on its own timer from here on
@@ -216,20 +220,20 @@ class NodeService:
         if self.verbose:
             if isinstance(event, PeerConnected):
                 way = "to" if event.outbound else "from"
-                log(f"connected {way} {fingerprint(event.peer)} at {event.addr[0]}:{event.addr[1]}")
+                self._log(f"connected {way} {fingerprint(event.peer)} at {event.addr[0]}:{event.addr[1]}")
             elif isinstance(event, PeerDisconnected):
-                log(f"disconnected from {fingerprint(event.peer)}: {event.reason}")
+                self._log(f"disconnected from {fingerprint(event.peer)}: {event.reason}")
             elif isinstance(event, EntriesStored):
-                log(
+                self._log(
                     f"received {event.count} entries of {fingerprint(event.feed)} "
                     f"from {fingerprint(event.peer)} (now at #{event.latest})"
                 )
             elif isinstance(event, ProvidersResolved):
                 who = ", ".join(fingerprint(r.signer) for r in event.records) or "none"
-                log(f"providers of {fingerprint(event.feed)}: {who}")
+                self._log(f"providers of {fingerprint(event.feed)}: {who}")
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
-                log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())
+                self._log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())
         for listener in self.listeners:
             listener(event)
 

@@ -19,7 +19,19 @@ from identity import decode_handle, is_handle
 from p2pblog.feedfile import MAGIC
 from tests.process import p2pblog
 
-COMMANDS = ["init", "id", "post", "log", "verify", "export", "import", "demo"]
+COMMANDS = [
+    "init",
+    "id",
+    "post",
+    "log",
+    "verify",
+    "export",
+    "import",
+    "demo",
+    "follow",
+    "unfollow",
+    "timeline",
+]
 
 
 def init(home: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -198,12 +210,48 @@ def test_every_command_explains_itself(command: str) -> None:
     assert "Usage:" in result.stdout and len(result.stdout.splitlines()) >= 4
 
 
-def test_demo_shows_the_system_working() -> None:
-    result = p2pblog(None, "demo")
+def test_demo_runs_a_live_network_and_posts_arrive_everywhere() -> None:
+    result = p2pblog(None, "demo", "--nodes", "3", "--duration", "5")
     assert result.returncode == 0, result.stderr
-    assert "imported 4 verified entries" in result.stdout
-    assert "Hello, peer-to-peer world!" in result.stdout
-    handles = [
-        line.split()[-1] for line in result.stdout.splitlines() if line.startswith(("alice is", "bob   is"))
-    ]
-    assert len(handles) == 2 and all(decode_handle(h) for h in handles)
+    out = result.stdout
+    handles = [line.split()[2] for line in out.splitlines() if line.split()[1:2] == ["is"]]
+    assert len(handles) == 3 and all(decode_handle(h) for h in handles)
+    assert "alice posts: Hello, peer-to-peer world!" in out
+    # Each post reaches both other nodes over real sockets.
+    assert "bob received alice's post" in out and "carol received alice's post" in out
+    assert "alice received bob's post" in out
+
+
+def test_follow_and_timeline_work_offline(tmp_path: Path) -> None:
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    init(alice)
+    bob_handle = init(bob)
+    post(alice, "alice's own post")
+    result = p2pblog(alice, "follow", bob_handle)
+    assert result.returncode == 0, result.stderr
+    assert "node replicates it when it starts" in result.stderr
+    again = p2pblog(alice, "follow", bob_handle)
+    assert again.returncode == 0 and "already following" in again.stderr
+    doc = json.loads(p2pblog(alice, "log", "--json").stdout)
+    assert [e["kind"] for e in doc][:1] == ["follow"] and doc[0]["feed"] == bob_handle
+    timeline = json.loads(p2pblog(alice, "timeline", "--json").stdout)
+    assert [t["text"] for t in timeline] == ["alice's own post"]
+    assert timeline[0]["author"] == init_handle(alice)
+    assert p2pblog(alice, "unfollow", bob_handle).returncode == 0
+    assert "already not following" in p2pblog(alice, "unfollow", bob_handle).stderr
+    own = p2pblog(alice, "follow", init_handle(alice))
+    assert own.returncode == 1 and "your own handle" in own.stderr
+    typo = p2pblog(alice, "follow", bob_handle[:-1] + ("q" if bob_handle[-1] != "q" else "p"))
+    assert typo.returncode == 1 and typo.stderr.startswith("Error:")
+
+
+def init_handle(home: Path) -> str:
+    return p2pblog(home, "id").stdout.strip()
+
+
+def test_status_says_clearly_when_the_node_is_not_running(tmp_path: Path) -> None:
+    home = tmp_path / "alice"
+    init(home)
+    result = p2pblog(home, "status")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: node not running at {home}; start it with: p2pblog run"
