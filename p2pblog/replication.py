@@ -163,7 +163,7 @@ class StoreFeeds:
         return self.store.latest_seq(feed)
 
     def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
-        return [e.raw for e in self.store.feed_range(feed, first_seq, first_seq + limit - 1)]
+        return self.store.raw_range(feed, first_seq, limit)
 
     def fork_proofs(self, feed: bytes) -> Sequence[tuple[int, bytes, bytes]]:
         by_seq: dict[int, list[bytes]] = {}

@@ -484,6 +484,14 @@ class Store:
         for (raw,) in rows:
             yield decode_entry(raw, check_signature=False)
 
+    def raw_range(self, author: bytes, first: int, limit: int) -> list[bytes]:
+        """Up to limit signed entries of author from seq first on, as stored (not decoded)."""
+        rows = self._db.execute(
+            "SELECT raw FROM entries WHERE author = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (author, first, limit),
+        )
+        return [bytes(raw) for (raw,) in rows]
+
     def following(self, author: bytes) -> set[bytes]:
         """The feeds author follows, as its stored follow/unfollow entries say."""
         rows = self._db.execute("SELECT feed FROM follows WHERE follower = ?", (author,))
