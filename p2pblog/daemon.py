@@ -341,18 +341,7 @@ class NodeService:
             )
         dropped: dict[str, int] = {}
         for name, value in replicator.stats.items():
-            if name.startswith(
-                (
-                    "handshake.",
-                    "channel.",
-                    "misbehaved.",
-                    "entries.forged",
-                    "entries.malformed",
-                    "refused.",
-                    "session.failed",
-                    "fork_proof.invalid",
-                )
-            ):
+            if name.startswith(DROP_COUNTERS):
                 dropped[f"gossip.{name}"] = value
         for name, value in core.dht.stats.items():
             if name.startswith(("drop.", "misbehaved.")):
