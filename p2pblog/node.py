@@ -35,8 +35,9 @@ Theory of operation
 * **Replication** (`p2pblog.replication.Replicator`, owned here as
   ``replicator``): the gossip connections.  NodeCore feeds it from the DHT:
   every `MAINTAIN_EVERY` seconds, each followed feed that no connected peer
-  replicates gets a provider search (at most every `SEARCH_EVERY` seconds, at
-  once after `follow`), whose providers become dial candidates; a peer that
+  replicates gets a provider search and a resolution of its author's peer
+  record (at once after `follow`, then 1, 2, 4, ... seconds apart up to
+  `SEARCH_EVERY`), whose results become dial candidates; a peer that
   connected to us and whose listen address we do not know is resolved
   through its peer record.  NodeCore announces itself as a provider of its
   own feed and of every followed feed it holds entries of, once it has an

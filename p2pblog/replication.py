@@ -47,7 +47,9 @@ A failed dial or a lost connection backs off exponentially (1 s doubling to
 `MAX_BACKOFF`, with jitter from the injected RNG).  At most one connection
 per peer survives: when two meet (both sides dialled), both ends keep the one
 dialled by the smaller public key.  Inbound connections beyond
-`MAX_CONNECTIONS` are closed at once (and counted).
+`MAX_CONNECTIONS` are closed at once (and counted); above `PRUNE_ABOVE`
+connections, sessions that replicate none of our feeds are closed, so the
+cap prefers peers that cover the feeds we follow.
 
 **Counters.**  `stats` counts everything dropped or refused, by reason:
 ``handshake.failed``, ``channel.failed``, ``misbehaved.<reason>`` (from the
@@ -91,6 +93,10 @@ MAINTAIN_EVERY: Final = 2.0
 #: Outbound connections we open at most, and connections of both kinds.
 MAX_OUTBOUND: Final = 16
 MAX_CONNECTIONS: Final = 64
+#: Above this many connections, sessions that replicate none of our feeds are
+#: closed (after `PRUNE_GRACE` seconds), so the cap favours useful peers.
+PRUNE_ABOVE: Final = 48
+PRUNE_GRACE: Final = 30.0
 #: Address-book peers we keep dialling (most recently connected first).
 BOOK_DIALS: Final = 8
 #: Providers dialled per wanted feed that no connected peer replicates.
@@ -431,6 +437,7 @@ class Replicator:
         self.stats["dial.attempts"] += 1
 
     def _maintain(self, now: float) -> None:
+        self._prune_idle(now)
         outbound = sum(1 for c in self._conns.values() if c.outbound)
         targets: dict[bytes, None] = {}
         recent = sorted(
@@ -459,6 +466,21 @@ class Replicator:
                 continue
             self._dial(key, entry.host, entry.port, now)
             outbound += 1
+
+    def _prune_idle(self, now: float) -> None:
+        """Near the cap, close sessions that replicate none of our feeds, to make room."""
+        if len(self._conns) <= PRUNE_ABOVE:
+            return
+        wanted = self.source.wanted
+        for conn in list(self._conns.values()):
+            session = conn.session
+            if session is None or conn.closing or now - conn.since < PRUNE_GRACE:
+                continue
+            if not any(session.peer_wants(feed) for feed in wanted):
+                self.stats["pruned.idle"] += 1
+                self._close(conn, now, "replicates none of our feeds")
+                if len(self._conns) - len(self._closes) <= PRUNE_ABOVE:
+                    return
 
     def _back_off(self, peer: bytes, now: float, *, at_least: float = 0.0) -> None:
         entry = self._book.setdefault(peer, _Peer())
