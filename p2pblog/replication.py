@@ -46,7 +46,8 @@ tree with lazy repair links.
 A failed dial or a lost connection backs off exponentially (1 s doubling to
 `MAX_BACKOFF`, with jitter from the injected RNG).  At most one connection
 per peer survives: when two meet (both sides dialled), both ends keep the one
-dialled by the smaller public key.  Inbound connections beyond
+dialled by the smaller public key (or, when one side dialled both, the
+newer one: it gave up the older, e.g. across its restart).  Inbound connections beyond
 `MAX_CONNECTIONS` are closed at once (and counted); above `PRUNE_ABOVE`
 connections, sessions that replicate none of our feeds are closed, so the
 cap prefers peers that cover the feeds we follow.
@@ -538,6 +539,10 @@ class Replicator:
     ) -> None:
         if isinstance(event, FrameReceived):
             if conn.session is not None:
+                if conn.peer is not None and not conn.session.stats["rx.frames"]:
+                    # The peer kept the connection (its first frame is its clock):
+                    # only now has the dial succeeded, so only now the backoff resets.
+                    self._book[conn.peer].failures = 0
                 conn.session.frame_received(event.payload, now)
         elif isinstance(event, HandshakeCompleted):
             self._on_handshake(conn, event.peer_key, now)
@@ -561,14 +566,17 @@ class Replicator:
         if other_id is not None:
             other = self._conns[other_id]
 
-            # Both ends keep the connection dialled by the smaller key.
+            # Both ends keep the connection dialled by the smaller key.  When one
+            # side dialled both, it has given up the older one (nobody dials a
+            # peer it is connected to): keep the newer, e.g. after the peer
+            # restarted and its old connection is still half-open here.
             def dialler(c: _Conn) -> bytes:
                 return self.own if c.outbound else peer
 
-            if (dialler(conn), conn.id) < (dialler(other), other.id) and dialler(conn) != dialler(other):
+            self.stats["refused.duplicate"] += 1
+            if dialler(conn) <= dialler(other):
                 self._close(other, now, "duplicate connection")
             else:
-                self.stats["refused.duplicate"] += 1
                 self._close(conn, now, "duplicate connection")
                 return
         conn.peer = peer
@@ -576,7 +584,6 @@ class Replicator:
         if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
             del self._dialling[conn.expected]
         entry = self._book.setdefault(peer, _Peer())
-        entry.failures, entry.next_try = 0, max(0.0, entry.banned_until)
         if conn.outbound:
             entry.host, entry.port = conn.addr
         if entry.host is not None and entry.port is not None:
