@@ -917,7 +917,9 @@ class DhtCore:
         del self._queries[query.query_id]
         if query.kind is _Kind.LOOKUP:
             self._emit(
-                LookupFinished(query.query_id, query.target, closest, lookup.queried, lookup.failed_count())
+                LookupFinished(
+                    query.query_id, query.target, closest, lookup.queried, lookup.failed_count(), lookup.hops
+                )
             )
         elif query.kind is _Kind.BOOTSTRAP:
             self._emit(BootstrapFinished(query.query_id, query.seeds_answered, closest))
@@ -940,7 +942,9 @@ class DhtCore:
             return
         values = [v for _, v in lookup.found]
         best = values[self._select(query.target, values)]
-        self._emit(ValueFound(query.query_id, query.target, best, len(values), lookup.queried))
+        self._emit(
+            ValueFound(query.query_id, query.target, best, len(values), lookup.queried, lookup.value_hops)
+        )
         # Paper 2.3: cache the value at the nearest node that answered without it;
         # also correct the nodes that returned a worse value (libp2p does this).
         targets = lookup.peers_without_value()[:1]

@@ -49,6 +49,8 @@ class LookupFinished:
     #: Peers queried, and peers whose query failed (cost metrics).
     queried: int
     failed: int
+    #: Sequential RPCs that reached the nearest peer that answered.
+    hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class ValueFound:
     #: the lookup ran out of peers first).
     answers: int
     queried: int
+    #: Sequential RPCs that reached the first value (0: we held it ourselves).
+    hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)

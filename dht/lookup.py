@@ -90,6 +90,9 @@ class _Peer:
     distance: int
     state: PeerState = PeerState.NOT_CONTACTED
     deadline: float = 0.0
+    #: RPCs in sequence from us to this peer: 1 for a seed, n + 1 for a peer
+    #: first named by a peer at n.
+    hop: int = 1
 
 
 @dataclass(slots=True)
@@ -136,14 +139,14 @@ class ClosestPeersLookup:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _insert(self, contact: Contact) -> bool:
+    def _insert(self, contact: Contact, hop: int = 1) -> bool:
         """Add a peer we have not seen; True when it is new."""
         if contact.node_id in self._peers or contact.node_id == self.local_id:
             return False
         if len(contact.node_id) != ID_BYTES:
             return False
         d = int.from_bytes(contact.node_id, "big") ^ self._target_int
-        peer = _Peer(contact, d)
+        peer = _Peer(contact, d, hop=hop)
         self._peers[contact.node_id] = peer
         i = bisect.bisect_left(self._order.keys, d)
         self._order.keys.insert(i, d)
@@ -178,9 +181,10 @@ class ClosestPeersLookup:
         if not self._conclude(node_id, PeerState.SUCCEEDED):
             return False
         progress = False
+        hop = self._peers[node_id].hop + 1
         for contact in closer_peers:
             seen = len(self._peers)
-            if self._insert(contact):
+            if self._insert(contact, hop):
                 d = int.from_bytes(contact.node_id, "big") ^ self._target_int
                 progress = progress or self._order.keys[0] == d or seen < self.k
         if self.state is LookupState.ITERATING:
@@ -275,6 +279,14 @@ class ClosestPeersLookup:
         out = [p.contact for p in self._order.peers if p.state is PeerState.SUCCEEDED]
         return out[: self.k]
 
+    @property
+    def hops(self) -> int:
+        """Sequential RPCs that reached the nearest peer that answered (0 if none did)."""
+        for peer in self._order.peers:
+            if peer.state is PeerState.SUCCEEDED:
+                return peer.hop
+        return 0
+
     def failed_count(self) -> int:
         return sum(1 for p in self._order.peers if p.state is PeerState.FAILED)
 
@@ -300,6 +312,8 @@ class ValueLookup(ClosestPeersLookup):
         #: (peer, value) in arrival order, peer None for the driver's own copy;
         #: the driver has validated each value.
         self.found: list[tuple[Contact | None, Value]] = []
+        #: Sequential RPCs that reached the first value (0: none, or our own copy).
+        self.value_hops = 0
 
     def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
         """``node_id`` answered with ``value``."""
@@ -307,6 +321,8 @@ class ValueLookup(ClosestPeersLookup):
         if peer is None or not self.on_success(node_id, (), now):
             return False
         self.found.append((peer.contact, value))
+        if self.value_hops == 0:
+            self.value_hops = peer.hop
         if len(self.found) >= self.quorum:
             self.finish()
         return True

@@ -259,3 +259,21 @@ def test_misuse_raises() -> None:
         ClosestPeersLookup(bytes(20), [], alpha=0)
     with pytest.raises(LocalProtocolError):
         ValueLookup(bytes(20), [], quorum=0)
+
+
+def test_hops_count_the_chain_of_referrals() -> None:
+    """A seed names a peer, which names the target's neighbour: three RPCs in sequence."""
+    rng = Random(9)
+    target = rng.randbytes(20)
+    chain = [Contact(bytes([i]) * 20, (f"10.0.0.{i}", 4000)) for i in (1, 2, 3)]
+    near = Contact(target[:-1] + bytes([target[-1] ^ 1]), ("10.0.0.9", 4000))
+    # seed -> chain[1] -> near; everyone else names nobody new.
+    referrals = {chain[0].node_id: [chain[1]], chain[1].node_id: [near]}
+    lookup = ClosestPeersLookup(target, [chain[0]], k=3, alpha=1)
+    drive(lookup, lambda p: ("ok", referrals.get(p.node_id, [])), rng)
+    assert lookup.finished
+    assert lookup.hops == 3
+
+    value_lookup = ValueLookup(target, [chain[0]], k=3, alpha=1)
+    drive(value_lookup, lambda p: ("value", b"v") if p == near else ("ok", referrals.get(p.node_id, [])), rng)
+    assert value_lookup.value_hops == 3
