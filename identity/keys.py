@@ -11,6 +11,9 @@ the message (``crypto_sign``).  `verify` returns the message on success.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
@@ -65,6 +68,22 @@ class Identity:
         return f"Identity({self.handle})"
 
 
+#: Successful verifications remembered (by a BLAKE2b digest of key and signed
+#: bytes), so bytes checked before are not checked again: a DHT record is read
+#: and re-validated many times, and the simulator verifies one entry at every
+#: simulated follower.  Only successes are cached; the function stays pure.
+VERIFY_CACHE_SIZE: int = 4096
+_verified: OrderedDict[bytes, None] = OrderedDict()
+
+
+def set_verify_cache_size(size: int) -> None:
+    """Resize the cache of successful verifications (0 disables it)."""
+    global VERIFY_CACHE_SIZE
+    VERIFY_CACHE_SIZE = max(0, size)
+    while len(_verified) > VERIFY_CACHE_SIZE:
+        _verified.popitem(last=False)
+
+
 def verify(public_key: bytes, signed: bytes) -> bytes:
     """Check signature || message against public_key; return the message.
 
@@ -73,10 +92,19 @@ def verify(public_key: bytes, signed: bytes) -> bytes:
     """
     if len(public_key) != PUBLIC_KEY_BYTES or len(signed) < SIGNATURE_BYTES:
         raise SignatureError("malformed key or signature")
+    digest = hashlib.blake2b(signed, digest_size=32, key=public_key).digest()
+    if digest in _verified:
+        _verified.move_to_end(digest)
+        return bytes(signed[SIGNATURE_BYTES:])
     try:
-        return nacl.bindings.crypto_sign_open(signed, public_key)
+        message = nacl.bindings.crypto_sign_open(signed, public_key)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
         raise SignatureError("signature does not verify") from exc
+    if VERIFY_CACHE_SIZE:
+        _verified[digest] = None
+        if len(_verified) > VERIFY_CACHE_SIZE:
+            _verified.popitem(last=False)
+    return message
 
 
 def verify_detached(public_key: bytes, message: bytes, signature: bytes) -> None:

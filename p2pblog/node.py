@@ -34,10 +34,12 @@ Theory of operation
 
 * **Replication** (`p2pblog.replication.Replicator`, owned here as
   ``replicator``): the gossip connections.  NodeCore feeds it from the DHT:
-  every `MAINTAIN_EVERY` seconds, each followed feed that no connected peer
-  replicates gets a provider search and a resolution of its author's peer
-  record (at once after `follow`, then 1, 2, 4, ... seconds apart up to
-  `SEARCH_EVERY`), whose results become dial candidates; a peer that
+  every `MAINTAIN_EVERY` seconds, each followed feed whose author is not
+  connected gets a provider search and a resolution of its author's peer
+  record (at once after `follow`; then, while no connected peer can serve
+  the feed, 1, 2, 4, ... seconds apart up to `SEARCH_EVERY`; while others
+  serve it, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`), whose
+  results become dial candidates; a peer that
   connected to us and whose listen address we do not know is resolved
   through its peer record.  NodeCore announces itself as a provider of its
   own feed and of every followed feed it holds entries of, once it has an
@@ -95,6 +97,9 @@ PROVIDER_TTL: Final = 6 * 3600
 PROVIDER_REPUBLISH: Final = 2 * 3600
 #: Seconds between provider searches for a followed feed no connected peer replicates.
 SEARCH_EVERY: Final = 30.0
+#: Longest gap between searches for a feed that other peers serve but whose
+#: author we are not connected to (to find the author again after it moved).
+RESEARCH_MAX: Final = 600.0
 #: Seconds between NodeCore's maintenance passes (announces, searches).
 MAINTAIN_EVERY: Final = 2.0
 #: Seconds before retrying an announce that reached no node.
@@ -108,6 +113,8 @@ class PeerResolved:
     query_id: int
     public_key: bytes
     record: Record
+    #: Sequential DHT RPCs that reached the record (0: held locally).
+    hops: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +339,7 @@ class NodeCore:
                 except RecordError:
                     record = None
                 if record is not None and record.type == PEER and record.signer == key:
-                    self._events.append(PeerResolved(qid, key, record))
+                    self._events.append(PeerResolved(qid, key, record, event.hops))
                     return
             self._events.append(PeerNotResolved(qid, key))
             return
@@ -419,15 +426,21 @@ class NodeCore:
             for feed in list(self.replicator.wanted):
                 if feed not in self._provided and (feed == own or self.store.latest_seq(feed) > 0):
                     self._internal.add(self._announce(feed, self._addrs, now))
-        for feed in list(self.replicator.wanted):
-            if feed == own or self.replicator.peers_replicating(feed) > 0:
+        for feed in sorted(self.replicator.wanted):
+            if feed == own or self.replicator.is_connected(feed):
                 self._search_rounds.pop(feed, None)
                 continue
             if now >= self._search_at.get(feed, 0.0):
-                # 1, 2, 4, ... seconds apart while nobody serves the feed, then every SEARCH_EVERY.
+                # While nobody serves the feed: 1, 2, 4, ... seconds apart, up to
+                # SEARCH_EVERY.  While others serve it but its author is not
+                # connected: from SEARCH_EVERY doubling to RESEARCH_MAX.
                 rounds = self._search_rounds.get(feed, 0)
                 self._search_rounds[feed] = rounds + 1
-                self._search_at[feed] = now + min(SEARCH_EVERY, 2.0**rounds)
+                if self.replicator.sources(feed) == 0:
+                    delay = min(SEARCH_EVERY, 2.0**rounds)
+                else:
+                    delay = min(RESEARCH_MAX, SEARCH_EVERY * 2.0 ** min(rounds, 8))
+                self._search_at[feed] = now + delay
                 self._internal.add(self.start_find_providers(feed, now))
                 # The author itself serves its feed: its peer record names its address.
                 self._internal.add(self.start_resolve(feed, now))

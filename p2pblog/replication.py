@@ -40,8 +40,11 @@ tree with lazy repair links.
 * the most recent `BOOK_DIALS` peers of the address book (peers we replicated
   with before, saved in the store with their listen address), so a restarted
   node reconnects to its followers and sources with no lookup;
+* the author of every followed feed whose address it knows (the author is
+  the root of its feed's push tree);
 * up to `DIALS_PER_FEED` providers of each wanted feed that no connected peer
-  replicates (`add_candidates`, fed by the node's DHT searches).
+  can serve (`sources`: neither the author nor a peer holding some of it),
+  from `add_candidates`, fed by the node's DHT searches.
 
 A failed dial or a lost connection backs off exponentially (1 s doubling to
 `MAX_BACKOFF`, with jitter from the injected RNG).  At most one connection
@@ -234,6 +237,9 @@ class Replicator:
         self.random_bytes = random_bytes
         own = identity.public_key
         self.source = StoreFeeds(store, {own, *store.following(own)})
+        #: Plumtree pruning of peers that push duplicates (False: naive flooding,
+        #: the simulator's baseline).
+        self.prune_duplicates = True
         self.stats: Counter[str] = Counter()
         self._conns: dict[int, _Conn] = {}
         self._by_peer: dict[bytes, int] = {}
@@ -301,6 +307,14 @@ class Replicator:
     def peers_replicating(self, feed: bytes) -> int:
         """Connected peers that replicate feed (it is in their clock)."""
         return sum(1 for _, session, *_ in self.sessions() if session.peer_wants(feed))
+
+    def sources(self, feed: bytes) -> int:
+        """Connected peers we can get feed from: its author, or peers that hold some of it."""
+        return sum(
+            1
+            for peer, session, *_ in self.sessions()
+            if peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
+        )
 
     def is_connected(self, peer: bytes) -> bool:
         return peer in self._by_peer
@@ -447,8 +461,12 @@ class Replicator:
         )
         for key, _ in recent[:BOOK_DIALS]:
             targets[key] = None
-        for feed in list(self.source.wanted):
-            if feed == self.own or self.peers_replicating(feed) > 0:
+        for feed in sorted(self.source.wanted):
+            if feed == self.own:
+                continue
+            # The author is the root of its feed's push tree: keep a connection to it.
+            targets[feed] = None
+            if self.sources(feed) > 0:
                 continue
             for key in list(self._candidates.get(feed, {}))[:DIALS_PER_FEED]:
                 targets[key] = None
@@ -638,7 +656,7 @@ class Replicator:
         session.entries_stored(event.feed, now)
         self.stats["entries.received"] += report.accepted
         self.stats["entries.duplicate"] += report.duplicates
-        if report.duplicates and session.state is SessionState.OPEN:
+        if report.duplicates and self.prune_duplicates and session.state is SessionState.OPEN:
             session.request_push(event.feed, False, now)
         if report.accepted:
             for other in self._conns.values():

@@ -233,3 +233,24 @@ def test_generate_makes_distinct_working_identities() -> None:
     assert verify(a.public_key, a.sign(b"hello")) == b"hello"
     with pytest.raises(SignatureError):
         verify(b.public_key, a.sign(b"hello"))
+
+
+def test_verification_cache_never_accepts_what_does_not_verify() -> None:
+    """The cache of successful checks is keyed by key and bytes: a cached success
+    does not make a tampered copy, or the same bytes under another key, pass."""
+    from identity import keys
+
+    alice, bob = Identity.generate(), Identity.generate()
+    signed = alice.sign(b"hello")
+    assert keys.verify(alice.public_key, signed) == b"hello"
+    assert keys.verify(alice.public_key, signed) == b"hello"  # a cache hit
+    with pytest.raises(SignatureError):
+        keys.verify(bob.public_key, signed)
+    tampered = signed[:-1] + bytes([signed[-1] ^ 1])
+    with pytest.raises(SignatureError):
+        keys.verify(alice.public_key, tampered)
+    keys.set_verify_cache_size(0)
+    try:
+        assert keys.verify(alice.public_key, signed) == b"hello"
+    finally:
+        keys.set_verify_cache_size(4096)

@@ -1,0 +1,365 @@
+"""The simulated network: latency, loss, duplication, reordering, bandwidth, partitions.
+
+Theory of operation
+-------------------
+Every node has an address ``(host, PORT)`` and is reached through the
+`Network`, which decides when (and whether) each datagram or stream chunk
+arrives, by scheduling the delivery on the `Engine`.
+
+*Datagrams* (the DHT) pay the sender's uplink serialisation (``bandwidth``,
+bytes/s, one queue per node) and a one-way latency drawn from the `Latency`
+model for the pair, then are lost with probability ``loss``, duplicated with
+probability ``duplicate`` (a second copy with its own latency), and delayed
+by up to one extra latency with probability ``reorder`` so that they overtake
+each other.  A datagram to a node that is down or across a partition is
+lost.
+
+*Streams* (gossip over TCP) are reliable and in order: each direction of a
+link delivers its chunks no earlier than the previous one; a "lost" segment
+costs a retransmission delay (three latencies) instead of disappearing.  A
+dial to a node that is down or across a partition fails after
+`DIAL_TIMEOUT`; otherwise the other end accepts after one latency and the
+dialler sees the connection open after a round trip.  A link breaks when
+either node crashes or a partition separates them: both ends that are still
+up learn it (``connection_lost``) after one latency, as a TCP reset would
+tell them.
+
+Every byte and message sent is counted per node, for the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from simulations.engine import Engine
+
+PORT = 7710
+_NO_GROUP: frozenset[int] = frozenset()
+#: Seconds before a dial into the void (node down, partition) fails.
+DIAL_TIMEOUT = 5.0
+
+
+class Endpoint(Protocol):
+    """What the network delivers to: a simulated node's sans-IO inputs."""
+
+    up: bool
+    region: int
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int]) -> None: ...
+    def connection_accepted(self, addr: tuple[str, int]) -> int: ...
+    def connection_opened(self, conn_id: int) -> None: ...
+    def connection_failed(self, conn_id: int) -> None: ...
+    def data_received(self, conn_id: int, data: bytes) -> None: ...
+    def connection_lost(self, conn_id: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Latency:
+    """One-way latency model.  ``kind``: constant, uniform, lognormal or regions (milliseconds)."""
+
+    kind: str = "constant"
+    ms: float = 50.0
+    low_ms: float = 10.0
+    high_ms: float = 100.0
+    median_ms: float = 50.0
+    sigma: float = 0.5
+    #: regions: matrix[i][j] = median one-way ms from region i to j (lognormal with ``sigma``).
+    matrix_ms: tuple[tuple[float, ...], ...] = ()
+
+    KINDS = ("constant", "uniform", "lognormal", "regions")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"latency kind must be one of {', '.join(self.KINDS)}, not {self.kind!r}")
+        if min(self.ms, self.low_ms, self.median_ms, self.sigma) < 0 or self.high_ms < self.low_ms:
+            raise ValueError("latency values must be >= 0 and low_ms <= high_ms")
+        if self.kind == "regions":
+            n = len(self.matrix_ms)
+            if n == 0 or any(len(row) != n for row in self.matrix_ms):
+                raise ValueError("regions latency needs a square matrix_ms")
+
+    @property
+    def regions(self) -> int:
+        return len(self.matrix_ms) if self.kind == "regions" else 1
+
+    def sample(self, rng: random.Random, src_region: int = 0, dst_region: int = 0) -> float:
+        """One draw, in seconds."""
+        if self.kind == "constant":
+            ms = self.ms
+        elif self.kind == "uniform":
+            ms = rng.uniform(self.low_ms, self.high_ms)
+        elif self.kind == "lognormal":
+            ms = self.median_ms * math.exp(rng.gauss(0.0, self.sigma))
+        else:
+            ms = self.matrix_ms[src_region][dst_region] * math.exp(rng.gauss(0.0, self.sigma))
+        return ms / 1000.0
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    latency: Latency = Latency()
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    #: Uplink bytes per second of every node (0: unlimited).
+    bandwidth: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "duplicate", "reorder"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability (0..1)")
+        if self.bandwidth < 0:
+            raise ValueError("bandwidth must be >= 0")
+
+
+@dataclass
+class _Direction:
+    last_delivery: float = 0.0
+
+
+@dataclass
+class _Link:
+    a: int
+    a_conn: int
+    b: int
+    b_conn: int = 0
+    alive: bool = True
+    accepted: bool = False
+    #: The dialler's data written before the connection opened on its side.
+    opened: bool = False
+    pending: list[bytes] = field(default_factory=list)
+    ab: _Direction = field(default_factory=_Direction)
+    ba: _Direction = field(default_factory=_Direction)
+
+
+@dataclass
+class NodeTraffic:
+    datagrams: int = 0
+    datagram_bytes: int = 0
+    stream_chunks: int = 0
+    stream_bytes: int = 0
+
+
+class Network:
+    def __init__(self, engine: Engine, model: LinkModel) -> None:
+        self.engine = engine
+        self.model = model
+        self.rng = engine.rng("network")
+        self.nodes: list[Endpoint] = []
+        self.addrs: dict[tuple[str, int], int] = {}
+        #: Partition: node index -> the groups it is in; two nodes talk only if
+        #: they share a group (a bridge node is in several).  Empty: no partition.
+        self.groups: dict[int, frozenset[int]] = {}
+        #: Extra loss applied on top of the model (a fault window).
+        self.extra_loss = 0.0
+        self.traffic: list[NodeTraffic] = []
+        self._busy_until: list[float] = []
+        self._links: dict[tuple[int, int], _Link] = {}
+        self.stats: dict[str, int] = {
+            "datagrams.lost": 0,
+            "datagrams.duplicated": 0,
+            "datagrams.unreachable": 0,
+            "dials.failed": 0,
+            "links.broken": 0,
+        }
+
+    # -- topology ------------------------------------------------------------------
+
+    @staticmethod
+    def address(index: int) -> tuple[str, int]:
+        return f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}", PORT
+
+    def add(self, node: Endpoint) -> tuple[str, int]:
+        index = len(self.nodes)
+        addr = self.address(index)
+        self.nodes.append(node)
+        self.addrs[addr] = index
+        self.traffic.append(NodeTraffic())
+        self._busy_until.append(0.0)
+        return addr
+
+    def connected(self, a: int, b: int) -> bool:
+        """Whether no partition separates a and b."""
+        if not self.groups:
+            return True
+        return bool(self.groups.get(a, _NO_GROUP) & self.groups.get(b, _NO_GROUP))
+
+    def reachable(self, a: int, b: int) -> bool:
+        return self.nodes[a].up and self.nodes[b].up and self.connected(a, b)
+
+    def set_partition(self, groups: Sequence[Sequence[int]] | None) -> None:
+        """Split the nodes into groups (None heals); links across groups break.
+
+        A node listed in several groups bridges them; a node in none is cut off.
+        """
+        member: dict[int, set[int]] = {}
+        for gid, members in enumerate(groups or ()):
+            for index in members:
+                member.setdefault(index, set()).add(gid)
+        self.groups = {index: frozenset(gids) for index, gids in member.items()}
+        if groups:
+            for index in range(len(self.nodes)):
+                self.groups.setdefault(index, _NO_GROUP)
+        for link in list(self._links.values()):
+            if link.alive and not self.reachable(link.a, link.b):
+                self._break(link)
+
+    def node_down(self, index: int) -> None:
+        """The node crashed: its links break (the other ends learn it after one latency)."""
+        for link in list(self._links.values()):
+            if link.alive and index in (link.a, link.b):
+                self._break(link)
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def _latency(self, src: int, dst: int) -> float:
+        return self.model.latency.sample(self.rng, self.nodes[src].region, self.nodes[dst].region)
+
+    def _uplink(self, src: int, size: int) -> float:
+        """When the last byte of size bytes leaves src (its uplink is a FIFO)."""
+        now = self.engine.now
+        if self.model.bandwidth <= 0:
+            return now
+        start = max(now, self._busy_until[src])
+        self._busy_until[src] = done = start + size / self.model.bandwidth
+        return done
+
+    def send_datagram(self, src: int, data: bytes, addr: tuple[str, int]) -> None:
+        traffic = self.traffic[src]
+        traffic.datagrams += 1
+        traffic.datagram_bytes += len(data)
+        dst = self.addrs.get(addr)
+        if dst is None or not self.reachable(src, dst):
+            self.stats["datagrams.unreachable"] += 1
+            return
+        sent = self._uplink(src, len(data))
+        copies = 2 if self.model.duplicate and self.rng.random() < self.model.duplicate else 1
+        if copies == 2:
+            self.stats["datagrams.duplicated"] += 1
+        loss = self.model.loss + self.extra_loss
+        src_addr = self.address(src)
+        for _ in range(copies):
+            if loss and self.rng.random() < loss:
+                self.stats["datagrams.lost"] += 1
+                continue
+            delay = self._latency(src, dst)
+            if self.model.reorder and self.rng.random() < self.model.reorder:
+                delay += self.rng.uniform(0.0, delay)
+            self.engine.at(sent + delay, lambda d=dst, s=src_addr: self._deliver_datagram(d, data, s))
+
+    def _deliver_datagram(self, dst: int, data: bytes, src_addr: tuple[str, int]) -> None:
+        node = self.nodes[dst]
+        if node.up and self.connected(self.addrs[src_addr], dst):
+            node.receive_datagram(data, src_addr)
+
+    # -- streams ---------------------------------------------------------------------
+
+    def dial(self, src: int, conn_id: int, addr: tuple[str, int]) -> None:
+        dst = self.addrs.get(addr)
+        if dst is None or not self.reachable(src, dst):
+            self.stats["dials.failed"] += 1
+            self.engine.after(DIAL_TIMEOUT, lambda: self._dial_failed(src, conn_id))
+            return
+        link = _Link(src, conn_id, dst)
+        self._links[src, conn_id] = link
+        latency = self._latency(src, dst)
+        self.engine.after(latency, lambda: self._accept(link, latency))
+
+    def _dial_failed(self, src: int, conn_id: int) -> None:
+        if self.nodes[src].up:
+            self.nodes[src].connection_failed(conn_id)
+
+    def _accept(self, link: _Link, latency: float) -> None:
+        if not link.alive or not self.reachable(link.a, link.b):
+            link.alive = False
+            self._links.pop((link.a, link.a_conn), None)
+            self.engine.after(latency, lambda: self._dial_failed(link.a, link.a_conn))
+            return
+        link.b_conn = self.nodes[link.b].connection_accepted(self.address(link.a))
+        link.accepted = True
+        self._links[link.b, link.b_conn] = link
+        link.ab.last_delivery = link.ba.last_delivery = self.engine.now
+        self.engine.after(latency, lambda: self._opened(link))
+
+    def _opened(self, link: _Link) -> None:
+        if link.alive and self.nodes[link.a].up:
+            link.opened = True
+            pending, link.pending = link.pending, []
+            for data in pending:
+                self.stream_send(link.a, link.a_conn, data)
+            self.nodes[link.a].connection_opened(link.a_conn)
+
+    def stream_send(self, src: int, conn_id: int, data: bytes) -> None:
+        link = self._links.get((src, conn_id))
+        if link is None or not link.alive:
+            return
+        if src == link.a and conn_id == link.a_conn and not link.opened:
+            link.pending.append(data)  # the driver buffers until connect() completes
+            return
+        traffic = self.traffic[src]
+        traffic.stream_chunks += 1
+        traffic.stream_bytes += len(data)
+        forward = src == link.a and conn_id == link.a_conn
+        dst, dst_conn, direction = (
+            (link.b, link.b_conn, link.ab) if forward else (link.a, link.a_conn, link.ba)
+        )
+        delay = self._latency(src, dst)
+        loss = self.model.loss + self.extra_loss
+        if loss and self.rng.random() < loss:
+            delay += 3 * delay  # a retransmission
+        at = max(self._uplink(src, len(data)) + delay, direction.last_delivery)
+        direction.last_delivery = at
+        self.engine.at(at, lambda: self._deliver_stream(link, dst, dst_conn, data))
+
+    def _deliver_stream(self, link: _Link, dst: int, dst_conn: int, data: bytes) -> None:
+        if link.alive and self.nodes[dst].up:
+            self.nodes[dst].data_received(dst_conn, data)
+
+    def close(self, src: int, conn_id: int) -> None:
+        """src closed its end: it learns at once, the other end after the data in flight."""
+        link = self._links.pop((src, conn_id), None)
+        if link is None:
+            self.engine.after(0.0, lambda: self._lost(src, conn_id))
+            return
+        link.alive = False
+        other = (link.b, link.b_conn) if (src, conn_id) == (link.a, link.a_conn) else (link.a, link.a_conn)
+        self._links.pop(other, None)
+        self.engine.after(0.0, lambda: self._lost(src, conn_id))
+        if link.accepted or other[0] == link.a:
+            direction = link.ab if src == link.a else link.ba
+            at = max(self.engine.now + self._latency(src, other[0]), direction.last_delivery)
+            self.engine.at(at, lambda: self._lost(*other))
+
+    def _lost(self, index: int, conn_id: int) -> None:
+        if self.nodes[index].up:
+            self.nodes[index].connection_lost(conn_id)
+
+    def _break(self, link: _Link) -> None:
+        link.alive = False
+        self.stats["links.broken"] += 1
+        self._links.pop((link.a, link.a_conn), None)
+        ends = [(link.a, link.a_conn)]
+        if link.accepted:
+            self._links.pop((link.b, link.b_conn), None)
+            ends.append((link.b, link.b_conn))
+        latency = self._latency(link.a, link.b)
+        for index, conn in ends:
+            if link.accepted or index == link.a:
+                self.engine.after(latency, lambda i=index, c=conn: self._lost_or_failed(link, i, c))
+
+    def _lost_or_failed(self, link: _Link, index: int, conn_id: int) -> None:
+        if not self.nodes[index].up:
+            return
+        if index == link.a and not link.accepted:
+            self.nodes[index].connection_failed(conn_id)
+        else:
+            self.nodes[index].connection_lost(conn_id)
+
+    def drop_node_links(self, index: int) -> None:
+        """Forget a crashed node's link ends without notifying it (its state is gone)."""
+        for key in [k for k in self._links if k[0] == index]:
+            del self._links[key]

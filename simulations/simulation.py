@@ -1,0 +1,606 @@
+"""`Simulation`: a scenario run over simulated nodes, with oracles and metrics.
+
+Theory of operation
+-------------------
+`Simulation(scenario).run()` builds ``scenario.nodes`` `SimNode`s (the real
+`NodeCore`, each with its own in-memory SQLite store and seeded RNG) on one
+`Network`, and schedules on the `Engine`:
+
+* **joins** spread over ``workload.join_over`` seconds, each node
+  bootstrapping from node 0 and a random node started before it;
+* **follows** a few seconds after each join, from the follow graph;
+* **posts**: a Poisson process per author in the posting window (a node that
+  is down posts offline, into its store, as a user would; it goes out on
+  restart); **lookups** of random peers' records (DHT metrics);
+* **faults** (crash and restart, partitions and heals, churn, loss windows)
+  and **malicious** roles (`simulations.adversary`).
+
+Every event a node reports comes to `_on_event`.  Three **oracles** watch:
+
+1. *validity*: every entry an honest node stores of an honest author is the
+   author's own entry at that seq (same id), and after an honest node learns
+   that a feed forked it stores nothing more of it;
+2. *prefix consistency*: every ``check_every`` seconds, any two honest
+   replicas of a feed agree on the entry at the lower of their two latest
+   seqs (by the hash chain, on the whole prefix), below any known fork;
+3. *convergence*: by ``scenario.converge_by`` (after the last fault and the
+   last post, plus ``converge_within``) every honest follower that is up holds
+   every followed honest feed up to the best any honest node that is up holds.
+
+A violation is recorded with its time and stops nothing (the first one is
+reported).  `Result.metrics` is plain data, rounded, written with sorted keys,
+so the same scenario and seed give byte-identical ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from random import Random
+from typing import Any
+
+from identity import Identity
+from p2pblog.entry import POST
+from p2pblog.node import NodeCore, PeerNotResolved, PeerResolved
+from p2pblog.replication import EntriesStored, InputRefused
+from simulations.engine import Engine
+from simulations.network import Network
+from simulations.node import EPOCH, SimNode
+from simulations.scenario import Fault, Scenario
+
+#: Seconds between prefix-consistency checks and between convergence probes.
+CHECK_EVERY = 30.0
+PROBE_EVERY = 5.0
+#: Seconds after its join at which a node follows its authors.
+FOLLOW_DELAY = 3.0
+
+
+@dataclass
+class Violation:
+    oracle: str
+    time: float
+    detail: str
+
+
+@dataclass
+class Hooks:
+    """Test-only ways to break a variant on purpose (each oracle must catch one)."""
+
+    #: Called with each node right after it is created (e.g. to corrupt its store).
+    on_node: Callable[[SimNode], None] | None = None
+    #: Replace the core factory of chosen nodes.
+    make_core: Callable[[SimNode, Random, float], NodeCore] | None = None
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    metrics: dict[str, Any]
+    violations: list[Violation]
+    events: int
+    compare: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), nearest-rank; 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _r(value: float) -> float:
+    return round(value, 6)
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, *, hooks: Hooks | None = None) -> None:
+        scenario.check()
+        self.scenario = scenario
+        self.hooks = hooks or Hooks()
+        self.engine = Engine(scenario.seed)
+        self.network = Network(self.engine, scenario.network)
+        self.violations: list[Violation] = []
+        n = scenario.nodes
+        ids = self.engine.rng("identities")
+        regions = scenario.network.latency.regions
+        self.nodes: list[SimNode] = []
+        for i in range(n):
+            node = SimNode(
+                i,
+                Identity(ids.randbytes(32)),
+                self.engine,
+                self.network,
+                region=i % regions,
+                on_event=self._on_event,
+                make_core=self._core_factory,
+            )
+            self.nodes.append(node)
+        self.by_key = {node.identity.public_key: node for node in self.nodes}
+        self._choose_roles()
+        for node in self.nodes:
+            if self.hooks.on_node is not None:
+                self.hooks.on_node(node)
+        self._follow_graph()
+        # Metrics state.
+        self.posts: dict[tuple[bytes, int], float] = {}
+        self.post_order: list[tuple[bytes, int]] = []
+        self.delivered: dict[tuple[bytes, int], dict[int, float]] = {}
+        self.lookups: dict[tuple[int, int, int], float] = {}
+        self.lookup_results: list[tuple[bool, int]] = []
+        self.refused: Counter[str] = Counter()
+        self.replicator_stats: Counter[str] = Counter()
+        self.fork_seen: dict[tuple[int, bytes], int] = {}
+        self.converged_at: float | None = None
+        self.skipped_posts = 0
+
+    # ============================================================ setup
+
+    def _choose_roles(self) -> None:
+        rng = self.engine.rng("roles")
+        m = self.scenario.malicious
+        order = list(range(1, self.scenario.nodes))  # node 0, the bootstrap node, stays honest
+        rng.shuffle(order)
+        self.roles: dict[int, str] = {}
+        cursor = 0
+        for role, fraction in (
+            ("dht_bogus", m.dht_bogus),
+            ("dht_forged", m.dht_forged),
+            ("gossip_withhold", m.gossip_withhold),
+            ("gossip_forge", m.gossip_forge),
+        ):
+            count = round(fraction * self.scenario.nodes)
+            for index in order[cursor : cursor + count]:
+                self.roles[index] = role
+            cursor += count
+        for index in order[cursor : cursor + m.equivocators]:
+            self.roles[index] = "equivocator"
+        self.honest = [i for i in range(self.scenario.nodes) if i not in self.roles]
+        self.honest_set = set(self.honest)
+        w = self.scenario.workload
+        authors = sorted(rng.sample(range(self.scenario.nodes), round(w.authors * self.scenario.nodes)))
+        self.authors = [a for a in authors if self.roles.get(a) in (None, "equivocator")]
+        honest_authors = [a for a in self.authors if a in self.honest_set]
+        self.offline_authors = set(rng.sample(honest_authors, round(w.offline_authors * len(honest_authors))))
+
+    def _core_factory(self, node: SimNode, rng: Random, now: float) -> NodeCore:
+        if self.hooks.make_core is not None:
+            return self.hooks.make_core(node, rng, now)
+        from simulations.adversary import make_core  # the roles live there
+
+        core = make_core(self.roles.get(node.index), node, rng, now)
+        core.replicator.prune_duplicates = self.scenario.protocol == "gossip"
+        return core
+
+    def _follow_graph(self) -> None:
+        """Who follows whom: random, or preferential attachment (power law)."""
+        rng = self.engine.rng("follows")
+        w = self.scenario.workload
+        n = self.scenario.nodes
+        targets = self.authors or list(range(n))
+        self.follows: dict[int, list[int]] = {}
+        weight = {a: 1.0 for a in targets}
+        for i in range(n):
+            choices = [a for a in targets if a != i]
+            count = min(w.follows, len(choices))
+            if w.follow_graph == "random":
+                picked = rng.sample(choices, count)
+            else:
+                picked = []
+                pool = dict.fromkeys(choices)
+                for _ in range(count):
+                    keys = list(pool)
+                    chosen = rng.choices(keys, weights=[weight[k] for k in keys])[0]
+                    del pool[chosen]
+                    picked.append(chosen)
+                    weight[chosen] += 1.0
+            self.follows[i] = sorted(picked)
+        self.followers: dict[int, list[int]] = {a: [] for a in range(n)}
+        for i, authors in self.follows.items():
+            for a in authors:
+                self.followers[a].append(i)
+
+    # ============================================================ running
+
+    def run(self, progress: Callable[[float, int], None] | None = None) -> Result:
+        sc = self.scenario
+        engine = self.engine
+        w = sc.workload
+        n = sc.nodes
+        for i, node in enumerate(self.nodes):
+            at = w.join_over * i / n
+            engine.at(at, lambda node=node: self._join(node))
+        rng_posts = engine.rng("posts")
+        for author in self.authors:
+            if w.posts_per_hour <= 0:
+                break
+            t = w.post_from
+            while True:
+                t += rng_posts.expovariate(w.posts_per_hour / 3600.0)
+                if t >= sc.post_until:
+                    break
+                engine.at(t, lambda a=author: self._post(a))
+        rng_lookups = engine.rng("lookups")
+        if w.lookups_per_hour > 0:
+            for i in self.honest:
+                t = w.join_over + 10.0
+                while True:
+                    t += rng_lookups.expovariate(w.lookups_per_hour / 3600.0)
+                    if t >= sc.duration:
+                        break
+                    target = rng_lookups.randrange(n)
+                    if target != i:
+                        engine.at(t, lambda i=i, target=target: self._lookup(i, target))
+        for author in sorted(self.offline_authors):
+            engine.at(w.offline_at, lambda a=author: self.nodes[a].crash())
+        for fault in sc.faults:
+            self._schedule_fault(fault)
+        if sc.malicious.equivocators:
+            from simulations.adversary import equivocate
+
+            for index in sorted(i for i, role in self.roles.items() if role == "equivocator"):
+                engine.at(sc.malicious.equivocate_at, lambda i=index: equivocate(self, i))
+        t = CHECK_EVERY
+        while t < sc.duration:
+            engine.at(t, self._check_prefixes)
+            t += CHECK_EVERY
+        probe_from = max(sc.last_fault_end, sc.post_until)
+        t = probe_from
+        while t <= sc.duration:
+            engine.at(t, self._probe_convergence)
+            t += PROBE_EVERY
+        if sc.converge_by <= sc.duration:
+            engine.at(sc.converge_by, self._convergence_oracle)
+        step = max(1.0, sc.duration / 100)
+        t = 0.0
+        while t < sc.duration:
+            t = min(sc.duration, t + step)
+            engine.run(t)
+            if progress is not None:
+                progress(t, engine.events_run)
+        return Result(sc, self._metrics(), self.violations, engine.events_run)
+
+    # ============================================================ actions
+
+    def _join(self, node: SimNode) -> None:
+        rng = self.engine.rng("joins")
+        seeds = []
+        if node.index > 0:
+            seeds.append(self.nodes[0].addr)
+            earlier = rng.randrange(node.index)
+            seeds.append(self.nodes[earlier].addr)
+        node.start(seeds)
+        self.engine.after(FOLLOW_DELAY, lambda: self._follow(node))
+
+    def _follow(self, node: SimNode) -> None:
+        if node.core is None:
+            self.engine.after(FOLLOW_DELAY, lambda: self._follow(node))
+            return
+        for author in self.follows[node.index]:
+            node.core.follow(self.nodes[author].identity.public_key, node.now)
+        node.flush()
+
+    def _post(self, index: int) -> None:
+        node = self.nodes[index]
+        if (
+            index in self.offline_authors
+            and not node.up
+            and self.engine.now >= self.scenario.workload.offline_at
+        ):
+            self.skipped_posts += 1
+            return
+        text = f"post by node {index} at {self.engine.now:.3f}"
+        if node.core is not None:
+            entry = node.core.post(text, node.now)
+            node.flush()
+        else:  # offline posting: it goes out when the node restarts
+            from p2pblog.entry import post_body
+
+            entry = node.store.append(node.identity, POST, post_body(text), int(node.now * 1000))
+        key = (entry.author, entry.seq)
+        self.posts[key] = self.engine.now
+        self.post_order.append(key)
+        self.delivered[key] = {}
+
+    def _lookup(self, index: int, target: int) -> None:
+        node = self.nodes[index]
+        if node.core is None:
+            return
+        qid = node.core.start_resolve(self.nodes[target].identity.public_key, node.now)
+        self.lookups[(index, node.incarnation, qid)] = self.engine.now
+        node.flush()
+
+    def _schedule_fault(self, fault: Fault) -> None:
+        engine = self.engine
+        rng = engine.rng("faults")
+        if fault.kind == "crash":
+
+            def crash() -> None:
+                up = [i for i in self.honest if self.nodes[i].up and i != 0]
+                victims = sorted(rng.sample(up, round(fault.fraction * len(up))))
+                for i in victims:
+                    self.nodes[i].crash()
+                if fault.restart_after:
+                    for i in victims:
+                        engine.after(fault.restart_after, lambda i=i: self._restart(i))
+
+            engine.at(fault.at, crash)
+        elif fault.kind == "partition":
+
+            def split() -> None:
+                order = list(range(self.scenario.nodes))
+                rng.shuffle(order)
+                half = len(order) // 2
+                groups = [order[:half], order[half:]]
+                if fault.shape == "bridge":
+                    bridge = order[0]
+                    groups[1].append(bridge)
+                self.network.set_partition(groups)
+
+            engine.at(fault.at, split)
+            engine.at(fault.end, lambda: self.network.set_partition(None))
+        elif fault.kind == "loss":
+
+            def lossy() -> None:
+                self.network.extra_loss = fault.rate
+
+            def clear() -> None:
+                self.network.extra_loss = 0.0
+
+            engine.at(fault.at, lossy)
+            engine.at(fault.end, clear)
+        else:  # churn
+            victims = sorted(
+                rng.sample([i for i in self.honest if i != 0], round(fault.fraction * len(self.honest)))
+            )
+            for i in victims:
+                self._churn(i, fault, fault.at + rng.expovariate(1.0 / fault.session_mean), rng)
+
+    def _churn(self, index: int, fault: Fault, at: float, rng: Random) -> None:
+        if at >= fault.end:
+            self.engine.at(fault.end, lambda: self._restart(index))
+            return
+
+        def down() -> None:
+            self.nodes[index].crash()
+            back = min(fault.end, self.engine.now + rng.expovariate(1.0 / fault.downtime_mean))
+
+            def up() -> None:
+                self._restart(index)
+                self._churn(index, fault, self.engine.now + rng.expovariate(1.0 / fault.session_mean), rng)
+
+            self.engine.at(back, up)
+
+        self.engine.at(at, down)
+
+    def _restart(self, index: int) -> None:
+        node = self.nodes[index]
+        if node.up or index in self.offline_authors:
+            return
+        self._save_stats(node)
+        node.start([])
+
+    def _save_stats(self, node: SimNode) -> None:
+        """Keep a node's replication counters across its crash."""
+        if node.core is not None:
+            self.replicator_stats.update(node.core.replicator.stats)
+
+    # ============================================================ events and oracles
+
+    def _on_event(self, node: SimNode, event: Any) -> None:
+        if isinstance(event, EntriesStored):
+            self._entries_stored(node, event)
+        elif isinstance(event, PeerResolved | PeerNotResolved):
+            started = self.lookups.pop((node.index, node.incarnation, event.query_id), None)
+            if started is not None:
+                hops = event.hops if isinstance(event, PeerResolved) else 0
+                self.lookup_results.append((isinstance(event, PeerResolved), hops))
+        elif isinstance(event, InputRefused):
+            self.refused[event.reason] += 1
+
+    def _violate(self, oracle: str, detail: str) -> None:
+        self.violations.append(Violation(oracle, _r(self.engine.now), detail))
+
+    def _entries_stored(self, node: SimNode, event: EntriesStored) -> None:
+        author = self.by_key.get(event.feed)
+        honest = node.index in self.honest_set
+        first = event.latest - event.count + 1
+        if honest and author is not None:
+            fork_key = (node.index, event.feed)
+            if fork_key in self.fork_seen and event.latest > self.fork_seen[fork_key]:
+                self._violate(
+                    "validity", f"node {node.index} stored {event.feed.hex()[:8]} past a known fork"
+                )
+            if author.index in self.honest_set:
+                canonical = author.store.raw_range(event.feed, first, event.count)
+                stored = node.store.raw_range(event.feed, first, event.count)
+                if stored != canonical[: len(stored)] or len(stored) != event.count:
+                    self._violate(
+                        "validity",
+                        f"node {node.index} stored entries {first}..{event.latest} of node {author.index} "
+                        "that its author never signed",
+                    )
+            state = node.store.feed_state(event.feed)
+            if state.forked_seq is not None and fork_key not in self.fork_seen:
+                self.fork_seen[fork_key] = node.store.latest_seq(event.feed)
+        now = self.engine.now
+        for seq in range(first, event.latest + 1):
+            delivered = self.delivered.get((event.feed, seq))
+            if delivered is not None and node.index not in delivered:
+                delivered[node.index] = now
+
+    def _check_prefixes(self) -> None:
+        """Oracle 2: honest replicas of a feed agree below any known fork."""
+        for author in self.authors:
+            feed = self.nodes[author].identity.public_key
+            holders = [i for i in self.followers[author] if i in self.honest_set]
+            replicas = []
+            fork_bound = None
+            for i in holders:
+                state = self.nodes[i].store.feed_state(feed)
+                if state.forked_seq is not None:
+                    fork_bound = state.forked_seq if fork_bound is None else min(fork_bound, state.forked_seq)
+                if state.latest_seq:
+                    replicas.append((state.latest_seq, i))
+            if len(replicas) < 2:
+                continue
+            replicas.sort()
+            ref_seq, ref = replicas[-1]
+            ref_store = self.nodes[ref].store
+            for seq, i in replicas[:-1]:
+                at = seq if fork_bound is None else min(seq, fork_bound - 1)
+                if at < 1:
+                    continue
+                mine = self.nodes[i].store.raw_range(feed, at, 1)
+                theirs = ref_store.raw_range(feed, at, 1)
+                if mine != theirs:
+                    self._violate(
+                        "prefix",
+                        f"nodes {i} and {ref} disagree on entry {at} of node {author}'s feed",
+                    )
+                    return
+
+    def _lagging(self) -> list[tuple[int, int, int, int]]:
+        """(follower, author, held, best) for honest up followers behind the best honest replica."""
+        out = []
+        for author in self.authors:
+            if author not in self.honest_set:
+                continue
+            feed = self.nodes[author].identity.public_key
+            up = [i for i in self.honest if self.nodes[i].up]
+            best = max((self.nodes[i].store.latest_seq(feed) for i in up), default=0)
+            for i in self.followers[author]:
+                if i in self.honest_set and self.nodes[i].up:
+                    held = self.nodes[i].store.latest_seq(feed)
+                    if held < best:
+                        out.append((i, author, held, best))
+        return out
+
+    def _probe_convergence(self) -> None:
+        if self.converged_at is None and not self._lagging():
+            self.converged_at = self.engine.now
+
+    def _convergence_oracle(self) -> None:
+        lagging = self._lagging()
+        if lagging:
+            i, author, held, best = lagging[0]
+            self._violate(
+                "convergence",
+                f"{len(lagging)} follower/feed pairs behind at the deadline; e.g. node {i} holds "
+                f"{held} of node {author}'s {best} entries",
+            )
+
+    # ============================================================ metrics
+
+    def _metrics(self) -> dict[str, Any]:
+        sc = self.scenario
+        for node in self.nodes:
+            self._save_stats(node)
+            if node.core is not None:
+                node.core = node.core  # counters already saved; the node stays as it is
+        latencies: list[float] = []
+        expected = delivered = 0
+        buckets: dict[int, list[int]] = {}
+        bucket = max(1.0, sc.duration / 60)
+        for key in self.post_order:
+            author = self.by_key[key[0]].index
+            posted = self.posts[key]
+            got = self.delivered[key]
+            recipients = [i for i in self.followers[author] if i in self.honest_set]
+            expected += len(recipients)
+            for i in recipients:
+                if i in got:
+                    delivered += 1
+                    latencies.append(got[i] - posted)
+            b = buckets.setdefault(int(posted // bucket), [0, 0])
+            b[0] += len(recipients)
+            b[1] += sum(1 for i in recipients if i in got)
+        received = self.replicator_stats["entries.received"]
+        duplicates = self.replicator_stats["entries.duplicate"]
+        traffic = self.network.traffic
+        per_node_bytes = [t.datagram_bytes + t.stream_bytes for t in traffic]
+        per_node_msgs = [t.datagrams + t.stream_chunks for t in traffic]
+        ok = [hops for success, hops in self.lookup_results if success]
+        hop_histogram = Counter(ok)
+        heal = max(sc.last_fault_end, sc.post_until)
+        metrics: dict[str, Any] = {
+            "posts": len(self.post_order),
+            "posts_skipped_offline_author": self.skipped_posts,
+            "delivery": {
+                "expected": expected,
+                "delivered": delivered,
+                "ratio": _r(delivered / expected) if expected else 1.0,
+                "latency_s": {
+                    "p50": _r(percentile(latencies, 50)),
+                    "p90": _r(percentile(latencies, 90)),
+                    "p99": _r(percentile(latencies, 99)),
+                    "max": _r(max(latencies, default=0.0)),
+                    "mean": _r(sum(latencies) / len(latencies)) if latencies else 0.0,
+                },
+                "latency_cdf": [
+                    [q, _r(percentile(latencies, q))] for q in (1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
+                ],
+                "over_time": [
+                    [_r(b * bucket), counts[0], counts[1]] for b, counts in sorted(buckets.items())
+                ],
+            },
+            "amplification": {
+                "entries_received": received,
+                "duplicates": duplicates,
+                "duplicates_per_delivery": _r(duplicates / received) if received else 0.0,
+            },
+            "traffic": {
+                "bytes_total": sum(per_node_bytes),
+                "bytes_per_node": {
+                    "mean": _r(sum(per_node_bytes) / len(per_node_bytes)),
+                    "p50": percentile([float(b) for b in per_node_bytes], 50),
+                    "p99": percentile([float(b) for b in per_node_bytes], 99),
+                    "max": max(per_node_bytes),
+                },
+                "messages_per_node": {
+                    "mean": _r(sum(per_node_msgs) / len(per_node_msgs)),
+                    "max": max(per_node_msgs),
+                },
+                "network": dict(sorted(self.network.stats.items())),
+            },
+            "dht": {
+                "lookups": len(self.lookup_results),
+                "succeeded": len(ok),
+                "success_ratio": _r(len(ok) / len(self.lookup_results)) if self.lookup_results else 1.0,
+                "hops_mean": _r(sum(ok) / len(ok)) if ok else 0.0,
+                "hops_histogram": {str(h): hop_histogram[h] for h in sorted(hop_histogram)},
+            },
+            "convergence": {
+                "since": _r(heal),
+                "converged_after_s": None if self.converged_at is None else _r(self.converged_at - heal),
+                "deadline": _r(sc.converge_by) if sc.converge_by <= sc.duration else None,
+            },
+            "refused": dict(sorted(self.refused.items())),
+            "forks_detected_by_honest_nodes": len(self.fork_seen),
+            "roles": dict(sorted(Counter(self.roles.values()).items())),
+            "fault_windows": [[_r(f.at), _r(f.end), f.kind] for f in sc.faults],
+            "events": self.engine.events_run,
+        }
+        return metrics
+
+
+def run_scenario(
+    scenario: Scenario, *, progress: Callable[[float, int], None] | None = None, hooks: Hooks | None = None
+) -> Result:
+    """Run a scenario; a flood comparison runs the same seed with ``protocol = "flood"`` too."""
+    result = Simulation(scenario, hooks=hooks).run(progress)
+    if scenario.name == "flood" and scenario.protocol == "gossip":
+        flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks).run(progress)
+        result.compare["flood"] = flood.metrics
+        result.violations += flood.violations
+    return result
+
+
+__all__ = ["EPOCH", "Hooks", "Result", "Simulation", "Violation", "percentile", "run_scenario"]
