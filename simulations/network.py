@@ -33,6 +33,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from simulations.engine import Engine
@@ -249,7 +250,7 @@ class Network:
             delay = self._latency(src, dst)
             if self.model.reorder and self.rng.random() < self.model.reorder:
                 delay += self.rng.uniform(0.0, delay)
-            self.engine.at(sent + delay, lambda d=dst, s=src_addr: self._deliver_datagram(d, data, s))
+            self.engine.at(sent + delay, partial(self._deliver_datagram, dst, data, src_addr))
 
     def _deliver_datagram(self, dst: int, data: bytes, src_addr: tuple[str, int]) -> None:
         node = self.nodes[dst]
@@ -349,7 +350,7 @@ class Network:
         latency = self._latency(link.a, link.b)
         for index, conn in ends:
             if link.accepted or index == link.a:
-                self.engine.after(latency, lambda i=index, c=conn: self._lost_or_failed(link, i, c))
+                self.engine.after(latency, partial(self._lost_or_failed, link, index, conn))
 
     def _lost_or_failed(self, link: _Link, index: int, conn_id: int) -> None:
         if not self.nodes[index].up:

@@ -176,6 +176,10 @@ class SimNode:
             self._timer.cancel()
         self._timer = self.engine.at(at, self._fire)
 
+    def _armed(self) -> Timer | None:
+        """The timer flush armed (a method call, so mypy does not assume it is still None)."""
+        return self._timer
+
     def _fire(self) -> None:
         core = self.core
         self._timer = None
@@ -183,7 +187,7 @@ class SimNode:
             return
         core.handle_timer(self.now)
         self.flush()
-        timer = self._timer
+        timer = self._armed()
         if timer is not None and timer.active and timer.at <= self.engine.now:
             # The deadline did not move: step past it rather than spin.
             timer.cancel()

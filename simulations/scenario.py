@@ -8,7 +8,7 @@ of range, so a typo in a scenario file is an error, never a silent default.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,10 +95,10 @@ class Scenario:
     seed: int = 1
     nodes: int = 50
     duration: float = 600.0
-    network: LinkModel = LinkModel()
-    workload: Workload = Workload()
+    network: LinkModel = field(default_factory=LinkModel)
+    workload: Workload = field(default_factory=Workload)
     faults: tuple[Fault, ...] = ()
-    malicious: Malicious = Malicious()
+    malicious: Malicious = field(default_factory=Malicious)
     #: "gossip" (Plumtree: prune duplicate pushers) or "flood" (every node pushes
     #: everything to every connected peer that replicates the feed, no pruning).
     protocol: str = "gossip"
@@ -195,7 +195,7 @@ class Scenario:
             _build(Fault, _section(f, f"faults[{i}]"), f"faults[{i}]") for i, f in enumerate(raw_faults)
         )
         doc.setdefault("name", default_name)
-        scenario = _build(
+        scenario: Scenario = _build(
             cls, {**doc, "network": link, "workload": workload, "malicious": malicious, "faults": faults}, ""
         )
         scenario.check()

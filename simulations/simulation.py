@@ -38,6 +38,7 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from random import Random
 from typing import Any
 
@@ -216,7 +217,7 @@ class Simulation:
         n = sc.nodes
         for i, node in enumerate(self.nodes):
             at = w.join_over * i / n
-            engine.at(at, lambda node=node: self._join(node))
+            engine.at(at, partial(self._join, node))
         rng_posts = engine.rng("posts")
         for author in self.authors:
             if w.posts_per_hour <= 0:
@@ -226,7 +227,7 @@ class Simulation:
                 t += rng_posts.expovariate(w.posts_per_hour / 3600.0)
                 if t >= sc.post_until:
                     break
-                engine.at(t, lambda a=author: self._post(a))
+                engine.at(t, partial(self._post, author))
         rng_lookups = engine.rng("lookups")
         if w.lookups_per_hour > 0:
             for i in self.honest:
@@ -237,16 +238,16 @@ class Simulation:
                         break
                     target = rng_lookups.randrange(n)
                     if target != i:
-                        engine.at(t, lambda i=i, target=target: self._lookup(i, target))
+                        engine.at(t, partial(self._lookup, i, target))
         for author in sorted(self.offline_authors):
-            engine.at(w.offline_at, lambda a=author: self.nodes[a].crash())
+            engine.at(w.offline_at, self.nodes[author].crash)
         for fault in sc.faults:
             self._schedule_fault(fault)
         if sc.malicious.equivocators:
             from simulations.adversary import equivocate
 
             for index in sorted(i for i, role in self.roles.items() if role == "equivocator"):
-                engine.at(sc.malicious.equivocate_at, lambda i=index: equivocate(self, i))
+                engine.at(sc.malicious.equivocate_at, partial(equivocate, self, index))
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -329,7 +330,7 @@ class Simulation:
                     self.nodes[i].crash()
                 if fault.restart_after:
                     for i in victims:
-                        engine.after(fault.restart_after, lambda i=i: self._restart(i))
+                        engine.after(fault.restart_after, partial(self._restart, i))
 
             engine.at(fault.at, crash)
         elif fault.kind == "partition":
@@ -452,7 +453,7 @@ class Simulation:
             if len(replicas) < 2:
                 continue
             replicas.sort()
-            ref_seq, ref = replicas[-1]
+            ref = replicas[-1][1]
             ref_store = self.nodes[ref].store
             for seq, i in replicas[:-1]:
                 at = seq if fork_bound is None else min(seq, fork_bound - 1)
