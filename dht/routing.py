@@ -60,6 +60,7 @@ lookups an hour.
 from __future__ import annotations
 
 import enum
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,7 +200,10 @@ class RoutingTable:
         n = self.k if count is None else count
         t = int.from_bytes(target, "big")
         # At most two entries can be excluded (one by id, one by address).
-        nearest = sorted(self._flat.values(), key=lambda e: e[0] ^ t)[: n + 2]
+        # Distances are distinct ints, so sorting (distance, contact) pairs never
+        # compares contacts, and needs no key function call per comparison.
+        ranked = [(i ^ t, c) for i, c in self._flat.values()]
+        nearest = heapq.nsmallest(n + 2, ranked) if len(ranked) > 4 * (n + 2) else sorted(ranked)[: n + 2]
         out = [c for _, c in nearest if c.node_id != exclude_id and c.addr != exclude_addr]
         return out[:n]
 

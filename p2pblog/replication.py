@@ -254,6 +254,12 @@ class Replicator:
         self._closes: list[int] = []
         self._events: deque[Event] = deque()
         self._maintain_at = now
+        # Work lists, so each input costs what it touches, not O(connections):
+        # connections with input to process, with output to collect, and the
+        # earliest timer deadline of each (channel or session).
+        self._dirty: dict[int, None] = {}
+        self._outbox: dict[int, None] = {}
+        self._deadlines: dict[int, float] = {}
 
     # ============================================================ outputs
 
@@ -264,10 +270,13 @@ class Replicator:
 
     def data_to_send(self) -> list[tuple[int, bytes]]:
         out = []
-        for conn in self._conns.values():
-            data = conn.channel.data_to_send()
-            if data:
-                out.append((conn.id, data))
+        for conn_id in self._outbox:
+            conn = self._conns.get(conn_id)
+            if conn is not None:
+                data = conn.channel.data_to_send()
+                if data:
+                    out.append((conn_id, data))
+        self._outbox.clear()
         return out
 
     def connections_to_close(self) -> list[int]:
@@ -279,12 +288,7 @@ class Replicator:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        deadline = self._maintain_at
-        for conn in self._conns.values():
-            for t in (conn.channel.get_timer(), conn.session.get_timer() if conn.session else None):
-                if t is not None and t < deadline:
-                    deadline = t
-        return deadline
+        return min(self._maintain_at, min(self._deadlines.values(), default=self._maintain_at))
 
     # ============================================================ inspection
 
@@ -336,6 +340,7 @@ class Replicator:
         self.source.wanted = {self.own, *feeds}
         for _, session, *_ in self.sessions():
             session.wants_changed(now)
+        self._touch_sessions()
         self._maintain_at = now
         self._pump(now)
 
@@ -343,6 +348,7 @@ class Replicator:
         """The node stored new entries of feed itself (its own post): push them."""
         for _, session, *_ in self.sessions():
             session.feed_updated(feed, now)
+        self._touch_sessions()
         self._pump(now)
 
     def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]], now: float) -> None:
@@ -357,6 +363,7 @@ class Replicator:
             while len(known) > MAX_CANDIDATES:
                 del known[next(iter(known))]
         self._maintain(now)
+        self._pump(now)
 
     def learn_address(self, peer: bytes, host: str, port: int, now: float) -> None:
         """Where a connected peer listens (from its peer record); saved in the address book."""
@@ -381,12 +388,16 @@ class Replicator:
         if len(self._conns) > MAX_CONNECTIONS:
             self.stats["refused.capacity"] += 1
             self._close(conn, now, "over capacity")
+        else:
+            self._touch(conn)
+            self._pump(now)
         return conn.id
 
     def connection_opened(self, conn_id: int, now: float) -> None:
         """A dial we asked for connected; the handshake starts."""
         conn = self._conns.get(conn_id)
         if conn is not None:
+            self._touch(conn)
             self._pump(now)
 
     def connection_failed(self, conn_id: int, now: float) -> None:
@@ -394,6 +405,7 @@ class Replicator:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return
+        self._drop_work(conn_id)
         self.stats["dial.failed"] += 1
         if conn.expected is not None:
             self._dialling.pop(conn.expected, None)
@@ -404,6 +416,7 @@ class Replicator:
         if conn is None or conn.closing:
             return
         conn.channel.receive_data(data, now)
+        self._touch(conn)
         self._pump(now)
 
     def connection_lost(self, conn_id: int, now: float) -> None:
@@ -411,17 +424,18 @@ class Replicator:
         conn = self._conns.pop(conn_id, None)
         if conn is None:
             return
+        self._drop_work(conn_id)
         if not conn.closing:
             self._forget(conn, now, "connection lost")
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self._conns.values()):
-            if conn.closing:
-                continue
+        for conn_id in [c for c, t in self._deadlines.items() if t <= now]:
+            conn = self._conns[conn_id]
             conn.channel.handle_timer(now)
             if conn.session is not None:
                 conn.session.handle_timer(now)
+            self._touch(conn)
         if now >= self._maintain_at:
             self._maintain_at = now + MAINTAIN_EVERY
             self._maintain(now)
@@ -449,6 +463,7 @@ class Replicator:
         conn.expected = peer
         self._dialling[peer] = conn.id
         self._dials.append((conn.id, host, port))
+        self._touch(conn)  # its first handshake message waits in the driver until connected
         self.stats["dial.attempts"] += 1
 
     def _maintain(self, now: float) -> None:
@@ -515,6 +530,7 @@ class Replicator:
         self._forget(conn, now, reason)
         conn.closing = True
         self._closes.append(conn.id)
+        self._deadlines.pop(conn.id, None)
 
     def _forget(self, conn: _Conn, now: float, reason: str) -> None:
         if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
@@ -528,29 +544,64 @@ class Replicator:
         if conn.session is not None:
             conn.session.connection_lost(now)
 
+    def _touch(self, conn: _Conn) -> None:
+        """conn has input to process (or its session was told something)."""
+        self._dirty[conn.id] = None
+
+    def _touch_sessions(self, *, besides: _Conn | None = None) -> None:
+        for conn in self._conns.values():
+            if conn.session is not None and not conn.closing and conn is not besides:
+                self._dirty[conn.id] = None
+
+    def _drop_work(self, conn_id: int) -> None:
+        self._dirty.pop(conn_id, None)
+        self._outbox.pop(conn_id, None)
+        self._deadlines.pop(conn_id, None)
+
     def _pump(self, now: float) -> None:
-        """Move events and frames between channels, sessions and the store until quiet."""
+        """Move events and frames between channels, sessions and the store until quiet.
+
+        Only touched connections are visited; handling one may touch others
+        (new entries are announced to every session), which are visited next.
+        """
+        while self._dirty:
+            conn_id = next(iter(self._dirty))
+            del self._dirty[conn_id]
+            conn = self._conns.get(conn_id)
+            if conn is None:
+                continue
+            self._outbox[conn_id] = None
+            self._process(conn, now)
+            if conn.closing:
+                self._deadlines.pop(conn_id, None)
+                continue
+            timers = [t for t in (conn.channel.get_timer(), conn.session and conn.session.get_timer()) if t]
+            if timers:
+                self._deadlines[conn_id] = min(timers)
+            else:
+                self._deadlines.pop(conn_id, None)
+
+    def _process(self, conn: _Conn, now: float) -> None:
+        if conn.closing:
+            return
         busy = True
         while busy:
             busy = False
-            for conn in list(self._conns.values()):
-                if conn.closing:
-                    continue
-                while (cev := conn.channel.next_event()) is not None:
-                    busy = True
-                    self._on_channel_event(conn, cev, now)
-                    if _gone(conn):
-                        break
-                session = conn.session
-                if session is None or _gone(conn):
-                    continue
-                while (sev := session.next_event()) is not None:
-                    busy = True
-                    self._on_session_event(conn, session, sev, now)
+            while (cev := conn.channel.next_event()) is not None:
+                busy = True
+                self._on_channel_event(conn, cev, now)
                 if _gone(conn):
-                    continue
-                for frame in session.frames_to_send():
-                    conn.channel.send_frame(frame, now)
+                    return
+            session = conn.session
+            if session is None:
+                return
+            while (sev := session.next_event()) is not None:
+                busy = True
+                self._on_session_event(conn, session, sev, now)
+                if _gone(conn):
+                    return
+            for frame in session.frames_to_send():
+                conn.channel.send_frame(frame, now)
 
     def _on_channel_event(
         self, conn: _Conn, event: HandshakeCompleted | FrameReceived | ChannelFailed, now: float
@@ -662,6 +713,7 @@ class Replicator:
             for other in self._conns.values():
                 if other is not conn and other.session is not None and not other.closing:
                     other.session.feed_updated(event.feed, now)
+            self._touch_sessions(besides=conn)
             assert conn.peer is not None
             latest = self.store.latest_seq(event.feed)
             self._events.append(EntriesStored(event.feed, conn.peer, report.accepted, latest))
@@ -698,3 +750,4 @@ class Replicator:
         for conn in self._conns.values():
             if conn.session is not None and not conn.closing:
                 conn.session.fork_found(feed, now)
+        self._touch_sessions()

@@ -1,0 +1,598 @@
+"""Simulation output: the metrics file, the Markdown report, PNG plots, terminal summaries, sweeps.
+
+`write_run` turns one `Result` into a directory:
+
+* ``metrics.json``: `metrics_document`, the scenario as plain data, the seed,
+  the metrics, any comparison run and the oracle results, with sorted keys.
+  Nothing in it comes from the wall clock, so the same scenario, seed and code
+  give a byte-identical file (the simulator's reproducibility contract);
+* ``report.md``: the same numbers for people, with the plots linked;
+* ``latency_cdf.png``, ``delivery_over_time.png`` (fault windows shaded) and
+  ``hops.png``, drawn by `simulations.plot`.
+
+`summary` gives a few lines for the terminal.  `write_sweep` aggregates the
+runs of one scenario over several seeds into ``sweep.json`` and ``sweep.md``:
+the median, the 99th percentile and the worst seed of every numeric metric
+(`WORST_RULE`), and the seeds on which an oracle fired.
+
+The report reads metrics with `_get` (a missing key shows as "n/a") so that
+a metric renamed in `simulations.simulation` degrades one line, not the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from simulations.plot import bar_plot, line_plot
+from simulations.scenario import Fault, Scenario
+from simulations.simulation import Result, percentile
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+PLOTS = {
+    "latency_cdf.png": "Delivery latency CDF",
+    "delivery_over_time.png": "Delivery ratio over time",
+    "hops.png": "DHT lookup hops",
+}
+SWEEP_JSON = "sweep.json"
+SWEEP_MD = "sweep.md"
+
+WORST_RULE = (
+    "The worst seed is the one with the lowest value for ratios, success rates and counts of what "
+    "arrived (a leaf named *ratio*, *success*, `delivered` or `succeeded`) and the highest value for "
+    "every other metric (latency, bytes, messages, duplicates, hops, refused inputs, convergence "
+    "time, violations). A null value (e.g. `converged_after_s` when the run never converged) counts "
+    "as the worst; a key absent from a run (counters list only what happened) counts as 0. Ties go "
+    "to the lowest seed; when every seed has the same value there is no worst seed."
+)
+
+
+# ============================================================ one run
+
+
+def metrics_document(result: Result) -> dict[str, Any]:
+    """Everything `metrics.json` holds: plain JSON data, no wall-clock values."""
+    return {
+        "scenario": _plain(dataclasses.asdict(result.scenario)),
+        "seed": result.scenario.seed,
+        "metrics": result.metrics,
+        "compare": result.compare,
+        "oracles": {
+            "ok": result.ok,
+            "violations": [
+                {"oracle": v.oracle, "time": v.time, "detail": v.detail} for v in result.violations
+            ],
+        },
+        "events": result.events,
+    }
+
+
+def write_run(result: Result, out_dir: Path | str) -> list[Path]:
+    """Write metrics.json, report.md and the plots into ``out_dir`` (created); return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / METRICS_FILE
+    metrics_path.write_text(_dumps(metrics_document(result)))
+    report_path = out / REPORT_FILE
+    report_path.write_text(_report(result))
+    return [metrics_path, report_path, *_plots(result, out)]
+
+
+def summary(result: Result) -> list[str]:
+    """A few lines for the terminal: delivery, amplification, DHT, convergence, oracles, seed."""
+    m = result.metrics
+    sc = result.scenario
+    lines = [
+        f"{sc.name} (seed {sc.seed}): {sc.nodes} nodes, {sc.duration:g} s simulated, "
+        f"{result.events:,} events",
+        f"delivery {_pct(_get(m, 'delivery.ratio'))} ({_int(_get(m, 'delivery.delivered'))}/"
+        f"{_int(_get(m, 'delivery.expected'))} over {_int(_get(m, 'posts'))} posts), latency p50 "
+        f"{_secs(_get(m, 'delivery.latency_s.p50'))}, p99 {_secs(_get(m, 'delivery.latency_s.p99'))}",
+        f"amplification {_num(_get(m, 'amplification.duplicates_per_delivery'))} duplicates per delivery, "
+        f"{_bytes(_get(m, 'traffic.bytes_total'))} sent",
+    ]
+    for name, other in sorted(result.compare.items()):
+        dup, other_dup = (
+            _get(m, "amplification.duplicates_per_delivery"),
+            _get(other, "amplification.duplicates_per_delivery"),
+        )
+        lines.append(
+            f"{name}: {_num(other_dup)} duplicates per delivery ({_times(other_dup, dup)} this run), "
+            f"{_bytes(_get(other, 'traffic.bytes_total'))} sent "
+            f"({_times(_get(other, 'traffic.bytes_total'), _get(m, 'traffic.bytes_total'))})"
+        )
+    lines.append(
+        f"DHT {_int(_get(m, 'dht.succeeded'))}/{_int(_get(m, 'dht.lookups'))} lookups succeeded "
+        f"({_pct(_get(m, 'dht.success_ratio'))}), {_num(_get(m, 'dht.hops_mean'))} hops mean"
+    )
+    lines.append(_convergence_text(m))
+    lines.append(_oracle_text(result))
+    return lines
+
+
+def _dumps(doc: Any) -> str:
+    return json.dumps(doc, sort_keys=True, indent=2) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-shaped data: tuples become lists, all the way down."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _get(doc: Any, path: str) -> Any:
+    """``doc["a"]["b"]`` for ``"a.b"``; None if any step is missing."""
+    for key in path.split("."):
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
+
+
+# ------------------------------------------------------------ number formatting (None: "n/a")
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _int(value: Any) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _secs(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
+def _bytes(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f} B"
+
+
+def _times(value: Any, base: Any) -> str:
+    """``value / base`` as "x2.50"; n/a without a base."""
+    if value is None or not base:
+        return "n/a"
+    return f"x{value / base:.2f}"
+
+
+# ------------------------------------------------------------ report.md
+
+
+def _report(result: Result) -> str:
+    sc, m = result.scenario, result.metrics
+    out = [f"# Simulation report: {sc.name}", ""]
+    if sc.description:
+        out += [sc.description, ""]
+    out += ["## Scenario", "", *_scenario_lines(sc, m), f"- **Events run**: {result.events:,}", ""]
+    out += ["## Oracles", "", *_oracle_lines(result), ""]
+    latency = [(q, _secs(_get(m, f"delivery.latency_s.{q}"))) for q in ("p50", "p90", "p99", "max", "mean")]
+    out += [
+        "## Delivery",
+        "",
+        f"{_int(_get(m, 'posts'))} posts ({_int(_get(m, 'posts_skipped_offline_author'))} skipped: author "
+        f"offline for good); {_int(_get(m, 'delivery.delivered'))} of {_int(_get(m, 'delivery.expected'))} "
+        f"expected deliveries to honest followers: **{_pct(_get(m, 'delivery.ratio'))}**.",
+        "",
+        "| latency | " + " | ".join(q for q, _ in latency) + " |",
+        "|---|" + "---:|" * len(latency),
+        "| seconds | " + " | ".join(v for _, v in latency) + " |",
+        "",
+        "## Amplification",
+        "",
+        *_amplification_lines(result),
+        "",
+        "## Traffic",
+        "",
+        *_traffic_lines(m),
+        "",
+        "## DHT",
+        "",
+        f"{_int(_get(m, 'dht.succeeded'))} of {_int(_get(m, 'dht.lookups'))} peer-record lookups succeeded "
+        f"(**{_pct(_get(m, 'dht.success_ratio'))}**), {_num(_get(m, 'dht.hops_mean'))} hops on average.",
+        "",
+    ]
+    hops = _get(m, "dht.hops_histogram") or {}
+    if hops:
+        keys = sorted(hops, key=int)
+        out += ["| hops | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+        out += ["| lookups | " + " | ".join(str(hops[k]) for k in keys) + " |", ""]
+    out += ["## Convergence", "", _convergence_text(m) + ".", ""]
+    deadline = _get(m, "convergence.deadline")
+    out += [
+        f"The convergence oracle's deadline: t = {deadline:g} s."
+        if deadline is not None
+        else "The convergence oracle's deadline falls after the end of the run: not checked.",
+        "",
+        "## Refused input",
+        "",
+        *_refused_lines(m),
+        "",
+        "## Plots",
+        "",
+    ]
+    out += [f"![{title}]({name})" for name, title in PLOTS.items()]
+    return "\n".join(out) + "\n"
+
+
+def _scenario_lines(sc: Scenario, metrics: dict[str, Any] | None = None) -> list[str]:
+    net, w, mal = sc.network, sc.workload, sc.malicious
+    lat = net.latency
+    latency = {
+        "constant": f"constant {lat.ms:g} ms",
+        "uniform": f"uniform {lat.low_ms:g}-{lat.high_ms:g} ms",
+        "lognormal": f"lognormal, median {lat.median_ms:g} ms, sigma {lat.sigma:g}",
+        "regions": f"{lat.regions} regions (lognormal around a median matrix, sigma {lat.sigma:g})",
+    }.get(lat.kind, lat.kind)
+    bandwidth = f"{_bytes(net.bandwidth)}/s uplink" if net.bandwidth else "unlimited bandwidth"
+    offline = (
+        f"; {w.offline_authors:.0%} of authors go offline for good at {w.offline_at:g} s"
+        if w.offline_authors
+        else ""
+    )
+    lines = [
+        f"- **Seed**: {sc.seed}",
+        f"- **Nodes**: {sc.nodes}, **duration**: {sc.duration:g} s, **protocol**: {sc.protocol}",
+        f"- **Network**: latency {latency}; loss {net.loss:.1%}, duplicate {net.duplicate:.1%}, "
+        f"reorder {net.reorder:.1%}, {bandwidth}",
+        f"- **Workload**: {w.follow_graph} follow graph, {w.follows} follows per node; {w.authors:.0%} of "
+        f"nodes post {w.posts_per_hour:g}/h from {w.post_from:g} s to {sc.post_until:g} s; "
+        f"{w.lookups_per_hour:g} lookups/h per node; joins over {w.join_over:g} s{offline}",
+        "- **Faults**: " + ("; ".join(_fault_text(f) for f in sc.faults) or "none"),
+    ]
+    bad = [
+        f"{name} {getattr(mal, name):.0%}"
+        for name in ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge")
+        if getattr(mal, name)
+    ]
+    if mal.equivocators:
+        bad.append(f"{mal.equivocators} equivocating author(s) at {mal.equivocate_at:g} s")
+    roles = _get(metrics, "roles") or {}
+    if roles:
+        bad.append("nodes per role: " + ", ".join(f"{k} {v}" for k, v in sorted(roles.items())))
+    lines.append("- **Malicious**: " + ("; ".join(bad) or "none"))
+    return lines
+
+
+def _fault_text(f: Fault) -> str:
+    if f.kind == "crash":
+        back = f"restart after {f.restart_after:g} s" if f.restart_after else "no restart"
+        return f"crash of {f.fraction:.0%} of honest nodes at {f.at:g} s, {back}"
+    if f.kind == "partition":
+        return f"partition ({f.shape}) {f.at:g}-{f.end:g} s"
+    if f.kind == "churn":
+        return (
+            f"churn of {f.fraction:.0%} of honest nodes {f.at:g}-{f.end:g} s "
+            f"(sessions ~{f.session_mean:g} s, downtime ~{f.downtime_mean:g} s)"
+        )
+    if f.kind == "loss":
+        return f"extra loss {f.rate:.0%} {f.at:g}-{f.end:g} s"
+    return f"{f.kind} {f.at:g}-{f.end:g} s"
+
+
+def _oracle_text(result: Result) -> str:
+    if result.ok:
+        return "oracles: ok (validity, prefix consistency, convergence)"
+    first = result.violations[0]
+    return (
+        f"oracles: {len(result.violations)} violation(s); first at t={first.time:g} s "
+        f"[{first.oracle}] {first.detail}"
+    )
+
+
+def _oracle_lines(result: Result) -> list[str]:
+    if result.ok:
+        return ["**OK**: no oracle fired (validity, prefix consistency, convergence)."]
+    counts = Counter(v.oracle for v in result.violations)
+    first = result.violations[0]
+    return [
+        f"**FAILED**: {len(result.violations)} violation(s): "
+        + ", ".join(f"{oracle} {n}" for oracle, n in sorted(counts.items()))
+        + ".",
+        "",
+        f"First: t = {first.time:g} s, **{first.oracle}**: {first.detail}",
+    ]
+
+
+def _amplification_lines(result: Result) -> list[str]:
+    m = result.metrics
+    lines = [
+        f"{_int(_get(m, 'amplification.entries_received'))} entries received, "
+        f"{_int(_get(m, 'amplification.duplicates'))} of them duplicates: "
+        f"**{_num(_get(m, 'amplification.duplicates_per_delivery'))} duplicates per delivery**.",
+    ]
+    if not result.compare:
+        return lines
+    names = sorted(result.compare)
+    rows = [
+        ("duplicates per delivery", "amplification.duplicates_per_delivery", _num),
+        ("duplicates", "amplification.duplicates", _int),
+        ("entries received", "amplification.entries_received", _int),
+        ("bytes sent", "traffic.bytes_total", _bytes),
+        ("bytes per node (mean)", "traffic.bytes_per_node.mean", _bytes),
+        ("messages per node (mean)", "traffic.messages_per_node.mean", _num),
+        ("delivery ratio", "delivery.ratio", _pct),
+        ("latency p50", "delivery.latency_s.p50", _secs),
+        ("latency p99", "delivery.latency_s.p99", _secs),
+    ]
+    me = result.scenario.protocol
+    header = f"| metric | {me} | " + " | ".join(f"{n} | {n} / {me}" for n in names) + " |"
+    lines += [
+        "",
+        "The same scenario and seed, side by side:",
+        "",
+        header,
+        "|---|" + "---:|" * (1 + 2 * len(names)),
+    ]
+    for label, path, fmt in rows:
+        ours = _get(m, path)
+        cells = [fmt(ours)]
+        for name in names:
+            theirs = _get(result.compare[name], path)
+            cells += [fmt(theirs), _times(theirs, ours)]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _traffic_lines(m: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{_bytes(_get(m, 'traffic.bytes_total'))} sent in all "
+        f"({_int(_get(m, 'traffic.bytes_total'))} bytes).",
+        "",
+        "| per node | mean | p50 | p99 | max |",
+        "|---|---:|---:|---:|---:|",
+        "| bytes | "
+        + " | ".join(_bytes(_get(m, f"traffic.bytes_per_node.{k}")) for k in ("mean", "p50", "p99", "max"))
+        + " |",
+        f"| messages | {_num(_get(m, 'traffic.messages_per_node.mean'))} | | | "
+        f"{_int(_get(m, 'traffic.messages_per_node.max'))} |",
+    ]
+    network = _get(m, "traffic.network") or {}
+    if network:
+        lines += ["", "Network: " + ", ".join(f"{k} {v:,}" for k, v in sorted(network.items())) + "."]
+    return lines
+
+
+def _convergence_text(m: dict[str, Any]) -> str:
+    since, after = _get(m, "convergence.since"), _get(m, "convergence.converged_after_s")
+    when = "n/a" if since is None else f"{since:g} s"
+    if after is None:
+        return f"convergence: not reached by the end of the run (faults and posting over at {when})"
+    return f"converged {after:.1f} s after faults and posting ended (at {when})"
+
+
+def _refused_lines(m: dict[str, Any]) -> list[str]:
+    refused = _get(m, "refused") or {}
+    forks = f"Forked feeds detected by honest nodes: {_int(_get(m, 'forks_detected_by_honest_nodes'))}."
+    if not refused:
+        return ["No input was refused.", "", forks]
+    return [
+        "| reason | count |",
+        "|---|---:|",
+        *(f"| {reason} | {count:,} |" for reason, count in sorted(refused.items())),
+        "",
+        forks,
+    ]
+
+
+# ------------------------------------------------------------ plots
+
+
+def _plots(result: Result, out: Path) -> list[Path]:
+    m, sc = result.metrics, result.scenario
+    runs = [(sc.protocol, m), *sorted(result.compare.items())]
+    cdf = [
+        (name, [(s, q / 100) for q, s in _get(metrics, "delivery.latency_cdf") or []])
+        for name, metrics in runs
+    ]
+    paths = [
+        line_plot(
+            out / "latency_cdf.png",
+            cdf,
+            title=PLOTS["latency_cdf.png"],
+            xlabel="latency (s, log scale)",
+            ylabel="fraction of deliveries",
+            ylim=(0.0, 1.0),
+            xlog=True,
+        )
+    ]
+    over_time = [
+        (float(start), delivered / expected)
+        for start, expected, delivered in _get(m, "delivery.over_time") or []
+        if expected
+    ]
+    windows = [(float(a), float(b), str(kind)) for a, b, kind in _get(m, "fault_windows") or []]
+    paths.append(
+        line_plot(
+            out / "delivery_over_time.png",
+            [("delivery ratio", over_time)],
+            title=PLOTS["delivery_over_time.png"],
+            xlabel="time posted (s)",
+            ylabel="delivered / expected",
+            shaded=windows,
+            xlim=(0.0, sc.duration),
+            ylim=(0.0, 1.0),
+        )
+    )
+    hops = _get(m, "dht.hops_histogram") or {}
+    paths.append(
+        bar_plot(
+            out / "hops.png",
+            [(k, float(hops[k])) for k in sorted(hops, key=int)],
+            title=PLOTS["hops.png"],
+            xlabel="hops (sequential referrals)",
+            ylabel="successful lookups",
+        )
+    )
+    return paths
+
+
+# ============================================================ sweeps
+
+
+def write_sweep(results: Sequence[Result], out_dir: Path | str) -> list[Path]:
+    """Aggregate runs of one scenario over seeds into sweep.json and sweep.md; return their paths.
+
+    Raises ValueError for no results, or results of scenarios that differ in more than the seed.
+    """
+    if not results:
+        raise ValueError("a sweep needs at least one result")
+    runs = sorted(results, key=lambda r: r.scenario.seed)
+    base = dataclasses.replace(runs[0].scenario, seed=0)
+    if any(dataclasses.replace(r.scenario, seed=0) != base for r in runs):
+        raise ValueError("a sweep aggregates one scenario: the results differ in more than the seed")
+    doc = _sweep_document(runs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out / SWEEP_JSON, out / SWEEP_MD
+    json_path.write_text(_dumps(doc))
+    md_path.write_text(_sweep_markdown(runs[0].scenario, doc))
+    return [json_path, md_path]
+
+
+def _sweep_document(runs: Sequence[Result]) -> dict[str, Any]:
+    """What sweep.json holds, for runs sorted by seed."""
+    seeds = [r.scenario.seed for r in runs]
+    per_seed = [dict(_run_leaves(r)) for r in runs]
+    # This run's metrics first, then the comparison runs', each alphabetically.
+    paths = sorted(
+        {path for leaves in per_seed for path in leaves}, key=lambda p: (p.startswith("compare."), p)
+    )
+    scenario = _plain(dataclasses.asdict(runs[0].scenario))
+    del scenario["seed"]
+    return {
+        "scenario": scenario,
+        "seeds": seeds,
+        "worst_rule": WORST_RULE,
+        "metrics": {
+            path: _aggregate(path, seeds, [leaves.get(path, 0) for leaves in per_seed]) for path in paths
+        },
+        "violations": [
+            {
+                "seed": r.scenario.seed,
+                "count": len(r.violations),
+                "first": dataclasses.asdict(r.violations[0]),
+            }
+            for r in runs
+            if r.violations
+        ],
+    }
+
+
+def _run_leaves(result: Result) -> Iterator[tuple[str, float | None]]:
+    yield from _leaves(result.metrics, "")
+    for name, metrics in sorted(result.compare.items()):
+        yield from _leaves(metrics, f"compare.{name}")
+    yield "oracles.violations", len(result.violations)
+
+
+def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, float | None]]:
+    """Numeric (and null) leaves under dotted paths; lists, strings and booleans are skipped."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}.{key}" if prefix else str(key))
+    elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+        yield prefix, value
+
+
+def lower_is_worse(path: str) -> bool:
+    """Whether a low value of this metric is the bad direction (see `WORST_RULE`)."""
+    leaf = path.rsplit(".", 1)[-1]
+    return "ratio" in leaf or "success" in leaf or leaf in ("delivered", "succeeded")
+
+
+def _aggregate(path: str, seeds: list[int], values: list[float | None]) -> dict[str, Any]:
+    low_bad = lower_is_worse(path)
+    null = -math.inf if low_bad else math.inf  # a null (never) ranks as the worst
+    ranked = [null if v is None else float(v) for v in values]
+
+    def at(q: float) -> float | None:
+        value = percentile(ranked, q)
+        return values[ranked.index(value)] if math.isfinite(value) else None
+
+    worst = (min if low_bad else max)(range(len(seeds)), key=lambda i: ranked[i])
+    every_same = len(set(ranked)) == 1
+    return {
+        "p50": at(50),
+        "p99": at(99),
+        "worst": values[worst],
+        "worst_seed": None if every_same else seeds[worst],
+        "worse": "lower" if low_bad else "higher",
+        "values": values,
+    }
+
+
+def _sweep_markdown(scenario: Scenario, doc: dict[str, Any]) -> str:
+    seeds = doc["seeds"]
+    out = [f"# Sweep: {scenario.name}, {len(seeds)} seeds", ""]
+    if scenario.description:
+        out += [scenario.description, ""]
+    lines = _scenario_lines(scenario)
+    out += ["## Scenario", "", f"- **Seeds**: {', '.join(map(str, seeds))}", *lines[1:], ""]
+    out += ["## Oracles", ""]
+    violations = doc["violations"]
+    if not violations:
+        out += [f"**OK** on every seed ({len(seeds)} of {len(seeds)}).", ""]
+    else:
+        out += [
+            f"**FAILED** on {len(violations)} of {len(seeds)} seeds.",
+            "",
+            "| seed | violations | first: time (s) | oracle | detail |",
+            "|---:|---:|---:|---|---|",
+            *(
+                f"| {v['seed']} | {v['count']} | {v['first']['time']:g} | {v['first']['oracle']} | "
+                f"{v['first']['detail']} |"
+                for v in violations
+            ),
+            "",
+        ]
+    out += [
+        "## Metrics",
+        "",
+        "Nearest-rank percentiles over the seeds. " + WORST_RULE,
+        "",
+        "| metric | p50 | p99 | worst | worst seed |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for path, agg in doc["metrics"].items():
+        seed = "all equal" if agg["worst_seed"] is None else str(agg["worst_seed"])
+        cells = [_cell(agg["p50"]), _cell(agg["p99"]), _cell(agg["worst"]), seed]
+        out.append(f"| {path} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+__all__ = [
+    "WORST_RULE",
+    "lower_is_worse",
+    "metrics_document",
+    "summary",
+    "write_run",
+    "write_sweep",
+]
