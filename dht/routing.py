@@ -338,6 +338,9 @@ class RoutingTable:
 
     def buckets_due(self, now: float) -> list[int]:
         """Indexes of refreshable buckets not touched for `refresh_interval`."""
+        due = self.next_refresh()
+        if due is None or due > now:
+            return []  # the cached earliest deadline says none is due (cheap on every timer)
         limit = now - self.refresh_interval
         return [i for i in self._refreshable() if self._buckets[i].last_touched <= limit]
 

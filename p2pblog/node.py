@@ -100,8 +100,9 @@ SEARCH_EVERY: Final = 30.0
 #: Longest gap between searches for a feed that other peers serve but whose
 #: author we are not connected to (to find the author again after it moved).
 RESEARCH_MAX: Final = 600.0
-#: Seconds between NodeCore's maintenance passes (announces, searches).
-MAINTAIN_EVERY: Final = 2.0
+#: Longest gap between NodeCore's maintenance passes (announces, searches); a
+#: pass also runs when a search is due and after new entries arrive.
+MAINTAIN_EVERY: Final = 10.0
 #: Seconds before retrying an announce that reached no node.
 ANNOUNCE_RETRY: Final = 15.0
 
@@ -392,6 +393,11 @@ class NodeCore:
         if now >= self._maintain_at:
             self._maintain_at = now + MAINTAIN_EVERY
             self._maintain(now)
+            wanted = self.replicator.wanted
+            due = [
+                at for feed, at in self._search_at.items() if feed in wanted and feed in self._search_rounds
+            ]
+            self._maintain_at = min([self._maintain_at, *due])
         self._drain(now)
 
     # -- gossip connections (passed through to the replicator) ----------------------

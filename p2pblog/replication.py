@@ -34,7 +34,8 @@ hold, we ask it to send only HAVE notices for that feed (`request_push`
 False); a later WANT of ours re-grafts it.  So each feed settles on a push
 tree with lazy repair links.
 
-**Who to connect to.**  Every `MAINTAIN_EVERY` seconds the replicator dials
+**Who to connect to.**  When a backoff ends, when candidates arrive, and at
+least every `MAINTAIN_EVERY` seconds, the replicator dials
 (up to `MAX_OUTBOUND` outbound connections):
 
 * the most recent `BOOK_DIALS` peers of the address book (peers we replicated
@@ -93,7 +94,7 @@ from p2pblog.errors import ChainError, EntryError
 from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
-MAINTAIN_EVERY: Final = 2.0
+MAINTAIN_EVERY: Final = 10.0
 #: Outbound connections we open at most, and connections of both kinds.
 MAX_OUTBOUND: Final = 16
 MAX_CONNECTIONS: Final = 64
@@ -495,8 +496,11 @@ class Replicator:
                 or entry.port is None
                 or key in self._by_peer
                 or key in self._dialling
-                or now < entry.next_try
             ):
+                continue
+            if now < entry.next_try:
+                # Come back when its backoff ends rather than polling.
+                self._maintain_at = min(self._maintain_at, entry.next_try)
                 continue
             self._dial(key, entry.host, entry.port, now)
             outbound += 1
@@ -521,6 +525,7 @@ class Replicator:
         delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2**entry.failures)
         entry.failures = min(entry.failures + 1, 16)
         entry.next_try = now + max(at_least, delay * (0.5 + 0.5 * self.rng.random()))
+        self._maintain_at = min(self._maintain_at, entry.next_try)
 
     def _close(self, conn: _Conn, now: float, reason: str) -> None:
         """Close a connection we no longer want; the driver reports `connection_lost`."""
