@@ -1,7 +1,10 @@
 """The ``p2pblog`` command line.
 
-Offline commands (init, id, post, log, verify, export, import) open the home
-directory's key file and store directly.  Output that scripts read (a handle,
+Offline commands (init, id, log, timeline, verify, export, import) open the
+home directory's key file and store directly.  ``post``, ``follow`` and
+``unfollow`` go through the running node when there is one (so it pushes and
+replicates at once), else write the store directly.  ``status``, ``lookup``
+and ``peers`` need the node.  Output that scripts read (a handle,
 an entry id, JSON) goes to stdout; messages for people go to stderr.  Expected
 failures print one ``Error: ...`` line and exit 1, never a traceback.
 """
@@ -21,6 +24,7 @@ from typing import Any, BinaryIO
 import click
 import trio
 
+from cli.sim import sim
 from identity import Identity, KeyFileError, PassphraseError, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keyfile import key_file_is_encrypted, read_public_key
@@ -81,7 +85,9 @@ def main(ctx: click.Context, home: Path | None) -> None:
     """p2pblog: a peer-to-peer microblogging node.
 
     Every node keeps a signed, hash-chained log of its owner's posts.  Start
-    with `p2pblog init`, then `p2pblog post TEXT` and `p2pblog log`.
+    with `p2pblog init` and `p2pblog run`, then `p2pblog follow HANDLE`,
+    `p2pblog post TEXT` and `p2pblog timeline`.  `p2pblog demo` shows a small
+    live network on this machine.
     """
     ctx.obj = Home(home if home is not None else default_home())
 
@@ -467,7 +473,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     show_default=True,
     callback=_hostport,
     metavar="HOST:PORT",
-    help="UDP address of the DHT (port 0 picks a free port).",
+    help="Address to listen on: UDP for the DHT and TCP for gossip, same port (port 0 picks a free one).",
 )
 @click.option(
     "--bootstrap",
@@ -486,8 +492,10 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 def run(listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
-    Joins the Kademlia DHT, publishes this node's signed peer record, and
-    serves the local control API used by `lookup` and `peers`.
+    Joins the Kademlia DHT, publishes this node's signed peer record,
+    replicates the feeds it follows over Noise-encrypted TCP (catching up on
+    start, then live), pushes its own posts to followers, and serves the
+    local control API used by `post`, `follow`, `status`, `lookup`, `peers`.
     """
     home = _home()
     try:
@@ -580,3 +588,6 @@ def status(as_json: bool) -> None:
         click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+
+
+main.add_command(sim)

@@ -526,7 +526,7 @@ class GossipSession:
             return
         self._state = SessionState.OPEN
         self._tokens_at = now
-        for feed in self._source.wanted_feeds():
+        for feed in sorted(self._source.wanted_feeds()):  # not set order: it varies per process
             self._want(feed)
         self._pump()
 
@@ -578,7 +578,7 @@ class GossipSession:
                 st.want_deadline = None
                 st.want_seq = st.wanted_until = 0
                 self._clock_pending[feed] = None
-        for feed in wanted:
+        for feed in sorted(wanted):
             self._want(feed)
 
     def set_eager(self, eager: bool, now: float, feed: bytes | None = None) -> None:

@@ -429,7 +429,7 @@ class NodeCore:
             return
         own = self.identity.public_key
         if self._addrs and any(proto == "tcp" for proto, _, _ in self._addrs):
-            for feed in list(self.replicator.wanted):
+            for feed in sorted(self.replicator.wanted):
                 if feed not in self._provided and (feed == own or self.store.latest_seq(feed) > 0):
                     self._internal.add(self._announce(feed, self._addrs, now))
         for feed in sorted(self.replicator.wanted):

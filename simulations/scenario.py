@@ -249,8 +249,12 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
         elif isinstance(default, str) and not isinstance(value, str):
             raise ScenarioError(f"{prefix}{key}: expected a string")
         if key == "matrix_ms":
-            if not isinstance(value, list) or not all(isinstance(r, list) for r in value):
-                raise ScenarioError(f"{prefix}{key}: expected an array of arrays of numbers")
+            if not isinstance(value, list) or not all(
+                isinstance(row, list)
+                and all(isinstance(x, int | float) and not isinstance(x, bool) and x >= 0 for x in row)
+                for row in value
+            ):
+                raise ScenarioError(f"{prefix}{key}: expected an array of arrays of numbers >= 0")
             value = tuple(tuple(float(x) for x in row) for row in value)
         converted[key] = value
     try:

@@ -302,6 +302,8 @@ class Simulation:
         ):
             self.skipped_posts += 1
             return
+        if node.store.feed_state(node.identity.public_key).forked_seq is not None:
+            return  # an equivocator's own store refuses to extend its forked feed
         text = f"post by node {index} at {self.engine.now:.3f}"
         if node.core is not None:
             entry = node.core.post(text, node.now)

@@ -1,0 +1,405 @@
+"""``p2pblog sim``: the deterministic network simulator on the command line.
+
+``sim list`` names the bundled scenarios, ``sim run`` runs one scenario with
+one seed, ``sim sweep`` runs it over many seeds on several processes.  The
+simulator itself lives in `simulations` (docs/simulations.md); this module
+only reads the options, shows progress, writes the reports through
+`simulations.report` and turns the outcome into an exit status.
+
+`simulations` is imported inside the commands, not at the top: it pulls in
+the whole node core (and the report's plotting), which ``p2pblog --help``
+and every other command do not need.  This is the one place outside
+`simulations` that imports it (tests/test_layers.py lists the exception).
+
+Streams follow cli/main.py: the summary goes to stdout, progress to stderr.
+A scenario the user got wrong (unknown name, bad TOML, a field out of range)
+is one ``Error: ...`` line and exit status 1; so is a violated oracle, after
+the reports are written, naming the seed to reproduce it with.  An exception
+from inside the simulation is a bug, not a user error: it stays a traceback
+(`SimulationCrashed`, naming the seed), even when it is one of the errors
+cli/main.py would print as one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from simulations.scenario import Scenario
+    from simulations.simulation import Result
+
+#: Where outputs go when --out is not given (relative to the working directory).
+DEFAULT_OUT = Path("sim-out")
+#: More seeds than this in one sweep is almost certainly a typo (1..100000).
+MAX_SEEDS = 10_000
+#: A redrawn progress line at most this often (seconds of wall time) on a terminal ...
+TTY_INTERVAL = 0.2
+#: ... and a new plain line at most this often when stderr is a file or a pipe.
+PLAIN_INTERVAL = 5.0
+
+
+# --- scenarios -------------------------------------------------------------------
+
+
+@contextmanager
+def _scenario_errors() -> Iterator[None]:
+    """A `ScenarioError` (a ValueError naming the field) becomes one ``Error:`` line."""
+    from simulations.scenario import ScenarioError
+
+    try:
+        yield
+    except ScenarioError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _load(name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None) -> Scenario:
+    from simulations.scenario import Scenario
+
+    with _scenario_errors():
+        return Scenario.load(name_or_path).with_overrides(seed=seed, nodes=nodes, duration=duration)
+
+
+def _note_unchecked_convergence(scenario: Scenario) -> None:
+    """Say so when the convergence oracle cannot fire (its deadline is after the end)."""
+    if scenario.converge_by > scenario.duration:
+        click.echo(
+            f"note: the convergence deadline ({scenario.converge_by:g} s) is after the end of the run "
+            f"({scenario.duration:g} s): the convergence oracle does not run",
+            err=True,
+        )
+
+
+def _slug(name: str) -> str:
+    """A scenario name made safe as one path component."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "scenario"
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``1..20``, ``3`` or ``1,5,9`` (items may be mixed: ``1..4,10``) -> sorted distinct seeds."""
+    seeds: set[int] = set()
+    for item in spec.split(","):
+        item = item.strip()
+        first, sep, last = item.partition("..")
+        try:
+            low = int(first)
+            high = int(last) if sep else low
+        except ValueError:
+            raise click.ClickException(
+                f"--seeds: {item!r} is not a seed; use a range 1..20, one seed 3, or a list 1,5,9"
+            ) from None
+        if low < 0 or high < 0:
+            raise click.ClickException(f"--seeds: {item!r}: seeds are integers >= 0")
+        if high < low:
+            raise click.ClickException(f"--seeds: {item!r}: the range is empty (write LOW..HIGH)")
+        if high - low + 1 + len(seeds) > MAX_SEEDS:
+            raise click.ClickException(f"--seeds: at most {MAX_SEEDS} seeds in one sweep")
+        seeds.update(range(low, high + 1))
+    return sorted(seeds)
+
+
+# --- progress --------------------------------------------------------------------
+
+
+class Progress:
+    """The ``progress`` callback of `run_scenario`: simulated time, percent, events/s.
+
+    On a terminal it redraws one line (carriage return) at most every
+    `TTY_INTERVAL`; otherwise it writes a plain line at most every
+    `PLAIN_INTERVAL`.  `finish` always writes the final line.  A scenario that
+    runs twice (the flood comparison) restarts simulated time and the event
+    count; both are summed, so events/s stays right.
+    """
+
+    def __init__(self, duration: float, stream: IO[str]) -> None:
+        self.duration = duration
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._shown = self.started
+        self._last_events = 0
+        self._earlier_events = 0
+        self._sim_time = 0.0
+        self._width = 0
+
+    @property
+    def events(self) -> int:
+        return self._earlier_events + self._last_events
+
+    def __call__(self, sim_time: float, events_run: int) -> None:
+        if events_run < self._last_events:  # a second run of the same scenario began
+            self._earlier_events += self._last_events
+        self._last_events = events_run
+        self._sim_time = sim_time
+        now = time.monotonic()
+        if now - self._shown < (TTY_INTERVAL if self.tty else PLAIN_INTERVAL):
+            return
+        self._shown = now
+        self._write(self._line(now))
+
+    def finish(self) -> None:
+        self._write(self._line(time.monotonic()), final=True)
+
+    def _line(self, now: float) -> str:
+        wall = max(now - self.started, 1e-9)
+        fraction = min(1.0, self._sim_time / self.duration) if self.duration else 1.0
+        bar = "#" * round(20 * fraction)
+        return (
+            f"sim {self._sim_time:,.1f}/{self.duration:,.1f} s  [{bar:<20}] {fraction:4.0%}"
+            f"  {self.events / wall:,.0f} events/s  ({wall:.1f} s wall)"
+        )
+
+    def _write(self, line: str, *, final: bool = False) -> None:
+        if self.tty:
+            pad = " " * max(0, self._width - len(line))
+            self._width = len(line)
+            self.stream.write("\r" + line + pad + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+# --- commands --------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def sim() -> None:
+    """Simulate a p2pblog network: many nodes, faults and attackers, in virtual time.
+
+    The real node cores (DHT, gossip, store) run on a deterministic
+    discrete-event network: the same scenario and seed give the same run,
+    byte for byte.  Oracles check every run for invalid entries, diverging
+    replicas and feeds that fail to converge.  See docs/simulations.md.
+    """
+
+
+@sim.command("list")
+def list_() -> None:
+    """List the bundled scenarios, one line each: name and description."""
+    from simulations.scenario import Scenario, bundled_names
+
+    names = bundled_names()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        with _scenario_errors():
+            scenario = Scenario.load(name)
+        click.echo(f"{name:<{width}}  {scenario.description}".rstrip())
+
+
+_scenario_argument = click.argument("scenario", metavar="SCENARIO")
+_nodes_option = click.option(
+    "--nodes", type=int, metavar="N", help="Override the scenario's number of nodes (2..100000)."
+)
+_duration_option = click.option(
+    "--duration", type=float, metavar="SECONDS", help="Override the scenario's simulated duration."
+)
+
+
+@sim.command()
+@_scenario_argument
+@click.option("--seed", type=int, metavar="N", help="The random seed (default: the scenario's `seed`).")
+@_nodes_option
+@_duration_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where to write metrics.json, report.md and the plots (default: ./sim-out/<scenario>-seed<N>).",
+)
+def run(scenario: str, seed: int | None, nodes: int | None, duration: float | None, out: Path | None) -> None:
+    """Run SCENARIO once and write its metrics, report and plots.
+
+    SCENARIO is a bundled name (see `p2pblog sim list`) or the path of a
+    TOML file.  Progress (simulated time, events/s) goes to stderr; a short
+    summary and the seed go to stdout.  Exits 1 if an oracle was violated,
+    naming the seed and the first violation.
+    """
+    loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration)
+    from simulations.report import summary, write_run
+
+    out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-seed{loaded.seed}"
+    _note_unchecked_convergence(loaded)
+    progress = Progress(loaded.duration, sys.stderr)
+    try:
+        result = _simulate(loaded, progress)
+    finally:
+        progress.finish()  # ends the progress line, also before a traceback or "Aborted!"
+    written = write_run(result, out_dir)
+    for line in summary(result):
+        click.echo(line)
+    click.echo(f"wrote {len(written)} files to {out_dir}")
+    if not result.ok:
+        first = result.violations[0]
+        raise click.ClickException(
+            f"seed {loaded.seed}: {len(result.violations)} oracle violation(s); first: {first.oracle} "
+            f"at {first.time:g} s: {first.detail}"
+        )
+
+
+class SimulationCrashed(RuntimeError):
+    """The simulator or a core raised: a bug to fix, never the user's mistake.
+
+    Deliberately not a `click.ClickException` (nor one of the errors cli/main.py's
+    `_Group` turns into one line): the traceback, with the seed that replays it,
+    is what the bug report needs.
+    """
+
+
+def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
+    from simulations.simulation import run_scenario
+
+    try:
+        return run_scenario(scenario, progress=progress)
+    except Exception as exc:
+        raise SimulationCrashed(
+            f"the simulation of {scenario.name} crashed (seed {scenario.seed}, {scenario.nodes} nodes, "
+            f"{scenario.duration:g} s): {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@dataclass
+class _SeedOutcome:
+    seed: int
+    wall: float
+    result: Result | None
+    #: The formatted traceback when the run crashed (then `result` is None).
+    crash: str | None = None
+
+
+def _run_seed(scenario: Scenario, seed: int, out_dir: Path) -> _SeedOutcome:
+    """One seed of a sweep, in a worker process: run it and write its own reports.
+
+    A crash is returned, not raised, so that one bad seed does not cost the others.
+    """
+    from simulations.report import write_run
+
+    started = time.monotonic()
+    try:
+        result = _simulate(scenario.with_overrides(seed=seed))
+    except SimulationCrashed:
+        return _SeedOutcome(seed, time.monotonic() - started, None, traceback.format_exc())
+    write_run(result, out_dir / f"seed-{seed}")
+    return _SeedOutcome(seed, time.monotonic() - started, result)
+
+
+@sim.command()
+@_scenario_argument
+@click.option(
+    "--seeds",
+    "seeds_spec",
+    required=True,
+    metavar="SEEDS",
+    help="The seeds: a range 1..20 (both ends included), one seed 3, "
+    "or a comma-separated list 1,5,9 (items may be ranges: 1..4,10).",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (default: the number of CPUs).",
+)
+@_nodes_option
+@_duration_option
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="Where to write sweep.json, sweep.md and one seed-N/ directory per seed "
+    "(default: ./sim-out/<scenario>-sweep).",
+)
+def sweep(
+    scenario: str,
+    seeds_spec: str,
+    jobs: int | None,
+    nodes: int | None,
+    duration: float | None,
+    out: Path | None,
+) -> None:
+    """Run SCENARIO over many seeds in parallel and aggregate the metrics.
+
+    Writes each seed's outputs (as `sim run` does) to DIR/seed-N/, and
+    DIR/sweep.json and DIR/sweep.md with the p50, p99 and worst seed of
+    every metric.  One line per finished seed goes to stderr.  Exits 1 if
+    any seed violated an oracle, listing those seeds.
+    """
+    seeds = parse_seeds(seeds_spec)
+    loaded = _load(scenario, seed=None, nodes=nodes, duration=duration)
+    from simulations.report import write_sweep
+
+    out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-sweep"
+    workers = min(jobs or os.cpu_count() or 1, len(seeds))
+    _note_unchecked_convergence(loaded)
+    click.echo(f"sweeping {loaded.name} over {len(seeds)} seed(s) with {workers} worker(s)", err=True)
+    started = time.monotonic()
+    outcomes = sorted(_sweep_outcomes(loaded, seeds, out_dir, workers), key=lambda o: o.seed)
+    wall = time.monotonic() - started
+    results = [o.result for o in outcomes if o.result is not None]
+    crashed = [o for o in outcomes if o.crash is not None]
+    written = write_sweep(results, out_dir) if results else []
+    failed = [r for r in results if not r.ok]
+    click.echo(
+        f"scenario {loaded.name}  seeds {seeds_spec}  {len(results) - len(failed)}/{len(outcomes)} ok  "
+        f"{wall:.1f} s wall"
+    )
+    click.echo(f"wrote {len(written)} files to {out_dir} (and seed-N/ per seed)")
+    problems = []
+    if crashed:
+        click.echo(f"the first crash (seed {crashed[0].seed}):\n{crashed[0].crash}", err=True)
+        problems.append(f"the simulation crashed in seed(s) {', '.join(str(o.seed) for o in crashed)}")
+    if failed:
+        first = failed[0].violations[0]
+        names = ", ".join(str(r.scenario.seed) for r in failed)
+        problems.append(
+            f"oracle violated in seed(s) {names}; first: seed {failed[0].scenario.seed}: "
+            f"{first.oracle} at {first.time:g} s: {first.detail}"
+        )
+    if problems:
+        raise click.ClickException("; ".join(problems))
+
+
+def _sweep_outcomes(scenario: Scenario, seeds: list[int], out_dir: Path, workers: int) -> list[_SeedOutcome]:
+    outcomes: list[_SeedOutcome] = []
+
+    def report(outcome: _SeedOutcome) -> None:
+        outcomes.append(outcome)
+        result = outcome.result
+        if result is None:
+            status = "CRASHED"
+        elif result.ok:
+            status = "ok"
+        else:
+            v = result.violations[0]
+            status = f"VIOLATION {v.oracle} at {v.time:g} s: {v.detail}"
+        click.echo(
+            f"[{len(outcomes)}/{len(seeds)}] seed {outcome.seed}  {status}  ({outcome.wall:.1f} s)",
+            err=True,
+        )
+
+    if workers == 1:  # no pool: one process, and Ctrl-C stops at once
+        for seed in seeds:
+            report(_run_seed(scenario, seed, out_dir))
+        return outcomes
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures: list[Future[_SeedOutcome]] = [
+            pool.submit(_run_seed, scenario, seed, out_dir) for seed in seeds
+        ]
+        try:
+            for future in as_completed(futures):
+                report(future.result())
+        except KeyboardInterrupt:
+            # The workers got the SIGINT too; what is still queued is dropped.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return outcomes
