@@ -103,6 +103,8 @@ RESEARCH_MAX: Final = 600.0
 #: Longest gap between NodeCore's maintenance passes (announces, searches); a
 #: pass also runs when a search is due and after new entries arrive.
 MAINTAIN_EVERY: Final = 10.0
+#: Seconds between maintenance passes while the DHT routing table is empty.
+FIRST_CONTACT_POLL: Final = 1.0
 #: Seconds before retrying an announce that reached no node.
 ANNOUNCE_RETRY: Final = 15.0
 
@@ -426,6 +428,7 @@ class NodeCore:
     def _maintain(self, now: float) -> None:
         """Announce the feeds we hold; search providers for followed feeds nobody serves us."""
         if len(self.dht.table) == 0:
+            self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
         own = self.identity.public_key
         if self._addrs and any(proto == "tcp" for proto, _, _ in self._addrs):

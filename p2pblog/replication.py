@@ -90,7 +90,7 @@ from gossip.transport import (
 )
 from identity import Identity
 from p2pblog.entry import Entry, decode_entry
-from p2pblog.errors import ChainError, EntryError
+from p2pblog.errors import ChainError, EntryError, EntrySignatureError
 from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
@@ -695,18 +695,26 @@ class Replicator:
             # Unfollowed while in flight: not storing them is a refusal.
             session.entries_stored(event.feed, now)
             return
-        valid = 0
+        entries: list[Entry] = []
+        fault: tuple[str, str] | None = None
         for i, raw in enumerate(event.entries):
             try:
-                entry = decode_entry(raw, check_signature=False)
+                # The only decode of a peer's entry, signature included: the
+                # store takes the decoded entries as they are.
+                entry = decode_entry(raw)
+            except EntrySignatureError as exc:
+                fault = ("entries.forged", str(exc))
+                break
             except EntryError:
+                fault = ("entries.malformed", "entries do not match their header")
                 break
             if entry.author != event.feed or entry.seq != event.first_seq + i:
+                fault = ("entries.malformed", "entries do not match their header")
                 break
-            valid += 1
-        report = self.store.ingest_many(event.entries[:valid])
-        if valid < len(event.entries):
-            self._peer_fault(conn, session, "entries.malformed", "entries do not match their header", now)
+            entries.append(entry)
+        report = self.store.ingest_entries(entries)
+        if fault is not None:
+            self._peer_fault(conn, session, *fault, now)
         elif report.error is not None and not isinstance(report.error, ChainError):
             self._peer_fault(conn, session, "entries.forged", str(report.error), now)
         session.entries_stored(event.feed, now)

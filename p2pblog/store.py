@@ -330,6 +330,18 @@ class Store:
         self._ingest_batch(batch, report)
         return report
 
+    def ingest_entries(self, entries: Iterable[Entry]) -> IngestReport:
+        """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked)."""
+        report = IngestReport()
+        batch: list[Entry] = []
+        for entry in entries:
+            batch.append(entry)
+            if len(batch) >= limits.INGEST_BATCH:
+                self._ingest_batch(batch, report)
+                batch = []
+        self._ingest_batch(batch, report)
+        return report
+
     def _ingest_batch(self, batch: list[Entry], report: IngestReport) -> None:
         if not batch:
             return
