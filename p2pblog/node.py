@@ -95,6 +95,8 @@ PEER_REPUBLISH: Final = 30 * 60
 #: stale provider costs a finder one failed dial, not a wrong identity.
 PROVIDER_TTL: Final = 6 * 3600
 PROVIDER_REPUBLISH: Final = 2 * 3600
+#: Least seconds between two publishes of the peer record because the routing table grew.
+REPUBLISH_GROWN_AFTER: Final = 30.0
 #: Seconds between provider searches for a followed feed no connected peer replicates.
 SEARCH_EVERY: Final = 30.0
 #: Longest gap between searches for a feed that other peers serve but whose
@@ -256,6 +258,9 @@ class NodeCore:
         self._finds: dict[int, bytes] = {}
         self._addrs: tuple[tuple[str, str, int], ...] = ()
         self._republish_at: float | None = None
+        #: Routing-table size when the peer record was last published (see `_maintain`).
+        self._published_table = 0
+        self._published_at = 0.0
         self._resolves: dict[int, bytes] = {}
         self._publishes: dict[int, int] = {}
         self._events: deque[Event] = deque()
@@ -430,6 +435,15 @@ class NodeCore:
         if len(self.dht.table) == 0:
             self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
+        # A record published while the network (as we see it) was much smaller
+        # sits at nodes that are no longer the k closest to its key (welcome
+        # stores, paper 2.5, re-home only some of it): publish again.
+        if (
+            self.peer_record is not None
+            and len(self.dht.table) >= 2 * max(1, self._published_table)
+            and now >= self._published_at + REPUBLISH_GROWN_AFTER
+        ):
+            self._publish(now)
         own = self.identity.public_key
         if self._addrs and any(proto == "tcp" for proto, _, _ in self._addrs):
             for feed in sorted(self.replicator.wanted):
@@ -519,6 +533,8 @@ class NodeCore:
             self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self._addrs
         )
         self._republish_at = now + PEER_REPUBLISH
+        self._published_table = len(self.dht.table)
+        self._published_at = now
         qid = self.dht.start_put(peer_key(self.identity.public_key), self.peer_record.raw, now)
         self._publishes[qid] = seq
         return qid

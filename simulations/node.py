@@ -16,12 +16,14 @@ seconds, as the real node does) and reconnects from its address book.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from random import Random
 from typing import Any
 
+from dht import BootstrapFinished
 from dht.ids import Address
 from identity import Identity
-from p2pblog.node import NodeCore
+from p2pblog.node import NodeCore, RecordPublished
 from p2pblog.store import Store
 from simulations.engine import Engine, Timer
 from simulations.network import Network
@@ -32,6 +34,9 @@ SAVE_CONTACTS_EVERY = 60.0
 #: Smallest step between two timer firings, so a core whose deadline does
 #: not move cannot spin the engine at one instant.
 MIN_TIMER_STEP = 0.001
+#: Seconds between attempts to publish the peer record while no node stored
+#: it (the daemon's ``PUBLISH_RETRY``); then NodeCore's own republish timer.
+PUBLISH_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class SimNode:
@@ -60,6 +65,10 @@ class SimNode:
         self.addr: Address = network.add(self)
         self._timer: Timer | None = None
         self._save_timer: Timer | None = None
+        self._addrs: list[tuple[str, str, int]] = []
+        self._join_query: int | None = None
+        self._publish_query: int | None = None
+        self._publish_tries = 0
 
     @property
     def now(self) -> float:
@@ -82,9 +91,16 @@ class SimNode:
         seeds = [s for s in seeds if s != self.addr]
         addrs = [("udp", self.addr[0], self.addr[1]), ("tcp", self.addr[0], self.addr[1])]
         core.set_addresses(addrs)
+        self._addrs = addrs
+        self._join_query = self._publish_query = None
+        self._publish_tries = 0
+        # As the daemon does (`p2pblog.daemon.Node._join`): publish the peer
+        # record once the bootstrap lookup has filled the routing table, and
+        # again while no node stored it.
         if seeds:
-            core.bootstrap(seeds, self.now)
-        core.publish(addrs, self.now)
+            self._join_query = core.bootstrap(seeds, self.now)
+        else:
+            self._publish_query = core.publish(addrs, self.now)
         self.flush()
         self._save_timer = self.engine.after(SAVE_CONTACTS_EVERY, self._save_contacts)
 
@@ -100,6 +116,12 @@ class SimNode:
         self._timer = self._save_timer = None
         self.network.node_down(self.index)
         self.network.drop_node_links(self.index)
+
+    def _publish(self, incarnation: int) -> None:
+        if self.core is None or incarnation != self.incarnation:
+            return
+        self._publish_query = self.core.publish(self._addrs, self.now)
+        self.flush()
 
     def _save_contacts(self) -> None:
         core = self.core
@@ -160,6 +182,15 @@ class SimNode:
         for conn_id in core.connections_to_close():
             network.close(index, conn_id)
         while (event := core.next_event()) is not None:
+            if isinstance(event, BootstrapFinished) and event.query_id == self._join_query:
+                self._join_query = None
+                self.engine.after(0.0, partial(self._publish, self.incarnation))
+            elif isinstance(event, RecordPublished) and event.query_id == self._publish_query:
+                self._publish_query = None
+                if not event.stored_at and self._publish_tries < len(PUBLISH_RETRY):
+                    delay = PUBLISH_RETRY[self._publish_tries]
+                    self._publish_tries += 1
+                    self.engine.after(delay, partial(self._publish, self.incarnation))
             self.on_event(self, event)
         if self.core is not core:  # an event handler crashed us
             return

@@ -74,8 +74,9 @@ class Hooks:
 
     #: Called with each node right after it is created (e.g. to corrupt its store).
     on_node: Callable[[SimNode], None] | None = None
-    #: Replace the core factory of chosen nodes.
-    make_core: Callable[[SimNode, Random, float], NodeCore] | None = None
+    #: Replace the core factory of chosen nodes (return None for the default core:
+    #: the node's role and the scenario's protocol).
+    make_core: Callable[[SimNode, Random, float], NodeCore | None] | None = None
 
 
 @dataclass
@@ -144,6 +145,8 @@ class Simulation:
         self.refused: Counter[str] = Counter()
         self.replicator_stats: Counter[str] = Counter()
         self.fork_seen: dict[tuple[int, bytes], int] = {}
+        #: Equivocator index -> the seq it signed twice (`simulations.adversary.equivocate`).
+        self.equivocated: dict[int, int] = {}
         self.converged_at: float | None = None
         self.skipped_posts = 0
 
@@ -178,7 +181,9 @@ class Simulation:
 
     def _core_factory(self, node: SimNode, rng: Random, now: float) -> NodeCore:
         if self.hooks.make_core is not None:
-            return self.hooks.make_core(node, rng, now)
+            chosen = self.hooks.make_core(node, rng, now)
+            if chosen is not None:
+                return chosen
         from simulations.adversary import make_core  # the roles live there
 
         core = make_core(self.roles.get(node.index), node, rng, now)
@@ -260,10 +265,10 @@ class Simulation:
         probe_from = max(sc.last_fault_end, sc.post_until)
         t = probe_from
         while t <= sc.duration:
-            engine.at(t, self._probe_convergence)
+            self._last_at(t, self._probe_convergence)
             t += PROBE_EVERY
         if sc.converge_by <= sc.duration:
-            engine.at(sc.converge_by, self._convergence_oracle)
+            self._last_at(sc.converge_by, self._convergence_oracle)
         step = max(1.0, sc.duration / 100)
         t = 0.0
         while t < sc.duration:
@@ -272,6 +277,15 @@ class Simulation:
             if progress is not None:
                 progress(t, engine.events_run)
         return Result(sc, self._metrics(), self.violations, engine.events_run)
+
+    def _last_at(self, when: float, action: Callable[[], None]) -> None:
+        """Run action at when, behind everything else due then (e.g. the restarts
+        that end a crash or churn fault, scheduled while the run went on)."""
+
+        def defer() -> None:
+            self.engine.after(0.0, action)
+
+        self.engine.at(when, defer)
 
     # ============================================================ actions
 
@@ -450,11 +464,16 @@ class Simulation:
             feed = self.nodes[author].identity.public_key
             holders = [i for i in self.followers[author] if i in self.honest_set]
             replicas = []
-            fork_bound = None
+            # Honest replicas may hold different branches of an equivocated seq
+            # until one of them sees both: only the entries below it must agree.
+            fork_bound = self.equivocated.get(author)
             for i in holders:
                 state = self.nodes[i].store.feed_state(feed)
                 if state.forked_seq is not None:
                     fork_bound = state.forked_seq if fork_bound is None else min(fork_bound, state.forked_seq)
+                    # A fork learned from a fork proof (or a refused branch)
+                    # stores nothing, so no EntriesStored reports it: note it here.
+                    self.fork_seen.setdefault((i, feed), state.latest_seq)
                 if state.latest_seq:
                     replicas.append((state.latest_seq, i))
             if len(replicas) < 2:
@@ -509,6 +528,7 @@ class Simulation:
 
     def _metrics(self) -> dict[str, Any]:
         sc = self.scenario
+        self._check_prefixes()  # also notes the forks honest nodes learned since the last check
         for node in self.nodes:
             self._save_stats(node)
             if node.core is not None:

@@ -1,0 +1,270 @@
+"""The bundled scenarios: they load, bad scenario files are refused by field, and each one runs.
+
+Every bundled scenario runs here at a reduced size (`SMALL` nodes, its own
+duration, so its faults and its convergence deadline still fall inside the
+run) with its oracles clean and metrics that show its trouble happened:
+losses and broken links, refused forgeries, detected forks, flood's extra
+duplicates.  Runs are cached per (scenario, seed), so the whole module costs
+about as much as running each scenario once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dht import PeerMisbehaved
+from simulations.node import SimNode
+from simulations.scenario import Scenario, ScenarioError, bundled_names
+from simulations.simulation import Hooks, Result, run_scenario
+
+BUNDLED = [
+    "baseline",
+    "churn",
+    "crash-and-loss",
+    "equivocation",
+    "flood",
+    "offline-author",
+    "partition-heal",
+    "sybil-dht",
+]
+#: Nodes in the reduced runs: enough for halves, 30% crashes and a few liars.
+SMALL = 16
+
+
+@functools.cache
+def run(name: str, seed: int = 1) -> Result:
+    return run_scenario(Scenario.load(name).with_overrides(seed=seed, nodes=SMALL))
+
+
+@functools.cache
+def run_counting_dht_misbehaviour(name: str) -> tuple[Result, Counter[str]]:
+    """Run a scenario and count the DHT protocol violations honest and lying nodes reported."""
+    reasons: Counter[str] = Counter()
+
+    def on_node(node: SimNode) -> None:
+        inner = node.on_event
+
+        def on_event(n: SimNode, event: Any) -> None:
+            if isinstance(event, PeerMisbehaved):
+                reasons[event.reason] += 1
+            inner(n, event)
+
+        node.on_event = on_event
+
+    scenario = Scenario.load(name).with_overrides(nodes=SMALL)
+    return run_scenario(scenario, hooks=Hooks(on_node=on_node)), reasons
+
+
+def assert_converged(result: Result) -> None:
+    """The convergence oracle ran inside the run, and every honest follower caught up."""
+    assert result.ok, result.violations
+    convergence = result.metrics["convergence"]
+    assert convergence["deadline"] is not None, "the convergence deadline falls after the end of the run"
+    assert convergence["converged_after_s"] is not None
+    assert convergence["converged_after_s"] <= result.scenario.converge_within
+
+
+# ============================================================ loading
+
+
+def test_the_bundled_scenarios_are_the_issue_list() -> None:
+    assert bundled_names() == BUNDLED
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_scenario_loads_and_checks_convergence_inside_the_run(name: str) -> None:
+    scenario = Scenario.load(name)
+    assert scenario.name == name
+    assert scenario.description and "\n" not in scenario.description
+    # The convergence oracle runs only if its deadline falls inside the run.
+    assert scenario.converge_by <= scenario.duration
+    assert scenario.last_fault_end < scenario.converge_by
+    # The reduced runs below keep the schedule, and so the deadline.
+    assert Scenario.load(name).with_overrides(nodes=SMALL).converge_by == scenario.converge_by
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("nodez = 5", "nodez: unknown field"),
+        ("[workload]\nfollowz = 3", "workload.followz: unknown field"),
+        ("[network.latency]\nmedain_ms = 4.0", "network.latency.medain_ms: unknown field"),
+        ("[[faults]]\nkind = 'crash'\nfraktion = 0.3", "faults[0].fraktion: unknown field"),
+        ("nodes = 'many'", "nodes: expected an integer"),
+        ("nodes = true", "nodes: expected an integer"),
+        ("nodes = 12.5", "nodes: expected an integer"),
+        ("duration = 'long'", "duration: expected a number"),
+        ("[network]\nloss = 'some'", "network.loss: expected a number"),
+        ("protocol = 3", "protocol: expected a string"),
+        ("workload = 5", "workload: expected a table"),
+        ("faults = 3", "faults: an array of tables"),
+        ("nodes = 1", "nodes: 2..100000"),
+        ("duration = 0", "duration: must be > 0"),
+        ("protocol = 'smoke-signals'", "protocol: 'gossip' or 'flood'"),
+        ("converge_within = -1", "converge_within: must be >= 0"),
+        ("[workload]\nauthors = 1.5", "workload.authors: a fraction 0..1"),
+        ("nodes = 10\n[workload]\nfollows = 10", "workload.follows: 0 .. nodes-1"),
+        ("[workload]\nfollow_graph = 'small-world'", "workload.follow_graph"),
+        ("[workload]\nposts_per_hour = -1.0", "workload: rates and times must be >= 0"),
+        ("[network]\nloss = 1.5", "network: loss is a probability"),
+        ("[network.latency]\nkind = 'warp'", "network.latency: latency kind must be one of"),
+        ("[malicious]\ndht_bogus = 2.0", "malicious.dht_bogus: a fraction 0..1"),
+        ("nodes = 10\n[malicious]\nequivocators = 11", "malicious.equivocators: 0 .. nodes"),
+        ("[[faults]]\nkind = 'meteor'", "faults[0].kind: one of crash, partition, churn, loss"),
+        ("[[faults]]\nkind = 'crash'\n[[faults]]\nkind = 'flood'", "faults[1].kind: one of"),
+        ("[[faults]]\nkind = 'crash'\nfraction = 1.3", "faults[0]: fraction and rate are 0..1"),
+        ("[[faults]]\nkind = 'partition'\nshape = 'thirds'", "faults[0].shape: 'halves' or 'bridge'"),
+        ("[[faults]]\nkind = 'loss'\nat = -5.0", "faults[0]: times must be >= 0"),
+        ("[[faults]]\nkind = 'churn'\nsession_mean = 0.0", "faults[0]: session_mean and downtime_mean"),
+        ("nodes = ", "not valid TOML"),
+    ],
+)
+def test_malformed_scenario_is_refused_naming_the_field(text: str, field: str) -> None:
+    with pytest.raises(ScenarioError) as caught:
+        Scenario.from_toml(text)
+    assert field in str(caught.value)
+
+
+def test_missing_fault_kind_names_the_fault() -> None:
+    with pytest.raises(ScenarioError, match=r"faults\[0\].*kind"):
+        Scenario.from_toml("[[faults]]\nat = 10.0")
+
+
+def test_unknown_scenario_name_lists_the_bundled_ones() -> None:
+    with pytest.raises(ScenarioError, match=r"no scenario 'no-such-scenario'.*baseline"):
+        Scenario.load("no-such-scenario")
+
+
+def test_overrides_are_checked() -> None:
+    with pytest.raises(ScenarioError, match="nodes"):
+        Scenario.load("baseline").with_overrides(nodes=1)
+    with pytest.raises(ScenarioError, match="follows"):
+        Scenario.load("baseline").with_overrides(nodes=5)  # follows = 5 needs 6 nodes
+
+
+# ============================================================ runs
+
+
+def test_baseline_delivers_everything_quickly() -> None:
+    result = run("baseline")
+    assert_converged(result)
+    m = result.metrics
+    assert m["posts"] > 0
+    assert m["delivery"]["ratio"] == 1.0
+    assert m["delivery"]["latency_s"]["p99"] < 1.0  # pushes, not periodic pulls
+    assert m["refused"] == {}
+    assert m["traffic"]["network"]["datagrams.lost"] == 0
+    assert m["traffic"]["network"]["links.broken"] == 0
+    assert m["forks_detected_by_honest_nodes"] == 0
+
+
+def test_crash_and_loss_converges_after_restart() -> None:
+    result = run("crash-and-loss")
+    assert_converged(result)
+    m = result.metrics
+    network = m["traffic"]["network"]
+    assert network["datagrams.lost"] > 0
+    assert network["links.broken"] > 0
+    assert network["dials.failed"] > 0  # dials into crashed nodes
+    # Every post reached every honest follower in the end; some only after a restart.
+    assert m["delivery"]["ratio"] == 1.0
+    assert m["delivery"]["latency_s"]["max"] > 10.0
+
+
+def test_partition_heal_converges_after_the_heal() -> None:
+    result = run("partition-heal")
+    assert_converged(result)
+    m = result.metrics
+    assert m["traffic"]["network"]["datagrams.unreachable"] > 0
+    assert m["traffic"]["network"]["links.broken"] > 0
+    # Posts made during the split reach the far half only after the heal.
+    assert m["delivery"]["latency_s"]["max"] > 10.0
+
+
+def test_churn_converges_once_churn_stops() -> None:
+    result = run("churn")
+    assert_converged(result)
+    m = result.metrics
+    assert m["traffic"]["network"]["links.broken"] > 0
+    assert m["delivery"]["ratio"] == 1.0
+
+
+def test_sybil_dht_is_resisted() -> None:
+    result, reasons = run_counting_dht_misbehaviour("sybil-dht")
+    assert_converged(result)
+    m = result.metrics
+    assert m["roles"] == {"dht_bogus": 2, "dht_forged": 2}
+    # Forged records were caught by honest nodes' validators ...
+    assert reasons["invalid returned value"] + reasons["invalid returned provider"] > 0
+    # ... and bogus referrals sent them to addresses where nobody listens (the
+    # only unreachable datagrams in a run with no crash and no partition).
+    assert m["traffic"]["network"]["datagrams.unreachable"] > 0
+    assert m["dht"]["lookups"] >= 100
+    assert m["delivery"]["ratio"] == 1.0
+
+
+@functools.cache
+def run_keeping_nodes(name: str) -> tuple[Result, tuple[SimNode, ...]]:
+    nodes: list[SimNode] = []
+    scenario = Scenario.load(name).with_overrides(nodes=SMALL)
+    return run_scenario(scenario, hooks=Hooks(on_node=nodes.append)), tuple(nodes)
+
+
+def test_equivocation_is_detected_and_contained() -> None:
+    result, nodes = run_keeping_nodes("equivocation")
+    assert_converged(result)  # honest feeds are unaffected, and nobody stored past a known fork
+    assert result.metrics["roles"] == {"equivocator": 3}
+    assert result.metrics["delivery"]["ratio"] == 1.0
+    forked = [
+        (node.index, state.author) for node in nodes for state in node.store.feeds() if state.forked_seq
+    ]
+    # Many nodes hold a fork proof, and only of the three equivocators' feeds.
+    assert len(forked) >= SMALL // 2
+    assert 1 <= len({feed for _, feed in forked}) <= 3
+
+
+def test_equivocation_forks_are_counted_in_the_metrics() -> None:
+    result, _ = run_keeping_nodes("equivocation")
+    assert result.metrics["forks_detected_by_honest_nodes"] > 0
+
+
+def test_offline_authors_feeds_are_served_by_their_followers() -> None:
+    result = run("offline-author")
+    assert_converged(result)
+    m = result.metrics
+    # Posts an offline author would have made are not made (and not counted).
+    assert m["posts_skipped_offline_author"] > 0
+    # Offline authors are followers too: posts made after they left never
+    # reach them, so the ratio is below 1 while convergence (of the nodes up) holds.
+    assert 0.5 < m["delivery"]["ratio"] < 1.0
+
+
+def test_flood_costs_more_duplicates_than_gossip() -> None:
+    result = run("flood")
+    assert_converged(result)
+    assert set(result.compare) == {"flood"}
+    gossip, flood = result.metrics, result.compare["flood"]
+    assert flood["delivery"]["ratio"] == gossip["delivery"]["ratio"] == 1.0
+    assert flood["posts"] == gossip["posts"]
+    assert (
+        flood["amplification"]["duplicates_per_delivery"] > gossip["amplification"]["duplicates_per_delivery"]
+    )
+    assert flood["traffic"]["bytes_total"] > gossip["traffic"]["bytes_total"]
+
+
+# ============================================================ determinism
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not() -> None:
+    def metrics(seed: int) -> str:
+        scenario = Scenario.load("crash-and-loss").with_overrides(seed=seed, nodes=12)
+        return json.dumps(run_scenario(scenario).metrics, sort_keys=True)
+
+    first = metrics(1)
+    assert metrics(1) == first
+    assert metrics(2) != first
