@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from tests.process import p2pblog
 
@@ -92,6 +95,22 @@ def wait_for(predicate: object, timeout: float, interval: float = 0.2) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def run(home: Path, *args: str) -> str:
+    """Run a p2pblog command that must succeed; its stdout, stripped."""
+    result = p2pblog(home, *args)
+    assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[NodeProcess]]:
+    """Node processes a test starts (append them); all stopped when it ends."""
+    running: list[NodeProcess] = []
+    yield running
+    for node in running:
+        node.stop()
 
 
 def cli_json(home: Path, *args: str) -> object:

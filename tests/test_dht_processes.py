@@ -18,18 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
-import pytest
 
 from tests.nodes import NodeProcess, start_node, wait_for
 from tests.process import p2pblog
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    running: list[NodeProcess] = []
-    yield running
-    for node in running:
-        node.stop()
 
 
 def lookup(home: Path, handle: str) -> dict[str, object] | None:

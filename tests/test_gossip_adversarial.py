@@ -20,7 +20,6 @@ still reach B over the connection that was open before the attacks.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,23 +31,8 @@ from identity.limits import MAX_FRAME_BYTES
 from p2pblog.entry import POST, create_entry, decode_entry, encode_content
 from p2pblog.errors import EntrySignatureError
 from p2pblog.feedfile import read_feed
-from tests.nodes import NodeProcess, cli_json, start_node, status, timeline_texts, wait_for
+from tests.nodes import NodeProcess, cli_json, run, start_node, status, timeline_texts, wait_for
 from tests.peers.gossip_attacker import Connection, GossipDialer, RawDialer
-from tests.process import p2pblog
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    running: list[NodeProcess] = []
-    yield running
-    for node in running:
-        node.stop()
-
-
-def run(home: Path, *args: str) -> str:
-    result = p2pblog(home, *args)
-    assert result.returncode == 0, f"{args}: {result.stdout}{result.stderr}"
-    return result.stdout.strip()
 
 
 def gossip_dropped(node: NodeProcess) -> dict[str, int]:

@@ -9,29 +9,12 @@ while the node runs (WAL readers never block the writer).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from identity import decode_handle
 from p2pblog.store import Store
-from tests.nodes import NodeProcess, start_node, status, timeline_texts, wait_for
+from tests.nodes import NodeProcess, run, start_node, status, timeline_texts, wait_for
 from tests.process import p2pblog
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    running: list[NodeProcess] = []
-    yield running
-    for node in running:
-        node.stop()
-
-
-def run(home: Path, *args: str) -> str:
-    result = p2pblog(home, *args)
-    assert result.returncode == 0, f"{args}: {result.stderr}"
-    return result.stdout.strip()
 
 
 def latest_seq(home: Path, handle: str) -> int:

@@ -1,0 +1,5 @@
+"""Fixtures shared by the test modules."""
+
+from tests.nodes import nodes
+
+__all__ = ["nodes"]
