@@ -60,9 +60,9 @@ lookups an hour.
 from __future__ import annotations
 
 import enum
-import heapq
+import itertools
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -199,13 +199,39 @@ class RoutingTable:
         """
         n = self.k if count is None else count
         t = int.from_bytes(target, "big")
-        # At most two entries can be excluded (one by id, one by address).
-        # Distances are distinct ints, so sorting (distance, contact) pairs never
-        # compares contacts, and needs no key function call per comparison.
-        ranked = [(i ^ t, c) for i, c in self._flat.values()]
-        nearest = heapq.nsmallest(n + 2, ranked) if len(ranked) > 4 * (n + 2) else sorted(ranked)[: n + 2]
-        out = [c for _, c in nearest if c.node_id != exclude_id and c.addr != exclude_addr]
-        return out[:n]
+        # Visit buckets in an order where every contact of a bucket is nearer
+        # the target than every contact of the buckets after it, and stop once
+        # enough are gathered; then rank only those.  With x = own ^ target and
+        # b its top bit, a contact in bucket j is at distance (own ^ c) ^ x:
+        # bucket b first (bit b cancels), then buckets j < b where x has bit j
+        # set (highest j first: that bit cancels), then those where it is clear
+        # (lowest j first), then buckets b+1, b+2, ... (distance ~ 2^j).
+        x = self._own_int ^ t
+        b = x.bit_length() - 1
+        if b < 0:
+            order: Iterable[int] = range(ID_BITS)
+        else:
+            below = range(b - 1, -1, -1)
+            order = itertools.chain(
+                (b,),
+                (j for j in below if x >> j & 1),
+                (j for j in range(b) if not x >> j & 1),
+                range(b + 1, ID_BITS),
+            )
+        gathered: list[tuple[int, Contact]] = []
+        for j in order:
+            entries = self._buckets[j].entries
+            if not entries:
+                continue
+            for entry in entries.values():
+                c = entry.contact
+                if c.node_id != exclude_id and c.addr != exclude_addr:
+                    gathered.append((int.from_bytes(c.node_id, "big") ^ t, c))
+            if len(gathered) >= n:
+                break
+        # Distances are distinct ints, so sorting pairs never compares contacts.
+        gathered.sort()
+        return [c for _, c in gathered[:n]]
 
     # ------------------------------------------------------------------ updates
 
