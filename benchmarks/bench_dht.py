@@ -57,6 +57,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench_log import cpu_model
 from dht_bench_common import SKIPPED, Spec
 
 HERE = Path(__file__).resolve().parent
@@ -166,16 +167,6 @@ def summarize(run: dict[str, Any], baseline: dict[str, Any], nodes: int) -> dict
 # --- machine ------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -183,8 +174,8 @@ def version(package: str) -> str:
         return "not installed"
 
 
-def source_state() -> dict[str, Any]:
-    """The commit measured, and whether dht/ or p2pblog/ had uncommitted changes."""
+def source_state(*paths: str) -> dict[str, Any]:
+    """The commit measured, and uncommitted changes under paths (default: dht/ and p2pblog/)."""
 
     def git(*args: str) -> str:
         try:
@@ -194,7 +185,7 @@ def source_state() -> dict[str, Any]:
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    dirty = git("status", "--porcelain", "--", "dht", "p2pblog")
+    dirty = git("status", "--porcelain", "--", *(paths or ("dht", "p2pblog")))
     return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted": dirty.splitlines()}
 
 

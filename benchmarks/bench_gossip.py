@@ -69,13 +69,12 @@ import sys
 import tempfile
 import time
 from functools import partial
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import nacl
 import nacl.signing
-from bench_dht import quantile
+from bench_dht import quantile, source_state, version
 from bench_log import cpu_model, filesystem, libsodium_version, texts
 from gossip_bench_nodes import (
     Cluster,
@@ -743,28 +742,6 @@ def part_footprint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 # --- machine and source -----------------------------------------------------------------------
 
 
-def version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def source_state() -> dict[str, Any]:
-    """The commit measured, and uncommitted changes to the code the nodes run."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    dirty = git("status", "--porcelain", "--", "p2pblog", "gossip", "dht", "identity", "cli")
-    return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted": dirty.splitlines()}
-
-
 def machine(workdir: Path) -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
@@ -977,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(workdir),
-        "source": source_state(),
+        "source": source_state("p2pblog", "gossip", "dht", "identity", "cli"),
         "load_before": load(),
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
