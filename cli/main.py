@@ -15,26 +15,36 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import click
 import trio
 
+from cli.common import (
+    PASSPHRASE_ENV,
+    call_if_running,
+    current_home,
+    echo_item,
+    load_identity,
+    now_ms,
+    passphrase,
+    public_key,
+    when,
+)
 from cli.sim import sim
-from identity import Identity, KeyFileError, PassphraseError, decode_handle, encode_handle
+from cli.social import COMMANDS as SOCIAL_COMMANDS
+from cli.social import resolve_target
+from identity import Identity, KeyFileError, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
-from identity.keyfile import key_file_is_encrypted, read_public_key
-from p2pblog import control
+from identity.limits import MENTION_WORK
+from p2pblog import actions, control
 from p2pblog.daemon import DEFAULT_PORT, NodeService
 from p2pblog.demo import MAX_NODES as MAX_DEMO_NODES
 from p2pblog.demo import run_demo
 from p2pblog.entry import (
     FOLLOW,
-    POST,
     PROFILE,
     UNFOLLOW,
     entry_to_json,
@@ -47,12 +57,6 @@ from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import Home, default_home
 from p2pblog.runtime import parse_hostport
 from p2pblog.store import FeedItem
-
-PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Group(click.Group):
@@ -92,58 +96,8 @@ def main(ctx: click.Context, home: Path | None) -> None:
     ctx.obj = Home(home if home is not None else default_home())
 
 
-def _home() -> Home:
-    home = click.get_current_context().find_object(Home)
-    assert home is not None
-    return home
-
-
-def _passphrase(*, confirm: bool = False) -> str:
-    value = os.environ.get(PASSPHRASE_ENV)
-    if value is not None:
-        return value
-    if not sys.stdin.isatty():
-        raise PassphraseError(f"the key is encrypted: set {PASSPHRASE_ENV} or run in a terminal")
-    return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
-
-
-def _identity(home: Home) -> Identity:
-    if home.exists() and key_file_is_encrypted(home.key_file):
-        return home.load_identity(_passphrase())
-    return home.load_identity()
-
-
-def _public_key(home: Home) -> bytes:
-    """The own public key, without unlocking an encrypted key file."""
-    if not home.exists():
-        home.load_identity()  # raises the "no identity" error
-    return read_public_key(home.key_file)
-
-
 def _feed_key(handle: str | None, home: Home) -> bytes:
-    return _public_key(home) if handle is None else decode_handle(handle)
-
-
-def _when(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _echo_item(item: FeedItem) -> None:
-    e = item.entry
-    click.echo(f"[{fingerprint(e.author)} #{e.seq}] {_when(e.timestamp)}  {e.kind}  id {e.id.hex()}")
-    if item.deleted:
-        click.echo("    (deleted by its author)")
-    elif e.kind == POST:
-        for line in (e.text or "").splitlines() or [""]:
-            click.echo(f"    {line}")
-        if e.reply_to:
-            click.echo(f"    (reply to {e.reply_to.hex()})")
-    elif e.feed is not None:
-        click.echo(f"    {e.kind} {encode_handle(e.feed)}")
-    elif e.kind == PROFILE:
-        click.echo("    " + ", ".join(f"{k}: {v}" for k, v in e.body.items()))
-    elif e.target is not None:
-        click.echo(f"    retracts {e.target.hex()}")
+    return public_key(home) if handle is None else decode_handle(handle)
 
 
 def _items_json(items: list[FeedItem]) -> str:
@@ -165,12 +119,12 @@ def init(name: str | None, encrypt: bool) -> None:
 
     Refuses if the home directory already has an identity.
     """
-    home = _home()
+    home = current_home()
     identity = Identity.generate()
-    passphrase = _passphrase(confirm=True) if encrypt else None
+    secret = passphrase(confirm=True) if encrypt else None
     if name is not None:
         validate_body(PROFILE, {"name": name})  # before anything is written
-    home.create(identity, passphrase)
+    home.create(identity, secret)
     if name is not None:
         with home.open_store() as store:
             store.append(identity, PROFILE, {"name": name}, now_ms())
@@ -182,8 +136,8 @@ def init(name: str | None, encrypt: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print handle, fingerprint and home as JSON.")
 def id_(as_json: bool) -> None:
     """Print this node's own handle."""
-    home = _home()
-    key = _public_key(home)
+    home = current_home()
+    key = public_key(home)
     if as_json:
         doc = {
             "handle": encode_handle(key),
@@ -205,40 +159,37 @@ def post(text: str, reply_to: str | None) -> None:
     followers at once.  With no node running it is stored and goes out when
     the node next starts.  @handles in TEXT become mentions.
     """
-    home = _home()
+    home = current_home()
     parent = None
     if reply_to is not None:
         try:
             parent = parse_entry_id(reply_to)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--reply-to") from None
-    body = post_body(text, parent)
-    live = _call_if_running(home, "post", {"text": text, "reply_to": reply_to})
+    post_body(text, parent)  # a bad mention is reported before anything is sent
+    live = call_if_running(home, "post", {"text": text, "reply_to": reply_to})
     if live is not None:
         click.echo(f"Posted #{live['seq']} (sent to connected peers)", err=True)
         click.echo(live["id"])
         return
-    identity = _identity(home)
+    identity = load_identity(home)
     with home.open_store() as store:
-        entry = store.append(identity, POST, body, now_ms())
-    click.echo(f"Posted #{entry.seq}", err=True)
+        entry = actions.post(store, identity, text, now_ms(), reply_to=parent)
+    notices = f"; {len(entry.mentions)} mention notice(s) go out when the node runs" if entry.mentions else ""
+    click.echo(f"Posted #{entry.seq}{notices}", err=True)
     click.echo(entry.id.hex())
 
 
-def _call_if_running(home: Home, command: str, args: dict[str, Any]) -> Any:
-    """The node's answer to command, or None when no node runs at home."""
-    try:
-        return control.call(home.path, command, args)
-    except control.NodeNotRunning:
-        return None
-
-
 @main.command()
-@click.argument("handle")
+@click.argument("handle", metavar="HANDLE|NAME")
 def follow(handle: str) -> None:
     """Follow HANDLE: record a signed follow entry and replicate its feed.
 
-    With the node running it starts looking for HANDLE's feed at once;
+    Instead of a handle you may give a petname, NAME~FINGERPRINT, or a NAME
+    claimed in the DHT (node running).  A NAME that several keys claim is
+    not guessed: the claimants are listed, pick one with NAME~FINGERPRINT.
+
+    With the node running it starts looking for the feed at once;
     otherwise the entry is stored and the node replicates the feed when it
     starts.
     """
@@ -246,7 +197,7 @@ def follow(handle: str) -> None:
 
 
 @main.command()
-@click.argument("handle")
+@click.argument("handle", metavar="HANDLE|NAME")
 def unfollow(handle: str) -> None:
     """Stop following HANDLE: record a signed unfollow entry, stop replicating its feed.
 
@@ -256,19 +207,23 @@ def unfollow(handle: str) -> None:
 
 
 def _follow_command(handle: str, kind: str) -> None:
-    home = _home()
-    key = decode_handle(handle)
-    if key == _public_key(home):
+    home = current_home()
+    key = resolve_target(handle, home)
+    if key == public_key(home):
         raise click.ClickException("that is your own handle")
+    if kind == FOLLOW:
+        with home.open_store() as store:
+            if any(blocked == key for blocked, _ in store.blocks()):
+                raise click.ClickException(f"{encode_handle(key)} is blocked: `p2pblog unblock` it first")
     verb = "follow" if kind == FOLLOW else "unfollow"
-    live = _call_if_running(home, verb, {"handle": handle})
+    live = call_if_running(home, verb, {"handle": encode_handle(key)})
     if live is None:
         with home.open_store() as store:
-            following = key in store.following(_public_key(home))
+            following = key in store.following(public_key(home))
             if following == (kind == FOLLOW):
                 changed = False
             else:
-                store.append(_identity(home), kind, {"feed": key}, now_ms())
+                store.append(load_identity(home), kind, {"feed": key}, now_ms())
                 changed = True
     else:
         changed = bool(live["changed"])
@@ -292,8 +247,8 @@ def timeline(limit: int, as_json: bool) -> None:
     with the node running it shows posts as they arrive.  JSON fields: id,
     author (handle), seq, timestamp (ms), text, reply_to, mentions, ...
     """
-    home = _home()
-    own = _public_key(home)
+    home = current_home()
+    own = public_key(home)
     with home.open_store() as store:
         items = store.timeline(own, limit=limit)
         names = {key: store.profile(key).get("name") for key in {i.entry.author for i in items}}
@@ -301,7 +256,7 @@ def timeline(limit: int, as_json: bool) -> None:
         docs = []
         for item in items:
             doc = entry_to_json(item.entry, retracted=item.deleted)
-            doc["time"] = _when(item.entry.timestamp)
+            doc["time"] = when(item.entry.timestamp)
             doc["name"] = names.get(item.entry.author)
             docs.append(doc)
         click.echo(json.dumps(docs, indent=2))
@@ -312,7 +267,7 @@ def timeline(limit: int, as_json: bool) -> None:
         e = item.entry
         name = names.get(e.author)
         who = f"{name} ({fingerprint(e.author)})" if name else encode_handle(e.author)
-        click.echo(f"{who}  {_when(e.timestamp)}  #{e.seq}")
+        click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
         if item.deleted:
             click.echo("    (deleted by its author)")
         else:
@@ -328,7 +283,7 @@ def timeline(limit: int, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 def log(handle: str | None, limit: int, as_json: bool) -> None:
     """Show a feed from the local store, newest first (default: your own)."""
-    home = _home()
+    home = current_home()
     key = _feed_key(handle, home)
     with home.open_store() as store:
         items = store.feed(key, limit=limit)
@@ -341,7 +296,7 @@ def log(handle: str | None, limit: int, as_json: bool) -> None:
     if forked is not None:
         click.echo(f"Warning: this feed is forked at seq {forked}.", err=True)
     for item in items:
-        _echo_item(item)
+        echo_item(item)
 
 
 @main.command()
@@ -351,7 +306,7 @@ def verify(handle: str | None) -> None:
 
     Checks one feed if HANDLE is given, else all.  Exits 1 if anything is wrong.
     """
-    home = _home()
+    home = current_home()
     key = None if handle is None else decode_handle(handle)
     with home.open_store() as store:
         report = store.verify(key)
@@ -368,7 +323,7 @@ def verify(handle: str | None) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def export(handle: str, file: Path) -> None:
     """Write a feed's signed entries to FILE (for backup or hand-carrying)."""
-    home = _home()
+    home = current_home()
     key = decode_handle(handle)
     with home.open_store() as store:
         if store.latest_seq(key) == 0:
@@ -390,7 +345,7 @@ def import_(file: Path) -> None:
     The valid contiguous prefix is stored; the rest is refused with the reason
     and a non-zero exit.
     """
-    home = _home()
+    home = current_home()
     file_error: list[FeedFileError] = []
 
     def frames(source: BinaryIO) -> Iterator[bytes]:
@@ -489,15 +444,31 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     help="The address other nodes should use to reach this one "
     "(default: the listen address, or the local address towards the bootstrap node).",
 )
-def run(listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None) -> None:
+@click.option(
+    "--mention-work",
+    type=click.IntRange(0, 32),
+    default=MENTION_WORK,
+    show_default=True,
+    help="Proof-of-work bits a mention notice must carry when its author is neither followed "
+    "nor within two follow hops (0 admits every stranger's mention).",
+)
+def run(
+    listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None, mention_work: int
+) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
-    Joins the Kademlia DHT, publishes this node's signed peer record,
-    replicates the feeds it follows over Noise-encrypted TCP (catching up on
-    start, then live), pushes its own posts to followers, and serves the
-    local control API used by `post`, `follow`, `status`, `lookup`, `peers`.
+    Joins the Kademlia DHT, publishes this node's signed peer record and
+    name claims, replicates the feeds it follows over Noise-encrypted TCP
+    (catching up on start, then live), pushes its own posts to followers,
+    delivers and admits mention notices, and serves the local control API
+    used by `post`, `follow`, `status`, `resolve`, `block`, ...
+
+    Mention notices from people you do not follow are admitted when their
+    author is followed by someone you follow, or when they carry
+    --mention-work bits of proof of work; blocked keys are always refused,
+    and each sender may send about 10 per minute.
     """
-    home = _home()
+    home = current_home()
     try:
         running = control.call(home.path, "status", timeout=5)
     except control.NodeNotRunning:
@@ -506,8 +477,10 @@ def run(listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: st
         running = {}  # something answers on the recorded port but not as our node
     if running is not None:
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
-    identity = _identity(home)
-    service = NodeService(home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise)
+    identity = load_identity(home)
+    service = NodeService(
+        home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise, mention_work=mention_work
+    )
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
@@ -530,7 +503,7 @@ def lookup(handle: str, as_json: bool) -> None:
 
     Prints the addresses it is reachable at; exits 1 if no valid record is found.
     """
-    home = _home()
+    home = current_home()
     decode_handle(handle)  # a typo is reported before the node is asked
     result = control.call(home.path, "lookup", {"handle": handle})
     if as_json:
@@ -541,14 +514,14 @@ def lookup(handle: str, as_json: bool) -> None:
         click.echo(result["handle"])
         for proto, host, port in result["addrs"]:
             click.echo(f"  {proto} {host}:{port}")
-        click.echo(f"  record seq {result['seq']}, expires {_when(result['expires'] * 1000)}")
+        click.echo(f"  record seq {result['seq']}, expires {when(result['expires'] * 1000)}")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the routing table and counters as JSON.")
 def peers(as_json: bool) -> None:
     """Show the DHT routing table: contacts per bucket, last seen, dropped-input counters."""
-    home = _home()
+    home = current_home()
     result = control.call(home.path, "peers")
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -558,7 +531,7 @@ def peers(as_json: bool) -> None:
     for bucket in result["buckets"]:
         click.echo(f"bucket {bucket['index']}:")
         for c in bucket["contacts"]:
-            seen = _when(int(c["last_seen"] * 1000))
+            seen = when(int(c["last_seen"] * 1000))
             click.echo(f"  {c['node_id'][:16]}..  {c['host']}:{c['port']}  last seen {seen}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
@@ -568,7 +541,7 @@ def peers(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status(as_json: bool) -> None:
     """Show the running node: handle, addresses, peers, followed feeds, dropped input."""
-    home = _home()
+    home = current_home()
     result = control.call(home.path, "status")
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -591,3 +564,5 @@ def status(as_json: bool) -> None:
 
 
 main.add_command(sim)
+for _command in SOCIAL_COMMANDS:
+    main.add_command(_command)

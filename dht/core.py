@@ -62,7 +62,9 @@ the k closest nodes to the key and sends each ``p2pb_add_provider``; a
 providers lookup walks towards the key like FIND_VALUE, gathering the
 providers every answer carries, until ``want`` distinct ones are in or the k
 closest nodes have answered (`dht.lookup.ProvidersLookup`).  Held providers
-live in a `ProviderStore`, beside the records.
+live in a `ProviderStore`, beside the records; the ``provider_rank`` hook
+decides which of them a full key gives up first (p2pblog: name claims with
+the least proof of work).
 
 Requests are answered at once with the shapes of ``kademlia.protocol``
 (see `dht.wire`).  Bad input from a peer never raises: it becomes a counted
@@ -105,6 +107,7 @@ from dht.providers import (
     MAX_PROVIDERS_PER_KEY,
     PROVIDER_REPUBLISH_INTERVAL,
     PROVIDER_TTL,
+    ProviderRank,
     ProviderStore,
     ProviderValidator,
     distinct_values,
@@ -268,6 +271,7 @@ class DhtCore:
         validator: Validator = accept_any,
         selector: Selector | None = None,
         provider_validator: ProviderValidator = distinct_values,
+        provider_rank: ProviderRank | None = None,
     ) -> None:
         """``selector`` None keeps ``kademlia``'s behaviour: a STORE overwrites
         (`latest_selector`), a lookup takes the most common value
@@ -275,7 +279,9 @@ class DhtCore:
         it also chooses between two values of one provider.
 
         ``provider_validator`` names the provider a provider value speaks for
-        (None: invalid); the default makes each distinct value a provider."""
+        (None: invalid); the default makes each distinct value a provider.
+        ``provider_rank`` ranks provider values for eviction at a full key
+        (`dht.providers`); None ranks them all the same."""
         if len(node_id) != ID_BYTES:
             raise LocalProtocolError(f"a node id is {ID_BYTES} bytes")
         if not isinstance(rng, Random):
@@ -310,6 +316,7 @@ class DhtCore:
             max_per_key=cfg.max_providers_per_key,
             max_values=cfg.max_provider_values,
             rng=rng,
+            rank=provider_rank,
         )
         self._get_selector = selector if selector is not None else majority_selector
         self._limiter = TokenBucketLimiter(cfg.source_rate, cfg.source_burst, cfg.max_sources)

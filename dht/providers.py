@@ -30,7 +30,21 @@ Bounds and timers:
 * at most `max_per_key` providers per key (libp2p answers with up to k).
   A new provider arriving at a full key evicts the held (not our own)
   provider that was refreshed longest ago: providers re-announce on a
-  timer, so the most recently refreshed are the likeliest to be alive;
+  timer, so the most recently refreshed are the likeliest to be alive.
+  The layer above may pass a *rank*::
+
+      rank(key, value) -> int          (higher: more worth keeping)
+
+  and then a full key evicts the held value with the lowest
+  ``(rank, refreshed, arrival order)``, and refuses (`FULL`) a newcomer
+  whose rank is below every value it could evict.  p2pblog ranks name
+  claims by their proof-of-work bits: a flood of cheap claims from many keys
+  (a Sybil attack) can then fill only the room that cheap claims hold, and
+  never pushes out a claim that carries more work.  Our own values are never
+  evicted, and never refused for their rank (they still evict the lowest).
+  Without a rank every value ranks the same, which is the plain rule above.
+  Like the validator, the rank sees peers' values (after the validator
+  accepted them) and must not raise;
 * at most `max_values` values in all; a new provider is refused (`FULL`)
   beyond that, as `RecordStore` refuses new keys;
 * a held value expires `ttl` after its last ``p2pb_add_provider`` (libp2p:
@@ -62,6 +76,8 @@ if TYPE_CHECKING:
     from random import Random
 
 ProviderValidator = Callable[[bytes, bytes, float], bytes | None]
+#: ``rank(key, value)``: how much a provider value is worth keeping at a full key.
+ProviderRank = Callable[[bytes, bytes], int]
 
 #: Seconds a received provider value lives after its last ADD_PROVIDER (libp2p: 24 h).
 PROVIDER_TTL: Final = 24 * 3600.0
@@ -108,8 +124,11 @@ class ProviderStore:
         max_per_key: int = MAX_PROVIDERS_PER_KEY,
         max_values: int = MAX_PROVIDER_VALUES,
         rng: Random | None = None,
+        rank: ProviderRank | None = None,
     ) -> None:
+        """``rank`` None: every value ranks the same (a full key evicts the oldest refreshed)."""
         self.validator = validator
+        self.rank = rank
         self.selector = selector
         self.ttl = ttl
         self.republish_interval = republish_interval
@@ -161,10 +180,10 @@ class ProviderStore:
             self._purge(key, now)
             held = self._keys.get(key, {})
         if len(held) >= self.max_per_key:
-            evictable = [(p.refreshed_at, p.order, i) for i, p in held.items() if not p.published]
-            if not evictable:
+            victim = self._victim(key, value, held, published=published)
+            if victim is None:
                 return StoreOutcome.FULL
-            self._drop(key, min(evictable)[2])
+            self._drop(key, victim)
         elif self._count >= self.max_values:
             return StoreOutcome.FULL
         self._set(key, pid, value, now, published=published)
@@ -201,6 +220,24 @@ class ProviderStore:
     def _alive(self, key: bytes, pid: bytes, entry: _Provider, now: float) -> bool:
         # A value whose provider id changed under the validator is as good as invalid.
         return entry.expires_at > now and self.provider_id(key, entry.value, now) == pid
+
+    def _victim(
+        self, key: bytes, value: bytes, held: dict[bytes, _Provider], *, published: bool
+    ) -> bytes | None:
+        """The provider to evict from the full ``key`` for ``value``, or None to refuse it."""
+        rank = self.rank
+        if rank is None:
+            evictable = [(0, p.refreshed_at, p.order, i) for i, p in held.items() if not p.published]
+        else:
+            evictable = [
+                (rank(key, p.value), p.refreshed_at, p.order, i) for i, p in held.items() if not p.published
+            ]
+        if not evictable:
+            return None
+        lowest = min(evictable)
+        if rank is not None and not published and rank(key, value) < lowest[0]:
+            return None
+        return lowest[3]
 
     def _purge(self, key: bytes, now: float) -> None:
         """Drop the values of ``key`` that expired or no longer validate."""

@@ -6,13 +6,15 @@ Modules:
   primitives: CipherState, SymmetricState, HandshakeState, Split.
 - `gossip.transport`: `SecureChannel`, one connection's handshake, Ed25519
   identity binding, length-prefixed chunked frames and timeouts.
-- `gossip.messages`: the replication messages carried in those frames (CLOCK,
-  ENTRIES, HAVE, WANT, ACK, FORK_PROOF) and their bounded codec;
+- `gossip.messages`: the messages carried in those frames (replication:
+  CLOCK, ENTRIES, HAVE, WANT, ACK, FORK_PROOF; mention notices: MENTION,
+  MENTION_ACK with its `MentionStatus`) and their bounded codec;
   `GossipDecodeError` is the only error peer bytes can cause.
 - `gossip.session`: `GossipSession`, one connection's replication state
   machine: EBT clock exchange, batched catch-up with an ACK window, live push,
-  Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, misbehaviour
-  scoring; it reads the node's feeds through a `FeedSource`.
+  Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, mention
+  notices (`send_mention`/`MentionReceived`, `ack_mention`/`MentionAcked`),
+  misbehaviour scoring; it reads the node's feeds through a `FeedSource`.
 
 Like `dht`, this package never imports trio, socket, time or the OS random source, and
 imports nothing from the project but `identity`.
@@ -20,7 +22,7 @@ imports nothing from the project but `identity`.
 
 from __future__ import annotations
 
-from gossip.messages import GossipDecodeError, decode_message, encode_message
+from gossip.messages import GossipDecodeError, MentionStatus, decode_message, encode_message
 from gossip.noise import NoiseError
 from gossip.session import (
     EntriesReceived,
@@ -29,6 +31,8 @@ from gossip.session import (
     ForkProofReceived,
     GossipConfig,
     GossipSession,
+    MentionAcked,
+    MentionReceived,
     MessageDropped,
     PeerMisbehaved,
     SessionFailed,
@@ -58,6 +62,9 @@ __all__ = [
     "GossipSession",
     "HandshakeCompleted",
     "HandshakeError",
+    "MentionAcked",
+    "MentionReceived",
+    "MentionStatus",
     "MessageDropped",
     "NoiseError",
     "PeerMisbehaved",

@@ -13,11 +13,24 @@ one msgpack array whose first element is the message type::
     [4, count, {feed: seq, ...}]            ACK         I processed your `count` oldest
                                                         unacknowledged ENTRIES; I now hold..
     [5, feed, seq, entry, entry]            FORK_PROOF  two signed entries with one seq
+    [6, entry, stamp]                       MENTION     an entry that mentions you
+    [7, entry_id, status, need]             MENTION_ACK what I did with your MENTION
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
 seqs are unsigned integers (1 .. `MAX_SEQ`; 0 in HAVE/ACK means "none").  No
 strings travel, so no text can be malformed.
+
+*Mention notices* reach people who do not follow the author: a node sends a
+signed entry that mentions the peer's user straight to the peer (MENTION),
+with a proof-of-work ``stamp`` (bin, 0 .. `MAX_STAMP_BYTES`; empty means
+none) when the receiver asks strangers for one.  The receiver checks the
+entry and answers with one MENTION_ACK: ``entry_id`` is the entry's 32-byte
+id, ``status`` a `MentionStatus` and ``need`` the work bits the receiver
+requires of this sender (with NEED_WORK; 0 when irrelevant).  Both are
+uints 0..255; a status this version does not know decodes as a plain int,
+so new statuses need no new message type.  The two messages are independent
+of replication: they need no feed in either clock.
 
 A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
 ``-1`` means "I do not replicate this feed (any more)", otherwise
@@ -73,6 +86,14 @@ FEED_BYTES: Final = PUBLIC_KEY_BYTES
 #: Largest note: the highest seq, lazy.
 MAX_NOTE: Final = MAX_SEQ << 1 | 1
 
+#: An entry id (`p2pblog.entry`'s BLAKE2b-256 of the signed bytes).
+ENTRY_ID_BYTES: Final = 32
+#: Longest MENTION stamp (a proof-of-work nonce; `identity.pow` accepts up to 16).
+MAX_STAMP_BYTES: Final = 16
+#: Largest MENTION_ACK status and need (one byte each).
+MAX_MENTION_STATUS: Final = 255
+MAX_NEED_BITS: Final = 255
+
 #: Bytes an ENTRIES frame adds around its entries: array, type, feed (bin 8 +
 #: 32), first_seq (uint 64), entry array header (array 16), each entry's bin
 #: header (bin 16: entries are < 64 KiB).
@@ -95,6 +116,30 @@ class MessageType(enum.IntEnum):
     WANT = 3
     ACK = 4
     FORK_PROOF = 5
+    MENTION = 6
+    MENTION_ACK = 7
+
+
+class MentionStatus(enum.IntEnum):
+    """What the receiver did with a MENTION (the ``status`` of MENTION_ACK)."""
+
+    #: Stored: the receiver's user will see it.
+    ADMITTED = 0
+    #: Already held (by replication or an earlier MENTION).
+    DUPLICATE = 1
+    #: Not accepted from this sender: not followed, too far in the social
+    #: graph, or a stamp was required and none came.
+    REFUSED = 2
+    #: The stamp is too weak: ``need`` says how many bits would do.
+    NEED_WORK = 3
+    #: The receiver blocks the author or the sender.
+    BLOCKED = 4
+    #: Too many mentions from this sender or author lately: try later.
+    RATE_LIMITED = 5
+    #: Malformed, a bad signature, or it does not mention the receiver.
+    INVALID = 6
+    #: The receiver cannot take it now (queue full, shutting down): try later.
+    BUSY = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +207,27 @@ class ForkProof:
     second: bytes
 
 
-Message = Clock | Entries | Have | Want | Ack | ForkProof
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """A signed entry that mentions the receiver, with a proof-of-work stamp
+    (empty: none).  The receiver's node checks the entry and the stamp."""
+
+    entry: bytes
+    stamp: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class MentionAck:
+    """The answer to a MENTION of entry ``entry_id``.  ``status`` is a
+    `MentionStatus` when this version knows it, else the plain int;
+    ``need`` is the work bits the receiver requires (0 when irrelevant)."""
+
+    entry_id: bytes
+    status: int
+    need: int = 0
+
+
+Message = Clock | Entries | Have | Want | Ack | ForkProof | Mention | MentionAck
 
 
 # --- checks shared by decoding and encoding ------------------------------------------
@@ -184,6 +249,18 @@ def _feed(value: object) -> bytes:
 def _entry(value: object) -> bytes:
     if type(value) is not bytes or not 1 <= len(value) <= MAX_ENTRY_BYTES:
         raise GossipDecodeError(f"an entry is 1..{MAX_ENTRY_BYTES} bytes")
+    return value
+
+
+def _stamp(value: object) -> bytes:
+    if type(value) is not bytes or len(value) > MAX_STAMP_BYTES:
+        raise GossipDecodeError(f"a stamp is 0..{MAX_STAMP_BYTES} bytes")
+    return value
+
+
+def _entry_id(value: object) -> bytes:
+    if type(value) is not bytes or len(value) != ENTRY_ID_BYTES:
+        raise GossipDecodeError(f"an entry id is {ENTRY_ID_BYTES} bytes")
     return value
 
 
@@ -250,6 +327,21 @@ def _parse_fork_proof(obj: list[Any]) -> ForkProof:
     return proof
 
 
+_MENTION_STATUSES: Final = frozenset(s.value for s in MentionStatus)
+
+
+def _parse_mention(obj: list[Any]) -> Mention:
+    entry, stamp = _fields(obj, 3, "MENTION")
+    return Mention(_entry(entry), _stamp(stamp))
+
+
+def _parse_mention_ack(obj: list[Any]) -> MentionAck:
+    entry_id, status, need = _fields(obj, 4, "MENTION_ACK")
+    code = _int(status, 0, MAX_MENTION_STATUS, "a mention status")
+    known = MentionStatus(code) if code in _MENTION_STATUSES else code
+    return MentionAck(_entry_id(entry_id), known, _int(need, 0, MAX_NEED_BITS, "a need"))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -257,6 +349,8 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.WANT: _parse_want,
     MessageType.ACK: _parse_ack,
     MessageType.FORK_PROOF: _parse_fork_proof,
+    MessageType.MENTION: _parse_mention,
+    MessageType.MENTION_ACK: _parse_mention_ack,
 }
 
 _UNPACK_LIMITS: Final = {
@@ -318,7 +412,16 @@ def _wire(message: Message) -> list[Any]:
         return [MessageType.ACK.value, message.count, dict(message.seqs)]
     if isinstance(message, ForkProof):
         return [MessageType.FORK_PROOF.value, message.feed, message.seq, message.first, message.second]
+    if isinstance(message, Mention):
+        return [MessageType.MENTION.value, message.entry, message.stamp]
+    if isinstance(message, MentionAck):
+        return [MessageType.MENTION_ACK.value, message.entry_id, _plain(message.status), message.need]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
+
+
+def _plain(value: object) -> object:
+    """A `MentionStatus` as its int (the checks refuse int subclasses such as bool)."""
+    return value.value if isinstance(value, MentionStatus) else value
 
 
 def encode_message(message: Message) -> bytes:

@@ -16,6 +16,8 @@ driver (the node's runtime, the simulator, a test's in-memory pair) feeds it
   after ingesting its entries (this is the acknowledgement: see below);
 * `handle_timer` ``(now)`` when ``now`` reaches `get_timer`;
 * Plumtree decisions: `set_eager`, `request_push`, and `wants_changed`,
+* mention notices: `send_mention` ``(entry, stamp, now)`` and, once per
+  `MentionReceived` it decided on, `ack_mention` ``(entry_id, status, need, now)``,
 
 and after each of those collects `frames_to_send`, `next_event` until None,
 and `get_timer`.  ``now`` never decreases.
@@ -63,25 +65,47 @@ still duplicate, until the third prunes one of them.
 on every `fork_found`, the proofs the source holds for it go out once per
 (feed, seq) per session; received ones become `ForkProofReceived`.
 
+*Mention notices* bypass replication: a node hands a signed entry that
+mentions the peer's user to `send_mention`, which queues a MENTION whenever
+the session is open (no feed need be in either clock); the peer's session
+reports it as `MentionReceived`, its node checks the entry and the stamp and
+answers with `ack_mention`, which comes back as `MentionAcked`.  Each
+MENTION gets at most one MENTION_ACK, in the session that carried it: a
+session refuses to ack more MENTIONs than it reported (our misuse), and a
+peer that acks more MENTIONs than it was sent is misbehaving.  An ACK may never come (the
+peer is an older version, which drops the unknown message type, or the
+connection broke), so the sending node keeps its own deadline.  MENTION and
+MENTION_ACK frames go out ahead of queued ENTRIES batches in every
+`frames_to_send`, so a long catch-up does not delay them.  A received MENTION
+costs `MENTION_COST` control tokens; `send_mention` keeps a sender's budget
+of half the peer's (same config assumed) so that an honest node, whose posts
+carry at most `identity.limits.MAX_MENTIONS` mentions, is never flagged:
+beyond it, as with a full queue or a session that is not open, it returns
+False and the node tries again later.
+
 *Bounds.*  Per peer, everything is bounded whatever the peer or the driver
 does: data frames waiting for `frames_to_send` are at most ``window`` ENTRIES
-batches plus `MAX_QUEUED_FORK_PROOFS` proofs (more are dropped and counted);
+batches plus `MAX_QUEUED_FORK_PROOFS` proofs (more are dropped and counted),
+`MAX_QUEUED_MENTIONS` MENTIONs (`send_mention` returns False beyond) and
+`MAX_QUEUED_MENTION_ACKS` MENTION_ACKs (more are dropped and counted);
 HAVE/WANT/ACK/CLOCK are coalesced per feed until sent; received batches not
 yet acknowledged are at most `MAX_BATCHES_IN_FLIGHT` (the peer's excess is
 dropped as misbehaviour); feeds tracked for the peer's clock beyond our own
-are at most `MAX_PEER_FEEDS`; notices in the event queue at most
-`MAX_QUEUED_NOTICES`.
+are at most `MAX_PEER_FEEDS`; notices and mention events in the event queue
+at most `MAX_QUEUED_NOTICES` together (further ones are only counted).
 
 *Bad input.*  A malformed frame, entries for a feed we never wanted, entries
 that skip seqs, more unacknowledged batches than the window, a declared seq
 that goes backwards, an ACK for nothing, a WANT for a feed not in its clock,
+a MENTION_ACK for no MENTION,
 control messages over the rate budget (`CONTROL_RATE`): each is dropped,
 counted in `stats` and reported as `PeerMisbehaved`; the node adds what only
 it can see (a forged entry) with `report_misbehaviour`.  At
 `GossipConfig.misbehaviour_limit` the session fails (`SessionFailed`) and the
 driver should close the connection.  Nothing a peer sends raises.  Our own
-misuse (time going backwards, `entries_stored` out of order, an input in the
-wrong state) raises `LocalProtocolError`.
+misuse (time going backwards, `entries_stored` out of order, an
+`ack_mention` with no `MentionReceived` to answer, a message argument the
+peer would refuse, an input in the wrong state) raises `LocalProtocolError`.
 
 States and inputs (`_TABLE`): RUN handles the input, IGNORE drops it
 silently, a missing pair is misuse.
@@ -94,6 +118,8 @@ frame_received     misuse          RUN             IGNORE
 node inputs [1]_   IGNORE          RUN             IGNORE
 set_eager          RUN             RUN             IGNORE
 entries_stored     misuse          RUN             IGNORE
+send_mention [2]_  IGNORE          RUN             IGNORE
+ack_mention        misuse          RUN             IGNORE
 handle_timer       IGNORE          RUN             IGNORE
 connection_lost    -> CLOSED       -> CLOSED       IGNORE
 =================  ==============  ==============  ==============
@@ -101,6 +127,7 @@ connection_lost    -> CLOSED       -> CLOSED       IGNORE
 .. [1] `feed_updated`, `fork_found`, `wants_changed`, `request_push`,
    `report_misbehaviour`: before the connection there is nothing to tell the
    peer (`connection_made` reads the source afresh), after it nothing to do.
+.. [2] Ignored means not queued: `send_mention` returns False.
 """
 
 from __future__ import annotations
@@ -122,6 +149,8 @@ from gossip.messages import (
     ForkProof,
     GossipDecodeError,
     Have,
+    Mention,
+    MentionAck,
     Message,
     Note,
     UnknownMessageType,
@@ -149,6 +178,16 @@ WANT_DELAY: Final = 0.5
 CONTROL_RATE: Final = 200.0
 CONTROL_BURST: Final = 1000.0
 NOTES_PER_TOKEN: Final = 100
+#: Control tokens a MENTION costs (a MENTION_ACK costs one): it carries up to
+#: `MAX_ENTRY_BYTES` (8 KiB) and costs the receiving node a signature check,
+#: a stamp hash and a store lookup.  With the defaults a peer may send 250
+#: back to back and 50 a second after that; a post mentions at most
+#: `MAX_MENTIONS` (16) people, 64 tokens.
+MENTION_COST: Final = 4
+#: Outgoing MENTIONs waiting for `frames_to_send` (about 8 KiB each at most).
+MAX_QUEUED_MENTIONS: Final = 64
+#: Outgoing MENTION_ACKs waiting for `frames_to_send` (at most 40 bytes each).
+MAX_QUEUED_MENTION_ACKS: Final = 1024
 #: Protocol violations before the session gives up on the peer.
 MISBEHAVIOUR_LIMIT: Final = 8
 #: Fork proofs waiting to be sent; more are dropped (and counted).
@@ -156,7 +195,8 @@ MAX_QUEUED_FORK_PROOFS: Final = 64
 #: Feeds we track for the peer beyond those we want ourselves (its clock).
 MAX_PEER_FEEDS: Final = 65_536
 #: Notices (`PeerMisbehaved`, `MessageDropped`, `EntriesRefused`,
-#: `ForkProofReceived`) kept in the event queue before further ones are only counted.
+#: `ForkProofReceived`) and mention events (`MentionReceived`, `MentionAcked`)
+#: kept in the event queue, together, before further ones are only counted.
 MAX_QUEUED_NOTICES: Final = 1024
 
 
@@ -174,6 +214,8 @@ class GossipConfig:
     max_queued_fork_proofs: int = MAX_QUEUED_FORK_PROOFS
     max_peer_feeds: int = MAX_PEER_FEEDS
     max_queued_notices: int = MAX_QUEUED_NOTICES
+    max_queued_mentions: int = MAX_QUEUED_MENTIONS
+    max_queued_mention_acks: int = MAX_QUEUED_MENTION_ACKS
     #: A WANT also asks the peer to push the feed again if we had pruned it.
     graft_on_want: bool = True
 
@@ -187,7 +229,14 @@ class GossipConfig:
             raise LocalProtocolError(f"window must be 1..{MAX_BATCHES_IN_FLIGHT} (a protocol limit)")
         if self.want_delay < 0 or self.control_rate <= 0 or self.control_burst < 1:
             raise LocalProtocolError("want_delay >= 0, control_rate > 0 and control_burst >= 1")
-        if min(self.misbehaviour_limit, self.max_queued_fork_proofs, self.max_peer_feeds) < 1:
+        limits = (
+            self.misbehaviour_limit,
+            self.max_queued_fork_proofs,
+            self.max_peer_feeds,
+            self.max_queued_mentions,
+            self.max_queued_mention_acks,
+        )
+        if min(limits) < 1:
             raise LocalProtocolError("limits must be >= 1")
 
 
@@ -250,6 +299,28 @@ class EntriesRefused:
 
 
 @dataclass(frozen=True, slots=True)
+class MentionReceived:
+    """The peer sent an entry that should mention our user, with a proof-of-work
+    stamp (empty: none).  Nothing is checked yet: the node verifies the entry,
+    the mention and the stamp, decides, and answers with
+    `GossipSession.ack_mention` (at most once per event)."""
+
+    entry: bytes
+    stamp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MentionAcked:
+    """The peer answered one of our MENTIONs.  ``status`` is a
+    `gossip.messages.MentionStatus`, or a plain int this version does not
+    know; ``need`` is the work bits it requires of us (with NEED_WORK)."""
+
+    entry_id: bytes
+    status: int
+    need: int
+
+
+@dataclass(frozen=True, slots=True)
 class PeerMisbehaved:
     """The peer broke the protocol; what it sent was dropped.  ``reason`` is one of
     a fixed set (it names a counter in `GossipSession.stats`)."""
@@ -272,8 +343,20 @@ class SessionFailed:
     reason: str
 
 
-Event = EntriesReceived | ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped | SessionFailed
+Event = (
+    EntriesReceived
+    | ForkProofReceived
+    | EntriesRefused
+    | MentionReceived
+    | MentionAcked
+    | PeerMisbehaved
+    | MessageDropped
+    | SessionFailed
+)
 _Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
+#: Events held to `GossipConfig.max_queued_notices` (EntriesReceived is bounded
+#: by the window, SessionFailed happens once).
+_Bounded = _Notice | MentionReceived | MentionAcked
 
 
 def _cost(message: Message) -> float:
@@ -284,6 +367,8 @@ def _cost(message: Message) -> float:
         feeds = len(message.seqs)
     elif isinstance(message, Want):
         feeds = len(message.from_seqs)
+    elif isinstance(message, Mention):
+        return MENTION_COST
     else:
         feeds = 0
     return 1 + feeds // NOTES_PER_TOKEN
@@ -324,6 +409,11 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_CLOSED, "set_eager"): _Do.IGNORE,
     (_OPEN, "entries_stored"): _Do.RUN,
     (_CLOSED, "entries_stored"): _Do.IGNORE,
+    (_IDLE, "send_mention"): _Do.IGNORE,
+    (_OPEN, "send_mention"): _Do.RUN,
+    (_CLOSED, "send_mention"): _Do.IGNORE,
+    (_OPEN, "ack_mention"): _Do.RUN,
+    (_CLOSED, "ack_mention"): _Do.IGNORE,
     (_IDLE, "handle_timer"): _Do.IGNORE,
     (_OPEN, "handle_timer"): _Do.RUN,
     (_CLOSED, "handle_timer"): _Do.IGNORE,
@@ -417,8 +507,19 @@ class GossipSession:
         self._timer_seq = 0
         self._tokens = self.config.control_burst
         self._tokens_at = now
+        # Mention notices: encoded frames waiting, MENTIONs sent that the
+        # peer has not answered, MentionReceived we have not answered, and
+        # our sending budget (half the peer's, see the module docstring).
+        self._mentions: deque[bytes] = deque()
+        self._mention_acks: deque[bytes] = deque()
+        self._mention_bytes = 0
+        self._mentions_unanswered = 0
+        self._mentions_to_answer = 0
+        self._mention_tokens = self._mention_burst()
+        self._mention_tokens_at = now
         self._events: deque[Event] = deque()
-        self._notices = 0
+        #: `_Bounded` events in the queue.
+        self._bounded = 0
 
     # ============================================================ outputs
 
@@ -460,6 +561,13 @@ class GossipSession:
             out += [encode_message(Want(part)) for part in chunked(wants)]
             self.stats["tx.wants"] += len(wants)
             self._want_pending.clear()
+        # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
+        out += self._mention_acks
+        out += self._mentions
+        self._mentions_unanswered += len(self._mentions)
+        self._mention_acks.clear()
+        self._mentions.clear()
+        self._mention_bytes = 0
         out += self._data
         self._data.clear()
         self._data_bytes = 0
@@ -472,8 +580,8 @@ class GossipSession:
         if not self._events:
             return None
         event = self._events.popleft()
-        if isinstance(event, _Notice):
-            self._notices -= 1
+        if isinstance(event, _Bounded):
+            self._bounded -= 1
         return event
 
     def get_timer(self) -> float | None:
@@ -497,12 +605,28 @@ class GossipSession:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes of data frames (ENTRIES, FORK_PROOF) waiting for `frames_to_send`."""
-        return self._data_bytes
+        """Bytes of data and mention frames (ENTRIES, FORK_PROOF, MENTION,
+        MENTION_ACK) waiting for `frames_to_send`."""
+        return self._data_bytes + self._mention_bytes
 
     @property
     def queued_fork_proofs(self) -> int:
         return self._queued_proofs
+
+    @property
+    def queued_mentions(self) -> int:
+        """MENTIONs waiting for `frames_to_send` (<= `GossipConfig.max_queued_mentions`)."""
+        return len(self._mentions)
+
+    @property
+    def queued_mention_acks(self) -> int:
+        """MENTION_ACKs waiting for `frames_to_send` (<= `GossipConfig.max_queued_mention_acks`)."""
+        return len(self._mention_acks)
+
+    @property
+    def mentions_unanswered(self) -> int:
+        """MENTIONs sent in this session that the peer has not acknowledged."""
+        return self._mentions_unanswered
 
     def peer_wants(self, feed: bytes) -> bool:
         st = self._feeds.get(feed)
@@ -525,7 +649,7 @@ class GossipSession:
         if not self._enter("connection_made", now):
             return
         self._state = SessionState.OPEN
-        self._tokens_at = now
+        self._tokens_at = self._mention_tokens_at = now
         for feed in sorted(self._source.wanted_feeds()):  # not set order: it varies per process
             self._want(feed)
         self._pump()
@@ -635,6 +759,49 @@ class GossipSession:
             self.stats[f"misbehaved.{reason}"] += 1
             self._score(reason)
 
+    def send_mention(self, entry: bytes, stamp: bytes, now: float) -> bool:
+        """Queue a MENTION of ``entry`` (signed bytes) with ``stamp`` (b"": none).
+
+        False (counted in ``stats["mentions.not_queued"]``) if it was not
+        queued: the session is not open, `GossipConfig.max_queued_mentions`
+        are waiting, or our sending budget is spent (see the module
+        docstring); the node may try again later.  An entry or stamp the
+        peer's decoder would refuse raises `LocalProtocolError`.
+        """
+        frame = encode_message(Mention(entry, stamp))
+        if (
+            not self._enter("send_mention", now)
+            or len(self._mentions) >= self.config.max_queued_mentions
+            or not self._take_mention_tokens(now)
+        ):
+            self.stats["mentions.not_queued"] += 1
+            return False
+        self._mentions.append(frame)
+        self._mention_bytes += len(frame)
+        self.stats["tx.mentions"] += 1
+        return True
+
+    def ack_mention(self, entry_id: bytes, status: int, need: int, now: float) -> None:
+        """Answer the peer's MENTION of ``entry_id``: a `MentionStatus` and, with
+        NEED_WORK, the work bits we require of this peer (else 0).
+
+        Call it at most once per `MentionReceived`, on this session; more
+        answers than events raise `LocalProtocolError`, as do arguments the
+        peer's decoder would refuse.  Ignored once the session closed.
+        """
+        frame = encode_message(MentionAck(entry_id, status, need))
+        if not self._enter("ack_mention", now):
+            return
+        if self._mentions_to_answer == 0:
+            raise LocalProtocolError("ack_mention without a MentionReceived to answer")
+        self._mentions_to_answer -= 1
+        if len(self._mention_acks) >= self.config.max_queued_mention_acks:
+            self.stats["mention_acks.not_queued"] += 1
+            return
+        self._mention_acks.append(frame)
+        self._mention_bytes += len(frame)
+        self.stats["tx.mention_acks"] += 1
+
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
         if not self._enter("handle_timer", now):
@@ -670,8 +837,12 @@ class GossipSession:
             self._on_have(message)
         elif isinstance(message, Want):
             self._on_want(message)
-        else:
+        elif isinstance(message, ForkProof):
             self._on_fork_proof(message)
+        elif isinstance(message, Mention):
+            self._on_mention(message)
+        else:
+            self._on_mention_ack(message)
 
     def _on_entries(self, message: Entries) -> None:
         feed, count = message.feed, len(message.entries)
@@ -785,6 +956,20 @@ class GossipSession:
             return
         st.forks.add(message.seq)
         self._notice(ForkProofReceived(message.feed, message.seq, message.first, message.second))
+
+    def _on_mention(self, message: Mention) -> None:
+        self.stats["rx.mentions"] += 1
+        if self._queue_event(MentionReceived(message.entry, message.stamp), "events.mentions_not_queued"):
+            self._mentions_to_answer += 1
+
+    def _on_mention_ack(self, message: MentionAck) -> None:
+        if self._mentions_unanswered == 0:
+            self._misbehaved("mention ack for nothing")
+            return
+        self._mentions_unanswered -= 1
+        self.stats["rx.mention_acks"] += 1
+        event = MentionAcked(message.entry_id, message.status, message.need)
+        self._queue_event(event, "events.mentions_not_queued")
 
     def _declared(self, st: _Feed, seq: int) -> bool:
         """Record a seq the peer says it holds; False (misbehaviour) if it went backwards."""
@@ -925,12 +1110,32 @@ class GossipSession:
         self._tokens -= cost
         return True
 
-    def _notice(self, event: _Notice) -> None:
-        if self._notices >= self.config.max_queued_notices:
-            self.stats["events.notices_not_queued"] += 1
-            return
-        self._notices += 1
+    def _mention_burst(self) -> float:
+        # At least one MENTION, whatever the configured burst.
+        return max(self.config.control_burst / 2, MENTION_COST)
+
+    def _take_mention_tokens(self, now: float) -> bool:
+        """Our sending budget: half of the peer's control budget, at its MENTION price."""
+        elapsed = now - self._mention_tokens_at
+        earned = elapsed * self.config.control_rate / 2
+        self._mention_tokens = min(self._mention_burst(), self._mention_tokens + earned)
+        self._mention_tokens_at = now
+        if self._mention_tokens < MENTION_COST:
+            return False
+        self._mention_tokens -= MENTION_COST
+        return True
+
+    def _queue_event(self, event: _Bounded, dropped: str) -> bool:
+        """Queue an event within `GossipConfig.max_queued_notices`; else count it under ``dropped``."""
+        if self._bounded >= self.config.max_queued_notices:
+            self.stats[dropped] += 1
+            return False
+        self._bounded += 1
         self._events.append(event)
+        return True
+
+    def _notice(self, event: _Notice) -> None:
+        self._queue_event(event, "events.notices_not_queued")
 
     def _dropped(self, reason: str, detail: str = "") -> None:
         self.stats[f"drop.{reason}"] += 1
@@ -953,4 +1158,7 @@ class GossipSession:
         self._data.clear()
         self._data_bytes = 0
         self._queued_proofs = 0
+        self._mentions.clear()
+        self._mention_acks.clear()
+        self._mention_bytes = 0
         self._want_timers.clear()

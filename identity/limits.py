@@ -33,6 +33,19 @@ MAX_TIMESTAMP_MS: Final = 2**53 - 1
 #: Highest sequence number (fits SQLite's signed 64-bit integers).
 MAX_SEQ: Final = 2**63 - 1
 
+#: Longest name in a name claim, in characters of ``a-z 0-9 _ -``.
+MAX_NAME_CHARS: Final = 32
+#: Least proof-of-work bits a name claim's stamp must carry to be valid
+#: (`identity.pow`): 2**20 BLAKE2b hashes on average, about half a second of
+#: one core in CPython.  It makes each claim cost the claimant CPU, so that
+#: flooding a name with claims from many keys is expensive; see
+#: docs/protocol.md "Name claims".
+NAME_CLAIM_MIN_WORK: Final = 20
+#: Proof-of-work bits of the stamp on a mention notice: what senders attach by
+#: default, and what a node requires by default from senders it does not
+#: follow (2**16 hashes, a few tens of milliseconds).
+MENTION_WORK: Final = 16
+
 #: Gossip: most entries in one ENTRIES message.
 MAX_ENTRIES_PER_FRAME: Final = 500
 #: Gossip: most feeds named in one CLOCK, HAVE, WANT or ACK message.  A note is

@@ -17,35 +17,74 @@ whose fields depend on ``type``:
     with proto ``udp`` (DHT) or ``tcp`` (gossip).
 ``provider``
     "the signer's node holds feed F": ``{"addrs": [...], "feed": F}``.
+``name``
+    "the signer claims name N": ``{"claimed": T, "name": N, "nonce": X}``
+    with ``N`` 1..32 characters of ``a-z 0-9 _ -`` (`check_name`), ``T``
+    the Unix second the signer says it first claimed ``N``, and ``X`` an
+    8-byte proof-of-work nonce (`identity.pow`).
 
 Each record lives under a DHT key derived from what it is about
-(`peer_key`, `provider_key`), and a record is only valid under its own key:
-nobody can file a record about someone else's feed under a key of their
-choosing.  Verification needs ``now`` and never reads a clock, so the sans-IO
-cores can call it.  Decoding is bounded and raises only `RecordError`.
+(`peer_key`, `provider_key`, `name_key`), and a record is only valid under
+its own key: nobody can file a record about someone else's feed under a key
+of their choosing.  Verification needs ``now`` and never reads a clock, so
+the sans-IO cores can call it.  Decoding is bounded and raises only
+`RecordError`.
+
+Name claims
+-----------
+Names are not unique by fiat: any key may claim any name, and several keys
+may claim one.  What orders the claimants is cost, then age:
+
+* the stamp: BLAKE2b-256(`NAME_DOMAIN` || signer || claimed (8 bytes,
+  big-endian) || name (UTF-8) || nonce) must start with at least
+  `NAME_CLAIM_MIN_WORK` zero bits, or the claim is not a record at all.
+  The stamp covers signer, name and ``claimed``, so work cannot be reused
+  for another key, another name or another date.  Decoding checks it after
+  the cheap structural checks (one hash) and before the signature (the
+  expensive check), so a flood of unstamped claims costs a node one hash each;
+* `order_claims` keeps one claim per signer (its highest seq) and sorts by
+  `claim_order`: more work first, then earlier ``claimed``, then signer
+  bytes (only so the order is total).  ``claimed`` is self-asserted and can
+  be backdated, so it is only a tie-break among claims of equal work.
+
+The resolver above shows every claimant in that order; it never picks one
+silently (docs/protocol.md, "Name claims").
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
 
 from identity.keys import SIGNATURE_BYTES, Identity, SignatureError, verify
+from identity.limits import MAX_NAME_CHARS, NAME_CLAIM_MIN_WORK
+from identity.pow import NAME_DOMAIN, NONCE_BYTES, name_subject, work_bits
 
 FORMAT_VERSION: Final = 1
 PEER: Final = "peer"
 PROVIDER: Final = "provider"
+NAME: Final = "name"
+TYPES: Final = (PEER, PROVIDER, NAME)
 MAX_RECORD_BYTES: Final = 1024
 MAX_ADDRS: Final = 8
 MAX_HOST_CHARS: Final = 255
 DHT_KEY_BYTES: Final = 20
 PROTOCOLS: Final = ("udp", "tcp")
+#: A valid name, whole: 1..32 characters of a-z, 0-9, _ and - (ASCII only).
+NAME_RE: Final = re.compile(rf"[a-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
+_MAX_INT: Final = 2**63 - 1
 
 Address = tuple[str, str, int]
+_BODY_FIELDS: Final = {
+    PEER: {"addrs"},
+    PROVIDER: {"addrs", "feed"},
+    NAME: {"claimed", "name", "nonce"},
+}
 
 
 class RecordError(ValueError):
@@ -66,8 +105,24 @@ def provider_key(feed: bytes) -> bytes:
     return _dht_key(b"p2pblog/provider/", feed)
 
 
+def name_key(name: str) -> bytes:
+    """The 160-bit DHT key under which claims of a name are stored."""
+    return _dht_key(b"p2pblog/name/", name.encode())
+
+
+def check_name(text: str) -> str:
+    """``text`` if it is a valid name; raises `RecordError` otherwise."""
+    if not isinstance(text, str) or NAME_RE.fullmatch(text) is None:
+        raise RecordError(f"a name is 1-{MAX_NAME_CHARS} characters of a-z, 0-9, _ and -")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
+    """A verified record.  ``addrs`` is empty for a name claim; ``feed`` is set
+    for a provider record; ``name``, ``claimed`` and ``nonce`` for a name claim,
+    whose stamp carries ``work`` bits (0 for other types)."""
+
     raw: bytes
     type: str
     signer: bytes
@@ -75,9 +130,15 @@ class Record:
     expires: int
     addrs: tuple[Address, ...]
     feed: bytes | None
+    name: str | None = None
+    claimed: int | None = None
+    nonce: bytes | None = None
+    work: int = 0
 
     @property
     def dht_key(self) -> bytes:
+        if self.name is not None:
+            return name_key(self.name)
         return provider_key(self.feed) if self.feed is not None else peer_key(self.signer)
 
     def addr(self, proto: str) -> tuple[str, int] | None:
@@ -121,8 +182,32 @@ def create_record(
             raise RecordError("a provider record names a 32-byte feed")
         body["feed"] = feed
     elif type != PEER or feed is not None:
-        raise RecordError(f"unknown record type {type!r}")
+        raise RecordError(f"unknown record type {type!r} (name claims: create_name_claim)")
     content = msgpack.packb([FORMAT_VERSION, type, identity.public_key, seq, expires, body])
+    return decode_record(identity.sign(content), now=None)
+
+
+def _check_int(name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
+        raise RecordError(f"{name} must be a non-negative integer")
+    return value
+
+
+def create_name_claim(
+    identity: Identity, *, name: str, claimed: int, nonce: bytes, seq: int, expires: int
+) -> Record:
+    """Sign a claim of ``name``; ``nonce`` is the stamp `identity.pow.solve` found for
+    ``name_subject(identity.public_key, name, claimed)`` in `NAME_DOMAIN`.
+
+    Raises `RecordError` for a bad name, fields out of range, or a stamp with
+    less than `NAME_CLAIM_MIN_WORK` bits."""
+    check_name(name)
+    for label, value in (("claimed", claimed), ("seq", seq), ("expires", expires)):
+        _check_int(label, value)
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+        raise RecordError(f"a name claim's nonce is {NONCE_BYTES} bytes")
+    body = {"claimed": claimed, "name": name, "nonce": nonce}
+    content = msgpack.packb([FORMAT_VERSION, NAME, identity.public_key, seq, expires, body])
     return decode_record(identity.sign(content), now=None)
 
 
@@ -152,28 +237,47 @@ def decode_record(
     if not isinstance(obj, list) or len(obj) != 6:
         raise RecordError("record content is not a 6-element array")
     version, rtype, signer, seq, expires, body = obj
-    if version != FORMAT_VERSION or rtype not in (PEER, PROVIDER):
+    if version != FORMAT_VERSION or rtype not in TYPES:
         raise RecordError("unknown record version or type")
     if not isinstance(signer, bytes) or len(signer) != 32:
         raise RecordError("signer must be a 32-byte key")
-    for name, value in (("seq", seq), ("expires", expires)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
-            raise RecordError(f"{name} must be a non-negative integer")
-    expected = {"addrs", "feed"} if rtype == PROVIDER else {"addrs"}
+    _check_int("seq", seq)
+    _check_int("expires", expires)
+    expected = _BODY_FIELDS[rtype]
     if not isinstance(body, dict) or set(body) != expected or list(body) != sorted(body):
         raise RecordError(f"a {rtype} record body has exactly {sorted(expected)}")
-    addrs = _check_addrs(body["addrs"])
-    feed = body.get("feed")
-    if rtype == PROVIDER and (not isinstance(feed, bytes) or len(feed) != 32):
-        raise RecordError("a provider record names a 32-byte feed")
+    addrs: tuple[Address, ...] = ()
+    feed: bytes | None = None
+    name: str | None = None
+    claimed: int | None = None
+    nonce: bytes | None = None
+    work = 0
+    if rtype == NAME:
+        name, claimed, nonce = body["name"], body["claimed"], body["nonce"]
+        check_name(name)
+        _check_int("claimed", claimed)
+        if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+            raise RecordError(f"a name claim's nonce is {NONCE_BYTES} bytes")
+    else:
+        addrs = _check_addrs(body["addrs"])
+        feed = body.get("feed")
+        if rtype == PROVIDER and (not isinstance(feed, bytes) or len(feed) != 32):
+            raise RecordError("a provider record names a 32-byte feed")
     if msgpack.packb(obj) != content:
         raise RecordError("record is not canonically encoded")
+    if name is not None and claimed is not None and nonce is not None:
+        # One hash, before the signature check: unstamped floods stay cheap to refuse.
+        work = work_bits(NAME_DOMAIN, name_subject(signer, name, claimed), nonce)
+        if work < NAME_CLAIM_MIN_WORK:
+            raise RecordError(
+                f"name claim has {work} bits of proof of work; at least {NAME_CLAIM_MIN_WORK} are required"
+            )
     if check_signature:
         try:
             verify(signer, signed)
         except SignatureError:
             raise RecordError("record signature does not verify") from None
-    record = Record(signed, rtype, signer, seq, expires, addrs, feed)
+    record = Record(signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work)
     if now is not None and expires <= now:
         raise RecordError("record has expired")
     if key is not None and record.dht_key != key:
@@ -186,3 +290,27 @@ def newest(records: Sequence[Record]) -> Record | None:
     if not records:
         return None
     return max(records, key=lambda r: (r.seq, r.raw))
+
+
+def claim_order(record: Record) -> tuple[int, int, bytes]:
+    """Sort key of a name claim: more work first, then earlier ``claimed``, then signer."""
+    if record.type != NAME or record.claimed is None:
+        raise RecordError("only name claims have a claim order")
+    return (-record.work, record.claimed, record.signer)
+
+
+def order_claims(records: Iterable[Record]) -> list[Record]:
+    """The claimants of one name, best first: each signer's `newest` claim, sorted by
+    `claim_order`.  Raises `RecordError` for a record that is not a claim, or
+    claims of different names (the caller mixed up keys)."""
+    by_signer: dict[bytes, Record] = {}
+    names: set[str | None] = set()
+    for record in records:
+        claim_order(record)
+        names.add(record.name)
+        old = by_signer.get(record.signer)
+        if old is None or (record.seq, record.raw) > (old.seq, old.raw):
+            by_signer[record.signer] = record
+    if len(names) > 1:
+        raise RecordError("claims of different names cannot be ordered together")
+    return sorted(by_signer.values(), key=claim_order)

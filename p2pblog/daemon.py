@@ -36,11 +36,23 @@ import trio
 from dht.ids import Address
 from identity import Identity, decode_handle, encode_handle, fingerprint
 from identity.handle import HandleError
+from identity.limits import MENTION_WORK
+from identity.records import RecordError, check_name
 from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError
 from p2pblog.home import Home
-from p2pblog.node import NodeCore, PeerResolved, ProvidersResolved, RecordPublished
+from p2pblog.node import (
+    MentionAdmitted,
+    MentionDelivered,
+    MentionRefused,
+    NameClaimPublished,
+    NameResolved,
+    NodeCore,
+    PeerResolved,
+    ProvidersResolved,
+    RecordPublished,
+)
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import Store
@@ -82,6 +94,7 @@ DROP_COUNTERS = (
     "refused.",
     "session.failed",
     "fork_proof.invalid",
+    "mentions.refused_",
 )
 
 
@@ -102,8 +115,10 @@ class NodeService:
         listen: Address,
         bootstrap: list[Address],
         advertise: str | None = None,
+        mention_work: int | None = None,
     ) -> None:
         self.home = home
+        self.mention_work = mention_work
         self.identity = identity
         self.listen = listen
         self.bootstrap = bootstrap
@@ -134,7 +149,8 @@ class NodeService:
         store = self.store = self.home.open_store()
         token = new_token()
         try:
-            core = self._core = NodeCore(self.identity, Random(), unix_now(), store=store)
+            work = MENTION_WORK if self.mention_work is None else self.mention_work
+            core = self._core = NodeCore(self.identity, Random(), unix_now(), store=store, mention_work=work)
             try:
                 driver = self.driver = NodeDriver.bind_both(core, *self.listen, on_event=self._on_event)
             except OSError as exc:
@@ -231,6 +247,13 @@ class NodeService:
             elif isinstance(event, ProvidersResolved):
                 who = ", ".join(fingerprint(r.signer) for r in event.records) or "none"
                 self._log(f"providers of {fingerprint(event.feed)}: {who}")
+            elif isinstance(event, MentionAdmitted):
+                self._log(f"mention from {fingerprint(event.entry.author)} (#{event.entry.seq}) admitted")
+            elif isinstance(event, MentionRefused):
+                self._log(f"refused a mention notice from {fingerprint(event.sender)}: {event.reason}")
+            elif isinstance(event, MentionDelivered):
+                verdict = "admitted" if event.admitted else f"refused (status {event.status})"
+                self._log(f"mention notice to {fingerprint(event.recipient)} {verdict}")
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())
@@ -276,6 +299,105 @@ class NodeService:
             "post": self._post,
             "follow": self._follow,
             "unfollow": self._unfollow,
+            "delete": self._delete,
+            "profile_set": self._profile_set,
+            "block": self._block,
+            "unblock": self._unblock,
+            "name_claim": self._name_claim,
+            "resolve": self._resolve,
+        }
+
+    def _entry_id_arg(self, args: dict[str, Any], name: str) -> bytes:
+        try:
+            return parse_entry_id(str(args.get(name, "")))
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
+
+    def _key_arg(self, args: dict[str, Any]) -> bytes:
+        try:
+            key = decode_handle(str(args.get("handle", "")))
+        except HandleError as exc:
+            raise CommandFailed(str(exc)) from None
+        if key == self.identity.public_key:
+            raise CommandFailed("that is this node's own handle")
+        return key
+
+    async def _delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        target = self._entry_id_arg(args, "id")
+        try:
+            entry = self.core.delete(target, unix_now())
+        except EntryError as exc:
+            raise CommandFailed(str(exc)) from None
+        self._flush()
+        return {"id": entry.id.hex(), "seq": entry.seq, "target": target.hex()}
+
+    async def _profile_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        fields = {k: v for k in ("name", "bio") if isinstance(v := args.get(k), str)}
+        if not fields:
+            raise CommandFailed("give --name and/or --bio")
+        try:
+            entry = self.core.set_profile(fields, unix_now())
+        except EntryError as exc:
+            raise CommandFailed(str(exc)) from None
+        self._flush()
+        return {"id": entry.id.hex(), "seq": entry.seq, "profile": fields}
+
+    async def _block(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_arg(args)
+        new, unfollowed = self.core.block(key, unix_now())
+        self._flush()
+        return {"handle": encode_handle(key), "changed": new, "unfollowed": unfollowed is not None}
+
+    async def _unblock(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_arg(args)
+        changed = self.core.unblock(key)
+        return {"handle": encode_handle(key), "changed": changed}
+
+    async def _name_claim(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.driver is not None
+        name, claimed, nonce = args.get("name"), args.get("claimed"), args.get("nonce")
+        if not isinstance(name, str) or not isinstance(claimed, int) or not isinstance(nonce, str):
+            raise CommandFailed("name_claim takes 'name' (text), 'claimed' (int) and 'nonce' (hex)")
+        try:
+            nonce_bytes = bytes.fromhex(nonce)
+            check_name(name)
+            result: NameClaimPublished = await self.driver.request(
+                lambda now: self.core.claim_name(name, claimed, nonce_bytes, now)
+            )
+        except (ValueError, RecordError) as exc:
+            raise CommandFailed(str(exc)) from None
+        record = self.core.name_records[name]
+        return {"name": name, "work": record.work, "seq": result.seq, "stored_at": result.stored_at}
+
+    async def _resolve(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.driver is not None and self.store is not None
+        name = args.get("name")
+        try:
+            check_name(name if isinstance(name, str) else "")
+        except RecordError as exc:
+            raise CommandFailed(str(exc)) from None
+        assert isinstance(name, str)
+        result: NameResolved = await self.driver.request(lambda now: self.core.start_resolve_name(name, now))
+        following = self.core.following()
+        petnames: dict[bytes, list[str]] = {}
+        for pet, key in self.store.petnames():
+            petnames.setdefault(key, []).append(pet)
+        return {
+            "name": name,
+            "claims": [
+                {
+                    "handle": encode_handle(r.signer),
+                    "fingerprint": fingerprint(r.signer),
+                    "claimed": r.claimed,
+                    "work": r.work,
+                    "seq": r.seq,
+                    "expires": r.expires,
+                    "self": r.signer == self.identity.public_key,
+                    "following": r.signer in following,
+                    "petnames": petnames.get(r.signer, []),
+                }
+                for r in result.claims
+            ],
         }
 
     async def _post(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -293,20 +415,11 @@ class NodeService:
         except EntryError as exc:
             raise CommandFailed(str(exc)) from None
 
-    def _feed_arg(self, args: dict[str, Any]) -> bytes:
-        try:
-            feed = decode_handle(str(args.get("handle", "")))
-        except HandleError as exc:
-            raise CommandFailed(str(exc)) from None
-        if feed == self.identity.public_key:
-            raise CommandFailed("that is this node's own handle")
-        return feed
-
     async def _follow(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.follow(self._feed_arg(args))
+        return self.follow(self._key_arg(args))
 
     async def _unfollow(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.unfollow(self._feed_arg(args))
+        return self.unfollow(self._key_arg(args))
 
     async def _status(self, args: dict[str, Any]) -> dict[str, Any]:
         del args
@@ -358,6 +471,9 @@ class NodeService:
             "peers": peers,
             "connections": replicator.connection_count,
             "feeds": feeds,
+            "blocked": len(replicator.blocked),
+            "names": sorted(self.core.name_records),
+            "mentions_pending": len(core.pending_mentions()),
             "dropped": dict(sorted(dropped.items())),
             "counters": {f"gossip.{k}": v for k, v in sorted(replicator.stats.items())},
         }

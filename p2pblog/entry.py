@@ -324,10 +324,17 @@ def mentions_in(text: str) -> list[bytes]:
     return keys
 
 
-def post_body(text: str, reply_to: bytes | None = None) -> dict[str, Any]:
-    """The body of a post with text, parsing @mentions into the body."""
+def post_body(
+    text: str, reply_to: bytes | None = None, *, also_mention: bytes | None = None
+) -> dict[str, Any]:
+    """The body of a post with text, parsing @mentions into the body.
+
+    ``also_mention`` (a reply's parent author) is mentioned too, after the
+    handles in the text, so the author hears of the reply."""
     body: dict[str, Any] = {"text": text}
     mentions = mentions_in(text)
+    if also_mention is not None and also_mention not in mentions and len(mentions) < limits.MAX_MENTIONS:
+        mentions.append(also_mention)
     if mentions:
         body["mentions"] = mentions
     if reply_to is not None:

@@ -44,8 +44,27 @@ Theory of operation
   through its peer record.  NodeCore announces itself as a provider of its
   own feed and of every followed feed it holds entries of, once it has an
   address to announce (`publish`) and DHT contacts to announce to.
-* **Commands** `post`, `follow`, `unfollow` write signed entries to the own
-  feed and tell the replicator (live push; start or stop replicating).
+* **Commands** `post`, `follow`, `unfollow`, `delete`, `set_profile` write
+  signed entries to the own feed and tell the replicator (live push; start or
+  stop replicating); `block` / `unblock` refuse a key everywhere.
+* **Names.**  `claim_name` signs a name claim (an `identity.records` *name*
+  record whose proof-of-work nonce the caller found) and adds it at the k
+  nodes closest to ``name_key(name)`` in the provider store, one claim per
+  signer; own claims are kept in the store and re-signed and re-added every
+  `NAME_REPUBLISH` seconds (and after a restart).  `start_resolve_name`
+  gathers every valid claim of a name and reports `NameResolved`, claimants
+  in the documented order (most work, then earliest claim).
+* **Mention notices.**  A post (or the delete of a post) that mentions
+  other keys queues one notice per mentioned key in the store's outbox.  Each
+  needs a proof-of-work stamp first, which the driver computes off the event
+  loop (`stamps_to_make` / `stamp_made`).  Then NodeCore resolves the
+  recipient's peer record, has the replicator connect, and sends the
+  notice, retrying with backoff until the recipient acknowledges it (or
+  `MENTION_ATTEMPTS` tries fail).  A notice we receive is admitted
+  (`admit_mention`) if its sender and author are not blocked, the sender is
+  within its rate limit, the entry is valid and mentions us, and its author is
+  followed, within two follow hops, or paid the stamp's work; admitted
+  entries are stored alone (``Store.add_loose``), without their feed.
 
 Like the DHT core it never reads a clock: ``now`` is Unix seconds (the
 runtime supplies a monotonic clock anchored to Unix time, because records
@@ -57,7 +76,7 @@ replicator's connection outputs (`dials_to_make`, `data_to_send`,
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from random import Random
@@ -69,21 +88,30 @@ from dht.ids import Address
 from dht.providers import MAX_PROVIDERS_PER_KEY
 from dht.records import accept_any
 from dht.wire import Value
+from gossip.messages import MentionStatus
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
 from identity import Identity
+from identity.limits import MENTION_WORK
+from identity.pow import NOTICE_DOMAIN, notice_subject, work_bits
 from identity.records import (
+    NAME,
     PEER,
     PROVIDER,
     Record,
     RecordError,
+    create_name_claim,
     create_record,
     decode_record,
+    name_key,
+    order_claims,
     peer_key,
     provider_key,
 )
-from p2pblog.entry import FOLLOW, POST, UNFOLLOW, Entry, post_body
-from p2pblog.replication import EntriesStored, PeerConnected, Replicator
+from p2pblog import actions
+from p2pblog.entry import DELETE, FOLLOW, POST, UNFOLLOW, Entry, decode_entry
+from p2pblog.errors import EntryError
+from p2pblog.replication import EntriesStored, MentionAnswered, PeerConnected, Replicator
 from p2pblog.replication import Event as GossipEvent
 from p2pblog.store import Store
 
@@ -109,6 +137,23 @@ MAINTAIN_EVERY: Final = 10.0
 FIRST_CONTACT_POLL: Final = 1.0
 #: Seconds before retrying an announce that reached no node.
 ANNOUNCE_RETRY: Final = 15.0
+#: Seconds a name claim is valid after signing, and between re-signings.
+NAME_TTL: Final = 24 * 3600
+NAME_REPUBLISH: Final = 4 * 3600
+#: Mention notices: delivery attempts before giving up, the first retry delay
+#: (doubling up to the ceiling), and how long to wait for an acknowledgement.
+MENTION_ATTEMPTS: Final = 10
+MENTION_RETRY_FIRST: Final = 5.0
+MENTION_RETRY_MAX: Final = 3600.0
+MENTION_ACK_TIMEOUT: Final = 30.0
+#: Most work bits we spend on a stamp when a recipient asks for more (2**24
+#: hashes, about 8 s of one core).
+MAX_STAMP_WORK: Final = 24
+#: Per-sender rate limit on received mention notices: a burst, then one every
+#: 1/MENTION_RATE seconds; senders tracked at most (least recently seen dropped).
+MENTION_BURST: Final = 10.0
+MENTION_RATE: Final = 1 / 6
+MENTION_SENDERS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +203,64 @@ class ProvidersResolved:
     records: tuple[Record, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NameClaimPublished:
+    """Our claim of ``name`` was added at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    name: str
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NameResolved:
+    """Every valid claim of ``name`` found, one per claimant, in resolution order."""
+
+    query_id: int
+    name: str
+    claims: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MentionAdmitted:
+    """A mention notice from ``sender`` was admitted: ``entry`` is stored."""
+
+    sender: bytes
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class MentionRefused:
+    """A mention notice from ``sender`` was refused (``reason`` names the counter)."""
+
+    sender: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MentionDelivered:
+    """Our notice of ``entry_id`` reached ``recipient``: ``admitted`` or refused with ``status``."""
+
+    entry_id: bytes
+    recipient: bytes
+    admitted: bool
+    status: int
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """A mention notice waiting for delivery (mirrors a row of the store's outbox)."""
+
+    raw: bytes
+    #: The proof-of-work nonce; None until the driver made it.
+    stamp: bytes | None
+    work: int
+    attempts: int
+    next_at: float
+    requested: bool = False
+
+
 Event = (
     DhtEvent
     | PeerResolved
@@ -165,6 +268,11 @@ Event = (
     | RecordPublished
     | ProviderAnnounced
     | ProvidersResolved
+    | NameClaimPublished
+    | NameResolved
+    | MentionAdmitted
+    | MentionRefused
+    | MentionDelivered
     | GossipEvent
 )
 
@@ -187,14 +295,25 @@ def validate_value(key: bytes, value: Value, now: float) -> bool:
 
 
 def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
-    """The DHT provider validator: a valid provider record under its own key -> its signer."""
+    """The DHT provider validator: a valid provider record or name claim under its own key
+    -> its signer."""
     if not _looks_like_record(value):
         return None
     try:
         record = decode_record(value, now=now, key=key)
     except RecordError:
         return None
-    return record.signer if record.type == PROVIDER else None
+    return record.signer if record.type in (PROVIDER, NAME) else None
+
+
+def rank_provider(key: bytes, value: bytes) -> int:
+    """Eviction rank in a full provider key: a name claim's proof-of-work bits (else 0)."""
+    del key
+    try:
+        record = decode_record(value, now=None, check_signature=False)
+    except RecordError:
+        return 0
+    return record.work if record.type == NAME else 0
 
 
 def select_value(key: bytes, values: Sequence[Value]) -> int:
@@ -234,8 +353,12 @@ class NodeCore:
         store: Store | None = None,
         channel_config: ChannelConfig | None = None,
         random_bytes: RandomBytes | None = None,
+        mention_work: int = MENTION_WORK,
     ) -> None:
         self.identity = identity
+        #: Work bits a mention notice from a stranger must carry.
+        self.mention_work = mention_work
+        self.stats: Counter[str] = Counter()
         self.store = store if store is not None else Store(":memory:")
         self.replicator = Replicator(
             identity, self.store, rng, now, channel_config=channel_config, random_bytes=random_bytes
@@ -248,7 +371,9 @@ class NodeCore:
             validator=validate_value,
             selector=select_value,
             provider_validator=validate_provider,
+            provider_rank=rank_provider,
         )
+        self.replicator.mention_handler = self.admit_mention
         self.peer_record: Record | None = None
         #: Our current provider record per feed we announce.
         self.provider_records: dict[bytes, Record] = {}
@@ -269,6 +394,20 @@ class NodeCore:
         self._search_at: dict[bytes, float] = {}
         self._search_rounds: dict[bytes, int] = {}
         self._maintain_at = now
+        #: Our name claims: the current signed record, and when to re-sign it.
+        self.name_records: dict[str, Record] = {}
+        self._claims: dict[str, tuple[int, bytes]] = {
+            name: (claimed, nonce) for name, claimed, nonce, _ in self.store.name_claims()
+        }
+        self._claim_at: dict[str, float] = dict.fromkeys(self._claims, now)
+        self._claim_publishes: dict[int, tuple[str, int]] = {}
+        self._name_finds: dict[int, str] = {}
+        #: Mention notices to deliver, by (entry id, recipient); see `_deliver_mentions`.
+        self._outgoing: dict[tuple[bytes, bytes], _Outgoing] = {}
+        self._mentions_at: float | None = None
+        self._sync_outbox(now)
+        #: Per-sender token buckets for received notices: sender -> (tokens, at).
+        self._mention_buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
 
     # -- outputs (DhtCore's contract) ---------------------------------------------
 
@@ -294,6 +433,8 @@ class NodeCore:
                 announce_at,
                 self.replicator.get_timer(),
                 self._maintain_at,
+                self._mentions_at,
+                min(self._claim_at.values(), default=None),
             )
             if t is not None
         ]
@@ -316,6 +457,10 @@ class NodeCore:
             if isinstance(gossip, PeerConnected) and now is not None:
                 if self.replicator.known_address(gossip.peer) is None:
                     self._internal.add(self.start_resolve(gossip.peer, now))
+                if any(recipient == gossip.peer for _, recipient in self._outgoing):
+                    self._mentions_at = now
+            elif isinstance(gossip, MentionAnswered) and now is not None:
+                self._mention_answered(gossip, now)
             elif isinstance(gossip, EntriesStored) and now is not None:
                 self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
         if now is None:
@@ -332,10 +477,14 @@ class NodeCore:
                 addr = item.record.addr("tcp")
                 if addr is not None:
                     self.replicator.learn_address(item.public_key, *addr, now)
+                    if any(recipient == item.public_key for _, recipient in self._outgoing):
+                        self.replicator.want_connection(item.public_key, now)
                     if item.public_key in self.replicator.wanted:
                         self.replicator.add_candidates(item.public_key, [(item.public_key, *addr)], now)
             elif isinstance(item, ProviderAnnounced) and not item.stored_at and item.feed in self._provided:
                 self._announce_at[item.feed] = now + ANNOUNCE_RETRY
+            elif isinstance(item, NameClaimPublished) and not item.stored_at and item.name in self._claims:
+                self._claim_at[item.name] = min(self._claim_at[item.name], now + ANNOUNCE_RETRY)
 
     def _translate(self, event: DhtEvent) -> None:
         qid = getattr(event, "query_id", None)
@@ -361,6 +510,16 @@ class NodeCore:
             stored = len(getattr(event, "stored_at", ()))
             self._events.append(ProviderAnnounced(qid, feed, seq, stored))
             return
+        if qid is not None and qid in self._claim_publishes:
+            name, seq = self._claim_publishes.pop(qid)
+            stored = len(getattr(event, "stored_at", ()))
+            self._events.append(NameClaimPublished(qid, name, seq, stored))
+            return
+        if qid is not None and qid in self._name_finds:
+            name = self._name_finds.pop(qid)
+            values = event.values if isinstance(event, ProvidersFound) else ()
+            self._events.append(NameResolved(qid, name, self._verified_claims(name, values)))
+            return
         if qid is not None and qid in self._finds:
             feed = self._finds.pop(qid)
             values = event.values if isinstance(event, ProvidersFound) else ()
@@ -383,6 +542,19 @@ class NodeCore:
                 records[record.signer] = record
         return tuple(records.values())
 
+    @staticmethod
+    def _verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
+        key = name_key(name)
+        records = []
+        for value in values:
+            try:
+                record = decode_record(value, now=None, key=key)
+            except RecordError:
+                continue
+            if record.type == NAME and record.name == name:
+                records.append(record)
+        return tuple(order_claims(records))
+
     # -- inputs ---------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
@@ -396,6 +568,15 @@ class NodeCore:
         for feed, at in list(self._announce_at.items()):
             if now >= at:
                 self._announce(feed, self._provided[feed], now)
+        for name, at in list(self._claim_at.items()):
+            if now < at:
+                continue
+            if len(self.dht.table):
+                self._internal.add(self._publish_claim(name, now))
+            else:
+                self._claim_at[name] = now + FIRST_CONTACT_POLL
+        if self._mentions_at is not None and now >= self._mentions_at:
+            self._deliver_mentions(now)
         self.replicator.handle_timer(now)
         if now >= self._maintain_at:
             self._maintain_at = now + MAINTAIN_EVERY
@@ -474,14 +655,259 @@ class NodeCore:
         return self.store.following(self.identity.public_key)
 
     def post(self, text: str, now: float, *, reply_to: bytes | None = None) -> Entry:
-        """Append a post to the own feed and push it to connected peers.
+        """Append a post to the own feed, push it to connected peers, and send mention
+        notices to the keys it mentions (a reply mentions the parent's author).
 
         Raises `p2pblog.errors.EntryError` for a post the protocol refuses (too long, ...).
         """
-        entry = self.store.append(self.identity, POST, post_body(text, reply_to), int(now * 1000))
+        return self._appended(
+            actions.post(self.store, self.identity, text, int(now * 1000), reply_to=reply_to), now
+        )
+
+    def delete(self, target: bytes, now: float) -> Entry:
+        """Retract one of our own posts (followers stop showing its text) and tell the
+        keys it mentioned.  Raises `EntrySchemaError` for an entry that is not our own
+        post or is already deleted."""
+        return self._appended(actions.delete(self.store, self.identity, target, int(now * 1000)), now)
+
+    def set_profile(self, fields: dict[str, str], now: float) -> Entry:
+        """Append a profile entry setting ``fields`` (name, bio)."""
+        return self._appended(actions.set_profile(self.store, self.identity, fields, int(now * 1000)), now)
+
+    def _appended(self, entry: Entry, now: float) -> Entry:
         self.replicator.feed_appended(entry.author, now)
+        self._sync_outbox(now)
         self._drain(now)
         return entry
+
+    def block(self, key: bytes, now: float) -> tuple[bool, Entry | None]:
+        """Refuse key's entries, mentions and connections; unfollow it if followed.
+
+        Returns (newly blocked, the unfollow entry if one was written)."""
+        new, unfollowed = actions.block(self.store, self.identity, key, int(now * 1000))
+        if unfollowed is not None:
+            self._search_at.pop(key, None)
+            if key in self._provided:
+                self.withdraw(key)
+            self.replicator.feed_appended(unfollowed.author, now)
+        self.replicator.block(key, now)  # also stops replicating the feed
+        self._sync_outbox(now)
+        self._drain(now)
+        return new, unfollowed
+
+    def unblock(self, key: bytes) -> bool:
+        self.replicator.unblock(key)
+        return self.store.unblock(key)
+
+    # -- mention notices --------------------------------------------------------------
+
+    def _sync_outbox(self, now: float) -> None:
+        """Mirror the store's outbox (written by `p2pblog.actions`) in memory."""
+        rows = {
+            (eid, recipient): (stamp, attempts) for eid, recipient, stamp, attempts in self.store.outbox()
+        }
+        for pair in [pair for pair in self._outgoing if pair not in rows]:
+            del self._outgoing[pair]
+        for (eid, recipient), (stamp, attempts) in rows.items():
+            if (eid, recipient) in self._outgoing:
+                continue
+            item = self.store.get(eid)
+            if item is None:
+                self.store.outbox_remove(eid, recipient)
+                continue
+            work = self._stamp_work(stamp, recipient, eid)
+            self._outgoing[eid, recipient] = _Outgoing(item.entry.raw, stamp or None, work, attempts, now)
+            self._mentions_at = now
+
+    def pending_mentions(self) -> list[tuple[bytes, bytes, int]]:
+        """Notices not yet acknowledged: ``(entry id, recipient, attempts)``."""
+        return [(eid, recipient, item.attempts) for (eid, recipient), item in self._outgoing.items()]
+
+    def stamps_to_make(self) -> list[tuple[bytes, bytes, int]]:
+        """``(entry id, recipient, bits)`` of notices that need a proof-of-work stamp.
+
+        The driver finds a nonce (`identity.pow.solve` over NOTICE_DOMAIN and
+        ``notice_subject(recipient, entry id)``) and reports it with `stamp_made`."""
+        out = []
+        for (eid, recipient), item in self._outgoing.items():
+            if item.stamp is None and not item.requested:
+                item.requested = True
+                out.append((eid, recipient, item.work))
+        return out
+
+    def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None:
+        item = self._outgoing.get((entry_id, recipient))
+        if item is None:
+            return
+        item.stamp, item.requested, item.next_at = nonce, False, now
+        self.store.outbox_add(entry_id, recipient, nonce)
+        self._mentions_at = now
+        self._deliver_mentions(now)
+        self._drain(now)
+
+    @staticmethod
+    def _stamp_work(stamp: bytes, recipient: bytes, eid: bytes) -> int:
+        return (
+            max(MENTION_WORK, work_bits(NOTICE_DOMAIN, notice_subject(recipient, eid), stamp))
+            if stamp
+            else MENTION_WORK
+        )
+
+    def _deliver_mentions(self, now: float) -> None:
+        """Send due notices to connected recipients; connect to (or resolve) the others."""
+        self._mentions_at = None
+        resolving: set[bytes] = set()
+        for pair, item in list(self._outgoing.items()):
+            eid, recipient = pair
+            if item.stamp is None:
+                continue
+            if now < item.next_at:
+                self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+                continue
+            if item.attempts >= MENTION_ATTEMPTS:
+                self.replicator.stats["mentions.undelivered"] += 1
+                self._drop_outgoing(pair)
+                continue
+            item.attempts += 1
+            self.store.outbox_attempted(eid, recipient, item.attempts)
+            if self.replicator.send_mention(recipient, item.raw, item.stamp, now):
+                item.next_at = now + MENTION_ACK_TIMEOUT
+            else:
+                self.replicator.want_connection(recipient, now)
+                if self.replicator.known_address(recipient) is None and recipient not in resolving:
+                    resolving.add(recipient)
+                    self._internal.add(self.start_resolve(recipient, now))
+                item.next_at = now + min(MENTION_RETRY_MAX, MENTION_RETRY_FIRST * 2.0 ** (item.attempts - 1))
+            self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+
+    def _drop_outgoing(self, pair: tuple[bytes, bytes]) -> None:
+        self._outgoing.pop(pair, None)
+        self.store.outbox_remove(*pair)
+        if not any(recipient == pair[1] for _, recipient in self._outgoing):
+            self.replicator.release_connection(pair[1])
+
+    def _mention_answered(self, answer: MentionAnswered, now: float) -> None:
+        pair = (answer.entry_id, answer.peer)
+        item = self._outgoing.get(pair)
+        if item is None:
+            return
+        status = answer.status
+        if status == MentionStatus.NEED_WORK and item.work < answer.need <= MAX_STAMP_WORK:
+            # The recipient asks for more work than we paid: pay it once.
+            item.stamp, item.work, item.next_at = None, answer.need, now
+            self.store.outbox_add(answer.entry_id, answer.peer, b"")
+            return
+        admitted = status in (MentionStatus.ADMITTED, MentionStatus.DUPLICATE)
+        if not admitted and status in (MentionStatus.RATE_LIMITED, MentionStatus.BUSY):
+            item.next_at = now + min(MENTION_RETRY_MAX, MENTION_RETRY_FIRST * 2.0**item.attempts)
+            self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+            return
+        self.replicator.stats["mentions.delivered" if admitted else "mentions.refused_by_peer"] += 1
+        self._drop_outgoing(pair)
+        self._events.append(MentionDelivered(answer.entry_id, answer.peer, admitted, status))
+
+    def _take_mention_token(self, sender: bytes, now: float) -> bool:
+        tokens, at = self._mention_buckets.pop(sender, (MENTION_BURST, now))
+        tokens = min(MENTION_BURST, tokens + (now - at) * MENTION_RATE)
+        ok = tokens >= 1.0
+        self._mention_buckets[sender] = (tokens - 1.0 if ok else tokens, now)
+        while len(self._mention_buckets) > MENTION_SENDERS:
+            self._mention_buckets.popitem(last=False)
+        return ok
+
+    def admit_mention(self, sender: bytes, raw: bytes, stamp: bytes, now: float) -> tuple[int, int]:
+        """Decide on a mention notice from ``sender`` (the replicator's handler).
+
+        Returns ``(MentionStatus, work bits needed)``; every refusal is counted
+        under ``mentions.refused_<reason>`` and reported as `MentionRefused`."""
+        own = self.identity.public_key
+        blocked = self.replicator.blocked
+
+        def refuse(reason: str, status: int, need: int = 0) -> tuple[int, int]:
+            self.replicator.stats[f"mentions.refused_{reason}"] += 1
+            self._events.append(MentionRefused(sender, reason))
+            return status, need
+
+        if sender in blocked:
+            return refuse("blocked", MentionStatus.BLOCKED)
+        # The rate limit comes before any signature check, so a flood costs little.
+        if not self._take_mention_token(sender, now):
+            return refuse("rate", MentionStatus.RATE_LIMITED)
+        try:
+            entry = decode_entry(raw)
+        except EntryError:
+            return refuse("invalid", MentionStatus.INVALID)
+        if entry.author in blocked:
+            return refuse("blocked", MentionStatus.BLOCKED)
+        if self.store.has_entry(entry.id):
+            self.replicator.stats["mentions.duplicate"] += 1
+            return MentionStatus.DUPLICATE, 0
+        if entry.kind == DELETE:
+            # A retraction of a post we hold: no work needed, it only hides text.
+            target = self.store.get(entry.target) if entry.target else None
+            if target is None or target.entry.author != entry.author:
+                return refuse("invalid", MentionStatus.INVALID)
+        elif entry.kind != POST or own not in entry.mentions:
+            return refuse("invalid", MentionStatus.INVALID)
+        elif not self.store.within_follow_hops(own, entry.author):
+            work = work_bits(NOTICE_DOMAIN, notice_subject(own, entry.id), stamp)
+            if work < self.mention_work:
+                return refuse("work", MentionStatus.NEED_WORK, self.mention_work)
+        self.store.add_loose(entry, int(now * 1000))
+        self.replicator.stats["mentions.admitted"] += 1
+        self._events.append(MentionAdmitted(sender, entry))
+        return MentionStatus.ADMITTED, 0
+
+    # -- names ------------------------------------------------------------------------
+
+    def claim_name(self, name: str, claimed: int, nonce: bytes, now: float) -> int:
+        """Claim ``name`` with a nonce found for ``name_subject(own key, name, claimed)``.
+
+        Saves the claim (so it is republished, also after a restart) and adds
+        it in the DHT; ends with `NameClaimPublished`.  Raises `RecordError`
+        for a bad name or too little work."""
+        self._sign_claim(name, claimed, nonce, now)
+        record = self.name_records[name]
+        self.store.save_name_claim(name, claimed, nonce, record.work)
+        self._claims[name] = (claimed, nonce)
+        return self._publish_claim(name, now)
+
+    def _sign_claim(self, name: str, claimed: int, nonce: bytes, now: float) -> Record:
+        old = self.name_records.get(name)
+        seq = max(int(now * 1000), old.seq + 1 if old is not None else 0)
+        record = create_name_claim(
+            self.identity, name=name, claimed=claimed, nonce=nonce, seq=seq, expires=int(now) + NAME_TTL
+        )
+        self.name_records[name] = record
+        return record
+
+    def _publish_claim(self, name: str, now: float) -> int:
+        claimed, nonce = self._claims[name]
+        key = name_key(name)
+        record = self._sign_claim(name, claimed, nonce, now)
+        for signer, value in self.dht.providers.get_with_ids(key, now):
+            if signer == self.identity.public_key:
+                held = decode_record(value, now=None)
+                if held.seq >= record.seq:  # signed by an earlier run whose clock was ahead
+                    self.name_records[name] = create_name_claim(
+                        self.identity,
+                        name=name,
+                        claimed=claimed,
+                        nonce=nonce,
+                        seq=held.seq + 1,
+                        expires=int(now) + NAME_TTL,
+                    )
+        record = self.name_records[name]
+        self._claim_at[name] = now + NAME_REPUBLISH
+        qid = self.dht.start_add_provider(key, record.raw, now)
+        self._claim_publishes[qid] = (name, record.seq)
+        return qid
+
+    def start_resolve_name(self, name: str, now: float) -> int:
+        """Find every valid claim of ``name``.  Ends with `NameResolved`."""
+        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY)
+        self._name_finds[qid] = name
+        return qid
 
     def follow(self, feed: bytes, now: float) -> Entry | None:
         """Record a follow entry (None if already following) and start replicating feed."""

@@ -56,6 +56,18 @@ newer one: it gave up the older, e.g. across its restart).  Inbound connections 
 connections, sessions that replicate none of our feeds are closed, so the
 cap prefers peers that cover the feeds we follow.
 
+**Mention notices.**  A MENTION (a signed entry that mentions this node's
+owner, sent by a node that may not share any feed with us) is handed to
+``mention_handler`` (set by `NodeCore`, which decides admission) and answered
+with a MENTION_ACK carrying its verdict; acknowledgements of our own notices
+come back as `MentionAnswered`.  `send_mention` sends one on an open
+session, and `want_connection` keeps dialling a peer we have notices for
+until `release_connection`.
+
+**Blocking.**  A blocked key (`block`) is never replicated, its connections
+are closed and refused after the handshake (``refused.blocked``), and
+entries of its feed are refused (``entries.refused_blocked``).
+
 **Counters.**  `stats` counts everything dropped or refused, by reason:
 ``handshake.failed``, ``channel.failed``, ``misbehaved.<reason>`` (from the
 sessions), ``entries.forged``, ``refused.capacity``, ...
@@ -65,17 +77,20 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Final
 
+from gossip.messages import MentionStatus
 from gossip.noise import RandomBytes
 from gossip.session import (
     EntriesReceived,
     EntriesRefused,
     ForkProofReceived,
     GossipSession,
+    MentionAcked,
+    MentionReceived,
     MessageDropped,
     PeerMisbehaved,
     SessionFailed,
@@ -89,7 +104,7 @@ from gossip.transport import (
     SecureChannel,
 )
 from identity import Identity
-from p2pblog.entry import Entry, decode_entry
+from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntrySignatureError
 from p2pblog.store import Store
 
@@ -154,7 +169,20 @@ class InputRefused:
     detail: str = ""
 
 
-Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused
+@dataclass(frozen=True, slots=True)
+class MentionAnswered:
+    """``peer`` acknowledged our mention notice of ``entry_id`` (a `MentionStatus` value)."""
+
+    peer: bytes
+    entry_id: bytes
+    status: int
+    need: int
+
+
+#: Admission of a received mention notice: (sender, signed entry, stamp, now) -> (status, need).
+MentionHandler = Callable[[bytes, bytes, bytes, float], tuple[int, int]]
+
+Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused | MentionAnswered
 
 
 # --- the feed source over the store ---------------------------------------------------------
@@ -237,7 +265,13 @@ class Replicator:
         self.channel_config = channel_config
         self.random_bytes = random_bytes
         own = identity.public_key
-        self.source = StoreFeeds(store, {own, *store.following(own)})
+        #: Keys whose entries, notices and connections are refused.
+        self.blocked: set[bytes] = {key for key, _ in store.blocks()}
+        self.source = StoreFeeds(store, {own, *(store.following(own) - self.blocked)})
+        #: Decides on received mention notices (NodeCore sets it); None refuses them all.
+        self.mention_handler: MentionHandler | None = None
+        #: Peers we have mention notices for: dialled like followed authors.
+        self._mention_peers: dict[bytes, None] = {}
         #: Plumtree pruning of peers that push duplicates (False: naive flooding,
         #: the simulator's baseline).
         self.prune_duplicates = True
@@ -337,8 +371,8 @@ class Replicator:
     # ============================================================ node inputs
 
     def set_wanted(self, feeds: Iterable[bytes], now: float) -> None:
-        """The feeds this node replicates changed (follow/unfollow)."""
-        self.source.wanted = {self.own, *feeds}
+        """The feeds this node replicates changed (follow/unfollow); blocked feeds are left out."""
+        self.source.wanted = {self.own, *(set(feeds) - self.blocked)}
         for _, session, *_ in self.sessions():
             session.wants_changed(now)
         self._touch_sessions()
@@ -365,6 +399,41 @@ class Replicator:
                 del known[next(iter(known))]
         self._maintain(now)
         self._pump(now)
+
+    def block(self, peer: bytes, now: float) -> None:
+        """Refuse peer from now on: close its connection, stop replicating its feed."""
+        self.blocked.add(peer)
+        self._mention_peers.pop(peer, None)
+        conn_id = self._by_peer.get(peer)
+        if conn_id is not None:
+            self.stats["closed.blocked"] += 1
+            self._close(self._conns[conn_id], now, "blocked")
+        self.set_wanted(self.source.wanted - {peer}, now)
+
+    def unblock(self, peer: bytes) -> None:
+        self.blocked.discard(peer)
+
+    def send_mention(self, peer: bytes, entry: bytes, stamp: bytes, now: float) -> bool:
+        """Send a mention notice to a connected peer; False if no open session can take it."""
+        conn_id = self._by_peer.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None or conn.session is None or conn.closing:
+            return False
+        if not conn.session.send_mention(entry, stamp, now):
+            return False
+        self.stats["mentions.sent"] += 1
+        self._touch(conn)
+        self._pump(now)
+        return True
+
+    def want_connection(self, peer: bytes, now: float) -> None:
+        """Keep dialling peer (whose address must be learned) until `release_connection`."""
+        if peer != self.own and peer not in self.blocked and peer not in self._mention_peers:
+            self._mention_peers[peer] = None
+            self._maintain_at = now
+
+    def release_connection(self, peer: bytes) -> None:
+        self._mention_peers.pop(peer, None)
 
     def learn_address(self, peer: bytes, host: str, port: int, now: float) -> None:
         """Where a connected peer listens (from its peer record); saved in the address book."""
@@ -476,6 +545,8 @@ class Replicator:
             key=lambda item: -item[1].last_connected,
         )
         for key, _ in recent[:BOOK_DIALS]:
+            targets[key] = None
+        for key in self._mention_peers:
             targets[key] = None
         for feed in sorted(self.source.wanted):
             if feed == self.own:
@@ -631,6 +702,11 @@ class Replicator:
             self.stats["refused.self"] += 1
             self._close(conn, now, "connected to ourselves")
             return
+        if peer in self.blocked:
+            self.stats["refused.blocked"] += 1
+            self._events.append(InputRefused(peer, "refused.blocked", "blocked key"))
+            self._close(conn, now, "blocked")
+            return
         entry = self._book.get(peer)
         if entry is not None and now < entry.banned_until:
             self.stats["refused.banned"] += 1
@@ -673,6 +749,16 @@ class Replicator:
             self._ingest(conn, session, event, now)
         elif isinstance(event, ForkProofReceived):
             self._fork_proof(session, event, now)
+        elif isinstance(event, MentionReceived):
+            assert peer is not None
+            handler = self.mention_handler
+            status, need = (
+                handler(peer, event.entry, event.stamp, now) if handler else (MentionStatus.BUSY, 0)
+            )
+            session.ack_mention(entry_id(event.entry), status, need, now)
+        elif isinstance(event, MentionAcked):
+            assert peer is not None
+            self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))
         elif isinstance(event, PeerMisbehaved):
             self.stats[f"misbehaved.{event.reason}"] += 1
             self._events.append(InputRefused(peer, f"misbehaved.{event.reason}", event.detail))
@@ -691,6 +777,10 @@ class Replicator:
         entry.banned_until = entry.next_try = now + BAN_SECONDS
 
     def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
+        if event.feed in self.blocked:
+            self.stats["entries.refused_blocked"] += len(event.entries)
+            session.entries_stored(event.feed, now)
+            return
         if event.feed not in self.source.wanted:
             # Unfollowed while in flight: not storing them is a refusal.
             session.entries_stored(event.feed, now)

@@ -32,6 +32,8 @@ from typing import Any, Protocol
 
 import trio
 
+from identity.pow import NOTICE_DOMAIN, notice_subject, solve
+
 _EPOCH_OFFSET = time.time() - time.monotonic()
 #: Largest datagram read from the socket; the core counts and drops oversize ones.
 RECV_BYTES = 65536
@@ -200,6 +202,8 @@ class StreamCore(DatagramCore, Protocol):
     def connection_failed(self, conn_id: int, now: float) -> None: ...
     def data_received(self, conn_id: int, data: bytes, now: float) -> None: ...
     def connection_lost(self, conn_id: int, now: float) -> None: ...
+    def stamps_to_make(self) -> list[tuple[bytes, bytes, int]]: ...
+    def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None: ...
 
 
 class _Stream:
@@ -229,6 +233,10 @@ class NodeDriver(UdpDriver):
         self.listener = listener
         self._streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
+        #: Proof-of-work stamps to make (the core asked before `run` started).
+        self._stamps: list[tuple[bytes, bytes, int]] = []
+        #: One stamp at a time, in a worker thread, so the event loop stays responsive.
+        self._stamp_limiter = trio.CapacityLimiter(1)
 
     @classmethod
     def bind_both(cls, core: StreamCore, host: str, port: int, **kwargs: Any) -> NodeDriver:
@@ -282,7 +290,20 @@ class NodeDriver(UdpDriver):
             if st is not None:
                 st.closing = True
                 st.wake.set()
+        self._stamps += core.stamps_to_make()
+        if self._nursery is not None:
+            for job in self._stamps:
+                self._nursery.start_soon(self._make_stamp, *job)
+            self._stamps.clear()
         super().flush()
+
+    async def _make_stamp(self, entry_id: bytes, recipient: bytes, bits: int) -> None:
+        subject = notice_subject(recipient, entry_id)
+        nonce = await trio.to_thread.run_sync(
+            solve, NOTICE_DOMAIN, subject, bits, limiter=self._stamp_limiter
+        )
+        self.stream_core.stamp_made(entry_id, recipient, nonce, self.clock())
+        self.flush()
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:

@@ -117,6 +117,46 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         last_connected  REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 4: names, petnames, blocks, admitted mention notices and the mention outbox.
+    """
+    CREATE TABLE petnames (
+        name        TEXT PRIMARY KEY,
+        key         BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE blocks (
+        key         BLOB PRIMARY KEY,
+        since       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE name_claims (
+        name        TEXT PRIMARY KEY,
+        claimed     INTEGER NOT NULL,
+        nonce       BLOB NOT NULL,
+        work        INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE loose_entries (
+        id          BLOB PRIMARY KEY,
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        timestamp   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        reply_to    BLOB,
+        raw         BLOB NOT NULL,
+        received    INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX loose_reply_to ON loose_entries (reply_to) WHERE reply_to IS NOT NULL;
+    CREATE VIEW known_entries AS
+        SELECT id, author, seq, timestamp, kind, reply_to, raw FROM entries
+        UNION ALL
+        SELECT l.id, l.author, l.seq, l.timestamp, l.kind, l.reply_to, l.raw FROM loose_entries l
+        WHERE NOT EXISTS (SELECT 1 FROM entries x WHERE x.id = l.id);
+    CREATE TABLE mention_outbox (
+        entry_id    BLOB NOT NULL,
+        recipient   BLOB NOT NULL,
+        stamp       BLOB NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (entry_id, recipient)
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -191,6 +231,10 @@ class VerifyReport:
 
 _ENTRY_COLUMNS: Final = "e.raw, r.target IS NOT NULL"
 _ENTRY_FROM: Final = "entries e LEFT JOIN retractions r ON r.target = e.id"
+#: Entries of replicated feeds plus admitted mention notices (``loose_entries``).
+_KNOWN_FROM: Final = "known_entries e LEFT JOIN retractions r ON r.target = e.id"
+#: Leaves out authors the owner blocked.
+_NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
 
 
 class Store:
@@ -436,7 +480,7 @@ class Store:
             # Only the author may retract, and only an earlier entry of the same feed.
             db.execute(
                 "INSERT OR IGNORE INTO retractions (target, delete_id) "
-                "SELECT id, ? FROM entries WHERE id = ? AND author = ? AND seq < ?",
+                "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
                 (entry.id, entry.target, entry.author, entry.seq),
             )
 
@@ -475,7 +519,7 @@ class Store:
 
     def get(self, entry_id: bytes) -> FeedItem | None:
         row = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.id = ?", (entry_id,)
+            f"SELECT {_ENTRY_COLUMNS} FROM {_KNOWN_FROM} WHERE e.id = ?", (entry_id,)
         ).fetchone()
         return None if row is None else _item(row)
 
@@ -510,22 +554,25 @@ class Store:
         return {bytes(feed) for (feed,) in rows}
 
     def timeline(self, owner: bytes, *, limit: int = 50) -> list[FeedItem]:
-        """Posts by owner and the feeds owner follows, newest first."""
+        """Posts by owner and the feeds owner follows (not blocked), newest first."""
         rows = self._db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} "
             "WHERE e.kind = ? AND (e.author = ? OR e.author IN "
-            "  (SELECT feed FROM follows WHERE follower = ?)) "
+            f"  (SELECT feed FROM follows WHERE follower = ?)) AND {_NOT_BLOCKED} "
             "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
             (POST, owner, owner, limit),
         )
         return [_item(row) for row in rows]
 
     def mentions(self, key: bytes, *, limit: int = 50) -> list[FeedItem]:
-        """Posts that mention key, newest first."""
+        """Posts that mention key (from replicated feeds and admitted notices), newest first.
+
+        Posts by blocked authors are left out."""
         rows = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM mentions m JOIN entries e ON e.id = m.entry_id "
+            f"SELECT {_ENTRY_COLUMNS} FROM mentions m JOIN known_entries e ON e.id = m.entry_id "
             "LEFT JOIN retractions r ON r.target = e.id "
-            "WHERE m.mentioned = ? ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
+            f"WHERE m.mentioned = ? AND {_NOT_BLOCKED} "
+            "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
             (key, limit),
         )
         return [_item(row) for row in rows]
@@ -549,10 +596,10 @@ class Store:
             parent = item.entry.reply_to
         rows = self._db.execute(
             "WITH RECURSIVE below(id) AS ("
-            "  SELECT id FROM entries WHERE reply_to = ? "
-            "  UNION SELECT e.id FROM entries e JOIN below b ON e.reply_to = b.id) "
-            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN entries e ON e.id = below.id "
-            "LEFT JOIN retractions r ON r.target = e.id "
+            "  SELECT id FROM known_entries WHERE reply_to = ? "
+            "  UNION SELECT e.id FROM known_entries e JOIN below b ON e.reply_to = b.id) "
+            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN known_entries e ON e.id = below.id "
+            f"LEFT JOIN retractions r ON r.target = e.id WHERE {_NOT_BLOCKED} "
             "ORDER BY e.timestamp, e.author, e.seq",
             (entry_id,),
         )
@@ -572,6 +619,149 @@ class Store:
     def fork_proofs(self, author: bytes) -> list[Entry]:
         rows = self._db.execute("SELECT raw FROM forks WHERE author = ? ORDER BY seq, id", (author,))
         return [decode_entry(raw, check_signature=False) for (raw,) in rows]
+
+    # -- admitted mention notices (entries of feeds we do not replicate) -------------
+
+    def has_entry(self, entry_id: bytes) -> bool:
+        """Whether the entry is stored (in a replicated feed or as an admitted notice)."""
+        row = self._db.execute("SELECT 1 FROM known_entries WHERE id = ?", (entry_id,)).fetchone()
+        return row is not None
+
+    def add_loose(self, entry: Entry, received: int) -> bool:
+        """Keep one verified entry of a feed we may not replicate (an admitted mention notice).
+
+        A post's mentions are indexed as a replicated post's are.  A delete
+        entry retracts a stored entry of the same author with a lower seq.
+        Returns False if the entry was already stored.
+        """
+        if self.has_entry(entry.id):
+            return False
+        with self.transaction():
+            db = self._db
+            db.execute(
+                "INSERT INTO loose_entries (id, author, seq, timestamp, kind, reply_to, raw, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.id,
+                    entry.author,
+                    entry.seq,
+                    entry.timestamp,
+                    entry.kind,
+                    entry.reply_to,
+                    entry.raw,
+                    received,
+                ),
+            )
+            if entry.kind == POST and entry.mentions:
+                db.executemany(
+                    "INSERT OR IGNORE INTO mentions (mentioned, entry_id) VALUES (?, ?)",
+                    [(m, entry.id) for m in entry.mentions],
+                )
+            elif entry.kind == DELETE:
+                db.execute(
+                    "INSERT OR IGNORE INTO retractions (target, delete_id) "
+                    "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
+                    (entry.id, entry.target, entry.author, entry.seq),
+                )
+        return True
+
+    def loose_count(self, author: bytes | None = None) -> int:
+        if author is None:
+            row = self._db.execute("SELECT count(*) FROM loose_entries").fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT count(*) FROM loose_entries WHERE author = ?", (author,)
+            ).fetchone()
+        return int(row[0])
+
+    def within_follow_hops(self, owner: bytes, key: bytes) -> bool:
+        """Whether owner follows key, or follows someone whose stored feed follows key."""
+        row = self._db.execute(
+            "SELECT 1 FROM follows WHERE follower = ? AND feed = ? UNION ALL "
+            "SELECT 1 FROM follows a JOIN follows b ON b.follower = a.feed "
+            "WHERE a.follower = ? AND b.feed = ? LIMIT 1",
+            (owner, key, owner, key),
+        ).fetchone()
+        return row is not None
+
+    # -- petnames, blocks, own name claims --------------------------------------------
+
+    def set_petname(self, name: str, key: bytes) -> None:
+        with self.transaction():
+            self._db.execute("INSERT OR REPLACE INTO petnames (name, key) VALUES (?, ?)", (name, key))
+
+    def remove_petname(self, name: str) -> bool:
+        with self.transaction():
+            return self._db.execute("DELETE FROM petnames WHERE name = ?", (name,)).rowcount > 0
+
+    def petnames(self) -> list[tuple[str, bytes]]:
+        rows = self._db.execute("SELECT name, key FROM petnames ORDER BY name")
+        return [(_text(name), bytes(key)) for name, key in rows]
+
+    def petname(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT key FROM petnames WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def block(self, key: bytes, since: int) -> bool:
+        """Block key; False if it was already blocked."""
+        with self.transaction():
+            cursor = self._db.execute("INSERT OR IGNORE INTO blocks (key, since) VALUES (?, ?)", (key, since))
+            return cursor.rowcount > 0
+
+    def unblock(self, key: bytes) -> bool:
+        with self.transaction():
+            return self._db.execute("DELETE FROM blocks WHERE key = ?", (key,)).rowcount > 0
+
+    def blocks(self) -> list[tuple[bytes, int]]:
+        """Blocked keys with the time (ms) they were blocked, oldest first."""
+        rows = self._db.execute("SELECT key, since FROM blocks ORDER BY since, key")
+        return [(bytes(key), int(since)) for key, since in rows]
+
+    def save_name_claim(self, name: str, claimed: int, nonce: bytes, work: int) -> None:
+        """Remember our own claim of name (republished by the node on a timer)."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO name_claims (name, claimed, nonce, work) VALUES (?, ?, ?, ?)",
+                (name, claimed, nonce, work),
+            )
+
+    def name_claims(self) -> list[tuple[str, int, bytes, int]]:
+        """Our own name claims: ``(name, claimed, nonce, work)``."""
+        rows = self._db.execute("SELECT name, claimed, nonce, work FROM name_claims ORDER BY name")
+        return [(_text(name), int(claimed), bytes(nonce), int(work)) for name, claimed, nonce, work in rows]
+
+    # -- mention outbox -----------------------------------------------------------------
+
+    def outbox_add(self, entry_id: bytes, recipient: bytes, stamp: bytes) -> None:
+        """Queue a mention notice (an empty stamp: not made yet), or set its stamp."""
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO mention_outbox (entry_id, recipient, stamp) VALUES (?, ?, ?) "
+                "ON CONFLICT (entry_id, recipient) DO UPDATE SET stamp = excluded.stamp",
+                (entry_id, recipient, stamp),
+            )
+
+    def outbox_attempted(self, entry_id: bytes, recipient: bytes, attempts: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE mention_outbox SET attempts = ? WHERE entry_id = ? AND recipient = ?",
+                (attempts, entry_id, recipient),
+            )
+
+    def outbox_remove(self, entry_id: bytes, recipient: bytes) -> None:
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM mention_outbox WHERE entry_id = ? AND recipient = ?", (entry_id, recipient)
+            )
+
+    def outbox_remove_recipient(self, recipient: bytes) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM mention_outbox WHERE recipient = ?", (recipient,))
+
+    def outbox(self) -> list[tuple[bytes, bytes, bytes, int]]:
+        """Mention notices not yet acknowledged: ``(entry_id, recipient, stamp, attempts)``."""
+        rows = self._db.execute("SELECT entry_id, recipient, stamp, attempts FROM mention_outbox")
+        return [(bytes(e), bytes(r), bytes(s), int(a)) for e, r, s, a in rows]
 
     # -- DHT contacts -------------------------------------------------------------
 
@@ -665,6 +855,11 @@ class Store:
             if state.forked_seq is not None:
                 report.problems.append(f"{name}: feed is forked at seq {state.forked_seq} (proof kept)")
         return report
+
+
+def _text(value: Any) -> str:
+    # The connection reads TEXT as bytes (see Store.__init__).
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _item(row: tuple[Any, ...]) -> FeedItem:

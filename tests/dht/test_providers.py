@@ -293,6 +293,76 @@ def test_a_full_key_keeps_the_most_recently_refreshed() -> None:
     assert own.add(KEY, toy("x", 1), 1.0) is StoreOutcome.FULL
 
 
+def toy_rank(key: bytes, value: bytes) -> int:
+    """Rank a toy value by its seq (p2pblog ranks name claims by proof-of-work bits)."""
+    parsed = parse_toy(value)
+    return parsed[1] if parsed is not None else -1
+
+
+def test_a_ranked_full_key_evicts_the_lowest_rank_first() -> None:
+    store = toy_store(max_per_key=3, rank=toy_rank)
+    for t, (name, rank) in enumerate([("a", 5), ("b", 1), ("c", 3)]):
+        assert store.add(KEY, toy(name, rank), float(t)) is StoreOutcome.STORED
+    # "a" is the oldest, but "b" has the lowest rank.
+    assert store.add(KEY, toy("d", 2), 3.0) is StoreOutcome.STORED
+    assert {v for v in store.get(KEY, 3.0)} == {toy("a", 5), toy("c", 3), toy("d", 2)}
+    # A newcomer below every held rank is refused: a cheap flood cannot push out better values.
+    for t, name in enumerate("vwxyz", start=4):
+        assert store.add(KEY, toy(name, 1), float(t)) is StoreOutcome.FULL
+    assert {v for v in store.get(KEY, 9.0)} == {toy("a", 5), toy("c", 3), toy("d", 2)}
+    # Equal to the lowest rank: among the lowest, the one refreshed longest ago goes.
+    assert store.add(KEY, toy("e", 2), 10.0) is StoreOutcome.STORED  # evicts d
+    assert store.add(KEY, toy("f", 2), 11.0) is StoreOutcome.STORED  # evicts e
+    assert store.get(KEY, 11.0) == [toy("f", 2), toy("c", 3), toy("a", 5)]
+    # A better version of a held provider is not an eviction, whatever its rank.
+    assert store.add(KEY, toy("a", 6), 12.0) is StoreOutcome.STORED
+    assert len(store) == 3
+
+
+def test_a_ranked_key_keeps_our_own_values() -> None:
+    store = toy_store(max_per_key=2, rank=toy_rank)
+    store.add(KEY, toy("mine", 0), 0.0, published=True)
+    store.add(KEY, toy("a", 5), 1.0)
+    # Our own value is never evicted, although it ranks lowest; a newcomer is
+    # compared with the evictable values only.
+    assert store.add(KEY, toy("b", 4), 2.0) is StoreOutcome.FULL
+    assert store.add(KEY, toy("c", 5), 3.0) is StoreOutcome.STORED  # evicts a (equal rank, older)
+    assert {v for v in store.get(KEY, 3.0)} == {toy("mine", 0), toy("c", 5)}
+    # Our own new value is never refused for its rank: it evicts the lowest.
+    assert store.add(KEY, toy("mine2", 0), 4.0, published=True) is StoreOutcome.STORED
+    assert {v for v in store.get(KEY, 4.0)} == {toy("mine", 0), toy("mine2", 0)}
+    assert store.add(KEY, toy("d", 9), 5.0) is StoreOutcome.FULL  # nothing evictable
+
+
+def test_equal_ranks_behave_as_no_rank() -> None:
+    rng = Random(7)
+    plain, flat = toy_store(max_per_key=3), toy_store(max_per_key=3, rank=lambda key, value: 0)
+    for step in range(300):
+        key = rng.choice([KEY, OTHER])
+        value = toy(rng.choice("abcdef"), rng.randrange(4), 1e12 if rng.random() < 0.9 else step + 5.0)
+        published = rng.random() < 0.1
+        now = float(step)
+        outcome = plain.add(key, value, now, published=published)
+        assert flat.add(key, value, now, published=published) is outcome
+        assert plain.get(key, now) == flat.get(key, now)
+
+
+def test_core_passes_the_rank_to_its_provider_store() -> None:
+    config = DhtConfig(max_providers_per_key=2)
+    core = make_core(
+        config=config, selector=toy_selector, provider_validator=toy_validator, provider_rank=toy_rank
+    )
+    assert core.providers.rank is toy_rank and make_core().providers.rank is None
+    answers = []
+    for name, rank in [("a", 3), ("b", 2), ("c", 1), ("d", 2)]:
+        add = wire.AddProvider(MSG_ID, SENDER, KEY, toy(name, rank))
+        core.receive_datagram(wire.encode_request(add), PEER, 1.0)
+        answers.append(wire.parse_add_provider_response(answer_body(core)))
+    assert answers == [True, True, False, True]  # c is refused; d evicts b
+    assert set(core.providers.get(KEY, 1.0)) == {toy("a", 3), toy("d", 2)}
+    assert core.stats["providers.full"] == 1
+
+
 def test_total_capacity() -> None:
     store = toy_store(max_values=2)
     store.add(KEY, toy("a", 1), 0.0)
@@ -332,10 +402,18 @@ class ProviderStoreMachine(RuleBasedStateMachine):
     TTL = 50.0
     REPUBLISH = 20.0
     PER_KEY = 3
+    #: Rank of a value by its seq (None: the store's default, no rank).
+    RANK: Any = None
+
+    def rank_of(self, seq: int) -> int:
+        return 0 if self.RANK is None else int(self.RANK(seq))
 
     @initialize()
     def setup(self) -> None:
-        self.store = toy_store(ttl=self.TTL, republish_interval=self.REPUBLISH, max_per_key=self.PER_KEY)
+        rank = None if self.RANK is None else (lambda key, value: self.rank_of(parse_toy(value)[1]))
+        self.store = toy_store(
+            ttl=self.TTL, republish_interval=self.REPUBLISH, max_per_key=self.PER_KEY, rank=rank
+        )
         self.now = 0.0
         self.version = 0
         # key -> provider -> [seq, record expiry, store expiry, refreshed version, published, renew_at]
@@ -377,11 +455,11 @@ class ProviderStoreMachine(RuleBasedStateMachine):
             self._set(key, provider, seq, self.now + lifetime, published or bool(old[4]))
             return
         if len(held) >= self.PER_KEY:
-            evictable = [(e[3], p) for p, e in held.items() if not e[4]]
-            if not evictable:
+            evictable = [(self.rank_of(e[0]), e[3], p) for p, e in held.items() if not e[4]]
+            if not evictable or (not published and self.rank_of(seq) < min(evictable)[0]):
                 assert outcome is StoreOutcome.FULL
                 return
-            del held[min(evictable)[1]]
+            del held[min(evictable)[2]]
         assert outcome is StoreOutcome.STORED
         self._set(key, provider, seq, self.now + lifetime, published)
 
@@ -413,6 +491,16 @@ class ProviderStoreMachine(RuleBasedStateMachine):
 
 ProviderStoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestProviderStore = ProviderStoreMachine.TestCase
+
+
+class RankedProviderStoreMachine(ProviderStoreMachine):
+    """The same model with a rank (seq // 2, so ranks tie): lowest rank evicted, lower newcomers refused."""
+
+    RANK = staticmethod(lambda seq: seq // 2)
+
+
+RankedProviderStoreMachine.TestCase.settings = ProviderStoreMachine.TestCase.settings
+TestRankedProviderStore = RankedProviderStoreMachine.TestCase
 
 
 # ============================================================================= lookup

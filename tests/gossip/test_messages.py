@@ -17,18 +17,24 @@ from hypothesis import strategies as st
 
 from gossip.messages import (
     ENTRIES_OVERHEAD,
+    ENTRY_ID_BYTES,
     ENTRY_OVERHEAD,
     MAX_BATCHES_IN_FLIGHT,
     MAX_ENTRIES_PER_FRAME,
     MAX_NOTE,
     MAX_NOTES_PER_FRAME,
+    MAX_STAMP_BYTES,
     Ack,
     Clock,
     Entries,
     ForkProof,
     GossipDecodeError,
     Have,
+    Mention,
+    MentionAck,
+    MentionStatus,
     Message,
+    MessageType,
     Note,
     UnknownMessageType,
     Want,
@@ -85,6 +91,30 @@ GOLDEN: dict[str, tuple[Message, str]] = {
         ForkProof(A, 3, b"x", b"y"),
         "9505" + BIN32_A + "03c40178c40179",  # [5, A, 3, b"x", b"y"]
     ),
+    "mention": (
+        Mention(b"abc", b""),
+        "93"  # array of 3
+        "06"  # type 6: MENTION
+        "c403616263"  # bin 3: the signed entry
+        "c400",  # bin 0: no stamp
+    ),
+    "mention_stamped": (
+        Mention(b"abc", bytes(range(8))),
+        "9306c403616263"  # [6, b"abc", ...
+        "c4080001020304050607",  # bin 8: the stamp (a proof-of-work nonce)
+    ),
+    "mention_ack": (
+        MentionAck(A, MentionStatus.NEED_WORK, 20),
+        "94"  # array of 4
+        "07"  # type 7: MENTION_ACK
+        + BIN32_A  # the entry id
+        + "03"  # status 3: NEED_WORK
+        + "14",  # need 20 bits
+    ),
+    "mention_ack_unknown_status": (
+        MentionAck(A, 200, 0),
+        "9407" + BIN32_A + "ccc8" + "00",  # uint 8 200: a status from a later version
+    ),
 }
 
 
@@ -124,6 +154,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     maps(seq1).map(Want),
     st.builds(Ack, st.integers(1, MAX_BATCHES_IN_FLIGHT), maps(seq0)),
     st.builds(ForkProof, feeds, seq1, raw_entries, raw_entries).filter(lambda p: p.first != p.second),
+    st.builds(Mention, raw_entries, st.binary(max_size=MAX_STAMP_BYTES)),
+    st.builds(MentionAck, feeds, st.integers(0, 255) | st.sampled_from(MentionStatus), st.integers(0, 255)),
 )
 
 
@@ -170,9 +202,28 @@ msgpack_values = st.recursive(
 
 
 @settings(max_examples=300)
-@given(st.integers(-1, 7), st.lists(msgpack_values, max_size=5))
+@given(st.integers(-1, 9), st.lists(msgpack_values, max_size=5))
 def test_arbitrary_msgpack_arrays_decode_or_raise_the_declared_error(kind: int, rest: list[Any]) -> None:
     decodes_or_refuses(msgpack.packb([kind, *rest]))
+
+
+#: Field values near the MENTION/MENTION_ACK limits, right and wrong.
+mention_fields = st.one_of(
+    st.binary(min_size=ENTRY_ID_BYTES - 1, max_size=ENTRY_ID_BYTES + 1),
+    st.binary(max_size=MAX_STAMP_BYTES + 2),
+    st.integers(-2, 2) | st.integers(250, 260),
+    st.booleans() | st.none() | st.floats(0, 300) | st.text(max_size=3),
+    msgpack_values,
+)
+
+
+@settings(max_examples=500)
+@given(st.sampled_from([MessageType.MENTION, MessageType.MENTION_ACK]), st.lists(mention_fields, max_size=5))
+def test_mention_shaped_arrays_decode_or_raise_the_declared_error(kind: int, rest: list[Any]) -> None:
+    message = decodes_or_refuses(msgpack.packb([int(kind), *rest]))
+    if message is not None:
+        assert isinstance(message, Mention | MentionAck)
+        assert decode_message(encode_message(message)) == message
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -228,6 +279,25 @@ def packed(*fields: Any) -> bytes:
         packed(4, MAX_BATCHES_IN_FLIGHT + 1, {A: 1}),
         packed(5, A, 3, b"x", b"x"),  # a fork proof of one entry
         packed(5, A, 0, b"x", b"y"),
+        packed(6, b"", b""),  # empty entry
+        packed(6, b"e" * (MAX_ENTRY_BYTES + 1), b""),  # entry too large
+        packed(6, b"e", b"s" * (MAX_STAMP_BYTES + 1)),  # stamp too long
+        packed(6, b"e"),  # missing stamp
+        packed(6, b"e", b"", b""),  # extra field
+        packed(6, b"e", None),  # "no stamp" is empty bytes, not nil
+        packed(6, b"e", 0),
+        packed(6, "e", b""),  # text is not an entry
+        packed(7, A[:31], 0, 0),  # short entry id
+        packed(7, A + b"\x00", 0, 0),  # long entry id
+        packed(7, b"", 0, 0),
+        packed(7, A, 256, 0),  # status over one byte
+        packed(7, A, -1, 0),
+        packed(7, A, 0, 256),  # need over one byte
+        packed(7, A, 0, -1),
+        packed(7, A, True, 0),  # a bool is not a status
+        packed(7, A, 1.0, 0),
+        packed(7, A, 0),  # missing need
+        packed(7, A, 0, 0, 0),  # extra field
         packed(True, {A: 1}),  # a bool is not a type
         packed(-1, {A: 1}),
         packed(),
@@ -251,11 +321,25 @@ def test_limits_themselves_are_accepted() -> None:
     largest_entry = Entries(A, 1, (b"e" * MAX_ENTRY_BYTES,))
     assert decode_message(bytearray(encode_message(largest_entry))) == largest_entry
     assert decode_message(memoryview(encode_message(largest_entry))) == largest_entry
+    largest_mention = Mention(b"e" * MAX_ENTRY_BYTES, b"s" * MAX_STAMP_BYTES)
+    assert decode_message(encode_message(largest_mention)) == largest_mention
+    assert decode_message(packed(7, A, 255, 255)) == MentionAck(A, 255, 255)
+
+
+def test_mention_status_is_typed_when_known_and_a_plain_int_when_not() -> None:
+    assert [s.value for s in MentionStatus] == list(range(8))
+    assert int(MentionStatus.NEED_WORK) == 3 and int(MentionStatus.BUSY) == 7
+    known = decode_message(packed(7, A, 4, 0))
+    assert isinstance(known, MentionAck) and known.status is MentionStatus.BLOCKED
+    unknown = decode_message(packed(7, A, 8, 0))
+    assert isinstance(unknown, MentionAck) and type(unknown.status) is int and unknown.status == 8
+    # A status given as a plain int encodes the same as its MentionStatus.
+    assert encode_message(MentionAck(A, 3, 20)) == encode_message(MentionAck(A, MentionStatus.NEED_WORK, 20))
 
 
 def test_unknown_type_is_its_own_error() -> None:
     with pytest.raises(UnknownMessageType):
-        decode_message(packed(6, {A: 1}))
+        decode_message(packed(8, {A: 1}))
     with pytest.raises(GossipDecodeError):
         decode_message("not bytes")  # type: ignore[arg-type]
 
@@ -279,6 +363,16 @@ def test_a_full_batch_fits_a_frame() -> None:
         Have({A: MAX_SEQ + 1}),
         Ack(0, {A: 1}),
         ForkProof(A, 1, b"x", b"x"),
+        Mention(b"", b""),
+        Mention(b"e" * (MAX_ENTRY_BYTES + 1), b""),
+        Mention(b"e", b"s" * (MAX_STAMP_BYTES + 1)),
+        Mention(bytearray(b"e"), b""),  # type: ignore[arg-type]
+        Mention(b"e", None),  # type: ignore[arg-type]
+        MentionAck(A[:31], 0, 0),
+        MentionAck(A, 256, 0),
+        MentionAck(A, -1, 0),
+        MentionAck(A, True, 0),
+        MentionAck(A, 0, 256),
         "not a message",
     ],
 )

@@ -23,6 +23,9 @@ from gossip.messages import (
     Entries,
     ForkProof,
     Have,
+    Mention,
+    MentionAck,
+    MentionStatus,
     Message,
     Note,
     Want,
@@ -35,6 +38,7 @@ from gossip.session import (
     ForkProofReceived,
     GossipConfig,
     GossipSession,
+    MentionReceived,
     MessageDropped,
     PeerMisbehaved,
     SessionFailed,
@@ -622,6 +626,8 @@ peer_messages: st.SearchStrategy[Message] = st.one_of(
     _maps(st.integers(1, 12)).map(Want),  # type: ignore[arg-type]
     st.builds(Ack, st.integers(1, MAX_BATCHES_IN_FLIGHT), _maps(seqs)),
     st.builds(ForkProof, st.sampled_from(FEEDS), st.integers(1, 12), st.just(b"x"), st.just(b"y")),
+    st.builds(Mention, raw_entries, st.binary(max_size=16)),
+    st.builds(MentionAck, st.just(bytes(32)), st.integers(0, 255), st.integers(0, 255)),
 )
 
 
@@ -637,7 +643,11 @@ def _play(session: GossipSession, frames: list[bytes], storing: list[bool]) -> N
     for i, frame in enumerate(frames):
         now += 0.2
         session.frame_received(frame, now)
-        unstored += [e.feed for e in events(session) if isinstance(e, EntriesReceived)]
+        got = events(session)
+        unstored += [e.feed for e in got if isinstance(e, EntriesReceived)]
+        for event in got:
+            if isinstance(event, MentionReceived):
+                session.ack_mention(bytes(32), MentionStatus.ADMITTED, 0, now)
         if storing[i % len(storing)]:
             for feed in unstored:
                 session.entries_stored(feed, now)
@@ -649,6 +659,7 @@ def _play(session: GossipSession, frames: list[bytes], storing: list[bool]) -> N
         session.feed_updated(F, now)
         assert session.batches_in_flight <= session.config.window
         assert session.batches_unacknowledged <= MAX_BATCHES_IN_FLIGHT
+        assert session.queued_mention_acks <= session.config.max_queued_mention_acks
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

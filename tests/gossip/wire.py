@@ -28,6 +28,7 @@ from gossip.messages import Message, decode_message, encode_message
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelFailed, FrameReceived, HandshakeCompleted, SecureChannel
 from identity import Identity
+from identity.pow import NOTICE_DOMAIN, notice_subject, solve
 
 #: Where the fake clock starts (Unix seconds, as NodeCore expects).
 T0 = 1_800_000_000.0
@@ -217,6 +218,12 @@ class Wire:
             if other is not None:
                 del self._ends[other]
                 self.nodes[other[0]].connection_lost(other[1], self.now)
+        stamps = getattr(node, "stamps_to_make", None)
+        for entry_id, recipient, bits in stamps() if stamps is not None else ():
+            # The runtime makes proof-of-work stamps in a worker thread; here, at once.
+            busy = True
+            nonce = solve(NOTICE_DOMAIN, notice_subject(recipient, entry_id), bits)
+            node.stamp_made(entry_id, recipient, nonce, self.now)  # type: ignore[attr-defined]
         while (event := node.next_event()) is not None:
             self.events[name].append(event)
         return busy

@@ -1,0 +1,83 @@
+"""Helpers shared by the command modules: the home directory, keys, time, output."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from identity import Identity, PassphraseError, encode_handle
+from identity.handle import fingerprint
+from identity.keyfile import key_file_is_encrypted, read_public_key
+from p2pblog import control
+from p2pblog.entry import POST, PROFILE
+from p2pblog.home import Home
+from p2pblog.store import FeedItem
+
+PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def current_home() -> Home:
+    home = click.get_current_context().find_object(Home)
+    assert home is not None
+    return home
+
+
+def passphrase(*, confirm: bool = False) -> str:
+    value = os.environ.get(PASSPHRASE_ENV)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise PassphraseError(f"the key is encrypted: set {PASSPHRASE_ENV} or run in a terminal")
+    return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+def load_identity(home: Home) -> Identity:
+    if home.exists() and key_file_is_encrypted(home.key_file):
+        return home.load_identity(passphrase())
+    return home.load_identity()
+
+
+def public_key(home: Home) -> bytes:
+    """The own public key, without unlocking an encrypted key file."""
+    if not home.exists():
+        home.load_identity()  # raises the "no identity" error
+    return read_public_key(home.key_file)
+
+
+def when(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def echo_item(item: FeedItem) -> None:
+    e = item.entry
+    click.echo(f"[{fingerprint(e.author)} #{e.seq}] {when(e.timestamp)}  {e.kind}  id {e.id.hex()}")
+    if item.deleted:
+        click.echo("    (deleted by its author)")
+    elif e.kind == POST:
+        for line in (e.text or "").splitlines() or [""]:
+            click.echo(f"    {line}")
+        if e.reply_to:
+            click.echo(f"    (reply to {e.reply_to.hex()})")
+    elif e.feed is not None:
+        click.echo(f"    {e.kind} {encode_handle(e.feed)}")
+    elif e.kind == PROFILE:
+        click.echo("    " + ", ".join(f"{k}: {v}" for k, v in e.body.items()))
+    elif e.target is not None:
+        click.echo(f"    retracts {e.target.hex()}")
+
+
+def call_if_running(home: Home, command: str, args: dict[str, Any]) -> Any:
+    """The node's answer to command, or None when no node runs at home."""
+    try:
+        return control.call(home.path, command, args)
+    except control.NodeNotRunning:
+        return None
