@@ -27,12 +27,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable
 from random import Random
 from typing import Any
 
 import trio
 
+from dht.events import PeerMisbehaved as DhtPeerMisbehaved
 from dht.ids import Address
 from identity import Identity, decode_handle, encode_handle, fingerprint
 from identity.handle import HandleError
@@ -62,6 +64,10 @@ SAVE_CONTACTS_EVERY = 60.0
 #: Saved contacts used to rejoin after a restart.
 REJOIN_CONTACTS = 32
 PUBLISH_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
+#: Seconds between two log lines about refused input of one kind from one peer.
+LOG_EVERY = 10.0
+#: Peers whose last refusal log line is remembered.
+LOG_KEYS = 1024
 
 
 def advertised_host(listen_host: str, seeds: list[Address]) -> str:
@@ -132,10 +138,26 @@ class NodeService:
         self.listeners: list[Callable[[Any], None]] = []
         #: Print connection and arrival messages on stderr.
         self.verbose = True
+        #: `_log_limited`: key -> (monotonic time of the last line, lines left out since).
+        self._logged: dict[Hashable, tuple[float, int]] = {}
 
     def _log(self, message: str) -> None:
         if self.verbose:
             log(message)
+
+    def _log_limited(self, key: Hashable, message: str) -> None:
+        """Log at most one line per key every `LOG_EVERY` seconds (a flood must not
+        flood stderr); the next line says how many were left out."""
+        now = time.monotonic()
+        last, skipped = self._logged.get(key, (-LOG_EVERY, 0))
+        if now - last < LOG_EVERY:
+            self._logged[key] = (last, skipped + 1)
+            return
+        more = f" (and {skipped} more like it)" if skipped else ""
+        self._logged[key] = (now, 0)
+        if len(self._logged) > LOG_KEYS:
+            self._logged.pop(next(iter(self._logged)))
+        self._log(message + more)
 
     @property
     def core(self) -> NodeCore:
@@ -250,13 +272,23 @@ class NodeService:
             elif isinstance(event, MentionAdmitted):
                 self._log(f"mention from {fingerprint(event.entry.author)} (#{event.entry.seq}) admitted")
             elif isinstance(event, MentionRefused):
-                self._log(f"refused a mention notice from {fingerprint(event.sender)}: {event.reason}")
+                self._log_limited(
+                    ("mention", event.sender, event.reason),
+                    f"refused a mention notice from {fingerprint(event.sender)}: {event.reason}",
+                )
             elif isinstance(event, MentionDelivered):
                 verdict = "admitted" if event.admitted else f"refused (status {event.status})"
                 self._log(f"mention notice to {fingerprint(event.recipient)} {verdict}")
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
-                self._log(f"refused input from {who}: {event.reason} {event.detail}".rstrip())
+                self._log_limited(
+                    ("gossip", event.peer, event.reason),
+                    f"refused input from {who}: {event.reason} {event.detail}".rstrip(),
+                )
+            elif isinstance(event, DhtPeerMisbehaved):
+                host, port = event.addr
+                message = f"DHT peer {host}:{port}: {event.reason}"
+                self._log_limited(("dht", event.addr, event.reason), message)
         for listener in self.listeners:
             listener(event)
 
@@ -475,7 +507,10 @@ class NodeService:
             "names": sorted(self.core.name_records),
             "mentions_pending": len(core.pending_mentions()),
             "dropped": dict(sorted(dropped.items())),
-            "counters": {f"gossip.{k}": v for k, v in sorted(replicator.stats.items())},
+            "counters": {
+                **{f"gossip.{k}": v for k, v in sorted(replicator.stats.items())},
+                **{f"dht.{k}": v for k, v in sorted(core.dht.stats.items())},
+            },
         }
 
     async def _lookup(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -710,6 +710,7 @@ class Replicator:
         entry = self._book.get(peer)
         if entry is not None and now < entry.banned_until:
             self.stats["refused.banned"] += 1
+            self._events.append(InputRefused(peer, "refused.banned", "banned for misbehaving"))
             self._close(conn, now, "banned")
             return
         other_id = self._by_peer.get(peer)

@@ -21,6 +21,7 @@ from identity import Identity, encode_handle
 from identity.limits import MENTION_WORK, NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, NOTICE_DOMAIN, name_subject, notice_subject, solve, work_bits
 from identity.records import RecordError
+from p2pblog.entry import entry_id
 from p2pblog.node import MentionAdmitted, MentionDelivered, NameResolved, NodeCore
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, T0, Wire
@@ -214,8 +215,10 @@ def test_forged_and_unrelated_notices_are_refused(
     a = cores["a"]
     entry = cores["c"].post(f"hi {encode_handle(A.public_key)}", wire.now)
     forged = entry.raw[:10] + bytes([entry.raw[10] ^ 1]) + entry.raw[11:]
+    # The signature is checked last (after the stamp): the forged bytes carry a valid stamp.
+    forged_stamp = solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry_id(forged)), MENTION_WORK)
+    assert a.admit_mention(C.public_key, forged, forged_stamp, wire.now) == (MentionStatus.INVALID, 0)
     stamp = solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry.id), MENTION_WORK)
-    assert a.admit_mention(C.public_key, forged, stamp, wire.now) == (MentionStatus.INVALID, 0)
     unrelated = cores["c"].post("mentions nobody", wire.now)
     assert a.admit_mention(C.public_key, unrelated.raw, b"", wire.now) == (MentionStatus.INVALID, 0)
     assert a.admit_mention(C.public_key, entry.raw, b"", wire.now) == (MentionStatus.NEED_WORK, MENTION_WORK)

@@ -12,7 +12,9 @@ Everything here is built from the sans-IO cores (`gossip.noise`,
   identity proof for one key signed by another, or a transport message whose
   frame header announces more than ``MAX_FRAME_BYTES``.
 * `GossipDialer` is an honest `SecureChannel` initiator: a valid transport
-  carrying gossip messages that lie (forged entries, a made-up clock).
+  carrying gossip messages that lie (forged entries, a made-up clock), or
+  floods of them (`GossipDialer.send_all`), read back until the node hangs
+  up (`GossipDialer.read_until_closed`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,36 @@ class GossipDialer:
     def send(self, message: Message) -> None:
         self.channel.send_frame(encode_message(message), time.monotonic())
         self._flush()
+
+    def send_all(self, messages: list[Message]) -> bool:
+        """Encrypt every message, then write them all at once (a flood); False if the node hung up."""
+        now = time.monotonic()
+        for message in messages:
+            self.channel.send_frame(encode_message(message), now)
+        return self.conn.send(self.channel.data_to_send())
+
+    def read_until_closed(self, timeout: float = TIMEOUT) -> tuple[list[Message], bool]:
+        """Every message the node sends until it closes the connection (True) or the deadline (False).
+
+        Unlike `receive_until`, the node hanging up is an outcome here, not a failure."""
+        deadline = time.monotonic() + timeout
+        closed = False
+        while not closed:
+            data = self.conn.receive(deadline)
+            if data is None:
+                break
+            if not data:
+                closed = True
+            else:
+                self.channel.receive_data(data, time.monotonic())
+            while (event := self.channel.next_event()) is not None:
+                if isinstance(event, FrameReceived):
+                    self.frames.append(event.payload)
+                elif isinstance(event, ChannelFailed):
+                    closed = True
+        messages = [decode_message(frame) for frame in self.frames]
+        self.frames.clear()
+        return messages, closed
 
     def receive_until(self, done: Callable[[list[Message]], bool], timeout: float = TIMEOUT) -> list[Message]:
         """Messages from the node, read until ``done(messages so far)``."""
