@@ -31,6 +31,22 @@ COMMANDS = [
     "follow",
     "unfollow",
     "timeline",
+    "mentions",
+    "thread",
+    "delete",
+    "name",
+    "name claim",
+    "name list",
+    "resolve",
+    "petname",
+    "petname set",
+    "petname list",
+    "profile",
+    "profile set",
+    "profile show",
+    "block",
+    "unblock",
+    "blocks",
 ]
 
 
@@ -205,7 +221,7 @@ def test_home_from_the_environment_and_console_script(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_explains_itself(command: str) -> None:
-    result = p2pblog(None, command, "--help")
+    result = p2pblog(None, *command.split(), "--help")
     assert result.returncode == 0
     assert "Usage:" in result.stdout and len(result.stdout.splitlines()) >= 4
 
