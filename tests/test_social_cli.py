@@ -84,10 +84,7 @@ def test_petnames_and_blocks_offline(tmp_path: Path) -> None:
     ]
     # A petname resolves with no node and no DHT, and wins over claimed names.
     assert bob_handle in p2pblog(alice, "follow", "bobby").stderr
-    assert (
-        f"bobby~{bob_handle[4:12]}"
-        and bob_handle in p2pblog(alice, "unfollow", f"bobby~{bob_handle[4:12]}").stderr
-    )
+    assert bob_handle in p2pblog(alice, "unfollow", f"bobby~{bob_handle[4:12]}").stderr
     ok(alice, "follow", "bobby")
 
     blocked = p2pblog(alice, "block", "bobby")
