@@ -580,15 +580,17 @@ class DhtCore:
         if not len(self.records):
             return
         for key in list(self.records):
-            value = self.records.get(key, now)
-            if value is None:
+            # Cheapest test first: are we nearer the key than every other contact?
+            # (Most keys fail it; it needs only the nearest contact.)
+            nearest = self.table.closest(key, 1, exclude_id=contact.node_id)
+            if nearest and distance(self.node_id, key) >= distance(nearest[0].node_id, key):
                 continue
             neighbours = self.table.closest(key, exclude_id=contact.node_id)
-            if neighbours:
-                new_is_close = distance(contact.node_id, key) < distance(neighbours[-1].node_id, key)
-                we_are_closest = distance(self.node_id, key) < distance(neighbours[0].node_id, key)
-                if not (new_is_close and we_are_closest):
-                    continue
+            if neighbours and distance(contact.node_id, key) >= distance(neighbours[-1].node_id, key):
+                continue
+            value = self.records.get(key, now)  # validates the value: only for what we send
+            if value is None:
+                continue
             self.stats["records.welcome_stores"] += 1
             self._send_store(contact, key, value, _Purpose.CACHE_STORE, None, now)
 

@@ -60,9 +60,8 @@ lookups an hour.
 from __future__ import annotations
 
 import enum
-import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -137,6 +136,8 @@ class RoutingTable:
         self.questionable_after = questionable_after
         self._own_int = int.from_bytes(own_id, "big")
         self._buckets = [_Bucket(now) for _ in range(ID_BITS)]
+        #: Indexes of the buckets holding contacts (few: about log2 of the network).
+        self._filled: set[int] = set()
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
         self._flat: dict[bytes, tuple[int, Contact]] = {}
         # Cache of next_refresh(): it is asked after every input, and changes
@@ -206,29 +207,28 @@ class RoutingTable:
         # bucket b first (bit b cancels), then buckets j < b where x has bit j
         # set (highest j first: that bit cancels), then those where it is clear
         # (lowest j first), then buckets b+1, b+2, ... (distance ~ 2^j).
+        # Only filled buckets are ordered (about log2 of the network size of them).
         x = self._own_int ^ t
         b = x.bit_length() - 1
-        if b < 0:
-            order: Iterable[int] = range(ID_BITS)
-        else:
-            below = range(b - 1, -1, -1)
-            order = itertools.chain(
-                (b,),
-                (j for j in below if x >> j & 1),
-                (j for j in range(b) if not x >> j & 1),
-                range(b + 1, ID_BITS),
-            )
+
+        def rank(j: int) -> tuple[int, int]:
+            if j == b:
+                return 0, 0
+            if j > b:
+                return 3, j
+            return (1, -j) if x >> j & 1 else (2, j)
+
+        flat = self._flat
         gathered: list[tuple[int, Contact]] = []
-        for j in order:
-            entries = self._buckets[j].entries
-            if not entries:
-                continue
-            for entry in entries.values():
+        for j in sorted(self._filled, key=rank):
+            for node_id, entry in self._buckets[j].entries.items():
                 c = entry.contact
-                if c.node_id != exclude_id and c.addr != exclude_addr:
-                    gathered.append((int.from_bytes(c.node_id, "big") ^ t, c))
+                if node_id != exclude_id and c.addr != exclude_addr:
+                    gathered.append((flat[node_id][0] ^ t, c))
             if len(gathered) >= n:
                 break
+        if n == 1:
+            return [min(gathered)[1]] if gathered else []
         # Distances are distinct ints, so sorting pairs never compares contacts.
         gathered.sort()
         return [c for _, c in gathered[:n]]
@@ -328,11 +328,14 @@ class RoutingTable:
         bucket.replacements.pop(contact.node_id, None)
         bucket.entries[contact.node_id] = _Entry(contact, now)
         self._flat[contact.node_id] = (int.from_bytes(contact.node_id, "big"), contact)
+        self._filled.add(self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
         del bucket.entries[node_id]
         del self._flat[node_id]
+        if not bucket.entries:
+            self._filled.discard(self.bucket_index(node_id))
         if bucket.checking == node_id:
             bucket.checking = None
         self._refresh_dirty = True
