@@ -665,15 +665,6 @@ class Store:
                 )
         return True
 
-    def loose_count(self, author: bytes | None = None) -> int:
-        if author is None:
-            row = self._db.execute("SELECT count(*) FROM loose_entries").fetchone()
-        else:
-            row = self._db.execute(
-                "SELECT count(*) FROM loose_entries WHERE author = ?", (author,)
-            ).fetchone()
-        return int(row[0])
-
     def within_follow_hops(self, owner: bytes, key: bytes) -> bool:
         """Whether owner follows key, or follows someone whose stored feed follows key."""
         row = self._db.execute(
