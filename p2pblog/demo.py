@@ -3,7 +3,9 @@
 `run_demo` creates throw-away identities and homes, runs one `NodeService`
 per identity on 127.0.0.1 (real UDP and TCP sockets, Noise-encrypted gossip,
 SQLite stores on disk) in a single trio run, joins them through the first
-node, has every node follow every other one, and then has them post in turn.
+node, has every node claim its name in the DHT (with proof of work) and
+resolve the next node's name, has every node follow every other one, and
+then has them post in turn.
 Each post is printed once when it is posted and once per node it arrives
 at, with the delay since posting.  It runs until ``duration`` seconds pass or
 it is cancelled (Ctrl-C).
@@ -11,6 +13,7 @@ it is cancelled (Ctrl-C).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +23,8 @@ from typing import Any
 import trio
 
 from identity import Identity, encode_handle
+from identity.limits import NAME_CLAIM_MIN_WORK
+from identity.pow import NAME_DOMAIN, name_subject, solve
 from p2pblog.daemon import NodeService
 from p2pblog.entry import POST, PROFILE
 from p2pblog.home import Home
@@ -89,6 +94,7 @@ class Demo:
                 assert service.driver is not None
                 name = self.names[service.identity.public_key]
                 self.say(f"{name:6} is {service.identity.handle}  (port {service.driver.local_addr[1]})")
+            await self._claim_names()
             self.say("\nEveryone follows everyone; connecting:")
             for service in self.services:
                 for other in self.services:
@@ -115,6 +121,31 @@ class Demo:
                 wait = POST_EVERY if deadline is None else min(POST_EVERY, deadline - trio.current_time())
                 await trio.sleep(max(0.0, wait))
             nursery.cancel_scope.cancel()
+
+    async def _claim_names(self) -> None:
+        """Every node claims its name; then each resolves the next one's through the DHT."""
+        self.say("\nClaiming names in the DHT (proof of work, no registry):")
+        for service in self.services:
+            driver = service.driver
+            assert driver is not None
+            name = self.names[service.identity.public_key]
+            claimed = int(time.time())
+            subject = name_subject(service.identity.public_key, name, claimed)
+            nonce = await trio.to_thread.run_sync(solve, NAME_DOMAIN, subject, NAME_CLAIM_MIN_WORK)
+            done = await driver.request(functools.partial(service.core.claim_name, name, claimed, nonce))
+            self.say(
+                f"  {name} claimed {name!r} ({service.core.name_records[name].work} bits of work, "
+                f"stored at {done.stored_at} node(s))"
+            )
+        for i, service in enumerate(self.services):
+            other = self.names[self.services[(i + 1) % len(self.services)].identity.public_key]
+            driver = service.driver
+            assert driver is not None
+            found = await driver.request(functools.partial(service.core.start_resolve_name, other))
+            who = (
+                ", ".join(self.names.get(r.signer, encode_handle(r.signer)) for r in found.claims) or "nobody"
+            )
+            self.say(f"  {self.names[service.identity.public_key]} resolves {other!r}: {who}")
 
 
 def run_demo(count: int, duration: float | None, say: Callable[[str], None]) -> None:

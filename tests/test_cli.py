@@ -232,6 +232,7 @@ def test_demo_runs_a_live_network_and_posts_arrive_everywhere() -> None:
     out = result.stdout
     handles = [line.split()[2] for line in out.splitlines() if line.split()[1:2] == ["is"]]
     assert len(handles) == 3 and all(decode_handle(h) for h in handles)
+    assert "alice resolves 'bob': bob" in out and "carol resolves 'alice': alice" in out
     assert "alice posts: Hello, peer-to-peer world!" in out
     # Each post reaches both other nodes over real sockets.
     assert "bob received alice's post" in out and "carol received alice's post" in out
