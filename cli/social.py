@@ -83,6 +83,30 @@ def _marks(claim: dict[str, Any]) -> str:
     return f"  [{', '.join(marks)}]" if marks else ""
 
 
+def _fingerprint(name: str, prefix: str) -> str:
+    prefix = prefix.lower()
+    if not MIN_FINGERPRINT_CHARS <= len(prefix) <= FINGERPRINT_CHARS:
+        raise click.BadParameter(
+            f"a fingerprint is {MIN_FINGERPRINT_CHARS}-{FINGERPRINT_CHARS} characters "
+            f"(see `p2pblog resolve {name}`)"
+        )
+    return prefix
+
+
+def _by_fingerprint(name: str, prefix: str, claims: list[dict[str, Any]]) -> bytes:
+    """The one claimant of name whose fingerprint starts with prefix (else a clear error)."""
+    prefix = _fingerprint(name, prefix)
+    matches = [c for c in claims if c["fingerprint"].startswith(prefix)]
+    if not matches:
+        raise click.ClickException(f"no claimant of {name!r} has the fingerprint {prefix}")
+    if len(matches) > 1:
+        raise click.ClickException(
+            f"several claimants of {name!r} have fingerprints starting {prefix}; give all "
+            f"{FINGERPRINT_CHARS} characters:\n{_claims_listing(name, matches)}"
+        )
+    return decode_handle(matches[0]["handle"])
+
+
 def resolve_target(text: str, home: Home) -> bytes:
     """The key a command argument names: handle, petname, NAME~FINGERPRINT or a claimed NAME."""
     text = text.strip()
@@ -91,25 +115,12 @@ def resolve_target(text: str, home: Home) -> bytes:
     if "~" in text:
         name, _, prefix = text.partition("~")
         name = _name(name)
-        prefix = prefix.lower()
-        if not MIN_FINGERPRINT_CHARS <= len(prefix) <= FINGERPRINT_CHARS:
-            raise click.BadParameter(
-                f"a fingerprint is {MIN_FINGERPRINT_CHARS}-{FINGERPRINT_CHARS} characters "
-                f"(see `p2pblog resolve {name}`)"
-            )
+        prefix = _fingerprint(name, prefix)
         with home.open_store() as store:
             pet = store.petname(name)
         if pet is not None and fingerprint(pet).startswith(prefix):
             return pet
-        claims = [c for c in resolve_claims(home, name) if c["fingerprint"].startswith(prefix)]
-        if not claims:
-            raise click.ClickException(f"no claimant of {name!r} has the fingerprint {prefix}")
-        if len(claims) > 1:
-            raise click.ClickException(
-                f"several claimants of {name!r} have fingerprints starting {prefix}; give all "
-                f"{FINGERPRINT_CHARS} characters:\n{_claims_listing(name, claims)}"
-            )
-        return decode_handle(claims[0]["handle"])
+        return _by_fingerprint(name, prefix, resolve_claims(home, name))
     try:
         name = check_name(text)
     except RecordError:
@@ -233,15 +244,20 @@ def resolve(target: str, as_json: bool) -> None:
     one claimant with that fingerprint.  Exits 1 if nothing matches.
     """
     home = current_home()
-    name_part, tilde, _ = target.partition("~")
+    name_part, tilde, prefix = target.partition("~")
     claim_name = _name(name_part)
+    if tilde:
+        prefix = _fingerprint(claim_name, prefix)
     with home.open_store() as store:
         pet = store.petname(claim_name)
     claims = resolve_claims(home, claim_name)
     if tilde:
-        key = resolve_target(target, home)  # exits 1 unless exactly one key matches
+        if pet is not None and fingerprint(pet).startswith(prefix):
+            key = pet
+        else:
+            pet = None
+            key = _by_fingerprint(claim_name, prefix, claims)  # exits 1 unless exactly one matches
         claims = [c for c in claims if c["handle"] == encode_handle(key)]
-        pet = pet if pet == key else None
     doc = {
         "name": claim_name,
         "petname": encode_handle(pet) if pet is not None else None,
