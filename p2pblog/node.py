@@ -457,8 +457,10 @@ class NodeCore:
             if isinstance(gossip, PeerConnected) and now is not None:
                 if self.replicator.known_address(gossip.peer) is None:
                     self._internal.add(self.start_resolve(gossip.peer, now))
-                if any(recipient == gossip.peer for _, recipient in self._outgoing):
-                    self._mentions_at = now
+                for (_, recipient), outgoing in self._outgoing.items():
+                    if recipient == gossip.peer:  # send its notices now, not at the next retry
+                        outgoing.next_at = min(outgoing.next_at, now)
+                        self._wake_mentions(now)
             elif isinstance(gossip, MentionAnswered) and now is not None:
                 self._mention_answered(gossip, now)
             elif isinstance(gossip, EntriesStored) and now is not None:
@@ -762,7 +764,7 @@ class NodeCore:
             if item.stamp is None:
                 continue
             if now < item.next_at:
-                self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+                self._wake_mentions(item.next_at)
                 continue
             if item.attempts >= MENTION_ATTEMPTS:
                 self.replicator.stats["mentions.undelivered"] += 1
@@ -778,7 +780,10 @@ class NodeCore:
                     resolving.add(recipient)
                     self._internal.add(self.start_resolve(recipient, now))
                 item.next_at = now + min(MENTION_RETRY_MAX, MENTION_RETRY_FIRST * 2.0 ** (item.attempts - 1))
-            self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+            self._wake_mentions(item.next_at)
+
+    def _wake_mentions(self, at: float) -> None:
+        self._mentions_at = at if self._mentions_at is None else min(self._mentions_at, at)
 
     def _drop_outgoing(self, pair: tuple[bytes, bytes]) -> None:
         self._outgoing.pop(pair, None)
@@ -800,7 +805,7 @@ class NodeCore:
         admitted = status in (MentionStatus.ADMITTED, MentionStatus.DUPLICATE)
         if not admitted and status in (MentionStatus.RATE_LIMITED, MentionStatus.BUSY):
             item.next_at = now + min(MENTION_RETRY_MAX, MENTION_RETRY_FIRST * 2.0**item.attempts)
-            self._mentions_at = min(self._mentions_at or item.next_at, item.next_at)
+            self._wake_mentions(item.next_at)
             return
         self.replicator.stats["mentions.delivered" if admitted else "mentions.refused_by_peer"] += 1
         self._drop_outgoing(pair)
@@ -870,42 +875,34 @@ class NodeCore:
 
         Saves the claim (so it is republished, also after a restart) and adds
         it in the DHT; ends with `NameClaimPublished`.  Raises `RecordError`
-        for a bad name or too little work."""
-        self._sign_claim(name, claimed, nonce, now)
-        record = self.name_records[name]
+        for a bad name or too little work (and then changes nothing)."""
+        record = self._sign_claim(name, claimed, nonce, now)
         self.store.save_name_claim(name, claimed, nonce, record.work)
         self._claims[name] = (claimed, nonce)
-        return self._publish_claim(name, now)
+        return self._add_claim(record, now)
 
     def _sign_claim(self, name: str, claimed: int, nonce: bytes, now: float) -> Record:
-        old = self.name_records.get(name)
-        seq = max(int(now * 1000), old.seq + 1 if old is not None else 0)
-        record = create_name_claim(
-            self.identity, name=name, claimed=claimed, nonce=nonce, seq=seq, expires=int(now) + NAME_TTL
+        # Above our last seq, and above any claim of ours a peer handed back
+        # (signed by an earlier run whose clock was ahead), which would win.
+        seqs = [int(now * 1000)]
+        seqs += [r.seq + 1 for r in (self.name_records.get(name),) if r is not None]
+        for signer, value in self.dht.providers.get_with_ids(name_key(name), now):
+            if signer == self.identity.public_key:
+                seqs.append(decode_record(value, now=None).seq + 1)
+        return create_name_claim(
+            self.identity, name=name, claimed=claimed, nonce=nonce, seq=max(seqs), expires=int(now) + NAME_TTL
         )
-        self.name_records[name] = record
-        return record
 
     def _publish_claim(self, name: str, now: float) -> int:
-        claimed, nonce = self._claims[name]
-        key = name_key(name)
-        record = self._sign_claim(name, claimed, nonce, now)
-        for signer, value in self.dht.providers.get_with_ids(key, now):
-            if signer == self.identity.public_key:
-                held = decode_record(value, now=None)
-                if held.seq >= record.seq:  # signed by an earlier run whose clock was ahead
-                    self.name_records[name] = create_name_claim(
-                        self.identity,
-                        name=name,
-                        claimed=claimed,
-                        nonce=nonce,
-                        seq=held.seq + 1,
-                        expires=int(now) + NAME_TTL,
-                    )
-        record = self.name_records[name]
-        self._claim_at[name] = now + NAME_REPUBLISH
-        qid = self.dht.start_add_provider(key, record.raw, now)
-        self._claim_publishes[qid] = (name, record.seq)
+        """Re-sign our claim of name and add it in the DHT again."""
+        return self._add_claim(self._sign_claim(name, *self._claims[name], now), now)
+
+    def _add_claim(self, record: Record, now: float) -> int:
+        assert record.name is not None
+        self.name_records[record.name] = record
+        self._claim_at[record.name] = now + NAME_REPUBLISH
+        qid = self.dht.start_add_provider(name_key(record.name), record.raw, now)
+        self._claim_publishes[qid] = (record.name, record.seq)
         return qid
 
     def start_resolve_name(self, name: str, now: float) -> int:

@@ -428,9 +428,9 @@ class Replicator:
 
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
-        if peer != self.own and peer not in self.blocked and peer not in self._mention_peers:
+        if peer != self.own and peer not in self.blocked:
             self._mention_peers[peer] = None
-            self._maintain_at = now
+            self._maintain_at = min(self._maintain_at, now)  # dial now if its address is known
 
     def release_connection(self, peer: bytes) -> None:
         self._mention_peers.pop(peer, None)
