@@ -399,8 +399,12 @@ class DhtCore:
         self._advance(now)
         self._expire_rpcs(now)
         for query in list(self._queries.values()):
+            # Answers and failures drive their lookup at once; a timer only
+            # matters to lookups with a peer whose time is up.
             if query.lookup is not None and query.phase is _Phase.LOOKING_UP:
-                self._drive(query, now)
+                deadline = query.lookup.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._drive(query, now)
         for index in self.table.buckets_due(now):
             self.table.touch_bucket(index, now)
             target = self.table.random_id_in_bucket(index, self._rng)

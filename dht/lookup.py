@@ -130,6 +130,9 @@ class ClosestPeersLookup:
         self._no_progress = 0
         # Deadlines of the WAITING peers, by id (its size is the number in flight).
         self._waiting: dict[bytes, float] = {}
+        #: min(_waiting.values()) when known; None after a removal (recomputed
+        #: on demand: drivers ask for it after every input).
+        self._earliest: float | None = None
         self._peers: dict[bytes, _Peer] = {}
         self._order = _Order()
         #: Number of peers queried so far (a cost metric for the simulator).
@@ -210,6 +213,7 @@ class ClosestPeersLookup:
             return False
         if peer.state is PeerState.WAITING:
             del self._waiting[node_id]
+            self._earliest = None
         elif peer.state is not PeerState.UNRESPONSIVE:
             return False
         peer.state = outcome
@@ -220,10 +224,8 @@ class ClosestPeersLookup:
         # Time out in-flight peers first.  closest.rs does this inside its walk,
         # which never reaches a timed-out peer that lies behind a nearer
         # NOT_CONTACTED one while at capacity, and then waits forever.
-        for node_id, deadline in list(self._waiting.items()):
-            if now >= deadline:
-                del self._waiting[node_id]
-                self._peers[node_id].state = PeerState.UNRESPONSIVE
+        if self._waiting and now >= self._next_waiting_deadline():
+            self._time_out_waiting(now)
         out: list[Contact] = []
         while self.state is not LookupState.FINISHED:
             peer = self._step(now)
@@ -231,6 +233,18 @@ class ClosestPeersLookup:
                 break
             out.append(peer)
         return out
+
+    def _time_out_waiting(self, now: float) -> None:
+        for node_id, deadline in list(self._waiting.items()):
+            if now >= deadline:
+                del self._waiting[node_id]
+                self._peers[node_id].state = PeerState.UNRESPONSIVE
+        self._earliest = None
+
+    def _next_waiting_deadline(self) -> float:
+        if self._earliest is None:
+            self._earliest = min(self._waiting.values())
+        return self._earliest
 
     def _step(self, now: float) -> Contact | None:
         # One pass of closest.rs's `next`.  Returns a peer to query, or None when
@@ -256,6 +270,8 @@ class ClosestPeersLookup:
                 peer.state = PeerState.WAITING
                 peer.deadline = now + self.peer_timeout
                 self._waiting[peer.contact.node_id] = peer.deadline
+                if self._earliest is not None:
+                    self._earliest = min(self._earliest, peer.deadline)
                 self.queried += 1
                 return peer.contact
         if not self._waiting:
@@ -272,7 +288,7 @@ class ClosestPeersLookup:
         """Earliest time a WAITING peer turns unresponsive (None if nothing is in flight)."""
         if self.state is LookupState.FINISHED or not self._waiting:
             return None
-        return min(self._waiting.values())
+        return self._next_waiting_deadline()
 
     def result(self) -> list[Contact]:
         """The k nearest peers that answered, nearest first."""
