@@ -4,14 +4,12 @@ Each role changes only what the node *sends*; what it receives it handles
 honestly.  Honest nodes run the unmodified core, so what the oracles see is
 how the real code copes.
 
-* ``dht_bogus``: every FIND_NODE answer, and every FIND_VALUE answer without
-  a value, names bogus closer peers (random ids at addresses nobody listens
-  on).  GET_PROVIDERS answers are left honest: with them lying too, a small
-  network spends most lookups timing out on bogus peers and the bundled
-  scenario no longer runs in a minute (a known gap).
-* ``dht_forged``: every value it returns for FIND_VALUE (peer records) has
-  its signature broken, as a record forged for another key would; provider
-  lists are left honest (same gap).
+* ``dht_bogus``: every FIND_NODE answer, every FIND_VALUE answer without a
+  value, and the closer peers of every GET_PROVIDERS answer name bogus
+  peers (random ids at addresses nobody listens on).
+* ``dht_forged``: every value it returns, for FIND_VALUE (peer records) and
+  in GET_PROVIDERS answers (provider records and name claims), has its
+  signature broken, as a record forged for another key would.
 * ``gossip_withhold``: claims in its clock to hold nothing but its own feed,
   so it never serves the feeds it replicates (it still announces itself as
   their provider, wasting its followers' dials).
@@ -86,20 +84,31 @@ class LyingDhtCore(NodeCore):
         if not isinstance(message, wire.Response):
             return data
         body = message.body
-        rng = self.lie_rng
-        if (
-            self.mode == "dht_bogus"
-            and isinstance(body, list)
-            and body
-            and all(isinstance(c, list) and len(c) == 3 for c in body)
-        ):
-            bogus = [
-                [rng.randbytes(20), f"10.255.{rng.randrange(256)}.{rng.randrange(256)}", 7710] for _ in body
-            ]
-            return wire.encode_response(message.msg_id, bogus)
-        if self.mode == "dht_forged" and isinstance(body, dict) and isinstance(body.get("value"), bytes):
-            return wire.encode_response(message.msg_id, {**body, "value": _flip(body["value"])})
+        providers = isinstance(body, dict) and set(body) == {"providers", "nodes"}
+        if self.mode == "dht_bogus":
+            if _contacts(body):
+                return wire.encode_response(message.msg_id, self._bogus(body))
+            if providers and _contacts(body["nodes"]):
+                return wire.encode_response(message.msg_id, {**body, "nodes": self._bogus(body["nodes"])})
+        elif self.mode == "dht_forged" and isinstance(body, dict):
+            if isinstance(body.get("value"), bytes):
+                return wire.encode_response(message.msg_id, {**body, "value": _flip(body["value"])})
+            if providers and body["providers"]:
+                forged = [_flip(v) if isinstance(v, bytes) else v for v in body["providers"]]
+                return wire.encode_response(message.msg_id, {**body, "providers": forged})
         return data
+
+    def _bogus(self, contacts: list[Any]) -> list[list[Any]]:
+        """As many made-up contacts: random ids at addresses nobody listens on."""
+        rng = self.lie_rng
+        return [
+            [rng.randbytes(20), f"10.255.{rng.randrange(256)}.{rng.randrange(256)}", 7710] for _ in contacts
+        ]
+
+
+def _contacts(body: object) -> bool:
+    """Whether body is a non-empty list of [id, ip, port] triples (a FIND_NODE answer)."""
+    return isinstance(body, list) and bool(body) and all(isinstance(c, list) and len(c) == 3 for c in body)
 
 
 def make_core(role: str | None, node: SimNode, rng: Random, now: float) -> NodeCore:
