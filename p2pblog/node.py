@@ -91,7 +91,7 @@ from dht.wire import Value
 from gossip.messages import MentionStatus
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
-from identity import Identity
+from identity import Identity, SignatureError, verify
 from identity.limits import MENTION_WORK
 from identity.pow import NOTICE_DOMAIN, notice_subject, work_bits
 from identity.records import (
@@ -686,13 +686,11 @@ class NodeCore:
         """Refuse key's entries, mentions and connections; unfollow it if followed.
 
         Returns (newly blocked, the unfollow entry if one was written)."""
-        new, unfollowed = actions.block(self.store, self.identity, key, int(now * 1000))
-        if unfollowed is not None:
-            self._search_at.pop(key, None)
-            if key in self._provided:
-                self.withdraw(key)
-            self.replicator.feed_appended(unfollowed.author, now)
-        self.replicator.block(key, now)  # also stops replicating the feed
+        if key == self.identity.public_key:
+            raise ValueError("a node cannot block itself")
+        unfollowed = self.unfollow(key, now)  # None if not followed
+        new, _ = actions.block(self.store, self.identity, key, int(now * 1000))
+        self.replicator.block(key, now)
         self._sync_outbox(now)
         self._drain(now)
         return new, unfollowed
@@ -860,8 +858,8 @@ class NodeCore:
             if work < self.mention_work:
                 return refuse("work", MentionStatus.NEED_WORK, self.mention_work)
         try:
-            entry = decode_entry(raw)
-        except EntryError:
+            verify(entry.author, raw)
+        except SignatureError:
             return refuse("invalid", MentionStatus.INVALID)
         self.store.add_loose(entry, int(now * 1000))
         self.replicator.stats["mentions.admitted"] += 1
