@@ -113,6 +113,15 @@ def nodes() -> Iterator[list[NodeProcess]]:
         node.stop()
 
 
+def start_pair(tmp_path: Path, nodes: list[NodeProcess]) -> tuple[NodeProcess, NodeProcess]:
+    """Nodes A and B (B joined through A) in tmp_path/a and tmp_path/b, stopped at the end."""
+    a = start_node(tmp_path / "a")
+    nodes.append(a)
+    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
+    nodes.append(b)
+    return a, b
+
+
 def cli_json(home: Path, *args: str) -> object:
     """Run a p2pblog command that prints JSON (``--json`` is added) and parse its output."""
     result = p2pblog(home, *args, "--json")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgpack
 
-from tests.nodes import NodeProcess, start_node, wait_for
+from tests.nodes import NodeProcess, start_node, start_pair, wait_for
 from tests.process import p2pblog
 
 
@@ -33,10 +33,7 @@ def lookup(home: Path, handle: str) -> dict[str, object] | None:
 
 
 def test_lookup_from_the_third_node_finds_the_first(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     c = start_node(tmp_path / "c", "--bootstrap", b.bootstrap)
     nodes.append(c)
     found: dict[str, object] = {}
@@ -77,10 +74,7 @@ def test_lookup_from_the_third_node_finds_the_first(tmp_path: Path, nodes: list[
 
 
 def test_a_restarted_node_rejoins_without_bootstrap(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     assert wait_for(lambda: (lookup(b.home, a.handle) or {}).get("found"), timeout=30), b.output()
     assert b.stop() == 0
     nodes.remove(b)
@@ -112,10 +106,7 @@ def test_a_flood_of_bad_datagrams_is_counted_and_lookups_still_work(
 ) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     assert wait_for(lambda: (lookup(b.home, a.handle) or {}).get("found"), timeout=30)
     node_id = bytes.fromhex(json.loads(p2pblog(a.home, "peers", "--json").stdout)["self"]["node_id"])
 

@@ -31,7 +31,7 @@ from identity.limits import MAX_FRAME_BYTES
 from p2pblog.entry import POST, create_entry, decode_entry, encode_content
 from p2pblog.errors import EntrySignatureError
 from p2pblog.feedfile import read_feed
-from tests.nodes import NodeProcess, cli_json, run, start_node, status, timeline_texts, wait_for
+from tests.nodes import NodeProcess, cli_json, run, start_pair, status, timeline_texts, wait_for
 from tests.peers.gossip_attacker import Connection, GossipDialer, RawDialer
 
 
@@ -76,10 +76,7 @@ def test_hostile_peers_are_refused_and_counted_and_honest_gossip_goes_on(
 ) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     a_key, b_key = decode_handle(a.handle), decode_handle(b.handle)
     run(b.home, "follow", a.handle)
     assert wait_for(lambda: a.handle in connected(b), timeout=20), b.output()

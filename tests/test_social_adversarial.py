@@ -56,7 +56,7 @@ from identity.records import NAME, RecordError, create_name_claim, decode_record
 from p2pblog.entry import POST, Entry, create_entry, decode_entry, entry_id, post_body
 from p2pblog.errors import EntrySignatureError
 from p2pblog.node import MENTION_BURST, MENTION_RATE
-from tests.nodes import NodeProcess, cli_json, run, start_node, status, timeline_texts, wait_for
+from tests.nodes import NodeProcess, cli_json, run, start_pair, status, timeline_texts, wait_for
 from tests.peers.dht_attacker import DhtAttacker
 from tests.peers.gossip_attacker import Connection, GossipDialer
 from tests.process import p2pblog
@@ -153,10 +153,7 @@ def test_bad_name_claims_are_refused_counted_and_never_resolved(
 ) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     assert wait_for(lambda: contacts(b) >= 1 and contacts(a) >= 1, timeout=20), b.output()
 
     mallory = Identity.generate()
@@ -287,10 +284,7 @@ def delta(after: dict[str, int], before: dict[str, int], name: str) -> int:
 def test_forged_and_flooded_mention_notices_are_refused_counted_and_the_node_stays_responsive(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
-    a = start_node(tmp_path / "a")
-    nodes.append(a)
-    b = start_node(tmp_path / "b", "--bootstrap", a.bootstrap)
-    nodes.append(b)
+    a, b = start_pair(tmp_path, nodes)
     b_key = decode_handle(b.handle)
     run(b.home, "follow", a.handle)
     assert wait_for(lambda: a.handle in connected(b), timeout=20), b.output()
