@@ -47,7 +47,7 @@ Queries (one per command, plus internal refreshes and republications) are
 kind           phases                                               result event
 =============  ===================================================  ==============
 LOOKUP         LOOKING_UP                                           LookupFinished
-BOOTSTRAP      PINGING seeds -> LOOKING_UP own id                   BootstrapFinished
+BOOTSTRAP      PINGING seeds -> LOOKING_UP own id -> REFRESHING     BootstrapFinished
 GET            LOOKING_UP (FIND_VALUE)                              ValueFound / -NotFound
 PUT            LOOKING_UP -> STORING at the k closest               PutFinished
 REFRESH        LOOKING_UP random id in a stale bucket (2.3)         none
@@ -56,6 +56,17 @@ ADD_PROVIDER   LOOKING_UP -> STORING (``p2pb_add_provider``)        ProvidersAdd
 GET_PROVIDERS  LOOKING_UP (``p2pb_get_providers``)                  ProvidersFound
 REANNOUNCE     LOOKING_UP -> STORING our own provider values        none
 =============  ===================================================  ==============
+
+A bootstrap reports `BootstrapFinished` once the refreshes it started (the
+buckets farther than the nearest neighbour, paper 2.3) are done too, so a
+node that publishes its records then publishes them to a full routing table.
+
+A lookup that ran to its end (the k closest peers it found all answered, not
+stopped early by a value or enough providers) is remembered for
+``DhtConfig.walk_reuse`` seconds: a PUT or provider announcement of the same
+key in that window stores at those k peers without walking again (a node
+that searched a feed's providers and then announces itself as one walks
+once, not twice).
 
 Providers follow libp2p kad-dht's content routing: an announcement looks up
 the k closest nodes to the key and sends each ``p2pb_add_provider``; a
@@ -78,7 +89,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from random import Random
@@ -134,6 +145,10 @@ from identity.errors import LocalProtocolError
 RPC_TIMEOUT: Final = 5.0
 #: Seconds after the first send at which an unanswered request is sent again.
 RETRANSMIT_AFTER: Final = (0.5, 1.0, 2.0, 3.0)
+#: Seconds a finished lookup's result may replace a new walk to the same key.
+WALK_REUSE: Final = 60.0
+#: Most lookup results remembered for reuse (the oldest is forgotten first).
+MAX_WALKS_KEPT: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +166,9 @@ class DhtConfig:
     questionable_after: float = QUESTIONABLE_AFTER
     #: Paper 2.3: after joining, refresh every bucket farther than the nearest neighbour.
     refresh_after_bootstrap: bool = True
+    #: Seconds a finished lookup's k closest peers stand in for the walk of a
+    #: PUT or provider announcement of the same key (0: always walk).
+    walk_reuse: float = WALK_REUSE
     replacement_cache: int = K
     record_ttl: float = RECORD_TTL
     replicate_interval: float = REPLICATE_INTERVAL
@@ -196,6 +214,8 @@ class _Phase(enum.Enum):
     PINGING = "pinging"
     LOOKING_UP = "looking up"
     STORING = "storing"
+    #: A bootstrap whose own lookup ended, waiting for the refreshes it started.
+    REFRESHING = "refreshing"
 
 
 @dataclass(slots=True)
@@ -242,7 +262,14 @@ class _Query:
     stored_at: list[Contact] = field(default_factory=list)
     refused: list[Contact] = field(default_factory=list)
     failed: list[Contact] = field(default_factory=list)
+    #: REFRESH started by a bootstrap: the bootstrap's query id.
+    parent: int | None = None
+    #: BOOTSTRAP: its own lookup's result, reported once the refreshes are done.
+    closest: tuple[Contact, ...] = ()
 
+
+#: Queries that store at the k closest once their walk is done.
+_STORING_KINDS: Final = frozenset({_Kind.PUT, _Kind.REPUBLISH, _Kind.ADD_PROVIDER, _Kind.REANNOUNCE})
 
 #: Events that count against `MAX_QUEUED_NOTICES`.
 _NOTICES: Final = (PeerMisbehaved, DatagramDropped, RecordStored, ProviderStored)
@@ -330,6 +357,8 @@ class DhtCore:
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._notices_queued = 0
+        #: Key -> (when, the k closest peers) of lookups that ran to their end.
+        self._walks: OrderedDict[bytes, tuple[float, tuple[Contact, ...]]] = OrderedDict()
 
     # ================================================================== outputs
 
@@ -846,7 +875,17 @@ class DhtCore:
         query = self._new_query(kind, target, _Phase.LOOKING_UP)
         query.value = value
         query.quorum = quorum
-        self._begin_lookup(query, now)
+        walk = self._walks.get(target)
+        if (
+            kind in _STORING_KINDS
+            and walk is not None
+            and walk[1]
+            and now - walk[0] <= self.config.walk_reuse
+        ):
+            self.stats["lookups.reused"] += 1
+            self._store_at(query, walk[1], now)
+        else:
+            self._begin_lookup(query, now)
         return query.query_id
 
     def _begin_lookup(self, query: _Query, now: float) -> None:
@@ -913,34 +952,43 @@ class DhtCore:
         lookup = query.lookup
         assert lookup is not None
         closest = tuple(lookup.result())
-        if query.kind in (_Kind.PUT, _Kind.REPUBLISH, _Kind.ADD_PROVIDER, _Kind.REANNOUNCE):
-            assert query.value is not None
-            query.phase = _Phase.STORING
-            query.pending = len(closest)
-            for contact in closest:
-                if query.kind in (_Kind.PUT, _Kind.REPUBLISH):
-                    self._send_store(contact, query.target, query.value, _Purpose.PUT_STORE, query, now)
-                else:
-                    assert isinstance(query.value, bytes)
-                    request = wire.AddProvider(self._new_msg_id(), self.node_id, query.target, query.value)
-                    self._send(request, contact.addr, contact.node_id, _Purpose.PUT_STORE, query, now)
-            if not closest:
-                self._finish(query)
+        if not lookup.stopped_early and closest and self.config.walk_reuse > 0:
+            self._walks[query.target] = (now, closest)
+            self._walks.move_to_end(query.target)
+            while len(self._walks) > MAX_WALKS_KEPT:
+                self._walks.popitem(last=False)
+        if query.kind in _STORING_KINDS:
+            self._store_at(query, closest, now)
             return
+        if query.kind is _Kind.BOOTSTRAP and self.config.refresh_after_bootstrap and closest:
+            # Report the join once the refreshes are done too (module docstring).
+            query.phase = _Phase.REFRESHING
+            query.closest = closest
+            nearest = self.table.bucket_index(closest[0].node_id)
+            for index in range(nearest + 1, 8 * ID_BYTES):
+                target = self.table.random_id_in_bucket(index, self._rng)
+                refresh = self._queries.get(self._start(_Kind.REFRESH, target, now))
+                if refresh is not None:
+                    refresh.parent = query.query_id
+                    query.pending += 1
+            if query.pending:
+                return
         del self._queries[query.query_id]
-        if query.kind is _Kind.LOOKUP:
+        if query.kind is _Kind.REFRESH and query.parent is not None:
+            parent = self._queries.get(query.parent)
+            if parent is not None:
+                parent.pending -= 1
+                if parent.pending == 0:
+                    del self._queries[parent.query_id]
+                    self._emit(BootstrapFinished(parent.query_id, parent.seeds_answered, parent.closest))
+        elif query.kind is _Kind.LOOKUP:
             self._emit(
                 LookupFinished(
                     query.query_id, query.target, closest, lookup.queried, lookup.failed_count(), lookup.hops
                 )
             )
         elif query.kind is _Kind.BOOTSTRAP:
-            self._emit(BootstrapFinished(query.query_id, query.seeds_answered, closest))
-            if self.config.refresh_after_bootstrap and closest:
-                nearest = self.table.bucket_index(closest[0].node_id)
-                for index in range(nearest + 1, 8 * ID_BYTES):
-                    target = self.table.random_id_in_bucket(index, self._rng)
-                    self._start(_Kind.REFRESH, target, now)
+            self._emit(BootstrapFinished(query.query_id, query.seeds_answered, query.closest or closest))
         elif query.kind is _Kind.GET:
             assert isinstance(lookup, ValueLookup)
             self._get_done(query, lookup, now)
@@ -948,6 +996,21 @@ class DhtCore:
             assert isinstance(lookup, ProvidersLookup)
             values = tuple(lookup.providers.values())
             self._emit(ProvidersFound(query.query_id, query.target, values, lookup.queried))
+
+    def _store_at(self, query: _Query, closest: tuple[Contact, ...], now: float) -> None:
+        """A put's or announcement's second phase: STORE (ADD_PROVIDER) at ``closest``."""
+        assert query.value is not None
+        query.phase = _Phase.STORING
+        query.pending = len(closest)
+        for contact in closest:
+            if query.kind in (_Kind.PUT, _Kind.REPUBLISH):
+                self._send_store(contact, query.target, query.value, _Purpose.PUT_STORE, query, now)
+            else:
+                assert isinstance(query.value, bytes)
+                request = wire.AddProvider(self._new_msg_id(), self.node_id, query.target, query.value)
+                self._send(request, contact.addr, contact.node_id, _Purpose.PUT_STORE, query, now)
+        if not closest:
+            self._finish(query)
 
     def _get_done(self, query: _Query, lookup: ValueLookup, now: float) -> None:
         if not lookup.found:

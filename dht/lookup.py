@@ -137,6 +137,8 @@ class ClosestPeersLookup:
         self._order = _Order()
         #: Number of peers queried so far (a cost metric for the simulator).
         self.queried = 0
+        #: `finish` ended the lookup before the k closest peers had answered.
+        self.stopped_early = False
         for contact in seeds:
             self._insert(contact)
 
@@ -281,6 +283,7 @@ class ClosestPeersLookup:
     def finish(self) -> None:
         """Stop the lookup now (the driver has what it wanted)."""
         self.state = LookupState.FINISHED
+        self.stopped_early = True
 
     # ------------------------------------------------------------------ outputs
 

@@ -364,6 +364,11 @@ class Replicator:
             return None
         return entry.host, entry.port
 
+    def dial_failures(self, peer: bytes) -> int:
+        """Failed dials to peer since it was last connected."""
+        entry = self._book.get(peer)
+        return entry.failures if entry is not None else 0
+
     @property
     def connection_count(self) -> int:
         return len(self._conns)

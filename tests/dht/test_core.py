@@ -366,3 +366,38 @@ def test_same_seed_same_bytes() -> None:
         )
 
     assert run() == run()
+
+
+def test_bootstrap_is_reported_after_the_refreshes_it_started() -> None:
+    # A node that publishes on BootstrapFinished must find its table filled:
+    # the refreshes of the far buckets (paper 2.3) are done by then.
+    net, nodes = small_network(30)
+    rng = Random(99)
+    newcomer = net.add_node(rng.randbytes(20))
+    qid = net.command(newcomer, bootstrap_via(nodes[0].addr))
+    while qid not in newcomer.results:
+        assert net.step(), "the bootstrap never finished"
+    assert isinstance(newcomer.results[qid], BootstrapFinished)
+    assert newcomer.core.stats["refresh.buckets"] == 0  # bucket refreshes are timer-driven; these are not
+    assert newcomer.core.active_queries == 0
+    assert newcomer.core.stats["tx.request.find_node"] > 34  # its own lookup and the refreshes
+    assert len(newcomer.core.table) >= 25
+
+
+def test_a_put_right_after_a_lookup_of_its_key_does_not_walk_again() -> None:
+    net, nodes = small_network(30)
+    node = nodes[4]
+    found = net.run_until_done([(node, net.command(node, lambda c, now: c.start_lookup(KEY, now)))])[0]
+    assert isinstance(found, LookupFinished)
+    walks = node.core.stats["tx.request.find_node"]
+    put = net.run_until_done([(node, net.command(node, put_of(KEY, b"v1")))])[0]
+    assert isinstance(put, PutFinished) and put.ok
+    assert node.core.stats["tx.request.find_node"] == walks
+    assert {c.node_id for c in put.stored_at} == {c.node_id for c in found.closest}
+    assert node.core.stats["lookups.reused"] == 1
+    # Past the reuse window the put walks again.
+    net.run_until(net.now + 61.0)
+    put = net.run_until_done([(node, net.command(node, put_of(KEY, b"v2")))])[0]
+    assert isinstance(put, PutFinished) and put.ok
+    assert node.core.stats["tx.request.find_node"] > walks
+    assert node.core.stats["lookups.reused"] == 1
