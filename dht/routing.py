@@ -100,11 +100,13 @@ class _Entry:
 
 
 class _Bucket:
-    __slots__ = ("checking", "entries", "last_touched", "replacements")
+    __slots__ = ("checking", "entries", "last_touched", "pairs", "replacements")
 
     def __init__(self, now: float) -> None:
         # Least-recently seen first.
         self.entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        # (id as an integer, contact) of every entry, for `RoutingTable.closest`.
+        self.pairs: list[tuple[int, Contact]] = []
         # Most-recently seen last.
         self.replacements: OrderedDict[bytes, Contact] = OrderedDict()
         # Id of the contact whose liveness check is in flight, if any.
@@ -210,21 +212,29 @@ class RoutingTable:
         # Only filled buckets are ordered (about log2 of the network size of them).
         x = self._own_int ^ t
         b = x.bit_length() - 1
-
-        def rank(j: int) -> tuple[int, int]:
-            if j == b:
-                return 0, 0
-            if j > b:
-                return 3, j
-            return (1, -j) if x >> j & 1 else (2, j)
-
-        flat = self._flat
+        first: list[int] = []
+        cancels: list[int] = []
+        keeps: list[int] = []
+        above: list[int] = []
+        for j in sorted(self._filled):
+            if j < b:
+                (cancels if x >> j & 1 else keeps).append(j)
+            elif j == b:
+                first.append(j)
+            else:
+                above.append(j)
+        cancels.reverse()
+        buckets = self._buckets
         gathered: list[tuple[int, Contact]] = []
-        for j in sorted(self._filled, key=rank):
-            for node_id, entry in self._buckets[j].entries.items():
-                c = entry.contact
-                if node_id != exclude_id and c.addr != exclude_addr:
-                    gathered.append((flat[node_id][0] ^ t, c))
+        filtered = exclude_id is not None or exclude_addr is not None
+        for j in first + cancels + keeps + above:
+            pairs = buckets[j].pairs
+            if filtered:
+                gathered += [
+                    (i ^ t, c) for i, c in pairs if c.node_id != exclude_id and c.addr != exclude_addr
+                ]
+            else:
+                gathered += [(i ^ t, c) for i, c in pairs]
             if len(gathered) >= n:
                 break
         if n == 1:
@@ -327,13 +337,16 @@ class RoutingTable:
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.replacements.pop(contact.node_id, None)
         bucket.entries[contact.node_id] = _Entry(contact, now)
-        self._flat[contact.node_id] = (int.from_bytes(contact.node_id, "big"), contact)
+        pair = (int.from_bytes(contact.node_id, "big"), contact)
+        self._flat[contact.node_id] = pair
+        bucket.pairs.append(pair)
         self._filled.add(self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
         del bucket.entries[node_id]
-        del self._flat[node_id]
+        pair = self._flat.pop(node_id)
+        bucket.pairs.remove(pair)
         if not bucket.entries:
             self._filled.discard(self.bucket_index(node_id))
         if bucket.checking == node_id:

@@ -464,8 +464,15 @@ def parse_contacts(body: Any) -> tuple[Contact, ...]:
     for triple in body:
         if not isinstance(triple, list) or len(triple) != 3:
             raise WireError("a contact is [id, ip, port]")
-        node_id = _check_id(triple[0], "contact id")
-        out.append(Contact(node_id, _check_addr(triple[1], triple[2])))
+        node_id, host, port = triple
+        # The checks of _check_id and _check_addr, inline: an answer carries up to k contacts.
+        if type(node_id) is not bytes or len(node_id) != ID_BYTES:
+            _check_id(node_id, "contact id")
+        if type(host) is not str or type(port) is not int or not 0 < port < 65536 or len(host) > 45:
+            _check_addr(host, port)
+        elif not _is_ip(host):
+            raise WireError("not an IP address")
+        out.append(Contact(node_id, (host, port)))
     return tuple(out)
 
 

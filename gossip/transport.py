@@ -63,7 +63,9 @@ authenticate.
 the channel is made.  Once open, the channel fails if nothing authentic
 arrives for ``idle_timeout`` seconds, and sends an empty keepalive message
 when it has sent nothing for ``keepalive_interval`` seconds, so two live
-peers never idle each other out.
+peers never idle each other out.  `SecureChannel.keep_alive` sends one up to
+``early`` seconds before it is due, so a node with many connections can send
+all their keepalives at one wake-up instead of one wake-up each.
 
 **Failure.**  Bad bytes from the peer never raise: they queue one
 `ChannelFailed` event, drop pending output, and close the channel; later
@@ -407,6 +409,15 @@ class SecureChannel:
                 self._fail(f"nothing received for {self._config.idle_timeout:g} s")
             elif now >= self._last_sent + self._config.keepalive_interval and self._send_transport(b""):
                 self._last_sent = now
+
+    def keep_alive(self, now: float, early: float) -> None:
+        """Send the keepalive that falls due within ``early`` seconds now (if open)."""
+        if (
+            self._state is ChannelState.OPEN
+            and now >= self._last_sent + self._config.keepalive_interval - early
+            and self._send_transport(b"")
+        ):
+            self._last_sent = now
 
     def close(self) -> None:
         """Stop using the channel; output already queued stays in `data_to_send`."""

@@ -425,21 +425,17 @@ class NodeCore:
         return self.replicator.connections_to_close()
 
     def get_timer(self) -> float | None:
-        announce_at = min(self._announce_at.values(), default=None)
-        timers = [
-            t
-            for t in (
-                self.dht.get_timer(),
-                self._republish_at,
-                announce_at,
-                self.replicator.get_timer(),
-                self._maintain_at,
-                self._mentions_at,
-                min(self._claim_at.values(), default=None),
-            )
-            if t is not None
-        ]
-        return min(timers) if timers else None
+        # Asked after every input: plain comparisons, no temporary lists.
+        at = self._maintain_at
+        for t in (self.dht.get_timer(), self._republish_at, self.replicator.get_timer(), self._mentions_at):
+            if t is not None and t < at:
+                at = t
+        for timers in (self._announce_at, self._claim_at):
+            if timers:
+                t = min(timers.values())
+                if t < at:
+                    at = t
+        return at
 
     def next_event(self) -> Event | None:
         self._drain(None)
@@ -594,6 +590,8 @@ class NodeCore:
                 self._claim_at[name] = now + FIRST_CONTACT_POLL
         if self._mentions_at is not None and now >= self._mentions_at:
             self._deliver_mentions(now)
+        if now >= self._maintain_at:
+            self.replicator.maintain_now(now)  # one wake-up for both maintenance passes
         self.replicator.handle_timer(now)
         if now >= self._maintain_at:
             self._maintain_at = now + MAINTAIN_EVERY

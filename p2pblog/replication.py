@@ -110,6 +110,9 @@ from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
 MAINTAIN_EVERY: Final = 10.0
+#: Fraction of the keepalive interval by which a keepalive may be sent early
+#: to share a wake-up with another connection's (`Replicator.handle_timer`).
+KEEPALIVE_EARLY: Final = 1 / 3
 #: Outbound connections we open at most, and connections of both kinds.
 MAX_OUTBOUND: Final = 16
 MAX_CONNECTIONS: Final = 64
@@ -264,6 +267,8 @@ class Replicator:
         self.rng = rng
         self.channel_config = channel_config
         self.random_bytes = random_bytes
+        interval = (channel_config or ChannelConfig()).keepalive_interval
+        self._keepalive_early = interval * KEEPALIVE_EARLY
         own = identity.public_key
         #: Keys whose entries, notices and connections are refused.
         self.blocked: set[bytes] = {key for key, _ in store.blocks()}
@@ -374,6 +379,11 @@ class Replicator:
         return len(self._conns)
 
     # ============================================================ node inputs
+
+    def maintain_now(self, now: float) -> None:
+        """Run the dial maintenance at the next `handle_timer` (NodeCore's own
+        maintenance pass calls this, so the two share one wake-up)."""
+        self._maintain_at = min(self._maintain_at, now)
 
     def set_wanted(self, feeds: Iterable[bytes], now: float) -> None:
         """The feeds this node replicates changed (follow/unfollow); blocked feeds are left out."""
@@ -505,13 +515,24 @@ class Replicator:
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
-        for conn_id in [c for c, t in self._deadlines.items() if t <= now]:
+        due = [c for c, t in self._deadlines.items() if t <= now]
+        for conn_id in due:
             conn = self._conns[conn_id]
             conn.channel.handle_timer(now)
             if conn.session is not None:
                 conn.session.handle_timer(now)
             self._touch(conn)
-        if now >= self._maintain_at:
+        maintain = now >= self._maintain_at
+        if due or maintain:
+            # Timer coalescing: awake anyway, send the connections' keepalives
+            # that fall due soon (a third of the interval, which is more than
+            # MAINTAIN_EVERY), so the node wakes for them at its maintenance
+            # passes, not once per connection.
+            for conn in self._conns.values():
+                if conn.session is not None and not conn.closing and conn.id not in self._dirty:
+                    conn.channel.keep_alive(now, self._keepalive_early)
+                    self._touch(conn)
+        if maintain:
             self._maintain_at = now + MAINTAIN_EVERY
             self._maintain(now)
         self._pump(now)

@@ -609,3 +609,39 @@ def test_a_follower_finds_the_author_and_other_followers_through_the_dht(open_st
     assert ids(cores["d"].store, A.public_key) == [p.id for p in posts]
     assert cores["d"].store.verify().ok
     assert {e.peer for e in stored_events(wire, "d") if e.feed == A.public_key} == {B.public_key}
+
+
+def test_an_idle_node_sends_its_keepalives_at_its_maintenance_passes(open_store: OpenStore) -> None:
+    """Timer coalescing: three followers connect to A at different moments; once
+    idle, A wakes only for its maintenance passes (one per MAINTAIN_EVERY) and
+    sends every connection's keepalive at one of them, not at a wake-up of its
+    own; no connection idles out."""
+    wire = Wire()
+    a = make_replicator(A, open_store("a"), seed=1)
+    wire.add("a", a, HOST["a"])
+    followers = []
+    for seed, (name, identity) in enumerate((("b", B), ("c", C), ("d", D)), start=2):
+        store = open_store(name)
+        follow(store, identity, A.public_key)
+        rep = make_replicator(identity, store, seed=seed, now=wire.now)
+        followers.append(rep)
+        wire.add(name, rep, HOST[name])
+        rep.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
+        wire.advance(7.0)  # connections opened 7 s apart: different keepalive phases
+    assert all(a.is_connected(i.public_key) for i in (B, C, D))
+    wakeups: list[float] = []
+    handle_timer = a.handle_timer
+
+    def counting(now: float) -> None:
+        wakeups.append(now)
+        handle_timer(now)
+
+    a.handle_timer = counting  # type: ignore[method-assign]
+    sent_before = wire.bytes_sent["a"]
+    wire.advance(300.0)
+    # 300 s of idling: 30 maintenance passes and nothing else (without
+    # coalescing, ~10 keepalives per connection would add ~30 wake-ups).
+    assert len(wakeups) <= 300.0 / MAINTAIN_EVERY + 1
+    assert wire.bytes_sent["a"] > sent_before  # keepalives did go out
+    assert all(a.is_connected(i.public_key) for i in (B, C, D))
+    assert all(rep.is_connected(A.public_key) for rep in followers)
