@@ -63,9 +63,10 @@ authenticate.
 the channel is made.  Once open, the channel fails if nothing authentic
 arrives for ``idle_timeout`` seconds, and sends an empty keepalive message
 when it has sent nothing for ``keepalive_interval`` seconds, so two live
-peers never idle each other out.  `SecureChannel.keep_alive` sends one up to
-``early`` seconds before it is due, so a node with many connections can send
-all their keepalives at one wake-up instead of one wake-up each.
+peers never idle each other out.  With ``keepalive_slack`` the channel's
+timer waits that much longer for the keepalive, so that an owner with many
+channels can send the due ones together (`SecureChannel.keep_alive`) at one
+wake-up of its own instead of one wake-up each.
 
 **Failure.**  Bad bytes from the peer never raise: they queue one
 `ChannelFailed` event, drop pending output, and close the channel; later
@@ -161,10 +162,16 @@ class ChannelConfig:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    #: Seconds a keepalive may wait past its due time for the owner to send it
+    #: with others (`SecureChannel.keep_alive`); the channel's own timer fires
+    #: only after that.  0: the channel keeps its own time exactly.
+    keepalive_slack: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.idle_timeout:
             raise LocalProtocolError("keepalive_interval must be positive and below idle_timeout")
+        if not 0 <= self.keepalive_slack < self.idle_timeout - self.keepalive_interval:
+            raise LocalProtocolError("keepalive_slack must be >= 0 and end before idle_timeout")
         if self.handshake_timeout <= 0:
             raise LocalProtocolError("handshake_timeout must be positive")
 
@@ -349,7 +356,7 @@ class SecureChannel:
         if self._state is ChannelState.OPEN:
             return min(
                 self._last_received + self._config.idle_timeout,
-                self._last_sent + self._config.keepalive_interval,
+                self._last_sent + self._config.keepalive_interval + self._config.keepalive_slack,
             )
         return None
 
@@ -410,14 +417,19 @@ class SecureChannel:
             elif now >= self._last_sent + self._config.keepalive_interval and self._send_transport(b""):
                 self._last_sent = now
 
-    def keep_alive(self, now: float, early: float) -> None:
-        """Send the keepalive that falls due within ``early`` seconds now (if open)."""
+    def keep_alive(self, now: float) -> bool:
+        """Send the keepalive if it is due (if open); returns whether one was sent.
+
+        `handle_timer` does the same; this lets an owner with many channels
+        and ``keepalive_slack`` send them all at one wake-up of its own."""
         if (
             self._state is ChannelState.OPEN
-            and now >= self._last_sent + self._config.keepalive_interval - early
+            and now >= self._last_sent + self._config.keepalive_interval
             and self._send_transport(b"")
         ):
             self._last_sent = now
+            return True
+        return False
 
     def close(self) -> None:
         """Stop using the channel; output already queued stays in `data_to_send`."""

@@ -35,12 +35,11 @@ Theory of operation
 * **Replication** (`p2pblog.replication.Replicator`, owned here as
   ``replicator``): the gossip connections.  NodeCore feeds it from the DHT:
   every `MAINTAIN_EVERY` seconds, each followed feed whose author is not
-  connected gets a provider search (at once after `follow`; then, while no
-  connected peer can serve the feed, 1, 2, 4, ... seconds apart up to
-  `SEARCH_EVERY`; while others serve it, from `SEARCH_EVERY` doubling up to
-  `RESEARCH_MAX`), whose results become dial candidates, followed by a
-  resolution of the author's peer record when the search did not find the
-  author's own provider record or dialling it failed; a peer that
+  connected gets a provider search and a resolution of its author's peer
+  record (at once after `follow`; then, while no connected peer can serve
+  the feed, 1, 2, 4, ... seconds apart up to `SEARCH_EVERY`; while others
+  serve it, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`), whose
+  results become dial candidates; a peer that
   connected to us and whose listen address we do not know is resolved
   through its peer record.  NodeCore announces itself as a provider of its
   own feed and of every followed feed it holds entries of, once it has an
@@ -472,20 +471,6 @@ class NodeCore:
             if isinstance(item, ProvidersResolved):
                 peers = [(r.signer, *addr) for r in item.records if (addr := r.addr("tcp")) is not None]
                 self.replicator.add_candidates(item.feed, peers, now)
-                # The author itself serves its feed.  Its peer record names its
-                # address too: resolve it when no provider record of the author
-                # did, or when dialling that address has failed (it moved).
-                author = item.feed
-                if (
-                    author in self.replicator.wanted
-                    and author != self.identity.public_key
-                    and not self.replicator.is_connected(author)
-                    and (
-                        all(signer != author for signer, *_ in peers)
-                        or self.replicator.dial_failures(author) > 0
-                    )
-                ):
-                    self._internal.add(self.start_resolve(author, now))
             elif isinstance(item, PeerResolved):
                 addr = item.record.addr("tcp")
                 if addr is not None:
@@ -660,10 +645,12 @@ class NodeCore:
                 else:
                     delay = min(RESEARCH_MAX, SEARCH_EVERY * 2.0 ** min(rounds, 8))
                 self._search_at[feed] = now + delay
-                # The author announces itself as a provider of its own feed, so
-                # this usually finds it too; its peer record is resolved only
-                # when the search does not (see `_drain`).
                 self._internal.add(self.start_find_providers(feed, now))
+                # The author itself serves its feed: its peer record names its
+                # address.  (Resolved alongside the search, not after it: while
+                # the author has not announced yet, e.g. as a network forms,
+                # finding it at once saves dials to other providers.)
+                self._internal.add(self.start_resolve(feed, now))
 
     # -- commands: the own feed -----------------------------------------------------
 

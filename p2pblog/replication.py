@@ -76,6 +76,8 @@ sessions), ``entries.forged``, ``refused.capacity``, ...
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import heapq
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -110,9 +112,6 @@ from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
 MAINTAIN_EVERY: Final = 10.0
-#: Fraction of the keepalive interval by which a keepalive may be sent early
-#: to share a wake-up with another connection's (`Replicator.handle_timer`).
-KEEPALIVE_EARLY: Final = 1 / 3
 #: Outbound connections we open at most, and connections of both kinds.
 MAX_OUTBOUND: Final = 16
 MAX_CONNECTIONS: Final = 64
@@ -265,10 +264,11 @@ class Replicator:
         self.identity = identity
         self.store = store
         self.rng = rng
-        self.channel_config = channel_config
         self.random_bytes = random_bytes
-        interval = (channel_config or ChannelConfig()).keepalive_interval
-        self._keepalive_early = interval * KEEPALIVE_EARLY
+        # Keepalives wait for the next maintenance pass (`handle_timer`).
+        base = channel_config or ChannelConfig()
+        slack = min(MAINTAIN_EVERY, (base.idle_timeout - base.keepalive_interval) / 2)
+        self.channel_config = dataclasses.replace(base, keepalive_slack=max(base.keepalive_slack, slack))
         own = identity.public_key
         #: Keys whose entries, notices and connections are refused.
         self.blocked: set[bytes] = {key for key, _ in store.blocks()}
@@ -368,11 +368,6 @@ class Replicator:
         if entry is None or entry.host is None or entry.port is None:
             return None
         return entry.host, entry.port
-
-    def dial_failures(self, peer: bytes) -> int:
-        """Failed dials to peer since it was last connected."""
-        entry = self._book.get(peer)
-        return entry.failures if entry is not None else 0
 
     @property
     def connection_count(self) -> int:
@@ -524,13 +519,16 @@ class Replicator:
             self._touch(conn)
         maintain = now >= self._maintain_at
         if due or maintain:
-            # Timer coalescing: awake anyway, send the connections' keepalives
-            # that fall due soon (a third of the interval, which is more than
-            # MAINTAIN_EVERY), so the node wakes for them at its maintenance
-            # passes, not once per connection.
+            # Timer coalescing: the channels give their keepalives up to
+            # MAINTAIN_EVERY of slack, so the node sends the due ones at its
+            # maintenance passes (or another wake-up), not at one wake-up each.
             for conn in self._conns.values():
-                if conn.session is not None and not conn.closing and conn.id not in self._dirty:
-                    conn.channel.keep_alive(now, self._keepalive_early)
+                if (
+                    conn.session is not None
+                    and not conn.closing
+                    and conn.id not in self._dirty
+                    and conn.channel.keep_alive(now)
+                ):
                     self._touch(conn)
         if maintain:
             self._maintain_at = now + MAINTAIN_EVERY
@@ -565,22 +563,30 @@ class Replicator:
     def _maintain(self, now: float) -> None:
         self._prune_idle(now)
         outbound = sum(1 for c in self._conns.values() if c.outbound)
+        if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
+            return  # nothing could be dialled
         targets: dict[bytes, None] = {}
-        recent = sorted(
+        # Runs every MAINTAIN_EVERY seconds: the most recent few without sorting the book.
+        recent = heapq.nlargest(
+            BOOK_DIALS,
             (p for p in self._book.items() if p[1].last_connected > 0),
-            key=lambda item: -item[1].last_connected,
+            key=lambda item: item[1].last_connected,
         )
-        for key, _ in recent[:BOOK_DIALS]:
+        for key, _ in recent:
             targets[key] = None
         for key in self._mention_peers:
             targets[key] = None
+        live = self.sessions()
         for feed in sorted(self.source.wanted):
             if feed == self.own:
                 continue
             # The author is the root of its feed's push tree: keep a connection to it.
             targets[feed] = None
-            if self.sources(feed) > 0:
-                continue
+            if any(
+                peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
+                for peer, session, *_ in live
+            ):
+                continue  # a source is connected (`sources`)
             for key in list(self._candidates.get(feed, {}))[:DIALS_PER_FEED]:
                 targets[key] = None
         for key in targets:
