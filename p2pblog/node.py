@@ -39,9 +39,9 @@ Theory of operation
   record (at once after `follow`; then, while no connected peer can serve
   the feed, 1, 2, 4, ... seconds apart up to `SEARCH_EVERY`; while others
   serve it, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`), whose
-  results become dial candidates; a peer that
-  connected to us and whose listen address we do not know is resolved
-  through its peer record.  NodeCore announces itself as a provider of its
+  results become dial candidates; when a peer that connected to us
+  disconnects and we do not know its listen address, its peer record is
+  resolved (so the address book can redial it).  NodeCore announces itself as a provider of its
   own feed and of every followed feed it holds entries of, once it has an
   address to announce (`publish`) and DHT contacts to announce to.
 * **Commands** `post`, `follow`, `unfollow`, `delete`, `set_profile` write
@@ -111,7 +111,13 @@ from identity.records import (
 from p2pblog import actions
 from p2pblog.entry import DELETE, FOLLOW, POST, UNFOLLOW, Entry, decode_entry
 from p2pblog.errors import EntryError
-from p2pblog.replication import EntriesStored, MentionAnswered, PeerConnected, Replicator
+from p2pblog.replication import (
+    EntriesStored,
+    MentionAnswered,
+    PeerConnected,
+    PeerDisconnected,
+    Replicator,
+)
 from p2pblog.replication import Event as GossipEvent
 from p2pblog.store import Store
 
@@ -450,9 +456,14 @@ class NodeCore:
             self._translate(event)
         while (gossip := self.replicator.next_event()) is not None:
             self._events.append(gossip)
-            if isinstance(gossip, PeerConnected) and now is not None:
-                if self.replicator.known_address(gossip.peer) is None:
-                    self._internal.add(self.start_resolve(gossip.peer, now))
+            if isinstance(gossip, PeerDisconnected) and now is not None:
+                # A peer that dialled us: learn its listen address now, so that
+                # the address book can redial it.  (Not on connect: an author
+                # with many followers would look up every one of them.)
+                peer = gossip.peer
+                if self.replicator.known_address(peer) is None and not self.replicator.refuses(peer, now):
+                    self._internal.add(self.start_resolve(peer, now))
+            elif isinstance(gossip, PeerConnected) and now is not None:
                 for (_, recipient), outgoing in self._outgoing.items():
                     if recipient == gossip.peer:  # send its notices now, not at the next retry
                         outgoing.next_at = min(outgoing.next_at, now)

@@ -360,6 +360,11 @@ class Replicator:
             if peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
         )
 
+    def refuses(self, peer: bytes, now: float) -> bool:
+        """Whether peer is blocked or banned."""
+        entry = self._book.get(peer)
+        return peer in self.blocked or (entry is not None and now < entry.banned_until)
+
     def is_connected(self, peer: bytes) -> bool:
         return peer in self._by_peer
 
@@ -487,6 +492,13 @@ class Replicator:
             return
         self._drop_work(conn_id)
         self.stats["dial.failed"] += 1
+        if conn.peer is not None:
+            # A driver that reports a failure for a connection that got as far
+            # as a handshake: it is lost, and must not stay the peer's connection.
+            if not conn.closing:
+                self._forget(conn, now, "connection failed")
+            self._pump(now)
+            return
         if conn.expected is not None:
             self._dialling.pop(conn.expected, None)
             self._back_off(conn.expected, now)

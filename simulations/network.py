@@ -159,6 +159,9 @@ class Network:
         self.extra_loss = 0.0
         self.traffic: list[NodeTraffic] = []
         self._busy_until: list[float] = []
+        #: Per node, bumped when it crashes: connection news scheduled for an
+        #: earlier incarnation is dropped (a rebooted core reuses connection ids).
+        self._epoch: list[int] = []
         self._links: dict[tuple[int, int], _Link] = {}
         self.stats: dict[str, int] = {
             "datagrams.lost": 0,
@@ -181,6 +184,7 @@ class Network:
         self.addrs[addr] = index
         self.traffic.append(NodeTraffic())
         self._busy_until.append(0.0)
+        self._epoch.append(0)
         return addr
 
     def connected(self, a: int, b: int) -> bool:
@@ -263,22 +267,22 @@ class Network:
         dst = self.addrs.get(addr)
         if dst is None or not self.reachable(src, dst):
             self.stats["dials.failed"] += 1
-            self.engine.after(DIAL_TIMEOUT, lambda: self._dial_failed(src, conn_id))
+            self.engine.after(DIAL_TIMEOUT, partial(self._dial_failed, src, conn_id, self._epoch[src]))
             return
         link = _Link(src, conn_id, dst)
         self._links[src, conn_id] = link
         latency = self._latency(src, dst)
         self.engine.after(latency, lambda: self._accept(link, latency))
 
-    def _dial_failed(self, src: int, conn_id: int) -> None:
-        if self.nodes[src].up:
+    def _dial_failed(self, src: int, conn_id: int, epoch: int) -> None:
+        if self.nodes[src].up and self._epoch[src] == epoch:
             self.nodes[src].connection_failed(conn_id)
 
     def _accept(self, link: _Link, latency: float) -> None:
         if not link.alive or not self.reachable(link.a, link.b):
             link.alive = False
             self._links.pop((link.a, link.a_conn), None)
-            self.engine.after(latency, lambda: self._dial_failed(link.a, link.a_conn))
+            self.engine.after(latency, partial(self._dial_failed, link.a, link.a_conn, self._epoch[link.a]))
             return
         link.b_conn = self.nodes[link.b].connection_accepted(self.address(link.a))
         link.accepted = True
@@ -324,19 +328,19 @@ class Network:
         """src closed its end: it learns at once, the other end after the data in flight."""
         link = self._links.pop((src, conn_id), None)
         if link is None:
-            self.engine.after(0.0, lambda: self._lost(src, conn_id))
+            self.engine.after(0.0, partial(self._lost, src, conn_id, self._epoch[src]))
             return
         link.alive = False
         other = (link.b, link.b_conn) if (src, conn_id) == (link.a, link.a_conn) else (link.a, link.a_conn)
         self._links.pop(other, None)
-        self.engine.after(0.0, lambda: self._lost(src, conn_id))
+        self.engine.after(0.0, partial(self._lost, src, conn_id, self._epoch[src]))
         if link.accepted or other[0] == link.a:
             direction = link.ab if src == link.a else link.ba
             at = max(self.engine.now + self._latency(src, other[0]), direction.last_delivery)
-            self.engine.at(at, lambda: self._lost(*other))
+            self.engine.at(at, partial(self._lost, other[0], other[1], self._epoch[other[0]]))
 
-    def _lost(self, index: int, conn_id: int) -> None:
-        if self.nodes[index].up:
+    def _lost(self, index: int, conn_id: int, epoch: int) -> None:
+        if self.nodes[index].up and self._epoch[index] == epoch:
             self.nodes[index].connection_lost(conn_id)
 
     def _break(self, link: _Link) -> None:
@@ -350,10 +354,11 @@ class Network:
         latency = self._latency(link.a, link.b)
         for index, conn in ends:
             if link.accepted or index == link.a:
-                self.engine.after(latency, partial(self._lost_or_failed, link, index, conn))
+                epoch = self._epoch[index]
+                self.engine.after(latency, partial(self._lost_or_failed, link, index, conn, epoch))
 
-    def _lost_or_failed(self, link: _Link, index: int, conn_id: int) -> None:
-        if not self.nodes[index].up:
+    def _lost_or_failed(self, link: _Link, index: int, conn_id: int, epoch: int) -> None:
+        if not self.nodes[index].up or self._epoch[index] != epoch:
             return
         if index == link.a and not link.accepted:
             self.nodes[index].connection_failed(conn_id)
@@ -362,5 +367,6 @@ class Network:
 
     def drop_node_links(self, index: int) -> None:
         """Forget a crashed node's link ends without notifying it (its state is gone)."""
+        self._epoch[index] += 1
         for key in [k for k in self._links if k[0] == index]:
             del self._links[key]

@@ -643,3 +643,29 @@ def test_an_idle_node_sends_its_keepalives_at_its_maintenance_passes(open_store:
     assert wire.bytes_sent["a"] > sent_before  # keepalives did go out
     assert all(a.is_connected(i.public_key) for i in (B, C, D))
     assert all(rep.is_connected(A.public_key) for rep in followers)
+
+
+def test_a_failure_reported_for_an_open_connection_frees_the_peer(open_store: OpenStore) -> None:
+    """A driver that reports `connection_failed` for a connection past its handshake
+    (the simulator did, for a rebooted node reusing a connection id) must not leave it
+    as the peer's connection: the next connection to that peer works."""
+    wire = Wire()
+    a = make_replicator(A, open_store("a"), seed=1)
+    b_store = open_store("b")
+    follow(b_store, B, A.public_key)
+    b = make_replicator(B, b_store, seed=2)
+    wire.add("a", a, HOST["a"])
+    wire.add("b", b, HOST["b"])
+    b.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
+    wire.settle()
+    assert b.is_connected(A.public_key)
+    (link,) = wire.links_between("a", "b")
+    b.connection_failed(link.dialler[1], wire.now)
+    assert not b.is_connected(A.public_key)
+    wire.settle()
+    assert [e.peer for e in wire.events["b"] if isinstance(e, PeerDisconnected)] == [A.public_key]
+    wire.advance(MAX_BACKOFF + MAINTAIN_EVERY)
+    assert b.is_connected(A.public_key) and a.is_connected(B.public_key)
+    entry = post(a, A, "after the reconnect", wire.now)
+    wire.settle()
+    assert entry.id in ids(b.store, A.public_key)
