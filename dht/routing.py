@@ -172,6 +172,15 @@ class RoutingTable:
             for entry in bucket.entries.values():
                 yield entry.contact
 
+    def saved_rows(self) -> list[tuple[bytes, str, int, float]]:
+        """``(node_id, host, port, last_seen)`` of every contact, in `contacts` order:
+        what a node saves to rejoin after a restart."""
+        return [
+            (e.contact.node_id, e.contact.addr[0], e.contact.addr[1], e.last_seen)
+            for j in sorted(self._filled)
+            for e in self._buckets[j].entries.values()
+        ]
+
     def bucket_contacts(self, index: int) -> list[Contact]:
         return [e.contact for e in self._buckets[index].entries.values()]
 

@@ -245,8 +245,7 @@ class NodeService:
     def _save_contacts(self) -> None:
         if self.store is None or self._core is None:
             return
-        table = self._core.dht.table
-        rows = [(c.node_id, c.addr[0], c.addr[1], table.last_seen(c.node_id)) for c in table.contacts()]
+        rows = self._core.dht.table.saved_rows()
         if rows:
             self.store.save_contacts(rows)
 

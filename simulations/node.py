@@ -127,8 +127,7 @@ class SimNode:
         core = self.core
         if core is None:
             return
-        table = core.dht.table
-        rows = [(c.node_id, c.addr[0], c.addr[1], table.last_seen(c.node_id)) for c in table.contacts()]
+        rows = core.dht.table.saved_rows()
         if rows:
             self.store.save_contacts(rows)
         self._save_timer = self.engine.after(SAVE_CONTACTS_EVERY, self._save_contacts)

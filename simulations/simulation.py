@@ -501,7 +501,9 @@ class Simulation:
             if author not in self.honest_set:
                 continue
             feed = self.nodes[author].identity.public_key
-            up = [i for i in self.honest if self.nodes[i].up]
+            # Only the author and its followers hold the feed (O(followers), not O(nodes)).
+            holders = [author, *self.followers[author]]
+            up = [i for i in holders if i in self.honest_set and self.nodes[i].up]
             best = max((self.nodes[i].store.latest_seq(feed) for i in up), default=0)
             for i in self.followers[author]:
                 if i in self.honest_set and self.nodes[i].up:

@@ -282,6 +282,20 @@ class RoutingTableMachine(RuleBasedStateMachine):
             return
         held = list(self.table.contacts())
         assert self.table.closest(self.own) == brute_force_closest(held, self.own, K_SMALL)
+        # Any target, with the requester left out (the per-bucket caches `closest` ranks).
+        for target in (bytes(20), b"\xff" * 20, bytes([0x5A]) * 20):
+            for left_out in held[:1]:
+                rest = [c for c in held if c.node_id != left_out.node_id]
+                got = self.table.closest(target, exclude_id=left_out.node_id)
+                assert got == brute_force_closest(rest, target, K_SMALL)
+
+    @invariant()
+    def saved_rows_are_the_contacts_and_their_last_seen(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        assert self.table.saved_rows() == [
+            (c.node_id, c.addr[0], c.addr[1], self.table.last_seen(c.node_id)) for c in self.table.contacts()
+        ]
 
 
 RoutingTableMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=80, deadline=None)
