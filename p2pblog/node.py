@@ -37,7 +37,7 @@ Theory of operation
   every `MAINTAIN_EVERY` seconds, each followed feed whose author is not
   connected gets a provider search and a resolution of its author's peer
   record (at once after `follow`; then, while no connected peer can serve
-  the feed, 1, 2, 4, ... seconds apart up to `SEARCH_EVERY`; while others
+  the feed, 4, 8, 16 ... seconds apart up to `SEARCH_EVERY`; while others
   serve it, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`), whose
   results become dial candidates; when a peer that connected to us
   disconnects and we do not know its listen address, its peer record is
@@ -131,8 +131,10 @@ PROVIDER_TTL: Final = 6 * 3600
 PROVIDER_REPUBLISH: Final = 2 * 3600
 #: Least seconds between two publishes of the peer record because the routing table grew.
 REPUBLISH_GROWN_AFTER: Final = 30.0
-#: Seconds between provider searches for a followed feed no connected peer replicates.
+#: Seconds between provider searches for a followed feed no connected peer
+#: replicates: FIRST_SEARCH_RETRY after the first, doubling up to SEARCH_EVERY.
 SEARCH_EVERY: Final = 30.0
+FIRST_SEARCH_RETRY: Final = 4.0
 #: Longest gap between searches for a feed that other peers serve but whose
 #: author we are not connected to (to find the author again after it moved).
 RESEARCH_MAX: Final = 600.0
@@ -646,13 +648,14 @@ class NodeCore:
                 self._search_rounds.pop(feed, None)
                 continue
             if now >= self._search_at.get(feed, 0.0):
-                # While nobody serves the feed: 1, 2, 4, ... seconds apart, up to
-                # SEARCH_EVERY.  While others serve it but its author is not
+                # While nobody serves the feed: 4, 8, 16 ... seconds apart, up to
+                # SEARCH_EVERY (a walk takes about a second; the DHT's answer
+                # seldom changes faster).  While others serve it but its author is not
                 # connected: from SEARCH_EVERY doubling to RESEARCH_MAX.
                 rounds = self._search_rounds.get(feed, 0)
                 self._search_rounds[feed] = rounds + 1
                 if self.replicator.sources(feed) == 0:
-                    delay = min(SEARCH_EVERY, 2.0**rounds)
+                    delay = min(SEARCH_EVERY, FIRST_SEARCH_RETRY * 2.0**rounds)
                 else:
                     delay = min(RESEARCH_MAX, SEARCH_EVERY * 2.0 ** min(rounds, 8))
                 self._search_at[feed] = now + delay
