@@ -448,7 +448,8 @@ def test_a_node_does_not_connect_to_itself(open_store: OpenStore) -> None:
     assert not b.sessions()
 
 
-def test_a_restarted_node_reconnects_from_its_address_book(open_store: OpenStore) -> None:
+def b_follows_a(open_store: OpenStore) -> tuple[Wire, Replicator, Replicator, Store]:
+    """B follows A and has connected to it (bare replicators); returns B's store too."""
     wire = Wire()
     a = make_replicator(A, open_store("a"), seed=1)
     b_store = open_store("b")
@@ -458,6 +459,11 @@ def test_a_restarted_node_reconnects_from_its_address_book(open_store: OpenStore
     wire.add("b", b, HOST["b"])
     b.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
     wire.settle()
+    return wire, a, b, b_store
+
+
+def test_a_restarted_node_reconnects_from_its_address_book(open_store: OpenStore) -> None:
+    wire, a, _b, b_store = b_follows_a(open_store)
     first = post(a, A, "before the restart", wire.now)
     wire.settle()
 
@@ -474,15 +480,7 @@ def test_a_restarted_node_reconnects_from_its_address_book(open_store: OpenStore
 
 def test_a_restarted_peer_is_not_locked_out_by_its_stale_connection(open_store: OpenStore) -> None:
     """B loses power; A still holds B's old, silent connection when B is back and redials."""
-    wire = Wire()
-    a = make_replicator(A, open_store("a"), seed=1)
-    b_store = open_store("b")
-    follow(b_store, B, A.public_key)
-    b = make_replicator(B, b_store, seed=2)
-    wire.add("a", a, HOST["a"])
-    wire.add("b", b, HOST["b"])
-    b.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
-    wire.settle()
+    wire, a, _b, b_store = b_follows_a(open_store)
     wire.crash("b", peers_notice=False)
     b_store.close()
     wire.advance(5)
@@ -649,15 +647,7 @@ def test_a_failure_reported_for_an_open_connection_frees_the_peer(open_store: Op
     """A driver that reports `connection_failed` for a connection past its handshake
     (the simulator did, for a rebooted node reusing a connection id) must not leave it
     as the peer's connection: the next connection to that peer works."""
-    wire = Wire()
-    a = make_replicator(A, open_store("a"), seed=1)
-    b_store = open_store("b")
-    follow(b_store, B, A.public_key)
-    b = make_replicator(B, b_store, seed=2)
-    wire.add("a", a, HOST["a"])
-    wire.add("b", b, HOST["b"])
-    b.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
-    wire.settle()
+    wire, a, b, _b_store = b_follows_a(open_store)
     assert b.is_connected(A.public_key)
     (link,) = wire.links_between("a", "b")
     b.connection_failed(link.dialler[1], wire.now)
