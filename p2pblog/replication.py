@@ -56,6 +56,12 @@ newer one: it gave up the older, e.g. across its restart).  Inbound connections 
 connections, sessions that replicate none of our feeds are closed, so the
 cap prefers peers that cover the feeds we follow.
 
+**Keepalives.**  Channels are made with ``keepalive_slack`` (up to
+`MAINTAIN_EVERY`): a due keepalive waits for the next maintenance pass (or
+any other timer of ours), where every due one goes out together
+(`SecureChannel.keep_alive`).  An idle node wakes once per pass, not once per
+connection and keepalive.
+
 **Mention notices.**  A MENTION (a signed entry that mentions this node's
 owner, sent by a node that may not share any feed with us) is handed to
 ``mention_handler`` (set by `NodeCore`, which decides admission) and answered
@@ -243,6 +249,11 @@ class _Peer:
     banned_until: float = 0.0
 
 
+def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
+    """Whether the peer of session is feed's author or holds some of it."""
+    return peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
+
+
 def _gone(conn: _Conn) -> bool:
     """Whether handling an event closed the connection (a function, so checks are not narrowed)."""
     return conn.closing
@@ -354,11 +365,7 @@ class Replicator:
 
     def sources(self, feed: bytes) -> int:
         """Connected peers we can get feed from: its author, or peers that hold some of it."""
-        return sum(
-            1
-            for peer, session, *_ in self.sessions()
-            if peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
-        )
+        return sum(1 for peer, session, *_ in self.sessions() if _can_serve(peer, session, feed))
 
     def refuses(self, peer: bytes, now: float) -> bool:
         """Whether peer is blocked or banned."""
@@ -594,10 +601,7 @@ class Replicator:
                 continue
             # The author is the root of its feed's push tree: keep a connection to it.
             targets[feed] = None
-            if any(
-                peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
-                for peer, session, *_ in live
-            ):
+            if any(_can_serve(peer, session, feed) for peer, session, *_ in live):
                 continue  # a source is connected (`sources`)
             for key in list(self._candidates.get(feed, {}))[:DIALS_PER_FEED]:
                 targets[key] = None
