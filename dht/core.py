@@ -386,11 +386,14 @@ class DhtCore:
                 deadlines.append(deadline)
                 break
             heapq.heappop(self._rpc_timers)
-        for query in self._queries.values():
-            if query.lookup is not None and query.phase is _Phase.LOOKING_UP:
-                d = query.lookup.next_deadline()
-                if d is not None:
-                    deadlines.append(d)
+        if self.config.lookup_peer_timeout < self.config.rpc_timeout:
+            # Otherwise a lookup's peer times out no earlier than the RPC to it,
+            # whose deadline is above; asked after every input, so skip the scan.
+            for query in self._queries.values():
+                if query.lookup is not None and query.phase is _Phase.LOOKING_UP:
+                    d = query.lookup.next_deadline()
+                    if d is not None:
+                        deadlines.append(d)
         for d2 in (self.table.next_refresh(), self.records.next_deadline(), self.providers.next_deadline()):
             if d2 is not None:
                 deadlines.append(d2)

@@ -401,3 +401,16 @@ def test_a_put_right_after_a_lookup_of_its_key_does_not_walk_again() -> None:
     assert isinstance(put, PutFinished) and put.ok
     assert node.core.stats["tx.request.find_node"] > walks
     assert node.core.stats["lookups.reused"] == 1
+
+
+def test_a_lookup_peer_timeout_shorter_than_the_rpcs_is_its_own_timer() -> None:
+    # By default a lookup gives up on a silent peer when the RPC to it fails, so
+    # get_timer need not scan lookups; with a shorter peer timeout it must.
+    core = DhtCore(A_ID, Random(1), 0.0, config=DhtConfig(lookup_peer_timeout=0.7))
+    core.table.update(Contact(B_ID, ("10.0.0.2", 4000)), 0.0)
+    core.start_lookup(KEY, 0.0)
+    assert len(core.datagrams_to_send()) == 1
+    assert core.get_timer() == 0.5  # the first retransmit
+    core.handle_timer(0.5)
+    assert len(core.datagrams_to_send()) == 1
+    assert core.get_timer() == pytest.approx(0.7)  # the lookup's own deadline, before the RPC's 1.0
