@@ -290,6 +290,19 @@ class RoutingTableMachine(RuleBasedStateMachine):
                 assert got == brute_force_closest(rest, target, K_SMALL)
 
     @invariant()
+    def filled_mask_tells_whether_a_contact_is_nearer_a_key_than_we_are(self) -> None:
+        if not hasattr(self, "table"):
+            return
+        held = list(self.table.contacts())
+        own = int.from_bytes(self.own, "big")
+        for key in (bytes(20), b"\xff" * 20, bytes([0x5A]) * 20, self.own[:19] + bytes([self.own[19] ^ 1])):
+            for left_out in [None, *held[:2]]:
+                others = [c for c in held if left_out is None or c.node_id != left_out.node_id]
+                nearer = any(distance(c.node_id, key) < distance(self.own, key) for c in others)
+                mask = self.table.filled_mask(exclude_id=None if left_out is None else left_out.node_id)
+                assert bool(mask & (own ^ int.from_bytes(key, "big"))) == nearer
+
+    @invariant()
     def saved_rows_are_the_contacts_and_their_last_seen(self) -> None:
         if not hasattr(self, "table"):
             return
