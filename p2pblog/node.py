@@ -41,9 +41,10 @@ Theory of operation
   serve it, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`), whose
   results become dial candidates; when a peer that connected to us
   disconnects and we do not know its listen address, its peer record is
-  resolved (so the address book can redial it).  NodeCore announces itself as a provider of its
-  own feed and of every followed feed it holds entries of, once it has an
-  address to announce (`publish`) and DHT contacts to announce to.
+  resolved (so the address book can redial it).  NodeCore announces itself
+  as a provider of its own feed and of every followed feed it holds entries
+  of, once it has an address to announce (`publish`) and DHT contacts to
+  announce to.
 * **Commands** `post`, `follow`, `unfollow`, `delete`, `set_profile` write
   signed entries to the own feed and tell the replicator (live push; start or
   stop replicating); `block` / `unblock` refuse a key everywhere.
@@ -650,8 +651,8 @@ class NodeCore:
             if now >= self._search_at.get(feed, 0.0):
                 # While nobody serves the feed: 4, 8, 16 ... seconds apart, up to
                 # SEARCH_EVERY (a walk takes about a second; the DHT's answer
-                # seldom changes faster).  While others serve it but its author is not
-                # connected: from SEARCH_EVERY doubling to RESEARCH_MAX.
+                # seldom changes faster).  While others serve it but its author
+                # is not connected: from SEARCH_EVERY doubling to RESEARCH_MAX.
                 rounds = self._search_rounds.get(feed, 0)
                 self._search_rounds[feed] = rounds + 1
                 if self.replicator.sources(feed) == 0:
