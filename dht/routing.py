@@ -59,6 +59,7 @@ lookups an hour.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ class RoutingTable:
         self._own_int = int.from_bytes(own_id, "big")
         self._buckets = [_Bucket(now) for _ in range(ID_BITS)]
         #: Indexes of the buckets holding contacts (few: about log2 of the network).
-        self._filled: set[int] = set()
+        self._filled: list[int] = []  # sorted
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
         self._flat: dict[bytes, tuple[int, Contact]] = {}
         # Cache of next_refresh(): it is asked after every input, and changes
@@ -193,7 +194,7 @@ class RoutingTable:
         what a node saves to rejoin after a restart."""
         return [
             (e.contact.node_id, e.contact.addr[0], e.contact.addr[1], e.last_seen)
-            for j in sorted(self._filled)
+            for j in self._filled
             for e in self._buckets[j].entries.values()
         ]
 
@@ -241,7 +242,7 @@ class RoutingTable:
         cancels: list[int] = []
         keeps: list[int] = []
         above: list[int] = []
-        for j in sorted(self._filled):
+        for j in self._filled:
             if j < b:
                 (cancels if x >> j & 1 else keeps).append(j)
             elif j == b:
@@ -365,7 +366,8 @@ class RoutingTable:
         pair = (int.from_bytes(contact.node_id, "big"), contact)
         self._flat[contact.node_id] = pair
         bucket.pairs.append(pair)
-        self._filled.add(self.bucket_index(contact.node_id))
+        if len(bucket.entries) == 1:
+            bisect.insort(self._filled, self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
@@ -373,7 +375,7 @@ class RoutingTable:
         pair = self._flat.pop(node_id)
         bucket.pairs.remove(pair)
         if not bucket.entries:
-            self._filled.discard(self.bucket_index(node_id))
+            self._filled.remove(self.bucket_index(node_id))
         if bucket.checking == node_id:
             bucket.checking = None
         self._refresh_dirty = True
