@@ -879,13 +879,8 @@ class DhtCore:
         query = self._new_query(kind, target, _Phase.LOOKING_UP)
         query.value = value
         query.quorum = quorum
-        walk = self._walks.get(target)
-        if (
-            kind in _STORING_KINDS
-            and walk is not None
-            and walk[1]
-            and now - walk[0] <= self.config.walk_reuse
-        ):
+        walk = self._walks.get(target)  # only lookups with a non-empty result are kept
+        if kind in _STORING_KINDS and walk is not None and now - walk[0] <= self.config.walk_reuse:
             self.stats["lookups.reused"] += 1
             self._store_at(query, walk[1], now)
         else:
