@@ -163,6 +163,11 @@ MAX_STAMP_WORK: Final = 24
 MENTION_BURST: Final = 10.0
 MENTION_RATE: Final = 1 / 6
 MENTION_SENDERS: Final = 4096
+#: Mention notices admitted from strangers (authors beyond two follow hops,
+#: who paid a stamp) in any 24 hours, whatever keys they use: keys are free,
+#: so the per-sender limit alone does not bound what strangers can store.
+STRANGER_MENTIONS_PER_DAY: Final = 1000
+DAY: Final = 86_400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,6 +422,10 @@ class NodeCore:
         self._sync_outbox(now)
         #: Per-sender token buckets for received notices: sender -> (tokens, at).
         self._mention_buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+        #: When each stranger's notice of the last DAY was admitted (in memory:
+        #: a restart starts a new window, as it forgets the per-sender buckets).
+        self._stranger_admits: deque[float] = deque()
+        self.stranger_mentions_per_day = STRANGER_MENTIONS_PER_DAY
 
     # -- outputs (DhtCore's contract) ---------------------------------------------
 
@@ -862,6 +871,7 @@ class NodeCore:
         if self.store.has_entry(entry.id):  # the id covers the signature: the same bytes
             self.replicator.stats["mentions.duplicate"] += 1
             return MentionStatus.DUPLICATE, 0
+        stranger = False
         if entry.kind == DELETE:
             # A retraction of a post we hold: no work needed, it only hides text.
             target = self.store.get(entry.target) if entry.target else None
@@ -870,6 +880,12 @@ class NodeCore:
         elif entry.kind != POST or own not in entry.mentions:
             return refuse("invalid", MentionStatus.INVALID)
         elif not self.store.within_follow_hops(own, entry.author):
+            stranger = True
+            admits = self._stranger_admits
+            while admits and admits[0] <= now - DAY:
+                admits.popleft()
+            if len(admits) >= self.stranger_mentions_per_day:
+                return refuse("busy", MentionStatus.BUSY)  # the sender retries later
             work = work_bits(NOTICE_DOMAIN, notice_subject(own, entry.id), stamp)
             if work < self.mention_work:
                 return refuse("work", MentionStatus.NEED_WORK, self.mention_work)
@@ -877,6 +893,8 @@ class NodeCore:
             verify(entry.author, raw)
         except SignatureError:
             return refuse("invalid", MentionStatus.INVALID)
+        if stranger:
+            self._stranger_admits.append(now)
         self.store.add_loose(entry, int(now * 1000))
         self.replicator.stats["mentions.admitted"] += 1
         self._events.append(MentionAdmitted(sender, entry))

@@ -21,9 +21,10 @@ from identity import Identity, encode_handle
 from identity.limits import MENTION_WORK, NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, NOTICE_DOMAIN, name_subject, notice_subject, solve, work_bits
 from identity.records import RecordError
-from p2pblog.entry import entry_id
+from p2pblog.entry import entry_id, post_body
 from p2pblog.node import MentionAdmitted, MentionDelivered, NameResolved, NodeCore
 from p2pblog.store import Store
+from tests.feeds import make_entry
 from tests.gossip.wire import PORT, T0, Wire
 
 A, B, C, D, E = (Identity(bytes([i]) * 32) for i in (51, 52, 53, 54, 55))
@@ -238,6 +239,33 @@ def test_a_flood_from_one_sender_is_rate_limited(
     assert results.count(MentionStatus.RATE_LIMITED) >= 985
     assert a.replicator.stats["mentions.refused_rate"] == results.count(MentionStatus.RATE_LIMITED)
     assert a.store.mentions(A.public_key) == []
+
+
+def test_strangers_notices_are_capped_per_day_whatever_keys_they_use(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
+) -> None:
+    wire, cores = net("abc")
+    a, b = cores["a"], cores["b"]
+    a.stranger_mentions_per_day = 3
+    a.follow(B.public_key, wire.now)
+    wire.advance(20)
+
+    def notice(author: Identity) -> tuple[bytes, bytes]:
+        entry = make_entry(author, 1, None, body=post_body(f"hi {encode_handle(A.public_key)}"))
+        return entry.raw, solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry.id), MENTION_WORK)
+
+    strangers = [Identity(bytes([100 + i]) * 32) for i in range(5)]  # fresh keys: one notice each
+    results = [a.admit_mention(s.public_key, *notice(s), wire.now)[0] for s in strangers]
+    assert results == [MentionStatus.ADMITTED] * 3 + [MentionStatus.BUSY] * 2
+    assert len(a.store.mentions(A.public_key)) == 3
+    assert a.replicator.stats["mentions.refused_busy"] == 2
+    # Someone A follows is not a stranger: not capped, and needs no stamp.
+    friend = b.post(f"hey {encode_handle(A.public_key)}", wire.now)
+    assert a.admit_mention(B.public_key, friend.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
+    # A day later the window has room again; the refused senders retry (BUSY means later).
+    wire.advance(86_400)
+    late = strangers[3]
+    assert a.admit_mention(late.public_key, *notice(late), wire.now)[0] == MentionStatus.ADMITTED
 
 
 def test_a_delete_reaches_followers_and_mentioned_strangers(
