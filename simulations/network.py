@@ -74,14 +74,18 @@ class Latency:
     KINDS = ("constant", "uniform", "lognormal", "regions")
 
     def __post_init__(self) -> None:
+        # Messages start with the field's name (the scenario loader prefixes the table's).
         if self.kind not in self.KINDS:
-            raise ValueError(f"latency kind must be one of {', '.join(self.KINDS)}, not {self.kind!r}")
-        if min(self.ms, self.low_ms, self.median_ms, self.sigma) < 0 or self.high_ms < self.low_ms:
-            raise ValueError("latency values must be >= 0 and low_ms <= high_ms")
+            raise ValueError(f"kind: one of {', '.join(self.KINDS)}, not {self.kind!r}")
+        for name in ("ms", "low_ms", "high_ms", "median_ms", "sigma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, not {getattr(self, name):g}")
+        if self.high_ms < self.low_ms:
+            raise ValueError(f"high_ms: must be >= low_ms ({self.low_ms:g}), not {self.high_ms:g}")
         if self.kind == "regions":
             n = len(self.matrix_ms)
             if n == 0 or any(len(row) != n for row in self.matrix_ms):
-                raise ValueError("regions latency needs a square matrix_ms")
+                raise ValueError("matrix_ms: the regions latency needs a square, non-empty matrix")
 
     @property
     def regions(self) -> int:
@@ -112,9 +116,9 @@ class LinkModel:
     def __post_init__(self) -> None:
         for name in ("loss", "duplicate", "reorder"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability (0..1)")
+                raise ValueError(f"{name}: a probability 0 .. 1, not {getattr(self, name):g}")
         if self.bandwidth < 0:
-            raise ValueError("bandwidth must be >= 0")
+            raise ValueError(f"bandwidth: must be >= 0 bytes per second, not {self.bandwidth:g}")
 
 
 @dataclass
@@ -152,9 +156,10 @@ class Network:
         self.rng = engine.rng("network")
         self.nodes: list[Endpoint] = []
         self.addrs: dict[tuple[str, int], int] = {}
-        #: Partition: node index -> the groups it is in; two nodes talk only if
-        #: they share a group (a bridge node is in several).  Empty: no partition.
-        self.groups: dict[int, frozenset[int]] = {}
+        #: Partitions in force, by key: node index -> the groups it is in; two
+        #: nodes talk only if they share a group in every partition (a bridge
+        #: node is in several groups).  Empty: no partition.
+        self.partitions: dict[object, dict[int, frozenset[int]]] = {}
         #: Extra loss applied on top of the model (a fault window).
         self.extra_loss = 0.0
         self.traffic: list[NodeTraffic] = []
@@ -189,26 +194,28 @@ class Network:
 
     def connected(self, a: int, b: int) -> bool:
         """Whether no partition separates a and b."""
-        if not self.groups:
-            return True
-        return bool(self.groups.get(a, _NO_GROUP) & self.groups.get(b, _NO_GROUP))
+        return all(groups.get(a, _NO_GROUP) & groups.get(b, _NO_GROUP) for groups in self.partitions.values())
 
     def reachable(self, a: int, b: int) -> bool:
         return self.nodes[a].up and self.nodes[b].up and self.connected(a, b)
 
-    def set_partition(self, groups: Sequence[Sequence[int]] | None) -> None:
+    def set_partition(self, groups: Sequence[Sequence[int]] | None, *, key: object = None) -> None:
         """Split the nodes into groups (None heals); links across groups break.
 
         A node listed in several groups bridges them; a node in none is cut off.
+        Partitions with different keys overlap (both cut); healing one leaves
+        the others in force.
         """
+        if not groups:
+            self.partitions.pop(key, None)
+            return
         member: dict[int, set[int]] = {}
-        for gid, members in enumerate(groups or ()):
+        for gid, members in enumerate(groups):
             for index in members:
                 member.setdefault(index, set()).add(gid)
-        self.groups = {index: frozenset(gids) for index, gids in member.items()}
-        if groups:
-            for index in range(len(self.nodes)):
-                self.groups.setdefault(index, _NO_GROUP)
+        self.partitions[key] = {
+            index: frozenset(member.get(index, ())) or _NO_GROUP for index in range(len(self.nodes))
+        }
         for link in list(self._links.values()):
             if link.alive and not self.reachable(link.a, link.b):
                 self._break(link)

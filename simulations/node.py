@@ -15,6 +15,7 @@ seconds, as the real node does) and reconnects from its address book.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from random import Random
@@ -62,6 +63,8 @@ class SimNode:
         self.up = False
         self.core: NodeCore | None = None
         self.incarnation = 0
+        #: The replication counters of the cores a crash took away (the metrics sum them).
+        self.crashed_stats: Counter[str] = Counter()
         self.addr: Address = network.add(self)
         self._timer: Timer | None = None
         self._save_timer: Timer | None = None
@@ -109,6 +112,8 @@ class SimNode:
         if not self.up:
             return
         self.up = False
+        if self.core is not None:
+            self.crashed_stats.update(self.core.replicator.stats)
         self.core = None
         for timer in (self._timer, self._save_timer):
             if timer is not None:

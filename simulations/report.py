@@ -91,7 +91,7 @@ def summary(result: Result) -> list[str]:
     lines = [
         f"{sc.name} (seed {sc.seed}): {sc.nodes} nodes, {sc.duration:g} s simulated, "
         f"{result.events:,} events",
-        f"delivery {_pct(_get(m, 'delivery.ratio'))} ({_int(_get(m, 'delivery.delivered'))}/"
+        f"delivery {_share(m, 'delivery.ratio', 'delivery.expected')} ({_int(_get(m, 'delivery.delivered'))}/"
         f"{_int(_get(m, 'delivery.expected'))} over {_int(_get(m, 'posts'))} posts), latency p50 "
         f"{_secs(_get(m, 'delivery.latency_s.p50'))}, p99 {_secs(_get(m, 'delivery.latency_s.p99'))}",
         f"amplification {_num(_get(m, 'amplification.duplicates_per_delivery'))} duplicates per delivery, "
@@ -109,7 +109,7 @@ def summary(result: Result) -> list[str]:
         )
     lines.append(
         f"DHT {_int(_get(m, 'dht.succeeded'))}/{_int(_get(m, 'dht.lookups'))} lookups succeeded "
-        f"({_pct(_get(m, 'dht.success_ratio'))}), {_num(_get(m, 'dht.hops_mean'))} hops mean"
+        f"({_share(m, 'dht.success_ratio', 'dht.lookups')}), {_num(_get(m, 'dht.hops_mean'))} hops mean"
     )
     lines.append(_convergence_text(m))
     lines.append(_oracle_text(result))
@@ -157,6 +157,11 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
 
+def _share(m: dict[str, Any], ratio: str, count: str) -> str:
+    """A ratio as a percentage; "n/a" when there was nothing to count (metrics.json says 1.0)."""
+    return "n/a" if not _get(m, count) else _pct(_get(m, ratio))
+
+
 def _secs(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f} s"
 
@@ -193,7 +198,7 @@ def _report(result: Result) -> str:
         "",
         f"{_int(_get(m, 'posts'))} posts ({_int(_get(m, 'posts_skipped_offline_author'))} skipped: author "
         f"offline for good); {_int(_get(m, 'delivery.delivered'))} of {_int(_get(m, 'delivery.expected'))} "
-        f"expected deliveries to honest followers: **{_pct(_get(m, 'delivery.ratio'))}**.",
+        f"expected deliveries to honest followers: **{_share(m, 'delivery.ratio', 'delivery.expected')}**.",
         "",
         "| latency | " + " | ".join(q for q, _ in latency) + " |",
         "|---|" + "---:|" * len(latency),
@@ -210,7 +215,8 @@ def _report(result: Result) -> str:
         "## DHT",
         "",
         f"{_int(_get(m, 'dht.succeeded'))} of {_int(_get(m, 'dht.lookups'))} peer-record lookups succeeded "
-        f"(**{_pct(_get(m, 'dht.success_ratio'))}**), {_num(_get(m, 'dht.hops_mean'))} hops on average.",
+        f"(**{_share(m, 'dht.success_ratio', 'dht.lookups')}**), "
+        f"{_num(_get(m, 'dht.hops_mean'))} hops on average.",
         "",
     ]
     hops = _get(m, "dht.hops_histogram") or {}
@@ -291,9 +297,19 @@ def _fault_text(f: Fault) -> str:
     return f"{f.kind} {f.at:g}-{f.end:g} s"
 
 
+def _oracles_run(result: Result) -> str:
+    sc = result.scenario
+    if sc.converge_by > sc.duration:
+        return (
+            f"validity, prefix consistency; convergence not checked: its deadline, "
+            f"{sc.converge_by:g} s, is after the end of the run"
+        )
+    return "validity, prefix consistency, convergence"
+
+
 def _oracle_text(result: Result) -> str:
     if result.ok:
-        return "oracles: ok (validity, prefix consistency, convergence)"
+        return f"oracles: ok ({_oracles_run(result)})"
     first = result.violations[0]
     return (
         f"oracles: {len(result.violations)} violation(s); first at t={first.time:g} s "
@@ -303,7 +319,7 @@ def _oracle_text(result: Result) -> str:
 
 def _oracle_lines(result: Result) -> list[str]:
     if result.ok:
-        return ["**OK**: no oracle fired (validity, prefix consistency, convergence)."]
+        return [f"**OK**: no oracle fired ({_oracles_run(result)})."]
     counts = Counter(v.oracle for v in result.violations)
     first = result.violations[0]
     return [
@@ -318,8 +334,8 @@ def _oracle_lines(result: Result) -> list[str]:
 def _amplification_lines(result: Result) -> list[str]:
     m = result.metrics
     lines = [
-        f"{_int(_get(m, 'amplification.entries_received'))} entries received, "
-        f"{_int(_get(m, 'amplification.duplicates'))} of them duplicates: "
+        f"{_int(_get(m, 'amplification.entries_received'))} entries newly stored by the nodes, and "
+        f"{_int(_get(m, 'amplification.duplicates'))} copies received of entries already held: "
         f"**{_num(_get(m, 'amplification.duplicates_per_delivery'))} duplicates per delivery**.",
     ]
     if not result.compare:

@@ -7,14 +7,18 @@ of range, so a typo in a scenario file is an error, never a silent default.
 
 from __future__ import annotations
 
+import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from simulations.network import Latency, LinkModel
 
 BUNDLED = Path(__file__).parent / "scenarios"
+#: Upper bound on posts and lookups per node per simulated hour (one a second).
+MAX_RATE_PER_HOUR = 3600.0
+_MALICIOUS_FRACTIONS = ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge")
 
 
 class ScenarioError(ValueError):
@@ -110,18 +114,28 @@ class Scenario:
         self, *, seed: int | None = None, nodes: int | None = None, duration: float | None = None
     ) -> Scenario:
         out = self
+        given = []
         if seed is not None:
             out = replace(out, seed=seed)
         if nodes is not None:
             out = replace(out, nodes=nodes)
+            given.append(f"--nodes {nodes}")
         if duration is not None:
             out = replace(out, duration=duration)
-        out.check()
+            given.append(f"--duration {duration:g}")
+        try:
+            out.check()
+        except ScenarioError as exc:
+            if not given:
+                raise
+            raise ScenarioError(f"{exc} (with {' '.join(given)})") from None
         return out
 
     @property
     def post_until(self) -> float:
-        return self.workload.post_until or max(self.workload.post_from, self.duration - 60.0)
+        """When posting stops: never after the end (a shortened run posts to its end)."""
+        until = self.workload.post_until or max(self.workload.post_from, self.duration - 60.0)
+        return min(until, self.duration)
 
     @property
     def last_fault_end(self) -> float:
@@ -133,42 +147,89 @@ class Scenario:
         return max(self.last_fault_end, self.post_until) + self.converge_within
 
     def check(self) -> None:
+        """Raise `ScenarioError` naming the first field that is out of range (and its value)."""
+        _check_finite(self, "")
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ScenarioError(f"name: a non-empty string, not {self.name!r}")
         if not 2 <= self.nodes <= 100_000:
-            raise ScenarioError("nodes: 2..100000")
+            raise ScenarioError(f"nodes: 2 .. 100000, not {self.nodes}")
         if self.duration <= 0:
-            raise ScenarioError("duration: must be > 0 seconds")
+            raise ScenarioError(f"duration: must be > 0 seconds, not {self.duration:g}")
         if self.protocol not in ("gossip", "flood"):
-            raise ScenarioError("protocol: 'gossip' or 'flood'")
-        w = self.workload
-        if w.follow_graph not in ("random", "power-law"):
-            raise ScenarioError("workload.follow_graph: 'random' or 'power-law'")
-        if not 0 <= w.follows < self.nodes:
-            raise ScenarioError("workload.follows: 0 .. nodes-1")
-        for name in ("authors", "offline_authors"):
-            if not 0.0 <= getattr(w, name) <= 1.0:
-                raise ScenarioError(f"workload.{name}: a fraction 0..1")
-        if min(w.posts_per_hour, w.post_from, w.join_over, w.lookups_per_hour, w.offline_at) < 0:
-            raise ScenarioError("workload: rates and times must be >= 0")
-        for i, fault in enumerate(self.faults):
-            where = f"faults[{i}]"
-            if fault.kind not in Fault.KINDS:
-                raise ScenarioError(f"{where}.kind: one of {', '.join(Fault.KINDS)}")
-            if not 0.0 <= fault.fraction <= 1.0 or not 0.0 <= fault.rate <= 1.0:
-                raise ScenarioError(f"{where}: fraction and rate are 0..1")
-            if fault.shape not in ("halves", "bridge"):
-                raise ScenarioError(f"{where}.shape: 'halves' or 'bridge'")
-            if min(fault.at, fault.duration, fault.restart_after) < 0:
-                raise ScenarioError(f"{where}: times must be >= 0")
-            if fault.session_mean <= 0 or fault.downtime_mean <= 0:
-                raise ScenarioError(f"{where}: session_mean and downtime_mean must be > 0")
-        m = self.malicious
-        for name in ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge"):
-            if not 0.0 <= getattr(m, name) <= 1.0:
-                raise ScenarioError(f"malicious.{name}: a fraction 0..1")
-        if not 0 <= m.equivocators <= self.nodes:
-            raise ScenarioError("malicious.equivocators: 0 .. nodes")
+            raise ScenarioError(f"protocol: 'gossip' or 'flood', not {self.protocol!r}")
         if self.converge_within < 0:
-            raise ScenarioError("converge_within: must be >= 0")
+            raise ScenarioError(f"converge_within: must be >= 0, not {self.converge_within:g}")
+        self._check_workload()
+        for i, fault in enumerate(self.faults):
+            self._check_fault(fault, f"faults[{i}]")
+        self._check_malicious()
+
+    def _check_workload(self) -> None:
+        w, duration = self.workload, self.duration
+        if w.follow_graph not in ("random", "power-law"):
+            raise ScenarioError(f"workload.follow_graph: 'random' or 'power-law', not {w.follow_graph!r}")
+        if not 0 <= w.follows < self.nodes:
+            raise ScenarioError(f"workload.follows: 0 .. nodes-1 ({self.nodes - 1}), not {w.follows}")
+        for name in ("authors", "offline_authors"):
+            _fraction(getattr(w, name), f"workload.{name}")
+        for name in ("posts_per_hour", "lookups_per_hour"):
+            value = getattr(w, name)
+            if not 0 <= value <= MAX_RATE_PER_HOUR:
+                raise ScenarioError(f"workload.{name}: 0 .. {MAX_RATE_PER_HOUR:g} per node, not {value:g}")
+        for name in ("post_from", "post_until", "join_over", "offline_at"):
+            if getattr(w, name) < 0:
+                raise ScenarioError(f"workload.{name}: must be >= 0 seconds, not {getattr(w, name):g}")
+        if w.join_over >= duration:
+            raise ScenarioError(f"workload.join_over: below duration ({duration:g}), not {w.join_over:g}")
+        if w.post_from > duration:
+            raise ScenarioError(f"workload.post_from: <= duration ({duration:g}), not {w.post_from:g}")
+        if w.post_until and w.post_until < w.post_from:
+            raise ScenarioError(
+                f"workload.post_until: >= post_from ({w.post_from:g}), or 0 for duration - 60; "
+                f"not {w.post_until:g}"
+            )
+        if w.offline_authors and w.offline_at >= duration:
+            raise ScenarioError(
+                f"workload.offline_at: must be below duration ({duration:g}), not {w.offline_at:g}"
+            )
+
+    def _check_fault(self, fault: Fault, where: str) -> None:
+        if fault.kind not in Fault.KINDS:
+            raise ScenarioError(f"{where}.kind: one of {', '.join(Fault.KINDS)}, not {fault.kind!r}")
+        _fraction(fault.fraction, f"{where}.fraction")
+        _fraction(fault.rate, f"{where}.rate")
+        if fault.shape not in ("halves", "bridge"):
+            raise ScenarioError(f"{where}.shape: 'halves' or 'bridge', not {fault.shape!r}")
+        for name in ("at", "duration", "restart_after"):
+            if getattr(fault, name) < 0:
+                raise ScenarioError(f"{where}.{name}: must be >= 0 seconds, not {getattr(fault, name):g}")
+        if fault.at >= self.duration:
+            raise ScenarioError(
+                f"{where}.at: must be below the scenario's duration ({self.duration:g}), not {fault.at:g}"
+            )
+        for name in ("session_mean", "downtime_mean"):
+            if getattr(fault, name) <= 0:
+                raise ScenarioError(f"{where}.{name}: must be > 0 seconds, not {getattr(fault, name):g}")
+
+    def _check_malicious(self) -> None:
+        m, nodes = self.malicious, self.nodes
+        for name in _MALICIOUS_FRACTIONS:
+            _fraction(getattr(m, name), f"malicious.{name}")
+        if not 0 <= m.equivocators <= nodes - 1:
+            raise ScenarioError(
+                f"malicious.equivocators: 0 .. nodes-1 ({nodes - 1}; node 0 stays honest), "
+                f"not {m.equivocators}"
+            )
+        wanted = m.equivocators + sum(round(getattr(m, name) * nodes) for name in _MALICIOUS_FRACTIONS)
+        if wanted > nodes - 1:
+            raise ScenarioError(
+                f"malicious: the fractions and equivocators ask for {wanted} nodes, "
+                f"at most nodes-1 ({nodes - 1}; node 0 stays honest)"
+            )
+        if m.equivocate_at < 0 or (m.equivocators and m.equivocate_at >= self.duration):
+            raise ScenarioError(
+                f"malicious.equivocate_at: 0 .. below duration ({self.duration:g}), not {m.equivocate_at:g}"
+            )
 
     # -- TOML ------------------------------------------------------------------------
 
@@ -208,15 +269,39 @@ class Scenario:
         if not path.suffix and (BUNDLED / f"{name_or_path}.toml").exists():
             path = BUNDLED / f"{name_or_path}.toml"
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
         except OSError as exc:
             names = ", ".join(bundled_names())
             raise ScenarioError(f"no scenario {name_or_path!r} ({exc.strerror}); bundled: {names}") from None
+        except UnicodeDecodeError as exc:
+            raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start}): TOML files are UTF-8") from None
         return cls.from_toml(text, default_name=path.stem)
 
 
 def bundled_names() -> list[str]:
     return sorted(p.stem for p in BUNDLED.glob("*.toml"))
+
+
+def _fraction(value: float, where: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ScenarioError(f"{where}: a fraction 0 .. 1, not {value:g}")
+
+
+def _check_finite(obj: Any, where: str) -> None:
+    """Every number in a scenario is finite: NaN compares false with every bound
+    (it would pass the range checks and then hang or crash the run), inf never ends."""
+    prefix = f"{where}." if where else ""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScenarioError(f"{prefix}{f.name}: must be a finite number, not {value}")
+        if f.name == "matrix_ms" and any(not math.isfinite(x) for row in value for x in row):
+            raise ScenarioError(f"{prefix}{f.name}: every entry must be a finite number")
+        if is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}")
+        elif isinstance(value, tuple) and value and is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                _check_finite(item, f"{prefix}{f.name}[{i}]")
 
 
 def _section(value: object, where: str) -> dict[str, Any]:
@@ -231,9 +316,15 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
     for key in values:
         if key not in known:
             raise ScenarioError(f"{prefix}{key}: unknown field (known: {', '.join(sorted(known))})")
+    for name, f in known.items():
+        if f.default is MISSING and f.default_factory is MISSING and name not in values:
+            choices = f" ({', '.join(Fault.KINDS)})" if cls is Fault and name == "kind" else ""
+            raise ScenarioError(f"{prefix}{name}: required{choices}")
     converted: dict[str, Any] = {}
     for key, value in values.items():
-        default = getattr(cls, key, None) if key in known else None
+        f = known[key]
+        # A field without a default is typed by its annotation (`name: str`, `kind: str`).
+        default = getattr(cls, key, None) if f.default is not MISSING else ("" if f.type == "str" else None)
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ScenarioError(f"{prefix}{key}: expected true or false")
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
@@ -259,5 +350,7 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
         converted[key] = value
     try:
         return cls(**converted)
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # the dataclass's own check: its message starts with the field
+        raise ScenarioError(f"{prefix}{exc}") from None
+    except TypeError as exc:
         raise ScenarioError(f"{where or 'scenario'}: {exc}") from None

@@ -143,7 +143,8 @@ class Simulation:
         self.lookups: dict[tuple[int, int, int], float] = {}
         self.lookup_results: list[tuple[bool, int]] = []
         self.refused: Counter[str] = Counter()
-        self.replicator_stats: Counter[str] = Counter()
+        #: Nodes a crash fault without restart took down: nothing restarts them.
+        self.down_for_good: set[int] = set()
         self.fork_seen: dict[tuple[int, bytes], int] = {}
         #: Equivocator index -> the seq it signed twice (`simulations.adversary.equivocate`).
         self.equivocated: dict[int, int] = {}
@@ -176,7 +177,8 @@ class Simulation:
         w = self.scenario.workload
         authors = sorted(rng.sample(range(self.scenario.nodes), round(w.authors * self.scenario.nodes)))
         self.authors = [a for a in authors if self.roles.get(a) in (None, "equivocator")]
-        honest_authors = [a for a in self.authors if a in self.honest_set]
+        # The bootstrap node stays online, as crash and churn faults spare it.
+        honest_authors = [a for a in self.authors if a in self.honest_set and a != 0]
         self.offline_authors = set(rng.sample(honest_authors, round(w.offline_authors * len(honest_authors))))
 
     def _core_factory(self, node: SimNode, rng: Random, now: float) -> NodeCore:
@@ -251,8 +253,8 @@ class Simulation:
                         engine.at(t, partial(self._lookup, i, target))
         for author in sorted(self.offline_authors):
             engine.at(w.offline_at, self.nodes[author].crash)
-        for fault in sc.faults:
-            self._schedule_fault(fault)
+        for number, fault in enumerate(sc.faults):
+            self._schedule_fault(number, fault)
         if sc.malicious.equivocators:
             from simulations.adversary import equivocate
 
@@ -290,6 +292,8 @@ class Simulation:
     # ============================================================ actions
 
     def _join(self, node: SimNode) -> None:
+        if node.index in self.offline_authors and self.engine.now >= self.scenario.workload.offline_at:
+            return  # offline for good before its turn to join came
         rng = self.engine.rng("joins")
         seeds = []
         if node.index > 0:
@@ -339,7 +343,7 @@ class Simulation:
         self.lookups[(index, node.incarnation, qid)] = self.engine.now
         node.flush()
 
-    def _schedule_fault(self, fault: Fault) -> None:
+    def _schedule_fault(self, number: int, fault: Fault) -> None:
         engine = self.engine
         rng = engine.rng("faults")
         if fault.kind == "crash":
@@ -352,6 +356,8 @@ class Simulation:
                 if fault.restart_after:
                     for i in victims:
                         engine.after(fault.restart_after, partial(self._restart, i))
+                else:
+                    self.down_for_good.update(victims)
 
             engine.at(fault.at, crash)
         elif fault.kind == "partition":
@@ -364,10 +370,10 @@ class Simulation:
                 if fault.shape == "bridge":
                     bridge = order[0]
                     groups[1].append(bridge)
-                self.network.set_partition(groups)
+                self.network.set_partition(groups, key=number)
 
             engine.at(fault.at, split)
-            engine.at(fault.end, lambda: self.network.set_partition(None))
+            engine.at(fault.end, lambda: self.network.set_partition(None, key=number))
         elif fault.kind == "loss":
 
             def lossy() -> None:
@@ -379,9 +385,8 @@ class Simulation:
             engine.at(fault.at, lossy)
             engine.at(fault.end, clear)
         else:  # churn
-            victims = sorted(
-                rng.sample([i for i in self.honest if i != 0], round(fault.fraction * len(self.honest)))
-            )
+            pool = [i for i in self.honest if i != 0]  # as for crashes, the bootstrap node stays up
+            victims = sorted(rng.sample(pool, round(fault.fraction * len(pool))))
             for i in victims:
                 self._churn(i, fault, fault.at + rng.expovariate(1.0 / fault.session_mean), rng)
 
@@ -404,15 +409,10 @@ class Simulation:
 
     def _restart(self, index: int) -> None:
         node = self.nodes[index]
-        if node.up or index in self.offline_authors:
+        if node.up or node.incarnation == 0 or index in self.offline_authors or index in self.down_for_good:
+            # Up already; or not joined yet (its join starts it); or down for good.
             return
-        self._save_stats(node)
         node.start([])
-
-    def _save_stats(self, node: SimNode) -> None:
-        """Keep a node's replication counters across its crash."""
-        if node.core is not None:
-            self.replicator_stats.update(node.core.replicator.stats)
 
     # ============================================================ events and oracles
 
@@ -531,10 +531,11 @@ class Simulation:
     def _metrics(self) -> dict[str, Any]:
         sc = self.scenario
         self._check_prefixes()  # also notes the forks honest nodes learned since the last check
+        stats: Counter[str] = Counter()
         for node in self.nodes:
-            self._save_stats(node)
+            stats.update(node.crashed_stats)  # the counters of its earlier incarnations
             if node.core is not None:
-                node.core = node.core  # counters already saved; the node stays as it is
+                stats.update(node.core.replicator.stats)
         latencies: list[float] = []
         expected = delivered = 0
         buckets: dict[int, list[int]] = {}
@@ -552,8 +553,8 @@ class Simulation:
             b = buckets.setdefault(int(posted // bucket), [0, 0])
             b[0] += len(recipients)
             b[1] += sum(1 for i in recipients if i in got)
-        received = self.replicator_stats["entries.received"]
-        duplicates = self.replicator_stats["entries.duplicate"]
+        received = stats["entries.received"]
+        duplicates = stats["entries.duplicate"]
         traffic = self.network.traffic
         per_node_bytes = [t.datagram_bytes + t.stream_bytes for t in traffic]
         per_node_msgs = [t.datagrams + t.stream_chunks for t in traffic]

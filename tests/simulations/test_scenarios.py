@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,24 +104,47 @@ def test_bundled_scenario_loads_and_checks_convergence_inside_the_run(name: str)
         ("protocol = 3", "protocol: expected a string"),
         ("workload = 5", "workload: expected a table"),
         ("faults = 3", "faults: an array of tables"),
-        ("nodes = 1", "nodes: 2..100000"),
+        ("nodes = 1", "nodes: 2 .. 100000, not 1"),
         ("duration = 0", "duration: must be > 0"),
         ("protocol = 'smoke-signals'", "protocol: 'gossip' or 'flood'"),
         ("converge_within = -1", "converge_within: must be >= 0"),
-        ("[workload]\nauthors = 1.5", "workload.authors: a fraction 0..1"),
-        ("nodes = 10\n[workload]\nfollows = 10", "workload.follows: 0 .. nodes-1"),
+        ("[workload]\nauthors = 1.5", "workload.authors: a fraction 0 .. 1, not 1.5"),
+        ("nodes = 10\n[workload]\nfollows = 10", "workload.follows: 0 .. nodes-1 (9), not 10"),
         ("[workload]\nfollow_graph = 'small-world'", "workload.follow_graph"),
-        ("[workload]\nposts_per_hour = -1.0", "workload: rates and times must be >= 0"),
-        ("[network]\nloss = 1.5", "network: loss is a probability"),
-        ("[network.latency]\nkind = 'warp'", "network.latency: latency kind must be one of"),
-        ("[malicious]\ndht_bogus = 2.0", "malicious.dht_bogus: a fraction 0..1"),
-        ("nodes = 10\n[malicious]\nequivocators = 11", "malicious.equivocators: 0 .. nodes"),
+        ("[workload]\nposts_per_hour = -1.0", "workload.posts_per_hour: 0 .. 3600 per node, not -1"),
+        ("[network]\nloss = 1.5", "network.loss: a probability 0 .. 1, not 1.5"),
+        ("[network.latency]\nkind = 'warp'", "network.latency.kind: one of constant"),
+        ("[malicious]\ndht_bogus = 2.0", "malicious.dht_bogus: a fraction 0 .. 1"),
+        ("nodes = 10\n[malicious]\nequivocators = 10", "malicious.equivocators: 0 .. nodes-1 (9"),
         ("[[faults]]\nkind = 'meteor'", "faults[0].kind: one of crash, partition, churn, loss"),
         ("[[faults]]\nkind = 'crash'\n[[faults]]\nkind = 'flood'", "faults[1].kind: one of"),
-        ("[[faults]]\nkind = 'crash'\nfraction = 1.3", "faults[0]: fraction and rate are 0..1"),
+        ("[[faults]]\nkind = 'crash'\nfraction = 1.3", "faults[0].fraction: a fraction 0 .. 1, not 1.3"),
         ("[[faults]]\nkind = 'partition'\nshape = 'thirds'", "faults[0].shape: 'halves' or 'bridge'"),
-        ("[[faults]]\nkind = 'loss'\nat = -5.0", "faults[0]: times must be >= 0"),
-        ("[[faults]]\nkind = 'churn'\nsession_mean = 0.0", "faults[0]: session_mean and downtime_mean"),
+        ("[[faults]]\nkind = 'loss'\nat = -5.0", "faults[0].at: must be >= 0 seconds, not -5"),
+        ("[[faults]]\nkind = 'churn'\nsession_mean = 0.0", "faults[0].session_mean: must be > 0 seconds"),
+        # NaN passes every comparison and inf never ends: both are refused, in every table.
+        ("duration = nan", "duration: must be a finite number, not nan"),
+        ("duration = inf", "duration: must be a finite number, not inf"),
+        ("converge_within = nan", "converge_within: must be a finite number"),
+        ("[network]\nbandwidth = nan", "network.bandwidth: must be a finite number"),
+        ("[network.latency]\nsigma = inf", "network.latency.sigma: must be a finite number"),
+        ("[network.latency]\nkind = 'regions'\nmatrix_ms = [[inf]]", "latency.matrix_ms: every entry"),
+        ("[workload]\njoin_over = nan", "workload.join_over: must be a finite number"),
+        ("[[faults]]\nkind = 'crash'\nrestart_after = nan", "faults[0].restart_after: must be a finite"),
+        ("[malicious]\nequivocate_at = inf", "malicious.equivocate_at: must be a finite number"),
+        # Times after the end of the run, and windows the wrong way round.
+        ("duration = 120.0\n[[faults]]\nkind = 'crash'\nat = 500.0", "faults[0].at: must be below"),
+        ("duration = 120.0\n[workload]\njoin_over = 200.0", "workload.join_over: below duration (120)"),
+        ("[workload]\npost_from = 60.0\npost_until = 10.0", "workload.post_until: >= post_from (60)"),
+        ("duration = 120.0\n[workload]\noffline_authors = 0.2\noffline_at = 300.0", "workload.offline_at"),
+        ("duration = 100.0\n[malicious]\nequivocators = 1\nequivocate_at = 150.0", "malicious.equivocate_at"),
+        ("[workload]\nposts_per_hour = 1e9", "workload.posts_per_hour: 0 .. 3600"),
+        ("nodes = 10\n[malicious]\ndht_bogus = 0.5\ngossip_forge = 0.5", "malicious: the fractions and"),
+        # Fields without a default are typed too, and a name must say something.
+        ("name = 5", "name: expected a string"),
+        ("name = ''", "name: a non-empty string"),
+        ("[[faults]]\nkind = 3", "faults[0].kind: expected a string"),
+        ("[network.latency]\nkind = 'uniform'\nhigh_ms = 5.0", "latency.high_ms: must be >= low_ms (10)"),
         ("nodes = ", "not valid TOML"),
     ],
 )
@@ -131,8 +155,15 @@ def test_malformed_scenario_is_refused_naming_the_field(text: str, field: str) -
 
 
 def test_missing_fault_kind_names_the_fault() -> None:
-    with pytest.raises(ScenarioError, match=r"faults\[0\].*kind"):
+    with pytest.raises(ScenarioError, match=r"faults\[0\]\.kind: required \(crash, partition, churn, loss\)"):
         Scenario.from_toml("[[faults]]\nat = 10.0")
+
+
+def test_a_scenario_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b"\xff\xfenodes = 5\n")
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        Scenario.load(str(path))
 
 
 def test_unknown_scenario_name_lists_the_bundled_ones() -> None:
@@ -143,8 +174,10 @@ def test_unknown_scenario_name_lists_the_bundled_ones() -> None:
 def test_overrides_are_checked() -> None:
     with pytest.raises(ScenarioError, match="nodes"):
         Scenario.load("baseline").with_overrides(nodes=1)
-    with pytest.raises(ScenarioError, match="follows"):
+    with pytest.raises(ScenarioError, match=r"follows.*\(with --nodes 5\)"):
         Scenario.load("baseline").with_overrides(nodes=5)  # follows = 5 needs 6 nodes
+    with pytest.raises(ScenarioError, match=r"duration: must be a finite number, not nan \(with --duration"):
+        Scenario.load("baseline").with_overrides(duration=float("nan"))
 
 
 # ============================================================ runs
