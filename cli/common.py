@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from p2pblog.home import Home
 from p2pblog.store import FeedItem
 
 PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
+LIMIT_HELP = "How many to show, newest first (1 .. 10000)."
 
 
 def now_ms() -> int:
@@ -53,6 +55,22 @@ def public_key(home: Home) -> bytes:
     return read_public_key(home.key_file)
 
 
+#: C0 controls but tab and newline, DEL, C1 controls, and the bidi marks,
+#: embeddings, overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(text: str) -> str:
+    """Other people's text, safe to print to a terminal.
+
+    Posts, names and bios come from authors we follow and, as mentions, from
+    strangers: an escape sequence in them could set the window title, write
+    the clipboard (OSC 52) or recolour the screen, and a bidi override could
+    make text read differently from what it is.  Those characters are shown
+    as ``\\uXXXX`` instead."""
+    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def when(timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -64,13 +82,13 @@ def echo_item(item: FeedItem) -> None:
         click.echo("    (deleted by its author)")
     elif e.kind == POST:
         for line in (e.text or "").splitlines() or [""]:
-            click.echo(f"    {line}")
+            click.echo(f"    {shown(line)}")
         if e.reply_to:
             click.echo(f"    (reply to {e.reply_to.hex()})")
     elif e.feed is not None:
         click.echo(f"    {e.kind} {encode_handle(e.feed)}")
     elif e.kind == PROFILE:
-        click.echo("    " + ", ".join(f"{k}: {v}" for k, v in e.body.items()))
+        click.echo("    " + shown(", ".join(f"{k}: {v}" for k, v in e.body.items())))
     elif e.target is not None:
         click.echo(f"    retracts {e.target.hex()}")
 

@@ -23,6 +23,7 @@ import click
 import trio
 
 from cli.common import (
+    LIMIT_HELP,
     PASSPHRASE_ENV,
     call_if_running,
     current_home,
@@ -31,6 +32,7 @@ from cli.common import (
     now_ms,
     passphrase,
     public_key,
+    shown,
     when,
 )
 from cli.sim import sim
@@ -47,16 +49,17 @@ from p2pblog.entry import (
     FOLLOW,
     PROFILE,
     UNFOLLOW,
+    decode_entry,
     entry_to_json,
     parse_entry_id,
     post_body,
     validate_body,
 )
-from p2pblog.errors import P2PBlogError
+from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import Home, default_home
 from p2pblog.runtime import parse_hostport
-from p2pblog.store import FeedItem
+from p2pblog.store import FeedItem, Store
 
 
 class _Group(click.Group):
@@ -65,6 +68,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # `p2pblog log | head`: the reader is gone; stop quietly (the Python docs' recipe).
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(1)
         except (P2PBlogError, KeyFileError, HandleError, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
 
@@ -175,7 +183,8 @@ def post(text: str, reply_to: str | None) -> None:
     identity = load_identity(home)
     with home.open_store() as store:
         entry = actions.post(store, identity, text, now_ms(), reply_to=parent)
-    notices = f"; {len(entry.mentions)} mention notice(s) go out when the node runs" if entry.mentions else ""
+    to_notify = [k for k in entry.mentions if k != identity.public_key]
+    notices = f"; {len(to_notify)} mention notice(s) go out when the node runs" if to_notify else ""
     click.echo(f"Posted #{entry.seq}{notices}", err=True)
     click.echo(entry.id.hex())
 
@@ -238,7 +247,9 @@ def _follow_command(handle: str, kind: str) -> None:
 
 
 @main.command()
-@click.option("--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True, help=LIMIT_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
 def timeline(limit: int, as_json: bool) -> None:
     """Show your posts and the posts of feeds you follow, newest first.
@@ -266,20 +277,22 @@ def timeline(limit: int, as_json: bool) -> None:
     for item in items:
         e = item.entry
         name = names.get(e.author)
-        who = f"{name} ({fingerprint(e.author)})" if name else encode_handle(e.author)
+        who = f"{shown(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
         click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
         if item.deleted:
             click.echo("    (deleted by its author)")
         else:
             for line in (e.text or "").splitlines() or [""]:
-                click.echo(f"    {line}")
+                click.echo(f"    {shown(line)}")
         if e.reply_to:
             click.echo(f"    (reply to {e.reply_to.hex()})")
 
 
 @main.command()
 @click.argument("handle", required=False)
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True, help=LIMIT_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 def log(handle: str | None, limit: int, as_json: bool) -> None:
     """Show a feed from the local store, newest first (default: your own)."""
@@ -310,6 +323,8 @@ def verify(handle: str | None) -> None:
     key = None if handle is None else decode_handle(handle)
     with home.open_store() as store:
         report = store.verify(key)
+    if key is not None and report.entries == 0:
+        raise click.ClickException(f"no entries of {encode_handle(key)} are stored here: nothing to verify")
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
@@ -337,6 +352,34 @@ def export(handle: str, file: Path) -> None:
     click.echo(f"exported {count} entries of {encode_handle(key)} to {file}")
 
 
+def _refuse_another_version_of_own_feed(home: Home, store: Store, source: BinaryIO) -> None:
+    """Stop an import that would fork our own feed (an older copy of this identity
+    that posted elsewhere): a forked own feed can no longer be extended."""
+    if not home.exists():
+        return
+    own = public_key(home)
+    latest = store.latest_seq(own)
+    if latest == 0:
+        return
+    try:
+        for raw in read_feed(source):
+            try:
+                entry = decode_entry(raw, check_signature=False)
+            except EntryError:
+                continue  # the import itself reports it
+            if entry.author != own or entry.seq > latest:
+                continue
+            held = next(store.feed_range(own, entry.seq, entry.seq), None)
+            if held is not None and held.id != entry.id:
+                raise click.ClickException(
+                    f"the file holds a different entry of your own feed at seq {entry.seq}: a copy of "
+                    "this identity posted elsewhere. Importing it would mark your feed forked, and "
+                    "a forked feed cannot be extended. Nothing was imported."
+                )
+    except FeedFileError:
+        return  # the import itself reports it
+
+
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def import_(file: Path) -> None:
@@ -347,6 +390,8 @@ def import_(file: Path) -> None:
     """
     home = current_home()
     file_error: list[FeedFileError] = []
+    with home.open_store() as store, file.open("rb") as source:
+        _refuse_another_version_of_own_feed(home, store, source)
 
     def frames(source: BinaryIO) -> Iterator[bytes]:
         try:
@@ -491,8 +536,29 @@ def run(
                     nursery.cancel_scope.cancel()
                     break
 
-    trio.run(main_task)
+    try:
+        trio.run(main_task)
+    except (OSError, BaseExceptionGroup) as exc:
+        error = _first_os_error(exc)
+        if error is None:
+            raise
+        message = error.strerror or str(error)
+        if "cannot listen" not in message:
+            message = f"cannot listen on {listen[0]}:{listen[1]}: {message}"
+        raise click.ClickException(message) from None
     click.echo("stopped", err=True)
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    """The OSError inside trio's exception groups (a port in use, an address not ours)."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 @main.command()

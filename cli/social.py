@@ -16,15 +16,17 @@ from typing import Any
 import click
 
 from cli.common import (
+    LIMIT_HELP,
     call_if_running,
     current_home,
     load_identity,
     now_ms,
     public_key,
+    shown,
     when,
 )
 from identity import decode_handle, encode_handle
-from identity.handle import FINGERPRINT_CHARS, fingerprint
+from identity.handle import FINGERPRINT_CHARS, HANDLE_CHARS, fingerprint
 from identity.limits import NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, name_subject, solve
 from identity.records import RecordError, check_name
@@ -110,8 +112,8 @@ def _by_fingerprint(name: str, prefix: str, claims: list[dict[str, Any]]) -> byt
 def resolve_target(text: str, home: Home) -> bytes:
     """The key a command argument names: handle, petname, NAME~FINGERPRINT or a claimed NAME."""
     text = text.strip()
-    if text.startswith("@"):
-        return decode_handle(text)
+    if text.startswith("@") or (len(text) == HANDLE_CHARS - 1 and text.lower().startswith("pb1")):
+        return decode_handle(text)  # the '@' is optional, as in every other command
     if "~" in text:
         name, _, prefix = text.partition("~")
         name = _name(name)
@@ -124,7 +126,9 @@ def resolve_target(text: str, home: Home) -> bytes:
     try:
         name = check_name(text)
     except RecordError:
-        raise click.BadParameter(f"{text!r} is neither a handle (@pb1...) nor a name") from None
+        raise click.BadParameter(
+            f"{text!r} is neither a handle (@pb1..., 62 characters with the '@') nor a name"
+        ) from None
     with home.open_store() as store:
         pet = store.petname(name)
     if pet is not None:
@@ -386,7 +390,7 @@ def profile_show(target: str, as_json: bool) -> None:
         click.echo("  (no profile set)", err=True)
     for field in ("name", "bio"):
         if doc[field] is not None:
-            click.echo(f"  {field}: {doc[field]}")
+            click.echo(f"  {field}: {shown(str(doc[field]))}")
 
 
 # --- threads and mentions -----------------------------------------------------------------------
@@ -403,13 +407,14 @@ def _item_json(item: FeedItem, store: Store, own: bytes, depth: int | None = Non
 
 
 def _echo_post(doc: dict[str, Any], indent: str = "", marker: str = "") -> None:
-    who = f"{doc['name']} ({fingerprint(decode_handle(doc['author']))})" if doc["name"] else doc["author"]
+    author = doc["author"]
+    who = f"{shown(doc['name'])} ({fingerprint(decode_handle(author))})" if doc["name"] else author
     click.echo(f"{indent}{marker}{who}  {doc['time']}  id {doc['id'][:16]}")
     if doc.get("deleted"):
         click.echo(f"{indent}    (deleted by its author)")
     else:
         for line in (doc["text"] or "").splitlines() or [""]:
-            click.echo(f"{indent}    {line}")
+            click.echo(f"{indent}    {shown(line)}")
 
 
 @click.command()
@@ -454,7 +459,9 @@ def thread(entry_id: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True)
+@click.option(
+    "--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True, help=LIMIT_HELP
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
 def mentions(limit: int, as_json: bool) -> None:
     """Show posts that mention you, newest first, including from people you do not follow.

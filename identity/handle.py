@@ -106,9 +106,13 @@ def decode_handle(text: str) -> bytes:
     if s.startswith("@"):
         s = s[1:]
     if len(s) != HANDLE_CHARS - 1:
+        prefix = HRP + "1"
+        if s.lower().startswith(prefix):
+            got = f"got {len(s) - len(prefix)}"
+        else:
+            got = f"got {len(s)} characters, not starting with '@{prefix}'"
         raise HandleError(
-            f"a handle is '@{HRP}1' followed by {_DATA_CHARS + _CHECKSUM_CHARS} characters; "
-            f"got {len(s)} characters"
+            f"a handle is '@{prefix}' followed by {_DATA_CHARS + _CHECKSUM_CHARS} characters; {got}"
         )
     # str.lower() maps some non-ASCII letters onto the alphabet (KELVIN SIGN
     # U+212A -> 'k'); BIP-173 allows only ASCII 33-126, so refuse them first.

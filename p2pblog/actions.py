@@ -35,6 +35,8 @@ def post(
 ) -> Entry:
     """Append a post; queue notices to the keys it mentions (a reply mentions the parent's author)."""
     parent = store.get(reply_to) if reply_to is not None else None
+    if parent is not None and parent.entry.kind != POST:
+        raise EntrySchemaError(f"the entry replied to is a {parent.entry.kind}, not a post")
     also = parent.entry.author if parent is not None and parent.entry.author != identity.public_key else None
     with store.transaction():
         entry = store.append(identity, POST, post_body(text, reply_to, also_mention=also), timestamp)

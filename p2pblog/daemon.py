@@ -365,7 +365,7 @@ class NodeService:
     async def _profile_set(self, args: dict[str, Any]) -> dict[str, Any]:
         fields = {k: v for k in ("name", "bio") if isinstance(v := args.get(k), str)}
         if not fields:
-            raise CommandFailed("give --name and/or --bio")
+            raise CommandFailed("profile_set takes 'name' and/or 'bio' (text)")
         try:
             entry = self.core.set_profile(fields, unix_now())
         except EntryError as exc:

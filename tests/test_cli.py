@@ -8,6 +8,9 @@ and one clear error line (no traceback) for every expected failure.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -237,6 +240,75 @@ def test_demo_runs_a_live_network_and_posts_arrive_everywhere() -> None:
     # Each post reaches both other nodes over real sockets.
     assert "bob received alice's post" in out and "carol received alice's post" in out
     assert "alice received bob's post" in out
+
+
+def test_terminal_escapes_in_posts_and_names_are_shown_not_obeyed(tmp_path: Path) -> None:
+    # Text comes from other people: an OSC 52 sequence would write the clipboard,
+    # a bidi override would make the line read backwards.
+    home = tmp_path / "a"
+    init(home)
+    evil = "copy\x1b]52;c;ZXZpbA==\x07 me \u202eevil\u009b"
+    post(home, evil)
+    assert p2pblog(home, "profile", "set", "--name", "Ev\x1b[31mil").returncode == 0
+    for command in (("log",), ("timeline",), ("profile", "show")):
+        out = p2pblog(home, *command).stdout
+        assert not any(c in out for c in "\x1b\x07\u202e\u009b"), (command, out)
+    timeline = p2pblog(home, "timeline").stdout
+    assert "copy\\u001b]52;c;ZXZpbA==\\u0007 me \\u202eevil\\u009b" in timeline
+    assert "Ev\\u001b[31mil (" in timeline
+    assert log_json(home)[1]["text"] == evil  # the stored text and --json are unchanged
+
+
+def test_run_on_a_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = p2pblog(home, "run", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_importing_another_version_of_the_own_feed_is_refused_and_posting_still_works(
+    tmp_path: Path,
+) -> None:
+    # A copy of the home (an old backup, a second laptop) posted seq 2 elsewhere.
+    home, copy = tmp_path / "a", tmp_path / "copy"
+    handle = init(home)
+    post(home, "one")
+    shutil.copytree(home, copy)
+    post(copy, "two, elsewhere")
+    post(home, "two, here")
+    assert p2pblog(copy, "export", handle, str(tmp_path / "copy.feed")).returncode == 0
+    result = p2pblog(home, "import", str(tmp_path / "copy.feed"))
+    assert_one_line_error(result, "different entry of your own feed at seq 2")
+    assert "Nothing was imported" in result.stderr
+    assert [e["text"] for e in log_json(home)[:2]] == ["two, here", "one"]
+    post(home, "three")  # the feed is not forked: it can still be extended
+
+
+def test_replies_only_to_posts_and_verify_of_an_unknown_feed_fails(tmp_path: Path) -> None:
+    home, other = tmp_path / "a", tmp_path / "b"
+    init(home)
+    assert p2pblog(home, "follow", init(other)).returncode == 0
+    follow_entry = log_json(home)[0]
+    assert follow_entry["kind"] == "follow"
+    result = p2pblog(home, "post", "a reply", "--reply-to", str(follow_entry["id"]))
+    assert_one_line_error(result, "the entry replied to is a follow, not a post")
+    unknown = p2pblog(home, "verify", init_handle(other))
+    assert_one_line_error(unknown, "nothing to verify")
+
+
+def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    for i in range(30):
+        post(home, f"post {i} " + "x" * 400)
+    env = {**os.environ, "P2PBLOG_HOME": str(home)}
+    shell = f"{sys.executable} -m p2pblog log -n 30 | head -c 10"
+    result = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=60, env=env)
+    assert result.stdout and "Error" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_follow_and_timeline_work_offline(tmp_path: Path) -> None:
