@@ -38,7 +38,8 @@ def passphrase(*, confirm: bool = False) -> str:
     if value is not None:
         return value
     if not sys.stdin.isatty():
-        raise PassphraseError(f"the key is encrypted: set {PASSPHRASE_ENV} or run in a terminal")
+        what = "a new encrypted key needs a passphrase" if confirm else "the key is encrypted"
+        raise PassphraseError(f"{what}: set {PASSPHRASE_ENV} or run in a terminal")
     return str(click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm))
 
 

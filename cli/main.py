@@ -177,7 +177,11 @@ def post(text: str, reply_to: str | None) -> None:
     post_body(text, parent)  # a bad mention is reported before anything is sent
     live = call_if_running(home, "post", {"text": text, "reply_to": reply_to})
     if live is not None:
-        click.echo(f"Posted #{live['seq']} (sent to connected peers)", err=True)
+        peers = live.get("peers", 0)
+        where = "no follower connected: they catch up later"
+        if peers:
+            where = f"pushed to {peers} connected follower(s)"
+        click.echo(f"Posted #{live['seq']} ({where})", err=True)
         click.echo(live["id"])
         return
     identity = load_identity(home)
@@ -255,7 +259,8 @@ def timeline(limit: int, as_json: bool) -> None:
     """Show your posts and the posts of feeds you follow, newest first.
 
     Reads the local store, so it works with or without the node running;
-    with the node running it shows posts as they arrive.  JSON fields: id,
+    with the node running, what it has received so far is there (run it
+    again for newer posts).  JSON fields: id,
     author (handle), seq, timestamp (ms), text, reply_to, mentions, ...
     """
     home = current_home()
@@ -401,7 +406,9 @@ def import_(file: Path) -> None:
 
     with home.open_store() as store, file.open("rb") as source:
         report = store.ingest_many(frames(source))
-    click.echo(f"imported {report.accepted} new entries ({report.duplicates} already present) from {file}")
+    if report.accepted or report.duplicates or not file_error:
+        counts = f"{report.accepted} new entries ({report.duplicates} already present)"
+        click.echo(f"imported {counts} from {file}")
     failed = False
     for author, seq in report.fork_seqs:
         click.echo(

@@ -229,6 +229,7 @@ def run(scenario: str, seed: int | None, nodes: int | None, duration: float | No
     from simulations.report import summary, write_run
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-seed{loaded.seed}"
+    _writable(out_dir)
     _note_unchecked_convergence(loaded)
     progress = Progress(loaded.duration, sys.stderr)
     try:
@@ -245,6 +246,17 @@ def run(scenario: str, seed: int | None, nodes: int | None, duration: float | No
             f"seed {loaded.seed}: {len(result.violations)} oracle violation(s); first: {first.oracle} "
             f"at {first.time:g} s: {first.detail}"
         )
+
+
+def _writable(out_dir: Path) -> None:
+    """Make the output directory now, so a bad --out fails before a long run, not after it."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".p2pblog-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {out_dir}: {exc.strerror or exc}") from None
 
 
 class SimulationCrashed(RuntimeError):
@@ -339,6 +351,7 @@ def sweep(
     from simulations.report import write_sweep
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-sweep"
+    _writable(out_dir)
     workers = min(jobs or os.cpu_count() or 1, len(seeds))
     _note_unchecked_convergence(loaded)
     click.echo(f"sweeping {loaded.name} over {len(seeds)} seed(s) with {workers} worker(s)", err=True)

@@ -109,8 +109,10 @@ def _read_doc(path: Path) -> dict[str, Any]:
         raise KeyFileError(f"key file {path} is too large to be a key file")
     try:
         doc = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
-        raise KeyFileError(f"key file {path} is unreadable: {exc}") from None
+    except OSError as exc:
+        raise KeyFileError(f"key file {path} is unreadable: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):  # RecursionError: deeply nested JSON
+        raise KeyFileError(f"{path} is not a p2pblog key file (it is not the JSON one holds)") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("type") != "ed25519":
         raise KeyFileError(f"{path} is not a p2pblog key file")
     return doc

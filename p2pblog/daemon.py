@@ -222,10 +222,17 @@ class NodeService:
         self.core.set_addresses(self.addrs)
         if seeds:
             result = await driver.request(lambda now: self.core.bootstrap(seeds, now))
-            self._log(
-                f"joined the DHT: {result.seeds_answered} of {len(seeds)} seeds answered, "
-                f"{len(self.core.dht.table)} contacts"
-            )
+            if result.seeds_answered:
+                self._log(
+                    f"joined the DHT: {result.seeds_answered} of {len(seeds)} seeds answered, "
+                    f"{len(self.core.dht.table)} contacts"
+                )
+            else:
+                self._log(
+                    f"warning: none of the {len(seeds)} bootstrap address(es) answered "
+                    f"({', '.join(f'{h}:{p}' for h, p in seeds)}); check --bootstrap: it is the "
+                    "HOST:PORT of a running node. Still listening; peers that find us are welcome."
+                )
         else:
             self._log("no bootstrap address and no saved contacts: waiting for peers to contact this node")
         for delay in (*PUBLISH_RETRY, None):
@@ -296,7 +303,9 @@ class NodeService:
     def post(self, text: str, reply_to: bytes | None = None) -> dict[str, Any]:
         entry = self.core.post(text, unix_now(), reply_to=reply_to)
         self._flush()
-        return {"id": entry.id.hex(), "seq": entry.seq}
+        # Peers it was pushed to: connected ones that replicate our feed.
+        peers = self.core.replicator.peers_replicating(self.core.identity.public_key)
+        return {"id": entry.id.hex(), "seq": entry.seq, "peers": peers}
 
     def follow(self, feed: bytes) -> dict[str, Any]:
         entry = self.core.follow(feed, unix_now())

@@ -55,6 +55,18 @@ class Home:
         """Write the identity and an empty store; refuse if one is there."""
         if self.exists():
             raise HomeError(f"an identity already exists in {self.path}")
+        if self.store_file.exists():
+            # The key file is gone but its store is not: a new key would orphan the old feed.
+            store = Store(self.store_file)
+            try:
+                held = sum(f.latest_seq for f in store.feeds())
+            finally:
+                store.close()
+            if held:
+                raise HomeError(
+                    f"{self.path} has no key file but its store holds {held} entries of an earlier "
+                    f"identity: put that identity's {KEY_FILE} back, or use another --home"
+                )
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_key_file(self.key_file, identity, passphrase)
         Store(self.store_file).close()

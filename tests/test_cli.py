@@ -311,6 +311,17 @@ def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
     assert result.stdout and "Error" not in result.stderr and "Traceback" not in result.stderr
 
 
+def test_init_does_not_orphan_a_store_whose_key_file_is_missing(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    post(home, "kept")
+    (home / "identity.key").rename(tmp_path / "identity.key.bak")
+    assert_one_line_error(p2pblog(home, "init"), "holds 1 entries of an earlier identity")
+    assert not (home / "identity.key").exists()
+    (tmp_path / "identity.key.bak").rename(home / "identity.key")
+    assert [e["text"] for e in log_json(home)][:1] == ["kept"]
+
+
 def test_follow_and_timeline_work_offline(tmp_path: Path) -> None:
     alice, bob = tmp_path / "alice", tmp_path / "bob"
     init(alice)

@@ -135,6 +135,15 @@ def test_an_unknown_scenario_is_one_error_line(tmp_path: Path) -> None:
     assert_one_error(p2pblog(None, "sim", "sweep", "no-such-scenario", "--seeds", "1..2"), "no-such-scenario")
 
 
+def test_an_unwritable_out_directory_fails_before_the_run(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = p2pblog(None, "sim", "run", "baseline", "--nodes", "200", "--out", str(blocker / "out"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: cannot write to {blocker / 'out'}")
+    assert "sim " not in result.stderr  # no progress: nothing was simulated
+
+
 def test_an_override_out_of_range_is_one_error_line() -> None:
     assert_one_error(p2pblog(None, "sim", "run", "baseline", "--nodes", "1"), "nodes")
     assert_one_error(p2pblog(None, "sim", "run", "baseline", "--duration", "0"), "duration")
