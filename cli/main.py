@@ -11,8 +11,10 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -38,7 +40,7 @@ from cli.common import (
 from cli.sim import sim
 from cli.social import COMMANDS as SOCIAL_COMMANDS
 from cli.social import resolve_target
-from identity import Identity, KeyFileError, decode_handle, encode_handle
+from identity import Identity, KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.limits import MENTION_WORK
 from p2pblog import actions, control
@@ -105,7 +107,8 @@ def main(ctx: click.Context, home: Path | None) -> None:
 
 
 def _feed_key(handle: str | None, home: Home) -> bytes:
-    return public_key(home) if handle is None else decode_handle(handle)
+    """Your own key, or the one a handle, petname or name names (`resolve_target`)."""
+    return public_key(home) if handle is None else resolve_target(handle, home)
 
 
 def _items_json(items: list[FeedItem]) -> str:
@@ -300,7 +303,10 @@ def timeline(limit: int, as_json: bool) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of entries.")
 def log(handle: str | None, limit: int, as_json: bool) -> None:
-    """Show a feed from the local store, newest first (default: your own)."""
+    """Show a feed from the local store, newest first (default: your own).
+
+    HANDLE may also be a petname, NAME~FINGERPRINT or a claimed NAME, as for `follow`.
+    """
     home = current_home()
     key = _feed_key(handle, home)
     with home.open_store() as store:
@@ -322,10 +328,11 @@ def log(handle: str | None, limit: int, as_json: bool) -> None:
 def verify(handle: str | None) -> None:
     """Re-verify every stored entry (signature, seq, hash chain).
 
-    Checks one feed if HANDLE is given, else all.  Exits 1 if anything is wrong.
+    Checks one feed if HANDLE (or a petname, NAME~FINGERPRINT) is given, else
+    all.  Exits 1 if anything is wrong.
     """
     home = current_home()
-    key = None if handle is None else decode_handle(handle)
+    key = None if handle is None else resolve_target(handle, home)
     with home.open_store() as store:
         report = store.verify(key)
     if key is not None and report.entries == 0:
@@ -342,9 +349,12 @@ def verify(handle: str | None) -> None:
 @click.argument("handle")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def export(handle: str, file: Path) -> None:
-    """Write a feed's signed entries to FILE (for backup or hand-carrying)."""
+    """Write a feed's signed entries to FILE (for backup or hand-carrying).
+
+    HANDLE may also be a petname or NAME~FINGERPRINT.
+    """
     home = current_home()
-    key = decode_handle(handle)
+    key = resolve_target(handle, home)
     with home.open_store() as store:
         if store.latest_seq(key) == 0:
             raise click.ClickException(f"no entries of {encode_handle(key)} in the local store")
@@ -473,6 +483,27 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         raise click.BadParameter(str(exc), param=param) from None
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+
+
+def _advertise_host(value: str, param: click.Parameter) -> str:
+    """--advertise: an IP address or a DNS name other nodes can connect to (no port: the
+    node advertises the ports it listens on)."""
+    host = value.strip().removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if _HOSTNAME.fullmatch(host) and not host.replace(".", "").isdigit():
+        return host
+    raise click.BadParameter(
+        f"{value!r} is neither an IP address nor a host name (give the host only: the node "
+        "advertises the ports it listens on)",
+        param=param,
+    )
+
+
 @main.command()
 @click.option(
     "--listen",
@@ -493,6 +524,7 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 @click.option(
     "--advertise",
     metavar="HOST",
+    callback=lambda ctx, param, value: None if value is None else _advertise_host(value, param),
     help="The address other nodes should use to reach this one "
     "(default: the listen address, or the local address towards the bootstrap node).",
 )
@@ -574,11 +606,13 @@ def _first_os_error(exc: BaseException) -> OSError | None:
 def lookup(handle: str, as_json: bool) -> None:
     """Find HANDLE's current peer record through the DHT (node running).
 
+    HANDLE may also be a petname or NAME~FINGERPRINT.
+
     Prints the addresses it is reachable at; exits 1 if no valid record is found.
     """
     home = current_home()
-    decode_handle(handle)  # a typo is reported before the node is asked
-    result = control.call(home.path, "lookup", {"handle": handle})
+    key = resolve_target(handle, home)  # a typo is reported before the node is asked
+    result = control.call(home.path, "lookup", {"handle": encode_handle(key)})
     if as_json:
         click.echo(json.dumps(result, indent=2))
     if not result.get("found"):

@@ -254,7 +254,14 @@ def resolve(target: str, as_json: bool) -> None:
         prefix = _fingerprint(claim_name, prefix)
     with home.open_store() as store:
         pet = store.petname(claim_name)
-    claims = resolve_claims(home, claim_name)
+    try:
+        claims = resolve_claims(home, claim_name)
+    except click.ClickException:
+        if pet is None:
+            raise
+        # The petname answers without the DHT (it overrides it anyway).
+        click.echo("(no node running: the DHT's claims of this name were not looked up)", err=True)
+        claims = []
     if tilde:
         if pet is not None and fingerprint(pet).startswith(prefix):
             key = pet
@@ -409,7 +416,7 @@ def _item_json(item: FeedItem, store: Store, own: bytes, depth: int | None = Non
 def _echo_post(doc: dict[str, Any], indent: str = "", marker: str = "") -> None:
     author = doc["author"]
     who = f"{shown(doc['name'])} ({fingerprint(decode_handle(author))})" if doc["name"] else author
-    click.echo(f"{indent}{marker}{who}  {doc['time']}  id {doc['id'][:16]}")
+    click.echo(f"{indent}{marker}{who}  {doc['time']}  id {doc['id']}")
     if doc.get("deleted"):
         click.echo(f"{indent}    (deleted by its author)")
     else:

@@ -158,8 +158,10 @@ class ControlServer:
             return {"ok": False, "error": "bad token"}
         handler = self.handlers.get(str(request.get("command")))
         args = request.get("args", {})
-        if handler is None or not isinstance(args, dict):
+        if handler is None:
             return {"ok": False, "error": f"unknown command {request.get('command')!r}"}
+        if not isinstance(args, dict):
+            return {"ok": False, "error": "'args' must be a JSON object"}
         try:
             return {"ok": True, "result": await handler(args)}
         except CommandFailed as exc:

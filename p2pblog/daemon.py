@@ -134,6 +134,7 @@ class NodeService:
         self.store: Store | None = None
         #: The addresses in our peer record, known once the socket is bound.
         self.addrs: list[tuple[str, str, int]] = []
+        self._control: ControlServer | None = None
         #: Called with every event the node reports (after the service's own logging).
         self.listeners: list[Callable[[Any], None]] = []
         #: Print connection and arrival messages on stderr.
@@ -184,7 +185,7 @@ class NodeService:
             udp = driver.local_addr
             tcp = driver.gossip_addr
             self.addrs = [("udp", host, udp[1]), ("tcp", host, tcp[1])]
-            server = ControlServer(token, self._handlers())
+            server = self._control = ControlServer(token, self._handlers())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(driver.run)
                 control = await nursery.start(server.serve)
@@ -202,6 +203,11 @@ class NodeService:
                     f"listening on udp {udp[0]}:{udp[1]} (DHT) and tcp {tcp[0]}:{tcp[1]} (gossip), "
                     f"advertised as {host}"
                 )
+                if self.listen[0] in ("0.0.0.0", "::", "") and host in ("127.0.0.1", "::1"):
+                    self._log(
+                        "note: other machines cannot reach a loopback address; give --advertise "
+                        "with this machine's address or name (or --bootstrap, which finds it)"
+                    )
                 following = core.following()
                 if following:
                     self._log(f"following {len(following)} feed(s); reconnecting")
@@ -499,6 +505,8 @@ class NodeService:
         for name, value in core.dht.stats.items():
             if name.startswith(("drop.", "misbehaved.")):
                 dropped[f"dht.{name}"] = value
+        if self._control is not None and self._control.refused:
+            dropped["control.refused"] = self._control.refused  # malformed requests, bad tokens
         return {
             "handle": self.identity.handle,
             "fingerprint": self.identity.fingerprint,

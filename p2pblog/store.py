@@ -538,7 +538,7 @@ class Store:
             (author, first, limits.MAX_SEQ if last is None else last),
         )
         for (raw,) in rows:
-            yield decode_entry(raw, check_signature=False)
+            yield _stored(raw)
 
     def raw_range(self, author: bytes, first: int, limit: int) -> list[bytes]:
         """Up to limit signed entries of author from seq first on, as stored (not decoded)."""
@@ -613,12 +613,12 @@ class Store:
             "SELECT raw FROM entries WHERE author = ? AND kind = ? ORDER BY seq", (author, PROFILE)
         )
         for (raw,) in rows:
-            merged.update(decode_entry(raw, check_signature=False).body)
+            merged.update(_stored(raw).body)
         return merged
 
     def fork_proofs(self, author: bytes) -> list[Entry]:
         rows = self._db.execute("SELECT raw FROM forks WHERE author = ? ORDER BY seq, id", (author,))
-        return [decode_entry(raw, check_signature=False) for (raw,) in rows]
+        return [_stored(raw) for (raw,) in rows]
 
     # -- admitted mention notices (entries of feeds we do not replicate) -------------
 
@@ -853,5 +853,14 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _stored(raw: bytes) -> Entry:
+    """An entry read back from the store: it was checked when stored, so failing to
+    decode now means the database file was damaged."""
+    try:
+        return decode_entry(raw, check_signature=False)
+    except EntryError as exc:
+        raise StoreError(f"a stored entry is damaged ({exc}); `p2pblog verify` lists which") from None
+
+
 def _item(row: tuple[Any, ...]) -> FeedItem:
-    return FeedItem(decode_entry(row[0], check_signature=False), bool(row[1]))
+    return FeedItem(_stored(row[0]), bool(row[1]))

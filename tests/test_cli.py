@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -320,6 +321,45 @@ def test_init_does_not_orphan_a_store_whose_key_file_is_missing(tmp_path: Path) 
     assert not (home / "identity.key").exists()
     (tmp_path / "identity.key.bak").rename(home / "identity.key")
     assert [e["text"] for e in log_json(home)][:1] == ["kept"]
+
+
+def test_a_damaged_stored_entry_is_one_error_pointing_at_verify(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    post(home, "soon damaged")
+    db = sqlite3.connect(home / "store.sqlite3")
+    with db:
+        db.execute("UPDATE entries SET raw = substr(raw, 1, 20) WHERE seq = 1")
+    db.close()
+    for command in (("log",), ("timeline",)):
+        assert_one_line_error(p2pblog(home, *command), "`p2pblog verify` lists which")
+    verify = p2pblog(home, "verify")
+    assert verify.returncode == 1 and "problem:" in verify.stderr
+
+
+def test_run_refuses_an_advertise_address_with_a_port(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    for bad in ("127.0.0.1:5555", "not a host!", "1.2.3"):
+        result = p2pblog(home, "run", "--listen", "127.0.0.1:0", "--advertise", bad)
+        assert result.returncode == 2 and "neither an IP address nor a host name" in result.stderr
+
+
+def test_petnames_work_in_log_export_verify_and_resolve_offline(tmp_path: Path) -> None:
+    home, other = tmp_path / "a", tmp_path / "b"
+    init(home)
+    bob = init(other)
+    post(other, "bob's post")
+    feed = tmp_path / "bob.feed"
+    assert p2pblog(other, "export", bob, str(feed)).returncode == 0
+    assert p2pblog(home, "import", str(feed)).returncode == 0
+    assert p2pblog(home, "petname", "set", "bob", bob).returncode == 0
+    assert [e["text"] for e in log_json(home, "bob")] == ["bob's post"]
+    assert p2pblog(home, "verify", "bob").stdout.startswith("verified 1 entries in 1 feed(s): ok")
+    assert p2pblog(home, "export", "bob", str(tmp_path / "again.feed")).returncode == 0
+    assert (tmp_path / "again.feed").read_bytes() == feed.read_bytes()
+    resolved = p2pblog(home, "resolve", "bob")  # no node running: the petname still answers
+    assert resolved.returncode == 0 and bob in resolved.stdout and "not looked up" in resolved.stderr
 
 
 def test_follow_and_timeline_work_offline(tmp_path: Path) -> None:
