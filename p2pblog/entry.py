@@ -185,9 +185,12 @@ def validate_body(kind: str, body: Mapping[str, Any]) -> None:
     if schema is None:
         raise EntrySchemaError(f"unknown entry kind {kind!r}")
     allowed, check = schema
+    if not all(isinstance(key, str) for key in body):  # msgpack maps may have bytes keys too
+        raise EntrySchemaError("body field names must be text")
     unknown = set(body) - allowed
     if unknown:
-        raise EntrySchemaError(f"unknown field(s) for {kind}: {', '.join(sorted(unknown))}")
+        # repr: the names come from a peer and end up on a terminal.
+        raise EntrySchemaError(f"unknown field(s) for {kind}: {', '.join(map(repr, sorted(unknown)))}")
     keys = list(body)
     if keys != sorted(keys):
         raise EntrySchemaError("body keys are not in canonical (sorted) order")

@@ -79,7 +79,9 @@ msgpack_values = st.recursive(
     | st.text(max_size=40)
     | st.binary(max_size=40),
     lambda children: (
-        st.lists(children, max_size=6) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+        st.lists(children, max_size=6)
+        # msgpack map keys may be text or bytes (strict_map_key allows both).
+        | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8), children, max_size=5)
     ),
     max_leaves=20,
 )
@@ -93,6 +95,34 @@ msgpack_values = st.recursive(
 def test_validly_signed_hostile_structures(obj: Any) -> None:
     """A real key signing garbage: the signature is fine, the content is not."""
     decode_or_declared_error(AUTHOR.sign(msgpack.packb(obj)))
+
+
+KINDS = ["post", "follow", "unfollow", "profile", "delete", "nonsense"]
+FIELD_NAMES = st.sampled_from(["text", "reply_to", "mentions", "feed", "name", "bio", "target", "zz"])
+
+
+@given(
+    st.sampled_from(KINDS),
+    st.dictionaries(FIELD_NAMES | FIELD_NAMES.map(str.encode) | st.binary(max_size=4), msgpack_values),
+)
+@settings(max_examples=300)
+def test_hostile_bodies_of_real_kinds(kind: str, body: dict[Any, Any]) -> None:
+    """A well-formed header around a hostile body (bytes field names, wrong types):
+    a peer can send this in a mention notice, before any signature check."""
+    obj = [1, AUTHOR.public_key, 1, None, 0, kind, body]
+    decode_or_declared_error(AUTHOR.sign(msgpack.packb(obj)))
+    with contextlib.suppress(EntryError):
+        decode_entry(AUTHOR.sign(msgpack.packb(obj)), check_signature=False)
+
+
+def test_a_bytes_field_name_is_a_declared_error() -> None:
+    raw = AUTHOR.sign(msgpack.packb([1, AUTHOR.public_key, 1, None, 0, "post", {b"zz": 1, "text": "hi"}]))
+    try:
+        decode_entry(raw, check_signature=False)
+    except EntryError as exc:
+        assert "field names must be text" in str(exc)
+    else:
+        raise AssertionError("accepted a body with a bytes field name")
 
 
 @given(st.binary(max_size=200))

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from random import Random
 
+import msgpack
 import pytest
 
 from gossip.messages import MentionStatus
@@ -227,6 +228,15 @@ def test_forged_and_unrelated_notices_are_refused(
     assert a.admit_mention(C.public_key, entry.raw, stamp, wire.now) == (MentionStatus.DUPLICATE, 0)
     stats = a.replicator.stats
     assert (stats["mentions.refused_invalid"], stats["mentions.refused_work"]) == (2, 1)
+
+
+def test_a_notice_with_a_bytes_field_name_is_refused_not_a_crash(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
+) -> None:
+    wire, cores = net("ac")
+    hostile = C.sign(msgpack.packb([1, C.public_key, 1, None, 0, "post", {b"zz": 1, "text": "hi"}]))
+    assert cores["a"].admit_mention(C.public_key, hostile, b"", wire.now) == (MentionStatus.INVALID, 0)
+    assert cores["a"].replicator.stats["mentions.refused_invalid"] == 1
 
 
 def test_a_flood_from_one_sender_is_rate_limited(
