@@ -24,7 +24,8 @@ join (events per node, microseconds per event) and the steady state (events
 per node-second, microseconds per event), times the cheapest things an event
 does with a warm cache (a DHT node serving a PING and a FIND_NODE), and
 projects the wall time of the speed target (1,000 nodes, one hour) from both.
-The projections are lower bounds: per-event cost grows with the node count
+``--nodes`` and ``--duration`` default to 200 and 1200 here (a run that
+finishes in under a minute). The projections are lower bounds: per-event cost grows with the node count
 (cache misses), and so do join events per node (lookup hops grow like log N).
 
 All print the machine facts and the command; results go in docs/benchmarks.md.
@@ -109,6 +110,8 @@ def phase_costs(nodes: int, duration: float, join: float) -> dict[str, float | i
     join_s, join_events, join_wall = split[0]
     steady_events = result.events - join_events
     steady_s = duration - join_s
+    if steady_s <= 0:
+        raise SystemExit(f"--duration {duration} leaves no steady state after --join {join}")
     return {
         "nodes": nodes,
         "join_s": round(join_s, 1),
@@ -163,7 +166,8 @@ def budget(nodes: int, duration: float, join: float) -> dict[str, object]:
     ops = warm_op_costs()
     target_nodes, hour, target_wall = 1000, 3600.0, 60.0
     join_events = target_nodes * float(phases["join_events_per_node"])
-    steady_events = target_nodes * float(phases["steady_events_per_node_s"]) * (hour - join)
+    steady_rate = float(phases["steady_events_per_node_s"])
+    steady_events = target_nodes * steady_rate * (hour - float(phases["join_s"]))
     events = join_events + steady_events
     join_us, steady_us = float(phases["join_us_per_event"]), float(phases["steady_us_per_event"])
     as_measured = (join_events * join_us + steady_events * steady_us) / 1e6
@@ -212,7 +216,10 @@ def main() -> None:
         run = timed_run(args.nodes, args.duration, args.max_wall)
         out["speed"] = {**run, "target_speedup": 60.0, "met": bool(run["finished"] and run["speedup"] >= 60)}
     if args.part == "budget":
-        out["budget"] = budget(args.nodes, args.duration, args.join)
+        # A run small enough to finish; the sizes are what it projects to.
+        nodes = args.nodes if "--nodes" in sys.argv else 200
+        duration = args.duration if "--duration" in sys.argv else 1200.0
+        out["budget"] = budget(nodes, duration, args.join)
     if args.part in ("scale", "both"):
         runs = []
         nodes = args.start

@@ -72,6 +72,15 @@ def shown(text: str) -> str:
     return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+_LINE_BREAKS = re.compile("[\t\n\x85\u2028\u2029]")
+
+
+def shown_line(text: str) -> str:
+    """`shown`, and line breaks and tabs escaped too: for text printed inside one line
+    (a name in a header line could otherwise forge the lines after it)."""
+    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", shown(text))
+
+
 def when(timestamp_ms: int) -> str:
     return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -89,7 +98,7 @@ def echo_item(item: FeedItem) -> None:
     elif e.feed is not None:
         click.echo(f"    {e.kind} {encode_handle(e.feed)}")
     elif e.kind == PROFILE:
-        click.echo("    " + shown(", ".join(f"{k}: {v}" for k, v in e.body.items())))
+        click.echo("    " + shown_line(", ".join(f"{k}: {v}" for k, v in e.body.items())))
     elif e.target is not None:
         click.echo(f"    retracts {e.target.hex()}")
 

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import select
 import signal
 import sys
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from cli.common import (
     passphrase,
     public_key,
     shown,
+    shown_line,
     when,
 )
 from cli.sim import sim
@@ -70,13 +72,25 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except BrokenPipeError:
+        except BrokenPipeError as exc:
+            if not _stdout_closed():
+                raise click.ClickException(_message(exc)) from None  # e.g. the node's socket
             # `p2pblog log | head`: the reader is gone; stop quietly (the Python docs' recipe).
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
         except (P2PBlogError, KeyFileError, HandleError, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads our stdout any more (a pipe whose reader exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no fileno (captured), no poll (not POSIX)
+        return False
 
 
 def _message(exc: BaseException) -> str:
@@ -181,9 +195,9 @@ def post(text: str, reply_to: str | None) -> None:
     live = call_if_running(home, "post", {"text": text, "reply_to": reply_to})
     if live is not None:
         peers = live.get("peers", 0)
-        where = "no follower connected: they catch up later"
+        where = "no connected peer replicates your feed: followers catch up later"
         if peers:
-            where = f"pushed to {peers} connected follower(s)"
+            where = f"sent to {peers} connected peer(s) that replicate your feed"
         click.echo(f"Posted #{live['seq']} ({where})", err=True)
         click.echo(live["id"])
         return
@@ -285,7 +299,7 @@ def timeline(limit: int, as_json: bool) -> None:
     for item in items:
         e = item.entry
         name = names.get(e.author)
-        who = f"{shown(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
+        who = f"{shown_line(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
         click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
         if item.deleted:
             click.echo("    (deleted by its author)")
@@ -430,7 +444,7 @@ def import_(file: Path) -> None:
     if report.error is not None:
         click.echo(
             f"Error: refused {report.refused} entries from entry {(report.error_index or 0) + 1} "
-            f"on: {report.error}",
+            f"on: {shown(str(report.error))}",
             err=True,
         )
         failed = True
@@ -577,27 +591,26 @@ def run(
 
     try:
         trio.run(main_task)
-    except (OSError, BaseExceptionGroup) as exc:
-        error = _first_os_error(exc)
-        if error is None:
+    except BaseExceptionGroup as group:
+        # trio wraps what the node's tasks raise.  Our declared errors (a port
+        # in use, a store too new) are one line, as in every command; anything
+        # else is a bug and keeps its traceback.
+        leaves = _leaves(group)
+        if not all(_declared(leaf) for leaf in leaves):
             raise
-        message = error.strerror or str(error)
-        if "cannot listen" not in message:
-            message = f"cannot listen on {listen[0]}:{listen[1]}: {message}"
-        raise click.ClickException(message) from None
+        raise click.ClickException(_message(leaves[0])) from None
     click.echo("stopped", err=True)
 
 
-def _first_os_error(exc: BaseException) -> OSError | None:
-    """The OSError inside trio's exception groups (a port in use, an address not ours)."""
-    if isinstance(exc, OSError):
-        return exc
+def _declared(exc: BaseException) -> bool:
+    """An error of ours, or the file system's about a named file (as `_Group` treats them)."""
+    return isinstance(exc, P2PBlogError | KeyFileError) or (isinstance(exc, OSError) and bool(exc.filename))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_os_error(inner)
-            if found is not None:
-                return found
-    return None
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
 
 
 @main.command()
@@ -620,7 +633,7 @@ def lookup(handle: str, as_json: bool) -> None:
     if not as_json:
         click.echo(result["handle"])
         for proto, host, port in result["addrs"]:
-            click.echo(f"  {proto} {host}:{port}")
+            click.echo(f"  {shown(str(proto))} {shown(str(host))}:{port}")  # from a signed record
         click.echo(f"  record seq {result['seq']}, expires {when(result['expires'] * 1000)}")
 
 

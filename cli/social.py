@@ -23,6 +23,7 @@ from cli.common import (
     now_ms,
     public_key,
     shown,
+    shown_line,
     when,
 )
 from identity import decode_handle, encode_handle
@@ -397,7 +398,7 @@ def profile_show(target: str, as_json: bool) -> None:
         click.echo("  (no profile set)", err=True)
     for field in ("name", "bio"):
         if doc[field] is not None:
-            click.echo(f"  {field}: {shown(str(doc[field]))}")
+            click.echo(f"  {field}: {shown_line(str(doc[field]))}")
 
 
 # --- threads and mentions -----------------------------------------------------------------------
@@ -415,7 +416,7 @@ def _item_json(item: FeedItem, store: Store, own: bytes, depth: int | None = Non
 
 def _echo_post(doc: dict[str, Any], indent: str = "", marker: str = "") -> None:
     author = doc["author"]
-    who = f"{shown(doc['name'])} ({fingerprint(decode_handle(author))})" if doc["name"] else author
+    who = f"{shown_line(doc['name'])} ({fingerprint(decode_handle(author))})" if doc["name"] else author
     click.echo(f"{indent}{marker}{who}  {doc['time']}  id {doc['id']}")
     if doc.get("deleted"):
         click.echo(f"{indent}    (deleted by its author)")

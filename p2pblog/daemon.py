@@ -42,7 +42,7 @@ from identity.limits import MENTION_WORK
 from identity.records import RecordError, check_name
 from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
 from p2pblog.entry import Entry, parse_entry_id
-from p2pblog.errors import EntryError
+from p2pblog.errors import EntryError, ListenError
 from p2pblog.home import Home
 from p2pblog.node import (
     MentionAdmitted,
@@ -178,7 +178,7 @@ class NodeService:
                 driver = self.driver = NodeDriver.bind_both(core, *self.listen, on_event=self._on_event)
             except OSError as exc:
                 where = f"{self.listen[0]}:{self.listen[1]}"
-                raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}") from None
+                raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
             saved = [(host, port) for _, host, port, _ in store.load_contacts()[:REJOIN_CONTACTS]]
             seeds = list(dict.fromkeys([*self.bootstrap, *saved]))
             host = self.advertise or advertised_host(self.listen[0], seeds)
@@ -234,10 +234,12 @@ class NodeService:
                     f"{len(self.core.dht.table)} contacts"
                 )
             else:
+                shown = ", ".join(f"{h}:{p}" for h, p in seeds[:5]) + (", ..." if len(seeds) > 5 else "")
+                what = "bootstrap address(es)" if self.bootstrap else "saved contact(s) from the last run"
                 self._log(
-                    f"warning: none of the {len(seeds)} bootstrap address(es) answered "
-                    f"({', '.join(f'{h}:{p}' for h, p in seeds)}); check --bootstrap: it is the "
-                    "HOST:PORT of a running node. Still listening; peers that find us are welcome."
+                    f"warning: none of the {len(seeds)} {what} answered ({shown}); "
+                    "--bootstrap takes the HOST:PORT of a running node. Still listening: "
+                    "nodes that contact us are added."
                 )
         else:
             self._log("no bootstrap address and no saved contacts: waiting for peers to contact this node")

@@ -57,3 +57,7 @@ class FeedForkedError(ChainError):
 
 class StoreError(P2PBlogError):
     """The store cannot be opened or is from a newer version of p2pblog."""
+
+
+class ListenError(P2PBlogError):
+    """The node cannot listen where it was asked to (port in use, an address not ours)."""

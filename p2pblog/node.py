@@ -167,6 +167,9 @@ MENTION_SENDERS: Final = 4096
 #: who paid a stamp) in any 24 hours, whatever keys they use: keys are free,
 #: so the per-sender limit alone does not bound what strangers can store.
 STRANGER_MENTIONS_PER_DAY: Final = 1000
+#: Extra stamp bits asked of a stranger as that window fills: one more bit per
+#: eighth of it (16 + 7 = 23 bits with the default work, below MAX_STAMP_WORK).
+STRANGER_EXTRA_WORK: Final = 8
 DAY: Final = 86_400.0
 
 
@@ -884,11 +887,14 @@ class NodeCore:
             admits = self._stranger_admits
             while admits and admits[0] <= now - DAY:
                 admits.popleft()
-            if len(admits) >= self.stranger_mentions_per_day:
+            cap = self.stranger_mentions_per_day
+            if len(admits) >= cap:
                 return refuse("busy", MentionStatus.BUSY)  # the sender retries later
-            work = work_bits(NOTICE_DOMAIN, notice_subject(own, entry.id), stamp)
-            if work < self.mention_work:
-                return refuse("work", MentionStatus.NEED_WORK, self.mention_work)
+            # The fuller the day's window, the more work a stamp needs (up to
+            # STRANGER_EXTRA_WORK bits more), so filling it is dear, not a minute of CPU.
+            need = self.mention_work + len(admits) * STRANGER_EXTRA_WORK // cap
+            if work_bits(NOTICE_DOMAIN, notice_subject(own, entry.id), stamp) < need:
+                return refuse("work", MentionStatus.NEED_WORK, need)
         try:
             verify(entry.author, raw)
         except SignatureError:

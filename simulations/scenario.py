@@ -18,6 +18,11 @@ from simulations.network import Latency, LinkModel
 BUNDLED = Path(__file__).parent / "scenarios"
 #: Upper bound on posts and lookups per node per simulated hour (one a second).
 MAX_RATE_PER_HOUR = 3600.0
+#: Longest run (about 115 simulated days) and widest lognormal spread accepted.
+MAX_DURATION = 1e7
+MAX_SIGMA = 5.0
+#: Shortest mean churn session or downtime, seconds (shorter floods the engine).
+MIN_CHURN_MEAN = 1.0
 _MALICIOUS_FRACTIONS = ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge")
 
 
@@ -153,8 +158,12 @@ class Scenario:
             raise ScenarioError(f"name: a non-empty string, not {self.name!r}")
         if not 2 <= self.nodes <= 100_000:
             raise ScenarioError(f"nodes: 2 .. 100000, not {self.nodes}")
-        if self.duration <= 0:
-            raise ScenarioError(f"duration: must be > 0 seconds, not {self.duration:g}")
+        if not 0 < self.duration <= MAX_DURATION:
+            raise ScenarioError(f"duration: 0 .. {MAX_DURATION:g} seconds (not 0), not {self.duration:g}")
+        latency = self.network.latency
+        if latency.sigma > MAX_SIGMA:
+            # exp(N(0, sigma)) overflows a float within a few thousand draws past this.
+            raise ScenarioError(f"network.latency.sigma: 0 .. {MAX_SIGMA:g}, not {latency.sigma:g}")
         if self.protocol not in ("gossip", "flood"):
             raise ScenarioError(f"protocol: 'gossip' or 'flood', not {self.protocol!r}")
         if self.converge_within < 0:
@@ -181,8 +190,8 @@ class Scenario:
                 raise ScenarioError(f"workload.{name}: must be >= 0 seconds, not {getattr(w, name):g}")
         if w.join_over >= duration:
             raise ScenarioError(f"workload.join_over: below duration ({duration:g}), not {w.join_over:g}")
-        if w.post_from > duration:
-            raise ScenarioError(f"workload.post_from: <= duration ({duration:g}), not {w.post_from:g}")
+        if w.post_from >= duration:
+            raise ScenarioError(f"workload.post_from: below duration ({duration:g}), not {w.post_from:g}")
         if w.post_until and w.post_until < w.post_from:
             raise ScenarioError(
                 f"workload.post_until: >= post_from ({w.post_from:g}), or 0 for duration - 60; "
@@ -208,8 +217,10 @@ class Scenario:
                 f"{where}.at: must be below the scenario's duration ({self.duration:g}), not {fault.at:g}"
             )
         for name in ("session_mean", "downtime_mean"):
-            if getattr(fault, name) <= 0:
-                raise ScenarioError(f"{where}.{name}: must be > 0 seconds, not {getattr(fault, name):g}")
+            if getattr(fault, name) < MIN_CHURN_MEAN:
+                raise ScenarioError(
+                    f"{where}.{name}: at least {MIN_CHURN_MEAN:g} s, not {getattr(fault, name):g}"
+                )
 
     def _check_malicious(self) -> None:
         m, nodes = self.malicious, self.nodes
@@ -299,7 +310,7 @@ def _check_finite(obj: Any, where: str) -> None:
             raise ScenarioError(f"{prefix}{f.name}: every entry must be a finite number")
         if is_dataclass(value):
             _check_finite(value, f"{prefix}{f.name}")
-        elif isinstance(value, tuple) and value and is_dataclass(value[0]):
+        elif isinstance(value, tuple | list) and value and is_dataclass(value[0]):
             for i, item in enumerate(value):
                 _check_finite(item, f"{prefix}{f.name}[{i}]")
 

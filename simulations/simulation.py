@@ -305,7 +305,8 @@ class Simulation:
 
     def _follow(self, node: SimNode) -> None:
         if node.core is None:
-            self.engine.after(FOLLOW_DELAY, lambda: self._follow(node))
+            if node.index not in self.down_for_good and node.index not in self.offline_authors:
+                self.engine.after(FOLLOW_DELAY, lambda: self._follow(node))  # until it is back up
             return
         for author in self.follows[node.index]:
             node.core.follow(self.nodes[author].identity.public_key, node.now)

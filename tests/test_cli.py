@@ -21,6 +21,8 @@ import pytest
 
 from identity import decode_handle, is_handle
 from p2pblog.feedfile import MAGIC
+from p2pblog.home import Home
+from tests.feeds import make_chain
 from tests.process import p2pblog
 
 COMMANDS = [
@@ -249,14 +251,16 @@ def test_terminal_escapes_in_posts_and_names_are_shown_not_obeyed(tmp_path: Path
     home = tmp_path / "a"
     init(home)
     evil = "copy\x1b]52;c;ZXZpbA==\x07 me \u202eevil\u009b"
-    post(home, evil)
-    assert p2pblog(home, "profile", "set", "--name", "Ev\x1b[31mil").returncode == 0
-    for command in (("log",), ("timeline",), ("profile", "show")):
+    entry_id = post(home, evil)
+    # A name with a line break would forge the lines after the header it sits in.
+    assert p2pblog(home, "profile", "set", "--name", "Ev\x1b[31mil\nforged line").returncode == 0
+    for command in (("log",), ("timeline",), ("profile", "show"), ("thread", entry_id)):
         out = p2pblog(home, *command).stdout
         assert not any(c in out for c in "\x1b\x07\u202e\u009b"), (command, out)
+        assert not any(line.startswith("forged line") for line in out.splitlines()), (command, out)
     timeline = p2pblog(home, "timeline").stdout
     assert "copy\\u001b]52;c;ZXZpbA==\\u0007 me \\u202eevil\\u009b" in timeline
-    assert "Ev\\u001b[31mil (" in timeline
+    assert "Ev\\u001b[31mil\\u000aforged line (" in timeline
     assert log_json(home)[1]["text"] == evil  # the stored text and --json are unchanged
 
 
@@ -304,10 +308,12 @@ def test_replies_only_to_posts_and_verify_of_an_unknown_feed_fails(tmp_path: Pat
 def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
     home = tmp_path / "a"
     init(home)
-    for i in range(30):
-        post(home, f"post {i} " + "x" * 400)
+    # More than a pipe's 64 KiB buffer, so the writer really meets the closed pipe.
+    identity = Home(home).load_identity()
+    with Home(home).open_store() as store:
+        store.ingest_many(e.raw for e in make_chain(identity, 300, text="x" * 400))
     env = {**os.environ, "P2PBLOG_HOME": str(home)}
-    shell = f"{sys.executable} -m p2pblog log -n 30 | head -c 10"
+    shell = f"{sys.executable} -m p2pblog log -n 300 | head -c 10"
     result = subprocess.run(shell, shell=True, capture_output=True, text=True, timeout=60, env=env)
     assert result.stdout and "Error" not in result.stderr and "Traceback" not in result.stderr
 
@@ -335,6 +341,16 @@ def test_a_damaged_stored_entry_is_one_error_pointing_at_verify(tmp_path: Path) 
         assert_one_line_error(p2pblog(home, *command), "`p2pblog verify` lists which")
     verify = p2pblog(home, "verify")
     assert verify.returncode == 1 and "problem:" in verify.stderr
+
+
+def test_run_reports_a_file_problem_as_itself_not_as_a_listen_error(tmp_path: Path) -> None:
+    home = tmp_path / "a"
+    init(home)
+    (home / "node.json.tmp").mkdir()  # the node cannot write its state file
+    result = p2pblog(home, "run", "--listen", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith(f"Is a directory: {home / 'node.json.tmp'}")
+    assert "cannot listen" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_run_refuses_an_advertise_address_with_a_port(tmp_path: Path) -> None:

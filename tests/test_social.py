@@ -251,31 +251,39 @@ def test_a_flood_from_one_sender_is_rate_limited(
     assert a.store.mentions(A.public_key) == []
 
 
-def test_strangers_notices_are_capped_per_day_whatever_keys_they_use(
+def test_strangers_notices_cost_more_as_the_day_fills_and_are_capped(
     net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
 ) -> None:
     wire, cores = net("abc")
     a, b = cores["a"], cores["b"]
-    a.stranger_mentions_per_day = 3
+    a.mention_work = 4  # small, so the test solves its stamps fast
+    a.stranger_mentions_per_day = 4  # extra work: 0, 2, 4, 6 bits as it fills
     a.follow(B.public_key, wire.now)
     wire.advance(20)
 
-    def notice(author: Identity) -> tuple[bytes, bytes]:
+    def send(author: Identity) -> tuple[int, int]:
+        """Send as a sender does: pay what is asked, once, and resend."""
         entry = make_entry(author, 1, None, body=post_body(f"hi {encode_handle(A.public_key)}"))
-        return entry.raw, solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry.id), MENTION_WORK)
+        subject = notice_subject(A.public_key, entry.id)
+        cheap = solve(NOTICE_DOMAIN, subject, 4)
+        status, need = a.admit_mention(author.public_key, entry.raw, cheap, wire.now)
+        if status == MentionStatus.NEED_WORK:
+            stamp = solve(NOTICE_DOMAIN, subject, need)
+            return a.admit_mention(author.public_key, entry.raw, stamp, wire.now)[0], need
+        return status, 4
 
-    strangers = [Identity(bytes([100 + i]) * 32) for i in range(5)]  # fresh keys: one notice each
-    results = [a.admit_mention(s.public_key, *notice(s), wire.now)[0] for s in strangers]
-    assert results == [MentionStatus.ADMITTED] * 3 + [MentionStatus.BUSY] * 2
-    assert len(a.store.mentions(A.public_key)) == 3
+    strangers = [Identity(bytes([100 + i]) * 32) for i in range(6)]  # fresh keys: one notice each
+    results = [send(s) for s in strangers]
+    assert [status for status, _ in results] == [MentionStatus.ADMITTED] * 4 + [MentionStatus.BUSY] * 2
+    assert [need for _, need in results[:4]][1:] == [6, 8, 10]  # 4 + 2, 4 + 4, 4 + 6 bits
+    assert len(a.store.mentions(A.public_key)) == 4
     assert a.replicator.stats["mentions.refused_busy"] == 2
     # Someone A follows is not a stranger: not capped, and needs no stamp.
     friend = b.post(f"hey {encode_handle(A.public_key)}", wire.now)
     assert a.admit_mention(B.public_key, friend.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
-    # A day later the window has room again; the refused senders retry (BUSY means later).
+    # A day later the window has room again, at the base price.
     wire.advance(86_400)
-    late = strangers[3]
-    assert a.admit_mention(late.public_key, *notice(late), wire.now)[0] == MentionStatus.ADMITTED
+    assert send(strangers[4]) == (MentionStatus.ADMITTED, 4)
 
 
 def test_a_delete_reaches_followers_and_mentioned_strangers(
