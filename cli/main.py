@@ -399,7 +399,7 @@ def _refuse_another_version_of_own_feed(home: Home, store: Store, source: Binary
             if entry.author != own or entry.seq > latest:
                 continue
             held = next(store.feed_range(own, entry.seq, entry.seq), None)
-            if held is not None and held.id != entry.id:
+            if held is not None and held.id != entry.id and _signed(raw):  # a forgery is no version
                 raise click.ClickException(
                     f"the file holds a different entry of your own feed at seq {entry.seq}: a copy of "
                     "this identity posted elsewhere. Importing it would mark your feed forked, and "
@@ -407,6 +407,14 @@ def _refuse_another_version_of_own_feed(home: Home, store: Store, source: Binary
                 )
     except FeedFileError:
         return  # the import itself reports it
+
+
+def _signed(raw: bytes) -> bool:
+    try:
+        decode_entry(raw)
+    except EntryError:
+        return False
+    return True
 
 
 @main.command("import")
