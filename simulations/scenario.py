@@ -23,6 +23,8 @@ MAX_DURATION = 1e7
 MAX_SIGMA = 5.0
 #: Shortest mean churn session or downtime, seconds (shorter floods the engine).
 MIN_CHURN_MEAN = 1.0
+#: Default posting stops this long before the convergence deadline would pass the end.
+DEFAULT_POST_MARGIN = 30.0
 _MALICIOUS_FRACTIONS = ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge")
 
 
@@ -39,7 +41,8 @@ class Workload:
     #: Fraction of nodes that post, and each one's posts per simulated hour (Poisson).
     authors: float = 1.0
     posts_per_hour: float = 12.0
-    #: Posting happens in [post_from, post_until) seconds (post_until 0: duration - 60).
+    #: Posting happens in [post_from, post_until) seconds (post_until 0: early enough
+    #: that the convergence deadline falls inside the run, see `Scenario.post_until`).
     post_from: float = 60.0
     post_until: float = 0.0
     #: Nodes start spread over this many seconds.
@@ -139,8 +142,14 @@ class Scenario:
     @property
     def post_until(self) -> float:
         """When posting stops: never after the end (a shortened run posts to its end)."""
-        until = self.workload.post_until or max(self.workload.post_from, self.duration - 60.0)
-        return min(until, self.duration)
+        # The default leaves converge_within plus a margin after posting, so that
+        # the convergence oracle runs inside the run (when the faults allow it);
+        # a run too short for that posts until a minute before its end.
+        post_from = self.workload.post_from
+        default = self.duration - self.converge_within - DEFAULT_POST_MARGIN
+        if default <= post_from:
+            default = max(post_from, self.duration - 60.0)
+        return min(self.workload.post_until or default, self.duration)
 
     @property
     def last_fault_end(self) -> float:
@@ -194,7 +203,7 @@ class Scenario:
             raise ScenarioError(f"workload.post_from: below duration ({duration:g}), not {w.post_from:g}")
         if w.post_until and w.post_until < w.post_from:
             raise ScenarioError(
-                f"workload.post_until: >= post_from ({w.post_from:g}), or 0 for duration - 60; "
+                f"workload.post_until: >= post_from ({w.post_from:g}), or 0 for the default; "
                 f"not {w.post_until:g}"
             )
         if w.offline_authors and w.offline_at >= duration:

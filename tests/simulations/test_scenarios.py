@@ -169,6 +169,15 @@ def test_a_scenario_file_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
         Scenario.load(str(path))
 
 
+def test_the_default_posting_window_lets_the_convergence_oracle_run() -> None:
+    defaults = Scenario.from_toml("")
+    assert defaults.workload.post_from < defaults.post_until
+    assert defaults.converge_by <= defaults.duration  # checked inside the run
+    # Too short for that: posting still happens, until a minute before the end.
+    short = Scenario.from_toml("duration = 150.0")
+    assert (short.workload.post_from, short.post_until) == (60.0, 90.0)
+
+
 def test_unknown_scenario_name_lists_the_bundled_ones() -> None:
     with pytest.raises(ScenarioError, match=r"no scenario 'no-such-scenario'.*baseline"):
         Scenario.load("no-such-scenario")
