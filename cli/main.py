@@ -65,6 +65,9 @@ from p2pblog.home import Home, default_home
 from p2pblog.runtime import parse_hostport
 from p2pblog.store import FeedItem, Store
 
+#: Errors a user can cause: one `Error:` line each, never a traceback (and OSErrors).
+_USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
+
 
 class _Group(click.Group):
     """Turns the errors users can cause into one clear line and exit status 1."""
@@ -79,7 +82,7 @@ class _Group(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
-        except (P2PBlogError, KeyFileError, HandleError, OSError) as exc:
+        except (*_USER_ERRORS, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
 
 
@@ -384,8 +387,6 @@ def export(handle: str, file: Path) -> None:
 def _refuse_another_version_of_own_feed(home: Home, store: Store, source: BinaryIO) -> None:
     """Stop an import that would fork our own feed (an older copy of this identity
     that posted elsewhere): a forked own feed can no longer be extended."""
-    if not home.exists():
-        return
     own = public_key(home)
     latest = store.latest_seq(own)
     if latest == 0:
@@ -399,22 +400,19 @@ def _refuse_another_version_of_own_feed(home: Home, store: Store, source: Binary
             if entry.author != own or entry.seq > latest:
                 continue
             held = next(store.feed_range(own, entry.seq, entry.seq), None)
-            if held is not None and held.id != entry.id and _signed(raw):  # a forgery is no version
-                raise click.ClickException(
-                    f"the file holds a different entry of your own feed at seq {entry.seq}: a copy of "
-                    "this identity posted elsewhere. Importing it would mark your feed forked, and "
-                    "a forked feed cannot be extended. Nothing was imported."
-                )
+            if held is None or held.id == entry.id:
+                continue
+            try:
+                decode_entry(raw)  # signature checked: a forgery is not another version
+            except EntryError:
+                continue
+            raise click.ClickException(
+                f"the file holds a different entry of your own feed at seq {entry.seq}: a copy of "
+                "this identity posted elsewhere. Importing it would mark your feed forked, and "
+                "a forked feed cannot be extended. Nothing was imported."
+            )
     except FeedFileError:
         return  # the import itself reports it
-
-
-def _signed(raw: bytes) -> bool:
-    try:
-        decode_entry(raw)
-    except EntryError:
-        return False
-    return True
 
 
 @main.command("import")
@@ -427,8 +425,6 @@ def import_(file: Path) -> None:
     """
     home = current_home()
     file_error: list[FeedFileError] = []
-    with home.open_store() as store, file.open("rb") as source:
-        _refuse_another_version_of_own_feed(home, store, source)
 
     def frames(source: BinaryIO) -> Iterator[bytes]:
         try:
@@ -436,8 +432,11 @@ def import_(file: Path) -> None:
         except FeedFileError as exc:
             file_error.append(exc)
 
-    with home.open_store() as store, file.open("rb") as source:
-        report = store.ingest_many(frames(source))
+    with home.open_store() as store:
+        with file.open("rb") as source:
+            _refuse_another_version_of_own_feed(home, store, source)
+        with file.open("rb") as source:
+            report = store.ingest_many(frames(source))
     if report.accepted or report.duplicates or not file_error:
         counts = f"{report.accepted} new entries ({report.duplicates} already present)"
         click.echo(f"imported {counts} from {file}")
@@ -612,7 +611,7 @@ def run(
 
 def _declared(exc: BaseException) -> bool:
     """An error of ours, or the file system's about a named file (as `_Group` treats them)."""
-    return isinstance(exc, P2PBlogError | KeyFileError) or (isinstance(exc, OSError) and bool(exc.filename))
+    return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and bool(exc.filename))
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
