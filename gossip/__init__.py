@@ -15,6 +15,9 @@ Modules:
   Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, mention
   notices (`send_mention`/`MentionReceived`, `ack_mention`/`MentionAcked`),
   misbehaviour scoring; it reads the node's feeds through a `FeedSource`.
+- `gossip.mentions`: `MentionNotices`, the part of a session that owns the
+  MENTION / MENTION_ACK exchange (queues, pairing, sending budget) and its
+  events; `gossip.session` re-exports the events and constants.
 
 Like `dht`, this package never imports trio, socket, time or the OS random source, and
 imports nothing from the project but `identity`.

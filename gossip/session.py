@@ -65,23 +65,16 @@ still duplicate, until the third prunes one of them.
 on every `fork_found`, the proofs the source holds for it go out once per
 (feed, seq) per session; received ones become `ForkProofReceived`.
 
-*Mention notices* bypass replication: a node hands a signed entry that
-mentions the peer's user to `send_mention`, which queues a MENTION whenever
-the session is open (no feed need be in either clock); the peer's session
-reports it as `MentionReceived`, its node checks the entry and the stamp and
-answers with `ack_mention`, which comes back as `MentionAcked`.  Each
-MENTION gets at most one MENTION_ACK, in the session that carried it: a
-session refuses to ack more MENTIONs than it reported (our misuse), and a
-peer that acks more MENTIONs than it was sent is misbehaving.  An ACK may never come (the
-peer is an older version, which drops the unknown message type, or the
-connection broke), so the sending node keeps its own deadline.  MENTION and
-MENTION_ACK frames go out ahead of queued ENTRIES batches in every
-`frames_to_send`, so a long catch-up does not delay them.  A received MENTION
-costs `MENTION_COST` control tokens; `send_mention` keeps a sender's budget
-of half the peer's (same config assumed) so that an honest node, whose posts
-carry at most `identity.limits.MAX_MENTIONS` mentions, is never flagged:
-beyond it, as with a full queue or a session that is not open, it returns
-False and the node tries again later.
+*Mention notices* bypass replication: `send_mention` queues a MENTION
+whenever the session is open (no feed need be in either clock), the peer
+reports it as `MentionReceived` and answers with `ack_mention`, which comes
+back as `MentionAcked`.  The session owns a `gossip.mentions.MentionNotices`
+part for this exchange (its queues, the pairing of MENTIONs with acks, and
+the sending budget; see that module): it routes the two commands and the
+MENTION / MENTION_ACK frames to it, queues the events it returns, and sends
+its frames ahead of queued ENTRIES batches in every `frames_to_send`, so a
+long catch-up does not delay them.  A received MENTION costs `MENTION_COST`
+control tokens.
 
 *Bounds.*  Per peer, everything is bounded whatever the peer or the driver
 does: data frames waiting for `frames_to_send` are at most ``window`` ENTRIES
@@ -139,6 +132,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from gossip.mentions import MAX_QUEUED_MENTION_ACKS as MAX_QUEUED_MENTION_ACKS
+from gossip.mentions import MAX_QUEUED_MENTIONS as MAX_QUEUED_MENTIONS
+from gossip.mentions import MENTION_COST as MENTION_COST
+from gossip.mentions import MentionAcked as MentionAcked
+from gossip.mentions import MentionNotices
+from gossip.mentions import MentionReceived as MentionReceived
 from gossip.messages import (
     ENTRIES_OVERHEAD,
     ENTRY_OVERHEAD,
@@ -178,16 +177,8 @@ WANT_DELAY: Final = 0.5
 CONTROL_RATE: Final = 200.0
 CONTROL_BURST: Final = 1000.0
 NOTES_PER_TOKEN: Final = 100
-#: Control tokens a MENTION costs (a MENTION_ACK costs one): it carries up to
-#: `MAX_ENTRY_BYTES` (8 KiB) and costs the receiving node a signature check,
-#: a stamp hash and a store lookup.  With the defaults a peer may send 250
-#: back to back and 50 a second after that; a post mentions at most
-#: `MAX_MENTIONS` (16) people, 64 tokens.
-MENTION_COST: Final = 4
-#: Outgoing MENTIONs waiting for `frames_to_send` (about 8 KiB each at most).
-MAX_QUEUED_MENTIONS: Final = 64
-#: Outgoing MENTION_ACKs waiting for `frames_to_send` (at most 40 bytes each).
-MAX_QUEUED_MENTION_ACKS: Final = 1024
+# MENTION_COST, MAX_QUEUED_MENTIONS and MAX_QUEUED_MENTION_ACKS live with the
+# mention exchange in `gossip.mentions` (imported above, and re-exported).
 #: Protocol violations before the session gives up on the peer.
 MISBEHAVIOUR_LIMIT: Final = 8
 #: Fork proofs waiting to be sent; more are dropped (and counted).
@@ -296,28 +287,6 @@ class EntriesRefused:
 
     feed: bytes
     seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class MentionReceived:
-    """The peer sent an entry that should mention our user, with a proof-of-work
-    stamp (empty: none).  Nothing is checked yet: the node verifies the entry,
-    the mention and the stamp, decides, and answers with
-    `GossipSession.ack_mention` (at most once per event)."""
-
-    entry: bytes
-    stamp: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MentionAcked:
-    """The peer answered one of our MENTIONs.  ``status`` is a
-    `gossip.messages.MentionStatus`, or a plain int this version does not
-    know; ``need`` is the work bits it requires of us (with NEED_WORK)."""
-
-    entry_id: bytes
-    status: int
-    need: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,16 +476,14 @@ class GossipSession:
         self._timer_seq = 0
         self._tokens = self.config.control_burst
         self._tokens_at = now
-        # Mention notices: encoded frames waiting, MENTIONs sent that the
-        # peer has not answered, MentionReceived we have not answered, and
-        # our sending budget (half the peer's, see the module docstring).
-        self._mentions: deque[bytes] = deque()
-        self._mention_acks: deque[bytes] = deque()
-        self._mention_bytes = 0
-        self._mentions_unanswered = 0
-        self._mentions_to_answer = 0
-        self._mention_tokens = self._mention_burst()
-        self._mention_tokens_at = now
+        self._mentions = MentionNotices(
+            control_rate=self.config.control_rate,
+            control_burst=self.config.control_burst,
+            max_queued=self.config.max_queued_mentions,
+            max_queued_acks=self.config.max_queued_mention_acks,
+            stats=self.stats,
+            now=now,
+        )
         self._events: deque[Event] = deque()
         #: `_Bounded` events in the queue.
         self._bounded = 0
@@ -562,12 +529,7 @@ class GossipSession:
             self.stats["tx.wants"] += len(wants)
             self._want_pending.clear()
         # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
-        out += self._mention_acks
-        out += self._mentions
-        self._mentions_unanswered += len(self._mentions)
-        self._mention_acks.clear()
-        self._mentions.clear()
-        self._mention_bytes = 0
+        out += self._mentions.frames_to_send()
         out += self._data
         self._data.clear()
         self._data_bytes = 0
@@ -607,7 +569,7 @@ class GossipSession:
     def queued_bytes(self) -> int:
         """Bytes of data and mention frames (ENTRIES, FORK_PROOF, MENTION,
         MENTION_ACK) waiting for `frames_to_send`."""
-        return self._data_bytes + self._mention_bytes
+        return self._data_bytes + self._mentions.queued_bytes
 
     @property
     def queued_fork_proofs(self) -> int:
@@ -616,17 +578,17 @@ class GossipSession:
     @property
     def queued_mentions(self) -> int:
         """MENTIONs waiting for `frames_to_send` (<= `GossipConfig.max_queued_mentions`)."""
-        return len(self._mentions)
+        return self._mentions.queued_mentions
 
     @property
     def queued_mention_acks(self) -> int:
         """MENTION_ACKs waiting for `frames_to_send` (<= `GossipConfig.max_queued_mention_acks`)."""
-        return len(self._mention_acks)
+        return self._mentions.queued_acks
 
     @property
     def mentions_unanswered(self) -> int:
         """MENTIONs sent in this session that the peer has not acknowledged."""
-        return self._mentions_unanswered
+        return self._mentions.unanswered
 
     def peer_wants(self, feed: bytes) -> bool:
         st = self._feeds.get(feed)
@@ -649,7 +611,8 @@ class GossipSession:
         if not self._enter("connection_made", now):
             return
         self._state = SessionState.OPEN
-        self._tokens_at = self._mention_tokens_at = now
+        self._tokens_at = now
+        self._mentions.start(now)
         for feed in sorted(self._source.wanted_feeds()):  # not set order: it varies per process
             self._want(feed)
         self._pump()
@@ -769,17 +732,7 @@ class GossipSession:
         peer's decoder would refuse raises `LocalProtocolError`.
         """
         frame = encode_message(Mention(entry, stamp))
-        if (
-            not self._enter("send_mention", now)
-            or len(self._mentions) >= self.config.max_queued_mentions
-            or not self._take_mention_tokens(now)
-        ):
-            self.stats["mentions.not_queued"] += 1
-            return False
-        self._mentions.append(frame)
-        self._mention_bytes += len(frame)
-        self.stats["tx.mentions"] += 1
-        return True
+        return self._mentions.send(frame, now, session_open=self._enter("send_mention", now))
 
     def ack_mention(self, entry_id: bytes, status: int, need: int, now: float) -> None:
         """Answer the peer's MENTION of ``entry_id``: a `MentionStatus` and, with
@@ -790,17 +743,8 @@ class GossipSession:
         peer's decoder would refuse.  Ignored once the session closed.
         """
         frame = encode_message(MentionAck(entry_id, status, need))
-        if not self._enter("ack_mention", now):
-            return
-        if self._mentions_to_answer == 0:
-            raise LocalProtocolError("ack_mention without a MentionReceived to answer")
-        self._mentions_to_answer -= 1
-        if len(self._mention_acks) >= self.config.max_queued_mention_acks:
-            self.stats["mention_acks.not_queued"] += 1
-            return
-        self._mention_acks.append(frame)
-        self._mention_bytes += len(frame)
-        self.stats["tx.mention_acks"] += 1
+        if self._enter("ack_mention", now):
+            self._mentions.ack(frame)
 
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
@@ -958,18 +902,15 @@ class GossipSession:
         self._notice(ForkProofReceived(message.feed, message.seq, message.first, message.second))
 
     def _on_mention(self, message: Mention) -> None:
-        self.stats["rx.mentions"] += 1
-        if self._queue_event(MentionReceived(message.entry, message.stamp), "events.mentions_not_queued"):
-            self._mentions_to_answer += 1
+        if self._queue_event(self._mentions.on_mention(message), "events.mentions_not_queued"):
+            self._mentions.reported()
 
     def _on_mention_ack(self, message: MentionAck) -> None:
-        if self._mentions_unanswered == 0:
+        event = self._mentions.on_mention_ack(message)
+        if event is None:
             self._misbehaved("mention ack for nothing")
-            return
-        self._mentions_unanswered -= 1
-        self.stats["rx.mention_acks"] += 1
-        event = MentionAcked(message.entry_id, message.status, message.need)
-        self._queue_event(event, "events.mentions_not_queued")
+        else:
+            self._queue_event(event, "events.mentions_not_queued")
 
     def _declared(self, st: _Feed, seq: int) -> bool:
         """Record a seq the peer says it holds; False (misbehaviour) if it went backwards."""
@@ -1110,21 +1051,6 @@ class GossipSession:
         self._tokens -= cost
         return True
 
-    def _mention_burst(self) -> float:
-        # At least one MENTION, whatever the configured burst.
-        return max(self.config.control_burst / 2, MENTION_COST)
-
-    def _take_mention_tokens(self, now: float) -> bool:
-        """Our sending budget: half of the peer's control budget, at its MENTION price."""
-        elapsed = now - self._mention_tokens_at
-        earned = elapsed * self.config.control_rate / 2
-        self._mention_tokens = min(self._mention_burst(), self._mention_tokens + earned)
-        self._mention_tokens_at = now
-        if self._mention_tokens < MENTION_COST:
-            return False
-        self._mention_tokens -= MENTION_COST
-        return True
-
     def _queue_event(self, event: _Bounded, dropped: str) -> bool:
         """Queue an event within `GossipConfig.max_queued_notices`; else count it under ``dropped``."""
         if self._bounded >= self.config.max_queued_notices:
@@ -1158,7 +1084,5 @@ class GossipSession:
         self._data.clear()
         self._data_bytes = 0
         self._queued_proofs = 0
-        self._mentions.clear()
-        self._mention_acks.clear()
-        self._mention_bytes = 0
+        self._mentions.close()
         self._want_timers.clear()
