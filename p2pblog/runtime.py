@@ -15,10 +15,17 @@ Commands are started on the core with the current time and awaited through
 their query id: every command's query ends in exactly one result event
 (the cores guarantee it), which `flush` hands to the waiting task.
 
+`NodeDriver` adds the gossip connections: a `GossipTransport` accepts and
+dials byte streams (`TcpTransport`: a TCP listener and `trio.open_tcp_stream`;
+tests plug in `trio.testing` memory streams), and each connection gets a
+reader and a writer task.
+
 Clock: the cores take ``now`` in Unix seconds that never go backwards.
 `unix_now` is ``time.monotonic()`` anchored to the wall clock once at import,
 so records can carry absolute expiry times and a wall-clock step (NTP) cannot
-make time run backwards inside a core.
+make time run backwards inside a core.  Drivers take the clock as a
+parameter, so a test can hand them ``trio.current_time`` under
+`trio.testing.MockClock` and make the cores' time virtual too.
 """
 
 from __future__ import annotations
@@ -175,12 +182,15 @@ class UdpDriver:
             if deadline is None:
                 await self._rearm.wait()
                 continue
-            delay = deadline - self.clock()
-            if delay > 0:
-                with trio.move_on_after(delay):
+            now = self.clock()
+            if deadline > now:
+                # Woken by a re-arm (an earlier deadline) or by this one: either
+                # way read the deadline again, since inputs may also have moved
+                # it later; the core's timer fires only once it is due.
+                with trio.move_on_after(deadline - now):
                     await self._rearm.wait()
-                    continue  # re-armed before the deadline: recompute it
-            self.core.handle_timer(self.clock())
+                continue
+            self.core.handle_timer(now)
             self.flush()
             await trio.lowlevel.checkpoint()
 
@@ -206,11 +216,61 @@ class StreamCore(DatagramCore, Protocol):
     def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None: ...
 
 
+class GossipTransport(Protocol):
+    """Where `NodeDriver`'s gossip connections come from: `TcpTransport`, or a test's."""
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        """The address peers dial to reach us."""
+        ...
+
+    async def accept(self) -> tuple[trio.abc.Stream, tuple[str, int]]:
+        """The next inbound connection and its peer's address; OSError (e.g. EMFILE) is counted."""
+        ...
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        """Dial a peer; OSError means the dial failed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TcpTransport:
+    """Gossip over TCP: a bound, listening stdlib socket, and `trio.open_tcp_stream` to dial."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.sock = listener
+        self._listener: trio.SocketListener | None = None
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        host, port = self.sock.getsockname()[:2]
+        return str(host), int(port)
+
+    async def accept(self) -> tuple[trio.abc.Stream, tuple[str, int]]:
+        if self._listener is None:
+            self._listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
+        while True:
+            stream = await self._listener.accept()
+            try:
+                host, port = stream.socket.getpeername()[:2]
+            except OSError:  # the peer reset the connection before we asked (ENOTCONN)
+                await stream.aclose()
+                continue
+            return stream, (str(host), int(port))
+
+    async def connect(self, host: str, port: int) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Stream:
     """The driver's side of one gossip connection."""
 
     def __init__(self) -> None:
-        self.stream: trio.SocketStream | None = None
+        self.stream: trio.abc.Stream | None = None
         self.out = bytearray()
         self.wake = trio.Event()
         self.closing = False
@@ -218,19 +278,22 @@ class _Stream:
 
 
 class NodeDriver(UdpDriver):
-    """`UdpDriver` plus the gossip TCP listener and connections of a `NodeCore`.
+    """`UdpDriver` plus the gossip connections of a `NodeCore`, over a `GossipTransport`
+    (TCP from `bind_both`).
 
     Each connection runs a reader task (bytes -> ``data_received``) and a
-    writer task (``data_to_send`` -> the socket).  `flush` also starts the
+    writer task (``data_to_send`` -> the stream).  `flush` also starts the
     dials the core asks for and closes the connections it gives up.  The
     core bounds what it queues per connection, so the write buffers are
     bounded too.
     """
 
-    def __init__(self, core: StreamCore, sock: socket.socket, listener: socket.socket, **kwargs: Any) -> None:
+    def __init__(
+        self, core: StreamCore, sock: socket.socket, transport: GossipTransport, **kwargs: Any
+    ) -> None:
         super().__init__(core, sock, **kwargs)
         self.stream_core = core
-        self.listener = listener
+        self.transport = transport
         self._streams: dict[int, _Stream] = {}
         self._nursery: trio.Nursery | None = None
         #: Proof-of-work stamps to make (the core asked before `run` started).
@@ -258,16 +321,15 @@ class NodeDriver(UdpDriver):
             udp.close()
             tcp.close()
             raise
-        return cls(core, udp, tcp, **kwargs)
+        return cls(core, udp, TcpTransport(tcp), **kwargs)
 
     @property
     def gossip_addr(self) -> tuple[str, int]:
-        host, port = self.listener.getsockname()[:2]
-        return str(host), int(port)
+        return self.transport.listen_addr
 
     def close(self) -> None:
         super().close()
-        self.listener.close()
+        self.transport.close()
 
     @property
     def connections(self) -> int:
@@ -314,17 +376,15 @@ class NodeDriver(UdpDriver):
             self.flush()
 
     async def _accept_loop(self) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
         assert self._nursery is not None
         while True:
             try:
-                stream = await listener.accept()
+                stream, addr = await self.transport.accept()
             except OSError as exc:  # e.g. EMFILE: count, pause, go on
                 self.stats[f"accept_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
                 await trio.sleep(0.1)
                 continue
-            host, port = stream.socket.getpeername()[:2]
-            conn_id = self.stream_core.connection_accepted((str(host), int(port)), self.clock())
+            conn_id = self.stream_core.connection_accepted(addr, self.clock())
             st = self._streams.setdefault(conn_id, _Stream())
             st.stream = stream
             self.flush()
@@ -335,7 +395,7 @@ class NodeDriver(UdpDriver):
         stream = None
         with trio.move_on_after(DIAL_TIMEOUT):
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                stream = await self.transport.connect(host, port)
             except OSError:
                 stream = None
         if stream is None or st.closing:
@@ -378,7 +438,8 @@ class NodeDriver(UdpDriver):
             if not data:
                 st.scope.cancel()
                 return
-            self.stream_core.data_received(conn_id, data, self.clock())
+            # A socket gives bytes (bytes() is then free); other streams may give a bytearray.
+            self.stream_core.data_received(conn_id, bytes(data), self.clock())
             self.flush()
 
     async def _write(self, st: _Stream) -> None:
