@@ -80,6 +80,20 @@ class Engine:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
+    def step(self) -> bool:
+        """Run the next pending action, whenever it is due; False if none is left."""
+        when = self.next_time()
+        if when is None:
+            return False
+        _, _, timer = heapq.heappop(self._heap)
+        action = timer.action
+        assert action is not None  # next_time dropped the cancelled ones
+        timer.action = None
+        self.now = when
+        self.events_run += 1
+        action()
+        return True
+
     def run(
         self, until: float, *, progress: Callable[[float], None] | None = None, every: int = 10_000
     ) -> None:

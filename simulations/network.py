@@ -18,13 +18,19 @@ lost.
 link delivers its chunks no earlier than the previous one; a "lost" segment
 costs a retransmission delay (three latencies) instead of disappearing.  A
 dial to a node that is down or across a partition fails after
-`DIAL_TIMEOUT`; otherwise the other end accepts after one latency and the
-dialler sees the connection open after a round trip.  A link breaks when
-either node crashes or a partition separates them: both ends that are still
-up learn it (``connection_lost``) after one latency, as a TCP reset would
-tell them.
+`DIAL_TIMEOUT`, and one to a node that is up but does not listen
+(`Network.refusing`) fails after a round trip, as a reset would; otherwise
+the other end accepts after one latency and the dialler sees the connection
+open after a round trip.  A link breaks when either node crashes or a
+partition separates them: both ends that are still up learn it
+(``connection_lost``) after one latency, as a TCP reset would tell them.
 
 Every byte and message sent is counted per node, for the metrics.
+
+Nodes get addresses ``10.x.y.z:PORT`` by index (`Network.address`) unless
+`Network.add` is given one.  Any object with the `Endpoint` inputs can be a
+node: the simulator's `SimNode`, or `simulations.endpoint.CoreEndpoint`
+around any sans-IO core.
 """
 
 from __future__ import annotations
@@ -156,6 +162,11 @@ class Network:
         self.rng = engine.rng("network")
         self.nodes: list[Endpoint] = []
         self.addrs: dict[tuple[str, int], int] = {}
+        #: Node index -> its address (`address` unless `add` was given one).
+        self.node_addrs: list[tuple[str, int]] = []
+        #: Nodes that are up but refuse connections (no listener): a dial to
+        #: one fails after a round trip, as a TCP reset tells the dialler.
+        self.refusing: set[int] = set()
         #: Partitions in force, by key: node index -> the groups it is in; two
         #: nodes talk only if they share a group in every partition (a bridge
         #: node is in several groups).  Empty: no partition.
@@ -182,10 +193,15 @@ class Network:
     def address(index: int) -> tuple[str, int]:
         return f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}", PORT
 
-    def add(self, node: Endpoint) -> tuple[str, int]:
+    def add(self, node: Endpoint, addr: tuple[str, int] | None = None) -> tuple[str, int]:
+        """Attach node at addr (default: `address` of its index); return the address."""
         index = len(self.nodes)
-        addr = self.address(index)
+        if addr is None:
+            addr = self.address(index)
+        elif addr in self.addrs:
+            raise ValueError(f"address {addr} is taken")
         self.nodes.append(node)
+        self.node_addrs.append(addr)
         self.addrs[addr] = index
         self.traffic.append(NodeTraffic())
         self._busy_until.append(0.0)
@@ -255,7 +271,7 @@ class Network:
         if copies == 2:
             self.stats["datagrams.duplicated"] += 1
         loss = self.model.loss + self.extra_loss
-        src_addr = self.address(src)
+        src_addr = self.node_addrs[src]
         for _ in range(copies):
             if loss and self.rng.random() < loss:
                 self.stats["datagrams.lost"] += 1
@@ -278,6 +294,11 @@ class Network:
             self.stats["dials.failed"] += 1
             self.engine.after(DIAL_TIMEOUT, partial(self._dial_failed, src, conn_id, self._epoch[src]))
             return
+        if dst in self.refusing:
+            self.stats["dials.failed"] += 1
+            rtt = self._latency(src, dst) + self._latency(dst, src)
+            self.engine.after(rtt, partial(self._dial_failed, src, conn_id, self._epoch[src]))
+            return
         link = _Link(src, conn_id, dst)
         self._links[src, conn_id] = link
         latency = self._latency(src, dst)
@@ -293,7 +314,7 @@ class Network:
             self._links.pop((link.a, link.a_conn), None)
             self.engine.after(latency, partial(self._dial_failed, link.a, link.a_conn, self._epoch[link.a]))
             return
-        link.b_conn = self.nodes[link.b].connection_accepted(self.address(link.a))
+        link.b_conn = self.nodes[link.b].connection_accepted(self.node_addrs[link.a])
         link.accepted = True
         self._links[link.b, link.b_conn] = link
         link.ab.last_delivery = link.ba.last_delivery = self.engine.now

@@ -1,13 +1,13 @@
 """NodeCore, sans IO: p2pblog's record rules on the DHT, peer records and provider records.
 
-A few cores are linked by a tiny in-memory network with explicit ``now``
-(h11's ConnectionPair, scaled to three); no sockets, no sleeps.
+A few cores are linked by the simulator's network model in virtual time
+(`simulations.testbed`; h11's ConnectionPair, scaled to four); no sockets,
+no sleeps.
 """
 
 from __future__ import annotations
 
 import os
-from random import Random
 from typing import Any
 
 import pytest
@@ -31,6 +31,9 @@ from p2pblog.node import (
     validate_provider,
     validate_value,
 )
+from simulations.endpoint import CoreEndpoint
+from simulations.network import Latency, LinkModel
+from simulations.testbed import Testbed
 
 T0 = 1_800_000_000.0
 A, B, C, D = (Identity(bytes([i]) * 32) for i in (21, 22, 23, 24))
@@ -40,54 +43,34 @@ FEED2 = bytes([78]) * 32
 
 
 class Net:
-    """Delivers every datagram after 1 ms; runs timers in time order."""
+    """NodeCores on the simulator's network (`simulations.testbed`): 1 ms one way, lossless."""
 
     def __init__(self, identities: list[Identity]) -> None:
-        self.now = T0
-        self.cores = {
-            ("127.0.0.1", 4000 + i): NodeCore(ident, Random(i), T0) for i, ident in enumerate(identities)
-        }
-        self.events: dict[tuple[str, int], list[Any]] = {addr: [] for addr in self.cores}
-        self.in_flight: list[tuple[float, bytes, tuple[str, int], tuple[str, int]]] = []
+        self.bed = Testbed(LinkModel(Latency(ms=1.0)), epoch=T0)
+        self.nodes: list[CoreEndpoint[NodeCore]] = []
+        for i, ident in enumerate(identities):
+            rng = self.bed.rng(f"node:{i}")
+            self.nodes.append(self.bed.attach(NodeCore(ident, rng, T0, random_bytes=rng.randbytes)))
+
+    @property
+    def now(self) -> float:
+        return self.bed.now
 
     def addr(self, index: int) -> tuple[str, int]:
-        return ("127.0.0.1", 4000 + index)
+        return self.nodes[index].addr
 
     def core(self, index: int) -> NodeCore:
-        return self.cores[self.addr(index)]
-
-    def _collect(self) -> None:
-        for src, core in self.cores.items():
-            for data, dst in core.datagrams_to_send():
-                self.in_flight.append((self.now + 0.001, data, src, dst))
-            while (event := core.next_event()) is not None:
-                self.events[src].append(event)
+        return self.nodes[index].core
 
     def run(self, until: float) -> None:
-        self._collect()
-        while True:
-            timers = [(t, a) for a, c in self.cores.items() if (t := c.get_timer()) is not None]
-            next_packet = min((p[0] for p in self.in_flight), default=None)
-            next_timer = min(timers, default=None)
-            candidates = [t for t in (next_packet, next_timer[0] if next_timer else None) if t is not None]
-            if not candidates or min(candidates) > until:
-                self.now = until
-                return
-            self.now = max(self.now, min(candidates))
-            if next_packet is not None and next_packet <= self.now:
-                due = [p for p in self.in_flight if p[0] <= self.now]
-                self.in_flight = [p for p in self.in_flight if p[0] > self.now]
-                for _, data, src, dst in due:
-                    if dst in self.cores:
-                        self.cores[dst].receive_datagram(data, src, self.now)
-            else:
-                for t, a in timers:
-                    if t <= self.now:
-                        self.cores[a].handle_timer(self.now)
-            self._collect()
+        self.bed.run(until)
+
+    def send(self, src: int, dst: int, data: bytes) -> None:
+        """A datagram the test made, sent from node src's address."""
+        self.bed.send_datagram(self.addr(src), data, self.addr(dst))
 
     def result(self, index: int, qid: int) -> Any:
-        for event in self.events[self.addr(index)]:
+        for event in self.nodes[index].events:
             if getattr(event, "query_id", None) == qid:
                 return event
         return None
@@ -167,7 +150,7 @@ def test_a_forged_record_stored_by_a_peer_is_not_resolved() -> None:
     b_id = net.core(1).dht.node_id
     for target in (0, 2):
         request = wire.Store(os.urandom(20), b_id, peer_key(A.public_key), fake.raw)
-        net.in_flight.append((net.now, wire.encode_request(request), net.addr(1), net.addr(target)))
+        net.send(1, target, wire.encode_request(request))
     net.run(net.now + 5)
     for index in (0, 2):
         assert net.core(index).dht.records.get(peer_key(A.public_key), net.now) is None
@@ -295,7 +278,7 @@ def test_forged_provider_records_are_refused_by_remote_nodes() -> None:
     for target in (0, 2, 3):
         for forged in forgeries.values():
             request = wire.AddProvider(os.urandom(20), b_id, key, forged)
-            net.in_flight.append((net.now, wire.encode_request(request), net.addr(1), net.addr(target)))
+            net.send(1, target, wire.encode_request(request))
     net.run(net.now + 5)
     for index in (0, 2, 3):
         dht = net.core(index).dht
@@ -304,7 +287,7 @@ def test_forged_provider_records_are_refused_by_remote_nodes() -> None:
         assert dht.stats["misbehaved.invalid provider value"] == len(forgeries)
     # The genuine record, relayed by B, is kept: the signature is what counts.
     request = wire.AddProvider(os.urandom(20), b_id, key, genuine)
-    net.in_flight.append((net.now, wire.encode_request(request), net.addr(1), net.addr(0)))
+    net.send(1, 0, wire.encode_request(request))
     net.run(net.now + 5)
     qid = net.core(3).start_find_providers(FEED, net.now)
     net.run(net.now + 10)

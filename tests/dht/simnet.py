@@ -1,18 +1,18 @@
-"""An in-memory network that links many `DhtCore`s (aioquic's ``client_and_server``, scaled up).
+"""Many `DhtCore`s on the simulator's network (aioquic's ``client_and_server``, scaled up).
 
-A tiny deterministic discrete-event loop: a heap of ``(time, seq, action)``,
-a seeded ``random.Random`` for latency and loss, and the exact driver loop
-``dht/__init__.py`` documents (input, then flush datagrams / events / timer).
-Same seed, same run.  No trio, no sockets, no wall clock.
+`SimNetwork` puts DHT cores on a `simulations.testbed.Testbed`: the
+simulator's engine and network model (uniform latency, i.i.d. loss), one
+`CoreEndpoint` per core running the driver loop ``dht/__init__.py`` documents
+(input, then flush datagrams / events / timer).  It adds what DHT tests ask
+about: each node's result event per query id, its notices, crashes, and
+running until a set of queries has finished.  Same seed, same run.  No trio,
+no sockets, no wall clock.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from random import Random
 
 from dht import (
     BootstrapFinished,
@@ -28,6 +28,8 @@ from dht import (
 )
 from dht.ids import Address
 from dht.wire import Value
+from simulations.network import Latency, LinkModel
+from simulations.testbed import Testbed
 
 ResultEvent = (
     LookupFinished
@@ -66,30 +68,41 @@ def get_providers_of(key: bytes, want: int = 20) -> Command:
     return lambda core, now: core.start_get_providers(key, now, want=want)
 
 
-@dataclass
 class SimNode:
-    addr: Address
-    core: DhtCore
-    alive: bool = True
-    results: dict[int, ResultEvent] = field(default_factory=dict)
-    notices: Counter[str] = field(default_factory=Counter)
-    other_events: list[Event] = field(default_factory=list)
-    timer_at: float | None = None
-    timer_gen: int = 0
+    """One DHT core on the network, and what it reported."""
 
+    def __init__(self, bed: Testbed, core: DhtCore) -> None:
+        self.results: dict[int, ResultEvent] = {}
+        self.notices: Counter[str] = Counter()
+        self.other_events: list[Event] = []
+        self.endpoint = bed.attach(core, on_event=self.record)
 
-@dataclass(frozen=True)
-class _Action:
-    """A datagram delivery (``data`` from ``src``) or a timer (generation ``gen``) at ``node``."""
+    @property
+    def core(self) -> DhtCore:
+        return self.endpoint.core
 
-    node: Address
-    data: bytes | None = None
-    src: Address | None = None
-    gen: int = 0
+    @property
+    def addr(self) -> Address:
+        return self.endpoint.addr
+
+    @property
+    def alive(self) -> bool:
+        return self.endpoint.up
+
+    def record(self, event: object) -> None:
+        """The endpoint's event sink: results by query id, the rest as notices."""
+        assert isinstance(event, Event)
+        query_id = getattr(event, "query_id", None)
+        if query_id is not None:
+            assert query_id not in self.results, "two result events for one query"
+            self.results[query_id] = event  # type: ignore[assignment]
+        else:
+            self.notices[type(event).__name__] += 1
+            self.other_events.append(event)
 
 
 class SimNetwork:
-    """Cores on virtual addresses ``10.0.x.y:4000``; datagrams get latency and i.i.d. loss."""
+    """Cores on virtual addresses ``10.0.x.y``; datagrams get uniform latency and i.i.d. loss."""
 
     def __init__(
         self,
@@ -99,111 +112,61 @@ class SimNetwork:
         latency: tuple[float, float] = (0.01, 0.1),
         config: DhtConfig | None = None,
     ) -> None:
-        self.rng = Random(seed)
-        self.loss = loss
-        self.latency = latency
+        low, high = latency
+        model = LinkModel(Latency("uniform", low_ms=low * 1000, high_ms=high * 1000), loss=loss)
+        self.bed = Testbed(model, seed=seed)
         self.config = config
-        self.now = 0.0
-        self.nodes: dict[Address, SimNode] = {}
-        self._heap: list[tuple[float, int, _Action]] = []
-        self._seq = 0
-        self.delivered = 0
-        self.lost = 0
+        self.nodes: list[SimNode] = []
+
+    @property
+    def now(self) -> float:
+        return self.bed.now
+
+    @property
+    def delivered(self) -> int:
+        """Datagrams that reached a live core."""
+        return sum(n.endpoint.datagrams_received for n in self.nodes)
+
+    @property
+    def lost(self) -> int:
+        return self.bed.network.stats["datagrams.lost"]
 
     # ------------------------------------------------------------------ topology
 
     def add_node(self, node_id: bytes, **core_kwargs: object) -> SimNode:
-        n = len(self.nodes) + 1
-        addr = (f"10.0.{n // 250}.{n % 250 + 1}", 4000)
-        core = DhtCore(
-            node_id,
-            Random(self.rng.getrandbits(64)),
-            self.now,
-            config=self.config,
-            **core_kwargs,  # type: ignore[arg-type]
-        )
-        node = SimNode(addr, core)
-        self.nodes[addr] = node
-        self._flush(node)
+        rng = self.bed.rng(f"node:{len(self.nodes)}")
+        core = DhtCore(node_id, rng, self.now, config=self.config, **core_kwargs)  # type: ignore[arg-type]
+        node = SimNode(self.bed, core)
+        self.nodes.append(node)
         return node
 
     def crash(self, node: SimNode) -> None:
         """The node stops: it neither receives nor sends nor runs timers again."""
-        node.alive = False
+        node.endpoint.crash()
 
     def live_nodes(self) -> list[SimNode]:
-        return [n for n in self.nodes.values() if n.alive]
+        return [n for n in self.nodes if n.alive]
 
     # ------------------------------------------------------------------ driving
 
     def command(self, node: SimNode, action: Command) -> int:
         """Run a command on a core now and flush its outputs; returns the query id."""
-        query_id = action(node.core, self.now)
-        self._flush(node)
-        return query_id
-
-    def _push(self, at: float, action: _Action) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, action))
-
-    def _flush(self, node: SimNode) -> None:
-        core = node.core
-        for data, dst in core.datagrams_to_send():
-            if self.rng.random() < self.loss:
-                self.lost += 1
-                continue
-            self._push(self.now + self.rng.uniform(*self.latency), _Action(dst, data, node.addr))
-        while (event := core.next_event()) is not None:
-            query_id = getattr(event, "query_id", None)
-            if query_id is not None:
-                assert query_id not in node.results, "two result events for one query"
-                node.results[query_id] = event  # type: ignore[assignment]
-            else:
-                node.notices[type(event).__name__] += 1
-                node.other_events.append(event)
-        deadline = core.get_timer()
-        if deadline is not None and deadline != node.timer_at:
-            node.timer_gen += 1
-            node.timer_at = deadline
-            self._push(max(deadline, self.now), _Action(node.addr, gen=node.timer_gen))
+        return node.endpoint.command(action)
 
     def step(self) -> bool:
         """Run the next action; False when nothing is left."""
-        if not self._heap:
-            return False
-        at, _, action = heapq.heappop(self._heap)
-        self.now = max(self.now, at)
-        node = self.nodes.get(action.node)
-        if node is None or not node.alive:
-            return True
-        if action.data is not None:
-            assert action.src is not None
-            self.delivered += 1
-            node.core.receive_datagram(action.data, action.src, self.now)
-        else:
-            if action.gen != node.timer_gen:
-                return True  # superseded by a later get_timer()
-            node.timer_at = None
-            node.core.handle_timer(self.now)
-            again = node.core.get_timer()
-            # A core whose timer stays due after handle_timer would spin forever.
-            assert again is None or again > self.now, f"{node.addr}: timer still due after handle_timer"
-        self._flush(node)
-        return True
+        return self.bed.step()
 
     def run_until(self, t_end: float) -> None:
-        while self._heap and self._heap[0][0] <= t_end:
-            self.step()
-        self.now = max(self.now, t_end)
+        self.bed.run(t_end)
 
     def run_until_done(
         self, pending: Iterable[tuple[SimNode, int]], *, limit: float = 3600.0
     ) -> list[ResultEvent]:
         """Run until every (node, query id) has its result event; return them in order."""
         wanted = list(pending)
-        t_end = self.now + limit
-        while any(q not in n.results for n, q in wanted):
-            if not self._heap or self._heap[0][0] > t_end:
-                raise AssertionError("queries did not finish in time")
-            self.step()
+        try:
+            self.bed.run_until_true(lambda: all(q in n.results for n, q in wanted), within=limit)
+        except AssertionError:
+            raise AssertionError("queries did not finish in time") from None
         return [n.results[q] for n, q in wanted]

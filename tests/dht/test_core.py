@@ -263,8 +263,10 @@ def test_ping_before_evict(answers: bool) -> None:
 # ----------------------------------------------------------------------------- small networks
 
 
-def small_network(n: int, seed: int = 1, **kwargs: object) -> tuple[SimNetwork, list[SimNode]]:
-    net = SimNetwork(seed, loss=0.0)
+def small_network(
+    n: int, seed: int = 1, latency: tuple[float, float] = (0.01, 0.1), **kwargs: object
+) -> tuple[SimNetwork, list[SimNode]]:
+    net = SimNetwork(seed, loss=0.0, latency=latency)
     rng = Random(seed)
     nodes = [net.add_node(rng.randbytes(20), **kwargs)]
     pending = []
@@ -313,7 +315,9 @@ def test_selector_picks_highest_seq_and_repairs_stale_copies() -> None:
 
 
 def test_invalid_value_from_a_peer_is_misbehaviour_and_the_get_goes_on() -> None:
-    net, nodes = small_network(8, validator=seq_validator, selector=seq_selector)
+    # One latency for every datagram: the get asks its closest peers first, so
+    # the liar's answer arrives before the honest one that ends the get.
+    net, nodes = small_network(8, latency=(0.05, 0.05), validator=seq_validator, selector=seq_selector)
     liar, *rest = sorted(nodes[1:], key=lambda n: distance(n.core.node_id, KEY))
     # The liar holds a value our validator refuses (expired record), bypassing its own checks.
     liar.core.records.validator = lambda key, value, now: True
