@@ -2,24 +2,21 @@
 
 `NodeService.run` opens the store, binds the DHT's UDP socket and the gossip
 TCP listener (same port number), starts the control server, writes
-``HOME/node.json`` and then, in the background:
+``HOME/node.json`` and starts the core (`NodeCore.start`).  Everything the
+node then does on its own is the core's policy, the same the simulator runs
+(`p2pblog.lifecycle`): joining the DHT from the ``--bootstrap`` addresses and
+the contacts saved by the previous run, publishing the peer record with
+retries, saving contacts, reconnecting to the peers in its address book,
+searching providers of followed feeds, announcing the feeds it holds.
 
-* joins the DHT from the ``--bootstrap`` addresses and the contacts saved in
-  the store by the previous run (so a restarted node needs no flag);
-* publishes the node's signed peer record, retrying with backoff while no
-  other node holds it (a node that started alone publishes as soon as peers
-  appear), after which `NodeCore` re-signs and republishes it on a timer;
-* saves the routing table to the store every `SAVE_CONTACTS_EVERY` seconds
-  and on the way out.
+The service only moves bytes (through `p2pblog.runtime.NodeDriver`),
+answers the control API, logs what happens (joining, connections, arrivals,
+refused input) and hands every event to its ``listeners`` (the demo prints
+arrivals that way).
 
-Replication needs nothing from the service: `NodeCore` reconnects to the
-peers in its address book, searches providers of followed feeds, announces
-the feeds it holds and pushes new posts.  The service logs what happens
-(connections, arrivals, refused input) and hands every event to its
-``listeners`` (the demo prints arrivals that way).
-
-Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: contacts are
-saved, ``node.json`` removed, the store closed.
+Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: the core
+saves its contacts (`NodeCore.close`), ``node.json`` is removed, the store
+closed.
 """
 
 from __future__ import annotations
@@ -45,6 +42,7 @@ from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError
 from p2pblog.home import Home
 from p2pblog.node import (
+    JoinFinished,
     MentionAdmitted,
     MentionDelivered,
     MentionRefused,
@@ -53,17 +51,13 @@ from p2pblog.node import (
     NodeCore,
     PeerResolved,
     ProvidersResolved,
-    RecordPublished,
+    StartupFinished,
 )
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import Store
 
 DEFAULT_PORT = 7710
-SAVE_CONTACTS_EVERY = 60.0
-#: Saved contacts used to rejoin after a restart.
-REJOIN_CONTACTS = 32
-PUBLISH_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
 #: Seconds between two log lines about refused input of one kind from one peer.
 LOG_EVERY = 10.0
 #: Peers whose last refusal log line is remembered.
@@ -139,6 +133,8 @@ class NodeService:
         self.listeners: list[Callable[[Any], None]] = []
         #: Print connection and arrival messages on stderr.
         self.verbose = True
+        #: The addresses the node joined through (for the log).
+        self._seeds: list[Address] = []
         #: `_log_limited`: key -> (monotonic time of the last line, lines left out since).
         self._logged: dict[Hashable, tuple[float, int]] = {}
 
@@ -173,14 +169,15 @@ class NodeService:
         token = new_token()
         try:
             work = MENTION_WORK if self.mention_work is None else self.mention_work
-            core = self._core = NodeCore(self.identity, Random(), unix_now(), store=store, mention_work=work)
+            core = self._core = NodeCore(
+                self.identity, Random(), unix_now(), store=store, mention_work=work, random_bytes=os.urandom
+            )
             try:
                 driver = self.driver = NodeDriver.bind_both(core, *self.listen, on_event=self._on_event)
             except OSError as exc:
                 where = f"{self.listen[0]}:{self.listen[1]}"
                 raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-            saved = [(host, port) for _, host, port, _ in store.load_contacts()[:REJOIN_CONTACTS]]
-            seeds = list(dict.fromkeys([*self.bootstrap, *saved]))
+            seeds = core.join_seeds(self.bootstrap)
             host = self.advertise or advertised_host(self.listen[0], seeds)
             udp = driver.local_addr
             tcp = driver.gossip_addr
@@ -211,58 +208,21 @@ class NodeService:
                 following = core.following()
                 if following:
                     self._log(f"following {len(following)} feed(s); reconnecting")
-                nursery.start_soon(self._join, seeds)
-                nursery.start_soon(self._save_contacts_periodically)
+                if not seeds:
+                    self._log(
+                        "no bootstrap address and no saved contacts: waiting for peers to contact this node"
+                    )
+                self._seeds = seeds
+                core.start(self.addrs, seeds, unix_now())
+                driver.flush()
                 task_status.started()
         finally:
-            self._save_contacts()
+            if self._core is not None:
+                self._core.close(unix_now())
             remove_state(self.home.path, token)
             if self.driver is not None:
                 self.driver.close()
             store.close()
-
-    async def _join(self, seeds: list[Address]) -> None:
-        driver = self.driver
-        assert driver is not None
-        # Announcing needs our addresses even before the peer record is stored.
-        self.core.set_addresses(self.addrs)
-        if seeds:
-            result = await driver.request(lambda now: self.core.bootstrap(seeds, now))
-            if result.seeds_answered:
-                self._log(
-                    f"joined the DHT: {result.seeds_answered} of {len(seeds)} seeds answered, "
-                    f"{len(self.core.dht.table)} contacts"
-                )
-            else:
-                shown = ", ".join(f"{h}:{p}" for h, p in seeds[:5]) + (", ..." if len(seeds) > 5 else "")
-                what = "bootstrap address(es)" if self.bootstrap else "saved contact(s) from the last run"
-                self._log(
-                    f"warning: none of the {len(seeds)} {what} answered ({shown}); "
-                    "--bootstrap takes the HOST:PORT of a running node. Still listening: "
-                    "nodes that contact us are added."
-                )
-        else:
-            self._log("no bootstrap address and no saved contacts: waiting for peers to contact this node")
-        for delay in (*PUBLISH_RETRY, None):
-            published: RecordPublished = await driver.request(lambda now: self.core.publish(self.addrs, now))
-            if published.stored_at:
-                self._log(f"peer record published (seq {published.seq}) at {published.stored_at} nodes")
-                return
-            if delay is None:
-                return  # NodeCore republishes on its own timer from here on
-            await trio.sleep(delay)
-
-    async def _save_contacts_periodically(self) -> None:
-        while True:
-            await trio.sleep(SAVE_CONTACTS_EVERY)
-            self._save_contacts()
-
-    def _save_contacts(self) -> None:
-        if self.store is None or self._core is None:
-            return
-        rows = self._core.dht.table.saved_rows()
-        if rows:
-            self.store.save_contacts(rows)
 
     # -- control commands ---------------------------------------------------------------
 
@@ -270,7 +230,11 @@ class NodeService:
 
     def _on_event(self, event: Any) -> None:
         if self.verbose:
-            if isinstance(event, PeerConnected):
+            if isinstance(event, JoinFinished):
+                self._log_join(event)
+            elif isinstance(event, StartupFinished) and event.stored_at:
+                self._log(f"peer record published (seq {event.seq}) at {event.stored_at} nodes")
+            elif isinstance(event, PeerConnected):
                 way = "to" if event.outbound else "from"
                 self._log(f"connected {way} {fingerprint(event.peer)} at {event.addr[0]}:{event.addr[1]}")
             elif isinstance(event, PeerDisconnected):
@@ -305,6 +269,21 @@ class NodeService:
                 self._log_limited(("dht", event.addr, event.reason), message)
         for listener in self.listeners:
             listener(event)
+
+    def _log_join(self, event: JoinFinished) -> None:
+        if event.answered:
+            self._log(
+                f"joined the DHT: {event.answered} of {event.seeds} seeds answered, {event.contacts} contacts"
+            )
+            return
+        seeds = self._seeds
+        shown = ", ".join(f"{h}:{p}" for h, p in seeds[:5]) + (", ..." if len(seeds) > 5 else "")
+        what = "bootstrap address(es)" if self.bootstrap else "saved contact(s) from the last run"
+        self._log(
+            f"warning: none of the {event.seeds} {what} answered ({shown}); "
+            "--bootstrap takes the HOST:PORT of a running node. Still listening: "
+            "nodes that contact us are added."
+        )
 
     # -- local commands (also used in-process by the demo) ------------------------------
 
@@ -501,7 +480,8 @@ class NodeService:
                 }
             )
         dropped: dict[str, int] = {}
-        for name, value in replicator.stats.items():
+        gossip_counters = core.counters()
+        for name, value in gossip_counters.items():
             if name.startswith(DROP_COUNTERS):
                 dropped[f"gossip.{name}"] = value
         for name, value in core.dht.stats.items():
@@ -526,7 +506,7 @@ class NodeService:
             "mentions_pending": len(core.pending_mentions()),
             "dropped": dict(sorted(dropped.items())),
             "counters": {
-                **{f"gossip.{k}": v for k, v in sorted(replicator.stats.items())},
+                **{f"gossip.{k}": v for k, v in sorted(gossip_counters.items())},
                 **{f"dht.{k}": v for k, v in sorted(core.dht.stats.items())},
             },
         }

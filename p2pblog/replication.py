@@ -63,9 +63,10 @@ any other timer of ours), where every due one goes out together
 connection and keepalive.
 
 **Mention notices.**  A MENTION (a signed entry that mentions this node's
-owner, sent by a node that may not share any feed with us) is handed to
-``mention_handler`` (set by `NodeCore`, which decides admission) and answered
-with a MENTION_ACK carrying its verdict; acknowledgements of our own notices
+owner, sent by a node that may not share any feed with us) is reported as
+`MentionArrived`; the node decides admission (`p2pblog.mentions`) and
+answers with `answer_mention`, which sends a MENTION_ACK carrying its
+verdict; acknowledgements of our own notices
 come back as `MentionAnswered`.  `send_mention` sends one on an open
 session, and `want_connection` keeps dialling a peer we have notices for
 until `release_connection`.
@@ -85,12 +86,11 @@ import contextlib
 import dataclasses
 import heapq
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Final
 
-from gossip.messages import MentionStatus
 from gossip.noise import RandomBytes
 from gossip.session import (
     EntriesReceived,
@@ -187,10 +187,18 @@ class MentionAnswered:
     need: int
 
 
-#: Admission of a received mention notice: (sender, signed entry, stamp, now) -> (status, need).
-MentionHandler = Callable[[bytes, bytes, bytes, float], tuple[int, int]]
+@dataclass(frozen=True, slots=True)
+class MentionArrived:
+    """``peer`` sent a mention notice: the signed ``entry`` and its proof-of-work ``stamp``.
 
-Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused | MentionAnswered
+    The node decides on it and answers with `Replicator.answer_mention`."""
+
+    peer: bytes
+    entry: bytes
+    stamp: bytes
+
+
+Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused | MentionAnswered | MentionArrived
 
 
 # --- the feed source over the store ---------------------------------------------------------
@@ -269,8 +277,8 @@ class Replicator:
         rng: Random,
         now: float,
         *,
+        random_bytes: RandomBytes,
         channel_config: ChannelConfig | None = None,
-        random_bytes: RandomBytes | None = None,
     ) -> None:
         self.identity = identity
         self.store = store
@@ -284,8 +292,6 @@ class Replicator:
         #: Keys whose entries, notices and connections are refused.
         self.blocked: set[bytes] = {key for key, _ in store.blocks()}
         self.source = StoreFeeds(store, {own, *(store.following(own) - self.blocked)})
-        #: Decides on received mention notices (NodeCore sets it); None refuses them all.
-        self.mention_handler: MentionHandler | None = None
         #: Peers we have mention notices for: dialled like followed authors.
         self._mention_peers: dict[bytes, None] = {}
         #: Plumtree pruning of peers that push duplicates (False: naive flooding,
@@ -447,6 +453,18 @@ class Replicator:
         self._touch(conn)
         self._pump(now)
         return True
+
+    def answer_mention(self, notice: MentionArrived, status: int, need: int, now: float) -> None:
+        """Acknowledge a `MentionArrived` with the node's verdict (a `MentionStatus` value and
+        the work bits it needs); nothing if the peer's session is gone meanwhile."""
+        conn_id = self._by_peer.get(notice.peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None or conn.session is None or conn.closing:
+            self.stats["mentions.ack_unsent"] += 1
+            return
+        conn.session.ack_mention(entry_id(notice.entry), status, need, now)
+        self._touch(conn)
+        self._pump(now)
 
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
@@ -800,11 +818,7 @@ class Replicator:
             self._fork_proof(session, event, now)
         elif isinstance(event, MentionReceived):
             assert peer is not None
-            handler = self.mention_handler
-            status, need = (
-                handler(peer, event.entry, event.stamp, now) if handler else (MentionStatus.BUSY, 0)
-            )
-            session.ack_mention(entry_id(event.entry), status, need, now)
+            self._events.append(MentionArrived(peer, event.entry, event.stamp))
         elif isinstance(event, MentionAcked):
             assert peer is not None
             self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))

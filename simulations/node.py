@@ -9,35 +9,30 @@ plausible absolute expiry times.
 
 A crash drops the core (routing table, sessions, timers: volatile state) and
 keeps the `Store` object (the disk); a restart builds a new core over the same
-store, which rejoins from the contacts it saved (every `SAVE_CONTACTS_EVERY`
-seconds, as the real node does) and reconnects from its address book.
+store and starts it like the daemon does (`NodeCore.start`: the core's own
+lifecycle rejoins from the contacts it saved and reconnects from its address
+book).  This driver holds no policy of its own.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
 from random import Random
 from typing import Any
 
-from dht import BootstrapFinished
 from dht.ids import Address
 from identity import Identity
-from p2pblog.node import NodeCore, RecordPublished
+from p2pblog.node import NodeCore
 from p2pblog.store import Store
 from simulations.engine import Engine, Timer
 from simulations.network import Network
 
 #: Virtual time 0 of every scenario, as Unix seconds (2027-01-15).
 EPOCH = 1_800_000_000.0
-SAVE_CONTACTS_EVERY = 60.0
 #: Smallest step between two timer firings, so a core whose deadline does
 #: not move cannot spin the engine at one instant.
 MIN_TIMER_STEP = 0.001
-#: Seconds between attempts to publish the peer record while no node stored
-#: it (the daemon's ``PUBLISH_RETRY``); then NodeCore's own republish timer.
-PUBLISH_RETRY = (2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 class SimNode:
@@ -67,11 +62,6 @@ class SimNode:
         self.crashed_stats: Counter[str] = Counter()
         self.addr: Address = network.add(self)
         self._timer: Timer | None = None
-        self._save_timer: Timer | None = None
-        self._addrs: list[tuple[str, str, int]] = []
-        self._join_query: int | None = None
-        self._publish_query: int | None = None
-        self._publish_tries = 0
 
     @property
     def now(self) -> float:
@@ -89,23 +79,9 @@ class SimNode:
             core = NodeCore(self.identity, rng, self.now, store=self.store, random_bytes=rng.randbytes)
         self.core = core
         self.up = True
-        saved = [(host, port) for _, host, port, _ in self.store.load_contacts()[:32]]
-        seeds = list(dict.fromkeys([*seeds, *saved]))
-        seeds = [s for s in seeds if s != self.addr]
         addrs = [("udp", self.addr[0], self.addr[1]), ("tcp", self.addr[0], self.addr[1])]
-        core.set_addresses(addrs)
-        self._addrs = addrs
-        self._join_query = self._publish_query = None
-        self._publish_tries = 0
-        # As the daemon does (`p2pblog.daemon.Node._join`): publish the peer
-        # record once the bootstrap lookup has filled the routing table, and
-        # again while no node stored it.
-        if seeds:
-            self._join_query = core.bootstrap(seeds, self.now)
-        else:
-            self._publish_query = core.publish(addrs, self.now)
+        core.start(addrs, seeds, self.now)
         self.flush()
-        self._save_timer = self.engine.after(SAVE_CONTACTS_EVERY, self._save_contacts)
 
     def crash(self) -> None:
         """Lose all volatile state; the store survives."""
@@ -113,29 +89,13 @@ class SimNode:
             return
         self.up = False
         if self.core is not None:
-            self.crashed_stats.update(self.core.replicator.stats)
+            self.crashed_stats.update(self.core.counters())
         self.core = None
-        for timer in (self._timer, self._save_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._save_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
         self.network.node_down(self.index)
         self.network.drop_node_links(self.index)
-
-    def _publish(self, incarnation: int) -> None:
-        if self.core is None or incarnation != self.incarnation:
-            return
-        self._publish_query = self.core.publish(self._addrs, self.now)
-        self.flush()
-
-    def _save_contacts(self) -> None:
-        core = self.core
-        if core is None:
-            return
-        rows = core.dht.table.saved_rows()
-        if rows:
-            self.store.save_contacts(rows)
-        self._save_timer = self.engine.after(SAVE_CONTACTS_EVERY, self._save_contacts)
 
     # -- inputs from the network (the Endpoint protocol) ---------------------------------
 
@@ -186,15 +146,6 @@ class SimNode:
         for conn_id in core.connections_to_close():
             network.close(index, conn_id)
         while (event := core.next_event()) is not None:
-            if isinstance(event, BootstrapFinished) and event.query_id == self._join_query:
-                self._join_query = None
-                self.engine.after(0.0, partial(self._publish, self.incarnation))
-            elif isinstance(event, RecordPublished) and event.query_id == self._publish_query:
-                self._publish_query = None
-                if not event.stored_at and self._publish_tries < len(PUBLISH_RETRY):
-                    delay = PUBLISH_RETRY[self._publish_tries]
-                    self._publish_tries += 1
-                    self.engine.after(delay, partial(self._publish, self.incarnation))
             self.on_event(self, event)
         if self.core is not core:  # an event handler crashed us
             return

@@ -536,7 +536,7 @@ class Simulation:
         for node in self.nodes:
             stats.update(node.crashed_stats)  # the counters of its earlier incarnations
             if node.core is not None:
-                stats.update(node.core.replicator.stats)
+                stats.update(node.core.counters())
         latencies: list[float] = []
         expected = delivered = 0
         buckets: dict[int, list[int]] = {}

@@ -68,7 +68,7 @@ def kademlia_net() -> Iterator[KademliaProcess]:
 
 
 async def with_node(body: Any) -> Any:
-    core = NodeCore(Identity(bytes([42]) * 32), Random(7), unix_now())
+    core = NodeCore(Identity(bytes([42]) * 32), Random(7), unix_now(), random_bytes=Random(8).randbytes)
     driver = UdpDriver.bind(core, "127.0.0.1", 0)
     try:
         async with trio.open_nursery() as nursery:

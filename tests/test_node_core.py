@@ -18,9 +18,6 @@ from identity import Identity
 from identity.records import PEER, PROVIDER, RecordError, create_record, peer_key, provider_key
 from p2pblog.errors import LocalProtocolError
 from p2pblog.node import (
-    PEER_REPUBLISH,
-    PROVIDER_REPUBLISH,
-    PROVIDER_TTL,
     NodeCore,
     PeerNotResolved,
     PeerResolved,
@@ -31,6 +28,7 @@ from p2pblog.node import (
     validate_provider,
     validate_value,
 )
+from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_REPUBLISH, PROVIDER_TTL
 from simulations.endpoint import CoreEndpoint
 from simulations.network import Latency, LinkModel
 from simulations.testbed import Testbed

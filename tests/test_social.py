@@ -50,7 +50,14 @@ def net(tmp_path: Path) -> Iterator[Callable[..., tuple[Wire, dict[str, NodeCore
         for seed, name in enumerate(names, start=1):
             store = Store(tmp_path / f"{name}.db")
             stores.append(store)
-            cores[name] = NodeCore(NAMES[name], Random(seed), T0, store=store, **core_args)
+            cores[name] = NodeCore(
+                NAMES[name],
+                Random(seed),
+                T0,
+                store=store,
+                random_bytes=Random(seed + 100).randbytes,
+                **core_args,
+            )
             wire.add(name, cores[name], HOST[name])
         for name, core in cores.items():
             if name != "c":
@@ -129,7 +136,7 @@ def test_own_claims_survive_a_restart_and_are_republished(
     wire.advance(5)
     wire.crash("a")
     # A restarted node with the same store re-adds its claim by itself.
-    restarted = NodeCore(A, Random(9), wire.now, store=cores["a"].store)
+    restarted = NodeCore(A, Random(9), wire.now, store=cores["a"].store, random_bytes=Random(19).randbytes)
     wire.restart("a", restarted)
     restarted.bootstrap([wire.addr("c")], wire.now)
     wire.advance(5)
@@ -172,9 +179,9 @@ def test_a_mention_without_enough_work_is_refused_then_paid_for(
     # A asks for one bit more than that stamp happens to have.
     subject = notice_subject(A.public_key, post.id)
     first = work_bits(NOTICE_DOMAIN, subject, solve(NOTICE_DOMAIN, subject, MENTION_WORK))
-    cores["a"].mention_work = first + 1
+    cores["a"].admission.mention_work = first + 1
     wire.advance(10)
-    assert cores["a"].replicator.stats["mentions.refused_work"] == 1
+    assert cores["a"].mention_stats["mentions.refused_work"] == 1
     assert [m.entry.id for m in admitted(wire, "a")] == [post.id]
 
 
@@ -188,7 +195,7 @@ def test_mentions_within_two_follow_hops_need_no_work(
     wire.advance(20)
     assert a.store.within_follow_hops(A.public_key, B.public_key)
     entry = b.post(f"hi {encode_handle(A.public_key)}", wire.now)
-    assert a.admit_mention(B.public_key, entry.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
+    assert a.admission.admit(B.public_key, entry.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
     assert a.store.mentions(A.public_key)[0].entry.id == entry.id
 
 
@@ -219,14 +226,17 @@ def test_forged_and_unrelated_notices_are_refused(
     forged = entry.raw[:10] + bytes([entry.raw[10] ^ 1]) + entry.raw[11:]
     # The signature is checked last (after the stamp): the forged bytes carry a valid stamp.
     forged_stamp = solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry_id(forged)), MENTION_WORK)
-    assert a.admit_mention(C.public_key, forged, forged_stamp, wire.now) == (MentionStatus.INVALID, 0)
+    assert a.admission.admit(C.public_key, forged, forged_stamp, wire.now) == (MentionStatus.INVALID, 0)
     stamp = solve(NOTICE_DOMAIN, notice_subject(A.public_key, entry.id), MENTION_WORK)
     unrelated = cores["c"].post("mentions nobody", wire.now)
-    assert a.admit_mention(C.public_key, unrelated.raw, b"", wire.now) == (MentionStatus.INVALID, 0)
-    assert a.admit_mention(C.public_key, entry.raw, b"", wire.now) == (MentionStatus.NEED_WORK, MENTION_WORK)
-    assert a.admit_mention(C.public_key, entry.raw, stamp, wire.now) == (MentionStatus.ADMITTED, 0)
-    assert a.admit_mention(C.public_key, entry.raw, stamp, wire.now) == (MentionStatus.DUPLICATE, 0)
-    stats = a.replicator.stats
+    assert a.admission.admit(C.public_key, unrelated.raw, b"", wire.now) == (MentionStatus.INVALID, 0)
+    assert a.admission.admit(C.public_key, entry.raw, b"", wire.now) == (
+        MentionStatus.NEED_WORK,
+        MENTION_WORK,
+    )
+    assert a.admission.admit(C.public_key, entry.raw, stamp, wire.now) == (MentionStatus.ADMITTED, 0)
+    assert a.admission.admit(C.public_key, entry.raw, stamp, wire.now) == (MentionStatus.DUPLICATE, 0)
+    stats = a.mention_stats
     assert (stats["mentions.refused_invalid"], stats["mentions.refused_work"]) == (2, 1)
 
 
@@ -235,8 +245,8 @@ def test_a_notice_with_a_bytes_field_name_is_refused_not_a_crash(
 ) -> None:
     wire, cores = net("ac")
     hostile = C.sign(msgpack.packb([1, C.public_key, 1, None, 0, "post", {b"zz": 1, "text": "hi"}]))
-    assert cores["a"].admit_mention(C.public_key, hostile, b"", wire.now) == (MentionStatus.INVALID, 0)
-    assert cores["a"].replicator.stats["mentions.refused_invalid"] == 1
+    assert cores["a"].admission.admit(C.public_key, hostile, b"", wire.now) == (MentionStatus.INVALID, 0)
+    assert cores["a"].mention_stats["mentions.refused_invalid"] == 1
 
 
 def test_a_flood_from_one_sender_is_rate_limited(
@@ -245,9 +255,9 @@ def test_a_flood_from_one_sender_is_rate_limited(
     wire, cores = net("ac")
     a = cores["a"]
     entry = cores["c"].post(f"hi {encode_handle(A.public_key)}", wire.now)
-    results = [a.admit_mention(C.public_key, entry.raw, b"", wire.now)[0] for _ in range(1000)]
+    results = [a.admission.admit(C.public_key, entry.raw, b"", wire.now)[0] for _ in range(1000)]
     assert results.count(MentionStatus.RATE_LIMITED) >= 985
-    assert a.replicator.stats["mentions.refused_rate"] == results.count(MentionStatus.RATE_LIMITED)
+    assert a.mention_stats["mentions.refused_rate"] == results.count(MentionStatus.RATE_LIMITED)
     assert a.store.mentions(A.public_key) == []
 
 
@@ -256,8 +266,8 @@ def test_strangers_notices_cost_more_as_the_day_fills_and_are_capped(
 ) -> None:
     wire, cores = net("abc")
     a, b = cores["a"], cores["b"]
-    a.mention_work = 4  # small, so the test solves its stamps fast
-    a.stranger_mentions_per_day = 4  # extra work: 0, 2, 4, 6 bits as it fills
+    a.admission.mention_work = 4  # small, so the test solves its stamps fast
+    a.admission.stranger_mentions_per_day = 4  # extra work: 0, 2, 4, 6 bits as it fills
     a.follow(B.public_key, wire.now)
     wire.advance(20)
 
@@ -266,10 +276,10 @@ def test_strangers_notices_cost_more_as_the_day_fills_and_are_capped(
         entry = make_entry(author, 1, None, body=post_body(f"hi {encode_handle(A.public_key)}"))
         subject = notice_subject(A.public_key, entry.id)
         cheap = solve(NOTICE_DOMAIN, subject, 4)
-        status, need = a.admit_mention(author.public_key, entry.raw, cheap, wire.now)
+        status, need = a.admission.admit(author.public_key, entry.raw, cheap, wire.now)
         if status == MentionStatus.NEED_WORK:
             stamp = solve(NOTICE_DOMAIN, subject, need)
-            return a.admit_mention(author.public_key, entry.raw, stamp, wire.now)[0], need
+            return a.admission.admit(author.public_key, entry.raw, stamp, wire.now)[0], need
         return status, 4
 
     strangers = [Identity(bytes([100 + i]) * 32) for i in range(6)]  # fresh keys: one notice each
@@ -277,10 +287,10 @@ def test_strangers_notices_cost_more_as_the_day_fills_and_are_capped(
     assert [status for status, _ in results] == [MentionStatus.ADMITTED] * 4 + [MentionStatus.BUSY] * 2
     assert [need for _, need in results[:4]][1:] == [6, 8, 10]  # 4 + 2, 4 + 4, 4 + 6 bits
     assert len(a.store.mentions(A.public_key)) == 4
-    assert a.replicator.stats["mentions.refused_busy"] == 2
+    assert a.mention_stats["mentions.refused_busy"] == 2
     # Someone A follows is not a stranger: not capped, and needs no stamp.
     friend = b.post(f"hey {encode_handle(A.public_key)}", wire.now)
-    assert a.admit_mention(B.public_key, friend.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
+    assert a.admission.admit(B.public_key, friend.raw, b"", wire.now) == (MentionStatus.ADMITTED, 0)
     # A day later the window has room again, at the base price.
     wire.advance(86_400)
     assert send(strangers[4]) == (MentionStatus.ADMITTED, 4)
@@ -315,9 +325,9 @@ def test_undelivered_notices_survive_a_restart(
     wire.advance(30)
     assert cores["b"].store.outbox()[0][:2] == (post.id, A.public_key)
     wire.crash("b")
-    restarted_b = NodeCore(B, Random(7), wire.now, store=cores["b"].store)
+    restarted_b = NodeCore(B, Random(7), wire.now, store=cores["b"].store, random_bytes=Random(17).randbytes)
     wire.restart("b", restarted_b)
-    restarted_a = NodeCore(A, Random(8), wire.now, store=cores["a"].store)
+    restarted_a = NodeCore(A, Random(8), wire.now, store=cores["a"].store, random_bytes=Random(18).randbytes)
     wire.restart("a", restarted_a)
     for core in (restarted_a, restarted_b):
         core.bootstrap([wire.addr("c")], wire.now)

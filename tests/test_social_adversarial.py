@@ -55,7 +55,7 @@ from identity.pow import NAME_DOMAIN, NOTICE_DOMAIN, name_subject, notice_subjec
 from identity.records import NAME, RecordError, create_name_claim, decode_record, name_key
 from p2pblog.entry import POST, Entry, create_entry, decode_entry, entry_id, post_body
 from p2pblog.errors import EntrySignatureError
-from p2pblog.node import MENTION_BURST, MENTION_RATE
+from p2pblog.mentions import MENTION_BURST, MENTION_RATE
 from tests.nodes import NodeProcess, cli_json, run, start_pair, status, timeline_texts, wait_for
 from tests.peers.dht_attacker import DhtAttacker
 from tests.peers.gossip_attacker import Connection, GossipDialer

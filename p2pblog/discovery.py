@@ -1,0 +1,135 @@
+"""Discovery: finding, through the DHT, the peers that serve the feeds we follow, and names.
+
+Theory of operation
+-------------------
+The replicator dials what it is told about; this part tells it, from DHT
+lookups it starts and whose results the node routes back to it:
+
+* **Searches.**  At each maintenance pass, each followed feed whose author
+  is not connected gets a provider search (`FindProviders`) and a
+  resolution of its author's peer record (`ResolvePeer`), started together:
+  while the author has not announced yet (as a network forms), finding the
+  author at once saves dials to other providers.  A feed is searched at once
+  after `follow`; then, while no connected peer can serve it, 4, 8, 16 ...
+  seconds apart up to `SEARCH_EVERY` (a walk takes about a second; the
+  DHT's answer seldom changes faster); while others serve it but its author
+  is not connected, from `SEARCH_EVERY` doubling up to `RESEARCH_MAX`, to
+  find the author again after it moved.  `next_search` tells the node when
+  the next one is due, so its maintenance pass wakes for it.
+* **Results.**  Providers found become dial candidates of their feed
+  (`providers_found`); a resolved peer record teaches the replicator's
+  address book the peer's address, and makes a followed author a candidate
+  of its own feed (`peer_found`).
+* **Names.**  `find_claims` gathers every claim of a name (`NameResolved`).
+* **Inbound peers.**  When a peer that dialled us disconnects and we do not
+  know its listen address, its peer record is resolved, so the address book
+  can redial it (`peer_disconnected`; not on connect: an author with many
+  followers would look up every one of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Final
+
+from dht import DhtCore
+from dht.providers import MAX_PROVIDERS_PER_KEY
+from identity.pacing import backoff
+from identity.records import name_key, peer_key, provider_key
+from p2pblog.events import PeerResolved, ProvidersResolved
+from p2pblog.queries import FindClaims, FindProviders, PendingQueries, ResolvePeer
+from p2pblog.replication import Replicator
+
+#: Seconds between provider searches for a followed feed no connected peer
+#: replicates: FIRST_SEARCH_RETRY after the first, doubling up to SEARCH_EVERY.
+SEARCH_EVERY: Final = 30.0
+FIRST_SEARCH_RETRY: Final = 4.0
+#: Longest gap between searches for a feed that other peers serve but whose
+#: author we are not connected to (to find the author again after it moved).
+RESEARCH_MAX: Final = 600.0
+#: Doublings of SEARCH_EVERY counted at most (SEARCH_EVERY * 2**8 > RESEARCH_MAX).
+_RESEARCH_ROUNDS: Final = 8
+
+
+class Discovery:
+    """Provider searches and peer-record resolutions for the feeds the node replicates."""
+
+    def __init__(self, own: bytes, dht: DhtCore, queries: PendingQueries, replicator: Replicator) -> None:
+        self.own = own
+        self.dht = dht
+        self.queries = queries
+        self.replicator = replicator
+        self._search_at: dict[bytes, float] = {}
+        self._search_rounds: dict[bytes, int] = {}
+
+    # -- queries ----------------------------------------------------------------------
+
+    def resolve(self, public_key: bytes, now: float, *, consume: bool = False) -> int:
+        """Find and verify the peer record of public_key (ends with `PeerResolved` or not)."""
+        qid = self.dht.start_get(peer_key(public_key), now)
+        return self.queries.add(qid, ResolvePeer(public_key, consume))
+
+    def find_providers(
+        self, feed: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY, consume: bool = False
+    ) -> int:
+        """Find the nodes that hold feed (ends with `ProvidersResolved`)."""
+        qid = self.dht.start_get_providers(provider_key(feed), now, want=want)
+        return self.queries.add(qid, FindProviders(feed, consume))
+
+    def find_claims(self, name: str, now: float) -> int:
+        """Find every valid claim of name (ends with `NameResolved`)."""
+        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY)
+        return self.queries.add(qid, FindClaims(name))
+
+    # -- the search schedule ----------------------------------------------------------
+
+    def follow(self, feed: bytes, now: float) -> None:
+        """Search for a newly followed feed at the next maintenance pass."""
+        self._search_at[feed] = now
+        self._search_rounds.pop(feed, None)
+
+    def unfollow(self, feed: bytes) -> None:
+        self._search_at.pop(feed, None)
+
+    def maintain(self, wanted: Iterable[bytes], now: float) -> None:
+        """Search, for each wanted feed (in order) whose author is not connected, when due."""
+        replicator = self.replicator
+        for feed in wanted:
+            if feed == self.own or replicator.is_connected(feed):
+                self._search_rounds.pop(feed, None)
+                continue
+            if now >= self._search_at.get(feed, 0.0):
+                rounds = self._search_rounds.get(feed, 0)
+                self._search_rounds[feed] = rounds + 1
+                if replicator.sources(feed) == 0:
+                    delay = backoff(rounds, FIRST_SEARCH_RETRY, SEARCH_EVERY)
+                else:
+                    delay = backoff(min(rounds, _RESEARCH_ROUNDS), SEARCH_EVERY, RESEARCH_MAX)
+                self._search_at[feed] = now + delay
+                self.find_providers(feed, now, consume=True)
+                self.resolve(feed, now, consume=True)
+
+    def next_search(self, wanted: Collection[bytes]) -> list[float]:
+        """When the searches in progress (feeds not yet served by their author) are due."""
+        rounds = self._search_rounds
+        return [at for feed, at in self._search_at.items() if feed in wanted and feed in rounds]
+
+    # -- results ----------------------------------------------------------------------
+
+    def providers_found(self, result: ProvidersResolved, now: float) -> None:
+        peers = [(r.signer, *addr) for r in result.records if (addr := r.addr("tcp")) is not None]
+        self.replicator.add_candidates(result.feed, peers, now)
+
+    def peer_found(self, result: PeerResolved, now: float) -> None:
+        addr = result.record.addr("tcp")
+        if addr is None:
+            return
+        key = result.public_key
+        self.replicator.learn_address(key, *addr, now)
+        if key in self.replicator.wanted:
+            self.replicator.add_candidates(key, [(key, *addr)], now)
+
+    def peer_disconnected(self, peer: bytes, now: float) -> None:
+        """Learn the listen address of a peer that dialled us, so it can be redialled."""
+        if self.replicator.known_address(peer) is None and not self.replicator.refuses(peer, now):
+            self.resolve(peer, now, consume=True)

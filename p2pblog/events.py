@@ -1,0 +1,145 @@
+"""The events `NodeCore` reports, beside the DHT's and the replicator's, which it passes on.
+
+Each is a frozen, slotted dataclass named for what happened.  A command
+that starts a DHT query returns its query id and ends in exactly one event
+carrying that ``query_id`` (the runtime's `request` waits for it); the
+others report what the node did on its own (start-up, mention notices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dht.events import Event as DhtEvent
+from identity.records import Record
+from p2pblog.entry import Entry
+from p2pblog.replication import Event as GossipEvent
+
+
+@dataclass(frozen=True, slots=True)
+class PeerResolved:
+    """A key's peer record was found and verified."""
+
+    query_id: int
+    public_key: bytes
+    record: Record
+    #: Sequential DHT RPCs that reached the record (0: held locally).
+    hops: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerNotResolved:
+    """No valid peer record for the key was found."""
+
+    query_id: int
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RecordPublished:
+    """Our own peer record was stored at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAnnounced:
+    """Our provider record for ``feed`` was added at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    feed: bytes
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProvidersResolved:
+    """The verified provider records found for ``feed`` (one per provider; may be empty)."""
+
+    query_id: int
+    feed: bytes
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NameClaimPublished:
+    """Our claim of ``name`` was added at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    name: str
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class NameResolved:
+    """Every valid claim of ``name`` found, one per claimant, in resolution order."""
+
+    query_id: int
+    name: str
+    claims: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MentionAdmitted:
+    """A mention notice from ``sender`` was admitted: ``entry`` is stored."""
+
+    sender: bytes
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class MentionRefused:
+    """A mention notice from ``sender`` was refused (``reason`` names the counter)."""
+
+    sender: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MentionDelivered:
+    """Our notice of ``entry_id`` reached ``recipient``: ``admitted`` or refused with ``status``."""
+
+    entry_id: bytes
+    recipient: bytes
+    admitted: bool
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinFinished:
+    """The start-up bootstrap ended: ``answered`` of ``seeds`` answered; ``contacts`` in the table."""
+
+    seeds: int
+    answered: int
+    contacts: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartupFinished:
+    """The start-up publication of our peer record ended: stored at ``stored_at`` nodes
+    (0: every retry failed; the record is republished on its timer from here on)."""
+
+    seq: int
+    stored_at: int
+    attempts: int
+
+
+Event = (
+    DhtEvent
+    | PeerResolved
+    | PeerNotResolved
+    | RecordPublished
+    | ProviderAnnounced
+    | ProvidersResolved
+    | NameClaimPublished
+    | NameResolved
+    | MentionAdmitted
+    | MentionRefused
+    | MentionDelivered
+    | JoinFinished
+    | StartupFinished
+    | GossipEvent
+)

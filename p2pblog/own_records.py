@@ -1,0 +1,259 @@
+"""Our own signed DHT records: the peer record, provider announcements, name claims.
+
+Theory of operation
+-------------------
+A node keeps three kinds of record of its own alive in the DHT, each
+re-signed and stored again on a timer well inside its lifetime:
+
+=================  ==========================  ============  ================
+record             where                       lifetime      re-signed every
+=================  ==========================  ============  ================
+peer record        STORE at ``peer_key(own)``  `PEER_TTL`    `PEER_REPUBLISH`
+provider record    ADD_PROVIDER, per feed      `PROVIDER_TTL`  `PROVIDER_REPUBLISH`
+name claim         ADD_PROVIDER, per name      `NAME_TTL`    `NAME_REPUBLISH`
+=================  ==========================  ============  ================
+
+Each kind has one `RepublishJob` (rust-libp2p kad's ``PutRecordJob`` /
+``AddProviderJob``): when each of its records is next due, polled by
+`OwnRecords.handle_timer`.  One rule picks every new record's ``seq``
+(`_next_seq`): above our last one, above the milliseconds of ``now`` (so a
+restarted node's record supersedes the old one), and above any record of
+ours a peer handed back, which an earlier run with a clock ahead may have
+signed and which would otherwise win.
+
+Besides the timers:
+
+* the peer record is published again when the routing table has doubled
+  since it was (the k closest nodes to its key have changed: welcome stores,
+  Kademlia paper section 2.5, re-home only some of it);
+* `announce_held` announces, at each maintenance pass, every wanted feed we
+  hold and have not announced yet; an announce or claim that reached no node
+  is retried after `ANNOUNCE_RETRY` (`stored`);
+* name claims wait for a first DHT contact (polled every `FIRST_CONTACT_POLL`).
+
+Own name claims live in the store (so a restart republishes them); the
+current records are in memory (``peer_record``, ``provider_records``,
+``name_records``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final, Generic, TypeVar
+
+from dht import DhtCore
+from identity import Identity
+from identity.records import (
+    PEER,
+    PROVIDER,
+    Record,
+    create_name_claim,
+    create_record,
+    decode_record,
+    name_key,
+    peer_key,
+    provider_key,
+)
+from p2pblog.events import NameClaimPublished, ProviderAnnounced
+from p2pblog.queries import AnnounceProvider, PendingQueries, PublishClaim, PublishPeerRecord
+from p2pblog.store import Store
+
+#: Seconds a peer record is valid after signing, and between re-signings.
+PEER_TTL: Final = 2 * 3600
+PEER_REPUBLISH: Final = 30 * 60
+#: Seconds a provider record is valid after signing, and between re-signings.
+#: Longer than a peer record's: a node announces every feed it holds, and a
+#: stale provider costs a finder one failed dial, not a wrong identity.
+PROVIDER_TTL: Final = 6 * 3600
+PROVIDER_REPUBLISH: Final = 2 * 3600
+#: Seconds a name claim is valid after signing, and between re-signings.
+NAME_TTL: Final = 24 * 3600
+NAME_REPUBLISH: Final = 4 * 3600
+#: Least seconds between two publishes of the peer record because the routing table grew.
+REPUBLISH_GROWN_AFTER: Final = 30.0
+#: Seconds before retrying an announce or claim that reached no node.
+ANNOUNCE_RETRY: Final = 15.0
+#: Seconds between attempts at something that needs a DHT contact while the table is empty.
+FIRST_CONTACT_POLL: Final = 1.0
+
+Addrs = tuple[tuple[str, str, int], ...]
+K = TypeVar("K")
+
+
+class RepublishJob(Generic[K]):
+    """When each record of one kind is next due to be re-signed and stored again."""
+
+    def __init__(self) -> None:
+        self.due: dict[K, float] = {}
+
+    def __contains__(self, key: K) -> bool:
+        return key in self.due
+
+    def schedule(self, key: K, at: float) -> None:
+        self.due[key] = at
+
+    def asap(self, key: K, at: float) -> None:
+        """Due no later than ``at``."""
+        self.due[key] = min(self.due.get(key, at), at)
+
+    def cancel(self, key: K) -> None:
+        self.due.pop(key, None)
+
+    def earliest(self) -> float | None:
+        return min(self.due.values()) if self.due else None
+
+    def poll(self, now: float) -> list[K]:
+        """The keys due at ``now`` (their schedule is left to the caller)."""
+        return [key for key, at in self.due.items() if now >= at]
+
+
+class OwnRecords:
+    """Signs, stores and keeps fresh the node's own peer record, provider records and name claims."""
+
+    def __init__(self, identity: Identity, store: Store, dht: DhtCore, queries: PendingQueries, now: float):
+        self.identity = identity
+        self.store = store
+        self.dht = dht
+        self.queries = queries
+        self.addrs: Addrs = ()
+        self.peer_record: Record | None = None
+        #: Our current provider record per feed we announce, and the addresses it names.
+        self.provider_records: dict[bytes, Record] = {}
+        self.provided: dict[bytes, Addrs] = {}
+        #: Our name claims: the current signed record, and (claimed, nonce) to re-sign it.
+        self.name_records: dict[str, Record] = {}
+        self.claims: dict[str, tuple[int, bytes]] = {
+            name: (claimed, nonce) for name, claimed, nonce, _ in store.name_claims()
+        }
+        self.peer_job: RepublishJob[None] = RepublishJob()
+        self.provider_job: RepublishJob[bytes] = RepublishJob()
+        self.claim_job: RepublishJob[str] = RepublishJob()
+        for name in self.claims:
+            self.claim_job.schedule(name, now)
+        #: Routing-table size and time when the peer record was last published.
+        self._published_table = 0
+        self._published_at = 0.0
+
+    def next_deadline(self) -> float | None:
+        times = [
+            t
+            for t in (j.earliest() for j in (self.peer_job, self.provider_job, self.claim_job))
+            if t is not None
+        ]
+        return min(times) if times else None
+
+    def _next_seq(self, last: Record | None, now: float, key: bytes | None = None) -> int:
+        seqs = [int(now * 1000)]
+        if last is not None:
+            seqs.append(last.seq + 1)
+        if key is not None:
+            for signer, value in self.dht.providers.get_with_ids(key, now):
+                if signer == self.identity.public_key:
+                    seqs.append(decode_record(value, now=None).seq + 1)
+        return max(seqs)
+
+    # -- the peer record --------------------------------------------------------------
+
+    def publish_peer(self, now: float, *, consume: bool = False) -> int:
+        """Sign our peer record for `addrs` and store it; re-signed every `PEER_REPUBLISH`."""
+        seq = self._next_seq(self.peer_record, now)
+        self.peer_record = create_record(
+            self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self.addrs
+        )
+        self.peer_job.schedule(None, now + PEER_REPUBLISH)
+        self._published_table = len(self.dht.table)
+        self._published_at = now
+        qid = self.dht.start_put(peer_key(self.identity.public_key), self.peer_record.raw, now)
+        return self.queries.add(qid, PublishPeerRecord(seq, consume))
+
+    # -- provider records -------------------------------------------------------------
+
+    def announce(self, feed: bytes, addrs: Addrs, now: float, *, consume: bool = False) -> int:
+        """Sign a provider record for feed at addrs and add it; re-signed every `PROVIDER_REPUBLISH`."""
+        key = provider_key(feed)
+        record = create_record(
+            self.identity,
+            type=PROVIDER,
+            seq=self._next_seq(self.provider_records.get(feed), now, key),
+            expires=int(now) + PROVIDER_TTL,
+            addrs=addrs,
+            feed=feed,
+        )
+        self.provider_records[feed] = record
+        self.provided[feed] = addrs
+        self.provider_job.schedule(feed, now + PROVIDER_REPUBLISH)
+        qid = self.dht.start_add_provider(key, record.raw, now)
+        return self.queries.add(qid, AnnounceProvider(feed, record.seq, consume))
+
+    def withdraw(self, feed: bytes) -> None:
+        """Stop announcing feed; copies held elsewhere lapse with the record's expiry."""
+        self.provided.pop(feed, None)
+        self.provider_job.cancel(feed)
+        self.provider_records.pop(feed, None)
+        self.dht.providers.remove(provider_key(feed), self.identity.public_key)
+
+    # -- name claims ------------------------------------------------------------------
+
+    def claim_name(self, name: str, claimed: int, nonce: bytes, now: float) -> int:
+        """Sign a claim of name (raises `RecordError` for a bad name or too little work), save
+        it in the store, and add it in the DHT."""
+        record = self._sign_claim(name, claimed, nonce, now)
+        self.store.save_name_claim(name, claimed, nonce, record.work)
+        self.claims[name] = (claimed, nonce)
+        return self._add_claim(record, now, consume=False)
+
+    def _sign_claim(self, name: str, claimed: int, nonce: bytes, now: float) -> Record:
+        seq = self._next_seq(self.name_records.get(name), now, name_key(name))
+        return create_name_claim(
+            self.identity, name=name, claimed=claimed, nonce=nonce, seq=seq, expires=int(now) + NAME_TTL
+        )
+
+    def _add_claim(self, record: Record, now: float, *, consume: bool) -> int:
+        assert record.name is not None
+        self.name_records[record.name] = record
+        self.claim_job.schedule(record.name, now + NAME_REPUBLISH)
+        qid = self.dht.start_add_provider(name_key(record.name), record.raw, now)
+        return self.queries.add(qid, PublishClaim(record.name, record.seq, consume))
+
+    # -- timers and maintenance -------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        """Re-sign and store again every record that is due."""
+        if self.peer_job.poll(now):
+            self.publish_peer(now)
+        for feed in self.provider_job.poll(now):
+            self.announce(feed, self.provided[feed], now)
+        for name in self.claim_job.poll(now):
+            if len(self.dht.table):
+                self._add_claim(self._sign_claim(name, *self.claims[name], now), now, consume=True)
+            else:
+                self.claim_job.schedule(name, now + FIRST_CONTACT_POLL)
+
+    def maintain(self, wanted: Iterable[bytes], now: float) -> None:
+        """A maintenance pass (the table is not empty): republish a peer record the grown
+        network no longer holds at the closest nodes; announce the ``wanted`` feeds we hold
+        (our own, and those with entries in the store) that are not announced yet."""
+        if (
+            self.peer_record is not None
+            and len(self.dht.table) >= 2 * max(1, self._published_table)
+            and now >= self._published_at + REPUBLISH_GROWN_AFTER
+        ):
+            self.publish_peer(now)
+        if self.addrs and any(proto == "tcp" for proto, _, _ in self.addrs):
+            own = self.identity.public_key
+            for feed in wanted:
+                if feed not in self.provided and (feed == own or self.store.latest_seq(feed) > 0):
+                    self.announce(feed, self.addrs, now, consume=True)
+
+    def stored(self, result: ProviderAnnounced | NameClaimPublished, now: float) -> None:
+        """The end of an announce or claim we consume: retry one that reached no node."""
+        if result.stored_at:
+            return
+        if isinstance(result, ProviderAnnounced):
+            if result.feed in self.provided:
+                self.provider_job.schedule(result.feed, now + ANNOUNCE_RETRY)
+        elif result.name in self.claims:
+            self.claim_job.asap(result.name, now + ANNOUNCE_RETRY)
+
+    def set_addresses(self, addrs: Sequence[tuple[str, str, int]]) -> None:
+        self.addrs = tuple(addrs)

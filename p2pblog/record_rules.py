@@ -1,0 +1,130 @@
+"""What p2pblog means by a DHT value: the validator, selector and ranks `NodeCore` gives `dht.DhtCore`.
+
+Theory of operation
+-------------------
+`dht/` stores opaque values; these functions decide which values of ours
+are good, kept in one place so the DHT core stays ignorant of the format:
+
+* `validate_value`: a value that begins like a p2pblog record (a 64-byte
+  signature, then a 6-element msgpack array of version 1) must *be* a valid
+  one: signed by its signer, unexpired, and filed under its own key
+  (`identity.records`).  Anything else is an opaque value, accepted as the
+  ``kademlia`` package would, so real ``kademlia`` peers can use our nodes.
+* `select_value`: among values for one key, valid records beat opaque values
+  and the highest ``seq`` wins; opaque values keep ``kademlia``'s
+  last-write-wins.
+* `validate_provider` / `rank_provider`: the provider store holds one value
+  per provider (`dht.providers`); a value must be a valid provider record or
+  name claim filed under its own key, the provider it speaks for is its
+  signer, and a full key evicts the claim with the least work first.
+* `verified_providers` / `verified_claims`: what a finished providers
+  lookup yields, checked again against the feed or name asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dht.records import accept_any
+from dht.wire import Value
+from identity.records import (
+    NAME,
+    PROVIDER,
+    Record,
+    RecordError,
+    decode_record,
+    name_key,
+    order_claims,
+    provider_key,
+)
+
+
+def _looks_like_record(value: Value) -> bool:
+    # signature (64) || fixarray-6 (0x96) || version 1 (0x01)
+    return isinstance(value, bytes) and len(value) > 66 and value[64] == 0x96 and value[65] == 0x01
+
+
+def validate_value(key: bytes, value: Value, now: float) -> bool:
+    """The DHT validator: p2pblog records must verify; other values as ``kademlia`` allows."""
+    if _looks_like_record(value):
+        assert isinstance(value, bytes)
+        try:
+            decode_record(value, now=now, key=key)
+        except RecordError:
+            return False
+        return True
+    return accept_any(key, value, now)
+
+
+def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
+    """The DHT provider validator: a valid provider record or name claim under its own key
+    -> its signer."""
+    if not _looks_like_record(value):
+        return None
+    try:
+        record = decode_record(value, now=now, key=key)
+    except RecordError:
+        return None
+    return record.signer if record.type in (PROVIDER, NAME) else None
+
+
+def rank_provider(key: bytes, value: bytes) -> int:
+    """Eviction rank in a full provider key: a name claim's proof-of-work bits (else 0)."""
+    del key
+    try:
+        record = decode_record(value, now=None, check_signature=False)
+    except RecordError:
+        return 0
+    return record.work if record.type == NAME else 0
+
+
+def select_value(key: bytes, values: Sequence[Value]) -> int:
+    """The DHT selector: the valid record with the highest seq, else the newest value.
+
+    The DHT core hands the selector only values `validate_value` accepted
+    (stores, held values and lookup answers alike), so signatures are not
+    checked a second time here.
+    """
+    del key
+    best: tuple[int, bytes] | None = None
+    best_index = len(values) - 1
+    for index, value in enumerate(values):
+        if not _looks_like_record(value):
+            continue
+        assert isinstance(value, bytes)
+        try:
+            record = decode_record(value, now=None, check_signature=False)
+        except RecordError:
+            continue
+        rank = (record.seq, record.raw)
+        if best is None or rank > best:
+            best, best_index = rank, index
+    return best_index
+
+
+def verified_providers(feed: bytes, values: Sequence[bytes]) -> tuple[Record, ...]:
+    # The DHT validated each value on arrival; check again that each is a
+    # provider record of this very feed, one per signer.
+    key = provider_key(feed)
+    records: dict[bytes, Record] = {}
+    for value in values:
+        try:
+            record = decode_record(value, now=None, key=key)
+        except RecordError:
+            continue
+        if record.type == PROVIDER and record.feed == feed and record.signer not in records:
+            records[record.signer] = record
+    return tuple(records.values())
+
+
+def verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
+    key = name_key(name)
+    records = []
+    for value in values:
+        try:
+            record = decode_record(value, now=None, key=key)
+        except RecordError:
+            continue
+        if record.type == NAME and record.name == name:
+            records.append(record)
+    return tuple(order_claims(records))
