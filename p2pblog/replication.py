@@ -27,28 +27,19 @@ session (`feed_updated`).  Entries that do not match their header, or that
 fail their signature, are the peer's fault (`report_misbehaviour`); a chain
 conflict is not (an honest peer may relay the other branch of a fork).  A
 session that fails (`SessionFailed`) closes its connection and the peer is
-banned for `BAN_SECONDS`.
+banned (`p2pblog.dialing.BAN_SECONDS`).
 
 **Duplicates (Plumtree pruning).**  When a peer pushes entries we already
 hold, we ask it to send only HAVE notices for that feed (`request_push`
 False); a later WANT of ours re-grafts it.  So each feed settles on a push
 tree with lazy repair links.
 
-**Who to connect to.**  When a backoff ends, when candidates arrive, and at
-least every `MAINTAIN_EVERY` seconds, the replicator dials
-(up to `MAX_OUTBOUND` outbound connections):
-
-* the most recent `BOOK_DIALS` peers of the address book (peers we replicated
-  with before, saved in the store with their listen address), so a restarted
-  node reconnects to its followers and sources with no lookup;
-* the author of every followed feed whose address it knows (the author is
-  the root of its feed's push tree);
-* up to `DIALS_PER_FEED` providers of each wanted feed that no connected peer
-  can serve (`sources`: neither the author nor a peer holding some of it),
-  from `add_candidates`, fed by the node's DHT searches.
-
-A failed dial or a lost connection backs off exponentially (1 s doubling to
-`MAX_BACKOFF`, with jitter from the injected RNG).  At most one connection
+**Who to connect to** is `p2pblog.dialing`'s: the address book (listen
+addresses, backoff, bans) and the dial policy (recent peers, peers wanted
+for mention notices, followed authors, providers of feeds nobody serves).
+When a backoff ends, when candidates arrive, and at least every
+`MAINTAIN_EVERY` seconds, the replicator dials the policy's targets while
+it has outbound slots (`MAX_OUTBOUND`) and connection room.  At most one connection
 per peer survives: when two meet (both sides dialled), both ends keep the one
 dialled by the smaller public key (or, when one side dialled both, the
 newer one: it gave up the older, e.g. across its restart).  Inbound connections beyond
@@ -84,7 +75,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -112,6 +102,7 @@ from gossip.transport import (
     SecureChannel,
 )
 from identity import Identity
+from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntrySignatureError
 from p2pblog.store import Store
@@ -125,19 +116,6 @@ MAX_CONNECTIONS: Final = 64
 #: closed (after `PRUNE_GRACE` seconds), so the cap favours useful peers.
 PRUNE_ABOVE: Final = 48
 PRUNE_GRACE: Final = 30.0
-#: Address-book peers we keep dialling (most recently connected first).
-BOOK_DIALS: Final = 8
-#: Providers dialled per wanted feed that no connected peer replicates.
-DIALS_PER_FEED: Final = 3
-#: Candidate providers remembered per feed.
-MAX_CANDIDATES: Final = 20
-#: Peers loaded from the address book at start.
-BOOK_LOAD: Final = 64
-#: Reconnection backoff: first delay and ceiling, in seconds.
-FIRST_BACKOFF: Final = 1.0
-MAX_BACKOFF: Final = 60.0
-#: A peer whose session failed (protocol violations) is not dialled for this long.
-BAN_SECONDS: Final = 600.0
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -245,18 +223,6 @@ class _Conn:
     closing: bool = False
 
 
-@dataclass(slots=True)
-class _Peer:
-    """What the address book knows of a peer."""
-
-    host: str | None = None
-    port: int | None = None
-    last_connected: float = 0.0
-    failures: int = 0
-    next_try: float = 0.0
-    banned_until: float = 0.0
-
-
 def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
     """Whether the peer of session is feed's author or holds some of it."""
     return peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
@@ -292,8 +258,6 @@ class Replicator:
         #: Keys whose entries, notices and connections are refused.
         self.blocked: set[bytes] = {key for key, _ in store.blocks()}
         self.source = StoreFeeds(store, {own, *(store.following(own) - self.blocked)})
-        #: Peers we have mention notices for: dialled like followed authors.
-        self._mention_peers: dict[bytes, None] = {}
         #: Plumtree pruning of peers that push duplicates (False: naive flooding,
         #: the simulator's baseline).
         self.prune_duplicates = True
@@ -302,11 +266,9 @@ class Replicator:
         self._by_peer: dict[bytes, int] = {}
         self._dialling: dict[bytes, int] = {}
         self._next_id = 0
-        self._book: dict[bytes, _Peer] = {}
-        for key, host, port, when in store.load_peers(BOOK_LOAD):
-            if key != own:
-                self._book[key] = _Peer(host, port, when)
-        self._candidates: dict[bytes, dict[bytes, None]] = {}
+        #: Where peers listen, their backoff and bans; and whom to dial (`p2pblog.dialing`).
+        self.book = AddressBook(store, own, rng)
+        self.dial_policy = DialPolicy(own, self.book)
         self._dials: list[tuple[int, str, int]] = []
         self._closes: list[int] = []
         self._events: deque[Event] = deque()
@@ -375,17 +337,13 @@ class Replicator:
 
     def refuses(self, peer: bytes, now: float) -> bool:
         """Whether peer is blocked or banned."""
-        entry = self._book.get(peer)
-        return peer in self.blocked or (entry is not None and now < entry.banned_until)
+        return peer in self.blocked or self.book.banned(peer, now)
 
     def is_connected(self, peer: bytes) -> bool:
         return peer in self._by_peer
 
     def known_address(self, peer: bytes) -> tuple[str, int] | None:
-        entry = self._book.get(peer)
-        if entry is None or entry.host is None or entry.port is None:
-            return None
-        return entry.host, entry.port
+        return self.book.address(peer)
 
     @property
     def connection_count(self) -> int:
@@ -416,22 +374,14 @@ class Replicator:
 
     def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]], now: float) -> None:
         """Providers of feed found in the DHT: ``(public key, tcp host, tcp port)``."""
-        known = self._candidates.setdefault(feed, {})
-        for key, host, port in peers:
-            if key == self.own:
-                continue
-            entry = self._book.setdefault(key, _Peer())
-            entry.host, entry.port = host, port
-            known[key] = None
-            while len(known) > MAX_CANDIDATES:
-                del known[next(iter(known))]
+        self.dial_policy.add_candidates(feed, peers)
         self._maintain(now)
         self._pump(now)
 
     def block(self, peer: bytes, now: float) -> None:
         """Refuse peer from now on: close its connection, stop replicating its feed."""
         self.blocked.add(peer)
-        self._mention_peers.pop(peer, None)
+        self.dial_policy.release(peer)
         conn_id = self._by_peer.get(peer)
         if conn_id is not None:
             self.stats["closed.blocked"] += 1
@@ -469,19 +419,17 @@ class Replicator:
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
         if peer != self.own and peer not in self.blocked:
-            self._mention_peers[peer] = None
+            self.dial_policy.want(peer)
             self._maintain_at = min(self._maintain_at, now)  # dial now if its address is known
 
     def release_connection(self, peer: bytes) -> None:
-        self._mention_peers.pop(peer, None)
+        self.dial_policy.release(peer)
 
     def learn_address(self, peer: bytes, host: str, port: int, now: float) -> None:
         """Where a connected peer listens (from its peer record); saved in the address book."""
-        entry = self._book.setdefault(peer, _Peer())
-        entry.host, entry.port = host, port
+        self.book.learn(peer, host, port)
         if peer in self._by_peer:
-            entry.last_connected = now
-            self.store.save_peer(peer, host, port, now)
+            self.book.connected(peer, now)
 
     # ============================================================ driver inputs
 
@@ -602,31 +550,15 @@ class Replicator:
         outbound = sum(1 for c in self._conns.values() if c.outbound)
         if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
             return  # nothing could be dialled
-        targets: dict[bytes, None] = {}
-        # Runs every MAINTAIN_EVERY seconds: the most recent few without sorting the book.
-        recent = heapq.nlargest(
-            BOOK_DIALS,
-            (p for p in self._book.items() if p[1].last_connected > 0),
-            key=lambda item: item[1].last_connected,
-        )
-        for key, _ in recent:
-            targets[key] = None
-        for key in self._mention_peers:
-            targets[key] = None
         live = self.sessions()
-        for feed in sorted(self.source.wanted):
-            if feed == self.own:
-                continue
-            # The author is the root of its feed's push tree: keep a connection to it.
-            targets[feed] = None
-            if any(_can_serve(peer, session, feed) for peer, session, *_ in live):
-                continue  # a source is connected (`sources`)
-            for key in list(self._candidates.get(feed, {}))[:DIALS_PER_FEED]:
-                targets[key] = None
-        for key in targets:
+
+        def served(feed: bytes) -> bool:  # a source is connected (`sources`)
+            return any(_can_serve(peer, session, feed) for peer, session, *_ in live)
+
+        for key in self.dial_policy.targets(self.source.wanted, served):
             if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
                 break
-            entry = self._book.get(key)
+            entry = self.book.get(key)
             if (
                 entry is None
                 or entry.host is None
@@ -657,12 +589,8 @@ class Replicator:
                 if len(self._conns) - len(self._closes) <= PRUNE_ABOVE:
                     return
 
-    def _back_off(self, peer: bytes, now: float, *, at_least: float = 0.0) -> None:
-        entry = self._book.setdefault(peer, _Peer())
-        delay = min(MAX_BACKOFF, FIRST_BACKOFF * 2**entry.failures)
-        entry.failures = min(entry.failures + 1, 16)
-        entry.next_try = now + max(at_least, delay * (0.5 + 0.5 * self.rng.random()))
-        self._maintain_at = min(self._maintain_at, entry.next_try)
+    def _back_off(self, peer: bytes, now: float) -> None:
+        self._maintain_at = min(self._maintain_at, self.book.back_off(peer, now))
 
     def _close(self, conn: _Conn, now: float, reason: str) -> None:
         """Close a connection we no longer want; the driver reports `connection_lost`."""
@@ -753,7 +681,7 @@ class Replicator:
                 if conn.peer is not None and not conn.session.stats["rx.frames"]:
                     # The peer kept the connection (its first frame is its clock):
                     # only now has the dial succeeded, so only now the backoff resets.
-                    self._book[conn.peer].failures = 0
+                    self.book.entry(conn.peer).failures = 0
                 conn.session.frame_received(event.payload, now)
         elif isinstance(event, HandshakeCompleted):
             self._on_handshake(conn, event.peer_key, now)
@@ -773,8 +701,7 @@ class Replicator:
             self._events.append(InputRefused(peer, "refused.blocked", "blocked key"))
             self._close(conn, now, "blocked")
             return
-        entry = self._book.get(peer)
-        if entry is not None and now < entry.banned_until:
+        if self.book.banned(peer, now):
             self.stats["refused.banned"] += 1
             self._events.append(InputRefused(peer, "refused.banned", "banned for misbehaving"))
             self._close(conn, now, "banned")
@@ -800,12 +727,9 @@ class Replicator:
         self._by_peer[peer] = conn.id
         if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
             del self._dialling[conn.expected]
-        entry = self._book.setdefault(peer, _Peer())
         if conn.outbound:
-            entry.host, entry.port = conn.addr
-        if entry.host is not None and entry.port is not None:
-            entry.last_connected = now
-            self.store.save_peer(peer, entry.host, entry.port, now)
+            self.book.learn(peer, *conn.addr)
+        self.book.connected(peer, now)
         conn.session = GossipSession(self.source, eager=True, now=now)
         conn.session.connection_made(now)
         self._events.append(PeerConnected(peer, conn.addr, conn.outbound))
@@ -833,11 +757,7 @@ class Replicator:
             self.stats["session.failed"] += 1
             self._close(conn, now, event.reason)
             if peer is not None:
-                self._ban(peer, now)
-
-    def _ban(self, peer: bytes, now: float) -> None:
-        entry = self._book.setdefault(peer, _Peer())
-        entry.banned_until = entry.next_try = now + BAN_SECONDS
+                self.book.ban(peer, now)
 
     def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
         if event.feed in self.blocked:

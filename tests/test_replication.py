@@ -21,13 +21,11 @@ from gossip.messages import Clock, Entries
 from gossip.session import BATCH_ENTRIES, MISBEHAVIOUR_LIMIT, WANT_DELAY
 from identity import Identity
 from p2pblog import replication
+from p2pblog.dialing import BAN_SECONDS, FIRST_BACKOFF, MAX_BACKOFF
 from p2pblog.entry import FOLLOW, POST, Entry, create_entry, encode_content, post_body
 from p2pblog.node import NodeCore
 from p2pblog.replication import (
-    BAN_SECONDS,
-    FIRST_BACKOFF,
     MAINTAIN_EVERY,
-    MAX_BACKOFF,
     EntriesStored,
     InputRefused,
     PeerConnected,

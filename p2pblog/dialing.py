@@ -1,0 +1,182 @@
+"""Who the node dials: the address book and the dial policy, apart from the connections.
+
+Theory of operation
+-------------------
+`AddressBook` is what the node knows of each peer: where it listens, when we
+last had a session with it (saved in the store, so a restarted node
+reconnects without a lookup), how often dialling it failed in a row, and
+until when it is not to be dialled:
+
+* a failed dial or a lost connection backs off exponentially (`FIRST_BACKOFF`
+  doubling to `MAX_BACKOFF`, times a jitter of 0.5..1 drawn from the node's
+  injected RNG, so peers that lost each other do not redial in lockstep);
+  the count resets only when the peer's first frame arrives (a peer that
+  accepts and hangs up at once is still backed off);
+* a peer whose session failed (protocol violations) is banned for
+  `BAN_SECONDS`.
+
+`DialPolicy` decides whom to dial at a maintenance pass, in this order, and
+the replicator dials them while it has outbound slots (`MAX_OUTBOUND`):
+
+1. the most recent `BOOK_DIALS` peers of the book (our followers and
+   sources before a restart);
+2. peers we must reach for another reason (`want`: a mention notice);
+3. for each followed feed, its author (the root of its push tree), and, if
+   no connected peer can serve the feed, up to `DIALS_PER_FEED` of its
+   providers found in the DHT (`add_candidates`, at most `MAX_CANDIDATES`
+   remembered per feed, newest kept).
+
+The policy only names peers; the replicator skips those connected, being
+dialled, backed off or without an address.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from random import Random
+from typing import Final
+
+from identity.pacing import backoff
+from p2pblog.store import Store
+
+#: Address-book peers we keep dialling (most recently connected first).
+BOOK_DIALS: Final = 8
+#: Providers dialled per wanted feed that no connected peer replicates.
+DIALS_PER_FEED: Final = 3
+#: Candidate providers remembered per feed.
+MAX_CANDIDATES: Final = 20
+#: Peers loaded from the address book at start.
+BOOK_LOAD: Final = 64
+#: Reconnection backoff: first delay and ceiling, in seconds.
+FIRST_BACKOFF: Final = 1.0
+MAX_BACKOFF: Final = 60.0
+#: Failures counted at most (the delay stops growing long before).
+MAX_FAILURES: Final = 16
+#: A peer whose session failed (protocol violations) is not dialled for this long.
+BAN_SECONDS: Final = 600.0
+
+
+@dataclass(slots=True)
+class Peer:
+    """What the address book knows of a peer."""
+
+    host: str | None = None
+    port: int | None = None
+    last_connected: float = 0.0
+    failures: int = 0
+    next_try: float = 0.0
+    banned_until: float = 0.0
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.host is None or self.port is None:
+            return None
+        return self.host, self.port
+
+
+class AddressBook:
+    """Every peer's listen address, session history, backoff and ban."""
+
+    def __init__(self, store: Store, own: bytes, rng: Random) -> None:
+        self.store = store
+        self.rng = rng
+        self.peers: dict[bytes, Peer] = {}
+        for key, host, port, when in store.load_peers(BOOK_LOAD):
+            if key != own:
+                self.peers[key] = Peer(host, port, when)
+
+    def get(self, peer: bytes) -> Peer | None:
+        return self.peers.get(peer)
+
+    def entry(self, peer: bytes) -> Peer:
+        """The peer's entry, made empty if it has none."""
+        return self.peers.setdefault(peer, Peer())
+
+    def address(self, peer: bytes) -> tuple[str, int] | None:
+        entry = self.peers.get(peer)
+        return None if entry is None else entry.address
+
+    def banned(self, peer: bytes, now: float) -> bool:
+        entry = self.peers.get(peer)
+        return entry is not None and now < entry.banned_until
+
+    def learn(self, peer: bytes, host: str, port: int) -> Peer:
+        entry = self.entry(peer)
+        entry.host, entry.port = host, port
+        return entry
+
+    def connected(self, peer: bytes, now: float) -> None:
+        """A session with peer opened (or its address was learned while connected): save it."""
+        entry = self.entry(peer)
+        if entry.host is not None and entry.port is not None:
+            entry.last_connected = now
+            self.store.save_peer(peer, entry.host, entry.port, now)
+
+    def back_off(self, peer: bytes, now: float) -> float:
+        """Count a failure of peer; returns when it may be dialled again."""
+        entry = self.entry(peer)
+        delay = backoff(entry.failures, FIRST_BACKOFF, MAX_BACKOFF)
+        entry.failures = min(entry.failures + 1, MAX_FAILURES)
+        entry.next_try = now + delay * (0.5 + 0.5 * self.rng.random())
+        return entry.next_try
+
+    def ban(self, peer: bytes, now: float) -> None:
+        entry = self.entry(peer)
+        entry.banned_until = entry.next_try = now + BAN_SECONDS
+
+    def recent(self, count: int) -> list[bytes]:
+        """The ``count`` peers we had a session with most recently."""
+        # Runs every maintenance pass: the most recent few without sorting the book.
+        best = heapq.nlargest(
+            count,
+            (p for p in self.peers.items() if p[1].last_connected > 0),
+            key=lambda item: item[1].last_connected,
+        )
+        return [key for key, _ in best]
+
+
+class DialPolicy:
+    """Whom to dial at a maintenance pass (see the module docstring)."""
+
+    def __init__(self, own: bytes, book: AddressBook) -> None:
+        self.own = own
+        self.book = book
+        #: Providers found in the DHT, per feed (newest last).
+        self.candidates: dict[bytes, dict[bytes, None]] = {}
+        #: Peers to keep dialling until released (mention notices to deliver).
+        self.wanted_peers: dict[bytes, None] = {}
+
+    def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]]) -> None:
+        """Providers of feed: ``(public key, tcp host, tcp port)``; their addresses go in the book."""
+        known = self.candidates.setdefault(feed, {})
+        for key, host, port in peers:
+            if key == self.own:
+                continue
+            self.book.learn(key, host, port)
+            known[key] = None
+            while len(known) > MAX_CANDIDATES:
+                del known[next(iter(known))]
+
+    def want(self, peer: bytes) -> None:
+        self.wanted_peers[peer] = None
+
+    def release(self, peer: bytes) -> None:
+        self.wanted_peers.pop(peer, None)
+
+    def targets(self, feeds: Collection[bytes], served: Callable[[bytes], bool]) -> dict[bytes, None]:
+        """The peers to dial, in order of preference (``served(feed)``: a connected peer can serve it)."""
+        targets: dict[bytes, None] = dict.fromkeys(self.book.recent(BOOK_DIALS))
+        for key in self.wanted_peers:
+            targets[key] = None
+        for feed in sorted(feeds):
+            if feed == self.own:
+                continue
+            # The author is the root of its feed's push tree: keep a connection to it.
+            targets[feed] = None
+            if served(feed):
+                continue
+            for key in list(self.candidates.get(feed, {}))[:DIALS_PER_FEED]:
+                targets[key] = None
+        return targets
