@@ -35,7 +35,8 @@ parts asked for back to them (providers found -> dial candidates, a failed
 announce -> a retry, the join -> the first publish).  So whatever an input
 causes (a dial, an announce) is among the outputs the driver collects next.
 
-**Maintenance.**  One pass at least every `MAINTAIN_EVERY` seconds (sooner
+**Maintenance.**  One pass at least every `MAINTAIN_EVERY` seconds (the
+replicator's constant: the two passes share one wake-up) (sooner
 when a search is due or new entries arrived) runs the replicator's dial
 maintenance, announces the feeds we hold, and searches for the ones nobody
 serves us; the replicator's own wake-ups share it, so an idle node wakes
@@ -54,7 +55,6 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Sequence
 from random import Random
-from typing import Final
 
 from dht import BootstrapFinished, DhtConfig, DhtCore, node_id_from_public_key
 from dht.ids import Address
@@ -88,6 +88,7 @@ from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
 from p2pblog.replication import (
+    MAINTAIN_EVERY,
     EntriesStored,
     MentionAnswered,
     MentionArrived,
@@ -118,10 +119,6 @@ __all__ = [
     "validate_provider",
     "validate_value",
 ]
-
-#: Longest gap between NodeCore's maintenance passes (announces, searches); a
-#: pass also runs when a search is due and after new entries arrive.
-MAINTAIN_EVERY: Final = 10.0
 
 
 class NodeCore:

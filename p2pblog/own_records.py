@@ -9,7 +9,7 @@ re-signed and stored again on a timer well inside its lifetime:
 record             where                       lifetime      re-signed every
 =================  ==========================  ============  ================
 peer record        STORE at ``peer_key(own)``  `PEER_TTL`    `PEER_REPUBLISH`
-provider record    ADD_PROVIDER, per feed      `PROVIDER_TTL`  `PROVIDER_REPUBLISH`
+provider record    ADD_PROVIDER, per feed      `PROVIDER_RECORD_TTL`  `PROVIDER_REPUBLISH`
 name claim         ADD_PROVIDER, per name      `NAME_TTL`    `NAME_REPUBLISH`
 =================  ==========================  ============  ================
 
@@ -64,7 +64,7 @@ PEER_REPUBLISH: Final = 30 * 60
 #: Seconds a provider record is valid after signing, and between re-signings.
 #: Longer than a peer record's: a node announces every feed it holds, and a
 #: stale provider costs a finder one failed dial, not a wrong identity.
-PROVIDER_TTL: Final = 6 * 3600
+PROVIDER_RECORD_TTL: Final = 6 * 3600
 PROVIDER_REPUBLISH: Final = 2 * 3600
 #: Seconds a name claim is valid after signing, and between re-signings.
 NAME_TTL: Final = 24 * 3600
@@ -175,7 +175,7 @@ class OwnRecords:
             self.identity,
             type=PROVIDER,
             seq=self._next_seq(self.provider_records.get(feed), now, key),
-            expires=int(now) + PROVIDER_TTL,
+            expires=int(now) + PROVIDER_RECORD_TTL,
             addrs=addrs,
             feed=feed,
         )

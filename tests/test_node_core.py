@@ -28,7 +28,7 @@ from p2pblog.node import (
     validate_provider,
     validate_value,
 )
-from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_REPUBLISH, PROVIDER_TTL
+from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_REPUBLISH, PROVIDER_RECORD_TTL
 from simulations.endpoint import CoreEndpoint
 from simulations.network import Latency, LinkModel
 from simulations.testbed import Testbed
@@ -229,7 +229,7 @@ def test_provider_records_are_reannounced_and_withdrawn() -> None:
     net.core(0).announce(FEED, ADDRS, announced_at)
     net.run(net.now + 5)
     first = net.core(0).provider_records[FEED]
-    assert first.seq == int(announced_at * 1000) and first.expires == int(announced_at) + PROVIDER_TTL
+    assert first.seq == int(announced_at * 1000) and first.expires == int(announced_at) + PROVIDER_RECORD_TTL
     net.run(net.now + PROVIDER_REPUBLISH + 1)
     second = net.core(0).provider_records[FEED]
     assert second.seq > first.seq and second.expires > first.expires
