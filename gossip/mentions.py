@@ -35,8 +35,10 @@ commands to it, and it answers with return values, never by calling back:
   side keeps a budget of its own, half the peer's control budget (the same
   `GossipConfig` is assumed on both ends), so that an honest node, whose
   posts carry at most `identity.limits.MAX_MENTIONS` mentions, is never
-  flagged as flooding.  The sending budget is a token bucket that starts
-  full when the connection opens (`MentionNotices.start`).
+  flagged as flooding.  The sending budget is an
+  `identity.pacing.TokenBucket` (rate and burst halved; the halving is exact
+  in binary floating point, so it earns what ``elapsed * rate / 2`` would)
+  that starts full when the connection opens (`MentionNotices.start`).
 
 The part shares the session's ``stats`` counter and writes these names:
 ``tx.mentions``, ``mentions.not_queued``, ``tx.mention_acks``,
@@ -52,6 +54,7 @@ from typing import Final
 
 from gossip.messages import Mention, MentionAck
 from identity.errors import LocalProtocolError
+from identity.pacing import TokenBucket
 
 #: Control tokens a MENTION costs (a MENTION_ACK costs one): it carries up to
 #: `MAX_ENTRY_BYTES` (8 KiB) and costs the receiving node a signature check,
@@ -105,10 +108,9 @@ class MentionNotices:
         self._stats = stats
         # Half the peer's control budget (see the module docstring), but room
         # for at least one MENTION whatever the configured burst.
-        self._control_rate = control_rate
+        self._rate = control_rate / 2
         self._burst = max(control_burst / 2, MENTION_COST)
-        self._tokens = self._burst
-        self._tokens_at = now
+        self._budget = TokenBucket(self._rate, self._burst, now)
         # Encoded frames waiting for `frames_to_send`, and their bytes.
         self._mentions: deque[bytes] = deque()
         self._acks: deque[bytes] = deque()
@@ -137,30 +139,22 @@ class MentionNotices:
 
     def start(self, now: float) -> None:
         """The connection opened: the sending budget starts full, from ``now``."""
-        self._tokens = self._burst
-        self._tokens_at = now
+        self._budget = TokenBucket(self._rate, self._burst, now)
 
     # ------------------------------------------------------------ outgoing
 
     def send(self, frame: bytes, now: float, *, session_open: bool) -> bool:
         """Queue an encoded MENTION; False (counted) if closed, full or over budget."""
-        if not session_open or len(self._mentions) >= self._max_queued or not self._take_tokens(now):
+        if (
+            not session_open
+            or len(self._mentions) >= self._max_queued
+            or not self._budget.take(now, MENTION_COST)
+        ):
             self._stats["mentions.not_queued"] += 1
             return False
         self._mentions.append(frame)
         self._queued_bytes += len(frame)
         self._stats["tx.mentions"] += 1
-        return True
-
-    def _take_tokens(self, now: float) -> bool:
-        """Our sending budget: half of the peer's control budget, at its MENTION price."""
-        elapsed = now - self._tokens_at
-        earned = elapsed * self._control_rate / 2
-        self._tokens = min(self._burst, self._tokens + earned)
-        self._tokens_at = now
-        if self._tokens < MENTION_COST:
-            return False
-        self._tokens -= MENTION_COST
         return True
 
     def ack(self, frame: bytes) -> None:

@@ -91,7 +91,8 @@ at most `MAX_QUEUED_NOTICES` together (further ones are only counted).
 that skip seqs, more unacknowledged batches than the window, a declared seq
 that goes backwards, an ACK for nothing, a WANT for a feed not in its clock,
 a MENTION_ACK for no MENTION,
-control messages over the rate budget (`CONTROL_RATE`): each is dropped,
+control messages over the rate budget (`CONTROL_RATE`, an
+`identity.pacing.TokenBucket`): each is dropped,
 counted in `stats` and reported as `PeerMisbehaved`; the node adds what only
 it can see (a forged entry) with `report_misbehaviour`.  At
 `GossipConfig.misbehaviour_limit` the session fails (`SessionFailed`) and the
@@ -160,6 +161,7 @@ from gossip.messages import (
 )
 from identity.errors import LocalProtocolError
 from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES
+from identity.pacing import TokenBucket
 
 # --- protocol tunables (local choices; the peer does not depend on them) -------------------
 
@@ -474,8 +476,7 @@ class GossipSession:
         self._rx: deque[_RxBatch] = deque()
         self._want_timers: list[tuple[float, int, bytes]] = []
         self._timer_seq = 0
-        self._tokens = self.config.control_burst
-        self._tokens_at = now
+        self._control = TokenBucket(self.config.control_rate, self.config.control_burst, now)
         self._mentions = MentionNotices(
             control_rate=self.config.control_rate,
             control_burst=self.config.control_burst,
@@ -611,7 +612,8 @@ class GossipSession:
         if not self._enter("connection_made", now):
             return
         self._state = SessionState.OPEN
-        self._tokens_at = now
+        # The budgets start full from the opening, whatever the idle time before.
+        self._control = TokenBucket(self.config.control_rate, self.config.control_burst, now)
         self._mentions.start(now)
         for feed in sorted(self._source.wanted_feeds()):  # not set order: it varies per process
             self._want(feed)
@@ -635,7 +637,7 @@ class GossipSession:
         except GossipDecodeError as exc:
             self._misbehaved("malformed frame", str(exc))
             return
-        if not isinstance(message, Entries | Ack) and not self._take_tokens(_cost(message), now):
+        if not isinstance(message, Entries | Ack) and not self._control.take(now, _cost(message)):
             self._misbehaved("too many messages", type(message).__name__)
             return
         self._dispatch(message, now)
@@ -1041,15 +1043,6 @@ class GossipSession:
             self._peer_feeds += 1
             st = self._feeds[feed] = _Feed()
         return st
-
-    def _take_tokens(self, cost: float, now: float) -> bool:
-        cfg = self.config
-        self._tokens = min(cfg.control_burst, self._tokens + (now - self._tokens_at) * cfg.control_rate)
-        self._tokens_at = now
-        if self._tokens < cost:
-            return False
-        self._tokens -= cost
-        return True
 
     def _queue_event(self, event: _Bounded, dropped: str) -> bool:
         """Queue an event within `GossipConfig.max_queued_notices`; else count it under ``dropped``."""
