@@ -16,22 +16,35 @@ and after each of those collects the outputs: `DhtCore.datagrams_to_send`,
 ``now`` never goes backwards.  Randomness (message ids, refresh targets) comes
 from the ``random.Random`` passed in, so a seed replays bit-identically.
 
-Inside, every outgoing RPC is an entry in ``_rpcs`` keyed by its 20-byte
-message id.  rpcudp sends each request once and gives up after 5 s; we keep
-that 5 s budget (`DhtConfig.rpc_timeout`) but retransmit the same datagram
-(same message id, so any copy of the answer matches) at the offsets in
-`DhtConfig.retransmit_after`, because a lookup that loses one datagram to a
-near peer would otherwise miss that peer and return a wrong k-closest set.
-A response must come from the address we sent to.  An RPC ends in exactly
-one of: an answer (parsed by the ``parse_*`` function of its kind; a
-malformed answer is a failure and a `PeerMisbehaved`), or the final timeout.
-Either outcome goes to the routing table (alive / failed) and then to what
-the RPC was for (its ``_Purpose``): a lookup step, a bootstrap ping, a put's
-STORE (or an announcement's ``p2pb_add_provider``), a ping-before-evict
-check, or a fire-and-forget STORE.  One exception: silence to a p2pblog-only
-RPC (``p2pb_*``) is not held against the peer in the routing table, because a
-live ``kademlia`` node is silent to those too; the lookup still counts it as
-a failed step and moves on.
+The core is a facade over parts that each own one job:
+
+====================  ==========================================================
+part                  owns
+====================  ==========================================================
+`RoutingTable`        who we know (k-buckets, ping-before-evict, refresh due)
+`RecordStore`         values held for keys (validator, selector, expiry,
+                      republish)
+`ProviderStore`       provider values held for keys (libp2p provider records)
+`RpcTracker`          our requests in flight: message ids, retransmits,
+                      timeouts (`dht.rpc`)
+the query classes     what each command is doing: a get, a put, a bootstrap,
+                      ..., each with its own request and completion
+                      (`dht.queries`)
+`TokenBucketLimiter`  how many datagrams one address may make us process
+====================  ==========================================================
+
+This module answers requests, and routes everything else: a datagram to the
+request handlers or to the RPC it answers, an RPC's outcome to the routing
+table and then to what it was for (its `Purpose`: a query's lookup step, a
+bootstrap's seed ping, a put's STORE or an announcement's
+``p2pb_add_provider``, a ping-before-evict check, or a fire-and-forget
+STORE), and a query's progress to new RPCs and its result event.  A
+response must come from the address we sent to.  An RPC ends in exactly one
+of: an answer (parsed by the ``parse_*`` function of its kind; a malformed
+answer is a failure and a `PeerMisbehaved`), or the final timeout.  One
+exception: silence to a p2pblog-only RPC (``p2pb_*``) is not held against
+the peer in the routing table, because a live ``kademlia`` node is silent to
+those too; the lookup still counts it as a failed step and moves on.
 
 Every message a peer proves it sent (a request from an address, or a matched
 answer) updates the routing table (paper section 2.2).  A full bucket makes
@@ -40,22 +53,13 @@ it with purpose ``CHECK`` and reports the outcome back (`RoutingTable`).
 A contact newly added to the table is offered the records it should hold
 (paper 2.5, as ``kademlia``'s ``welcome_if_new``).
 
-Queries (one per command, plus internal refreshes and republications) are
-``_Query`` objects that move through phases:
-
-=============  ===================================================  ==============
-kind           phases                                               result event
-=============  ===================================================  ==============
-LOOKUP         LOOKING_UP                                           LookupFinished
-BOOTSTRAP      PINGING seeds -> LOOKING_UP own id -> REFRESHING     BootstrapFinished
-GET            LOOKING_UP (FIND_VALUE)                              ValueFound / -NotFound
-PUT            LOOKING_UP -> STORING at the k closest               PutFinished
-REFRESH        LOOKING_UP random id in a stale bucket (2.3)         none
-REPUBLISH      LOOKING_UP -> STORING (2.5 replication)              none
-ADD_PROVIDER   LOOKING_UP -> STORING (``p2pb_add_provider``)        ProvidersAdded
-GET_PROVIDERS  LOOKING_UP (``p2pb_get_providers``)                  ProvidersFound
-REANNOUNCE     LOOKING_UP -> STORING our own provider values        none
-=============  ===================================================  ==============
+Queries (one per command, plus internal refreshes and republications) live
+in one table keyed by query id; `dht.queries` lists the kinds, their phases
+and their result events.  The core drives them all the same way: start the
+walk (`Query.new_lookup`), send each peer the lookup step asks for
+(`Query.step_request`), feed answers back (`Query.on_step_answer`), and when
+the walk ends hand its result to the kind's own next step: a store phase, a
+bootstrap's refreshes, a get's cache stores, or the result event.
 
 A bootstrap reports `BootstrapFinished` once the refreshes it started (the
 buckets farther than the nearest neighbour, paper 2.3) are done too, so a
@@ -86,30 +90,22 @@ raises `LocalProtocolError`.
 
 from __future__ import annotations
 
-import enum
-import heapq
 import itertools
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from random import Random
 from typing import Final
 
 from dht import wire
 from dht.events import (
     MAX_QUEUED_NOTICES,
-    BootstrapFinished,
     DatagramDropped,
     Event,
-    LookupFinished,
     PeerMisbehaved,
-    ProvidersAdded,
-    ProvidersFound,
     ProviderStored,
-    PutFinished,
     RecordStored,
     ValueFound,
-    ValueNotFound,
 )
 from dht.ids import ALPHA, ID_BYTES, Address, Contact, K, distance
 from dht.lookup import ClosestPeersLookup, ProvidersLookup, ValueLookup
@@ -122,6 +118,22 @@ from dht.providers import (
     ProviderStore,
     ProviderValidator,
     distinct_values,
+)
+from dht.queries import (
+    AddProviderQuery,
+    Answer,
+    BootstrapQuery,
+    GetProvidersQuery,
+    GetQuery,
+    LookupQuery,
+    ProvidersAnswer,
+    PutQuery,
+    Query,
+    ReannounceQuery,
+    RefreshQuery,
+    RepublishQuery,
+    StoreQuery,
+    WalkParams,
 )
 from dht.ratelimit import MAX_SOURCES, SOURCE_BURST, SOURCE_RATE, TokenBucketLimiter
 from dht.records import (
@@ -138,6 +150,7 @@ from dht.records import (
     majority_selector,
 )
 from dht.routing import QUESTIONABLE_AFTER, REFRESH_INTERVAL, RoutingTable, UpdateOutcome
+from dht.rpc import Purpose, Rpc, RpcTracker
 from dht.wire import Value, WireError
 from identity.errors import LocalProtocolError
 
@@ -189,87 +202,6 @@ class DhtConfig:
         if any(b <= a for a, b in itertools.pairwise(offsets)):
             raise LocalProtocolError("retransmit_after must increase and end before rpc_timeout")
 
-
-class _Purpose(enum.Enum):
-    LOOKUP_STEP = "lookup step"
-    SEED_PING = "seed ping"
-    PUT_STORE = "put store"
-    CHECK = "liveness check"
-    CACHE_STORE = "cache store"
-
-
-class _Kind(enum.Enum):
-    LOOKUP = "lookup"
-    BOOTSTRAP = "bootstrap"
-    GET = "get"
-    PUT = "put"
-    REFRESH = "refresh"
-    REPUBLISH = "republish"
-    ADD_PROVIDER = "add provider"
-    GET_PROVIDERS = "get providers"
-    REANNOUNCE = "reannounce"
-
-
-class _Phase(enum.Enum):
-    PINGING = "pinging"
-    LOOKING_UP = "looking up"
-    STORING = "storing"
-    #: A bootstrap whose own lookup ended, waiting for the refreshes it started.
-    REFRESHING = "refreshing"
-
-
-@dataclass(slots=True)
-class _Rpc:
-    msg_id: bytes
-    name: str
-    addr: Address
-    #: The id we expect to answer (None for a ping to a bare address).
-    node_id: bytes | None
-    purpose: _Purpose
-    query_id: int | None
-    datagram: bytes
-    sent_at: float
-    #: Index into the retransmit schedule of the pending deadline.
-    step: int
-    deadline: float
-
-
-@dataclass(frozen=True, slots=True)
-class _ProvidersAnswer:
-    """A parsed ``p2pb_get_providers`` answer (not yet validated)."""
-
-    values: tuple[bytes, ...]
-    contacts: tuple[Contact, ...]
-
-
-_Answer = Value | tuple[Contact, ...] | _ProvidersAnswer | None
-
-
-@dataclass(slots=True)
-class _Query:
-    query_id: int
-    kind: _Kind
-    target: bytes
-    phase: _Phase
-    lookup: ClosestPeersLookup | None = None
-    value: Value | None = None
-    quorum: int = 1
-    #: GET_PROVIDERS: stop once this many distinct providers are in.
-    want: int = 1
-    pending: int = 0
-    seeds_answered: int = 0
-    seed_contacts: list[Contact] = field(default_factory=list)
-    stored_at: list[Contact] = field(default_factory=list)
-    refused: list[Contact] = field(default_factory=list)
-    failed: list[Contact] = field(default_factory=list)
-    #: REFRESH started by a bootstrap: the bootstrap's query id.
-    parent: int | None = None
-    #: BOOTSTRAP: its own lookup's result, reported once the refreshes are done.
-    closest: tuple[Contact, ...] = ()
-
-
-#: Queries that store at the k closest once their walk is done.
-_STORING_KINDS: Final = frozenset({_Kind.PUT, _Kind.REPUBLISH, _Kind.ADD_PROVIDER, _Kind.REANNOUNCE})
 
 #: Events that count against `MAX_QUEUED_NOTICES`.
 _NOTICES: Final = (PeerMisbehaved, DatagramDropped, RecordStored, ProviderStored)
@@ -349,10 +281,12 @@ class DhtCore:
         self._limiter = TokenBucketLimiter(cfg.source_rate, cfg.source_burst, cfg.max_sources)
         #: Counts of everything that happened, by name (drops, misbehaviour, RPCs).
         self.stats: Counter[str] = Counter()
-        self._rpcs: dict[bytes, _Rpc] = {}
-        self._rpc_timers: list[tuple[float, int, bytes]] = []
-        self._timer_seq = 0
-        self._queries: dict[int, _Query] = {}
+        self._rpcs = RpcTracker(rng, cfg.retransmit_after, cfg.rpc_timeout)
+        self._walk_params = WalkParams(
+            k=cfg.k, alpha=cfg.alpha, peer_timeout=cfg.lookup_peer_timeout, local_id=node_id
+        )
+        #: Every running query by id: one table of continuations for all kinds.
+        self._queries: dict[int, Query] = {}
         self._next_query_id = 1
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
@@ -379,18 +313,14 @@ class DhtCore:
     def get_timer(self) -> float | None:
         """The earliest time at which `handle_timer` has work, or None."""
         deadlines: list[float] = []
-        while self._rpc_timers:
-            deadline, _, msg_id = self._rpc_timers[0]
-            rpc = self._rpcs.get(msg_id)
-            if rpc is not None and rpc.deadline == deadline:
-                deadlines.append(deadline)
-                break
-            heapq.heappop(self._rpc_timers)
+        d1 = self._rpcs.next_deadline()
+        if d1 is not None:
+            deadlines.append(d1)
         if self.config.lookup_peer_timeout < self.config.rpc_timeout:
             # Otherwise a lookup's peer times out no earlier than the RPC to it,
             # whose deadline is above; asked after every input, so skip the scan.
             for query in self._queries.values():
-                if query.lookup is not None and query.phase is _Phase.LOOKING_UP:
+                if query.lookup is not None:
                     d = query.lookup.next_deadline()
                     if d is not None:
                         deadlines.append(d)
@@ -433,7 +363,7 @@ class DhtCore:
         for query in list(self._queries.values()):
             # Answers and failures drive their lookup at once; a timer only
             # matters to lookups with a peer whose time is up.
-            if query.lookup is not None and query.phase is _Phase.LOOKING_UP:
+            if query.lookup is not None:
                 deadline = query.lookup.next_deadline()
                 if deadline is not None and deadline <= now:
                     self._drive(query, now)
@@ -441,13 +371,13 @@ class DhtCore:
             self.table.touch_bucket(index, now)
             target = self.table.random_id_in_bucket(index, self._rng)
             self.stats["refresh.buckets"] += 1
-            self._start(_Kind.REFRESH, target, now)
+            self._start(RefreshQuery(self._new_query_id(), target), now)
         for key, value in self.records.due(now):
             self.stats["records.republished"] += 1
-            self._start(_Kind.REPUBLISH, key, now, value=value)
+            self._start(RepublishQuery(self._new_query_id(), key, value), now)
         for key, provider in self.providers.due(now):
             self.stats["providers.reannounced"] += 1
-            self._start(_Kind.REANNOUNCE, key, now, value=provider)
+            self._start(ReannounceQuery(self._new_query_id(), key, provider), now)
 
     # ================================================================== commands
 
@@ -455,7 +385,7 @@ class DhtCore:
         """Find the k nodes closest to ``target`` (FIND_NODE).  Ends with `LookupFinished`."""
         self._advance(now)
         self._check_key(target, "target")
-        return self._start(_Kind.LOOKUP, target, now)
+        return self._start(LookupQuery(self._new_query_id(), target), now)
 
     def start_get(self, key: bytes, now: float, *, quorum: int = 1) -> int:
         """Find a value for ``key`` (FIND_VALUE).  Ends with `ValueFound` or `ValueNotFound`.
@@ -467,7 +397,8 @@ class DhtCore:
         self._check_key(key, "key")
         if quorum < 1:
             raise LocalProtocolError("quorum must be >= 1")
-        return self._start(_Kind.GET, key, now, quorum=quorum)
+        query = GetQuery(self._new_query_id(), key, quorum, self.records, self._get_selector)
+        return self._start(query, now)
 
     def start_put(self, key: bytes, value: Value, now: float) -> int:
         """Publish ``value`` under ``key``: hold it, republish it, STORE it at the k closest.
@@ -480,7 +411,7 @@ class DhtCore:
         if not wire.is_value(value):
             raise LocalProtocolError("a DHT value is int, float, bool, str or bytes")
         _require_held(self.records.put(key, value, now, published=True), "record")
-        return self._start(_Kind.PUT, key, now, value=value)
+        return self._start(PutQuery(self._new_query_id(), key, value), now)
 
     def start_add_provider(self, key: bytes, value: bytes, now: float) -> int:
         """Announce ``value`` as a provider of ``key``: hold it, re-announce it, and send
@@ -494,7 +425,7 @@ class DhtCore:
         if not isinstance(value, bytes):
             raise LocalProtocolError("a provider value is bytes")
         _require_held(self.providers.add(key, value, now, published=True), "provider")
-        return self._start(_Kind.ADD_PROVIDER, key, now, value=value)
+        return self._start(AddProviderQuery(self._new_query_id(), key, value), now)
 
     def start_get_providers(self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
         """Find providers of ``key`` (``p2pb_get_providers``).  Ends with `ProvidersFound`.
@@ -507,10 +438,7 @@ class DhtCore:
         self._check_key(key, "key")
         if want < 1:
             raise LocalProtocolError("want must be >= 1")
-        query = self._new_query(_Kind.GET_PROVIDERS, key, _Phase.LOOKING_UP)
-        query.want = want
-        self._begin_lookup(query, now)
-        return query.query_id
+        return self._start(GetProvidersQuery(self._new_query_id(), key, want, self.providers), now)
 
     def bootstrap(self, addrs: Iterable[Address], now: float) -> int:
         """Join the network through ``addrs`` (paper 2.3).  Ends with `BootstrapFinished`.
@@ -522,12 +450,11 @@ class DhtCore:
         """
         self._advance(now)
         unique = list(dict.fromkeys((str(host), int(port)) for host, port in addrs))
-        query = self._new_query(_Kind.BOOTSTRAP, self.node_id, _Phase.PINGING)
+        query = BootstrapQuery(self._new_query_id(), self.node_id, len(unique))
+        self._queries[query.query_id] = query
         for addr in unique:
-            self._send(
-                wire.Ping(self._new_msg_id(), self.node_id), addr, None, _Purpose.SEED_PING, query, now
-            )
-        query.pending = len(unique)
+            ping = wire.Ping(self._rpcs.new_msg_id(), self.node_id)
+            self._send(ping, addr, None, Purpose.SEED_PING, query.query_id, now)
         if not unique:
             self._begin_lookup(query, now)
         return query.query_id
@@ -602,14 +529,8 @@ class DhtCore:
         elif outcome is UpdateOutcome.PING:
             assert to_ping is not None
             self.stats["table.liveness_checks"] += 1
-            self._send(
-                wire.Ping(self._new_msg_id(), self.node_id),
-                to_ping.addr,
-                to_ping.node_id,
-                _Purpose.CHECK,
-                None,
-                now,
-            )
+            ping = wire.Ping(self._rpcs.new_msg_id(), self.node_id)
+            self._send(ping, to_ping.addr, to_ping.node_id, Purpose.CHECK, None, now)
 
     def _welcome(self, contact: Contact, now: float) -> None:
         """Offer a new contact the records it should hold (paper 2.5, ``welcome_if_new``)."""
@@ -629,7 +550,7 @@ class DhtCore:
             if value is None:
                 continue
             self.stats["records.welcome_stores"] += 1
-            self._send_store(contact, key, value, _Purpose.CACHE_STORE, None, now)
+            self._send_store(contact, key, value, now)
 
     def _promoted(self, contact: Contact | None, now: float) -> None:
         if contact is not None:
@@ -637,75 +558,30 @@ class DhtCore:
 
     # ================================================================== RPCs out
 
-    def _new_msg_id(self) -> bytes:
-        while True:
-            msg_id = self._rng.randbytes(wire.MSG_ID_BYTES)
-            if msg_id not in self._rpcs:
-                return msg_id
-
     def _send(
         self,
         request: wire.Request,
         addr: Address,
         node_id: bytes | None,
-        purpose: _Purpose,
-        query: _Query | None,
+        purpose: Purpose,
+        query_id: int | None,
         now: float,
     ) -> None:
-        datagram = wire.encode_request(request)
-        name = wire.request_name(request)
-        offsets = self.config.retransmit_after
-        deadline = now + (offsets[0] if offsets else self.config.rpc_timeout)
-        rpc = _Rpc(
-            request.msg_id,
-            name,
-            addr,
-            node_id,
-            purpose,
-            query.query_id if query is not None else None,
-            datagram,
-            now,
-            0,
-            deadline,
-        )
-        self._rpcs[rpc.msg_id] = rpc
-        self._push_timer(rpc)
-        self._outgoing.append((datagram, addr))
-        self.stats[f"tx.request.{name}"] += 1
+        rpc = self._rpcs.track(request, addr, node_id, purpose, query_id, now)
+        self._outgoing.append((rpc.datagram, addr))
+        self.stats[f"tx.request.{rpc.name}"] += 1
 
-    def _send_store(
-        self,
-        contact: Contact,
-        key: bytes,
-        value: Value,
-        purpose: _Purpose,
-        query: _Query | None,
-        now: float,
-    ) -> None:
-        request = wire.Store(self._new_msg_id(), self.node_id, key, value)
-        self._send(request, contact.addr, contact.node_id, purpose, query, now)
-
-    def _push_timer(self, rpc: _Rpc) -> None:
-        self._timer_seq += 1
-        heapq.heappush(self._rpc_timers, (rpc.deadline, self._timer_seq, rpc.msg_id))
+    def _send_store(self, contact: Contact, key: bytes, value: Value, now: float) -> None:
+        """A fire-and-forget STORE (purpose ``CACHE_STORE``)."""
+        request = wire.Store(self._rpcs.new_msg_id(), self.node_id, key, value)
+        self._send(request, contact.addr, contact.node_id, Purpose.CACHE_STORE, None, now)
 
     def _expire_rpcs(self, now: float) -> None:
-        offsets = self.config.retransmit_after
-        while self._rpc_timers and self._rpc_timers[0][0] <= now:
-            deadline, _, msg_id = heapq.heappop(self._rpc_timers)
-            rpc = self._rpcs.get(msg_id)
-            if rpc is None or rpc.deadline != deadline:
-                continue
-            if rpc.step < len(offsets):
-                rpc.step += 1
-                rpc.deadline = rpc.sent_at + (
-                    offsets[rpc.step] if rpc.step < len(offsets) else self.config.rpc_timeout
-                )
-                self._push_timer(rpc)
+        while (rpc := self._rpcs.pop_due(now)) is not None:
+            if not rpc.timed_out:
                 self._outgoing.append((rpc.datagram, rpc.addr))
                 self.stats["tx.retransmits"] += 1
                 continue
-            del self._rpcs[msg_id]
             self.stats[f"rpc.timeout.{rpc.name}"] += 1
             self._rpc_failed(rpc, now, silent=True)
 
@@ -722,7 +598,7 @@ class DhtCore:
             # asked, so a third party that guesses nothing cannot answer for it.
             self._dropped(addr, "response from an address we did not ask")
             return
-        del self._rpcs[response.msg_id]
+        self._rpcs.close(rpc)
         self.stats[f"rx.response.{rpc.name}"] += 1
         try:
             self._on_answer(rpc, response.body, now)
@@ -730,7 +606,7 @@ class DhtCore:
             self._misbehaved(addr, rpc.node_id, "malformed answer", f"{rpc.name}: {exc}")
             self._rpc_failed(rpc, now)
 
-    def _on_answer(self, rpc: _Rpc, body: object, now: float) -> None:
+    def _on_answer(self, rpc: Rpc, body: object, now: float) -> None:
         """Parse the answer by the request's kind and dispatch it; raises `WireError`."""
         if rpc.name == wire.PING:
             responder = wire.parse_ping_response(body)
@@ -743,30 +619,26 @@ class DhtCore:
             return
         assert rpc.node_id is not None
         contact = Contact(rpc.node_id, rpc.addr)
-        if rpc.name in (wire.STORE, wire.ADD_PROVIDER):
-            if rpc.name == wire.STORE:
-                stored = wire.parse_store_response(body)
-            else:
-                stored = wire.parse_add_provider_response(body)
-            self._saw(contact, now)
-            self._query_success(rpc, contact, stored, now)
-            return
-        answer: _Answer
-        if rpc.name == wire.FIND_NODE:
+        answer: Answer
+        if rpc.name == wire.STORE:
+            answer = wire.parse_store_response(body)
+        elif rpc.name == wire.ADD_PROVIDER:
+            answer = wire.parse_add_provider_response(body)
+        elif rpc.name == wire.FIND_NODE:
             answer = wire.parse_find_node_response(body)
         elif rpc.name == wire.GET_PROVIDERS:
-            answer = _ProvidersAnswer(*wire.parse_get_providers_response(body))
+            answer = ProvidersAnswer(*wire.parse_get_providers_response(body))
         else:
             answer = wire.parse_find_value_response(body)
         self._saw(contact, now)
         self._query_success(rpc, contact, answer, now)
 
-    def _rpc_failed(self, rpc: _Rpc, now: float, *, silent: bool = False) -> None:
+    def _rpc_failed(self, rpc: Rpc, now: float, *, silent: bool = False) -> None:
         if silent and rpc.name in wire.P2PBLOG_RPCS:
             # kademlia nodes never answer p2pblog's RPCs: silence is no proof of death.
             self.stats["rpc.unanswered_p2pblog_rpc"] += 1
         elif rpc.node_id is not None:
-            if rpc.purpose is _Purpose.CHECK:
+            if rpc.purpose is Purpose.CHECK:
                 # Paper 2.2: the least-recently seen contact did not answer: evict it.
                 self.stats["table.evictions"] += 1
                 self._promoted(self.table.eviction_failed(rpc.node_id, now, checked_at=rpc.sent_at), now)
@@ -775,281 +647,148 @@ class DhtCore:
         query = self._queries.get(rpc.query_id) if rpc.query_id is not None else None
         if query is None:
             return
-        if rpc.purpose is _Purpose.LOOKUP_STEP and query.lookup is not None:
-            assert rpc.node_id is not None
-            query.lookup.on_failure(rpc.node_id, now)
-            self._drive(query, now)
-        elif rpc.purpose is _Purpose.SEED_PING:
-            query.pending -= 1
-            if query.pending == 0:
+        if rpc.purpose is Purpose.LOOKUP_STEP:
+            if query.lookup is not None:
+                assert rpc.node_id is not None
+                query.lookup.on_failure(rpc.node_id, now)
+                self._drive(query, now)
+        elif rpc.purpose is Purpose.SEED_PING:
+            assert isinstance(query, BootstrapQuery)
+            if query.on_seed_failed():
                 self._begin_lookup(query, now)
-        elif rpc.purpose is _Purpose.PUT_STORE:
-            assert rpc.node_id is not None
-            query.failed.append(Contact(rpc.node_id, rpc.addr))
-            query.pending -= 1
-            if query.pending == 0:
+        elif rpc.purpose is Purpose.PUT_STORE:
+            assert isinstance(query, StoreQuery) and rpc.node_id is not None
+            if query.on_store_failed(Contact(rpc.node_id, rpc.addr)):
                 self._finish(query)
 
-    def _query_success(
-        self,
-        rpc: _Rpc,
-        contact: Contact,
-        answer: _Answer,
-        now: float,
-    ) -> None:
+    def _query_success(self, rpc: Rpc, contact: Contact, answer: Answer, now: float) -> None:
         query = self._queries.get(rpc.query_id) if rpc.query_id is not None else None
         if query is None:
             return
-        if rpc.purpose is _Purpose.LOOKUP_STEP and query.lookup is not None:
-            lookup = query.lookup
-            if isinstance(answer, _ProvidersAnswer) and isinstance(lookup, ProvidersLookup):
-                providers = self._valid_providers(query.target, answer.values, lookup, contact, now)
-                lookup.on_providers(contact.node_id, providers, answer.contacts, now)
-            elif isinstance(answer, tuple):
-                lookup.on_success(contact.node_id, answer, now)
-            elif (
-                answer is not None
-                and not isinstance(answer, _ProvidersAnswer)
-                and isinstance(lookup, ValueLookup)
-            ):
-                if self.records.is_valid(query.target, answer, now):
-                    lookup.on_value(contact.node_id, answer, now)
-                else:
-                    self._misbehaved(contact.addr, contact.node_id, "invalid returned value")
-                    lookup.on_failure(contact.node_id, now)
-            else:
-                # A value in answer to FIND_NODE cannot parse; treat oddities as failure.
-                lookup.on_failure(contact.node_id, now)
-            self._drive(query, now)
-        elif rpc.purpose is _Purpose.SEED_PING:
-            query.seeds_answered += 1
-            query.seed_contacts.append(contact)
-            query.pending -= 1
-            if query.pending == 0:
+        if rpc.purpose is Purpose.LOOKUP_STEP:
+            if query.lookup is not None:
+                invalid = query.on_step_answer(query.lookup, contact, answer, now)
+                while invalid:
+                    self._misbehaved(contact.addr, contact.node_id, query.invalid_answer)
+                    invalid -= 1
+                self._drive(query, now)
+        elif rpc.purpose is Purpose.SEED_PING:
+            assert isinstance(query, BootstrapQuery)
+            if query.on_seed_answered(contact):
                 self._begin_lookup(query, now)
-        elif rpc.purpose is _Purpose.PUT_STORE:
-            (query.stored_at if answer is True else query.refused).append(contact)
-            query.pending -= 1
-            if query.pending == 0:
+        elif rpc.purpose is Purpose.PUT_STORE:
+            assert isinstance(query, StoreQuery)
+            if query.on_stored(contact, answer is True):
                 self._finish(query)
-
-    def _valid_providers(
-        self,
-        key: bytes,
-        values: Iterable[bytes],
-        lookup: ProvidersLookup,
-        source: Contact,
-        now: float,
-    ) -> list[tuple[bytes, bytes]]:
-        """``(provider id, value)`` for the valid ``values`` worth keeping in ``lookup``.
-
-        An invalid value is the answering peer's fault (it should have
-        validated it) but not a reason to distrust its closer peers: the value
-        is dropped and counted, the rest of the answer is used.  Of two values
-        of one provider the selector's pick is kept.
-        """
-        chosen: dict[bytes, bytes] = {}
-        for value in values:
-            pid = self.providers.provider_id(key, value, now)
-            if pid is None:
-                self._misbehaved(source.addr, source.node_id, "invalid returned provider")
-                continue
-            old = chosen.get(pid, lookup.providers.get(pid))
-            if old is None or (old != value and self.providers.prefers(key, old, value)):
-                chosen[pid] = value
-        return list(chosen.items())
 
     # ================================================================== queries
 
-    def _new_query(self, kind: _Kind, target: bytes, phase: _Phase) -> _Query:
-        query = _Query(self._next_query_id, kind, target, phase)
+    def _new_query_id(self) -> int:
+        query_id = self._next_query_id
         self._next_query_id += 1
-        self._queries[query.query_id] = query
-        return query
+        return query_id
 
-    def _start(
-        self,
-        kind: _Kind,
-        target: bytes,
-        now: float,
-        *,
-        value: Value | None = None,
-        quorum: int = 1,
-    ) -> int:
-        query = self._new_query(kind, target, _Phase.LOOKING_UP)
-        query.value = value
-        query.quorum = quorum
-        walk = self._walks.get(target)  # only lookups with a non-empty result are kept
-        if kind in _STORING_KINDS and walk is not None and now - walk[0] <= self.config.walk_reuse:
+    def _start(self, query: Query, now: float) -> int:
+        """Run a new query: store at a recent walk's result, or walk."""
+        self._queries[query.query_id] = query
+        walk = self._walks.get(query.target)  # only lookups with a non-empty result are kept
+        if isinstance(query, StoreQuery) and walk is not None and now - walk[0] <= self.config.walk_reuse:
             self.stats["lookups.reused"] += 1
             self._store_at(query, walk[1], now)
         else:
             self._begin_lookup(query, now)
         return query.query_id
 
-    def _begin_lookup(self, query: _Query, now: float) -> None:
-        cfg = self.config
-        query.phase = _Phase.LOOKING_UP
+    def _begin_lookup(self, query: Query, now: float) -> None:
         self.table.touch(query.target, now)
-        seeds = self.table.closest(query.target)
-        seeds.extend(query.seed_contacts)
-        lookup: ClosestPeersLookup
-        if query.kind is _Kind.GET:
-            local = self.records.get(query.target, now)
-            lookup = ValueLookup(
-                query.target,
-                seeds,
-                quorum=query.quorum,
-                k=cfg.k,
-                alpha=cfg.alpha,
-                peer_timeout=cfg.lookup_peer_timeout,
-                local_id=self.node_id,
-            )
-            if local is not None:
-                lookup.add_local_value(local)
-        elif query.kind is _Kind.GET_PROVIDERS:
-            lookup = ProvidersLookup(
-                query.target,
-                seeds,
-                want=query.want,
-                k=cfg.k,
-                alpha=cfg.alpha,
-                peer_timeout=cfg.lookup_peer_timeout,
-                local_id=self.node_id,
-            )
-            lookup.add_providers(self.providers.get_with_ids(query.target, now))
-        else:
-            lookup = ClosestPeersLookup(
-                query.target,
-                seeds,
-                k=cfg.k,
-                alpha=cfg.alpha,
-                peer_timeout=cfg.lookup_peer_timeout,
-                local_id=self.node_id,
-            )
-        query.lookup = lookup
+        query.lookup = query.new_lookup(self.table.closest(query.target), self._walk_params, now)
         self._drive(query, now)
 
-    def _drive(self, query: _Query, now: float) -> None:
+    def _drive(self, query: Query, now: float) -> None:
+        """Send what the walk asks for; hand its result on once it ended."""
         lookup = query.lookup
-        if lookup is None or query.phase is not _Phase.LOOKING_UP:
+        if lookup is None:
             return
         if not lookup.finished:
             for contact in lookup.next(now):
-                request: wire.Request
-                if isinstance(lookup, ValueLookup):
-                    request = wire.FindValue(self._new_msg_id(), self.node_id, query.target)
-                elif isinstance(lookup, ProvidersLookup):
-                    request = wire.GetProviders(self._new_msg_id(), self.node_id, query.target)
-                else:
-                    request = wire.FindNode(self._new_msg_id(), self.node_id, query.target)
-                self._send(request, contact.addr, contact.node_id, _Purpose.LOOKUP_STEP, query, now)
+                request = query.step_request(self._rpcs.new_msg_id(), self.node_id)
+                self._send(request, contact.addr, contact.node_id, Purpose.LOOKUP_STEP, query.query_id, now)
         if lookup.finished:
-            self._lookup_done(query, now)
+            query.lookup = None
+            self._walk_done(query, lookup, now)
 
-    def _lookup_done(self, query: _Query, now: float) -> None:
-        lookup = query.lookup
-        assert lookup is not None
+    def _walk_done(self, query: Query, lookup: ClosestPeersLookup, now: float) -> None:
         closest = tuple(lookup.result())
         if not lookup.stopped_early and closest and self.config.walk_reuse > 0:
             self._walks[query.target] = (now, closest)
             self._walks.move_to_end(query.target)
             while len(self._walks) > MAX_WALKS_KEPT:
                 self._walks.popitem(last=False)
-        if query.kind in _STORING_KINDS:
+        # What follows a walk is each kind's own (rust-libp2p kad's
+        # ``QueryInfo`` match); the kinds are in `dht.queries`.
+        if isinstance(query, StoreQuery):
             self._store_at(query, closest, now)
             return
-        if query.kind is _Kind.BOOTSTRAP and self.config.refresh_after_bootstrap and closest:
-            # Report the join once the refreshes are done too (module docstring).
-            query.phase = _Phase.REFRESHING
-            query.closest = closest
-            nearest = self.table.bucket_index(closest[0].node_id)
-            for index in range(nearest + 1, 8 * ID_BYTES):
-                target = self.table.random_id_in_bucket(index, self._rng)
-                refresh = self._queries.get(self._start(_Kind.REFRESH, target, now))
-                if refresh is not None:
-                    refresh.parent = query.query_id
-                    query.pending += 1
+        if isinstance(query, BootstrapQuery) and self.config.refresh_after_bootstrap and closest:
+            self._refresh_after_join(query, closest, now)
             if query.pending:
                 return
         del self._queries[query.query_id]
-        if query.kind is _Kind.REFRESH and query.parent is not None:
-            parent = self._queries.get(query.parent)
-            if parent is not None:
-                parent.pending -= 1
-                if parent.pending == 0:
-                    del self._queries[parent.query_id]
-                    self._emit(BootstrapFinished(parent.query_id, parent.seeds_answered, parent.closest))
-        elif query.kind is _Kind.LOOKUP:
-            self._emit(
-                LookupFinished(
-                    query.query_id, query.target, closest, lookup.queried, lookup.failed_count(), lookup.hops
-                )
-            )
-        elif query.kind is _Kind.BOOTSTRAP:
-            self._emit(BootstrapFinished(query.query_id, query.seeds_answered, query.closest or closest))
-        elif query.kind is _Kind.GET:
+        if isinstance(query, RefreshQuery):
+            self._refresh_done(query)
+        elif isinstance(query, BootstrapQuery):
+            self._emit(query.result(closest))
+        elif isinstance(query, LookupQuery):
+            self._emit(query.result(lookup, closest))
+        elif isinstance(query, GetQuery):
             assert isinstance(lookup, ValueLookup)
             self._get_done(query, lookup, now)
-        elif query.kind is _Kind.GET_PROVIDERS:
+        elif isinstance(query, GetProvidersQuery):
             assert isinstance(lookup, ProvidersLookup)
-            values = tuple(lookup.providers.values())
-            self._emit(ProvidersFound(query.query_id, query.target, values, lookup.queried))
+            self._emit(query.result(lookup))
 
-    def _store_at(self, query: _Query, closest: tuple[Contact, ...], now: float) -> None:
+    def _refresh_after_join(self, query: BootstrapQuery, closest: tuple[Contact, ...], now: float) -> None:
+        """Paper 2.3: refresh every bucket farther than the nearest neighbour found."""
+        # The bootstrap reports its join once these are done too (module docstring).
+        query.refreshing(closest)
+        nearest = self.table.bucket_index(closest[0].node_id)
+        for index in range(nearest + 1, 8 * ID_BYTES):
+            target = self.table.random_id_in_bucket(index, self._rng)
+            refresh = RefreshQuery(self._new_query_id(), target)
+            self._start(refresh, now)
+            if refresh.query_id in self._queries:  # (not if it ended at once)
+                refresh.parent = query.query_id
+                query.refresh_started()
+
+    def _refresh_done(self, refresh: RefreshQuery) -> None:
+        parent = self._queries.get(refresh.parent) if refresh.parent is not None else None
+        if isinstance(parent, BootstrapQuery) and parent.refresh_done():
+            del self._queries[parent.query_id]
+            self._emit(parent.result())
+
+    def _store_at(self, query: StoreQuery, closest: tuple[Contact, ...], now: float) -> None:
         """A put's or announcement's second phase: STORE (ADD_PROVIDER) at ``closest``."""
-        assert query.value is not None
-        query.phase = _Phase.STORING
-        query.pending = len(closest)
+        query.storing(len(closest))
         for contact in closest:
-            if query.kind in (_Kind.PUT, _Kind.REPUBLISH):
-                self._send_store(contact, query.target, query.value, _Purpose.PUT_STORE, query, now)
-            else:
-                assert isinstance(query.value, bytes)
-                request = wire.AddProvider(self._new_msg_id(), self.node_id, query.target, query.value)
-                self._send(request, contact.addr, contact.node_id, _Purpose.PUT_STORE, query, now)
+            request = query.store_request(self._rpcs.new_msg_id(), self.node_id)
+            self._send(request, contact.addr, contact.node_id, Purpose.PUT_STORE, query.query_id, now)
         if not closest:
             self._finish(query)
 
-    def _get_done(self, query: _Query, lookup: ValueLookup, now: float) -> None:
-        if not lookup.found:
-            self._emit(ValueNotFound(query.query_id, query.target, lookup.queried))
-            return
-        values = [v for _, v in lookup.found]
-        best = values[self._select(query.target, values)]
-        self._emit(
-            ValueFound(query.query_id, query.target, best, len(values), lookup.queried, lookup.value_hops)
-        )
-        # Paper 2.3: cache the value at the nearest node that answered without it;
-        # also correct the nodes that returned a worse value (libp2p does this).
-        targets = lookup.peers_without_value()[:1]
-        targets += [c for c, v in lookup.found if c is not None and (type(v), v) != (type(best), best)]
-        for contact in targets:
-            self.stats["records.cache_stores"] += 1
-            self._send_store(contact, query.target, best, _Purpose.CACHE_STORE, None, now)
+    def _get_done(self, query: GetQuery, lookup: ValueLookup, now: float) -> None:
+        event = query.result(lookup)
+        self._emit(event)
+        if isinstance(event, ValueFound):
+            for contact in query.cache_targets(lookup, event.value):
+                self.stats["records.cache_stores"] += 1
+                self._send_store(contact, query.target, event.value, now)
 
-    def _select(self, key: bytes, values: list[Value]) -> int:
-        if len(values) == 1:
-            return 0
-        index = self._get_selector(key, values)
-        if not 0 <= index < len(values):
-            raise IndexError(f"selector returned {index} for {len(values)} values")
-        return index
-
-    def _finish(self, query: _Query) -> None:
+    def _finish(self, query: StoreQuery) -> None:
         """A put's STOREs (an announcement's ADD_PROVIDERs) have all been answered or failed."""
         self._queries.pop(query.query_id, None)
-        outcome = (
-            query.query_id,
-            query.target,
-            tuple(query.stored_at),
-            tuple(query.refused),
-            tuple(query.failed),
-        )
-        if query.kind is _Kind.PUT:
-            self._emit(PutFinished(*outcome))
-        elif query.kind is _Kind.ADD_PROVIDER:
-            self._emit(ProvidersAdded(*outcome))
+        event = query.result()
+        if event is not None:
+            self._emit(event)
 
     # ================================================================== helpers
 
