@@ -27,10 +27,11 @@ protocol p2pblog speaks, and nothing else:
 
 Nothing here does I/O or reads a clock.  Randomness is injected: the only
 random values are the ephemeral (and, if not given, static) X25519 private
-keys, drawn from a ``random_bytes(n) -> bytes`` callable.  The default is
-libsodium's CSPRNG (``nacl.utils.random``); tests pass fixed keys so the
-cacophony vectors in ``tests/vectors`` replay byte for byte, and the simulator
-passes a seeded ``random.Random().randbytes``.
+keys, drawn from a ``random_bytes(n) -> bytes`` callable that the caller must
+pass; there is no default, so the module never reaches for a global source.
+The daemon passes libsodium's CSPRNG (``nacl.utils.random``), the simulator a
+seeded ``random.Random().randbytes``, and tests pass fixed keys so the
+cacophony vectors in ``tests/vectors`` replay byte for byte.
 
 Errors: a peer's message that is short, fails to authenticate, or carries a
 low-order X25519 point raises `NoiseError` (a `ValueError`) and nothing else.
@@ -59,7 +60,6 @@ from typing import Final, Literal
 
 import nacl.bindings
 import nacl.exceptions
-import nacl.utils
 
 from identity.errors import LocalProtocolError
 
@@ -141,7 +141,7 @@ class KeyPair:
         return cls(bytes(private), public)
 
     @classmethod
-    def generate(cls, random_bytes: RandomBytes = nacl.utils.random) -> KeyPair:
+    def generate(cls, random_bytes: RandomBytes) -> KeyPair:
         """Spec 4.1 ``GENERATE_KEYPAIR`` (X25519 clamps any 32 bytes into a scalar)."""
         return cls.from_private(random_bytes(DHLEN))
 
@@ -252,7 +252,8 @@ class HandshakeState:
     ``static`` is our long-term X25519 key pair (for p2pblog it is per process
     or per connection; the Ed25519 identity is bound to it one layer up).
     ``ephemeral`` is for test vectors only; normally it is drawn from
-    ``random_bytes`` when the ``e`` token is written.
+    ``random_bytes`` (required: the caller chooses the source) when the ``e``
+    token is written.
     """
 
     __slots__ = (
@@ -274,7 +275,7 @@ class HandshakeState:
         prologue: bytes,
         static: KeyPair,
         ephemeral: KeyPair | None = None,
-        random_bytes: RandomBytes = nacl.utils.random,
+        random_bytes: RandomBytes,
     ) -> None:
         self._initiator = initiator
         self._symmetric = SymmetricState(PROTOCOL_NAME)

@@ -7,7 +7,11 @@ It never touches a socket or a clock: the driver (the trio runtime or the
 simulator) feeds it bytes with `SecureChannel.receive_data`, sends whatever
 `SecureChannel.data_to_send` returns, drains `SecureChannel.next_event`, and
 calls `SecureChannel.handle_timer` at `SecureChannel.get_timer` -- after every
-input, as aioquic's ``transmit()`` does.  Every input carries ``now``.
+input, as aioquic's ``transmit()`` does.  Every input carries ``now``, and
+the channel's randomness (its X25519 static key, unless one is given, and the
+handshake's ephemeral key) comes from the ``random_bytes`` its maker must
+pass: the daemon passes a CSPRNG, the simulator a seeded source, so a
+channel never draws from a source it was not given.
 
 **Wire.**  Every Noise message, handshake or transport, travels behind a
 2-byte big-endian length (Noise caps a message at 65535 bytes)::
@@ -87,8 +91,6 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 from typing import Final
-
-import nacl.utils
 
 from gossip.noise import (
     DHLEN,
@@ -246,19 +248,20 @@ class SecureChannel:
         expected_peer: bytes | None = None,
         config: ChannelConfig | None = None,
         static_key: bytes | None = None,
-        random_bytes: RandomBytes | None = None,
+        random_bytes: RandomBytes,
     ) -> None:
         if expected_peer is not None and len(expected_peer) != PUBLIC_KEY_BYTES:
             raise LocalProtocolError("expected_peer is a 32-byte Ed25519 public key")
-        rng = random_bytes if random_bytes is not None else nacl.utils.random
-        static = KeyPair.from_private(static_key) if static_key is not None else KeyPair.generate(rng)
+        static = (
+            KeyPair.from_private(static_key) if static_key is not None else KeyPair.generate(random_bytes)
+        )
         self._identity = identity
         self._initiator = initiator
         self._expected_peer = expected_peer
         self._config = config if config is not None else ChannelConfig()
         self._static = static
         self._handshake = HandshakeState(
-            initiator=initiator, prologue=PROLOGUE, static=static, random_bytes=rng
+            initiator=initiator, prologue=PROLOGUE, static=static, random_bytes=random_bytes
         )
         self._state = ChannelState.HANDSHAKING
         self._peer_key: bytes | None = None
@@ -284,7 +287,7 @@ class SecureChannel:
         expected_peer: bytes | None = None,
         config: ChannelConfig | None = None,
         static_key: bytes | None = None,
-        random_bytes: RandomBytes | None = None,
+        random_bytes: RandomBytes,
     ) -> SecureChannel:
         """The dialling end; its first handshake message is ready in `data_to_send`."""
         return cls(
@@ -305,7 +308,7 @@ class SecureChannel:
         now: float,
         config: ChannelConfig | None = None,
         static_key: bytes | None = None,
-        random_bytes: RandomBytes | None = None,
+        random_bytes: RandomBytes,
     ) -> SecureChannel:
         """The accepting end; it waits for the initiator's first message."""
         return cls(

@@ -39,18 +39,24 @@ def h(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
+def no_randomness(n: int) -> bytes:
+    raise AssertionError(f"a test vector fixes every key, yet {n} random bytes were drawn")
+
+
 def vector_pair(vector: dict[str, Any]) -> tuple[HandshakeState, HandshakeState]:
     initiator = HandshakeState(
         initiator=True,
         prologue=h(vector["init_prologue"]),
         static=KeyPair.from_private(h(vector["init_static"])),
         ephemeral=KeyPair.from_private(h(vector["init_ephemeral"])),
+        random_bytes=no_randomness,
     )
     responder = HandshakeState(
         initiator=False,
         prologue=h(vector["resp_prologue"]),
         static=KeyPair.from_private(h(vector["resp_static"])),
         ephemeral=KeyPair.from_private(h(vector["resp_ephemeral"])),
+        random_bytes=no_randomness,
     )
     return initiator, responder
 
@@ -204,8 +210,19 @@ def test_split_gives_matching_cipher_pairs() -> None:
 
 
 def test_prologue_mismatch_fails_the_handshake() -> None:
-    initiator = HandshakeState(initiator=True, prologue=b"p2pblog/1", static=KeyPair.generate())
-    responder = HandshakeState(initiator=False, prologue=b"p2pblog/2", static=KeyPair.generate())
+    rng = seeded(3)
+    initiator = HandshakeState(
+        initiator=True,
+        prologue=b"p2pblog/1",
+        static=KeyPair.generate(rng.randbytes),
+        random_bytes=rng.randbytes,
+    )
+    responder = HandshakeState(
+        initiator=False,
+        prologue=b"p2pblog/2",
+        static=KeyPair.generate(rng.randbytes),
+        random_bytes=rng.randbytes,
+    )
     responder.read_message(initiator.write_message(b""))  # message 1 is not authenticated yet
     with pytest.raises(NoiseError):
         initiator.read_message(responder.write_message(b""))

@@ -241,7 +241,7 @@ def test_responder_with_another_key_than_dialled_fails() -> None:
 
 
 def test_forged_identity_signature_fails_the_initiator() -> None:
-    client = SecureChannel.initiator(ALICE, now=0.0)
+    client = SecureChannel.initiator(ALICE, now=0.0, random_bytes=rng(10).randbytes)
     raw = RawPeer(BOB, initiator=False)
     raw.read(client.data_to_send())
     forged = BOB.public_key + bytes(64)
@@ -252,7 +252,9 @@ def test_forged_identity_signature_fails_the_initiator() -> None:
 def test_identity_proof_for_another_static_key_fails() -> None:
     # A man in the middle relays Bob's genuine proof, made for Bob's static
     # key, with a static key of its own: the signature no longer matches.
-    client = SecureChannel.initiator(ALICE, now=0.0, expected_peer=BOB.public_key)
+    client = SecureChannel.initiator(
+        ALICE, now=0.0, expected_peer=BOB.public_key, random_bytes=rng(11).randbytes
+    )
     mallory = RawPeer(CAROL, initiator=False)
     mallory.read(client.data_to_send())
     bobs_proof = identity_proof(BOB, KeyPair.generate(rng(77).randbytes).public)
@@ -261,7 +263,7 @@ def test_identity_proof_for_another_static_key_fails() -> None:
 
 
 def test_signature_without_the_context_prefix_fails() -> None:
-    client = SecureChannel.initiator(ALICE, now=0.0)
+    client = SecureChannel.initiator(ALICE, now=0.0, random_bytes=rng(12).randbytes)
     raw = RawPeer(BOB, initiator=False)
     raw.read(client.data_to_send())
     proof = BOB.public_key + BOB.signature(raw.static.public)
@@ -272,7 +274,7 @@ def test_signature_without_the_context_prefix_fails() -> None:
 
 def test_forged_identity_signature_fails_the_responder() -> None:
     raw = RawPeer(ALICE, initiator=True)
-    server = SecureChannel.responder(BOB, now=0.0)
+    server = SecureChannel.responder(BOB, now=0.0, random_bytes=rng(13).randbytes)
     server.receive_data(raw.write(b""), 0.0)
     raw.read(server.data_to_send())
     signature = bytearray(raw.proof())
@@ -283,7 +285,7 @@ def test_forged_identity_signature_fails_the_responder() -> None:
 
 
 def test_identity_proof_of_the_wrong_length_fails() -> None:
-    client = SecureChannel.initiator(ALICE, now=0.0)
+    client = SecureChannel.initiator(ALICE, now=0.0, random_bytes=rng(14).randbytes)
     raw = RawPeer(BOB, initiator=False)
     raw.read(client.data_to_send())
     client.receive_data(raw.write(raw.proof() + b"x"), 0.0)
@@ -292,13 +294,13 @@ def test_identity_proof_of_the_wrong_length_fails() -> None:
 
 
 def test_wrong_handshake_length_fails_before_the_body_arrives() -> None:
-    server = SecureChannel.responder(BOB, now=0.0)
+    server = SecureChannel.responder(BOB, now=0.0, random_bytes=rng(15).randbytes)
     server.receive_data(b"\xff\xff", 0.0)
     assert failures(drain(server)) == ["handshake message of 65535 bytes, expected 32"]
 
 
 def test_low_order_ephemeral_key_fails_the_responder() -> None:
-    server = SecureChannel.responder(BOB, now=0.0)
+    server = SecureChannel.responder(BOB, now=0.0, random_bytes=rng(16).randbytes)
     server.receive_data(prefixed(bytes(32)), 0.0)
     (failed,) = drain(server)
     assert isinstance(failed, ChannelFailed) and "low-order" in failed.reason
@@ -506,7 +508,7 @@ def test_frames_before_a_bad_message_are_still_delivered() -> None:
 
 
 def test_handshake_timeout() -> None:
-    server = SecureChannel.responder(BOB, now=100.0)
+    server = SecureChannel.responder(BOB, now=100.0, random_bytes=rng(17).randbytes)
     assert server.get_timer() == 110.0
     server.handle_timer(109.9)
     assert drain(server) == []
@@ -582,7 +584,7 @@ def test_bad_config_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         ChannelConfig(handshake_timeout=0.0)
     with pytest.raises(LocalProtocolError):
-        SecureChannel.initiator(ALICE, now=0.0, expected_peer=b"short")
+        SecureChannel.initiator(ALICE, now=0.0, expected_peer=b"short", random_bytes=rng(18).randbytes)
 
 
 # --------------------------------------------------------------------------- byte-by-byte and fuzzing

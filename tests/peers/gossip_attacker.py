@@ -23,6 +23,8 @@ import socket
 import time
 from collections.abc import Callable
 
+import nacl.utils
+
 from gossip.messages import Message, decode_message, encode_message
 from gossip.noise import CipherState, HandshakeState, KeyPair
 from gossip.transport import (
@@ -114,8 +116,10 @@ class RawDialer:
         self.conn = conn
         self.signer = signer
         self.presented = signer.public_key if presented is None else presented
-        self.static = KeyPair.generate()
-        self.handshake = HandshakeState(initiator=True, prologue=PROLOGUE, static=self.static)
+        self.static = KeyPair.generate(nacl.utils.random)
+        self.handshake = HandshakeState(
+            initiator=True, prologue=PROLOGUE, static=self.static, random_bytes=nacl.utils.random
+        )
         self.send_cipher: CipherState | None = None
 
     def proof(self) -> bytes:
@@ -145,7 +149,10 @@ class GossipDialer:
 
     def __init__(self, conn: Connection, identity: Identity, *, expected_peer: bytes | None = None) -> None:
         self.conn = conn
-        self.channel = SecureChannel.initiator(identity, now=time.monotonic(), expected_peer=expected_peer)
+        # A real peer over a real socket: libsodium's CSPRNG, as the daemon uses.
+        self.channel = SecureChannel.initiator(
+            identity, now=time.monotonic(), expected_peer=expected_peer, random_bytes=nacl.utils.random
+        )
         self.frames: list[bytes] = []
         self._flush()
 
