@@ -28,7 +28,7 @@ from p2pblog.node import (
     validate_provider,
     validate_value,
 )
-from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_REPUBLISH, PROVIDER_RECORD_TTL
+from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_RECORD_TTL, PROVIDER_REPUBLISH
 from simulations.endpoint import CoreEndpoint
 from simulations.network import Latency, LinkModel
 from simulations.testbed import Testbed
