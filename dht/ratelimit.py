@@ -13,16 +13,17 @@ at a full table the least recently active source is forgotten.  Forgetting a
 source is the same as giving it a full bucket, which is what an idle source
 would have anyway; an attacker rotating through many addresses is bounded by
 the table size times ``burst`` per rotation, not by this class alone.
+
+The arithmetic is the project's one token bucket (`identity.pacing`); this
+module only names the DHT's budget and keeps the limiter's ``allow`` API.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Final
 
 from identity.errors import LocalProtocolError
+from identity.pacing import KeyedTokenBuckets
 
 #: Datagrams per second one source address may make us process, sustained.
 SOURCE_RATE: Final = 50.0
@@ -32,13 +33,7 @@ SOURCE_BURST: Final = 200.0
 MAX_SOURCES: Final = 4096
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-class TokenBucketLimiter:
+class TokenBucketLimiter(KeyedTokenBuckets):
     """Admit or refuse one unit of work per source, token-bucket style."""
 
     def __init__(
@@ -49,28 +44,10 @@ class TokenBucketLimiter:
     ) -> None:
         if rate <= 0 or burst < 1 or max_sources < 1:
             raise LocalProtocolError("rate must be > 0, burst >= 1 and max_sources >= 1")
-        self.rate = rate
-        self.burst = burst
+        super().__init__(rate, burst, max_sources)
         self.max_sources = max_sources
-        self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-    def allow(self, source: Hashable, now: float) -> bool:
-        """Take one token from ``source``'s bucket; False (and nothing taken) if empty."""
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            if len(self._buckets) >= self.max_sources:
-                self._buckets.popitem(last=False)
-            bucket = _Bucket(self.burst, now)
-            self._buckets[source] = bucket
-        else:
-            self._buckets.move_to_end(source)
-            elapsed = max(0.0, now - bucket.stamp)
-            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-            bucket.stamp = now
-        if bucket.tokens < 1.0:
-            return False
-        bucket.tokens -= 1.0
-        return True
+    #: ``allow(source, now)``: take one token from ``source``'s bucket; False
+    #: (and nothing taken) if it is empty.  (An alias, not a wrapper: this is
+    #: called for every datagram.)
+    allow = KeyedTokenBuckets.take

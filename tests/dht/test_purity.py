@@ -25,6 +25,7 @@ ALLOWED_MODULES = {
     "msgpack",
     "identity.keys",
     "identity.errors",
+    "identity.pacing",
     "identity.limits",
 }
 
