@@ -3,22 +3,26 @@
 Theory of operation
 -------------------
 A query is what one command (or one internal job) of the `DhtCore` is doing
-on the network.  Most queries are a *walk* towards a target (an iterative
-lookup from `dht.lookup`), some then have a second phase:
+on the network.  Every query is a *walk* towards a target (an iterative
+lookup from `dht.lookup`); some have a phase before or after it:
 
-===================  =====================================================  =================
-class                phases                                                 result event
-===================  =====================================================  =================
-`LookupQuery`        walk (FIND_NODE)                                       LookupFinished
-`BootstrapQuery`     PINGING seeds -> LOOKING_UP own id -> REFRESHING       BootstrapFinished
-`RefreshQuery`       walk to a random id in a stale bucket (paper 2.3)      none
-`GetQuery`           walk (FIND_VALUE) -> cache the value (paper 2.3)       ValueFound / -NotFound
-`PutQuery`           walk -> STORING: STORE at the k closest                PutFinished
-`RepublishQuery`     as PutQuery (paper 2.5 replication)                    none
-`AddProviderQuery`   walk -> STORING: ``p2pb_add_provider`` at the k        ProvidersAdded
-`ReannounceQuery`    as AddProviderQuery, for our own provider values       none
-`GetProvidersQuery`  walk (``p2pb_get_providers``)                          ProvidersFound
-===================  =====================================================  =================
+===================  ===================================================  ======================
+class                phases                                               result event
+===================  ===================================================  ======================
+`LookupQuery`        walk (FIND_NODE)                                     LookupFinished
+`BootstrapQuery`     PINGING seeds -> LOOKING_UP own id -> REFRESHING     BootstrapFinished
+`RefreshQuery`       walk to a random id in a stale bucket (paper 2.3)    none
+`GetQuery`           walk (FIND_VALUE), then cache the value (2.3)        ValueFound / -NotFound
+`PutQuery`           walk -> STORING: STORE at the k closest              PutFinished
+`RepublishQuery`     as PutQuery (paper 2.5 replication)                  none
+`AddProviderQuery`   walk -> STORING: ``p2pb_add_provider`` at the k      ProvidersAdded
+                     closest
+`ReannounceQuery`    as AddProviderQuery, for our own provider values     none
+`GetProvidersQuery`  walk (``p2pb_get_providers``)                        ProvidersFound
+===================  ===================================================  ======================
+
+The STORING kinds (`StoreQuery` and its subclasses) skip the walk when the
+core remembers a recent walk to the same key (`DhtConfig.walk_reuse`).
 
 (This is rust-libp2p kad's ``QueryInfo``: per-kind state, each kind with its
 own request and completion.)  Every class answers the same questions for
@@ -30,11 +34,11 @@ test on the hot path.  How each kind *ends* is its own method, named for
 the kind: `LookupQuery.result`, `GetQuery.result` + `GetQuery.cache_targets`,
 `StoreQuery.result`, the counters of `BootstrapQuery`.
 
-Queries are plain state: they send nothing and emit nothing.  The core (the
-only owner of sockets-by-proxy: message ids, the outgoing queue, the event
-queue) asks them for requests and events and routes RPC outcomes to them by
-`dht.rpc.Purpose`.  A query that needs a store (a get validates values
-against the record store; a providers search against the provider store)
+Queries are plain state: they send nothing and emit nothing.  The core
+owns the message ids, the outgoing datagrams and the event queue; it asks a
+query for its requests and its result event, and routes each RPC outcome to
+it by `dht.rpc.Purpose`.  A query that needs a store (a get validates values
+against the record store, a providers search against the provider store)
 is given that store when it is made.
 """
 
