@@ -23,14 +23,23 @@ streams only, a `NodeCore` both.  A stream-only core does not see datagrams,
 and an endpoint whose core has no stream side refuses connections
 (`Network.refusing`).
 
-A core whose deadline is still due after ``handle_timer`` would spin the
-engine at one instant.  By default that is a bug in the core and raises
-`AssertionError`; with ``min_timer_step`` the endpoint steps past it, as the
-simulator tolerates.
+A core whose deadline is still due after ``handle_timer`` gets another
+pass at the same instant, as the runtime gives it (a pass may ask for one:
+a lookup that finished during it wants a connection dialled "now").  One
+that is still due after `MAX_PASSES_PER_INSTANT` passes would spin the
+engine at one instant: by default that is a bug in the core and raises
+`AssertionError`; with ``min_timer_step`` the endpoint steps past a deadline
+still due after one pass, as the simulator tolerates.
+
+One input is flushed later: ``connection_accepted`` returns the new
+connection's id to the network, which only then knows it, so its outputs
+(a core may refuse the connection at once) go out in a flush scheduled for
+the same instant, as the runtime registers an accepted stream before it
+flushes.
 
 `crash` loses the core (the network breaks its links, the other ends learn
-it after one latency) and `restart` attaches a new core at the same address,
-as a rebooted process would be.
+it after one latency, or with ``peers_notice=False`` never) and `restart`
+attaches a new core at the same address, as a rebooted process would be.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from simulations.engine import Engine, Timer
 from simulations.network import Network
 
 Address = tuple[str, int]
+#: ``handle_timer`` calls at one instant after which a deadline still due is a spin.
+MAX_PASSES_PER_INSTANT = 100
 
 
 class TimedCore(Protocol):
@@ -114,6 +125,8 @@ class CoreEndpoint(Generic[C]):
         self.datagrams_received = 0
         self.up = False
         self._timer: Timer | None = None
+        #: The instant of the last timer pass, and how many passes ran at it.
+        self._passes = (-1.0, 0)
         self.index = len(network.nodes)
         self.addr: Address = network.add(self, addr)
         self._attach(core)
@@ -144,15 +157,16 @@ class CoreEndpoint(Generic[C]):
         self.flush()
         return result
 
-    def crash(self) -> None:
-        """The process dies: no more inputs or timers; its links break."""
+    def crash(self, *, peers_notice: bool = True) -> None:
+        """The process dies: no more inputs or timers; its links break
+        (without ``peers_notice``, silently: the peers keep half-open connections)."""
         if not self.up:
             return
         self.up = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.network.node_down(self.index)
+        self.network.node_down(self.index, peers_notice=peers_notice)
         self.network.drop_node_links(self.index)
 
     def restart(self, core: C) -> None:
@@ -172,7 +186,7 @@ class CoreEndpoint(Generic[C]):
     def connection_accepted(self, addr: Address) -> int:
         streams = self._stream_side()
         conn_id = streams.connection_accepted(addr, self.now)
-        self.flush()
+        self.engine.after(0.0, self.flush)  # once the network knows conn_id (module docstring)
         return conn_id
 
     def connection_opened(self, conn_id: int) -> None:
@@ -248,12 +262,17 @@ class CoreEndpoint(Generic[C]):
         return self._timer
 
     def _fire(self) -> None:
+        at, passes = self._passes
+        passes = passes + 1 if at == self.engine.now else 1
+        self._passes = (self.engine.now, passes)
         self._timer = None
         self.core.handle_timer(self.now)
         self.flush()
         timer = self._armed()
         if timer is not None and timer.active and timer.at <= self.engine.now:
-            if self.min_timer_step is None:
-                raise AssertionError(f"{self.addr}: timer still due after handle_timer at {self.now}")
-            timer.cancel()
-            self._timer = self.engine.after(self.min_timer_step, self._fire)
+            if self.min_timer_step is not None:
+                timer.cancel()
+                self._timer = self.engine.after(self.min_timer_step, self._fire)
+            elif passes >= MAX_PASSES_PER_INSTANT:
+                raise AssertionError(f"{self.addr}: timer still due after {passes} passes at {self.now}")
+            # else flush armed it at this instant: the core gets its next pass

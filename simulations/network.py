@@ -24,6 +24,13 @@ the other end accepts after one latency and the dialler sees the connection
 open after a round trip.  A link breaks when either node crashes or a
 partition separates them: both ends that are still up learn it
 (``connection_lost``) after one latency, as a TCP reset would tell them.
+A node that loses power (``node_down(peers_notice=False)``) tells nobody:
+the other ends keep half-open connections that swallow what they send.
+
+For tests (`simulations.testbed`) a node can also be *firewalled*
+(`Network.firewalled`: dials to it are rejected after a round trip,
+datagrams to it are lost, its own links keep working), one link can be
+`reset`, and every dial can be logged (`Network.dial_log`).
 
 Every byte and message sent is counted per node, for the metrics.
 
@@ -147,6 +154,19 @@ class _Link:
     ba: _Direction = field(default_factory=_Direction)
 
 
+@dataclass(frozen=True, slots=True)
+class Dialled:
+    """One dial, as `Network.dial_log` keeps it."""
+
+    #: Engine time of the dial.
+    at: float
+    src: int
+    conn_id: int
+    addr: tuple[str, int]
+    #: The node it reached, or None: refused or unreachable when dialled.
+    dst: int | None
+
+
 @dataclass
 class NodeTraffic:
     datagrams: int = 0
@@ -167,6 +187,12 @@ class Network:
         #: Nodes that are up but refuse connections (no listener): a dial to
         #: one fails after a round trip, as a TCP reset tells the dialler.
         self.refusing: set[int] = set()
+        #: Nodes behind a firewall that rejects what comes in: a dial to one
+        #: fails after a round trip, a datagram to one is lost; links already
+        #: open, and what the node dials itself, keep working.
+        self.firewalled: set[int] = set()
+        #: Every dial, in order, when a test asks for the log (None: not kept).
+        self.dial_log: list[Dialled] | None = None
         #: Partitions in force, by key: node index -> the groups it is in; two
         #: nodes talk only if they share a group in every partition (a bridge
         #: node is in several groups).  Empty: no partition.
@@ -238,11 +264,33 @@ class Network:
             if link.alive and not self.reachable(link.a, link.b):
                 self._break(link)
 
-    def node_down(self, index: int) -> None:
-        """The node crashed: its links break (the other ends learn it after one latency)."""
+    def node_down(self, index: int, *, peers_notice: bool = True) -> None:
+        """The node crashed: its links break.
+
+        The other ends learn it after one latency, as a reset tells them; or,
+        without ``peers_notice`` (a power cut), never: their ends stay half
+        open, swallowing what they send, until they close them.
+        """
         for link in list(self._links.values()):
             if link.alive and index in (link.a, link.b):
-                self._break(link)
+                if peers_notice:
+                    self._break(link)
+                else:
+                    link.alive = False
+
+    def reset(self, index: int, conn_id: int) -> None:
+        """The network drops one connection: both ends learn it after one latency."""
+        link = self._links.get((index, conn_id))
+        if link is not None and link.alive:
+            self._break(link)
+
+    def open_links(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """Each accepted, unbroken connection once: ``((dialler, conn id), (acceptor, conn id))``."""
+        return [
+            ((link.a, link.a_conn), (link.b, link.b_conn))
+            for key, link in self._links.items()
+            if link.alive and link.accepted and key == (link.a, link.a_conn)
+        ]
 
     # -- datagrams -------------------------------------------------------------------
 
@@ -263,7 +311,7 @@ class Network:
         traffic.datagrams += 1
         traffic.datagram_bytes += len(data)
         dst = self.addrs.get(addr)
-        if dst is None or not self.reachable(src, dst):
+        if dst is None or not self.reachable(src, dst) or dst in self.firewalled:
             self.stats["datagrams.unreachable"] += 1
             return
         sent = self._uplink(src, len(data))
@@ -290,11 +338,13 @@ class Network:
 
     def dial(self, src: int, conn_id: int, addr: tuple[str, int]) -> None:
         dst = self.addrs.get(addr)
+        if self.dial_log is not None:
+            self._log_dial(src, conn_id, addr, dst)
         if dst is None or not self.reachable(src, dst):
             self.stats["dials.failed"] += 1
             self.engine.after(DIAL_TIMEOUT, partial(self._dial_failed, src, conn_id, self._epoch[src]))
             return
-        if dst in self.refusing:
+        if dst in self.refusing or dst in self.firewalled:
             self.stats["dials.failed"] += 1
             rtt = self._latency(src, dst) + self._latency(dst, src)
             self.engine.after(rtt, partial(self._dial_failed, src, conn_id, self._epoch[src]))
@@ -302,7 +352,13 @@ class Network:
         link = _Link(src, conn_id, dst)
         self._links[src, conn_id] = link
         latency = self._latency(src, dst)
-        self.engine.after(latency, lambda: self._accept(link, latency))
+        self.engine.after(latency, partial(self._accept, link, latency))
+
+    def _log_dial(self, src: int, conn_id: int, addr: tuple[str, int], dst: int | None) -> None:
+        assert self.dial_log is not None
+        refused = dst in self.refusing or dst in self.firewalled
+        reached = dst if dst is not None and not refused and self.reachable(src, dst) else None
+        self.dial_log.append(Dialled(self.engine.now, src, conn_id, addr, reached))
 
     def _dial_failed(self, src: int, conn_id: int, epoch: int) -> None:
         if self.nodes[src].up and self._epoch[src] == epoch:
@@ -318,7 +374,7 @@ class Network:
         link.accepted = True
         self._links[link.b, link.b_conn] = link
         link.ab.last_delivery = link.ba.last_delivery = self.engine.now
-        self.engine.after(latency, lambda: self._opened(link))
+        self.engine.after(latency, partial(self._opened, link))
 
     def _opened(self, link: _Link) -> None:
         if link.alive and self.nodes[link.a].up:
@@ -348,7 +404,7 @@ class Network:
             delay += 3 * delay  # a retransmission
         at = max(self._uplink(src, len(data)) + delay, direction.last_delivery)
         direction.last_delivery = at
-        self.engine.at(at, lambda: self._deliver_stream(link, dst, dst_conn, data))
+        self.engine.at(at, partial(self._deliver_stream, link, dst, dst_conn, data))
 
     def _deliver_stream(self, link: _Link, dst: int, dst_conn: int, data: bytes) -> None:
         if link.alive and self.nodes[dst].up:

@@ -7,14 +7,26 @@ is an `Engine` (virtual time, a heap of ``(time, seq, action)``, seeded
 randomness), a `Network` (latency, loss, streams, partitions, crashes) with
 the given `LinkModel`, and a `CoreEndpoint` per attached core (a bare
 `dht.DhtCore`, a gossip `Replicator`, a `NodeCore`, or a peer the test drives
-by hand).  Nothing runs until the test says so: `run` fires every action due
-up to a time, `step` one action, `run_until_true` actions until a condition
-holds.  Same seed and same calls, same run: no trio, no sockets, no clock.
+by hand).  Nothing runs until the test says so: `settle` runs every action
+due now, `run` every action due up to a time, `step` one action,
+`run_until_true` actions until a condition holds.  A test may call a core's
+methods directly (post, follow, a hand-made frame) instead of through
+`CoreEndpoint.command`: `settle`, `run`, `advance` and `run_until_true`
+first flush every endpoint, so those outputs go out and the timers follow
+the cores' deadlines.  Same seed and same calls, same run: no trio, no
+sockets, no clock.
 
 Times the test sees (`now`, `run`'s argument) are the cores' clock, which is
 ``epoch + engine.now``: NodeCore wants Unix-like seconds, a bare DhtCore is
 happy from 0.  A zero-latency, lossless model (``LinkModel(Latency(ms=0))``)
-delivers everything at the instant it is sent, in the order it was sent.
+delivers everything at the instant it is sent, in the order it was sent:
+the engine runs actions due at one instant in the order they were
+scheduled, so a dial is accepted, then opened, and each chunk arrives,
+before anything a later output caused.
+
+For tests the network keeps a log of dials (`Network.dial_log`, engine
+times); it can firewall a node (`Network.firewalled`), `reset` one link and
+crash a node without its peers noticing (``crash(peers_notice=False)``).
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ class Testbed:
     def __init__(self, model: LinkModel, *, seed: int = 0, epoch: float = 0.0) -> None:
         self.engine = Engine(seed)
         self.network = Network(self.engine, model)
+        self.network.dial_log = []
         self.epoch = epoch
 
     @property
@@ -85,11 +98,30 @@ class Testbed:
 
     # -- running -------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Flush every endpoint: what tests made cores do directly goes out, timers re-arm."""
+        for node in self.network.nodes:
+            if isinstance(node, CoreEndpoint):
+                node.flush()
+
+    def settle(self, max_steps: int = 100_000) -> None:
+        """Flush, then run every action due now (at zero latency: until nobody has anything to say)."""
+        self.flush()
+        engine = self.engine
+        for _ in range(max_steps):
+            when = engine.next_time()
+            if when is None or when > engine.now:
+                return
+            engine.step()
+        raise AssertionError(f"not settled after {max_steps} actions at {self.now:.3f}")
+
     def run(self, until: float) -> None:
-        """Run every action due up to the core time until; then now = until."""
+        """Flush, then run every action due up to the core time until; then now = until."""
+        self.flush()
         self.engine.run(until - self.epoch)
 
     def advance(self, seconds: float) -> None:
+        self.flush()
         self.engine.run(self.engine.now + seconds)
 
     def step(self) -> bool:
@@ -98,6 +130,7 @@ class Testbed:
 
     def run_until_true(self, done: Callable[[], bool], *, within: float) -> None:
         """Run actions until done() holds; AssertionError if it does not within the time."""
+        self.flush()
         deadline = self.engine.now + within
         while not done():
             when = self.engine.next_time()

@@ -9,6 +9,14 @@ in-order links (h11's ``ConnectionPair``, aioquic's ``client_and_server``):
 frames wait in a per-direction queue until the test delivers them, so tests
 choose how much to deliver and when, and time only moves when they say.
 After every step it checks the bounds every session must keep.
+
+`Network` is a pair harness for the session state machine, not a second
+network for cores: it works below the transport (frames between
+`GossipSession`s, no channels, addresses, dials or sockets) so that a test,
+or a hypothesis state machine, can pick the interleaving frame by frame,
+which a network model that delivers by time does not offer.  Cores
+(`Replicator`, `NodeCore`, `DhtCore`) meet on the one in-memory network,
+`simulations.testbed` (through `tests.gossip.wire` for gossip).
 """
 
 from __future__ import annotations

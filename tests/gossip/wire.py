@@ -1,63 +1,50 @@
-"""An in-memory "TCP" for gossip endpoints, driven by a fake clock.
+"""An in-memory "TCP" and UDP for gossip endpoints: the simulator's network at zero latency.
 
 `Wire` plays the part of the trio runtime (`p2pblog.runtime.NodeDriver`) for
 any number of endpoints: `Replicator`, `NodeCore`, or a `ChannelPeer` the
-test drives by hand.  Each endpoint listens at one ``(host, port)``.  When an
-endpoint asks to dial (`dials_to_make`), the wire looks the address up: a
-listening, reachable endpoint gets ``connection_accepted`` and the dialler
-``connection_opened``; anything else gets ``connection_failed``.  Bytes from
-`data_to_send` are handed to the other end at once (in order, whole), and a
-connection in `connections_to_close` is reported lost to both ends after the
-closing end's pending bytes went out, as a socket close does.  Endpoints
-with a DHT (`DatagramEndpoint`) also get their datagrams at once, on the same
-address (as `NodeDriver.bind_both` binds UDP and TCP to one port).
+test drives by hand.  It is a thin layer over `simulations.testbed.Testbed`,
+the engine and network model the simulator and the DHT and NodeCore tests
+run on: each endpoint is a `CoreEndpoint` at ``(host, PORT)``, for streams
+and datagrams both (as `NodeDriver.bind_both` binds UDP and TCP to one
+port), on a lossless, zero-latency, unlimited-bandwidth link model.  So a
+dial to a listening endpoint is accepted and opened, bytes arrive whole and
+in order, and a close reaches the other end after the bytes sent before it,
+all at the instant they were sent (the engine runs the actions of one
+instant in the order they were scheduled).  A dial to an address where
+nobody is up fails after the network's `DIAL_TIMEOUT`, as a dial into the
+void does; one to a firewalled endpoint (`Wire.unreachable`) fails at once.
 
-Time moves only in `run`: it fires every endpoint's timer in order up to a
-deadline, settling the wire after each step, so a test is deterministic and
-takes no wall-clock time.  Events (`next_event`) are collected per endpoint
-in `events`, every dial in `dials`.
+Time moves only in `run` and `advance`: the engine fires every endpoint's
+timer in time order up to a deadline; `settle` runs what is due now.  A
+test may call cores directly between them (post, follow, a `ChannelPeer`'s
+frame): the testbed flushes every endpoint first.  Events (`next_event`)
+are collected per endpoint in `events`, every dial in `dials`, open
+connections in `links`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator, MutableSet
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, TypeVar
 
 from gossip.messages import Message, decode_message, encode_message
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelFailed, FrameReceived, HandshakeCompleted, SecureChannel
 from identity import Identity
-from identity.pow import NOTICE_DOMAIN, notice_subject, solve
+from simulations.endpoint import CoreEndpoint, TimedCore
+from simulations.network import Latency, LinkModel
+from simulations.testbed import Testbed
 
 #: Where the fake clock starts (Unix seconds, as NodeCore expects).
 T0 = 1_800_000_000.0
 #: The port every endpoint listens on (hosts tell them apart).
 PORT = 7000
 
-
-class Endpoint(Protocol):
-    """What the runtime's TCP side sees of a core (`p2pblog.runtime.StreamCore`)."""
-
-    def dials_to_make(self) -> list[tuple[int, str, int]]: ...
-    def data_to_send(self) -> list[tuple[int, bytes]]: ...
-    def connections_to_close(self) -> list[int]: ...
-    def connection_accepted(self, addr: tuple[str, int], now: float) -> int: ...
-    def connection_opened(self, conn_id: int, now: float) -> None: ...
-    def connection_failed(self, conn_id: int, now: float) -> None: ...
-    def data_received(self, conn_id: int, data: bytes, now: float) -> None: ...
-    def connection_lost(self, conn_id: int, now: float) -> None: ...
-    def get_timer(self) -> float | None: ...
-    def handle_timer(self, now: float) -> None: ...
-    def next_event(self) -> object | None: ...
-
-
-@runtime_checkable
-class DatagramEndpoint(Protocol):
-    """A core that also speaks UDP (`NodeCore`'s DHT): it listens on the same port."""
-
-    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]: ...
-    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None: ...
+C = TypeVar("C", bound=TimedCore)
+#: A connection's id: its dialler's network index and connection id.
+LinkId = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,82 +58,92 @@ class Dial:
     target: str | None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Link:
-    """One open in-memory connection."""
+    """One open in-memory connection: each end as (name, connection id)."""
 
-    id: int
+    id: LinkId
     dialler: tuple[str, int]
     acceptor: tuple[str, int]
-    opened: float
 
 
 class Wire:
     """Endpoints linked by in-memory connections; see the module docstring."""
 
     def __init__(self, now: float = T0) -> None:
-        self.now = now
-        self.nodes: dict[str, Endpoint] = {}
-        self.listening: dict[tuple[str, int], str] = {}
-        #: Names whose listener refuses connections (dials to them fail).
-        self.unreachable: set[str] = set()
-        self.dials: list[Dial] = []
+        self.bed = Testbed(LinkModel(Latency(ms=0.0)), epoch=now)
+        self.network = self.bed.network
+        #: Name -> its core, while it is up.
+        self.nodes: dict[str, TimedCore] = {}
+        self.endpoints: dict[str, CoreEndpoint[Any]] = {}
+        #: Name -> the events its cores reported (kept across restarts).
         self.events: dict[str, list[object]] = {}
-        self.links: dict[int, Link] = {}
-        #: (name, conn id) -> link id, for both ends; None: a half-open end whose peer vanished.
-        self._ends: dict[tuple[str, int], int | None] = {}
-        self._next_link = 0
-        self._next_port = 50_000
-        #: Bytes that went to a connection that no longer exists.
-        self.dropped_bytes = 0
-        self.bytes_sent: Counter[str] = Counter()
+        #: Names whose firewall rejects what comes in: dials to them fail, datagrams are lost.
+        self.unreachable: MutableSet[str] = _Firewalled(self)
+        self._names: list[str] = []  # by network index
+
+    @property
+    def now(self) -> float:
+        return self.bed.now
 
     # ------------------------------------------------------------------ set-up
 
-    def add(self, name: str, node: Endpoint, host: str) -> Endpoint:
+    def add(self, name: str, node: C, host: str) -> C:
         """Attach node under name, listening at ``(host, PORT)``."""
+        endpoint = self.bed.attach(node, addr=(host, PORT))
+        assert endpoint.index == len(self._names)
+        self._names.append(name)
+        self.endpoints[name] = endpoint
         self.nodes[name] = node
-        self.listening[host, PORT] = name
-        self.events.setdefault(name, [])
+        self.events[name] = endpoint.events
         return node
 
     def addr(self, name: str) -> tuple[str, int]:
-        for addr, owner in self.listening.items():
-            if owner == name:
-                return addr
-        raise KeyError(name)
+        return self.endpoints[name].addr
 
     def crash(self, name: str, *, peers_notice: bool = True) -> None:
         """The endpoint vanishes.  Its peers see their connections lost, or (not
         ``peers_notice``: a power cut) keep half-open connections that swallow bytes."""
+        self.endpoints[name].crash(peers_notice=peers_notice)
         del self.nodes[name]
-        for link in [link for link in self.links.values() if name in (link.dialler[0], link.acceptor[0])]:
-            del self.links[link.id]
-            for end in (link.dialler, link.acceptor):
-                if end[0] == name:
-                    del self._ends[end]
-                elif peers_notice:
-                    del self._ends[end]
-                    self.nodes[end[0]].connection_lost(end[1], self.now)
-                else:
-                    self._ends[end] = None
-        self._ends = {end: lid for end, lid in self._ends.items() if end[0] != name}
         self.settle()
 
-    def restart(self, name: str, node: Endpoint) -> None:
+    def restart(self, name: str, node: TimedCore) -> None:
         """A crashed endpoint comes back (a new core) at its old address."""
+        self.endpoints[name].restart(node)
         self.nodes[name] = node
         self.settle()
 
-    def reset(self, link_id: int) -> None:
+    def reset(self, link_id: LinkId) -> None:
         """The network drops one connection: both ends see it lost."""
-        link = self.links.pop(link_id)
-        for end in (link.dialler, link.acceptor):
-            del self._ends[end]
-            self.nodes[end[0]].connection_lost(end[1], self.now)
+        self.network.reset(*link_id)
         self.settle()
 
     # ------------------------------------------------------------------ inspection
+
+    @property
+    def links(self) -> dict[LinkId, Link]:
+        """The open connections, oldest first."""
+        names = self._names
+        return {
+            (a, a_conn): Link((a, a_conn), (names[a], a_conn), (names[b], b_conn))
+            for (a, a_conn), (b, b_conn) in self.network.open_links()
+        }
+
+    @property
+    def dials(self) -> list[Dial]:
+        """Every dial so far, at the cores' time."""
+        assert self.network.dial_log is not None
+        names, epoch = self._names, self.bed.epoch
+        return [
+            Dial(epoch + d.at, names[d.src], d.conn_id, d.addr, None if d.dst is None else names[d.dst])
+            for d in self.network.dial_log
+        ]
+
+    @property
+    def bytes_sent(self) -> Counter[str]:
+        """Stream bytes each endpoint sent on open connections."""
+        return Counter({name: self.network.traffic[i].stream_bytes for i, name in enumerate(self._names)})
 
     def links_between(self, a: str, b: str) -> list[Link]:
         return [link for link in self.links.values() if {link.dialler[0], link.acceptor[0]} == {a, b}]
@@ -159,97 +156,40 @@ class Wire:
 
     # ------------------------------------------------------------------ running
 
-    def settle(self, max_rounds: int = 100_000) -> None:
-        """Move dials, bytes and closes around until nobody has anything to say."""
-        for _ in range(max_rounds):
-            busy = False
-            for name in list(self.nodes):
-                if name in self.nodes:
-                    busy |= self._step(name, self.nodes[name])
-            if not busy:
-                return
-        raise AssertionError("the wire did not settle")
+    def settle(self) -> None:
+        """Flush every endpoint and run what is due now, until nobody has anything to say."""
+        self.bed.settle()
 
-    def run(self, until: float, max_steps: int = 100_000) -> None:
-        """Fire timers in time order up to ``until`` (settling after each); then now = until."""
-        self.settle()
-        for _ in range(max_steps):
-            timers = [(t, name) for name, node in self.nodes.items() if (t := node.get_timer()) is not None]
-            if not timers or min(timers)[0] > until:
-                self.now = max(self.now, until)
-                return
-            self.now = max(self.now, min(timers)[0])
-            for t, name in timers:
-                if t <= self.now and name in self.nodes:
-                    self.nodes[name].handle_timer(self.now)
-            self.settle()
-        raise AssertionError(f"timers did not advance past {self.now}")
+    def run(self, until: float) -> None:
+        """Fire timers (and what they cause) in time order up to ``until``; then now = until."""
+        self.bed.run(until)
 
     def advance(self, seconds: float) -> None:
-        self.run(self.now + seconds)
+        self.bed.advance(seconds)
 
-    def _step(self, name: str, node: Endpoint) -> bool:
-        busy = False
-        for conn_id, host, port in node.dials_to_make():
-            busy = True
-            self._dial(name, node, conn_id, (host, port))
-        for conn_id, data in node.data_to_send():
-            busy = True
-            self.bytes_sent[name] += len(data)
-            other = self._other(name, conn_id)
-            if other is None:
-                self.dropped_bytes += len(data)
-            else:
-                self.nodes[other[0]].data_received(other[1], data, self.now)
-        if isinstance(node, DatagramEndpoint):
-            for data, addr in node.datagrams_to_send():
-                busy = True
-                target = self.listening.get(addr, "")
-                receiver: object = None if target in self.unreachable else self.nodes.get(target)
-                if isinstance(receiver, DatagramEndpoint):
-                    receiver.receive_datagram(data, self.addr(name), self.now)
-        for conn_id in node.connections_to_close():
-            busy = True
-            other = self._other(name, conn_id)
-            lid = self._ends.pop((name, conn_id), None)
-            if lid is not None:
-                del self.links[lid]
-            node.connection_lost(conn_id, self.now)
-            if other is not None:
-                del self._ends[other]
-                self.nodes[other[0]].connection_lost(other[1], self.now)
-        stamps = getattr(node, "stamps_to_make", None)
-        for entry_id, recipient, bits in stamps() if stamps is not None else ():
-            # The runtime makes proof-of-work stamps in a worker thread; here, at once.
-            busy = True
-            nonce = solve(NOTICE_DOMAIN, notice_subject(recipient, entry_id), bits)
-            node.stamp_made(entry_id, recipient, nonce, self.now)  # type: ignore[attr-defined]
-        while (event := node.next_event()) is not None:
-            self.events[name].append(event)
-        return busy
 
-    def _other(self, name: str, conn_id: int) -> tuple[str, int] | None:
-        lid = self._ends.get((name, conn_id))
-        if lid is None:
-            return None
-        link = self.links[lid]
-        return link.acceptor if link.dialler == (name, conn_id) else link.dialler
+class _Firewalled(MutableSet[str]):
+    """`Wire.unreachable`: names, kept as the network's firewalled node indices."""
 
-    def _dial(self, name: str, node: Endpoint, conn_id: int, addr: tuple[str, int]) -> None:
-        target = self.listening.get(addr)
-        if target is None or target not in self.nodes or target in self.unreachable:
-            self.dials.append(Dial(self.now, name, conn_id, addr, None))
-            node.connection_failed(conn_id, self.now)
-            return
-        self.dials.append(Dial(self.now, name, conn_id, addr, target))
-        self._next_port += 1
-        source_addr = (self.addr(name)[0] if name in self.listening.values() else "10.9.9.9", self._next_port)
-        accepted = self.nodes[target].connection_accepted(source_addr, self.now)
-        self._next_link += 1
-        link = Link(self._next_link, (name, conn_id), (target, accepted), self.now)
-        self.links[link.id] = link
-        self._ends[link.dialler] = self._ends[link.acceptor] = link.id
-        node.connection_opened(conn_id, self.now)
+    def __init__(self, wire: Wire) -> None:
+        self._endpoints = wire.endpoints
+        self._firewalled = wire.network.firewalled
+
+    def __contains__(self, name: object) -> bool:
+        endpoint = self._endpoints.get(name) if isinstance(name, str) else None
+        return endpoint is not None and endpoint.index in self._firewalled
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, endpoint in self._endpoints.items() if endpoint.index in self._firewalled)
+
+    def __len__(self) -> int:
+        return len(self._firewalled)
+
+    def add(self, value: str) -> None:
+        self._firewalled.add(self._endpoints[value].index)
+
+    def discard(self, value: str) -> None:
+        self._firewalled.discard(self._endpoints[value].index)
 
 
 class ChannelPeer:
