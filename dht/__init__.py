@@ -13,12 +13,16 @@ Modules
 `dht.providers`  `ProviderStore`: many values per key, one per provider (libp2p's
                  provider records), bounded, with expiry and republish
 `dht.ratelimit`  `TokenBucketLimiter`: per-source datagram budget
+`dht.rpc`        `RpcTracker`: our requests in flight, message ids, retransmits, timeouts
+`dht.queries`    one class per kind of query (get, put, bootstrap, providers, ...):
+                 its request and its completion
 `dht.events`     what the core reports
 `dht.core`       `DhtCore`, which composes all of the above
 
 Nothing here imports trio, socket, asyncio, time or a global RNG; every input
 carries ``now`` and randomness comes from an injected ``random.Random``.
-This package imports only `identity` (keys, `identity.limits`, `identity.errors`).
+This package imports only `identity` (keys, `identity.limits`, `identity.errors`,
+`identity.pacing`).
 
 Driver contract
 ---------------
