@@ -213,7 +213,7 @@ class NodeService:
                         "no bootstrap address and no saved contacts: waiting for peers to contact this node"
                     )
                 self._seeds = seeds
-                core.start(self.addrs, seeds, unix_now())
+                core.start(self.addrs, self.bootstrap, unix_now())
                 driver.flush()
                 task_status.started()
         finally:
@@ -223,8 +223,6 @@ class NodeService:
             if self.driver is not None:
                 self.driver.close()
             store.close()
-
-    # -- control commands ---------------------------------------------------------------
 
     # -- events -----------------------------------------------------------------------
 

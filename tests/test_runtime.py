@@ -33,7 +33,8 @@ import trio.testing
 from dht.core import RPC_TIMEOUT
 from dht.events import BootstrapFinished
 from identity import Identity
-from p2pblog.node import MAINTAIN_EVERY, NodeCore, RecordPublished
+from p2pblog.lifecycle import SAVE_CONTACTS_EVERY
+from p2pblog.node import MAINTAIN_EVERY, JoinFinished, NodeCore, RecordPublished, StartupFinished
 from p2pblog.replication import EntriesStored, PeerConnected, PeerDisconnected
 from p2pblog.runtime import DIAL_TIMEOUT, NodeDriver
 from p2pblog.store import Store
@@ -335,6 +336,27 @@ def test_a_post_reaches_a_follower_over_the_runtime(tmp_path: Path) -> None:
                     trio.current_time(),
                 ]
                 assert max(later - t for t, later in itertools.pairwise(times)) <= MAINTAIN_EVERY
+
+    run(main)
+
+
+def test_nodes_started_as_the_daemon_starts_them_join_publish_and_save_contacts(tmp_path: Path) -> None:
+    # `p2pblog run` calls NodeCore.start and flushes: the core's lifecycle does
+    # the rest over the runtime (join, publish with retries, save contacts).
+    async def main() -> None:
+        async with running(tmp_path, 2) as (_, (a, b)):
+            a.command(lambda now: a.core.start(a.addrs, [], now))
+            b.command(lambda now: b.core.start(b.addrs, [a.udp], now))
+            for node in (a, b):
+                await node.core.wait_until(
+                    lambda node=node: any(
+                        isinstance(e, StartupFinished) and e.stored_at >= 1 for e in node.core.events
+                    )
+                )
+            (joined,) = [e for e in b.core.events if isinstance(e, JoinFinished)]
+            assert (joined.seeds, joined.answered) == (1, 1)
+            await trio.sleep(SAVE_CONTACTS_EVERY + MAINTAIN_EVERY)
+            assert a.udp in {(host, port) for _, host, port, _ in b.store.load_contacts()}
 
     run(main)
 
