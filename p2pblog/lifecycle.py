@@ -58,7 +58,12 @@ class Lifecycle:
         self._join_query: int | None = None
         self._publish_query: int | None = None
         self._publish_tries = 0
-        self._publish_at: float | None = None
+        #: When to retry publishing the peer record: the lifecycle's only deadline.
+        #: Contacts are saved at the first wake-up (there is one every maintenance
+        #: pass) at or after they are due, so an idle node does not wake once more for
+        #: them, and the replicator's keepalives, which go out at any wake-up, keep
+        #: their timing.
+        self.publish_at: float | None = None
         self._save_at: float | None = None
 
     def join_seeds(self, bootstrap: Sequence[Address], own: Sequence[Address] = ()) -> list[Address]:
@@ -75,16 +80,9 @@ class Lifecycle:
             self._publish(now)
         self._save_at = now + SAVE_CONTACTS_EVERY
 
-    def next_deadline(self) -> float | None:
-        """Only a publish retry wakes the node: contacts are saved at the first wake-up
-        (there is one every maintenance pass) at or after they are due, so an idle node
-        does not wake up once more for them, and the replicator's keepalives, which go
-        out at any wake-up, keep their timing."""
-        return self._publish_at
-
     def handle_timer(self, now: float) -> None:
-        if self._publish_at is not None and now >= self._publish_at:
-            self._publish_at = None
+        if self.publish_at is not None and now >= self.publish_at:
+            self.publish_at = None
             self._publish(now)
         if self._save_at is not None and now >= self._save_at:
             self._save_at = now + SAVE_CONTACTS_EVERY
@@ -105,7 +103,7 @@ class Lifecycle:
             return
         self._publish_query = None
         if not event.stored_at and self._publish_tries < len(PUBLISH_RETRY):
-            self._publish_at = now + PUBLISH_RETRY[self._publish_tries]
+            self.publish_at = now + PUBLISH_RETRY[self._publish_tries]
             self._publish_tries += 1
             return
         self.events.append(StartupFinished(event.seq, event.stored_at, self._publish_tries + 1))
@@ -123,4 +121,4 @@ class Lifecycle:
         if self.started:
             self.save_contacts()
         self.started = False
-        self._publish_at = self._save_at = None
+        self.publish_at = self._save_at = None

@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from random import Random
 
 from dht import BootstrapFinished, DhtConfig, DhtCore, node_id_from_public_key
+from dht.events import Event as DhtEvent
 from dht.ids import Address
 from dht.providers import MAX_PROVIDERS_PER_KEY
 from gossip.noise import RandomBytes
@@ -96,6 +97,7 @@ from p2pblog.replication import (
     PeerDisconnected,
     Replicator,
 )
+from p2pblog.replication import Event as GossipEvent
 from p2pblog.store import Store
 
 __all__ = [
@@ -222,17 +224,23 @@ class NodeCore:
         return self.replicator.connections_to_close()
 
     def get_timer(self) -> float | None:
-        # Asked after every input: plain comparisons, no temporary lists.
+        # Asked after every input: plain comparisons, no temporary containers.
         at = self._maintain_at
-        for t in (
-            self.dht.get_timer(),
-            self.replicator.get_timer(),
-            self.outbox.due_at,
-            self.records.next_deadline(),
-            self.lifecycle.next_deadline(),
-        ):
-            if t is not None and t < at:
-                at = t
+        t = self.dht.get_timer()
+        if t is not None and t < at:
+            at = t
+        t = self.replicator.get_timer()
+        if t is not None and t < at:
+            at = t
+        t = self.outbox.due_at
+        if t is not None and t < at:
+            at = t
+        t = self.records.next_deadline()
+        if t is not None and t < at:
+            at = t
+        t = self.lifecycle.publish_at
+        if t is not None and t < at:
+            at = t
         return at
 
     def next_event(self) -> Event | None:
@@ -247,43 +255,53 @@ class NodeCore:
         docstring).  Until quiet, because acting may start a query the DHT answers at
         once from its own store, or make the replicator report something."""
         self._now = now
-        events = self._events
-        dht, replicator = self.dht, self.replicator
+        dht, replicator, consumed = self.dht, self.replicator, self._consumed
         while True:
-            while (event := dht.next_event()) is not None:
-                done = self.queries.finish(event)
-                if done is None:
-                    events.append(event)
-                    if isinstance(event, BootstrapFinished):
-                        self._consumed.append(event)  # the lifecycle's join, maybe
-                    continue
-                pending, result = done
-                events.append(result)
-                if pending.consume or isinstance(result, RecordPublished):
-                    self._consumed.append(result)
-            while (gossip := replicator.next_event()) is not None:
-                events.append(gossip)
-                if isinstance(gossip, PeerDisconnected):
-                    self.discovery.peer_disconnected(gossip.peer, now)
-                elif isinstance(gossip, PeerConnected):
-                    self.outbox.peer_connected(gossip.peer, now)
-                elif isinstance(gossip, MentionArrived):
-                    status, need = self.admission.arrived(gossip, now)
-                    replicator.answer_mention(gossip, status, need, now)
-                    events.extend(self.admission.events)
-                    self.admission.events.clear()
-                elif isinstance(gossip, MentionAnswered):
-                    self.outbox.answered(gossip, now)
-                    events.extend(self.outbox.events)
-                    self.outbox.events.clear()
-                elif isinstance(gossip, EntriesStored):
-                    self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
-            if not self._consumed:
+            event = dht.next_event()
+            while event is not None:
+                self._dht_event(event)
+                event = dht.next_event()
+            gossip = replicator.next_event()
+            while gossip is not None:
+                self._gossip_event(gossip, now)
+                gossip = replicator.next_event()
+            if not consumed:
                 break
-            while self._consumed:
-                self._consume(self._consumed.popleft(), now)
-        events.extend(self.lifecycle.events)
-        self.lifecycle.events.clear()
+            while consumed:
+                self._consume(consumed.popleft(), now)
+        if self.lifecycle.events:
+            self._events.extend(self.lifecycle.events)
+            self.lifecycle.events.clear()
+
+    def _dht_event(self, event: DhtEvent) -> None:
+        done = self.queries.finish(event)
+        if done is None:
+            self._events.append(event)
+            if isinstance(event, BootstrapFinished):
+                self._consumed.append(event)  # the lifecycle's join, maybe
+            return
+        pending, result = done
+        self._events.append(result)
+        if pending.consume or isinstance(result, RecordPublished):
+            self._consumed.append(result)
+
+    def _gossip_event(self, gossip: GossipEvent, now: float) -> None:
+        self._events.append(gossip)
+        if isinstance(gossip, PeerDisconnected):
+            self.discovery.peer_disconnected(gossip.peer, now)
+        elif isinstance(gossip, PeerConnected):
+            self.outbox.peer_connected(gossip.peer, now)
+        elif isinstance(gossip, MentionArrived):
+            status, need = self.admission.arrived(gossip, now)
+            self.replicator.answer_mention(gossip, status, need, now)
+            self._events.extend(self.admission.events)
+            self.admission.events.clear()
+        elif isinstance(gossip, MentionAnswered):
+            self.outbox.answered(gossip, now)
+            self._events.extend(self.outbox.events)
+            self.outbox.events.clear()
+        elif isinstance(gossip, EntriesStored):
+            self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):

@@ -99,9 +99,6 @@ class RepublishJob(Generic[K]):
     def cancel(self, key: K) -> None:
         self.due.pop(key, None)
 
-    def earliest(self) -> float | None:
-        return min(self.due.values()) if self.due else None
-
     def poll(self, now: float) -> list[K]:
         """The keys due at ``now`` (their schedule is left to the caller)."""
         return [key for key, at in self.due.items() if now >= at]
@@ -135,12 +132,14 @@ class OwnRecords:
         self._published_at = 0.0
 
     def next_deadline(self) -> float | None:
-        times = [
-            t
-            for t in (j.earliest() for j in (self.peer_job, self.provider_job, self.claim_job))
-            if t is not None
-        ]
-        return min(times) if times else None
+        # Asked after every input: no temporary lists.
+        at: float | None = None
+        for due in (self.peer_job.due, self.provider_job.due, self.claim_job.due):
+            if due:
+                t = min(due.values())
+                if at is None or t < at:
+                    at = t
+        return at
 
     def _next_seq(self, last: Record | None, now: float, key: bytes | None = None) -> int:
         seqs = [int(now * 1000)]
