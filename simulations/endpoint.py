@@ -40,6 +40,9 @@ flushes.
 `crash` loses the core (the network breaks its links, the other ends learn
 it after one latency, or with ``peers_notice=False`` never) and `restart`
 attaches a new core at the same address, as a rebooted process would be.
+An endpoint made without a core is a machine not yet switched on: it has its
+address and is down until `restart` boots its first core (the simulator's
+`SimNode` builds a core per incarnation).
 """
 
 from __future__ import annotations
@@ -101,9 +104,13 @@ R = TypeVar("R")
 class CoreEndpoint(Generic[C]):
     """One sans-IO core at one network address; see the module docstring."""
 
+    #: The core driven now, or the last one if the endpoint is down (unset
+    #: before an endpoint made without a core is first `restart`-ed).
+    core: C
+
     def __init__(
         self,
-        core: C,
+        core: C | None,
         engine: Engine,
         network: Network,
         *,
@@ -129,8 +136,9 @@ class CoreEndpoint(Generic[C]):
         self._passes = (-1.0, 0)
         self.index = len(network.nodes)
         self.addr: Address = network.add(self, addr)
-        self._attach(core)
-        self.flush()
+        if core is not None:
+            self._attach(core)
+            self.flush()
 
     def _attach(self, core: C) -> None:
         self.core = core
@@ -238,12 +246,10 @@ class CoreEndpoint(Generic[C]):
                 self.events.append(event)
             else:
                 self.on_event(event)
-        if self.core is core and self.up:  # an event handler may have crashed us
-            self._arm()
-
-    def _arm(self) -> None:
-        """Keep one engine timer at the core's deadline."""
-        deadline = self.core.get_timer()
+        if self.core is not core or not self.up:  # an event handler crashed us
+            return
+        # Keep one engine timer at the core's deadline (inline: this runs after every input).
+        deadline = core.get_timer()
         timer = self._timer
         if deadline is None:
             if timer is not None:

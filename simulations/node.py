@@ -1,17 +1,21 @@
 """`SimNode`: one p2pblog node (the real `NodeCore`) driven by the simulator.
 
-It is the simulator's version of `p2pblog.runtime.NodeDriver`: after every
-input it flushes the core's outputs into the `Network` (datagrams, dials,
-stream data, closes), hands its events to the `Simulation` (metrics and
-oracles), and keeps exactly one engine timer armed at the core's earliest
-deadline.  Time given to the core is ``EPOCH + engine.now``, so records carry
+The driving is `simulations.endpoint.CoreEndpoint`'s, the same driver the
+unit tests use: after every input it flushes the core's outputs into the
+`Network`, hands its events on, and keeps one engine timer at the core's
+deadline, so ``handle_timer`` runs when the deadline is due, as in the trio
+runtime.  Time given to the core is ``EPOCH + engine.now``, so records carry
 plausible absolute expiry times.
 
-A crash drops the core (routing table, sessions, timers: volatile state) and
-keeps the `Store` object (the disk); a restart builds a new core over the same
-store and starts it like the daemon does (`NodeCore.start`: the core's own
-lifecycle rejoins from the contacts it saved and reconnects from its address
-book).  This driver holds no policy of its own.
+What `SimNode` adds is the simulated machine: its index, identity and
+region, the `Store` (the disk), and incarnations.  A crash drops the core
+(routing table, sessions, timers: volatile state), keeping its counters in
+`crashed_stats` for the metrics, and keeps the store; a restart builds a new
+core over the same store and starts it like the daemon does
+(`NodeCore.start`: the core's own lifecycle rejoins from the contacts it
+saved and reconnects from its address book).  Events go to
+``on_event(node, event)``, the `Simulation`'s metrics and oracles.  This
+driver holds no policy of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from dht.ids import Address
 from identity import Identity
 from p2pblog.node import NodeCore
 from p2pblog.store import Store
-from simulations.engine import Engine, Timer
+from simulations.endpoint import CoreEndpoint
+from simulations.engine import Engine
 from simulations.network import Network
 
 #: Virtual time 0 of every scenario, as Unix seconds (2027-01-15).
@@ -55,126 +60,62 @@ class SimNode:
         self.on_event = on_event
         self.make_core = make_core
         self.store = Store(":memory:")
-        self.up = False
-        self.core: NodeCore | None = None
         self.incarnation = 0
         #: The replication counters of the cores a crash took away (the metrics sum them).
         self.crashed_stats: Counter[str] = Counter()
-        self.addr: Address = network.add(self)
-        self._timer: Timer | None = None
+        #: The driver, at this node's network address; down until `start`.
+        self.endpoint: CoreEndpoint[NodeCore] = CoreEndpoint(
+            None,
+            engine,
+            network,
+            epoch=EPOCH,
+            region=region,
+            on_event=self._event,
+            min_timer_step=MIN_TIMER_STEP,
+        )
+        if self.endpoint.index != index:
+            raise ValueError(f"node {index} added as the network's node {self.endpoint.index}")
+        self.addr: Address = self.endpoint.addr
+
+    @property
+    def up(self) -> bool:
+        return self.endpoint.up
+
+    @property
+    def core(self) -> NodeCore | None:
+        """The running core; None while the node is down."""
+        return self.endpoint.core if self.endpoint.up else None
 
     @property
     def now(self) -> float:
-        return EPOCH + self.engine.now
+        return self.endpoint.now
 
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self, seeds: list[Address]) -> None:
         """Boot (or reboot) the node: a new core over the kept store."""
+        self.crash()
         self.incarnation += 1
         rng = self.engine.rng(f"node:{self.index}:{self.incarnation}")
+        now = self.now
         if self.make_core is not None:
-            core = self.make_core(self, rng, self.now)
+            core = self.make_core(self, rng, now)
         else:
-            core = NodeCore(self.identity, rng, self.now, store=self.store, random_bytes=rng.randbytes)
-        self.core = core
-        self.up = True
+            core = NodeCore(self.identity, rng, now, store=self.store, random_bytes=rng.randbytes)
         addrs = [("udp", self.addr[0], self.addr[1]), ("tcp", self.addr[0], self.addr[1])]
-        core.start(addrs, seeds, self.now)
-        self.flush()
+        core.start(addrs, seeds, now)
+        self.endpoint.restart(core)  # attaches it and flushes what start asked for
 
     def crash(self) -> None:
         """Lose all volatile state; the store survives."""
-        if not self.up:
+        if not self.endpoint.up:
             return
-        self.up = False
-        if self.core is not None:
-            self.crashed_stats.update(self.core.counters())
-        self.core = None
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = None
-        self.network.node_down(self.index)
-        self.network.drop_node_links(self.index)
-
-    # -- inputs from the network (the Endpoint protocol) ---------------------------------
-
-    def receive_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.core is not None:
-            self.core.receive_datagram(data, addr, self.now)
-            self.flush()
-
-    def connection_accepted(self, addr: tuple[str, int]) -> int:
-        assert self.core is not None
-        conn_id = self.core.connection_accepted(addr, self.now)
-        self.flush()
-        return conn_id
-
-    def connection_opened(self, conn_id: int) -> None:
-        if self.core is not None:
-            self.core.connection_opened(conn_id, self.now)
-            self.flush()
-
-    def connection_failed(self, conn_id: int) -> None:
-        if self.core is not None:
-            self.core.connection_failed(conn_id, self.now)
-            self.flush()
-
-    def data_received(self, conn_id: int, data: bytes) -> None:
-        if self.core is not None:
-            self.core.data_received(conn_id, data, self.now)
-            self.flush()
-
-    def connection_lost(self, conn_id: int) -> None:
-        if self.core is not None:
-            self.core.connection_lost(conn_id, self.now)
-            self.flush()
-
-    # -- the flush after every input ---------------------------------------------------
+        self.crashed_stats.update(self.endpoint.core.counters())
+        self.endpoint.crash()
 
     def flush(self) -> None:
-        core = self.core
-        if core is None:
-            return
-        network, index = self.network, self.index
-        for data, addr in core.datagrams_to_send():
-            network.send_datagram(index, data, addr)
-        for conn_id, host, port in core.dials_to_make():
-            network.dial(index, conn_id, (host, port))
-        for conn_id, data in core.data_to_send():
-            network.stream_send(index, conn_id, data)
-        for conn_id in core.connections_to_close():
-            network.close(index, conn_id)
-        while (event := core.next_event()) is not None:
-            self.on_event(self, event)
-        if self.core is not core:  # an event handler crashed us
-            return
-        deadline = core.get_timer()
-        if deadline is None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            return
-        at = max(deadline - EPOCH, self.engine.now)
-        if self._timer is not None and self._timer.active:
-            if self._timer.at <= at:
-                return  # fires no later than needed; handle_timer may be called early
-            self._timer.cancel()
-        self._timer = self.engine.at(at, self._fire)
+        """Move the core's outputs out after a command (a post, a follow, ...)."""
+        self.endpoint.flush()
 
-    def _armed(self) -> Timer | None:
-        """The timer flush armed (a method call, so mypy does not assume it is still None)."""
-        return self._timer
-
-    def _fire(self) -> None:
-        core = self.core
-        self._timer = None
-        if core is None:
-            return
-        core.handle_timer(self.now)
-        self.flush()
-        timer = self._armed()
-        if timer is not None and timer.active and timer.at <= self.engine.now:
-            # The deadline did not move: step past it rather than spin.
-            timer.cancel()
-            self._timer = self.engine.after(MIN_TIMER_STEP, self._fire)
+    def _event(self, event: object) -> None:
+        self.on_event(self, event)
