@@ -132,7 +132,8 @@ class UdpDriver:
             elif self.on_event is not None:
                 self.on_event(event)
         # Wake the timer task only if the deadline moved earlier; a later one
-        # just means it wakes early once (handle_timer may be called early).
+        # just means it wakes once, re-reads the deadline and sleeps again
+        # (handle_timer runs only once the deadline is due).
         deadline = self.core.get_timer()
         if deadline is not None and (self._armed_at is None or deadline < self._armed_at):
             self._rearm.set()

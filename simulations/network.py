@@ -36,8 +36,8 @@ Every byte and message sent is counted per node, for the metrics.
 
 Nodes get addresses ``10.x.y.z:PORT`` by index (`Network.address`) unless
 `Network.add` is given one.  Any object with the `Endpoint` inputs can be a
-node: the simulator's `SimNode`, or `simulations.endpoint.CoreEndpoint`
-around any sans-IO core.
+node: `simulations.endpoint.CoreEndpoint` around any sans-IO core (the
+simulator's `SimNode` drives its `NodeCore` through one, as the tests do).
 """
 
 from __future__ import annotations
