@@ -204,7 +204,9 @@ class NodeCore:
 
     def counters(self) -> Counter[str]:
         """The replication and mention counters (what `status` shows under ``gossip.``)."""
-        return self.replicator.stats + self.mention_stats
+        merged = Counter(self.replicator.stats)
+        merged.update(self.mention_stats)  # update, not +: keeps counters that are 0
+        return merged
 
     def following(self) -> set[bytes]:
         return self.store.following(self.identity.public_key)
