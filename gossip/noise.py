@@ -29,7 +29,7 @@ Nothing here does I/O or reads a clock.  Randomness is injected: the only
 random values are the ephemeral (and, if not given, static) X25519 private
 keys, drawn from a ``random_bytes(n) -> bytes`` callable that the caller must
 pass; there is no default, so the module never reaches for a global source.
-The daemon passes libsodium's CSPRNG (``nacl.utils.random``), the simulator a
+The daemon passes the OS's CSPRNG (``os.urandom``), the simulator a
 seeded ``random.Random().randbytes``, and tests pass fixed keys so the
 cacophony vectors in ``tests/vectors`` replay byte for byte.
 
@@ -76,7 +76,7 @@ MAX_MESSAGE_BYTES: Final = 65535
 #: The counter value 2**64 - 1 is reserved (spec 5.1): a CipherState at it is spent.
 MAX_NONCE: Final = 2**64 - 1
 
-#: ``random_bytes(n)`` returns n random bytes (``nacl.utils.random``,
+#: ``random_bytes(n)`` returns n random bytes (the driver's: ``os.urandom``,
 #: ``random.Random(seed).randbytes``, ...).
 RandomBytes = Callable[[int], bytes]
 Token = Literal["e", "s", "ee", "es", "se"]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.dht.test_purity import imports
+
 ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = [
     "p2pblog/node.py",
@@ -64,14 +66,13 @@ DRIVER_MODULES = {
 PROJECT = ("identity", "dht", "gossip", "p2pblog")
 
 
-def imports(path: Path) -> list[tuple[str, list[str]]]:
-    found: list[tuple[str, list[str]]] = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, []) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            found.append((node.module or "", [alias.name for alias in node.names]))
-    return found
+def assigned(module: ast.Module) -> list[str]:
+    """Names a module assigns at its top level."""
+    names = []
+    for node in module.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names += [target.id for target in targets if isinstance(target, ast.Name)]
+    return names
 
 
 @pytest.mark.parametrize("module", CORE_MODULES)
@@ -102,11 +103,9 @@ def _policy_constants() -> dict[str, str]:
     """UPPER_CASE module constants of the core modules -> the module defining them."""
     out: dict[str, str] = {}
     for module in CORE_MODULES:
-        for node in ast.parse((ROOT / module).read_text()).body:
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-            for target in targets:
-                if isinstance(target, ast.Name) and target.id.isupper() and len(target.id) > 2:
-                    out[target.id] = module
+        for name in assigned(ast.parse((ROOT / module).read_text())):
+            if name.isupper() and len(name) > 2:
+                out[name] = module
     return out
 
 
@@ -114,13 +113,8 @@ def _policy_constants() -> dict[str, str]:
 def test_drivers_hold_no_lifecycle_policy(driver: str) -> None:
     tree = ast.parse((ROOT / driver).read_text())
     constants = _policy_constants()
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-        for target in targets:
-            if isinstance(target, ast.Name):
-                assert target.id not in constants, (
-                    f"{driver} defines {target.id}, which is {constants[target.id]}'s policy"
-                )
+    for name in assigned(tree):
+        assert name not in constants, f"{driver} defines {name}, which is {constants[name]}'s policy"
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             assert node.func.attr not in LIFECYCLE_CALLS, (
@@ -134,10 +128,7 @@ def test_the_policy_check_catches_a_copied_schedule() -> None:
     assert constants["PUBLISH_RETRY"] == "p2pblog/lifecycle.py"
     assert constants["SAVE_CONTACTS_EVERY"] == "p2pblog/lifecycle.py"
     copied = ast.parse("PUBLISH_RETRY = (2.0, 5.0)\ncore.publish(addrs, now)\n")
-    assert any(
-        isinstance(n, ast.Assign) and n.targets[0].id in constants  # type: ignore[attr-defined]
-        for n in copied.body
-    )
+    assert set(assigned(copied)) & set(constants) == {"PUBLISH_RETRY"}
     assert any(
         isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in LIFECYCLE_CALLS
         for n in ast.walk(copied)
@@ -149,10 +140,8 @@ def test_each_policy_constant_is_defined_once() -> None:
     for package in ("identity", "dht", "gossip", "p2pblog", "simulations", "cli"):
         for path in sorted((ROOT / package).glob("*.py")):
             module = str(path.relative_to(ROOT))
-            for node in ast.parse(path.read_text()).body:
-                targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
-                for target in targets:
-                    if isinstance(target, ast.Name) and target.id in constants:
-                        assert constants[target.id] == module, (
-                            f"{target.id} is defined in {module} and in {constants[target.id]}"
-                        )
+            for name in assigned(ast.parse(path.read_text())):
+                if name in constants:
+                    assert constants[name] == module, (
+                        f"{name} is defined in {module} and in {constants[name]}"
+                    )
