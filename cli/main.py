@@ -18,6 +18,7 @@ import re
 import select
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -436,7 +437,7 @@ def import_(file: Path) -> None:
         with file.open("rb") as source:
             _refuse_another_version_of_own_feed(home, store, source)
         with file.open("rb") as source:
-            report = store.ingest_many(frames(source))
+            report = store.ingest_many(frames(source), now_ms=int(time.time() * 1000))
     if report.accepted or report.duplicates or not file_error:
         counts = f"{report.accepted} new entries ({report.duplicates} already present)"
         click.echo(f"imported {counts} from {file}")

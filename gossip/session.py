@@ -42,8 +42,9 @@ calls `entries_stored`, and the receiver ACKs the batch (FIFO, coalesced)
 with its new latest seq of the feed.  An ACK below the batch's last seq means
 the peer refused the entries (a fork on its side, or our feed is wrong): the
 feed is *stalled* for this session (`EntriesRefused`) and nothing more of it
-is sent until the peer re-subscribes.  Once caught up, every `feed_updated`
-sends the new entries at once: live push is the same rule with one entry.
+is sent until the peer re-subscribes (any note of the feed, `resubscribe`).
+Once caught up, every `feed_updated` sends the new entries at once: live
+push is the same rule with one entry.
 
 *Eager and lazy (Plumtree).*  A feed is pushed to the peer only if the peer
 asked for pushes in its note and this side is eager for the feed
@@ -365,6 +366,7 @@ _NODE_INPUTS: Final = (
     "fork_found",
     "wants_changed",
     "request_push",
+    "resubscribe",
     "report_misbehaviour",
 )
 #: (state, input) -> what to do; a missing pair is `LocalProtocolError`.
@@ -702,6 +704,15 @@ class GossipSession:
             st.ask_push = push
             self._clock_pending[feed] = None
 
+    def resubscribe(self, feed: bytes, now: float) -> None:
+        """Send our note of feed again: the peer resumes sending a feed it stalled after we
+        refused entries (ones we may take now, e.g. stamped ahead of our clock then)."""
+        if not self._enter("resubscribe", now):
+            return
+        st = self._feeds.get(feed)
+        if st is not None and st.we_want:
+            self._clock_pending[feed] = None
+
     def entries_stored(self, feed: bytes, now: float) -> None:
         """The node ingested the oldest `EntriesReceived` still open (of feed): ACK it."""
         if not self._enter("entries_stored", now):
@@ -850,8 +861,9 @@ class GossipSession:
             if not self._declared(st, note.seq):
                 continue
             st.peer_push = note.push
-            if not st.peer_wants:
-                # (Re)subscribed: start afresh, announcements and refusals included.
+            if not st.peer_wants or st.stalled:
+                # (Re)subscribed, or asked again after a refusal (`resubscribe`):
+                # start afresh, announcements and refusals included.
                 st.peer_wants = True
                 st.noticed = st.pull_to = 0
                 if st.stalled:

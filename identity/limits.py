@@ -30,6 +30,11 @@ MAX_PROFILE_BIO_CHARS: Final = 280
 #: Timestamps are integer milliseconds since the Unix epoch, below 2**53 so
 #: that every JSON reader keeps them exact.
 MAX_TIMESTAMP_MS: Final = 2**53 - 1
+#: How far ahead of the receiver's clock an entry's timestamp may be (one day,
+#: for clock skew and time zones set wrong).  Later entries are refused at
+#: ingest (`p2pblog.errors.EntryFromFuture`) and accepted once the receiver's
+#: clock catches up: the feed waits, nothing is lost.
+MAX_AHEAD_MS: Final = 24 * 3600 * 1000
 #: Highest sequence number (fits SQLite's signed 64-bit integers).
 MAX_SEQ: Final = 2**63 - 1
 

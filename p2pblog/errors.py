@@ -13,12 +13,14 @@ __all__ = [
     "ChainError",
     "EntryDecodeError",
     "EntryError",
+    "EntryFromFuture",
     "EntrySchemaError",
     "EntrySignatureError",
     "EntryTooLarge",
     "FeedForkedError",
     "LocalProtocolError",
     "P2PBlogError",
+    "StorageFull",
     "StoreError",
 ]
 
@@ -47,6 +49,14 @@ class EntrySignatureError(EntryError):
     """The signature does not verify against the entry's author."""
 
 
+class EntryFromFuture(EntryError):
+    """The entry's timestamp is more than `identity.limits.MAX_AHEAD_MS` ahead of our clock.
+
+    Not the sender's fault (an honest peer relays what the author signed): it
+    is refused for now and accepted once our clock is within the bound.
+    """
+
+
 class ChainError(EntryError):
     """The entry does not extend the stored feed (wrong seq, gap or broken prev)."""
 
@@ -61,3 +71,10 @@ class StoreError(P2PBlogError):
 
 class ListenError(P2PBlogError):
     """The node cannot listen where it was asked to (port in use, an address not ours)."""
+
+
+class StorageFull(StoreError):
+    """The disk (or the store) is full: the write was refused and nothing of it was stored.
+
+    The node stays up and serves what it holds; writes resume when space is freed.
+    """

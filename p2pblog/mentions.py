@@ -40,7 +40,7 @@ from typing import Final
 
 from gossip.messages import MentionStatus
 from identity import Identity, SignatureError, verify
-from identity.limits import MENTION_WORK
+from identity.limits import MAX_AHEAD_MS, MENTION_WORK
 from identity.pacing import KeyedTokenBuckets, backoff
 from identity.pow import NOTICE_DOMAIN, notice_subject, work_bits
 from p2pblog.discovery import Discovery
@@ -271,6 +271,8 @@ class MentionAdmission:
             return refuse("invalid", MentionStatus.INVALID)
         if entry.author in blocked:
             return refuse("blocked", MentionStatus.BLOCKED)
+        if entry.timestamp > int(now * 1000) + MAX_AHEAD_MS:
+            return refuse("future", MentionStatus.BUSY)  # the sender may retry once our clock is near
         if self.store.has_entry(entry.id):  # the id covers the signature: the same bytes
             self.stats["mentions.duplicate"] += 1
             return MentionStatus.DUPLICATE, 0

@@ -102,9 +102,10 @@ from gossip.transport import (
     SecureChannel,
 )
 from identity import Identity
+from identity.limits import MAX_AHEAD_MS
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
-from p2pblog.errors import ChainError, EntryError, EntrySignatureError
+from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError
 from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
@@ -279,6 +280,9 @@ class Replicator:
         self._dirty: dict[int, None] = {}
         self._outbox: dict[int, None] = {}
         self._deadlines: dict[int, float] = {}
+        #: Feeds whose entries we refused as stamped ahead of our clock -> when to ask
+        #: again (one per followed feed at most).
+        self._ask_again: dict[bytes, float] = {}
 
     # ============================================================ outputs
 
@@ -307,7 +311,11 @@ class Replicator:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return min(self._maintain_at, min(self._deadlines.values(), default=self._maintain_at))
+        return min(
+            self._maintain_at,
+            min(self._deadlines.values(), default=self._maintain_at),
+            min(self._ask_again.values(), default=self._maintain_at),
+        )
 
     # ============================================================ inspection
 
@@ -502,6 +510,18 @@ class Replicator:
             if conn.session is not None:
                 conn.session.handle_timer(now)
             self._touch(conn)
+        for feed in [f for f, t in self._ask_again.items() if t <= now]:
+            del self._ask_again[feed]
+            if feed not in self.source.wanted:
+                continue
+            for conn in self._conns.values():
+                if (
+                    conn.session is not None
+                    and not conn.closing
+                    and conn.session.peer_seq(feed) > (self.store.latest_seq(feed))
+                ):
+                    conn.session.resubscribe(feed, now)
+                    self._touch(conn)
         maintain = now >= self._maintain_at
         if due or maintain:
             # Timer coalescing: the channels give their keepalives up to
@@ -785,9 +805,15 @@ class Replicator:
                 fault = ("entries.malformed", "entries do not match their header")
                 break
             entries.append(entry)
-        report = self.store.ingest_entries(entries)
+        report = self.store.ingest_entries(entries, now_ms=int(now * 1000))
         if fault is not None:
             self._peer_fault(conn, session, *fault, now)
+        elif isinstance(report.error, EntryFromFuture):
+            # Not the relay's fault: ask for the feed again once our clock is near.
+            self.stats["entries.refused_future"] += 1
+            assert report.error_index is not None
+            ahead = entries[report.error_index].timestamp - MAX_AHEAD_MS
+            self._ask_again[event.feed] = max(now + MAINTAIN_EVERY, ahead / 1000)
         elif report.error is not None and not isinstance(report.error, ChainError):
             self._peer_fault(conn, session, "entries.forged", str(report.error), now)
         session.entries_stored(event.feed, now)
@@ -828,7 +854,7 @@ class Replicator:
             return
         for entry in pair:
             with contextlib.suppress(EntryError):  # e.g. we do not hold the feed up to that seq
-                self.store.ingest(entry.raw)
+                self.store.ingest(entry.raw, now_ms=int(now * 1000))
         if self.store.feed_state(event.feed).forked_seq is not None:
             self._fork_found(event.feed, now)
 

@@ -50,6 +50,7 @@ from p2pblog.entry import (
 from p2pblog.errors import (
     ChainError,
     EntryError,
+    EntryFromFuture,
     FeedForkedError,
     LocalProtocolError,
     StoreError,
@@ -342,18 +343,23 @@ class Store:
             self._insert(entry)
         return entry
 
-    def ingest(self, raw: bytes) -> Ingested:
-        """Verify and store an entry from elsewhere; raise `EntryError` if refused."""
+    def ingest(self, raw: bytes, *, now_ms: int | None = None) -> Ingested:
+        """Verify and store an entry from elsewhere; raise `EntryError` if refused.
+
+        With ``now_ms`` (the receiver's clock), an entry stamped more than
+        `limits.MAX_AHEAD_MS` later is refused (`EntryFromFuture`); every
+        ingest of a peer's entries passes it.
+        """
         entry = decode_entry(raw)
         with self.transaction():
-            return self._ingest_decoded(entry)
+            return self._ingest_decoded(entry, now_ms)
 
-    def ingest_many(self, raws: Iterable[bytes]) -> IngestReport:
+    def ingest_many(self, raws: Iterable[bytes], *, now_ms: int | None = None) -> IngestReport:
         """Ingest entries in order until the first refusal; keep the valid prefix.
 
         Entries are verified outside the write lock and committed in batches
         of `limits.INGEST_BATCH`; the report says what was stored and why the
-        rest was refused.
+        rest was refused.  ``now_ms`` bounds timestamps as in `ingest`.
         """
         report = IngestReport()
         batch: list[Entry] = []
@@ -364,29 +370,29 @@ class Store:
             try:
                 batch.append(decode_entry(raw))
             except EntryError as exc:
-                self._ingest_batch(batch, report)
+                self._ingest_batch(batch, report, now_ms)
                 batch = []
                 report.refuse(exc)
                 continue
             if len(batch) >= limits.INGEST_BATCH:
-                self._ingest_batch(batch, report)
+                self._ingest_batch(batch, report, now_ms)
                 batch = []
-        self._ingest_batch(batch, report)
+        self._ingest_batch(batch, report, now_ms)
         return report
 
-    def ingest_entries(self, entries: Iterable[Entry]) -> IngestReport:
+    def ingest_entries(self, entries: Iterable[Entry], *, now_ms: int | None = None) -> IngestReport:
         """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked)."""
         report = IngestReport()
         batch: list[Entry] = []
         for entry in entries:
             batch.append(entry)
             if len(batch) >= limits.INGEST_BATCH:
-                self._ingest_batch(batch, report)
+                self._ingest_batch(batch, report, now_ms)
                 batch = []
-        self._ingest_batch(batch, report)
+        self._ingest_batch(batch, report, now_ms)
         return report
 
-    def _ingest_batch(self, batch: list[Entry], report: IngestReport) -> None:
+    def _ingest_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
         if not batch:
             return
         with self.transaction():
@@ -395,7 +401,7 @@ class Store:
                     report.refused += 1
                     continue
                 try:
-                    outcome = self._ingest_decoded(entry)
+                    outcome = self._ingest_decoded(entry, now_ms)
                 except EntryError as exc:
                     report.refuse(exc)
                     continue
@@ -407,8 +413,9 @@ class Store:
                     report.forks += 1
                     report.fork_seqs.append((entry.author, entry.seq))
 
-    def _ingest_decoded(self, entry: Entry) -> Ingested:
+    def _ingest_decoded(self, entry: Entry, now_ms: int | None) -> Ingested:
         # Every check comes before the first write: an entry is stored whole or not at all.
+        check_not_ahead(entry, now_ms)
         state = self.feed_state(entry.author)
         if entry.seq <= state.latest_seq:
             row = self._db.execute(
@@ -632,8 +639,10 @@ class Store:
 
         A post's mentions are indexed as a replicated post's are.  A delete
         entry retracts a stored entry of the same author with a lower seq.
-        Returns False if the entry was already stored.
+        Returns False if the entry was already stored; raises `EntryFromFuture`
+        if it is stamped more than `limits.MAX_AHEAD_MS` after ``received``.
         """
+        check_not_ahead(entry, received)
         if self.has_entry(entry.id):
             return False
         with self.transaction():
@@ -846,6 +855,15 @@ class Store:
             if state.forked_seq is not None:
                 report.problems.append(f"{name}: feed is forked at seq {state.forked_seq} (proof kept)")
         return report
+
+
+def check_not_ahead(entry: Entry, now_ms: int | None) -> None:
+    """Raise `EntryFromFuture` if entry is stamped more than `limits.MAX_AHEAD_MS` after now_ms."""
+    if now_ms is not None and entry.timestamp > now_ms + limits.MAX_AHEAD_MS:
+        raise EntryFromFuture(
+            f"seq {entry.seq} is stamped {(entry.timestamp - now_ms) / 3_600_000:.1f} hours ahead of "
+            f"our clock; the limit is {limits.MAX_AHEAD_MS // 3_600_000} hours"
+        )
 
 
 def _text(value: Any) -> str:

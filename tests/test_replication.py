@@ -657,3 +657,28 @@ def test_a_failure_reported_for_an_open_connection_frees_the_peer(open_store: Op
     entry = post(a, A, "after the reconnect", wire.now)
     wire.settle()
     assert entry.id in ids(b.store, A.public_key)
+
+
+def test_an_entry_from_the_future_waits_and_its_relay_is_not_blamed(open_store: OpenStore) -> None:
+    """A's feed holds an entry stamped two days ahead of B's clock: B keeps the
+    entries before it, refuses that one without blaming A, and takes it once
+    its clock is within a day of the timestamp."""
+    now_ms = int(T0 * 1000)
+    store_a = open_store("a")
+    first = store_a.append(A, POST, post_body("now"), now_ms)
+    ahead = store_a.append(A, POST, post_body("later"), now_ms + 2 * 86_400_000)
+    wire = Wire()
+    a = make_core(A, store_a, seed=1)
+    b = make_core(B, open_store("b"), seed=2)
+    wire.add("a", a, HOST["a"])
+    wire.add("b", b, HOST["b"])
+    assert b.follow(A.public_key, wire.now) is not None
+    b.replicator.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
+    wire.settle()
+    assert ids(b.store, A.public_key) == [first.id]
+    assert b.replicator.stats["entries.refused_future"] >= 1
+    assert b.replicator.stats["entries.forged"] == 0
+    assert b.replicator.is_connected(A.public_key)
+    wire.advance(86_400 + 60)
+    wire.settle()
+    assert ids(b.store, A.public_key) == [first.id, ahead.id]

@@ -156,7 +156,7 @@ def test_a_stranger_s_mention_with_a_stamp_is_admitted_without_the_feed(
 ) -> None:
     wire, cores = net("abc")
     parent = cores["a"].post("a post of A", wire.now)
-    cores["b"].store.add_loose(parent, 0)  # B saw A's post (e.g. as someone's mention)
+    cores["b"].store.add_loose(parent, int(wire.now * 1000))  # B saw A's post (e.g. as someone's mention)
     reply = cores["b"].post("I disagree", wire.now, reply_to=parent.id)
     assert reply.mentions == (A.public_key,)  # a reply mentions the parent's author
     wire.advance(1)  # resolve A, connect, send: no waiting for a retry or a maintenance pass

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from identity import Identity
+from identity import Identity, limits
 from p2pblog.entry import DELETE, FOLLOW, POST, UNFOLLOW, create_entry, post_body
-from p2pblog.errors import ChainError, EntrySignatureError, FeedForkedError, StoreError
+from p2pblog.errors import ChainError, EntryFromFuture, EntrySignatureError, FeedForkedError, StoreError
 from p2pblog.store import SCHEMA_VERSION, Ingested, Store
 from tests.feeds import T0, make_chain, make_entry
 
+DAY_MS = 24 * 3600 * 1000
 ME = Identity(bytes([1]) * 32)
 ALICE = Identity(bytes([2]) * 32)
 BOB = Identity(bytes([3]) * 32)
@@ -264,3 +265,24 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
         assert store.schema_version == SCHEMA_VERSION
         store.save_contacts([(b"\x01" * 20, "127.0.0.1", 1, 0.0)])
         assert len(store.load_contacts()) == 1
+
+
+def test_an_entry_stamped_more_than_a_day_ahead_waits_for_our_clock(store: Store) -> None:
+    """A far-future timestamp is refused at ingest (it would break every display
+    sorted by time); the feed waits and the entry is accepted once it is near."""
+    ok = make_entry(ALICE, 1, None)
+    ahead = create_entry(ALICE, seq=2, prev=ok.id, timestamp=T0 + 2 * DAY_MS, kind=POST, body=post_body("x"))
+    report = store.ingest_many([ok.raw, ahead.raw], now_ms=T0)
+    assert (report.accepted, report.refused) == (1, 1)
+    assert isinstance(report.error, EntryFromFuture)
+    with pytest.raises(EntryFromFuture):
+        store.ingest(ahead.raw, now_ms=T0)
+    assert store.latest_seq(ALICE.public_key) == 1
+    assert store.ingest(ahead.raw, now_ms=T0 + DAY_MS + 1) is Ingested.ACCEPTED
+    # The largest timestamp the format allows is never accepted from a peer.
+    top = create_entry(
+        BOB, seq=1, prev=None, timestamp=limits.MAX_TIMESTAMP_MS, kind=POST, body=post_body("y")
+    )
+    with pytest.raises(EntryFromFuture):
+        store.add_loose(top, T0)
+    assert not store.has_entry(top.id)
