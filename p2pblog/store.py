@@ -158,6 +158,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (entry_id, recipient)
     ) WITHOUT ROWID;
     """,
+    # 5: peer scores and bans, kept across restarts (`p2pblog.dialing`).  ``subject``
+    # is a public key or an address prefix (e.g. ``b"ip:203.0.113.0/24"``).
+    """
+    CREATE TABLE peer_scores (
+        subject       BLOB PRIMARY KEY,
+        score         REAL NOT NULL,
+        banned_until  REAL NOT NULL,
+        updated       REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -808,6 +818,29 @@ class Store:
             text = host.decode("utf-8", "replace") if isinstance(host, bytes) else str(host)
             out.append((bytes(key), text, int(port), float(when)))
         return out
+
+    # -- peer scores --------------------------------------------------------------
+
+    def save_peer_scores(self, rows: Iterable[tuple[bytes, float, float, float]]) -> None:
+        """Replace the saved peer scores: ``(subject, score, banned_until, updated)`` rows.
+
+        The caller bounds how many it keeps; this stores what it is given.
+        """
+        with self.transaction():
+            self._db.execute("DELETE FROM peer_scores")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO peer_scores (subject, score, banned_until, updated) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def load_peer_scores(self, limit: int) -> list[tuple[bytes, float, float, float]]:
+        """Up to limit saved peer scores, the most recently updated first."""
+        rows = self._db.execute(
+            "SELECT subject, score, banned_until, updated FROM peer_scores ORDER BY updated DESC LIMIT ?",
+            (limit,),
+        )
+        return [(bytes(k), float(s), float(b), float(u)) for k, s, b, u in rows]
 
     # -- checking -----------------------------------------------------------------
 

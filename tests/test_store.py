@@ -286,3 +286,14 @@ def test_an_entry_stamped_more_than_a_day_ahead_waits_for_our_clock(store: Store
     with pytest.raises(EntryFromFuture):
         store.add_loose(top, T0)
     assert not store.has_entry(top.id)
+
+
+def test_peer_scores_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    with Store(path) as s:
+        s.save_peer_scores([(b"k" * 32, -40.0, 1e9, 5.0), (b"ip:10.0.0.0/24", -5.0, 0.0, 6.0)])
+    with Store(path) as s:
+        assert s.load_peer_scores(10) == [(b"ip:10.0.0.0/24", -5.0, 0.0, 6.0), (b"k" * 32, -40.0, 1e9, 5.0)]
+        assert len(s.load_peer_scores(1)) == 1
+        s.save_peer_scores([])
+        assert s.load_peer_scores(10) == []
