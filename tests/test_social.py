@@ -22,7 +22,7 @@ from identity import Identity, encode_handle
 from identity.limits import MENTION_WORK, NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, NOTICE_DOMAIN, name_subject, notice_subject, solve, work_bits
 from identity.records import RecordError
-from p2pblog.entry import entry_id, post_body
+from p2pblog.entry import POST, create_entry, entry_id, post_body
 from p2pblog.node import MentionAdmitted, MentionDelivered, NameResolved, NodeCore
 from p2pblog.store import Store
 from tests.feeds import make_entry
@@ -335,3 +335,25 @@ def test_undelivered_notices_survive_a_restart(
     wire.advance(120)
     assert [i.entry.id for i in restarted_a.store.mentions(A.public_key)] == [post.id]
     assert restarted_b.store.outbox() == []
+
+
+def test_a_mention_stamped_days_ahead_is_refused_for_now(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
+) -> None:
+    """A stranger's notice stamped far in the future (it would sort first in the
+    victim's `mentions` forever) is refused as "try later", with full work paid."""
+    wire, cores = net("ac")
+    ahead = create_entry(
+        E,
+        seq=1,
+        prev=None,
+        timestamp=2**53 - 1,
+        kind=POST,
+        body=post_body(f"hi {encode_handle(A.public_key)}", also_mention=A.public_key),
+    )
+    stamp = solve(NOTICE_DOMAIN, notice_subject(A.public_key, ahead.id), 20)
+    status, _ = cores["a"].admission.admit(E.public_key, ahead.raw, stamp, wire.now)
+    assert status == MentionStatus.BUSY
+    assert cores["a"].mention_stats["mentions.refused_future"] == 1
+    assert not cores["a"].store.has_entry(ahead.id)
+    assert cores["a"].store.mentions(A.public_key) == []
