@@ -77,16 +77,51 @@ its frames ahead of queued ENTRIES batches in every `frames_to_send`, so a
 long catch-up does not delay them.  A received MENTION costs `MENTION_COST`
 control tokens.
 
-*Bounds.*  Per peer, everything is bounded whatever the peer or the driver
-does: data frames waiting for `frames_to_send` are at most ``window`` ENTRIES
-batches plus `MAX_QUEUED_FORK_PROOFS` proofs (more are dropped and counted),
-`MAX_QUEUED_MENTIONS` MENTIONs (`send_mention` returns False beyond) and
-`MAX_QUEUED_MENTION_ACKS` MENTION_ACKs (more are dropped and counted);
-HAVE/WANT/ACK/CLOCK are coalesced per feed until sent; received batches not
-yet acknowledged are at most `MAX_BATCHES_IN_FLIGHT` (the peer's excess is
-dropped as misbehaviour); feeds tracked for the peer's clock beyond our own
-are at most `MAX_PEER_FEEDS`; notices and mention events in the event queue
-at most `MAX_QUEUED_NOTICES` together (further ones are only counted).
+*Peer-named feeds.*  A peer's CLOCK may name any feed; we need state only
+for feeds we can serve or want.  A feed we want, or hold (`latest_seq` > 0),
+gets a full `_Feed` record; one we neither want nor hold gets only the
+peer's note as one int (``seq << 1 | lazy``, about 130 bytes with its key,
+against about 300 for a record), kept so that if we come to want or hold it
+during the session (`wants_changed`, `feed_updated`, `fork_found`) the note
+becomes a record and we serve the peer from what it declared, without
+resending what it holds.  Feeds the peer names that we do not want (held or
+noted) are at most `GossipConfig.max_peer_feeds` per session; the noted ones
+also take one unit each of a `PeerFeedBudget` that the node shares between
+its sessions (`PEER_FEED_BUDGET` units), given back when the peer's note
+says -1, when we come to want or hold the feed, and when the session
+closes.  Past either bound further feeds are dropped and counted
+(``drop.too many peer feeds``, ``drop.peer feed budget spent``); a dropped
+note costs us only pushes of a feed we might follow later in this session.
+Feeds we want never count, so honest replication of what we follow is
+untouched by strangers.  Without a shared budget a session gets a private
+one of ``max_peer_feeds`` units (only the per-session bound then applies).
+
+*Bounds.*  Per peer, everything a peer can grow is bounded whatever the peer
+or the driver does:
+
+==========================  ==================================================
+what                        bound
+==========================  ==================================================
+feed records, notes         feeds we want + `GossipConfig.max_peer_feeds`;
+                            notes also share the node's `PeerFeedBudget`
+ENTRIES frames queued       ``window`` batches (<= 1 MiB each), read from the
+                            source only when an ACK frees the window
+FORK_PROOF frames queued    `MAX_QUEUED_FORK_PROOFS` (more dropped, counted)
+fork proofs remembered      `MAX_FORK_SEQS` (sent + received; more dropped)
+MENTION / MENTION_ACK       `MAX_QUEUED_MENTIONS` (`send_mention` False) /
+                            `MAX_QUEUED_MENTION_ACKS` (more dropped, counted)
+CLOCK/HAVE/WANT/ACK pending  one entry per tracked feed (coalesced until sent);
+                            ACKs also at most `MAX_BATCHES_IN_FLIGHT` batches
+received, unacknowledged    `MAX_BATCHES_IN_FLIGHT` (the excess is misbehaviour)
+WANT timers                 one live heap entry per feed we want (a HAVE
+                            arms one only if none is armed); a stale entry
+                            (we stopped wanting) lasts at most ``want_delay``
+event queue                 ``window`` EntriesReceived + `MAX_QUEUED_NOTICES`
+                            notices and mention events (more only counted)
+stats                       fixed names, plus the node's reasons, at most
+                            ``misbehaviour_limit`` of them
+control messages            the `CONTROL_RATE` token bucket
+==========================  ==================================================
 
 *Bad input.*  A malformed frame, entries for a feed we never wanted, entries
 that skip seqs, more unacknowledged batches than the window, a declared seq
@@ -194,11 +229,12 @@ MAX_FORK_SEQS: Final = 1024
 #: Feeds the peer names in its clock that we do not want, per session (see
 #: "Peer-named feeds" in the module docstring).  An honest peer names the
 #: feeds it replicates (its follows); 4,096 covers all but the heaviest
-#: followers, at about 180 bytes each when we do not hold the feed.
+#: followers: about 0.5 MB of notes (130 bytes each, measured with
+#: tracemalloc) or 1.2 MB of records of feeds we hold (300 bytes each).
 MAX_PEER_FEEDS: Final = 4096
 #: Feeds named by peers that we neither want nor hold, across all sessions
-#: sharing one `PeerFeedBudget` (the node's): about 12 MB at the measured
-#: 180 bytes each, 16 peers' worth of full clocks.
+#: sharing one `PeerFeedBudget` (the node's): about 8.5 MB at 130 bytes
+#: each, sixteen peers' worth of full clocks.
 PEER_FEED_BUDGET: Final = 65_536
 #: Notices (`PeerMisbehaved`, `MessageDropped`, `EntriesRefused`,
 #: `ForkProofReceived`) and mention events (`MentionReceived`, `MentionAcked`)
@@ -944,6 +980,7 @@ class GossipSession:
             self._refresh(feed)
 
     def _on_clock(self, message: Clock) -> None:
+        dropped = self.stats["drop.too many peer feeds"] + self.stats["drop.peer feed budget spent"]
         for feed, note in message.notes.items():
             st = self._feeds.get(feed)
             if st is None:
@@ -968,6 +1005,9 @@ class GossipSession:
                     st.sent = st.peer_known
                 self._send_fork_proofs(feed, st)
             self._refresh(feed)
+        dropped = self.stats["drop.too many peer feeds"] + self.stats["drop.peer feed budget spent"] - dropped
+        if dropped:  # one notice per CLOCK, not per feed: a CLOCK names up to 10,000
+            self._notice(MessageDropped(f"peer feeds: {dropped} of {len(message.notes)} not tracked"))
 
     def _on_have(self, message: Have) -> None:
         for feed, seq in message.seqs.items():
@@ -1182,7 +1222,7 @@ class GossipSession:
         if note is None:  # it stops wanting a feed we never tracked: nothing to forget
             return None
         if self.peer_feeds >= self.config.max_peer_feeds:
-            self._dropped("too many peer feeds")
+            self.stats["drop.too many peer feeds"] += 1
             return None
         if self._source.latest_seq(feed) > 0:
             # We can serve it: full state, bounded per session but not by the budget.
@@ -1190,7 +1230,7 @@ class GossipSession:
             st = self._feeds[feed] = _Feed()
             return st
         if not self._budget.take():
-            self._dropped("peer feed budget spent")
+            self.stats["drop.peer feed budget spent"] += 1
             return None
         self._notes[feed] = _note_bits(note)
         return None
