@@ -166,7 +166,7 @@ import enum
 import heapq
 from collections import Counter, deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gossip.mentions import MAX_QUEUED_MENTION_ACKS as MAX_QUEUED_MENTION_ACKS
