@@ -14,7 +14,9 @@ Modules:
   machine: EBT clock exchange, batched catch-up with an ACK window, live push,
   Plumtree eager/lazy fan-out with HAVE/WANT repair, fork proofs, mention
   notices (`send_mention`/`MentionReceived`, `ack_mention`/`MentionAcked`),
-  misbehaviour scoring; it reads the node's feeds through a `FeedSource`.
+  misbehaviour scoring; it reads the node's feeds through a `FeedSource`,
+  and the node's sessions share one `PeerFeedBudget` for the feeds peers
+  name that it neither wants nor holds.
 - `gossip.mentions`: `MentionNotices`, the part of a session that owns the
   MENTION / MENTION_ACK exchange (queues, pairing, sending budget) and its
   events; `gossip.session` re-exports the events and constants.
@@ -37,6 +39,7 @@ from gossip.session import (
     MentionAcked,
     MentionReceived,
     MessageDropped,
+    PeerFeedBudget,
     PeerMisbehaved,
     SessionFailed,
     SessionState,
@@ -70,6 +73,7 @@ __all__ = [
     "MentionStatus",
     "MessageDropped",
     "NoiseError",
+    "PeerFeedBudget",
     "PeerMisbehaved",
     "SecureChannel",
     "SessionFailed",

@@ -77,16 +77,51 @@ its frames ahead of queued ENTRIES batches in every `frames_to_send`, so a
 long catch-up does not delay them.  A received MENTION costs `MENTION_COST`
 control tokens.
 
-*Bounds.*  Per peer, everything is bounded whatever the peer or the driver
-does: data frames waiting for `frames_to_send` are at most ``window`` ENTRIES
-batches plus `MAX_QUEUED_FORK_PROOFS` proofs (more are dropped and counted),
-`MAX_QUEUED_MENTIONS` MENTIONs (`send_mention` returns False beyond) and
-`MAX_QUEUED_MENTION_ACKS` MENTION_ACKs (more are dropped and counted);
-HAVE/WANT/ACK/CLOCK are coalesced per feed until sent; received batches not
-yet acknowledged are at most `MAX_BATCHES_IN_FLIGHT` (the peer's excess is
-dropped as misbehaviour); feeds tracked for the peer's clock beyond our own
-are at most `MAX_PEER_FEEDS`; notices and mention events in the event queue
-at most `MAX_QUEUED_NOTICES` together (further ones are only counted).
+*Peer-named feeds.*  A peer's CLOCK may name any feed; we need state only
+for feeds we can serve or want.  A feed we want, or hold (`latest_seq` > 0),
+gets a full `_Feed` record; one we neither want nor hold gets only the
+peer's note as one int (``seq << 1 | lazy``, about 130 bytes with its key,
+against about 300 for a record), kept so that if we come to want or hold it
+during the session (`wants_changed`, `feed_updated`, `fork_found`) the note
+becomes a record and we serve the peer from what it declared, without
+resending what it holds.  Feeds the peer names that we do not want (held or
+noted) are at most `GossipConfig.max_peer_feeds` per session; the noted ones
+also take one unit each of a `PeerFeedBudget` that the node shares between
+its sessions (`PEER_FEED_BUDGET` units), given back when the peer's note
+says -1, when we come to want or hold the feed, and when the session
+closes.  Past either bound further feeds are dropped and counted
+(``drop.too many peer feeds``, ``drop.peer feed budget spent``); a dropped
+note costs us only pushes of a feed we might follow later in this session.
+Feeds we want never count, so honest replication of what we follow is
+untouched by strangers.  Without a shared budget a session gets a private
+one of ``max_peer_feeds`` units (only the per-session bound then applies).
+
+*Bounds.*  Per peer, everything a peer can grow is bounded whatever the peer
+or the driver does:
+
+==========================  ==================================================
+what                        bound
+==========================  ==================================================
+feed records, notes         feeds we want + `GossipConfig.max_peer_feeds`;
+                            notes also share the node's `PeerFeedBudget`
+ENTRIES frames queued       ``window`` batches (<= 1 MiB each), read from the
+                            source only when an ACK frees the window
+FORK_PROOF frames queued    `MAX_QUEUED_FORK_PROOFS` (more dropped, counted)
+fork proofs remembered      `MAX_FORK_SEQS` (sent + received; more dropped)
+MENTION / MENTION_ACK       `MAX_QUEUED_MENTIONS` (`send_mention` False) /
+                            `MAX_QUEUED_MENTION_ACKS` (more dropped, counted)
+CLOCK/HAVE/WANT/ACK pending  one entry per tracked feed (coalesced until sent);
+                            ACKs also at most `MAX_BATCHES_IN_FLIGHT` batches
+received, unacknowledged    `MAX_BATCHES_IN_FLIGHT` (the excess is misbehaviour)
+WANT timers                 one live heap entry per feed we want (a HAVE
+                            arms one only if none is armed); a stale entry
+                            (we stopped wanting) lasts at most ``want_delay``
+event queue                 ``window`` EntriesReceived + `MAX_QUEUED_NOTICES`
+                            notices and mention events (more only counted)
+stats                       fixed names, plus the node's reasons, at most
+                            ``misbehaviour_limit`` of them
+control messages            the `CONTROL_RATE` token bucket
+==========================  ==================================================
 
 *Bad input.*  A malformed frame, entries for a feed we never wanted, entries
 that skip seqs, more unacknowledged batches than the window, a declared seq
@@ -131,7 +166,7 @@ import enum
 import heapq
 from collections import Counter, deque
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 from gossip.mentions import MAX_QUEUED_MENTION_ACKS as MAX_QUEUED_MENTION_ACKS
@@ -186,8 +221,21 @@ NOTES_PER_TOKEN: Final = 100
 MISBEHAVIOUR_LIMIT: Final = 8
 #: Fork proofs waiting to be sent; more are dropped (and counted).
 MAX_QUEUED_FORK_PROOFS: Final = 64
-#: Feeds we track for the peer beyond those we want ourselves (its clock).
-MAX_PEER_FEEDS: Final = 65_536
+#: Fork proofs (feed, seq) one session remembers as exchanged, sent or
+#: received; beyond it further ones are dropped (and counted).  A fork is
+#: rare and one proof per feed marks it forked; a peer could otherwise name a
+#: new seq in every FORK_PROOF of a feed it authors.
+MAX_FORK_SEQS: Final = 1024
+#: Feeds the peer names in its clock that we do not want, per session (see
+#: "Peer-named feeds" in the module docstring).  An honest peer names the
+#: feeds it replicates (its follows); 4,096 covers all but the heaviest
+#: followers: about 0.5 MB of notes (130 bytes each, measured with
+#: tracemalloc) or 1.2 MB of records of feeds we hold (300 bytes each).
+MAX_PEER_FEEDS: Final = 4096
+#: Feeds named by peers that we neither want nor hold, across all sessions
+#: sharing one `PeerFeedBudget` (the node's): about 8.5 MB at 130 bytes
+#: each, sixteen peers' worth of full clocks.
+PEER_FEED_BUDGET: Final = 65_536
 #: Notices (`PeerMisbehaved`, `MessageDropped`, `EntriesRefused`,
 #: `ForkProofReceived`) and mention events (`MentionReceived`, `MentionAcked`)
 #: kept in the event queue, together, before further ones are only counted.
@@ -207,6 +255,7 @@ class GossipConfig:
     misbehaviour_limit: int = MISBEHAVIOUR_LIMIT
     max_queued_fork_proofs: int = MAX_QUEUED_FORK_PROOFS
     max_peer_feeds: int = MAX_PEER_FEEDS
+    max_fork_seqs: int = MAX_FORK_SEQS
     max_queued_notices: int = MAX_QUEUED_NOTICES
     max_queued_mentions: int = MAX_QUEUED_MENTIONS
     max_queued_mention_acks: int = MAX_QUEUED_MENTION_ACKS
@@ -227,11 +276,42 @@ class GossipConfig:
             self.misbehaviour_limit,
             self.max_queued_fork_proofs,
             self.max_peer_feeds,
+            self.max_fork_seqs,
             self.max_queued_mentions,
             self.max_queued_mention_acks,
         )
         if min(limits) < 1:
             raise LocalProtocolError("limits must be >= 1")
+
+
+class PeerFeedBudget:
+    """Feeds named by peers that we neither want nor hold, counted across the
+    sessions that share this object (one per node; see "Peer-named feeds" in
+    the module docstring).  Sans-IO plain counting: a session takes one unit
+    per such feed it remembers and gives it back when it forgets the feed,
+    starts to want or hold it, or closes."""
+
+    def __init__(self, limit: int = PEER_FEED_BUDGET) -> None:
+        if limit < 0:
+            raise LocalProtocolError("a peer feed budget is >= 0")
+        self.limit = limit
+        #: Units held by sessions now.
+        self.used = 0
+        #: Peer-named feeds refused because the budget was spent.
+        self.refused = 0
+
+    def take(self) -> bool:
+        """One unit, or False (counted in ``refused``) if the budget is spent."""
+        if self.used >= self.limit:
+            self.refused += 1
+            return False
+        self.used += 1
+        return True
+
+    def give_back(self, units: int = 1) -> None:
+        if not 0 <= units <= self.used:
+            raise LocalProtocolError(f"giving back {units} of {self.used} units")
+        self.used -= units
 
 
 class FeedSource(Protocol):
@@ -346,6 +426,11 @@ def _cost(message: Message) -> float:
     return 1 + feeds // NOTES_PER_TOKEN
 
 
+def _note_bits(note: Note) -> int:
+    """A peer's note as one int, ``seq << 1 | lazy`` (as on the wire, and smaller than a `Note`)."""
+    return note.seq << 1 | (not note.push)
+
+
 # --- state ----------------------------------------------------------------------------------
 
 
@@ -429,8 +514,9 @@ class _Feed:
     want_deadline: float | None = None
     #: Highest seq our WANTs asked for.
     wanted_until: int = 0
-    #: Fork proof seqs sent to or received from the peer.
-    forks: set[int] = field(default_factory=set)
+    #: Fork proof seqs sent to or received from the peer (None: none yet, which
+    #: saves an empty set, 216 bytes, on every feed).
+    forks: set[int] | None = None
 
 
 @dataclass(slots=True)
@@ -449,8 +535,13 @@ class GossipSession:
         eager: bool = True,
         config: GossipConfig | None = None,
         now: float = 0.0,
+        peer_feed_budget: PeerFeedBudget | None = None,
     ) -> None:
         self.config = config if config is not None else GossipConfig()
+        # Without a shared budget, a private one: only the per-session bound applies.
+        self._budget = (
+            peer_feed_budget if peer_feed_budget is not None else PeerFeedBudget(self.config.max_peer_feeds)
+        )
         self._source = source
         self._eager = eager
         self._state = SessionState.IDLE
@@ -460,7 +551,13 @@ class GossipSession:
         #: Protocol violations by the peer so far (ours and the node's reports).
         self.misbehaviour = 0
         self._feeds: dict[bytes, _Feed] = {}
+        #: Peer-named feeds we do not want but hold, tracked in `_feeds`.
         self._peer_feeds = 0
+        #: Peer-named feeds we neither want nor hold: only the peer's note,
+        #: ``seq << 1 | lazy``, each holding a unit of `_budget`.
+        self._notes: dict[bytes, int] = {}
+        #: Fork proof seqs in all `_Feed.forks` sets.
+        self._fork_seqs = 0
         # Sending: feeds with entries to send (an ordered set, round-robin),
         # batches awaiting ACK as (feed, last seq), and encoded data frames.
         self._ready: dict[bytes, None] = {}
@@ -595,12 +692,40 @@ class GossipSession:
 
     def peer_wants(self, feed: bytes) -> bool:
         st = self._feeds.get(feed)
-        return st is not None and st.peer_wants
+        return feed in self._notes if st is None else st.peer_wants
 
     def peer_seq(self, feed: bytes) -> int:
         """The highest seq of feed the peer is known to hold."""
         st = self._feeds.get(feed)
-        return 0 if st is None else st.peer_known
+        if st is None:
+            return self._notes.get(feed, 0) >> 1
+        return st.peer_known
+
+    @property
+    def peer_feeds(self) -> int:
+        """Feeds the peer named that we did not want, tracked now (<= `GossipConfig.max_peer_feeds`)."""
+        return self._peer_feeds + len(self._notes)
+
+    @property
+    def noted_feeds(self) -> int:
+        """Of those, the ones we neither want nor hold: units of the `PeerFeedBudget` held."""
+        return len(self._notes)
+
+    @property
+    def tracked_feeds(self) -> int:
+        """Every feed the session keeps anything about."""
+        return len(self._feeds) + len(self._notes)
+
+    @property
+    def fork_seqs(self) -> int:
+        """Fork proofs remembered as exchanged (<= `GossipConfig.max_fork_seqs`)."""
+        return self._fork_seqs
+
+    @property
+    def pending_timers(self) -> int:
+        """Entries in the WANT timer heap (<= feeds we want, plus stale ones of wants we
+        dropped within `GossipConfig.want_delay`)."""
+        return len(self._want_timers)
 
     def is_eager(self, feed: bytes) -> bool:
         """Whether we push feed to the peer (if the peer asks for pushes)."""
@@ -648,12 +773,17 @@ class GossipSession:
     def feed_updated(self, feed: bytes, now: float) -> None:
         """The node stored new entries of feed: push them, or announce them (HAVE)."""
         if self._enter("feed_updated", now):
+            if feed in self._notes:
+                self._promote(feed, counted=True)
             self._refresh(feed)
             self._pump()
 
     def fork_found(self, feed: bytes, now: float) -> None:
         """The node holds a new fork proof of feed: pass it on if the peer wants the feed."""
         if self._enter("fork_found", now):
+            if feed in self._notes:
+                self._promote(feed, counted=True)  # sends the proofs
+                return
             st = self._feeds.get(feed)
             if st is not None and st.peer_wants:
                 self._send_fork_proofs(feed, st)
@@ -688,7 +818,8 @@ class GossipSession:
             self._check_feed(feed)
             st = self._feeds.get(feed)
             if st is None:
-                st = self._feeds[feed] = _Feed()
+                st = self._promote(feed, counted=True) if feed in self._notes else _Feed()
+                self._feeds[feed] = st
             st.eager = eager
             self._refresh(feed)
         self._pump()
@@ -849,10 +980,13 @@ class GossipSession:
             self._refresh(feed)
 
     def _on_clock(self, message: Clock) -> None:
+        dropped = self.stats["drop.too many peer feeds"] + self.stats["drop.peer feed budget spent"]
         for feed, note in message.notes.items():
-            st = self._peer_feed(feed)
+            st = self._feeds.get(feed)
             if st is None:
-                continue
+                st = self._peer_feed(feed, note)
+                if st is None:
+                    continue
             if note is None:
                 st.peer_wants = False
                 st.pull_to = 0
@@ -871,6 +1005,9 @@ class GossipSession:
                     st.sent = st.peer_known
                 self._send_fork_proofs(feed, st)
             self._refresh(feed)
+        dropped = self.stats["drop.too many peer feeds"] + self.stats["drop.peer feed budget spent"] - dropped
+        if dropped:  # one notice per CLOCK, not per feed: a CLOCK names up to 10,000
+            self._notice(MessageDropped(f"peer feeds: {dropped} of {len(message.notes)} not tracked"))
 
     def _on_have(self, message: Have) -> None:
         for feed, seq in message.seqs.items():
@@ -895,6 +1032,14 @@ class GossipSession:
 
     def _on_want(self, message: Want) -> None:
         for feed, from_seq in message.from_seqs.items():
+            noted = self._notes.get(feed)
+            if noted is not None:
+                # We hold none of it: nothing to send, but the seq is a declaration.
+                if from_seq - 1 < noted >> 1:
+                    self._misbehaved("clock went backwards", f"{from_seq - 1} < {noted >> 1}")
+                else:
+                    self._notes[feed] = (from_seq - 1) << 1 | (noted & 1)
+                continue
             st = self._feeds.get(feed)
             if st is None or not st.peer_wants:
                 self._misbehaved("want for a feed not in its clock")
@@ -909,10 +1054,11 @@ class GossipSession:
         if st is None or not st.ever_wanted:
             self._misbehaved("unsolicited fork proof")
             return
-        if message.seq in st.forks:
+        if st.forks is not None and message.seq in st.forks:
             self._dropped("fork proof already exchanged")
             return
-        st.forks.add(message.seq)
+        if not self._remember_fork(st, message.seq):
+            return
         self._notice(ForkProofReceived(message.feed, message.seq, message.first, message.second))
 
     def _on_mention(self, message: Mention) -> None:
@@ -1005,17 +1151,29 @@ class GossipSession:
 
     def _send_fork_proofs(self, feed: bytes, st: _Feed) -> None:
         for seq, first, second in self._source.fork_proofs(feed):
-            if seq in st.forks:
+            if st.forks is not None and seq in st.forks:
                 continue
             if self._queued_proofs >= self.config.max_queued_fork_proofs:
                 self._dropped("fork proof queue full")
                 return
-            st.forks.add(seq)
+            if not self._remember_fork(st, seq):
+                return
             frame = encode_message(ForkProof(feed, seq, first, second))
             self._data.append(frame)
             self._data_bytes += len(frame)
             self._queued_proofs += 1
             self.stats["tx.fork_proofs"] += 1
+
+    def _remember_fork(self, st: _Feed, seq: int) -> bool:
+        """Note a fork proof as exchanged; False (counted) past `GossipConfig.max_fork_seqs`."""
+        if self._fork_seqs >= self.config.max_fork_seqs:
+            self._dropped("fork proof table full")
+            return False
+        if st.forks is None:
+            st.forks = set()
+        st.forks.add(seq)
+        self._fork_seqs += 1
+        return True
 
     # ============================================================ helpers
 
@@ -1038,22 +1196,58 @@ class GossipSession:
         self._check_feed(feed)
         st = self._feeds.get(feed)
         if st is None:
-            st = self._feeds[feed] = _Feed()
+            st = self._promote(feed, counted=False) if feed in self._notes else _Feed()
+            self._feeds[feed] = st
         if not st.we_want:
             st.we_want = st.ever_wanted = True
             self._clock_pending[feed] = None
             # Resubscribed: the peer may have announced entries meanwhile.
             self._expect(feed, st, st.peer_known)
 
-    def _peer_feed(self, feed: bytes) -> _Feed | None:
-        """The record of a feed the peer names; None (counted) past `max_peer_feeds`."""
-        st = self._feeds.get(feed)
-        if st is None:
-            if self._peer_feeds >= self.config.max_peer_feeds:
-                self._dropped("too many peer feeds")
-                return None
+    def _peer_feed(self, feed: bytes, note: Note | None) -> _Feed | None:
+        """A note of a feed we do not track in `_feeds`: its record if we hold the
+        feed, else None (only the note is kept, updated or forgotten, or dropped)."""
+        noted = self._notes.get(feed)
+        if noted is not None:
+            if self._source.latest_seq(feed) > 0:  # we came to hold it (e.g. an import)
+                return self._promote(feed, counted=True)
+            if note is None:
+                del self._notes[feed]
+                self._budget.give_back()
+            elif note.seq < noted >> 1:
+                self._misbehaved("clock went backwards", f"{note.seq} < {noted >> 1}")
+            else:
+                self._notes[feed] = _note_bits(note)
+            return None
+        if note is None:  # it stops wanting a feed we never tracked: nothing to forget
+            return None
+        if self.peer_feeds >= self.config.max_peer_feeds:
+            self.stats["drop.too many peer feeds"] += 1
+            return None
+        if self._source.latest_seq(feed) > 0:
+            # We can serve it: full state, bounded per session but not by the budget.
             self._peer_feeds += 1
             st = self._feeds[feed] = _Feed()
+            return st
+        if not self._budget.take():
+            self.stats["drop.peer feed budget spent"] += 1
+            return None
+        self._notes[feed] = _note_bits(note)
+        return None
+
+    def _promote(self, feed: bytes, *, counted: bool) -> _Feed:
+        """Turn the peer's note of feed into a full record (we now want or hold the
+        feed), give its budget unit back, and send the fork proofs we hold of it.
+        ``counted``: it stays a peer feed we do not want."""
+        noted = self._notes.pop(feed)
+        self._budget.give_back()
+        seq = noted >> 1
+        st = self._feeds[feed] = _Feed(
+            peer_wants=True, peer_push=not noted & 1, peer_declared=seq, peer_known=seq
+        )
+        if counted:
+            self._peer_feeds += 1
+        self._send_fork_proofs(feed, st)
         return st
 
     def _queue_event(self, event: _Bounded, dropped: str) -> bool:
@@ -1085,6 +1279,8 @@ class GossipSession:
 
     def _close(self) -> None:
         self._state = SessionState.CLOSED
+        self._budget.give_back(len(self._notes))
+        self._notes.clear()
         self._ready.clear()
         self._data.clear()
         self._data_bytes = 0
