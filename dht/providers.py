@@ -71,9 +71,9 @@ and refusals, evictions and expiries are counted in ``stats`` by reason
 ``evicted.key_full`` for the per-key bound).
 
 Memory (``tests/dht/test_hostile_stores_memory.py``): a held provider value
-costs about 400 bytes plus its value, so `MAX_PROVIDER_VALUES` values at the
-1 KiB limit take about 24 MB (p2pblog's provider records are about 200
-bytes: about 10 MB).
+costs about 1,000 bytes plus its value (each under its own key, the worst
+case), so `MAX_PROVIDER_VALUES` (12,288) values at the 1 KiB limit take
+about 24 MiB; p2pblog's provider records are about 180 bytes (about 15 MiB).
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ PROVIDER_REPUBLISH_INTERVAL: Final = 12 * 3600.0
 #: Providers held per key (libp2p's GET_PROVIDERS answers with up to k).
 MAX_PROVIDERS_PER_KEY: Final = 20
 #: Received provider values held in all (our own are not counted): about
-#: 24 MB with every value at the 1 KiB limit (module docstring, "Memory").
-MAX_PROVIDER_VALUES: Final = 16384
+#: 24 MiB with every value at the 1 KiB limit (module docstring, "Memory").
+MAX_PROVIDER_VALUES: Final = 12288
 
 
 def distinct_values(key: bytes, value: bytes, now: float) -> bytes | None:
@@ -227,6 +227,8 @@ class ProviderStore:
     ) -> StoreOutcome:
         """Hold ``value`` as its provider's advertisement for ``key`` if the bounds admit it
         (``source``: the sender's IP address; None: local)."""
+        if not published and key not in self._keys and self._capacity.refuses_early(key, source):
+            return StoreOutcome.FULL
         pid = self.provider_id(key, value, now)
         if pid is None:
             return StoreOutcome.INVALID

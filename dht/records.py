@@ -75,14 +75,18 @@ admission policy both stores share (`dht.providers` uses it too):
   strangers' new values out while he refreshes, but cannot push out what was
   held before the flood, nor anything the owner cares about.
 
-Every refusal and eviction is counted in the store's ``stats`` by reason
+Refusals come before the validator where they can (a new key from a source
+that holds its share, or a stranger's new key in a full store), so a flood
+costs a dictionary lookup per value, not a signature check.  Every refusal
+and eviction is counted in the store's ``stats`` by reason
 (``refused.source``, ``refused.full``, ``refused.full_priority``,
 ``evicted.for_priority``), as are drops by expiry (``expired``) and heap
 rebuilds (``timers.compacted``).
 
 Memory (``tests/dht/test_hostile_stores_memory.py`` measures it with
-tracemalloc): a held record costs about 280 bytes plus its value, so
-`MAX_RECORDS` of the largest values (1 KiB) take about 11 MB.
+tracemalloc, with the timer heap at its largest): a held record costs about
+600 bytes plus its value, so `MAX_RECORDS` (4,096) of the largest values
+(1 KiB) take about 6.3 MiB; with `dht.providers`' worst case, about 30 MiB.
 """
 
 from __future__ import annotations
@@ -112,8 +116,8 @@ REPLICATE_INTERVAL: Final = 3600.0
 #: Seconds between republications of a record we published (paper 2.5: 24 h).
 REPUBLISH_INTERVAL: Final = 24 * 3600.0
 #: Received records one node holds at most (our own are not counted): about
-#: 11 MB with every value at the 1 KiB limit (module docstring, "Memory").
-MAX_RECORDS: Final = 8192
+#: 6.3 MiB with every value at the 1 KiB limit (module docstring, "Memory").
+MAX_RECORDS: Final = 4096
 #: One source holds at most 1/SOURCE_SHARE of a store's bound.
 SOURCE_SHARE: Final = 16
 #: A timer heap is rebuilt when it holds more than twice its live items plus this.
@@ -195,6 +199,16 @@ class Capacity(Generic[Item]):
             return False
         self._stats["refused.source"] += 1
         return True
+
+    def refuses_early(self, key: bytes, source: str | None) -> bool:
+        """True (counted) when a value for ``key``, which holds nothing yet, would be refused
+        whatever it is: the store says so before it checks the value (a signature)."""
+        if self.source_full(source):
+            return True
+        if len(self._arrivals) >= self.total and not self.is_priority(key):
+            self._stats["refused.full"] += 1
+            return True
+        return False
 
     def admit(self, key: bytes, source: str | None) -> tuple[bool, Item | None]:
         """May a new value for ``key`` from ``source`` come in, and whom must it evict?
@@ -346,6 +360,8 @@ class RecordStore:
     ) -> StoreOutcome:
         """Hold ``value`` for ``key`` if it is valid, at least as good as what we hold, and
         the bounds admit it (``source``: the sender's IP address; None: local)."""
+        if not published and key not in self._records and self._capacity.refuses_early(key, source):
+            return StoreOutcome.FULL
         if not self.is_valid(key, value, now):
             return StoreOutcome.INVALID
         old = self._records.get(key)
