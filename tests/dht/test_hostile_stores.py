@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from dht import DhtConfig, DhtCore, wire
 from dht.providers import ProviderStore
-from dht.records import TIMER_HEAP_SLACK, RecordStore, StoreOutcome
+from dht.records import TIMER_HEAP_SLACK, RecordStore, StoreOutcome, source_of
 from identity import Identity
 from identity.records import PEER, PROVIDER, create_record, peer_key, provider_key
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
@@ -90,6 +90,8 @@ class RecordStoreHostile(RuleBasedStateMachine):
                 assert outcome is StoreOutcome.FULL
             elif full and not is_priority(key):
                 assert outcome is StoreOutcome.FULL  # the newest stranger is the newcomer
+            elif full and any(not is_priority(k) and not self.store.is_published(k) for k in self.store):
+                assert outcome is StoreOutcome.STORED  # it evicts the newest stranger
         if (
             outcome in (StoreOutcome.STORED, StoreOutcome.REFRESHED)
             and is_priority(key)
@@ -463,3 +465,11 @@ def test_the_core_announces_into_a_full_provider_store() -> None:
     core.start_add_provider(b"\xff\x03" * 10, b"our own", 2.0)
     assert core.providers.get(b"\xff\x03" * 10, 2.0) == [b"our own"]
     assert core.providers.received == 50
+
+
+def test_sources_are_addresses_and_ipv6_slash_64s() -> None:
+    assert source_of("192.0.2.1") == "192.0.2.1"
+    assert source_of("::ffff:192.0.2.1") == "192.0.2.1"
+    assert source_of("2001:db8:1:2:aaaa::1") == source_of("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_of("2001:db8:1:3::1") != source_of("2001:db8:1:2::1")
+    assert source_of("not an address") == "not an address"
