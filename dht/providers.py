@@ -346,6 +346,10 @@ class ProviderStore:
 
     def _push(self, deadline: float, version: int, key: bytes, pid: bytes) -> None:
         heapq.heappush(self._timers, (deadline, version, key, pid))
+        self._compact()
+
+    def _compact(self) -> None:
+        # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
         if heap_is_bloated(len(self._timers), self._count):
             # Insertion order and unique versions: the same inputs give the same heap.
             self._timers = [
@@ -365,6 +369,7 @@ class ProviderStore:
         self._capacity.remove((key, pid))
         if not held:
             del self._keys[key]
+        self._compact()
 
     def _current(self, version: int, key: bytes, pid: bytes) -> _Provider | None:
         entry = self._keys.get(key, {}).get(pid)
