@@ -45,8 +45,13 @@ Bounds and timers:
   Without a rank every value ranks the same, which is the plain rule above.
   Like the validator, the rank sees peers' values (after the validator
   accepted them) and must not raise;
-* at most `max_values` values in all; a new provider is refused (`FULL`)
-  beyond that, as `RecordStore` refuses new keys;
+* at most `max_values` values in all, our own not counted, and at most
+  ``max_values // SOURCE_SHARE`` from one source; beyond that the rules of
+  `dht.records.Capacity` apply, per value: a newcomer for a key that is not
+  a *priority* key is refused (`FULL`), one for a priority key (p2pblog: a
+  feed the node follows) evicts the value of a non-priority key that arrived
+  last, and our own values are never refused for the total (the per-key
+  bound above still holds: a key full of our own values takes no more);
 * a held value expires `ttl` after its last ``p2pb_add_provider`` (libp2p:
   provider advertisements expire after 24 h); our own values do not expire
   here (the validator judges their freshness) and are *republished* every
@@ -59,17 +64,35 @@ provider re-announces, because each holder re-sending every value it holds
 for a key would multiply the traffic by the number of providers.
 
 `ProviderStore.due` drops expired values and returns our own ones to
-re-announce; `ProviderStore.next_deadline` says when to call it again.
+re-announce; `ProviderStore.next_deadline` says when to call it again.  The
+timer heap is compacted as the record store's is (`dht.records.heap_is_bloated`),
+and refusals, evictions and expiries are counted in ``stats`` by reason
+(those of `dht.records.Capacity`, plus ``refused.key_full`` and
+``evicted.key_full`` for the per-key bound).
+
+Memory (``tests/dht/test_hostile_stores_memory.py``): a held provider value
+costs about 1,000 bytes plus its value (each under its own key, the worst
+case), so `MAX_PROVIDER_VALUES` (12,288) values at the 1 KiB limit take
+about 24 MiB; p2pblog's provider records are about 180 bytes (about 15 MiB).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from dht.records import RENEW_JITTER, Selector, StoreOutcome, latest_selector
+from dht.records import (
+    RENEW_JITTER,
+    Capacity,
+    Priority,
+    Selector,
+    StoreOutcome,
+    heap_is_bloated,
+    latest_selector,
+)
 from identity.limits import MAX_DHT_VALUE_BYTES
 
 if TYPE_CHECKING:
@@ -86,8 +109,9 @@ PROVIDER_TTL: Final = 24 * 3600.0
 PROVIDER_REPUBLISH_INTERVAL: Final = 12 * 3600.0
 #: Providers held per key (libp2p's GET_PROVIDERS answers with up to k).
 MAX_PROVIDERS_PER_KEY: Final = 20
-#: Provider values held in all.
-MAX_PROVIDER_VALUES: Final = 65536
+#: Received provider values held in all (our own are not counted): about
+#: 24 MiB with every value at the 1 KiB limit (module docstring, "Memory").
+MAX_PROVIDER_VALUES: Final = 12288
 
 
 def distinct_values(key: bytes, value: bytes, now: float) -> bytes | None:
@@ -125,16 +149,25 @@ class ProviderStore:
         max_values: int = MAX_PROVIDER_VALUES,
         rng: Random | None = None,
         rank: ProviderRank | None = None,
+        priority: Priority | None = None,
+        max_per_source: int | None = None,
     ) -> None:
-        """``rank`` None: every value ranks the same (a full key evicts the oldest refreshed)."""
+        """``rank`` None: every value ranks the same (a full key evicts the oldest refreshed).
+        ``priority`` names the keys the owner cares about (None: none);
+        ``max_per_source`` defaults to ``max_values // SOURCE_SHARE``."""
         self.validator = validator
         self.rank = rank
         self.selector = selector
         self.ttl = ttl
         self.republish_interval = republish_interval
         self.max_per_key = max_per_key
-        self.max_values = max_values
         self._rng = rng
+        #: Refusals, evictions, expiries and heap rebuilds, by reason.
+        self.stats: Counter[str] = Counter()
+        self._capacity: Capacity[tuple[bytes, bytes]] = Capacity(
+            max_values, self.stats, per_source=max_per_source
+        )
+        self._capacity.priority = priority
         self._keys: dict[bytes, dict[bytes, _Provider]] = {}
         self._count = 0
         # (deadline, version, key, provider id): lazy heap; stale entries are skipped.
@@ -142,7 +175,7 @@ class ProviderStore:
         self._version = 0
 
     def __len__(self) -> int:
-        """Values held, over all keys."""
+        """Values held, over all keys, our own included."""
         return self._count
 
     def __contains__(self, key: object) -> bool:
@@ -152,14 +185,50 @@ class ProviderStore:
         """Keys held (a snapshot)."""
         return iter(list(self._keys))
 
+    @property
+    def priority(self) -> Priority | None:
+        """The owner's ``priority(key)`` predicate; set it when what the owner cares about changes."""
+        return self._capacity.priority
+
+    @priority.setter
+    def priority(self, predicate: Priority | None) -> None:
+        self._capacity.priority = predicate
+
+    @property
+    def max_values(self) -> int:
+        return self._capacity.total
+
+    @property
+    def max_per_source(self) -> int:
+        return self._capacity.per_source
+
+    @property
+    def received(self) -> int:
+        """Values that count against the bounds (all but our own)."""
+        return len(self._capacity)
+
+    def held_by(self, source: str) -> int:
+        """Values that ``source`` brought and we still hold."""
+        return self._capacity.held_by(source)
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer heap, stale ones included."""
+        return len(self._timers)
+
     def provider_id(self, key: bytes, value: bytes, now: float) -> bytes | None:
         """The provider ``value`` speaks for, or None when it is not a valid provider value."""
         if not isinstance(value, bytes) or len(value) > MAX_DHT_VALUE_BYTES:
             return None
         return self.validator(key, value, now)
 
-    def add(self, key: bytes, value: bytes, now: float, *, published: bool = False) -> StoreOutcome:
-        """Hold ``value`` as its provider's advertisement for ``key``."""
+    def add(
+        self, key: bytes, value: bytes, now: float, *, published: bool = False, source: str | None = None
+    ) -> StoreOutcome:
+        """Hold ``value`` as its provider's advertisement for ``key`` if the bounds admit it
+        (``source``: the sender's IP address; None: local)."""
+        if not published and key not in self._keys and self._capacity.refuses_early(key, source):
+            return StoreOutcome.FULL
         pid = self.provider_id(key, value, now)
         if pid is None:
             return StoreOutcome.INVALID
@@ -169,23 +238,34 @@ class ProviderStore:
             self._drop(key, pid)
             old = None
         if old is not None:
-            if old.value == value:
-                self._set(key, pid, value, now, published=published or old.published)
-                return StoreOutcome.REFRESHED
-            if not self.prefers(key, old.value, value):
+            same = old.value == value
+            if not same and not self.prefers(key, old.value, value):
                 return StoreOutcome.OUTDATED
+            if published:
+                self._capacity.remove((key, pid))
             self._set(key, pid, value, now, published=published or old.published)
-            return StoreOutcome.STORED
+            return StoreOutcome.REFRESHED if same else StoreOutcome.STORED
         if len(held) >= self.max_per_key:
             self._purge(key, now)
             held = self._keys.get(key, {})
         if len(held) >= self.max_per_key:
+            # The key's own bound: the newcomer takes a held value's place, the total stays.
+            if not published and self._capacity.source_full(source):
+                return StoreOutcome.FULL
             victim = self._victim(key, value, held, published=published)
             if victim is None:
+                self.stats["refused.key_full"] += 1
                 return StoreOutcome.FULL
+            self.stats["evicted.key_full"] += 1
             self._drop(key, victim)
-        elif self._count >= self.max_values:
-            return StoreOutcome.FULL
+        elif not published:
+            admitted, evicted = self._capacity.admit(key, source)
+            if not admitted:
+                return StoreOutcome.FULL
+            if evicted is not None:
+                self._drop(*evicted)
+        if not published:
+            self._capacity.add((key, pid), key, source)
         self._set(key, pid, value, now, published=published)
         return StoreOutcome.STORED
 
@@ -262,7 +342,23 @@ class ProviderStore:
         if pid not in held:
             self._count += 1
         held[pid] = _Provider(value, published, now, expires, renew, self._version, self._version)
-        heapq.heappush(self._timers, (min(expires, renew), self._version, key, pid))
+        self._push(min(expires, renew), self._version, key, pid)
+
+    def _push(self, deadline: float, version: int, key: bytes, pid: bytes) -> None:
+        heapq.heappush(self._timers, (deadline, version, key, pid))
+        self._compact()
+
+    def _compact(self) -> None:
+        # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
+        if heap_is_bloated(len(self._timers), self._count):
+            # Insertion order and unique versions: the same inputs give the same heap.
+            self._timers = [
+                (min(entry.expires_at, entry.renew_at), entry.version, k, i)
+                for k, held in self._keys.items()
+                for i, entry in held.items()
+            ]
+            heapq.heapify(self._timers)
+            self.stats["timers.compacted"] += 1
 
     def _drop(self, key: bytes, pid: bytes) -> None:
         held = self._keys.get(key)
@@ -270,8 +366,10 @@ class ProviderStore:
             return
         del held[pid]
         self._count -= 1
+        self._capacity.remove((key, pid))
         if not held:
             del self._keys[key]
+        self._compact()
 
     def _current(self, version: int, key: bytes, pid: bytes) -> _Provider | None:
         entry = self._keys.get(key, {}).get(pid)
@@ -295,11 +393,12 @@ class ProviderStore:
             if entry is None:
                 continue
             if not entry.published or not self._alive(key, pid, entry, now):
+                self.stats["expired"] += 1
                 self._drop(key, pid)
                 continue
             entry.renew_at = now + self._interval()
             self._version += 1
             entry.version = self._version
-            heapq.heappush(self._timers, (entry.renew_at, entry.version, key, pid))
+            self._push(entry.renew_at, entry.version, key, pid)
             out.append((key, entry.value))
         return out

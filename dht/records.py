@@ -1,4 +1,4 @@
-"""The record store: values this node holds for keys, with validation and timers.
+"""The record store: values this node holds for keys, with validation, bounds and timers.
 
 Theory of operation
 -------------------
@@ -45,18 +45,60 @@ resets the others' timers in time.
 
 `RecordStore.due` returns what must be re-stored now and drops what expired;
 `RecordStore.next_deadline` tells the driver when to call it again.  The
-store is bounded by `max_records`; a STORE of a new key into a full store is
-refused.
+timers are a lazy heap (a refresh pushes a new entry and the old one goes
+stale); when stale entries outnumber the live ones by more than
+`TIMER_HEAP_SLACK`, the heap is rebuilt from the live items, so it never
+holds more than twice the items plus that constant, however often a
+stranger refreshes one record.
+
+Bounds: hostile strangers (`Capacity`)
+--------------------------------------
+Every STORE costs a stranger one datagram, so the store is bounded, and the
+bounds must not let a flood push out what the node needs.  `Capacity` is the
+admission policy both stores share (`dht.providers` uses it too):
+
+* values *we published* are never refused or evicted for capacity and do not
+  count against the bounds (a node publishes few: its peer record, its
+  provider records, its name claims).  A full store that refused our own
+  announcement used to crash the node;
+* the owner names the keys it cares about with a *priority* predicate
+  ``priority(key) -> bool`` (p2pblog: feeds it follows, peers it knows);
+* each *source* (given by the core: `source_of` the requester's IP address,
+  which is an IPv6 address's /64, since one host picks addresses in its /64
+  at will; None is local or unknown and is not limited) holds at most
+  ``total // SOURCE_SHARE`` values, so one host cannot fill the store alone;
+* a full store *evicts the newest stranger first*: a new value for a key
+  that is not a priority key is itself the newest stranger, so it is refused;
+  a value for a priority key evicts the most recently *arrived* value of a
+  non-priority key (arrival is the first STORE of the key: refreshes and new
+  versions keep it, so an attacker cannot make honest old values look new).
+  Values held longest stay: an attacker who fills the store can keep
+  strangers' new values out while he refreshes, but cannot push out what was
+  held before the flood, nor anything the owner cares about.
+
+Refusals come before the validator where they can (a new key from a source
+that holds its share, or a stranger's new key in a full store), so a flood
+costs a dictionary lookup per value, not a signature check.  Every refusal
+and eviction is counted in the store's ``stats`` by reason
+(``refused.source``, ``refused.full``, ``refused.full_priority``,
+``evicted.for_priority``), as are drops by expiry (``expired``) and heap
+rebuilds (``timers.compacted``).
+
+Memory (``tests/dht/test_hostile_stores_memory.py`` measures it with
+tracemalloc, with the timer heap at its largest): a held record costs about
+600 bytes plus its value, so `MAX_RECORDS` (4,096) of the largest values
+(1 KiB) take about 6.3 MiB; with `dht.providers`' worst case, about 30 MiB.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+import ipaddress
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from dht.wire import Value, is_value, value_size
 from identity.limits import MAX_DHT_VALUE_BYTES
@@ -66,6 +108,8 @@ if TYPE_CHECKING:
 
 Validator = Callable[[bytes, Value, float], bool]
 Selector = Callable[[bytes, Sequence[Value]], int]
+#: ``priority(key)``: True for keys the owner cares about (followed feeds, known peers).
+Priority = Callable[[bytes], bool]
 
 #: Seconds a received record lives after its last STORE (paper 2.5: 24 h).
 RECORD_TTL: Final = 24 * 3600.0
@@ -73,10 +117,19 @@ RECORD_TTL: Final = 24 * 3600.0
 REPLICATE_INTERVAL: Final = 3600.0
 #: Seconds between republications of a record we published (paper 2.5: 24 h).
 REPUBLISH_INTERVAL: Final = 24 * 3600.0
-#: Records one node holds at most.
-MAX_RECORDS: Final = 65536
+#: Received records one node holds at most (our own are not counted): about
+#: 6.3 MiB with every value at the 1 KiB limit (module docstring, "Memory").
+MAX_RECORDS: Final = 4096
+#: One source holds at most 1/SOURCE_SHARE of a store's bound.
+SOURCE_SHARE: Final = 16
+#: An IPv6 source is its /64: one host or site gets a /64 and picks addresses in it at will.
+IPV6_SOURCE_PREFIX: Final = 64
+#: A timer heap is rebuilt when it holds more than twice its live items plus this.
+TIMER_HEAP_SLACK: Final = 64
 #: Replication / republication intervals are stretched by up to this fraction.
 RENEW_JITTER: Final = 0.1
+
+Item = TypeVar("Item", bound=Hashable)
 
 
 def accept_any(key: bytes, value: Value, now: float) -> bool:
@@ -99,6 +152,25 @@ def majority_selector(key: bytes, values: Sequence[Value]) -> int:
     return next(i for i, v in enumerate(values) if (type(v), v) == best)
 
 
+def source_of(host: str) -> str:
+    """The source a request from ``host`` (an IP address string) counts against: an IPv4
+    address (an IPv4-mapped IPv6 one too) as it is, an IPv6 address as its /64."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False))
+    return str(address)
+
+
+def heap_is_bloated(size: int, live: int) -> bool:
+    """True when a lazy timer heap of ``size`` entries for ``live`` items should be rebuilt."""
+    return size > 2 * live + TIMER_HEAP_SLACK
+
+
 class StoreOutcome(enum.Enum):
     STORED = "stored"
     #: The same value again: timers refreshed.
@@ -106,7 +178,100 @@ class StoreOutcome(enum.Enum):
     INVALID = "invalid"
     #: The selector kept the value we hold.
     OUTDATED = "outdated"
+    #: Refused for capacity (the store's ``stats`` say which bound).
     FULL = "full"
+
+
+class Capacity(Generic[Item]):
+    """Which received values a bounded store admits and which it evicts (module docstring).
+
+    Tracks the held values that count against the bounds (all but our own),
+    each under an *item* id (a record key; a (key, provider id) pair) with
+    the key it belongs to and its source, in order of arrival.
+    """
+
+    def __init__(self, total: int, stats: Counter[str], *, per_source: int | None = None) -> None:
+        self.total = total
+        self.per_source = per_source if per_source is not None else max(1, total // SOURCE_SHARE)
+        self.priority: Priority | None = None
+        self._stats = stats
+        #: item -> (key, source), oldest arrival first (dicts keep insertion order).
+        self._arrivals: dict[Item, tuple[bytes, str | None]] = {}
+        self._by_source: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._arrivals)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._arrivals
+
+    def held_by(self, source: str) -> int:
+        return self._by_source[source]
+
+    def is_priority(self, key: bytes) -> bool:
+        return self.priority is not None and self.priority(key)
+
+    def source_full(self, source: str | None) -> bool:
+        """True (and counted) when ``source`` already holds its share."""
+        if source is None or self._by_source[source] < self.per_source:
+            return False
+        self._stats["refused.source"] += 1
+        return True
+
+    def refuses_early(self, key: bytes, source: str | None) -> bool:
+        """True (counted) when a value for ``key``, which holds nothing yet, would be refused
+        whatever it is: the store says so before it checks the value (a signature)."""
+        if self.source_full(source):
+            return True
+        if len(self._arrivals) >= self.total and not self.is_priority(key):
+            self._stats["refused.full"] += 1
+            return True
+        return False
+
+    def admit(self, key: bytes, source: str | None) -> tuple[bool, Item | None]:
+        """May a new value for ``key`` from ``source`` come in, and whom must it evict?
+
+        ``(False, None)``: refused (counted); ``(True, None)``: there is room;
+        ``(True, item)``: evict ``item`` first.
+        """
+        if self.source_full(source):
+            return False, None
+        if len(self._arrivals) < self.total:
+            return True, None
+        if not self.is_priority(key):
+            self._stats["refused.full"] += 1
+            return False, None
+        victim = self._newest_stranger()
+        if victim is None:
+            self._stats["refused.full_priority"] += 1
+            return False, None
+        self._stats["evicted.for_priority"] += 1
+        return True, victim
+
+    def add(self, item: Item, key: bytes, source: str | None) -> None:
+        """``item`` arrived (it counts from now on); a known item keeps its place and source."""
+        if item in self._arrivals:
+            return
+        self._arrivals[item] = (key, source)
+        if source is not None:
+            self._by_source[source] += 1
+
+    def remove(self, item: Item) -> None:
+        """``item`` is gone (or became our own); unknown items are ignored."""
+        entry = self._arrivals.pop(item, None)
+        if entry is None or entry[1] is None:
+            return
+        source = entry[1]
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def _newest_stranger(self) -> Item | None:
+        # Priority values are few (the owner's keys), so the walk past them is short.
+        for item in reversed(self._arrivals):
+            if not self.is_priority(self._arrivals[item][0]):
+                return item
+        return None
 
 
 @dataclass(slots=True)
@@ -132,20 +297,28 @@ class RecordStore:
         republish_interval: float = REPUBLISH_INTERVAL,
         max_records: int = MAX_RECORDS,
         rng: Random | None = None,
+        priority: Priority | None = None,
+        max_per_source: int | None = None,
     ) -> None:
+        """``priority`` names the keys the owner cares about (None: none);
+        ``max_per_source`` defaults to ``max_records // SOURCE_SHARE``."""
         self.validator = validator
         self.selector = selector
         self.ttl = ttl
         self.replicate_interval = replicate_interval
         self.republish_interval = republish_interval
-        self.max_records = max_records
         self._rng = rng
+        #: Refusals, evictions, expiries and heap rebuilds, by reason.
+        self.stats: Counter[str] = Counter()
+        self._capacity: Capacity[bytes] = Capacity(max_records, self.stats, per_source=max_per_source)
+        self._capacity.priority = priority
         self._records: dict[bytes, _Record] = {}
         # (deadline, version, key): lazy heap; stale entries are skipped.
         self._timers: list[tuple[float, int, bytes]] = []
         self._version = 0
 
     def __len__(self) -> int:
+        """Records held, our own included."""
         return len(self._records)
 
     def __contains__(self, key: object) -> bool:
@@ -154,6 +327,37 @@ class RecordStore:
     def __iter__(self) -> Iterator[bytes]:
         """Keys held (a snapshot: the store may change while the caller iterates)."""
         return iter(list(self._records))
+
+    @property
+    def priority(self) -> Priority | None:
+        """The owner's ``priority(key)`` predicate; set it when what the owner cares about changes."""
+        return self._capacity.priority
+
+    @priority.setter
+    def priority(self, predicate: Priority | None) -> None:
+        self._capacity.priority = predicate
+
+    @property
+    def max_records(self) -> int:
+        return self._capacity.total
+
+    @property
+    def max_per_source(self) -> int:
+        return self._capacity.per_source
+
+    @property
+    def received(self) -> int:
+        """Records that count against the bounds (all but our own)."""
+        return len(self._capacity)
+
+    def held_by(self, source: str) -> int:
+        """Records that ``source`` brought and we still hold."""
+        return self._capacity.held_by(source)
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer heap, stale ones included."""
+        return len(self._timers)
 
     def is_valid(self, key: bytes, value: Value, now: float) -> bool:
         return (
@@ -169,8 +373,13 @@ class RecordStore:
             raise IndexError(f"selector returned {index} for {len(values)} values")
         return index
 
-    def put(self, key: bytes, value: Value, now: float, *, published: bool = False) -> StoreOutcome:
-        """Hold ``value`` for ``key`` if it is valid and at least as good as what we hold."""
+    def put(
+        self, key: bytes, value: Value, now: float, *, published: bool = False, source: str | None = None
+    ) -> StoreOutcome:
+        """Hold ``value`` for ``key`` if it is valid, at least as good as what we hold, and
+        the bounds admit it (``source``: the sender's IP address; None: local)."""
+        if not published and key not in self._records and self._capacity.refuses_early(key, source):
+            return StoreOutcome.FULL
         if not self.is_valid(key, value, now):
             return StoreOutcome.INVALID
         old = self._records.get(key)
@@ -178,18 +387,22 @@ class RecordStore:
             self._drop(key)
             old = None
         if old is None:
-            if len(self._records) >= self.max_records:
-                return StoreOutcome.FULL
+            if not published:
+                admitted, victim = self._capacity.admit(key, source)
+                if not admitted:
+                    return StoreOutcome.FULL
+                if victim is not None:
+                    self._drop(victim)
+                self._capacity.add(key, key, source)
             self._set(key, value, now, published=published)
             return StoreOutcome.STORED
         same = type(old.value) is type(value) and old.value == value
-        if same:
-            self._set(key, value, now, published=published or old.published)
-            return StoreOutcome.REFRESHED
-        if self.select(key, [old.value, value]) == 0:
+        if not same and self.select(key, [old.value, value]) == 0:
             return StoreOutcome.OUTDATED
+        if published:
+            self._capacity.remove(key)
         self._set(key, value, now, published=published or old.published)
-        return StoreOutcome.STORED
+        return StoreOutcome.REFRESHED if same else StoreOutcome.STORED
 
     def get(self, key: bytes, now: float) -> Value | None:
         """The value held for ``key``, if it is still valid (invalid ones are dropped)."""
@@ -219,10 +432,24 @@ class RecordStore:
         else:
             expires, renew = now + self.ttl, now + self._interval(False)
         self._records[key] = _Record(value, published, expires, renew, self._version)
-        heapq.heappush(self._timers, (min(expires, renew), self._version, key))
+        self._push(min(expires, renew), self._version, key)
+
+    def _push(self, deadline: float, version: int, key: bytes) -> None:
+        heapq.heappush(self._timers, (deadline, version, key))
+        self._compact()
+
+    def _compact(self) -> None:
+        # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
+        if heap_is_bloated(len(self._timers), len(self._records)):
+            # Insertion order and unique versions: the same inputs give the same heap.
+            self._timers = [(min(r.expires_at, r.renew_at), r.version, k) for k, r in self._records.items()]
+            heapq.heapify(self._timers)
+            self.stats["timers.compacted"] += 1
 
     def _drop(self, key: bytes) -> None:
-        self._records.pop(key, None)
+        if self._records.pop(key, None) is not None:
+            self._capacity.remove(key)
+            self._compact()
 
     def next_deadline(self) -> float | None:
         """When `due` next has something to do."""
@@ -243,11 +470,12 @@ class RecordStore:
             if record is None or record.version != version:
                 continue
             if record.expires_at <= now or not self.is_valid(key, record.value, now):
+                self.stats["expired"] += 1
                 self._drop(key)
                 continue
             record.renew_at = now + self._interval(record.published)
             self._version += 1
             record.version = self._version
-            heapq.heappush(self._timers, (min(record.expires_at, record.renew_at), record.version, key))
+            self._push(min(record.expires_at, record.renew_at), record.version, key)
             out.append((key, record.value))
         return out
