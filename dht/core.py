@@ -71,8 +71,9 @@ id is whatever the sender wrote.  Three rules follow.
   every 1/`VERIFY_HOST_RATE` seconds.  A stranger that never answers costs
   one tracked RPC for 5 s and never reaches the table (it once grew a table
   from 4 to 166 dead contacts, and a join through that node took 72 s).
-* **No amplification.**  What we send to an address that has not answered
-  us within `dht.ratelimit.VERIFIED_FOR` is paid from its credit: 3 times
+* **No amplification.**  What we send to an address that is not verified
+  (a live table contact at that address, or an address that answered us
+  within `dht.ratelimit.VERIFIED_FOR`) is paid from its credit: 3 times
   the bytes it sent (`dht.ratelimit.AmplificationGuard`, QUIC's rule).
   An answer that does not fit is *parked* while that address's
   verification runs (at most `MAX_PARKED_PER_ADDRESS` per address) and sent
@@ -549,12 +550,14 @@ class DhtCore:
             self._reply(wire.stun_response(request.msg_id, addr), addr, now)
             return
         # A request never changes the table by itself (module docstring, "Strangers").
-        # Strangers, and contacts whose address has not answered us lately, are
-        # verified; a known id at another address is not (the table keeps the old one).
+        # A live contact of the table (it answered us, and has not failed
+        # since) counts as verified; strangers are verified first.  A known id
+        # at another address is not verified: the table keeps the old address.
         known = self.table.get(request.sender_id)
-        verifying = (
-            known is None or (known.addr == addr and not self._guard.is_verified(addr, now))
-        ) and self._verify(Contact(request.sender_id, addr), now)
+        if known is not None and known.addr == addr and not self.table.stale(known.node_id):
+            self._reply(self._response(request, addr, now, None), addr, now, verified=True)
+            return
+        verifying = known is None and self._verify(Contact(request.sender_id, addr), now)
         self._answer(request, addr, now, may_park=verifying)
 
     def _answer(self, request: wire.Request, addr: Address, now: float, *, may_park: bool) -> None:
@@ -684,8 +687,8 @@ class DhtCore:
             self._notice(ProviderStored(request.key, request.value, sender))
         return outcome in (StoreOutcome.STORED, StoreOutcome.REFRESHED)
 
-    def _reply(self, datagram: bytes, addr: Address, now: float) -> None:
-        if not self._guard.spend(addr, len(datagram), now):
+    def _reply(self, datagram: bytes, addr: Address, now: float, *, verified: bool = False) -> None:
+        if not verified and not self._guard.spend(addr, len(datagram), now):
             self._dropped(addr, "answer over the amplification budget")
             return
         self.stats["tx.responses"] += 1
