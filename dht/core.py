@@ -82,7 +82,9 @@ id is whatever the sender wrote.  Three rules follow.
   nearest first; fewer providers, best first; contacts instead of a value).
   STORE and ``p2pb_add_provider`` from an unverified address always wait
   for the verification (a forged source must not fill our stores); if it
-  cannot run they are refused (answer ``false``).
+  cannot run they are refused (answer ``false``).  Each host may also make
+  us take at most `STORE_HOST_RATE` of them per second (burst
+  `STORE_HOST_BURST`), so one host cannot fill the stores quickly.
 
 A contact that failed `dht.routing.STALE_FAILURES` requests in a row is
 stale and is replaced from its bucket's replacement cache, or removed once
@@ -216,6 +218,12 @@ VERIFY_BURST: Final = 40.0
 #: ... and per host (and burst): a host adds at most one contact per 2 s.
 VERIFY_HOST_RATE: Final = 0.5
 VERIFY_HOST_BURST: Final = 8.0
+#: STOREs and ``p2pb_add_provider``s one host may make us take per second
+#: (and burst); beyond it they are refused (answer ``false``).  Honest holders
+#: replicate hourly and re-announce every few hours, well below this; a host
+#: that wants to fill our stores is slowed to 18,000 values an hour.
+STORE_HOST_RATE: Final = 5.0
+STORE_HOST_BURST: Final = 100.0
 #: Requests held per address while its verification runs (alpha concurrent
 #: lookup steps, plus a STORE).
 MAX_PARKED_PER_ADDRESS: Final = ALPHA + 1
@@ -351,6 +359,7 @@ class DhtCore:
         self._verifying_hosts: Counter[str] = Counter()
         self._verify_rate = TokenBucket(VERIFY_RATE, VERIFY_BURST, now)
         self._verify_host_rate = KeyedTokenBuckets(VERIFY_HOST_RATE, VERIFY_HOST_BURST, cfg.max_sources)
+        self._store_host_rate = KeyedTokenBuckets(STORE_HOST_RATE, STORE_HOST_BURST, cfg.max_sources)
         #: Requests waiting for their address's verification, by address.
         self._parked: dict[Address, list[wire.Request]] = {}
         #: Counts of everything that happened, by name (drops, misbehaviour, RPCs).
@@ -551,13 +560,13 @@ class DhtCore:
             return
         # A request never changes the table by itself (module docstring, "Strangers").
         # A live contact of the table (it answered us, and has not failed
-        # since) counts as verified; strangers are verified first.  A known id
-        # at another address is not verified: the table keeps the old address.
+        # since) counts as verified; any other sender is verified first (a
+        # known id at a new address too: the address, not the table, gains).
         known = self.table.get(request.sender_id)
         if known is not None and known.addr == addr and not self.table.stale(known.node_id):
             self._reply(self._response(request, addr, now, None), addr, now, verified=True)
             return
-        verifying = known is None and self._verify(Contact(request.sender_id, addr), now)
+        verifying = self._verify(Contact(request.sender_id, addr), now)
         self._answer(request, addr, now, may_park=verifying)
 
     def _answer(self, request: wire.Request, addr: Address, now: float, *, may_park: bool) -> None:
@@ -588,9 +597,12 @@ class DhtCore:
         sender = Contact(request.sender_id, addr)
         if isinstance(request, wire.Ping):
             return wire.ping_response(request.msg_id, self.node_id)
-        if isinstance(request, wire.Store):
-            return wire.store_response(request.msg_id, self._on_store(request, sender, now))
-        if isinstance(request, wire.AddProvider):
+        if isinstance(request, wire.Store | wire.AddProvider):
+            if not self._store_host_rate.take(source_key(addr), now):
+                self.stats["store.rate_limited"] += 1
+                return wire.store_response(request.msg_id, False)  # same bytes as add_provider's
+            if isinstance(request, wire.Store):
+                return wire.store_response(request.msg_id, self._on_store(request, sender, now))
             return wire.add_provider_response(request.msg_id, self._on_add_provider(request, sender, now))
         if isinstance(request, wire.FindNode):
             closest = self.table.closest(request.target, exclude_id=sender.node_id, exclude_addr=addr)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from dht import BootstrapFinished, DhtConfig, DhtCore, LookupFinished, wire
-from dht.core import MAX_PARKED_PER_ADDRESS, MAX_VERIFYING, MAX_VERIFYING_PER_HOST
+from dht.core import MAX_PARKED_PER_ADDRESS, MAX_VERIFYING, MAX_VERIFYING_PER_HOST, STORE_HOST_BURST
 from dht.ids import Address, Contact
 from dht.ratelimit import AMPLIFICATION_FACTOR, SOURCE_BURST, VERIFIED_FOR, source_key
 from identity.limits import MAX_DHT_VALUE_BYTES
@@ -326,3 +326,20 @@ def test_dead_contacts_are_evicted_and_the_table_recovers() -> None:
     assert isinstance(found, LookupFinished)
     assert {c.addr for c in found.closest} <= {n.addr for n in net.live_nodes()}
     assert all(n.core.node_id in hub.core.table for n in late)
+
+
+def test_one_host_cannot_fill_the_record_store_quickly() -> None:
+    core, _ = answered_core(0)
+    host = Contact(sha("filler"), ("203.0.113.44", 6000))
+    core.receive_datagram(request(wire.Ping(sha("p"), host.node_id)), host.addr, 1.0)
+    (ping,) = [wire.decode_datagram(d) for d, _ in core.datagrams_to_send() if d[0] == wire.REQUEST]
+    core.receive_datagram(wire.ping_response(ping.msg_id, host.node_id), host.addr, 1.1)
+    assert host.node_id in core.table
+    for i in range(150):  # within the per-host datagram burst
+        store = wire.Store(sha(f"s{i}"), host.node_id, sha(f"k{i}"), b"v")
+        core.receive_datagram(request(store), host.addr, 1.2)
+    assert len(core.records) <= STORE_HOST_BURST
+    assert core.stats["store.rate_limited"] >= 150 - STORE_HOST_BURST
+    # From another port of that host a STORE is a stranger's: it waits for the verification.
+    core.receive_datagram(request(wire.Store(sha("o"), host.node_id, sha("o"), b"v")), (host.addr[0], 1), 1.3)
+    assert core.stats["verify.parked"] == 1 and core.records.get(sha("o"), 1.3) is None
