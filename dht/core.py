@@ -560,13 +560,18 @@ class DhtCore:
             return
         # A request never changes the table by itself (module docstring, "Strangers").
         # A live contact of the table (it answered us, and has not failed
-        # since) counts as verified; any other sender is verified first (a
-        # known id at a new address too: the address, not the table, gains).
+        # since) counts as verified.  Any other sender is pinged, unless its
+        # address answered us lately and the table already holds it or its
+        # bucket caches it as a replacement (a ping would teach us nothing).
+        sender = Contact(request.sender_id, addr)
         known = self.table.get(request.sender_id)
         if known is not None and known.addr == addr and not self.table.stale(known.node_id):
             self._reply(self._response(request, addr, now, None), addr, now, verified=True)
             return
-        verifying = self._verify(Contact(request.sender_id, addr), now)
+        if self._guard.is_verified(addr, now) and self.table.knows(sender):
+            self._reply(self._response(request, addr, now, None), addr, now)
+            return
+        verifying = self._verify(sender, now)
         self._answer(request, addr, now, may_park=verifying)
 
     def _answer(self, request: wire.Request, addr: Address, now: float, *, may_park: bool) -> None:

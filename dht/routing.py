@@ -216,6 +216,16 @@ class RoutingTable:
     def bucket_contacts(self, index: int) -> list[Contact]:
         return [e.contact for e in self._buckets[index].entries.values()]
 
+    def knows(self, contact: Contact) -> bool:
+        """True if ``contact`` (id and address) is in the table or its bucket's replacement cache."""
+        if len(contact.node_id) != ID_BYTES or contact.node_id == self.own_id:
+            return True  # nothing to learn about ourselves
+        bucket = self._buckets[self.bucket_index(contact.node_id)]
+        held = bucket.entries.get(contact.node_id)
+        if held is not None:
+            return held.contact.addr == contact.addr
+        return bucket.replacements.get(contact.node_id) == contact
+
     def replacements(self, index: int) -> list[Contact]:
         return list(self._buckets[index].replacements.values())
 
