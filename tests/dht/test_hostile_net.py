@@ -162,6 +162,25 @@ TestHostileStrangers.settings = settings(max_examples=60, stateful_step_count=40
 # ----------------------------------------------------------------------------- focused
 
 
+def answer_verification(core: DhtCore, contact: Contact, now: float) -> list[tuple[bytes, Address]]:
+    """Let ``contact`` answer the core's verification ping; returns the other datagrams sent.
+
+    For tests that used to rely on a request putting its sender in the table:
+    send the request, then call this, then look at the answers (parked ones
+    come out here)."""
+    others: list[tuple[bytes, Address]] = []
+    pings: list[bytes] = []
+    for data, addr in core.datagrams_to_send():
+        message = wire.decode_datagram(data)
+        if addr == contact.addr and isinstance(message, wire.Ping):
+            pings.append(message.msg_id)
+        else:
+            others.append((data, addr))
+    for msg_id in pings:
+        core.receive_datagram(wire.ping_response(msg_id, contact.node_id), contact.addr, now)
+    return others + core.datagrams_to_send()
+
+
 def answered_core(n: int = 4) -> tuple[DhtCore, list[Contact]]:
     """A core whose table holds ``n`` contacts that answered a ping of ours."""
     core = DhtCore(OWN, Random(3), 0.0)
@@ -215,9 +234,14 @@ def test_a_stranger_that_answers_the_verification_enters_the_table() -> None:
     pings = [wire.decode_datagram(d) for d, a in out if a == stranger.addr and d[0] == wire.REQUEST]
     assert len(pings) == 1 and isinstance(pings[0], wire.Ping)
     assert stranger.node_id not in core.table
-    # Another id answering from that address does not get in under the claimed id.
     core.receive_datagram(wire.ping_response(pings[0].msg_id, stranger.node_id), stranger.addr, 1.1)
     assert core.table.get(stranger.node_id) == stranger
+    # A second stranger answers with another id: the claimed id does not get in.
+    liar = Contact(sha("liar"), ("203.0.113.6", 6000))
+    core.receive_datagram(request(wire.Ping(sha("m2"), liar.node_id)), liar.addr, 2.0)
+    answer_verification(core, Contact(sha("someone else"), liar.addr), 2.1)
+    assert liar.node_id not in core.table and sha("someone else") not in core.table
+    assert core.stats["verify.other_id"] == 1
 
 
 def amplification(core: DhtCore, req: wire.Request, addr: Address, now: float) -> float:
