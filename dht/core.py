@@ -118,11 +118,13 @@ live in a `ProviderStore`, beside the records; the ``provider_rank`` hook
 decides which of them a full key gives up first (p2pblog: name claims with
 the least proof of work).
 
-Requests are answered at once with the shapes of ``kademlia.protocol``
-(see `dht.wire`).  Bad input from a peer never raises: it becomes a counted
-drop (`DatagramDropped`) or, if it breaks the protocol, `PeerMisbehaved`.
-Our own misuse (a 19-byte key, an invalid value to put, time going backwards)
-raises `LocalProtocolError`.
+Requests are answered with the shapes of ``kademlia.protocol`` (see
+`dht.wire`): at once, or, for a stranger's STORE or large answer, once its
+verification ends ("Strangers" above).  Bad input from a peer never raises:
+it becomes a counted drop (`DatagramDropped`) or, if it breaks the protocol,
+`PeerMisbehaved`.  Our own misuse (a 19-byte key, an invalid value to put,
+time going backwards) raises `LocalProtocolError`; a store too full to hold
+our own value does not (it counts ``own_value_not_held``).
 """
 
 from __future__ import annotations
