@@ -12,7 +12,8 @@ Modules
 `dht.records`    `RecordStore`: validator and selector hooks, expiry, republish
 `dht.providers`  `ProviderStore`: many values per key, one per provider (libp2p's
                  provider records), bounded, with expiry and republish
-`dht.ratelimit`  `TokenBucketLimiter`: per-source datagram budget
+`dht.ratelimit`  `TokenBucketLimiter`: datagrams per host (IPv4 address, IPv6 /64);
+                 `AmplificationGuard`: bytes to unverified addresses (3x received)
 `dht.rpc`        `RpcTracker`: our requests in flight, message ids, retransmits, timeouts
 `dht.queries`    one class per kind of query (get, put, bootstrap, providers, ...):
                  its request and its completion
@@ -63,6 +64,11 @@ Rules:
   counted in `DhtCore.stats`; a driver that does not care may ignore them.
 * Bad bytes from a peer never raise.  `LocalProtocolError` means the driver
   or the layer above misused the API.
+* Strangers are verified before they count: a peer enters the routing table
+  only by answering one of our requests, and answers to an address that has
+  not proved it receives there are at most 3 times what it sent (`dht.core`,
+  "Strangers").  A stranger's first STORE, ``p2pb_add_provider`` or large
+  answer therefore waits one round trip (our verification ping).
 
 The layer above (p2pblog's NodeCore) plugs its record rules in with
 ``DhtCore(..., validator=..., selector=..., provider_validator=...)``: the

@@ -46,12 +46,49 @@ exception: silence to a p2pblog-only RPC (``p2pb_*``) is not held against
 the peer in the routing table, because a live ``kademlia`` node is silent to
 those too; the lookup still counts it as a failed step and moves on.
 
-Every message a peer proves it sent (a request from an address, or a matched
-answer) updates the routing table (paper section 2.2).  A full bucket makes
-the table ask for a ping of its least-recently seen contact; the core sends
-it with purpose ``CHECK`` and reports the outcome back (`RoutingTable`).
-A contact newly added to the table is offered the records it should hold
-(paper 2.5, as ``kademlia``'s ``welcome_if_new``).
+Every answer to one of our requests updates the routing table (paper
+section 2.2, narrowed as in the architecture: "contacts enter the table only
+after they answer").  A full bucket makes the table ask for a ping of its
+least-recently seen contact; the core sends it with purpose ``CHECK`` and
+reports the outcome back (`RoutingTable`).  A contact newly added to the
+table is offered the records it should hold (paper 2.5, as ``kademlia``'s
+``welcome_if_new``).
+
+Strangers
+---------
+A request proves nothing: its source address may be forged, and its sender
+id is whatever the sender wrote.  Three rules follow.
+
+* **Per-host rate.**  Datagrams are admitted per host (`dht.ratelimit.
+  source_key`: the IPv4 address or the IPv6 /64), not per port.
+* **Verification before the table.**  A request from a sender id we do not
+  hold at that address makes us *verify* it: a PING (purpose ``VERIFY``) to
+  that address.  If the answer names the same id, the contact enters the
+  table (through the usual `RoutingTable.update`).  Verifications are
+  bounded: `MAX_VERIFYING` in flight in total, `MAX_VERIFYING_PER_HOST` per
+  host, and a per-host and a total token bucket (`VERIFY_RATE`...), so a
+  host that answers every ping with a fresh id adds at most one contact
+  every 1/`VERIFY_HOST_RATE` seconds.  A stranger that never answers costs
+  one tracked RPC for 5 s and never reaches the table (it once grew a table
+  from 4 to 166 dead contacts, and a join through that node took 72 s).
+* **No amplification.**  What we send to an address that is not verified
+  (a live table contact at that address, or an address that answered us
+  within `dht.ratelimit.VERIFIED_FOR`) is paid from its credit: 3 times
+  the bytes it sent (`dht.ratelimit.AmplificationGuard`, QUIC's rule).
+  An answer that does not fit is *parked* while that address's
+  verification runs (at most `MAX_PARKED_PER_ADDRESS` per address) and sent
+  whole once the address answers the ping, one round trip later; if no
+  verification can run, the answer is trimmed to fit (fewer contacts,
+  nearest first; fewer providers, best first; contacts instead of a value).
+  STORE and ``p2pb_add_provider`` from an unverified address always wait
+  for the verification (a forged source must not fill our stores); if it
+  cannot run they are refused (answer ``false``).  Each host may also make
+  us take at most `STORE_HOST_RATE` of them per second (burst
+  `STORE_HOST_BURST`), so one host cannot fill the stores quickly.
+
+A contact that failed `dht.routing.STALE_FAILURES` requests in a row is
+stale and is replaced from its bucket's replacement cache, or removed once
+another contact has answered since (`RoutingTable.record_failure`).
 
 Queries (one per command, plus internal refreshes and republications) live
 in one table keyed by query id; `dht.queries` lists the kinds, their phases
@@ -81,11 +118,13 @@ live in a `ProviderStore`, beside the records; the ``provider_rank`` hook
 decides which of them a full key gives up first (p2pblog: name claims with
 the least proof of work).
 
-Requests are answered at once with the shapes of ``kademlia.protocol``
-(see `dht.wire`).  Bad input from a peer never raises: it becomes a counted
-drop (`DatagramDropped`) or, if it breaks the protocol, `PeerMisbehaved`.
-Our own misuse (a 19-byte key, an invalid value to put, time going backwards)
-raises `LocalProtocolError`.
+Requests are answered with the shapes of ``kademlia.protocol`` (see
+`dht.wire`): at once, or, for a stranger's STORE or large answer, once its
+verification ends ("Strangers" above).  Bad input from a peer never raises:
+it becomes a counted drop (`DatagramDropped`) or, if it breaks the protocol,
+`PeerMisbehaved`.  Our own misuse (a 19-byte key, an invalid value to put,
+time going backwards) raises `LocalProtocolError`; a store too full to hold
+our own value does not (it counts ``own_value_not_held``).
 """
 
 from __future__ import annotations
@@ -135,7 +174,16 @@ from dht.queries import (
     StoreQuery,
     WalkParams,
 )
-from dht.ratelimit import MAX_SOURCES, SOURCE_BURST, SOURCE_RATE, TokenBucketLimiter
+from dht.ratelimit import (
+    AMPLIFICATION_FACTOR,
+    MAX_SOURCES,
+    SOURCE_BURST,
+    SOURCE_RATE,
+    VERIFIED_FOR,
+    AmplificationGuard,
+    TokenBucketLimiter,
+    source_key,
+)
 from dht.records import (
     MAX_RECORDS,
     RECORD_TTL,
@@ -153,6 +201,7 @@ from dht.routing import QUESTIONABLE_AFTER, REFRESH_INTERVAL, RoutingTable, Upda
 from dht.rpc import Purpose, Rpc, RpcTracker
 from dht.wire import Value, WireError
 from identity.errors import LocalProtocolError
+from identity.pacing import KeyedTokenBuckets, TokenBucket
 
 #: rpcudp's ``wait_timeout``: seconds before an unanswered RPC has failed.
 RPC_TIMEOUT: Final = 5.0
@@ -162,6 +211,24 @@ RETRANSMIT_AFTER: Final = (0.5, 1.0, 2.0, 3.0)
 WALK_REUSE: Final = 60.0
 #: Most lookup results remembered for reuse (the oldest is forgotten first).
 MAX_WALKS_KEPT: Final = 64
+#: Verification pings of strangers in flight, in total and per host.
+MAX_VERIFYING: Final = 64
+MAX_VERIFYING_PER_HOST: Final = 2
+#: Verifications started per second, in total (and burst) ...
+VERIFY_RATE: Final = 10.0
+VERIFY_BURST: Final = 40.0
+#: ... and per host (and burst): a host adds at most one contact per 2 s.
+VERIFY_HOST_RATE: Final = 0.5
+VERIFY_HOST_BURST: Final = 8.0
+#: STOREs and ``p2pb_add_provider``s one host may make us take per second
+#: (and burst); beyond it they are refused (answer ``false``).  Honest holders
+#: replicate hourly and re-announce every few hours, well below this; a host
+#: that wants to fill our stores is slowed to 18,000 values an hour.
+STORE_HOST_RATE: Final = 5.0
+STORE_HOST_BURST: Final = 100.0
+#: Requests held per address while its verification runs (alpha concurrent
+#: lookup steps, plus a STORE).
+MAX_PARKED_PER_ADDRESS: Final = ALPHA + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +261,10 @@ class DhtConfig:
     source_rate: float = SOURCE_RATE
     source_burst: float = SOURCE_BURST
     max_sources: int = MAX_SOURCES
+    #: Bytes we may send an unverified address per byte it sent (`dht.ratelimit`).
+    amplification_factor: float = AMPLIFICATION_FACTOR
+    #: Seconds an address that answered us counts as verified.
+    verified_for: float = VERIFIED_FOR
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.alpha < 1:
@@ -207,14 +278,19 @@ class DhtConfig:
 _NOTICES: Final = (PeerMisbehaved, DatagramDropped, RecordStored, ProviderStored)
 
 
-def _require_held(outcome: StoreOutcome, store: str) -> None:
-    """Raise `LocalProtocolError` unless our own value was stored (or refreshed) in store."""
+def _require_held(outcome: StoreOutcome, store: str) -> bool:
+    """Whether our own value is held in ``store``; raise `LocalProtocolError` for our bugs.
+
+    INVALID and OUTDATED mean our own code offered a bad or old value.  FULL
+    is not a bug: strangers may fill a store (the stores exempt published
+    values, but a full store must never stop the node), so the caller counts
+    it and still announces the value.
+    """
     if outcome is StoreOutcome.INVALID:
         raise LocalProtocolError(f"the value is over the size limit or refused by the {store} validator")
     if outcome is StoreOutcome.OUTDATED:
         raise LocalProtocolError(f"a better value is already held in the {store} store")
-    if outcome is StoreOutcome.FULL:
-        raise LocalProtocolError(f"the {store} store is full")
+    return outcome is not StoreOutcome.FULL
 
 
 class DhtCore:
@@ -279,6 +355,15 @@ class DhtCore:
         )
         self._get_selector = selector if selector is not None else majority_selector
         self._limiter = TokenBucketLimiter(cfg.source_rate, cfg.source_burst, cfg.max_sources)
+        self._guard = AmplificationGuard(cfg.amplification_factor, cfg.verified_for, cfg.max_sources)
+        #: Strangers being verified: address -> the id it claimed; and how many per host.
+        self._verifying: dict[Address, bytes] = {}
+        self._verifying_hosts: Counter[str] = Counter()
+        self._verify_rate = TokenBucket(VERIFY_RATE, VERIFY_BURST, now)
+        self._verify_host_rate = KeyedTokenBuckets(VERIFY_HOST_RATE, VERIFY_HOST_BURST, cfg.max_sources)
+        self._store_host_rate = KeyedTokenBuckets(STORE_HOST_RATE, STORE_HOST_BURST, cfg.max_sources)
+        #: Requests waiting for their address's verification, by address.
+        self._parked: dict[Address, list[wire.Request]] = {}
         #: Counts of everything that happened, by name (drops, misbehaviour, RPCs).
         self.stats: Counter[str] = Counter()
         self._rpcs = RpcTracker(rng, cfg.retransmit_after, cfg.rpc_timeout)
@@ -343,9 +428,10 @@ class DhtCore:
         """Process one datagram from ``addr`` (``(host, port)``)."""
         self._advance(now)
         self.stats["rx.datagrams"] += 1
-        if not self._limiter.allow(addr, now):
+        if not self._limiter.allow(source_key(addr), now):
             self._dropped(addr, "rate limited")
             return
+        self._guard.received(addr, len(data))
         try:
             message = wire.decode_datagram(data)
         except WireError as exc:
@@ -405,12 +491,14 @@ class DhtCore:
 
         Ends with `PutFinished`.  Raises `LocalProtocolError` if the value is
         not valid (type, size, validator) or worse than a value already held.
+        A full store only counts ``own_value_not_held``: the STOREs still go out.
         """
         self._advance(now)
         self._check_key(key, "key")
         if not wire.is_value(value):
             raise LocalProtocolError("a DHT value is int, float, bool, str or bytes")
-        _require_held(self.records.put(key, value, now, published=True), "record")
+        if not _require_held(self.records.put(key, value, now, published=True), "record"):
+            self.stats["own_value_not_held"] += 1
         return self._start(PutQuery(self._new_query_id(), key, value), now)
 
     def start_add_provider(self, key: bytes, value: bytes, now: float) -> int:
@@ -418,13 +506,15 @@ class DhtCore:
         ``p2pb_add_provider`` to the k closest nodes.  Ends with `ProvidersAdded`.
 
         Raises `LocalProtocolError` if the provider validator refuses the value,
-        or a better value of the same provider is already held.
+        or a better value of the same provider is already held.  A full
+        store only counts ``own_value_not_held``: the announcement still goes out.
         """
         self._advance(now)
         self._check_key(key, "key")
         if not isinstance(value, bytes):
             raise LocalProtocolError("a provider value is bytes")
-        _require_held(self.providers.add(key, value, now, published=True), "provider")
+        if not _require_held(self.providers.add(key, value, now, published=True), "provider"):
+            self.stats["own_value_not_held"] += 1
         return self._start(AddProviderQuery(self._new_query_id(), key, value), now)
 
     def start_get_providers(self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
@@ -468,31 +558,132 @@ class DhtCore:
             return
         self.stats[f"rx.request.{wire.request_name(request)}"] += 1
         if isinstance(request, wire.Stun):
-            self._reply(wire.stun_response(request.msg_id, addr), addr)
+            self._reply(wire.stun_response(request.msg_id, addr), addr, now)
             return
+        # A request never changes the table by itself (module docstring, "Strangers").
+        # A live contact of the table (it answered us, and has not failed
+        # since) counts as verified.  Any other sender is pinged, unless its
+        # address answered us lately and the table already holds it or its
+        # bucket caches it as a replacement (a ping would teach us nothing).
         sender = Contact(request.sender_id, addr)
-        self._saw(sender, now)
+        known = self.table.get(request.sender_id)
+        if known is not None and known.addr == addr and not self.table.stale(known.node_id):
+            self._reply(self._response(request, addr, now, None), addr, now, verified=True)
+            return
+        if self._guard.is_verified(addr, now) and self.table.knows(sender):
+            self._reply(self._response(request, addr, now, None), addr, now)
+            return
+        verifying = self._verify(sender, now)
+        self._answer(request, addr, now, may_park=verifying)
+
+    def _answer(self, request: wire.Request, addr: Address, now: float, *, may_park: bool) -> None:
+        """Answer ``request`` within ``addr``'s budget: whole, parked, trimmed, or refused."""
+        budget = self._guard.budget(addr, now)
+        if budget is None:
+            self._reply(self._response(request, addr, now, None), addr, now)
+            return
+        if isinstance(request, wire.Store | wire.AddProvider):
+            if may_park and self._park(request, addr):
+                return
+            self.stats["store.unverified_refused"] += 1
+            refused = wire.store_response(request.msg_id, False)
+            self._reply(refused, addr, now)
+            return
+        whole = self._response(request, addr, now, None)
+        if len(whole) <= budget:
+            self._reply(whole, addr, now)
+            return
+        if may_park and self._park(request, addr):
+            return
+        self.stats["tx.trimmed_answers"] += 1
+        self._reply(self._response(request, addr, now, budget), addr, now)
+
+    def _response(self, request: wire.Request, addr: Address, now: float, max_bytes: int | None) -> bytes:
+        """The answer datagram to ``request``; with ``max_bytes``, trimmed to fit (if it can be)."""
+        assert not isinstance(request, wire.Stun | wire.UnknownRequest)
+        sender = Contact(request.sender_id, addr)
         if isinstance(request, wire.Ping):
-            self._reply(wire.ping_response(request.msg_id, self.node_id), addr)
-        elif isinstance(request, wire.Store):
-            self._reply(wire.store_response(request.msg_id, self._on_store(request, sender, now)), addr)
-        elif isinstance(request, wire.FindNode):
+            return wire.ping_response(request.msg_id, self.node_id)
+        if isinstance(request, wire.Store | wire.AddProvider):
+            if not self._store_host_rate.take(source_key(addr), now):
+                self.stats["store.rate_limited"] += 1
+                return wire.store_response(request.msg_id, False)  # same bytes as add_provider's
+            if isinstance(request, wire.Store):
+                return wire.store_response(request.msg_id, self._on_store(request, sender, now))
+            return wire.add_provider_response(request.msg_id, self._on_add_provider(request, sender, now))
+        if isinstance(request, wire.FindNode):
             closest = self.table.closest(request.target, exclude_id=sender.node_id, exclude_addr=addr)
-            self._reply(wire.find_node_response(request.msg_id, closest), addr)
-        elif isinstance(request, wire.AddProvider):
-            stored = self._on_add_provider(request, sender, now)
-            self._reply(wire.add_provider_response(request.msg_id, stored), addr)
-        elif isinstance(request, wire.GetProviders):
-            closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
+            return wire.find_node_response(request.msg_id, closest, max_bytes)
+        closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
+        if isinstance(request, wire.GetProviders):
             held = self.providers.get(request.key, now)
-            self._reply(wire.get_providers_response(request.msg_id, held, closest), addr)
+            return wire.get_providers_response(request.msg_id, held, closest, max_bytes)
+        value = self.records.get(request.key, now)
+        if value is not None:
+            found = wire.find_value_response(request.msg_id, value)
+            if max_bytes is None or len(found) <= max_bytes:
+                return found
+        return wire.find_value_response(request.msg_id, closest, max_bytes)
+
+    # ================================================================== strangers
+
+    def _verify(self, sender: Contact, now: float) -> bool:
+        """Ping a stranger to learn whether it answers as ``sender``; True while one runs.
+
+        Bounded in total and per host, paced, and paid from the address's
+        credit (module docstring, "Strangers")."""
+        addr = sender.addr
+        if addr in self._verifying:
+            return True
+        host = source_key(addr)
+        if len(self._verifying) >= MAX_VERIFYING or self._verifying_hosts[host] >= MAX_VERIFYING_PER_HOST:
+            self.stats["verify.busy"] += 1
+            return False
+        if not self._verify_rate.take(now) or not self._verify_host_rate.take(host, now):
+            self.stats["verify.rate_limited"] += 1
+            return False
+        ping = wire.Ping(self._rpcs.new_msg_id(), self.node_id)
+        if not self._guard.spend(addr, len(wire.encode_request(ping)), now):
+            self.stats["verify.no_credit"] += 1
+            return False
+        self._verifying[addr] = sender.node_id
+        self._verifying_hosts[host] += 1
+        self.stats["verify.started"] += 1
+        self._send(ping, addr, sender.node_id, Purpose.VERIFY, None, now)
+        return True
+
+    def _park(self, request: wire.Request, addr: Address) -> bool:
+        """Hold ``request`` until ``addr``'s verification ends; False if there is no room."""
+        parked = self._parked.setdefault(addr, [])
+        if any(p.msg_id == request.msg_id for p in parked):
+            self.stats["verify.duplicate_parked"] += 1  # a retransmit: the first copy is answered
+            return True
+        if len(parked) >= MAX_PARKED_PER_ADDRESS:
+            return False
+        parked.append(request)
+        self.stats["verify.parked"] += 1
+        return True
+
+    def _verified(self, rpc: Rpc, responder: bytes | None, now: float) -> None:
+        """A verification ended: answered (``responder``) or not (None)."""
+        addr = rpc.addr
+        self._verifying.pop(addr, None)
+        host = source_key(addr)
+        self._verifying_hosts[host] -= 1
+        if self._verifying_hosts[host] <= 0:
+            del self._verifying_hosts[host]
+        parked = self._parked.pop(addr, [])
+        if responder is None:
+            self.stats["verify.failed"] += 1
+            self.stats["verify.parked_dropped"] += len(parked)
+            return
+        if responder == rpc.node_id:
+            self.stats["verify.answered"] += 1
+            self._saw(Contact(responder, addr), now)
         else:
-            value = self.records.get(request.key, now)
-            if value is not None:
-                self._reply(wire.find_value_response(request.msg_id, value), addr)
-            else:
-                closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
-                self._reply(wire.find_value_response(request.msg_id, closest), addr)
+            self.stats["verify.other_id"] += 1
+        for request in parked:
+            self._answer(request, addr, now, may_park=False)
 
     def _on_store(self, request: wire.Store, sender: Contact, now: float) -> bool:
         outcome = self.records.put(request.key, request.value, now)
@@ -515,7 +706,10 @@ class DhtCore:
             self._notice(ProviderStored(request.key, request.value, sender))
         return outcome in (StoreOutcome.STORED, StoreOutcome.REFRESHED)
 
-    def _reply(self, datagram: bytes, addr: Address) -> None:
+    def _reply(self, datagram: bytes, addr: Address, now: float, *, verified: bool = False) -> None:
+        if not verified and not self._guard.spend(addr, len(datagram), now):
+            self._dropped(addr, "answer over the amplification budget")
+            return
         self.stats["tx.responses"] += 1
         self._outgoing.append((datagram, addr))
 
@@ -579,6 +773,9 @@ class DhtCore:
     def _expire_rpcs(self, now: float) -> None:
         while (rpc := self._rpcs.pop_due(now)) is not None:
             if not rpc.timed_out:
+                if rpc.purpose is Purpose.VERIFY and not self._guard.spend(rpc.addr, len(rpc.datagram), now):
+                    self.stats["verify.retransmit_without_credit"] += 1
+                    continue
                 self._outgoing.append((rpc.datagram, rpc.addr))
                 self.stats["tx.retransmits"] += 1
                 continue
@@ -599,6 +796,7 @@ class DhtCore:
             self._dropped(addr, "response from an address we did not ask")
             return
         self._rpcs.close(rpc)
+        self._guard.verify(addr, now)  # it saw our message id: it receives at addr
         self.stats[f"rx.response.{rpc.name}"] += 1
         try:
             self._on_answer(rpc, response.body, now)
@@ -610,6 +808,9 @@ class DhtCore:
         """Parse the answer by the request's kind and dispatch it; raises `WireError`."""
         if rpc.name == wire.PING:
             responder = wire.parse_ping_response(body)
+            if rpc.purpose is Purpose.VERIFY:
+                self._verified(rpc, responder, now)
+                return
             if rpc.node_id is not None and responder != rpc.node_id:
                 # Another node now lives at that address: the one we knew is gone.
                 self._promoted(self.table.eviction_failed(rpc.node_id, now), now)
@@ -634,6 +835,9 @@ class DhtCore:
         self._query_success(rpc, contact, answer, now)
 
     def _rpc_failed(self, rpc: Rpc, now: float, *, silent: bool = False) -> None:
+        if rpc.purpose is Purpose.VERIFY:
+            self._verified(rpc, None, now)
+            return
         if silent and rpc.name in wire.P2PBLOG_RPCS:
             # kademlia nodes never answer p2pblog's RPCs: silence is no proof of death.
             self.stats["rpc.unanswered_p2pblog_rpc"] += 1
@@ -643,7 +847,7 @@ class DhtCore:
                 self.stats["table.evictions"] += 1
                 self._promoted(self.table.eviction_failed(rpc.node_id, now, checked_at=rpc.sent_at), now)
             else:
-                self._promoted(self.table.record_failure(rpc.node_id, now), now)
+                self._promoted(self.table.record_failure(rpc.node_id, now, sent_at=rpc.sent_at), now)
         query = self._queries.get(rpc.query_id) if rpc.query_id is not None else None
         if query is None:
             return

@@ -1,40 +1,82 @@
-"""Per-source token buckets: how many datagrams one address may make us process.
+"""Per-source budgets: datagrams per host, and bytes we may send to unproven addresses.
 
 Theory of operation
 -------------------
-Each source address owns a bucket of at most ``burst`` tokens that refills at
-``rate`` tokens per second of ``now``.  Admitting a datagram costs one token;
-with none left the datagram is dropped (and the caller counts the drop).
-Refill is computed lazily from the time of the last admission, so the limiter
-needs no timer.
+Two budgets guard the core against strangers; both are bounded tables.
 
-The table of buckets is bounded by ``max_sources``: when a new source arrives
-at a full table the least recently active source is forgotten.  Forgetting a
-source is the same as giving it a full bucket, which is what an idle source
-would have anyway; an attacker rotating through many addresses is bounded by
-the table size times ``burst`` per rotation, not by this class alone.
+**Datagrams per host** (`TokenBucketLimiter`).  Each source owns a bucket of
+at most ``burst`` tokens that refills at ``rate`` tokens per second of
+``now``; admitting a datagram costs one token; with none left the datagram
+is dropped (and the caller counts the drop).  The core keys the buckets by
+`source_key`: the IPv4 address, or the /64 of an IPv6 address (the
+smallest block an ISP hands one customer, RFC 6177), never by the port,
+because one host can send from 65,535 ports.  The table is bounded by
+``max_sources``: a new source at a full table forgets the least recently
+active one, which is the same as giving it a full bucket (what an idle
+source would have anyway).  The arithmetic is the project's one token
+bucket (`identity.pacing`).
 
-The arithmetic is the project's one token bucket (`identity.pacing`); this
-module only names the DHT's budget and keeps the limiter's ``allow`` API.
+**Bytes to unproven addresses** (`AmplificationGuard`).  A UDP source
+address is only a claim: an attacker can send us a small request with a
+victim's address as source and let our larger answer hit the victim.  So,
+as QUIC does before it validates a client's address (RFC 9000 section
+8.1), every datagram from an address earns that address ``factor`` times
+its size in credit, and everything we send to an address that is not
+*verified* (an answer, a verification ping, its retransmits) spends from
+that credit; what does not fit is trimmed by the caller or not sent.  An
+address is verified for ``verified_for`` seconds after it answered a
+request of ours (a spoofer never sees our requests, so it cannot answer
+them).  Both tables (credit and verified) are bounded and forget the least
+recently used entry first; forgetting credit only makes us more careful,
+forgetting a verification only costs one more verification ping.  Over any
+sequence of inputs, the bytes sent to an address while it is unverified
+are at most ``factor`` times the bytes received from it.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+from collections import OrderedDict
 from typing import Final
 
+from dht.ids import Address
 from identity.errors import LocalProtocolError
 from identity.pacing import KeyedTokenBuckets
 
-#: Datagrams per second one source address may make us process, sustained.
+#: Datagrams per second one source host may make us process, sustained.
 SOURCE_RATE: Final = 50.0
 #: ... and in a burst.
 SOURCE_BURST: Final = 200.0
 #: Sources tracked at once.
 MAX_SOURCES: Final = 4096
+#: Prefix length that names one IPv6 host (RFC 6177: a customer gets at least a /64).
+IPV6_HOST_PREFIX: Final = 64
+#: Bytes we may send to an unverified address per byte received from it (RFC 9000 8.1: 3).
+AMPLIFICATION_FACTOR: Final = 3
+#: Seconds an address stays verified after it answered us (BEP 5's "good node": 15 minutes).
+VERIFIED_FOR: Final = 15 * 60.0
+#: Addresses whose credit, and addresses whose verification, are remembered (each table).
+MAX_TRACKED_ADDRESSES: Final = 4096
+
+
+@functools.lru_cache(maxsize=4096)
+def source_key(addr: Address) -> str:
+    """The host behind ``addr``: the IPv4 address, or the IPv6 /64 (IPv4-mapped: the IPv4)."""
+    host = addr[0]
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host  # drivers pass textual IPs; anything else is its own key
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_HOST_PREFIX), strict=False))
+    return str(ip)
 
 
 class TokenBucketLimiter(KeyedTokenBuckets):
-    """Admit or refuse one unit of work per source, token-bucket style."""
+    """Admit or refuse one unit of work per source key, token-bucket style."""
 
     def __init__(
         self,
@@ -47,7 +89,66 @@ class TokenBucketLimiter(KeyedTokenBuckets):
         super().__init__(rate, burst, max_sources)
         self.max_sources = max_sources
 
-    #: ``allow(source, now)``: take one token from ``source``'s bucket; False
+    #: ``allow(key, now)``: take one token from ``key``'s bucket; False
     #: (and nothing taken) if it is empty.  (An alias, not a wrapper: this is
     #: called for every datagram.)
     allow = KeyedTokenBuckets.take
+
+
+class AmplificationGuard:
+    """Credit for bytes to unverified addresses, and which addresses are verified."""
+
+    def __init__(
+        self,
+        factor: float = AMPLIFICATION_FACTOR,
+        verified_for: float = VERIFIED_FOR,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+    ) -> None:
+        if factor < 1 or verified_for < 0 or max_addresses < 1:
+            raise LocalProtocolError("factor must be >= 1, verified_for >= 0, max_addresses >= 1")
+        self.factor = factor
+        self.verified_for = verified_for
+        self.max_addresses = max_addresses
+        self._credit: OrderedDict[Address, float] = OrderedDict()
+        self._verified: OrderedDict[Address, float] = OrderedDict()  # addr -> verified until
+
+    def __len__(self) -> int:
+        return len(self._credit) + len(self._verified)
+
+    def received(self, addr: Address, nbytes: int) -> None:
+        """``addr`` sent us ``nbytes``: it earns ``factor`` times that in credit."""
+        self._credit[addr] = self._credit.pop(addr, 0.0) + self.factor * nbytes
+        if len(self._credit) > self.max_addresses:
+            self._credit.popitem(last=False)
+
+    def verify(self, addr: Address, now: float) -> None:
+        """``addr`` answered a request of ours: it receives at that address."""
+        self._verified.pop(addr, None)
+        self._verified[addr] = now + self.verified_for
+        if len(self._verified) > self.max_addresses:
+            self._verified.popitem(last=False)
+
+    def is_verified(self, addr: Address, now: float) -> bool:
+        until = self._verified.get(addr)
+        if until is None:
+            return False
+        if until < now:
+            del self._verified[addr]
+            return False
+        return True
+
+    def budget(self, addr: Address, now: float) -> int | None:
+        """Bytes we may still send to ``addr`` now; None: no limit (verified)."""
+        if self.is_verified(addr, now):
+            return None
+        return int(self._credit.get(addr, 0.0))
+
+    def spend(self, addr: Address, nbytes: int, now: float) -> bool:
+        """Take ``nbytes`` from ``addr``'s credit if it is unverified; False (nothing taken) if short."""
+        if self.is_verified(addr, now):
+            return True
+        credit = self._credit.get(addr, 0.0)
+        if credit < nbytes:
+            return False
+        self._credit[addr] = credit - nbytes
+        return True

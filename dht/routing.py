@@ -36,11 +36,21 @@ from another node, it updates the appropriate k-bucket"):
   contacts are never evicted for a newcomer (section 2.2's defence against
   flooding the table with new ids).
 
-RPC failures outside that check are counted per contact (`record_failure`); a
-contact that failed `STALE_FAILURES` RPCs in a row is *stale*: it is replaced
-at once when a replacement exists (section 4.1 keeps stale contacts only when
-nothing better is known, so that a node that loses its own connectivity does
-not flush its table).
+Only *answers* to our requests reach `update` (the core's rule, see
+`dht.core`): a request proves nothing about the sender's address, and
+letting requests in let a stranger fill the table with ids that never
+answer.
+
+RPC failures outside that check are counted per contact (`record_failure`);
+a contact that failed `STALE_FAILURES` RPCs in a row is *stale*.  A stale
+contact is replaced at once when a replacement exists; otherwise it is
+removed anyway if some other contact answered us after its first failed
+request went out (``sent_at``): the network works, so this contact is dead.
+Section 4.1 keeps stale contacts only when nothing better is known so that a
+node that loses its *own* connectivity does not flush its table; without a
+fresh answer from anyone we cannot tell that case apart, so we keep them.
+Stale contacts still in the table give way to the first newcomer that
+answers (`update`).
 
 `closest` is exact: it scans every contact and keeps the k nearest by XOR
 (one ``sorted`` pass, faster than ``heapq.nsmallest`` at these sizes), rather
@@ -73,8 +83,9 @@ if TYPE_CHECKING:
     from random import Random
 
 #: Consecutive RPC failures after which a contact is stale (paper 4.1 says 5
-#: for a contact that merely went quiet; we retransmit every RPC several times,
-#: so each of our failures already means several lost datagrams).
+#: for a contact that merely went quiet; we retransmit every RPC four times
+#: over 5 s, so each of our failures already means five lost datagrams, and
+#: two in a row at 5% loss happen to a live contact about once in 10^13).
 STALE_FAILURES: Final = 2
 #: Seconds after which an untouched bucket is refreshed (paper 2.3: one hour).
 REFRESH_INTERVAL: Final = 3600.0
@@ -98,6 +109,8 @@ class _Entry:
     contact: Contact
     last_seen: float
     failures: int = 0
+    #: When the first of the current run of failed requests was sent.
+    failing_since: float = 0.0
 
 
 class _Bucket:
@@ -147,6 +160,8 @@ class RoutingTable:
         # only when a bucket is touched or the nearest non-empty bucket moves.
         self._refresh_cache: float | None = None
         self._refresh_dirty = True
+        #: When any contact last answered us (`update`): proof our network works.
+        self.last_answer = float("-inf")
 
     # ------------------------------------------------------------------ queries
 
@@ -200,6 +215,16 @@ class RoutingTable:
 
     def bucket_contacts(self, index: int) -> list[Contact]:
         return [e.contact for e in self._buckets[index].entries.values()]
+
+    def knows(self, contact: Contact) -> bool:
+        """True if ``contact`` (id and address) is in the table or its bucket's replacement cache."""
+        if len(contact.node_id) != ID_BYTES or contact.node_id == self.own_id:
+            return True  # nothing to learn about ourselves
+        bucket = self._buckets[self.bucket_index(contact.node_id)]
+        held = bucket.entries.get(contact.node_id)
+        if held is not None:
+            return held.contact.addr == contact.addr
+        return bucket.replacements.get(contact.node_id) == contact
 
     def replacements(self, index: int) -> list[Contact]:
         return list(self._buckets[index].replacements.values())
@@ -279,6 +304,7 @@ class RoutingTable:
         node_id = contact.node_id
         if len(node_id) != ID_BYTES or node_id == self.own_id:
             return UpdateOutcome.IGNORED, None
+        self.last_answer = max(self.last_answer, now)
         bucket = self._buckets[self.bucket_index(node_id)]
         entry = bucket.entries.get(node_id)
         if entry is not None:
@@ -326,19 +352,32 @@ class RoutingTable:
             return None
         return self.remove(node_id, now)
 
-    def record_failure(self, node_id: bytes, now: float) -> Contact | None:
-        """An RPC to ``node_id`` failed.  Stale contacts give way to a replacement.
+    def record_failure(self, node_id: bytes, now: float, *, sent_at: float | None = None) -> Contact | None:
+        """An RPC to ``node_id`` (sent at ``sent_at``) failed.  Stale contacts give way.
 
-        Returns the promoted contact, if the failing one was replaced.
+        A stale contact is replaced by the freshest replacement, or, with no
+        replacement, removed if another contact answered us after its first
+        failed request was sent (module docstring).  Without ``sent_at`` a
+        stale contact with no replacement is kept.  Returns the promoted
+        contact, if any.
         """
         entry = self._entry(node_id)
         if entry is None:
             return None
+        if entry.failures == 0:
+            entry.failing_since = now if sent_at is None else sent_at
         entry.failures += 1
+        if entry.failures < STALE_FAILURES:
+            return None
         bucket = self._buckets[self.bucket_index(node_id)]
-        if entry.failures >= STALE_FAILURES and bucket.replacements:
+        if bucket.replacements or (sent_at is not None and self.last_answer > entry.failing_since):
             return self.remove(node_id, now)
         return None
+
+    def stale(self, node_id: bytes) -> bool:
+        """True for a contact that failed `STALE_FAILURES` requests in a row."""
+        entry = self._entry(node_id)
+        return entry is not None and entry.failures >= STALE_FAILURES
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Forget ``node_id`` (and its replacement-cache entry); promote the freshest replacement."""

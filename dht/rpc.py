@@ -55,6 +55,9 @@ class Purpose(enum.Enum):
     CHECK = "liveness check"
     #: Fire-and-forget STORE (caching after a get, records offered to a newcomer).
     CACHE_STORE = "cache store"
+    #: Ping of a stranger that sent us a request: it enters the table only if
+    #: it answers from that address with that id (`dht.core`, "Strangers").
+    VERIFY = "verification"
 
 
 @dataclass(slots=True)

@@ -305,15 +305,42 @@ def store_response(msg_id: bytes, stored: bool) -> bytes:
     return encode_response(msg_id, stored)
 
 
-def find_node_response(msg_id: bytes, contacts: Sequence[Contact]) -> bytes:
-    return encode_response(msg_id, [_contact_triple(c) for c in contacts])
+def _array_header(n: int) -> int:
+    """Bytes of a msgpack array header for ``n`` items."""
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
-def find_value_response(msg_id: bytes, found: Value | Sequence[Contact]) -> bytes:
+def _fit_contacts(contacts: Sequence[Contact], room: int | None) -> list[list[object]]:
+    """The first contacts whose packed array fits in ``room`` bytes (None: all)."""
+    nodes = [_contact_triple(c) for c in contacts]
+    if room is None:
+        return nodes
+    used = _array_header(len(nodes))
+    for i, node in enumerate(nodes):
+        used += len(_pack(node))
+        if used > room:
+            return nodes[:i]
+    return nodes
+
+
+def find_node_response(msg_id: bytes, contacts: Sequence[Contact], max_bytes: int | None = None) -> bytes:
+    """``[[id, ip, port], ...]``; with ``max_bytes``, only the first contacts that fit
+    (the caller orders them nearest first), never fewer than none."""
+    room = None if max_bytes is None else max_bytes - HEADER_BYTES
+    return encode_response(msg_id, _fit_contacts(contacts, room))
+
+
+def find_value_response(
+    msg_id: bytes, found: Value | Sequence[Contact], max_bytes: int | None = None
+) -> bytes:
+    """``{"value": v}`` or the ``find_node`` answer (trimmed to ``max_bytes`` as there).
+
+    A value does not shrink: the caller checks the size and answers with
+    contacts instead when it must."""
     if is_value(found):
         return encode_response(msg_id, {"value": found})
     assert not isinstance(found, bytes | str | int | float)
-    return find_node_response(msg_id, found)
+    return find_node_response(msg_id, found, max_bytes)
 
 
 def stun_response(msg_id: bytes, addr: Address) -> bytes:
@@ -324,17 +351,23 @@ def add_provider_response(msg_id: bytes, stored: bool) -> bytes:
     return encode_response(msg_id, stored)
 
 
-def get_providers_response(msg_id: bytes, providers: Sequence[bytes], contacts: Sequence[Contact]) -> bytes:
-    """``{"providers": [...], "nodes": [...]}`` within `MAX_BODY_BYTES`.
+def get_providers_response(
+    msg_id: bytes, providers: Sequence[bytes], contacts: Sequence[Contact], max_bytes: int | None = None
+) -> bytes:
+    """``{"providers": [...], "nodes": [...]}`` within `MAX_BODY_BYTES` (and ``max_bytes``).
 
     Takes the first `MAX_PROVIDERS_PER_ANSWER` of ``providers`` (the caller
     orders them, best first) and stops at the first one that no longer fits
-    next to ``contacts``, which always go in whole (k contacts take < 1 KiB).
+    next to ``contacts``.  Without ``max_bytes`` the contacts always go in
+    whole (k contacts take < 1 KiB); with it, the contacts are trimmed
+    first (nearest kept) to fit, and providers take what room is left.
     """
-    nodes = [_contact_triple(c) for c in contacts]
+    limit = MAX_BODY_BYTES if max_bytes is None else min(MAX_BODY_BYTES, max_bytes - HEADER_BYTES)
+    empty = len(_pack({"providers": [], "nodes": []}))
+    nodes = _fit_contacts(contacts, None if max_bytes is None else limit - empty + 1)
     # Room left once the empty shape is packed; 2 more bytes for the array
     # header, which grows from fixarray (1 byte) to array 16 (3 bytes) at 16.
-    room = MAX_BODY_BYTES - len(_pack({"providers": [], "nodes": nodes})) - 2
+    room = limit - len(_pack({"providers": [], "nodes": nodes})) - 2
     chosen: list[bytes] = []
     for value in providers[:MAX_PROVIDERS_PER_ANSWER]:
         size = len(_pack(value))
