@@ -686,7 +686,7 @@ class DhtCore:
             self._answer(request, addr, now, may_park=False)
 
     def _on_store(self, request: wire.Store, sender: Contact, now: float) -> bool:
-        outcome = self.records.put(request.key, request.value, now)
+        outcome = self.records.put(request.key, request.value, now, source=source_key(sender.addr))
         self.stats[f"store.{outcome.value}"] += 1
         if outcome is StoreOutcome.INVALID:
             self._misbehaved(sender.addr, sender.node_id, "invalid stored value")
@@ -698,7 +698,7 @@ class DhtCore:
         # The value speaks for itself (p2pblog: a signed record), so unlike
         # libp2p we do not require the sender to be the provider: the sender
         # may relay an announcement it did not make.
-        outcome = self.providers.add(request.key, request.value, now)
+        outcome = self.providers.add(request.key, request.value, now, source=source_key(sender.addr))
         self.stats[f"providers.{outcome.value}"] += 1
         if outcome is StoreOutcome.INVALID:
             self._misbehaved(sender.addr, sender.node_id, "invalid provider value")

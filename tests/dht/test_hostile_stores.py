@@ -458,10 +458,9 @@ def test_the_core_announces_into_a_full_provider_store() -> None:
     """The crash: a full store refused our own announcement and the core raised."""
     config = DhtConfig(max_provider_values=50, source_burst=1e9)
     core = DhtCore(b"\x01" * 20, Random(0), 0.0, config=config)
-    for i in range(200):
-        add = wire.AddProvider(b"m" * 20, b"\x02" * 20, bytes([i % 256]) * 20, b"sybil %d" % i)
-        core.receive_datagram(wire.encode_request(add), ("203.0.113.9", 4000), 1.0)
-    assert core.stats["providers.full"] == 150
+    for i in range(200):  # from 50 hosts, so the per-source share does not refuse them first
+        core.providers.add(bytes([i % 256]) * 20, b"sybil %d" % i, 1.0, source=f"203.0.113.{i % 50}")
+    assert core.providers.stats["refused.full"] == 150
     core.start_add_provider(b"\xff\x03" * 10, b"our own", 2.0)
     assert core.providers.get(b"\xff\x03" * 10, 2.0) == [b"our own"]
     assert core.providers.received == 50

@@ -41,6 +41,7 @@ from identity import Identity
 from identity.errors import LocalProtocolError
 from identity.limits import MAX_DHT_VALUE_BYTES
 from tests.dht.simnet import SimNetwork, SimNode, add_provider_of, bootstrap_via, get_providers_of
+from tests.dht.test_hostile_net import answer_verification
 from tests.dht.test_wire import contacts, decode_fully, ids, msg_ids, msgpack_objects
 
 MSG_ID = bytes.fromhex("fb3d10523e9f376e6848d167f52acdc994a7cd04")
@@ -353,6 +354,7 @@ def test_core_passes_the_rank_to_its_provider_store() -> None:
         config=config, selector=toy_selector, provider_validator=toy_validator, provider_rank=toy_rank
     )
     assert core.providers.rank is toy_rank and make_core().providers.rank is None
+    verified(core, Contact(SENDER, PEER), 0.5)
     answers = []
     for name, rank in [("a", 3), ("b", 2), ("c", 1), ("d", 2)]:
         add = wire.AddProvider(MSG_ID, SENDER, KEY, toy(name, rank))
@@ -535,6 +537,15 @@ def drain(core: DhtCore) -> list[Event]:
     return events
 
 
+def verified(core: DhtCore, contact: Contact, now: float) -> DhtCore:
+    """core, after contact sent it a PING and answered the ping that verifies it (a
+    stranger's STORE or add-provider waits for that); its outputs are drained."""
+    core.receive_datagram(wire.encode_request(wire.Ping(b"v" * 20, contact.node_id)), contact.addr, now)
+    answer_verification(core, contact, now)
+    drain(core)
+    return core
+
+
 def answer_body(core: DhtCore) -> Any:
     ((data, _),) = core.datagrams_to_send()
     message = wire.decode_datagram(data)
@@ -548,6 +559,7 @@ def test_core_serves_add_provider_and_get_providers() -> None:
     )
     contact = Contact(hashlib.sha1(b"c").digest(), ("10.0.0.9", 4000))
     core.table.update(contact, 0.0)
+    verified(core, Contact(SENDER, PEER), 0.5)
     add = wire.AddProvider(MSG_ID, SENDER, KEY, toy("a", 1))
     core.receive_datagram(wire.encode_request(add), PEER, 1.0)
     assert wire.parse_add_provider_response(answer_body(core)) is True
