@@ -154,8 +154,8 @@ def when(timestamp_ms: int | float) -> str:
         return "?"
     days, rest = divmod(ms, _MS_PER_DAY)
     year, month, day = _civil_from_days(days)
-    seconds = rest // 1000
-    return f"{year:04d}-{month:02d}-{day:02d} {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d} UTC"
+    hours, seconds = divmod(rest // 1000, 3600)
+    return f"{year:04d}-{month:02d}-{day:02d} {hours:02d}:{seconds // 60:02d}:{seconds % 60:02d} UTC"
 
 
 def echo_item(item: FeedItem) -> None:

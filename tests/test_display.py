@@ -22,7 +22,7 @@ from tests.process import p2pblog
 _DATETIME_MIN_MS = (
     int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1000
 )
-_DATETIME_MAX_MS = int((datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())) * 1000 + 999
+_DATETIME_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 1000 + 999
 
 HIDDEN = {"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"}
 
