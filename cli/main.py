@@ -668,7 +668,12 @@ def peers(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status(as_json: bool) -> None:
-    """Show the running node: handle, addresses, peers, followed feeds, dropped input."""
+    """Show the running node: handle, addresses, peers, followed feeds, dropped input.
+
+    Also says when the disk is full (the node then serves what it holds
+    but stores nothing new) and counts internal errors (inputs whose
+    handling failed; the node logged them and went on).
+    """
     home = current_home()
     result = control.call(home.path, "status")
     if as_json:
@@ -689,6 +694,16 @@ def status(as_json: bool) -> None:
         click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+    storage = result.get("storage") or {}
+    if storage.get("full"):
+        click.echo(
+            f"storage: FULL ({storage.get('free_bytes')} bytes free, {storage.get('refused_writes', 0)} "
+            "writes refused): posts and new entries wait until space is freed"
+        )
+    internal = result.get("internal_errors") or {}
+    if internal:
+        listed = ", ".join(f"{k} {v}" for k, v in internal.items())
+        click.echo(f"internal errors: {listed} (the node went on; tracebacks are in its log)")
 
 
 main.add_command(sim)

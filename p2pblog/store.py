@@ -22,6 +22,19 @@ Derived tables are maintained as entries are stored, in seq order per feed
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
 target is an earlier entry of the same feed.
 
+A full disk: SQLite reports ``SQLITE_FULL`` (or, when the WAL cannot grow,
+an I/O error) on a write.  `Store.transaction` turns either into
+`StorageFull` after rolling the transaction back, so nothing of it is
+stored and the caller gets a declared error with one line for the user;
+``full`` then stays True (and ``refused_writes`` counts) until a write
+commits again.  Reads go on working.  An I/O error is taken for a full
+disk only when the file system has less than `FULL_BELOW_BYTES` free:
+otherwise it is reported as the `StoreError` it is.
+
+Files: the database and its ``-wal`` / ``-shm`` files are created mode 0600
+(the process umask is narrowed while SQLite creates them): they hold who
+the owner follows, blocks and petnames.
+
 The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` lists the
 scripts that bring a database from one version to the next.
 """
@@ -29,6 +42,7 @@ scripts that bring a database from one version to the next.
 from __future__ import annotations
 
 import enum
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -53,8 +67,15 @@ from p2pblog.errors import (
     EntryFromFuture,
     FeedForkedError,
     LocalProtocolError,
+    StorageFull,
     StoreError,
 )
+
+#: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
+FULL_BELOW_BYTES: Final = 1024 * 1024
+#: SQLite's primary result codes for a full database or disk, and for an I/O error.
+_SQLITE_FULL: Final = 13
+_SQLITE_IOERR: Final = 10
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: feeds, entries, fork proofs and derived indexes.
@@ -253,6 +274,12 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        #: Whether the last write was refused for a full disk (cleared by a commit).
+        self.full = False
+        #: Write transactions refused for a full disk.
+        self.refused_writes = 0
+        # 0600 for the database and the -wal / -shm files SQLite creates next to it.
+        umask = os.umask(0o077)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
             # Read TEXT as bytes: a damaged row typed TEXT must reach decode_entry
@@ -263,7 +290,16 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if self._disk_full(exc):
+                raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
             raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        finally:
+            os.umask(umask)
+        for suffix in ("", "-wal", "-shm"):  # files from before this rule: tighten them
+            try:
+                os.chmod(f"{self.path}{suffix}", 0o600)
+            except OSError:
+                pass
         self._depth = 0
         # Feed heads read or changed in the current write transaction; written
         # back once per commit instead of once per entry (docs/benchmarks.md).
@@ -308,20 +344,57 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
         try:
-            yield
-            self._flush_heads()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+                self._flush_heads()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.OperationalError as exc:
+            if not self._disk_full(exc):
+                raise
+            self.full = True
+            self.refused_writes += 1
+            raise StorageFull(f"the disk is full: cannot write to {self.path} ({exc})") from None
         else:
-            self._db.execute("COMMIT")
+            self.full = False
         finally:
             self._depth = 0
             self._heads.clear()
             self._dirty.clear()
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass
+
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        """Whether exc is SQLite saying the disk is full (see the module docstring)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL:
+            return True
+        if code != _SQLITE_IOERR:
+            return False
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize < FULL_BELOW_BYTES
+
+    def free_bytes(self) -> int | None:
+        """Bytes free for us on the store's file system (None if the OS cannot say)."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     def _flush_heads(self) -> None:
         self._db.executemany(
