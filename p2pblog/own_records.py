@@ -47,6 +47,7 @@ current records are in memory (``peer_record``, ``provider_records``,
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final, Generic, TypeVar
@@ -250,21 +251,15 @@ class OwnRecords:
     def handle_timer(self, now: float) -> None:
         """Re-sign and store again every record that is due (a refused one: see the docstring)."""
         if self.peer_job.poll(now):
-            try:
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
-            except LocalProtocolError:
-                pass  # counted, retried after REFUSED_RETRY
         for feed in self.provider_job.poll(now):
-            try:
+            with contextlib.suppress(LocalProtocolError):
                 self.announce(feed, self.provided[feed], now)
-            except LocalProtocolError:
-                pass
         for name in self.claim_job.poll(now):
             if len(self.dht.table):
-                try:
+                with contextlib.suppress(LocalProtocolError):
                     self._add_claim(self._sign_claim(name, *self.claims[name], now), now, consume=True)
-                except LocalProtocolError:
-                    pass
             else:
                 self.claim_job.schedule(name, now + FIRST_CONTACT_POLL)
 
@@ -277,18 +272,15 @@ class OwnRecords:
             and len(self.dht.table) >= 2 * max(1, self._published_table)
             and now >= self._published_at + REPUBLISH_GROWN_AFTER
         ):
-            try:
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
-            except LocalProtocolError:
-                pass  # counted, retried after REFUSED_RETRY
         if self.addrs and any(proto == "tcp" for proto, _, _ in self.addrs):
             own = self.identity.public_key
             for feed in wanted:
                 if feed not in self.provided and (feed == own or self.store.latest_seq(feed) > 0):
-                    try:
+                    # Counted; `provided` holds it, so the provider job retries it.
+                    with contextlib.suppress(LocalProtocolError):
                         self.announce(feed, self.addrs, now, consume=True)
-                    except LocalProtocolError:
-                        pass  # counted; `provided` holds it, so the provider job retries it
 
     def stored(self, result: ProviderAnnounced | NameClaimPublished, now: float) -> None:
         """The end of an announce or claim we consume: retry one that reached no node."""

@@ -45,7 +45,7 @@ import enum
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -296,10 +296,8 @@ class Store:
         finally:
             os.umask(umask)
         for suffix in ("", "-wal", "-shm"):  # files from before this rule: tighten them
-            try:
+            with suppress(OSError):
                 os.chmod(f"{self.path}{suffix}", 0o600)
-            except OSError:
-                pass
         self._depth = 0
         # Feed heads read or changed in the current write transaction; written
         # back once per commit instead of once per entry (docs/benchmarks.md).
@@ -370,10 +368,8 @@ class Store:
     def _rollback(self) -> None:
         # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
         if self._db.in_transaction:
-            try:
+            with suppress(sqlite3.OperationalError):
                 self._db.execute("ROLLBACK")
-            except sqlite3.OperationalError:
-                pass
 
     def _disk_full(self, exc: sqlite3.Error) -> bool:
         """Whether exc is SQLite saying the disk is full (see the module docstring)."""
