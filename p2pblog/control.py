@@ -88,10 +88,16 @@ def write_state(home: Path, state: NodeState) -> None:
     """Atomically write HOME/node.json with mode 0600."""
     doc = {"pid": state.pid, "control": list(state.control), "token": state.token, **state.info}
     tmp = home / (STATE_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        json.dump(doc, out)
-    os.replace(tmp, home / STATE_FILE)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out)
+        os.replace(tmp, home / STATE_FILE)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Without node.json no command can find the node: it cannot usefully run.
+            raise StorageFull(f"the disk is full: cannot write {home / STATE_FILE}") from None
+        raise
 
 
 def remove_state(home: Path, token: str) -> None:

@@ -166,7 +166,11 @@ def _changed(feed: bytes, entry: Entry | None) -> dict[str, Any]:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+    try:
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 class NodeService:

@@ -525,12 +525,14 @@ class NodeDriver(UdpDriver):
                 st.scope.cancel()
                 return
             # A socket gives bytes (bytes() is then free); other streams may give a bytearray.
-            failed = self.internal_errors["connection"]
+            failed = self.internal_errors["connection"] + self.storage_full["connection"]
             with self.guard("connection"):
                 self.stream_core.data_received(conn_id, bytes(data), self.clock())
             self.flush()
-            if self.internal_errors["connection"] != failed:
-                st.scope.cancel()  # its session state is suspect: drop the connection
+            if self.internal_errors["connection"] + self.storage_full["connection"] != failed:
+                # Its session state is suspect (after a full disk: it thinks it holds entries
+                # the store refused): drop the connection; a new one starts from the store.
+                st.scope.cancel()
                 return
 
     async def _write(self, st: _Stream) -> None:

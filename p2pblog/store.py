@@ -27,7 +27,9 @@ an I/O error) on a write.  `Store.transaction` turns either into
 `StorageFull` after rolling the transaction back, so nothing of it is
 stored and the caller gets a declared error with one line for the user;
 ``full`` then stays True (and ``refused_writes`` counts) until a write
-commits again.  Reads go on working.  An I/O error is taken for a full
+commits again.  Reads go on working; a store opened on a full disk, where
+SQLite cannot create the ``-shm`` file a WAL database needs, is opened
+immutable for reading, and its writes are refused the same way.  An I/O error is taken for a full
 disk only when the file system has less than `FULL_BELOW_BYTES` free:
 otherwise it is reported as the `StoreError` it is.
 
@@ -41,6 +43,7 @@ scripts that bring a database from one version to the next.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sqlite3
@@ -76,6 +79,7 @@ FULL_BELOW_BYTES: Final = 1024 * 1024
 #: SQLite's primary result codes for a full database or disk, and for an I/O error.
 _SQLITE_FULL: Final = 13
 _SQLITE_IOERR: Final = 10
+_SQLITE_READONLY: Final = 8
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: feeds, entries, fork proofs and derived indexes.
@@ -278,6 +282,8 @@ class Store:
         self.full = False
         #: Write transactions refused for a full disk.
         self.refused_writes = 0
+        #: Opened for reading only, because the disk was full (`_open_read_only`).
+        self.read_only = False
         # 0600 for the database and the -wal / -shm files SQLite creates next to it.
         umask = os.umask(0o077)
         try:
@@ -290,9 +296,9 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            if self._disk_full(exc):
-                raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            if not self._disk_full(exc):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            self._open_read_only(exc)
         finally:
             os.umask(umask)
         for suffix in ("", "-wal", "-shm"):  # files from before this rule: tighten them
@@ -365,6 +371,27 @@ class Store:
             self._heads.clear()
             self._dirty.clear()
 
+    def _open_read_only(self, exc: sqlite3.Error) -> None:
+        """On a full disk SQLite cannot create the -shm / -wal files a WAL database needs,
+        even to read.  With no (or an empty) -wal file, the database file is complete and no
+        one writes it (a writer would have a -wal): open it immutable, for reading; writes
+        are refused."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:  # (the failed open may leave an empty one)
+            raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
+        uri = f"{self.path.resolve().as_uri()}?immutable=1"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db.text_factory = bytes
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error:
+            raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
+        if version != SCHEMA_VERSION:
+            raise StorageFull(f"the disk is full: cannot upgrade the store {self.path} ({exc})")
+        self.read_only = self.full = True
+
     def _rollback(self) -> None:
         # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
         if self._db.in_transaction:
@@ -374,7 +401,7 @@ class Store:
     def _disk_full(self, exc: sqlite3.Error) -> bool:
         """Whether exc is SQLite saying the disk is full (see the module docstring)."""
         code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code == _SQLITE_FULL:
+        if code == _SQLITE_FULL or (self.read_only and code == _SQLITE_READONLY):
             return True
         if code != _SQLITE_IOERR:
             return False

@@ -181,5 +181,3 @@ def test_the_home_is_0700_and_its_files_0600_also_when_it_existed_wider(tmp_path
     os.chmod(home / "store.sqlite3", 0o644)
     assert p2pblog(home, "log").returncode == 0
     assert _mode(home) == 0o700 and _mode(home / "store.sqlite3") == 0o600
-
-
