@@ -35,6 +35,7 @@ closed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
@@ -167,10 +168,8 @@ def _changed(feed: bytes, entry: Entry | None) -> dict[str, Any]:
 
 def log(message: str) -> None:
     """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         print(message, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 class NodeService:
