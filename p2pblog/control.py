@@ -13,7 +13,7 @@ Limits: at most `MAX_CONNECTIONS` connections are served at once.  A new
 connection over the cap evicts the oldest one still waiting for its request
 line (idle clients cannot lock the owner out: the CLI sends its line as soon
 as it connects); if every one is running a command, the new one is
-answered ``{"ok": false, "error": "busy"}`` at once (best effort, without
+answered ``{"ok": false, "error": "the node is busy ..."}`` at once (best effort, without
 waiting) and closed.  So a flood of idle connections costs the node at
 most `MAX_CONNECTIONS` file descriptors and tasks.  A connection must
 deliver its request line (at most `MAX_REQUEST_BYTES`) within
@@ -54,6 +54,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_CONNECTIONS = 64
 #: Seconds a client has to send its request line.
 REQUEST_DEADLINE = 10.0
+#: The answer to a connection over the cap while every served one runs a command.
+BUSY = "the node is busy (too many control connections); try again"
 #: Pending connections the kernel queues for the control listener.
 BACKLOG = 128
 
@@ -138,6 +140,8 @@ def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeou
         raise NodeNotRunning(f"node not running at {home}; start it with: p2pblog run") from None
     except TimeoutError:
         raise ControlError(f"the node at {home} did not answer within {timeout:.0f} s") from None
+    if not chunks:
+        raise ControlError(f"the node at {home} closed the connection without answering; see its log")
     try:
         reply = json.loads(b"".join(chunks))
     except ValueError:
@@ -148,7 +152,7 @@ def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeou
     return reply.get("result")
 
 
-_BUSY = (json.dumps({"ok": False, "error": "busy"}) + "\n").encode()
+_BUSY = (json.dumps({"ok": False, "error": BUSY}) + "\n").encode()
 
 
 class ControlServer:
