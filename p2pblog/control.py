@@ -9,13 +9,13 @@ addresses, the control port and a random token; only a user who can read the
 home directory can talk to the node.  The file is removed on a clean stop; a
 stale file (after a crash) is detected by the refused connection.
 
-Limits: at most `MAX_CONNECTIONS` connections are served at once.  A new
+Limits: at most `MAX_CONTROL_CONNECTIONS` connections are served at once.  A new
 connection over the cap evicts the oldest one still waiting for its request
 line (idle clients cannot lock the owner out: the CLI sends its line as soon
 as it connects); if every one is running a command, the new one is
 answered ``{"ok": false, "error": "the node is busy ..."}`` at once (best effort, without
 waiting) and closed.  So a flood of idle connections costs the node at
-most `MAX_CONNECTIONS` file descriptors and tasks.  A connection must
+most `MAX_CONTROL_CONNECTIONS` file descriptors and tasks.  A connection must
 deliver its request line (at most `MAX_REQUEST_BYTES`) within
 `REQUEST_DEADLINE` seconds.  Every refusal is counted (``refused``, by
 reason in ``counts``).
@@ -51,7 +51,7 @@ STATE_FILE = "node.json"
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: Control connections served at once; more are answered "busy" and closed.
-MAX_CONNECTIONS = 64
+MAX_CONTROL_CONNECTIONS = 64
 #: Seconds a client has to send its request line.
 REQUEST_DEADLINE = 10.0
 #: The answer to a connection over the cap while every served one runs a command.
@@ -165,7 +165,7 @@ class ControlServer:
         *,
         on_internal_error: Callable[[str, Exception], None] | None = None,
         strict: bool = False,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int = MAX_CONTROL_CONNECTIONS,
     ) -> None:
         self.token = token
         self.handlers = handlers

@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from p2pblog import control
-from p2pblog.control import MAX_CONNECTIONS, MAX_REQUEST_BYTES, ControlServer
+from p2pblog.control import MAX_CONTROL_CONNECTIONS, MAX_REQUEST_BYTES, ControlServer
 from tests.nodes import NodeProcess, start_node
 
 #: Idle connections the attack opens.
@@ -48,9 +48,9 @@ def test_status_answers_within_a_second_while_1000_idle_connections_are_attempte
         slowest = max(slowest, _status_time(node.home))
         assert slowest < STATUS_WITHIN, f"status took {slowest:.3f} s"
         fds = len(os.listdir(f"/proc/{node.process.pid}/fd"))
-        assert fds < MAX_CONNECTIONS + 100, f"the node holds {fds} file descriptors"
+        assert fds < MAX_CONTROL_CONNECTIONS + 100, f"the node holds {fds} file descriptors"
         status = control.call(node.home, "status")
-        assert status["dropped"]["control.refused.evicted"] >= ATTACK - MAX_CONNECTIONS
+        assert status["dropped"]["control.refused.evicted"] >= ATTACK - MAX_CONTROL_CONNECTIONS
     finally:
         for sock in idle:
             sock.close()
