@@ -25,7 +25,10 @@ target is an earlier entry of the same feed.
 A full disk: SQLite reports ``SQLITE_FULL`` (or, when the WAL cannot grow,
 an I/O error) on a write.  `Store.transaction` turns either into
 `StorageFull` after rolling the transaction back, so nothing of it is
-stored and the caller gets a declared error with one line for the user;
+stored and the caller gets a declared error with one line for the user
+(except for the tables that only cache what the network can tell again:
+DHT contacts, the gossip address book, peer scores, whose writes are
+skipped, so that a full disk does not stop sessions from opening);
 ``full`` then stays True (and ``refused_writes`` counts) until a write
 commits again.  Reads go on working; a store opened on a full disk, where
 SQLite cannot create the ``-shm`` file a WAL database needs, is opened
@@ -391,6 +394,19 @@ class Store:
         if version != SCHEMA_VERSION:
             raise StorageFull(f"the disk is full: cannot upgrade the store {self.path} ({exc})")
         self.read_only = self.full = True
+
+    @contextmanager
+    def _cache_write(self) -> Iterator[list[bool]]:
+        """For the tables that only spare the next start some work (DHT contacts, the
+        gossip address book, peer scores): a full disk skips the write (counted in
+        ``refused_writes``) instead of failing the node's input that caused it; the
+        yielded box is truthy once the write committed."""
+        box: list[bool] = []
+        try:
+            yield box
+            box.append(True)
+        except StorageFull:
+            pass
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
@@ -871,14 +887,17 @@ class Store:
 
     # -- DHT contacts -------------------------------------------------------------
 
-    def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> None:
-        """Replace the saved routing table with (node_id, host, port, last_seen) rows."""
-        with self.transaction():
+    def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> bool:
+        """Replace the saved routing table with (node_id, host, port, last_seen) rows.
+
+        Best effort (see `_cache_write`): False if a full disk refused it."""
+        with self._cache_write() as saved, self.transaction():
             self._db.execute("DELETE FROM dht_contacts")
             self._db.executemany(
                 "INSERT OR REPLACE INTO dht_contacts (node_id, host, port, last_seen) VALUES (?, ?, ?, ?)",
                 contacts,
             )
+        return bool(saved)
 
     def load_contacts(self) -> list[tuple[bytes, str, int, float]]:
         """The saved routing table, most recently seen first."""
@@ -893,14 +912,17 @@ class Store:
 
     # -- gossip address book ----------------------------------------------------------
 
-    def save_peer(self, public_key: bytes, host: str, port: int, last_connected: float) -> None:
-        """Remember where a gossip peer listens and when we last replicated with it."""
-        with self.transaction():
+    def save_peer(self, public_key: bytes, host: str, port: int, last_connected: float) -> bool:
+        """Remember where a gossip peer listens and when we last replicated with it.
+
+        Best effort (see `_cache_write`): False if a full disk refused it."""
+        with self._cache_write() as saved, self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO gossip_peers (public_key, host, port, last_connected) "
                 "VALUES (?, ?, ?, ?)",
                 (public_key, host, port, last_connected),
             )
+        return bool(saved)
 
     def load_peers(self, limit: int) -> list[tuple[bytes, str, int, float]]:
         """Up to limit saved gossip peers, most recently connected first."""
@@ -917,18 +939,20 @@ class Store:
 
     # -- peer scores --------------------------------------------------------------
 
-    def save_peer_scores(self, rows: Iterable[tuple[bytes, float, float, float]]) -> None:
+    def save_peer_scores(self, rows: Iterable[tuple[bytes, float, float, float]]) -> bool:
         """Replace the saved peer scores: ``(subject, score, banned_until, updated)`` rows.
 
-        The caller bounds how many it keeps; this stores what it is given.
+        The caller bounds how many it keeps; this stores what it is given.  Best effort
+        (see `_cache_write`): False if a full disk refused it.
         """
-        with self.transaction():
+        with self._cache_write() as saved, self.transaction():
             self._db.execute("DELETE FROM peer_scores")
             self._db.executemany(
                 "INSERT OR REPLACE INTO peer_scores (subject, score, banned_until, updated) "
                 "VALUES (?, ?, ?, ?)",
                 rows,
             )
+        return bool(saved)
 
     def load_peer_scores(self, limit: int) -> list[tuple[bytes, float, float, float]]:
         """Up to limit saved peer scores, the most recently updated first."""

@@ -86,6 +86,10 @@ def _run_scenario(name: str, tmp_path: Path) -> None:
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
 
 
+def test_the_store_refuses_whole_writes_on_a_full_disk_and_resumes(tmp_path: Path) -> None:
+    _run_scenario("store", tmp_path)
+
+
 def test_offline_post_and_run_on_a_full_disk_are_one_line(tmp_path: Path) -> None:
     _run_scenario("offline", tmp_path)
 
@@ -194,6 +198,41 @@ def scenario_online(root: Path) -> None:
     assert follower.process.returncode == 0, follower.output()
 
 
+def scenario_store(root: Path) -> None:
+    from identity import Identity
+    from p2pblog import actions
+    from p2pblog.errors import StorageFull
+    from p2pblog.store import Store
+
+    home = root / "full"
+    mount_tmpfs(home)
+    author = Identity(bytes([9]) * 32)
+    with Store(home / "store.sqlite3") as store:
+        actions.post(store, author, "first", 1_000)
+        filler = fill(home)
+        posted = 0
+        try:
+            for i in range(10_000):  # the WAL may have room for a few: until refused
+                actions.post(store, author, f"{i} " + "x" * 400, 2_000 + i)
+                posted += 1
+            raise AssertionError("never refused")
+        except StorageFull as exc:
+            assert str(exc).startswith("the disk is full: "), exc
+        assert store.full and store.refused_writes == 1
+        head = store.feed_state(author.public_key)
+        assert head.latest_seq == posted + 1  # nothing half-written
+        assert store.verify().ok
+        # The tables that only cache what the network can say again skip the write.
+        assert store.save_peer(bytes(32), "127.0.0.1", 1, 1.0) is False
+        assert store.save_contacts([(bytes(20), "127.0.0.1", 1, 1.0)]) is False
+        assert [i.entry.text for i in store.feed(author.public_key, limit=1)] != []  # reads work
+        filler.unlink()
+        actions.post(store, author, "after", 20_000)
+        assert not store.full and store.feed_state(author.public_key).latest_seq == posted + 2
+        assert store.save_peer(bytes(32), "127.0.0.1", 1, 1.0) is True
+        assert store.verify().ok
+
+
 if __name__ == "__main__":
-    scenarios = {"offline": scenario_offline, "online": scenario_online}
+    scenarios = {"offline": scenario_offline, "online": scenario_online, "store": scenario_store}
     scenarios[sys.argv[1]](Path(sys.argv[2]))
