@@ -558,8 +558,19 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     help="Proof-of-work bits a mention notice must carry when its author is neither followed "
     "nor within two follow hops (0 admits every stranger's mention).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    hidden=True,
+    envvar="P2PBLOG_STRICT",
+    help="Stop on the first internal error instead of counting it (for tests).",
+)
 def run(
-    listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None, mention_work: int
+    listen: tuple[str, int],
+    bootstrap: list[tuple[str, int]],
+    advertise: str | None,
+    mention_work: int,
+    strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
@@ -573,6 +584,11 @@ def run(
     author is followed by someone you follow, or when they carry
     --mention-work bits of proof of work; blocked keys are always refused,
     and each sender may send about 10 per minute.
+
+    No input stops the node: a failure while handling one (a bug) is
+    counted in `status`, logged with its traceback, and the node goes on.
+    On a full disk the node stays up read-only (`status` says so); it exits
+    with one line only if it cannot write HOME/node.json.
     """
     home = current_home()
     try:
@@ -585,7 +601,13 @@ def run(
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = load_identity(home)
     service = NodeService(
-        home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise, mention_work=mention_work
+        home,
+        identity,
+        listen=listen,
+        bootstrap=bootstrap,
+        advertise=advertise,
+        mention_work=mention_work,
+        strict=strict,
     )
 
     async def main_task() -> None:

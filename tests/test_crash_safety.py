@@ -181,3 +181,24 @@ def test_the_home_is_0700_and_its_files_0600_also_when_it_existed_wider(tmp_path
     os.chmod(home / "store.sqlite3", 0o644)
     assert p2pblog(home, "log").returncode == 0
     assert _mode(home) == 0o700 and _mode(home / "store.sqlite3") == 0o600
+
+
+def test_an_internal_error_is_logged_once_with_its_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from p2pblog.daemon import NodeService
+    from p2pblog.errors import StorageFull
+    from p2pblog.home import Home
+
+    service = NodeService(Home(tmp_path), Identity(bytes([7]) * 32), listen=("127.0.0.1", 0), bootstrap=[])
+    for _ in range(100):
+        try:
+            raise RuntimeError("planted")
+        except RuntimeError as exc:
+            service._internal_error("timer", exc)
+    service._internal_error("connection", StorageFull("the disk is full: test"))
+    err = capsys.readouterr().err
+    assert err.count("internal error while handling a timer input") == 1
+    assert err.count("Traceback (most recent call last)") == 1 and "RuntimeError: planted" in err
+    assert err.count("the disk is full: test") == 1 and err.count("Traceback") == 1
+    assert service.limiter.suppressed == 99
