@@ -25,8 +25,9 @@ node started on a full disk runs that way too (it can still serve its
 followers and readers); only a store that cannot be opened stops it.
 
 Log lines about refused input are limited per source *address* (an IPv4
-address, an IPv6 /64): rotating ports or keys does not buy more lines; and
-`LOG_BUDGET` caps such lines in all.
+address, an IPv6 /64; a gossip peer's key maps to the address it connected
+from): rotating ports or keys does not buy more lines; and `LOG_BUDGET`
+caps such lines in all.
 
 Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: the core
 saves its contacts (`NodeCore.close`), ``node.json`` is removed, the store
@@ -205,6 +206,8 @@ class NodeService:
         #: The addresses the node joined through (for the log).
         self._seeds: list[Address] = []
         self.limiter = LogLimiter()
+        #: Where each recently connected peer connected from (for the log limiter's sources).
+        self._peer_addrs: dict[bytes, str] = {}
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -216,6 +219,13 @@ class NodeService:
         more = self.limiter.allow(key)
         if more is not None:
             self._log(message + more)
+
+    def _source(self, peer: bytes | None) -> Hashable:
+        """The log limiter's source for a gossip peer: its address (IPv4, IPv6 /64) when known,
+        so that fresh keys from one address share one limit."""
+        if peer is None:
+            return None
+        return self._peer_addrs.get(peer, peer)
 
     def _internal_error(self, kind: str, exc: Exception) -> None:
         """An input (``kind``) raised: the driver or the control server counted it and goes on."""
@@ -321,6 +331,11 @@ class NodeService:
     # -- events -----------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, PeerConnected):
+            self._peer_addrs.pop(event.peer, None)
+            self._peer_addrs[event.peer] = source_of(event.addr[0])
+            if len(self._peer_addrs) > LOG_KEYS:
+                self._peer_addrs.pop(next(iter(self._peer_addrs)))
         if self.verbose:
             if isinstance(event, JoinFinished):
                 self._log_join(event)
@@ -343,7 +358,7 @@ class NodeService:
                 self._log(f"mention from {fingerprint(event.entry.author)} (#{event.entry.seq}) admitted")
             elif isinstance(event, MentionRefused):
                 self._log_limited(
-                    ("mention", event.sender, event.reason),
+                    ("mention", self._source(event.sender), event.reason),
                     f"refused a mention notice from {fingerprint(event.sender)}: {event.reason}",
                 )
             elif isinstance(event, MentionDelivered):
@@ -352,7 +367,7 @@ class NodeService:
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log_limited(
-                    ("gossip", event.peer, event.reason),
+                    ("gossip", self._source(event.peer), event.reason),
                     f"refused input from {who}: {event.reason} {event.detail}".rstrip(),
                 )
             elif isinstance(event, DhtPeerMisbehaved):

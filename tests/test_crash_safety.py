@@ -202,3 +202,22 @@ def test_an_internal_error_is_logged_once_with_its_traceback(
     assert err.count("Traceback (most recent call last)") == 1 and "RuntimeError: planted" in err
     assert err.count("the disk is full: test") == 1 and err.count("Traceback") == 1
     assert service.limiter.suppressed == 99
+
+
+def test_fresh_keys_and_ports_from_one_address_share_one_log_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dht.events import PeerMisbehaved
+    from p2pblog.daemon import NodeService
+    from p2pblog.home import Home
+    from p2pblog.replication import InputRefused, PeerConnected
+
+    service = NodeService(Home(tmp_path), Identity(bytes([7]) * 32), listen=("127.0.0.1", 0), bootstrap=[])
+    for i in range(200):
+        key = i.to_bytes(32, "big")
+        service._on_event(PeerConnected(key, ("203.0.113.9", 40_000 + i), False))
+        service._on_event(InputRefused(key, "misbehaved.flood"))
+        service._on_event(PeerMisbehaved(("203.0.113.9", 50_000 + i), None, "malformed"))
+    err = capsys.readouterr().err
+    assert err.count("refused input from") == 1
+    assert err.count("DHT peer 203.0.113.9") == 1
