@@ -11,6 +11,7 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -97,7 +98,15 @@ def _stdout_closed() -> bool:
         return False
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _message(exc: BaseException) -> str:
+    if _disk_full(exc):
+        assert isinstance(exc, OSError)
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"the disk is full: {exc.strerror or exc}{where}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or exc}: {exc.filename}"
     return str(exc) or type(exc).__name__
@@ -634,7 +643,9 @@ def run(
 
 def _declared(exc: BaseException) -> bool:
     """An error of ours, or the file system's about a named file (as `_Group` treats them)."""
-    return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and bool(exc.filename))
+    return (
+        isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and bool(exc.filename)) or _disk_full(exc)
+    )
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

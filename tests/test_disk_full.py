@@ -135,6 +135,12 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def public_handle(home: Path) -> str:
+    from tests.process import p2pblog
+
+    return p2pblog(home, "id").stdout.strip()
+
+
 def scenario_offline(root: Path) -> None:
     from tests.process import p2pblog
 
@@ -144,6 +150,8 @@ def scenario_offline(root: Path) -> None:
     assert p2pblog(home, "post", "before").returncode == 0
     filler = fill(home)
     one_error_line(p2pblog(home, "post", "while full"))
+    one_error_line(p2pblog(home / "another", "init"))  # a key file cannot be written either
+    one_error_line(p2pblog(home, "export", public_handle(home), str(home / "feed.out")))
     log = p2pblog(home, "log")  # reading still works
     assert log.returncode == 0 and "before" in log.stdout and "while full" not in log.stdout
     run = subprocess.run(
