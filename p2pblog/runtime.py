@@ -169,11 +169,12 @@ class UdpDriver:
     # -- the flush after every input ----------------------------------------------
 
     def flush(self) -> None:
+        failed = self.internal_errors["flush"] + self.storage_full["flush"]
         try:
             with self.guard("flush"):
                 self._flush()
         finally:
-            if self.internal_errors["flush"]:
+            if self.internal_errors["flush"] + self.storage_full["flush"] != failed:
                 self._rearm.set()  # the failed flush may not have re-armed: read the deadline again
 
     def _flush(self) -> None:
