@@ -6,8 +6,8 @@ import os
 import re
 import sys
 import time
-from datetime import UTC, datetime
-from typing import Any
+import unicodedata
+from typing import Any, Final
 
 import click
 
@@ -56,9 +56,30 @@ def public_key(home: Home) -> bytes:
     return read_public_key(home.key_file)
 
 
-#: C0 controls but tab and newline, DEL, C1 controls, and the bidi marks,
-#: embeddings, overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+#: Unicode general categories never printed raw: controls (Cc), format characters
+#: (Cf: zero-width joiners and spaces, bidi marks, embeddings, overrides and isolates,
+#: interlinear annotations U+FFF9-FFFB, tag characters U+E0000-E007F, ...), private
+#: use (Co), unassigned code points and surrogates (Cn, Cs), and the line and
+#: paragraph separators (Zl, Zp).
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp"})
+#: Variation selectors (U+FE00-FE0F, U+E0100-E01EF) and combining marks (Mn, Me) kept
+#: raw after a visible character: enough for any real script or emoji sequence, too
+#: few to stack a "zalgo" tower over other lines.
+MAX_MARK_RUN: Final = 4
+#: Printed as they are: tab and newline (`shown` keeps a post's lines).
+_KEPT: Final = frozenset("\t\n")
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _is_mark(char: str) -> bool:
+    code = ord(char)
+    return (
+        0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF or unicodedata.category(char) in ("Mn", "Me")
+    )
 
 
 def shown(text: str) -> str:
@@ -66,10 +87,29 @@ def shown(text: str) -> str:
 
     Posts, names and bios come from authors we follow and, as mentions, from
     strangers: an escape sequence in them could set the window title, write
-    the clipboard (OSC 52) or recolour the screen, and a bidi override could
-    make text read differently from what it is.  Those characters are shown
-    as ``\\uXXXX`` instead."""
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    the clipboard (OSC 52) or recolour the screen, a bidi override could
+    make text read differently from what it is, and an invisible character
+    (zero-width, tag, annotation) could hide what a reader would want to
+    see.  Every character of `_HIDDEN_CATEGORIES` but tab and newline is
+    shown as ``\\uXXXX`` (``\\UXXXXXXXX`` above the BMP), and so is every
+    combining mark or variation selector past `MAX_MARK_RUN` in a row (or
+    with no visible character before it)."""
+    out: list[str] = []
+    run = MAX_MARK_RUN  # at the start there is nothing for a mark to combine with
+    for char in text:
+        if char in _KEPT:
+            out.append(char)
+            run = MAX_MARK_RUN
+        elif unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            out.append(_escaped(char))
+            run = MAX_MARK_RUN
+        elif _is_mark(char):
+            run += 1
+            out.append(char if run <= MAX_MARK_RUN else _escaped(char))
+        else:
+            out.append(char)
+            run = 0
+    return "".join(out)
 
 
 _LINE_BREAKS = re.compile("[\t\n\x85\u2028\u2029]")
@@ -78,11 +118,44 @@ _LINE_BREAKS = re.compile("[\t\n\x85\u2028\u2029]")
 def shown_line(text: str) -> str:
     """`shown`, and line breaks and tabs escaped too: for text printed inside one line
     (a name in a header line could otherwise forge the lines after it)."""
-    return _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", shown(text))
+    return _LINE_BREAKS.sub(lambda m: _escaped(m.group()), shown(text))
 
 
-def when(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+_MS_PER_DAY: Final = 86_400_000
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of the proleptic Gregorian calendar, ``days`` after 1970-01-01.
+
+    Howard Hinnant's ``civil_from_days`` (chrono-Compatible Low-Level Date
+    Algorithms): exact integer arithmetic for any int, where `datetime` stops
+    at year 9999."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def when(timestamp_ms: int | float) -> str:
+    """A Unix time in milliseconds as ``YYYY-MM-DD HH:MM:SS UTC``.
+
+    Total: any integer (an entry may carry any stamp up to 2**53 - 1 ms, and
+    stores hold entries accepted before the ingest bound existed) gives a
+    date, with as many year digits as it takes; a float that is not finite
+    gives ``?``."""
+    try:
+        ms = int(timestamp_ms)
+    except (OverflowError, ValueError):
+        return "?"
+    days, rest = divmod(ms, _MS_PER_DAY)
+    year, month, day = _civil_from_days(days)
+    hours, seconds = divmod(rest // 1000, 3600)
+    return f"{year:04d}-{month:02d}-{day:02d} {hours:02d}:{seconds // 60:02d}:{seconds % 60:02d} UTC"
 
 
 def echo_item(item: FeedItem) -> None:

@@ -11,6 +11,7 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -97,7 +98,15 @@ def _stdout_closed() -> bool:
         return False
 
 
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _message(exc: BaseException) -> str:
+    if _disk_full(exc):
+        assert isinstance(exc, OSError)
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"the disk is full: {exc.strerror or exc}{where}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror or exc}: {exc.filename}"
     return str(exc) or type(exc).__name__
@@ -558,8 +567,19 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     help="Proof-of-work bits a mention notice must carry when its author is neither followed "
     "nor within two follow hops (0 admits every stranger's mention).",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    hidden=True,
+    envvar="P2PBLOG_STRICT",
+    help="Stop on the first internal error instead of counting it (for tests).",
+)
 def run(
-    listen: tuple[str, int], bootstrap: list[tuple[str, int]], advertise: str | None, mention_work: int
+    listen: tuple[str, int],
+    bootstrap: list[tuple[str, int]],
+    advertise: str | None,
+    mention_work: int,
+    strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
@@ -573,6 +593,11 @@ def run(
     author is followed by someone you follow, or when they carry
     --mention-work bits of proof of work; blocked keys are always refused,
     and each sender may send about 10 per minute.
+
+    No input stops the node: a failure while handling one (a bug) is
+    counted in `status`, logged with its traceback, and the node goes on.
+    On a full disk the node stays up read-only (`status` says so); it exits
+    with one line only if it cannot write HOME/node.json.
     """
     home = current_home()
     try:
@@ -585,7 +610,13 @@ def run(
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = load_identity(home)
     service = NodeService(
-        home, identity, listen=listen, bootstrap=bootstrap, advertise=advertise, mention_work=mention_work
+        home,
+        identity,
+        listen=listen,
+        bootstrap=bootstrap,
+        advertise=advertise,
+        mention_work=mention_work,
+        strict=strict,
     )
 
     async def main_task() -> None:
@@ -612,7 +643,9 @@ def run(
 
 def _declared(exc: BaseException) -> bool:
     """An error of ours, or the file system's about a named file (as `_Group` treats them)."""
-    return isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and bool(exc.filename))
+    return (
+        isinstance(exc, _USER_ERRORS) or (isinstance(exc, OSError) and bool(exc.filename)) or _disk_full(exc)
+    )
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -668,7 +701,12 @@ def peers(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the full status as JSON.")
 def status(as_json: bool) -> None:
-    """Show the running node: handle, addresses, peers, followed feeds, dropped input."""
+    """Show the running node: handle, addresses, peers, followed feeds, dropped input.
+
+    Also says when the disk is full (the node then serves what it holds
+    but stores nothing new) and counts internal errors (inputs whose
+    handling failed; the node logged them and went on).
+    """
     home = current_home()
     result = control.call(home.path, "status")
     if as_json:
@@ -689,6 +727,16 @@ def status(as_json: bool) -> None:
         click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+    storage = result.get("storage") or {}
+    if storage.get("full"):
+        click.echo(
+            f"storage: FULL ({storage.get('free_bytes')} bytes free, {storage.get('refused_writes', 0)} "
+            "writes refused): posts and new entries wait until space is freed"
+        )
+    internal = result.get("internal_errors") or {}
+    if internal:
+        listed = ", ".join(f"{k} {v}" for k, v in internal.items())
+        click.echo(f"internal errors: {listed} (the node went on; tracebacks are in its log)")
 
 
 main.add_command(sim)

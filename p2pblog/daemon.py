@@ -14,6 +14,21 @@ answers the control API, logs what happens (joining, connections, arrivals,
 refused input) and hands every event to its ``listeners`` (the demo prints
 arrivals that way).
 
+No input can stop the node: the driver and the control server catch what a
+core call or a command raises at that one input, count it
+(``internal_errors`` in `status`, by input kind) and hand it here, where it
+is logged with its traceback, at most once per `LOG_EVERY` seconds per kind
+and exception type (`LogLimiter`).  A full disk is no bug: the write is
+refused (`StorageFull`), `status` says ``storage.full``, posting answers
+``the disk is full: ...``, and the node keeps serving what it holds.  A
+node started on a full disk runs that way too (it can still serve its
+followers and readers); only a store that cannot be opened stops it.
+
+Log lines about refused input are limited per source *address* (an IPv4
+address, an IPv6 /64; a gossip peer's key maps to the address it connected
+from): rotating ports or keys does not buy more lines; and `LOG_BUDGET`
+caps such lines in all.
+
 Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: the core
 saves its contacts (`NodeCore.close`), ``node.json`` is removed, the store
 closed.
@@ -21,10 +36,14 @@ closed.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import socket
 import sys
 import time
+import traceback
+from collections import Counter
 from collections.abc import Callable, Hashable
 from random import Random
 from typing import Any
@@ -39,7 +58,7 @@ from identity.limits import MENTION_WORK
 from identity.records import RecordError, check_name
 from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
 from p2pblog.entry import Entry, parse_entry_id
-from p2pblog.errors import EntryError, ListenError
+from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull
 from p2pblog.home import Home
 from p2pblog.node import (
     JoinFinished,
@@ -55,13 +74,59 @@ from p2pblog.node import (
 )
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
-from p2pblog.store import Store
+from p2pblog.store import FULL_BELOW_BYTES, Store
 
 DEFAULT_PORT = 7710
-#: Seconds between two log lines about refused input of one kind from one peer.
+#: Seconds between two log lines about refused input of one kind from one source.
 LOG_EVERY = 10.0
-#: Peers whose last refusal log line is remembered.
+#: Sources whose last refusal log line is remembered.
 LOG_KEYS = 1024
+#: Rate-limited log lines in all, per `LOG_EVERY` seconds (whatever their source).
+LOG_BUDGET = 50
+#: Bits of an IPv6 address that name one source for the log limiter (one /64 is one site).
+IPV6_SOURCE_BITS = 64
+
+
+def source_of(host: str) -> str:
+    """The log limiter's source for an address: the IPv4 address, or the IPv6 /64."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_SOURCE_BITS}", strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+
+class LogLimiter:
+    """At most one line per key every `LOG_EVERY` seconds, and `LOG_BUDGET` lines in all per
+    `LOG_EVERY` seconds; the next line of a key says how many of it were left out."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        #: key -> (time of the last line, lines left out since).
+        self._logged: dict[Hashable, tuple[float, int]] = {}
+        self._window = (float("-inf"), 0)  # (start of the budget window, lines in it)
+        #: Lines left out (by key or by the budget).
+        self.suppressed = 0
+
+    def allow(self, key: Hashable) -> str | None:
+        """None to leave the line out; else the suffix to append (lines left out since)."""
+        now = self.clock()
+        last, skipped = self._logged.get(key, (-LOG_EVERY, 0))
+        start, lines = self._window
+        if now - start >= LOG_EVERY:
+            start, lines = now, 0
+        if now - last < LOG_EVERY or lines >= LOG_BUDGET:
+            self._logged[key] = (last, skipped + 1)
+            self.suppressed += 1
+            return None
+        self._window = (start, lines + 1)
+        self._logged.pop(key, None)  # re-insert: the dict's order is least recently logged first
+        self._logged[key] = (now, 0)
+        if len(self._logged) > LOG_KEYS:
+            self._logged.pop(next(iter(self._logged)))
+        return f" (and {skipped} more like it)" if skipped else ""
 
 
 def advertised_host(listen_host: str, seeds: list[Address]) -> str:
@@ -103,7 +168,9 @@ def _changed(feed: bytes, entry: Entry | None) -> dict[str, Any]:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+    with contextlib.suppress(OSError, ValueError):
+        print(message, file=sys.stderr, flush=True)
 
 
 class NodeService:
@@ -116,8 +183,11 @@ class NodeService:
         bootstrap: list[Address],
         advertise: str | None = None,
         mention_work: int | None = None,
+        strict: bool = False,
     ) -> None:
         self.home = home
+        #: Re-raise what an input raised (after counting it): for tests.
+        self.strict = strict
         self.mention_work = mention_work
         self.identity = identity
         self.listen = listen
@@ -135,8 +205,9 @@ class NodeService:
         self.verbose = True
         #: The addresses the node joined through (for the log).
         self._seeds: list[Address] = []
-        #: `_log_limited`: key -> (monotonic time of the last line, lines left out since).
-        self._logged: dict[Hashable, tuple[float, int]] = {}
+        self.limiter = LogLimiter()
+        #: Where each recently connected peer connected from (for the log limiter's sources).
+        self._peer_addrs: dict[bytes, str] = {}
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -145,16 +216,31 @@ class NodeService:
     def _log_limited(self, key: Hashable, message: str) -> None:
         """Log at most one line per key every `LOG_EVERY` seconds (a flood must not
         flood stderr); the next line says how many were left out."""
-        now = time.monotonic()
-        last, skipped = self._logged.get(key, (-LOG_EVERY, 0))
-        if now - last < LOG_EVERY:
-            self._logged[key] = (last, skipped + 1)
+        more = self.limiter.allow(key)
+        if more is not None:
+            self._log(message + more)
+
+    def _source(self, peer: bytes | None) -> Hashable:
+        """The log limiter's source for a gossip peer: its address (IPv4, IPv6 /64) when known,
+        so that fresh keys from one address share one limit."""
+        if peer is None:
+            return None
+        return self._peer_addrs.get(peer, peer)
+
+    def _internal_error(self, kind: str, exc: Exception) -> None:
+        """An input (``kind``) raised: the driver or the control server counted it and goes on."""
+        if isinstance(exc, StorageFull):
+            self._log_limited(("storage_full",), f"{exc}; the node goes on read-only for it")
             return
-        more = f" (and {skipped} more like it)" if skipped else ""
-        self._logged[key] = (now, 0)
-        if len(self._logged) > LOG_KEYS:
-            self._logged.pop(next(iter(self._logged)))
-        self._log(message + more)
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = (frame[0].filename, frame[0].lineno) if frame else None
+        more = self.limiter.allow(("internal", kind, type(exc), where))
+        if more is None:
+            return
+        lines = traceback.format_exception(exc)
+        # Always on stderr, verbose or not: a bug must be seen.
+        log(f"internal error while handling a {kind} input (counted; the node goes on){more}:")
+        log("".join(lines).rstrip())
 
     @property
     def core(self) -> NodeCore:
@@ -165,7 +251,7 @@ class NodeService:
     # -- lifecycle --------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        store = self.store = self.home.open_store()
+        store = self.store = self.home.open_store()  # StorageFull if it cannot even be opened
         token = new_token()
         try:
             work = MENTION_WORK if self.mention_work is None else self.mention_work
@@ -173,7 +259,13 @@ class NodeService:
                 self.identity, Random(), unix_now(), store=store, mention_work=work, random_bytes=os.urandom
             )
             try:
-                driver = self.driver = NodeDriver.bind_both(core, *self.listen, on_event=self._on_event)
+                driver = self.driver = NodeDriver.bind_both(
+                    core,
+                    *self.listen,
+                    on_event=self._on_event,
+                    on_internal_error=self._internal_error,
+                    strict=self.strict,
+                )
             except OSError as exc:
                 where = f"{self.listen[0]}:{self.listen[1]}"
                 raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -182,7 +274,9 @@ class NodeService:
             udp = driver.local_addr
             tcp = driver.gossip_addr
             self.addrs = [("udp", host, udp[1]), ("tcp", host, tcp[1])]
-            server = self._control = ControlServer(token, self._handlers())
+            server = self._control = ControlServer(
+                token, self._handlers(), on_internal_error=self._internal_error, strict=self.strict
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(driver.run)
                 control = await nursery.start(server.serve)
@@ -212,13 +306,23 @@ class NodeService:
                     self._log(
                         "no bootstrap address and no saved contacts: waiting for peers to contact this node"
                     )
+                free = store.free_bytes()
+                if free is not None and free < FULL_BELOW_BYTES:
+                    self._log(
+                        f"warning: the disk holding {store.path} is full ({free} bytes free): the node "
+                        "serves what it holds, but cannot store posts or new entries until space is freed"
+                    )
                 self._seeds = seeds
-                core.start(self.addrs, self.bootstrap, unix_now())
+                with driver.guard("start"):
+                    core.start(self.addrs, self.bootstrap, unix_now())
                 driver.flush()
                 task_status.started()
         finally:
             if self._core is not None:
-                self._core.close(unix_now())
+                try:
+                    self._core.close(unix_now())
+                except StorageFull as exc:
+                    self._log(f"contacts not saved: {exc}")
             remove_state(self.home.path, token)
             if self.driver is not None:
                 self.driver.close()
@@ -227,6 +331,11 @@ class NodeService:
     # -- events -----------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, PeerConnected):
+            self._peer_addrs.pop(event.peer, None)
+            self._peer_addrs[event.peer] = source_of(event.addr[0])
+            if len(self._peer_addrs) > LOG_KEYS:
+                self._peer_addrs.pop(next(iter(self._peer_addrs)))
         if self.verbose:
             if isinstance(event, JoinFinished):
                 self._log_join(event)
@@ -249,7 +358,7 @@ class NodeService:
                 self._log(f"mention from {fingerprint(event.entry.author)} (#{event.entry.seq}) admitted")
             elif isinstance(event, MentionRefused):
                 self._log_limited(
-                    ("mention", event.sender, event.reason),
+                    ("mention", self._source(event.sender), event.reason),
                     f"refused a mention notice from {fingerprint(event.sender)}: {event.reason}",
                 )
             elif isinstance(event, MentionDelivered):
@@ -258,13 +367,13 @@ class NodeService:
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log_limited(
-                    ("gossip", event.peer, event.reason),
+                    ("gossip", self._source(event.peer), event.reason),
                     f"refused input from {who}: {event.reason} {event.detail}".rstrip(),
                 )
             elif isinstance(event, DhtPeerMisbehaved):
                 host, port = event.addr
                 message = f"DHT peer {host}:{port}: {event.reason}"
-                self._log_limited(("dht", event.addr, event.reason), message)
+                self._log_limited(("dht", source_of(host), event.reason), message)
         for listener in self.listeners:
             listener(event)
 
@@ -391,6 +500,8 @@ class NodeService:
             )
         except (ValueError, RecordError) as exc:
             raise CommandFailed(str(exc)) from None
+        except LocalProtocolError as exc:  # our DHT store refused it (full): retried later
+            raise CommandFailed(f"the claim is saved but not published yet: {exc}") from None
         record = self.core.name_records[name]
         return {"name": name, "work": record.work, "seq": result.seq, "stored_at": result.stored_at}
 
@@ -485,8 +596,17 @@ class NodeService:
         for name, value in core.dht.stats.items():
             if name.startswith(("drop.", "misbehaved.")):
                 dropped[f"dht.{name}"] = value
-        if self._control is not None and self._control.refused:
-            dropped["control.refused"] = self._control.refused  # malformed requests, bad tokens
+        control = self._control
+        internal = Counter(self.driver.internal_errors)
+        if control is not None:
+            if control.refused:
+                dropped["control.refused"] = control.refused  # malformed, bad token, slow, over the cap
+            for name, value in control.counts.items():
+                if name.startswith("refused."):
+                    dropped[f"control.{name}"] = value
+            if control.counts["internal_error"]:
+                internal["control"] = control.counts["internal_error"]
+        free = store.free_bytes()
         return {
             "handle": self.identity.handle,
             "fingerprint": self.identity.fingerprint,
@@ -503,9 +623,19 @@ class NodeService:
             "names": sorted(self.core.name_records),
             "mentions_pending": len(core.pending_mentions()),
             "dropped": dict(sorted(dropped.items())),
+            "internal_errors": dict(sorted(internal.items())),
+            "storage": {
+                "full": store.full or (free is not None and free < FULL_BELOW_BYTES),
+                "free_bytes": free,
+                "refused_writes": store.refused_writes,
+                "refused_inputs": dict(sorted(self.driver.storage_full.items())),
+            },
             "counters": {
                 **{f"gossip.{k}": v for k, v in sorted(gossip_counters.items())},
                 **{f"dht.{k}": v for k, v in sorted(core.dht.stats.items())},
+                **{f"runtime.{k}": v for k, v in sorted(self.driver.stats.items())},
+                **{f"control.{k}": v for k, v in sorted((control.counts if control else {}).items())},
+                "log.suppressed": self.limiter.suppressed,
             },
         }
 

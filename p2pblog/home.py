@@ -7,11 +7,20 @@ Layout (documented in the README's user guide)::
 
 HOME is ``--home``, else ``$P2PBLOG_HOME``, else the platform's user data
 directory.  Several nodes on one machine use several homes.
+
+Modes: HOME is 0700 and every file in it 0600 (the key file, the store and
+its ``-wal`` / ``-shm``, ``node.json`` with the control token).  A HOME
+that already existed with wider modes is tightened (`Home.secure`) when an
+identity is created in it and whenever the store is opened, rather than
+merely warned about: what it holds (the key, whom the owner follows and
+blocks, the control token) is nobody else's business, and a warning on
+every command would be noise nobody acts on.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +32,8 @@ from p2pblog.store import Store
 
 KEY_FILE = "identity.key"
 STORE_FILE = "store.sqlite3"
+#: HOME's mode; files in it are 0600.
+HOME_MODE = 0o700
 
 
 class HomeError(P2PBlogError):
@@ -67,9 +78,24 @@ class Home:
                     f"{self.path} has no key file but its store holds {held} entries of an earlier "
                     f"identity: put that identity's {KEY_FILE} back, or use another --home"
                 )
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
+        self.secure()
         write_key_file(self.key_file, identity, passphrase)
         Store(self.store_file).close()
+
+    def secure(self) -> int | None:
+        """Tighten HOME to 0700 and its key file to 0600 if they are wider (see the module
+        docstring); the old mode of HOME if it was changed, else None."""
+        try:
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+            if self.key_file.exists() and stat.S_IMODE(self.key_file.stat().st_mode) & 0o077:
+                os.chmod(self.key_file, 0o600)
+            if mode & 0o077:
+                os.chmod(self.path, HOME_MODE)
+                return mode
+        except OSError:
+            pass  # not ours to change: opening the files reports what matters
+        return None
 
     def load_identity(self, passphrase: str | None = None) -> Identity:
         if not self.exists():
@@ -79,4 +105,5 @@ class Home:
     def open_store(self) -> Store:
         if not self.exists():
             raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
+        self.secure()
         return Store(self.store_file)

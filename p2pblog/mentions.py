@@ -29,12 +29,16 @@ stamp whose work rises with the window's fill; the signature last.
 Admitted entries are stored alone (``Store.add_loose``), without their feed.
 
 Both count what they do in ``stats`` (``mentions.<what>``); `status` shows
-these under ``gossip.``.
+these under ``gossip.``.  On a full disk (`StorageFull`) an admissible
+notice is answered BUSY, so its sender retries later
+(``mentions.refused_storage_full``), and the outbox keeps delivering from
+memory what it could not save (``mentions.unsaved``).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,7 +49,7 @@ from identity.pacing import KeyedTokenBuckets, backoff
 from identity.pow import NOTICE_DOMAIN, notice_subject, work_bits
 from p2pblog.discovery import Discovery
 from p2pblog.entry import DELETE, POST, decode_entry
-from p2pblog.errors import EntryError
+from p2pblog.errors import EntryError, StorageFull
 from p2pblog.events import MentionAdmitted, MentionDelivered, MentionRefused
 from p2pblog.replication import MentionAnswered, MentionArrived, Replicator
 from p2pblog.store import Store
@@ -153,9 +157,18 @@ class MentionOutbox:
         if item is None:
             return
         item.stamp, item.requested, item.next_at = nonce, False, now
-        self.store.outbox_add(entry_id, recipient, nonce)
+        self._save(self.store.outbox_add, entry_id, recipient, nonce)
         self.due_at = now
         self.deliver(now)
+
+    def _save(self, write: Callable[..., None], *args: object) -> None:
+        """Write the outbox's copy in the store.  On a full disk the write is skipped and
+        counted (``mentions.unsaved``): the notices in memory are delivered all the same,
+        and after a restart at worst one is sent again (its recipient answers DUPLICATE)."""
+        try:
+            write(*args)
+        except StorageFull:
+            self.stats["mentions.unsaved"] += 1
 
     def deliver(self, now: float) -> None:
         """Send due notices to connected recipients; connect to (or resolve) the others."""
@@ -173,7 +186,7 @@ class MentionOutbox:
                 self._drop(pair)
                 continue
             item.attempts += 1
-            self.store.outbox_attempted(eid, recipient, item.attempts)
+            self._save(self.store.outbox_attempted, eid, recipient, item.attempts)
             if self.replicator.send_mention(recipient, item.raw, item.stamp, now):
                 item.next_at = now + MENTION_ACK_TIMEOUT
             else:
@@ -189,7 +202,7 @@ class MentionOutbox:
 
     def _drop(self, pair: tuple[bytes, bytes]) -> None:
         self._outgoing.pop(pair, None)
-        self.store.outbox_remove(*pair)
+        self._save(self.store.outbox_remove, *pair)
         if not self.has_notices_for(pair[1]):
             self.replicator.release_connection(pair[1])
 
@@ -214,7 +227,7 @@ class MentionOutbox:
         if status == MentionStatus.NEED_WORK and item.work < answer.need <= MAX_STAMP_WORK:
             # The recipient asks for more work than we paid: pay it once.
             item.stamp, item.work, item.next_at = None, answer.need, now
-            self.store.outbox_add(answer.entry_id, answer.peer, b"")
+            self._save(self.store.outbox_add, answer.entry_id, answer.peer, b"")
             return
         admitted = status in (MentionStatus.ADMITTED, MentionStatus.DUPLICATE)
         if not admitted and status in (MentionStatus.RATE_LIMITED, MentionStatus.BUSY):
@@ -301,9 +314,12 @@ class MentionAdmission:
             verify(entry.author, raw)
         except SignatureError:
             return refuse("invalid", MentionStatus.INVALID)
+        try:
+            self.store.add_loose(entry, int(now * 1000))
+        except StorageFull:
+            return refuse("storage_full", MentionStatus.BUSY)  # the sender retries later
         if stranger:
             self._stranger_admits.append(now)
-        self.store.add_loose(entry, int(now * 1000))
         self.stats["mentions.admitted"] += 1
         self.events.append(MentionAdmitted(sender, entry))
         return MentionStatus.ADMITTED, 0

@@ -203,9 +203,10 @@ class NodeCore:
         return self.records.name_records
 
     def counters(self) -> Counter[str]:
-        """The replication and mention counters (what `status` shows under ``gossip.``)."""
+        """The replication, mention and own-record counters (`status` shows them under ``gossip.``)."""
         merged = Counter(self.replicator.stats)
         merged.update(self.mention_stats)  # update, not +: keeps counters that are 0
+        merged.update(self.records.stats)
         return merged
 
     def following(self) -> set[bytes]:

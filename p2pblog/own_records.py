@@ -31,6 +31,15 @@ Besides the timers:
   is retried after `ANNOUNCE_RETRY` (`stored`);
 * name claims wait for a first DHT contact (polled every `FIRST_CONTACT_POLL`).
 
+Our own DHT store may refuse one of our records (`LocalProtocolError` from
+``start_put`` / ``start_add_provider``: the provider or record store is
+full, or holds a better value).  A republication or announcement the node
+makes on its own (timers, maintenance) must not fail the node for it: the
+refusal is counted in ``stats`` (``records.refused.<kind>``) and the record
+is tried again after `REFUSED_RETRY`.  A command (`claim_name`, the
+``announce`` / ``publish`` commands) still raises, after scheduling the
+same retry, so its caller can say why.
+
 Own name claims live in the store (so a restart republishes them); the
 current records are in memory (``peer_record``, ``provider_records``,
 ``name_records``).
@@ -38,11 +47,14 @@ current records are in memory (``peer_record``, ``provider_records``,
 
 from __future__ import annotations
 
+import contextlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final, Generic, TypeVar
 
 from dht import DhtCore
 from identity import Identity
+from identity.errors import LocalProtocolError
 from identity.records import (
     PEER,
     PROVIDER,
@@ -75,6 +87,8 @@ REPUBLISH_GROWN_AFTER: Final = 30.0
 ANNOUNCE_RETRY: Final = 15.0
 #: Seconds between attempts at something that needs a DHT contact while the table is empty.
 FIRST_CONTACT_POLL: Final = 1.0
+#: Seconds before trying again a record our own DHT store refused (full, or holds a better one).
+REFUSED_RETRY: Final = 5 * 60.0
 
 Addrs = tuple[tuple[str, str, int], ...]
 K = TypeVar("K")
@@ -122,6 +136,8 @@ class OwnRecords:
         self.claims: dict[str, tuple[int, bytes]] = {
             name: (claimed, nonce) for name, claimed, nonce, _ in store.name_claims()
         }
+        #: ``records.refused.<kind>``: own records our DHT store refused (retried later).
+        self.stats: Counter[str] = Counter()
         self.peer_job: RepublishJob[None] = RepublishJob()
         self.provider_job: RepublishJob[bytes] = RepublishJob()
         self.claim_job: RepublishJob[str] = RepublishJob()
@@ -162,7 +178,11 @@ class OwnRecords:
         self.peer_job.schedule(None, now + PEER_REPUBLISH)
         self._published_table = len(self.dht.table)
         self._published_at = now
-        qid = self.dht.start_put(peer_key(self.identity.public_key), self.peer_record.raw, now)
+        try:
+            qid = self.dht.start_put(peer_key(self.identity.public_key), self.peer_record.raw, now)
+        except LocalProtocolError:
+            self._refused("peer", self.peer_job, None, now)
+            raise
         return self.queries.add(qid, PublishPeerRecord(seq, consume))
 
     # -- provider records -------------------------------------------------------------
@@ -181,7 +201,11 @@ class OwnRecords:
         self.provider_records[feed] = record
         self.provided[feed] = addrs
         self.provider_job.schedule(feed, now + PROVIDER_REPUBLISH)
-        qid = self.dht.start_add_provider(key, record.raw, now)
+        try:
+            qid = self.dht.start_add_provider(key, record.raw, now)
+        except LocalProtocolError:
+            self._refused("provider", self.provider_job, feed, now)
+            raise
         return self.queries.add(qid, AnnounceProvider(feed, record.seq, consume))
 
     def withdraw(self, feed: bytes) -> None:
@@ -211,20 +235,31 @@ class OwnRecords:
         assert record.name is not None
         self.name_records[record.name] = record
         self.claim_job.schedule(record.name, now + NAME_REPUBLISH)
-        qid = self.dht.start_add_provider(name_key(record.name), record.raw, now)
+        try:
+            qid = self.dht.start_add_provider(name_key(record.name), record.raw, now)
+        except LocalProtocolError:
+            self._refused("claim", self.claim_job, record.name, now)
+            raise
         return self.queries.add(qid, PublishClaim(record.name, record.seq, consume))
+
+    def _refused(self, kind: str, job: RepublishJob[K], key: K, now: float) -> None:
+        self.stats[f"records.refused.{kind}"] += 1
+        job.schedule(key, now + REFUSED_RETRY)
 
     # -- timers and maintenance -------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        """Re-sign and store again every record that is due."""
+        """Re-sign and store again every record that is due (a refused one: see the docstring)."""
         if self.peer_job.poll(now):
-            self.publish_peer(now)
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+                self.publish_peer(now)
         for feed in self.provider_job.poll(now):
-            self.announce(feed, self.provided[feed], now)
+            with contextlib.suppress(LocalProtocolError):
+                self.announce(feed, self.provided[feed], now)
         for name in self.claim_job.poll(now):
             if len(self.dht.table):
-                self._add_claim(self._sign_claim(name, *self.claims[name], now), now, consume=True)
+                with contextlib.suppress(LocalProtocolError):
+                    self._add_claim(self._sign_claim(name, *self.claims[name], now), now, consume=True)
             else:
                 self.claim_job.schedule(name, now + FIRST_CONTACT_POLL)
 
@@ -237,12 +272,15 @@ class OwnRecords:
             and len(self.dht.table) >= 2 * max(1, self._published_table)
             and now >= self._published_at + REPUBLISH_GROWN_AFTER
         ):
-            self.publish_peer(now)
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+                self.publish_peer(now)
         if self.addrs and any(proto == "tcp" for proto, _, _ in self.addrs):
             own = self.identity.public_key
             for feed in wanted:
                 if feed not in self.provided and (feed == own or self.store.latest_seq(feed) > 0):
-                    self.announce(feed, self.addrs, now, consume=True)
+                    # Counted; `provided` holds it, so the provider job retries it.
+                    with contextlib.suppress(LocalProtocolError):
+                        self.announce(feed, self.addrs, now, consume=True)
 
     def stored(self, result: ProviderAnnounced | NameClaimPublished, now: float) -> None:
         """The end of an announce or claim we consume: retry one that reached no node."""

@@ -20,6 +20,23 @@ dials byte streams (`TcpTransport`: a TCP listener and `trio.open_tcp_stream`;
 tests plug in `trio.testing` memory streams), and each connection gets a
 reader and a writer task.
 
+Failures inside an input: the cores turn a peer's bad bytes into events,
+so an exception out of a core call is a bug of ours (or a refused local
+write, e.g. a full disk).  Either way it must not take the node down with
+it: every core call of one input (a datagram, a timer expiry, one
+connection's bytes, a dial's outcome, a stamp, a flush) runs under
+`UdpDriver.guard`, which counts the exception in ``internal_errors`` by
+input kind, hands it to ``on_internal_error`` (the daemon logs it with its
+traceback, rate-limited) and goes on with the next input.  A connection
+whose input failed is closed (its session state is suspect); a failing
+timer is not fired again before `TIMER_ERROR_PAUSE` seconds, so a bug that
+fails on every expiry cannot spin the loop.  Only `Exception` is caught:
+`trio.Cancelled`, `KeyboardInterrupt` and `SystemExit` pass.  `StorageFull`
+(a write the full disk refused) is no bug: it is counted in ``storage_full``
+instead, and never re-raised.  With
+``strict=True`` (the in-process tests) the exception is counted and then
+re-raised, so a test sees the bug where it happens.
+
 Clock: the cores take ``now`` in Unix seconds that never go backwards.
 `unix_now` is ``time.monotonic()`` anchored to the wall clock once at import,
 so records can carry absolute expiry times and a wall-clock step (NTP) cannot
@@ -34,16 +51,23 @@ import errno
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import trio
 
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
+from p2pblog.errors import StorageFull
 
 _EPOCH_OFFSET = time.time() - time.monotonic()
 #: Largest datagram read from the socket; the core counts and drops oversize ones.
 RECV_BYTES = 65536
+#: Least seconds between two timer expiries after one failed (see "Failures" above).
+TIMER_ERROR_PAUSE = 1.0
+
+#: ``on_internal_error(kind, exc)``: told of every exception a guarded input raised.
+ErrorHook = Callable[[str, Exception], None]
 
 
 def unix_now() -> float:
@@ -83,13 +107,21 @@ class UdpDriver:
         *,
         clock: Callable[[], float] = unix_now,
         on_event: Callable[[Any], None] | None = None,
+        on_internal_error: ErrorHook | None = None,
+        strict: bool = False,
     ) -> None:
         sock.setblocking(False)
         self.core = core
         self.sock = sock
         self.clock = clock
         self.on_event = on_event
+        self.on_internal_error = on_internal_error
+        self.strict = strict
         self.stats: Counter[str] = Counter()
+        #: Exceptions raised while handling one input, by input kind (see `guard`).
+        self.internal_errors: Counter[str] = Counter()
+        #: Inputs whose writes a full disk refused (`StorageFull`), by input kind.
+        self.storage_full: Counter[str] = Counter()
         self._waiters: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._rearm = trio.Event()
         # The deadline the timer task sleeps towards (None: no deadline).
@@ -114,9 +146,38 @@ class UdpDriver:
     def close(self) -> None:
         self.sock.close()
 
+    # -- failures -------------------------------------------------------------------
+
+    @contextmanager
+    def guard(self, kind: str) -> Iterator[None]:
+        """Run one input's core calls: an `Exception` is counted under ``kind``, reported to
+        ``on_internal_error`` and swallowed (re-raised in strict mode)."""
+        try:
+            yield
+        except StorageFull as exc:
+            # Not a bug: a write the full disk refused (nothing of it was stored).
+            self.storage_full[kind] += 1
+            if self.on_internal_error is not None:
+                self.on_internal_error(kind, exc)
+        except Exception as exc:
+            self.internal_errors[kind] += 1
+            if self.on_internal_error is not None:
+                self.on_internal_error(kind, exc)
+            if self.strict:
+                raise
+
     # -- the flush after every input ----------------------------------------------
 
     def flush(self) -> None:
+        failed = self.internal_errors["flush"] + self.storage_full["flush"]
+        try:
+            with self.guard("flush"):
+                self._flush()
+        finally:
+            if self.internal_errors["flush"] + self.storage_full["flush"] != failed:
+                self._rearm.set()  # the failed flush may not have re-armed: read the deadline again
+
+    def _flush(self) -> None:
         for data, addr in self.core.datagrams_to_send():
             try:
                 self.sock.sendto(data, addr)
@@ -140,7 +201,7 @@ class UdpDriver:
 
     async def request(self, start: Callable[[float], int]) -> Any:
         """Start a command (``start(now) -> query id``) and wait for its result event."""
-        qid = start(self.clock())
+        qid = start(self.clock())  # raises to the caller (a control command counts it)
         done, box = trio.Event(), list[Any]()
         self._waiters[qid] = (done, box)
         try:
@@ -171,15 +232,22 @@ class UdpDriver:
                     self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
                     continue
                 got_any = True
-                self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), self.clock())
+                with self.guard("datagram"):
+                    self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), self.clock())
             if got_any:
                 self.flush()
             await trio.lowlevel.checkpoint()
 
     async def _timer_loop(self) -> None:
+        not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
         while True:
             self._rearm = trio.Event()
-            deadline = self._armed_at = self.core.get_timer()
+            deadline: float | None = self.clock() + TIMER_ERROR_PAUSE
+            with self.guard("timer"):
+                deadline = self.core.get_timer()
+            if deadline is not None:
+                deadline = max(deadline, not_before)
+            self._armed_at = deadline
             if deadline is None:
                 await self._rearm.wait()
                 continue
@@ -191,7 +259,11 @@ class UdpDriver:
                 with trio.move_on_after(deadline - now):
                     await self._rearm.wait()
                 continue
-            self.core.handle_timer(now)
+            failed = self.internal_errors["timer"]
+            with self.guard("timer"):
+                self.core.handle_timer(now)
+            if self.internal_errors["timer"] != failed:
+                not_before = now + TIMER_ERROR_PAUSE
             self.flush()
             await trio.lowlevel.checkpoint()
 
@@ -365,7 +437,8 @@ class NodeDriver(UdpDriver):
         nonce = await trio.to_thread.run_sync(
             solve, NOTICE_DOMAIN, subject, bits, limiter=self._stamp_limiter
         )
-        self.stream_core.stamp_made(entry_id, recipient, nonce, self.clock())
+        with self.guard("stamp"):
+            self.stream_core.stamp_made(entry_id, recipient, nonce, self.clock())
         self.flush()
 
     async def run(self) -> None:
@@ -385,7 +458,13 @@ class NodeDriver(UdpDriver):
                 self.stats[f"accept_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
                 await trio.sleep(0.1)
                 continue
-            conn_id = self.stream_core.connection_accepted(addr, self.clock())
+            failed = self.internal_errors["connection"]
+            conn_id = -1
+            with self.guard("connection"):
+                conn_id = self.stream_core.connection_accepted(addr, self.clock())
+            if self.internal_errors["connection"] != failed:
+                await stream.aclose()
+                continue
             st = self._streams.setdefault(conn_id, _Stream())
             st.stream = stream
             self.flush()
@@ -403,14 +482,20 @@ class NodeDriver(UdpDriver):
             if stream is not None:
                 await stream.aclose()
                 self._streams.pop(conn_id, None)
-                self.stream_core.connection_lost(conn_id, self.clock())
+                with self.guard("connection"):
+                    self.stream_core.connection_lost(conn_id, self.clock())
             else:
                 self._streams.pop(conn_id, None)
-                self.stream_core.connection_failed(conn_id, self.clock())
+                with self.guard("connection"):
+                    self.stream_core.connection_failed(conn_id, self.clock())
             self.flush()
             return
         st.stream = stream
-        self.stream_core.connection_opened(conn_id, self.clock())
+        failed = self.internal_errors["connection"]
+        with self.guard("connection"):
+            self.stream_core.connection_opened(conn_id, self.clock())
+        if self.internal_errors["connection"] != failed:
+            st.closing = True  # its state in the core is suspect: close it (and report it lost)
         self.flush()
         await self._serve(conn_id, st)
 
@@ -426,7 +511,8 @@ class NodeDriver(UdpDriver):
                 with trio.move_on_after(1):
                     await st.stream.aclose()
             self._streams.pop(conn_id, None)
-            self.stream_core.connection_lost(conn_id, self.clock())
+            with self.guard("connection"):
+                self.stream_core.connection_lost(conn_id, self.clock())
             self.flush()
 
     async def _read(self, conn_id: int, st: _Stream) -> None:
@@ -440,8 +526,15 @@ class NodeDriver(UdpDriver):
                 st.scope.cancel()
                 return
             # A socket gives bytes (bytes() is then free); other streams may give a bytearray.
-            self.stream_core.data_received(conn_id, bytes(data), self.clock())
+            failed = self.internal_errors["connection"] + self.storage_full["connection"]
+            with self.guard("connection"):
+                self.stream_core.data_received(conn_id, bytes(data), self.clock())
             self.flush()
+            if self.internal_errors["connection"] + self.storage_full["connection"] != failed:
+                # Its session state is suspect (after a full disk: it thinks it holds entries
+                # the store refused): drop the connection; a new one starts from the store.
+                st.scope.cancel()
+                return
 
     async def _write(self, st: _Stream) -> None:
         assert st.stream is not None

@@ -22,16 +22,36 @@ Derived tables are maintained as entries are stored, in seq order per feed
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
 target is an earlier entry of the same feed.
 
+A full disk: SQLite reports ``SQLITE_FULL`` (or, when the WAL cannot grow,
+an I/O error) on a write.  `Store.transaction` turns either into
+`StorageFull` after rolling the transaction back, so nothing of it is
+stored and the caller gets a declared error with one line for the user
+(except for the tables that only cache what the network can tell again:
+DHT contacts, the gossip address book, peer scores, whose writes are
+skipped, so that a full disk does not stop sessions from opening);
+``full`` then stays True (and ``refused_writes`` counts) until a write
+commits again.  Reads go on working; a store opened on a full disk, where
+SQLite cannot create the ``-shm`` file a WAL database needs, is opened
+immutable for reading, and its writes are refused the same way.  An I/O error is taken for a full
+disk only when the file system has less than `FULL_BELOW_BYTES` free:
+otherwise it is reported as the `StoreError` it is.
+
+Files: the database and its ``-wal`` / ``-shm`` files are created mode 0600
+(the process umask is narrowed while SQLite creates them): they hold who
+the owner follows, blocks and petnames.
+
 The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` lists the
 scripts that bring a database from one version to the next.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -53,8 +73,16 @@ from p2pblog.errors import (
     EntryFromFuture,
     FeedForkedError,
     LocalProtocolError,
+    StorageFull,
     StoreError,
 )
+
+#: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
+FULL_BELOW_BYTES: Final = 1024 * 1024
+#: SQLite's primary result codes for a full database or disk, and for an I/O error.
+_SQLITE_FULL: Final = 13
+_SQLITE_IOERR: Final = 10
+_SQLITE_READONLY: Final = 8
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: feeds, entries, fork proofs and derived indexes.
@@ -253,6 +281,14 @@ class Store:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        #: Whether the last write was refused for a full disk (cleared by a commit).
+        self.full = False
+        #: Write transactions refused for a full disk.
+        self.refused_writes = 0
+        #: Opened for reading only, because the disk was full (`_open_read_only`).
+        self.read_only = False
+        # 0600 for the database and the -wal / -shm files SQLite creates next to it.
+        umask = os.umask(0o077)
         try:
             self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
             # Read TEXT as bytes: a damaged row typed TEXT must reach decode_entry
@@ -263,7 +299,14 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            if not self._disk_full(exc):
+                raise StoreError(f"cannot open store {self.path}: {exc}") from None
+            self._open_read_only(exc)
+        finally:
+            os.umask(umask)
+        for suffix in ("", "-wal", "-shm"):  # files from before this rule: tighten them
+            with suppress(OSError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
         self._depth = 0
         # Feed heads read or changed in the current write transaction; written
         # back once per commit instead of once per entry (docs/benchmarks.md).
@@ -308,20 +351,89 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
         try:
-            yield
-            self._flush_heads()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield
+                self._flush_heads()
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+        except sqlite3.OperationalError as exc:
+            if not self._disk_full(exc):
+                raise
+            self.full = True
+            self.refused_writes += 1
+            raise StorageFull(f"the disk is full: cannot write to {self.path} ({exc})") from None
         else:
-            self._db.execute("COMMIT")
+            self.full = False
         finally:
             self._depth = 0
             self._heads.clear()
             self._dirty.clear()
+
+    def _open_read_only(self, exc: sqlite3.Error) -> None:
+        """On a full disk SQLite cannot create the -shm / -wal files a WAL database needs,
+        even to read.  With no (or an empty) -wal file, the database file is complete and no
+        one writes it (a writer would have a -wal): open it immutable, for reading; writes
+        are refused."""
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+        wal = Path(f"{self.path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:  # (the failed open may leave an empty one)
+            raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
+        uri = f"{self.path.resolve().as_uri()}?immutable=1"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db.text_factory = bytes
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error:
+            raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
+        if version != SCHEMA_VERSION:
+            raise StorageFull(f"the disk is full: cannot upgrade the store {self.path} ({exc})")
+        self.read_only = self.full = True
+
+    @contextmanager
+    def _cache_write(self) -> Iterator[list[bool]]:
+        """For the tables that only spare the next start some work (DHT contacts, the
+        gossip address book, peer scores): a full disk skips the write (counted in
+        ``refused_writes``) instead of failing the node's input that caused it; the
+        yielded box is truthy once the write committed."""
+        box: list[bool] = []
+        try:
+            yield box
+            box.append(True)
+        except StorageFull:
+            pass
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
+        if self._db.in_transaction:
+            with suppress(sqlite3.OperationalError):
+                self._db.execute("ROLLBACK")
+
+    def _disk_full(self, exc: sqlite3.Error) -> bool:
+        """Whether exc is SQLite saying the disk is full (see the module docstring)."""
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL or (self.read_only and code == _SQLITE_READONLY):
+            return True
+        if code != _SQLITE_IOERR:
+            return False
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return False
+        return stat.f_bavail * stat.f_frsize < FULL_BELOW_BYTES
+
+    def free_bytes(self) -> int | None:
+        """Bytes free for us on the store's file system (None if the OS cannot say)."""
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return stat.f_bavail * stat.f_frsize
 
     def _flush_heads(self) -> None:
         self._db.executemany(
@@ -775,14 +887,17 @@ class Store:
 
     # -- DHT contacts -------------------------------------------------------------
 
-    def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> None:
-        """Replace the saved routing table with (node_id, host, port, last_seen) rows."""
-        with self.transaction():
+    def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> bool:
+        """Replace the saved routing table with (node_id, host, port, last_seen) rows.
+
+        Best effort (see `_cache_write`): False if a full disk refused it."""
+        with self._cache_write() as saved, self.transaction():
             self._db.execute("DELETE FROM dht_contacts")
             self._db.executemany(
                 "INSERT OR REPLACE INTO dht_contacts (node_id, host, port, last_seen) VALUES (?, ?, ?, ?)",
                 contacts,
             )
+        return bool(saved)
 
     def load_contacts(self) -> list[tuple[bytes, str, int, float]]:
         """The saved routing table, most recently seen first."""
@@ -797,14 +912,17 @@ class Store:
 
     # -- gossip address book ----------------------------------------------------------
 
-    def save_peer(self, public_key: bytes, host: str, port: int, last_connected: float) -> None:
-        """Remember where a gossip peer listens and when we last replicated with it."""
-        with self.transaction():
+    def save_peer(self, public_key: bytes, host: str, port: int, last_connected: float) -> bool:
+        """Remember where a gossip peer listens and when we last replicated with it.
+
+        Best effort (see `_cache_write`): False if a full disk refused it."""
+        with self._cache_write() as saved, self.transaction():
             self._db.execute(
                 "INSERT OR REPLACE INTO gossip_peers (public_key, host, port, last_connected) "
                 "VALUES (?, ?, ?, ?)",
                 (public_key, host, port, last_connected),
             )
+        return bool(saved)
 
     def load_peers(self, limit: int) -> list[tuple[bytes, str, int, float]]:
         """Up to limit saved gossip peers, most recently connected first."""
@@ -821,18 +939,20 @@ class Store:
 
     # -- peer scores --------------------------------------------------------------
 
-    def save_peer_scores(self, rows: Iterable[tuple[bytes, float, float, float]]) -> None:
+    def save_peer_scores(self, rows: Iterable[tuple[bytes, float, float, float]]) -> bool:
         """Replace the saved peer scores: ``(subject, score, banned_until, updated)`` rows.
 
-        The caller bounds how many it keeps; this stores what it is given.
+        The caller bounds how many it keeps; this stores what it is given.  Best effort
+        (see `_cache_write`): False if a full disk refused it.
         """
-        with self.transaction():
+        with self._cache_write() as saved, self.transaction():
             self._db.execute("DELETE FROM peer_scores")
             self._db.executemany(
                 "INSERT OR REPLACE INTO peer_scores (subject, score, banned_until, updated) "
                 "VALUES (?, ?, ?, ?)",
                 rows,
             )
+        return bool(saved)
 
     def load_peer_scores(self, limit: int) -> list[tuple[bytes, float, float, float]]:
         """Up to limit saved peer scores, the most recently updated first."""
