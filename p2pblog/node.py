@@ -55,6 +55,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Sequence
 from random import Random
+from typing import Final
 
 from dht import BootstrapFinished, DhtConfig, DhtCore, node_id_from_public_key
 from dht.events import Event as DhtEvent
@@ -64,7 +65,7 @@ from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
 from identity import Identity
 from identity.limits import MENTION_WORK
-from identity.records import Record
+from identity.records import Record, peer_key, provider_key
 from p2pblog import actions
 from p2pblog.discovery import Discovery
 from p2pblog.entry import FOLLOW, UNFOLLOW, Entry
@@ -123,6 +124,10 @@ __all__ = [
 ]
 
 
+#: Peers we replicated with lately whose peer records the DHT stores keep first.
+PRIORITY_PEERS: Final = 256
+
+
 class NodeCore:
     """A p2pblog node, sans IO.  Drive it exactly like `dht.DhtCore`."""
 
@@ -163,6 +168,13 @@ class NodeCore:
             identity, self.store, self.replicator, self.mention_stats, mention_work
         )
         self.lifecycle = Lifecycle(self.store, self.dht, self.records)
+        #: The DHT keys this node cares about (`dht.records.Capacity`'s priority): a full
+        #: store evicts strangers' values for them, never them for strangers' values.
+        self._priority_records: frozenset[bytes] = frozenset()
+        self._priority_providers: frozenset[bytes] = frozenset()
+        self.dht.records.priority = self._priority_records_has
+        self.dht.providers.priority = self._priority_providers_has
+        self._refresh_priority()
         self._events: deque[Event] = deque()
         #: Results of queries a part started for itself, in order, to hand back at `_drain`.
         self._consumed: deque[Result | BootstrapFinished] = deque()
@@ -211,6 +223,20 @@ class NodeCore:
 
     def following(self) -> set[bytes]:
         return self.store.following(self.identity.public_key)
+
+    def _priority_records_has(self, key: bytes) -> bool:
+        return key in self._priority_records
+
+    def _priority_providers_has(self, key: bytes) -> bool:
+        return key in self._priority_providers
+
+    def _refresh_priority(self) -> None:
+        """Recompute the priority keys: the peer records of the feeds we replicate and of
+        peers we replicated with lately, and the provider keys of the feeds we replicate."""
+        wanted = sorted(self.replicator.wanted)
+        peers = self.replicator.book.recent(PRIORITY_PEERS)
+        self._priority_records = frozenset(peer_key(k) for k in [*wanted, *peers])
+        self._priority_providers = frozenset(provider_key(f) for f in wanted)
 
     # -- outputs (DhtCore's contract) ---------------------------------------------
 
@@ -334,6 +360,7 @@ class NodeCore:
             self.outbox.deliver(now)
         maintain = now >= self._maintain_at
         if maintain:
+            self._refresh_priority()
             self.replicator.maintain_now(now)  # one wake-up for both maintenance passes
         self.replicator.handle_timer(now)
         if maintain:
@@ -434,6 +461,7 @@ class NodeCore:
         self.discovery.follow(feed, now)
         self._maintain_at = now
         self.replicator.set_wanted(self.following(), now)
+        self._refresh_priority()
         self.replicator.feed_appended(entry.author, now)
         self._drain(now)
         return entry

@@ -8,11 +8,12 @@ no sleeps.
 from __future__ import annotations
 
 import os
+from random import Random
 from typing import Any
 
 import pytest
 
-from dht import wire
+from dht import DhtConfig, wire
 from dht.records import accept_any
 from identity import Identity
 from identity.records import PEER, PROVIDER, RecordError, create_record, peer_key, provider_key
@@ -29,6 +30,7 @@ from p2pblog.node import (
     validate_value,
 )
 from p2pblog.own_records import PEER_REPUBLISH, PROVIDER_RECORD_TTL, PROVIDER_REPUBLISH
+from p2pblog.store import Store
 from simulations.endpoint import CoreEndpoint
 from simulations.network import Latency, LinkModel
 from simulations.testbed import Testbed
@@ -292,3 +294,43 @@ def test_forged_provider_records_are_refused_by_remote_nodes() -> None:
     resolved = net.result(3, qid)
     assert isinstance(resolved, ProvidersResolved)
     assert [r.raw for r in resolved.records] == [genuine]
+
+
+def test_a_flooded_dht_store_keeps_the_records_of_feeds_we_follow() -> None:
+    """Strangers fill the provider and record stores; a provider record of a feed we
+    follow, and the peer record of its author, still get in (strangers' go out)."""
+    core = NodeCore(
+        A,
+        Random(1),
+        T0,
+        store=Store(":memory:"),
+        random_bytes=Random(2).randbytes,
+        dht_config=DhtConfig(max_provider_values=32, max_records=32),
+    )
+    core.follow(B.public_key, T0)
+    expires = int(T0) + 3600
+    addrs = [("tcp", "192.0.2.1", 7)]
+    for i in range(64):
+        sybil = Identity(bytes([100, i]) * 16)
+        host = f"198.51.100.{i}"
+        feed = bytes([i]) * 32
+        rec = create_record(sybil, type=PROVIDER, seq=1, expires=expires, addrs=addrs, feed=feed)
+        core.dht.providers.add(provider_key(feed), rec.raw, T0, source=host)
+        peer = create_record(sybil, type=PEER, seq=1, expires=expires, addrs=addrs)
+        core.dht.records.put(peer_key(sybil.public_key), peer.raw, T0, source=host)
+    assert core.dht.providers.received == 32 and len(core.dht.records) == 32
+    ours = create_record(C, type=PROVIDER, seq=1, expires=expires, addrs=addrs, feed=B.public_key)
+    assert (
+        core.dht.providers.add(provider_key(B.public_key), ours.raw, T0, source="203.0.113.5").value
+        == "stored"
+    )
+    author = create_record(B, type=PEER, seq=1, expires=expires, addrs=addrs)
+    assert (
+        core.dht.records.put(peer_key(B.public_key), author.raw, T0, source="203.0.113.5").value == "stored"
+    )
+    # A stranger's new value is still refused: it is the newest stranger.
+    late = Identity(bytes([7]) * 32)
+    other = create_record(late, type=PEER, seq=1, expires=expires, addrs=addrs)
+    assert (
+        core.dht.records.put(peer_key(late.public_key), other.raw, T0, source="203.0.113.6").value == "full"
+    )
