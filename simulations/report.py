@@ -59,7 +59,7 @@ WORST_RULE = (
 def metrics_document(result: Result) -> dict[str, Any]:
     """Everything `metrics.json` holds: plain JSON data, no wall-clock values."""
     return {
-        "scenario": _plain(dataclasses.asdict(result.scenario)),
+        "scenario": _scenario_echo(result.scenario),
         "seed": result.scenario.seed,
         "metrics": result.metrics,
         "compare": result.compare,
@@ -71,6 +71,17 @@ def metrics_document(result: Result) -> dict[str, Any]:
         },
         "events": result.events,
     }
+
+
+def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as plain data; ``attacks`` and ``expect`` only when set, so that a
+    scenario without attackers echoes exactly what it did before they existed."""
+    echo: dict[str, Any] = _plain(dataclasses.asdict(scenario))
+    if not scenario.attacks:
+        del echo["attacks"]
+    if scenario.expect == type(scenario.expect)():
+        del echo["expect"]
+    return echo
 
 
 def write_run(result: Result, out_dir: Path | str) -> list[Path]:
@@ -495,7 +506,7 @@ def _sweep_document(runs: Sequence[Result]) -> dict[str, Any]:
     paths = sorted(
         {path for leaves in per_seed for path in leaves}, key=lambda p: (p.startswith("compare."), p)
     )
-    scenario = _plain(dataclasses.asdict(runs[0].scenario))
+    scenario = _scenario_echo(runs[0].scenario)
     del scenario["seed"]
     return {
         "scenario": scenario,
