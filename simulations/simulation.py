@@ -784,6 +784,13 @@ class Simulation:
                 "victims": sorted(self.victims),
                 "victim_lookups": len(victim),
                 "victim_success_ratio": _r(sum(victim) / len(victim)) if victim else 1.0,
+                "by_victim": {
+                    str(v): [
+                        sum(1 for t, _ in self.lookup_by_target if t == v),
+                        sum(1 for t, ok in self.lookup_by_target if t == v and ok),
+                    ]
+                    for v in sorted(self.victims)
+                },
                 "other_lookups": len(other),
                 "other_success_ratio": _r(sum(other) / len(other)) if other else 1.0,
             },
