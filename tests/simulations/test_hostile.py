@@ -266,3 +266,16 @@ def test_the_bundled_hostile_scenario_has_every_attack_and_oracle() -> None:
 def test_a_bad_attack_is_refused_naming_the_field(text: str, field: str) -> None:
     with pytest.raises(ScenarioError, match=re.escape(field)):
         Scenario.from_toml(text)
+
+
+def test_the_report_and_summary_show_the_attack(tmp_path: Any) -> None:
+    from simulations.report import summary, write_run
+
+    result = run("flood", "poison").result
+    line = next(line for line in summary(result) if line.startswith("under attack:"))
+    assert "flooded keys" in line and "unanswered contacts" in line
+    write_run(result, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Under attack" in report and "| flood | add_provider" in report
+    assert "under attack: resources, core exception" not in report  # no [expect]: only core exception
+    assert "under attack: core exception" in report
