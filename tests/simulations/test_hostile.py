@@ -225,7 +225,6 @@ def test_a_hostile_run_is_byte_identical_for_one_seed() -> None:
     assert metrics_document(other)["metrics"] != first["metrics"]
 
 
-@pytest.mark.slow
 def test_a_run_under_every_attack_is_byte_identical_for_one_seed() -> None:
     all_kinds = ("flood", "poison", "exhaust", "censor")
     first = metrics_document(Simulation(scenario(*all_kinds)).run())
