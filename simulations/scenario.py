@@ -30,6 +30,8 @@ _MALICIOUS_FRACTIONS = ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_fo
 MAX_ATTACKERS = 1000
 #: Hosts in one /24 an exhaustion attack may dial from (.1 .. .254).
 MAX_SUBNET_HOSTS = 254
+#: Most requests or dials an attack may send per simulated second (more floods the engine).
+MAX_ATTACK_RATE = 1000.0
 #: An `Expect` bound that is not checked.
 UNCHECKED = -1
 
@@ -271,9 +273,9 @@ class Scenario:
             raise ScenarioError(
                 f"{where}.duration: must be >= 0 seconds (0: to the end), not {attack.duration:g}"
             )
-        if not 0 < attack.rate <= MAX_RATE_PER_HOUR:
+        if not 0 < attack.rate <= MAX_ATTACK_RATE:
             raise ScenarioError(
-                f"{where}.rate: 0 .. {MAX_RATE_PER_HOUR:g} per second (not 0), not {attack.rate:g}"
+                f"{where}.rate: 0 .. {MAX_ATTACK_RATE:g} per second (not 0), not {attack.rate:g}"
             )
         _fraction(attack.targets, f"{where}.targets")
         if attack.mode not in Attack.MODES:
