@@ -34,6 +34,15 @@ datagrams to it are lost, its own links keep working), one link can be
 
 Every byte and message sent is counted per node, for the metrics.
 
+*Many addresses on one machine* (the adversary's hosts,
+`simulations.adversary`): `send_datagram` and `dial` take a ``src_addr``
+that stands in for the node's own address, so one simulated node can speak
+from rotating source ports on its host, or from every host of a /24, as a
+real attacker with raw sockets or a block of addresses can.  The receiver
+sees that address (and answers to it); an address the network does not know
+(no `add`) is a host that drops what it gets, as `datagrams.unreachable`
+counts.  Partitions and crashes still apply to the node behind it.
+
 Nodes get addresses ``10.x.y.z:PORT`` by index (`Network.address`) unless
 `Network.add` is given one.  Any object with the `Endpoint` inputs can be a
 node: `simulations.endpoint.CoreEndpoint` around any sans-IO core (the
@@ -152,6 +161,8 @@ class _Link:
     pending: list[bytes] = field(default_factory=list)
     ab: _Direction = field(default_factory=_Direction)
     ba: _Direction = field(default_factory=_Direction)
+    #: The address the acceptor sees (None: the dialler's own, `Network.node_addrs`).
+    a_addr: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +317,10 @@ class Network:
         self._busy_until[src] = done = start + size / self.model.bandwidth
         return done
 
-    def send_datagram(self, src: int, data: bytes, addr: tuple[str, int]) -> None:
+    def send_datagram(
+        self, src: int, data: bytes, addr: tuple[str, int], *, src_addr: tuple[str, int] | None = None
+    ) -> None:
+        """Send data from node src to addr (from src_addr, when given: see the module docstring)."""
         traffic = self.traffic[src]
         traffic.datagrams += 1
         traffic.datagram_bytes += len(data)
@@ -319,7 +333,8 @@ class Network:
         if copies == 2:
             self.stats["datagrams.duplicated"] += 1
         loss = self.model.loss + self.extra_loss
-        src_addr = self.node_addrs[src]
+        if src_addr is None:
+            src_addr = self.node_addrs[src]
         for _ in range(copies):
             if loss and self.rng.random() < loss:
                 self.stats["datagrams.lost"] += 1
@@ -327,16 +342,19 @@ class Network:
             delay = self._latency(src, dst)
             if self.model.reorder and self.rng.random() < self.model.reorder:
                 delay += self.rng.uniform(0.0, delay)
-            self.engine.at(sent + delay, partial(self._deliver_datagram, dst, data, src_addr))
+            self.engine.at(sent + delay, partial(self._deliver_datagram, dst, data, src, src_addr))
 
-    def _deliver_datagram(self, dst: int, data: bytes, src_addr: tuple[str, int]) -> None:
+    def _deliver_datagram(self, dst: int, data: bytes, src: int, src_addr: tuple[str, int]) -> None:
         node = self.nodes[dst]
-        if node.up and self.connected(self.addrs[src_addr], dst):
+        if node.up and self.connected(src, dst):
             node.receive_datagram(data, src_addr)
 
     # -- streams ---------------------------------------------------------------------
 
-    def dial(self, src: int, conn_id: int, addr: tuple[str, int]) -> None:
+    def dial(
+        self, src: int, conn_id: int, addr: tuple[str, int], *, src_addr: tuple[str, int] | None = None
+    ) -> None:
+        """Node src connects to addr (from src_addr, when given: see the module docstring)."""
         dst = self.addrs.get(addr)
         if self.dial_log is not None:
             self._log_dial(src, conn_id, addr, dst)
@@ -349,7 +367,7 @@ class Network:
             rtt = self._latency(src, dst) + self._latency(dst, src)
             self.engine.after(rtt, partial(self._dial_failed, src, conn_id, self._epoch[src]))
             return
-        link = _Link(src, conn_id, dst)
+        link = _Link(src, conn_id, dst, a_addr=src_addr)
         self._links[src, conn_id] = link
         latency = self._latency(src, dst)
         self.engine.after(latency, partial(self._accept, link, latency))
@@ -370,7 +388,8 @@ class Network:
             self._links.pop((link.a, link.a_conn), None)
             self.engine.after(latency, partial(self._dial_failed, link.a, link.a_conn, self._epoch[link.a]))
             return
-        link.b_conn = self.nodes[link.b].connection_accepted(self.node_addrs[link.a])
+        seen = link.a_addr if link.a_addr is not None else self.node_addrs[link.a]
+        link.b_conn = self.nodes[link.b].connection_accepted(seen)
         link.accepted = True
         self._links[link.b, link.b_conn] = link
         link.ab.last_delivery = link.ba.last_delivery = self.engine.now

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from simulations.plot import bar_plot, line_plot
-from simulations.scenario import Fault, Scenario
+from simulations.scenario import UNCHECKED, Fault, Scenario
 from simulations.simulation import Result, percentile
 
 METRICS_FILE = "metrics.json"
@@ -59,7 +59,7 @@ WORST_RULE = (
 def metrics_document(result: Result) -> dict[str, Any]:
     """Everything `metrics.json` holds: plain JSON data, no wall-clock values."""
     return {
-        "scenario": _plain(dataclasses.asdict(result.scenario)),
+        "scenario": _scenario_echo(result.scenario),
         "seed": result.scenario.seed,
         "metrics": result.metrics,
         "compare": result.compare,
@@ -71,6 +71,17 @@ def metrics_document(result: Result) -> dict[str, Any]:
         },
         "events": result.events,
     }
+
+
+def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as plain data; ``attacks`` and ``expect`` only when set, so that a
+    scenario without attackers echoes exactly what it did before they existed."""
+    echo: dict[str, Any] = _plain(dataclasses.asdict(scenario))
+    if not scenario.attacks:
+        del echo["attacks"]
+    if scenario.expect == type(scenario.expect)():
+        del echo["expect"]
+    return echo
 
 
 def write_run(result: Result, out_dir: Path | str) -> list[Path]:
@@ -112,8 +123,25 @@ def summary(result: Result) -> list[str]:
         f"({_share(m, 'dht.success_ratio', 'dht.lookups')}), {_num(_get(m, 'dht.hops_mean'))} hops mean"
     )
     lines.append(_convergence_text(m))
+    if "hostile" in m:
+        lines.append(_hostile_text(m))
     lines.append(_oracle_text(result))
     return lines
+
+
+def _hostile_text(m: dict[str, Any]) -> str:
+    """One line: the victims' lookups and the most any honest node held of what attackers grow."""
+    most = _get(m, "hostile.resources_max") or {}
+
+    def held(name: str) -> str:
+        return _int(most.get(name, {}).get("value"))
+
+    victims = _share(m, "hostile.lookups.victim_success_ratio", "hostile.lookups.victim_lookups")
+    return (
+        f"under attack: victims' lookups {victims}; most per node: {held('attacker_connections')} "
+        f"attacker connections, {held('attacker_records')} flooded keys, {held('unanswered_contacts')} "
+        f"unanswered contacts, {held('table_contacts')} contacts"
+    )
 
 
 def _dumps(doc: Any) -> str:
@@ -224,6 +252,8 @@ def _report(result: Result) -> str:
         keys = sorted(hops, key=int)
         out += ["| hops | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         out += ["| lookups | " + " | ".join(str(hops[k]) for k in keys) + " |", ""]
+    if "hostile" in m:
+        out += ["## Under attack", "", *_hostile_lines(m), ""]
     out += ["## Convergence", "", _convergence_text(m) + ".", ""]
     deadline = _get(m, "convergence.deadline")
     out += [
@@ -274,10 +304,28 @@ def _scenario_lines(sc: Scenario, metrics: dict[str, Any] | None = None) -> list
     ]
     if mal.equivocators:
         bad.append(f"{mal.equivocators} equivocating author(s) at {mal.equivocate_at:g} s")
+    for a in sc.attacks:
+        bad.append(f"{a.kind} from {a.at:g} s" + (f" for {a.duration:g} s" if a.duration else ""))
     roles = _get(metrics, "roles") or {}
     if roles:
         bad.append("nodes per role: " + ", ".join(f"{k} {v}" for k, v in sorted(roles.items())))
     lines.append("- **Malicious**: " + ("; ".join(bad) or "none"))
+    return lines
+
+
+def _hostile_lines(m: dict[str, Any]) -> list[str]:
+    """What the attackers sent, the victims' lookups, and the resource maxima (`metrics.hostile`)."""
+    h = m["hostile"]
+    lines = [_hostile_text(m) + ".", "", "| attack | sent |", "|---|---|"]
+    for kind, counts in h["attackers"].items():
+        lines.append(f"| {kind} | " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + " |")
+    lines += ["", "| resource (most one honest node held) | value | node |", "|---|---:|---:|"]
+    for name, top in h["resources_max"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {top['value']:,} | {top['node']} |")
+    by_victim = ", ".join(f"node {v}: {ok}/{n}" for v, (n, ok) in h["lookups"]["by_victim"].items())
+    lines += ["", f"Lookups of censored victims: {by_victim or 'none'}."]
+    if h["core_exception"]:
+        lines += ["", f"A core raised: `{h['core_exception']}`."]
     return lines
 
 
@@ -300,11 +348,26 @@ def _fault_text(f: Fault) -> str:
 def _oracles_run(result: Result) -> str:
     sc = result.scenario
     if sc.converge_by > sc.duration:
-        return (
+        run = (
             f"validity, prefix consistency; convergence not checked: its deadline, "
             f"{sc.converge_by:g} s, is after the end of the run"
         )
-    return "validity, prefix consistency, convergence"
+    else:
+        run = "validity, prefix consistency, convergence"
+    if sc.attacks:
+        e = sc.expect
+        checked = [
+            name
+            for name, on in (
+                ("delivery", e.delivery_ratio),
+                ("lookup", e.lookup_success),
+                ("victim lookup", e.victim_lookup_success),
+                ("resources", any(getattr(e, b) != UNCHECKED for b in e.BOUNDS)),
+            )
+            if on
+        ]
+        run += "; under attack: " + ", ".join([*checked, "core exception"])
+    return run
 
 
 def _oracle_text(result: Result) -> str:
@@ -495,7 +558,7 @@ def _sweep_document(runs: Sequence[Result]) -> dict[str, Any]:
     paths = sorted(
         {path for leaves in per_seed for path in leaves}, key=lambda p: (p.startswith("compare."), p)
     )
-    scenario = _plain(dataclasses.asdict(runs[0].scenario))
+    scenario = _scenario_echo(runs[0].scenario)
     del scenario["seed"]
     return {
         "scenario": scenario,

@@ -26,6 +26,14 @@ MIN_CHURN_MEAN = 1.0
 #: Default posting stops this long before the convergence deadline would pass the end.
 DEFAULT_POST_MARGIN = 30.0
 _MALICIOUS_FRACTIONS = ("dht_bogus", "dht_forged", "gossip_withhold", "gossip_forge")
+#: Most attacker machines one attack may bring (censors per victim times victims, hosts of a /24).
+MAX_ATTACKERS = 1000
+#: Hosts in one /24 an exhaustion attack may dial from (.1 .. .254).
+MAX_SUBNET_HOSTS = 254
+#: Most requests or dials an attack may send per simulated second (more floods the engine).
+MAX_ATTACK_RATE = 1000.0
+#: An `Expect` bound that is not checked.
+UNCHECKED = -1
 
 
 class ScenarioError(ValueError):
@@ -101,6 +109,68 @@ class Malicious:
 
 
 @dataclass(frozen=True)
+class Attack:
+    """One attacker machine (or a group of them) outside the honest nodes (`simulations.adversary`)."""
+
+    #: flood | poison | exhaust | censor
+    kind: str
+    #: Seconds from the start at which it begins, and how long it goes on (0: to the end).
+    at: float = 30.0
+    duration: float = 0.0
+    #: flood/poison: requests per second; exhaust: dials per second (all targets together).
+    rate: float = 20.0
+    #: flood/poison/exhaust: fraction of the honest nodes it aims at (at least one).
+    targets: float = 1.0
+    #: flood: signing keys it generates; exhaust ("idle"): identities its handshakes use.
+    keys: int = 4
+    #: poison: source ports it rotates through on its one host.
+    ports: int = 1000
+    #: exhaust: hosts it dials from (1: one host; 2 .. 254: that many in one /24).
+    hosts: int = 1
+    #: exhaust: connections it keeps open to each target.
+    connections: int = 80
+    #: exhaust: "silent" (never sends a handshake byte) or "idle" (completes the
+    #: Noise handshake, then sends nothing).
+    mode: str = "silent"
+    #: censor: honest authors whose peer-record key it surrounds, and its nodes per victim.
+    victims: int = 1
+    nodes: int = 20
+    #: censor: leading bits each censor's id shares with its victim's key.
+    prefix_bits: int = 24
+    #: censor: what a FIND_VALUE for a victim's key gets: not_found, closer, garbage,
+    #: forged, stale, or mixed (a random one of those per answer).
+    answer: str = "mixed"
+
+    KINDS = ("flood", "poison", "exhaust", "censor")
+    MODES = ("silent", "idle")
+    ANSWERS = ("not_found", "closer", "garbage", "forged", "stale", "mixed")
+
+    def end(self, duration: float) -> float:
+        """When it stops, in a run of ``duration`` seconds."""
+        return min(duration, self.at + self.duration) if self.duration else duration
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Oracle thresholds of a hostile scenario (ratios: 0 is not checked; bounds: -1 is not
+    checked).  See docs/simulations.md."""
+
+    #: Lowest honest delivery ratio (posts of honest authors to their honest followers).
+    delivery_ratio: float = 0.0
+    #: Lowest success ratio of honest peer-record lookups, and of those of censored victims.
+    lookup_success: float = 0.0
+    victim_lookup_success: float = 0.0
+    #: Most connections one honest node may hold from the attackers' hosts at once.
+    attacker_connections: int = UNCHECKED
+    #: Most flooded keys (records and provider keys) one honest node may hold.
+    attacker_records: int = UNCHECKED
+    #: Most routing-table contacts one honest node may hold at hosts that never answer.
+    unanswered_contacts: int = UNCHECKED
+
+    BOUNDS = ("attacker_connections", "attacker_records", "unanswered_contacts")
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -111,6 +181,10 @@ class Scenario:
     workload: Workload = field(default_factory=Workload)
     faults: tuple[Fault, ...] = ()
     malicious: Malicious = field(default_factory=Malicious)
+    #: Attackers from outside the honest nodes (`[[attacks]]`), and the oracle thresholds
+    #: that go with them (`[expect]`).  Left out of metrics.json's scenario echo when unset.
+    attacks: tuple[Attack, ...] = ()
+    expect: Expect = field(default_factory=Expect)
     #: "gossip" (Plumtree: prune duplicate pushers) or "flood" (every node pushes
     #: everything to every connected peer that replicates the feed, no pruning).
     protocol: str = "gossip"
@@ -181,6 +255,50 @@ class Scenario:
         for i, fault in enumerate(self.faults):
             self._check_fault(fault, f"faults[{i}]")
         self._check_malicious()
+        for i, attack in enumerate(self.attacks):
+            self._check_attack(attack, f"attacks[{i}]")
+        for name in ("delivery_ratio", "lookup_success", "victim_lookup_success"):
+            _fraction(getattr(self.expect, name), f"expect.{name}")
+        for name in Expect.BOUNDS:
+            if getattr(self.expect, name) < UNCHECKED:
+                value = getattr(self.expect, name)
+                raise ScenarioError(f"expect.{name}: must be >= 0 ({UNCHECKED}: not checked), not {value}")
+
+    def _check_attack(self, attack: Attack, where: str) -> None:
+        if attack.kind not in Attack.KINDS:
+            raise ScenarioError(f"{where}.kind: one of {', '.join(Attack.KINDS)}, not {attack.kind!r}")
+        if not 0 <= attack.at < self.duration:
+            raise ScenarioError(f"{where}.at: 0 .. below duration ({self.duration:g}), not {attack.at:g}")
+        if attack.duration < 0:
+            raise ScenarioError(
+                f"{where}.duration: must be >= 0 seconds (0: to the end), not {attack.duration:g}"
+            )
+        if not 0 < attack.rate <= MAX_ATTACK_RATE:
+            raise ScenarioError(
+                f"{where}.rate: 0 .. {MAX_ATTACK_RATE:g} per second (not 0), not {attack.rate:g}"
+            )
+        _fraction(attack.targets, f"{where}.targets")
+        if attack.mode not in Attack.MODES:
+            raise ScenarioError(f"{where}.mode: one of {', '.join(Attack.MODES)}, not {attack.mode!r}")
+        if attack.answer not in Attack.ANSWERS:
+            raise ScenarioError(f"{where}.answer: one of {', '.join(Attack.ANSWERS)}, not {attack.answer!r}")
+        for name, low, high in (
+            ("keys", 1, MAX_ATTACKERS),
+            ("ports", 1, 64511),
+            ("hosts", 1, MAX_SUBNET_HOSTS),
+            ("connections", 1, 10 * MAX_ATTACKERS),
+            ("nodes", 1, MAX_ATTACKERS),
+            ("prefix_bits", 0, 152),
+        ):
+            if not low <= getattr(attack, name) <= high:
+                raise ScenarioError(f"{where}.{name}: {low} .. {high}, not {getattr(attack, name)}")
+        if attack.kind == "censor":
+            if not 1 <= attack.victims <= self.nodes - 1:
+                raise ScenarioError(f"{where}.victims: 1 .. nodes-1 ({self.nodes - 1}), not {attack.victims}")
+            if attack.victims * attack.nodes > MAX_ATTACKERS:
+                raise ScenarioError(
+                    f"{where}: victims * nodes is {attack.victims * attack.nodes}, at most {MAX_ATTACKERS}"
+                )
 
     def _check_workload(self) -> None:
         w, duration = self.workload, self.duration
@@ -269,6 +387,13 @@ class Scenario:
         link = _build(LinkModel, {**network, "latency": latency}, "network")
         workload = _build(Workload, _section(doc.pop("workload", {}), "workload"), "workload")
         malicious = _build(Malicious, _section(doc.pop("malicious", {}), "malicious"), "malicious")
+        expect = _build(Expect, _section(doc.pop("expect", {}), "expect"), "expect")
+        raw_attacks = doc.pop("attacks", [])
+        if not isinstance(raw_attacks, list):
+            raise ScenarioError("attacks: an array of tables ([[attacks]])")
+        attacks = tuple(
+            _build(Attack, _section(a, f"attacks[{i}]"), f"attacks[{i}]") for i, a in enumerate(raw_attacks)
+        )
         raw_faults = doc.pop("faults", [])
         if not isinstance(raw_faults, list):
             raise ScenarioError("faults: an array of tables ([[faults]])")
@@ -277,7 +402,17 @@ class Scenario:
         )
         doc.setdefault("name", default_name)
         scenario: Scenario = _build(
-            cls, {**doc, "network": link, "workload": workload, "malicious": malicious, "faults": faults}, ""
+            cls,
+            {
+                **doc,
+                "network": link,
+                "workload": workload,
+                "malicious": malicious,
+                "faults": faults,
+                "attacks": attacks,
+                "expect": expect,
+            },
+            "",
         )
         scenario.check()
         return scenario
@@ -338,7 +473,8 @@ def _build(cls: Any, values: dict[str, Any], where: str) -> Any:
             raise ScenarioError(f"{prefix}{key}: unknown field (known: {', '.join(sorted(known))})")
     for name, f in known.items():
         if f.default is MISSING and f.default_factory is MISSING and name not in values:
-            choices = f" ({', '.join(Fault.KINDS)})" if cls is Fault and name == "kind" else ""
+            kinds = Fault.KINDS if cls is Fault else Attack.KINDS
+            choices = f" ({', '.join(kinds)})" if cls in (Fault, Attack) and name == "kind" else ""
             raise ScenarioError(f"{prefix}{name}: required{choices}")
     converted: dict[str, Any] = {}
     for key, value in values.items():

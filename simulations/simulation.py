@@ -27,6 +27,20 @@ Every event a node reports comes to `_on_event`.  Three **oracles** watch:
    last post, plus ``converge_within``) every honest follower that is up holds
    every followed honest feed up to the best any honest node that is up holds.
 
+A scenario with ``[[attacks]]`` (`simulations.adversary`: flooding, table
+poisoning, connection exhaustion, censorship next to a key) adds its
+attackers after the honest nodes and, from the first attack on, samples
+every honest node's resources every `RESOURCE_EVERY` seconds from the core's
+public state: routing-table contacts (and those at hosts that never answer),
+records and provider values held (and those under keys a flooder filled),
+connections (the core's count, and the network's open links from attacker
+hosts).  Its ``[expect]`` thresholds are further oracles: *delivery*, *lookup*
+and *victim lookup* ratios at the end, *resources* at every sample (one
+violation per resource, at its first breach), and *core exception*: an
+exception out of a core is recorded with its time and the innermost frame
+that raised, and ends the run there (a scenario without attacks lets it propagate, as
+before).  What the attackers did goes in ``metrics.hostile``.
+
 A violation is recorded with its time and stops nothing (the first one is
 reported).  `Result.metrics` is plain data, rounded, written with sorted keys,
 so the same scenario and seed give byte-identical ``metrics.json``.
@@ -35,6 +49,7 @@ so the same scenario and seed give byte-identical ``metrics.json``.
 from __future__ import annotations
 
 import math
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,7 +65,7 @@ from p2pblog.replication import EntriesStored, InputRefused
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
-from simulations.scenario import Fault, Scenario
+from simulations.scenario import UNCHECKED, Attack, Fault, Scenario
 
 #: Seconds between prefix-consistency checks and between convergence probes.
 CHECK_EVERY = 30.0
@@ -59,6 +74,8 @@ PROBE_EVERY = 5.0
 FOLLOW_DELAY = 3.0
 #: Successful signature checks remembered across simulated nodes (the issue allows it).
 VERIFY_CACHE = 1 << 18
+#: Seconds between two samples of the honest nodes' resources under attack.
+RESOURCE_EVERY = 5.0
 
 
 @dataclass
@@ -150,6 +167,18 @@ class Simulation:
         self.equivocated: dict[int, int] = {}
         self.converged_at: float | None = None
         self.skipped_posts = 0
+        self.lookup_targets: dict[tuple[int, int, int], int] = {}
+        self.lookup_by_target: list[tuple[int, bool]] = []
+        self.victims: set[int] = set()
+        #: Most of each resource any honest node held at once (`_sample_resources`), and who.
+        self.resources: dict[str, tuple[int, int]] = {}
+        self.breached: set[str] = set()
+        self.core_exception: str | None = None
+        self.attackers: list[Any] = []
+        if scenario.attacks:
+            from simulations.adversary import make_attackers  # the attackers live there
+
+            self.attackers = make_attackers(self)
 
     # ============================================================ setup
 
@@ -180,6 +209,14 @@ class Simulation:
         # The bootstrap node stays online, as crash and churn faults spare it.
         honest_authors = [a for a in self.authors if a in self.honest_set and a != 0]
         self.offline_authors = set(rng.sample(honest_authors, round(w.offline_authors * len(honest_authors))))
+
+    def censored(self, attack: Attack, number: int) -> list[int]:
+        """The victims of a censor attack: random honest authors, node 0 excepted."""
+        rng = self.engine.rng(f"attack:{number}:victims")
+        pool = [a for a in self.authors if a in self.honest_set and a != 0 and a not in self.offline_authors]
+        chosen = sorted(rng.sample(pool, min(attack.victims, len(pool))))
+        self.victims.update(chosen)
+        return chosen
 
     def _core_factory(self, node: SimNode, rng: Random, now: float) -> NodeCore:
         if self.hooks.make_core is not None:
@@ -260,6 +297,8 @@ class Simulation:
 
             for index in sorted(i for i, role in self.roles.items() if role == "equivocator"):
                 engine.at(sc.malicious.equivocate_at, partial(equivocate, self, index))
+        if self.attackers:
+            self._schedule_attacks()
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -275,10 +314,50 @@ class Simulation:
         t = 0.0
         while t < sc.duration:
             t = min(sc.duration, t + step)
-            engine.run(t)
+            if not self._run_until(t):
+                break
             if progress is not None:
                 progress(t, engine.events_run)
-        return Result(sc, self._metrics(), self.violations, engine.events_run)
+        metrics = self._metrics()
+        if self.attackers:
+            self._hostile_oracles(metrics)
+        return Result(sc, metrics, self.violations, engine.events_run)
+
+    def _run_until(self, t: float) -> bool:
+        """Run the engine to t; False once a core raised under attack (the run ends there)."""
+        if not self.attackers:
+            self.engine.run(t)
+            return True
+        try:
+            self.engine.run(t)
+        except Exception as exc:  # a core must never raise on peer input: an oracle, not a crash
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self.core_exception = f"{type(exc).__name__}: {exc} at {where.filename}:{where.lineno}"
+            self._violate("core exception", f"{self.core_exception} (seed {self.scenario.seed})")
+            return False
+        return True
+
+    def _schedule_attacks(self) -> None:
+        engine, sc = self.engine, self.scenario
+        for host in self.attackers:
+            engine.at(host.attack.at, host.start)
+        first = min(a.at for a in sc.attacks)
+        t = first + RESOURCE_EVERY
+        while t <= sc.duration:
+            engine.at(t, self._sample_resources)
+            t += RESOURCE_EVERY
+        if self.victims and sc.workload.lookups_per_hour > 0:
+            rng = engine.rng("victim-lookups")
+            for i in self.honest:
+                for victim in sorted(self.victims):
+                    if victim == i:
+                        continue
+                    t = first
+                    while True:
+                        t += rng.expovariate(sc.workload.lookups_per_hour / 3600.0)
+                        if t >= sc.duration:
+                            break
+                        engine.at(t, partial(self._lookup, i, victim))
 
     def _last_at(self, when: float, action: Callable[[], None]) -> None:
         """Run action at when, behind everything else due then (e.g. the restarts
@@ -342,6 +421,8 @@ class Simulation:
             return
         qid = node.core.start_resolve(self.nodes[target].identity.public_key, node.now)
         self.lookups[(index, node.incarnation, qid)] = self.engine.now
+        if self.attackers:
+            self.lookup_targets[(index, node.incarnation, qid)] = target
         node.flush()
 
     def _schedule_fault(self, number: int, fault: Fault) -> None:
@@ -425,6 +506,9 @@ class Simulation:
             if started is not None:
                 hops = event.hops if isinstance(event, PeerResolved) else 0
                 self.lookup_results.append((isinstance(event, PeerResolved), hops))
+                target = self.lookup_targets.pop((node.index, node.incarnation, event.query_id), None)
+                if target is not None:
+                    self.lookup_by_target.append((target, isinstance(event, PeerResolved)))
         elif isinstance(event, InputRefused):
             self.refused[event.reason] += 1
 
@@ -556,7 +640,7 @@ class Simulation:
             b[1] += sum(1 for i in recipients if i in got)
         received = stats["entries.received"]
         duplicates = stats["entries.duplicate"]
-        traffic = self.network.traffic
+        traffic = self.network.traffic[: sc.nodes]  # the honest and malicious nodes, not attack hosts
         per_node_bytes = [t.datagram_bytes + t.stream_bytes for t in traffic]
         per_node_msgs = [t.datagrams + t.stream_chunks for t in traffic]
         ok = [hops for success, hops in self.lookup_results if success]
@@ -620,7 +704,116 @@ class Simulation:
             "fault_windows": [[_r(f.at), _r(f.end), f.kind] for f in sc.faults],
             "events": self.engine.events_run,
         }
+        if self.attackers:
+            metrics["hostile"] = self._hostile_metrics()
         return metrics
+
+    # ============================================================ under attack
+
+    def _sample_resources(self) -> None:
+        """Note each honest node's resources (from its core) and check the `[expect]` bounds."""
+        silent = {h.host for h in self.attackers if h.attack.kind in ("flood", "poison")}
+        flooded: set[bytes] = set()
+        for host in self.attackers:
+            flooded |= getattr(host, "flooded", set())
+        attacker_index = {h.index for h in self.attackers}
+        from_attackers: Counter[int] = Counter()
+        per_node_links: Counter[int] = Counter()
+        for (a, _), (b, _) in self.network.open_links():
+            per_node_links[a] += 1
+            per_node_links[b] += 1
+            if a in attacker_index:
+                from_attackers[b] += 1
+        for i in self.honest:
+            core = self.nodes[i].core
+            if core is None:
+                continue
+            table = core.dht.table
+            held = set(core.dht.records) | set(core.dht.providers)
+            sample = {
+                "table_contacts": len(table),
+                "unanswered_contacts": sum(1 for c in table.contacts() if c.addr[0] in silent),
+                "records": len(core.dht.records),
+                "provider_values": len(core.dht.providers),
+                "attacker_records": len(held & flooded),
+                "connections": core.replicator.connection_count,
+                "open_links": per_node_links[i],
+                "attacker_connections": from_attackers[i],
+            }
+            for name, value in sample.items():
+                if value > self.resources.get(name, (-1, 0))[0]:
+                    self.resources[name] = (value, i)
+                bound = getattr(self.scenario.expect, name, UNCHECKED)
+                if bound != UNCHECKED and value > bound and name not in self.breached:
+                    self.breached.add(name)
+                    self._violate(
+                        "resources", f"node {i} holds {value} {name.replace('_', ' ')} (bound {bound})"
+                    )
+
+    def _hostile_metrics(self) -> dict[str, Any]:
+        by_kind: dict[str, Counter[str]] = {}
+        for host in self.attackers:
+            counts = by_kind.setdefault(host.attack.kind, Counter())
+            counts.update(host.sent)
+            counts.update({f"answer.{k}": v for k, v in getattr(host, "answers", Counter()).items()})
+            if host.attack.kind == "exhaust":
+                counts["handshakes_completed"] += host.handshakes
+            if host.attack.kind == "flood":
+                counts["keys_flooded"] += len(host.flooded)
+        received: Counter[str] = Counter()
+        for i in self.honest:
+            core = self.nodes[i].core
+            if core is not None:
+                received.update(core.dht.stats)
+        victim = [ok for target, ok in self.lookup_by_target if target in self.victims]
+        other = [ok for target, ok in self.lookup_by_target if target not in self.victims]
+        return {
+            "attackers": {kind: dict(sorted(c.items())) for kind, c in sorted(by_kind.items())},
+            "attacker_traffic_bytes": sum(
+                self.network.traffic[h.index].datagram_bytes + self.network.traffic[h.index].stream_bytes
+                for h in self.attackers
+            ),
+            "honest_dht": {
+                k: received[k]
+                for k in sorted(received)
+                if k.startswith(
+                    ("rx.request.", "drop.", "misbehaved.", "store.", "providers.", "table.", "rpc.timeout")
+                )
+            },
+            "lookups": {
+                "victims": sorted(self.victims),
+                "victim_lookups": len(victim),
+                "victim_success_ratio": _r(sum(victim) / len(victim)) if victim else 1.0,
+                "by_victim": {
+                    str(v): [
+                        sum(1 for t, _ in self.lookup_by_target if t == v),
+                        sum(1 for t, ok in self.lookup_by_target if t == v and ok),
+                    ]
+                    for v in sorted(self.victims)
+                },
+                "other_lookups": len(other),
+                "other_success_ratio": _r(sum(other) / len(other)) if other else 1.0,
+            },
+            "resources_max": {
+                name: {"value": v, "node": i} for name, (v, i) in sorted(self.resources.items())
+            },
+            "core_exception": self.core_exception,
+        }
+
+    def _hostile_oracles(self, metrics: dict[str, Any]) -> None:
+        expect = self.scenario.expect
+        delivery = metrics["delivery"]["ratio"]
+        if expect.delivery_ratio and delivery < expect.delivery_ratio:
+            self._violate("delivery", f"honest delivery ratio {delivery:g} < {expect.delivery_ratio:g}")
+        lookups = metrics["dht"]["success_ratio"]
+        if expect.lookup_success and lookups < expect.lookup_success:
+            self._violate("lookup", f"honest lookup success ratio {lookups:g} < {expect.lookup_success:g}")
+        victims = metrics["hostile"]["lookups"]["victim_success_ratio"]
+        if self.victims and expect.victim_lookup_success and victims < expect.victim_lookup_success:
+            self._violate(
+                "victim lookup",
+                f"lookups of censored victims succeed {victims:g} < {expect.victim_lookup_success:g}",
+            )
 
 
 def run_scenario(

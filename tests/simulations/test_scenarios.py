@@ -29,6 +29,7 @@ BUNDLED = [
     "crash-and-loss",
     "equivocation",
     "flood",
+    "hostile",
     "offline-author",
     "partition-heal",
     "sybil-dht",
