@@ -24,17 +24,22 @@ lookups it starts and whose results the node routes back to it:
 * **Inbound peers.**  When a peer that dialled us disconnects and we do not
   know its listen address, its peer record is resolved, so the address book
   can redial it (`peer_disconnected`; not on connect: an author with many
-  followers would look up every one of them).
+  followers would look up every one of them).  At most once per key per
+  `INBOUND_RESOLVE_EVERY` and `INBOUND_RESOLVE_RATE` a second in all
+  (counted: ``discovery.inbound_resolve_skipped``): strangers that connect
+  and leave from fresh keys would otherwise make the node walk the DHT for
+  each of them (the simulator's `hostile` scenario found that storm).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import Final
 
 from dht import DhtCore
 from dht.providers import MAX_PROVIDERS_PER_KEY
-from identity.pacing import backoff
+from identity.pacing import KeyedTokenBuckets, TokenBucket, backoff
 from identity.records import name_key, peer_key, provider_key
 from p2pblog.events import PeerResolved, ProvidersResolved
 from p2pblog.queries import FindClaims, FindProviders, PendingQueries, ResolvePeer
@@ -49,18 +54,30 @@ FIRST_SEARCH_RETRY: Final = 4.0
 RESEARCH_MAX: Final = 600.0
 #: Doublings of SEARCH_EVERY counted at most (SEARCH_EVERY * 2**8 > RESEARCH_MAX).
 _RESEARCH_ROUNDS: Final = 8
+#: Resolutions of peers that dialled us and left: once per key per INBOUND_RESOLVE_EVERY
+#: seconds (INBOUND_RESOLVE_KEYS keys remembered), INBOUND_RESOLVE_RATE per second in
+#: all with bursts of INBOUND_RESOLVE_BURST.
+INBOUND_RESOLVE_EVERY: Final = 600.0
+INBOUND_RESOLVE_KEYS: Final = 1024
+INBOUND_RESOLVE_RATE: Final = 0.2
+INBOUND_RESOLVE_BURST: Final = 10.0
 
 
 class Discovery:
     """Provider searches and peer-record resolutions for the feeds the node replicates."""
 
-    def __init__(self, own: bytes, dht: DhtCore, queries: PendingQueries, replicator: Replicator) -> None:
+    def __init__(
+        self, own: bytes, dht: DhtCore, queries: PendingQueries, replicator: Replicator, now: float
+    ) -> None:
         self.own = own
         self.dht = dht
         self.queries = queries
         self.replicator = replicator
         self._search_at: dict[bytes, float] = {}
         self._search_rounds: dict[bytes, int] = {}
+        self.stats: Counter[str] = Counter()
+        self._inbound_per_key = KeyedTokenBuckets(1 / INBOUND_RESOLVE_EVERY, 1, INBOUND_RESOLVE_KEYS)
+        self._inbound_all = TokenBucket(INBOUND_RESOLVE_RATE, INBOUND_RESOLVE_BURST, now)
 
     # -- queries ----------------------------------------------------------------------
 
@@ -131,5 +148,9 @@ class Discovery:
 
     def peer_disconnected(self, peer: bytes, now: float) -> None:
         """Learn the listen address of a peer that dialled us, so it can be redialled."""
-        if self.replicator.known_address(peer) is None and not self.replicator.refuses(peer, now):
-            self.resolve(peer, now, consume=True)
+        if self.replicator.known_address(peer) is not None or self.replicator.refuses(peer, now):
+            return
+        if not self._inbound_per_key.take(peer, now) or not self._inbound_all.take(now):
+            self.stats["discovery.inbound_resolve_skipped"] += 1
+            return
+        self.resolve(peer, now, consume=True)

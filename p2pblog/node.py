@@ -160,7 +160,7 @@ class NodeCore:
         )
         self.queries = PendingQueries()
         self.records = OwnRecords(identity, self.store, self.dht, self.queries, now)
-        self.discovery = Discovery(identity.public_key, self.dht, self.queries, self.replicator)
+        self.discovery = Discovery(identity.public_key, self.dht, self.queries, self.replicator, now)
         #: The mention counters (`status` shows them beside the replicator's, under ``gossip.``).
         self.mention_stats: Counter[str] = Counter()
         self.outbox = MentionOutbox(self.store, self.replicator, self.discovery, self.mention_stats, now)
@@ -219,6 +219,7 @@ class NodeCore:
         merged = Counter(self.replicator.stats)
         merged.update(self.mention_stats)  # update, not +: keeps counters that are 0
         merged.update(self.records.stats)
+        merged.update(self.discovery.stats)
         return merged
 
     def following(self) -> set[bytes]:
