@@ -59,7 +59,7 @@ from dht.events import (
     ValueNotFound,
 )
 from dht.ids import Contact
-from dht.lookup import ClosestPeersLookup, ProvidersLookup, ValueLookup
+from dht.lookup import READ_QUORUM, ClosestPeersLookup, ProvidersLookup, ValueLookup
 from dht.providers import ProviderStore
 from dht.records import RecordStore, Selector
 from dht.wire import Value
@@ -220,7 +220,12 @@ class GetQuery(Query):
 
     def new_lookup(self, seeds: list[Contact], params: WalkParams, now: float) -> ValueLookup:
         local = self.records.get(self.target, now)
-        lookup = ValueLookup(self.target, seeds, quorum=self.quorum, **params)
+        # A copy we hold passed our validator and selector: it alone answers
+        # a quorum-1 read, as before.  A read from the network hears at
+        # least READ_QUORUM sources (or the k closest), so that one liar's
+        # value, valid or not, is weighed against honest ones by the selector.
+        quorum = self.quorum if local is not None and self.quorum == 1 else max(self.quorum, READ_QUORUM)
+        lookup = ValueLookup(self.target, seeds, quorum=quorum, **params)
         if local is not None:
             lookup.add_local_value(local)
         return lookup
@@ -280,7 +285,7 @@ class GetProvidersQuery(Query):
         self.providers = providers
 
     def new_lookup(self, seeds: list[Contact], params: WalkParams, now: float) -> ProvidersLookup:
-        lookup = ProvidersLookup(self.target, seeds, want=self.want, **params)
+        lookup = ProvidersLookup(self.target, seeds, want=self.want, sources=READ_QUORUM, **params)
         lookup.add_providers(self.providers.get_with_ids(self.target, now))
         return lookup
 
@@ -305,7 +310,8 @@ class GetProvidersQuery(Query):
             old = chosen.get(pid, lookup.providers.get(pid))
             if old is None or (old != value and self.providers.prefers(self.target, old, value)):
                 chosen[pid] = value
-        lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now)
+        valid = len(answer.values) > invalid
+        lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now, vouched=valid)
         return invalid
 
     def result(self, lookup: ProvidersLookup) -> ProvidersFound:
