@@ -327,6 +327,13 @@ class ClosestPeersLookup:
             self.state = LookupState.FINISHED
         return None
 
+    def _finish_if_exhausted(self) -> None:
+        """End the walk now if no peer is left to ask or to wait for (as `next` would)."""
+        if not self._waiting and all(
+            p.state is PeerState.SUCCEEDED or p.state is PeerState.FAILED for p in self._order.peers
+        ):
+            self.state = LookupState.FINISHED
+
     def finish(self) -> None:
         """Stop the lookup now (the driver has what it wanted)."""
         self.state = LookupState.FINISHED
@@ -410,6 +417,8 @@ class ValueLookup(ClosestPeersLookup):
         self._sources.add(source)
         if len(self._sources) >= self.quorum:
             self.finish()
+        else:
+            self._finish_if_exhausted()
 
     def peers_without_value(self) -> list[Contact]:
         """Peers that answered with contacts instead of a value, nearest first.
@@ -488,3 +497,5 @@ class ProvidersLookup(ClosestPeersLookup):
             self._sources.add(source)
         if len(self.providers) >= self.want and len(self._sources) >= self.sources:
             self.finish()
+        elif len(self.providers) >= self.want:
+            self._finish_if_exhausted()
