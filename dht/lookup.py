@@ -56,11 +56,13 @@ id has one address, and nothing changes.
 
 `ValueLookup` is the same machine plus `ValueLookup.on_value`: a peer that
 answered with a value counts as succeeded, its value is kept, and the lookup
-finishes as soon as ``quorum`` values are in (section 2.3: "the procedure
-halts immediately when any node returns the value"; quorum 1 is exactly
-that).  The driver validates values before it reports them.  Values are
-counted by the address that sent them (our own copy counts once): one
-liar that answers for many ids from one address is one answer.
+finishes as soon as values from ``quorum`` sources are in (section 2.3: "the
+procedure halts immediately when any node returns the value"; quorum 1 is
+exactly that), or when nobody is left to ask.  The driver validates values
+before it reports them.  A source is the address that sent a value (our
+own copy is one source): a liar that answers for many ids from one address
+is one answer.  `dht.queries.GetQuery` asks for at least `READ_QUORUM`
+sources, so the selector weighs a liar's value against honest ones.
 
 `ProvidersLookup` is the same machine for ``p2pb_get_providers``: every
 answer names closer peers *and* may carry provider values, so answers count
