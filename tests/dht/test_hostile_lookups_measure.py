@@ -2,7 +2,7 @@
 
 Run the numbers (docs/design.md quotes them)::
 
-    PYTHONPATH=. python -m tests.dht.test_hostile_lookups_measure [nodes] [readers]
+    PYTHONPATH=. python -m tests.dht.test_hostile_lookups_measure [nodes] [readers] [liar_nodes]
 
 For an honest network it reports FIND_VALUE requests (``ValueFound.queried``)
 and all datagrams a reader sent (requests, retransmits, cache stores) per
@@ -83,7 +83,8 @@ def records(rng: Random) -> tuple[bytes, bytes, bytes]:
     return peer_key(author.public_key), old, new
 
 
-def measure(size: int, readers: int, keys: int = 10) -> list[str]:
+def measure(size: int, readers: int, keys: int = 5, liar_size: int | None = None) -> list[str]:
+    """The report's lines: honest cost on ``size`` nodes, then liars among ``liar_size`` honest ones."""
     lines = []
     rng = Random(2026)
     # Honest network: cost per successful get.
@@ -102,7 +103,7 @@ def measure(size: int, readers: int, keys: int = 10) -> list[str]:
     for count in LIAR_COUNTS:
         targets = {lie: records(rng) for lie in LIES}
         liars = [(key, lie, old) for lie, (key, old, _new) in targets.items() for _ in range(count)]
-        net, honest = build(10 + count, size, liars)
+        net, honest = build(10 + count, liar_size or size, liars)
         row = []
         for lie, (key, _old, new) in targets.items():
             net.run_until_done([(honest[-1], net.command(honest[-1], put_of(key, new)))])
@@ -120,6 +121,7 @@ def test_measurement_runs_and_honest_gets_succeed() -> None:
 
 if __name__ == "__main__":
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    readers = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    for line in measure(size, readers):
+    readers = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    liar_size = int(sys.argv[3]) if len(sys.argv) > 3 else size
+    for line in measure(size, readers, liar_size=liar_size):
         print(line, flush=True)
