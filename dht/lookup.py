@@ -221,9 +221,20 @@ class ClosestPeersLookup:
     def on_success(self, node_id: bytes, closer_peers: Iterable[Contact], now: float) -> bool:
         """``node_id`` answered, naming ``closer_peers``.  False if the answer was not expected."""
         del now  # accepted for a uniform signature; nothing here depends on it
+        return self._succeed(node_id, closer_peers) is not None
+
+    def _succeed(
+        self, node_id: bytes, closer_peers: Iterable[Contact], *, stalls: bool = True
+    ) -> _Peer | None:
+        """Settle ``node_id`` as answered and add the peers it named; the peer, or None if unexpected.
+
+        ``stalls`` False: an answer without closer peers that is no sign of a
+        stall (a value), so it does not count towards the alpha answers in a
+        row that raise the capacity to k.
+        """
         peer = self._conclude(node_id, PeerState.SUCCEEDED)
         if peer is None:
-            return False
+            return None
         progress = False
         hop = peer.hop + 1
         named: set[bytes] = set()
@@ -235,14 +246,14 @@ class ClosestPeersLookup:
             if self._insert(contact, hop):
                 d = int.from_bytes(contact.node_id, "big") ^ self._target_int
                 progress = progress or self._order.keys[0] == d or seen < self.k
-        if self.state is LookupState.ITERATING:
+        if self.state is LookupState.ITERATING and (progress or stalls):
             self._no_progress = 0 if progress else self._no_progress + 1
             if self._no_progress >= self.alpha:
                 self.state = LookupState.STALLED
         elif self.state is LookupState.STALLED and progress:
             self.state = LookupState.ITERATING
             self._no_progress = 0
-        return True
+        return peer
 
     def on_failure(self, node_id: bytes, now: float) -> bool:
         """The RPC to ``node_id`` failed (timed out or answered nonsense)."""
@@ -401,8 +412,9 @@ class ValueLookup(ClosestPeersLookup):
 
     def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
         """``node_id`` answered with ``value``."""
-        peer = self._active(node_id)
-        if peer is None or not self.on_success(node_id, (), now):
+        del now
+        peer = self._succeed(node_id, (), stalls=False)
+        if peer is None:
             return False
         self.found.append((peer.contact, value))
         if self.value_hops == 0:
