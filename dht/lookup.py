@@ -40,19 +40,39 @@ already queried".  Progress returns it to alpha.
 When no peer is in flight and none is left to ask, the lookup is FINISHED
 as well.  `ClosestPeersLookup.result` is then the k nearest SUCCEEDED peers.
 
+A peer is a *contact*, an (id, address) pair, not an id.  FIND_NODE
+answers are not signed and name ids at any address, so a liar can name the
+honest nodes next to the key at addresses nobody listens on (or at its
+own).  Keyed by id, the first claim won and the real node was never asked:
+one liar could hide every holder of a key.  Here each address named for an
+id (one per answer) is a candidate of its own, at the id's distance, tried
+in the order heard.  Only one contact of an id is in flight at a time (the
+driver reports outcomes by id), so a second address waits until the first
+answered or failed.  The lookup counts ids, not contacts, towards its k:
+an id counts once any of its contacts answered, and its other addresses
+are still asked before the walk may finish (an answer from a liar's own
+address does not stand for the real node).  In an honest network every
+id has one address, and nothing changes.
+
 `ValueLookup` is the same machine plus `ValueLookup.on_value`: a peer that
 answered with a value counts as succeeded, its value is kept, and the lookup
-finishes as soon as ``quorum`` values are in (section 2.3: "the procedure
-halts immediately when any node returns the value"; quorum 1 is exactly
-that).  The driver validates values before it reports them.
+finishes as soon as values from ``quorum`` sources are in (section 2.3: "the
+procedure halts immediately when any node returns the value"; quorum 1 is
+exactly that), or when nobody is left to ask.  The driver validates values
+before it reports them.  A source is the address that sent a value (our
+own copy is one source): a liar that answers for many ids from one address
+is one answer.  `dht.queries.GetQuery` asks for at least `READ_QUORUM`
+sources, so the selector weighs a liar's value against honest ones.
 
 `ProvidersLookup` is the same machine for ``p2pb_get_providers``: every
 answer names closer peers *and* may carry provider values, so answers count
 as successes and their values are gathered by provider id.  It does not stop
 at the first answer with values (providers are spread over the nodes near
 the key, and each holds only those that reached it); it stops when ``want``
-distinct providers are in, or, like a node lookup, when the k closest peers
-have answered.
+distinct providers are in from at least ``sources`` sources, or, like a node
+lookup, when the k closest peers have answered.  Anyone can sign a provider
+record or a name claim, so one liar can hand over ``want`` valid ones of its
+own; ``sources`` makes the lookup hear others too before it stops.
 """
 
 from __future__ import annotations
@@ -62,12 +82,16 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dht.ids import ALPHA, ID_BYTES, Contact, K
+from dht.ids import ALPHA, ID_BYTES, Address, Contact, K
 from dht.wire import Value
 from identity.errors import LocalProtocolError
 
 #: Seconds a queried peer holds a slot before it counts as unresponsive.
 DEFAULT_PEER_TIMEOUT = 5.0
+#: Distinct sources (answering addresses; our own copy is one) a read of
+#: values or providers hears before it may stop short of the k closest:
+#: one liar near a key is then outvoted by the selector, not believed.
+READ_QUORUM = 3
 
 
 class PeerState(enum.Enum):
@@ -133,7 +157,8 @@ class ClosestPeersLookup:
         #: min(_waiting.values()) when known; None after a removal (recomputed
         #: on demand: drivers ask for it after every input).
         self._earliest: float | None = None
-        self._peers: dict[bytes, _Peer] = {}
+        #: Every contact heard of, by id, in the order heard (one per address).
+        self._peers: dict[bytes, list[_Peer]] = {}
         self._order = _Order()
         #: Number of peers queried so far (a cost metric for the simulator).
         self.queried = 0
@@ -145,18 +170,27 @@ class ClosestPeersLookup:
     # ------------------------------------------------------------------ bookkeeping
 
     def _insert(self, contact: Contact, hop: int = 1) -> bool:
-        """Add a peer we have not seen; True when it is new."""
-        if contact.node_id in self._peers or contact.node_id == self.local_id:
+        """Add a contact (id and address) we have not seen; True when it is new."""
+        if contact.node_id == self.local_id or len(contact.node_id) != ID_BYTES:
             return False
-        if len(contact.node_id) != ID_BYTES:
+        same_id = self._peers.setdefault(contact.node_id, [])
+        if any(p.contact.addr == contact.addr for p in same_id):
             return False
         d = int.from_bytes(contact.node_id, "big") ^ self._target_int
         peer = _Peer(contact, d, hop=hop)
-        self._peers[contact.node_id] = peer
-        i = bisect.bisect_left(self._order.keys, d)
+        same_id.append(peer)
+        # bisect_right: an id's later addresses go after its earlier ones.
+        i = bisect.bisect_right(self._order.keys, d)
         self._order.keys.insert(i, d)
         self._order.peers.insert(i, peer)
         return True
+
+    def _active(self, node_id: bytes) -> _Peer | None:
+        """The contact of ``node_id`` that is in flight or timed out (at most one is)."""
+        for peer in self._peers.get(node_id, ()):
+            if peer.state is PeerState.WAITING or peer.state is PeerState.UNRESPONSIVE:
+                return peer
+        return None
 
     def _at_capacity(self) -> bool:
         if self.state is LookupState.STALLED:
@@ -175,7 +209,11 @@ class ClosestPeersLookup:
         return len(self._waiting)
 
     def peer_state(self, node_id: bytes) -> PeerState | None:
-        peer = self._peers.get(node_id)
+        """The state of ``node_id``'s contact in flight, else of its first contact (None: unknown)."""
+        peer = self._active(node_id)
+        if peer is None:
+            same_id = self._peers.get(node_id)
+            peer = same_id[0] if same_id else None
         return peer.state if peer is not None else None
 
     # ------------------------------------------------------------------ inputs
@@ -183,43 +221,57 @@ class ClosestPeersLookup:
     def on_success(self, node_id: bytes, closer_peers: Iterable[Contact], now: float) -> bool:
         """``node_id`` answered, naming ``closer_peers``.  False if the answer was not expected."""
         del now  # accepted for a uniform signature; nothing here depends on it
-        if not self._conclude(node_id, PeerState.SUCCEEDED):
-            return False
+        return self._succeed(node_id, closer_peers) is not None
+
+    def _succeed(
+        self, node_id: bytes, closer_peers: Iterable[Contact], *, stalls: bool = True
+    ) -> _Peer | None:
+        """Settle ``node_id`` as answered and add the peers it named; the peer, or None if unexpected.
+
+        ``stalls`` False: an answer without closer peers that is no sign of a
+        stall (a value), so it does not count towards the alpha answers in a
+        row that raise the capacity to k.
+        """
+        peer = self._conclude(node_id, PeerState.SUCCEEDED)
+        if peer is None:
+            return None
         progress = False
-        hop = self._peers[node_id].hop + 1
+        hop = peer.hop + 1
+        named: set[bytes] = set()
         for contact in closer_peers:
+            if contact.node_id in named:
+                continue  # one address per id and answer: a liar cannot flood an id
+            named.add(contact.node_id)
             seen = len(self._peers)
             if self._insert(contact, hop):
                 d = int.from_bytes(contact.node_id, "big") ^ self._target_int
                 progress = progress or self._order.keys[0] == d or seen < self.k
-        if self.state is LookupState.ITERATING:
+        if self.state is LookupState.ITERATING and (progress or stalls):
             self._no_progress = 0 if progress else self._no_progress + 1
             if self._no_progress >= self.alpha:
                 self.state = LookupState.STALLED
         elif self.state is LookupState.STALLED and progress:
             self.state = LookupState.ITERATING
             self._no_progress = 0
-        return True
+        return peer
 
     def on_failure(self, node_id: bytes, now: float) -> bool:
         """The RPC to ``node_id`` failed (timed out or answered nonsense)."""
         del now
-        return self._conclude(node_id, PeerState.FAILED)
+        return self._conclude(node_id, PeerState.FAILED) is not None
 
-    def _conclude(self, node_id: bytes, outcome: PeerState) -> bool:
-        """Settle a peer we are waiting on (or that timed out); False if unexpected."""
+    def _conclude(self, node_id: bytes, outcome: PeerState) -> _Peer | None:
+        """Settle the contact of ``node_id`` we are waiting on (or that timed out); None if unexpected."""
         if self.state is LookupState.FINISHED:
-            return False
-        peer = self._peers.get(node_id)
+            return None
+        peer = self._active(node_id)
         if peer is None:
-            return False
+            return None
         if peer.state is PeerState.WAITING:
             del self._waiting[node_id]
             self._earliest = None
-        elif peer.state is not PeerState.UNRESPONSIVE:
-            return False
         peer.state = outcome
-        return True
+        return peer
 
     def next(self, now: float) -> list[Contact]:
         """Peers to query now (each returned once); may finish the lookup."""
@@ -240,7 +292,9 @@ class ClosestPeersLookup:
         for node_id, deadline in list(self._waiting.items()):
             if now >= deadline:
                 del self._waiting[node_id]
-                self._peers[node_id].state = PeerState.UNRESPONSIVE
+                peer = self._active(node_id)
+                assert peer is not None
+                peer.state = PeerState.UNRESPONSIVE
         self._earliest = None
 
     def _next_waiting_deadline(self) -> float:
@@ -252,6 +306,7 @@ class ClosestPeersLookup:
         # One pass of closest.rs's `next`.  Returns a peer to query, or None when
         # the lookup must wait (at capacity / for answers) or has finished.
         result_counter: int | None = 0
+        counted: bytes | None = None  # the id counted last (an id's contacts are adjacent)
         for peer in self._order.peers:
             state = peer.state
             if state is PeerState.WAITING:
@@ -261,12 +316,17 @@ class ClosestPeersLookup:
                 # peers cannot finish the lookup yet.
                 result_counter = None
             elif state is PeerState.SUCCEEDED:
-                if result_counter is not None:
+                if result_counter is not None and peer.contact.node_id != counted:
+                    counted = peer.contact.node_id
                     result_counter += 1
                     if result_counter >= self.k:
                         self.state = LookupState.FINISHED
                         return None
             elif state is PeerState.NOT_CONTACTED:
+                if self._active(peer.contact.node_id) is not None:
+                    # Another address of this id is in flight; this one waits its turn.
+                    result_counter = None
+                    continue
                 if self._at_capacity():
                     return None
                 peer.state = PeerState.WAITING
@@ -279,6 +339,13 @@ class ClosestPeersLookup:
         if not self._waiting:
             self.state = LookupState.FINISHED
         return None
+
+    def _finish_if_exhausted(self) -> None:
+        """End the walk now if no peer is left to ask or to wait for (as `next` would)."""
+        if not self._waiting and all(
+            p.state is PeerState.SUCCEEDED or p.state is PeerState.FAILED for p in self._order.peers
+        ):
+            self.state = LookupState.FINISHED
 
     def finish(self) -> None:
         """Stop the lookup now (the driver has what it wanted)."""
@@ -294,9 +361,16 @@ class ClosestPeersLookup:
         return self._next_waiting_deadline()
 
     def result(self) -> list[Contact]:
-        """The k nearest peers that answered, nearest first."""
-        out = [p.contact for p in self._order.peers if p.state is PeerState.SUCCEEDED]
-        return out[: self.k]
+        """The k nearest peers that answered, nearest first (an id's first contact that answered)."""
+        out: list[Contact] = []
+        ids: set[bytes] = set()
+        for p in self._order.peers:
+            if p.state is PeerState.SUCCEEDED and p.contact.node_id not in ids:
+                ids.add(p.contact.node_id)
+                out.append(p.contact)
+                if len(out) >= self.k:
+                    break
+        return out
 
     @property
     def hops(self) -> int:
@@ -333,24 +407,32 @@ class ValueLookup(ClosestPeersLookup):
         self.found: list[tuple[Contact | None, Value]] = []
         #: Sequential RPCs that reached the first value (0: none, or our own copy).
         self.value_hops = 0
+        #: Where the values came from (None: our own copy); its size is what the quorum counts.
+        self._sources: set[Address | None] = set()
 
     def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
         """``node_id`` answered with ``value``."""
-        peer = self._peers.get(node_id)
-        if peer is None or not self.on_success(node_id, (), now):
+        del now
+        peer = self._succeed(node_id, (), stalls=False)
+        if peer is None:
             return False
         self.found.append((peer.contact, value))
         if self.value_hops == 0:
             self.value_hops = peer.hop
-        if len(self.found) >= self.quorum:
-            self.finish()
+        self._count(peer.contact.addr)
         return True
 
     def add_local_value(self, value: Value) -> None:
         """Count a value the driver already holds itself toward the quorum."""
         self.found.append((None, value))
-        if len(self.found) >= self.quorum:
+        self._count(None)
+
+    def _count(self, source: Address | None) -> None:
+        self._sources.add(source)
+        if len(self._sources) >= self.quorum:
             self.finish()
+        else:
+            self._finish_if_exhausted()
 
     def peers_without_value(self) -> list[Contact]:
         """Peers that answered with contacts instead of a value, nearest first.
@@ -358,11 +440,13 @@ class ValueLookup(ClosestPeersLookup):
         The nearest is where section 2.3 caches the value once found.
         """
         holders = {c.node_id for c, _ in self.found if c is not None}
-        return [
-            p.contact
-            for p in self._order.peers
-            if p.state is PeerState.SUCCEEDED and p.contact.node_id not in holders
-        ]
+        out: list[Contact] = []
+        for p in self._order.peers:
+            node_id = p.contact.node_id
+            if p.state is PeerState.SUCCEEDED and node_id not in holders:
+                holders.add(node_id)  # (each id once)
+                out.append(p.contact)
+        return out
 
 
 class ProvidersLookup(ClosestPeersLookup):
@@ -374,15 +458,19 @@ class ProvidersLookup(ClosestPeersLookup):
         seeds: Iterable[Contact],
         *,
         want: int,
+        sources: int = 1,
         k: int = K,
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
     ) -> None:
-        if want < 1:
-            raise LocalProtocolError("a providers lookup wants >= 1 provider")
+        if want < 1 or sources < 1:
+            raise LocalProtocolError("a providers lookup wants >= 1 provider from >= 1 source")
         super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
         self.want = want
+        self.sources = sources
+        #: Where providers came from (None: our own store).
+        self._sources: set[Address | None] = set()
         #: Provider id -> the value kept for it, in order of first arrival; the
         #: driver has validated each value and chosen between versions.
         self.providers: dict[bytes, bytes] = {}
@@ -393,16 +481,35 @@ class ProvidersLookup(ClosestPeersLookup):
         providers: Iterable[tuple[bytes, bytes]],
         closer_peers: Iterable[Contact],
         now: float,
+        *,
+        vouched: bool = False,
     ) -> bool:
-        """``node_id`` answered with ``(provider id, value)`` pairs and closer peers."""
-        if not self.on_success(node_id, closer_peers, now):
+        """``node_id`` answered with ``(provider id, value)`` pairs and closer peers.
+
+        The pairs are what is new or better; ``vouched`` says the answer held
+        valid providers even if none of them is new (it counts as a source).
+        """
+        peer = self._active(node_id)
+        if peer is None or not self.on_success(node_id, closer_peers, now):
             return False
-        self.add_providers(providers)
+        self.add_providers(providers, peer.contact.addr, vouched=vouched)
         return True
 
-    def add_providers(self, providers: Iterable[tuple[bytes, bytes]]) -> None:
-        """Keep these providers (a later value for a known id replaces the earlier one)."""
+    def add_providers(
+        self,
+        providers: Iterable[tuple[bytes, bytes]],
+        source: Address | None = None,
+        *,
+        vouched: bool = False,
+    ) -> None:
+        """Keep these providers from ``source`` (None: our own store); a later value for a
+        known id replaces the earlier one."""
+        if vouched:
+            self._sources.add(source)
         for provider_id, value in providers:
             self.providers[provider_id] = value
-        if len(self.providers) >= self.want:
+            self._sources.add(source)
+        if len(self.providers) >= self.want and len(self._sources) >= self.sources:
             self.finish()
+        elif len(self.providers) >= self.want:
+            self._finish_if_exhausted()

@@ -12,7 +12,8 @@ class                phases                                               result
 `LookupQuery`        walk (FIND_NODE)                                     LookupFinished
 `BootstrapQuery`     PINGING seeds -> LOOKING_UP own id -> REFRESHING     BootstrapFinished
 `RefreshQuery`       walk to a random id in a stale bucket (paper 2.3)    none
-`GetQuery`           walk (FIND_VALUE), then cache the value (2.3)        ValueFound / -NotFound
+`GetQuery`           walk (FIND_VALUE) to a quorum of sources, then       ValueFound / -NotFound
+                     cache the selector's pick (2.3)
 `PutQuery`           walk -> STORING: STORE at the k closest              PutFinished
 `RepublishQuery`     as PutQuery (paper 2.5 replication)                  none
 `AddProviderQuery`   walk -> STORING: ``p2pb_add_provider`` at the k      ProvidersAdded
@@ -33,6 +34,27 @@ it runs and None otherwise, so "is this query walking?" is one attribute
 test on the hot path.  How each kind *ends* is its own method, named for
 the kind: `LookupQuery.result`, `GetQuery.result` + `GetQuery.cache_targets`,
 `StoreQuery.result`, the counters of `BootstrapQuery`.
+
+Reads hear more than one source.  The validator accepts any value the
+``kademlia`` package would for keys it cannot check, so for a p2pblog key a
+liar next to it can answer FIND_VALUE with junk, a replayed older record
+or a forged one.  A forged value fails validation and counts as a failed
+step; the walk goes on.  Junk and old records are valid values, so a get
+does not end at the first one: it walks until `dht.lookup.READ_QUORUM`
+distinct addresses answered with a value (or the walk ran out of peers,
+i.e. the k closest that respond all answered), and the selector (p2pblog:
+a valid record beats an opaque value, the highest seq wins) picks among
+them.  A get that asked for a larger quorum keeps it; a copy we hold
+still answers a quorum-1 get alone, as it passed our own validator and
+selector when it was stored.  A providers search likewise stops at
+``want`` providers only once providers came from `READ_QUORUM` addresses:
+anyone may sign a provider record or a name claim, so one liar could fill
+``want`` on its own.  The lookups themselves (`dht.lookup`) keep every
+address named for an id, so a liar naming the key's real neighbours at
+dead addresses does not hide them.  What this guarantees: a get returns
+the newest record when an honest holder is reachable and fewer than
+`READ_QUORUM` of the value-answering sources lie; liars that answer with
+no value, bogus contacts or forged values do not count, however many.
 
 Queries are plain state: they send nothing and emit nothing.  The core
 owns the message ids, the outgoing datagrams and the event queue; it asks a
@@ -59,7 +81,7 @@ from dht.events import (
     ValueNotFound,
 )
 from dht.ids import Contact
-from dht.lookup import ClosestPeersLookup, ProvidersLookup, ValueLookup
+from dht.lookup import READ_QUORUM, ClosestPeersLookup, ProvidersLookup, ValueLookup
 from dht.providers import ProviderStore
 from dht.records import RecordStore, Selector
 from dht.wire import Value
@@ -204,7 +226,8 @@ class BootstrapQuery(Query):
 
 
 class GetQuery(Query):
-    """``start_get``: FIND_VALUE until ``quorum`` valid values are in; the selector picks."""
+    """``start_get``: FIND_VALUE until valid values from ``max(quorum, READ_QUORUM)`` sources
+    are in; the selector picks."""
 
     __slots__ = ("quorum", "records", "selector")
 
@@ -220,7 +243,12 @@ class GetQuery(Query):
 
     def new_lookup(self, seeds: list[Contact], params: WalkParams, now: float) -> ValueLookup:
         local = self.records.get(self.target, now)
-        lookup = ValueLookup(self.target, seeds, quorum=self.quorum, **params)
+        # A copy we hold passed our validator and selector: it alone answers
+        # a quorum-1 read, as before.  A read from the network hears at
+        # least READ_QUORUM sources (or the k closest), so that one liar's
+        # value, valid or not, is weighed against honest ones by the selector.
+        quorum = self.quorum if local is not None and self.quorum == 1 else max(self.quorum, READ_QUORUM)
+        lookup = ValueLookup(self.target, seeds, quorum=quorum, **params)
         if local is not None:
             lookup.add_local_value(local)
         return lookup
@@ -280,7 +308,7 @@ class GetProvidersQuery(Query):
         self.providers = providers
 
     def new_lookup(self, seeds: list[Contact], params: WalkParams, now: float) -> ProvidersLookup:
-        lookup = ProvidersLookup(self.target, seeds, want=self.want, **params)
+        lookup = ProvidersLookup(self.target, seeds, want=self.want, sources=READ_QUORUM, **params)
         lookup.add_providers(self.providers.get_with_ids(self.target, now))
         return lookup
 
@@ -305,7 +333,8 @@ class GetProvidersQuery(Query):
             old = chosen.get(pid, lookup.providers.get(pid))
             if old is None or (old != value and self.providers.prefers(self.target, old, value)):
                 chosen[pid] = value
-        lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now)
+        valid = len(answer.values) > invalid
+        lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now, vouched=valid)
         return invalid
 
     def result(self, lookup: ProvidersLookup) -> ProvidersFound:
