@@ -716,6 +716,7 @@ class Replicator:
             return
         self.stats["scores.bans"] += 1
         self._scores_dirty = True
+        self._save_banned_scores(now)
         peer = conn.peer
         if peer is not None and self.scores.banned(peer, now):
             conn_id = self._by_peer.get(peer)
@@ -727,6 +728,7 @@ class Replicator:
         if self.scores.penalize(offence, None, net, now):
             self.stats["scores.bans"] += 1
             self._scores_dirty = True
+            self._save_banned_scores(now)
 
     def _save_banned_scores(self, now: float) -> None:
         """A ban started: save it now (at most once per maintenance pass), so a crash keeps it."""
