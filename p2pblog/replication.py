@@ -26,8 +26,8 @@ acknowledged with `entries_stored`; new entries are announced to every other
 session (`feed_updated`).  Entries that do not match their header, or that
 fail their signature, are the peer's fault (`report_misbehaviour`); a chain
 conflict is not (an honest peer may relay the other branch of a fork).  A
-session that fails (`SessionFailed`) closes its connection and the peer is
-banned (`p2pblog.dialing.BAN_SECONDS`).
+session that fails (`SessionFailed`) closes its connection.  Every fault is
+also counted against the peer's score (below).
 
 **Duplicates (Plumtree pruning).**  When a peer pushes entries we already
 hold, we ask it to send only HAVE notices for that feed (`request_push`
@@ -35,17 +35,68 @@ False); a later WANT of ours re-grafts it.  So each feed settles on a push
 tree with lazy repair links.
 
 **Who to connect to** is `p2pblog.dialing`'s: the address book (listen
-addresses, backoff, bans) and the dial policy (recent peers, peers wanted
+addresses, backoff) and the dial policy (recent peers, peers wanted
 for mention notices, followed authors, providers of feeds nobody serves).
 When a backoff ends, when candidates arrive, and at least every
-`MAINTAIN_EVERY` seconds, the replicator dials the policy's targets while
-it has outbound slots (`MAX_OUTBOUND`) and connection room.  At most one connection
+`MAINTAIN_EVERY` seconds, the replicator dials the policy's targets (not
+banned ones) while it has outbound slots.  At most one connection
 per peer survives: when two meet (both sides dialled), both ends keep the one
 dialled by the smaller public key (or, when one side dialled both, the
-newer one: it gave up the older, e.g. across its restart).  Inbound connections beyond
-`MAX_CONNECTIONS` are closed at once (and counted); above `PRUNE_ABOVE`
-connections, sessions that replicate none of our feeds are closed, so the
+newer one: it gave up the older, e.g. across its restart).  Above `PRUNE_ABOVE`
+sessions, those that replicate none of our feeds are closed, so the
 cap prefers peers that cover the feeds we follow.
+
+**Admission.**  Connections have three budgets that never borrow from each
+other: `MAX_OUTBOUND` for our dials (in progress or open), so that however
+many strangers connect, the node keeps dialling the feeds it follows;
+`MAX_HANDSHAKING` for inbound connections still in their Noise handshake;
+and `MAX_INBOUND` for inbound sessions (`MAX_CONNECTIONS` is their sum).
+An inbound connection must finish its handshake within
+`INBOUND_HANDSHAKE_TIMEOUT` (else ``handshake.timeout``).  Its address is
+checked before any cryptography is done for it:
+
+* a prefix (/24, /48) banned by its score is refused
+  (``refused.banned_address``);
+* at most `HANDSHAKING_PER_IP` handshakes per address and
+  `HANDSHAKING_PER_NET` per prefix: a newcomer over either cap evicts the
+  oldest handshake of its own address (prefix) if that one has had
+  `EVICT_AFTER` seconds, else it is refused (``refused.handshake_ip``,
+  ``refused.handshake_net``); when all `MAX_HANDSHAKING` are taken it evicts
+  the oldest handshake of the prefix holding the most
+  (``refused.handshakes`` if that one is too young).  Idle connections
+  therefore hold a slot for at most the deadline, and only a few per prefix.
+
+When an inbound handshake completes, the key is checked (blocked, banned),
+then the session needs a slot: at most `INBOUND_PER_IP` sessions per
+address, `INBOUND_PER_NET` per prefix, `MAX_INBOUND` in all.  Over a cap,
+the newcomer is not refused blindly: the *victim* is the stranger (not the
+author of a feed we follow, not a peer we must reach for a mention) of the
+lowest standing (`p2pblog.scoring.PeerScores.standing`: key plus prefix
+score), the newest among equals, among the sessions the cap counts; it is
+closed (``evicted.inbound``) if the newcomer's standing is strictly
+higher.  When the whole inbound side is full, the newcomer may also evict a
+victim with no positive history from the prefix with the most sessions,
+if its own prefix has at least two fewer.  Otherwise the newcomer is
+refused (``refused.inbound_ip``, ``refused.inbound_net``,
+``refused.capacity``).  Why an attacker cannot use this to push out the
+peers serving feeds we follow: a new key has standing 0 at best (a prefix
+only loses score), so it can only displace peers of negative standing or,
+through the diversity rule, peers with no history from a prefix more
+crowded than its own; peers that delivered entries or stayed long have a
+positive standing and only better ones displace them, and followed
+authors are never displaced.  A connection over its address's caps is an
+offence of its prefix.
+
+**Scores.**  `p2pblog.scoring.PeerScores` (``scores``) keeps misbehaviour
+and service per key and prefix: failed handshakes, handshake timeouts and
+over-cap connections count against the prefix; bad entries, bad messages,
+failed channels and sessions against the key and, lighter, the prefix;
+each batch of new entries and each `p2pblog.scoring.SESSION_CREDIT_EVERY`
+of an open session earn the key credit.  A key whose score falls below
+`p2pblog.scoring.BAN_BELOW` is banned: its session is closed, it is not
+dialled and its handshakes are refused (``refused.banned``) until the ban
+ends.  The table is loaded from the store at start, saved as soon as a ban
+starts (at most once per pass) and with the contacts (`save_scores`).
 
 **Keepalives.**  Channels are made with ``keepalive_slack`` (up to
 `MAINTAIN_EVERY`): a due keepalive waits for the next maintenance pass (or
@@ -67,8 +118,10 @@ are closed and refused after the handshake (``refused.blocked``), and
 entries of its feed are refused (``entries.refused_blocked``).
 
 **Counters.**  `stats` counts everything dropped or refused, by reason:
-``handshake.failed``, ``channel.failed``, ``misbehaved.<reason>`` (from the
-sessions), ``entries.forged``, ``refused.capacity``, ...
+``handshake.failed``, ``handshake.timeout``, ``channel.failed``,
+``misbehaved.<reason>`` (from the sessions), ``entries.forged``,
+``refused.capacity``, ``refused.handshake_net``, ``evicted.inbound``,
+``scores.bans``, ...; `admission` reports the budgets in use.
 """
 
 from __future__ import annotations
