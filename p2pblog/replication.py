@@ -468,6 +468,10 @@ class Replicator:
             "book": len(self.book),
         }
 
+    def connections(self) -> list[tuple[str, str, bytes, float]]:
+        """``(kind, address, prefix, since)`` of every connection not closing (kind as `admission`)."""
+        return [(_kind(c), c.ip, c.net, c.since) for c in self._conns.values() if not c.closing]
+
     def save_scores(self) -> None:
         """Save the score table (`p2pblog.lifecycle` calls this with the contacts, and at close)."""
         self.store.save_peer_scores(self.scores.rows())
