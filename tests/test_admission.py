@@ -20,7 +20,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from gossip.transport import ChannelState, HandshakeCompleted, SecureChannel
+from gossip.transport import ChannelState, SecureChannel
 from identity import Identity
 from p2pblog.dialing import MAX_BACKOFF, MAX_BOOK, MAX_CANDIDATES
 from p2pblog.entry import FOLLOW
