@@ -17,11 +17,13 @@ from collections import Counter
 from random import Random
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gossip.transport import ChannelState, SecureChannel
 from identity import Identity
+from p2pblog import replication
 from p2pblog.dialing import MAX_BACKOFF, MAX_BOOK, MAX_CANDIDATES
 from p2pblog.entry import FOLLOW
 from p2pblog.replication import (
@@ -275,5 +277,36 @@ def test_idle_connections_from_one_prefix_cannot_stop_honest_handshakes_or_dials
         h.author_conn = None
         h.advance(MAX_BACKOFF + MAINTAIN_EVERY)
         assert h.rep.is_connected(A.public_key)
+    finally:
+        h.close()
+
+
+def test_strangers_cannot_push_out_a_peer_with_a_good_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The eviction rule's promise: a fresh key displaces only strangers with no positive history."""
+    monkeypatch.setattr(replication, "MAX_INBOUND", 4)
+    h = Harness()
+    try:
+        good = Identity(bytes([60]) * 32)
+        h.rep.scores.credit(good.public_key, 5.0, h.now)  # as if it had delivered entries
+        h.handshake("198.51.100.1", good)
+        crowd = [Identity(bytes([61 + i]) * 32) for i in range(3)]
+        for i, stranger in enumerate(crowd):
+            h.handshake(f"192.0.2.{i + 1}", stranger)
+        assert h.rep.admission(h.now)["inbound"] == 4
+        # Newcomers from fresh prefixes: the crowded /24 gives up strangers to them, until
+        # no prefix is more crowded than a newcomer's by two; the good peer stays throughout.
+        newcomers = [Identity(bytes([70 + i]) * 32) for i in range(20)]
+        for i, newcomer in enumerate(newcomers):
+            h.handshake(f"100.64.{i}.1", newcomer)
+            assert h.rep.is_connected(good.public_key)
+            assert h.rep.admission(h.now)["inbound"] <= 4
+        admitted = [n for n in newcomers if h.rep.is_connected(n.public_key)]
+        assert 1 <= len(admitted) <= 3 and h.rep.stats["refused.capacity"] >= 17
+        assert sum(h.rep.is_connected(s.public_key) for s in crowd) <= 1
+        # A newcomer of higher standing than the worst stranger displaces it.
+        better = Identity(bytes([95]) * 32)
+        h.rep.scores.credit(better.public_key, 1.0, h.now)
+        h.handshake("100.64.200.1", better)
+        assert h.rep.is_connected(better.public_key) and h.rep.is_connected(good.public_key)
     finally:
         h.close()
