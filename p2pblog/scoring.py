@@ -37,9 +37,11 @@ when negative and every `POSITIVE_HALF_LIFE` when positive (computed lazily
 from the time it was last updated, so the table needs no timer).  It never
 goes below `MIN_SCORE`, so any offender is forgiven in bounded time.
 
-**Bans.**  An offence that leaves a subject's score below `BAN_BELOW` bans
-it for `BAN_SECONDS` (``banned_until``), again at each later offence while
-its score stays that low.  A banned key is refused at its handshake and
+**Bans.**  An offence that leaves a key's score below `BAN_BELOW` (a
+prefix's below `PREFIX_BAN_BELOW`: a prefix holds honest neighbours too, so
+it takes about a dozen failed sessions of throwaway keys, or forty garbage
+handshakes, within an hour) bans it for `BAN_SECONDS` (``banned_until``),
+again at each later offence while its score stays that low.  A banned key is refused at its handshake and
 never dialled; a banned prefix's new inbound connections are closed before
 any handshake work.  A lapsed ban lets the peer in with its negative score,
 so it is the first one evicted, and one more offence bans it again.
@@ -68,8 +70,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-#: A score below this bans its subject (for `BAN_SECONDS` from the offence that took it there).
+#: A score below this bans its subject (for `BAN_SECONDS` from the offence that took it there):
+#: a key, and a prefix, which needs four times the evidence (it holds honest neighbours too).
 BAN_BELOW: Final = -50.0
+PREFIX_BAN_BELOW: Final = 4 * BAN_BELOW
 BAN_SECONDS: Final = 600.0
 #: Bounds of a score: credits stop at the top, offences at the bottom.
 MAX_SCORE: Final = 20.0
@@ -235,7 +239,7 @@ class PeerScores:
             entry = self._table[subject] = _Score(0.0, 0.0, now)
         score = min(MAX_SCORE, max(MIN_SCORE, _decayed(entry, now) + delta))
         entry.score, entry.updated = score, max(now, entry.updated)
-        if delta < 0 and score < BAN_BELOW:
+        if delta < 0 and score < (PREFIX_BAN_BELOW if _is_prefix(subject) else BAN_BELOW):
             started = now >= entry.banned_until
             entry.banned_until = max(entry.banned_until, now + BAN_SECONDS)
             self.bans += started
@@ -256,6 +260,10 @@ class PeerScores:
                 del self._table[subject]
 
 
+def _is_prefix(subject: bytes) -> bool:
+    return subject.startswith(b"net:")
+
+
 def _value(
     item: tuple[bytes, _Score], now: float | None = None
 ) -> tuple[bool, bool, bool, float, float, bytes]:
@@ -263,4 +271,4 @@ def _value(
     subject, entry = item
     score = entry.score if now is None else _decayed(entry, now)
     ban_running = entry.banned_until > (entry.updated if now is None else now)
-    return (subject.startswith(b"net:"), score > 0, ban_running, abs(score), entry.updated, subject)
+    return (_is_prefix(subject), score > 0, ban_running, abs(score), entry.updated, subject)
