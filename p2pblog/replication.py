@@ -62,9 +62,12 @@ checked before any cryptography is done for it:
   oldest handshake of its own address (prefix) if that one has had
   `EVICT_AFTER` seconds, else it is refused (``refused.handshake_ip``,
   ``refused.handshake_net``); when all `MAX_HANDSHAKING` are taken it evicts
-  the oldest handshake of the prefix holding the most
-  (``refused.handshakes`` if that one is too young).  Idle connections
-  therefore hold a slot for at most the deadline, and only a few per prefix.
+  the oldest handshake of the prefix holding the most: at once if the
+  newcomer's prefix holds at least two fewer, else under the same
+  `EVICT_AFTER` rule (``refused.handshakes``).  Idle connections therefore
+  hold a slot for at most the deadline, only a few per prefix, and a flood
+  must come from about `MAX_HANDSHAKING` prefixes to keep a newcomer from a
+  fresh prefix out.
 
 When an inbound handshake completes, the key is checked (blocked, banned),
 then the session needs a slot: at most `INBOUND_PER_IP` sessions per
@@ -92,7 +95,8 @@ and service per key and prefix: failed handshakes, handshake timeouts and
 over-cap connections count against the prefix; bad entries, bad messages,
 failed channels and sessions against the key and, lighter, the prefix;
 each batch of new entries and each `p2pblog.scoring.SESSION_CREDIT_EVERY`
-of an open session earn the key credit.  A key whose score falls below
+of an open session that is of use (we dialled it, or it delivered entries;
+an idle session could otherwise farm standing) earn the key credit.  A key whose score falls below
 `p2pblog.scoring.BAN_BELOW` is banned: its session is closed, it is not
 dialled and its handshakes are refused (``refused.banned``) until the ban
 ends.  The table is loaded from the store at start, saved as soon as a ban
@@ -302,6 +306,9 @@ class _Conn:
     net: bytes = b""
     #: When the session last earned its long-session credit.
     credited: float = 0.0
+    #: Whether the session has been of use: we dialled it, or it delivered new entries.
+    #: Only such sessions earn credit for their length (an idle one could farm it).
+    useful: bool = False
     #: The key we dialled (outbound only).
     expected: bytes | None = None
     peer: bytes | None = None
@@ -693,6 +700,7 @@ class Replicator:
         handshaking = self._live("handshaking")
         same_ip = [c for c in handshaking if c.ip == ip]
         same_net = [c for c in handshaking if c.net == net]
+        patient = True  # the victim must have had EVICT_AFTER seconds
         if len(same_ip) >= HANDSHAKING_PER_IP:
             victim, reason = _oldest(same_ip), "refused.handshake_ip"
         elif len(same_net) >= HANDSHAKING_PER_NET:
@@ -701,16 +709,20 @@ class Replicator:
             # Evict from the prefix that holds the most handshake slots (the
             # newcomer's own among equals): a flood from a few prefixes can only
             # push out its own connections, not those of many honest prefixes.
+            # A newcomer from a prefix with at least two fewer evicts at once, however
+            # young the victim: a flood that refreshes its slots every EVICT_AFTER
+            # seconds would otherwise starve every other prefix.
             groups = Counter(c.net for c in handshaking)
             top = max(groups.values())
             crowded = net if groups[net] == top else min(g for g, n in groups.items() if n == top)
             victim, reason = _oldest(c for c in handshaking if c.net == crowded), "refused.handshakes"
+            patient = groups[crowded] < groups[net] + 2
         else:
             return None
         assert victim is not None
         if reason != "refused.handshakes":  # over its own address's or prefix's caps
             self._penalize_address(net, Offence.OVER_CAP, now)
-        if now - victim.since < EVICT_AFTER:
+        if patient and now - victim.since < EVICT_AFTER:
             return reason
         self.stats["evicted.handshaking"] += 1
         self._close(victim, now, "evicted: handshake slots are full")
@@ -795,7 +807,7 @@ class Replicator:
 
     def _credit_sessions(self, now: float) -> None:
         for conn in self._conns.values():
-            due = now - conn.credited >= SESSION_CREDIT_EVERY
+            due = now - conn.credited >= SESSION_CREDIT_EVERY and (conn.useful or conn.outbound)
             if due and conn.session is not None and conn.peer is not None and not conn.closing:
                 conn.credited = now
                 self.scores.credit(conn.peer, SESSION_CREDIT, now)
@@ -1118,6 +1130,7 @@ class Replicator:
             self._touch_sessions(besides=conn)
             assert conn.peer is not None
             self.scores.credit(conn.peer, DELIVERY_CREDIT, now)
+            conn.useful = True
             latest = self.store.latest_seq(event.feed)
             self._events.append(EntriesStored(event.feed, conn.peer, report.accepted, latest))
         for feed, _ in report.fork_seqs:
