@@ -96,8 +96,8 @@ over-cap connections count against the prefix; bad entries, bad messages,
 failed channels and sessions against the key and, lighter, the prefix;
 each batch of new entries and each `p2pblog.scoring.SESSION_CREDIT_EVERY`
 of an open session that is of use (we dialled it, or it delivered entries;
-an idle session could otherwise farm standing) earn the key credit.  A key whose score falls below
-`p2pblog.scoring.BAN_BELOW` is banned: its session is closed, it is not
+an idle session could otherwise farm standing) earn the key credit.  A
+key whose score falls to `p2pblog.scoring.BAN_BELOW` is banned: its session is closed, it is not
 dialled and its handshakes are refused (``refused.banned``) until the ban
 ends.  The table is loaded from the store at start, saved as soon as a ban
 starts (at most once per pass) and with the contacts (`save_scores`).

@@ -24,9 +24,9 @@ prefix only.
 **Offences and credits.**  Each `Offence` has a weight for the key and a
 smaller one for the prefix (`Offence` lists them).  The weights are set so
 that a session the gossip layer itself gives up on (`SESSION_FAILED`, after
-``gossip.session.MISBEHAVIOUR_LIMIT`` bad messages) takes the key below
-`BAN_BELOW`, while the handful of faults a confused honest peer may commit
-in one session does not.  Credits (`credit`) reward a key for useful
+``gossip.session.MISBEHAVIOUR_LIMIT`` bad messages) takes the key to
+`BAN_BELOW` or lower, while the handful of faults a confused honest peer
+may commit in one session does not.  Credits (`credit`) reward a key for useful
 deliveries (new entries of a followed feed) and for long sessions; they are
 capped at `MAX_SCORE`, so goodwill banked earlier cannot pay for a long run
 of later offences.  Prefixes earn no credit: a good neighbour would
@@ -37,8 +37,8 @@ when negative and every `POSITIVE_HALF_LIFE` when positive (computed lazily
 from the time it was last updated, so the table needs no timer).  It never
 goes below `MIN_SCORE`, so any offender is forgiven in bounded time.
 
-**Bans.**  An offence that leaves a key's score below `BAN_BELOW` (a
-prefix's below `PREFIX_BAN_BELOW`: a prefix holds honest neighbours too, so
+**Bans.**  An offence that leaves a key's score at or below `BAN_BELOW` (a
+prefix's at `PREFIX_BAN_BELOW`: a prefix holds honest neighbours too, so
 it takes about a dozen failed sessions of throwaway keys, or forty garbage
 handshakes, within an hour) bans it for `BAN_SECONDS` (``banned_until``),
 again at each later offence while its score stays that low.  A banned key is refused at its handshake and
@@ -70,7 +70,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-#: A score below this bans its subject (for `BAN_SECONDS` from the offence that took it there):
+#: A score at or below this bans its subject (for `BAN_SECONDS` from the offence that took it there):
 #: a key, and a prefix, which needs four times the evidence (it holds honest neighbours too).
 BAN_BELOW: Final = -50.0
 PREFIX_BAN_BELOW: Final = 4 * BAN_BELOW
@@ -239,7 +239,7 @@ class PeerScores:
             entry = self._table[subject] = _Score(0.0, 0.0, now)
         score = min(MAX_SCORE, max(MIN_SCORE, _decayed(entry, now) + delta))
         entry.score, entry.updated = score, max(now, entry.updated)
-        if delta < 0 and score < (PREFIX_BAN_BELOW if _is_prefix(subject) else BAN_BELOW):
+        if delta < 0 and score <= (PREFIX_BAN_BELOW if _is_prefix(subject) else BAN_BELOW):
             started = now >= entry.banned_until
             entry.banned_until = max(entry.banned_until, now + BAN_SECONDS)
             self.bans += started

@@ -122,3 +122,25 @@ def test_any_sequence_keeps_scores_in_range_and_the_table_bounded(
         for subject in (key, net):
             assert MIN_SCORE <= scores.score(subject, now) <= MAX_SCORE
     assert len(scores.rows()) == len(scores)
+
+
+def test_the_lifecycle_saves_the_replicators_scores_with_the_contacts(tmp_path: Path) -> None:
+    from random import Random
+
+    from identity import Identity
+    from p2pblog.lifecycle import Lifecycle
+    from p2pblog.node import NodeCore
+    from p2pblog.replication import Replicator
+
+    with Store(tmp_path / "n.db") as store:
+        core = NodeCore(
+            Identity(bytes([5]) * 32), Random(1), T0, store=store, random_bytes=Random(2).randbytes
+        )
+        lifecycle = Lifecycle(core.store, core.dht, core.records, core.replicator)
+        core.replicator.scores.penalize(Offence.SESSION_FAILED, KEY, NET, T0)
+        lifecycle.save_contacts()
+        again = Replicator(
+            Identity(bytes([5]) * 32), store, Random(1), T0 + 1, random_bytes=Random(2).randbytes
+        )
+        assert again.refuses(KEY, T0 + 1) and not again.refuses(OTHER, T0 + 1)
+        assert again.scores.score(NET, T0 + 1) < 0
