@@ -709,9 +709,9 @@ class Replicator:
             # Evict from the prefix that holds the most handshake slots (the
             # newcomer's own among equals): a flood from a few prefixes can only
             # push out its own connections, not those of many honest prefixes.
-            # A newcomer from a prefix with at least two fewer evicts at once, however
-            # young the victim: a flood that refreshes its slots every EVICT_AFTER
-            # seconds would otherwise starve every other prefix.
+            # A newcomer whose prefix holds at least two fewer evicts at once,
+            # however young the victim: else a flood that refreshes its slots
+            # every EVICT_AFTER seconds would starve every other prefix.
             groups = Counter(c.net for c in handshaking)
             top = max(groups.values())
             crowded = net if groups[net] == top else min(g for g, n in groups.items() if n == top)
