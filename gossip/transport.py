@@ -64,7 +64,10 @@ counters, so a replayed, reordered, dropped or altered message fails to
 authenticate.
 
 **Timers.**  The handshake must finish ``handshake_timeout`` seconds after
-the channel is made.  Once open, the channel fails if nothing authentic
+the channel is made (an owner may give inbound channels a shorter deadline
+than its dials, whose clock starts before the TCP connect); a channel that
+fails on a deadline says so (``ChannelFailed.timeout``), so its owner can
+tell a stalled peer from one that sent bad bytes.  Once open, the channel fails if nothing authentic
 arrives for ``idle_timeout`` seconds, and sends an empty keepalive message
 when it has sent nothing for ``keepalive_interval`` seconds, so two live
 peers never idle each other out.  With ``keepalive_slack`` the channel's
@@ -151,9 +154,14 @@ class FrameReceived:
 
 @dataclass(frozen=True, slots=True)
 class ChannelFailed:
-    """The channel is closed: bad bytes from the peer, or a timeout.  Close the socket."""
+    """The channel is closed: bad bytes from the peer, or a timeout.  Close the socket.
+
+    ``timeout``: nothing was wrong with what arrived, it stopped arriving (the
+    handshake deadline or the idle timeout passed), which a slow or broken
+    link can cause as well as a peer that holds a connection open."""
 
     reason: str
+    timeout: bool = False
 
 
 Event = HandshakeCompleted | FrameReceived | ChannelFailed
@@ -413,10 +421,11 @@ class SecureChannel:
         """Fire whatever timer is due at ``now`` (early calls are harmless)."""
         if self._state is ChannelState.HANDSHAKING:
             if now >= self._handshake_deadline:
-                self._fail(f"handshake not finished within {self._config.handshake_timeout:g} s")
+                timeout = self._config.handshake_timeout
+                self._fail(f"handshake not finished within {timeout:g} s", timeout=True)
         elif self._state is ChannelState.OPEN:
             if now >= self._last_received + self._config.idle_timeout:
-                self._fail(f"nothing received for {self._config.idle_timeout:g} s")
+                self._fail(f"nothing received for {self._config.idle_timeout:g} s", timeout=True)
             elif now >= self._last_sent + self._config.keepalive_interval and self._send_transport(b""):
                 self._last_sent = now
 
@@ -451,8 +460,8 @@ class SecureChannel:
             raise LocalProtocolError(f"no transition {self._state.name} -> {new.name}")
         self._state = new
 
-    def _fail(self, reason: str) -> None:
-        self._events.append(ChannelFailed(reason))
+    def _fail(self, reason: str, *, timeout: bool = False) -> None:
+        self._events.append(ChannelFailed(reason, timeout))
         self._outbound.clear()
         self._frame.clear()
         self._frame_total = None

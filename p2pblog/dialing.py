@@ -12,8 +12,13 @@ until when it is not to be dialled:
   injected RNG, so peers that lost each other do not redial in lockstep);
   the count resets only when the peer's first frame arrives (a peer that
   accepts and hangs up at once is still backed off);
-* a peer whose session failed (protocol violations) is banned for
-  `BAN_SECONDS`.
+* whether a peer is banned is not the book's business but the score
+  table's (`p2pblog.scoring`): the replicator skips banned keys.
+
+The book is bounded (`MAX_BOOK` peers): when it is full, the eighth of it
+connected least recently (peers never connected first, oldest first) is
+forgotten in one pass, so a flood of provider records or inbound strangers
+cannot grow it, and the peers we had sessions with stay.
 
 `DialPolicy` decides whom to dial at a maintenance pass, in this order, and
 the replicator dials them while it has outbound slots (`MAX_OUTBOUND`):
@@ -24,7 +29,8 @@ the replicator dials them while it has outbound slots (`MAX_OUTBOUND`):
 3. for each followed feed, its author (the root of its push tree), and, if
    no connected peer can serve the feed, up to `DIALS_PER_FEED` of its
    providers found in the DHT (`add_candidates`, at most `MAX_CANDIDATES`
-   remembered per feed, newest kept).
+   remembered per feed, newest kept; only for feeds we still follow), best
+   standing (`p2pblog.scoring.PeerScores.standing`) first.
 
 The policy only names peers; the replicator skips those connected, being
 dialled, backed off or without an address.
@@ -54,8 +60,8 @@ FIRST_BACKOFF: Final = 1.0
 MAX_BACKOFF: Final = 60.0
 #: Failures counted at most (the delay stops growing long before).
 MAX_FAILURES: Final = 16
-#: A peer whose session failed (protocol violations) is not dialled for this long.
-BAN_SECONDS: Final = 600.0
+#: Peers the address book holds at most.
+MAX_BOOK: Final = 1024
 
 
 @dataclass(slots=True)
@@ -67,7 +73,6 @@ class Peer:
     last_connected: float = 0.0
     failures: int = 0
     next_try: float = 0.0
-    banned_until: float = 0.0
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -77,13 +82,14 @@ class Peer:
 
 
 class AddressBook:
-    """Every peer's listen address, session history, backoff and ban."""
+    """Every peer's listen address, session history and backoff."""
 
-    def __init__(self, store: Store, own: bytes, rng: Random) -> None:
+    def __init__(self, store: Store, own: bytes, rng: Random, *, max_peers: int = MAX_BOOK) -> None:
         self.store = store
         self.rng = rng
+        self.max_peers = max_peers
         self.peers: dict[bytes, Peer] = {}
-        for key, host, port, when in store.load_peers(BOOK_LOAD):
+        for key, host, port, when in store.load_peers(min(BOOK_LOAD, max_peers)):
             if key != own:
                 self.peers[key] = Peer(host, port, when)
 
@@ -92,15 +98,19 @@ class AddressBook:
 
     def entry(self, peer: bytes) -> Peer:
         """The peer's entry, made empty if it has none."""
-        return self.peers.setdefault(peer, Peer())
+        entry = self.peers.get(peer)
+        if entry is None:
+            if len(self.peers) >= self.max_peers:
+                self._shrink()
+            entry = self.peers[peer] = Peer()
+        return entry
+
+    def __len__(self) -> int:
+        return len(self.peers)
 
     def address(self, peer: bytes) -> tuple[str, int] | None:
         entry = self.peers.get(peer)
         return None if entry is None else entry.address
-
-    def banned(self, peer: bytes, now: float) -> bool:
-        entry = self.peers.get(peer)
-        return entry is not None and now < entry.banned_until
 
     def learn(self, peer: bytes, host: str, port: int) -> Peer:
         entry = self.entry(peer)
@@ -122,10 +132,6 @@ class AddressBook:
         entry.next_try = now + delay * (0.5 + 0.5 * self.rng.random())
         return entry.next_try
 
-    def ban(self, peer: bytes, now: float) -> None:
-        entry = self.entry(peer)
-        entry.banned_until = entry.next_try = now + BAN_SECONDS
-
     def recent(self, count: int) -> list[bytes]:
         """The ``count`` peers we had a session with most recently."""
         # Runs every maintenance pass: the most recent few without sorting the book.
@@ -135,6 +141,12 @@ class AddressBook:
             key=lambda item: item[1].last_connected,
         )
         return [key for key, _ in best]
+
+    def _shrink(self) -> None:
+        """Forget the eighth of the book connected least recently (never connected: oldest first)."""
+        order = sorted(enumerate(self.peers.items()), key=lambda item: (item[1][1].last_connected, item[0]))
+        for _, (key, _) in order[: max(1, self.max_peers // 8)]:
+            del self.peers[key]
 
 
 class DialPolicy:
@@ -165,8 +177,16 @@ class DialPolicy:
     def release(self, peer: bytes) -> None:
         self.wanted_peers.pop(peer, None)
 
-    def targets(self, feeds: Collection[bytes], served: Callable[[bytes], bool]) -> dict[bytes, None]:
-        """The peers to dial, in order of preference (``served(feed)``: a connected peer can serve it)."""
+    def targets(
+        self,
+        feeds: Collection[bytes],
+        served: Callable[[bytes], bool],
+        standing: Callable[[bytes], float] | None = None,
+    ) -> dict[bytes, None]:
+        """The peers to dial, in order of preference (``served(feed)``: a connected peer can
+        serve it; ``standing(key)``: its score, best first among a feed's providers)."""
+        for feed in [f for f in self.candidates if f not in feeds]:
+            del self.candidates[feed]  # unfollowed: its providers are no longer wanted
         targets: dict[bytes, None] = dict.fromkeys(self.book.recent(BOOK_DIALS))
         for key in self.wanted_peers:
             targets[key] = None
@@ -177,6 +197,9 @@ class DialPolicy:
             targets[feed] = None
             if served(feed):
                 continue
-            for key in list(self.candidates.get(feed, {}))[:DIALS_PER_FEED]:
+            providers = list(self.candidates.get(feed, {}))
+            if standing is not None:
+                providers.sort(key=lambda key: -standing(key))  # stable: else in the order found
+            for key in providers[:DIALS_PER_FEED]:
                 targets[key] = None
         return targets

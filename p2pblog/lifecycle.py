@@ -19,8 +19,12 @@ and `NodeCore.close` and move bytes in between:
 4. **Save contacts** to the store every `SAVE_CONTACTS_EVERY` seconds (at the
    first wake-up once due: the maintenance pass guarantees one every
    `p2pblog.node.MAINTAIN_EVERY` seconds) and on `close`, so the next start
-   has seeds.  A crash (in the simulator) loses
-   what changed since the last save, as a killed process does.
+   has seeds.  The gossip peers' scores and bans (`p2pblog.scoring`, through
+   the replicator given as ``replicator``) are saved with them, so a peer
+   banned for forging entries is still refused after a restart; the
+   replicator also saves them as soon as a ban starts.  A crash (in the
+   simulator) loses what changed since the last save, as a killed process
+   does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dht import BootstrapFinished, DhtCore
 from dht.ids import Address
 from p2pblog.events import JoinFinished, RecordPublished, StartupFinished
 from p2pblog.own_records import OwnRecords
+from p2pblog.replication import Replicator
 from p2pblog.store import Store
 
 #: Seconds between two saves of the routing table's contacts to the store.
@@ -48,10 +53,14 @@ LifecycleEvent = JoinFinished | StartupFinished
 class Lifecycle:
     """Start-up (join, publish with retries), periodic contact saving, and shutdown."""
 
-    def __init__(self, store: Store, dht: DhtCore, records: OwnRecords) -> None:
+    def __init__(
+        self, store: Store, dht: DhtCore, records: OwnRecords, replicator: Replicator | None = None
+    ) -> None:
         self.store = store
         self.dht = dht
         self.records = records
+        #: Whose peer scores are saved with the contacts (None: only the contacts).
+        self.replicator = replicator
         self.events: deque[LifecycleEvent] = deque()
         self.started = False
         self._seeds = 0
@@ -112,9 +121,12 @@ class Lifecycle:
         self._publish_query = self.records.publish_peer(now)
 
     def save_contacts(self) -> None:
+        """Save the routing table's contacts, and the gossip peers' scores and bans."""
         rows = self.dht.table.saved_rows()
         if rows:
             self.store.save_contacts(rows)
+        if self.replicator is not None:
+            self.replicator.save_scores()
 
     def close(self) -> None:
         """Shutdown: save the contacts for the next start."""

@@ -26,8 +26,8 @@ acknowledged with `entries_stored`; new entries are announced to every other
 session (`feed_updated`).  Entries that do not match their header, or that
 fail their signature, are the peer's fault (`report_misbehaviour`); a chain
 conflict is not (an honest peer may relay the other branch of a fork).  A
-session that fails (`SessionFailed`) closes its connection and the peer is
-banned (`p2pblog.dialing.BAN_SECONDS`).
+session that fails (`SessionFailed`) closes its connection.  Every fault is
+also counted against the peer's score (below).
 
 **Duplicates (Plumtree pruning).**  When a peer pushes entries we already
 hold, we ask it to send only HAVE notices for that feed (`request_push`
@@ -35,17 +35,72 @@ False); a later WANT of ours re-grafts it.  So each feed settles on a push
 tree with lazy repair links.
 
 **Who to connect to** is `p2pblog.dialing`'s: the address book (listen
-addresses, backoff, bans) and the dial policy (recent peers, peers wanted
+addresses, backoff) and the dial policy (recent peers, peers wanted
 for mention notices, followed authors, providers of feeds nobody serves).
 When a backoff ends, when candidates arrive, and at least every
-`MAINTAIN_EVERY` seconds, the replicator dials the policy's targets while
-it has outbound slots (`MAX_OUTBOUND`) and connection room.  At most one connection
+`MAINTAIN_EVERY` seconds, the replicator dials the policy's targets (not
+banned ones) while it has outbound slots.  At most one connection
 per peer survives: when two meet (both sides dialled), both ends keep the one
 dialled by the smaller public key (or, when one side dialled both, the
-newer one: it gave up the older, e.g. across its restart).  Inbound connections beyond
-`MAX_CONNECTIONS` are closed at once (and counted); above `PRUNE_ABOVE`
-connections, sessions that replicate none of our feeds are closed, so the
+newer one: it gave up the older, e.g. across its restart).  Above `PRUNE_ABOVE`
+sessions, those that replicate none of our feeds are closed, so the
 cap prefers peers that cover the feeds we follow.
+
+**Admission.**  Connections have three budgets that never borrow from each
+other: `MAX_OUTBOUND` for our dials (in progress or open), so that however
+many strangers connect, the node keeps dialling the feeds it follows;
+`MAX_HANDSHAKING` for inbound connections still in their Noise handshake;
+and `MAX_INBOUND` for inbound sessions (`MAX_CONNECTIONS` is their sum).
+An inbound connection must finish its handshake within
+`INBOUND_HANDSHAKE_TIMEOUT` (else ``handshake.timeout``).  Its address is
+checked before any cryptography is done for it:
+
+* a prefix (/24, /48) banned by its score is refused
+  (``refused.banned_address``);
+* at most `HANDSHAKING_PER_IP` handshakes per address and
+  `HANDSHAKING_PER_NET` per prefix: a newcomer over either cap evicts the
+  oldest handshake of its own address (prefix) if that one has had
+  `EVICT_AFTER` seconds, else it is refused (``refused.handshake_ip``,
+  ``refused.handshake_net``); when all `MAX_HANDSHAKING` are taken it evicts
+  the oldest handshake of the prefix holding the most: at once if the
+  newcomer's prefix holds at least two fewer, else under the same
+  `EVICT_AFTER` rule (``refused.handshakes``).  Idle connections therefore
+  hold a slot for at most the deadline, only a few per prefix, and a flood
+  must come from about `MAX_HANDSHAKING` prefixes to keep a newcomer from a
+  fresh prefix out.
+
+When an inbound handshake completes, the key is checked (blocked, banned),
+then the session needs a slot: at most `INBOUND_PER_IP` sessions per
+address, `INBOUND_PER_NET` per prefix, `MAX_INBOUND` in all.  Over a cap,
+the newcomer is not refused blindly: the *victim* is the stranger (not the
+author of a feed we follow, not a peer we must reach for a mention) of the
+lowest standing (`p2pblog.scoring.PeerScores.standing`: key plus prefix
+score), the newest among equals, among the sessions the cap counts; it is
+closed (``evicted.inbound``) if the newcomer's standing is strictly
+higher.  When the whole inbound side is full, the newcomer may also evict a
+victim with no positive history from the prefix with the most sessions,
+if its own prefix has at least two fewer.  Otherwise the newcomer is
+refused (``refused.inbound_ip``, ``refused.inbound_net``,
+``refused.capacity``).  Why an attacker cannot use this to push out the
+peers serving feeds we follow: a new key has standing 0 at best (a prefix
+only loses score), so it can only displace peers of negative standing or,
+through the diversity rule, peers with no history from a prefix more
+crowded than its own; peers that delivered entries or stayed long have a
+positive standing and only better ones displace them, and followed
+authors are never displaced.  A connection over its address's caps is an
+offence of its prefix.
+
+**Scores.**  `p2pblog.scoring.PeerScores` (``scores``) keeps misbehaviour
+and service per key and prefix: failed handshakes, handshake timeouts and
+over-cap connections count against the prefix; bad entries, bad messages,
+failed channels and sessions against the key and, lighter, the prefix;
+each batch of new entries and each `p2pblog.scoring.SESSION_CREDIT_EVERY`
+of an open session that is of use (we dialled it, or it delivered entries;
+an idle session could otherwise farm standing) earn the key credit.  A
+key whose score falls to `p2pblog.scoring.BAN_BELOW` is banned: its session is closed, it is not
+dialled and its handshakes are refused (``refused.banned``) until the ban
+ends.  The table is loaded from the store at start, saved as soon as a ban
+starts (at most once per pass) and with the contacts (`save_scores`).
 
 **Keepalives.**  Channels are made with ``keepalive_slack`` (up to
 `MAINTAIN_EVERY`): a due keepalive waits for the next maintenance pass (or
@@ -67,8 +122,10 @@ are closed and refused after the handshake (``refused.blocked``), and
 entries of its feed are refused (``entries.refused_blocked``).
 
 **Counters.**  `stats` counts everything dropped or refused, by reason:
-``handshake.failed``, ``channel.failed``, ``misbehaved.<reason>`` (from the
-sessions), ``entries.forged``, ``refused.capacity``, ...
+``handshake.failed``, ``handshake.timeout``, ``channel.failed``,
+``misbehaved.<reason>`` (from the sessions), ``entries.forged``,
+``refused.capacity``, ``refused.handshake_net``, ``evicted.inbound``,
+``scores.bans``, ...; `admission` reports the budgets in use.
 """
 
 from __future__ import annotations
@@ -106,14 +163,41 @@ from identity.limits import MAX_AHEAD_MS
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError
+from p2pblog.scoring import (
+    DELIVERY_CREDIT,
+    MAX_SUBJECTS,
+    SESSION_CREDIT,
+    SESSION_CREDIT_EVERY,
+    Offence,
+    PeerScores,
+    address_prefix,
+    canonical_ip,
+)
 from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
 MAINTAIN_EVERY: Final = 10.0
-#: Outbound connections we open at most, and connections of both kinds.
+#: Outbound connections (dials in progress and sessions we dialled): a budget of
+#: their own, which inbound connections never use.
 MAX_OUTBOUND: Final = 16
-MAX_CONNECTIONS: Final = 64
-#: Above this many connections, sessions that replicate none of our feeds are
+#: Inbound sessions (handshake done), and inbound connections still in their handshake.
+MAX_INBOUND: Final = 48
+MAX_HANDSHAKING: Final = 32
+#: Inbound connections in their handshake from one address, and from one prefix (/24, /48).
+HANDSHAKING_PER_IP: Final = 4
+HANDSHAKING_PER_NET: Final = 8
+#: Inbound sessions from one address, and from one prefix.
+INBOUND_PER_IP: Final = 8
+INBOUND_PER_NET: Final = 24
+#: Seconds an inbound connection has to finish its Noise handshake (an honest
+#: one needs about one round trip and three X25519 operations).
+INBOUND_HANDSHAKE_TIMEOUT: Final = 5.0
+#: A handshaking connection younger than this is never evicted for a newcomer:
+#: a flood cannot churn the slots of its own prefix faster than this.
+EVICT_AFTER: Final = 1.0
+#: Every connection of every kind, at most.
+MAX_CONNECTIONS: Final = MAX_OUTBOUND + MAX_INBOUND + MAX_HANDSHAKING
+#: Above this many sessions, sessions that replicate none of our feeds are
 #: closed (after `PRUNE_GRACE` seconds), so the cap favours useful peers.
 PRUNE_ABOVE: Final = 48
 PRUNE_GRACE: Final = 30.0
@@ -217,6 +301,14 @@ class _Conn:
     #: The remote socket address (for an outbound connection, what we dialled).
     addr: tuple[str, int]
     since: float
+    #: The remote address (an IPv4-mapped one as IPv4) and its scored prefix.
+    ip: str = ""
+    net: bytes = b""
+    #: When the session last earned its long-session credit.
+    credited: float = 0.0
+    #: Whether the session has been of use: we dialled it, or it delivered new entries.
+    #: Only such sessions earn credit for their length (an idle one could farm it).
+    useful: bool = False
     #: The key we dialled (outbound only).
     expected: bytes | None = None
     peer: bytes | None = None
@@ -227,6 +319,17 @@ class _Conn:
 def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
     """Whether the peer of session is feed's author or holds some of it."""
     return peer == feed or (session.peer_wants(feed) and session.peer_seq(feed) > 0)
+
+
+def _kind(conn: _Conn) -> str:
+    """Which budget a connection uses: ``outbound``, ``handshaking`` (inbound) or ``inbound``."""
+    if conn.outbound:
+        return "outbound"
+    return "handshaking" if conn.peer is None else "inbound"
+
+
+def _oldest(conns: Iterable[_Conn]) -> _Conn | None:
+    return min(conns, key=lambda c: (c.since, c.id), default=None)
 
 
 def _gone(conn: _Conn) -> bool:
@@ -255,6 +358,11 @@ class Replicator:
         base = channel_config or ChannelConfig()
         slack = min(MAINTAIN_EVERY, (base.idle_timeout - base.keepalive_interval) / 2)
         self.channel_config = dataclasses.replace(base, keepalive_slack=max(base.keepalive_slack, slack))
+        #: Inbound channels get a short handshake deadline (a dial's also covers its TCP connect).
+        self.inbound_config = dataclasses.replace(
+            self.channel_config,
+            handshake_timeout=min(self.channel_config.handshake_timeout, INBOUND_HANDSHAKE_TIMEOUT),
+        )
         own = identity.public_key
         #: Keys whose entries, notices and connections are refused.
         self.blocked: set[bytes] = {key for key, _ in store.blocks()}
@@ -270,6 +378,11 @@ class Replicator:
         #: Where peers listen, their backoff and bans; and whom to dial (`p2pblog.dialing`).
         self.book = AddressBook(store, own, rng)
         self.dial_policy = DialPolicy(own, self.book)
+        #: Misbehaviour and service per key and prefix, kept across restarts (`p2pblog.scoring`).
+        self.scores = PeerScores(store.load_peer_scores(MAX_SUBJECTS))
+        #: When the scores were last saved because a ban started (at most once per pass).
+        self._scores_saved = -MAINTAIN_EVERY
+        self._scores_dirty = False
         self._dials: list[tuple[int, str, int]] = []
         self._closes: list[int] = []
         self._events: deque[Event] = deque()
@@ -345,7 +458,31 @@ class Replicator:
 
     def refuses(self, peer: bytes, now: float) -> bool:
         """Whether peer is blocked or banned."""
-        return peer in self.blocked or self.book.banned(peer, now)
+        return peer in self.blocked or self.scores.banned(peer, now)
+
+    def admission(self, now: float) -> dict[str, int]:
+        """Connections by kind against their budgets, and the score table (for `status`)."""
+        counts = Counter(_kind(c) for c in self._conns.values() if not c.closing)
+        return {
+            "outbound": counts["outbound"],
+            "inbound": counts["inbound"],
+            "handshaking": counts["handshaking"],
+            "max_outbound": MAX_OUTBOUND,
+            "max_inbound": MAX_INBOUND,
+            "max_handshaking": MAX_HANDSHAKING,
+            "scored": len(self.scores),
+            "banned": self.scores.active_bans(now),
+            "book": len(self.book),
+        }
+
+    def connections(self) -> list[tuple[str, str, bytes, float]]:
+        """``(kind, address, prefix, since)`` of every connection not closing (kind as `admission`)."""
+        return [(_kind(c), c.ip, c.net, c.since) for c in self._conns.values() if not c.closing]
+
+    def save_scores(self) -> None:
+        """Save the score table (`p2pblog.lifecycle` calls this with the contacts, and at close)."""
+        self.store.save_peer_scores(self.scores.rows())
+        self._scores_dirty = False
 
     def is_connected(self, peer: bytes) -> bool:
         return peer in self._by_peer
@@ -442,21 +579,32 @@ class Replicator:
     # ============================================================ driver inputs
 
     def connection_accepted(self, addr: tuple[str, int], now: float) -> int:
-        """An inbound TCP connection arrived; returns its id (maybe already to be closed)."""
+        """An inbound TCP connection arrived; returns its id (maybe already to be closed).
+
+        Admission before the handshake (see the module docstring): a banned
+        prefix, or a full handshake budget of its address or prefix, is
+        refused before any cryptography is done for it."""
+        ip = canonical_ip(addr[0])
+        net = address_prefix(ip)
+        refusal = self._admit_handshake(ip, net, now)
+        if refusal is not None:
+            # Refused before a channel exists: the id only tells the driver what to close.
+            self._next_id += 1
+            self._closes.append(self._next_id)
+            self.stats[refusal] += 1
+            self._events.append(InputRefused(None, refusal, f"inbound from {ip}"))
+            return self._next_id
         conn = self._new_conn(
             SecureChannel.responder(
-                self.identity, now=now, config=self.channel_config, random_bytes=self.random_bytes
+                self.identity, now=now, config=self.inbound_config, random_bytes=self.random_bytes
             ),
             outbound=False,
             addr=addr,
             now=now,
         )
-        if len(self._conns) > MAX_CONNECTIONS:
-            self.stats["refused.capacity"] += 1
-            self._close(conn, now, "over capacity")
-        else:
-            self._touch(conn)
-            self._pump(now)
+        conn.ip, conn.net = ip, net
+        self._touch(conn)
+        self._pump(now)
         return conn.id
 
     def connection_opened(self, conn_id: int, now: float) -> None:
@@ -540,6 +688,130 @@ class Replicator:
             self._maintain(now)
         self._pump(now)
 
+    # ============================================================ admission
+
+    def _live(self, kind: str) -> list[_Conn]:
+        return [c for c in self._conns.values() if not c.closing and _kind(c) == kind]
+
+    def _admit_handshake(self, ip: str, net: bytes, now: float) -> str | None:
+        """Make room for an inbound connection from ip, or say why it is refused (a counter)."""
+        if self.scores.banned(net, now):
+            return "refused.banned_address"
+        handshaking = self._live("handshaking")
+        same_ip = [c for c in handshaking if c.ip == ip]
+        same_net = [c for c in handshaking if c.net == net]
+        patient = True  # the victim must have had EVICT_AFTER seconds
+        if len(same_ip) >= HANDSHAKING_PER_IP:
+            victim, reason = _oldest(same_ip), "refused.handshake_ip"
+        elif len(same_net) >= HANDSHAKING_PER_NET:
+            victim, reason = _oldest(same_net), "refused.handshake_net"
+        elif len(handshaking) >= MAX_HANDSHAKING:
+            # Evict from the prefix that holds the most handshake slots (the
+            # newcomer's own among equals): a flood from a few prefixes can only
+            # push out its own connections, not those of many honest prefixes.
+            # A newcomer whose prefix holds at least two fewer evicts at once,
+            # however young the victim: else a flood that refreshes its slots
+            # every EVICT_AFTER seconds would starve every other prefix.
+            groups = Counter(c.net for c in handshaking)
+            top = max(groups.values())
+            crowded = net if groups[net] == top else min(g for g, n in groups.items() if n == top)
+            victim, reason = _oldest(c for c in handshaking if c.net == crowded), "refused.handshakes"
+            patient = groups[crowded] < groups[net] + 2
+        else:
+            return None
+        assert victim is not None
+        if reason != "refused.handshakes":  # over its own address's or prefix's caps
+            self._penalize_address(net, Offence.OVER_CAP, now)
+        if patient and now - victim.since < EVICT_AFTER:
+            return reason
+        self.stats["evicted.handshaking"] += 1
+        self._close(victim, now, "evicted: handshake slots are full")
+        return None
+
+    def _admit_session(self, conn: _Conn, peer: bytes, now: float) -> bool:
+        """An inbound handshake finished: make room for the session, or refuse it (False).
+
+        The rule (see the module docstring): a victim is a stranger -- not the
+        author of a feed we follow, not a peer we must reach -- of the lowest
+        standing, the newest among equals; it is evicted only for a newcomer of
+        strictly higher standing, or, when the whole inbound side is full, for
+        one from a prefix with fewer sessions if the victim has no positive
+        history.  So a fresh key (standing 0 at best) can push out no peer that
+        has delivered entries or stayed long, and no prefix can crowd out others.
+        """
+        inbound = self._live("inbound")
+        same_ip = [c for c in inbound if c.ip == conn.ip]
+        same_net = [c for c in inbound if c.net == conn.net]
+        if len(same_ip) >= INBOUND_PER_IP:
+            pool, reason = same_ip, "refused.inbound_ip"
+        elif len(same_net) >= INBOUND_PER_NET:
+            pool, reason = same_net, "refused.inbound_net"
+        elif len(inbound) >= MAX_INBOUND:
+            pool, reason = inbound, "refused.capacity"
+        else:
+            return True
+        mine = self.scores.standing(peer, conn.net, now)
+        protected = self.source.wanted  # authors of the feeds we follow
+
+        def rank(c: _Conn) -> tuple[float, float, int]:
+            return (self.scores.standing(c.peer, c.net, now), -c.since, -c.id)
+
+        wanted_peers = self.dial_policy.wanted_peers
+        strangers = [c for c in pool if c.peer not in protected and c.peer not in wanted_peers]
+        victim = min(strangers, key=rank, default=None)
+        if victim is not None and rank(victim)[0] < mine:
+            self.stats["evicted.inbound"] += 1
+            self._close(victim, now, "evicted for a peer of higher standing")
+            return True
+        if pool is inbound and strangers:
+            groups = Counter(c.net for c in inbound)
+            crowded = max(groups.items(), key=lambda item: (item[1], item[0]))[0]
+            in_crowded = [c for c in strangers if c.net == crowded]
+            victim = min(in_crowded, key=rank, default=None)
+            fewer = groups[crowded] > groups[conn.net] + 1
+            if victim is not None and fewer and rank(victim)[0] <= min(mine, 0):
+                self.stats["evicted.inbound"] += 1
+                self._close(victim, now, "evicted for a peer from a less crowded prefix")
+                return True
+        self.stats[reason] += 1
+        if reason != "refused.capacity":
+            self._penalize_address(conn.net, Offence.OVER_CAP, now)
+        self._events.append(InputRefused(peer, reason, f"inbound from {conn.ip}"))
+        return False
+
+    def _penalize(self, conn: _Conn, offence: Offence, now: float) -> None:
+        """Count offence against conn's peer (if known) and prefix; a ban closes the peer's session."""
+        if not self.scores.penalize(offence, conn.peer, conn.net or None, now):
+            return
+        self.stats["scores.bans"] += 1
+        self._scores_dirty = True
+        self._save_banned_scores(now)
+        peer = conn.peer
+        if peer is not None and self.scores.banned(peer, now):
+            conn_id = self._by_peer.get(peer)
+            if conn_id is not None and not self._conns[conn_id].closing:
+                self.stats["closed.banned"] += 1
+                self._close(self._conns[conn_id], now, "banned")
+
+    def _penalize_address(self, net: bytes, offence: Offence, now: float) -> None:
+        if self.scores.penalize(offence, None, net, now):
+            self.stats["scores.bans"] += 1
+            self._scores_dirty = True
+            self._save_banned_scores(now)
+
+    def _save_banned_scores(self, now: float) -> None:
+        """A ban started: save it now (at most once per maintenance pass), so a crash keeps it."""
+        if self._scores_dirty and now - self._scores_saved >= MAINTAIN_EVERY:
+            self._scores_saved = now
+            self.save_scores()
+
+    def _credit_sessions(self, now: float) -> None:
+        for conn in self._conns.values():
+            due = now - conn.credited >= SESSION_CREDIT_EVERY and (conn.useful or conn.outbound)
+            if due and conn.session is not None and conn.peer is not None and not conn.closing:
+                conn.credited = now
+                self.scores.credit(conn.peer, SESSION_CREDIT, now)
+
     # ============================================================ internals
 
     def _new_conn(
@@ -559,6 +831,8 @@ class Replicator:
             random_bytes=self.random_bytes,
         )
         conn = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
+        conn.ip = canonical_ip(host)
+        conn.net = address_prefix(conn.ip)
         conn.expected = peer
         self._dialling[peer] = conn.id
         self._dials.append((conn.id, host, port))
@@ -567,16 +841,24 @@ class Replicator:
 
     def _maintain(self, now: float) -> None:
         self._prune_idle(now)
-        outbound = sum(1 for c in self._conns.values() if c.outbound)
-        if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
+        self._credit_sessions(now)
+        self._save_banned_scores(now)
+        # Outbound slots are ours alone: however full the inbound side, dialling goes on.
+        outbound = len(self._live("outbound"))
+        if outbound >= MAX_OUTBOUND:
             return  # nothing could be dialled
         live = self.sessions()
 
         def served(feed: bytes) -> bool:  # a source is connected (`sources`)
             return any(_can_serve(peer, session, feed) for peer, session, *_ in live)
 
-        for key in self.dial_policy.targets(self.source.wanted, served):
-            if outbound >= MAX_OUTBOUND or len(self._conns) >= MAX_CONNECTIONS:
+        def standing(key: bytes) -> float:
+            entry = self.book.get(key)
+            host = entry.host if entry is not None else None
+            return self.scores.standing(key, address_prefix(host) if host else None, now)
+
+        for key in self.dial_policy.targets(self.source.wanted, served, standing):
+            if outbound >= MAX_OUTBOUND:
                 break
             entry = self.book.get(key)
             if (
@@ -585,7 +867,11 @@ class Replicator:
                 or entry.port is None
                 or key in self._by_peer
                 or key in self._dialling
+                or key in self.blocked
             ):
+                continue
+            if self.scores.banned(key, now):
+                self._maintain_at = min(self._maintain_at, self.scores.banned_until(key))
                 continue
             if now < entry.next_try:
                 # Come back when its backoff ends rather than polling.
@@ -596,7 +882,8 @@ class Replicator:
 
     def _prune_idle(self, now: float) -> None:
         """Near the cap, close sessions that replicate none of our feeds, to make room."""
-        if len(self._conns) <= PRUNE_ABOVE:
+        sessions = len(self._live("inbound")) + sum(1 for c in self._live("outbound") if c.session)
+        if sessions <= PRUNE_ABOVE:
             return
         wanted = self.source.wanted
         for conn in list(self._conns.values()):
@@ -606,7 +893,8 @@ class Replicator:
             if not any(session.peer_wants(feed) for feed in wanted):
                 self.stats["pruned.idle"] += 1
                 self._close(conn, now, "replicates none of our feeds")
-                if len(self._conns) - len(self._closes) <= PRUNE_ABOVE:
+                sessions -= 1
+                if sessions <= PRUNE_ABOVE:
                     return
 
     def _back_off(self, peer: bytes, now: float) -> None:
@@ -706,9 +994,19 @@ class Replicator:
         elif isinstance(event, HandshakeCompleted):
             self._on_handshake(conn, event.peer_key, now)
         else:
-            reason = "handshake.failed" if conn.peer is None else "channel.failed"
+            offence: Offence | None
+            if conn.peer is None:
+                reason = "handshake.timeout" if event.timeout else "handshake.failed"
+                offence = Offence.HANDSHAKE_TIMEOUT if event.timeout else Offence.HANDSHAKE_FAILED
+                if conn.outbound:
+                    offence = None  # a dial we could not finish: a dead or moved address, not an attack
+            else:
+                reason = "channel.failed"
+                offence = None if event.timeout else Offence.CHANNEL_FAILED
             self.stats[reason] += 1
             self._events.append(InputRefused(conn.peer, reason, event.reason))
+            if offence is not None:
+                self._penalize(conn, offence, now)
             self._close(conn, now, event.reason)
 
     def _on_handshake(self, conn: _Conn, peer: bytes, now: float) -> None:
@@ -721,7 +1019,7 @@ class Replicator:
             self._events.append(InputRefused(peer, "refused.blocked", "blocked key"))
             self._close(conn, now, "blocked")
             return
-        if self.book.banned(peer, now):
+        if self.scores.banned(peer, now):
             self.stats["refused.banned"] += 1
             self._events.append(InputRefused(peer, "refused.banned", "banned for misbehaving"))
             self._close(conn, now, "banned")
@@ -743,7 +1041,11 @@ class Replicator:
             else:
                 self._close(conn, now, "duplicate connection")
                 return
+        if not conn.outbound and not self._admit_session(conn, peer, now):
+            self._close(conn, now, "no inbound slot")
+            return
         conn.peer = peer
+        conn.credited = now
         self._by_peer[peer] = conn.id
         if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
             del self._dialling[conn.expected]
@@ -759,7 +1061,7 @@ class Replicator:
         if isinstance(event, EntriesReceived):
             self._ingest(conn, session, event, now)
         elif isinstance(event, ForkProofReceived):
-            self._fork_proof(session, event, now)
+            self._fork_proof(conn, session, event, now)
         elif isinstance(event, MentionReceived):
             assert peer is not None
             self._events.append(MentionArrived(peer, event.entry, event.stamp))
@@ -769,6 +1071,7 @@ class Replicator:
         elif isinstance(event, PeerMisbehaved):
             self.stats[f"misbehaved.{event.reason}"] += 1
             self._events.append(InputRefused(peer, f"misbehaved.{event.reason}", event.detail))
+            self._penalize(conn, Offence.MISBEHAVED, now)
         elif isinstance(event, MessageDropped):
             self.stats[f"dropped.{event.reason}"] += 1
         elif isinstance(event, EntriesRefused):
@@ -776,8 +1079,7 @@ class Replicator:
         elif isinstance(event, SessionFailed):
             self.stats["session.failed"] += 1
             self._close(conn, now, event.reason)
-            if peer is not None:
-                self.book.ban(peer, now)
+            self._penalize(conn, Offence.SESSION_FAILED, now)
 
     def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
         if event.feed in self.blocked:
@@ -827,6 +1129,8 @@ class Replicator:
                     other.session.feed_updated(event.feed, now)
             self._touch_sessions(besides=conn)
             assert conn.peer is not None
+            self.scores.credit(conn.peer, DELIVERY_CREDIT, now)
+            conn.useful = True
             latest = self.store.latest_seq(event.feed)
             self._events.append(EntriesStored(event.feed, conn.peer, report.accepted, latest))
         for feed, _ in report.fork_seqs:
@@ -837,8 +1141,9 @@ class Replicator:
         self.stats[reason] += 1
         self._events.append(InputRefused(conn.peer, reason, detail))
         session.report_misbehaviour(detail, now)
+        self._penalize(conn, Offence.BAD_ENTRIES, now)
 
-    def _fork_proof(self, session: GossipSession, event: ForkProofReceived, now: float) -> None:
+    def _fork_proof(self, conn: _Conn, session: GossipSession, event: ForkProofReceived, now: float) -> None:
         try:
             pair: tuple[Entry, Entry] | None = (decode_entry(event.first), decode_entry(event.second))
         except EntryError:
@@ -851,6 +1156,7 @@ class Replicator:
         ):
             self.stats["fork_proof.invalid"] += 1
             session.report_misbehaviour("invalid fork proof", now)
+            self._penalize(conn, Offence.MISBEHAVED, now)
             return
         for entry in pair:
             with contextlib.suppress(EntryError):  # e.g. we do not hold the feed up to that seq

@@ -21,7 +21,7 @@ from gossip.messages import Clock, Entries
 from gossip.session import BATCH_ENTRIES, MISBEHAVIOUR_LIMIT, WANT_DELAY
 from identity import Identity
 from p2pblog import replication
-from p2pblog.dialing import BAN_SECONDS, FIRST_BACKOFF, MAX_BACKOFF
+from p2pblog.dialing import FIRST_BACKOFF, MAX_BACKOFF
 from p2pblog.entry import FOLLOW, POST, Entry, create_entry, encode_content, post_body
 from p2pblog.node import NodeCore
 from p2pblog.replication import (
@@ -32,6 +32,7 @@ from p2pblog.replication import (
     PeerDisconnected,
     Replicator,
 )
+from p2pblog.scoring import BAN_SECONDS
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, T0, ChannelPeer, Wire
 
@@ -382,7 +383,7 @@ def test_failed_dials_back_off_and_a_handshake_resets_the_backoff(open_store: Op
 def test_inbound_connections_over_capacity_are_refused(
     open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replication, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(replication, "MAX_INBOUND", 2)
     wire = Wire()
     hub = make_replicator(A, open_store("a"), seed=1)
     wire.add("a", hub, HOST["a"])
