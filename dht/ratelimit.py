@@ -36,12 +36,12 @@ are at most ``factor`` times the bytes received from it.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from collections import OrderedDict
 from typing import Final
 
 from dht.ids import Address
 from identity.errors import LocalProtocolError
+from identity.netaddr import host_key
 from identity.pacing import KeyedTokenBuckets
 
 #: Datagrams per second one source host may make us process, sustained.
@@ -50,8 +50,6 @@ SOURCE_RATE: Final = 50.0
 SOURCE_BURST: Final = 200.0
 #: Sources tracked at once.
 MAX_SOURCES: Final = 4096
-#: Prefix length that names one IPv6 host (RFC 6177: a customer gets at least a /64).
-IPV6_HOST_PREFIX: Final = 64
 #: Bytes we may send to an unverified address per byte received from it (RFC 9000 8.1: 3).
 AMPLIFICATION_FACTOR: Final = 3
 #: Seconds an address stays verified after it answered us (BEP 5's "good node": 15 minutes).
@@ -62,17 +60,8 @@ MAX_TRACKED_ADDRESSES: Final = 4096
 
 @functools.lru_cache(maxsize=4096)
 def source_key(addr: Address) -> str:
-    """The host behind ``addr``: the IPv4 address, or the IPv6 /64 (IPv4-mapped: the IPv4)."""
-    host = addr[0]
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host  # drivers pass textual IPs; anything else is its own key
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_HOST_PREFIX), strict=False))
-    return str(ip)
+    """The host behind ``addr`` (`identity.netaddr.host_key`: the IPv4 address, or the IPv6 /64)."""
+    return host_key(addr[0])
 
 
 class TokenBucketLimiter(KeyedTokenBuckets):

@@ -63,7 +63,7 @@ admission policy both stores share (`dht.providers` uses it too):
   announcement used to crash the node;
 * the owner names the keys it cares about with a *priority* predicate
   ``priority(key) -> bool`` (p2pblog: feeds it follows, peers it knows);
-* each *source* (given by the core: `source_of` the requester's IP address,
+* each *source* (given by the core: `identity.netaddr.host_key` of the requester's address,
   which is an IPv6 address's /64, since one host picks addresses in its /64
   at will; None is local or unknown and is not limited) holds at most
   ``total // SOURCE_SHARE`` values, so one host cannot fill the store alone;
@@ -94,7 +94,6 @@ from __future__ import annotations
 
 import enum
 import heapq
-import ipaddress
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
@@ -122,8 +121,6 @@ REPUBLISH_INTERVAL: Final = 24 * 3600.0
 MAX_RECORDS: Final = 4096
 #: One source holds at most 1/SOURCE_SHARE of a store's bound.
 SOURCE_SHARE: Final = 16
-#: An IPv6 source is its /64: one host or site gets a /64 and picks addresses in it at will.
-IPV6_SOURCE_PREFIX: Final = 64
 #: A timer heap is rebuilt when it holds more than twice its live items plus this.
 TIMER_HEAP_SLACK: Final = 64
 #: Replication / republication intervals are stretched by up to this fraction.
@@ -150,20 +147,6 @@ def majority_selector(key: bytes, values: Sequence[Value]) -> int:
     counts = Counter((type(v), v) for v in values)
     best, _ = counts.most_common(1)[0]
     return next(i for i, v in enumerate(values) if (type(v), v) == best)
-
-
-def source_of(host: str) -> str:
-    """The source a request from ``host`` (an IP address string) counts against: an IPv4
-    address (an IPv4-mapped IPv6 one too) as it is, an IPv6 address as its /64."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, IPV6_SOURCE_PREFIX), strict=False))
-    return str(address)
 
 
 def heap_is_bloated(size: int, live: int) -> bool:

@@ -37,7 +37,6 @@ closed.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import socket
 import sys
@@ -55,6 +54,7 @@ from dht.ids import Address
 from identity import Identity, decode_handle, encode_handle, fingerprint
 from identity.handle import HandleError
 from identity.limits import MENTION_WORK
+from identity.netaddr import host_key
 from identity.records import RecordError, check_name
 from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
 from p2pblog.entry import Entry, parse_entry_id
@@ -83,19 +83,6 @@ LOG_EVERY = 10.0
 LOG_KEYS = 1024
 #: Rate-limited log lines in all, per `LOG_EVERY` seconds (whatever their source).
 LOG_BUDGET = 50
-#: Bits of an IPv6 address that name one source for the log limiter (one /64 is one site).
-IPV6_SOURCE_BITS = 64
-
-
-def source_of(host: str) -> str:
-    """The log limiter's source for an address: the IPv4 address, or the IPv6 /64."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
-        return str(ipaddress.ip_network(f"{ip}/{IPV6_SOURCE_BITS}", strict=False))
-    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
 
 class LogLimiter:
@@ -333,7 +320,7 @@ class NodeService:
     def _on_event(self, event: Any) -> None:
         if isinstance(event, PeerConnected):
             self._peer_addrs.pop(event.peer, None)
-            self._peer_addrs[event.peer] = source_of(event.addr[0])
+            self._peer_addrs[event.peer] = host_key(event.addr[0])
             if len(self._peer_addrs) > LOG_KEYS:
                 self._peer_addrs.pop(next(iter(self._peer_addrs)))
         if self.verbose:
@@ -373,7 +360,7 @@ class NodeService:
             elif isinstance(event, DhtPeerMisbehaved):
                 host, port = event.addr
                 message = f"DHT peer {host}:{port}: {event.reason}"
-                self._log_limited(("dht", source_of(host), event.reason), message)
+                self._log_limited(("dht", host_key(host), event.reason), message)
         for listener in self.listeners:
             listener(event)
 

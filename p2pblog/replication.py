@@ -160,6 +160,7 @@ from gossip.transport import (
 )
 from identity import Identity
 from identity.limits import MAX_AHEAD_MS
+from identity.netaddr import host_key
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError
@@ -171,7 +172,6 @@ from p2pblog.scoring import (
     Offence,
     PeerScores,
     address_prefix,
-    canonical_ip,
 )
 from p2pblog.store import Store
 
@@ -584,7 +584,7 @@ class Replicator:
         Admission before the handshake (see the module docstring): a banned
         prefix, or a full handshake budget of its address or prefix, is
         refused before any cryptography is done for it."""
-        ip = canonical_ip(addr[0])
+        ip = host_key(addr[0])
         net = address_prefix(ip)
         refusal = self._admit_handshake(ip, net, now)
         if refusal is not None:
@@ -831,7 +831,7 @@ class Replicator:
             random_bytes=self.random_bytes,
         )
         conn = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
-        conn.ip = canonical_ip(host)
+        conn.ip = host_key(host)
         conn.net = address_prefix(conn.ip)
         conn.expected = peer
         self._dialling[peer] = conn.id

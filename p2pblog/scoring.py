@@ -65,10 +65,11 @@ honest peer's history.  The same order (best first, at most
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
+
+from identity.netaddr import network_key
 
 #: A score at or below this bans its subject (for `BAN_SECONDS` from the offence that took it there):
 #: a key, and a prefix, which needs four times the evidence (it holds honest neighbours too).
@@ -90,9 +91,6 @@ MAX_SUBJECTS: Final = 4096
 DELIVERY_CREDIT: Final = 1.0
 SESSION_CREDIT: Final = 1.0
 SESSION_CREDIT_EVERY: Final = 600.0
-#: Prefix lengths that make an address's subject.
-IPV4_PREFIX: Final = 24
-IPV6_PREFIX: Final = 48
 
 Row = tuple[bytes, float, float, float]
 
@@ -124,26 +122,10 @@ class Offence(enum.Enum):
         return self.value[1]
 
 
-def canonical_ip(host: str) -> str:
-    """The address as text, an IPv4-mapped IPv6 address as the IPv4 one; a non-address as is."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
 def address_prefix(host: str) -> bytes:
-    """The scored subject of an address: its /24 (IPv4) or /48 (IPv6) network."""
-    ip_text = canonical_ip(host)
-    try:
-        ip = ipaddress.ip_address(ip_text)
-    except ValueError:
-        return b"net:" + ip_text.encode("utf-8", "replace")[:64]
-    bits = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
-    return b"net:" + str(ipaddress.ip_network((ip, bits), strict=False)).encode()
+    """The scored subject of an address: its network (`identity.netaddr.network_key`,
+    a /24 or a /48)."""
+    return b"net:" + network_key(host).encode("utf-8", "replace")
 
 
 @dataclass(slots=True)

@@ -36,8 +36,10 @@ CORE_MODULES = [
     "p2pblog/events.py",
     "p2pblog/replication.py",
     "p2pblog/dialing.py",
+    "p2pblog/scoring.py",
     "p2pblog/actions.py",
     "identity/pacing.py",
+    "identity/netaddr.py",
 ]
 DRIVERS = ["p2pblog/daemon.py", "p2pblog/runtime.py", "simulations/node.py", "simulations/endpoint.py"]
 #: Standard modules with no clock, I/O or global state.
@@ -51,6 +53,7 @@ PURE_STDLIB = {
     "functools",
     "hashlib",
     "heapq",
+    "ipaddress",
     "itertools",
     "typing",
 }

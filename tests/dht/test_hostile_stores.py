@@ -23,8 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from dht import DhtConfig, DhtCore, wire
 from dht.providers import ProviderStore
-from dht.records import TIMER_HEAP_SLACK, RecordStore, StoreOutcome, source_of
+from dht.records import TIMER_HEAP_SLACK, RecordStore, StoreOutcome
 from identity import Identity
+from identity.netaddr import host_key as source_of
 from identity.records import PEER, PROVIDER, create_record, peer_key, provider_key
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
 
