@@ -1,0 +1,71 @@
+"""Fuzz `p2pblog.entry.decode_entry`: arbitrary bytes as a peer's entry, raw and validly signed.
+
+Run: ``python fuzz/entry.py [libFuzzer flags] [corpus dirs]`` (see ``fuzz/launch.py``).
+
+Each input is decoded twice:
+
+* as it is (a peer's signed entry): almost every input fails early
+  (size, signature length, msgpack, schema), which is the point;
+* as *content* signed by a fixed key (`FUZZ_AUTHOR`), the "hostile but
+  validly signed" case: any peer can sign garbage with its own key and send
+  it as a mention notice, so the schema checks run on it before anything
+  else.  Seeds carry `FUZZ_AUTHOR` as the author, so the fuzzer starts from
+  entries that verify.
+
+The contract: `decode_entry` returns an `Entry` or raises an `EntryError`;
+any other exception is a crash.  What decodes round-trips: the entry's
+fields re-encode (`encode_content`) to exactly the content bytes (the
+codec's "one canonical encoding" claim), its id is BLAKE2b of the bytes,
+and decoding ``entry.raw`` again gives an equal entry.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import atheris
+from launch import run, use_checkout
+
+use_checkout()
+
+with atheris.instrument_imports(include=["p2pblog", "identity"]):
+    from samples import FUZZ_AUTHOR, sample_entries
+
+    from identity import limits
+    from identity.keys import SIGNATURE_BYTES
+    from p2pblog.entry import decode_entry, encode_content, entry_id
+    from p2pblog.errors import EntryError
+
+MAX_LEN = limits.MAX_ENTRY_BYTES + 64
+
+
+def check_decoded(raw: bytes) -> None:
+    """Decode raw; if it is accepted, check the round-trip properties."""
+    try:
+        entry = decode_entry(raw)
+    except EntryError:
+        return
+    assert entry.raw == raw
+    assert entry.id == entry_id(raw)
+    content = encode_content(entry.author, entry.seq, entry.prev, entry.timestamp, entry.kind, entry.body)
+    assert content == raw[SIGNATURE_BYTES:], "an accepted entry is not in its canonical encoding"
+    assert decode_entry(entry.raw) == entry
+
+
+def check(data: bytes) -> None:
+    check_decoded(data)
+    check_decoded(FUZZ_AUTHOR.sign(data))
+
+
+def seeds() -> list[bytes]:
+    """Every sample entry, signed (the raw half) and as bare content (the signed half)."""
+    raws = [entry.raw for entry in sample_entries()]
+    return raws + [raw[SIGNATURE_BYTES:] for raw in raws]
+
+
+def main() -> None:
+    run("entry", check, seeds=seeds(), max_len=MAX_LEN)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
