@@ -32,6 +32,7 @@ from typing import Any
 
 import atheris
 from launch import run, use_checkout
+from msgpack_mutator import MsgpackMutator
 
 use_checkout()
 
@@ -172,8 +173,28 @@ def seeds() -> list[bytes]:
     ]
 
 
+def mutator() -> MsgpackMutator:
+    """Mutates the body after the 21-byte header toward the RPC shapes and address edges."""
+    names = (wire.PING, wire.STORE, wire.FIND_NODE, wire.FIND_VALUE, wire.STUN, *wire.P2PBLOG_RPCS)
+    edges = (
+        "value",
+        "providers",
+        "nodes",
+        "127.0.0.1",
+        "::1",
+        "fe80::1%eth0",
+        "1.2.3",
+        "x" * (wire.MAX_NAME_CHARS + 1),
+        bytes(wire.MAX_DHT_VALUE_BYTES + 1),
+        [bytes(20), "10.0.0.1", 0],
+        [bytes(20), "10.0.0.1", 65536],
+        [b"p" * 400] * (wire.MAX_PROVIDERS_PER_ANSWER + 1),
+    )
+    return MsgpackMutator(headers=(wire.HEADER_BYTES,), values=(*names, *edges))
+
+
 def main() -> None:
-    run("dht_wire", check, seeds=seeds(), max_len=MAX_LEN)
+    run("dht_wire", check, seeds=seeds(), max_len=MAX_LEN, mutator=mutator())
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import sys
 
 import atheris
 from launch import run, use_checkout
+from msgpack_mutator import MsgpackMutator
 
 use_checkout()
 
@@ -36,7 +37,7 @@ with atheris.instrument_imports(include=["p2pblog", "identity"]):
 
     from identity import limits
     from identity.keys import SIGNATURE_BYTES
-    from p2pblog.entry import decode_entry, encode_content, entry_id
+    from p2pblog.entry import KINDS, decode_entry, encode_content, entry_id
     from p2pblog.errors import EntryError
 
 MAX_LEN = limits.MAX_ENTRY_BYTES + 64
@@ -67,8 +68,26 @@ def seeds() -> list[bytes]:
     return raws + [raw[SIGNATURE_BYTES:] for raw in raws]
 
 
+def mutator() -> MsgpackMutator:
+    """Mutates the content (after a signature, or the whole input) toward each check's edges."""
+    fields = ("text", "reply_to", "mentions", "feed", "name", "bio", "target")
+    edges = (
+        limits.MAX_SEQ,
+        limits.MAX_SEQ + 1,
+        limits.MAX_TIMESTAMP_MS,
+        limits.MAX_TIMESTAMP_MS + 1,
+        "x" * limits.MAX_POST_CHARS,
+        "x" * (limits.MAX_POST_CHARS + 1),
+        " ",
+        "\x00",
+        [bytes(32)] * (limits.MAX_MENTIONS + 1),
+        FUZZ_AUTHOR.public_key,
+    )
+    return MsgpackMutator(headers=(0, SIGNATURE_BYTES), values=(*KINDS, *fields, *edges))
+
+
 def main() -> None:
-    run("entry", check, seeds=seeds(), max_len=MAX_LEN)
+    run("entry", check, seeds=seeds(), max_len=MAX_LEN, mutator=mutator())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sys
 
 import atheris
 from launch import run, use_checkout
+from msgpack_mutator import MsgpackMutator
 
 use_checkout()
 
@@ -29,6 +30,8 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
     from samples import FUZZ_AUTHOR, OTHER_KEY, sample_entries
 
     from gossip.messages import (
+        MAX_NOTE,
+        MAX_STAMP_BYTES,
         Ack,
         Clock,
         Entries,
@@ -38,11 +41,13 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
         Mention,
         MentionAck,
         MentionStatus,
+        MessageType,
         Note,
         Want,
         decode_message,
         encode_message,
     )
+    from identity import limits
 
 MAX_LEN = 64 * 1024
 
@@ -78,8 +83,22 @@ def seeds() -> list[bytes]:
     return [encode_message(m) for m in messages]
 
 
+def mutator() -> MsgpackMutator:
+    """Mutates the message array toward every type and the edges of its fields."""
+    edges = (
+        MAX_NOTE,
+        MAX_NOTE + 1,
+        limits.MAX_SEQ + 1,
+        limits.MAX_BATCHES_IN_FLIGHT + 1,
+        bytes(MAX_STAMP_BYTES + 1),
+        bytes(limits.MAX_ENTRY_BYTES + 1),
+        len(MessageType),
+    )
+    return MsgpackMutator(values=(*MessageType, *MentionStatus, *edges))
+
+
 def main() -> None:
-    run("gossip_messages", check, seeds=seeds(), max_len=MAX_LEN)
+    run("gossip_messages", check, seeds=seeds(), max_len=MAX_LEN, mutator=mutator())
 
 
 if __name__ == "__main__":

@@ -89,10 +89,21 @@ def libfuzzer_argv(argv: list[str], name: str, max_len: int, seeds_dir: Path) ->
     return [argv[0], *flags, *argv[1:], *corpora]
 
 
-def run(name: str, check: Callable[[bytes], None], *, seeds: Iterable[bytes], max_len: int) -> None:
-    """Fuzz ``check`` with atheris under the flags and corpora described above."""
+def run(
+    name: str,
+    check: Callable[[bytes], None],
+    *,
+    seeds: Iterable[bytes],
+    max_len: int,
+    mutator: Callable[[bytes, int, int], bytes] | None = None,
+) -> None:
+    """Fuzz ``check`` with atheris under the flags and corpora described above.
+
+    ``mutator`` is a custom mutator (``fuzz/msgpack_mutator.py``) for
+    harnesses whose input is msgpack.
+    """
     import atheris
 
     argv = libfuzzer_argv(sys.argv, name, max_len, write_seeds(name, seeds))
-    atheris.Setup(argv, check)
+    atheris.Setup(argv, check, custom_mutator=mutator)
     atheris.Fuzz()
