@@ -16,7 +16,14 @@ Round trips, where an encoder exists:
 * a parsed reply re-encodes with its ``*_response`` builder to bytes that
   parse to the same value.
 
-The one exception is a body that re-encodes larger than it came: msgpack
+Every address a reply yields (``find_node`` contacts, the ``stun``
+answer) must be one a socket takes as given: a numeric IPv4 or IPv6
+address that ``socket.inet_pton`` parses, with no IPv6 scope (``%zone``).
+The core sends datagrams to those addresses, and the runtime's
+``sock.sendto`` raises ``TypeError`` (not ``OSError``) for a host with a
+NUL in it, so a looser check lets one reply crash the node.
+
+The one exception to the round trips is a body that re-encodes larger than it came: msgpack
 float 32 decodes to a Python float that packs as float 64, so an
 `UnknownRequest` or a `Response` near `MAX_BODY_BYTES` may not fit again.
 The core never re-encodes those, and `encode_*` refuses it with its
@@ -26,6 +33,7 @@ documented `ValueError`; the harness accepts exactly that case.
 from __future__ import annotations
 
 import math
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +61,28 @@ with atheris.instrument_imports(include=["dht", "identity"]):
     )
 
 MAX_LEN = wire.MAX_WIRE_DATAGRAM_BYTES + 64
+
+# Known bugs of dht/wire.py (owned elsewhere), tolerated here so that the CI
+# smoke run stays green until they are fixed; each has a strict xfail test
+# in tests/test_fuzz_regressions.py.  Whoever fixes one sets its flag to
+# False (the xfail then passes and fails strictly, as a reminder).
+#: The decoder accepts IPv6 addresses with a scope ("fe80::1%eth0", even
+#: "fe80::1%\x00", on which ``sock.sendto`` raises ``TypeError``).
+TOLERATE_SCOPED_IPV6 = True
+#: `get_providers_response` leaves out the last provider of an answer that
+#: fills the body to within 2 bytes of `MAX_BODY_BYTES`, which the decoder
+#: accepts: its room estimate counts a 3-byte array header where 1 byte is used.
+TOLERATE_PROVIDERS_ROOM = True
+
+
+def assert_sendable(addr: tuple[str, int]) -> None:
+    """The address is a plain numeric IP and port (module docstring)."""
+    host, port = addr
+    if TOLERATE_SCOPED_IPV6 and "%" in host:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socket.inet_pton(family, host)  # OSError: an address the socket layer does not take as given
+    assert 0 < port < 65536
 
 
 def _is_nan(value: object) -> bool:
@@ -109,20 +139,29 @@ def check_response(response: Response, data: bytes) -> None:
         assert back is stored
     with _declared():
         contacts = wire.parse_find_node_response(body)
+        for contact in contacts:
+            assert_sendable(contact.addr)
         back = _parse_back(msg_id, wire.find_node_response(msg_id, contacts), wire.parse_find_node_response)
         assert back == contacts
     with _declared():
         found = wire.parse_find_value_response(body)
+        if isinstance(found, tuple):
+            for contact in found:
+                assert_sendable(contact.addr)
         back = _parse_back(msg_id, wire.find_value_response(msg_id, found), wire.parse_find_value_response)
         assert back == found or _is_nan(found)
         assert type(back) is type(found)
     with _declared():
         addr = wire.parse_stun_response(body)
+        assert_sendable(addr)
         assert _parse_back(msg_id, wire.stun_response(msg_id, addr), wire.parse_stun_response) == addr
     with _declared():
         providers, contacts = wire.parse_get_providers_response(body)
         encoded = wire.get_providers_response(msg_id, providers, contacts)
         back = _parse_back(msg_id, encoded, wire.parse_get_providers_response)
+        if TOLERATE_PROVIDERS_ROOM and len(data) - wire.HEADER_BYTES > wire.MAX_BODY_BYTES - 2:
+            assert back[0] == providers[: len(back[0])] and back[1] == contacts
+            return
         assert back == (providers, contacts), f"{len(providers)} providers came back as {len(back[0])}"
 
 
