@@ -187,7 +187,7 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    """Every request shape and every reply shape, as our node sends them."""
+    """Every request shape and every reply shape, as our node sends them, and a datagram one byte too long."""
     msg_id, node, key = bytes(range(20)), bytes(range(20, 40)), bytes(range(40, 60))
     contacts = [Contact(node, ("192.0.2.1", 8468)), Contact(key, ("2001:db8::1", 7000))]
     requests: list[wire.Request] = [
@@ -209,6 +209,7 @@ def seeds() -> list[bytes]:
         wire.find_value_response(msg_id, b"\x00" * 40),
         wire.stun_response(msg_id, ("198.51.100.7", 40000)),
         wire.get_providers_response(msg_id, [b"a" * 100, b"b" * 1024], contacts),
+        bytes([wire.RESPONSE]) + msg_id + bytes(wire.MAX_BODY_BYTES + 1),
     ]
 
 
@@ -227,7 +228,7 @@ def mutator() -> MsgpackMutator:
         bytes(wire.MAX_DHT_VALUE_BYTES + 1),
         [bytes(20), "10.0.0.1", 0],
         [bytes(20), "10.0.0.1", 65536],
-        [b"p" * 400] * (wire.MAX_PROVIDERS_PER_ANSWER + 1),
+        [b"p"] * (wire.MAX_PROVIDERS_PER_ANSWER + 1),
     )
     return MsgpackMutator(headers=(wire.HEADER_BYTES,), values=(*names, *edges))
 

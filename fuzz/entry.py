@@ -33,11 +33,11 @@ from msgpack_mutator import MsgpackMutator
 use_checkout()
 
 with atheris.instrument_imports(include=["p2pblog", "identity"]):
-    from samples import FUZZ_AUTHOR, sample_entries
+    from samples import FUZZ_AUTHOR, T0_MS, sample_entries
 
     from identity import limits
     from identity.keys import SIGNATURE_BYTES
-    from p2pblog.entry import KINDS, decode_entry, encode_content, entry_id
+    from p2pblog.entry import KINDS, POST, decode_entry, encode_content, entry_id
     from p2pblog.errors import EntryError
 
 MAX_LEN = limits.MAX_ENTRY_BYTES + 64
@@ -63,9 +63,13 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    """Every sample entry, signed (the raw half) and as bare content (the signed half)."""
+    """Every sample entry, signed (the raw half) and as bare content (the signed half);
+    a post with a repeated mention, and an input one byte over the size limit."""
     raws = [entry.raw for entry in sample_entries()]
-    return raws + [raw[SIGNATURE_BYTES:] for raw in raws]
+    author = FUZZ_AUTHOR.public_key
+    repeated = encode_content(author, 1, None, T0_MS, POST, {"mentions": [author, author], "text": "hi"})
+    raws.append(FUZZ_AUTHOR.sign(repeated))
+    return [*raws, *(raw[SIGNATURE_BYTES:] for raw in raws), bytes(limits.MAX_ENTRY_BYTES + 1)]
 
 
 def mutator() -> MsgpackMutator:

@@ -11,8 +11,11 @@ are authenticated), so the first byte of an input picks one of two modes:
 * odd: **authenticated peer**.  A fixed initiator (`PEER`) completes the
   handshake first: messages 1 and 3 are replayed from a handshake done once
   at start-up (both ends' keys and randomness are fixed, so the responder's
-  message 2, and hence 3, are the same every run).  The rest of the input
-  is a program of records, each a tag byte then its operands:
+  message 2, and hence 3, are the same every run).  With bit 1 of the mode
+  byte set (`FORGED_PROOF`), the next 96 input bytes are the identity proof
+  the peer sends in message 3 instead (the handshake then runs for real, so
+  message 3 authenticates and the proof check itself is fuzzed).  The rest
+  of the input is a program of records, each a tag byte then its operands:
 
   ====  ====================================================================
   tag   record (``tag & 3``; ``tag & 0x80`` delivers the message in 2 halves)
@@ -76,7 +79,7 @@ NODE_RANDOM_SEED = 6
 TIME_STEP = 8.0
 MAX_LEN = 16 * 1024
 
-STRANGER, AUTHENTICATED = 0, 1
+STRANGER, AUTHENTICATED, FORGED_PROOF = 0, 1, 2
 PLAINTEXT, FULL_CHUNK, RAW, TIME = 0, 1, 2, 3
 FIRST_CHUNK_FLAG, SPLIT_FLAG = 0x04, 0x80
 
@@ -94,8 +97,10 @@ def new_responder() -> SecureChannel:
     )
 
 
-def _handshake_once() -> tuple[bytes, bytes, CipherState]:
-    """Messages 1 and 3 of `PEER`'s handshake with `new_responder`, and PEER's send cipher after it."""
+def handshake(node: SecureChannel, proof: bytes) -> tuple[bytes, bytes, CipherState]:
+    """Run `PEER`'s side of the handshake with ``node``, sending ``proof`` in message 3.
+
+    Returns messages 1 and 3 as sent, and PEER's send cipher."""
     peer = HandshakeState(
         initiator=True,
         prologue=PROLOGUE,
@@ -103,19 +108,18 @@ def _handshake_once() -> tuple[bytes, bytes, CipherState]:
         ephemeral=PEER_EPHEMERAL,
         random_bytes=random.Random(0).randbytes,
     )
-    node = new_responder()
     message1 = prefixed(peer.write_message(b""))
     node.receive_data(message1, 0.0)
     message2 = node.data_to_send()
     peer.read_message(message2[LENGTH_PREFIX_BYTES:])
-    message3 = prefixed(peer.write_message(identity_proof(PEER, PEER_STATIC.public)))
+    message3 = prefixed(peer.write_message(proof))
     node.receive_data(message3, 0.0)
-    assert node.next_event() == HandshakeCompleted(PEER.public_key)
     to_responder, _ = peer.split()
     return message1, message3, to_responder
 
 
-MESSAGE1, MESSAGE3, PEER_SEND_CIPHER = _handshake_once()
+PEER_PROOF = identity_proof(PEER, PEER_STATIC.public)
+MESSAGE1, MESSAGE3, PEER_SEND_CIPHER = handshake(new_responder(), PEER_PROOF)
 
 
 def honest_chunks(payload: bytes) -> list[bytes]:
@@ -183,12 +187,21 @@ def run_stranger(data: bytes) -> None:
     assert observer.failed
 
 
-def run_authenticated(program: bytes) -> None:
+def run_authenticated(program: bytes, *, forged: bool) -> None:
     observer = Observer(new_responder())
-    observer.feed(MESSAGE1)
-    observer.feed(MESSAGE3)
-    assert observer.opened
-    cipher = copy.copy(PEER_SEND_CIPHER)
+    if forged:
+        proof = program[: len(PEER_PROOF)].ljust(len(PEER_PROOF), b"\x00")
+        program = program[len(PEER_PROOF) :]
+        _, _, cipher = handshake(observer.channel, proof)
+        observer.drain()
+        # Only the real proof opens the channel: another one that verifies would be a
+        # forged or malleable Ed25519 signature, or a proof not bound to PEER_STATIC.
+        assert observer.opened == (proof == PEER_PROOF) and observer.failed != observer.opened
+    else:
+        observer.feed(MESSAGE1)
+        observer.feed(MESSAGE3)
+        assert observer.opened
+        cipher = copy.copy(PEER_SEND_CIPHER)
     pos = 0
     while pos < len(program) and not observer.failed:
         tag = program[pos]
@@ -222,7 +235,7 @@ def check(data: bytes) -> None:
     if not data or data[0] & 1 == STRANGER:
         run_stranger(data[1:])
     else:
-        run_authenticated(data[1:])
+        run_authenticated(data[1:], forged=bool(data[0] & FORGED_PROOF))
 
 
 def _plaintext_record(plaintext: bytes) -> bytes:
@@ -244,6 +257,8 @@ def seeds() -> list[bytes]:
         bytes([AUTHENTICATED]) + keepalive + bytes([TIME | 4 << 2]) + small + bytes([TIME | 20 << 2]),
         bytes([AUTHENTICATED]) + big + tail,
         bytes([AUTHENTICATED, RAW, 3, 0, 20, 1]) + small,
+        bytes([AUTHENTICATED | FORGED_PROOF]) + PEER_PROOF + small,
+        bytes([AUTHENTICATED | FORGED_PROOF]) + PEER_PROOF[:-1] + b"\x00" + small,
     ]
 
 
