@@ -41,8 +41,9 @@ def test_find_node_answer_with_a_nul_scoped_ipv6_contact_is_refused() -> None:
 
 
 def test_the_socket_layer_refuses_a_nul_scoped_address_with_a_type_error() -> None:
-    """Why the finding above is a crash: ``NodeDriver.flush`` catches only ``OSError``."""
-    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    """Why the finding above is a crash: ``NodeDriver.flush`` catches only ``OSError``,
+    and an IPv4 node's socket (the usual one) raises the same ``TypeError``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock, pytest.raises(TypeError):
         sock.sendto(b"x", ("fe80::1%\x00", 4000))
 
