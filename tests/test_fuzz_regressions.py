@@ -14,9 +14,12 @@ from random import Random
 
 import msgpack
 import pytest
+import trio
 
 from dht import DhtCore, wire
 from dht.ids import Contact
+from identity import Identity
+from identity.records import PEER, RecordError, create_record, decode_record
 
 MSG_ID = bytes(range(20))
 NODE_ID = bytes(range(20, 40))
@@ -101,3 +104,26 @@ def test_a_full_get_providers_answer_round_trips() -> None:
     again = wire.decode_datagram(wire.get_providers_response(MSG_ID, providers, contacts))
     assert isinstance(again, wire.Response)
     assert wire.parse_get_providers_response(again.body) == (providers, contacts)
+
+
+# Not found by a harness (signed records are not fuzzed yet): the same class of bug,
+# seen while checking where addresses from peers end up.
+
+
+def test_trio_refuses_an_empty_hostname_label_with_a_unicode_error() -> None:
+    """Why the record below matters: ``NodeDriver._dial`` catches only ``OSError``."""
+    with pytest.raises(UnicodeError):
+        trio.run(trio.open_tcp_stream, "..", 9)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="identity/records.py accepts any 1..255-character host in a signed peer record; "
+    "dialling '..' raises UnicodeError (not OSError) in trio.open_tcp_stream, which "
+    "NodeDriver._dial does not catch",
+)
+def test_a_peer_record_with_an_undialable_host_is_refused() -> None:
+    author = Identity(bytes(32))
+    record = create_record(author, type=PEER, seq=1, expires=2**40, addrs=[("tcp", "..", 7000)])
+    with pytest.raises(RecordError):
+        decode_record(record.raw, now=None)
