@@ -5,19 +5,21 @@ Theory of operation
 A harness is a module ``fuzz/<name>.py`` with a ``check(data: bytes)``
 function (the contract: returns, or raises ``AssertionError`` or any
 undeclared exception, which atheris reports as a crash), a ``seeds()``
-function (valid inputs to start from) and a ``main()`` that hands both to
-`run`.  `run` does what they all share:
+function (valid inputs to start from) and a ``main()`` that hands both,
+and for msgpack inputs a custom mutator (``fuzz/msgpack_mutator.py``), to
+`run`.  Every harness goes through the same steps:
 
-1. It puts the checkout that holds this file first on ``sys.path``, so a
-   harness fuzzes the code beside it, not whatever copy of p2pblog the
-   virtualenv has installed (worktrees share one venv).
-2. It imports the modules under test inside ``atheris.instrument_imports``
-   (done by the harness, which names them) so atheris sees their branches.
-3. It adds the default flags of `DEFAULT_FLAGS` and the harness's
+1. `use_checkout` puts the checkout that holds this file first on
+   ``sys.path``, so a harness fuzzes the code beside it, not whatever copy
+   of p2pblog the virtualenv has installed (worktrees share one venv).
+2. The harness imports the modules under test inside
+   ``atheris.instrument_imports``, naming their packages, so atheris sees
+   their branches (and not the standard library's).
+3. `run` adds the default flags of `DEFAULT_FLAGS` and the harness's
    ``-max_len`` unless the command line already sets them: every input is
    bounded in size, time (``-timeout``) and memory (``-rss_limit_mb``), so
    "unbounded memory or time" shows up as a libFuzzer crash, not a hung run.
-4. It writes the harness's seeds, made from the current code's valid
+4. `run` writes the harness's seeds, made from the current code's valid
    encodings (so they never go stale), to ``fuzz/.seeds/<name>`` at every
    start and adds that directory after the corpus directories of the
    command line, or after ``fuzz/.corpus/<name>`` when there are none
@@ -48,7 +50,7 @@ CRASH_DIR: Final = FUZZ_DIR / ".crashes"
 
 #: Flags every harness runs with unless the command line gives its own value.
 #: The slowest input (a Noise handshake, then a 1 MiB frame) takes tens of
-#: milliseconds, so ten seconds is a hang; 1 GiB is ten times a harness's RSS.
+#: milliseconds, so ten seconds is a hang; 1 GiB is twenty times a harness's peak RSS.
 DEFAULT_FLAGS: Final = ("-timeout=10", "-rss_limit_mb=1024")
 
 
