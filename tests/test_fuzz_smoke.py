@@ -29,7 +29,7 @@ from typing import Final
 import pytest
 
 ROOT: Final = Path(__file__).resolve().parent.parent
-HARNESSES: Final = ("entry", "dht_wire", "gossip_messages", "feedfile", "gossip_channel")
+HARNESSES: Final = ("entry", "dht_wire", "gossip_messages", "feedfile", "gossip_channel", "records")
 #: Fuzzing time of each harness (they run in parallel), after its seeds.
 SMOKE_SECONDS: Final = 5
 #: libFuzzer's seed: the same mutations on every CI run, as far as the time bound allows.
