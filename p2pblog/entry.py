@@ -257,7 +257,9 @@ def decode_entry(signed: bytes, *, check_signature: bool = True) -> Entry:
     """Decode and validate signed entry bytes from anywhere outside this process.
 
     Raises only `EntryError` subclasses.  ``check_signature=False`` is for
-    bytes this node already verified (its own store); never for a peer's.
+    bytes this node already verified (its own store), or for the cheap checks
+    before the expensive one (mention admission, ``import``'s fork check),
+    whose caller verifies the signature before it trusts or stores anything.
     """
     if not isinstance(signed, bytes | bytearray | memoryview):
         raise EntryDecodeError("an entry is bytes")
