@@ -605,6 +605,12 @@ class NodeService:
             "records": len(core.dht.records),
             "peers": peers,
             "connections": replicator.connection_count,
+            "admission": {
+                **replicator.admission(unix_now()),
+                "peer_feeds": replicator.peer_feed_budget.used,
+                "peer_feeds_max": replicator.peer_feed_budget.limit,
+                "peer_feeds_refused": replicator.peer_feed_budget.refused,
+            },
             "feeds": feeds,
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),

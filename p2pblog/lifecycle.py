@@ -35,6 +35,7 @@ from typing import Final
 
 from dht import BootstrapFinished, DhtCore
 from dht.ids import Address
+from identity.errors import LocalProtocolError
 from p2pblog.events import JoinFinished, RecordPublished, StartupFinished
 from p2pblog.own_records import OwnRecords
 from p2pblog.replication import Replicator
@@ -118,7 +119,14 @@ class Lifecycle:
         self.events.append(StartupFinished(event.seq, event.stored_at, self._publish_tries + 1))
 
     def _publish(self, now: float) -> None:
-        self._publish_query = self.records.publish_peer(now)
+        try:
+            self._publish_query = self.records.publish_peer(now)
+        except LocalProtocolError:
+            # Our own DHT store refused the record (counted by OwnRecords, which retries
+            # it); the start-up retries go on as if no node stored it.
+            if self._publish_tries < len(PUBLISH_RETRY):
+                self.publish_at = now + PUBLISH_RETRY[self._publish_tries]
+                self._publish_tries += 1
 
     def save_contacts(self) -> None:
         """Save the routing table's contacts, and the gossip peers' scores and bans."""

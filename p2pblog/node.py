@@ -167,7 +167,7 @@ class NodeCore:
         self.admission = MentionAdmission(
             identity, self.store, self.replicator, self.mention_stats, mention_work
         )
-        self.lifecycle = Lifecycle(self.store, self.dht, self.records)
+        self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
         #: The DHT keys this node cares about (`dht.records.Capacity`'s priority): a full
         #: store evicts strangers' values for them, never them for strangers' values.
         self._priority_records: frozenset[bytes] = frozenset()

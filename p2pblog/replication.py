@@ -147,6 +147,7 @@ from gossip.session import (
     MentionAcked,
     MentionReceived,
     MessageDropped,
+    PeerFeedBudget,
     PeerMisbehaved,
     SessionFailed,
     SessionState,
@@ -163,7 +164,7 @@ from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
-from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError
+from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError, StorageFull
 from p2pblog.scoring import (
     DELIVERY_CREDIT,
     MAX_SUBJECTS,
@@ -177,6 +178,8 @@ from p2pblog.store import Store
 
 #: Seconds between connection-maintenance passes.
 MAINTAIN_EVERY: Final = 10.0
+#: Seconds before a feed whose entries a full disk refused is asked for again.
+STORAGE_RETRY: Final = 60.0
 #: Outbound connections (dials in progress and sessions we dialled): a budget of
 #: their own, which inbound connections never use.
 MAX_OUTBOUND: Final = 16
@@ -393,6 +396,8 @@ class Replicator:
         self._dirty: dict[int, None] = {}
         self._outbox: dict[int, None] = {}
         self._deadlines: dict[int, float] = {}
+        #: Feeds named by peers that we neither want nor hold, across all sessions.
+        self.peer_feed_budget = PeerFeedBudget()
         #: Feeds whose entries we refused as stamped ahead of our clock -> when to ask
         #: again (one per followed feed at most).
         self._ask_again: dict[bytes, float] = {}
@@ -480,9 +485,10 @@ class Replicator:
         return [(_kind(c), c.ip, c.net, c.since) for c in self._conns.values() if not c.closing]
 
     def save_scores(self) -> None:
-        """Save the score table (`p2pblog.lifecycle` calls this with the contacts, and at close)."""
-        self.store.save_peer_scores(self.scores.rows())
-        self._scores_dirty = False
+        """Save the score table (`p2pblog.lifecycle` calls this with the contacts, and at close);
+        on a full disk it stays to be saved at the next chance."""
+        if self.store.save_peer_scores(self.scores.rows()):
+            self._scores_dirty = False
 
     def is_connected(self, peer: bytes) -> bool:
         return peer in self._by_peer
@@ -1052,7 +1058,7 @@ class Replicator:
         if conn.outbound:
             self.book.learn(peer, *conn.addr)
         self.book.connected(peer, now)
-        conn.session = GossipSession(self.source, eager=True, now=now)
+        conn.session = GossipSession(self.source, eager=True, now=now, peer_feed_budget=self.peer_feed_budget)
         conn.session.connection_made(now)
         self._events.append(PeerConnected(peer, conn.addr, conn.outbound))
 
@@ -1107,7 +1113,17 @@ class Replicator:
                 fault = ("entries.malformed", "entries do not match their header")
                 break
             entries.append(entry)
-        report = self.store.ingest_entries(entries, now_ms=int(now * 1000))
+        before = self.store.latest_seq(event.feed)
+        try:
+            report = self.store.ingest_entries(entries, now_ms=int(now * 1000))
+        except StorageFull:
+            # Not the peer's fault: what was committed stays; ask again when there may be room.
+            self.stats["entries.refused_storage_full"] += len(entries)
+            session.entries_stored(event.feed, now)
+            self._ask_again[event.feed] = now + STORAGE_RETRY
+            if self.store.latest_seq(event.feed) > before:
+                self._feed_grew(conn, event.feed, now)
+            return
         if fault is not None:
             self._peer_fault(conn, session, *fault, now)
         elif isinstance(report.error, EntryFromFuture):
@@ -1124,10 +1140,7 @@ class Replicator:
         if report.duplicates and self.prune_duplicates and session.state is SessionState.OPEN:
             session.request_push(event.feed, False, now)
         if report.accepted:
-            for other in self._conns.values():
-                if other is not conn and other.session is not None and not other.closing:
-                    other.session.feed_updated(event.feed, now)
-            self._touch_sessions(besides=conn)
+            self._feed_grew(conn, event.feed, now)
             assert conn.peer is not None
             self.scores.credit(conn.peer, DELIVERY_CREDIT, now)
             conn.useful = True
@@ -1136,6 +1149,13 @@ class Replicator:
         for feed, _ in report.fork_seqs:
             self.stats["forks.found"] += 1
             self._fork_found(feed, now)
+
+    def _feed_grew(self, conn: _Conn, feed: bytes, now: float) -> None:
+        """We stored new entries of feed from conn: announce them to the other sessions."""
+        for other in self._conns.values():
+            if other is not conn and other.session is not None and not other.closing:
+                other.session.feed_updated(feed, now)
+        self._touch_sessions(besides=conn)
 
     def _peer_fault(self, conn: _Conn, session: GossipSession, reason: str, detail: str, now: float) -> None:
         self.stats[reason] += 1
@@ -1159,7 +1179,8 @@ class Replicator:
             self._penalize(conn, Offence.MISBEHAVED, now)
             return
         for entry in pair:
-            with contextlib.suppress(EntryError):  # e.g. we do not hold the feed up to that seq
+            # e.g. we do not hold the feed up to that seq; a full disk: the proof comes again
+            with contextlib.suppress(EntryError, StorageFull):
                 self.store.ingest(entry.raw, now_ms=int(now * 1000))
         if self.store.feed_state(event.feed).forked_seq is not None:
             self._fork_found(event.feed, now)

@@ -198,6 +198,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+#: Gossip peers whose listen address is kept (`save_peer`), the most recently connected.
+MAX_SAVED_PEERS: Final = 1024
 
 
 class Ingested(enum.Enum):
@@ -921,6 +923,12 @@ class Store:
                 "INSERT OR REPLACE INTO gossip_peers (public_key, host, port, last_connected) "
                 "VALUES (?, ?, ?, ?)",
                 (public_key, host, port, last_connected),
+            )
+            # Bounded: the least recently connected go first.
+            self._db.execute(
+                "DELETE FROM gossip_peers WHERE public_key NOT IN "
+                "(SELECT public_key FROM gossip_peers ORDER BY last_connected DESC LIMIT ?)",
+                (MAX_SAVED_PEERS,),
             )
         return bool(saved)
 
