@@ -23,7 +23,8 @@ figure's median over the rounds, side by side, with the targets:
   author's peer record (``lookup``; in a network this small every node holds
   every record, so this shows the victim's own DHT still works), and an
   honest host (127.0.0.1, a fresh socket) asks the victim for the victim's
-  own peer record with FIND_VALUE: answered within `PROBE_TIMEOUT` seconds, up to
+  own peer record with FIND_VALUE, answering the victim's verification
+  ping as any node does: answered within `PROBE_TIMEOUT` seconds, up to
   `PROBE_TRIES` tries (the victim still serves honest lookups).
 
 The victim's CPU seconds over the run and the load average are reported
@@ -73,13 +74,14 @@ def progress(message: str) -> None:
 def probe_find_value(dht: tuple[str, int], key: bytes) -> float | None:
     """Seconds until the node at dht answers FIND_VALUE(key) with a value; None if it never does."""
     rng = os.urandom
+    node_id = rng(20)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(PROBE_TIMEOUT)
         t0 = time.perf_counter()
         for _ in range(PROBE_TRIES):
             msg_id = rng(wire.MSG_ID_BYTES)
-            s.sendto(wire.encode_request(wire.FindValue(msg_id, rng(20), key)), ("127.0.0.1", dht[1]))
+            s.sendto(wire.encode_request(wire.FindValue(msg_id, node_id, key)), ("127.0.0.1", dht[1]))
             deadline = time.monotonic() + PROBE_TIMEOUT
             while time.monotonic() < deadline:
                 try:
@@ -89,6 +91,9 @@ def probe_find_value(dht: tuple[str, int], key: bytes) -> float | None:
                 try:
                     message = wire.decode_datagram(data)
                 except wire.WireError:
+                    continue
+                if isinstance(message, wire.Ping):  # the node verifies us, as any honest node answers
+                    s.sendto(wire.ping_response(message.msg_id, node_id), ("127.0.0.1", dht[1]))
                     continue
                 if isinstance(message, wire.Response) and message.msg_id == msg_id:
                     found = wire.parse_find_value_response(message.body)

@@ -626,6 +626,8 @@ class NodeService:
             "counters": {
                 **{f"gossip.{k}": v for k, v in sorted(gossip_counters.items())},
                 **{f"dht.{k}": v for k, v in sorted(core.dht.stats.items())},
+                **{f"dht.records.store.{k}": v for k, v in sorted(core.dht.records.stats.items())},
+                **{f"dht.providers.store.{k}": v for k, v in sorted(core.dht.providers.stats.items())},
                 **{f"runtime.{k}": v for k, v in sorted(self.driver.stats.items())},
                 **{f"control.{k}": v for k, v in sorted((control.counts if control else {}).items())},
                 "log.suppressed": self.limiter.suppressed,
