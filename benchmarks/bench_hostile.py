@@ -5,7 +5,8 @@
 Each run starts real ``p2pblog run`` processes on 127.0.0.1: a seed, an
 author, and the *victim* (which follows the author).  In the ``attack`` runs
 `hostile_load.py` (its own process, so its CPU is not the victim's; one
-host: every socket bound to 127.0.0.66, the honest nodes are on 127.0.0.1) attacks
+host: every socket bound to 127.66.0.1, the honest nodes are on 127.0.0.1,
+another network: a network that misbehaves is banned as a whole) attacks
 the victim for ``--duration`` seconds with every attack of the issue at once:
 DHT provider/record flooding, refreshes, table poisoning and amplification
 probes from 64 rotating source ports, 150 idle gossip connections, fresh keys

@@ -1,10 +1,10 @@
-"""A bounded hostile load against one ``p2pblog run`` node, from one host (127.0.0.66).
+"""A bounded hostile load against one ``p2pblog run`` node, from one host (127.66.0.1).
 
 Run by ``bench_hostile.py`` as its own process (so its CPU is not the
 victim's), for ``--duration`` seconds; every loop is bounded in count and
 time, and it only ever sends to the 127.0.0.1 addresses it is given.  At the
 end it writes what it sent and received to ``--stats`` (JSON).  Every socket
-is bound to ``--source`` (default 127.0.0.66), so the attacker is one host
+is bound to ``--source`` (default 127.66.0.1), so the attacker is one host
 and the honest nodes on 127.0.0.1 are others, as on a real network.
 
 The attacks, all at once (issue "Survive strangers"):
@@ -61,7 +61,7 @@ CLOCK_FEEDS = 65_536
 CLOCK_SESSIONS = 20
 CONTROL_CONNECTIONS = 1_100
 #: The attacker's address (set from --source).
-SOURCE = ["127.0.0.66"]
+SOURCE = ["127.66.0.1"]
 #: Shares of the DHT mix, out of 100.
 MIX = (
     ("provider", 35),
@@ -320,7 +320,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1500.0, help="DHT datagrams per second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--stats", required=True)
-    parser.add_argument("--source", default="127.0.0.66", help="the attacker's address (in 127.0.0.0/8)")
+    parser.add_argument("--source", default="127.66.0.1", help="the attacker's address (in 127.0.0.0/8)")
     args = parser.parse_args()
     if not args.source.startswith("127."):
         parser.error("--source must be in 127.0.0.0/8")
