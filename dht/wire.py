@@ -367,12 +367,12 @@ def get_providers_response(
     limit = MAX_BODY_BYTES if max_bytes is None else min(MAX_BODY_BYTES, max_bytes - HEADER_BYTES)
     empty = len(_pack({"providers": [], "nodes": []}))
     nodes = _fit_contacts(contacts, None if max_bytes is None else limit - empty + 1)
-    # Room left once the empty shape is packed; 2 more bytes for the array
-    # header, which grows from fixarray (1 byte) to array 16 (3 bytes) at 16.
-    room = limit - len(_pack({"providers": [], "nodes": nodes})) - 2
+    # Room left once the empty shape (a 1-byte fixarray header) is packed.
+    room = limit - len(_pack({"providers": [], "nodes": nodes}))
     chosen: list[bytes] = []
     for value in providers[:MAX_PROVIDERS_PER_ANSWER]:
-        size = len(_pack(value))
+        # The 16th value grows the header from fixarray (1 byte) to array 16 (3 bytes).
+        size = len(_pack(value)) + _array_header(len(chosen) + 1) - _array_header(len(chosen))
         if size > room:
             break
         chosen.append(value)

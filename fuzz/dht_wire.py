@@ -72,7 +72,7 @@ TOLERATE_SCOPED_IPV6 = False
 #: `get_providers_response` leaves out the last provider of an answer that
 #: fills the body to within 2 bytes of `MAX_BODY_BYTES`, which the decoder
 #: accepts: its room estimate counts a 3-byte array header where 1 byte is used.
-TOLERATE_PROVIDERS_ROOM = True
+TOLERATE_PROVIDERS_ROOM = False
 
 
 def assert_sendable(addr: tuple[str, int]) -> None:
