@@ -19,7 +19,7 @@ import trio
 from dht import DhtCore, wire
 from dht.ids import Contact
 from identity import Identity
-from identity.records import PEER, RecordError, create_record, decode_record
+from identity.records import FORMAT_VERSION, PEER, RecordError, create_record, decode_record
 
 MSG_ID = bytes(range(20))
 NODE_ID = bytes(range(20, 40))
@@ -140,15 +140,56 @@ def test_trio_refuses_an_empty_hostname_label_with_a_unicode_error() -> None:
         trio.run(trio.open_tcp_stream, "..", 9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="identity/records.py accepts any 1..255-character host in a signed peer record; "
-    "dialling '..' raises UnicodeError (not OSError) in trio.open_tcp_stream, which "
-    "NodeDriver._dial does not catch; sendto to a host with a NUL raises TypeError",
-)
-@pytest.mark.parametrize(("proto", "host"), [("tcp", ".."), ("udp", "\x01\x00\x00\x000.2.1")])
-def test_a_peer_record_with_an_undialable_host_is_refused(proto: str, host: str) -> None:
+def _signed_peer_record(addrs: list[list[object]]) -> bytes:
+    """A peer record signed as `create_record` would, without its checks."""
     author = Identity(bytes(32))
-    record = create_record(author, type=PEER, seq=1, expires=2**40, addrs=[(proto, host, 7000)])
+    content = msgpack.packb([FORMAT_VERSION, PEER, author.public_key, 1, 2**40, {"addrs": addrs}])
+    return author.sign(content)
+
+
+@pytest.mark.parametrize(
+    ("proto", "host"),
+    [
+        ("tcp", ".."),  # found by hand
+        ("udp", "\x01\x00\x00\x000.2.1"),  # found by fuzz/records.py
+        ("tcp", "a" * 64),  # a label over 63 characters
+        ("tcp", "x." * 127 + "x"),  # 255 characters of valid labels, over 253
+        ("tcp", "example.com."),
+        ("tcp", "-a.example"),
+        ("tcp", "a-.example"),
+        ("tcp", "a_b.example"),
+        ("tcp", "bücher.example"),
+        ("tcp", "host\x00"),
+        ("udp", "fe80::1%eth0"),
+        ("udp", "fe80::1%\x00"),
+        ("udp", "192.0.2.1\n"),
+    ],
+)
+def test_a_peer_record_with_an_undialable_host_is_refused(proto: str, host: str) -> None:
+    """Was: any 1..255-character host passed; dialling ``'..'`` raises ``UnicodeError``
+    (not ``OSError``) in ``trio.open_tcp_stream``, and ``sendto`` to a host with a NUL
+    raises ``TypeError``."""
     with pytest.raises(RecordError):
-        decode_record(record.raw, now=None)
+        decode_record(_signed_peer_record([[proto, host, 7000]]), now=None)
+    with pytest.raises(RecordError):
+        create_record(Identity(bytes(32)), type=PEER, seq=1, expires=2**40, addrs=[(proto, host, 7000)])
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "h",
+        "node-1.example.org",
+        "xn--bcher-kva.example",
+        "A" * 63,
+        "x." * 126 + "x",
+        "192.0.2.1",
+        "2001:db8::1",
+        "fe80::1",
+        "::ffff:192.0.2.1",
+    ],
+)
+def test_a_peer_record_with_an_ip_or_a_host_name_is_kept(host: str) -> None:
+    record = decode_record(_signed_peer_record([["tcp", host, 7000]]), now=None)
+    assert record.addrs == (("tcp", host, 7000),)
