@@ -10,6 +10,7 @@ which keeps the CI smoke run green meanwhile).
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from random import Random
 
 import msgpack
@@ -20,6 +21,8 @@ from dht import DhtCore, wire
 from dht.ids import Contact
 from identity import Identity
 from identity.records import FORMAT_VERSION, PEER, RecordError, create_record, decode_record
+from p2pblog.runtime import RECV_BYTES, UdpDriver
+from tests.test_runtime import HOST, MemoryNet, Node, join, run
 
 MSG_ID = bytes(range(20))
 NODE_ID = bytes(range(20, 40))
@@ -193,3 +196,84 @@ def test_a_peer_record_with_an_undialable_host_is_refused(proto: str, host: str)
 def test_a_peer_record_with_an_ip_or_a_host_name_is_kept(host: str) -> None:
     record = decode_record(_signed_peer_record([["tcp", host, 7000]]), now=None)
     assert record.addrs == (("tcp", host, 7000),)
+
+
+# The runtime's backstop: an address the socket layer refuses with something other than
+# OSError, should one ever get past the decoders above, is a lost datagram or a failed
+# dial, counted and reported, never an exception that stops the node.
+
+
+def test_a_datagram_to_an_address_sendto_refuses_with_a_type_error_is_a_counted_drop() -> None:
+    """Was: the ``TypeError`` left the flush (re-raised in strict mode; otherwise an
+    internal error that also lost every datagram and event queued after it)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with listener, udp:
+        listener.bind((HOST, 0))
+        listener.settimeout(5)
+        udp.bind((HOST, 0))
+        reported: list[tuple[str, Exception]] = []
+        core = DhtCore(bytes([9]) * 20, Random(0), 0.0)
+        driver = UdpDriver(
+            core, udp, clock=lambda: 0.0, on_internal_error=lambda k, e: reported.append((k, e)), strict=True
+        )
+        # A seed is the user's input, not a peer's: the one way left to queue such an address.
+        core.bootstrap([("fe80::1%\x00", 4000), listener.getsockname()], 0.0)
+        driver.flush()
+        assert driver.stats["send_error.TypeError"] == 1
+        assert not driver.internal_errors
+        assert [(kind, type(exc)) for kind, exc in reported] == [("send", TypeError)]
+        data, _ = listener.recvfrom(RECV_BYTES)  # the datagram queued after it still went out
+        assert isinstance(wire.decode_datagram(data), wire.Ping)
+
+
+class UndialableNet(MemoryNet):
+    """A `MemoryNet` whose dials to `undialable` fail as ``trio.open_tcp_stream("..", port)``
+    does: with ``UnicodeError``, not ``OSError``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undialable: set[tuple[str, int]] = set()
+
+    async def connect(self, source: tuple[str, int], target: tuple[str, int]) -> trio.abc.Stream:
+        if target in self.undialable:
+            await trio.lowlevel.checkpoint()
+            self.dials.append((source, target))
+            raise UnicodeError("encoding with 'idna' codec failed (UnicodeError: label empty or too long)")
+        return await super().connect(source, target)
+
+
+def test_a_dial_that_raises_a_unicode_error_is_a_counted_failed_dial(tmp_path: Path) -> None:
+    """Was: the ``UnicodeError`` left ``NodeDriver._dial``, a task of the driver's
+    nursery, and stopped the node."""
+
+    async def main() -> None:
+        net = UndialableNet()
+        a, b = Node(tmp_path, 11, net), Node(tmp_path, 12, net)
+        undialable = (HOST, 1)
+        net.undialable.add(undialable)
+        a.addrs = [("udp", *a.udp), ("tcp", *undialable)]
+        try:
+            async with trio.open_nursery() as nursery:
+                a.start(nursery)
+                b.start(nursery)
+                await join(a, b)
+                b.command(lambda now: b.core.follow(a.key, now))
+                await b.core.wait_until(
+                    lambda: (
+                        len(b.core.dials) >= 2
+                        and all(b.core.inputs("failed", cid) for _, cid, _, _ in b.core.dials)
+                    )
+                )
+                assert all((host, port) == undialable for _, _, host, port in b.core.dials)
+                assert b.driver.stats["dial_error.UnicodeError"] == len(b.core.dials)
+                assert not b.driver.internal_errors and b.driver.connections == 0
+                with trio.fail_after(1):
+                    await a.stop()
+                    await b.stop()
+        finally:
+            for node in (a, b):
+                node.driver.close()
+                node.store.close()
+
+    run(main)
