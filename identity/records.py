@@ -157,7 +157,8 @@ class Record:
 
 def check_host(host: object) -> str:
     """``host`` if a node can dial it: an IP address without an IPv6 zone, or a host
-    name of valid labels (`HOSTNAME_LABEL_RE`, at most `MAX_HOSTNAME_CHARS`).
+    name of valid labels (`HOSTNAME_LABEL_RE`, at most `MAX_HOSTNAME_CHARS` before an
+    optional final dot).
 
     Anything else is refused with `RecordError`: a signed record is a stranger's
     input, and the runtime only expects `OSError` from a dial or a send;
@@ -174,8 +175,11 @@ def check_host(host: object) -> str:
             pass
         else:
             return host
-    labels = host.split(".")
-    if len(host) <= MAX_HOSTNAME_CHARS and all(HOSTNAME_LABEL_RE.fullmatch(label) for label in labels):
+    # A fully qualified name may end in the root's empty label ("example.org."), as
+    # `p2pblog run --advertise` allows.
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if len(name) <= MAX_HOSTNAME_CHARS and all(HOSTNAME_LABEL_RE.fullmatch(label) for label in labels):
         return host
     raise RecordError("an address host is an IP address without a zone or a host name")
 

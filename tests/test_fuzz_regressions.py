@@ -157,7 +157,8 @@ def _signed_peer_record(addrs: list[list[object]]) -> bytes:
         ("udp", "\x01\x00\x00\x000.2.1"),  # found by fuzz/records.py
         ("tcp", "a" * 64),  # a label over 63 characters
         ("tcp", "x." * 127 + "x"),  # 255 characters of valid labels, over 253
-        ("tcp", "example.com."),
+        ("tcp", "example.com.."),
+        ("tcp", "."),
         ("tcp", "-a.example"),
         ("tcp", "a-.example"),
         ("tcp", "a_b.example"),
@@ -187,6 +188,8 @@ def test_a_peer_record_with_an_undialable_host_is_refused(proto: str, host: str)
         "xn--bcher-kva.example",
         "A" * 63,
         "x." * 126 + "x",
+        "x." * 127,  # 253 characters and the root's dot
+        "node-1.example.org.",
         "192.0.2.1",
         "2001:db8::1",
         "fe80::1",
