@@ -70,7 +70,9 @@ refuses any larger datagram, so answers obey the same bound.
 Decoding is bounded and total: `decode_datagram` and the ``parse_*``
 functions raise `WireError` (a `ValueError`) and nothing else for any input,
 however malformed.  They validate shapes once, here at the boundary, so the
-core works with typed values.
+core works with typed values.  An address a peer gives is a plain numeric IP
+that a socket takes as given: never a host name, never an IPv6 zone (the
+``%eth0`` of RFC 4007; with a NUL in it ``sendto`` raises `TypeError`).
 """
 
 from __future__ import annotations
@@ -365,12 +367,12 @@ def get_providers_response(
     limit = MAX_BODY_BYTES if max_bytes is None else min(MAX_BODY_BYTES, max_bytes - HEADER_BYTES)
     empty = len(_pack({"providers": [], "nodes": []}))
     nodes = _fit_contacts(contacts, None if max_bytes is None else limit - empty + 1)
-    # Room left once the empty shape is packed; 2 more bytes for the array
-    # header, which grows from fixarray (1 byte) to array 16 (3 bytes) at 16.
-    room = limit - len(_pack({"providers": [], "nodes": nodes})) - 2
+    # Room left once the empty shape (a 1-byte fixarray header) is packed.
+    room = limit - len(_pack({"providers": [], "nodes": nodes}))
     chosen: list[bytes] = []
     for value in providers[:MAX_PROVIDERS_PER_ANSWER]:
-        size = len(_pack(value))
+        # The 16th value grows the header from fixarray (1 byte) to array 16 (3 bytes).
+        size = len(_pack(value)) + _array_header(len(chosen) + 1) - _array_header(len(chosen))
         if size > room:
             break
         chosen.append(value)
@@ -475,18 +477,27 @@ def _check_addr(host: object, port: object) -> Address:
         raise WireError("ip too long")
     if not _is_ip(host):
         # kademlia says "only IP addresses are acceptable - hostnames will cause an error".
-        raise WireError("not an IP address")
+        raise WireError("not an IP address without a scope")
     return (host, port)
 
 
 @functools.lru_cache(maxsize=4096)
 def _is_ip(host: str) -> bool:
+    """True for a plain numeric IP, one a socket takes as given.
+
+    `ipaddress` also accepts an IPv6 zone (RFC 4007: ``"fe80::1%eth0"``) of any
+    characters, ``"fe80::1%\\x00"`` too, and ``sock.sendto`` raises `TypeError`
+    (not `OSError`) for that one.  A zone names an interface of the *peer's*
+    host, meaningless on ours, so an address with one is malformed.
+    """
     # Cached: a find_node answer carries up to k addresses, mostly ones seen before.
+    if "%" in host:
+        return False
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return True
+    return getattr(ip, "scope_id", None) is None
 
 
 def parse_contacts(body: Any) -> tuple[Contact, ...]:
@@ -504,7 +515,7 @@ def parse_contacts(body: Any) -> tuple[Contact, ...]:
         if type(host) is not str or type(port) is not int or not 0 < port < 65536 or len(host) > 45:
             _check_addr(host, port)
         elif not _is_ip(host):
-            raise WireError("not an IP address")
+            raise WireError("not an IP address without a scope")
         out.append(Contact(node_id, (host, port)))
     return tuple(out)
 

@@ -68,11 +68,11 @@ MAX_LEN = wire.MAX_WIRE_DATAGRAM_BYTES + 64
 # False (the xfail then passes and fails strictly, as a reminder).
 #: The decoder accepts IPv6 addresses with a scope ("fe80::1%eth0", even
 #: "fe80::1%\x00", on which ``sock.sendto`` raises ``TypeError``).
-TOLERATE_SCOPED_IPV6 = True
+TOLERATE_SCOPED_IPV6 = False
 #: `get_providers_response` leaves out the last provider of an answer that
 #: fills the body to within 2 bytes of `MAX_BODY_BYTES`, which the decoder
 #: accepts: its room estimate counts a 3-byte array header where 1 byte is used.
-TOLERATE_PROVIDERS_ROOM = True
+TOLERATE_PROVIDERS_ROOM = False
 
 
 def assert_sendable(addr: tuple[str, int]) -> None:

@@ -52,7 +52,7 @@ MAX_LEN = MAX_RECORD_BYTES + 64
 #: host passes, and trio raises ``UnicodeError`` dialling e.g. ``".."``.  The
 #: strict xfail in tests/test_fuzz_regressions.py tracks it; whoever fixes it
 #: sets this to False so the harness checks it again.
-TOLERATE_UNDIALABLE_HOSTS = True
+TOLERATE_UNDIALABLE_HOSTS = False
 
 
 def assert_dialable(host: str) -> None:

@@ -14,7 +14,8 @@ whose fields depend on ``type``:
 
 ``peer``
     "this key is reachable here": ``{"addrs": [[proto, host, port], ...]}``
-    with proto ``udp`` (DHT) or ``tcp`` (gossip).
+    with proto ``udp`` (DHT) or ``tcp`` (gossip), and host an IP address
+    without an IPv6 zone, or a host name (`check_host`).
 ``provider``
     "the signer's node holds feed F": ``{"addrs": [...], "feed": F}``.
 ``name``
@@ -54,6 +55,7 @@ silently (docs/protocol.md, "Name claims").
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -73,6 +75,11 @@ TYPES: Final = (PEER, PROVIDER, NAME)
 MAX_RECORD_BYTES: Final = 1024
 MAX_ADDRS: Final = 8
 MAX_HOST_CHARS: Final = 255
+#: Longest host name: 253 characters of text (RFC 1035 section 2.3.4's 255 octets on the wire).
+MAX_HOSTNAME_CHARS: Final = 253
+#: One label of a host name (RFC 1123 section 2.1): letters, digits and hyphens, 1..63 characters,
+#: neither first nor last a hyphen.  ASCII only: `re.ASCII` and explicit ranges.
+HOSTNAME_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 DHT_KEY_BYTES: Final = 20
 PROTOCOLS: Final = ("udp", "tcp")
 #: A valid name, whole: 1..32 characters of a-z, 0-9, _ and - (ASCII only).
@@ -148,6 +155,35 @@ class Record:
         return None
 
 
+def check_host(host: object) -> str:
+    """``host`` if a node can dial it: an IP address without an IPv6 zone, or a host
+    name of valid labels (`HOSTNAME_LABEL_RE`, at most `MAX_HOSTNAME_CHARS` before an
+    optional final dot).
+
+    Anything else is refused with `RecordError`: a signed record is a stranger's
+    input, and the runtime only expects `OSError` from a dial or a send;
+    ``trio.open_tcp_stream("..")`` raises `UnicodeError`, ``sendto`` to a host with
+    a NUL or to ``"fe80::1%\\x00"`` raises `TypeError` (docs/fuzzing.md).  A zone
+    names an interface of the signer's machine, meaningless on ours.
+    """
+    if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS:
+        raise RecordError("an address host is 1..255 characters of text")
+    if "%" not in host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            pass
+        else:
+            return host
+    # A fully qualified name may end in the root's empty label ("example.org."), as
+    # `p2pblog run --advertise` allows.
+    name = host.removesuffix(".")
+    labels = name.split(".")
+    if len(name) <= MAX_HOSTNAME_CHARS and all(HOSTNAME_LABEL_RE.fullmatch(label) for label in labels):
+        return host
+    raise RecordError("an address host is an IP address without a zone or a host name")
+
+
 def _check_addrs(addrs: object) -> tuple[Address, ...]:
     if not isinstance(addrs, list) or not 1 <= len(addrs) <= MAX_ADDRS:
         raise RecordError(f"'addrs' must list 1..{MAX_ADDRS} addresses")
@@ -158,8 +194,7 @@ def _check_addrs(addrs: object) -> tuple[Address, ...]:
         proto, host, port = item
         if proto not in PROTOCOLS:
             raise RecordError(f"unknown address protocol {proto!r}")
-        if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS:
-            raise RecordError("an address host is 1..255 characters of text")
+        host = check_host(host)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise RecordError("an address port is 1..65535")
         out.append((proto, host, port))

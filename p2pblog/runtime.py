@@ -9,7 +9,12 @@ every queued datagram, dispatches every event, and re-arms the timer at the
 core's earliest deadline.  The socket is a non-blocking stdlib socket read
 after `trio.lowlevel.wait_readable`, so `flush` can send synchronously; a
 send that would block or fails is a lost datagram, which the protocol
-already tolerates (and which is counted).
+already tolerates (and which is counted).  The same holds for an address
+the socket layer refuses with `TypeError` or `ValueError` instead of
+`OSError` (a NUL in the host or its zone, a name IDNA cannot encode): the decoders
+refuse those, and the runtime counts one that slips through as a lost
+datagram or a failed dial (``send_error.<type>``, ``dial_error.<type>``)
+and reports it to ``on_internal_error``.
 
 Commands are started on the core with the current time and awaited through
 their query id: every command's query ends in exactly one result event
@@ -166,6 +171,14 @@ class UdpDriver:
             if self.strict:
                 raise
 
+    def _unusable_address(self, kind: str, exc: Exception) -> None:
+        """A send or a dial (``kind``) the socket layer refused with something other than
+        `OSError`: counted as a lost datagram or a failed dial (``<kind>_error.<type>``)
+        and reported to ``on_internal_error`` (logged, rate-limited), never raised."""
+        self.stats[f"{kind}_error.{type(exc).__name__}"] += 1
+        if self.on_internal_error is not None:
+            self.on_internal_error(kind, exc)
+
     # -- the flush after every input ----------------------------------------------
 
     def flush(self) -> None:
@@ -184,6 +197,11 @@ class UdpDriver:
             except OSError as exc:
                 # Would block, unreachable, refused: a lost datagram; the RPC layer retries.
                 self.stats[f"send_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+            except (ValueError, TypeError) as exc:
+                # An address the socket layer refuses outright (a NUL, a zone, a name IDNA
+                # cannot encode; UnicodeError is a ValueError).  The decoders refuse such
+                # addresses, so this is a bug of ours, but it costs one datagram, not the node.
+                self._unusable_address("send", exc)
         while (event := self.core.next_event()) is not None:
             qid = getattr(event, "query_id", None)
             waiter = self._waiters.pop(qid, None) if qid is not None else None
@@ -302,7 +320,8 @@ class GossipTransport(Protocol):
         ...
 
     async def connect(self, host: str, port: int) -> trio.abc.Stream:
-        """Dial a peer; OSError means the dial failed."""
+        """Dial a peer; OSError means the dial failed (so do ValueError and TypeError, which
+        `trio.open_tcp_stream` raises for a host it cannot take, e.g. ``".."``)."""
         ...
 
     def close(self) -> None: ...
@@ -477,6 +496,11 @@ class NodeDriver(UdpDriver):
             try:
                 stream = await self.transport.connect(host, port)
             except OSError:
+                stream = None
+            except (ValueError, TypeError) as exc:
+                # trio.open_tcp_stream("..") raises UnicodeError, a NUL TypeError or ValueError:
+                # as for a datagram (`UdpDriver._flush`), a failed dial, not a dead node.
+                self._unusable_address("dial", exc)
                 stream = None
         if stream is None or st.closing:
             if stream is not None:
