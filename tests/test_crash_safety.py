@@ -16,8 +16,9 @@ import trio
 import trio.testing
 
 from identity import Identity
+from identity.netaddr import host_key as source_of
 from identity.records import provider_key
-from p2pblog.daemon import LOG_BUDGET, LOG_EVERY, LogLimiter, source_of
+from p2pblog.daemon import LOG_BUDGET, LOG_EVERY, LogLimiter
 from p2pblog.node import NodeCore
 from p2pblog.own_records import PROVIDER_REPUBLISH, REFUSED_RETRY
 from p2pblog.runtime import TIMER_ERROR_PAUSE, NodeDriver

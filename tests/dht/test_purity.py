@@ -25,6 +25,7 @@ ALLOWED_MODULES = {
     "msgpack",
     "identity.keys",
     "identity.errors",
+    "identity.netaddr",
     "identity.pacing",
     "identity.limits",
 }
