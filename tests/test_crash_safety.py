@@ -34,21 +34,24 @@ def _core(tmp_path: Path, cls: type[NodeCore] = NodeCore, now: float = T0) -> No
     return cls(Identity(bytes([5]) * 32), Random(5), now, store=store, random_bytes=Random(6).randbytes)
 
 
-def test_an_own_announcement_our_full_provider_store_refuses_is_counted_and_retried(tmp_path: Path) -> None:
+def test_an_own_announcement_our_provider_store_refuses_is_counted_and_retried(tmp_path: Path) -> None:
+    """A full store can no longer refuse our own values (`dht.records.Capacity`); any other
+    refusal of our own DHT value (here: its validator) is counted and retried, never raised
+    out of the timer (it was `LocalProtocolError: the provider store is full`)."""
     core = _core(tmp_path)
     feed = core.identity.public_key
     core.set_addresses(ADDRS)
     core.announce(feed, ADDRS, T0)
     first_seq = core.provider_records[feed].seq
-    # Strangers filled the provider store; our own record is no longer among its values.
     core.dht.providers.remove(provider_key(feed), feed)
-    core.dht.providers.max_values = 0
+    validator = core.dht.providers.validator
+    core.dht.providers.validator = lambda key, value, now: None  # refuses every value
     due = T0 + PROVIDER_REPUBLISH
-    core.handle_timer(due)  # raised LocalProtocolError ("the provider store is full") before
+    core.handle_timer(due)
     assert core.counters()["records.refused.provider"] == 1
     assert core.records.provider_job.due[feed] == due + REFUSED_RETRY
     assert core.get_timer() is not None and core.get_timer() <= due + REFUSED_RETRY  # type: ignore[operator]
-    core.dht.providers.max_values = 1000  # space again: the retry goes through
+    core.dht.providers.validator = validator  # accepted again: the retry goes through
     core.handle_timer(due + REFUSED_RETRY)
     assert core.provider_records[feed].seq > first_seq
     assert core.records.provider_job.due[feed] == due + REFUSED_RETRY + PROVIDER_REPUBLISH
