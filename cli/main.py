@@ -11,11 +11,11 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
 import os
-import re
 import select
 import signal
 import sys
@@ -47,6 +47,7 @@ from cli.social import resolve_target
 from identity import Identity, KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.limits import MENTION_WORK
+from identity.records import RecordError, check_host
 from p2pblog import actions, control
 from p2pblog.daemon import DEFAULT_PORT, NodeService
 from p2pblog.demo import MAX_NODES as MAX_DEMO_NODES
@@ -514,20 +515,18 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         raise click.BadParameter(str(exc), param=param) from None
 
 
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
-
-
 def _advertise_host(value: str, param: click.Parameter) -> str:
-    """--advertise: an IP address or a DNS name other nodes can connect to (no port: the
-    node advertises the ports it listens on)."""
+    """--advertise: an IP address (no IPv6 zone) or a DNS name other nodes can connect to
+    (no port: the node advertises the ports it listens on); the rule of a signed record's
+    hosts (`identity.records.check_host`)."""
     host = value.strip().removeprefix("[").removesuffix("]")
     try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
+        return str(ipaddress.ip_address(check_host(host)))
+    except (ValueError, RecordError):
         pass
-    if _HOSTNAME.fullmatch(host) and not host.replace(".", "").isdigit():
-        return host
+    with contextlib.suppress(RecordError):
+        if not host.replace(".", "").isdigit():
+            return check_host(host)
     raise click.BadParameter(
         f"{value!r} is neither an IP address nor a host name (give the host only: the node "
         "advertises the ports it listens on)",

@@ -62,16 +62,15 @@ with atheris.instrument_imports(include=["dht", "identity"]):
 
 MAX_LEN = wire.MAX_WIRE_DATAGRAM_BYTES + 64
 
-# Known bugs of dht/wire.py (owned elsewhere), tolerated here so that the CI
-# smoke run stays green until they are fixed; each has a strict xfail test
-# in tests/test_fuzz_regressions.py.  Whoever fixes one sets its flag to
-# False (the xfail then passes and fails strictly, as a reminder).
-#: The decoder accepts IPv6 addresses with a scope ("fe80::1%eth0", even
+# Findings in dht/wire.py, tolerated here once so that the CI
+# smoke run stayed green until they were fixed (both are, with regression
+# tests in tests/test_fuzz_regressions.py); True skips the check again.
+#: The decoder accepted IPv6 addresses with a scope ("fe80::1%eth0", even
 #: "fe80::1%\x00", on which ``sock.sendto`` raises ``TypeError``).
 TOLERATE_SCOPED_IPV6 = False
-#: `get_providers_response` leaves out the last provider of an answer that
-#: fills the body to within 2 bytes of `MAX_BODY_BYTES`, which the decoder
-#: accepts: its room estimate counts a 3-byte array header where 1 byte is used.
+#: `get_providers_response` left out the last provider of an answer that
+#: filled the body to within 2 bytes of `MAX_BODY_BYTES`, which the decoder
+#: accepts: its room estimate counted a 3-byte array header where 1 byte is used.
 TOLERATE_PROVIDERS_ROOM = False
 
 

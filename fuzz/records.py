@@ -12,8 +12,9 @@ anything else is a crash.  What decodes round-trips: ``record.raw`` is the
 input and decodes again to an equal record.  Every address of a peer or
 provider record must be one the node can dial without an exception other
 than ``OSError`` (an IP without a scope, or a host name IDNA can encode,
-without NUL): the runtime catches only ``OSError`` around a dial.  The
-decoder does not check that today (`TOLERATE_UNDIALABLE_HOSTS`).
+without NUL): the runtime caught only ``OSError`` around a dial.  The
+decoder checks it since this harness found the gap (`TOLERATE_UNDIALABLE_HOSTS`
+is off; tests/test_fuzz_regressions.py holds the finding).
 """
 
 from __future__ import annotations
@@ -48,10 +49,9 @@ with atheris.instrument_imports(include=["identity"]):
     )
 
 MAX_LEN = MAX_RECORD_BYTES + 64
-#: Known bug of identity/records.py (owned elsewhere): any 1..255-character
-#: host passes, and trio raises ``UnicodeError`` dialling e.g. ``".."``.  The
-#: strict xfail in tests/test_fuzz_regressions.py tracks it; whoever fixes it
-#: sets this to False so the harness checks it again.
+#: Set to True to skip the dialable-host check (the finding: identity/records.py
+#: let any 1..255-character host pass, and trio raised ``UnicodeError`` dialling
+#: e.g. ``".."``; fixed, with regression tests in tests/test_fuzz_regressions.py).
 TOLERATE_UNDIALABLE_HOSTS = False
 
 

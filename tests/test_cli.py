@@ -356,7 +356,7 @@ def test_run_reports_a_file_problem_as_itself_not_as_a_listen_error(tmp_path: Pa
 def test_run_refuses_an_advertise_address_with_a_port(tmp_path: Path) -> None:
     home = tmp_path / "a"
     init(home)
-    for bad in ("127.0.0.1:5555", "not a host!", "1.2.3"):
+    for bad in ("127.0.0.1:5555", "not a host!", "1.2.3", "fe80::1%eth0", "a..b"):
         result = p2pblog(home, "run", "--listen", "127.0.0.1:0", "--advertise", bad)
         assert result.returncode == 2 and "neither an IP address nor a host name" in result.stderr
 
