@@ -113,7 +113,7 @@ def measure(size: int, readers: int, keys: int = 5, liar_size: int | None = None
     return lines
 
 
-@pytest.mark.slow
+@pytest.mark.soak  # a measurement (75 s); test_hostile_lookups.py holds the properties
 def test_measurement_runs_and_honest_gets_succeed() -> None:
     lines = measure(30, 2, keys=2)
     assert lines[0].startswith("honest 30 nodes: 4/4 found")
