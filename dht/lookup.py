@@ -83,6 +83,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dht.ids import ALPHA, ID_BYTES, Address, Contact, K
+from dht.routing import MAX_CLOSEST_PER_NETWORK, diverse_first, network_of
 from dht.wire import Value
 from identity.errors import LocalProtocolError
 
@@ -108,10 +109,25 @@ class LookupState(enum.Enum):
     FINISHED = "finished"
 
 
+class _Outcome(enum.Enum):
+    """How a pass over the peers ended without a peer to query."""
+
+    WAIT = "wait"
+    EXHAUSTED = "exhausted"
+    BLOCKED = "blocked"
+
+
+_WAIT = _Outcome.WAIT
+_EXHAUSTED = _Outcome.EXHAUSTED
+_BLOCKED = _Outcome.BLOCKED
+
+
 @dataclass(slots=True)
 class _Peer:
     contact: Contact
     distance: int
+    #: `identity.netaddr.network_key` of the contact's host.
+    network: str
     state: PeerState = PeerState.NOT_CONTACTED
     deadline: float = 0.0
     #: RPCs in sequence from us to this peer: 1 for a seed, n + 1 for a peer
@@ -139,16 +155,20 @@ class ClosestPeersLookup:
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
+        if max_per_network is None:
+            max_per_network = MAX_CLOSEST_PER_NETWORK
         if len(target) != ID_BYTES:
             raise LocalProtocolError(f"a lookup target is {ID_BYTES} bytes")
-        if k < 1 or alpha < 1 or peer_timeout <= 0:
-            raise LocalProtocolError("k and alpha must be >= 1 and peer_timeout > 0")
+        if k < 1 or alpha < 1 or peer_timeout <= 0 or max_per_network < 1:
+            raise LocalProtocolError("k, alpha and max_per_network must be >= 1 and peer_timeout > 0")
         self.target = target
         self.k = k
         self.alpha = alpha
         self.peer_timeout = peer_timeout
         self.local_id = local_id
+        self.max_per_network = max_per_network
         self.state = LookupState.ITERATING
         self._target_int = int.from_bytes(target, "big")
         self._no_progress = 0
@@ -177,7 +197,7 @@ class ClosestPeersLookup:
         if any(p.contact.addr == contact.addr for p in same_id):
             return False
         d = int.from_bytes(contact.node_id, "big") ^ self._target_int
-        peer = _Peer(contact, d, hop=hop)
+        peer = _Peer(contact, d, network_of(contact.addr[0]), hop=hop)
         same_id.append(peer)
         # bisect_right: an id's later addresses go after its earlier ones.
         i = bisect.bisect_right(self._order.keys, d)
@@ -303,32 +323,57 @@ class ClosestPeersLookup:
         return self._earliest
 
     def _step(self, now: float) -> Contact | None:
-        # One pass of closest.rs's `next`.  Returns a peer to query, or None when
-        # the lookup must wait (at capacity / for answers) or has finished.
+        # One pass of closest.rs's `next`, made diverse: the first pass counts
+        # at most `MAX_CLOSEST_PER_NETWORK` answered ids per network and steps
+        # over the rest of that network's peers (neither counted, asked nor
+        # waited for).  Only when it runs out of peers short of k does the
+        # second pass walk as before, every network alike (the soft rule).
+        # Returns a peer to query, or None when the lookup must wait (at
+        # capacity / for answers) or has finished.
+        outcome = self._pass(now, diverse=True)
+        if outcome is _EXHAUSTED or outcome is _BLOCKED:
+            # A diverse peer still in flight may yet count: the plain pass
+            # may ask others meanwhile, but not finish.
+            outcome = self._pass(now, diverse=False, may_finish=outcome is _EXHAUSTED)
+        if outcome is _EXHAUSTED or outcome is _BLOCKED:
+            if not self._waiting:
+                self.state = LookupState.FINISHED
+            return None
+        return outcome if isinstance(outcome, Contact) else None
+
+    def _pass(self, now: float, *, diverse: bool, may_finish: bool = True) -> Contact | _Outcome:
+        """One walk over the peers, nearest first: a peer to query, or WAIT (at capacity,
+        or finished), or nothing to ask: EXHAUSTED, BLOCKED if a peer that may still
+        count is in flight."""
         result_counter: int | None = 0
         counted: bytes | None = None  # the id counted last (an id's contacts are adjacent)
+        taken: dict[str, int] = {}  # answered ids per network so far (diverse pass)
         for peer in self._order.peers:
             state = peer.state
+            if diverse and taken.get(peer.network, 0) >= self.max_per_network:
+                continue  # its network has its share nearer the target
             if state is PeerState.WAITING:
                 if self._at_capacity():
-                    return None
+                    return _WAIT
                 # A nearer peer is still in flight: answers from farther
                 # peers cannot finish the lookup yet.
                 result_counter = None
             elif state is PeerState.SUCCEEDED:
-                if result_counter is not None and peer.contact.node_id != counted:
+                if peer.contact.node_id != counted:
                     counted = peer.contact.node_id
-                    result_counter += 1
-                    if result_counter >= self.k:
-                        self.state = LookupState.FINISHED
-                        return None
+                    taken[peer.network] = taken.get(peer.network, 0) + 1
+                    if result_counter is not None:
+                        result_counter += 1
+                        if result_counter >= self.k and may_finish:
+                            self.state = LookupState.FINISHED
+                            return _WAIT
             elif state is PeerState.NOT_CONTACTED:
                 if self._active(peer.contact.node_id) is not None:
                     # Another address of this id is in flight; this one waits its turn.
                     result_counter = None
                     continue
                 if self._at_capacity():
-                    return None
+                    return _WAIT
                 peer.state = PeerState.WAITING
                 peer.deadline = now + self.peer_timeout
                 self._waiting[peer.contact.node_id] = peer.deadline
@@ -336,9 +381,7 @@ class ClosestPeersLookup:
                     self._earliest = min(self._earliest, peer.deadline)
                 self.queried += 1
                 return peer.contact
-        if not self._waiting:
-            self.state = LookupState.FINISHED
-        return None
+        return _EXHAUSTED if result_counter is not None else _BLOCKED
 
     def _finish_if_exhausted(self) -> None:
         """End the walk now if no peer is left to ask or to wait for (as `next` would)."""
@@ -361,16 +404,15 @@ class ClosestPeersLookup:
         return self._next_waiting_deadline()
 
     def result(self) -> list[Contact]:
-        """The k nearest peers that answered, nearest first (an id's first contact that answered)."""
-        out: list[Contact] = []
+        """The k nearest peers that answered, nearest first (an id's first contact that answered),
+        at most `max_per_network` of a network unless no other peer is left to fill the k."""
+        answered: list[Contact] = []
         ids: set[bytes] = set()
         for p in self._order.peers:
             if p.state is PeerState.SUCCEEDED and p.contact.node_id not in ids:
                 ids.add(p.contact.node_id)
-                out.append(p.contact)
-                if len(out) >= self.k:
-                    break
-        return out
+                answered.append(p.contact)
+        return diverse_first(answered, self.k, self.max_per_network)[0]
 
     @property
     def hops(self) -> int:
@@ -397,10 +439,19 @@ class ValueLookup(ClosestPeersLookup):
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
         if quorum < 1:
             raise LocalProtocolError("a value lookup needs a quorum >= 1")
-        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        super().__init__(
+            key,
+            seeds,
+            k=k,
+            alpha=alpha,
+            peer_timeout=peer_timeout,
+            local_id=local_id,
+            max_per_network=max_per_network,
+        )
         self.quorum = quorum
         #: (peer, value) in arrival order, peer None for the driver's own copy;
         #: the driver has validated each value.
@@ -463,10 +514,19 @@ class ProvidersLookup(ClosestPeersLookup):
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
         if want < 1 or sources < 1:
             raise LocalProtocolError("a providers lookup wants >= 1 provider from >= 1 source")
-        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        super().__init__(
+            key,
+            seeds,
+            k=k,
+            alpha=alpha,
+            peer_timeout=peer_timeout,
+            local_id=local_id,
+            max_per_network=max_per_network,
+        )
         self.want = want
         self.sources = sources
         #: Where providers came from (None: our own store).
