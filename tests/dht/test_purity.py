@@ -27,6 +27,7 @@ ALLOWED_MODULES = {
     "identity.errors",
     "identity.pacing",
     "identity.limits",
+    "identity.netaddr",
 }
 
 
