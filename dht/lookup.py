@@ -54,6 +54,22 @@ are still asked before the walk may finish (an answer from a liar's own
 address does not stand for the real node).  In an honest network every
 id has one address, and nothing changes.
 
+The k closest are *diverse*: `next` walks twice.  The first pass counts
+at most ``max_per_network`` (`dht.routing.MAX_CLOSEST_PER_NETWORK`, 2)
+answered ids of one network (`identity.netaddr.network_key`: IPv4 /24,
+IPv6 /48) and steps over the rest of that network's peers, which it
+neither counts, asks nor waits for; the lookup finishes when it counted k.
+Only when that pass has nobody left to ask does the second one walk as
+above, every network alike: it may ask the stepped-over peers, and may
+finish only if no peer the first pass could still count is in flight.
+`result` likewise takes at most ``max_per_network`` of a network and fills
+what is left with the nearest others.  So k Sybils with ids next to a key
+from one /24 hold 2 of its k closest, not all of them (discv5 caps a table
+bucket at 2 per /24; libp2p's diversity filter), while a single-network
+deployment (a LAN, the process tests on 127.0.0.1) walks and ends exactly
+as before: the first pass matches the plain one up to its second answered
+id, then steps over everyone and hands over.
+
 `ValueLookup` is the same machine plus `ValueLookup.on_value`: a peer that
 answered with a value counts as succeeded, its value is kept, and the lookup
 finishes as soon as values from ``quorum`` sources are in (section 2.3: "the

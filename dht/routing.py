@@ -1,4 +1,4 @@
-"""The routing table: k-buckets with ping-before-evict, exact k-closest, refresh times.
+"""The routing table: k-buckets with ping-before-evict, exact diverse k-closest, refresh times.
 
 Theory of operation
 -------------------
@@ -52,12 +52,18 @@ fresh answer from anyone we cannot tell that case apart, so we keep them.
 Stale contacts still in the table give way to the first newcomer that
 answers (`update`).
 
-`closest` is exact: it scans every contact and keeps the k nearest by XOR
-(one ``sorted`` pass, faster than ``heapq.nsmallest`` at these sizes), rather
-than walking buckets and stopping early.  Tables
-hold at most a few hundred contacts in practice (about k per bit of
-log2(network size)), so the scan is cheap, and exactness is what lookups and
-the tests rely on.
+`closest` is exact: it ranks the contacts by XOR, bucket by bucket in
+distance order, and keeps the k nearest with at most `MAX_CLOSEST_PER_NETWORK`
+of one network (`identity.netaddr.network_key`: IPv4 /24, IPv6 /48); when
+too few networks are known, the nearest others fill the k
+(`diverse_first`), so on one network it is the plain k nearest.  It stops
+at the first bucket boundary where the nearest so far fill the k that way.
+This is what FIND_NODE answers name and what lookups start from: k Sybils
+from one /24 next to a key are 2 of the k a node names for it, so walks
+still hear of the honest nodes there (discv5 caps 2 per /24 per bucket; we
+cap the answer, not the table).  Tables hold at most a few hundred contacts
+in practice (about k per bit of log2(network size)), so the ranking is
+cheap, and exactness is what lookups and the tests rely on.
 
 Each bucket remembers when a lookup last targeted its range
 (`touch`).  Buckets not touched for `refresh_interval` are due for a
