@@ -238,3 +238,49 @@ def test_a_lookup_counts_two_of_a_network_and_walks_past_the_rest() -> None:
 def test_rules_are_checked() -> None:
     with pytest.raises(Exception, match="max_per_network"):
         ClosestPeersLookup(bytes(20), [], max_per_network=0)
+
+
+def _walk(seed: int, per_network: int, hosts: list[str]) -> tuple[list[Contact], list[Contact], int]:
+    """A lookup among 300 peers on ``hosts`` that answer with random peers, fail or stay
+    silent (answering late), seeded: what it asked, its result and hops."""
+    rng = Random(seed)
+    peers = [Contact(rng.randbytes(20), (rng.choice(hosts), 4000 + i)) for i in range(300)]
+    target = rng.randbytes(20)
+    fate = {p.node_id: rng.choice(["ok", "ok", "ok", "fail", "silent"]) for p in peers}
+    lookup = ClosestPeersLookup(target, peers[:8], max_per_network=per_network)
+    answers = Random(seed + 1)
+    now = 0.0
+    pending: list[tuple[float, int, Contact]] = []
+    asked: list[Contact] = []
+    while not lookup.finished:
+        for peer in lookup.next(now):
+            asked.append(peer)
+            delay = 30.0 if fate[peer.node_id] == "silent" else answers.uniform(0.01, 0.3)
+            pending.append((now + delay, len(asked), peer))
+        pending.sort()
+        wakeups = [t for t in (lookup.next_deadline(), pending[0][0] if pending else None) if t is not None]
+        if lookup.finished or not wakeups:
+            break
+        now = min(wakeups)
+        while pending and pending[0][0] <= now:
+            _, _, peer = pending.pop(0)
+            if fate[peer.node_id] == "fail":
+                lookup.on_failure(peer.node_id, now)
+            else:
+                lookup.on_success(peer.node_id, answers.sample(peers, 8), now)
+    return asked, lookup.result(), lookup.hops
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_walk_on_one_network_is_the_walk_without_the_rule(seed: int) -> None:
+    loopback = ["127.0.0.1"]
+    assert _walk(seed, MAX_CLOSEST_PER_NETWORK, loopback) == _walk(seed, K, loopback)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_walk_over_few_networks_still_returns_k(seed: int) -> None:
+    asked, result, _ = _walk(seed, MAX_CLOSEST_PER_NETWORK, ["10.1.1.1", "10.2.2.2", "10.3.3.3"])
+    assert len(result) == K
+    networks = [network_key(c.addr[0]) for c in result]
+    assert len(set(networks)) == 3
+    assert asked
