@@ -142,13 +142,20 @@ _BLOCKED = _Outcome.BLOCKED
 class _Peer:
     contact: Contact
     distance: int
-    #: `identity.netaddr.network_key` of the contact's host.
-    network: str
+    #: `identity.netaddr.network_key` of the contact's host, once a pass asked (`_network`).
+    network: str | None = None
     state: PeerState = PeerState.NOT_CONTACTED
     deadline: float = 0.0
     #: RPCs in sequence from us to this peer: 1 for a seed, n + 1 for a peer
     #: first named by a peer at n.
     hop: int = 1
+
+
+def _network(peer: _Peer) -> str:
+    """The peer's network, worked out when first needed (most peers heard of never are)."""
+    if peer.network is None:
+        peer.network = network_of(peer.contact.addr[0])
+    return peer.network
 
 
 @dataclass(slots=True)
@@ -188,6 +195,8 @@ class ClosestPeersLookup:
         self.state = LookupState.ITERATING
         self._target_int = int.from_bytes(target, "big")
         self._no_progress = 0
+        #: The last pass stepped over a peer of a network that had its share.
+        self._stepped_over = False
         # Deadlines of the WAITING peers, by id (its size is the number in flight).
         self._waiting: dict[bytes, float] = {}
         #: min(_waiting.values()) when known; None after a removal (recomputed
@@ -213,7 +222,7 @@ class ClosestPeersLookup:
         if any(p.contact.addr == contact.addr for p in same_id):
             return False
         d = int.from_bytes(contact.node_id, "big") ^ self._target_int
-        peer = _Peer(contact, d, network_of(contact.addr[0]), hop=hop)
+        peer = _Peer(contact, d, hop=hop)
         same_id.append(peer)
         # bisect_right: an id's later addresses go after its earlier ones.
         i = bisect.bisect_right(self._order.keys, d)
@@ -347,7 +356,7 @@ class ClosestPeersLookup:
         # Returns a peer to query, or None when the lookup must wait (at
         # capacity / for answers) or has finished.
         outcome = self._pass(now, diverse=True)
-        if outcome is _EXHAUSTED or outcome is _BLOCKED:
+        if (outcome is _EXHAUSTED or outcome is _BLOCKED) and self._stepped_over:
             # A diverse peer still in flight may yet count: the plain pass
             # may ask others meanwhile, but not finish.
             outcome = self._pass(now, diverse=False, may_finish=outcome is _EXHAUSTED)
@@ -364,10 +373,15 @@ class ClosestPeersLookup:
         result_counter: int | None = 0
         counted: bytes | None = None  # the id counted last (an id's contacts are adjacent)
         taken: dict[str, int] = {}  # answered ids per network so far (diverse pass)
+        full: set[str] = set()  # networks that have their share
+        self._stepped_over = False
         for peer in self._order.peers:
             state = peer.state
-            if diverse and taken.get(peer.network, 0) >= self.max_per_network:
-                continue  # its network has its share nearer the target
+            if full and _network(peer) in full:
+                # Its network has its share nearer the target.  (With none
+                # stepped over, the plain pass would end just as this one.)
+                self._stepped_over = True
+                continue
             if state is PeerState.WAITING:
                 if self._at_capacity():
                     return _WAIT
@@ -377,7 +391,11 @@ class ClosestPeersLookup:
             elif state is PeerState.SUCCEEDED:
                 if peer.contact.node_id != counted:
                     counted = peer.contact.node_id
-                    taken[peer.network] = taken.get(peer.network, 0) + 1
+                    if diverse:
+                        network = _network(peer)
+                        share = taken[network] = taken.get(network, 0) + 1
+                        if share >= self.max_per_network:
+                            full.add(network)
                     if result_counter is not None:
                         result_counter += 1
                         if result_counter >= self.k and may_finish:

@@ -338,8 +338,9 @@ class RoutingTable:
                 # Every later bucket is farther: done once the nearest so far
                 # hold n contacts of diverse-enough networks.
                 gathered.sort()
-                if diverse_first([c for _, c in gathered], n, self.per_network)[1]:
-                    break
+                picked, diverse = diverse_first([c for _, c in gathered], n, self.per_network)
+                if diverse:
+                    return picked
         if n == 1:
             return [min(gathered)[1]] if gathered else []
         # Distances are distinct ints, so sorting pairs never compares contacts.
