@@ -54,6 +54,22 @@ are still asked before the walk may finish (an answer from a liar's own
 address does not stand for the real node).  In an honest network every
 id has one address, and nothing changes.
 
+The k closest are *diverse*: `next` walks twice.  The first pass counts
+at most ``max_per_network`` (`dht.routing.MAX_CLOSEST_PER_NETWORK`, 2)
+answered ids of one network (`identity.netaddr.network_key`: IPv4 /24,
+IPv6 /48) and steps over the rest of that network's peers, which it
+neither counts, asks nor waits for; the lookup finishes when it counted k.
+Only when that pass has nobody left to ask does the second one walk as
+above, every network alike: it may ask the stepped-over peers, and may
+finish only if no peer the first pass could still count is in flight.
+`result` likewise takes at most ``max_per_network`` of a network and fills
+what is left with the nearest others.  So k Sybils with ids next to a key
+from one /24 hold 2 of its k closest, not all of them (discv5 caps a table
+bucket at 2 per /24; libp2p's diversity filter), while a single-network
+deployment (a LAN, the process tests on 127.0.0.1) walks and ends exactly
+as before: the first pass matches the plain one up to its second answered
+id, then steps over everyone and hands over.
+
 `ValueLookup` is the same machine plus `ValueLookup.on_value`: a peer that
 answered with a value counts as succeeded, its value is kept, and the lookup
 finishes as soon as values from ``quorum`` sources are in (section 2.3: "the
@@ -83,6 +99,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dht.ids import ALPHA, ID_BYTES, Address, Contact, K
+from dht.routing import MAX_CLOSEST_PER_NETWORK, diverse_first, network_of
 from dht.wire import Value
 from identity.errors import LocalProtocolError
 
@@ -108,15 +125,37 @@ class LookupState(enum.Enum):
     FINISHED = "finished"
 
 
+class _Outcome(enum.Enum):
+    """How a pass over the peers ended without a peer to query."""
+
+    WAIT = "wait"
+    EXHAUSTED = "exhausted"
+    BLOCKED = "blocked"
+
+
+_WAIT = _Outcome.WAIT
+_EXHAUSTED = _Outcome.EXHAUSTED
+_BLOCKED = _Outcome.BLOCKED
+
+
 @dataclass(slots=True)
 class _Peer:
     contact: Contact
     distance: int
+    #: `identity.netaddr.network_key` of the contact's host, once a pass asked (`_network`).
+    network: str | None = None
     state: PeerState = PeerState.NOT_CONTACTED
     deadline: float = 0.0
     #: RPCs in sequence from us to this peer: 1 for a seed, n + 1 for a peer
     #: first named by a peer at n.
     hop: int = 1
+
+
+def _network(peer: _Peer) -> str:
+    """The peer's network, worked out when first needed (most peers heard of never are)."""
+    if peer.network is None:
+        peer.network = network_of(peer.contact.addr[0])
+    return peer.network
 
 
 @dataclass(slots=True)
@@ -139,19 +178,25 @@ class ClosestPeersLookup:
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
+        if max_per_network is None:
+            max_per_network = MAX_CLOSEST_PER_NETWORK
         if len(target) != ID_BYTES:
             raise LocalProtocolError(f"a lookup target is {ID_BYTES} bytes")
-        if k < 1 or alpha < 1 or peer_timeout <= 0:
-            raise LocalProtocolError("k and alpha must be >= 1 and peer_timeout > 0")
+        if k < 1 or alpha < 1 or peer_timeout <= 0 or max_per_network < 1:
+            raise LocalProtocolError("k, alpha and max_per_network must be >= 1 and peer_timeout > 0")
         self.target = target
         self.k = k
         self.alpha = alpha
         self.peer_timeout = peer_timeout
         self.local_id = local_id
+        self.max_per_network = max_per_network
         self.state = LookupState.ITERATING
         self._target_int = int.from_bytes(target, "big")
         self._no_progress = 0
+        #: The last pass stepped over a peer of a network that had its share.
+        self._stepped_over = False
         # Deadlines of the WAITING peers, by id (its size is the number in flight).
         self._waiting: dict[bytes, float] = {}
         #: min(_waiting.values()) when known; None after a removal (recomputed
@@ -303,32 +348,66 @@ class ClosestPeersLookup:
         return self._earliest
 
     def _step(self, now: float) -> Contact | None:
-        # One pass of closest.rs's `next`.  Returns a peer to query, or None when
-        # the lookup must wait (at capacity / for answers) or has finished.
+        # One pass of closest.rs's `next`, made diverse: the first pass counts
+        # at most `MAX_CLOSEST_PER_NETWORK` answered ids per network and steps
+        # over the rest of that network's peers (neither counted, asked nor
+        # waited for).  Only when it runs out of peers short of k does the
+        # second pass walk as before, every network alike (the soft rule).
+        # Returns a peer to query, or None when the lookup must wait (at
+        # capacity / for answers) or has finished.
+        outcome = self._pass(now, diverse=True)
+        if (outcome is _EXHAUSTED or outcome is _BLOCKED) and self._stepped_over:
+            # A diverse peer still in flight may yet count: the plain pass
+            # may ask others meanwhile, but not finish.
+            outcome = self._pass(now, diverse=False, may_finish=outcome is _EXHAUSTED)
+        if outcome is _EXHAUSTED or outcome is _BLOCKED:
+            if not self._waiting:
+                self.state = LookupState.FINISHED
+            return None
+        return outcome if isinstance(outcome, Contact) else None
+
+    def _pass(self, now: float, *, diverse: bool, may_finish: bool = True) -> Contact | _Outcome:
+        """One walk over the peers, nearest first: a peer to query, or WAIT (at capacity,
+        or finished), or nothing to ask: EXHAUSTED, BLOCKED if a peer that may still
+        count is in flight."""
         result_counter: int | None = 0
         counted: bytes | None = None  # the id counted last (an id's contacts are adjacent)
+        taken: dict[str, int] = {}  # answered ids per network so far (diverse pass)
+        full: set[str] = set()  # networks that have their share
+        self._stepped_over = False
         for peer in self._order.peers:
             state = peer.state
+            if full and _network(peer) in full:
+                # Its network has its share nearer the target.  (With none
+                # stepped over, the plain pass would end just as this one.)
+                self._stepped_over = True
+                continue
             if state is PeerState.WAITING:
                 if self._at_capacity():
-                    return None
+                    return _WAIT
                 # A nearer peer is still in flight: answers from farther
                 # peers cannot finish the lookup yet.
                 result_counter = None
             elif state is PeerState.SUCCEEDED:
-                if result_counter is not None and peer.contact.node_id != counted:
+                if peer.contact.node_id != counted:
                     counted = peer.contact.node_id
-                    result_counter += 1
-                    if result_counter >= self.k:
-                        self.state = LookupState.FINISHED
-                        return None
+                    if diverse:
+                        network = _network(peer)
+                        share = taken[network] = taken.get(network, 0) + 1
+                        if share >= self.max_per_network:
+                            full.add(network)
+                    if result_counter is not None:
+                        result_counter += 1
+                        if result_counter >= self.k and may_finish:
+                            self.state = LookupState.FINISHED
+                            return _WAIT
             elif state is PeerState.NOT_CONTACTED:
                 if self._active(peer.contact.node_id) is not None:
                     # Another address of this id is in flight; this one waits its turn.
                     result_counter = None
                     continue
                 if self._at_capacity():
-                    return None
+                    return _WAIT
                 peer.state = PeerState.WAITING
                 peer.deadline = now + self.peer_timeout
                 self._waiting[peer.contact.node_id] = peer.deadline
@@ -336,9 +415,7 @@ class ClosestPeersLookup:
                     self._earliest = min(self._earliest, peer.deadline)
                 self.queried += 1
                 return peer.contact
-        if not self._waiting:
-            self.state = LookupState.FINISHED
-        return None
+        return _EXHAUSTED if result_counter is not None else _BLOCKED
 
     def _finish_if_exhausted(self) -> None:
         """End the walk now if no peer is left to ask or to wait for (as `next` would)."""
@@ -361,16 +438,15 @@ class ClosestPeersLookup:
         return self._next_waiting_deadline()
 
     def result(self) -> list[Contact]:
-        """The k nearest peers that answered, nearest first (an id's first contact that answered)."""
-        out: list[Contact] = []
+        """The k nearest peers that answered, nearest first (an id's first contact that answered),
+        at most `max_per_network` of a network unless no other peer is left to fill the k."""
+        answered: list[Contact] = []
         ids: set[bytes] = set()
         for p in self._order.peers:
             if p.state is PeerState.SUCCEEDED and p.contact.node_id not in ids:
                 ids.add(p.contact.node_id)
-                out.append(p.contact)
-                if len(out) >= self.k:
-                    break
-        return out
+                answered.append(p.contact)
+        return diverse_first(answered, self.k, self.max_per_network)[0]
 
     @property
     def hops(self) -> int:
@@ -397,10 +473,19 @@ class ValueLookup(ClosestPeersLookup):
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
         if quorum < 1:
             raise LocalProtocolError("a value lookup needs a quorum >= 1")
-        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        super().__init__(
+            key,
+            seeds,
+            k=k,
+            alpha=alpha,
+            peer_timeout=peer_timeout,
+            local_id=local_id,
+            max_per_network=max_per_network,
+        )
         self.quorum = quorum
         #: (peer, value) in arrival order, peer None for the driver's own copy;
         #: the driver has validated each value.
@@ -463,10 +548,19 @@ class ProvidersLookup(ClosestPeersLookup):
         alpha: int = ALPHA,
         peer_timeout: float = DEFAULT_PEER_TIMEOUT,
         local_id: bytes | None = None,
+        max_per_network: int | None = None,
     ) -> None:
         if want < 1 or sources < 1:
             raise LocalProtocolError("a providers lookup wants >= 1 provider from >= 1 source")
-        super().__init__(key, seeds, k=k, alpha=alpha, peer_timeout=peer_timeout, local_id=local_id)
+        super().__init__(
+            key,
+            seeds,
+            k=k,
+            alpha=alpha,
+            peer_timeout=peer_timeout,
+            local_id=local_id,
+            max_per_network=max_per_network,
+        )
         self.want = want
         self.sources = sources
         #: Where providers came from (None: our own store).

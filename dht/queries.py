@@ -55,6 +55,11 @@ dead addresses does not hide them.  What this guarantees: a get returns
 the newest record when an honest holder is reachable and fewer than
 `READ_QUORUM` of the value-answering sources lie; liars that answer with
 no value, bogus contacts or forged values do not count, however many.
+The k closest a put stores at and a walk ends at hold at most
+`dht.routing.MAX_CLOSEST_PER_NETWORK` (2) nodes of one network while
+others are known, fewer than `READ_QUORUM`: k liars next to a key from one
+/24 get two copies of a put, the honest nodes beside them the rest, and a
+get walks past them to those honest holders.
 
 Queries are plain state: they send nothing and emit nothing.  The core
 owns the message ids, the outgoing datagrams and the event queue; it asks a

@@ -1,4 +1,4 @@
-"""The routing table: k-buckets with ping-before-evict, exact k-closest, refresh times.
+"""The routing table: k-buckets with ping-before-evict, exact diverse k-closest, refresh times.
 
 Theory of operation
 -------------------
@@ -52,12 +52,18 @@ fresh answer from anyone we cannot tell that case apart, so we keep them.
 Stale contacts still in the table give way to the first newcomer that
 answers (`update`).
 
-`closest` is exact: it scans every contact and keeps the k nearest by XOR
-(one ``sorted`` pass, faster than ``heapq.nsmallest`` at these sizes), rather
-than walking buckets and stopping early.  Tables
-hold at most a few hundred contacts in practice (about k per bit of
-log2(network size)), so the scan is cheap, and exactness is what lookups and
-the tests rely on.
+`closest` is exact: it ranks the contacts by XOR, bucket by bucket in
+distance order, and keeps the k nearest with at most `MAX_CLOSEST_PER_NETWORK`
+of one network (`identity.netaddr.network_key`: IPv4 /24, IPv6 /48); when
+too few networks are known, the nearest others fill the k
+(`diverse_first`), so on one network it is the plain k nearest.  It stops
+at the first bucket boundary where the nearest so far fill the k that way.
+This is what FIND_NODE answers name and what lookups start from: k Sybils
+from one /24 next to a key are 2 of the k a node names for it, so walks
+still hear of the honest nodes there (discv5 caps 2 per /24 per bucket; we
+cap the answer, not the table).  Tables hold at most a few hundred contacts
+in practice (about k per bit of log2(network size)), so the ranking is
+cheap, and exactness is what lookups and the tests rely on.
 
 Each bucket remembers when a lookup last targeted its range
 (`touch`).  Buckets not touched for `refresh_interval` are due for a
@@ -71,6 +77,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import functools
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +85,7 @@ from typing import TYPE_CHECKING, Final
 
 from dht.ids import ID_BITS, ID_BYTES, Contact, K
 from identity.errors import LocalProtocolError
+from identity.netaddr import network_key
 
 if TYPE_CHECKING:
     from random import Random
@@ -92,6 +100,37 @@ REFRESH_INTERVAL: Final = 3600.0
 #: Seconds of silence after which a contact is "questionable" and a full
 #: bucket's newcomer triggers a liveness ping of it (BEP 5: 15 minutes).
 QUESTIONABLE_AFTER: Final = 15 * 60.0
+#: Contacts of one network (`identity.netaddr.network_key`: an IPv4 /24, an
+#: IPv6 /48) among the k closest a table names or a lookup counts, unless
+#: too few other networks are known to fill the k (discv5: 2 per /24 per
+#: bucket).  Fewer than `dht.lookup.READ_QUORUM`: one network cannot make a
+#: read's quorum alone.
+MAX_CLOSEST_PER_NETWORK: Final = 2
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def network_of(host: str) -> str:
+    """`identity.netaddr.network_key`, cached: every contact ranked or walked asks for it."""
+    return network_key(host)
+
+
+def diverse_first(ranked: list[Contact], count: int, per_network: int) -> tuple[list[Contact], bool]:
+    """The first ``count`` of ``ranked`` (nearest first) with at most ``per_network`` of
+    one network, the nearest others filling what is left; and whether no filler was needed."""
+    chosen: list[int] = []
+    spare: list[int] = []
+    taken: dict[str, int] = {}
+    for i, contact in enumerate(ranked):
+        network = network_of(contact.addr[0])
+        if taken.get(network, 0) < per_network:
+            taken[network] = taken.get(network, 0) + 1
+            chosen.append(i)
+            if len(chosen) >= count:
+                return [ranked[j] for j in chosen], True
+        elif len(spare) < count:
+            spare.append(i)
+    filled = sorted(chosen + spare[: count - len(chosen)])
+    return [ranked[j] for j in filled], False
 
 
 class UpdateOutcome(enum.Enum):
@@ -140,13 +179,18 @@ class RoutingTable:
         replacement_cache: int = K,
         refresh_interval: float = REFRESH_INTERVAL,
         questionable_after: float = QUESTIONABLE_AFTER,
+        per_network: int | None = None,
     ) -> None:
+        if per_network is None:
+            per_network = MAX_CLOSEST_PER_NETWORK
         if len(own_id) != ID_BYTES:
             raise LocalProtocolError(f"a node id is {ID_BYTES} bytes")
-        if k < 1 or replacement_cache < 0:
-            raise LocalProtocolError("k must be >= 1 and the replacement cache >= 0")
+        if k < 1 or replacement_cache < 0 or per_network < 1:
+            raise LocalProtocolError("k and per_network must be >= 1 and the replacement cache >= 0")
         self.own_id = own_id
         self.k = k
+        #: Contacts of one network `closest` names among its count while others are known.
+        self.per_network = per_network
         self.replacement_cache = replacement_cache
         self.refresh_interval = refresh_interval
         self.questionable_after = questionable_after
@@ -246,10 +290,12 @@ class RoutingTable:
         exclude_id: bytes | None = None,
         exclude_addr: tuple[str, int] | None = None,
     ) -> list[Contact]:
-        """The ``count`` (default k) contacts nearest ``target`` by XOR, nearest first.
+        """The ``count`` (default k) contacts nearest ``target`` by XOR, nearest first,
+        at most `MAX_CLOSEST_PER_NETWORK` of one network while others are known.
 
-        Exact over the whole table.  ``exclude_*`` leaves out the requester, as
-        ``kademlia``'s ``find_neighbors(node, exclude=source)`` does.
+        Exact over the whole table (and, on one network, the plain k nearest).
+        ``exclude_*`` leaves out the requester, as ``kademlia``'s
+        ``find_neighbors(node, exclude=source)`` does.
         """
         n = self.k if count is None else count
         t = int.from_bytes(target, "big")
@@ -287,12 +333,19 @@ class RoutingTable:
             else:
                 gathered += [(i ^ t, c) for i, c in pairs]
             if len(gathered) >= n:
-                break
+                if n == 1:
+                    break
+                # Every later bucket is farther: done once the nearest so far
+                # hold n contacts of diverse-enough networks.
+                gathered.sort()
+                picked, diverse = diverse_first([c for _, c in gathered], n, self.per_network)
+                if diverse:
+                    return picked
         if n == 1:
             return [min(gathered)[1]] if gathered else []
         # Distances are distinct ints, so sorting pairs never compares contacts.
         gathered.sort()
-        return [c for _, c in gathered[:n]]
+        return diverse_first([c for _, c in gathered], n, self.per_network)[0]
 
     # ------------------------------------------------------------------ updates
 

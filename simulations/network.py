@@ -43,7 +43,7 @@ sees that address (and answers to it); an address the network does not know
 (no `add`) is a host that drops what it gets, as `datagrams.unreachable`
 counts.  Partitions and crashes still apply to the node behind it.
 
-Nodes get addresses ``10.x.y.z:PORT`` by index (`Network.address`) unless
+Nodes get addresses ``10.x.y.1:PORT``, a /24 each, by index (`Network.address`) unless
 `Network.add` is given one.  Any object with the `Endpoint` inputs can be a
 node: `simulations.endpoint.CoreEndpoint` around any sans-IO core (the
 simulator's `SimNode` drives its `NodeCore` through one, as the tests do).
@@ -61,6 +61,9 @@ from typing import Protocol
 from simulations.engine import Engine
 
 PORT = 7710
+#: /24s `Network.address` hands out before it puts a second node in one:
+#: ``10.0/16`` .. ``10.254/16`` without the attackers' ``10.66`` and ``10.67``.
+NETWORKS_PER_HOST_ROUND = 253 * 256
 _NO_GROUP: frozenset[int] = frozenset()
 #: Seconds before a dial into the void (node down, partition) fails.
 DIAL_TIMEOUT = 5.0
@@ -228,7 +231,20 @@ class Network:
 
     @staticmethod
     def address(index: int) -> tuple[str, int]:
-        return f"10.{index >> 16 & 255}.{index >> 8 & 255}.{index & 255}", PORT
+        """Node ``index``'s address: a /24 of its own, ``10.a.b.h``, while there are /24s left.
+
+        The first 64,768 nodes get host .1 of /24s ``10.0.0`` .. ``10.254.255``,
+        stepping over ``10.66/16`` and ``10.67/16`` (the attackers' hosts and
+        the contacts they make up, `simulations.adversary`) and ``10.255/16``;
+        the next ones host .2 of the same /24s, and so on.  Per-network rules
+        (`identity.netaddr.network_key`) then see honest nodes as strangers
+        to each other, as on the Internet.
+        """
+        host, rest = divmod(index, NETWORKS_PER_HOST_ROUND)
+        second, third = divmod(rest, 256)
+        if second >= 66:
+            second += 2
+        return f"10.{second}.{third}.{host % 254 + 1}", PORT
 
     def add(self, node: Endpoint, addr: tuple[str, int] | None = None) -> tuple[str, int]:
         """Attach node at addr (default: `address` of its index); return the address."""

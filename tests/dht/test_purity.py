@@ -28,6 +28,7 @@ ALLOWED_MODULES = {
     "identity.netaddr",
     "identity.pacing",
     "identity.limits",
+    "identity.netaddr",
 }
 
 
