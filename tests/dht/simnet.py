@@ -102,7 +102,7 @@ class SimNode:
 
 
 class SimNetwork:
-    """Cores on virtual addresses ``10.0.x.y``; datagrams get uniform latency and i.i.d. loss."""
+    """Cores on virtual addresses ``10.a.b.1`` (a /24 each); uniform latency, i.i.d. loss."""
 
     def __init__(
         self,

@@ -28,7 +28,6 @@ ALLOWED_MODULES = {
     "identity.netaddr",
     "identity.pacing",
     "identity.limits",
-    "identity.netaddr",
 }
 
 
