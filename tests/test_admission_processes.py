@@ -154,6 +154,9 @@ def test_a_flood_of_idle_connections_does_not_stop_honest_followers_or_dials(
                 counters(follower),
             )
             assert wait_for(lambda: latest_seq(node.home, author.handle) >= 1, timeout=20), counters(node)
+            # The flood's connections are cut (5 s handshake deadline, evictions) and it
+            # reconnects: honest peers got in while it kept trying.
+            assert wait_for(lambda: flood.opened > FLOOD_CONNECTIONS, timeout=20), flood.opened
             doc = status(node)
             reopened = flood.opened
         finally:
