@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from dht import DhtConfig, wire
+from dht.ids import Contact
 from dht.records import accept_any
 from identity import Identity
 from identity.records import PEER, PROVIDER, RecordError, create_record, peer_key, provider_key
@@ -334,3 +335,24 @@ def test_a_flooded_dht_store_keeps_the_records_of_feeds_we_follow() -> None:
     assert (
         core.dht.records.put(peer_key(late.public_key), other.raw, T0, source="203.0.113.6").value == "full"
     )
+
+
+def test_strangers_that_dial_in_and_leave_cannot_make_the_node_walk_the_dht_for_each() -> None:
+    """The simulator's hostile scenario: fresh keys connecting and leaving made a node
+    resolve each of them; now a burst of 10, then 0.2 a second, once per key per 10 min."""
+    core = NodeCore(A, Random(1), T0, store=Store(":memory:"), random_bytes=Random(2).randbytes)
+    core.dht.table.update(Contact(bytes(20), ("192.0.2.1", 7)), T0)
+    started: list[bytes] = []
+    original = core.discovery.resolve
+
+    def resolve(key: bytes, now: float, *, consume: bool = False) -> int:
+        started.append(key)
+        return original(key, now, consume=consume)
+
+    core.discovery.resolve = resolve  # type: ignore[method-assign]
+    for i in range(100):
+        core.discovery.peer_disconnected(bytes([i]) * 32, T0)
+    assert len(started) == 10 and core.counters()["discovery.inbound_resolve_skipped"] == 90
+    core.discovery.peer_disconnected(bytes([200]) * 32, T0 + 5)  # 5 s later: one more token
+    core.discovery.peer_disconnected(bytes([0]) * 32, T0 + 60)  # the same key again, too soon
+    assert len(started) == 11
