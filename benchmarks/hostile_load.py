@@ -191,6 +191,23 @@ def dht_attack(
             s.close()
 
 
+def still_open(conns: list[socket.socket], stats: Stats, label: str) -> list[socket.socket]:
+    """The non-blocking connections the victim has not closed (what they received is
+    discarded); the closed ones are closed here and counted as ``<label>.closed_by_victim``."""
+    alive = []
+    for s in conns:
+        try:
+            if s.recv(65536) == b"":
+                raise ConnectionResetError
+            alive.append(s)
+        except BlockingIOError:
+            alive.append(s)
+        except OSError:
+            s.close()
+            stats.add(f"{label}.closed_by_victim")
+    return alive
+
+
 def idle_connections(target: tuple[str, int], count: int, deadline: float, stats: Stats, label: str) -> None:
     """Keep up to count idle TCP connections open to target; reopen closed ones (at most 50/s)."""
     conns: list[socket.socket] = []
@@ -211,18 +228,7 @@ def idle_connections(target: tuple[str, int], count: int, deadline: float, stats
                     stats.add(f"{label}.refused")
                     break
                 opened += 1
-            alive = []
-            for s in conns:
-                try:
-                    if s.recv(4096) == b"":
-                        raise ConnectionResetError
-                    alive.append(s)
-                except BlockingIOError:
-                    alive.append(s)
-                except OSError:
-                    s.close()
-                    stats.add(f"{label}.closed_by_victim")
-            conns = alive
+            conns = still_open(conns, stats, label)
             stats.add(f"{label}.open_samples")
             stats.add(f"{label}.open_sum", len(conns))
             time.sleep(1.0)
@@ -281,18 +287,7 @@ def clock_attack(target: tuple[str, int], victim: bytes, deadline: float, stats:
     sessions: list[socket.socket] = []
     try:
         while time.monotonic() < deadline:
-            alive = []
-            for s in sessions:
-                try:
-                    if s.recv(65536) == b"":
-                        raise ConnectionResetError
-                    alive.append(s)
-                except BlockingIOError:
-                    alive.append(s)
-                except OSError:
-                    s.close()
-                    stats.add("clock.closed_by_victim")
-            sessions = alive
+            sessions = still_open(sessions, stats, "clock")
             if len(sessions) < CLOCK_SESSIONS:
                 s = _clock_session(target, victim, deadline, stats)
                 if s is not None:

@@ -86,6 +86,7 @@ from typing import TYPE_CHECKING, Final
 
 from dht.records import (
     RENEW_JITTER,
+    BoundedStore,
     Capacity,
     Priority,
     Selector,
@@ -135,7 +136,7 @@ class _Provider:
     version: int
 
 
-class ProviderStore:
+class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
     """Provider values held by this node: key -> provider id -> value."""
 
     def __init__(
@@ -186,35 +187,8 @@ class ProviderStore:
         return iter(list(self._keys))
 
     @property
-    def priority(self) -> Priority | None:
-        """The owner's ``priority(key)`` predicate; set it when what the owner cares about changes."""
-        return self._capacity.priority
-
-    @priority.setter
-    def priority(self, predicate: Priority | None) -> None:
-        self._capacity.priority = predicate
-
-    @property
     def max_values(self) -> int:
         return self._capacity.total
-
-    @property
-    def max_per_source(self) -> int:
-        return self._capacity.per_source
-
-    @property
-    def received(self) -> int:
-        """Values that count against the bounds (all but our own)."""
-        return len(self._capacity)
-
-    def held_by(self, source: str) -> int:
-        """Values that ``source`` brought and we still hold."""
-        return self._capacity.held_by(source)
-
-    @property
-    def timer_entries(self) -> int:
-        """Entries in the timer heap, stale ones included."""
-        return len(self._timers)
 
     def provider_id(self, key: bytes, value: bytes, now: float) -> bytes | None:
         """The provider ``value`` speaks for, or None when it is not a valid provider value."""

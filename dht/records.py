@@ -97,7 +97,7 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 from dht.wire import Value, is_value, value_size
 from identity.limits import MAX_DHT_VALUE_BYTES
@@ -257,6 +257,40 @@ class Capacity(Generic[Item]):
         return None
 
 
+class BoundedStore(Generic[Item]):
+    """What `RecordStore` and `ProviderStore` show of their bounds (`Capacity`) and timers."""
+
+    _capacity: Capacity[Item]
+    _timers: list[Any]
+
+    @property
+    def priority(self) -> Priority | None:
+        """The owner's ``priority(key)`` predicate; set it when what the owner cares about changes."""
+        return self._capacity.priority
+
+    @priority.setter
+    def priority(self, predicate: Priority | None) -> None:
+        self._capacity.priority = predicate
+
+    @property
+    def max_per_source(self) -> int:
+        return self._capacity.per_source
+
+    @property
+    def received(self) -> int:
+        """Items that count against the bounds (all but our own)."""
+        return len(self._capacity)
+
+    def held_by(self, source: str) -> int:
+        """Items that ``source`` brought and we still hold."""
+        return self._capacity.held_by(source)
+
+    @property
+    def timer_entries(self) -> int:
+        """Entries in the timer heap, stale ones included."""
+        return len(self._timers)
+
+
 @dataclass(slots=True)
 class _Record:
     value: Value
@@ -267,7 +301,7 @@ class _Record:
     version: int
 
 
-class RecordStore:
+class RecordStore(BoundedStore[bytes]):
     """Values held by this node, keyed by 20-byte key."""
 
     def __init__(
@@ -312,35 +346,8 @@ class RecordStore:
         return iter(list(self._records))
 
     @property
-    def priority(self) -> Priority | None:
-        """The owner's ``priority(key)`` predicate; set it when what the owner cares about changes."""
-        return self._capacity.priority
-
-    @priority.setter
-    def priority(self, predicate: Priority | None) -> None:
-        self._capacity.priority = predicate
-
-    @property
     def max_records(self) -> int:
         return self._capacity.total
-
-    @property
-    def max_per_source(self) -> int:
-        return self._capacity.per_source
-
-    @property
-    def received(self) -> int:
-        """Records that count against the bounds (all but our own)."""
-        return len(self._capacity)
-
-    def held_by(self, source: str) -> int:
-        """Records that ``source`` brought and we still hold."""
-        return self._capacity.held_by(source)
-
-    @property
-    def timer_entries(self) -> int:
-        """Entries in the timer heap, stale ones included."""
-        return len(self._timers)
 
     def is_valid(self, key: bytes, value: Value, now: float) -> bool:
         return (
