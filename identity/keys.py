@@ -11,6 +11,7 @@ the message (``crypto_sign``).  `verify` returns the message on success.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 
@@ -94,7 +95,10 @@ def verify(public_key: bytes, signed: bytes) -> bytes:
         raise SignatureError("malformed key or signature")
     digest = hashlib.blake2b(signed, digest_size=32, key=public_key).digest()
     if digest in _verified:
-        _verified.move_to_end(digest)
+        # Worker threads verify too (p2pblog.verify): another thread may have
+        # evicted the digest since the test above; each call below is atomic.
+        with contextlib.suppress(KeyError):
+            _verified.move_to_end(digest)
         return bytes(signed[SIGNATURE_BYTES:])
     try:
         message = nacl.bindings.crypto_sign_open(signed, public_key)
@@ -103,7 +107,8 @@ def verify(public_key: bytes, signed: bytes) -> bytes:
     if VERIFY_CACHE_SIZE:
         _verified[digest] = None
         if len(_verified) > VERIFY_CACHE_SIZE:
-            _verified.popitem(last=False)
+            with contextlib.suppress(KeyError):
+                _verified.popitem(last=False)
     return message
 
 
