@@ -47,7 +47,9 @@ runtime supplies a monotonic clock anchored to Unix time, because records
 carry absolute expiry times).  Outputs are pulled with `DhtCore`'s methods
 (`datagrams_to_send`, `next_event`, `get_timer`) plus the replicator's
 connection outputs (`dials_to_make`, `data_to_send`, `connections_to_close`),
-and the stamps to compute (`stamps_to_make`).
+the stamps to compute (`stamps_to_make`) and, once the driver called
+`offload_verification`, the signatures to check (`verifications_to_make`,
+answered with `entries_verified`: `p2pblog.ingest_queue`).
 """
 
 from __future__ import annotations
@@ -401,6 +403,21 @@ class NodeCore:
 
     def connection_lost(self, conn_id: int, now: float) -> None:
         self.replicator.connection_lost(conn_id, now)
+        self._drain(now)
+
+    # -- signatures checked off the event loop (`p2pblog.ingest_queue`) -----------------
+
+    def offload_verification(self) -> None:
+        """The driver checks received entries' signatures on worker threads from now on."""
+        self.replicator.offload_verification()
+
+    def verifications_to_make(self) -> list[tuple[int, tuple[Entry, ...]]]:
+        """``(token, entries)``: run `p2pblog.verify.first_forgery` on the entries and
+        report the result with `entries_verified`."""
+        return self.replicator.verifications_to_make()
+
+    def entries_verified(self, token: int, forgery: int | None, now: float) -> None:
+        self.replicator.entries_verified(token, forgery, now)
         self._drain(now)
 
     # -- commands: the DHT --------------------------------------------------------------

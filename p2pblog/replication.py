@@ -164,7 +164,8 @@ from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
-from p2pblog.errors import ChainError, EntryError, EntryFromFuture, EntrySignatureError, StorageFull
+from p2pblog.errors import ChainError, EntryError, EntryFromFuture, StorageFull
+from p2pblog.ingest_queue import VerifyJob, VerifyQueue
 from p2pblog.scoring import (
     DELIVERY_CREDIT,
     MAX_SUBJECTS,
@@ -175,6 +176,7 @@ from p2pblog.scoring import (
     address_prefix,
 )
 from p2pblog.store import Store
+from p2pblog.verify import first_forgery
 
 #: Seconds between connection-maintenance passes.
 MAINTAIN_EVERY: Final = 10.0
@@ -199,6 +201,8 @@ INBOUND_HANDSHAKE_TIMEOUT: Final = 5.0
 #: a flood cannot churn the slots of its own prefix faster than this.
 EVICT_AFTER: Final = 1.0
 #: Every connection of every kind, at most.
+#: Why a batch with an entry whose signature does not verify is refused.
+_FORGED: Final = ("entries.forged", "signature does not verify against the author")
 MAX_CONNECTIONS: Final = MAX_OUTBOUND + MAX_INBOUND + MAX_HANDSHAKING
 #: Above this many sessions, sessions that replicate none of our feeds are
 #: closed (after `PRUNE_GRACE` seconds), so the cap favours useful peers.
@@ -401,6 +405,9 @@ class Replicator:
         #: Feeds whose entries we refused as stamped ahead of our clock -> when to ask
         #: again (one per followed feed at most).
         self._ask_again: dict[bytes, float] = {}
+        #: Received batches waiting for their signatures (`p2pblog.ingest_queue`); verified
+        #: at once until the driver says it verifies off the loop (`offload_verification`).
+        self.verify = VerifyQueue(offload=False)
 
     # ============================================================ outputs
 
@@ -434,6 +441,11 @@ class Replicator:
             min(self._deadlines.values(), default=self._maintain_at),
             min(self._ask_again.values(), default=self._maintain_at),
         )
+
+    def offload_verification(self) -> None:
+        """The driver verifies signatures off the event loop from now on: it collects
+        `verifications_to_make` after every input and reports `entries_verified`."""
+        self.verify.offload = True
 
     # ============================================================ inspection
 
@@ -1088,31 +1100,72 @@ class Replicator:
             self._penalize(conn, Offence.SESSION_FAILED, now)
 
     def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
-        if event.feed in self.blocked:
+        """Decode a received batch (cheap checks only) and queue it for its signatures
+        (`p2pblog.ingest_queue`); it is stored by `_commit`, in order, once verified."""
+        skip = "blocked" if event.feed in self.blocked else None
+        if skip is None and event.feed not in self.source.wanted:
+            skip = "unwanted"
+        entries: list[Entry] = []
+        fault: tuple[str, str] | None = None
+        if skip is None:
+            for i, raw in enumerate(event.entries):
+                try:
+                    # The only decode of a peer's entry; its signature is checked by
+                    # `first_forgery` (maybe on a worker thread) before anything is stored.
+                    entry = decode_entry(raw, check_signature=False)
+                except EntryError:
+                    fault = ("entries.malformed", "entries do not match their header")
+                    break
+                if entry.author != event.feed or entry.seq != event.first_seq + i:
+                    fault = ("entries.malformed", "entries do not match their header")
+                    if first_forgery((entry,)) is not None:  # a forgery is that first
+                        fault = _FORGED
+                    break
+                entries.append(entry)
+        self.verify.add(conn.id, event, tuple(entries), fault, skip)
+        self._commit_ready(conn, now)
+
+    def entries_verified(self, token: int, forgery: int | None, now: float) -> None:
+        """The driver verified the entries of ``token`` (`verifications_to_make`):
+        ``forgery`` is the index of the first whose signature does not verify."""
+        conn_id = self.verify.verified(token, forgery)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None:
+            if conn_id is not None:
+                # The connection is gone; the batch was never acknowledged, so the
+                # peer (or another) sends it again: storing it now is not needed.
+                self.verify.ready(conn_id)
+            return
+        self._commit_ready(conn, now)
+        self._touch(conn)
+        self._pump(now)
+
+    def verifications_to_make(self) -> list[tuple[int, tuple[Entry, ...]]]:
+        """``(token, entries)`` whose signatures the driver checks off the event loop
+        (after `offload_verification`) and reports with `entries_verified`."""
+        return self.verify.to_verify()
+
+    def _commit_ready(self, conn: _Conn, now: float) -> None:
+        for job in self.verify.ready(conn.id):
+            if conn.session is None or conn.closing:
+                continue
+            self._commit(conn, conn.session, job, now)
+
+    def _commit(self, conn: _Conn, session: GossipSession, job: VerifyJob, now: float) -> None:
+        event = job.event
+        if job.skip == "blocked" or event.feed in self.blocked:
             self.stats["entries.refused_blocked"] += len(event.entries)
             session.entries_stored(event.feed, now)
             return
-        if event.feed not in self.source.wanted:
+        if job.skip == "unwanted" or event.feed not in self.source.wanted:
             # Unfollowed while in flight: not storing them is a refusal.
             session.entries_stored(event.feed, now)
             return
-        entries: list[Entry] = []
-        fault: tuple[str, str] | None = None
-        for i, raw in enumerate(event.entries):
-            try:
-                # The only decode of a peer's entry, signature included: the
-                # store takes the decoded entries as they are.
-                entry = decode_entry(raw)
-            except EntrySignatureError as exc:
-                fault = ("entries.forged", str(exc))
-                break
-            except EntryError:
-                fault = ("entries.malformed", "entries do not match their header")
-                break
-            if entry.author != event.feed or entry.seq != event.first_seq + i:
-                fault = ("entries.malformed", "entries do not match their header")
-                break
-            entries.append(entry)
+        entries = job.entries
+        fault = job.fault
+        if job.forgery is not None:
+            entries = entries[: job.forgery]
+            fault = _FORGED
         before = self.store.latest_seq(event.feed)
         try:
             report = self.store.ingest_entries(entries, now_ms=int(now * 1000))

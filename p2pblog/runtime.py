@@ -23,7 +23,12 @@ their query id: every command's query ends in exactly one result event
 `NodeDriver` adds the gossip connections: a `GossipTransport` accepts and
 dials byte streams (`TcpTransport`: a TCP listener and `trio.open_tcp_stream`;
 tests plug in `trio.testing` memory streams), and each connection gets a
-reader and a writer task.
+reader and a writer task.  It also checks the signatures of received
+entries on worker threads, one per core (`p2pblog.ingest_queue`): the core
+hands out ``verifications_to_make``, a task per batch runs
+`p2pblog.verify.first_forgery` in `trio.to_thread.run_sync` and reports
+``entries_verified``; PyNaCl releases the GIL inside libsodium, so the
+event loop goes on decrypting and storing meanwhile.
 
 Failures inside an input: the cores turn a peer's bad bytes into events,
 so an exception out of a core call is a bug of ours (or a refused local
@@ -63,7 +68,9 @@ from typing import Any, Protocol
 import trio
 
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
+from p2pblog.entry import Entry
 from p2pblog.errors import StorageFull
+from p2pblog.verify import default_workers, first_forgery
 
 _EPOCH_OFFSET = time.time() - time.monotonic()
 #: Largest datagram read from the socket; the core counts and drops oversize ones.
@@ -305,6 +312,9 @@ class StreamCore(DatagramCore, Protocol):
     def connection_lost(self, conn_id: int, now: float) -> None: ...
     def stamps_to_make(self) -> list[tuple[bytes, bytes, int]]: ...
     def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None: ...
+    def offload_verification(self) -> None: ...
+    def verifications_to_make(self) -> list[tuple[int, tuple[Entry, ...]]]: ...
+    def entries_verified(self, token: int, forgery: int | None, now: float) -> None: ...
 
 
 class GossipTransport(Protocol):
@@ -392,6 +402,11 @@ class NodeDriver(UdpDriver):
         self._stamps: list[tuple[bytes, bytes, int]] = []
         #: One stamp at a time, in a worker thread, so the event loop stays responsive.
         self._stamp_limiter = trio.CapacityLimiter(1)
+        #: Received entries whose signatures to check, on worker threads (one per core),
+        #: while this thread goes on decrypting, decoding and storing (`p2pblog.ingest_queue`).
+        self._verifications: list[tuple[int, tuple[Entry, ...]]] = []
+        self._verify_limiter = trio.CapacityLimiter(default_workers())
+        core.offload_verification()
 
     @classmethod
     def bind_both(cls, core: StreamCore, host: str, port: int, **kwargs: Any) -> NodeDriver:
@@ -449,7 +464,18 @@ class NodeDriver(UdpDriver):
             for job in self._stamps:
                 self._nursery.start_soon(self._make_stamp, *job)
             self._stamps.clear()
+        self._verifications += core.verifications_to_make()
+        if self._nursery is not None:
+            for token, entries in self._verifications:
+                self._nursery.start_soon(self._verify, token, entries)
+            self._verifications.clear()
         super().flush()
+
+    async def _verify(self, token: int, entries: tuple[Entry, ...]) -> None:
+        forgery = await trio.to_thread.run_sync(first_forgery, entries, limiter=self._verify_limiter)
+        with self.guard("verify"):
+            self.stream_core.entries_verified(token, forgery, self.clock())
+        self.flush()
 
     async def _make_stamp(self, entry_id: bytes, recipient: bytes, bits: int) -> None:
         subject = notice_subject(recipient, entry_id)

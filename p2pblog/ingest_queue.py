@@ -1,0 +1,145 @@
+"""`VerifyQueue`: received entries wait here for their signatures, in order.
+
+Theory of operation
+-------------------
+Checking signatures is most of what ingesting a peer's entries costs, and it
+can run on every core (`p2pblog.verify`), but the replicator is a sans-IO
+core: it cannot start a thread.  So, like the proof-of-work stamps of
+mention notices, verification is an output.  The replicator decodes each
+batch a session received (`decode_entry(..., check_signature=False)`: the
+cheap checks, on the caller's thread), and queues it here as a `VerifyJob`.
+The driver collects `to_verify` (token and entries), runs
+`p2pblog.verify.first_forgery` on a worker thread, and reports the result
+with ``Replicator.entries_verified(token, forgery, now)``.  The replicator
+then stores the verified prefix and acknowledges the batch.
+
+Order: a session's batches must be acknowledged once each, in the order
+they arrived, so the jobs of one connection commit in that order (`ready`
+hands back only a done prefix of a connection's queue), whatever order the
+workers finish in.  Nothing is stored before its job was verified.
+
+Bounds: a session has at most `identity.limits.MAX_BATCHES_IN_FLIGHT`
+unacknowledged batches (its window), and a batch is not acknowledged while it
+waits here, so a peer cannot queue more than that.  In total at most
+`max_bytes` of entries wait for a worker; past that (and when the driver
+does not verify off the loop: ``offload`` False, as in the simulator), a job
+is verified at once on the caller's thread, which slows the reading of
+input, the back-pressure the window then passes on to the peers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from gossip.session import EntriesReceived
+from p2pblog.entry import Entry
+from p2pblog.verify import first_forgery
+
+#: Bytes of entries that may wait for a worker at once (all connections).
+MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
+#: Smaller batches (live pushes: usually one entry) are verified at once: handing
+#: them to a thread would cost more than the check and delay delivery.
+MIN_OFFLOAD: Final = 16
+
+
+@dataclass(slots=True, eq=False)
+class VerifyJob:
+    """One received batch: its decoded entries wait for their signatures."""
+
+    token: int
+    conn_id: int
+    event: EntriesReceived
+    #: The entries that decoded and match the batch's header, in order; signatures unchecked.
+    entries: tuple[Entry, ...]
+    #: Why decoding stopped before the end of the batch (counter name, detail), if it did.
+    fault: tuple[str, str] | None = None
+    #: Refused before verification (``"blocked"``, ``"unwanted"``): nothing to verify.
+    skip: str | None = None
+    size: int = 0
+    done: bool = False
+    #: The index of the first entry whose signature does not verify.
+    forgery: int | None = None
+    waiting: bool = field(default=False, repr=False)
+
+
+class VerifyQueue:
+    """Jobs waiting for a worker, per connection in arrival order (see the module docstring)."""
+
+    def __init__(self, *, offload: bool, max_bytes: int = MAX_QUEUED_BYTES) -> None:
+        #: Whether the driver verifies off the loop; if not, every job is verified in `add`.
+        self.offload = offload
+        self.max_bytes = max_bytes
+        #: Bytes of entries handed to (or waiting for) workers.
+        self.queued_bytes = 0
+        self.stats = {"verified_inline": 0, "verified_offloaded": 0}
+        self._next = 0
+        self._jobs: dict[int, VerifyJob] = {}
+        self._outbox: list[VerifyJob] = []
+        self._by_conn: dict[int, deque[VerifyJob]] = {}
+
+    def __len__(self) -> int:
+        """Jobs not yet committed."""
+        return sum(len(q) for q in self._by_conn.values())
+
+    def add(
+        self,
+        conn_id: int,
+        event: EntriesReceived,
+        entries: tuple[Entry, ...],
+        fault: tuple[str, str] | None,
+        skip: str | None = None,
+    ) -> VerifyJob:
+        """Queue a received batch behind the connection's earlier ones; verify it now
+        unless it goes to a worker."""
+        self._next += 1
+        size = sum(len(e.raw) for e in entries)
+        job = VerifyJob(self._next, conn_id, event, entries, fault, skip, size)
+        self._by_conn.setdefault(conn_id, deque()).append(job)
+        if skip is not None or not entries:
+            job.done = True
+        elif self.offload and len(entries) >= MIN_OFFLOAD and self.queued_bytes + size <= self.max_bytes:
+            job.waiting = True
+            self.queued_bytes += size
+            self._jobs[job.token] = job
+            self._outbox.append(job)
+            self.stats["verified_offloaded"] += 1
+        else:
+            job.forgery = first_forgery(entries)
+            job.done = True
+            self.stats["verified_inline"] += 1
+        return job
+
+    def to_verify(self) -> list[tuple[int, tuple[Entry, ...]]]:
+        """``(token, entries)`` for the driver to verify (`p2pblog.verify.first_forgery`)."""
+        out = [(job.token, job.entries) for job in self._outbox]
+        self._outbox.clear()
+        return out
+
+    def verified(self, token: int, forgery: int | None) -> int | None:
+        """Record a worker's result; return the job's connection id (None: an unknown token)."""
+        job = self._jobs.pop(token, None)
+        if job is None:
+            return None
+        if forgery is not None and not 0 <= forgery < len(job.entries):
+            raise ValueError(f"forgery index {forgery} is outside the batch of {len(job.entries)}")
+        job.forgery = forgery
+        job.done = True
+        job.waiting = False
+        self.queued_bytes -= job.size
+        return job.conn_id
+
+    def ready(self, conn_id: int) -> list[VerifyJob]:
+        """Pop the connection's jobs that are done and have no undone job before them."""
+        queue = self._by_conn.get(conn_id)
+        out: list[VerifyJob] = []
+        while queue and queue[0].done:
+            out.append(queue.popleft())
+        if queue is not None and not queue:
+            del self._by_conn[conn_id]
+        return out
+
+    def pending(self, conn_id: int) -> bool:
+        """Whether any job of the connection waits (a new batch must queue behind it)."""
+        return conn_id in self._by_conn
