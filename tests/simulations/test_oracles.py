@@ -19,13 +19,15 @@ must not be blamed on them.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from random import Random
 from typing import Any
 from unittest import mock
 
-from p2pblog import replication
-from p2pblog.entry import Entry, decode_entry
+from p2pblog import ingest_queue
+from p2pblog.entry import Entry
 from p2pblog.node import NodeCore
+from p2pblog.verify import first_forgery
 from simulations.adversary import make_core
 from simulations.node import SimNode
 from simulations.scenario import Scenario
@@ -76,25 +78,25 @@ def assert_caught(result: Result, oracle: str) -> None:
 def skip_signature_checks(node: SimNode) -> None:
     """Give the node a replicator that takes other authors' entries without checking signatures.
 
-    The replicator decodes a peer's entries once, signature included, with
-    `p2pblog.replication.decode_entry`, and the store takes them as decoded:
-    swap in a lenient decode while this node's replicator ingests.  The
-    default core factory (roles, protocol) is kept.
+    The replicator decodes a peer's entries without their signatures and has
+    `p2pblog.ingest_queue.VerifyQueue` check them with `first_forgery` before
+    the store takes them as decoded: swap in a lenient check while this node's
+    replicator ingests.  The default core factory (roles, protocol) is kept.
     """
     default_factory = node.make_core
     assert default_factory is not None
     own = node.identity.public_key
 
-    def lenient_decode(raw: bytes, *, check_signature: bool = True) -> Entry:
-        entry = decode_entry(raw, check_signature=False)
-        return decode_entry(raw) if entry.author == own else entry  # its own feed it still checks
+    def lenient_check(entries: Sequence[Entry]) -> int | None:
+        # its own feed it still checks
+        return first_forgery([e for e in entries if e.author == own])
 
     def make(n: SimNode, rng: Random, now: float) -> NodeCore:
         core = default_factory(n, rng, now)
         strict_ingest = core.replicator._ingest
 
         def ingest(*args: Any) -> None:
-            with mock.patch.object(replication, "decode_entry", lenient_decode):
+            with mock.patch.object(ingest_queue, "first_forgery", lenient_check):
                 strict_ingest(*args)
 
         core.replicator._ingest = ingest  # type: ignore[method-assign]
