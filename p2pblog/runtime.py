@@ -405,7 +405,8 @@ class NodeDriver(UdpDriver):
         #: Received entries whose signatures to check, on worker threads (one per core),
         #: while this thread goes on decrypting, decoding and storing (`p2pblog.ingest_queue`).
         self._verifications: list[tuple[int, tuple[Entry, ...]]] = []
-        self._verify_limiter = trio.CapacityLimiter(default_workers())
+        self.verify_workers = default_workers()
+        self._verify_limiter = trio.CapacityLimiter(self.verify_workers)
         core.offload_verification()
 
     @classmethod

@@ -132,5 +132,10 @@ def test_a_restarted_follower_catches_up_to_exactly_the_authors_feed(
     assert latest_seq(b.home, a.handle) == 50
     texts = timeline_texts(b.home)
     assert texts == [f"post {i}" for i in reversed(range(50))]
-    feeds = {f["handle"]: f["seq"] for f in status(b)["feeds"]}  # type: ignore[union-attr]
+    state = status(b)
+    feeds = {f["handle"]: f["seq"] for f in state["feeds"]}  # type: ignore[union-attr]
     assert feeds[a.handle] == 50
+    # The catch-up's batch was checked on a worker thread, and nothing waits any more.
+    verify = state["verify"]
+    assert isinstance(verify, dict)
+    assert verify["offloaded"] >= 1 and verify["waiting"] == 0 and verify["queued_bytes"] == 0
