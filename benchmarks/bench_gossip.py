@@ -44,7 +44,8 @@ Three parts, each against a baseline or target measured in the same run:
    and signed by the feeds' own identities).  Once F holds every feed and is
    connected to every peer, after ``--settle-idle`` s: F's VmRSS, and F's CPU
    over ``--idle-seconds`` (30) s from /proc/PID/stat (utime + stime) and
-   /proc/PID/schedstat.  Targets: RSS < 80 MB, idle CPU < 1% of a core.
+   /proc/PID/task/*/schedstat (every thread).  Targets: RSS < 80 MB, idle CPU
+   < 1% of a core.
 
 Every process runs on 127.0.0.1 only, every wait is bounded, and every
 process and temp directory is removed at the end, also on failure or
@@ -90,6 +91,7 @@ from gossip_bench_nodes import (
     proc_cpu_seconds,
     proc_schedstat,
     proc_status_kib,
+    proc_tasks_schedstat,
     proc_threads,
     quiet_calls,
     signals_as_exit,
@@ -737,14 +739,14 @@ def part_footprint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(args.settle_idle)
         pid = follower.pid
         lines0 = len(cluster.pump.lines["follower"])
-        cpu0, (ns0, _), t0 = proc_cpu_seconds(pid), proc_schedstat(pid), TIMER()
+        cpu0, (ns0, _), t0 = proc_cpu_seconds(pid), proc_tasks_schedstat(pid), TIMER()
         peer_cpu0 = cpu_of(peers)
         rss_samples = []
         end = t0 + args.idle_seconds
         while TIMER() < end:
             rss_samples.append(proc_status_kib(pid, "VmRSS"))
             time.sleep(min(1.0, max(0.0, end - TIMER())))
-        cpu1, (ns1, _), t1 = proc_cpu_seconds(pid), proc_schedstat(pid), TIMER()
+        cpu1, (ns1, _), t1 = proc_cpu_seconds(pid), proc_tasks_schedstat(pid), TIMER()
         peer_cpu1 = cpu_of(peers)
         window = t1 - t0
         status = follower.call("status")
@@ -926,7 +928,7 @@ def markdown(result: dict[str, Any], context: RunContext) -> str:
             f"| VmRSS after settling (window min..max) | {fp['rss_kib'] / 1024:.1f} MiB "
             f"({fp['rss_kib_min_in_window'] / 1024:.1f}..{fp['rss_kib_max_in_window'] / 1024:.1f}) |",
             f"| VmHWM (peak, includes the catch-up) | {fp['hwm_kib'] / 1024:.1f} MiB |",
-            f"| idle CPU over {fp['idle_window_seconds']:.0f} s, schedstat | "
+            f"| idle CPU over {fp['idle_window_seconds']:.0f} s, schedstat (all threads) | "
             f"{(fp['idle_cpu_share_schedstat'] or 0):.3%} of a core |",
             f"| idle CPU, utime+stime | {fp['idle_cpu_seconds_stat']:.2f} s = "
             f"{fp['idle_cpu_share_stat']:.3%} |",
