@@ -16,7 +16,7 @@ scale search), ``--join`` (budget), ``--out`` (the JSON file, default
 time (target: 1,000 nodes for one simulated hour at >= 60x, i.e. <= 60 s).
 A run that would exceed ``--max-wall`` seconds is stopped there, and the
 simulated time it reached is reported (so the speed-up is still measured).
-The limit is enforced by a watchdog (`WallWatchdog`: ``SIGALRM`` from
+The limit is enforced by a watchdog (`wall_watchdog`: ``SIGALRM`` from
 ``setitimer``, checked at least once a second of wall time), not at the
 simulation's own progress checkpoints, which can be minutes apart in a large
 run: a stopped run says so on stderr ("wall-time limit hit") and in its JSON
@@ -67,8 +67,13 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_sim.json"
 WATCHDOG_TICK = 1.0
 
 
-class WallLimitHit(Exception):
-    """The wall-time limit of a run passed; raised in the main thread by `WallWatchdog`."""
+class WallLimitHit(BaseException):
+    """The wall-time limit of a run passed; raised in the main thread by `wall_watchdog`.
+
+    A BaseException, like KeyboardInterrupt: the simulator turns an
+    ``Exception`` from a core under attack into an oracle violation, and
+    this must not be taken for one.
+    """
 
     def __init__(self, limit: float, elapsed: float) -> None:
         super().__init__(f"wall-time limit hit: {elapsed:.2f} s of wall time, limit {limit:g} s")
