@@ -73,6 +73,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -375,16 +376,14 @@ def run_child(command: list[str], timeout: float) -> ChildRun:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
-        deadline = start + timeout
-        while True:
-            pid, wait_status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                child.kill()
-                pid, wait_status, usage = os.wait4(child.pid, 0)
-                break
-            time.sleep(0.002)
+        # Block in wait4 (no polling that would take CPU from the child); a
+        # timer kills a child that overstays.
+        killer = threading.Timer(timeout, child.kill)
+        killer.start()
+        try:
+            _, wait_status, usage = os.wait4(child.pid, 0)
+        finally:
+            killer.cancel()
         wall = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(wait_status)
         out.seek(0)
