@@ -3,20 +3,31 @@
 Three parts, each against a baseline or target measured in the same run:
 
 1. **catch-up** (``--part catchup``): a ``--entries`` (100,000) post feed is
-   built offline in A's store (timed, not counted).  Two ``p2pblog run``
-   processes, A and B, then replicate it over Noise on loopback: B follows A
-   (control API ``follow``) and the clock runs from just before that command
-   until B's store holds A's feed up to seq ``--entries`` (polled every
-   ``--poll`` s with a read-only SQLite connection).  Reported in entries/s
-   and as a ratio to the raw PyNaCl verify rate of the same entries
-   (``nacl.signing.VerifyKey.verify`` over every signed entry, best of
-   ``--verify-repeat`` passes made just before each run), target >= 0.5.
-   If ``npm`` is here and ``hypercore@11.37.1`` installs (``npm install``
-   in a temp dir, bounded by ``--npm-timeout``), the same entries as
-   hypercore blocks are replicated between two node processes over TCP on
-   loopback (``gossip_bench_hypercore.js``), alternating with our runs, and
-   the ratio ours / hypercore is reported; otherwise the reason, as "not
-   run".  ``--catchup-repeat`` (3) runs of each; the best counts.
+   built offline in A's store (timed, not counted).  ``--rounds`` (5)
+   rounds; each measures three sides once, back to back, in an order
+   rotated by one every round:
+
+   - *p2pblog*: two fresh ``p2pblog run`` processes, A (a copy of the
+     built store) and B (empty), replicate the feed over Noise TCP on
+     loopback: B follows A (control API ``follow``) and the clock runs from
+     just before that command until B's store holds A's feed up to seq
+     ``--entries`` (polled every ``--poll`` s with a read-only SQLite
+     connection).  CPU: B's utime + stime (/proc/PID/stat, all threads)
+     over the same span.
+   - *hypercore*: if ``npm`` is here and ``hypercore@11.37.1`` installs
+     (``npm install`` in a temp dir, bounded by ``--npm-timeout``), the same
+     entries as hypercore blocks, replicated between two fresh node
+     processes over TCP on loopback (``gossip_bench_hypercore.js``), timed
+     in the fetching process from just before its connect to the last block;
+     CPU: the fetching process's ``process.cpuUsage()`` (all threads).
+   - *raw verify*: ``crypto_sign_open`` over every entry on one thread of
+     this process (one core's raw verify rate); CPU: ``process_time``.
+
+   Each round gives p2pblog / raw verify and p2pblog / hypercore, on wall
+   time (rate over rate) and on CPU time (the baseline's CPU seconds over
+   B's); the report is the median over the rounds, every round beside it.
+   Targets on the wall medians: >= 0.9x one core's raw verify, >= 1.5x
+   hypercore.  Every run starts fresh processes, so no verify cache is warm.
 2. **live delivery** (``--part live``): one author and ``--followers`` (10)
    follower processes, all following the author and connected to it; then
    ``--posts`` (200) posts through the author's control API, spaced
@@ -33,7 +44,8 @@ Three parts, each against a baseline or target measured in the same run:
    and signed by the feeds' own identities).  Once F holds every feed and is
    connected to every peer, after ``--settle-idle`` s: F's VmRSS, and F's CPU
    over ``--idle-seconds`` (30) s from /proc/PID/stat (utime + stime) and
-   /proc/PID/schedstat.  Targets: RSS < 80 MB, idle CPU < 1% of a core.
+   /proc/PID/task/*/schedstat (every thread).  Targets: RSS < 80 MB, idle CPU
+   < 1% of a core.
 
 Every process runs on 127.0.0.1 only, every wait is bounded, and every
 process and temp directory is removed at the end, also on failure or
@@ -51,18 +63,14 @@ is missed: this is a report, not a test.
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
 import hashlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import select
 import shutil
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -72,10 +80,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import nacl
-import nacl.signing
-from bench_dht import quantile, source_state, version
-from bench_log import cpu_model, filesystem, libsodium_version, texts
+import nacl.bindings
+from bench_context import RunContext, median, ratio_summary, rotated, status, timed
+from bench_dht import quantile
+from bench_log import texts
 from gossip_bench_nodes import (
     Cluster,
     NodeProcess,
@@ -83,6 +91,7 @@ from gossip_bench_nodes import (
     proc_cpu_seconds,
     proc_schedstat,
     proc_status_kib,
+    proc_tasks_schedstat,
     proc_threads,
     quiet_calls,
     signals_as_exit,
@@ -99,9 +108,11 @@ DEFAULT_OUT = HERE / "results" / "bench_gossip.json"
 HYPERCORE_SCRIPT = HERE / "gossip_bench_hypercore.js"
 HYPERCORE_PACKAGE = "hypercore@11.37.1"
 PARTS = ("catchup", "live", "footprint")
+PACKAGES = ("PyNaCl", "trio", "msgpack", "sqlite")
 TIMER = time.perf_counter
 
-TARGET_CATCHUP_OVER_VERIFY = 0.5
+TARGET_CATCHUP_OVER_VERIFY = 0.9
+TARGET_CATCHUP_OVER_HYPERCORE = 1.5
 TARGET_LIVE_P50 = 0.050
 #: 80 MB (decimal), in KiB.
 TARGET_RSS_KIB = 80_000_000 / 1024
@@ -163,24 +174,26 @@ def time_split(before: tuple[int, int], after: tuple[int, int], wall: float) -> 
 # --- part 1: catch-up -----------------------------------------------------------------------
 
 
-def raw_verify(raws: list[bytes], public_key: bytes, repeat: int) -> dict[str, Any]:
-    """``VerifyKey.verify`` over every entry, ``repeat`` passes: best wall rate and best CPU-time rate.
+def raw_verify(raws: list[bytes], public_key: bytes) -> dict[str, Any]:
+    """One pass of ``crypto_sign_open`` (what ``identity.verify`` calls) over every entry, on this thread.
 
-    The CPU-time rate (``time.process_time``) leaves out the time this
-    process waited for a core, as B's "on a CPU" time does: their ratio is
-    what the wall ratio would be on a machine with a core free for each.
+    One core's raw verify rate.  CPU time is ``process_time`` of this
+    process; its only other thread, the log pump, sleeps while no node runs.
     """
-    verify = nacl.signing.VerifyKey(public_key).verify
-    walls, cpus = [], []
-    for _ in range(repeat):
-        gc.collect()
-        wall, cpu = TIMER(), time.process_time()
+    sign_open = nacl.bindings.crypto_sign_open
+
+    def run() -> None:
         for raw in raws:
-            verify(raw)
-        walls.append(TIMER() - wall)
-        cpus.append(time.process_time() - cpu)
-    rates = [len(raws) / w for w in walls]
-    return {"rate": max(rates), "rates": rates, "cpu_rate": max(len(raws) / c for c in cpus if c > 0)}
+            sign_open(raw, public_key)
+
+    timing, _ = timed(run)
+    return {
+        "entries": len(raws),
+        "seconds": timing.wall,
+        "cpu_seconds": timing.cpu,
+        "rate": len(raws) / timing.wall,
+        "cpu_rate": len(raws) / timing.cpu if timing.cpu > 0 else float("nan"),
+    }
 
 
 def catchup_run(
@@ -438,66 +451,101 @@ def part_catchup(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 progress(f"hypercore: not run: {reason}")
                 hypercore = None
 
-        runs: list[dict[str, Any]] = []
-        hypercore_runs: list[dict[str, Any]] = []
-        for rep in range(args.catchup_repeat):
-            # Alternate the order, and measure the raw baseline right before our
-            # run, so that a change in the machine's load hits both alike.
-            order = ["p2pblog", "hypercore"] if rep % 2 == 0 else ["hypercore", "p2pblog"]
-            for side in order:
+        sides = ["p2pblog", "hypercore", "raw_verify"] if hypercore is not None else ["p2pblog", "raw_verify"]
+        rounds: list[dict[str, Any]] = []
+        for rep in range(args.rounds):
+            # Every side once per round, back to back, in an order rotated each
+            # round; the ratios of a round use that round's measurements only.
+            row: dict[str, Any] = {"round": rep + 1, "order": rotated(sides, rep), "load_before": load()}
+            for side in row["order"]:
                 if side == "hypercore" and hypercore is not None:
-                    progress(f"hypercore: {len(raws):,} blocks, run {rep + 1} of {args.catchup_repeat} ...")
-                    hypercore_runs.append(hypercore.run(rep))
-                    progress(f"  {hypercore_runs[-1]['rate']:,.0f} blocks/s")
-                elif side == "p2pblog":
+                    progress(f"hypercore: {len(raws):,} blocks, round {rep + 1} of {args.rounds} ...")
+                    row["hypercore"] = hypercore.run(rep)
+                    progress(f"  {row['hypercore']['rate']:,.0f} blocks/s")
+                elif side == "raw_verify":
                     progress(
-                        f"catch-up: raw VerifyKey.verify of the {len(raws):,} entries, round {rep + 1} ..."
+                        f"catch-up: raw crypto_sign_open of the {len(raws):,} entries, round {rep + 1} ..."
                     )
-                    verify = raw_verify(raws, author.public_key, args.verify_repeat)
-                    progress(f"catch-up: p2pblog A -> B, run {rep + 1} of {args.catchup_repeat} ...")
+                    row["raw_verify"] = raw_verify(raws, author.public_key)
+                    progress(f"  {row['raw_verify']['rate']:,.0f} entries/s")
+                elif side == "p2pblog":
+                    progress(f"catch-up: p2pblog A -> B, round {rep + 1} of {args.rounds} ...")
                     run = catchup_run(cluster, template_home.store_file, author, rep, args, profile=False)
-                    run["raw_verify"] = verify
-                    run["ratio_over_raw_verify"] = run["rate"] / verify["rate"]
-                    b_cpu = (run.get("time_split_b") or {}).get("run")
-                    if run["finished"] and b_cpu:
-                        run["cpu_ratio_over_raw_verify"] = args.entries / b_cpu / verify["cpu_rate"]
                     progress(
                         f"  {'done' if run['finished'] else 'NOT FINISHED'}: seq {run['latest_seq']:,} "
-                        f"in {run['seconds']:.2f} s ({run['rate']:,.0f} entries/s; raw verify "
-                        f"{verify['rate']:,.0f}/s; ratio {run['ratio_over_raw_verify']:.3f})"
+                        f"in {run['seconds']:.2f} s ({run['rate']:,.0f} entries/s)"
                     )
-                    runs.append(run)
-        result["runs"] = runs
-        ratios = [r["ratio_over_raw_verify"] for r in runs]
-        result["rate"] = max(r["rate"] for r in runs)
-        result["ratio_over_raw_verify"] = max(ratios)
-        result["ratio_over_raw_verify_median"] = quantile(ratios, 0.5)
-        cpu_ratios = [r["cpu_ratio_over_raw_verify"] for r in runs if "cpu_ratio_over_raw_verify" in r]
-        result["cpu_ratio_over_raw_verify_median"] = quantile(cpu_ratios, 0.5)
-        result["target_met"] = result["ratio_over_raw_verify"] >= TARGET_CATCHUP_OVER_VERIFY
+                    row["p2pblog"] = run
+            row["load_after"] = load()
+            row["ratios"] = round_ratios(row)
+            progress(
+                f"  round {rep + 1}: "
+                + "; ".join(f"{k} {v['wall']:.3f} (CPU {v['cpu']:.3f})" for k, v in row["ratios"].items())
+            )
+            rounds.append(row)
+        result["rounds"] = rounds
+        result["summary"] = {
+            key: {
+                "wall": ratio_summary([r["ratios"][key]["wall"] for r in rounds], target),
+                "cpu": ratio_summary([r["ratios"][key]["cpu"] for r in rounds]),
+            }
+            for key, target in (
+                ("over_raw_verify", TARGET_CATCHUP_OVER_VERIFY),
+                ("over_hypercore", TARGET_CATCHUP_OVER_HYPERCORE),
+            )
+            if all(key in r["ratios"] for r in rounds)
+        }
+        result["rates"] = {
+            side: median([r[side]["rate"] for r in rounds])
+            for side in sides
+            if all(side in r for r in rounds)
+        }
         if args.profile:
             progress("catch-up: profiled run (A and B under cProfile; not timed) ...")
-            profiled = catchup_run(
-                cluster, template_home.store_file, author, args.catchup_repeat, args, profile=True
-            )
+            profiled = catchup_run(cluster, template_home.store_file, author, args.rounds, args, profile=True)
             result["profiled_run"] = {k: v for k, v in profiled.items() if k != "profiles"}
             result["profiles"] = profiled.get("profiles", {})
 
         if hypercore is None:
             result["hypercore"] = {"status": "not run", "reason": reason}
         else:
-            ok = [r for r in hypercore_runs if r["finished"]]
+            ok = [r["hypercore"] for r in rounds if r["hypercore"]["finished"]]
             result["hypercore"] = {
                 "status": "run" if ok else "failed",
-                "reason": "" if ok else f"no run finished: {hypercore_runs}",
+                "reason": "" if ok else f"no run finished: {[r['hypercore'] for r in rounds]}",
                 **hypercore.info,
-                "runs": hypercore_runs,
-                "rate": max((r["rate"] for r in ok), default=0.0),
             }
-            if ok:
-                result["ratio_over_hypercore"] = result["rate"] / result["hypercore"]["rate"]
     result["load_after"] = load()
     return result
+
+
+def round_ratios(row: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """A round's ratios of p2pblog's catch-up to each baseline, on wall time and on CPU time.
+
+    Wall: entries/s over entries/s (0 when our run did not finish).  CPU: the
+    baseline's CPU seconds over ours for the same entries.  Ours is B's
+    (the follower's) utime + stime from /proc/PID/stat, all its threads,
+    from just before the ``follow`` command to the last entry stored; the
+    raw verify's is this process's ``process_time`` over the pass;
+    hypercore's is the fetching process's ``process.cpuUsage()`` (user +
+    system, all threads), from just before its TCP connect to the last block.
+    """
+    ours = row["p2pblog"]
+    nan = float("nan")
+    cpu_b = ours["cpu_seconds_b"] if ours["finished"] and ours["cpu_seconds_b"] > 0 else nan
+    verify = row["raw_verify"]
+    ratios = {
+        "over_raw_verify": {"wall": ours["rate"] / verify["rate"], "cpu": verify["cpu_seconds"] / cpu_b},
+    }
+    hyper = row.get("hypercore")
+    if hyper is not None:
+        if hyper["finished"]:
+            wall = ours["rate"] / hyper["rate"]
+            cpu = hyper["cpu_seconds_fetch"] / cpu_b
+        else:  # the baseline failed: the round says nothing about the ratio
+            wall = cpu = nan
+        ratios["over_hypercore"] = {"wall": wall, "cpu": cpu}
+    return ratios
 
 
 # --- part 2: live delivery ------------------------------------------------------------------
@@ -691,14 +739,14 @@ def part_footprint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(args.settle_idle)
         pid = follower.pid
         lines0 = len(cluster.pump.lines["follower"])
-        cpu0, (ns0, _), t0 = proc_cpu_seconds(pid), proc_schedstat(pid), TIMER()
+        cpu0, (ns0, _), t0 = proc_cpu_seconds(pid), proc_tasks_schedstat(pid), TIMER()
         peer_cpu0 = cpu_of(peers)
         rss_samples = []
         end = t0 + args.idle_seconds
         while TIMER() < end:
             rss_samples.append(proc_status_kib(pid, "VmRSS"))
             time.sleep(min(1.0, max(0.0, end - TIMER())))
-        cpu1, (ns1, _), t1 = proc_cpu_seconds(pid), proc_schedstat(pid), TIMER()
+        cpu1, (ns1, _), t1 = proc_cpu_seconds(pid), proc_tasks_schedstat(pid), TIMER()
         peer_cpu1 = cpu_of(peers)
         window = t1 - t0
         status = follower.call("status")
@@ -739,25 +787,6 @@ def part_footprint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return result
 
 
-# --- machine and source -----------------------------------------------------------------------
-
-
-def machine(workdir: Path) -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "pynacl": getattr(nacl, "__version__", "unknown"),
-        "libsodium": libsodium_version(),
-        "trio": version("trio"),
-        "msgpack": version("msgpack"),
-        "sqlite": sqlite3.sqlite_version,
-        "homes_fs": filesystem(workdir),
-    }
-
-
 # --- report -----------------------------------------------------------------------------------
 
 
@@ -765,76 +794,93 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def markdown(result: dict[str, Any]) -> str:
-    m, src = result["machine"], result["source"]
+def catchup_markdown(c: dict[str, Any], entries: int, targets: list[tuple[str, str, bool]]) -> list[str]:
+    size = c["entry_bytes"]
+    h = c["hypercore"]
+    hyper_name = h.get("package", HYPERCORE_PACKAGE)
     lines = [
-        f"## Gossip (issue 4) — {m['cpu']}, {m['cores']} cores",
+        f"### Catch-up of a {entries:,}-entry feed, A -> B over Noise TCP on loopback",
         "",
-        f"Command: `{result['command']}`. Python {m['python']}, PyNaCl {m['pynacl']}, trio {m['trio']}, "
-        f"SQLite {m['sqlite']}; homes on {m['homes_fs']}. Commit {src['commit'][:10]}"
-        + (
-            f" with uncommitted changes to {', '.join(x.split()[-1] for x in src['uncommitted'])}."
-            if src["uncommitted"]
-            else "."
-        ),
-        f"Load average (1, 5, 15 min) at start: {result['load_before']}; at end: {result['load_after']}.",
+        f"Load before/after: {c['load_before']} / {c['load_after']}. Feed built offline in "
+        f"{c['build_seconds']:.1f} s (not counted); entries {size['min']}..{size['max']} bytes "
+        f"(mean {size['mean']:.0f}). {len(c['rounds'])} rounds; in each, every side once, back to back, "
+        f"in an order rotated each round; ratios per round, then the median.",
         "",
+        "CPU seconds counted: p2pblog = B, the follower process (utime + stime, all threads, "
+        "/proc/PID/stat); hypercore = the fetching node process (process.cpuUsage, all threads); "
+        "raw verify = this process's process_time (one thread verifying).",
+        "",
+        f"| round | order | load | p2pblog entries/s (wall; B CPU s) | {hyper_name} blocks/s (wall; "
+        "fetch CPU s) | raw verify entries/s (wall; CPU s) | p2pblog / raw verify: wall (CPU) "
+        "| p2pblog / hypercore: wall (CPU) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
+    nan = float("nan")
+    for row in c["rounds"]:
+        ours, verify, hyper = row["p2pblog"], row["raw_verify"], row.get("hypercore")
+        ratios = row["ratios"]
+        ours_text = (
+            f"{fmt_rate(ours['rate'])} ({ours['seconds']:.2f} s; {ours['cpu_seconds_b']:.2f})"
+            if ours["finished"]
+            else f"NOT FINISHED (seq {ours['latest_seq']:,})"
+        )
+        hyper_text = "not run"
+        if hyper is not None:
+            hyper_text = (
+                f"{fmt_rate(hyper['rate'])} ({hyper['seconds']:.2f} s; {hyper['cpu_seconds_fetch']:.2f})"
+                if hyper["finished"]
+                else f"FAILED (exit {hyper.get('exit')})"
+            )
+        over_h = ratios.get("over_hypercore", {"wall": nan, "cpu": nan})
+        lines.append(
+            f"| {row['round']} | {', '.join(row['order'])} | "
+            f"{row['load_before'][0]}→{row['load_after'][0]} | "
+            f"{ours_text} | {hyper_text} | {fmt_rate(verify['rate'])} ({verify['seconds']:.2f} s; "
+            f"{verify['cpu_seconds']:.2f}) | {ratios['over_raw_verify']['wall']:.3f} "
+            f"({ratios['over_raw_verify']['cpu']:.3f}) | {over_h['wall']:.3f} ({over_h['cpu']:.3f}) |"
+        )
+    lines += ["", "| ratio (median over rounds) | wall | wall min..max | CPU | target (wall) | status |"]
+    lines += ["|---|---:|---:|---:|---:|---|"]
+    for key, label in (
+        ("over_raw_verify", "catch-up / one core's raw verify"),
+        ("over_hypercore", "p2pblog / hypercore"),
+    ):
+        s = c["summary"].get(key)
+        if s is None:
+            continue
+        wall = s["wall"]
+        lines.append(
+            f"| {label} | **{wall['median']:.3f}** | {wall['min']:.3f}..{wall['max']:.3f} | "
+            f"{s['cpu']['median']:.3f} | >= {wall['target']} | {status(wall['met'])} |"
+        )
+        targets.append((f"{label} >= {wall['target']} (median)", f"{wall['median']:.3f}", wall["met"]))
+    if h.get("status") != "run":
+        lines.append(f"\nhypercore: **not run**: {h.get('reason')}")
+        targets.append((f"p2pblog / hypercore >= {TARGET_CATCHUP_OVER_HYPERCORE}", "not run", False))
+    else:
+        lines.append(f"\n{hyper_name} under node {h.get('node', '?')} (npm {h.get('npm', '?')}).")
+    split_lines = []
+    for row in c["rounds"]:
+        r = row["p2pblog"]
+        split = r.get("time_split_b") or {}
+        first = r["first_batch_seconds"]
+        split_lines.append(
+            f"round {row['round']}: first batch stored at "
+            f"{first * 1000 if first is not None else nan:.0f} ms; B's main thread on a CPU "
+            f"{split.get('run', nan):.1f} s, waiting for one {split.get('runqueue', nan):.1f} s, "
+            f"blocked {split.get('blocked', nan):.1f} s; A's CPU {r['cpu_seconds_a']:.1f} s"
+        )
+    lines += ["", "Where B's time went (schedstat of its main thread): " + "; ".join(split_lines) + ".", ""]
+    return lines
+
+
+def markdown(result: dict[str, Any], context: RunContext) -> str:
+    m = context.facts
+    lines = [f"## Gossip (issue 4) — {m['cpu']}, {m['cores']} cores", "", *context.markdown(), ""]
     targets: list[tuple[str, str, bool]] = []
     c = result.get("catchup")
     if c:
-        size = c["entry_bytes"]
-        entries = result["parameters"]["entries"]
-        lines += [
-            f"### Catch-up of a {entries:,}-entry feed, A -> B over Noise on loopback",
-            "",
-            f"Load before/after: {c['load_before']} / {c['load_after']}. Feed built offline in "
-            f"{c['build_seconds']:.1f} s (not counted); entries {size['min']}..{size['max']} bytes "
-            f"(mean {size['mean']:.0f}).",
-            "",
-            "| run | entries/s | wall | raw verify just before (entries/s) | ratio | CPU-time ratio "
-            "| where the time went |",
-            "|---|---:|---:|---:|---:|---:|---|",
-        ]
-        nan = float("nan")
-        for i, r in enumerate(c["runs"]):
-            first = r["first_batch_seconds"]
-            split = r.get("time_split_b") or {}
-            lines.append(
-                f"| p2pblog {i + 1} | {fmt_rate(r['rate'])} | {r['seconds']:.2f} s | "
-                f"{fmt_rate(r['raw_verify']['rate'])} | {r['ratio_over_raw_verify']:.3f} | "
-                f"{r.get('cpu_ratio_over_raw_verify', nan):.3f} | "
-                f"first batch stored at {first * 1000 if first is not None else nan:.0f} ms; "
-                f"B on a CPU {split.get('run', nan):.1f} s, "
-                f"waiting for one {split.get('runqueue', nan):.1f} s, "
-                f"blocked {split.get('blocked', nan):.1f} s; A on a CPU {r['cpu_seconds_a']:.1f} s |"
-            )
-        h = c["hypercore"]
-        if h.get("status") == "run":
-            for i, r in enumerate(h["runs"]):
-                lines.append(
-                    f"| {h['package']} {i + 1} (node {h.get('node', '?')}) | "
-                    f"{fmt_rate(r.get('rate', 0))} | "
-                    f"{r.get('seconds', nan):.2f} s | | | | "
-                    f"first block at {(r.get('first_block_seconds') or nan) * 1000:.0f} ms; "
-                    f"fetching process on a CPU {r.get('cpu_seconds_fetch', nan):.1f} s |"
-                )
-        lines += [""]
-        ratio = c["ratio_over_raw_verify"]
-        lines.append(
-            f"Catch-up / raw verify: best run **{ratio:.3f}**, "
-            f"median {c['ratio_over_raw_verify_median']:.3f}; CPU-time ratio (B's time on a CPU against "
-            f"the CPU time of raw verify, which leaves out waiting for a core), median "
-            f"{c['cpu_ratio_over_raw_verify_median']:.3f}."
-        )
-        targets.append(
-            (f"catch-up / raw verify >= {TARGET_CATCHUP_OVER_VERIFY}", f"{ratio:.3f}", c["target_met"])
-        )
-        if "ratio_over_hypercore" in c:
-            lines.append(f"p2pblog / hypercore: **{c['ratio_over_hypercore']:.2f}x** (best run of each).")
-        else:
-            lines.append(f"hypercore: **not run**: {h.get('reason')}")
-        lines.append("")
+        lines += catchup_markdown(c, result["parameters"]["entries"], targets)
     live = result.get("live")
     if live:
         lines += [
@@ -882,7 +928,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| VmRSS after settling (window min..max) | {fp['rss_kib'] / 1024:.1f} MiB "
             f"({fp['rss_kib_min_in_window'] / 1024:.1f}..{fp['rss_kib_max_in_window'] / 1024:.1f}) |",
             f"| VmHWM (peak, includes the catch-up) | {fp['hwm_kib'] / 1024:.1f} MiB |",
-            f"| idle CPU over {fp['idle_window_seconds']:.0f} s, schedstat | "
+            f"| idle CPU over {fp['idle_window_seconds']:.0f} s, schedstat (all threads) | "
             f"{(fp['idle_cpu_share_schedstat'] or 0):.3%} of a core |",
             f"| idle CPU, utime+stime | {fp['idle_cpu_seconds_stat']:.2f} s = "
             f"{fp['idle_cpu_share_stat']:.3%} |",
@@ -918,8 +964,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     group = parser.add_argument_group("catch-up")
     group.add_argument("--entries", type=int, default=100_000)
-    group.add_argument("--catchup-repeat", type=int, default=3, help="runs of each side; the best is kept")
-    group.add_argument("--verify-repeat", type=int, default=2, help="raw verify passes before each run")
+    group.add_argument(
+        "--rounds",
+        "--catchup-repeat",
+        dest="rounds",
+        type=int,
+        default=5,
+        help="interleaved rounds (p2pblog, hypercore, raw verify); the median ratio is reported",
+    )
     group.add_argument("--poll", type=float, default=0.05, help="seconds between store polls")
     group.add_argument("--catchup-timeout", type=float, default=300.0)
     group.add_argument("--no-hypercore", dest="hypercore", action="store_false")
@@ -940,22 +992,16 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--idle-seconds", type=float, default=30.0)
     args = parser.parse_args(argv)
     parts = args.part or list(PARTS)
-    if min(args.entries, args.catchup_repeat, args.verify_repeat, args.followers, args.posts) < 1:
+    if min(args.entries, args.rounds, args.followers, args.posts) < 1:
         parser.error("counts must be positive")
     if args.peers < 1 or args.feeds < args.peers or not 0 < args.gap_min <= args.gap_max:
         parser.error("need --feeds >= --peers >= 1 and 0 < --gap-min <= --gap-max")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.gettempdir())
+    context = RunContext.begin("benchmarks/bench_gossip.py", argv, PACKAGES, workdir)
     result: dict[str, Any] = {
         "benchmark": "gossip: catch-up, live delivery, footprint (issue 4)",
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/bench_gossip.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(workdir),
-        "source": source_state("p2pblog", "gossip", "dht", "identity", "cli"),
-        "load_before": load(),
         "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     started = TIMER()
@@ -968,9 +1014,10 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, TimeoutError, OSError) as exc:
                 progress(f"{part} FAILED: {exc}")
                 result.setdefault("failures", {})[part] = str(exc)
-    result["load_after"] = load()
+    context.end()
+    result.update(context.as_json())
     result["wall_seconds"] = TIMER() - started
-    report = markdown(result)
+    report = markdown(result, context)
     profiles = result.get("catchup", {}).pop("profiles", {})
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(report)

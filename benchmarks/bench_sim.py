@@ -7,11 +7,20 @@ Usage::
     .venv/bin/python benchmarks/bench_sim.py --part scale --max-wall 600
     .venv/bin/python benchmarks/bench_sim.py --part budget --nodes 200 --duration 1200
 
+Options: ``--max-wall`` (600 s per run), ``--start`` and ``--max-steps`` (the
+scale search), ``--join`` (budget), ``--out`` (the JSON file, default
+``benchmarks/results/bench_sim.json``; stdout has the Markdown and the JSON).
+
 *speed*: the bundled ``baseline`` scenario with ``--nodes`` nodes for
 ``--duration`` simulated seconds; reports wall time and the speed-up over real
 time (target: 1,000 nodes for one simulated hour at >= 60x, i.e. <= 60 s).
 A run that would exceed ``--max-wall`` seconds is stopped there, and the
 simulated time it reached is reported (so the speed-up is still measured).
+The limit is enforced by a watchdog (`wall_watchdog`: ``SIGALRM`` from
+``setitimer``, checked at least once a second of wall time), not at the
+simulation's own progress checkpoints, which can be minutes apart in a large
+run: a stopped run says so on stderr ("wall-time limit hit") and in its JSON
+(``"wall_limit_hit": true``).
 
 *scale*: one simulated hour of ``baseline`` at 100, 200, 400, ... nodes until a
 run does not finish within ``--max-wall`` wall seconds (the issue: ten
@@ -28,38 +37,87 @@ projects the wall time of the speed target (1,000 nodes, one hour) from both.
 finishes in under a minute). The projections are lower bounds: per-event cost grows with the node count
 (cache misses), and so do join events per node (lookup hops grow like log N).
 
-All print the machine facts and the command; results go in docs/benchmarks.md.
+All print the command, the machine (CPU model, cores), the load average
+before and after, and the Python and library versions, as Markdown lines and
+in the JSON; results go in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_context import RunContext
 
 from simulations.scenario import Scenario
 from simulations.simulation import Simulation
 
+PACKAGES = ("PyNaCl", "msgpack")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_sim.json"
+#: Seconds of wall time between two checks of the limit, at most.
+WATCHDOG_TICK = 1.0
 
-class _Stop(Exception):
-    pass
+
+class WallLimitHit(BaseException):
+    """The wall-time limit of a run passed; raised in the main thread by `wall_watchdog`.
+
+    A BaseException, like KeyboardInterrupt: the simulator turns an
+    ``Exception`` from a core under attack into an oracle violation, and
+    this must not be taken for one.
+    """
+
+    def __init__(self, limit: float, elapsed: float) -> None:
+        super().__init__(f"wall-time limit hit: {elapsed:.2f} s of wall time, limit {limit:g} s")
+        self.limit = limit
+        self.elapsed = elapsed
+
+
+@contextmanager
+def wall_watchdog(limit: float) -> Iterator[None]:
+    """Raise `WallLimitHit` in the block once ``limit`` seconds of wall time have passed.
+
+    ``setitimer(ITIMER_REAL)`` delivers SIGALRM at least every `WATCHDOG_TICK`
+    seconds (and exactly at the limit when it is nearer); the handler runs in
+    the main thread between two bytecodes, so a pure-Python simulation stops
+    within a tick of the limit, wherever it is (a progress checkpoint of a
+    large run can be minutes of wall time away).  Main thread only.
+    """
+    start = time.perf_counter()
+
+    def arm() -> None:
+        remaining = limit - (time.perf_counter() - start)
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, min(WATCHDOG_TICK, remaining)))
+
+    def check(signum: int, frame: FrameType | None) -> None:
+        elapsed = time.perf_counter() - start
+        if elapsed >= limit:
+            raise WallLimitHit(limit, elapsed)
+        arm()
+
+    previous = signal.signal(signal.SIGALRM, check)
+    try:
+        arm()
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float | int | bool]:
-    """Run baseline; stop at max_wall seconds of wall time."""
-    scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
-    sim = Simulation(scenario)
+    """Run baseline; stop at max_wall seconds of wall time (building the nodes included)."""
     start = time.perf_counter()
-    reached = [0.0]
+    sims: list[Simulation] = []
 
     def progress(sim_time: float, events: int) -> None:
-        reached[0] = sim_time
         elapsed = time.perf_counter() - start
         print(
             f"  {nodes} nodes: {sim_time:7.0f}/{duration:.0f} s simulated, {elapsed:6.1f} s wall, "
@@ -67,19 +125,26 @@ def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float |
             file=sys.stderr,
             end="\r",
         )
-        if elapsed > max_wall:
-            raise _Stop
 
     finished = True
     try:
-        result = sim.run(progress)
-        events = result.events
-    except _Stop:
+        with wall_watchdog(max_wall):
+            scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
+            sims.append(Simulation(scenario))
+            events = sims[0].run(progress).events
+    except WallLimitHit as hit:
         finished = False
-        events = sim.engine.events_run
+        events = sims[0].engine.events_run if sims else 0
+        reached = sims[0].engine.now if sims else 0.0
+        print(file=sys.stderr)
+        print(
+            f"bench_sim: {hit} ({nodes} nodes): stopped at {reached:.1f} of {duration:g} simulated "
+            f"seconds, {events} events; reported as not finished",
+            file=sys.stderr,
+        )
     wall = time.perf_counter() - start
     print(file=sys.stderr)
-    simulated = duration if finished else reached[0]
+    simulated = duration if finished else (sims[0].engine.now if sims else 0.0)
     return {
         "nodes": nodes,
         "simulated_s": round(simulated, 1),
@@ -89,10 +154,12 @@ def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float |
         "events": events,
         "events_per_s": round(events / wall, 1),
         "finished": finished,
+        "wall_limit_s": max_wall,
+        "wall_limit_hit": not finished,
     }
 
 
-def phase_costs(nodes: int, duration: float, join: float) -> dict[str, float | int]:
+def phase_costs(nodes: int, duration: float, join: float, max_wall: float) -> dict[str, float | int]:
     """Events and wall time of baseline's join (up to ``join`` s) and its steady state."""
     scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
     sim = Simulation(scenario)
@@ -103,7 +170,14 @@ def phase_costs(nodes: int, duration: float, join: float) -> dict[str, float | i
         if not split and sim_time >= join:
             split.append((sim_time, events, time.perf_counter() - start))
 
-    result = sim.run(progress)
+    try:
+        with wall_watchdog(max_wall):
+            result = sim.run(progress)
+    except WallLimitHit as hit:
+        raise SystemExit(
+            f"bench_sim: {hit}: the budget run reached {sim.engine.now:.1f} of {duration:g} simulated "
+            "seconds; choose a smaller --nodes or --duration"
+        ) from None
     wall = time.perf_counter() - start
     if not split:
         raise SystemExit(f"--duration {duration} ends before --join {join}")
@@ -161,8 +235,8 @@ def warm_op_costs(rounds: int = 20_000) -> dict[str, float]:
     return out
 
 
-def budget(nodes: int, duration: float, join: float) -> dict[str, object]:
-    phases = phase_costs(nodes, duration, join)
+def budget(nodes: int, duration: float, join: float, max_wall: float) -> dict[str, object]:
+    phases = phase_costs(nodes, duration, join, max_wall)
     ops = warm_op_costs()
     target_nodes, hour, target_wall = 1000, 3600.0, 60.0
     join_events = target_nodes * float(phases["join_events_per_node"])
@@ -185,41 +259,58 @@ def budget(nodes: int, duration: float, join: float) -> dict[str, object]:
     }
 
 
-def machine() -> dict[str, object]:
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (0.0, 0.0, 0.0)
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "loadavg": [round(x, 2) for x in load],
-    }
+def markdown(out: dict[str, object], context: RunContext) -> str:
+    lines = [f"## Simulator speed — {context.facts['cpu']}, {context.facts['cores']} cores", ""]
+    lines += [*context.markdown(), ""]
+    runs: list[dict[str, object]] = []
+    speed = out.get("speed")
+    if isinstance(speed, dict):
+        runs.append(speed)
+    scale = out.get("scale")
+    if isinstance(scale, dict):
+        runs += scale["runs"]
+    if runs:
+        lines += [
+            "| nodes | simulated s | wall s | speed-up | events | finished |",
+            "|---:|---:|---:|---:|---:|---|",
+        ]
+        for run in runs:
+            finished = "yes" if run["finished"] else f"no: wall-time limit {run['wall_limit_s']} s hit"
+            lines.append(
+                f"| {run['nodes']} | {run['simulated_s']} | {run['wall_s']} | {run['speedup']}x | "
+                f"{run['events']} | {finished} |"
+            )
+    return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--part", choices=["speed", "scale", "both", "budget"], default="both")
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=3600.0)
+    parser.add_argument("--nodes", type=int, default=None, help="speed: 1000; budget: 200")
+    parser.add_argument("--duration", type=float, default=None, help="speed: 3600; budget: 1200")
     parser.add_argument("--max-wall", type=float, default=600.0, help="wall seconds allowed per run")
     parser.add_argument("--start", type=int, default=100, help="first size of the scale search")
     parser.add_argument("--max-steps", type=int, default=6)
     parser.add_argument("--join", type=float, default=120.0, help="budget: simulated seconds of the join")
-    args = parser.parse_args()
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
-    out: dict[str, object] = {"machine": machine()}
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
+    args = parser.parse_args(argv)
+    if args.max_wall <= 0:
+        parser.error("--max-wall must be positive")
+    context = RunContext.begin("benchmarks/bench_sim.py", argv, PACKAGES)
+    print("command:", context.command, file=sys.stderr)
+    out: dict[str, object] = {}
     if args.part in ("speed", "both"):
-        run = timed_run(args.nodes, args.duration, args.max_wall)
+        nodes = args.nodes if args.nodes is not None else 1000
+        duration = args.duration if args.duration is not None else 3600.0
+        run = timed_run(nodes, duration, args.max_wall)
         out["speed"] = {**run, "target_speedup": 60.0, "met": bool(run["finished"] and run["speedup"] >= 60)}
     if args.part == "budget":
         # A run small enough to finish; the issue's sizes are what it projects to.
-        nodes = args.nodes if "--nodes" in sys.argv else 200
-        duration = args.duration if "--duration" in sys.argv else 1200.0
-        out["budget"] = budget(nodes, duration, args.join)
+        nodes = args.nodes if args.nodes is not None else 200
+        duration = args.duration if args.duration is not None else 1200.0
+        out["budget"] = budget(nodes, duration, args.join, args.max_wall)
     if args.part in ("scale", "both"):
         runs = []
         nodes = args.start
@@ -231,8 +322,16 @@ def main() -> None:
             nodes *= 2
         completed = [r["nodes"] for r in runs if r["finished"]]
         out["scale"] = {"runs": runs, "largest_completed": max(completed, default=0), "target_nodes": 10_000}
-    out["machine_after"] = machine()
-    print(json.dumps(out, indent=2))
+    context.end()
+    document = json.dumps({"benchmark": "simulator speed (issue 5)", **context.as_json(), **out}, indent=2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(document + "\n")
+    print(markdown(out, context))
+    print()
+    print("```json")
+    print(document)
+    print("```")
+    print(f"JSON written to {args.out}")
 
 
 if __name__ == "__main__":

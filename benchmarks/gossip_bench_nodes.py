@@ -95,13 +95,35 @@ def proc_schedstat(pid: int) -> tuple[int, int]:
 
     Finer than `proc_cpu_seconds` (10 ms ticks), and the second number tells
     "waiting for a core" (a busy machine) from "blocked" (I/O, an idle
-    socket).  The nodes are single-threaded.  (-1, -1) where it is missing.
+    socket).  The main thread only: a node may verify signatures on worker
+    threads, whose time is in `proc_cpu_seconds` and `proc_tasks_schedstat`.
+    (-1, -1) where it is missing.
     """
     try:
         fields = Path(f"/proc/{pid}/schedstat").read_text().split()
         return int(fields[0]), int(fields[1])
     except (OSError, ValueError, IndexError):
         return -1, -1
+
+
+def proc_tasks_schedstat(pid: int) -> tuple[int, int]:
+    """`proc_schedstat` summed over every live thread of the process (/proc/PID/task/*/schedstat).
+
+    A thread that exited between two readings takes its time with it: over a
+    window in which threads come and go, prefer `proc_cpu_seconds`.
+    """
+    run = queued = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return -1, -1
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+            run, queued = run + int(fields[0]), queued + int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread exited
+    return run, queued
 
 
 def proc_threads(pid: int) -> int:

@@ -1,0 +1,92 @@
+"""bench_log.py and bench_gossip.py's arithmetic cannot flatter (issue 18); not timed.
+
+Rounds interleave the sides, ratios are per round and summarised by their
+median, and the verify cache cannot serve a measured verify.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_log  # noqa: E402
+from bench_context import ratio_summary, rotated  # noqa: E402
+from bench_gossip import round_ratios  # noqa: E402
+
+import identity.keys  # noqa: E402
+from identity import Identity, verify  # noqa: E402
+
+
+def test_the_cold_cache_counts_what_it_serves_and_puts_the_process_cache_back() -> None:
+    signer = Identity(b"\x07" * 32)
+    signed = signer.sign(b"hello")
+    own = identity.keys._verified
+    with bench_log.cold_verify_cache() as cache:
+        assert identity.keys._verified is not own
+        verify(signer.public_key, signed)
+        assert cache.hits == 0
+        verify(signer.public_key, signed)
+        assert cache.hits == 1
+    assert identity.keys._verified is own
+
+
+def test_rounds_rotate_and_the_median_is_not_the_best() -> None:
+    assert [rotated(["a", "b", "c"], r) for r in range(4)] == [
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
+    summary = ratio_summary([0.4, 0.486, 1.2], target=0.9)
+    assert summary["median"] == 0.486
+    assert summary["max"] == 1.2
+    assert summary["met"] is False
+    assert ratio_summary([0.8, 1.0], target=0.9)["median"] == pytest.approx(0.9)
+
+
+def test_a_ratio_is_of_rates_over_the_same_entries() -> None:
+    ours = {"entries": 100, "wall": 2.0, "cpu": 4.0, "thread_cpu": 1.0}
+    base = {"entries": 100, "wall": 1.0, "cpu": 1.0}
+    ratios = bench_log.speed_ratios(ours, base)
+    assert ratios == {"wall": 0.5, "cpu": 0.25, "thread_cpu": 1.0}
+    # Different counts: entries per second, not seconds, are compared.
+    assert bench_log.speed_ratios({**ours, "entries": 200}, base)["wall"] == 1.0
+
+
+def test_gossip_round_ratios_use_the_followers_cpu_and_count_a_failed_run_as_zero() -> None:
+    row = {
+        "p2pblog": {"finished": True, "rate": 9000.0, "cpu_seconds_b": 10.0},
+        "raw_verify": {"rate": 10000.0, "cpu_seconds": 9.0},
+        "hypercore": {"finished": True, "rate": 6000.0, "cpu_seconds_fetch": 15.0},
+    }
+    ratios = round_ratios(row)
+    assert ratios["over_raw_verify"] == {"wall": pytest.approx(0.9), "cpu": pytest.approx(0.9)}
+    assert ratios["over_hypercore"] == {"wall": pytest.approx(1.5), "cpu": pytest.approx(1.5)}
+    row["p2pblog"] = {"finished": False, "rate": 0.0, "cpu_seconds_b": 30.0}
+    ratios = round_ratios(row)
+    assert ratios["over_raw_verify"]["wall"] == 0.0
+    assert math.isnan(ratios["over_raw_verify"]["cpu"])
+
+
+def test_a_tiny_run_reports_rounds_medians_machine_and_no_cache_hits(tmp_path: Path) -> None:
+    out = tmp_path / "bench_log.json"
+    argv = ["--entries", "60", "--append", "30", "--import-entries", "20", "--rounds", "2"]
+    assert bench_log.main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["order"][0] for row in result["rounds"]] == ["raw_sign", "ingest"]
+    assert all(row["ingest"]["verify_cache_hits"] == 0 for row in result["rounds"])
+    for key in ("append_over_raw_sign", "ingest_over_raw_verify", "import_over_raw_verify"):
+        wall = result["ratios"][key]["wall"]
+        assert len(wall["per_round"]) == 2
+        assert wall["median"] == pytest.approx(sum(wall["per_round"]) / 2)
+        assert "median" in result["ratios"][key]["cpu"]
+    assert result["machine"]["cpu"] and result["machine"]["cores"]
+    assert len(result["load_average_before"]) == len(result["load_average_after"]) == 3
+    assert "--rounds 2" in result["command"]
