@@ -51,7 +51,7 @@ import enum
 import itertools
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,6 +505,8 @@ class Store:
         length.  The report says what was stored and why the rest was refused.
         ``now_ms`` bounds timestamps as in `ingest`.
         """
+        if isinstance(raws, list | tuple) and len(raws) <= VERIFY_CHUNK:
+            return self._ingest_few(raws, now_ms)
         report = IngestReport()
         source = iter(raws)
         taken = 0  # raws read from source
@@ -556,6 +558,23 @@ class Store:
             report.refused = taken + sum(1 for _ in source) - (report.error_index or 0)
         return report
 
+    def _ingest_few(self, raws: Sequence[bytes], now_ms: int | None) -> IngestReport:
+        """`ingest_many` of a few entries (a gossip batch): verified inline, through the cache."""
+        report = IngestReport()
+        batch: list[Entry] = []
+        for raw in raws:
+            try:
+                batch.append(decode_entry(raw))
+            except EntryError as exc:
+                self._ingest_batch(batch, report, now_ms)
+                report.refuse(exc)
+                break
+        else:
+            self._ingest_batch(batch, report, now_ms)
+        if report.error is not None:
+            report.refused = len(raws) - (report.error_index or 0)
+        return report
+
     def ingest_entries(self, entries: Iterable[Entry], *, now_ms: int | None = None) -> IngestReport:
         """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked).
 
@@ -601,9 +620,10 @@ class Store:
         self._db.execute("RELEASE ingest")
 
     def _ingest_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
-        if batch:
-            with self._atomic():
-                self._write_batch(batch, report, now_ms)
+        if not batch:
+            return
+        with self.transaction() if not self._depth else self._atomic():
+            self._write_batch(batch, report, now_ms)
 
     def _write_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
         """Store verified entries in order until the first refusal (inside a transaction).
