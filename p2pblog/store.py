@@ -17,6 +17,24 @@ hold but another id is a *fork*: both signed entries go to ``forks`` as a
 proof, the feed is marked forked at that seq, and nothing past the fork is
 accepted afterwards.
 
+Bulk ingest (`Store.ingest_many`: an import, a long catch-up) is a pipeline.
+This thread decodes the entries without their signatures (cheap), in chunks
+of `VERIFY_CHUNK`; the chunks go to a `VerifyPool` of threads (PyNaCl
+releases the GIL, so they verify on every core) through
+`p2pblog.verify.verify_in_order`, which keeps at most two chunks per worker
+in flight and hands them back in order.  A chunk is written only once it came
+back verified, and only up to its first forgery: nothing is stored before it
+is verified, and the valid prefix is kept exactly as a one-by-one ingest
+would keep it.  The input is read at most those few chunks ahead of the
+writes, so a feed file of any size streams through in bounded memory.
+Writes go in transactions of `limits.INGEST_BATCH` entries; the next entry of
+a feed (the common case) is checked in Python against the cached feed head
+and queued, and the queue goes to SQLite in one ``executemany``.  A few
+entries (a gossip batch) skip the pipeline and verify inline, through the
+verify cache.  Used inside a caller's transaction (the replicator's group
+commit), each batch runs under a savepoint, so a failure in it leaves
+nothing of it behind, feed heads included.
+
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
