@@ -32,8 +32,9 @@ a feed (the common case) is checked in Python against the cached feed head
 and queued, and the queue goes to SQLite in one ``executemany``.  A few
 entries (a gossip batch) skip the pipeline and verify inline, through the
 verify cache.  Used inside a caller's transaction (the replicator's group
-commit), each batch runs under a savepoint, so a failure in it leaves
-nothing of it behind, feed heads included.
+commit), a batch joins it; an error escaping a batch half-written (SQLite's:
+refusals are reported, not raised) makes that transaction roll back rather
+than commit half a batch.
 
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
@@ -345,6 +346,9 @@ class Store:
         # back once per commit instead of once per entry (docs/benchmarks.md).
         self._heads: dict[bytes, FeedState] = {}
         self._dirty: set[bytes] = set()
+        # Set when an error escaped a batch of writes (`_write_batch` queues rows, so
+        # it may stop half-way): the transaction it joined must not commit.
+        self._half_written = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -392,6 +396,10 @@ class Store:
             self._depth = 1
             try:
                 yield
+                if self._half_written:
+                    raise StoreError(
+                        "a batch of entries failed half-written inside this transaction: rolled back"
+                    )
                 self._flush_heads()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -407,6 +415,7 @@ class Store:
             self.full = False
         finally:
             self._depth = 0
+            self._half_written = False
             self._heads.clear()
             self._dirty.clear()
 
@@ -560,11 +569,15 @@ class Store:
         with contextlib.closing(stream):
             pending = next(stream, None)
             while pending is not None:
-                with self._atomic():
+                with self.transaction():
                     written = 0
                     while pending is not None and written < limits.INGEST_BATCH:
                         chunk, forged = pending
-                        self._write_batch(chunk if forged is None else chunk[:forged], report, now_ms)
+                        try:
+                            self._write_batch(chunk if forged is None else chunk[:forged], report, now_ms)
+                        except BaseException:
+                            self._half_written = True
+                            raise
                         if forged is not None:
                             report.refuse(EntrySignatureError("signature does not verify against the author"))
                         written += len(chunk)
@@ -597,7 +610,10 @@ class Store:
         """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked).
 
         Cheap to call many times inside one outer `transaction` (a group
-        commit): each call joins it, under a savepoint of its own.
+        commit): each call joins it.  An error that escapes a call (SQLite's,
+        never a refused entry: those are in the report) may leave its batch
+        half-written, so the outer transaction then rolls back and raises
+        `StoreError` instead of committing.
         """
         report = IngestReport()
         batch: list[Entry] = []
@@ -616,32 +632,15 @@ class Store:
             self._pool = self._own_pool = VerifyPool()
         return self._pool
 
-    @contextmanager
-    def _atomic(self) -> Iterator[None]:
-        """A transaction, or inside one a savepoint: what fails in it leaves nothing behind,
-        feed heads included, even if the caller catches the error and commits the rest."""
-        if not self._depth:
-            with self.transaction():
-                yield
-            return
-        heads, dirty = dict(self._heads), set(self._dirty)
-        self._db.execute("SAVEPOINT ingest")
-        try:
-            with self.transaction():
-                yield
-        except BaseException:
-            with suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK TO ingest")
-                self._db.execute("RELEASE ingest")
-            self._heads, self._dirty = heads, dirty
-            raise
-        self._db.execute("RELEASE ingest")
-
     def _ingest_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
         if not batch:
             return
-        with self.transaction() if not self._depth else self._atomic():
-            self._write_batch(batch, report, now_ms)
+        with self.transaction():
+            try:
+                self._write_batch(batch, report, now_ms)
+            except BaseException:
+                self._half_written = True
+                raise
 
     def _write_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
         """Store verified entries in order until the first refusal (inside a transaction).

@@ -11,7 +11,7 @@ import pytest
 
 from identity import Identity, keys, limits
 from p2pblog.entry import Entry, decode_entry
-from p2pblog.errors import ChainError, EntryDecodeError, EntrySignatureError
+from p2pblog.errors import ChainError, EntryDecodeError, EntrySignatureError, StoreError
 from p2pblog.store import VERIFY_CHUNK, Store
 from p2pblog.verify import VerifyPool, verify_in_order
 from tests.feeds import make_chain
@@ -167,26 +167,37 @@ def test_a_store_starts_and_closes_its_own_pool(tmp_path: Path, long_chain: list
 
 
 def test_ingest_entries_inside_one_outer_transaction(tmp_path: Path) -> None:
-    """The replicator's group commit: many ingest_entries calls, one commit; a call that
-    fails inside leaves nothing of its own behind, feed heads included."""
+    """The replicator's group commit: many ingest_entries calls, one commit."""
     chain = make_chain(ALICE, 30)
     path = tmp_path / "s.sqlite3"
-    with Store(path) as store, store.transaction():
-        for i in range(0, 20, 4):
-            report = store.ingest_entries(chain[i : i + 4])
-            assert (report.accepted, report.error) == (4, None)
-        # A row in the way of entry 23 (same id, another seq): SQLite refuses its insert
-        # after 21 and 22 went in, and the savepoint takes those back.
-        row = (BOB.public_key, 1, chain[22].id, 0, "post", None, b"x")
-        store._db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-        with pytest.raises(sqlite3.IntegrityError):
-            store.ingest_entries(chain[20:25])
-        assert store.latest_seq(ALICE.public_key) == 20
-        assert store.get(chain[20].id) is None
-        store._db.execute("DELETE FROM entries WHERE author = ?", (BOB.public_key,))
-        assert store.ingest_entries(chain[20:25]).accepted == 5
     with Store(path) as store:
-        assert store.latest_seq(ALICE.public_key) == 25
+        with store.transaction():
+            for i in range(0, 30, 3):
+                report = store.ingest_entries(chain[i : i + 3])
+                assert (report.accepted, report.error) == (3, None)
+            assert store.latest_seq(ALICE.public_key) == 30
+            report = store.ingest_entries(chain[28:])
+            assert (report.accepted, report.duplicates) == (0, 2)
+        assert store.verify().ok
+    with Store(path) as store:
+        assert store.latest_seq(ALICE.public_key) == 30
+
+
+def test_a_batch_failed_half_written_does_not_commit(tmp_path: Path) -> None:
+    """An SQLite error inside a batch that joined the caller's transaction: even if the
+    caller catches it, the transaction rolls back instead of committing half a batch."""
+    chain = make_chain(ALICE, 30)
+    with Store(tmp_path / "s.sqlite3") as store:
+        with pytest.raises(StoreError, match="half-written"), store.transaction():
+            assert store.ingest_entries(chain[:20]).accepted == 20
+            # A row in the way of entry 23 (same id, another seq): SQLite refuses its
+            # insert after 21 and 22 went in.
+            row = (BOB.public_key, 1, chain[22].id, 0, "post", None, b"x")
+            store._db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            with pytest.raises(sqlite3.IntegrityError):
+                store.ingest_entries(chain[20:25])
+        assert store.clock() == {}
+        assert store.ingest_many(e.raw for e in chain).accepted == 30
         assert store.verify().ok
 
 
