@@ -653,36 +653,49 @@ class Store:
         rows: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]] = []
         mentioned: list[tuple[bytes, bytes]] = []
         heads = self._heads
-        dirty = self._dirty
         limit = None if now_ms is None else now_ms + limits.MAX_AHEAD_MS
+        # The head of the feed being extended lives in locals while entries extend it
+        # (a batch is mostly runs of one feed), and goes to ``heads`` when the run ends.
+        run: bytes | None = None  # its author; None: no run (or a forked feed)
+        run_seq, run_id, run_start = 0, None, 0
         for i, entry in enumerate(batch):
             if report.error is not None:
                 report.refused += len(batch) - i
                 break
             author = entry.author
-            state = heads.get(author)
-            if state is None:
-                state = heads[author] = self._read_feed_state(author)
+            if author != run:
+                if run is not None and run_seq != run_start:
+                    self._set_head(FeedState(run, run_seq, run_id, None))
+                state = heads.get(author)
+                if state is None:
+                    state = heads[author] = self._read_feed_state(author)
+                run = author if state.forked_seq is None else None
+                run_seq = run_start = state.latest_seq
+                run_id = state.latest_id
             if (
-                entry.seq == state.latest_seq + 1
-                and entry.prev == state.latest_id
-                and state.forked_seq is None
+                run is not None
+                and entry.seq == run_seq + 1
+                and entry.prev == run_id
                 and (limit is None or entry.timestamp <= limit)
             ):
+                run_seq, run_id = entry.seq, entry.id
                 kind = entry.kind
                 body = entry.body
                 reply_to = body.get("reply_to") if kind == POST else None
-                rows.append((author, entry.seq, entry.id, entry.timestamp, kind, reply_to, entry.raw))
-                heads[author] = FeedState(author, entry.seq, entry.id, None)
-                dirty.add(author)
+                rows.append((author, run_seq, run_id, entry.timestamp, kind, reply_to, entry.raw))
                 report.accepted += 1
                 if kind == POST:
                     if "mentions" in body:
-                        mentioned.extend((m, entry.id) for m in body["mentions"])
+                        mentioned.extend((m, run_id) for m in body["mentions"])
                 elif kind != PROFILE:
                     self._flush_rows(rows, mentioned)
                     self._derive(entry)
                 continue
+            # Anything else (a duplicate, a fork, a refusal) takes the general path,
+            # which reads the entries table and the heads: bring both up to date.
+            if run is not None and run_seq != run_start:
+                self._set_head(FeedState(run, run_seq, run_id, None))
+            run = None
             self._flush_rows(rows, mentioned)
             try:
                 outcome = self._ingest_decoded(entry, now_ms)
@@ -696,6 +709,8 @@ class Store:
             else:
                 report.forks += 1
                 report.fork_seqs.append((entry.author, entry.seq))
+        if run is not None and run_seq != run_start:
+            self._set_head(FeedState(run, run_seq, run_id, None))
         self._flush_rows(rows, mentioned)
 
     def _ingest_decoded(self, entry: Entry, now_ms: int | None) -> Ingested:
