@@ -10,11 +10,18 @@ from pathlib import Path
 import pytest
 
 from identity import Identity, keys, limits
-from p2pblog.entry import Entry, decode_entry
-from p2pblog.errors import ChainError, EntryDecodeError, EntrySignatureError, StoreError
+from p2pblog.entry import DELETE, FOLLOW, UNFOLLOW, Entry, decode_entry, post_body
+from p2pblog.errors import (
+    ChainError,
+    EntryDecodeError,
+    EntryError,
+    EntrySignatureError,
+    FeedForkedError,
+    StoreError,
+)
 from p2pblog.store import VERIFY_CHUNK, Store
 from p2pblog.verify import VerifyPool, verify_in_order
-from tests.feeds import make_chain
+from tests.feeds import make_chain, make_entry
 
 ALICE = Identity(bytes([2]) * 32)
 BOB = Identity(bytes([3]) * 32)
@@ -209,3 +216,38 @@ def test_a_batch_is_one_transaction(store: Store, monkeypatch: pytest.MonkeyPatc
     report = store.ingest_many(e.raw for e in chain)
     assert (report.accepted, report.error) == (3 * VERIFY_CHUNK, None)
     assert store.verify().ok
+
+
+def test_a_mixed_batch_ends_as_one_by_one_ingests_do(tmp_path: Path) -> None:
+    """Runs of several feeds, a duplicate, a fork, follows, a delete, then a refusal: the
+    batched write path leaves the same store as `Store.ingest` of one entry at a time
+    up to the first refusal."""
+    a = make_chain(ALICE, 4)
+    follow = make_entry(ALICE, 5, a[3].id, FOLLOW, {"feed": BOB.public_key})
+    delete = make_entry(ALICE, 6, follow.id, DELETE, {"target": a[0].id})
+    unfollow = make_entry(ALICE, 7, delete.id, UNFOLLOW, {"feed": BOB.public_key})
+    b = make_chain(BOB, 3)
+    rival = make_entry(BOB, 2, b[0].id, body=post_body("the other branch"))
+    order = [a[0], a[1], b[0], a[2], a[1], a[3], follow, b[1], delete, rival, unfollow, b[2]]
+    order += make_chain(ALICE, 2, start=unfollow)  # refused: after the first refusal
+    bulk = Store(tmp_path / "bulk.sqlite3")
+    single = Store(tmp_path / "single.sqlite3")
+    report = bulk.ingest_entries(order)
+    for entry in order:
+        try:
+            single.ingest(entry.raw)
+        except EntryError:
+            break
+    assert (report.accepted, report.duplicates, report.forks, report.refused) == (9, 1, 1, 3)
+    assert isinstance(report.error, FeedForkedError)  # Bob's seq 3, after the fork
+    assert bulk.feed_state(BOB.public_key).forked_seq == 2
+    assert bulk.feeds() == single.feeds()
+    for key in (ALICE.public_key, BOB.public_key):
+        assert bulk.feed(key) == single.feed(key)
+        assert bulk.following(key) == single.following(key)
+        assert bulk.fork_proofs(key) == single.fork_proofs(key)
+    assert bulk.following(ALICE.public_key) == set()
+    assert bulk.feed(ALICE.public_key)[-1].deleted
+    assert bulk.verify().problems == single.verify().problems
+    bulk.close()
+    single.close()
