@@ -72,6 +72,8 @@ from p2pblog.store import FeedItem, Store
 #: How every canonically encoded entry content begins: a 7-element array, format
 #: version 1, then the author as a 32-byte bin (`p2pblog.entry.encode_content`).
 _CONTENT_HEAD: Final = b"\x97\x01\xc4\x20"
+#: Bytes ``import`` reads from the feed file at a time.
+_READ_BUFFER: Final = 1 << 20
 #: Errors a user can cause: one `Error:` line each, never a traceback (and OSErrors).
 _USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
 
@@ -488,7 +490,9 @@ def import_(file: Path) -> None:
     with home.open_store() as store:
         with file.open("rb") as source:
             _refuse_another_version_of_own_feed(home, store, source)
-        with file.open("rb") as source:
+        # A large buffer: a refill releases the GIL, and each time this thread must win it
+        # back from the verifier threads (measured: 0.5 s of 4 s with 8 KiB refills).
+        with file.open("rb", buffering=_READ_BUFFER) as source:
             try:
                 report = store.ingest_many(frames(source), now_ms=int(time.time() * 1000))
             finally:
