@@ -85,14 +85,22 @@ def set_verify_cache_size(size: int) -> None:
         _verified.popitem(last=False)
 
 
-def verify(public_key: bytes, signed: bytes) -> bytes:
+def verify(public_key: bytes, signed: bytes, *, cache: bool = True) -> bytes:
     """Check signature || message against public_key; return the message.
 
     Raises `SignatureError` for a bad signature, a malformed key or a short
     input.  libsodium rejects non-canonical signatures and small-order keys.
+    ``cache=False`` neither reads nor fills the cache of successes: for bulk
+    work (importing a feed) whose bytes are each seen once, where hashing and
+    remembering them is pure cost and would evict what the cache is for.
     """
     if len(public_key) != PUBLIC_KEY_BYTES or len(signed) < SIGNATURE_BYTES:
         raise SignatureError("malformed key or signature")
+    if not cache:
+        try:
+            return nacl.bindings.crypto_sign_open(signed, public_key)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError) as exc:
+            raise SignatureError("signature does not verify") from exc
     digest = hashlib.blake2b(signed, digest_size=32, key=public_key).digest()
     if digest in _verified:
         # Worker threads verify too (p2pblog.verify): another thread may have

@@ -17,6 +17,25 @@ hold but another id is a *fork*: both signed entries go to ``forks`` as a
 proof, the feed is marked forked at that seq, and nothing past the fork is
 accepted afterwards.
 
+Bulk ingest (`Store.ingest_many`: an import, a long catch-up) is a pipeline.
+This thread decodes the entries without their signatures (cheap), in chunks
+of `VERIFY_CHUNK`; the chunks go to a `VerifyPool` of threads (PyNaCl
+releases the GIL, so they verify on every core) through
+`p2pblog.verify.verify_in_order`, which keeps at most two chunks per worker
+in flight and hands them back in order.  A chunk is written only once it came
+back verified, and only up to its first forgery: nothing is stored before it
+is verified, and the valid prefix is kept exactly as a one-by-one ingest
+would keep it.  The input is read at most those few chunks ahead of the
+writes, so a feed file of any size streams through in bounded memory.
+Writes go in transactions of `limits.INGEST_BATCH` entries; the next entry of
+a feed (the common case) is checked in Python against the cached feed head
+and queued, and the queue goes to SQLite in one ``executemany``.  A few
+entries (a gossip batch) skip the pipeline and verify inline, through the
+verify cache.  Used inside a caller's transaction (the replicator's group
+commit), a batch joins it; an error escaping a batch half-written (SQLite's:
+refusals are reported, not raised) makes that transaction roll back rather
+than commit half a batch.
+
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
@@ -48,9 +67,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,11 +91,13 @@ from p2pblog.errors import (
     ChainError,
     EntryError,
     EntryFromFuture,
+    EntrySignatureError,
     FeedForkedError,
     LocalProtocolError,
     StorageFull,
     StoreError,
 )
+from p2pblog.verify import VerifyPool, default_workers, verify_in_order
 
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
@@ -198,6 +220,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+#: Entries decoded and sent to a verifier thread at a time by `Store.ingest_many`.
+VERIFY_CHUNK: Final = 256
+_INSERT_ENTRY: Final = (
+    "INSERT INTO entries (author, seq, id, timestamp, kind, reply_to, raw) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_MENTION: Final = "INSERT OR IGNORE INTO mentions (mentioned, entry_id) VALUES (?, ?)"
 #: Gossip peers whose listen address is kept (`save_peer`), the most recently connected.
 MAX_SAVED_PEERS: Final = 1024
 
@@ -281,8 +309,12 @@ _NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
 class Store:
     """A node's SQLite store.  Not thread-safe; one per process and home."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, verify_pool: VerifyPool | None = None) -> None:
         self.path = Path(path)
+        # Bulk ingests verify signatures on this pool; without one the store
+        # starts its own on first need (`_verify_pool`) and closes it in `close`.
+        self._pool = verify_pool
+        self._own_pool: VerifyPool | None = None
         #: Whether the last write was refused for a full disk (cleared by a commit).
         self.full = False
         #: Write transactions refused for a full disk.
@@ -314,6 +346,9 @@ class Store:
         # back once per commit instead of once per entry (docs/benchmarks.md).
         self._heads: dict[bytes, FeedState] = {}
         self._dirty: set[bytes] = set()
+        # Set when an error escaped a batch of writes (`_write_batch` queues rows, so
+        # it may stop half-way): the transaction it joined must not commit.
+        self._half_written = False
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -335,6 +370,9 @@ class Store:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
+        if self._own_pool is not None:
+            self._own_pool.close()
+            self._pool = self._own_pool = None
         self._db.close()
 
     def __enter__(self) -> Store:
@@ -358,6 +396,10 @@ class Store:
             self._depth = 1
             try:
                 yield
+                if self._half_written:
+                    raise StoreError(
+                        "a batch of entries failed half-written inside this transaction: rolled back"
+                    )
                 self._flush_heads()
                 self._db.execute("COMMIT")
             except BaseException:
@@ -373,6 +415,7 @@ class Store:
             self.full = False
         finally:
             self._depth = 0
+            self._half_written = False
             self._heads.clear()
             self._dirty.clear()
 
@@ -481,31 +524,97 @@ class Store:
     def ingest_many(self, raws: Iterable[bytes], *, now_ms: int | None = None) -> IngestReport:
         """Ingest entries in order until the first refusal; keep the valid prefix.
 
-        Entries are verified outside the write lock and committed in batches
-        of `limits.INGEST_BATCH`; the report says what was stored and why the
-        rest was refused.  ``now_ms`` bounds timestamps as in `ingest`.
+        Entries are decoded on this thread and their signatures verified on
+        the store's `VerifyPool` (`p2pblog.verify.verify_in_order`: bounded and
+        ordered); a chunk is written only once it came back verified, in
+        transactions of `limits.INGEST_BATCH` entries.  raws is read at most a
+        few chunks ahead of what is stored, so it may be a stream of any
+        length.  The report says what was stored and why the rest was refused.
+        ``now_ms`` bounds timestamps as in `ingest`.
         """
+        if isinstance(raws, list | tuple) and len(raws) <= VERIFY_CHUNK:
+            return self._ingest_few(raws, now_ms)
+        report = IngestReport()
+        source = iter(raws)
+        taken = 0  # raws read from source
+        ended = False
+        cut: EntryError | None = None  # the decode error that ends what is read
+
+        def chunks() -> Iterator[list[Entry]]:
+            nonlocal taken, ended, cut
+            while not ended and cut is None:
+                chunk: list[Entry] = []
+                for raw in source:
+                    taken += 1
+                    try:
+                        chunk.append(decode_entry(raw, check_signature=False))
+                    except EntryError as exc:
+                        cut = exc
+                        break
+                    if len(chunk) >= VERIFY_CHUNK:
+                        break
+                else:
+                    ended = True
+                if chunk:
+                    yield chunk
+
+        decoded = chunks()
+        first = next(decoded, None)
+        # An input that fits in one chunk is verified inline, through the cache,
+        # as single entries always were; a bulk one on the pool, uncached.
+        small = ended or cut is not None
+        pool = None if small else self._verify_pool()
+        chunks_read = itertools.chain(() if first is None else (first,), decoded)
+        stream = verify_in_order(chunks_read, pool, cache=small)
+        with contextlib.closing(stream):
+            pending = next(stream, None)
+            while pending is not None:
+                with self.transaction():
+                    written = 0
+                    while pending is not None and written < limits.INGEST_BATCH:
+                        chunk, forged = pending
+                        try:
+                            self._write_batch(chunk if forged is None else chunk[:forged], report, now_ms)
+                        except BaseException:
+                            self._half_written = True
+                            raise
+                        if forged is not None:
+                            report.refuse(EntrySignatureError("signature does not verify against the author"))
+                        written += len(chunk)
+                        pending = None if report.error is not None else next(stream, None)
+        if report.error is None and cut is not None:
+            report.refuse(cut)
+        if report.error is not None:
+            # Everything from the first refusal on is refused, read or not.
+            report.refused = taken + sum(1 for _ in source) - (report.error_index or 0)
+        return report
+
+    def _ingest_few(self, raws: Sequence[bytes], now_ms: int | None) -> IngestReport:
+        """`ingest_many` of a few entries (a gossip batch): verified inline, through the cache."""
         report = IngestReport()
         batch: list[Entry] = []
         for raw in raws:
-            if report.error is not None:
-                report.refused += 1
-                continue
             try:
                 batch.append(decode_entry(raw))
             except EntryError as exc:
                 self._ingest_batch(batch, report, now_ms)
-                batch = []
                 report.refuse(exc)
-                continue
-            if len(batch) >= limits.INGEST_BATCH:
-                self._ingest_batch(batch, report, now_ms)
-                batch = []
-        self._ingest_batch(batch, report, now_ms)
+                break
+        else:
+            self._ingest_batch(batch, report, now_ms)
+        if report.error is not None:
+            report.refused = len(raws) - (report.error_index or 0)
         return report
 
     def ingest_entries(self, entries: Iterable[Entry], *, now_ms: int | None = None) -> IngestReport:
-        """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked)."""
+        """`ingest_many` for entries the caller decoded with `decode_entry` (signature checked).
+
+        Cheap to call many times inside one outer `transaction` (a group
+        commit): each call joins it.  An error that escapes a call (SQLite's,
+        never a refused entry: those are in the report) may leave its batch
+        half-written, so the outer transaction then rolls back and raises
+        `StoreError` instead of committing.
+        """
         report = IngestReport()
         batch: list[Entry] = []
         for entry in entries:
@@ -516,26 +625,93 @@ class Store:
         self._ingest_batch(batch, report, now_ms)
         return report
 
+    def _verify_pool(self) -> VerifyPool | None:
+        """The pool bulk ingests verify on: the one passed in, else the store's own
+        (started on first use, closed with the store); None on one core."""
+        if self._pool is None and default_workers() > 1:
+            self._pool = self._own_pool = VerifyPool()
+        return self._pool
+
     def _ingest_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
         if not batch:
             return
         with self.transaction():
-            for entry in batch:
-                if report.error is not None:
-                    report.refused += 1
-                    continue
-                try:
-                    outcome = self._ingest_decoded(entry, now_ms)
-                except EntryError as exc:
-                    report.refuse(exc)
-                    continue
-                if outcome is Ingested.ACCEPTED:
-                    report.accepted += 1
-                elif outcome is Ingested.DUPLICATE:
-                    report.duplicates += 1
-                else:
-                    report.forks += 1
-                    report.fork_seqs.append((entry.author, entry.seq))
+            try:
+                self._write_batch(batch, report, now_ms)
+            except BaseException:
+                self._half_written = True
+                raise
+
+    def _write_batch(self, batch: list[Entry], report: IngestReport, now_ms: int | None) -> None:
+        """Store verified entries in order until the first refusal (inside a transaction).
+
+        The common case, the next entry of a feed that is not forked, is
+        checked here and its row queued; the queue goes to SQLite in one
+        ``executemany`` before anything reads the entries table (duplicates,
+        forks, deletes) and at the end.  Everything else takes `_ingest_decoded`.
+        """
+        rows: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]] = []
+        mentioned: list[tuple[bytes, bytes]] = []
+        heads = self._heads
+        limit = None if now_ms is None else now_ms + limits.MAX_AHEAD_MS
+        # The head of the feed being extended lives in locals while entries extend it
+        # (a batch is mostly runs of one feed), and goes to ``heads`` when the run ends.
+        run: bytes | None = None  # its author; None: no run (or a forked feed)
+        run_seq, run_id, run_start = 0, None, 0
+        for i, entry in enumerate(batch):
+            if report.error is not None:
+                report.refused += len(batch) - i
+                break
+            author = entry.author
+            if author != run:
+                if run is not None and run_seq != run_start:
+                    self._set_head(FeedState(run, run_seq, run_id, None))
+                state = heads.get(author)
+                if state is None:
+                    state = heads[author] = self._read_feed_state(author)
+                run = author if state.forked_seq is None else None
+                run_seq = run_start = state.latest_seq
+                run_id = state.latest_id
+            if (
+                run is not None
+                and entry.seq == run_seq + 1
+                and entry.prev == run_id
+                and (limit is None or entry.timestamp <= limit)
+            ):
+                run_seq, run_id = entry.seq, entry.id
+                kind = entry.kind
+                body = entry.body
+                reply_to = body.get("reply_to") if kind == POST else None
+                rows.append((author, run_seq, run_id, entry.timestamp, kind, reply_to, entry.raw))
+                report.accepted += 1
+                if kind == POST:
+                    if "mentions" in body:
+                        mentioned.extend((m, run_id) for m in body["mentions"])
+                elif kind != PROFILE:
+                    self._flush_rows(rows, mentioned)
+                    self._derive(entry)
+                continue
+            # Anything else (a duplicate, a fork, a refusal) takes the general path,
+            # which reads the entries table and the heads: bring both up to date.
+            if run is not None and run_seq != run_start:
+                self._set_head(FeedState(run, run_seq, run_id, None))
+            run = None
+            self._flush_rows(rows, mentioned)
+            try:
+                outcome = self._ingest_decoded(entry, now_ms)
+            except EntryError as exc:
+                report.refuse(exc)
+                continue
+            if outcome is Ingested.ACCEPTED:
+                report.accepted += 1
+            elif outcome is Ingested.DUPLICATE:
+                report.duplicates += 1
+            else:
+                report.forks += 1
+                report.fork_seqs.append((entry.author, entry.seq))
+        if run is not None and run_seq != run_start:
+            self._set_head(FeedState(run, run_seq, run_id, None))
+        self._flush_rows(rows, mentioned)
 
     def _ingest_decoded(self, entry: Entry, now_ms: int | None) -> Ingested:
         # Every check comes before the first write: an entry is stored whole or not at all.
@@ -578,38 +754,42 @@ class Store:
     def _insert(self, entry: Entry) -> None:
         if not self._depth:
             raise LocalProtocolError("writes happen inside Store.transaction()")
-        db = self._db
-        db.execute(
-            "INSERT INTO entries (author, seq, id, timestamp, kind, reply_to, raw) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.author,
-                entry.seq,
-                entry.id,
-                entry.timestamp,
-                entry.kind,
-                entry.reply_to,
-                entry.raw,
-            ),
-        )
+        self._db.execute(_INSERT_ENTRY, _entry_row(entry))
         self._set_head(FeedState(entry.author, entry.seq, entry.id, self.feed_state(entry.author).forked_seq))
-        kind = entry.kind
-        if kind == POST:
+        if entry.kind == POST:
             if entry.mentions:
-                db.executemany(
-                    "INSERT OR IGNORE INTO mentions (mentioned, entry_id) VALUES (?, ?)",
-                    [(m, entry.id) for m in entry.mentions],
-                )
-        elif kind == FOLLOW:
-            db.execute(
+                self._db.executemany(_INSERT_MENTION, [(m, entry.id) for m in entry.mentions])
+        else:
+            self._derive(entry)
+
+    def _flush_rows(
+        self,
+        rows: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]],
+        mentioned: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Write the entries (and mentions) `_write_batch` queued, and empty the queues."""
+        if rows:
+            self._db.executemany(_INSERT_ENTRY, rows)
+            rows.clear()
+        if mentioned:
+            self._db.executemany(_INSERT_MENTION, mentioned)
+            mentioned.clear()
+
+    def _derive(self, entry: Entry) -> None:
+        """Maintain the tables derived from a stored follow, unfollow or delete entry."""
+        kind = entry.kind
+        if kind == FOLLOW:
+            self._db.execute(
                 "INSERT OR IGNORE INTO follows (follower, feed) VALUES (?, ?)",
                 (entry.author, entry.feed),
             )
         elif kind == UNFOLLOW:
-            db.execute("DELETE FROM follows WHERE follower = ? AND feed = ?", (entry.author, entry.feed))
+            self._db.execute(
+                "DELETE FROM follows WHERE follower = ? AND feed = ?", (entry.author, entry.feed)
+            )
         elif kind == DELETE:
             # Only the author may retract, and only an earlier entry of the same feed.
-            db.execute(
+            self._db.execute(
                 "INSERT OR IGNORE INTO retractions (target, delete_id) "
                 "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
                 (entry.id, entry.target, entry.author, entry.seq),
@@ -1025,6 +1205,10 @@ def check_not_ahead(entry: Entry, now_ms: int | None) -> None:
             f"seq {entry.seq} is stamped {(entry.timestamp - now_ms) / 3_600_000:.1f} hours ahead of "
             f"our clock; the limit is {limits.MAX_AHEAD_MS // 3_600_000} hours"
         )
+
+
+def _entry_row(entry: Entry) -> tuple[bytes, int, bytes, int, str, bytes | None, bytes]:
+    return (entry.author, entry.seq, entry.id, entry.timestamp, entry.kind, entry.reply_to, entry.raw)
 
 
 def _text(value: Any) -> str:

@@ -17,13 +17,26 @@ and returns the index of the first whose signature does not verify.  It is
 thread-safe.  `VerifyPool` runs it on worker threads.  Nothing may be stored
 before its batch came back verified: callers commit only the prefix before
 the first forgery.
+
+`verify_in_order` is the pipeline the store's bulk ingest runs on: the caller
+hands it chunks of decoded entries (decoding them lazily, on its own thread),
+it keeps a bounded number of chunks on the workers, and hands each chunk back
+with its verdict in the order the chunks came in.  The bound is the
+back-pressure: the chunk source is read at most ``ahead`` chunks past the one
+the caller is storing, so a huge import stream never sits in memory, and the
+workers are busy while the caller stores.  Bulk verification skips the cache
+of successes in `identity.keys` (``cache=False``): each entry of an import is
+seen once, so caching it is pure cost, would evict what the cache holds for the
+DHT and the simulator, and would let a repeated benchmark skip work.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 from identity import SignatureError, verify
 from p2pblog.entry import Entry
@@ -34,6 +47,15 @@ def first_forgery(entries: Sequence[Entry]) -> int | None:
     for i, entry in enumerate(entries):
         try:
             verify(entry.author, entry.raw)
+        except SignatureError:
+            return i
+    return None
+
+
+def _first_forgery_uncached(entries: Sequence[Entry]) -> int | None:
+    for i, entry in enumerate(entries):
+        try:
+            verify(entry.author, entry.raw, cache=False)
         except SignatureError:
             return i
     return None
@@ -65,3 +87,41 @@ class VerifyPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: A chunk of entries and whatever the caller keeps with it.
+_Chunk = TypeVar("_Chunk", bound=Sequence[Entry])
+
+
+def verify_in_order(
+    chunks: Iterable[_Chunk], pool: VerifyPool | None, *, ahead: int | None = None, cache: bool = False
+) -> Generator[tuple[_Chunk, int | None], None, None]:
+    """Verify chunks of entries on pool's workers; yield ``(chunk, first_forgery)`` in order.
+
+    At most ``ahead`` chunks (default: two per worker) are taken from chunks
+    and not yet handed back, so the source is never read further ahead than
+    that.  Without a pool (or with one worker) each chunk is verified inline
+    when it is taken: the pipeline then costs nothing over a plain loop.
+    ``cache`` says whether verification reads and fills the process-wide cache
+    of successes (`identity.keys.verify`).  Closing the iterator early (the
+    caller met a forgery and stops) cancels the chunks not yet started.
+    """
+    check = first_forgery if cache else _first_forgery_uncached
+    if pool is None or pool.workers < 2:
+        for chunk in chunks:
+            yield chunk, check(chunk)
+        return
+    window = max(1, ahead if ahead is not None else 2 * pool.workers)
+    pending: deque[tuple[_Chunk, Future[int | None]]] = deque()
+    try:
+        for chunk in chunks:
+            pending.append((chunk, pool._executor.submit(check, chunk)))
+            if len(pending) >= window:
+                done, verdict = pending.popleft()
+                yield done, verdict.result()
+        while pending:
+            done, verdict = pending.popleft()
+            yield done, verdict.result()
+    finally:
+        for _, verdict in pending:
+            verdict.cancel()
