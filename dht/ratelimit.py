@@ -31,18 +31,27 @@ recently used entry first; forgetting credit only makes us more careful,
 forgetting a verification only costs one more verification ping.  Over any
 sequence of inputs, the bytes sent to an address while it is unverified
 are at most ``factor`` times the bytes received from it.
+
+**Memory.**  A node keeps one entry per peer host or address in each of
+these tables (and in the core's per-host verification and STORE budgets),
+so they are plain dicts: a dict keeps insertion order, "least recently
+used" is a pop and a re-insert, and an entry costs half what it costs in an
+``OrderedDict`` (`KeyedBuckets`; the arithmetic is `identity.pacing`'s
+`TokenBucket`, unchanged).  Addresses are `dht.ids.shared_address` tuples,
+so the tables, the routing table and the lookups share one object per
+address instead of holding a copy each.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Final
 
 from dht.ids import Address
 from identity.errors import LocalProtocolError
 from identity.netaddr import host_key
-from identity.pacing import KeyedTokenBuckets
+from identity.pacing import TokenBucket
 
 #: Datagrams per second one source host may make us process, sustained.
 SOURCE_RATE: Final = 50.0
@@ -64,8 +73,45 @@ def source_key(addr: Address) -> str:
     return host_key(addr[0])
 
 
-class TokenBucketLimiter(KeyedTokenBuckets):
+class KeyedBuckets:
+    """One `TokenBucket` per key, at most ``max_keys`` of them, the least recently active dropped.
+
+    `identity.pacing.KeyedTokenBuckets` on a plain dict (module docstring, "Memory"):
+    the same buckets, the same order of eviction, the same answers.
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise LocalProtocolError("rate must be > 0, burst >= 1 and max_keys >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}  # least recently active first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._buckets
+
+    def take(self, key: Hashable, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket; False (and nothing taken) if too few."""
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
+        if bucket is None:
+            if len(buckets) >= self.max_keys:
+                del buckets[next(iter(buckets))]
+            bucket = TokenBucket(self.rate, self.burst, now)
+        buckets[key] = bucket  # now the most recently active
+        return bucket.take(now, cost)
+
+
+class TokenBucketLimiter(KeyedBuckets):
     """Admit or refuse one unit of work per source key, token-bucket style."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -76,16 +122,21 @@ class TokenBucketLimiter(KeyedTokenBuckets):
         if rate <= 0 or burst < 1 or max_sources < 1:
             raise LocalProtocolError("rate must be > 0, burst >= 1 and max_sources >= 1")
         super().__init__(rate, burst, max_sources)
-        self.max_sources = max_sources
+
+    @property
+    def max_sources(self) -> int:
+        return self.max_keys
 
     #: ``allow(key, now)``: take one token from ``key``'s bucket; False
     #: (and nothing taken) if it is empty.  (An alias, not a wrapper: this is
     #: called for every datagram.)
-    allow = KeyedTokenBuckets.take
+    allow = KeyedBuckets.take
 
 
 class AmplificationGuard:
     """Credit for bytes to unverified addresses, and which addresses are verified."""
+
+    __slots__ = ("_credit", "_verified", "factor", "max_addresses", "verified_for")
 
     def __init__(
         self,
@@ -98,24 +149,27 @@ class AmplificationGuard:
         self.factor = factor
         self.verified_for = verified_for
         self.max_addresses = max_addresses
-        self._credit: OrderedDict[Address, float] = OrderedDict()
-        self._verified: OrderedDict[Address, float] = OrderedDict()  # addr -> verified until
+        # Least recently used first (module docstring, "Memory").
+        self._credit: dict[Address, float] = {}
+        self._verified: dict[Address, float] = {}  # addr -> verified until
 
     def __len__(self) -> int:
         return len(self._credit) + len(self._verified)
 
     def received(self, addr: Address, nbytes: int) -> None:
         """``addr`` sent us ``nbytes``: it earns ``factor`` times that in credit."""
-        self._credit[addr] = self._credit.pop(addr, 0.0) + self.factor * nbytes
-        if len(self._credit) > self.max_addresses:
-            self._credit.popitem(last=False)
+        credit = self._credit
+        credit[addr] = credit.pop(addr, 0.0) + self.factor * nbytes
+        if len(credit) > self.max_addresses:
+            del credit[next(iter(credit))]
 
     def verify(self, addr: Address, now: float) -> None:
         """``addr`` answered a request of ours: it receives at that address."""
-        self._verified.pop(addr, None)
-        self._verified[addr] = now + self.verified_for
-        if len(self._verified) > self.max_addresses:
-            self._verified.popitem(last=False)
+        verified = self._verified
+        verified.pop(addr, None)
+        verified[addr] = now + self.verified_for
+        if len(verified) > self.max_addresses:
+            del verified[next(iter(verified))]
 
     def is_verified(self, addr: Address, now: float) -> bool:
         until = self._verified.get(addr)
