@@ -42,14 +42,15 @@ from dht_bench_common import (
     Spec,
     emit,
     memory,
+    node_host,
     profile_text,
     progress,
+    start_tracing,
+    traced,
 )
 
 from dht import DhtCore, PutFinished, ValueFound, ValueNotFound, kademlia_key
 from p2pblog.runtime import UdpDriver, unix_now
-
-HOST = "127.0.0.1"
 
 
 def total_stats(cores: list[DhtCore]) -> Counter[str]:
@@ -92,15 +93,18 @@ async def request(driver: UdpDriver, start: Callable[[float], int], timeout: flo
     return None, timeout
 
 
-async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
+async def side(spec: Spec, profile_out: Path | None, trace: bool) -> dict[str, Any]:
     n = spec.nodes
     result: dict[str, Any] = {"side": "p2pblog", "nodes": n}
+    before_nodes = memory()
+    if trace:
+        start_tracing()
     cores: list[DhtCore] = []
     drivers: list[UdpDriver] = []
     async with trio.open_nursery() as nursery:
         for i in range(n):
             core = DhtCore(spec.ids[i], random.Random(spec.seed + i), unix_now())
-            driver = UdpDriver.bind(core, HOST, 0)
+            driver = UdpDriver.bind(core, node_host(i), 0)
             cores.append(core)
             drivers.append(driver)
             nursery.start_soon(driver.run)
@@ -203,7 +207,9 @@ async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
         gets.extra["rx_datagrams"] = after["rx.datagrams"] - before["rx.datagrams"]
         gets.extra["queried_mean"] = sum(queried) / len(queried) if queried else 0.0
         result["gets"] = gets
-        result["memory"] = memory()
+        result["memory"] = {"before_nodes": before_nodes, "after_gets": memory()}
+        if trace:
+            result["tracemalloc"] = traced(n)
         result["records_held"] = sum(len(c.records) for c in cores)
         result["send_errors"] = sum(sum(d.stats.values()) for d in drivers)
         nursery.cancel_scope.cancel()
@@ -216,22 +222,14 @@ async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
     return result
 
 
-async def baseline() -> dict[str, Any]:
-    await trio.sleep(0)
-    return {"side": "p2pblog", "baseline": True, "memory": memory()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace allocations (slow; not timed)")
     parser.add_argument("--profile-out", type=Path)
     args = parser.parse_args()
     spec = Spec.load(args.spec)
-    if args.baseline:
-        emit(trio.run(baseline))
-    else:
-        emit(trio.run(side, spec, args.profile_out))
+    emit(trio.run(side, spec, args.profile_out, args.tracemalloc))
 
 
 if __name__ == "__main__":
