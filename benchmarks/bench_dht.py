@@ -1,10 +1,14 @@
 """Benchmark of the DHT (issue: DHT): 100 of our nodes against 100 ``kademlia`` nodes on loopback.
 
-Side by side in one run, on 127.0.0.1 only: N `dht.DhtCore` nodes, each on
-its own `p2pblog.runtime.UdpDriver`, in one trio process
-(``dht_p2pblog_side.py``), and N ``kademlia.network.Server`` nodes in one
-asyncio process (``dht_kademlia_side.py``), run one after the other.  Both
-get the same workload, built here from ``--seed``:
+Side by side, on loopback only: N `dht.DhtCore` nodes, each on its own
+`p2pblog.runtime.UdpDriver`, in one trio process (``dht_p2pblog_side.py``),
+and N ``kademlia.network.Server`` nodes in one asyncio process
+(``dht_kademlia_side.py``).  Node i of either side binds its own address,
+``127.<i // 256>.<i % 256>.1`` (`dht_bench_common.node_host`): its own host
+on its own /24, as on the Internet (our DHT limits per host and lets one /24
+count at most twice among a lookup's k closest; 100 nodes on 127.0.0.1 are
+one host on one network).  Both get the same workload, built here from
+``--seed``:
 
 * the same node ids; node i joins through node 0 and one random earlier node,
   one join after the other; then the tables settle (until no node has a
@@ -20,24 +24,32 @@ Both phases run ``--concurrency`` operations at a time, each bounded by
 ``--op-timeout`` s and each phase by ``--phase-budget`` s.  Reported per side:
 put and get success, median and p99 get latency, process CPU seconds per get
 (``time.process_time`` over the get phase: the requesting nodes and every
-node that answered, all in that process), and resident memory per node
-(``VmRSS`` after the gets minus ``VmRSS`` of the same process started with
-``--baseline``, which imports everything and reads the workload but creates
-no node, divided by N).  Targets: our get success >= 99.5% and not below
-theirs; our CPU per get not above theirs.
+node that answered, all in that process) and wall seconds per get (the get
+phase's ``time.perf_counter``), and memory per node, measured the same way
+on both sides, in the side's own process: (``VmRSS`` after the gets minus
+``VmRSS`` before the first node was created) / N; the peak is ``ru_maxrss``
+minus the same baseline.  One more run per side under ``tracemalloc`` (not
+timed) counts the bytes allocated after the first node and still held after
+the gets, per node, and names the lines that hold them.
 
-Each side runs ``--repeat`` times (default 5), each time in a fresh process
-and with the same workload; `POLICY` says how the runs are combined.  The
-whole benchmark stops starting runs when ``--budget`` seconds (default 280)
-would be exceeded, and kills a side process that outlives it.
+The benchmark runs ``--repeat`` rounds (default 5).  A round runs both sides,
+each in a fresh process, one right after the other, the order alternating;
+a ratio (ours / theirs) is taken within each round and the report gives the
+median of the rounds' ratios, never the best run (`POLICY`).  The load
+average is recorded before and after the benchmark and each round.  The
+whole benchmark stops starting rounds when ``--budget`` seconds (default
+600) would be exceeded, says so in the report, and kills a side process
+that outlives it.  Targets: our get success >= 99.5% and not below theirs;
+our CPU per get and our RSS per node not above theirs.
 
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_dht.py [--nodes 100] [--ops 500] [--seed 1] [--repeat 5] [--out PATH]
 
 ``--profile`` adds one more run of each side with cProfile over the get
-phase (not used for the table).  The exit status is 0 even when a target is
-missed: this is a report, not a test.
+phase (not used for the table); ``--no-tracemalloc`` skips the tracemalloc
+runs.  The exit status is 0 even when a target is missed: this is a report,
+not a test.
 """
 
 from __future__ import annotations

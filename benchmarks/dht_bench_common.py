@@ -113,15 +113,19 @@ def memory() -> dict[str, int]:
 
 
 def node_host(i: int) -> str:
-    """The loopback address node ``i`` binds to: its own host, as on a real network.
+    """The loopback address node ``i`` binds to: its own host on its own /24, as on the Internet.
 
-    Linux routes all of 127.0.0.0/8 to the loopback interface.  One address
-    per node matters: p2pblog's DHT limits and verifies per *host* (not per
-    port, `identity.netaddr.host_key`), so 100 nodes on 127.0.0.1 would be one
-    host sharing one rate limit.  Both sides bind the same addresses.
+    Linux routes all of 127.0.0.0/8 to the loopback interface.  Node i gets
+    ``127.<i // 256>.<i % 256>.1``.  p2pblog's DHT rate-limits and verifies
+    per *host* (`identity.netaddr.host_key`, not per port), so 100 nodes on
+    127.0.0.1 would be one host sharing one budget; and its lookups count at
+    most two contacts of one /24 (`dht.routing.MAX_CLOSEST_PER_NETWORK`), so
+    100 nodes in one /24 would make every lookup walk past the rest.  Both
+    sides bind the same addresses.
     """
-    block, last = divmod(i, 254)
-    return f"127.{block >> 8 & 255}.{block & 255}.{last + 1}"
+    if not 0 <= i < 1 << 16:
+        raise ValueError("at most 65,536 nodes")
+    return f"127.{i >> 8}.{i & 255}.1"
 
 
 def start_tracing() -> None:

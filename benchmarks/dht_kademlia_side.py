@@ -2,13 +2,15 @@
 
 Run by ``bench_dht.py`` (not by hand)::
 
-    python benchmarks/dht_kademlia_side.py --spec FILE [--baseline] [--profile-out FILE]
+    python benchmarks/dht_kademlia_side.py --spec FILE [--tracemalloc] [--profile-out FILE]
 
 ``kademlia`` 2.2.3 on ``rpcudp`` 5.0.1, unmodified, with its defaults (k = 20,
 alpha = 3, 5 s RPC timeout, no retransmits), node ids from the spec, each
-Server listening on 127.0.0.1:0.  The only addition is a subclass of
+Server listening on its own loopback address (`dht_bench_common.node_host`,
+the same as our side's), port 0.  The only addition is a subclass of
 ``KademliaProtocol`` that counts received datagrams (one integer increment
-per datagram).  The workload and the phases are those of
+per datagram).  The workload, the phases and the memory readings (before
+the first node, after the gets, optionally tracemalloc) are those of
 ``dht_p2pblog_side.py``; settling waits until no rpcudp request is
 outstanding and no asyncio task other than the benchmark's is pending.
 Log records at WARNING and above (rpcudp logs every RPC timeout as an

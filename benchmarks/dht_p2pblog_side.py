@@ -2,18 +2,21 @@
 
 Run by ``bench_dht.py`` (not by hand)::
 
-    python benchmarks/dht_p2pblog_side.py --spec FILE [--baseline] [--profile-out FILE]
+    python benchmarks/dht_p2pblog_side.py --spec FILE [--tracemalloc] [--profile-out FILE]
 
 Every node is a bare `DhtCore` with the default `DhtConfig` (the protocol's
 k = 20, alpha = 3, retransmits at 0.5/1/2/3 s, 5 s RPC timeout, per-source
-rate limit) and ``random.Random(seed + i)``, bound to 127.0.0.1:0.  Node i
-joins with ``core.bootstrap`` through the nodes named in the spec, one join
-after the other; then the side waits until no node has a query or an RPC in
-flight (the post-join bucket refreshes), sleeps ``settle`` seconds, and runs
-the puts and then the gets, ``concurrency`` at a time, each under
-``op_timeout``.  ``--baseline`` does the imports, reads the spec and starts
-trio, but creates no node: its memory is the fixed cost that
-``bench_dht.py`` subtracts before dividing by the node count.
+rate limit) and ``random.Random(seed + i)``, bound to its own loopback
+address (`dht_bench_common.node_host`: 127.0.0.1, 127.0.1.1, ...), port 0.
+Node i joins with ``core.bootstrap`` through the nodes named in the spec, one
+join after the other; then the side waits until no node has a query or an
+RPC in flight (the post-join bucket refreshes), sleeps ``settle`` seconds,
+and runs the puts and then the gets, ``concurrency`` at a time, each under
+``op_timeout``.  Memory is read twice in this process, the same way as on
+the ``kademlia`` side: before the first node is created (interpreter,
+imports, workload) and after the gets.  ``--tracemalloc`` also traces every
+allocation from before the first node to after the gets (slow: this run's
+times are not used).
 """
 
 from __future__ import annotations

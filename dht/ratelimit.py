@@ -37,7 +37,11 @@ these tables (and in the core's per-host verification and STORE budgets),
 so they are plain dicts: a dict keeps insertion order, "least recently
 used" is a pop and a re-insert, and an entry costs half what it costs in an
 ``OrderedDict`` (`KeyedBuckets`; the arithmetic is `identity.pacing`'s
-`TokenBucket`, unchanged).  Addresses are `dht.ids.shared_address` tuples,
+`TokenBucket`, unchanged).  A token bucket that has refilled to its burst is
+the same as no bucket (a new source gets a full one), so `KeyedBuckets`
+forgets its least recently active bucket once that one is full: the tables
+hold the hosts active in the last burst / rate seconds (4 s for datagrams),
+not every host seen.  Addresses are `dht.ids.shared_address` tuples,
 so the tables, the routing table and the lookups share one object per
 address instead of holding a copy each.
 """
@@ -76,8 +80,10 @@ def source_key(addr: Address) -> str:
 class KeyedBuckets:
     """One `TokenBucket` per key, at most ``max_keys`` of them, the least recently active dropped.
 
-    `identity.pacing.KeyedTokenBuckets` on a plain dict (module docstring, "Memory"):
-    the same buckets, the same order of eviction, the same answers.
+    `identity.pacing.KeyedTokenBuckets` on a plain dict, holding only buckets
+    that are not full (module docstring, "Memory").  Below ``max_keys`` keys it
+    gives the same answers; at the bound it forgets fewer partly spent buckets
+    (full ones go first), so it is never more lenient.
     """
 
     __slots__ = ("_buckets", "burst", "max_keys", "rate")
@@ -105,7 +111,14 @@ class KeyedBuckets:
                 del buckets[next(iter(buckets))]
             bucket = TokenBucket(self.rate, self.burst, now)
         buckets[key] = bucket  # now the most recently active
-        return bucket.take(now, cost)
+        allowed = bucket.take(now, cost)
+        # Forget the least recently active bucket once it has refilled: a full
+        # bucket answers as a new one would (module docstring, "Memory").
+        oldest = buckets[next(iter(buckets))]
+        elapsed = now - oldest.stamp
+        if elapsed > 0 and oldest.tokens + elapsed * oldest.rate >= oldest.burst:
+            del buckets[next(iter(buckets))]
+        return allowed
 
 
 class TokenBucketLimiter(KeyedBuckets):
