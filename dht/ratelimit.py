@@ -41,7 +41,10 @@ used" is a pop and a re-insert, and an entry costs half what it costs in an
 the same as no bucket (a new source gets a full one), so `KeyedBuckets`
 forgets its least recently active bucket once that one is full: the tables
 hold the hosts active in the last burst / rate seconds (4 s for datagrams),
-not every host seen.  Addresses are `dht.ids.shared_address` tuples,
+not every host seen.  A dict kept in that order by pops and re-inserts fills
+with deleted slots and grows to about twice its compact size, so each table
+rebuilds itself (same order) after about half as many moves as it has
+entries: amortized, one more copy of an entry per move.  Addresses are `dht.ids.shared_address` tuples,
 so the tables, the routing table and the lookups share one object per
 address instead of holding a copy each.
 """
@@ -50,7 +53,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable
-from typing import Final
+from typing import Any, Final
 
 from dht.ids import Address
 from identity.errors import LocalProtocolError
@@ -71,6 +74,17 @@ VERIFIED_FOR: Final = 15 * 60.0
 MAX_TRACKED_ADDRESSES: Final = 4096
 
 
+#: Moves (pop and re-insert) beyond half a table's entries after which it is rebuilt.
+COMPACT_SLACK: Final = 8
+
+
+def compact(table: dict[Any, Any]) -> None:
+    """Rebuild ``table`` in place, in the same order, without its deleted slots."""
+    items = list(table.items())
+    table.clear()
+    table.update(items)
+
+
 @functools.lru_cache(maxsize=4096)
 def source_key(addr: Address) -> str:
     """The host behind ``addr`` (`identity.netaddr.host_key`: the IPv4 address, or the IPv6 /64)."""
@@ -86,7 +100,7 @@ class KeyedBuckets:
     (full ones go first), so it is never more lenient.
     """
 
-    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+    __slots__ = ("_buckets", "_moves", "burst", "max_keys", "rate")
 
     def __init__(self, rate: float, burst: float, max_keys: int) -> None:
         if rate <= 0 or burst < 1 or max_keys < 1:
@@ -95,6 +109,7 @@ class KeyedBuckets:
         self.burst = burst
         self.max_keys = max_keys
         self._buckets: dict[Hashable, TokenBucket] = {}  # least recently active first
+        self._moves = 0
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -111,6 +126,10 @@ class KeyedBuckets:
                 del buckets[next(iter(buckets))]
             bucket = TokenBucket(self.rate, self.burst, now)
         buckets[key] = bucket  # now the most recently active
+        self._moves += 1
+        if self._moves > len(buckets) // 2 + COMPACT_SLACK:
+            compact(buckets)
+            self._moves = 0
         allowed = bucket.take(now, cost)
         # Forget the least recently active bucket once it has refilled: a full
         # bucket answers as a new one would (module docstring, "Memory").
@@ -149,7 +168,7 @@ class TokenBucketLimiter(KeyedBuckets):
 class AmplificationGuard:
     """Credit for bytes to unverified addresses, and which addresses are verified."""
 
-    __slots__ = ("_credit", "_verified", "factor", "max_addresses", "verified_for")
+    __slots__ = ("_credit", "_moves", "_verified", "factor", "max_addresses", "verified_for")
 
     def __init__(
         self,
@@ -165,6 +184,7 @@ class AmplificationGuard:
         # Least recently used first (module docstring, "Memory").
         self._credit: dict[Address, float] = {}
         self._verified: dict[Address, float] = {}  # addr -> verified until
+        self._moves = 0
 
     def __len__(self) -> int:
         return len(self._credit) + len(self._verified)
@@ -175,6 +195,7 @@ class AmplificationGuard:
         credit[addr] = credit.pop(addr, 0.0) + self.factor * nbytes
         if len(credit) > self.max_addresses:
             del credit[next(iter(credit))]
+        self._moved()
 
     def verify(self, addr: Address, now: float) -> None:
         """``addr`` answered a request of ours: it receives at that address."""
@@ -183,6 +204,14 @@ class AmplificationGuard:
         verified[addr] = now + self.verified_for
         if len(verified) > self.max_addresses:
             del verified[next(iter(verified))]
+        self._moved()
+
+    def _moved(self) -> None:
+        self._moves += 1
+        if self._moves > len(self) // 4 + COMPACT_SLACK:
+            compact(self._credit)
+            compact(self._verified)
+            self._moves = 0
 
     def is_verified(self, addr: Address, now: float) -> bool:
         until = self._verified.get(addr)

@@ -8,7 +8,8 @@ table, and a fresh address tuple per datagram in each of them
 
 * a fresh routing table creates no bucket, and a bucket goes away once empty;
 * the per-peer token buckets give `identity.pacing`'s answers and hold only
-  the buckets that are not full again;
+  the buckets that are not full again; tables kept in LRU order by pops and
+  re-inserts do not grow with the number of moves;
 * addresses and walk results share objects instead of holding copies;
 * 50 nodes on the simulator's network, joined and holding records, allocate
   (tracemalloc, bytes still held, in ``dht/`` only) under a bound per node
@@ -18,6 +19,7 @@ table, and a fresh address tuple per datagram in each of them
 from __future__ import annotations
 
 import gc
+import sys
 import tracemalloc
 from pathlib import Path
 from random import Random
@@ -109,6 +111,26 @@ def test_the_guard_forgets_the_least_recently_used_address() -> None:
     assert guard.budget(a, 0.0) == 60
     assert guard.budget(b, 0.0) == 0
     assert guard.budget(c, 0.0) == 30
+
+
+def test_tables_kept_in_lru_order_do_not_grow_with_their_moves() -> None:
+    # Pops and re-inserts leave deleted slots; the tables rebuild themselves.
+    addrs = [shared_address((f"10.0.{i}.1", 5000 + i)) for i in range(100)]
+    guard, buckets = AmplificationGuard(), KeyedBuckets(1.0, 1000.0, 4096)
+    for a in addrs:
+        guard.received(a, 1)
+        guard.verify(a, 0.0)
+        buckets.take(a, 0.0)
+    rng = Random(5)
+    for i in range(20_000):
+        a = rng.choice(addrs)
+        guard.received(a, 10)
+        if i % 2:
+            guard.verify(rng.choice(addrs), 0.0)
+        buckets.take(a, 0.0)
+    for table in (guard._credit, guard._verified, buckets._buckets):
+        assert len(table) == 100
+        assert sys.getsizeof(table) <= sys.getsizeof(dict(table))
 
 
 def test_addresses_from_datagrams_and_answers_are_shared() -> None:
