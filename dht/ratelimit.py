@@ -44,9 +44,9 @@ hold the hosts active in the last burst / rate seconds (4 s for datagrams),
 not every host seen.  A dict kept in that order by pops and re-inserts fills
 with deleted slots and grows to about twice its compact size, so each table
 rebuilds itself (same order) after about half as many moves as it has
-entries: amortized, one more copy of an entry per move.  Addresses are `dht.ids.shared_address` tuples,
-so the tables, the routing table and the lookups share one object per
-address instead of holding a copy each.
+entries: amortized, one more copy of an entry per move.  Addresses are
+`dht.ids.shared_address` tuples, so the tables, the routing table and the
+lookups share one object per address instead of holding a copy each.
 """
 
 from __future__ import annotations
