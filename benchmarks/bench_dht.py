@@ -119,13 +119,17 @@ def build_spec(args: argparse.Namespace) -> Spec:
     )
 
 
+class BudgetSpent(Exception):
+    """The time budget cannot hold another side run (the run in hand was killed, or not started)."""
+
+
 def run_side(side: str, spec_path: Path, *extra: str, timeout: float) -> dict[str, Any]:
     """Run one side process; its progress goes to our stderr, its JSON result comes on stdout."""
     command = [sys.executable, str(SIDES[side]), "--spec", str(spec_path), *extra]
     try:
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise SystemExit(f"the {side} side did not finish within {timeout:.0f} s") from None
+        raise BudgetSpent(f"the {side} side did not finish within the {timeout:.0f} s left") from None
     if done.returncode != 0 or not done.stdout.strip():
         raise SystemExit(f"the {side} side failed (exit status {done.returncode})")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -464,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         def launch(side: str, *extra: str) -> dict[str, Any]:
             remaining = deadline - time.perf_counter()
             if remaining < 5:
-                raise SystemExit(f"the time budget of {args.budget:.0f} s is spent")
+                raise BudgetSpent(f"the time budget of {args.budget:.0f} s is spent")
             return run_side(side, spec_path, *extra, timeout=remaining)
 
         longest = 0.0
@@ -475,22 +479,34 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             order = list(SIDES) if round_ % 2 == 0 else list(reversed(SIDES))
             this: dict[str, Any] = {"order": order, "load_before": os.getloadavg()}
-            for side in order:
-                print(f"{side}: {args.nodes} nodes, round {round_ + 1} of {args.repeat} ...", file=sys.stderr)
-                this[side] = launch(side)
+            try:
+                for side in order:
+                    print(
+                        f"{side}: {args.nodes} nodes, round {round_ + 1} of {args.repeat} ...",
+                        file=sys.stderr,
+                    )
+                    this[side] = launch(side)
+            except BudgetSpent as exc:
+                print(f"stopping after {round_} rounds (this one is dropped): {exc}", file=sys.stderr)
+                break
             this["load_after"] = os.getloadavg()
             rounds.append(this)
             longest = max(longest, time.perf_counter() - t0)
-        if not args.no_tracemalloc:
-            for side in SIDES:
-                print(f"{side}: tracemalloc run (not timed) ...", file=sys.stderr)
-                traced_runs[side] = launch(side, "--tracemalloc")
-        if args.profile:
-            for side in SIDES:
-                print(f"{side}: profiled run (not in the table) ...", file=sys.stderr)
-                out = Path(tmp) / f"{side}.prof.txt"
-                launch(side, "--profile-out", str(out))
-                profiles[side] = out.read_text()
+        if not rounds:
+            raise SystemExit(f"no round finished within the time budget of {args.budget:.0f} s")
+        try:
+            if not args.no_tracemalloc:
+                for side in SIDES:
+                    print(f"{side}: tracemalloc run (not timed) ...", file=sys.stderr)
+                    traced_runs[side] = launch(side, "--tracemalloc")
+            if args.profile:
+                for side in SIDES:
+                    print(f"{side}: profiled run (not in the table) ...", file=sys.stderr)
+                    out = Path(tmp) / f"{side}.prof.txt"
+                    launch(side, "--profile-out", str(out))
+                    profiles[side] = out.read_text()
+        except BudgetSpent as exc:
+            print(f"skipping the rest of the extra runs: {exc}", file=sys.stderr)
     wall = time.perf_counter() - start
     load_after = os.getloadavg()
 
