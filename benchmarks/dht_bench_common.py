@@ -11,12 +11,14 @@ nor ``kademlia``.
 from __future__ import annotations
 
 import cProfile
+import gc
 import io
 import json
 import pstats
 import resource
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,7 +107,64 @@ def max_rss_kib() -> int:
 
 
 def memory() -> dict[str, int]:
+    """``VmRSS`` and ``ru_maxrss`` now, after a full garbage collection (KiB)."""
+    gc.collect()
     return {"vm_rss_kib": vm_rss_kib(), "max_rss_kib": max_rss_kib()}
+
+
+def node_host(i: int) -> str:
+    """The loopback address node ``i`` binds to: its own host on its own /24, as on the Internet.
+
+    Linux routes all of 127.0.0.0/8 to the loopback interface.  Node i gets
+    ``127.<i // 256>.<i % 256>.1``.  p2pblog's DHT rate-limits and verifies
+    per *host* (`identity.netaddr.host_key`, not per port), so 100 nodes on
+    127.0.0.1 would be one host sharing one budget; and its lookups count at
+    most two contacts of one /24 (`dht.routing.MAX_CLOSEST_PER_NETWORK`), so
+    100 nodes in one /24 would make every lookup walk past the rest.  Both
+    sides bind the same addresses.
+    """
+    if not 0 <= i < 1 << 16:
+        raise ValueError("at most 65,536 nodes")
+    return f"127.{i >> 8}.{i & 255}.1"
+
+
+def start_tracing() -> None:
+    """Trace allocations from now on (``--tracemalloc`` runs; one frame per allocation)."""
+    gc.collect()
+    tracemalloc.start(1)
+
+
+def traced(nodes: int, top: int = 30) -> dict[str, Any]:
+    """What tracemalloc saw since `start_tracing`, still held now: total, per node, and by line.
+
+    Counts only Python allocations made after the start (so not the
+    interpreter, the imports or the workload), at their size as requested
+    from the allocator (no allocator overhead, no fragmentation): the
+    allocator-level figure beside the RSS one.
+    """
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
+    )
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    by_line = snapshot.statistics("lineno")
+    by_file = snapshot.statistics("filename")
+    held = sum(s.size for s in by_file)
+    return {
+        "bytes": held,
+        "bytes_per_node": held / nodes,
+        "peak_bytes": peak,
+        "peak_bytes_per_node": peak / nodes,
+        "current_bytes": current,
+        "by_line": [
+            {"where": f"{s.traceback[0].filename}:{s.traceback[0].lineno}", "bytes": s.size, "count": s.count}
+            for s in by_line[:top]
+        ],
+        "by_file": [
+            {"where": s.traceback[0].filename, "bytes": s.size, "count": s.count} for s in by_file[:top]
+        ],
+    }
 
 
 @dataclass

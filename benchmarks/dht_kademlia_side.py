@@ -2,13 +2,15 @@
 
 Run by ``bench_dht.py`` (not by hand)::
 
-    python benchmarks/dht_kademlia_side.py --spec FILE [--baseline] [--profile-out FILE]
+    python benchmarks/dht_kademlia_side.py --spec FILE [--tracemalloc] [--profile-out FILE]
 
 ``kademlia`` 2.2.3 on ``rpcudp`` 5.0.1, unmodified, with its defaults (k = 20,
 alpha = 3, 5 s RPC timeout, no retransmits), node ids from the spec, each
-Server listening on 127.0.0.1:0.  The only addition is a subclass of
+Server listening on its own loopback address (`dht_bench_common.node_host`,
+the same as our side's), port 0.  The only addition is a subclass of
 ``KademliaProtocol`` that counts received datagrams (one integer increment
-per datagram).  The workload and the phases are those of
+per datagram).  The workload, the phases and the memory readings (before
+the first node, after the gets, optionally tracemalloc) are those of
 ``dht_p2pblog_side.py``; settling waits until no rpcudp request is
 outstanding and no asyncio task other than the benchmark's is pending.
 Log records at WARNING and above (rpcudp logs every RPC timeout as an
@@ -41,13 +43,15 @@ from dht_bench_common import (
     Spec,
     emit,
     memory,
+    node_host,
     profile_text,
     progress,
+    start_tracing,
+    traced,
 )
 from kademlia.network import Server
 from kademlia.protocol import KademliaProtocol
 
-HOST = "127.0.0.1"
 RECEIVED = [0]
 
 
@@ -102,15 +106,18 @@ def outstanding(servers: list[Any]) -> int:
     return sum(len(s.protocol._outstanding) for s in servers)
 
 
-async def side(spec: Spec, logs: LogCounter, profile_out: Path | None) -> dict[str, Any]:
+async def side(spec: Spec, logs: LogCounter, profile_out: Path | None, trace: bool) -> dict[str, Any]:
     n = spec.nodes
     result: dict[str, Any] = {"side": "kademlia", "nodes": n}
+    before_nodes = memory()
+    if trace:
+        start_tracing()
     servers: list[Any] = []
     for i in range(n):
         server = CountingServer(node_id=spec.ids[i])
-        await server.listen(0, HOST)
+        await server.listen(0, node_host(i))
         servers.append(server)
-    addrs = [(HOST, int(s.transport.get_extra_info("sockname")[1])) for s in servers]
+    addrs = [(node_host(i), int(s.transport.get_extra_info("sockname")[1])) for i, s in enumerate(servers)]
     try:
         # -- join, one node after the other ---------------------------------------
         progress(f"  kademlia: {n} nodes joining ...")
@@ -198,7 +205,9 @@ async def side(spec: Spec, logs: LogCounter, profile_out: Path | None) -> dict[s
         gets.extra["rx_datagrams"] = RECEIVED[0] - rx0
         gets.extra["log_records"] = dict(logs.counts - logs0)
         result["gets"] = gets.to_json()
-        result["memory"] = memory()
+        result["memory"] = {"before_nodes": before_nodes, "after_gets": memory()}
+        if trace:
+            result["tracemalloc"] = traced(n)
         result["records_held"] = sum(len(s.storage.data) for s in servers)
     finally:
         for server in servers:
@@ -208,15 +217,10 @@ async def side(spec: Spec, logs: LogCounter, profile_out: Path | None) -> dict[s
     return result
 
 
-async def baseline() -> dict[str, Any]:
-    await asyncio.sleep(0)
-    return {"side": "kademlia", "baseline": True, "memory": memory()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace allocations (slow; not timed)")
     parser.add_argument("--profile-out", type=Path)
     args = parser.parse_args()
     spec = Spec.load(args.spec)
@@ -225,10 +229,7 @@ def main() -> None:
     root = logging.getLogger()
     root.addHandler(logs)
     root.setLevel(logging.WARNING)
-    if args.baseline:
-        emit(asyncio.run(baseline()))
-    else:
-        emit(asyncio.run(side(spec, logs, args.profile_out)))
+    emit(asyncio.run(side(spec, logs, args.profile_out, args.tracemalloc)))
 
 
 if __name__ == "__main__":

@@ -2,18 +2,21 @@
 
 Run by ``bench_dht.py`` (not by hand)::
 
-    python benchmarks/dht_p2pblog_side.py --spec FILE [--baseline] [--profile-out FILE]
+    python benchmarks/dht_p2pblog_side.py --spec FILE [--tracemalloc] [--profile-out FILE]
 
 Every node is a bare `DhtCore` with the default `DhtConfig` (the protocol's
 k = 20, alpha = 3, retransmits at 0.5/1/2/3 s, 5 s RPC timeout, per-source
-rate limit) and ``random.Random(seed + i)``, bound to 127.0.0.1:0.  Node i
-joins with ``core.bootstrap`` through the nodes named in the spec, one join
-after the other; then the side waits until no node has a query or an RPC in
-flight (the post-join bucket refreshes), sleeps ``settle`` seconds, and runs
-the puts and then the gets, ``concurrency`` at a time, each under
-``op_timeout``.  ``--baseline`` does the imports, reads the spec and starts
-trio, but creates no node: its memory is the fixed cost that
-``bench_dht.py`` subtracts before dividing by the node count.
+rate limit) and ``random.Random(seed + i)``, bound to its own loopback
+address (`dht_bench_common.node_host`: 127.0.0.1, 127.0.1.1, ...), port 0.
+Node i joins with ``core.bootstrap`` through the nodes named in the spec, one
+join after the other; then the side waits until no node has a query or an
+RPC in flight (the post-join bucket refreshes), sleeps ``settle`` seconds,
+and runs the puts and then the gets, ``concurrency`` at a time, each under
+``op_timeout``.  Memory is read twice in this process, the same way as on
+the ``kademlia`` side: before the first node is created (interpreter,
+imports, workload) and after the gets.  ``--tracemalloc`` also traces every
+allocation from before the first node to after the gets (slow: this run's
+times are not used).
 """
 
 from __future__ import annotations
@@ -42,14 +45,15 @@ from dht_bench_common import (
     Spec,
     emit,
     memory,
+    node_host,
     profile_text,
     progress,
+    start_tracing,
+    traced,
 )
 
 from dht import DhtCore, PutFinished, ValueFound, ValueNotFound, kademlia_key
 from p2pblog.runtime import UdpDriver, unix_now
-
-HOST = "127.0.0.1"
 
 
 def total_stats(cores: list[DhtCore]) -> Counter[str]:
@@ -92,15 +96,18 @@ async def request(driver: UdpDriver, start: Callable[[float], int], timeout: flo
     return None, timeout
 
 
-async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
+async def side(spec: Spec, profile_out: Path | None, trace: bool) -> dict[str, Any]:
     n = spec.nodes
     result: dict[str, Any] = {"side": "p2pblog", "nodes": n}
+    before_nodes = memory()
+    if trace:
+        start_tracing()
     cores: list[DhtCore] = []
     drivers: list[UdpDriver] = []
     async with trio.open_nursery() as nursery:
         for i in range(n):
             core = DhtCore(spec.ids[i], random.Random(spec.seed + i), unix_now())
-            driver = UdpDriver.bind(core, HOST, 0)
+            driver = UdpDriver.bind(core, node_host(i), 0)
             cores.append(core)
             drivers.append(driver)
             nursery.start_soon(driver.run)
@@ -203,7 +210,9 @@ async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
         gets.extra["rx_datagrams"] = after["rx.datagrams"] - before["rx.datagrams"]
         gets.extra["queried_mean"] = sum(queried) / len(queried) if queried else 0.0
         result["gets"] = gets
-        result["memory"] = memory()
+        result["memory"] = {"before_nodes": before_nodes, "after_gets": memory()}
+        if trace:
+            result["tracemalloc"] = traced(n)
         result["records_held"] = sum(len(c.records) for c in cores)
         result["send_errors"] = sum(sum(d.stats.values()) for d in drivers)
         nursery.cancel_scope.cancel()
@@ -216,22 +225,14 @@ async def side(spec: Spec, profile_out: Path | None) -> dict[str, Any]:
     return result
 
 
-async def baseline() -> dict[str, Any]:
-    await trio.sleep(0)
-    return {"side": "p2pblog", "baseline": True, "memory": memory()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--baseline", action="store_true")
+    parser.add_argument("--tracemalloc", action="store_true", help="trace allocations (slow; not timed)")
     parser.add_argument("--profile-out", type=Path)
     args = parser.parse_args()
     spec = Spec.load(args.spec)
-    if args.baseline:
-        emit(trio.run(baseline))
-    else:
-        emit(trio.run(side, spec, args.profile_out))
+    emit(trio.run(side, spec, args.profile_out, args.tracemalloc))
 
 
 if __name__ == "__main__":

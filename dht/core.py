@@ -130,7 +130,7 @@ our own value does not (it counts ``own_value_not_held``).
 from __future__ import annotations
 
 import itertools
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from random import Random
@@ -146,7 +146,7 @@ from dht.events import (
     RecordStored,
     ValueFound,
 )
-from dht.ids import ALPHA, ID_BYTES, Address, Contact, K, distance
+from dht.ids import ALPHA, ID_BYTES, Address, Contact, K, distance, shared_address
 from dht.lookup import ClosestPeersLookup, ProvidersLookup, ValueLookup
 from dht.providers import (
     MAX_PROVIDER_VALUES,
@@ -181,6 +181,7 @@ from dht.ratelimit import (
     SOURCE_RATE,
     VERIFIED_FOR,
     AmplificationGuard,
+    KeyedBuckets,
     TokenBucketLimiter,
     source_key,
 )
@@ -201,7 +202,7 @@ from dht.routing import QUESTIONABLE_AFTER, REFRESH_INTERVAL, RoutingTable, Upda
 from dht.rpc import Purpose, Rpc, RpcTracker
 from dht.wire import Value, WireError
 from identity.errors import LocalProtocolError
-from identity.pacing import KeyedTokenBuckets, TokenBucket
+from identity.pacing import TokenBucket
 
 #: rpcudp's ``wait_timeout``: seconds before an unanswered RPC has failed.
 RPC_TIMEOUT: Final = 5.0
@@ -360,8 +361,8 @@ class DhtCore:
         self._verifying: dict[Address, bytes] = {}
         self._verifying_hosts: Counter[str] = Counter()
         self._verify_rate = TokenBucket(VERIFY_RATE, VERIFY_BURST, now)
-        self._verify_host_rate = KeyedTokenBuckets(VERIFY_HOST_RATE, VERIFY_HOST_BURST, cfg.max_sources)
-        self._store_host_rate = KeyedTokenBuckets(STORE_HOST_RATE, STORE_HOST_BURST, cfg.max_sources)
+        self._verify_host_rate = KeyedBuckets(VERIFY_HOST_RATE, VERIFY_HOST_BURST, cfg.max_sources)
+        self._store_host_rate = KeyedBuckets(STORE_HOST_RATE, STORE_HOST_BURST, cfg.max_sources)
         #: Requests waiting for their address's verification, by address.
         self._parked: dict[Address, list[wire.Request]] = {}
         #: Counts of everything that happened, by name (drops, misbehaviour, RPCs).
@@ -376,8 +377,9 @@ class DhtCore:
         self._outgoing: list[tuple[bytes, Address]] = []
         self._events: deque[Event] = deque()
         self._notices_queued = 0
-        #: Key -> (when, the k closest peers) of lookups that ran to their end.
-        self._walks: OrderedDict[bytes, tuple[float, tuple[Contact, ...]]] = OrderedDict()
+        #: Key -> (when, the k closest peers) of lookups that ran to their end,
+        #: the least recently finished first.
+        self._walks: dict[bytes, tuple[float, tuple[Contact, ...]]] = {}
 
     # ================================================================== outputs
 
@@ -427,6 +429,7 @@ class DhtCore:
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
         """Process one datagram from ``addr`` (``(host, port)``)."""
         self._advance(now)
+        addr = shared_address(addr)
         self.stats["rx.datagrams"] += 1
         if not self._limiter.allow(source_key(addr), now):
             self._dropped(addr, "rate limited")
@@ -539,7 +542,7 @@ class DhtCore:
         the nearest neighbour found.
         """
         self._advance(now)
-        unique = list(dict.fromkeys((str(host), int(port)) for host, port in addrs))
+        unique = list(dict.fromkeys(shared_address((str(host), int(port))) for host, port in addrs))
         query = BootstrapQuery(self._new_query_id(), self.node_id, len(unique))
         self._queries[query.query_id] = query
         for addr in unique:
@@ -924,10 +927,12 @@ class DhtCore:
     def _walk_done(self, query: Query, lookup: ClosestPeersLookup, now: float) -> None:
         closest = tuple(lookup.result())
         if not lookup.stopped_early and closest and self.config.walk_reuse > 0:
-            self._walks[query.target] = (now, closest)
-            self._walks.move_to_end(query.target)
-            while len(self._walks) > MAX_WALKS_KEPT:
-                self._walks.popitem(last=False)
+            walks = self._walks
+            walks.pop(query.target, None)  # to the end: the most recent
+            # Kept for a minute: the table's objects, not the copies the answers brought.
+            walks[query.target] = (now, tuple(map(self.table.shared, closest)))
+            while len(walks) > MAX_WALKS_KEPT:
+                del walks[next(iter(walks))]
         # What follows a walk is each kind's own (rust-libp2p kad's
         # ``QueryInfo`` match); the kinds are in `dht.queries`.
         if isinstance(query, StoreQuery):

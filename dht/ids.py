@@ -27,6 +27,11 @@ of BLAKE2b-512 of the 32-byte key.  Why this and not SHA-1:
   peer's id.  The key-to-id binding only matters where p2pblog's signed peer
   records tie a key to an id and addresses.
 
+Addresses are shared: `shared_address` hands out one tuple per distinct
+``(host, port)``, so the many places that hold a peer's address (routing
+table, rate limits, lookups) hold one object, not a copy each from every
+datagram and every answer that named it.
+
 Record keys are whatever 20-byte string the layer above chooses.  For interop
 with ``kademlia.network.Server.set(key, value)`` (which stores under
 ``sha1(key)``) `kademlia_key` computes that same digest.
@@ -50,6 +55,26 @@ ALPHA: Final = 3
 #: A UDP address as the driver reports it: (host, port).  IPv6 drivers pass
 #: only the first two fields of the socket address, as ``kademlia`` does.
 Address = tuple[str, int]
+
+#: Distinct addresses `shared_address` remembers before it starts afresh.
+MAX_SHARED_ADDRESSES: Final = 1 << 14
+_shared: dict[Address, Address] = {}
+
+
+def shared_address(addr: Address) -> Address:
+    """The one tuple equal to ``addr`` that everything holding it shares (module docstring).
+
+    Process-wide and bounded: when `MAX_SHARED_ADDRESSES` are known the table
+    starts afresh (held tuples stay valid; only later copies stop being shared).
+    Only object identity depends on it, never a result.
+    """
+    found = _shared.get(addr)
+    if found is not None:
+        return found
+    if len(_shared) >= MAX_SHARED_ADDRESSES:
+        _shared.clear()
+    _shared[addr] = addr
+    return addr
 
 
 def node_id_from_public_key(public_key: bytes) -> bytes:

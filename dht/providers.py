@@ -121,6 +121,11 @@ def distinct_values(key: bytes, value: bytes, now: float) -> bytes | None:
     return value
 
 
+def _key_of_item(item: tuple[bytes, bytes]) -> bytes:
+    """The key of a provider store's capacity item, a (key, provider id) pair."""
+    return item[0]
+
+
 @dataclass(slots=True)
 class _Provider:
     value: bytes
@@ -166,7 +171,7 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         #: Refusals, evictions, expiries and heap rebuilds, by reason.
         self.stats: Counter[str] = Counter()
         self._capacity: Capacity[tuple[bytes, bytes]] = Capacity(
-            max_values, self.stats, per_source=max_per_source
+            max_values, self.stats, per_source=max_per_source, key_of=_key_of_item
         )
         self._capacity.priority = priority
         self._keys: dict[bytes, dict[bytes, _Provider]] = {}
@@ -239,7 +244,7 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
             if evicted is not None:
                 self._drop(*evicted)
         if not published:
-            self._capacity.add((key, pid), key, source)
+            self._capacity.add((key, pid), source)
         self._set(key, pid, value, now, published=published)
         return StoreOutcome.STORED
 

@@ -31,18 +31,34 @@ recently used entry first; forgetting credit only makes us more careful,
 forgetting a verification only costs one more verification ping.  Over any
 sequence of inputs, the bytes sent to an address while it is unverified
 are at most ``factor`` times the bytes received from it.
+
+**Memory.**  A node keeps one entry per peer host or address in each of
+these tables (and in the core's per-host verification and STORE budgets),
+so they are plain dicts: a dict keeps insertion order, "least recently
+used" is a pop and a re-insert, and an entry costs half what it costs in an
+``OrderedDict`` (`KeyedBuckets`; the arithmetic is `identity.pacing`'s
+`TokenBucket`, unchanged).  A token bucket that has refilled to its burst is
+the same as no bucket (a new source gets a full one), so `KeyedBuckets`
+forgets its least recently active bucket once that one is full: the tables
+hold the hosts active in the last burst / rate seconds (4 s for datagrams),
+not every host seen.  A dict kept in that order by pops and re-inserts fills
+with deleted slots and grows to about twice its compact size, so each table
+rebuilds itself (same order) after about half as many moves as it has
+entries: amortized, one more copy of an entry per move.  Addresses are
+`dht.ids.shared_address` tuples, so the tables, the routing table and the
+lookups share one object per address instead of holding a copy each.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
-from typing import Final
+from collections.abc import Hashable
+from typing import Any, Final
 
 from dht.ids import Address
 from identity.errors import LocalProtocolError
 from identity.netaddr import host_key
-from identity.pacing import KeyedTokenBuckets
+from identity.pacing import TokenBucket
 
 #: Datagrams per second one source host may make us process, sustained.
 SOURCE_RATE: Final = 50.0
@@ -58,14 +74,76 @@ VERIFIED_FOR: Final = 15 * 60.0
 MAX_TRACKED_ADDRESSES: Final = 4096
 
 
+#: Moves (pop and re-insert) beyond half a table's entries after which it is rebuilt.
+COMPACT_SLACK: Final = 8
+
+
+def compact(table: dict[Any, Any]) -> None:
+    """Rebuild ``table`` in place, in the same order, without its deleted slots."""
+    items = list(table.items())
+    table.clear()
+    table.update(items)
+
+
 @functools.lru_cache(maxsize=4096)
 def source_key(addr: Address) -> str:
     """The host behind ``addr`` (`identity.netaddr.host_key`: the IPv4 address, or the IPv6 /64)."""
     return host_key(addr[0])
 
 
-class TokenBucketLimiter(KeyedTokenBuckets):
+class KeyedBuckets:
+    """One `TokenBucket` per key, at most ``max_keys`` of them, the least recently active dropped.
+
+    `identity.pacing.KeyedTokenBuckets` on a plain dict, holding only buckets
+    that are not full (module docstring, "Memory").  Below ``max_keys`` keys it
+    gives the same answers; at the bound it forgets fewer partly spent buckets
+    (full ones go first), so it is never more lenient.
+    """
+
+    __slots__ = ("_buckets", "_moves", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise LocalProtocolError("rate must be > 0, burst >= 1 and max_keys >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[Hashable, TokenBucket] = {}  # least recently active first
+        self._moves = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._buckets
+
+    def take(self, key: Hashable, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens from ``key``'s bucket; False (and nothing taken) if too few."""
+        buckets = self._buckets
+        bucket = buckets.pop(key, None)
+        if bucket is None:
+            if len(buckets) >= self.max_keys:
+                del buckets[next(iter(buckets))]
+            bucket = TokenBucket(self.rate, self.burst, now)
+        buckets[key] = bucket  # now the most recently active
+        self._moves += 1
+        if self._moves > len(buckets) // 2 + COMPACT_SLACK:
+            compact(buckets)
+            self._moves = 0
+        allowed = bucket.take(now, cost)
+        # Forget the least recently active bucket once it has refilled: a full
+        # bucket answers as a new one would (module docstring, "Memory").
+        oldest = buckets[next(iter(buckets))]
+        elapsed = now - oldest.stamp
+        if elapsed > 0 and oldest.tokens + elapsed * oldest.rate >= oldest.burst:
+            del buckets[next(iter(buckets))]
+        return allowed
+
+
+class TokenBucketLimiter(KeyedBuckets):
     """Admit or refuse one unit of work per source key, token-bucket style."""
+
+    __slots__ = ()
 
     def __init__(
         self,
@@ -76,16 +154,21 @@ class TokenBucketLimiter(KeyedTokenBuckets):
         if rate <= 0 or burst < 1 or max_sources < 1:
             raise LocalProtocolError("rate must be > 0, burst >= 1 and max_sources >= 1")
         super().__init__(rate, burst, max_sources)
-        self.max_sources = max_sources
+
+    @property
+    def max_sources(self) -> int:
+        return self.max_keys
 
     #: ``allow(key, now)``: take one token from ``key``'s bucket; False
     #: (and nothing taken) if it is empty.  (An alias, not a wrapper: this is
     #: called for every datagram.)
-    allow = KeyedTokenBuckets.take
+    allow = KeyedBuckets.take
 
 
 class AmplificationGuard:
     """Credit for bytes to unverified addresses, and which addresses are verified."""
+
+    __slots__ = ("_credit", "_moves", "_verified", "factor", "max_addresses", "verified_for")
 
     def __init__(
         self,
@@ -98,24 +181,37 @@ class AmplificationGuard:
         self.factor = factor
         self.verified_for = verified_for
         self.max_addresses = max_addresses
-        self._credit: OrderedDict[Address, float] = OrderedDict()
-        self._verified: OrderedDict[Address, float] = OrderedDict()  # addr -> verified until
+        # Least recently used first (module docstring, "Memory").
+        self._credit: dict[Address, float] = {}
+        self._verified: dict[Address, float] = {}  # addr -> verified until
+        self._moves = 0
 
     def __len__(self) -> int:
         return len(self._credit) + len(self._verified)
 
     def received(self, addr: Address, nbytes: int) -> None:
         """``addr`` sent us ``nbytes``: it earns ``factor`` times that in credit."""
-        self._credit[addr] = self._credit.pop(addr, 0.0) + self.factor * nbytes
-        if len(self._credit) > self.max_addresses:
-            self._credit.popitem(last=False)
+        credit = self._credit
+        credit[addr] = credit.pop(addr, 0.0) + self.factor * nbytes
+        if len(credit) > self.max_addresses:
+            del credit[next(iter(credit))]
+        self._moved()
 
     def verify(self, addr: Address, now: float) -> None:
         """``addr`` answered a request of ours: it receives at that address."""
-        self._verified.pop(addr, None)
-        self._verified[addr] = now + self.verified_for
-        if len(self._verified) > self.max_addresses:
-            self._verified.popitem(last=False)
+        verified = self._verified
+        verified.pop(addr, None)
+        verified[addr] = now + self.verified_for
+        if len(verified) > self.max_addresses:
+            del verified[next(iter(verified))]
+        self._moved()
+
+    def _moved(self) -> None:
+        self._moves += 1
+        if self._moves > len(self) // 4 + COMPACT_SLACK:
+            compact(self._credit)
+            compact(self._verified)
+            self._moves = 0
 
     def is_verified(self, addr: Address, now: float) -> bool:
         until = self._verified.get(addr)

@@ -97,7 +97,7 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from dht.wire import Value, is_value, value_size
 from identity.limits import MAX_DHT_VALUE_BYTES
@@ -170,16 +170,26 @@ class Capacity(Generic[Item]):
 
     Tracks the held values that count against the bounds (all but our own),
     each under an *item* id (a record key; a (key, provider id) pair) with
-    the key it belongs to and its source, in order of arrival.
+    its source, in order of arrival.  ``key_of(item)`` is the key an item
+    belongs to (None: the item is the key).
     """
 
-    def __init__(self, total: int, stats: Counter[str], *, per_source: int | None = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        stats: Counter[str],
+        *,
+        per_source: int | None = None,
+        key_of: Callable[[Item], bytes] | None = None,
+    ) -> None:
         self.total = total
         self.per_source = per_source if per_source is not None else max(1, total // SOURCE_SHARE)
         self.priority: Priority | None = None
         self._stats = stats
-        #: item -> (key, source), oldest arrival first (dicts keep insertion order).
-        self._arrivals: dict[Item, tuple[bytes, str | None]] = {}
+        self._key_of = key_of
+        #: item -> source, oldest arrival first (dicts keep insertion order).  One
+        #: reference per held value: the key comes from the item, not a tuple.
+        self._arrivals: dict[Item, str | None] = {}
         self._by_source: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -231,28 +241,30 @@ class Capacity(Generic[Item]):
         self._stats["evicted.for_priority"] += 1
         return True, victim
 
-    def add(self, item: Item, key: bytes, source: str | None) -> None:
+    def add(self, item: Item, source: str | None) -> None:
         """``item`` arrived (it counts from now on); a known item keeps its place and source."""
         if item in self._arrivals:
             return
-        self._arrivals[item] = (key, source)
+        self._arrivals[item] = source
         if source is not None:
             self._by_source[source] += 1
 
     def remove(self, item: Item) -> None:
         """``item`` is gone (or became our own); unknown items are ignored."""
-        entry = self._arrivals.pop(item, None)
-        if entry is None or entry[1] is None:
+        if item not in self._arrivals:
             return
-        source = entry[1]
+        source = self._arrivals.pop(item)
+        if source is None:
+            return
         self._by_source[source] -= 1
         if self._by_source[source] <= 0:
             del self._by_source[source]
 
     def _newest_stranger(self) -> Item | None:
         # Priority values are few (the owner's keys), so the walk past them is short.
+        key_of = self._key_of
         for item in reversed(self._arrivals):
-            if not self.is_priority(self._arrivals[item][0]):
+            if not self.is_priority(key_of(item) if key_of is not None else cast(bytes, item)):
                 return item
         return None
 
@@ -383,7 +395,7 @@ class RecordStore(BoundedStore[bytes]):
                     return StoreOutcome.FULL
                 if victim is not None:
                     self._drop(victim)
-                self._capacity.add(key, key, source)
+                self._capacity.add(key, source)
             self._set(key, value, now, published=published)
             return StoreOutcome.STORED
         same = type(old.value) is type(value) and old.value == value

@@ -9,10 +9,16 @@ contacts whose XOR distance to our own id lies in ``[2**i, 2**(i+1))``
 for every bucket that can fill up, and is simpler to reason about (it is also
 what rust-libp2p's ``KBucketsTable`` does).  Our own id is never stored.
 
+The array is virtual: a bucket's dicts exist only while it holds a contact
+or a replacement, and of the rest only a refresh time per index is kept.  With
+n nodes about log2(n) buckets are ever non-empty, and 160 pairs of empty dicts
+per node were the largest part of a node's memory (docs/benchmarks.md).
+
 Within a bucket contacts are kept least-recently seen first (an insertion-
-ordered dict).  `RoutingTable.update` is called for every message a contact
-proves it sent (paper 2.2: "when a Kademlia node receives any message ...
-from another node, it updates the appropriate k-bucket"):
+ordered dict; "move to the tail" is a pop and a re-insert).
+`RoutingTable.update` is called for every message a contact proves it sent
+(paper 2.2: "when a Kademlia node receives any message ... from another
+node, it updates the appropriate k-bucket"):
 
 * known id, same address: move to the tail, clear its failure count;
 * known id, other address: ignored.  Section 2.2 prefers old contacts
@@ -78,7 +84,6 @@ from __future__ import annotations
 import bisect
 import enum
 import functools
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -153,18 +158,23 @@ class _Entry:
 
 
 class _Bucket:
-    __slots__ = ("checking", "entries", "last_touched", "pairs", "replacements")
+    """A bucket that holds something (empty ones do not exist, module docstring)."""
 
-    def __init__(self, now: float) -> None:
+    __slots__ = ("checking", "entries", "pairs", "replacements")
+
+    def __init__(self) -> None:
         # Least-recently seen first.
-        self.entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.entries: dict[bytes, _Entry] = {}
         # (id as an integer, contact) of every entry, for `RoutingTable.closest`.
         self.pairs: list[tuple[int, Contact]] = []
         # Most-recently seen last.
-        self.replacements: OrderedDict[bytes, Contact] = OrderedDict()
+        self.replacements: dict[bytes, Contact] = {}
         # Id of the contact whose liveness check is in flight, if any.
         self.checking: bytes | None = None
-        self.last_touched = now
+
+
+#: What an index without a bucket reads as (never written to).
+_NO_BUCKET: Final = _Bucket()
 
 
 class RoutingTable:
@@ -195,7 +205,10 @@ class RoutingTable:
         self.refresh_interval = refresh_interval
         self.questionable_after = questionable_after
         self._own_int = int.from_bytes(own_id, "big")
-        self._buckets = [_Bucket(now) for _ in range(ID_BITS)]
+        #: The buckets that hold contacts or replacements, by index (module docstring).
+        self._buckets: dict[int, _Bucket] = {}
+        #: When a lookup last targeted each bucket's range (`touch`), by index.
+        self._touched: list[float] = [now] * ID_BITS
         #: Indexes of the buckets holding contacts (few: about log2 of the network).
         self._filled: list[int] = []  # sorted
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
@@ -228,8 +241,8 @@ class RoutingTable:
 
     def contacts(self) -> Iterator[Contact]:
         """Every contact, bucket by bucket, least-recently seen first within a bucket."""
-        for bucket in self._buckets:
-            for entry in bucket.entries.values():
+        for j in self._filled:
+            for entry in self._buckets[j].entries.values():
                 yield entry.contact
 
     def filled_mask(self, *, exclude_id: bytes | None = None) -> int:
@@ -257,21 +270,27 @@ class RoutingTable:
             for e in self._buckets[j].entries.values()
         ]
 
+    def shared(self, contact: Contact) -> Contact:
+        """The table's own object for ``contact`` when it holds that contact, else ``contact``:
+        what a long-lived copy should keep (one object per contact, not one per answer)."""
+        found = self._flat.get(contact.node_id)
+        return found[1] if found is not None and found[1].addr == contact.addr else contact
+
     def bucket_contacts(self, index: int) -> list[Contact]:
-        return [e.contact for e in self._buckets[index].entries.values()]
+        return [e.contact for e in self._buckets.get(index, _NO_BUCKET).entries.values()]
 
     def knows(self, contact: Contact) -> bool:
         """True if ``contact`` (id and address) is in the table or its bucket's replacement cache."""
         if len(contact.node_id) != ID_BYTES or contact.node_id == self.own_id:
             return True  # nothing to learn about ourselves
-        bucket = self._buckets[self.bucket_index(contact.node_id)]
+        bucket = self._buckets.get(self.bucket_index(contact.node_id), _NO_BUCKET)
         held = bucket.entries.get(contact.node_id)
         if held is not None:
             return held.contact.addr == contact.addr
         return bucket.replacements.get(contact.node_id) == contact
 
     def replacements(self, index: int) -> list[Contact]:
-        return list(self._buckets[index].replacements.values())
+        return list(self._buckets.get(index, _NO_BUCKET).replacements.values())
 
     def last_seen(self, node_id: bytes) -> float:
         """When the contact last answered or sent us something (``now`` units); 0.0 if unknown."""
@@ -358,12 +377,16 @@ class RoutingTable:
         if len(node_id) != ID_BYTES or node_id == self.own_id:
             return UpdateOutcome.IGNORED, None
         self.last_answer = max(self.last_answer, now)
-        bucket = self._buckets[self.bucket_index(node_id)]
+        index = self.bucket_index(node_id)
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            bucket = self._buckets[index] = _Bucket()
         entry = bucket.entries.get(node_id)
         if entry is not None:
             if entry.contact.addr != contact.addr:
                 return UpdateOutcome.IGNORED, None
-            bucket.entries.move_to_end(node_id)
+            del bucket.entries[node_id]  # move to the tail
+            bucket.entries[node_id] = entry
             entry.last_seen = now
             entry.failures = 0
             if bucket.checking == node_id:
@@ -399,7 +422,7 @@ class RoutingTable:
         if entry is None:
             return None
         if checked_at is not None and entry.last_seen > checked_at:
-            bucket = self._buckets[self.bucket_index(node_id)]
+            bucket = self._buckets.get(self.bucket_index(node_id), _NO_BUCKET)
             if bucket.checking == node_id:
                 bucket.checking = None
             return None
@@ -422,7 +445,7 @@ class RoutingTable:
         entry.failures += 1
         if entry.failures < STALE_FAILURES:
             return None
-        bucket = self._buckets[self.bucket_index(node_id)]
+        bucket = self._buckets.get(self.bucket_index(node_id), _NO_BUCKET)
         if bucket.replacements or (sent_at is not None and self.last_answer > entry.failing_since):
             return self.remove(node_id, now)
         return None
@@ -436,21 +459,27 @@ class RoutingTable:
         """Forget ``node_id`` (and its replacement-cache entry); promote the freshest replacement."""
         if len(node_id) != ID_BYTES or node_id == self.own_id:
             return None
-        bucket = self._buckets[self.bucket_index(node_id)]
+        index = self.bucket_index(node_id)
+        bucket = self._buckets.get(index)
+        if bucket is None:
+            return None
         bucket.replacements.pop(node_id, None)
         if node_id not in bucket.entries:
+            self._forget_if_empty(index, bucket)
             return None
         self._drop(bucket, node_id)
         if bucket.replacements:
-            _, promoted = bucket.replacements.popitem(last=True)
+            _, promoted = bucket.replacements.popitem()  # the freshest
             self._insert(bucket, promoted, now)
             return promoted
+        self._forget_if_empty(index, bucket)
         return None
 
     def _entry(self, node_id: bytes) -> _Entry | None:
         if len(node_id) != ID_BYTES or node_id == self.own_id:
             return None
-        return self._buckets[self.bucket_index(node_id)].entries.get(node_id)
+        bucket = self._buckets.get(self.bucket_index(node_id))
+        return bucket.entries.get(node_id) if bucket is not None else None
 
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.replacements.pop(contact.node_id, None)
@@ -472,13 +501,18 @@ class RoutingTable:
             bucket.checking = None
         self._refresh_dirty = True
 
+    def _forget_if_empty(self, index: int, bucket: _Bucket) -> None:
+        if not bucket.entries and not bucket.replacements:
+            del self._buckets[index]
+
     def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
         if self.replacement_cache == 0:
             return
-        bucket.replacements.pop(contact.node_id, None)
-        bucket.replacements[contact.node_id] = contact
-        while len(bucket.replacements) > self.replacement_cache:
-            bucket.replacements.popitem(last=False)
+        replacements = bucket.replacements
+        replacements.pop(contact.node_id, None)
+        replacements[contact.node_id] = contact
+        while len(replacements) > self.replacement_cache:
+            del replacements[next(iter(replacements))]  # the stalest
 
     # ------------------------------------------------------------------ refresh
 
@@ -488,14 +522,12 @@ class RoutingTable:
             self.touch_bucket(self.bucket_index(target), now)
 
     def touch_bucket(self, index: int, now: float) -> None:
-        bucket = self._buckets[index]
-        if now > bucket.last_touched:
-            bucket.last_touched = now
+        if now > self._touched[index]:
+            self._touched[index] = now
             self._refresh_dirty = True
 
     def _refreshable(self) -> range:
-        nearest = next((i for i, b in enumerate(self._buckets) if b.entries), None)
-        return range(0) if nearest is None else range(nearest, ID_BITS)
+        return range(self._filled[0], ID_BITS) if self._filled else range(0)
 
     def buckets_due(self, now: float) -> list[int]:
         """Indexes of refreshable buckets not touched for `refresh_interval`."""
@@ -503,16 +535,15 @@ class RoutingTable:
         if due is None or due > now:
             return []  # the cached earliest deadline says none is due (cheap on every timer)
         limit = now - self.refresh_interval
-        return [i for i in self._refreshable() if self._buckets[i].last_touched <= limit]
+        touched = self._touched
+        return [i for i in self._refreshable() if touched[i] <= limit]
 
     def next_refresh(self) -> float | None:
         """When the next bucket falls due, or None while the table is empty."""
         if self._refresh_dirty:
             indexes = self._refreshable()
             self._refresh_cache = (
-                min(self._buckets[i].last_touched for i in indexes) + self.refresh_interval
-                if indexes
-                else None
+                min(self._touched[indexes.start :]) + self.refresh_interval if indexes else None
             )
             self._refresh_dirty = False
         return self._refresh_cache

@@ -85,7 +85,7 @@ from typing import Any, Final
 
 import msgpack
 
-from dht.ids import ID_BYTES, Address, Contact, is_id
+from dht.ids import ID_BYTES, Address, Contact, is_id, shared_address
 from identity.limits import MAX_DATAGRAM_BYTES, MAX_DHT_VALUE_BYTES
 
 REQUEST: Final = 0x00
@@ -516,7 +516,7 @@ def parse_contacts(body: Any) -> tuple[Contact, ...]:
             _check_addr(host, port)
         elif not _is_ip(host):
             raise WireError("not an IP address without a scope")
-        out.append(Contact(node_id, (host, port)))
+        out.append(Contact(node_id, shared_address((host, port))))
     return tuple(out)
 
 

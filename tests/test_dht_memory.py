@@ -1,0 +1,183 @@
+"""Memory of a DHT node: structural checks and a tracemalloc bound, no timing.
+
+A node's memory once went mostly to structures sized for the worst case:
+160 buckets with two dicts each whether or not anything could ever be in
+them, an ``OrderedDict`` entry (twice a dict's) per peer in every per-peer
+table, and a fresh address tuple per datagram in each of them
+(docs/benchmarks.md, "DHT").  These tests fail if one of those comes back:
+
+* a fresh routing table creates no bucket, and a bucket goes away once empty;
+* the per-peer token buckets give `identity.pacing`'s answers and hold only
+  the buckets that are not full again; tables kept in LRU order by pops and
+  re-inserts do not grow with the number of moves;
+* addresses and walk results share objects instead of holding copies;
+* 50 nodes on the simulator's network, joined and holding records, allocate
+  (tracemalloc, bytes still held, in ``dht/`` only) under a bound per node
+  between what they take now and what they took before.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tracemalloc
+from pathlib import Path
+from random import Random
+from typing import Final
+
+from dht import PutFinished, wire
+from dht.ids import Contact, node_id_from_public_key, shared_address
+from dht.ratelimit import AmplificationGuard, KeyedBuckets
+from dht.routing import RoutingTable
+from identity import Identity
+from identity.pacing import KeyedTokenBuckets
+from tests.dht.simnet import SimNetwork, SimNode, bootstrap_via, put_of
+
+DHT_DIR: Final = str(Path(__file__).resolve().parent.parent / "dht")
+NODES: Final = 50
+RECORDS: Final = 100
+#: Bytes per node (allocated in dht/ and still held) after 50 nodes joined and
+#: took 100 records: 78 KiB now, 150 KiB with 160 pre-created buckets and
+#: OrderedDicts.  A new feature has room (50%), the 160 empty buckets alone
+#: (about 45 KiB a node) do not.
+MAX_BYTES_PER_NODE: Final = 120 * 1024
+
+
+def contact(rng: Random, host: str = "10.0.0.1") -> Contact:
+    return Contact(rng.randbytes(20), (host, rng.randrange(1024, 65536)))
+
+
+def test_a_fresh_table_creates_no_bucket() -> None:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        table = RoutingTable(bytes(20), 0.0)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert table._buckets == {}
+    # The refresh times (160 references) and the object: not 160 buckets of dicts.
+    assert held < 3 * 1024, held
+
+
+def test_buckets_exist_only_while_they_hold_something() -> None:
+    rng = Random(1)
+    table = RoutingTable(bytes(20), 0.0, k=2, replacement_cache=2)
+    contacts = [contact(rng) for _ in range(40)]
+    for i, c in enumerate(contacts):
+        table.update(c, float(i))
+    indexes = {table.bucket_index(c.node_id) for c in contacts}
+    assert set(table._buckets) == indexes
+    assert len(table._buckets) <= 8  # random ids: buckets 159, 158, ... only
+    for c in contacts:
+        table.remove(c.node_id, 100.0)
+    assert len(table) == 0
+    assert table._buckets == {}
+    # Refresh bookkeeping needs no bucket either.
+    assert table.next_refresh() is None and table.buckets_due(10_000.0) == []
+
+
+def test_keyed_buckets_answer_as_identity_pacing_does() -> None:
+    rng = Random(7)
+    ours, reference = KeyedBuckets(2.0, 5.0, 64), KeyedTokenBuckets(2.0, 5.0, 64)
+    now = 0.0
+    for _ in range(5000):
+        now += rng.choice((0.0, 0.01, 0.1, 0.5, 2.0))
+        key = rng.randrange(12)
+        cost = rng.choice((1.0, 1.0, 2.5))
+        assert ours.take(key, now, cost) == reference.take(key, now, cost)
+    # ... holding only the buckets that are not full again.
+    assert len(ours) < len(reference) == 12
+
+
+def test_keyed_buckets_forget_refilled_buckets_and_stay_bounded() -> None:
+    buckets = KeyedBuckets(1.0, 4.0, 50)
+    for key in range(200):
+        buckets.take(key, 0.0)
+    assert len(buckets) == 50  # the bound, while all are partly spent
+    for i in range(60):
+        buckets.take("busy", 10.0 + i * 0.001)  # 10 s later: every other bucket is full again
+    assert len(buckets) == 1
+
+
+def test_the_guard_forgets_the_least_recently_used_address() -> None:
+    guard = AmplificationGuard(max_addresses=2)
+    a, b, c = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
+    guard.received(a, 10)
+    guard.received(b, 10)
+    guard.received(a, 10)  # a is now the most recent
+    guard.received(c, 10)  # b goes
+    assert guard.budget(a, 0.0) == 60
+    assert guard.budget(b, 0.0) == 0
+    assert guard.budget(c, 0.0) == 30
+
+
+def test_tables_kept_in_lru_order_do_not_grow_with_their_moves() -> None:
+    # Pops and re-inserts leave deleted slots; the tables rebuild themselves.
+    addrs = [shared_address((f"10.0.{i}.1", 5000 + i)) for i in range(100)]
+    guard, buckets = AmplificationGuard(), KeyedBuckets(1.0, 1000.0, 4096)
+    for a in addrs:
+        guard.received(a, 1)
+        guard.verify(a, 0.0)
+        buckets.take(a, 0.0)
+    rng = Random(5)
+    for i in range(20_000):
+        a = rng.choice(addrs)
+        guard.received(a, 10)
+        if i % 2:
+            guard.verify(rng.choice(addrs), 0.0)
+        buckets.take(a, 0.0)
+    for table in (guard._credit, guard._verified, buckets._buckets):
+        assert len(table) == 100
+        assert sys.getsizeof(table) <= sys.getsizeof(dict(table))
+
+
+def test_addresses_from_datagrams_and_answers_are_shared() -> None:
+    first = shared_address(("10.1.2.3", 4000))
+    assert shared_address((str(bytearray(b"10.1.2.3"), "ascii"), 4000)) is first
+    answer = wire.find_node_response(bytes(20), [Contact(bytes(range(20)), ("10.1.2.3", 4000))], None)
+    message = wire.decode_datagram(answer)
+    assert isinstance(message, wire.Response)
+    (parsed,) = wire.parse_find_node_response(message.body)
+    assert parsed.addr is first
+
+
+def build(seed: int) -> list[SimNode]:
+    """NODES nodes join one by one through a random earlier node, then RECORDS puts."""
+    net = SimNetwork(seed=seed, loss=0.0)
+    rng = Random(seed)
+    nodes: list[SimNode] = []
+    joins = []
+    for _ in range(NODES):
+        node = net.add_node(node_id_from_public_key(Identity(rng.randbytes(32)).public_key))
+        if nodes:
+            joins.append((node, net.command(node, bootstrap_via(rng.choice(nodes).addr))))
+        nodes.append(node)
+        net.run_until(net.now + 0.2)
+    net.run_until_done(joins)
+    puts = []
+    for _ in range(RECORDS):
+        origin = rng.choice(nodes)
+        puts.append((origin, net.command(origin, put_of(rng.randbytes(20), rng.randbytes(100)))))
+    for event in net.run_until_done(puts):
+        assert isinstance(event, PutFinished) and event.ok
+    net.run_until(net.now + 5)
+    return nodes
+
+
+def test_fifty_joined_nodes_stay_under_the_memory_bound() -> None:
+    gc.collect()
+    tracemalloc.start(1)
+    try:
+        nodes = build(3)
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    in_dht = snapshot.filter_traces([tracemalloc.Filter(True, DHT_DIR + "/*")])
+    per_node = sum(s.size for s in in_dht.statistics("filename")) / NODES
+    assert all(len(n.core.table) > 20 for n in nodes)  # really joined
+    assert sum(len(n.core.records) for n in nodes) >= RECORDS * 20
+    top = "\n".join(str(s) for s in in_dht.statistics("lineno")[:8])
+    assert per_node < MAX_BYTES_PER_NODE, f"{per_node:.0f} bytes per node; largest:\n{top}"
