@@ -56,7 +56,8 @@ from identity.handle import HandleError
 from identity.limits import MENTION_WORK
 from identity.netaddr import host_key
 from identity.records import RecordError, check_name
-from p2pblog.control import CommandFailed, ControlServer, NodeState, new_token, remove_state, write_state
+from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, write_state
+from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull
 from p2pblog.home import Home

@@ -8,7 +8,8 @@ from typing import Any
 
 import trio
 
-from p2pblog.control import CommandFailed, ControlServer
+from p2pblog.control import CommandFailed
+from p2pblog.control_server import ControlServer
 
 TOKEN = "s3cret"
 

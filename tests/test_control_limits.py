@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from p2pblog import control
-from p2pblog.control import MAX_CONTROL_CONNECTIONS, MAX_REQUEST_BYTES, ControlServer
+from p2pblog.control import MAX_CONTROL_CONNECTIONS, MAX_REQUEST_BYTES
+from p2pblog.control_server import ControlServer
 from tests.nodes import NodeProcess, start_node
 
 #: Idle connections the attack opens.
