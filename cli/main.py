@@ -492,9 +492,9 @@ def import_(file: Path) -> None:
             _refuse_another_version_of_own_feed(home, store, source)
         # A large buffer: a refill releases the GIL, and each time this thread must win it
         # back from the verifier threads (measured: 0.5 s of 4 s with 8 KiB refills).
-        with file.open("rb", buffering=_READ_BUFFER) as source:
+        with file.open("rb", buffering=_READ_BUFFER) as stream:
             try:
-                report = store.ingest_many(frames(source), now_ms=int(time.time() * 1000))
+                report = store.ingest_many(frames(stream), now_ms=int(time.time() * 1000))
             finally:
                 if progress is not None:
                     progress.done()

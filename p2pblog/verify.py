@@ -89,7 +89,7 @@ class VerifyPool:
         self.close()
 
 
-#: A chunk of entries and whatever the caller keeps with it.
+#: The caller's chunk type (any sequence of entries): each chunk is handed back as it came.
 _Chunk = TypeVar("_Chunk", bound=Sequence[Entry])
 
 
