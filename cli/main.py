@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Final
 
 import click
-import trio
 
 from cli.common import (
     LIMIT_HELP,
@@ -48,11 +47,9 @@ from identity import Identity, KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keys import SIGNATURE_BYTES
 from identity.limits import MENTION_WORK
+from identity.netaddr import parse_hostport
 from identity.records import RecordError, check_host
 from p2pblog import actions, control
-from p2pblog.daemon import DEFAULT_PORT, NodeService
-from p2pblog.demo import MAX_NODES as MAX_DEMO_NODES
-from p2pblog.demo import run_demo
 from p2pblog.entry import (
     FOLLOW,
     PROFILE,
@@ -65,8 +62,7 @@ from p2pblog.entry import (
 )
 from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
-from p2pblog.home import Home, default_home
-from p2pblog.runtime import parse_hostport
+from p2pblog.home import DEFAULT_PORT, DEMO_NAMES, Home, default_home
 from p2pblog.store import FeedItem, Store
 
 #: How every canonically encoded entry content begins: a 7-element array, format
@@ -526,7 +522,7 @@ def import_(file: Path) -> None:
 @main.command()
 @click.option(
     "--nodes",
-    type=click.IntRange(2, MAX_DEMO_NODES),
+    type=click.IntRange(2, len(DEMO_NAMES)),
     default=3,
     show_default=True,
     help="How many nodes to run.",
@@ -547,6 +543,8 @@ def demo(nodes: int, duration: float | None) -> None:
     Ctrl-C stops everything and removes the directory.
     """
     try:
+        from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
+
         run_demo(nodes, duration, click.echo)
     except KeyboardInterrupt:
         click.echo("\nstopped", err=True)
@@ -658,6 +656,10 @@ def run(
     if running is not None:
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = load_identity(home)
+    import trio  # the node's modules: only for the commands that run one
+
+    from p2pblog.daemon import NodeService
+
     service = NodeService(
         home,
         identity,

@@ -54,3 +54,15 @@ def network_key(host: str) -> str:
         return host[:MAX_KEY_CHARS]
     bits = IPV4_NETWORK_BITS if ip.version == 4 else IPV6_NETWORK_BITS
     return str(ipaddress.ip_network((ip, bits), strict=False))
+
+
+def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT``; raise ValueError with a clear message."""
+    value = text.strip()
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return (host or default_host), int(port)

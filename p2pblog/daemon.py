@@ -77,7 +77,6 @@ from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, Peer
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import FULL_BELOW_BYTES, Store
 
-DEFAULT_PORT = 7710
 #: Seconds between two log lines about refused input of one kind from one source.
 LOG_EVERY = 10.0
 #: Sources whose last refusal log line is remembered.

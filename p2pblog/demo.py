@@ -27,10 +27,10 @@ from identity.limits import NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, name_subject, solve
 from p2pblog.daemon import NodeService
 from p2pblog.entry import POST, PROFILE
+from p2pblog.home import DEMO_NAMES as NAMES
 from p2pblog.home import Home
 from p2pblog.replication import EntriesStored, PeerConnected
 
-NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 MAX_NODES = len(NAMES)
 #: Seconds between the demo's posts once the network is up.
 POST_EVERY = 2.0

@@ -30,6 +30,12 @@ from identity import Identity, read_key_file, write_key_file
 from p2pblog.errors import P2PBlogError
 from p2pblog.store import Store
 
+#: The port (UDP for the DHT, TCP for gossip) `p2pblog run` listens on by default.
+DEFAULT_PORT = 7710
+#: The names of `p2pblog demo`'s nodes (here so the CLI can declare its options without
+#: importing the node).
+DEMO_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+
 KEY_FILE = "identity.key"
 STORE_FILE = "store.sqlite3"
 #: HOME's mode; files in it are 0600.

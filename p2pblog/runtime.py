@@ -97,18 +97,6 @@ class DatagramCore(Protocol):
     def next_event(self) -> Any: ...
 
 
-def parse_hostport(text: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """Parse ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT``; raise ValueError with a clear message."""
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, port = value[1:].partition("]:")
-    else:
-        host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return (host or default_host), int(port)
-
-
 class UdpDriver:
     """Drives one datagram core over one UDP socket, with one timer."""
 
