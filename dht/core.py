@@ -566,14 +566,22 @@ class DhtCore:
         # A request never changes the table by itself (module docstring, "Strangers").
         # A live contact of the table (it answered us, and has not failed
         # since) counts as verified.  Any other sender is pinged, unless its
-        # address answered us lately and the table already holds it or its
-        # bucket caches it as a replacement (a ping would teach us nothing).
+        # address answered us lately and a ping would teach us nothing: the
+        # table already holds it or its bucket caches it as a replacement, or
+        # its bucket has no room (`RoutingTable.has_room`: full, none stale, no
+        # liveness check due, replacement cache full).  The ping exists so that
+        # only contacts that answered enter the table; with no room there is
+        # nothing to admit, and its answer could only reorder the replacement
+        # cache.  The answer to the request is the same either way (the address
+        # is verified, so the amplification budget allows it in full).
         sender = Contact(request.sender_id, addr)
         known = self.table.get(request.sender_id)
         if known is not None and known.addr == addr and not self.table.stale(known.node_id):
             self._reply(self._response(request, addr, now, None), addr, now, verified=True)
             return
-        if self._guard.is_verified(addr, now) and self.table.knows(sender):
+        if self._guard.is_verified(addr, now) and (
+            self.table.knows(sender) or not self.table.has_room(sender.node_id, now)
+        ):
             self._reply(self._response(request, addr, now, None), addr, now)
             return
         verifying = self._verify(sender, now)
