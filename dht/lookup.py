@@ -74,7 +74,9 @@ id, then steps over everyone and hands over.
 answered with a value counts as succeeded, its value is kept, and the lookup
 finishes as soon as values from ``quorum`` sources are in (section 2.3: "the
 procedure halts immediately when any node returns the value"; quorum 1 is
-exactly that), or when nobody is left to ask.  The driver validates values
+exactly that), or when nobody is left to ask.  Once a peer returned a value it has
+no more requests in flight than values it still lacks: a request beyond
+that would be answered only after the quorum is in.  The driver validates values
 before it reports them.  A source is the address that sent a value (our
 own copy is one source): a liar that answers for many ids from one address
 is one answer.  `dht.queries.GetQuery` asks for at least `READ_QUORUM`
@@ -494,6 +496,18 @@ class ValueLookup(ClosestPeersLookup):
         self.value_hops = 0
         #: Where the values came from (None: our own copy); its size is what the quorum counts.
         self._sources: set[Address | None] = set()
+
+    def _at_capacity(self) -> bool:
+        # Once a peer answered with a value (the walk reached the key's
+        # holders), no more requests in flight than values still missing:
+        # the peers we wait on may each bring one, and asking more only to
+        # drop their answers once the quorum is in cost a third of a get's
+        # datagrams (benchmarks/bench_dht.py, issue 18).  An answer without a
+        # value, or a timeout, frees the slot for the next peer.  Before the
+        # first value the walk is a node lookup, alpha (or k) wide.
+        if super()._at_capacity():
+            return True
+        return self.value_hops > 0 and len(self._waiting) >= self.quorum - len(self._sources)
 
     def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
         """``node_id`` answered with ``value``."""
