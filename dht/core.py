@@ -625,15 +625,16 @@ class DhtCore:
         if isinstance(request, wire.FindNode):
             closest = self.table.closest(request.target, exclude_id=sender.node_id, exclude_addr=addr)
             return wire.find_node_response(request.msg_id, closest, max_bytes)
-        closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
         if isinstance(request, wire.GetProviders):
+            closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
             held = self.providers.get(request.key, now)
             return wire.get_providers_response(request.msg_id, held, closest, max_bytes)
         value = self.records.get(request.key, now)
         if value is not None:
             found = wire.find_value_response(request.msg_id, value)
             if max_bytes is None or len(found) <= max_bytes:
-                return found
+                return found  # (no `closest`: most FIND_VALUE a read sends reach holders)
+        closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
         return wire.find_value_response(request.msg_id, closest, max_bytes)
 
     # ================================================================== strangers
