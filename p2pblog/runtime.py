@@ -271,8 +271,11 @@ class UdpDriver:
                 data = bytes(view[:n])
                 if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
                     addr = (str(addr[0]), int(addr[1]))
-                with self.guard("datagram"):
+                try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
                     self.core.receive_datagram(data, addr, self.clock())
+                except Exception as exc:
+                    with self.guard("datagram"):
+                        raise exc
             view.release()
             if got_any:
                 self.flush()
