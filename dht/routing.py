@@ -127,8 +127,9 @@ def diverse_first(ranked: list[Contact], count: int, per_network: int) -> tuple[
     taken: dict[str, int] = {}
     for i, contact in enumerate(ranked):
         network = network_of(contact.addr[0])
-        if taken.get(network, 0) < per_network:
-            taken[network] = taken.get(network, 0) + 1
+        have = taken.get(network, 0)
+        if have < per_network:
+            taken[network] = have + 1
             chosen.append(i)
             if len(chosen) >= count:
                 return [ranked[j] for j in chosen], True
