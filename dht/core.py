@@ -566,14 +566,22 @@ class DhtCore:
         # A request never changes the table by itself (module docstring, "Strangers").
         # A live contact of the table (it answered us, and has not failed
         # since) counts as verified.  Any other sender is pinged, unless its
-        # address answered us lately and the table already holds it or its
-        # bucket caches it as a replacement (a ping would teach us nothing).
+        # address answered us lately and a ping would teach us nothing: the
+        # table already holds it or its bucket caches it as a replacement, or
+        # its bucket has no room (`RoutingTable.has_room`: full, none stale, no
+        # liveness check due, replacement cache full).  The ping exists so that
+        # only contacts that answered enter the table; with no room there is
+        # nothing to admit, and its answer could only reorder the replacement
+        # cache.  The answer to the request is the same either way (the address
+        # is verified, so the amplification budget allows it in full).
         sender = Contact(request.sender_id, addr)
         known = self.table.get(request.sender_id)
         if known is not None and known.addr == addr and not self.table.stale(known.node_id):
             self._reply(self._response(request, addr, now, None), addr, now, verified=True)
             return
-        if self._guard.is_verified(addr, now) and self.table.knows(sender):
+        if self._guard.is_verified(addr, now) and (
+            self.table.knows(sender) or not self.table.has_room(sender.node_id, now)
+        ):
             self._reply(self._response(request, addr, now, None), addr, now)
             return
         verifying = self._verify(sender, now)
@@ -617,15 +625,16 @@ class DhtCore:
         if isinstance(request, wire.FindNode):
             closest = self.table.closest(request.target, exclude_id=sender.node_id, exclude_addr=addr)
             return wire.find_node_response(request.msg_id, closest, max_bytes)
-        closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
         if isinstance(request, wire.GetProviders):
+            closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
             held = self.providers.get(request.key, now)
             return wire.get_providers_response(request.msg_id, held, closest, max_bytes)
         value = self.records.get(request.key, now)
         if value is not None:
             found = wire.find_value_response(request.msg_id, value)
             if max_bytes is None or len(found) <= max_bytes:
-                return found
+                return found  # (no `closest`: most FIND_VALUE a read sends reach holders)
+        closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
         return wire.find_value_response(request.msg_id, closest, max_bytes)
 
     # ================================================================== strangers

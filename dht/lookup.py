@@ -74,7 +74,9 @@ id, then steps over everyone and hands over.
 answered with a value counts as succeeded, its value is kept, and the lookup
 finishes as soon as values from ``quorum`` sources are in (section 2.3: "the
 procedure halts immediately when any node returns the value"; quorum 1 is
-exactly that), or when nobody is left to ask.  The driver validates values
+exactly that), or when nobody is left to ask.  Once a peer returned a value it has
+no more requests in flight than values it still lacks: a request beyond
+that would be answered only after the quorum is in.  The driver validates values
 before it reports them.  A source is the address that sent a value (our
 own copy is one source): a liar that answers for many ids from one address
 is one answer.  `dht.queries.GetQuery` asks for at least `READ_QUORUM`
@@ -158,6 +160,10 @@ def _network(peer: _Peer) -> str:
     return peer.network
 
 
+def _distance(peer: _Peer) -> int:
+    return peer.distance
+
+
 @dataclass(slots=True)
 class _Order:
     """Peers sorted by distance; the key list makes insertion a bisect."""
@@ -209,8 +215,7 @@ class ClosestPeersLookup:
         self.queried = 0
         #: `finish` ended the lookup before the k closest peers had answered.
         self.stopped_early = False
-        for contact in seeds:
-            self._insert(contact)
+        self._insert_seeds(seeds)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -229,6 +234,30 @@ class ClosestPeersLookup:
         self._order.keys.insert(i, d)
         self._order.peers.insert(i, peer)
         return True
+
+    def _insert_seeds(self, seeds: Iterable[Contact]) -> None:
+        """`_insert` of every seed, in order, with one sort instead of a bisect and a list
+        insert per seed (a read starts from k of them).  The sort is stable, so an id's
+        later addresses still go after its earlier ones, as `_insert` places them."""
+        added: list[_Peer] = []
+        known = self._peers
+        target = self._target_int
+        for contact in seeds:
+            node_id = contact.node_id
+            if node_id == self.local_id or len(node_id) != ID_BYTES:
+                continue
+            same_id = known.get(node_id)
+            if same_id is None:
+                same_id = known[node_id] = []
+            elif any(p.contact.addr == contact.addr for p in same_id):
+                continue
+            peer = _Peer(contact, int.from_bytes(node_id, "big") ^ target)
+            same_id.append(peer)
+            added.append(peer)
+        peers = self._order.peers
+        peers += added
+        peers.sort(key=_distance)
+        self._order.keys = [p.distance for p in peers]
 
     def _active(self, node_id: bytes) -> _Peer | None:
         """The contact of ``node_id`` that is in flight or timed out (at most one is)."""
@@ -494,6 +523,18 @@ class ValueLookup(ClosestPeersLookup):
         self.value_hops = 0
         #: Where the values came from (None: our own copy); its size is what the quorum counts.
         self._sources: set[Address | None] = set()
+
+    def _at_capacity(self) -> bool:
+        # Once a peer answered with a value (the walk reached the key's
+        # holders), no more requests in flight than values still missing:
+        # the peers we wait on may each bring one, and asking more only to
+        # drop their answers once the quorum is in cost a third of a get's
+        # datagrams (benchmarks/bench_dht.py, issue 18).  An answer without a
+        # value, or a timeout, frees the slot for the next peer.  Before the
+        # first value the walk is a node lookup, alpha (or k) wide.
+        if super()._at_capacity():
+            return True
+        return self.value_hops > 0 and len(self._waiting) >= self.quorum - len(self._sources)
 
     def on_value(self, node_id: bytes, value: Value, now: float) -> bool:
         """``node_id`` answered with ``value``."""

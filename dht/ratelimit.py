@@ -130,7 +130,14 @@ class KeyedBuckets:
         if self._moves > len(buckets) // 2 + COMPACT_SLACK:
             compact(buckets)
             self._moves = 0
-        allowed = bucket.take(now, cost)
+        # `TokenBucket.take`, inlined (one call per datagram received): the same arithmetic.
+        elapsed = now - bucket.stamp
+        tokens = bucket.tokens + elapsed * bucket.rate if elapsed > 0 else bucket.tokens
+        if tokens > bucket.burst:
+            tokens = bucket.burst
+        bucket.stamp = now
+        allowed = tokens >= cost
+        bucket.tokens = tokens - cost if allowed else tokens
         # Forget the least recently active bucket once it has refilled: a full
         # bucket answers as a new one would (module docstring, "Memory").
         oldest = buckets[next(iter(buckets))]

@@ -127,8 +127,9 @@ def diverse_first(ranked: list[Contact], count: int, per_network: int) -> tuple[
     taken: dict[str, int] = {}
     for i, contact in enumerate(ranked):
         network = network_of(contact.addr[0])
-        if taken.get(network, 0) < per_network:
-            taken[network] = taken.get(network, 0) + 1
+        have = taken.get(network, 0)
+        if have < per_network:
+            taken[network] = have + 1
             chosen.append(i)
             if len(chosen) >= count:
                 return [ranked[j] for j in chosen], True
@@ -288,6 +289,22 @@ class RoutingTable:
         if held is not None:
             return held.contact.addr == contact.addr
         return bucket.replacements.get(contact.node_id) == contact
+
+    def has_room(self, node_id: bytes, now: float) -> bool:
+        """Could `update` with a new contact of id ``node_id`` do more than reorder a full
+        replacement cache?  True if its bucket has a free slot or a stale contact, its
+        replacement cache a free slot, or `update` would start a liveness check."""
+        bucket = self._buckets.get(self.bucket_index(node_id))
+        if bucket is None or len(bucket.entries) < self.k:
+            return True
+        if len(bucket.replacements) < self.replacement_cache:
+            return True
+        if any(e.failures >= STALE_FAILURES for e in bucket.entries.values()):
+            return True
+        if bucket.checking is not None:
+            return False
+        oldest = next(iter(bucket.entries.values()))
+        return now - oldest.last_seen >= self.questionable_after
 
     def replacements(self, index: int) -> list[Contact]:
         return list(self._buckets.get(index, _NO_BUCKET).replacements.values())

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -232,21 +233,38 @@ class UdpDriver:
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._timer_loop)
 
+    # One receive buffer per thread, shared by every driver of that thread: a datagram is
+    # copied out of it before anything else runs (no checkpoint in between).  `recvfrom`
+    # would malloc RECV_BYTES per datagram and shrink it, and glibc's heap keeps the holes
+    # (about 56 KiB per node in benchmarks/bench_dht.py, issue 18).
+    _recv_buffers = threading.local()
+
     async def _receive_loop(self) -> None:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             got_any = False
+            buffer: bytearray | None = getattr(self._recv_buffers, "buffer", None)
+            if buffer is None:
+                buffer = self._recv_buffers.buffer = bytearray(RECV_BYTES)
+            view = memoryview(buffer)
             for _ in range(256):  # bounded batch, then let other tasks run
                 try:
-                    data, addr = self.sock.recvfrom(RECV_BYTES)
+                    n, addr = self.sock.recvfrom_into(buffer)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                     self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
                     continue
                 got_any = True
-                with self.guard("datagram"):
-                    self.core.receive_datagram(data, (str(addr[0]), int(addr[1])), self.clock())
+                data = bytes(view[:n])
+                if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                    addr = (str(addr[0]), int(addr[1]))
+                try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
+                    self.core.receive_datagram(data, addr, self.clock())
+                except Exception as exc:
+                    with self.guard("datagram"):
+                        raise exc
+            view.release()
             if got_any:
                 self.flush()
             await trio.lowlevel.checkpoint()

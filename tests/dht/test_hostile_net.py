@@ -368,3 +368,29 @@ def test_one_host_cannot_fill_the_record_store_quickly() -> None:
     # From another port of that host a STORE is a stranger's: it waits for the verification.
     core.receive_datagram(request(wire.Store(sha("o"), host.node_id, sha("o"), b"v")), (host.addr[0], 1), 1.3)
     assert core.stats["verify.parked"] == 1 and core.records.get(sha("o"), 1.3) is None
+
+
+def test_a_verified_requester_is_not_pinged_when_its_bucket_has_no_room() -> None:
+    core = DhtCore(OWN, Random(3), 0.0, config=DhtConfig(k=1, replacement_cache=1))
+    far = [sha(f"far {i}") for i in range(40)]
+    far = [node_id for node_id in far if core.table.bucket_index(node_id) == 159]
+    a, b = Contact(far[0], ("198.51.100.1", 4000)), Contact(far[1], ("198.51.100.2", 4000))
+    core.table.update(a, 0.0)
+    core.table.update(b, 0.0)  # the bucket and its replacement cache are full
+    addr = ("203.0.113.9", 6000)
+    first = Contact(far[2], addr)
+    core.receive_datagram(request(wire.FindNode(sha("m1"), first.node_id, OWN)), addr, 1.0)
+    answer_verification(core, first, 1.1)  # the address is verified; `first` is a replacement now
+    assert core.stats["verify.started"] == 1
+    # Another id from that address: its answer could only reorder the replacement cache.
+    second = Contact(far[3], addr)
+    core.receive_datagram(request(wire.FindNode(sha("m2"), second.node_id, OWN)), addr, 2.0)
+    out = [wire.decode_datagram(d) for d, a in core.datagrams_to_send() if a == addr]
+    assert len(out) == 1 and isinstance(out[0], wire.Response)
+    assert core.stats["verify.started"] == 1
+    # With a stale contact in the bucket the answer could let it in: it is pinged.
+    core.table.record_failure(a.node_id, 3.0)
+    core.table.record_failure(a.node_id, 3.0)
+    third = Contact(far[4], addr)
+    core.receive_datagram(request(wire.FindNode(sha("m3"), third.node_id, OWN)), addr, 4.0)
+    assert core.stats["verify.started"] == 2

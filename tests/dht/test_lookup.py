@@ -277,3 +277,28 @@ def test_hops_count_the_chain_of_referrals() -> None:
     value_lookup = ValueLookup(target, [chain[0]], k=3, alpha=1)
     drive(value_lookup, lambda p: ("value", b"v") if p == near else ("ok", referrals.get(p.node_id, [])), rng)
     assert value_lookup.value_hops == 3
+
+
+def test_value_lookup_keeps_no_more_in_flight_than_values_missing() -> None:
+    # Seeded with 8 holders: 3 requests go out (alpha); after the first value
+    # 2 values are missing and 2 are in flight, so nothing more is sent, and the
+    # quorum of 3 costs exactly 3 requests (it cost 5 when every answer freed a slot).
+    rng = Random(8)
+    peers = make_peers(rng, 50)
+    key = rng.randbytes(20)
+    holders = nearest(peers, key, 8)
+    lookup = ValueLookup(key, holders, quorum=3)
+    first = lookup.next(0.0)
+    assert len(first) == 3
+    assert lookup.on_value(first[0].node_id, b"v", 0.1)
+    assert lookup.next(0.1) == []
+    # An answer without a value frees its slot for the next peer.
+    assert lookup.on_success(first[1].node_id, [], 0.2)
+    assert len(lookup.next(0.2)) == 1
+    assert lookup.in_flight == 2
+    # A timeout frees it too.
+    assert len(lookup.next(10.0)) == 2
+    # Before any value the walk is alpha wide, even when our own copy counts.
+    mine = ValueLookup(key, holders, quorum=3)
+    mine.add_local_value(b"mine")
+    assert len(mine.next(0.0)) == 3

@@ -325,3 +325,22 @@ def test_a_recently_heard_contact_is_not_pinged_for_a_newcomer() -> None:
     assert table.replacements(159) == [new]
     # After 15 minutes of silence the oldest contact is questionable: ping it.
     assert table.update(new, 1000.0) == (UpdateOutcome.PING, old)
+
+
+def test_has_room_is_false_only_when_an_update_could_only_reorder_replacements() -> None:
+    table = RoutingTable(OWN, 0.0, k=2, replacement_cache=2, questionable_after=100.0)
+    newcomer = id_in_bucket(OWN, 120, 99)
+    assert table.has_room(newcomer, 0.0)  # no bucket yet
+    a, b = contact(id_in_bucket(OWN, 120, 1)), contact(id_in_bucket(OWN, 120, 2))
+    table.update(a, 0.0)
+    assert table.has_room(newcomer, 0.0)  # a free slot
+    table.update(b, 0.0)
+    assert table.has_room(newcomer, 0.0)  # a free replacement slot
+    for i in (3, 4):
+        assert table.update(contact(id_in_bucket(OWN, 120, i)), 1.0)[0] is UpdateOutcome.QUEUED
+    assert not table.has_room(newcomer, 1.0)  # full, full, nobody questionable
+    assert table.has_room(newcomer, 100.0)  # the oldest is questionable: a check would start
+    assert table.has_room(id_in_bucket(OWN, 119, 1), 1.0)  # another bucket
+    for _ in range(STALE_FAILURES):
+        table.record_failure(a.node_id, 2.0)
+    assert table.has_room(newcomer, 2.0)  # a stale contact gives way to a newcomer
