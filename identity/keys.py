@@ -35,7 +35,7 @@ class SignatureError(ValueError):
 class Identity:
     """An Ed25519 keypair: the public key is the feed id."""
 
-    __slots__ = ("_seed", "_secret_key", "public_key")
+    __slots__ = ("_secret_key", "_seed", "public_key")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != SEED_BYTES:
