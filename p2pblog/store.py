@@ -36,6 +36,16 @@ commit), a batch joins it; an error escaping a batch half-written (SQLite's:
 refusals are reported, not raised) makes that transaction roll back rather
 than commit half a batch.
 
+Our own entries (`Store.append`) take a similar shortcut inside a
+transaction: a post's or profile's row is queued, not INSERTed, and the
+queue goes to SQLite in the same multi-row INSERTs.  The connection is only
+reached through `Store._db`, which writes the queue first, so every read,
+derived-table write and ingest in the transaction sees the queued entries in
+order; the transaction writes it before COMMIT and drops it on rollback.  A
+failure while writing it (a constraint, a full disk) marks the transaction
+half-written, so it rolls back instead of committing part of it.  An append
+outside a transaction opens its own and has committed when it returns.
+
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
