@@ -202,6 +202,41 @@ def validate_body(kind: str, body: Mapping[str, Any]) -> None:
 
 # --- encoding -----------------------------------------------------------------
 
+# `Entry(...)` without the frozen dataclass's generic ``__init__`` (one
+# ``object.__setattr__`` by name per field): the slots' own setters, half the
+# cost, on the paths every entry takes (decoded from elsewhere, or created here).
+_new_entry: Final = object.__new__
+(_set_raw, _set_id, _set_author, _set_seq, _set_prev, _set_timestamp, _set_kind, _set_body) = (
+    Entry.__dict__[field.name].__set__ for field in dataclasses.fields(Entry)
+)
+
+
+def _make_entry(
+    raw: bytes,
+    id: bytes,
+    author: bytes,
+    seq: int,
+    prev: bytes | None,
+    timestamp: int,
+    kind: str,
+    body: Mapping[str, Any],
+) -> Entry:
+    """``Entry(...)`` through the slots' setters (see above), for values already checked."""
+    entry = _new_entry(Entry)
+    _set_raw(entry, raw)
+    _set_id(entry, id)
+    _set_author(entry, author)
+    _set_seq(entry, seq)
+    _set_prev(entry, prev)
+    _set_timestamp(entry, timestamp)
+    _set_kind(entry, kind)
+    _set_body(entry, body)
+    return entry
+
+
+_packb: Final = msgpack.packb
+_blake2b: Final = hashlib.blake2b
+
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -238,11 +273,14 @@ def create_entry(
         raise EntrySchemaError(f"timestamp out of range: {timestamp!r}")
     ordered = {k: body[k] for k in sorted(body)}
     validate_body(kind, ordered)
-    content = encode_content(identity.public_key, seq, prev, timestamp, kind, ordered)
-    signed = identity.sign(content)
+    author = identity.public_key
+    # encode_content's bytes, without sorting the body a second time.
+    signed = identity.sign(_packb([FORMAT_VERSION, author, seq, prev, timestamp, kind, ordered]))
     if len(signed) > limits.MAX_ENTRY_BYTES:
         raise EntryTooLarge(f"entry is {len(signed)} bytes encoded; the limit is {limits.MAX_ENTRY_BYTES}")
-    return Entry(signed, entry_id(signed), identity.public_key, seq, prev, timestamp, kind, ordered)
+    return _make_entry(
+        signed, _blake2b(signed, digest_size=ID_BYTES).digest(), author, seq, prev, timestamp, kind, ordered
+    )
 
 
 # --- decoding -----------------------------------------------------------------
@@ -254,18 +292,7 @@ _UNPACK_LIMITS: Final = {
     "max_map_len": 16,
     "max_ext_len": 0,
 }
-
-
-# `Entry(...)` without the frozen dataclass's generic ``__init__`` (one
-# ``object.__setattr__`` by name per field): the slots' own setters, half the
-# cost, on the path every entry from elsewhere takes.
-_new_entry: Final = object.__new__
-(_set_raw, _set_id, _set_author, _set_seq, _set_prev, _set_timestamp, _set_kind, _set_body) = (
-    Entry.__dict__[field.name].__set__ for field in dataclasses.fields(Entry)
-)
 _unpackb: Final = functools.partial(msgpack.unpackb, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
-_packb: Final = msgpack.packb
-_blake2b: Final = hashlib.blake2b
 
 
 def decode_entry(signed: bytes, *, check_signature: bool = True) -> Entry:
@@ -322,16 +349,9 @@ def decode_entry(signed: bytes, *, check_signature: bool = True) -> Entry:
             verify(author, signed)
         except SignatureError:
             raise EntrySignatureError("signature does not verify against the author") from None
-    entry = _new_entry(Entry)
-    _set_raw(entry, signed)
-    _set_id(entry, _blake2b(signed, digest_size=ID_BYTES).digest())
-    _set_author(entry, author)
-    _set_seq(entry, seq)
-    _set_prev(entry, prev)
-    _set_timestamp(entry, timestamp)
-    _set_kind(entry, kind)
-    _set_body(entry, body)
-    return entry
+    return _make_entry(
+        signed, _blake2b(signed, digest_size=ID_BYTES).digest(), author, seq, prev, timestamp, kind, body
+    )
 
 
 # --- building bodies from user input ---------------------------------------------

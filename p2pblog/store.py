@@ -36,6 +36,16 @@ commit), a batch joins it; an error escaping a batch half-written (SQLite's:
 refusals are reported, not raised) makes that transaction roll back rather
 than commit half a batch.
 
+Our own entries (`Store.append`) take a similar shortcut inside a
+transaction: a post's or profile's row is queued, not INSERTed, and the
+queue goes to SQLite in the same multi-row INSERTs.  The connection is only
+reached through `Store._db`, which writes the queue first, so every read,
+derived-table write and ingest in the transaction sees the queued entries in
+order; the transaction writes it before COMMIT and drops it on rollback.  A
+failure while writing it (a constraint, a full disk) marks the transaction
+half-written, so it rolls back instead of committing part of it.  An append
+outside a transaction opens its own and has committed when it returns.
+
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
@@ -230,6 +240,8 @@ _INSERT_MENTION: Final = "INSERT OR IGNORE INTO mentions (mentioned, entry_id) V
 #: Rows per multi-row INSERT: 7 parameters each stays under 999, the least
 #: SQLITE_MAX_VARIABLE_NUMBER of any SQLite build (3.32 raised the default to 32766).
 _ROWS_PER_INSERT: Final = 128
+#: Rows `Store.append` queues in a transaction before it writes them (bounds the queue's memory).
+_QUEUED_ROWS: Final = 8 * _ROWS_PER_INSERT
 
 
 @functools.cache
@@ -334,16 +346,21 @@ class Store:
         self.refused_writes = 0
         #: Opened for reading only, because the disk was full (`_open_read_only`).
         self.read_only = False
+        # Rows of entries `append` queued in the current transaction, and their
+        # mentions: written (`_write_queued`) before anything else uses the
+        # connection (`_db`), and before COMMIT; dropped on rollback.
+        self._queued: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]] = []
+        self._queued_mentions: list[tuple[bytes, bytes]] = []
         # 0600 for the database and the -wal / -shm files SQLite creates next to it.
         umask = os.umask(0o077)
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
             # Read TEXT as bytes: a damaged row typed TEXT must reach decode_entry
             # (and be reported), not crash the query with a UTF-8 error.
-            self._db.text_factory = bytes
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._conn.text_factory = bytes
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             if not self._disk_full(exc):
@@ -362,6 +379,32 @@ class Store:
         # Set when an error escaped a batch of writes (`_write_batch` queues rows, so
         # it may stop half-way): the transaction it joined must not commit.
         self._half_written = False
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection, once the rows `append` queued are written.
+
+        Every use of the database but `_write_queued`'s own goes through here,
+        so every read, derived-table write and ingest in the transaction sees
+        the queued entries, in the order they were appended.
+        """
+        if self._queued:
+            self._write_queued()
+        return self._conn
+
+    def _write_queued(self) -> None:
+        """Write the queued rows of `append` (multi-row INSERTs, as `_flush_rows`).
+
+        An error here (a constraint, SQLITE_FULL) may leave some of them written:
+        the transaction is marked half-written, so it rolls back, never commits.
+        """
+        rows, mentioned = self._queued, self._queued_mentions
+        self._queued, self._queued_mentions = [], []
+        try:
+            _insert_rows(self._conn, rows, mentioned)
+        except BaseException:
+            self._half_written = True
+            raise
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -386,7 +429,7 @@ class Store:
         if self._own_pool is not None:
             self._own_pool.close()
             self._pool = self._own_pool = None
-        self._db.close()
+        self._conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -405,16 +448,18 @@ class Store:
                 self._depth -= 1
             return
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
                 yield
+                if self._queued:
+                    self._write_queued()
                 if self._half_written:
                     raise StoreError(
                         "a batch of entries failed half-written inside this transaction: rolled back"
                     )
                 self._flush_heads()
-                self._db.execute("COMMIT")
+                self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
                 raise
@@ -431,6 +476,8 @@ class Store:
             self._half_written = False
             self._heads.clear()
             self._dirty.clear()
+            self._queued.clear()
+            self._queued_mentions.clear()
 
     def _open_read_only(self, exc: sqlite3.Error) -> None:
         """On a full disk SQLite cannot create the -shm / -wal files a WAL database needs,
@@ -438,15 +485,15 @@ class Store:
         one writes it (a writer would have a -wal): open it immutable, for reading; writes
         are refused."""
         with contextlib.suppress(sqlite3.Error):
-            self._db.close()
+            self._conn.close()
         wal = Path(f"{self.path}-wal")
         if wal.exists() and wal.stat().st_size > 0:  # (the failed open may leave an empty one)
             raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
         uri = f"{self.path.resolve().as_uri()}?immutable=1"
         try:
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
-            self._db.text_factory = bytes
-            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._conn.text_factory = bytes
+            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
         except sqlite3.Error:
             raise StorageFull(f"the disk is full: cannot open the store {self.path} ({exc})") from None
         if version != SCHEMA_VERSION:
@@ -468,9 +515,10 @@ class Store:
 
     def _rollback(self) -> None:
         # SQLite may already have rolled back (it does for some SQLITE_FULL cases).
-        if self._db.in_transaction:
+        # The raw connection: queued rows are dropped, not written first.
+        if self._conn.in_transaction:
             with suppress(sqlite3.OperationalError):
-                self._db.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK")
 
     def _disk_full(self, exc: sqlite3.Error) -> bool:
         """Whether exc is SQLite saying the disk is full (see the module docstring)."""
@@ -507,19 +555,42 @@ class Store:
     # -- writing ----------------------------------------------------------------
 
     def append(self, identity: Identity, kind: str, body: dict[str, Any], timestamp: int) -> Entry:
-        """Sign and store the next entry of identity's own feed."""
-        with self.transaction():
-            state = self.feed_state(identity.public_key)
-            if state.forked_seq is not None:
-                raise FeedForkedError("this feed is forked; refusing to extend it")
-            entry = create_entry(
-                identity,
-                seq=state.latest_seq + 1,
-                prev=state.latest_id,
-                timestamp=timestamp,
-                kind=kind,
-                body=body,
-            )
+        """Sign and store the next entry of identity's own feed.
+
+        Outside a transaction, the entry is committed before this returns.  Inside
+        one, a post's or a profile's row is queued (`_db`): it reaches SQLite in a
+        multi-row INSERT with the entries appended after it, before anything else
+        uses the database and before COMMIT.  Kinds with derived tables (follow,
+        unfollow, delete) are written at once, after the queue.
+        """
+        if not self._depth:
+            with self.transaction():
+                return self.append(identity, kind, body, timestamp)
+        author = identity.public_key
+        state = self._heads.get(author)
+        if state is None:
+            state = self._heads[author] = self._read_feed_state(author)
+        if state.forked_seq is not None:
+            raise FeedForkedError("this feed is forked; refusing to extend it")
+        entry = create_entry(
+            identity,
+            seq=state.latest_seq + 1,
+            prev=state.latest_id,
+            timestamp=timestamp,
+            kind=kind,
+            body=body,
+        )
+        if kind in (POST, PROFILE):
+            seq, new_id, fields = entry.seq, entry.id, entry.body
+            queued = self._queued
+            queued.append((author, seq, new_id, timestamp, kind, fields.get("reply_to"), entry.raw))
+            if "mentions" in fields:
+                self._queued_mentions.extend((m, new_id) for m in fields["mentions"])
+            self._heads[author] = FeedState(author, seq, new_id, None)
+            self._dirty.add(author)
+            if len(queued) >= _QUEUED_ROWS:
+                self._write_queued()
+        else:
             self._insert(entry)
         return entry
 
@@ -780,22 +851,8 @@ class Store:
         rows: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]],
         mentioned: list[tuple[bytes, bytes]],
     ) -> None:
-        """Write the entries (and mentions) `_write_batch` queued, and empty the queues.
-
-        Many rows per INSERT statement, not ``executemany``: one statement step
-        per `_ROWS_PER_INSERT` rows instead of one per row.  It binds faster
-        (queued writes: 5.2 -> 4.6 us per entry), and the sqlite3 module
-        releases the GIL around every step, so the writing thread has to win
-        it back from the verifier threads 128 times less often.
-        """
-        db = self._db
-        for first in range(0, len(rows), _ROWS_PER_INSERT):
-            part = rows[first : first + _ROWS_PER_INSERT]
-            db.execute(_insert_entries(len(part)), [value for row in part for value in row])
-        rows.clear()
-        if mentioned:
-            db.executemany(_INSERT_MENTION, mentioned)
-            mentioned.clear()
+        """Write the entries (and mentions) `_write_batch` queued, and empty the queues."""
+        _insert_rows(self._db, rows, mentioned)
 
     def _derive(self, entry: Entry) -> None:
         """Maintain the tables derived from a stored follow, unfollow or delete entry."""
@@ -1227,6 +1284,28 @@ def check_not_ahead(entry: Entry, now_ms: int | None) -> None:
             f"seq {entry.seq} is stamped {(entry.timestamp - now_ms) / 3_600_000:.1f} hours ahead of "
             f"our clock; the limit is {limits.MAX_AHEAD_MS // 3_600_000} hours"
         )
+
+
+def _insert_rows(
+    db: sqlite3.Connection,
+    rows: list[tuple[bytes, int, bytes, int, str, bytes | None, bytes]],
+    mentioned: list[tuple[bytes, bytes]],
+) -> None:
+    """Write queued entry rows (and their mentions), and empty the queues.
+
+    Many rows per INSERT statement, not ``executemany``: one statement step
+    per `_ROWS_PER_INSERT` rows instead of one per row.  It binds faster
+    (queued writes: 5.2 -> 4.6 us per entry), and the sqlite3 module
+    releases the GIL around every step, so the writing thread has to win
+    it back from the verifier threads 128 times less often.
+    """
+    for first in range(0, len(rows), _ROWS_PER_INSERT):
+        part = rows[first : first + _ROWS_PER_INSERT]
+        db.execute(_insert_entries(len(part)), [value for row in part for value in row])
+    rows.clear()
+    if mentioned:
+        db.executemany(_INSERT_MENTION, mentioned)
+        mentioned.clear()
 
 
 def _entry_row(entry: Entry) -> tuple[bytes, int, bytes, int, str, bytes | None, bytes]:

@@ -254,3 +254,18 @@ def test_verification_cache_never_accepts_what_does_not_verify() -> None:
         assert keys.verify(alice.public_key, signed) == b"hello"
     finally:
         keys.set_verify_cache_size(4096)
+
+
+@settings(max_examples=50)
+@given(seeds, messages)
+def test_sign_gives_the_bytes_of_pynacls_signing_key(seed: bytes, message: bytes) -> None:
+    """Identity signs through the lower-level crypto_sign with the 64-byte secret key:
+    the same bytes as PyNaCl's SigningKey, which it used before."""
+    import nacl.signing
+
+    ident = Identity(seed)
+    expected = nacl.signing.SigningKey(seed).sign(message)
+    assert ident.sign(message) == bytes(expected)
+    assert ident.signature(message) == expected.signature
+    assert ident.seed == seed
+    assert ident.public_key == bytes(nacl.signing.SigningKey(seed).verify_key)
