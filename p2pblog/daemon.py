@@ -252,6 +252,7 @@ class NodeService:
                     on_event=self._on_event,
                     on_internal_error=self._internal_error,
                     strict=self.strict,
+                    verify_processes=True,
                 )
             except OSError as exc:
                 where = f"{self.listen[0]}:{self.listen[1]}"
@@ -613,6 +614,7 @@ class NodeService:
             },
             "verify": {
                 "workers": self.driver.verify_workers,
+                "in": self.driver.verify_in,
                 "offloaded": replicator.verify.stats["verified_offloaded"],
                 "inline": replicator.verify.stats["verified_inline"],
                 "waiting": len(replicator.verify),

@@ -26,9 +26,13 @@ tests plug in `trio.testing` memory streams), and each connection gets a
 reader and a writer task.  It also checks the signatures of received
 entries on worker threads, one per core (`p2pblog.ingest_queue`): the core
 hands out ``verifications_to_make``, a task per batch runs
-`p2pblog.verify.first_forgery` in `trio.to_thread.run_sync` and reports
-``entries_verified``; PyNaCl releases the GIL inside libsodium, so the
-event loop goes on decrypting and storing meanwhile.
+`p2pblog.verify.first_forgery` in `trio.to_thread.run_sync` (PyNaCl
+releases the GIL inside libsodium) and reports ``entries_verified``; the
+event loop goes on decrypting and storing meanwhile.  With
+``verify_processes`` (what `p2pblog run` uses) the thread only waits for a
+`p2pblog.verify.VerifyProcesses` worker, so the checks never compete with
+the loop for the GIL; a pool that breaks (a worker killed) is counted
+(``verify_process_error.*``) and the batch is checked on a thread instead.
 
 Failures inside an input: the cores turn a peer's bad bytes into events,
 so an exception out of a core call is a bug of ours (or a refused local
@@ -71,7 +75,7 @@ import trio
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
 from p2pblog.entry import Entry
 from p2pblog.errors import StorageFull
-from p2pblog.verify import default_workers, first_forgery
+from p2pblog.verify import VerifyProcesses, default_workers, first_forgery
 
 _EPOCH_OFFSET = time.time() - time.monotonic()
 #: Largest datagram read from the socket; the core counts and drops oversize ones.
@@ -397,7 +401,13 @@ class NodeDriver(UdpDriver):
     """
 
     def __init__(
-        self, core: StreamCore, sock: socket.socket, transport: GossipTransport, **kwargs: Any
+        self,
+        core: StreamCore,
+        sock: socket.socket,
+        transport: GossipTransport,
+        *,
+        verify_processes: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(core, sock, **kwargs)
         self.stream_core = core
@@ -413,6 +423,8 @@ class NodeDriver(UdpDriver):
         self._verifications: list[tuple[int, tuple[Entry, ...]]] = []
         self.verify_workers = default_workers()
         self._verify_limiter = trio.CapacityLimiter(self.verify_workers)
+        #: Worker processes for the checks, or None: worker threads (see `_verify`).
+        self._verify_processes = VerifyProcesses(self.verify_workers) if verify_processes else None
         core.offload_verification()
 
     @classmethod
@@ -438,12 +450,19 @@ class NodeDriver(UdpDriver):
         return cls(core, udp, TcpTransport(tcp), **kwargs)
 
     @property
+    def verify_in(self) -> str:
+        """Where received entries' signatures are checked: ``processes`` or ``threads``."""
+        return "threads" if self._verify_processes is None else "processes"
+
+    @property
     def gossip_addr(self) -> tuple[str, int]:
         return self.transport.listen_addr
 
     def close(self) -> None:
         super().close()
         self.transport.close()
+        if self._verify_processes is not None:
+            self._verify_processes.close()
 
     @property
     def connections(self) -> int:
@@ -479,7 +498,18 @@ class NodeDriver(UdpDriver):
         super().flush()
 
     async def _verify(self, token: int, entries: tuple[Entry, ...]) -> None:
-        forgery = await trio.to_thread.run_sync(first_forgery, entries, limiter=self._verify_limiter)
+        forgery: int | None = None
+        processes = self._verify_processes
+        if processes is not None:
+            try:
+                future = processes.submit(entries)
+                forgery = await trio.to_thread.run_sync(future.result, limiter=self._verify_limiter)
+            except Exception as exc:  # a worker died (BrokenProcessPool), cannot start, ...
+                self.stats[f"verify_process_error.{type(exc).__name__}"] += 1
+                processes.reset()
+                processes = None
+        if processes is None:
+            forgery = await trio.to_thread.run_sync(first_forgery, entries, limiter=self._verify_limiter)
         with self.guard("verify"):
             self.stream_core.entries_verified(token, forgery, self.clock())
         self.flush()

@@ -139,3 +139,5 @@ def test_a_restarted_follower_catches_up_to_exactly_the_authors_feed(
     verify = state["verify"]
     assert isinstance(verify, dict)
     assert verify["offloaded"] >= 1 and verify["waiting"] == 0 and verify["queued_bytes"] == 0
+    assert verify["in"] == "processes"
+    assert not [k for k in state["counters"] if "verify_process_error" in k]  # type: ignore[union-attr]

@@ -195,7 +195,7 @@ class RecordingCore(NodeCore):
 class Node:
     """One node of a test: a recording core on a SQLite store, its driver, its run task."""
 
-    def __init__(self, tmp_path: Path, seed: int, net: MemoryNet) -> None:
+    def __init__(self, tmp_path: Path, seed: int, net: MemoryNet, **driver: Any) -> None:
         self.identity = Identity(bytes([seed]) * 32)
         self.store = Store(tmp_path / f"node{seed}.db")
         self.core = RecordingCore(
@@ -210,7 +210,12 @@ class Node:
         self.udp: Address = (HOST, udp.getsockname()[1])
         # One port for both, as `NodeDriver.bind_both` does.
         self.driver = NodeDriver(
-            self.core, udp, net.transport(self.udp), clock=trio.current_time, on_event=self.core.on_event
+            self.core,
+            udp,
+            net.transport(self.udp),
+            clock=trio.current_time,
+            on_event=self.core.on_event,
+            **driver,
         )
         self.addrs = [("udp", *self.udp), ("tcp", *self.driver.gossip_addr)]
         self.scope = trio.CancelScope()
@@ -250,10 +255,10 @@ class Node:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, count: int) -> AsyncIterator[tuple[MemoryNet, list[Node]]]:
+async def running(tmp_path: Path, count: int, **driver: Any) -> AsyncIterator[tuple[MemoryNet, list[Node]]]:
     """Start ``count`` nodes; at the end stop them and check every timer fired when due."""
     net = MemoryNet()
-    nodes = [Node(tmp_path, 11 + i, net) for i in range(count)]
+    nodes = [Node(tmp_path, 11 + i, net, **driver) for i in range(count)]
     try:
         async with trio.open_nursery() as nursery:
             for node in nodes:

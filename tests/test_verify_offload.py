@@ -158,11 +158,14 @@ def test_past_the_queue_bound_and_for_small_batches_entries_are_verified_at_once
     assert b.verify.stats == {"verified_inline": 2, "verified_offloaded": 0}
 
 
-def test_a_catch_up_over_the_runtime_verifies_on_worker_threads(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verify_processes", [False, True], ids=["threads", "processes"])
+def test_a_catch_up_over_the_runtime_verifies_off_the_event_loop(
+    tmp_path: Path, verify_processes: bool
+) -> None:
     feed = a_chain(1200)
 
     async def main() -> None:
-        async with running(tmp_path, 2) as (_net, (a, b)):
+        async with running(tmp_path, 2, verify_processes=verify_processes) as (_net, (a, b)):
             await join(a, b)
             # a holds A's feed (as a follower that serves it); b follows A.
             a.store.ingest_many(e.raw for e in feed)
@@ -173,6 +176,36 @@ def test_a_catch_up_over_the_runtime_verifies_on_worker_threads(tmp_path: Path) 
             await b.core.wait_until(lambda: b.store.latest_seq(A.public_key) == len(feed))
             assert b.core.replicator.verify.stats["verified_offloaded"] >= 2
             assert not b.driver.internal_errors
+            assert b.driver.verify_in == ("processes" if verify_processes else "threads")
+            assert not [k for k in b.driver.stats if k.startswith("verify_process_error")]
             assert ids(b.store, A.public_key) == [e.id for e in feed]
+
+    run_trio(main)
+
+
+def test_a_killed_verifier_process_costs_one_batch_a_thread_and_nothing_else(tmp_path: Path) -> None:
+    feed = a_chain(1200)
+
+    async def main() -> None:
+        async with running(tmp_path, 2, verify_processes=True) as (_net, (a, b)):
+            processes = b.driver._verify_processes
+            assert processes is not None
+            # Start the workers, then kill them (as the OOM killer or a user might).
+            assert processes.submit(a_chain(1)).result() is None
+            executor = processes._executor
+            assert executor is not None
+            for worker in list(executor._processes.values()):  # type: ignore[attr-defined]
+                worker.kill()
+                worker.join()
+            await join(a, b)
+            a.store.ingest_many(e.raw for e in feed)
+            a.command(lambda now: a.core.follow(A.public_key, now))
+            b.command(lambda now: b.core.follow(A.public_key, now))
+            tcp = (a.key, *a.driver.gossip_addr)
+            b.command(lambda now: b.core.replicator.add_candidates(A.public_key, [tcp], now))
+            await b.core.wait_until(lambda: b.store.latest_seq(A.public_key) == len(feed))
+            assert ids(b.store, A.public_key) == [e.id for e in feed]
+            assert b.driver.stats["verify_process_error.BrokenProcessPool"] >= 1
+            assert not b.driver.internal_errors
 
     run_trio(main)
