@@ -12,7 +12,7 @@ Three parts, each against a baseline or target measured in the same run:
      loopback: B follows A (control API ``follow``) and the clock runs from
      just before that command until B's store holds A's feed up to seq
      ``--entries`` (polled every ``--poll`` s with a read-only SQLite
-     connection).  CPU: B's utime + stime (/proc/PID/stat, all threads)
+     connection).  CPU: B's utime + stime (/proc/PID/stat, all threads, and its verifier processes)
      over the same span.
    - *hypercore*: if ``npm`` is here and ``hypercore@11.37.1`` installs
      (``npm install`` in a temp dir, bounded by ``--npm-timeout``), the same
@@ -806,8 +806,8 @@ def catchup_markdown(c: dict[str, Any], entries: int, targets: list[tuple[str, s
         f"(mean {size['mean']:.0f}). {len(c['rounds'])} rounds; in each, every side once, back to back, "
         f"in an order rotated each round; ratios per round, then the median.",
         "",
-        "CPU seconds counted: p2pblog = B, the follower process (utime + stime, all threads, "
-        "/proc/PID/stat); hypercore = the fetching node process (process.cpuUsage, all threads); "
+        "CPU seconds counted: p2pblog = B, the follower process and its verifier processes "
+        "(utime + stime, all threads, /proc/PID/stat); hypercore = the fetching node process (process.cpuUsage, all threads); "
         "raw verify = this process's process_time (one thread verifying).",
         "",
         f"| round | order | load | p2pblog entries/s (wall; B CPU s) | {hyper_name} blocks/s (wall; "

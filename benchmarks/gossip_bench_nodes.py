@@ -72,22 +72,66 @@ def _die_with_parent() -> None:
 # --- /proc ----------------------------------------------------------------------------------
 
 
+def proc_descendants(pid: int) -> list[int]:
+    """The live descendants of a process (/proc/PID/task/*/children, recursively): a node's
+    verifier processes and their forkserver."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            out.extend(children)
+            todo.extend(children)
+    return out
+
+
 def proc_status_kib(pid: int, field_name: str) -> int:
-    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM, ...), in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
+    """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM, ...), in KiB, summed over the
+    process and its live descendants (a node's verifier processes are its memory too)."""
+    total = 0
+    for member in [pid, *proc_descendants(pid)]:
+        try:
+            lines = Path(f"/proc/{member}/status").read_text().splitlines()
+        except OSError:
+            if member == pid:
+                raise
+            continue  # a descendant that exited
+        for line in lines:
+            if line.startswith(field_name + ":"):
+                total += int(line.split()[1])
+                break
+        else:
+            if member == pid:
+                raise RuntimeError(f"no {field_name} in /proc/{pid}/status")
+    return total
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (/proc/PID/stat fields 14 and 15), in seconds (1/CLK_TCK steps)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """CPU seconds of a process and everything it started: utime + stime (/proc/PID/stat
+    fields 14 and 15, all threads) plus cutime + cstime (children it waited for), for the
+    process and each live descendant (a node's verifier processes), in 1/CLK_TCK steps."""
+    total = 0
+    for member in [pid, *proc_descendants(pid)]:
+        try:
+            stat = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            if member == pid:
+                raise
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / CLOCK_TICKS
 
 
 def proc_schedstat(pid: int) -> tuple[int, int]:
