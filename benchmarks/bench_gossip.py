@@ -807,7 +807,8 @@ def catchup_markdown(c: dict[str, Any], entries: int, targets: list[tuple[str, s
         f"in an order rotated each round; ratios per round, then the median.",
         "",
         "CPU seconds counted: p2pblog = B, the follower process and its verifier processes "
-        "(utime + stime, all threads, /proc/PID/stat); hypercore = the fetching node process (process.cpuUsage, all threads); "
+        "(utime + stime, all threads, /proc/PID/stat); "
+        "hypercore = the fetching node process (process.cpuUsage, all threads); "
         "raw verify = this process's process_time (one thread verifying).",
         "",
         f"| round | order | load | p2pblog entries/s (wall; B CPU s) | {hyper_name} blocks/s (wall; "
