@@ -39,6 +39,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import threading
+import time
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -143,6 +146,30 @@ def first_forgery_raw(pairs: Sequence[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _exit_with(pid: int) -> None:
+    """A verifier process's initializer: exit as soon as the node process is gone, however
+    it ended.  A pool's worker holds both ends of its own task pipe, so it never sees the
+    node die, and it keeps the forkserver alive: after a ``kill -9`` of the node, both
+    would stay forever."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux >= 5.3: poll
+            while True:
+                time.sleep(1.0)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    os._exit(0)
+                except PermissionError:
+                    pass
+        select.select([fd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="p2pblog-verify-watch", daemon=True).start()
+
+
 class VerifyProcesses:
     """Worker processes that run `first_forgery_raw` (one per core), for a process whose
     own thread is busy: the node's event loop decrypts, decodes and stores while entries
@@ -164,7 +191,9 @@ class VerifyProcesses:
         if self._executor is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["p2pblog.verify"])
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
+            )
         return self._executor.submit(first_forgery_raw, [(e.author, e.raw) for e in entries])
 
     def reset(self) -> None:

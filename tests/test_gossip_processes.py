@@ -8,6 +8,8 @@ while the node runs (WAL readers never block the writer).
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 from pathlib import Path
 
@@ -141,3 +143,33 @@ def test_a_restarted_follower_catches_up_to_exactly_the_authors_feed(
     assert verify["offloaded"] >= 1 and verify["waiting"] == 0 and verify["queued_bytes"] == 0
     assert verify["in"] == "processes"
     assert not [k for k in state["counters"] if "verify_process_error" in k]  # type: ignore[union-attr]
+
+
+def descendants(pid: int) -> set[int]:
+    """Live descendants of a process, from /proc/PID/task/*/children."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                kids = [int(c) for c in children.read_text().split()]
+                out.update(kids)
+                todo.extend(kids)
+    return out
+
+
+def test_a_killed_node_leaves_no_verifier_processes(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    a = start(nodes, tmp_path / "a")
+    for i in range(40):  # one batch of 40: checked in a verifier process
+        run(a.home, "post", f"post {i}")
+    b = start(nodes, tmp_path / "b", "--bootstrap", a.bootstrap)
+    run(b.home, "follow", a.handle)
+    assert wait_for(lambda: latest_seq(b.home, a.handle) == 40, timeout=20), b.output()
+    verify = status(b)["verify"]
+    assert isinstance(verify, dict) and verify["in"] == "processes" and verify["offloaded"] >= 1
+    workers = descendants(b.process.pid)
+    assert workers  # the forkserver and its verifier processes
+    b.stop(signal.SIGKILL)
+    # However the node ended, its verifier processes (and so the forkserver) follow it.
+    assert wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), timeout=10), workers
