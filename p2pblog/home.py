@@ -29,6 +29,7 @@ import platformdirs
 from identity import Identity, read_key_file, write_key_file
 from p2pblog.errors import P2PBlogError
 from p2pblog.store import Store
+from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: The port (UDP for the DHT, TCP for gossip) `p2pblog run` listens on by default.
 DEFAULT_PORT = 7710
@@ -108,8 +109,8 @@ class Home:
             raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
         return read_key_file(self.key_file, passphrase)
 
-    def open_store(self) -> Store:
+    def open_store(self, *, verify_pool: VerifyPool | VerifyProcesses | None = None) -> Store:
         if not self.exists():
             raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
         self.secure()
-        return Store(self.store_file)
+        return Store(self.store_file, verify_pool=verify_pool)

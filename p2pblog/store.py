@@ -108,7 +108,7 @@ from p2pblog.errors import (
     StorageFull,
     StoreError,
 )
-from p2pblog.verify import VerifyPool, default_workers, verify_in_order
+from p2pblog.verify import VerifyPool, VerifyProcesses, default_workers, verify_in_order
 
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
@@ -334,7 +334,7 @@ _NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
 class Store:
     """A node's SQLite store.  Not thread-safe; one per process and home."""
 
-    def __init__(self, path: Path | str, *, verify_pool: VerifyPool | None = None) -> None:
+    def __init__(self, path: Path | str, *, verify_pool: VerifyPool | VerifyProcesses | None = None) -> None:
         self.path = Path(path)
         # Bulk ingests verify signatures on this pool; without one the store
         # starts its own on first need (`_verify_pool`) and closes it in `close`.
@@ -709,7 +709,7 @@ class Store:
         self._ingest_batch(batch, report, now_ms)
         return report
 
-    def _verify_pool(self) -> VerifyPool | None:
+    def _verify_pool(self) -> VerifyPool | VerifyProcesses | None:
         """The pool bulk ingests verify on: the one passed in, else the store's own
         (started on first use, closed with the store); None on one core."""
         if self._pool is None and default_workers() > 1:

@@ -88,6 +88,10 @@ class VerifyPool:
     def submit(self, entries: Sequence[Entry]) -> Future[int | None]:
         return self._executor.submit(first_forgery, entries)
 
+    def submit_chunk(self, entries: Sequence[Entry], *, cache: bool) -> Future[int | None]:
+        """`verify_in_order`'s unit of work: `first_forgery`, through the cache or not."""
+        return self._executor.submit(first_forgery if cache else _first_forgery_uncached, entries)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -103,7 +107,11 @@ _Chunk = TypeVar("_Chunk", bound=Sequence[Entry])
 
 
 def verify_in_order(
-    chunks: Iterable[_Chunk], pool: VerifyPool | None, *, ahead: int | None = None, cache: bool = False
+    chunks: Iterable[_Chunk],
+    pool: VerifyPool | VerifyProcesses | None,
+    *,
+    ahead: int | None = None,
+    cache: bool = False,
 ) -> Generator[tuple[_Chunk, int | None], None, None]:
     """Verify chunks of entries on pool's workers; yield ``(chunk, first_forgery)`` in order.
 
@@ -124,7 +132,7 @@ def verify_in_order(
     pending: deque[tuple[_Chunk, Future[int | None]]] = deque()
     try:
         for chunk in chunks:
-            pending.append((chunk, pool._executor.submit(check, chunk)))
+            pending.append((chunk, pool.submit_chunk(chunk, cache=cache)))
             if len(pending) >= window:
                 done, verdict = pending.popleft()
                 yield done, verdict.result()
@@ -183,18 +191,26 @@ class VerifyProcesses:
     bytes)`` pairs.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, *, start: str = "forkserver") -> None:
         self.workers = workers or default_workers()
+        #: ``forkserver``; ``fork`` only in a process with no other thread yet (`p2pblog import`).
+        self.start = start
         self._executor: ProcessPoolExecutor | None = None
 
     def submit(self, entries: Sequence[Entry]) -> Future[int | None]:
         if self._executor is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["p2pblog.verify"])
+            context = multiprocessing.get_context(self.start)
+            if self.start == "forkserver":
+                context.set_forkserver_preload(["p2pblog.verify"])
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
             )
         return self._executor.submit(first_forgery_raw, [(e.author, e.raw) for e in entries])
+
+    def submit_chunk(self, entries: Sequence[Entry], *, cache: bool) -> Future[int | None]:
+        """`verify_in_order`'s unit of work (a worker process has no cache worth filling)."""
+        del cache
+        return self.submit(entries)
 
     def reset(self) -> None:
         """Drop a broken pool (a worker died); the next `submit` starts a new one."""
