@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -498,6 +499,11 @@ def import_(file: Path) -> None:
         with file.open("rb", buffering=_READ_BUFFER) as stream:
             try:
                 report = store.ingest_many(frames(stream), now_ms=int(time.time() * 1000))
+            except BrokenProcessPool:
+                raise click.ClickException(
+                    "a signature-checking process died (out of memory?); what was stored so far "
+                    "is kept; run the same import again to go on"
+                ) from None
             finally:
                 pool.close()
                 if progress is not None:

@@ -8,23 +8,30 @@ core: it cannot start a thread.  So, like the proof-of-work stamps of
 mention notices, verification is an output.  The replicator decodes each
 batch a session received (`decode_entry(..., check_signature=False)`: the
 cheap checks, on the caller's thread), and queues it here as a `VerifyJob`.
-The driver collects `to_verify` (token and entries), runs
-`p2pblog.verify.first_forgery` on a worker thread, and reports the result
+The driver collects `to_verify` (token and entries), checks them off the
+event loop (`p2pblog.verify`: worker processes for `p2pblog run`), and reports the result
 with ``Replicator.entries_verified(token, forgery, now)``.  The replicator
 then stores the verified prefix and acknowledges the batch.
 
 Order: a session's batches must be acknowledged once each, in the order
 they arrived, so the jobs of one connection commit in that order (`ready`
-hands back only a done prefix of a connection's queue), whatever order the
+hands back a connection's oldest job only once it is done), whatever order the
 workers finish in.  Nothing is stored before its job was verified.
 
 Bounds: a session has at most `identity.limits.MAX_BATCHES_IN_FLIGHT`
 unacknowledged batches (its window), and a batch is not acknowledged while it
-waits here, so a peer cannot queue more than that.  In total at most
-`max_bytes` of entries wait for a worker; past that (and when the driver
-does not verify off the loop: ``offload`` False, as in the simulator), a job
-is verified at once on the caller's thread, which slows the reading of
-input, the back-pressure the window then passes on to the peers.
+waits here, so a peer cannot queue more than that.  In total, the entries
+held here (waiting for a worker, or verified and waiting behind an earlier
+batch of their connection) are accounted at `HELD_OVERHEAD` times their
+bytes (a decoded `Entry` with its body costs about four times the signed
+bytes), and at most `max_bytes` are held: a batch that would pass that is
+not kept at all (``skip="busy"``): the replicator acknowledges it unstored
+and asks the peer for the feed again a moment later (counted,
+``entries.refused_busy``), so nothing is lost and memory stays bounded
+however many sessions catch up at once.  Batches too small to be worth a
+thread, and every batch when the driver does not verify off the loop
+(``offload`` False, as in the simulator), are verified at once on the
+caller's thread.
 """
 
 from __future__ import annotations
@@ -37,8 +44,11 @@ from gossip.session import EntriesReceived
 from p2pblog.entry import Entry
 from p2pblog.verify import first_forgery
 
-#: Bytes of entries that may wait for a worker at once (all connections).
-MAX_QUEUED_BYTES: Final = 32 * 1024 * 1024
+#: Accounted bytes of entries held at once, all connections (see `HELD_OVERHEAD`).
+MAX_QUEUED_BYTES: Final = 64 * 1024 * 1024
+#: A held entry is accounted at this many times its signed bytes: the decoded
+#: `Entry`, its body and strings (measured: 665 bytes held for a 168-byte entry).
+HELD_OVERHEAD: Final = 5
 #: Smaller batches (live pushes: usually one entry) are verified at once: handing
 #: them to a thread would cost more than the check and delay delivery.
 MIN_OFFLOAD: Final = 16
@@ -55,7 +65,7 @@ class VerifyJob:
     entries: tuple[Entry, ...]
     #: Why decoding stopped before the end of the batch (counter name, detail), if it did.
     fault: tuple[str, str] | None = None
-    #: Refused before verification (``"blocked"``, ``"unwanted"``): nothing to verify.
+    #: Refused before verification (``"blocked"``, ``"unwanted"``, ``"busy"``): nothing held.
     skip: str | None = None
     size: int = 0
     done: bool = False
@@ -71,9 +81,9 @@ class VerifyQueue:
         #: Whether the driver verifies off the loop; if not, every job is verified in `add`.
         self.offload = offload
         self.max_bytes = max_bytes
-        #: Bytes of entries handed to (or waiting for) workers.
+        #: Accounted bytes of the entries held (`HELD_OVERHEAD` times their signed bytes).
         self.queued_bytes = 0
-        self.stats = {"verified_inline": 0, "verified_offloaded": 0}
+        self.stats = {"verified_inline": 0, "verified_offloaded": 0, "refused_busy": 0}
         self._next = 0
         self._jobs: dict[int, VerifyJob] = {}
         self._outbox: list[VerifyJob] = []
@@ -94,14 +104,17 @@ class VerifyQueue:
         """Queue a received batch behind the connection's earlier ones; verify it now
         unless it goes to a worker."""
         self._next += 1
-        size = sum(len(e.raw) for e in entries)
+        size = HELD_OVERHEAD * sum(len(e.raw) for e in entries) if skip is None else 0
+        if size and self.queued_bytes + size > self.max_bytes:
+            skip, entries, fault, size = "busy", (), None, 0
+            self.stats["refused_busy"] += 1
         job = VerifyJob(self._next, conn_id, event, entries, fault, skip, size)
         self._by_conn.setdefault(conn_id, deque()).append(job)
+        self.queued_bytes += size
         if skip is not None or not entries:
             job.done = True
-        elif self.offload and len(entries) >= MIN_OFFLOAD and self.queued_bytes + size <= self.max_bytes:
+        elif self.offload and len(entries) >= MIN_OFFLOAD:
             job.waiting = True
-            self.queued_bytes += size
             self._jobs[job.token] = job
             self._outbox.append(job)
             self.stats["verified_offloaded"] += 1
@@ -127,18 +140,24 @@ class VerifyQueue:
         job.forgery = forgery
         job.done = True
         job.waiting = False
-        self.queued_bytes -= job.size
         return job.conn_id
 
-    def ready(self, conn_id: int) -> list[VerifyJob]:
-        """Pop the connection's jobs that are done and have no undone job before them."""
+    def next_ready(self, conn_id: int) -> VerifyJob | None:
+        """Pop the connection's oldest job if it is done (one at a time: the caller
+        commits it before it asks for the next)."""
         queue = self._by_conn.get(conn_id)
-        out: list[VerifyJob] = []
-        while queue and queue[0].done:
-            out.append(queue.popleft())
-        if queue is not None and not queue:
+        if not queue or not queue[0].done:
+            return None
+        job = queue.popleft()
+        if not queue:
             del self._by_conn[conn_id]
-        return out
+        self.queued_bytes -= job.size
+        return job
+
+    def drop(self, conn_id: int) -> None:
+        """Forget a closed connection's done jobs (its undone ones go when their results come)."""
+        while self.next_ready(conn_id) is not None:
+            pass
 
     def pending(self, conn_id: int) -> bool:
         """Whether any job of the connection waits (a new batch must queue behind it)."""

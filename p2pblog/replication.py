@@ -182,6 +182,8 @@ from p2pblog.verify import first_forgery
 MAINTAIN_EVERY: Final = 10.0
 #: Seconds before a feed whose entries a full disk refused is asked for again.
 STORAGE_RETRY: Final = 60.0
+#: Seconds before a feed whose entries were refused for a full verification queue is asked again.
+BUSY_RETRY: Final = 1.0
 #: Outbound connections (dials in progress and sessions we dialled): a budget of
 #: their own, which inbound connections never use.
 MAX_OUTBOUND: Final = 16
@@ -1134,7 +1136,7 @@ class Replicator:
             if conn_id is not None:
                 # The connection is gone; the batch was never acknowledged, so the
                 # peer (or another) sends it again: storing it now is not needed.
-                self.verify.ready(conn_id)
+                self.verify.drop(conn_id)
             return
         self._commit_ready(conn, now)
         self._touch(conn)
@@ -1146,10 +1148,20 @@ class Replicator:
         return self.verify.to_verify()
 
     def _commit_ready(self, conn: _Conn, now: float) -> None:
-        for job in self.verify.ready(conn.id):
+        """Store the connection's verified batches, oldest first, while they are done."""
+        while (job := self.verify.next_ready(conn.id)) is not None:
             if conn.session is None or conn.closing:
-                continue
-            self._commit(conn, conn.session, job, now)
+                self.verify.drop(conn.id)
+                return
+            try:
+                self._commit(conn, conn.session, job, now)
+            except Exception:
+                # A bug of ours or a store error (not a full disk): the batches behind
+                # this one can no longer be acknowledged in order.  Close the connection
+                # (the peer sends them again on the next) and let the driver count it.
+                self.verify.drop(conn.id)
+                self._close(conn, now, "internal error")
+                raise
 
     def _commit(self, conn: _Conn, session: GossipSession, job: VerifyJob, now: float) -> None:
         event = job.event
@@ -1160,6 +1172,15 @@ class Replicator:
         if job.skip == "unwanted" or event.feed not in self.source.wanted:
             # Unfollowed while in flight: not storing them is a refusal.
             session.entries_stored(event.feed, now)
+            return
+        if job.skip == "busy":
+            # Too many entries held for their signatures: not the peer's fault; ask
+            # for the feed again in a moment (`p2pblog.ingest_queue`).
+            self.stats["entries.refused_busy"] += len(event.entries)
+            session.entries_stored(event.feed, now)
+            self._ask_again[event.feed] = min(
+                self._ask_again.get(event.feed, now + BUSY_RETRY), now + BUSY_RETRY
+            )
             return
         entries = job.entries
         fault = job.fault

@@ -67,6 +67,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -501,12 +502,14 @@ class NodeDriver(UdpDriver):
         forgery: int | None = None
         processes = self._verify_processes
         if processes is not None:
+            future = None
             try:
                 future = processes.submit(entries)
                 forgery = await trio.to_thread.run_sync(future.result, limiter=self._verify_limiter)
             except Exception as exc:  # a worker died (BrokenProcessPool), cannot start, ...
                 self.stats[f"verify_process_error.{type(exc).__name__}"] += 1
-                processes.reset()
+                if future is not None and not isinstance(exc, CancelledError):
+                    processes.reset(future)  # (a cancelled one: its pool was reset already)
                 processes = None
         if processes is None:
             forgery = await trio.to_thread.run_sync(first_forgery, entries, limiter=self._verify_limiter)

@@ -29,12 +29,13 @@ would keep it.  The input is read at most those few chunks ahead of the
 writes, so a feed file of any size streams through in bounded memory.
 Writes go in transactions of `limits.INGEST_BATCH` entries; the next entry of
 a feed (the common case) is checked in Python against the cached feed head
-and queued, and the queue goes to SQLite in one ``executemany``.  A few
-entries (a gossip batch) skip the pipeline and verify inline, through the
-verify cache.  Used inside a caller's transaction (the replicator's group
-commit), a batch joins it; an error escaping a batch half-written (SQLite's:
-refusals are reported, not raised) makes that transaction roll back rather
-than commit half a batch.
+and queued, and the queue goes to SQLite in multi-row INSERTs.  A list of a
+few entries skips the pipeline and verifies inline, through the verify cache.
+(The replicator verifies received entries itself, off its event loop, and
+stores them with `ingest_entries`.)  Used inside a caller's transaction (a
+group commit), a batch joins it; an error escaping a batch half-written
+(SQLite's: refusals are reported, not raised) makes that transaction roll
+back rather than commit half a batch.
 
 Our own entries (`Store.append`) take a similar shortcut inside a
 transaction: a post's or profile's row is queued, not INSERTed, and the
@@ -674,7 +675,7 @@ class Store:
         return report
 
     def _ingest_few(self, raws: Sequence[bytes], now_ms: int | None) -> IngestReport:
-        """`ingest_many` of a few entries (a gossip batch): verified inline, through the cache."""
+        """`ingest_many` of a few entries: verified inline, through the cache."""
         report = IngestReport()
         batch: list[Entry] = []
         for raw in raws:

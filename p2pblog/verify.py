@@ -186,9 +186,11 @@ class VerifyProcesses:
     (measured: catch-up 1.11-1.23x one core's raw verify with processes, 0.97-1.03x
     with threads, alternating runs).
 
-    Started on first use with ``forkserver`` (never ``fork``: the node runs threads),
-    its workers importing only this module; a batch is sent as ``(author, signed
-    bytes)`` pairs.
+    Started on first use with ``forkserver`` (never ``fork``: the node runs threads;
+    its workers import this module and, as every forkserver child does, the main
+    script's imports: for ``p2pblog`` that is `cli.main`, not the node), or with
+    ``fork`` by a process that has no other thread yet (`p2pblog import`); a batch
+    is sent as ``(author, signed bytes)`` pairs.
     """
 
     def __init__(self, workers: int | None = None, *, start: str = "forkserver") -> None:
@@ -205,17 +207,22 @@ class VerifyProcesses:
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
             )
-        return self._executor.submit(first_forgery_raw, [(e.author, e.raw) for e in entries])
+        future = self._executor.submit(first_forgery_raw, [(e.author, e.raw) for e in entries])
+        future._p2pblog_pool = self._executor  # type: ignore[attr-defined]  # for `reset`
+        return future
 
     def submit_chunk(self, entries: Sequence[Entry], *, cache: bool) -> Future[int | None]:
         """`verify_in_order`'s unit of work (a worker process has no cache worth filling)."""
         del cache
         return self.submit(entries)
 
-    def reset(self) -> None:
-        """Drop a broken pool (a worker died); the next `submit` starts a new one."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
+    def reset(self, future: Future[int | None]) -> None:
+        """Drop the pool that failed ``future`` (a worker died); the next `submit` starts a
+        new one.  A failure of an earlier pool, reported late, leaves the new one alone."""
+        executor = self._executor
+        failed: object = getattr(future, "_p2pblog_pool", None)
+        if executor is not None and failed is executor:
+            self._executor = None
             executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:

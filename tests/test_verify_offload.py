@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gossip.messages import Entries
-from p2pblog.ingest_queue import MIN_OFFLOAD
-from p2pblog.replication import EntriesStored, Replicator
+from gossip.messages import Clock, Entries
+from p2pblog.ingest_queue import MAX_QUEUED_BYTES, MIN_OFFLOAD
+from p2pblog.replication import BUSY_RETRY, MAINTAIN_EVERY, EntriesStored, Replicator
 from p2pblog.store import Store
 from p2pblog.verify import first_forgery
 from tests.gossip.wire import Wire
@@ -24,6 +24,7 @@ from tests.test_replication import (
     HOST,
     A,
     B,
+    M,
     OpenStore,
     a_chain,
     candidate,
@@ -136,7 +137,7 @@ def test_results_for_a_closed_connection_store_nothing_and_leave_nothing_queued(
     assert len(b.verify) == 0 and b.verify.queued_bytes == 0
 
 
-def test_past_the_queue_bound_and_for_small_batches_entries_are_verified_at_once(
+def test_small_batches_are_checked_at_once_and_past_the_bound_a_batch_is_asked_again(
     open_store: OpenStore,
 ) -> None:
     genuine = a_chain(MIN_OFFLOAD * 4)
@@ -148,14 +149,26 @@ def test_past_the_queue_bound_and_for_small_batches_entries_are_verified_at_once
     wire.settle()
     assert b.verifications_to_make() == []
     assert b.store.latest_seq(A.public_key) == MIN_OFFLOAD - 1
-    # With the queue full, a batch waits for nobody: it is checked on the caller's thread.
+    # With the held entries at their bound, a batch is not kept: it is acknowledged
+    # unstored, counted, not blamed on the peer, and the feed is asked for again.
     b.verify.max_bytes = 0
     rest = tuple(e.raw for e in genuine[MIN_OFFLOAD - 1 :])
     m.send(conn, Entries(A.public_key, MIN_OFFLOAD, rest), wire.now)
     wire.settle()
-    assert b.verifications_to_make() == []
+    assert b.verifications_to_make() == [] and len(b.verify) == 0 and b.verify.queued_bytes == 0
+    assert b.store.latest_seq(A.public_key) == MIN_OFFLOAD - 1
+    assert b.stats["entries.refused_busy"] == len(rest) and b.verify.stats["refused_busy"] == 1
+    assert b.is_connected(M.public_key) and not [k for k in b.stats if k.startswith("misbehaved")]
+    clocks = len([msg for msg in m.received[conn] if isinstance(msg, Clock)])
+    b.verify.max_bytes = MAX_QUEUED_BYTES
+    wire.advance(BUSY_RETRY + MAINTAIN_EVERY)
+    assert len([msg for msg in m.received[conn] if isinstance(msg, Clock)]) > clocks  # asked again
+    m.send(conn, Entries(A.public_key, MIN_OFFLOAD, rest), wire.now)
+    wire.settle()
+    [(token, entries)] = b.verifications_to_make()
+    b.entries_verified(token, first_forgery(entries), wire.now)
+    wire.settle()
     assert ids(b.store, A.public_key) == [e.id for e in genuine]
-    assert b.verify.stats == {"verified_inline": 2, "verified_offloaded": 0}
 
 
 @pytest.mark.parametrize("verify_processes", [False, True], ids=["threads", "processes"])
