@@ -96,7 +96,6 @@ import enum
 import heapq
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from dht.wire import Value, is_value, value_size
@@ -303,14 +302,42 @@ class BoundedStore(Generic[Item]):
         return len(self._timers)
 
 
-@dataclass(slots=True)
+#: The value of a record the store no longer holds: its heap entries are stale,
+#: and must not keep a replaced value alive.
+_RETIRED: Final = b""
+
+
 class _Record:
-    value: Value
-    published: bool
-    expires_at: float
-    #: Next replication (held records) or republication (our own).
-    renew_at: float
-    version: int
+    """A held value and its timers; also its own entry in the store's timer heap.
+
+    A record is never changed in place: new timers make a new record, and
+    the heap entries of the old one go stale (the store no longer holds
+    them).  Ordered by (deadline, version), as a ``(deadline, version, key)``
+    tuple would be, without the tuple (module docstring, "Memory").
+    """
+
+    __slots__ = ("expires_at", "key", "published", "renew_at", "value", "version")
+
+    def __init__(
+        self, key: bytes, value: Value, published: bool, expires_at: float, renew_at: float, version: int
+    ) -> None:
+        self.key = key
+        self.value = value
+        self.published = published
+        self.expires_at = expires_at
+        #: Next replication (held records) or republication (our own).
+        self.renew_at = renew_at
+        self.version = version
+
+    @property
+    def deadline(self) -> float:
+        return min(self.expires_at, self.renew_at)
+
+    def __lt__(self, other: _Record) -> bool:
+        # Versions are unique, so this is the tuple order (deadline, version).
+        mine = min(self.expires_at, self.renew_at)
+        theirs = min(other.expires_at, other.renew_at)
+        return mine < theirs or (mine == theirs and self.version < other.version)
 
 
 class RecordStore(BoundedStore[bytes]):
@@ -342,8 +369,8 @@ class RecordStore(BoundedStore[bytes]):
         self._capacity: Capacity[bytes] = Capacity(max_records, self.stats, per_source=max_per_source)
         self._capacity.priority = priority
         self._records: dict[bytes, _Record] = {}
-        # (deadline, version, key): lazy heap; stale entries are skipped.
-        self._timers: list[tuple[float, int, bytes]] = []
+        # Lazy heap of records; an entry the store no longer holds is stale and skipped.
+        self._timers: list[_Record] = []
         self._version = 0
 
     def __len__(self) -> int:
@@ -433,51 +460,64 @@ class RecordStore(BoundedStore[bytes]):
             expires, renew = float("inf"), now + self._interval(True)
         else:
             expires, renew = now + self.ttl, now + self._interval(False)
-        self._records[key] = _Record(value, published, expires, renew, self._version)
-        self._push(min(expires, renew), self._version, key)
+        record = _Record(key, value, published, expires, renew, self._version)
+        old = self._records.get(key)
+        self._records[key] = record
+        if old is not None:
+            old.value = _RETIRED
+        self._push(record)
 
-    def _push(self, deadline: float, version: int, key: bytes) -> None:
-        heapq.heappush(self._timers, (deadline, version, key))
+    def _push(self, record: _Record) -> None:
+        heapq.heappush(self._timers, record)
         self._compact()
 
     def _compact(self) -> None:
         # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
         if heap_is_bloated(len(self._timers), len(self._records)):
             # Insertion order and unique versions: the same inputs give the same heap.
-            self._timers = [(min(r.expires_at, r.renew_at), r.version, k) for k, r in self._records.items()]
+            self._timers = list(self._records.values())
             heapq.heapify(self._timers)
             self.stats["timers.compacted"] += 1
 
     def _drop(self, key: bytes) -> None:
-        if self._records.pop(key, None) is not None:
+        record = self._records.pop(key, None)
+        if record is not None:
+            record.value = _RETIRED
             self._capacity.remove(key)
             self._compact()
 
     def next_deadline(self) -> float | None:
         """When `due` next has something to do."""
         while self._timers:
-            deadline, version, key = self._timers[0]
-            record = self._records.get(key)
-            if record is not None and record.version == version:
-                return deadline
+            first = self._timers[0]
+            if self._records.get(first.key) is first:
+                return first.deadline
             heapq.heappop(self._timers)
         return None
 
     def due(self, now: float) -> list[tuple[bytes, Value]]:
         """Drop expired records; return records to re-store now and re-arm their timers."""
         out: list[tuple[bytes, Value]] = []
-        while self._timers and self._timers[0][0] <= now:
-            _, version, key = heapq.heappop(self._timers)
-            record = self._records.get(key)
-            if record is None or record.version != version:
+        while self._timers and self._timers[0].deadline <= now:
+            record = heapq.heappop(self._timers)
+            key = record.key
+            if self._records.get(key) is not record:
                 continue
             if record.expires_at <= now or not self.is_valid(key, record.value, now):
                 self.stats["expired"] += 1
                 self._drop(key)
                 continue
-            record.renew_at = now + self._interval(record.published)
             self._version += 1
-            record.version = self._version
-            self._push(min(record.expires_at, record.renew_at), record.version, key)
-            out.append((key, record.value))
+            renewed = _Record(
+                key,
+                record.value,
+                record.published,
+                record.expires_at,
+                now + self._interval(record.published),
+                self._version,
+            )
+            self._records[key] = renewed
+            record.value = _RETIRED
+            self._push(renewed)
+            out.append((key, renewed.value))
         return out
