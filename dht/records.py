@@ -215,7 +215,7 @@ class Capacity(Generic[Item]):
         whatever it is: the store says so before it checks the value (a signature)."""
         if self.source_full(source):
             return True
-        if len(self._arrivals) >= self.total and not self.is_priority(key):
+        if len(self) >= self.total and not self.is_priority(key):
             self._stats["refused.full"] += 1
             return True
         return False
@@ -228,7 +228,7 @@ class Capacity(Generic[Item]):
         """
         if self.source_full(source):
             return False, None
-        if len(self._arrivals) < self.total:
+        if len(self) < self.total:
             return True, None
         if not self.is_priority(key):
             self._stats["refused.full"] += 1
@@ -265,6 +265,57 @@ class Capacity(Generic[Item]):
         for item in reversed(self._arrivals):
             if not self.is_priority(key_of(item) if key_of is not None else cast(bytes, item)):
                 return item
+        return None
+
+
+class _HeldCapacity(Capacity[bytes]):
+    """`Capacity` over a `RecordStore`'s own dict: the received records, in the dict's order.
+
+    The arrivals `Capacity` keeps in a dict of its own are exactly the
+    store's records that are not our own, in the same order (a record enters
+    both when it first arrives, a refresh keeps its place in both, and both
+    drop it together), and each record carries its source: so this keeps
+    only a count.  Same answers, one dict entry less per held record.
+    """
+
+    def __init__(
+        self, records: dict[bytes, _Record], total: int, stats: Counter[str], *, per_source: int | None
+    ) -> None:
+        super().__init__(total, stats, per_source=per_source)
+        self._held = records
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, item: object) -> bool:
+        record = self._held.get(cast(bytes, item))
+        return record is not None and not record.published
+
+    def add(self, item: bytes, source: str | None) -> None:
+        """``item`` arrives (the store then holds it with ``source``); never a held item."""
+        self._count += 1
+        if source is not None:
+            self._by_source[source] += 1
+
+    def remove(self, item: bytes) -> None:
+        """``item`` goes, or becomes our own: call while the store still holds it."""
+        record = self._held.get(item)
+        if record is None or record.published:
+            return
+        self._count -= 1
+        source = record.source
+        if source is None:
+            return
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def _newest_stranger(self) -> bytes | None:
+        held = self._held
+        for key in reversed(held):
+            if not held[key].published and not self.is_priority(key):
+                return key
         return None
 
 
@@ -316,12 +367,21 @@ class _Record:
     tuple would be, without the tuple (module docstring, "Memory").
     """
 
-    __slots__ = ("expires_at", "key", "published", "renew_at", "value", "version")
+    __slots__ = ("expires_at", "key", "published", "renew_at", "source", "value", "version")
 
     def __init__(
-        self, key: bytes, value: Value, published: bool, expires_at: float, renew_at: float, version: int
+        self,
+        key: bytes,
+        value: Value,
+        published: bool,
+        expires_at: float,
+        renew_at: float,
+        version: int,
+        source: str | None,
     ) -> None:
         self.key = key
+        #: Who brought a received value (`Capacity`'s source; None: local, or our own).
+        self.source = source
         self.value = value
         self.published = published
         self.expires_at = expires_at
@@ -366,9 +426,11 @@ class RecordStore(BoundedStore[bytes]):
         self._rng = rng
         #: Refusals, evictions, expiries and heap rebuilds, by reason.
         self.stats: Counter[str] = Counter()
-        self._capacity: Capacity[bytes] = Capacity(max_records, self.stats, per_source=max_per_source)
-        self._capacity.priority = priority
         self._records: dict[bytes, _Record] = {}
+        self._capacity: Capacity[bytes] = _HeldCapacity(
+            self._records, max_records, self.stats, per_source=max_per_source
+        )
+        self._capacity.priority = priority
         # Lazy heap of records; an entry the store no longer holds is stale and skipped.
         self._timers: list[_Record] = []
         self._version = 0
@@ -423,14 +485,14 @@ class RecordStore(BoundedStore[bytes]):
                 if victim is not None:
                     self._drop(victim)
                 self._capacity.add(key, source)
-            self._set(key, value, now, published=published)
+            self._set(key, value, now, published=published, source=None if published else source)
             return StoreOutcome.STORED
         same = type(old.value) is type(value) and old.value == value
         if not same and self.select(key, [old.value, value]) == 0:
             return StoreOutcome.OUTDATED
         if published:
             self._capacity.remove(key)
-        self._set(key, value, now, published=published or old.published)
+        self._set(key, value, now, published=published or old.published, source=old.source)
         return StoreOutcome.REFRESHED if same else StoreOutcome.STORED
 
     def get(self, key: bytes, now: float) -> Value | None:
@@ -454,13 +516,13 @@ class RecordStore(BoundedStore[bytes]):
         base = self.republish_interval if published else self.replicate_interval
         return base * (1.0 + RENEW_JITTER * self._rng.random()) if self._rng is not None else base
 
-    def _set(self, key: bytes, value: Value, now: float, *, published: bool) -> None:
+    def _set(self, key: bytes, value: Value, now: float, *, published: bool, source: str | None) -> None:
         self._version += 1
         if published:
             expires, renew = float("inf"), now + self._interval(True)
         else:
             expires, renew = now + self.ttl, now + self._interval(False)
-        record = _Record(key, value, published, expires, renew, self._version)
+        record = _Record(key, value, published, expires, renew, self._version, None if published else source)
         old = self._records.get(key)
         self._records[key] = record
         if old is not None:
@@ -480,10 +542,10 @@ class RecordStore(BoundedStore[bytes]):
             self.stats["timers.compacted"] += 1
 
     def _drop(self, key: bytes) -> None:
+        self._capacity.remove(key)
         record = self._records.pop(key, None)
         if record is not None:
             record.value = _RETIRED
-            self._capacity.remove(key)
             self._compact()
 
     def next_deadline(self) -> float | None:
@@ -515,6 +577,7 @@ class RecordStore(BoundedStore[bytes]):
                 record.expires_at,
                 now + self._interval(record.published),
                 self._version,
+                record.source,
             )
             self._records[key] = renewed
             record.value = _RETIRED
