@@ -58,6 +58,7 @@ parameter, so a test can hand them ``trio.current_time`` under
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import threading
 import time
@@ -127,6 +128,8 @@ class UdpDriver:
         self._rearm = trio.Event()
         # The deadline the timer task sleeps towards (None: no deadline).
         self._armed_at: float | None = None
+        # `run`'s wait for the socket, while it waits: cancelled to re-read an earlier deadline.
+        self._wake: trio.CancelScope | None = None
 
     @classmethod
     def bind(cls, core: DatagramCore, host: str, port: int, **kwargs: Any) -> UdpDriver:
@@ -184,7 +187,7 @@ class UdpDriver:
                 self._flush()
         finally:
             if self.internal_errors["flush"] + self.storage_full["flush"] != failed:
-                self._rearm.set()  # the failed flush may not have re-armed: read the deadline again
+                self._wake_timer()  # the failed flush may not have re-armed: read the deadline again
 
     def _flush(self) -> None:
         for data, addr in self.core.datagrams_to_send():
@@ -211,7 +214,13 @@ class UdpDriver:
         # (handle_timer runs only once the deadline is due).
         deadline = self.core.get_timer()
         if deadline is not None and (self._armed_at is None or deadline < self._armed_at):
-            self._rearm.set()
+            self._wake_timer()
+
+    def _wake_timer(self) -> None:
+        """Make the task that sleeps towards the deadline read it again."""
+        self._rearm.set()
+        if self._wake is not None:
+            self._wake.cancel()
 
     async def request(self, start: Callable[[float], int]) -> Any:
         """Start a command (``start(now) -> query id``) and wait for its result event."""
@@ -228,10 +237,51 @@ class UdpDriver:
     # -- tasks ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Receive datagrams and fire timers until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._timer_loop)
+        """Receive datagrams and fire timers until cancelled.
+
+        One task: it waits for the socket until the core's deadline, then
+        reads what came or fires the timer, as `_receive_loop` and
+        `_timer_loop` do in two tasks (which `NodeDriver` runs beside its
+        others).  A node's DHT then costs one trio task, not a nursery and
+        three (issue 18).  An earlier deadline set by another task's input
+        (`request`) cancels the wait (`_wake_timer`), as it sets ``_rearm``.
+        """
+        not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
+        while True:
+            deadline = self._read_deadline(not_before)
+            now = self.clock()
+            if deadline is None or deadline > now:
+                wake_at = math.inf if deadline is None else trio.current_time() + (deadline - now)
+                with trio.move_on_at(wake_at) as self._wake:
+                    await trio.lowlevel.wait_readable(self.sock)
+                readable = not self._wake.cancelled_caught
+                self._wake = None
+                if readable:
+                    self._receive_batch()
+                    await trio.lowlevel.checkpoint()
+                continue
+            not_before = self._fire_timer(now, not_before)
+            await trio.lowlevel.checkpoint()
+
+    def _read_deadline(self, not_before: float) -> float | None:
+        """The core's next deadline, no earlier than ``not_before`` (and armed)."""
+        deadline: float | None = self.clock() + TIMER_ERROR_PAUSE
+        with self.guard("timer"):
+            deadline = self.core.get_timer()
+        if deadline is not None:
+            deadline = max(deadline, not_before)
+        self._armed_at = deadline
+        return deadline
+
+    def _fire_timer(self, now: float, not_before: float) -> float:
+        """Run the core's due timers and flush; returns the new ``not_before``."""
+        failed = self.internal_errors["timer"]
+        with self.guard("timer"):
+            self.core.handle_timer(now)
+        if self.internal_errors["timer"] != failed:
+            not_before = now + TIMER_ERROR_PAUSE
+        self.flush()
+        return not_before
 
     # One receive buffer per thread, shared by every driver of that thread: a datagram is
     # copied out of it before anything else runs (no checkpoint in between).  `recvfrom`
@@ -242,43 +292,42 @@ class UdpDriver:
     async def _receive_loop(self) -> None:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
-            got_any = False
-            buffer: bytearray | None = getattr(self._recv_buffers, "buffer", None)
-            if buffer is None:
-                buffer = self._recv_buffers.buffer = bytearray(RECV_BYTES)
-            view = memoryview(buffer)
-            for _ in range(256):  # bounded batch, then let other tasks run
-                try:
-                    n, addr = self.sock.recvfrom_into(buffer)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
-                    self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
-                    continue
-                got_any = True
-                data = bytes(view[:n])
-                if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
-                    addr = (str(addr[0]), int(addr[1]))
-                try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
-                    self.core.receive_datagram(data, addr, self.clock())
-                except Exception as exc:
-                    with self.guard("datagram"):
-                        raise exc
-            view.release()
-            if got_any:
-                self.flush()
+            self._receive_batch()
             await trio.lowlevel.checkpoint()
+
+    def _receive_batch(self) -> None:
+        """Read and handle what the socket holds (at most 256 datagrams), then flush."""
+        got_any = False
+        buffer: bytearray | None = getattr(self._recv_buffers, "buffer", None)
+        if buffer is None:
+            buffer = self._recv_buffers.buffer = bytearray(RECV_BYTES)
+        view = memoryview(buffer)
+        for _ in range(256):  # bounded batch, then let other tasks run
+            try:
+                n, addr = self.sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+                continue
+            got_any = True
+            data = bytes(view[:n])
+            if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = (str(addr[0]), int(addr[1]))
+            try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
+                self.core.receive_datagram(data, addr, self.clock())
+            except Exception as exc:
+                with self.guard("datagram"):
+                    raise exc
+        view.release()
+        if got_any:
+            self.flush()
 
     async def _timer_loop(self) -> None:
         not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
         while True:
             self._rearm = trio.Event()
-            deadline: float | None = self.clock() + TIMER_ERROR_PAUSE
-            with self.guard("timer"):
-                deadline = self.core.get_timer()
-            if deadline is not None:
-                deadline = max(deadline, not_before)
-            self._armed_at = deadline
+            deadline = self._read_deadline(not_before)
             if deadline is None:
                 await self._rearm.wait()
                 continue
@@ -290,12 +339,7 @@ class UdpDriver:
                 with trio.move_on_after(deadline - now):
                     await self._rearm.wait()
                 continue
-            failed = self.internal_errors["timer"]
-            with self.guard("timer"):
-                self.core.handle_timer(now)
-            if self.internal_errors["timer"] != failed:
-                not_before = now + TIMER_ERROR_PAUSE
-            self.flush()
+            not_before = self._fire_timer(now, not_before)
             await trio.lowlevel.checkpoint()
 
 
