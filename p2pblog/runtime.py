@@ -187,7 +187,7 @@ class UdpDriver:
                 self._flush()
         finally:
             if self.internal_errors["flush"] + self.storage_full["flush"] != failed:
-                self._wake_timer()  # the failed flush may not have re-armed: read the deadline again
+                self._wake_timer(None)  # the failed flush may not have re-armed: read the deadline again
 
     def _flush(self) -> None:
         for data, addr in self.core.datagrams_to_send():
@@ -214,13 +214,20 @@ class UdpDriver:
         # (handle_timer runs only once the deadline is due).
         deadline = self.core.get_timer()
         if deadline is not None and (self._armed_at is None or deadline < self._armed_at):
-            self._wake_timer()
+            self._wake_timer(deadline)
 
-    def _wake_timer(self) -> None:
-        """Make the task that sleeps towards the deadline read it again."""
+    def _wake_timer(self, deadline: float | None) -> None:
+        """Make the task that sleeps towards the deadline wake at ``deadline`` (None: now, to
+        read the deadline again)."""
         self._rearm.set()
-        if self._wake is not None:
-            self._wake.cancel()
+        wake = self._wake
+        if wake is None:
+            return
+        if deadline is None:
+            wake.cancel()
+        else:
+            wake.deadline = trio.current_time() + (deadline - self.clock())
+            self._armed_at = deadline
 
     async def request(self, start: Callable[[float], int]) -> Any:
         """Start a command (``start(now) -> query id``) and wait for its result event."""
@@ -239,29 +246,32 @@ class UdpDriver:
     async def run(self) -> None:
         """Receive datagrams and fire timers until cancelled.
 
-        One task: it waits for the socket until the core's deadline, then
-        reads what came or fires the timer, as `_receive_loop` and
-        `_timer_loop` do in two tasks (which `NodeDriver` runs beside its
-        others).  A node's DHT then costs one trio task, not a nursery and
-        three (issue 18).  An earlier deadline set by another task's input
-        (`request`) cancels the wait (`_wake_timer`), as it sets ``_rearm``.
+        One task: it waits for the socket inside a cancel scope whose deadline
+        is the core's, and fires the timer when the scope expires, as
+        `_receive_loop` and `_timer_loop` do in two tasks (which `NodeDriver`
+        runs beside its others).  A node's DHT then costs one trio task, not a
+        nursery and three (issue 18).  An input that moves the deadline earlier
+        moves the scope's (`_wake_timer`); a later one is read when the scope
+        expires, as `_timer_loop` does.  The scope lives until it expires, not
+        one per datagram: a scope per wait cost 20% more CPU per get.
         """
         not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
-        while True:
-            deadline = self._read_deadline(not_before)
-            now = self.clock()
-            if deadline is None or deadline > now:
-                wake_at = math.inf if deadline is None else trio.current_time() + (deadline - now)
-                with trio.move_on_at(wake_at) as self._wake:
-                    await trio.lowlevel.wait_readable(self.sock)
-                readable = not self._wake.cancelled_caught
-                self._wake = None
-                if readable:
-                    self._receive_batch()
+        try:
+            while True:
+                deadline = self._read_deadline(not_before)
+                now = self.clock()
+                if deadline is not None and deadline <= now:
+                    not_before = self._fire_timer(now, not_before)
                     await trio.lowlevel.checkpoint()
-                continue
-            not_before = self._fire_timer(now, not_before)
-            await trio.lowlevel.checkpoint()
+                    continue
+                wake_at = math.inf if deadline is None else trio.current_time() + (deadline - now)
+                with trio.CancelScope(deadline=wake_at) as self._wake:
+                    while True:
+                        await trio.lowlevel.wait_readable(self.sock)
+                        self._receive_batch()
+                        await trio.lowlevel.checkpoint()
+        finally:
+            self._wake = None
 
     def _read_deadline(self, not_before: float) -> float | None:
         """The core's next deadline, no earlier than ``not_before`` (and armed)."""
