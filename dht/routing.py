@@ -210,8 +210,11 @@ class RoutingTable:
         self._own_int = int.from_bytes(own_id, "big")
         #: The buckets that hold contacts or replacements, by index (module docstring).
         self._buckets: dict[int, _Bucket] = {}
-        #: When a lookup last targeted each bucket's range (`touch`), by index.
-        self._touched: list[float] = [now] * ID_BITS
+        #: When a lookup last targeted each bucket's range (`touch`), by index; a bucket
+        #: never touched counts from ``_created``.  A dict of the touched few, not a list
+        #: of 160 (about 1 KiB per node).
+        self._created = now
+        self._touched: dict[int, float] = {}
         #: Indexes of the buckets holding contacts (few: about log2 of the network).
         self._filled: list[int] = []  # sorted
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
@@ -543,7 +546,7 @@ class RoutingTable:
             self.touch_bucket(self.bucket_index(target), now)
 
     def touch_bucket(self, index: int, now: float) -> None:
-        if now > self._touched[index]:
+        if now > self._touched.get(index, self._created):
             self._touched[index] = now
             self._refresh_dirty = True
 
@@ -556,15 +559,16 @@ class RoutingTable:
         if due is None or due > now:
             return []  # the cached earliest deadline says none is due (cheap on every timer)
         limit = now - self.refresh_interval
-        touched = self._touched
-        return [i for i in self._refreshable() if touched[i] <= limit]
+        touched, created = self._touched, self._created
+        return [i for i in self._refreshable() if touched.get(i, created) <= limit]
 
     def next_refresh(self) -> float | None:
         """When the next bucket falls due, or None while the table is empty."""
         if self._refresh_dirty:
             indexes = self._refreshable()
+            touched, created = self._touched, self._created
             self._refresh_cache = (
-                min(self._touched[indexes.start :]) + self.refresh_interval if indexes else None
+                min([touched.get(i, created) for i in indexes]) + self.refresh_interval if indexes else None
             )
             self._refresh_dirty = False
         return self._refresh_cache
