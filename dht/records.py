@@ -49,7 +49,12 @@ timers are a lazy heap (a refresh pushes a new entry and the old one goes
 stale); when stale entries outnumber the live ones by more than
 `TIMER_HEAP_SLACK`, the heap is rebuilt from the live items, so it never
 holds more than twice the items plus that constant, however often a
-stranger refreshes one record.
+stranger refreshes one record.  In `RecordStore` the heap entries are the
+records themselves, ordered by (deadline, version): a record is never
+changed in place, new timers make a new one, and the one it replaces stays
+in the heap as a stale entry, its value dropped.  That saves a
+``(deadline, version, key)`` tuple per held record (issue 18), and the
+store's own dict in arrival order stands in for `Capacity`'s table.
 
 Bounds: hostile strangers (`Capacity`)
 --------------------------------------
