@@ -6,7 +6,8 @@ Run by ``bench_dht.py`` (not by hand)::
 
 Every node is a bare `DhtCore` with the default `DhtConfig` (the protocol's
 k = 20, alpha = 3, retransmits at 0.5/1/2/3 s, 5 s RPC timeout, per-source
-rate limit) and ``random.Random(seed + i)``, bound to its own loopback
+rate limit) and the process's one ``random.Random(seed)`` (the ``kademlia`` side has
+its global RNG: a per-process cost, not a per-node one), bound to its own loopback
 address (`dht_bench_common.node_host`: 127.0.0.1, 127.0.1.1, ...), port 0.
 Node i joins with ``core.bootstrap`` through the nodes named in the spec, one
 join after the other; then the side waits until no node has a query or an
@@ -99,6 +100,9 @@ async def request(driver: UdpDriver, start: Callable[[float], int], timeout: flo
 async def side(spec: Spec, profile_out: Path | None, trace: bool) -> dict[str, Any]:
     n = spec.nodes
     result: dict[str, Any] = {"side": "p2pblog", "nodes": n}
+    # One RNG for the process, as the ``kademlia`` side has (its global `random`): a
+    # `random.Random` holds 2.5 KiB of state, a cost per process, not per node.
+    rng = random.Random(spec.seed)
     before_nodes = memory()
     if trace:
         start_tracing()
@@ -106,7 +110,7 @@ async def side(spec: Spec, profile_out: Path | None, trace: bool) -> dict[str, A
     drivers: list[UdpDriver] = []
     async with trio.open_nursery() as nursery:
         for i in range(n):
-            core = DhtCore(spec.ids[i], random.Random(spec.seed + i), unix_now())
+            core = DhtCore(spec.ids[i], rng, unix_now())
             driver = UdpDriver.bind(core, node_host(i), 0)
             cores.append(core)
             drivers.append(driver)

@@ -58,7 +58,6 @@ from typing import Any, Final
 from dht.ids import Address
 from identity.errors import LocalProtocolError
 from identity.netaddr import host_key
-from identity.pacing import TokenBucket
 
 #: Datagrams per second one source host may make us process, sustained.
 SOURCE_RATE: Final = 50.0
@@ -91,6 +90,16 @@ def source_key(addr: Address) -> str:
     return host_key(addr[0])
 
 
+class _Tokens:
+    """One key's bucket: `identity.pacing.TokenBucket` without the rate and burst its table holds."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+
+
 class KeyedBuckets:
     """One `TokenBucket` per key, at most ``max_keys`` of them, the least recently active dropped.
 
@@ -108,7 +117,7 @@ class KeyedBuckets:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: dict[Hashable, TokenBucket] = {}  # least recently active first
+        self._buckets: dict[Hashable, _Tokens] = {}  # least recently active first
         self._moves = 0
 
     def __len__(self) -> int:
@@ -124,17 +133,18 @@ class KeyedBuckets:
         if bucket is None:
             if len(buckets) >= self.max_keys:
                 del buckets[next(iter(buckets))]
-            bucket = TokenBucket(self.rate, self.burst, now)
+            bucket = _Tokens(self.burst, now)
         buckets[key] = bucket  # now the most recently active
         self._moves += 1
         if self._moves > len(buckets) // 2 + COMPACT_SLACK:
             compact(buckets)
             self._moves = 0
         # `TokenBucket.take`, inlined (one call per datagram received): the same arithmetic.
+        rate, burst = self.rate, self.burst
         elapsed = now - bucket.stamp
-        tokens = bucket.tokens + elapsed * bucket.rate if elapsed > 0 else bucket.tokens
-        if tokens > bucket.burst:
-            tokens = bucket.burst
+        tokens = bucket.tokens + elapsed * rate if elapsed > 0 else bucket.tokens
+        if tokens > burst:
+            tokens = burst
         bucket.stamp = now
         allowed = tokens >= cost
         bucket.tokens = tokens - cost if allowed else tokens
@@ -142,7 +152,7 @@ class KeyedBuckets:
         # bucket answers as a new one would (module docstring, "Memory").
         oldest = buckets[next(iter(buckets))]
         elapsed = now - oldest.stamp
-        if elapsed > 0 and oldest.tokens + elapsed * oldest.rate >= oldest.burst:
+        if elapsed > 0 and oldest.tokens + elapsed * rate >= burst:
             del buckets[next(iter(buckets))]
         return allowed
 
@@ -190,7 +200,10 @@ class AmplificationGuard:
         self.max_addresses = max_addresses
         # Least recently used first (module docstring, "Memory").
         self._credit: dict[Address, float] = {}
-        self._verified: dict[Address, float] = {}  # addr -> verified until
+        # addr -> when it last answered (verified until then + verified_for): the
+        # routing table holds the same `now` as the contact's last answer, so the
+        # stamp costs no float of its own, and the sum is the one we used to store.
+        self._verified: dict[Address, float] = {}
         self._moves = 0
 
     def __len__(self) -> int:
@@ -208,7 +221,7 @@ class AmplificationGuard:
         """``addr`` answered a request of ours: it receives at that address."""
         verified = self._verified
         verified.pop(addr, None)
-        verified[addr] = now + self.verified_for
+        verified[addr] = now
         if len(verified) > self.max_addresses:
             del verified[next(iter(verified))]
         self._moved()
@@ -221,10 +234,10 @@ class AmplificationGuard:
             self._moves = 0
 
     def is_verified(self, addr: Address, now: float) -> bool:
-        until = self._verified.get(addr)
-        if until is None:
+        stamp = self._verified.get(addr)
+        if stamp is None:
             return False
-        if until < now:
+        if stamp + self.verified_for < now:
             del self._verified[addr]
             return False
         return True

@@ -49,7 +49,12 @@ timers are a lazy heap (a refresh pushes a new entry and the old one goes
 stale); when stale entries outnumber the live ones by more than
 `TIMER_HEAP_SLACK`, the heap is rebuilt from the live items, so it never
 holds more than twice the items plus that constant, however often a
-stranger refreshes one record.
+stranger refreshes one record.  In `RecordStore` the heap entries are the
+records themselves, ordered by (deadline, version): a record is never
+changed in place, new timers make a new one, and the one it replaces stays
+in the heap as a stale entry, its value dropped.  That saves a
+``(deadline, version, key)`` tuple per held record (issue 18), and the
+store's own dict in arrival order stands in for `Capacity`'s table.
 
 Bounds: hostile strangers (`Capacity`)
 --------------------------------------
@@ -96,7 +101,6 @@ import enum
 import heapq
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from dht.wire import Value, is_value, value_size
@@ -216,7 +220,7 @@ class Capacity(Generic[Item]):
         whatever it is: the store says so before it checks the value (a signature)."""
         if self.source_full(source):
             return True
-        if len(self._arrivals) >= self.total and not self.is_priority(key):
+        if len(self) >= self.total and not self.is_priority(key):
             self._stats["refused.full"] += 1
             return True
         return False
@@ -229,7 +233,7 @@ class Capacity(Generic[Item]):
         """
         if self.source_full(source):
             return False, None
-        if len(self._arrivals) < self.total:
+        if len(self) < self.total:
             return True, None
         if not self.is_priority(key):
             self._stats["refused.full"] += 1
@@ -269,6 +273,57 @@ class Capacity(Generic[Item]):
         return None
 
 
+class _HeldCapacity(Capacity[bytes]):
+    """`Capacity` over a `RecordStore`'s own dict: the received records, in the dict's order.
+
+    The arrivals `Capacity` keeps in a dict of its own are exactly the
+    store's records that are not our own, in the same order (a record enters
+    both when it first arrives, a refresh keeps its place in both, and both
+    drop it together), and each record carries its source: so this keeps
+    only a count.  Same answers, one dict entry less per held record.
+    """
+
+    def __init__(
+        self, records: dict[bytes, _Record], total: int, stats: Counter[str], *, per_source: int | None
+    ) -> None:
+        super().__init__(total, stats, per_source=per_source)
+        self._held = records
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, item: object) -> bool:
+        record = self._held.get(cast(bytes, item))
+        return record is not None and not record.published
+
+    def add(self, item: bytes, source: str | None) -> None:
+        """``item`` arrives (the store then holds it with ``source``); never a held item."""
+        self._count += 1
+        if source is not None:
+            self._by_source[source] += 1
+
+    def remove(self, item: bytes) -> None:
+        """``item`` goes, or becomes our own: call while the store still holds it."""
+        record = self._held.get(item)
+        if record is None or record.published:
+            return
+        self._count -= 1
+        source = record.source
+        if source is None:
+            return
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+
+    def _newest_stranger(self) -> bytes | None:
+        held = self._held
+        for key in reversed(held):
+            if not held[key].published and not self.is_priority(key):
+                return key
+        return None
+
+
 class BoundedStore(Generic[Item]):
     """What `RecordStore` and `ProviderStore` show of their bounds (`Capacity`) and timers."""
 
@@ -303,14 +358,51 @@ class BoundedStore(Generic[Item]):
         return len(self._timers)
 
 
-@dataclass(slots=True)
+#: The value of a record the store no longer holds: its heap entries are stale,
+#: and must not keep a replaced value alive.
+_RETIRED: Final = b""
+
+
 class _Record:
-    value: Value
-    published: bool
-    expires_at: float
-    #: Next replication (held records) or republication (our own).
-    renew_at: float
-    version: int
+    """A held value and its timers; also its own entry in the store's timer heap.
+
+    A record is never changed in place: new timers make a new record, and
+    the heap entries of the old one go stale (the store no longer holds
+    them).  Ordered by (deadline, version), as a ``(deadline, version, key)``
+    tuple would be, without the tuple (module docstring, "Memory").
+    """
+
+    __slots__ = ("expires_at", "key", "published", "renew_at", "source", "value", "version")
+
+    def __init__(
+        self,
+        key: bytes,
+        value: Value,
+        published: bool,
+        expires_at: float,
+        renew_at: float,
+        version: int,
+        source: str | None,
+    ) -> None:
+        self.key = key
+        #: Who brought a received value (`Capacity`'s source; None: local, or our own).
+        self.source = source
+        self.value = value
+        self.published = published
+        self.expires_at = expires_at
+        #: Next replication (held records) or republication (our own).
+        self.renew_at = renew_at
+        self.version = version
+
+    @property
+    def deadline(self) -> float:
+        return min(self.expires_at, self.renew_at)
+
+    def __lt__(self, other: _Record) -> bool:
+        # Versions are unique, so this is the tuple order (deadline, version).
+        mine = min(self.expires_at, self.renew_at)
+        theirs = min(other.expires_at, other.renew_at)
+        return mine < theirs or (mine == theirs and self.version < other.version)
 
 
 class RecordStore(BoundedStore[bytes]):
@@ -339,11 +431,13 @@ class RecordStore(BoundedStore[bytes]):
         self._rng = rng
         #: Refusals, evictions, expiries and heap rebuilds, by reason.
         self.stats: Counter[str] = Counter()
-        self._capacity: Capacity[bytes] = Capacity(max_records, self.stats, per_source=max_per_source)
-        self._capacity.priority = priority
         self._records: dict[bytes, _Record] = {}
-        # (deadline, version, key): lazy heap; stale entries are skipped.
-        self._timers: list[tuple[float, int, bytes]] = []
+        self._capacity: Capacity[bytes] = _HeldCapacity(
+            self._records, max_records, self.stats, per_source=max_per_source
+        )
+        self._capacity.priority = priority
+        # Lazy heap of records; an entry the store no longer holds is stale and skipped.
+        self._timers: list[_Record] = []
         self._version = 0
 
     def __len__(self) -> int:
@@ -396,14 +490,14 @@ class RecordStore(BoundedStore[bytes]):
                 if victim is not None:
                     self._drop(victim)
                 self._capacity.add(key, source)
-            self._set(key, value, now, published=published)
+            self._set(key, value, now, published=published, source=None if published else source)
             return StoreOutcome.STORED
         same = type(old.value) is type(value) and old.value == value
         if not same and self.select(key, [old.value, value]) == 0:
             return StoreOutcome.OUTDATED
         if published:
             self._capacity.remove(key)
-        self._set(key, value, now, published=published or old.published)
+        self._set(key, value, now, published=published or old.published, source=old.source)
         return StoreOutcome.REFRESHED if same else StoreOutcome.STORED
 
     def get(self, key: bytes, now: float) -> Value | None:
@@ -427,57 +521,71 @@ class RecordStore(BoundedStore[bytes]):
         base = self.republish_interval if published else self.replicate_interval
         return base * (1.0 + RENEW_JITTER * self._rng.random()) if self._rng is not None else base
 
-    def _set(self, key: bytes, value: Value, now: float, *, published: bool) -> None:
+    def _set(self, key: bytes, value: Value, now: float, *, published: bool, source: str | None) -> None:
         self._version += 1
         if published:
             expires, renew = float("inf"), now + self._interval(True)
         else:
             expires, renew = now + self.ttl, now + self._interval(False)
-        self._records[key] = _Record(value, published, expires, renew, self._version)
-        self._push(min(expires, renew), self._version, key)
+        record = _Record(key, value, published, expires, renew, self._version, None if published else source)
+        old = self._records.get(key)
+        self._records[key] = record
+        if old is not None:
+            old.value = _RETIRED
+        self._push(record)
 
-    def _push(self, deadline: float, version: int, key: bytes) -> None:
-        heapq.heappush(self._timers, (deadline, version, key))
+    def _push(self, record: _Record) -> None:
+        heapq.heappush(self._timers, record)
         self._compact()
 
     def _compact(self) -> None:
         # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
         if heap_is_bloated(len(self._timers), len(self._records)):
             # Insertion order and unique versions: the same inputs give the same heap.
-            self._timers = [(min(r.expires_at, r.renew_at), r.version, k) for k, r in self._records.items()]
+            self._timers = list(self._records.values())
             heapq.heapify(self._timers)
             self.stats["timers.compacted"] += 1
 
     def _drop(self, key: bytes) -> None:
-        if self._records.pop(key, None) is not None:
-            self._capacity.remove(key)
+        self._capacity.remove(key)
+        record = self._records.pop(key, None)
+        if record is not None:
+            record.value = _RETIRED
             self._compact()
 
     def next_deadline(self) -> float | None:
         """When `due` next has something to do."""
         while self._timers:
-            deadline, version, key = self._timers[0]
-            record = self._records.get(key)
-            if record is not None and record.version == version:
-                return deadline
+            first = self._timers[0]
+            if self._records.get(first.key) is first:
+                return first.deadline
             heapq.heappop(self._timers)
         return None
 
     def due(self, now: float) -> list[tuple[bytes, Value]]:
         """Drop expired records; return records to re-store now and re-arm their timers."""
         out: list[tuple[bytes, Value]] = []
-        while self._timers and self._timers[0][0] <= now:
-            _, version, key = heapq.heappop(self._timers)
-            record = self._records.get(key)
-            if record is None or record.version != version:
+        while self._timers and self._timers[0].deadline <= now:
+            record = heapq.heappop(self._timers)
+            key = record.key
+            if self._records.get(key) is not record:
                 continue
             if record.expires_at <= now or not self.is_valid(key, record.value, now):
                 self.stats["expired"] += 1
                 self._drop(key)
                 continue
-            record.renew_at = now + self._interval(record.published)
             self._version += 1
-            record.version = self._version
-            self._push(min(record.expires_at, record.renew_at), record.version, key)
-            out.append((key, record.value))
+            renewed = _Record(
+                key,
+                record.value,
+                record.published,
+                record.expires_at,
+                now + self._interval(record.published),
+                self._version,
+                record.source,
+            )
+            self._records[key] = renewed
+            record.value = _RETIRED
+            self._push(renewed)
+            out.append((key, renewed.value))
         return out

@@ -161,13 +161,15 @@ class _Entry:
 class _Bucket:
     """A bucket that holds something (empty ones do not exist, module docstring)."""
 
-    __slots__ = ("checking", "entries", "pairs", "replacements")
+    __slots__ = ("checking", "entries", "ints", "members", "replacements")
 
     def __init__(self) -> None:
         # Least-recently seen first.
         self.entries: dict[bytes, _Entry] = {}
-        # (id as an integer, contact) of every entry, for `RoutingTable.closest`.
-        self.pairs: list[tuple[int, Contact]] = []
+        # Every entry's contact and its id as an integer, for `RoutingTable.closest`
+        # (parallel lists: no (int, contact) tuple per contact).
+        self.members: list[Contact] = []
+        self.ints: list[int] = []
         # Most-recently seen last.
         self.replacements: dict[bytes, Contact] = {}
         # Id of the contact whose liveness check is in flight, if any.
@@ -208,12 +210,15 @@ class RoutingTable:
         self._own_int = int.from_bytes(own_id, "big")
         #: The buckets that hold contacts or replacements, by index (module docstring).
         self._buckets: dict[int, _Bucket] = {}
-        #: When a lookup last targeted each bucket's range (`touch`), by index.
-        self._touched: list[float] = [now] * ID_BITS
+        #: When a lookup last targeted each bucket's range (`touch`), by index; a bucket
+        #: never touched counts from ``_created``.  A dict of the touched few, not a list
+        #: of 160 (about 1 KiB per node).
+        self._created = now
+        self._touched: dict[int, float] = {}
         #: Indexes of the buckets holding contacts (few: about log2 of the network).
         self._filled: list[int] = []  # sorted
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
-        self._flat: dict[bytes, tuple[int, Contact]] = {}
+        self._flat: dict[bytes, Contact] = {}
         # Cache of next_refresh(): it is asked after every input, and changes
         # only when a bucket is touched or the nearest non-empty bucket moves.
         self._refresh_cache: float | None = None
@@ -237,8 +242,7 @@ class RoutingTable:
         return isinstance(node_id, bytes) and self.get(node_id) is not None
 
     def get(self, node_id: bytes) -> Contact | None:
-        found = self._flat.get(node_id)
-        return found[1] if found is not None else None
+        return self._flat.get(node_id)
 
     def contacts(self) -> Iterator[Contact]:
         """Every contact, bucket by bucket, least-recently seen first within a bucket."""
@@ -275,7 +279,7 @@ class RoutingTable:
         """The table's own object for ``contact`` when it holds that contact, else ``contact``:
         what a long-lived copy should keep (one object per contact, not one per answer)."""
         found = self._flat.get(contact.node_id)
-        return found[1] if found is not None and found[1].addr == contact.addr else contact
+        return found if found is not None and found.addr == contact.addr else contact
 
     def bucket_contacts(self, index: int) -> list[Contact]:
         return [e.contact for e in self._buckets.get(index, _NO_BUCKET).entries.values()]
@@ -361,13 +365,15 @@ class RoutingTable:
         gathered: list[tuple[int, Contact]] = []
         filtered = exclude_id is not None or exclude_addr is not None
         for j in first + cancels + keeps + above:
-            pairs = buckets[j].pairs
+            bucket = buckets[j]
             if filtered:
                 gathered += [
-                    (i ^ t, c) for i, c in pairs if c.node_id != exclude_id and c.addr != exclude_addr
+                    (i ^ t, c)
+                    for i, c in zip(bucket.ints, bucket.members, strict=True)
+                    if c.node_id != exclude_id and c.addr != exclude_addr
                 ]
             else:
-                gathered += [(i ^ t, c) for i, c in pairs]
+                gathered += [(i ^ t, c) for i, c in zip(bucket.ints, bucket.members, strict=True)]
             if len(gathered) >= n:
                 if n == 1:
                     break
@@ -501,17 +507,18 @@ class RoutingTable:
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.replacements.pop(contact.node_id, None)
         bucket.entries[contact.node_id] = _Entry(contact, now)
-        pair = (int.from_bytes(contact.node_id, "big"), contact)
-        self._flat[contact.node_id] = pair
-        bucket.pairs.append(pair)
+        self._flat[contact.node_id] = contact
+        bucket.members.append(contact)
+        bucket.ints.append(int.from_bytes(contact.node_id, "big"))
         if len(bucket.entries) == 1:
             bisect.insort(self._filled, self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
         del bucket.entries[node_id]
-        pair = self._flat.pop(node_id)
-        bucket.pairs.remove(pair)
+        index = bucket.members.index(self._flat.pop(node_id))
+        del bucket.members[index]
+        del bucket.ints[index]
         if not bucket.entries:
             self._filled.remove(self.bucket_index(node_id))
         if bucket.checking == node_id:
@@ -539,7 +546,7 @@ class RoutingTable:
             self.touch_bucket(self.bucket_index(target), now)
 
     def touch_bucket(self, index: int, now: float) -> None:
-        if now > self._touched[index]:
+        if now > self._touched.get(index, self._created):
             self._touched[index] = now
             self._refresh_dirty = True
 
@@ -552,15 +559,16 @@ class RoutingTable:
         if due is None or due > now:
             return []  # the cached earliest deadline says none is due (cheap on every timer)
         limit = now - self.refresh_interval
-        touched = self._touched
-        return [i for i in self._refreshable() if touched[i] <= limit]
+        touched, created = self._touched, self._created
+        return [i for i in self._refreshable() if touched.get(i, created) <= limit]
 
     def next_refresh(self) -> float | None:
         """When the next bucket falls due, or None while the table is empty."""
         if self._refresh_dirty:
             indexes = self._refreshable()
+            touched, created = self._touched, self._created
             self._refresh_cache = (
-                min(self._touched[indexes.start :]) + self.refresh_interval if indexes else None
+                min([touched.get(i, created) for i in indexes]) + self.refresh_interval if indexes else None
             )
             self._refresh_dirty = False
         return self._refresh_cache

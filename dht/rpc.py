@@ -137,6 +137,13 @@ class RpcTracker:
     def close(self, rpc: Rpc) -> None:
         """``rpc`` was answered: forget it (its heap entry goes stale)."""
         del self._rpcs[rpc.msg_id]
+        self._shrink()
+
+    def _shrink(self) -> None:
+        # A dict never shrinks as entries go: once the RPCs of a busy moment (a join)
+        # are all done, drop the table it grew to (about 1 KiB per node).
+        if not self._rpcs:
+            self._rpcs = {}
 
     def next_deadline(self) -> float | None:
         """The earliest retransmit or timeout, or None; drops stale heap entries on the way."""
@@ -170,6 +177,7 @@ class RpcTracker:
                 self._push(rpc)
             else:
                 del self._rpcs[msg_id]
+                self._shrink()
                 rpc.timed_out = True
             return rpc
         return None

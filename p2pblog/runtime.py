@@ -62,6 +62,7 @@ parameter, so a test can hand them ``trio.current_time`` under
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import threading
 import time
@@ -132,6 +133,8 @@ class UdpDriver:
         self._rearm = trio.Event()
         # The deadline the timer task sleeps towards (None: no deadline).
         self._armed_at: float | None = None
+        # `run`'s wait for the socket, while it waits: cancelled to re-read an earlier deadline.
+        self._wake: trio.CancelScope | None = None
 
     @classmethod
     def bind(cls, core: DatagramCore, host: str, port: int, **kwargs: Any) -> UdpDriver:
@@ -189,7 +192,7 @@ class UdpDriver:
                 self._flush()
         finally:
             if self.internal_errors["flush"] + self.storage_full["flush"] != failed:
-                self._rearm.set()  # the failed flush may not have re-armed: read the deadline again
+                self._wake_timer(None)  # the failed flush may not have re-armed: read the deadline again
 
     def _flush(self) -> None:
         for data, addr in self.core.datagrams_to_send():
@@ -216,7 +219,20 @@ class UdpDriver:
         # (handle_timer runs only once the deadline is due).
         deadline = self.core.get_timer()
         if deadline is not None and (self._armed_at is None or deadline < self._armed_at):
-            self._rearm.set()
+            self._wake_timer(deadline)
+
+    def _wake_timer(self, deadline: float | None) -> None:
+        """Make the task that sleeps towards the deadline wake at ``deadline`` (None: now, to
+        read the deadline again)."""
+        self._rearm.set()
+        wake = self._wake
+        if wake is None:
+            return
+        if deadline is None:
+            wake.cancel()
+        else:
+            wake.deadline = trio.current_time() + (deadline - self.clock())
+            self._armed_at = deadline
 
     async def request(self, start: Callable[[float], int]) -> Any:
         """Start a command (``start(now) -> query id``) and wait for its result event."""
@@ -233,10 +249,54 @@ class UdpDriver:
     # -- tasks ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Receive datagrams and fire timers until cancelled."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive_loop)
-            nursery.start_soon(self._timer_loop)
+        """Receive datagrams and fire timers until cancelled.
+
+        One task: it waits for the socket inside a cancel scope whose deadline
+        is the core's, and fires the timer when the scope expires, as
+        `_receive_loop` and `_timer_loop` do in two tasks (which `NodeDriver`
+        runs beside its others).  A node's DHT then costs one trio task, not a
+        nursery and three (issue 18).  An input that moves the deadline earlier
+        moves the scope's (`_wake_timer`); a later one is read when the scope
+        expires, as `_timer_loop` does.  The scope lives until it expires, not
+        one per datagram: a scope per wait cost 20% more CPU per get.
+        """
+        not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
+        try:
+            while True:
+                deadline = self._read_deadline(not_before)
+                now = self.clock()
+                if deadline is not None and deadline <= now:
+                    not_before = self._fire_timer(now, not_before)
+                    await trio.lowlevel.checkpoint()
+                    continue
+                wake_at = math.inf if deadline is None else trio.current_time() + (deadline - now)
+                with trio.CancelScope(deadline=wake_at) as self._wake:
+                    while True:
+                        await trio.lowlevel.wait_readable(self.sock)
+                        self._receive_batch()
+                        await trio.lowlevel.checkpoint()
+        finally:
+            self._wake = None
+
+    def _read_deadline(self, not_before: float) -> float | None:
+        """The core's next deadline, no earlier than ``not_before`` (and armed)."""
+        deadline: float | None = self.clock() + TIMER_ERROR_PAUSE
+        with self.guard("timer"):
+            deadline = self.core.get_timer()
+        if deadline is not None:
+            deadline = max(deadline, not_before)
+        self._armed_at = deadline
+        return deadline
+
+    def _fire_timer(self, now: float, not_before: float) -> float:
+        """Run the core's due timers and flush; returns the new ``not_before``."""
+        failed = self.internal_errors["timer"]
+        with self.guard("timer"):
+            self.core.handle_timer(now)
+        if self.internal_errors["timer"] != failed:
+            not_before = now + TIMER_ERROR_PAUSE
+        self.flush()
+        return not_before
 
     # One receive buffer per thread, shared by every driver of that thread: a datagram is
     # copied out of it before anything else runs (no checkpoint in between).  `recvfrom`
@@ -247,43 +307,42 @@ class UdpDriver:
     async def _receive_loop(self) -> None:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
-            got_any = False
-            buffer: bytearray | None = getattr(self._recv_buffers, "buffer", None)
-            if buffer is None:
-                buffer = self._recv_buffers.buffer = bytearray(RECV_BYTES)
-            view = memoryview(buffer)
-            for _ in range(256):  # bounded batch, then let other tasks run
-                try:
-                    n, addr = self.sock.recvfrom_into(buffer)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
-                    self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
-                    continue
-                got_any = True
-                data = bytes(view[:n])
-                if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
-                    addr = (str(addr[0]), int(addr[1]))
-                try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
-                    self.core.receive_datagram(data, addr, self.clock())
-                except Exception as exc:
-                    with self.guard("datagram"):
-                        raise exc
-            view.release()
-            if got_any:
-                self.flush()
+            self._receive_batch()
             await trio.lowlevel.checkpoint()
+
+    def _receive_batch(self) -> None:
+        """Read and handle what the socket holds (at most 256 datagrams), then flush."""
+        got_any = False
+        buffer: bytearray | None = getattr(self._recv_buffers, "buffer", None)
+        if buffer is None:
+            buffer = self._recv_buffers.buffer = bytearray(RECV_BYTES)
+        view = memoryview(buffer)
+        for _ in range(256):  # bounded batch, then let other tasks run
+            try:
+                n, addr = self.sock.recvfrom_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                self.stats[f"recv_error.{errno.errorcode.get(exc.errno or 0, 'other')}"] += 1
+                continue
+            got_any = True
+            data = bytes(view[:n])
+            if len(addr) != 2:  # IPv6: (host, port, flowinfo, scope_id)
+                addr = (str(addr[0]), int(addr[1]))
+            try:  # `guard`, entered only on the rare failure (a context manager per datagram costs)
+                self.core.receive_datagram(data, addr, self.clock())
+            except Exception as exc:
+                with self.guard("datagram"):
+                    raise exc
+        view.release()
+        if got_any:
+            self.flush()
 
     async def _timer_loop(self) -> None:
         not_before = float("-inf")  # after a failed expiry: `TIMER_ERROR_PAUSE`
         while True:
             self._rearm = trio.Event()
-            deadline: float | None = self.clock() + TIMER_ERROR_PAUSE
-            with self.guard("timer"):
-                deadline = self.core.get_timer()
-            if deadline is not None:
-                deadline = max(deadline, not_before)
-            self._armed_at = deadline
+            deadline = self._read_deadline(not_before)
             if deadline is None:
                 await self._rearm.wait()
                 continue
@@ -295,12 +354,7 @@ class UdpDriver:
                 with trio.move_on_after(deadline - now):
                     await self._rearm.wait()
                 continue
-            failed = self.internal_errors["timer"]
-            with self.guard("timer"):
-                self.core.handle_timer(now)
-            if self.internal_errors["timer"] != failed:
-                not_before = now + TIMER_ERROR_PAUSE
-            self.flush()
+            not_before = self._fire_timer(now, not_before)
             await trio.lowlevel.checkpoint()
 
 

@@ -11,6 +11,9 @@ table, and a fresh address tuple per datagram in each of them
   the buckets that are not full again; tables kept in LRU order by pops and
   re-inserts do not grow with the number of moves;
 * addresses and walk results share objects instead of holding copies;
+* the record store's timer heap holds the records (no tuple per record) and
+  its admission count needs no table of its own; a `UdpDriver` is one trio
+  task (issue 18);
 * 50 nodes on the simulator's network, joined and holding records, allocate
   (tracemalloc, bytes still held, in ``dht/`` only) under a bound per node
   between what they take now and what they took before.
@@ -21,16 +24,22 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 from random import Random
 from typing import Final
 
+import trio
+import trio.testing
+
 from dht import PutFinished, wire
 from dht.ids import Contact, node_id_from_public_key, shared_address
 from dht.ratelimit import AmplificationGuard, KeyedBuckets
+from dht.records import RecordStore
 from dht.routing import RoutingTable
 from identity import Identity
 from identity.pacing import KeyedTokenBuckets
+from p2pblog.runtime import UdpDriver
 from tests.dht.simnet import SimNetwork, SimNode, bootstrap_via, put_of
 
 DHT_DIR: Final = str(Path(__file__).resolve().parent.parent / "dht")
@@ -181,3 +190,88 @@ def test_fifty_joined_nodes_stay_under_the_memory_bound() -> None:
     assert sum(len(n.core.records) for n in nodes) >= RECORDS * 20
     top = "\n".join(str(s) for s in in_dht.statistics("lineno")[:8])
     assert per_node < MAX_BYTES_PER_NODE, f"{per_node:.0f} bytes per node; largest:\n{top}"
+
+
+def test_the_record_timers_are_the_records_themselves() -> None:
+    # No (deadline, version, key) tuple per record: the heap holds the held records.
+    store = RecordStore(rng=Random(1))
+    for i in range(50):
+        store.put(bytes([i]) * 20, b"v%d" % i, float(i), source=f"10.0.{i % 3}.1")
+    assert store.timer_entries == len(store) == 50
+    assert all(type(entry).__name__ == "_Record" for entry in store._timers)
+    # A replaced value is not kept alive by the replaced record's stale heap entry.
+    store.put(bytes(20), b"new", 60.0, source="10.0.0.1")
+    assert b"v0" not in {entry.value for entry in store._timers}
+
+
+def test_admission_is_counted_over_the_records_themselves() -> None:
+    # The store keeps no arrival table of its own: the count and the per-source
+    # totals agree with the records held after any mix of puts, refreshes, own
+    # values, evictions, expiry and removals.
+    rng = Random(3)
+    store = RecordStore(max_records=12, max_per_source=5, rng=Random(4), ttl=50.0)
+    store.priority = lambda key: key[0] % 4 == 0
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice((0.0, 0.5, 3.0))
+        key = bytes([rng.randrange(40)]) * 20
+        action = rng.random()
+        if action < 0.7:
+            source = rng.choice(("10.0.0.1", "10.0.1.1", "10.0.2.1", None))
+            store.put(key, rng.randbytes(4), now, published=rng.random() < 0.05, source=source)
+        elif action < 0.8:
+            store.remove(key)
+        elif action < 0.9:
+            store.get(key, now)
+        else:
+            store.due(now)
+        received = [r for r in store._records.values() if not r.published]
+        assert store.received == len(received) <= 12
+        held = Counter(r.source for r in received if r.source is not None)
+        for source in ("10.0.0.1", "10.0.1.1", "10.0.2.1"):
+            assert store.held_by(source) == held[source] <= 5
+
+
+def test_a_udp_driver_runs_as_one_task() -> None:
+    # One trio task per node (no nursery of a receive and a timer task), and a deadline
+    # moved earlier by another task's input still fires on time.
+    fired: list[float] = []
+
+    class Core:
+        deadline: float | None = None
+
+        def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+            pass
+
+        def handle_timer(self, now: float) -> None:
+            fired.append(now)
+            self.deadline = None
+
+        def get_timer(self) -> float | None:
+            return self.deadline
+
+        def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
+            return []
+
+        def next_event(self) -> object:
+            return None
+
+    async def main() -> None:
+        core = Core()
+        driver = UdpDriver.bind(core, "127.0.0.1", 0, clock=trio.current_time)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(driver.run)
+                await trio.testing.wait_all_tasks_blocked()
+                (task,) = nursery.child_tasks
+                assert not task.child_nurseries
+                await trio.sleep(10.0)
+                expected = core.deadline = trio.current_time() + 5.0
+                driver.flush()  # what `request` does after starting a command
+                await trio.sleep(6.0)
+                assert fired == [expected]
+                nursery.cancel_scope.cancel()
+        finally:
+            driver.close()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
