@@ -489,8 +489,8 @@ def import_(file: Path) -> None:
     # Verifier processes, not the store's threads: this thread decodes and writes, and
     # threads would have to win the GIL back from it after every signature (measured:
     # 20,000 entries in 0.70 s against 0.83 s).  ``fork`` is safe while this process has
-    # no other thread, and costs milliseconds where a forkserver costs 0.1 s.
-    pool = VerifyProcesses(start="fork" if threading.active_count() == 1 else "forkserver")
+    # no other thread, and costs milliseconds where spawning costs 0.2 s.
+    pool = VerifyProcesses(start="fork" if threading.active_count() == 1 else "spawn")
     with home.open_store(verify_pool=pool) as store:
         with file.open("rb") as source:
             _refuse_another_version_of_own_feed(home, store, source)

@@ -84,6 +84,8 @@ _EPOCH_OFFSET = time.time() - time.monotonic()
 RECV_BYTES = 65536
 #: Least seconds between two timer expiries after one failed (see "Failures" above).
 TIMER_ERROR_PAUSE = 1.0
+#: Seconds without a batch to verify after which the verifier processes are stopped.
+VERIFY_IDLE = 5.0
 
 #: ``on_internal_error(kind, exc)``: told of every exception a guarded input raised.
 ErrorHook = Callable[[str, Exception], None]
@@ -480,6 +482,10 @@ class NodeDriver(UdpDriver):
         self._verify_limiter = trio.CapacityLimiter(self.verify_workers)
         #: Worker processes for the checks, or None: worker threads (see `_verify`).
         self._verify_processes = VerifyProcesses(self.verify_workers) if verify_processes else None
+        #: Checks running now, and when the last one ended (`_retire_verifiers`).
+        self._verifying = 0
+        self._verified_at = 0.0
+        self._retiring = False
         core.offload_verification()
 
     @classmethod
@@ -553,6 +559,33 @@ class NodeDriver(UdpDriver):
         super().flush()
 
     async def _verify(self, token: int, entries: tuple[Entry, ...]) -> None:
+        self._verifying += 1
+        try:
+            forgery = await self._check(entries)
+        finally:
+            self._verifying -= 1
+            self._verified_at = self.clock()
+        with self.guard("verify"):
+            self.stream_core.entries_verified(token, forgery, self.clock())
+        self.flush()
+        if self._verify_processes is not None and not self._retiring and self._nursery is not None:
+            self._retiring = True
+            self._nursery.start_soon(self._retire_verifiers)
+
+    async def _retire_verifiers(self) -> None:
+        """Stop the verifier processes once no batch came for `VERIFY_IDLE` seconds: they
+        serve bursts (a catch-up), and a settled node should not hold their memory."""
+        processes = self._verify_processes
+        assert processes is not None
+        try:
+            while self._verifying or self.clock() - self._verified_at < VERIFY_IDLE:
+                await trio.sleep(VERIFY_IDLE)
+            await trio.to_thread.run_sync(processes.close)
+            self.stats["verify_processes_retired"] += 1
+        finally:
+            self._retiring = False
+
+    async def _check(self, entries: tuple[Entry, ...]) -> int | None:
         forgery: int | None = None
         processes = self._verify_processes
         if processes is not None:
@@ -567,9 +600,7 @@ class NodeDriver(UdpDriver):
                 processes = None
         if processes is None:
             forgery = await trio.to_thread.run_sync(first_forgery, entries, limiter=self._verify_limiter)
-        with self.guard("verify"):
-            self.stream_core.entries_verified(token, forgery, self.clock())
-        self.flush()
+        return forgery
 
     async def _make_stamp(self, entry_id: bytes, recipient: bytes, bits: int) -> None:
         subject = notice_subject(recipient, entry_id)

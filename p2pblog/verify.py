@@ -157,8 +157,7 @@ def first_forgery_raw(pairs: Sequence[tuple[bytes, bytes]]) -> int | None:
 def _exit_with(pid: int) -> None:
     """A verifier process's initializer: exit as soon as the node process is gone, however
     it ended.  A pool's worker holds both ends of its own task pipe, so it never sees the
-    node die, and it keeps the forkserver alive: after a ``kill -9`` of the node, both
-    would stay forever."""
+    node die: after a ``kill -9`` of the node, it would stay forever."""
 
     def watch() -> None:
         try:
@@ -186,24 +185,25 @@ class VerifyProcesses:
     (measured: catch-up 1.11-1.23x one core's raw verify with processes, 0.97-1.03x
     with threads, alternating runs).
 
-    Started on first use with ``forkserver`` (never ``fork``: the node runs threads;
-    its workers import this module and, as every forkserver child does, the main
-    script's imports: for ``p2pblog`` that is `cli.main`, not the node), or with
-    ``fork`` by a process that has no other thread yet (`p2pblog import`); a batch
-    is sent as ``(author, signed bytes)`` pairs.
+    Started on first use with ``spawn`` (never ``fork`` in the node: it runs threads;
+    and not ``forkserver``, whose server process would stay after the workers are
+    retired), or with ``fork`` by a process that has no other thread yet
+    (`p2pblog import`).  A spawned worker imports this module and, as every spawned
+    child does, the main script's imports (for ``p2pblog``: `cli.main`, not the
+    node).  A batch is sent as ``(author, signed bytes)`` pairs.  `close` retires
+    the workers; the next `submit` starts new ones (the runtime retires them when
+    idle, so a settled node holds no verifier processes).
     """
 
-    def __init__(self, workers: int | None = None, *, start: str = "forkserver") -> None:
+    def __init__(self, workers: int | None = None, *, start: str = "spawn") -> None:
         self.workers = workers or default_workers()
-        #: ``forkserver``; ``fork`` only in a process with no other thread yet (`p2pblog import`).
+        #: ``spawn``; ``fork`` only in a process with no other thread yet (`p2pblog import`).
         self.start = start
         self._executor: ProcessPoolExecutor | None = None
 
     def submit(self, entries: Sequence[Entry]) -> Future[int | None]:
         if self._executor is None:
             context = multiprocessing.get_context(self.start)
-            if self.start == "forkserver":
-                context.set_forkserver_preload(["p2pblog.verify"])
             self._executor = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)
             )

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from gossip.messages import Clock, Entries
 from p2pblog.ingest_queue import MAX_QUEUED_BYTES, MIN_OFFLOAD
 from p2pblog.replication import BUSY_RETRY, MAINTAIN_EVERY, EntriesStored, Replicator
+from p2pblog.runtime import VERIFY_IDLE
 from p2pblog.store import Store
 from p2pblog.verify import first_forgery
 from tests.gossip.wire import Wire
@@ -191,6 +193,13 @@ def test_a_catch_up_over_the_runtime_verifies_off_the_event_loop(
             assert not b.driver.internal_errors
             assert b.driver.verify_in == ("processes" if verify_processes else "threads")
             assert not [k for k in b.driver.stats if k.startswith("verify_process_error")]
+            if verify_processes:
+                # A settled node holds no verifier processes: they are retired when idle.
+                processes = b.driver._verify_processes
+                assert processes is not None and processes._executor is not None
+                await trio.sleep(3 * VERIFY_IDLE)
+                assert processes._executor is None
+                assert b.driver.stats["verify_processes_retired"] == 1
             assert ids(b.store, A.public_key) == [e.id for e in feed]
 
     run_trio(main)
