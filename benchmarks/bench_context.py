@@ -120,17 +120,18 @@ def load_average() -> list[float]:
         return [float("nan")] * 3
 
 
+def git(*args: str) -> str:
+    """``git ARGS`` in the repository: its output, or "" if git fails."""
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
 def commit() -> dict[str, Any]:
     """The commit measured, and whether the tree had uncommitted changes."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted": dirty.splitlines()}
 

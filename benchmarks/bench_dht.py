@@ -69,6 +69,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench_context import git
 from bench_log import cpu_model
 from dht_bench_common import SKIPPED, Spec
 
@@ -280,14 +281,6 @@ def version(package: str) -> str:
 
 def source_state(*paths: str) -> dict[str, Any]:
     """The commit measured, and uncommitted changes under paths (default: dht/ and p2pblog/)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
 
     dirty = git("status", "--porcelain", "--", *(paths or ("dht", "p2pblog")))
     return {"commit": git("rev-parse", "HEAD") or "unknown", "uncommitted": dirty.splitlines()}

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from gossip.messages import Clock, Entries
+from p2pblog.entry import Entry
 from p2pblog.ingest_queue import MAX_QUEUED_BYTES, MIN_OFFLOAD
 from p2pblog.replication import BUSY_RETRY, MAINTAIN_EVERY, EntriesStored, Replicator
 from p2pblog.runtime import VERIFY_IDLE
@@ -36,7 +37,7 @@ from tests.test_replication import (
     ids,
     make_replicator,
 )
-from tests.test_runtime import join, running
+from tests.test_runtime import Node, join, running
 from tests.test_runtime import run as run_trio
 
 
@@ -173,6 +174,17 @@ def test_small_batches_are_checked_at_once_and_past_the_bound_a_batch_is_asked_a
     assert ids(b.store, A.public_key) == [e.id for e in genuine]
 
 
+async def catch_up(a: Node, b: Node, feed: tuple[Entry, ...]) -> None:
+    """a holds A's feed (as a follower that serves it); b follows A and catches up from a."""
+    await join(a, b)
+    a.store.ingest_many(e.raw for e in feed)
+    a.command(lambda now: a.core.follow(A.public_key, now))
+    b.command(lambda now: b.core.follow(A.public_key, now))
+    tcp = (a.key, *a.driver.gossip_addr)
+    b.command(lambda now: b.core.replicator.add_candidates(A.public_key, [tcp], now))
+    await b.core.wait_until(lambda: b.store.latest_seq(A.public_key) == len(feed))
+
+
 @pytest.mark.parametrize("verify_processes", [False, True], ids=["threads", "processes"])
 def test_a_catch_up_over_the_runtime_verifies_off_the_event_loop(
     tmp_path: Path, verify_processes: bool
@@ -181,14 +193,7 @@ def test_a_catch_up_over_the_runtime_verifies_off_the_event_loop(
 
     async def main() -> None:
         async with running(tmp_path, 2, verify_processes=verify_processes) as (_net, (a, b)):
-            await join(a, b)
-            # a holds A's feed (as a follower that serves it); b follows A.
-            a.store.ingest_many(e.raw for e in feed)
-            a.command(lambda now: a.core.follow(A.public_key, now))
-            b.command(lambda now: b.core.follow(A.public_key, now))
-            tcp = (a.key, *a.driver.gossip_addr)
-            b.command(lambda now: b.core.replicator.add_candidates(A.public_key, [tcp], now))
-            await b.core.wait_until(lambda: b.store.latest_seq(A.public_key) == len(feed))
+            await catch_up(a, b, feed)
             assert b.core.replicator.verify.stats["verified_offloaded"] >= 2
             assert not b.driver.internal_errors
             assert b.driver.verify_in == ("processes" if verify_processes else "threads")
@@ -219,13 +224,7 @@ def test_a_killed_verifier_process_costs_one_batch_a_thread_and_nothing_else(tmp
             for worker in list(executor._processes.values()):  # type: ignore[attr-defined]
                 worker.kill()
                 worker.join()
-            await join(a, b)
-            a.store.ingest_many(e.raw for e in feed)
-            a.command(lambda now: a.core.follow(A.public_key, now))
-            b.command(lambda now: b.core.follow(A.public_key, now))
-            tcp = (a.key, *a.driver.gossip_addr)
-            b.command(lambda now: b.core.replicator.add_candidates(A.public_key, [tcp], now))
-            await b.core.wait_until(lambda: b.store.latest_seq(A.public_key) == len(feed))
+            await catch_up(a, b, feed)
             assert ids(b.store, A.public_key) == [e.id for e in feed]
             assert b.driver.stats["verify_process_error.BrokenProcessPool"] >= 1
             assert not b.driver.internal_errors
