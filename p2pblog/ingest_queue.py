@@ -37,7 +37,7 @@ caller's thread.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from gossip.session import EntriesReceived
@@ -71,7 +71,6 @@ class VerifyJob:
     done: bool = False
     #: The index of the first entry whose signature does not verify.
     forgery: int | None = None
-    waiting: bool = field(default=False, repr=False)
 
 
 class VerifyQueue:
@@ -114,7 +113,6 @@ class VerifyQueue:
         if skip is not None or not entries:
             job.done = True
         elif self.offload and len(entries) >= MIN_OFFLOAD:
-            job.waiting = True
             self._jobs[job.token] = job
             self._outbox.append(job)
             self.stats["verified_offloaded"] += 1
@@ -139,7 +137,6 @@ class VerifyQueue:
             raise ValueError(f"forgery index {forgery} is outside the batch of {len(job.entries)}")
         job.forgery = forgery
         job.done = True
-        job.waiting = False
         return job.conn_id
 
     def next_ready(self, conn_id: int) -> VerifyJob | None:

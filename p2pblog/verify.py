@@ -51,20 +51,17 @@ from identity import SignatureError, verify
 from p2pblog.entry import Entry
 
 
-def first_forgery(entries: Sequence[Entry]) -> int | None:
-    """Index of the first entry whose signature does not verify, or None if all do."""
-    for i, entry in enumerate(entries):
-        try:
-            verify(entry.author, entry.raw)
-        except SignatureError:
-            return i
-    return None
+def first_forgery(entries: Sequence[Entry], *, cache: bool = True) -> int | None:
+    """Index of the first entry whose signature does not verify, or None if all do.
+    ``cache=False`` neither reads nor fills the cache of successes (bulk paths)."""
+    return first_forgery_raw(((e.author, e.raw) for e in entries), cache=cache)
 
 
-def _first_forgery_uncached(entries: Sequence[Entry]) -> int | None:
-    for i, entry in enumerate(entries):
+def first_forgery_raw(pairs: Iterable[tuple[bytes, bytes]], *, cache: bool = False) -> int | None:
+    """`first_forgery` over ``(author, signed bytes)`` pairs: what a worker process is sent."""
+    for i, (author, raw) in enumerate(pairs):
         try:
-            verify(entry.author, entry.raw, cache=False)
+            verify(author, raw, cache=cache)
         except SignatureError:
             return i
     return None
@@ -90,7 +87,7 @@ class VerifyPool:
 
     def submit_chunk(self, entries: Sequence[Entry], *, cache: bool) -> Future[int | None]:
         """`verify_in_order`'s unit of work: `first_forgery`, through the cache or not."""
-        return self._executor.submit(first_forgery if cache else _first_forgery_uncached, entries)
+        return self._executor.submit(first_forgery, entries, cache=cache)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -123,10 +120,9 @@ def verify_in_order(
     of successes (`identity.keys.verify`).  Closing the iterator early (the
     caller met a forgery and stops) cancels the chunks not yet started.
     """
-    check = first_forgery if cache else _first_forgery_uncached
     if pool is None or pool.workers < 2:
         for chunk in chunks:
-            yield chunk, check(chunk)
+            yield chunk, first_forgery(chunk, cache=cache)
         return
     window = max(1, ahead if ahead is not None else 2 * pool.workers)
     pending: deque[tuple[_Chunk, Future[int | None]]] = deque()
@@ -142,16 +138,6 @@ def verify_in_order(
     finally:
         for _, verdict in pending:
             verdict.cancel()
-
-
-def first_forgery_raw(pairs: Sequence[tuple[bytes, bytes]]) -> int | None:
-    """`first_forgery` over ``(author, signed bytes)`` pairs: what a worker process is sent."""
-    for i, (author, raw) in enumerate(pairs):
-        try:
-            verify(author, raw, cache=False)
-        except SignatureError:
-            return i
-    return None
 
 
 def _exit_with(pid: int) -> None:

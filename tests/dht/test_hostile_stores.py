@@ -50,7 +50,36 @@ def heap_bound(live: int) -> int:
 # ============================================================================ state machines
 
 
-class RecordStoreHostile(RuleBasedStateMachine):
+class HostileStore(RuleBasedStateMachine):
+    """What both store machines share: time running, and the bounds after every step."""
+
+    TOTAL: int
+    PER_SOURCE: int
+    store: Any
+    now: float
+    own: Any
+
+    @rule(dt=st.floats(0, 40))
+    def advance(self, dt: float) -> None:
+        self.now += dt
+        self.store.due(self.now)
+
+    @invariant()
+    def bounded(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        assert self.store.received <= self.TOTAL
+        assert len(self.store) == self.store.received + len(self.own)
+        for source in ALL_SOURCES:
+            assert self.store.held_by(source) <= self.PER_SOURCE
+        assert self.store.timer_entries <= heap_bound(len(self.store))
+        self.own_and_priority_kept()
+
+    def own_and_priority_kept(self) -> None:
+        raise NotImplementedError
+
+
+class RecordStoreHostile(HostileStore):
     """A small record store against floods, refreshes, own and priority values, and time."""
 
     TOTAL = 10
@@ -132,20 +161,7 @@ class RecordStoreHostile(RuleBasedStateMachine):
         if key in self.protected:
             self.protected[key] = self.now + TTL
 
-    @rule(dt=st.floats(0, 40))
-    def advance(self, dt: float) -> None:
-        self.now += dt
-        self.store.due(self.now)
-
-    @invariant()
-    def bounded(self) -> None:
-        if not hasattr(self, "store"):
-            return
-        assert self.store.received <= self.TOTAL
-        assert len(self.store) == self.store.received + len(self.own)
-        for source in ALL_SOURCES:
-            assert self.store.held_by(source) <= self.PER_SOURCE
-        assert self.store.timer_entries <= heap_bound(len(self.store))
+    def own_and_priority_kept(self) -> None:
         for key in self.own:
             assert self.store.is_published(key) and self.store.get(key, self.now) is not None
         for key in self._held_priority():
@@ -170,7 +186,7 @@ def toy_seq(key: bytes, values: Sequence[wire.Value]) -> int:
     return max(range(len(values)), key=seqs.__getitem__)
 
 
-class ProviderStoreHostile(RuleBasedStateMachine):
+class ProviderStoreHostile(HostileStore):
     """A small provider store against floods, refreshes, own and priority values, and time."""
 
     TOTAL = 12
@@ -260,20 +276,7 @@ class ProviderStoreHostile(RuleBasedStateMachine):
             if (key, pid) in self.protected:
                 self.protected[(key, pid)] = self.now + TTL
 
-    @rule(dt=st.floats(0, 40))
-    def advance(self, dt: float) -> None:
-        self.now += dt
-        self.store.due(self.now)
-
-    @invariant()
-    def bounded(self) -> None:
-        if not hasattr(self, "store"):
-            return
-        assert self.store.received <= self.TOTAL
-        assert len(self.store) == self.store.received + len(self.own)
-        for source in ALL_SOURCES:
-            assert self.store.held_by(source) <= self.PER_SOURCE
-        assert self.store.timer_entries <= heap_bound(len(self.store))
+    def own_and_priority_kept(self) -> None:
         for key, seq in self.own.items():
             assert (b"me", toy("me", seq)) in self.store.get_with_ids(key, self.now)
             assert self.store.is_published(key, b"me")
