@@ -64,7 +64,7 @@ from p2pblog.entry import (
 )
 from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
-from p2pblog.home import DEFAULT_PORT, DEMO_NAMES, Home, default_home
+from p2pblog.home import DEFAULT_PORT, DEFAULT_WEB_PORT, DEMO_NAMES, Home, default_home
 from p2pblog.store import FeedItem, Store
 from p2pblog.verify import VerifyProcesses
 
@@ -291,12 +291,20 @@ def _follow_command(handle: str, kind: str) -> None:
     "--limit", "-n", type=click.IntRange(min=1, max=10_000), default=20, show_default=True, help=LIMIT_HELP
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
-def timeline(limit: int, as_json: bool) -> None:
+@click.option(
+    "--follow",
+    "-f",
+    "follow_",
+    is_flag=True,
+    help="Keep running and print new posts as they arrive (oldest first, like `tail -f`; "
+    "with --json one JSON object per line). Ctrl-C stops.",
+)
+def timeline(limit: int, as_json: bool, follow_: bool) -> None:
     """Show your posts and the posts of feeds you follow, newest first.
 
     Reads the local store, so it works with or without the node running;
     with the node running, what it has received so far is there (run it
-    again for newer posts).  JSON fields: id,
+    again for newer posts, or use --follow).  JSON fields: id,
     author (handle), seq, timestamp (ms), text, reply_to, mentions, ...
     """
     home = current_home()
@@ -304,29 +312,76 @@ def timeline(limit: int, as_json: bool) -> None:
     with home.open_store() as store:
         items = store.timeline(own, limit=limit)
         names = {key: store.profile(key).get("name") for key in {i.entry.author for i in items}}
+    if follow_:
+        _follow_timeline(home, own, items[::-1], names, as_json)
+        return
     if as_json:
-        docs = []
-        for item in items:
-            doc = entry_to_json(item.entry, retracted=item.deleted)
-            doc["time"] = when(item.entry.timestamp)
-            doc["name"] = names.get(item.entry.author)
-            docs.append(doc)
-        click.echo(json.dumps(docs, indent=2))
+        click.echo(json.dumps([_timeline_doc(item, names) for item in items], indent=2))
         return
     if not items:
         click.echo("No posts yet: post something, or follow someone with `p2pblog follow HANDLE`.", err=True)
     for item in items:
-        e = item.entry
-        name = names.get(e.author)
-        who = f"{shown_line(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
-        click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
-        if item.deleted:
-            click.echo("    (deleted by its author)")
+        _echo_timeline_item(item, names)
+
+
+#: Seconds between two looks at the store by `timeline --follow`, and the newest posts it
+#: compares each time (a post that arrives older than all of them is not printed).
+_FOLLOW_EVERY: Final = 0.25
+_FOLLOW_WINDOW: Final = 200
+
+
+def _follow_timeline(
+    home: Home, own: bytes, shown: list[FeedItem], names: dict[bytes, str | None], as_json: bool
+) -> None:
+    """Print shown (oldest first), then each post that enters the timeline, until Ctrl-C."""
+    seen: set[bytes] = set()
+
+    def emit(item: FeedItem) -> None:
+        seen.add(item.entry.id)
+        if as_json:
+            click.echo(json.dumps(_timeline_doc(item, names)))
         else:
-            for line in (e.text or "").splitlines() or [""]:
-                click.echo(f"    {shown(line)}")
-        if e.reply_to:
-            click.echo(f"    (reply to {e.reply_to.hex()})")
+            _echo_timeline_item(item, names)
+
+    for item in shown:
+        emit(item)
+    if not as_json:
+        click.echo("(waiting for new posts; Ctrl-C stops)", err=True)
+    try:
+        with home.open_store() as store:
+            while True:
+                time.sleep(_FOLLOW_EVERY)
+                fresh = [i for i in store.timeline(own, limit=_FOLLOW_WINDOW) if i.entry.id not in seen]
+                for item in fresh[::-1]:
+                    author = item.entry.author
+                    if author not in names:
+                        names[author] = store.profile(author).get("name")
+                    emit(item)
+                if len(seen) > 4 * _FOLLOW_WINDOW:
+                    seen = {i.entry.id for i in store.timeline(own, limit=_FOLLOW_WINDOW)}
+    except KeyboardInterrupt:
+        pass
+
+
+def _timeline_doc(item: FeedItem, names: dict[bytes, str | None]) -> dict[str, Any]:
+    doc = entry_to_json(item.entry, retracted=item.deleted)
+    doc["time"] = when(item.entry.timestamp)
+    doc["name"] = names.get(item.entry.author)
+    return doc
+
+
+def _echo_timeline_item(item: FeedItem, names: dict[bytes, str | None]) -> None:
+    e = item.entry
+    name = names.get(e.author)
+    who = f"{shown_line(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
+    click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
+    if item.deleted:
+        click.echo("    (deleted by its author)")
+    else:
+        for line in (e.text or "").splitlines() or [""]:
+            click.echo(f"    {shown(line)}")
+    if e.reply_to:
+        click.echo(f"    (reply to {e.reply_to.hex()})")
 
 
 @main.command()
@@ -381,16 +436,31 @@ def verify(handle: str | None) -> None:
 @main.command()
 @click.argument("handle")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def export(handle: str, file: Path) -> None:
+@click.option(
+    "--atom",
+    is_flag=True,
+    help="Write an Atom 1.0 feed of the posts (for feed readers) instead of the signed entries.",
+)
+def export(handle: str, file: Path, atom: bool) -> None:
     """Write a feed's signed entries to FILE (for backup or hand-carrying).
 
-    HANDLE may also be a petname or NAME~FINGERPRINT.
+    HANDLE may also be a petname or NAME~FINGERPRINT.  With --atom, FILE is
+    an Atom 1.0 feed of the newest posts instead, with the same entry ids
+    at every export (so feed readers show each post once) and replies
+    linked; the running web app serves the same feed at
+    /feeds/HANDLE.atom.
     """
     home = current_home()
     key = resolve_target(handle, home)
     with home.open_store() as store:
         if store.latest_seq(key) == 0:
             raise click.ClickException(f"no entries of {encode_handle(key)} in the local store")
+        if atom:
+            from web.atom import write_atom  # stdlib XML only; not the web server
+
+            write_atom(store, key, file)
+            click.echo(f"exported the Atom feed of {encode_handle(key)} to {file}")
+            return
         tmp = file.with_name(file.name + ".part")
         with tmp.open("wb") as out:
             count = write_feed(out, (e.raw for e in store.feed_range(key, 1)))
@@ -629,17 +699,31 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     "nor within two follow hops (0 admits every stranger's mention).",
 )
 @click.option(
+    "--web",
+    "web",
+    default=f"127.0.0.1:{DEFAULT_WEB_PORT}",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Serve the web app here (`p2pblog open` signs you in). If the default port is taken, "
+    "the node runs without it and says so; a --web given explicitly must be free.",
+)
+@click.option("--no-web", is_flag=True, help="Do not serve the web app.")
+@click.option(
     "--strict",
     is_flag=True,
     hidden=True,
     envvar="P2PBLOG_STRICT",
     help="Stop on the first internal error instead of counting it (for tests).",
 )
+@click.pass_context
 def run(
+    ctx: click.Context,
     listen: tuple[str, int],
     bootstrap: list[tuple[str, int]],
     advertise: str | None,
     mention_work: int,
+    web: str,
+    no_web: bool,
     strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
@@ -659,7 +743,18 @@ def run(
     counted in `status`, logged with its traceback, and the node goes on.
     On a full disk the node stays up read-only (`status` says so); it exits
     with one line only if it cannot write HOME/node.json.
+
+    The web app (timeline, posting, search, the node page) is served on
+    127.0.0.1:7711 unless --no-web; only this machine can reach it, and only
+    a browser signed in with `p2pblog open`.
     """
+    web_addr: tuple[str, int] | None = None
+    if not no_web:
+        try:
+            web_addr = parse_hostport(web, default_host="127.0.0.1")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--web") from None
+    web_explicit = ctx.get_parameter_source("web") is not click.core.ParameterSource.DEFAULT
     home = current_home()
     try:
         running = control.call(home.path, "status", timeout=5)
@@ -684,10 +779,26 @@ def run(
         strict=strict,
     )
 
+    async def start_web(nursery: trio.Nursery) -> None:
+        if web_addr is None:
+            return
+        from p2pblog.errors import ListenError
+        from web.server import serve_web  # the web app: only for `run`
+
+        try:
+            app = await nursery.start(serve_web, service, *web_addr)
+        except ListenError as exc:
+            if web_explicit:
+                raise
+            click.echo(f"{exc}; the node runs without the web app (give --web HOST:PORT)", err=True)
+            return
+        click.echo(f"web app at {app.origin}/ (`p2pblog open` signs you in)", err=True)
+
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(service.run)
+                await start_web(nursery)
                 async for signum in signals:
                     click.echo(f"stopping ({signal.Signals(signum).name})", err=True)
                     nursery.cancel_scope.cancel()
@@ -761,6 +872,43 @@ def peers(as_json: bool) -> None:
             click.echo(f"  {c['node_id'][:16]}..  {c['host']}:{c['port']}  last seen {seen}")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
+
+
+@main.command("open")
+@click.option(
+    "--print", "print_only", is_flag=True, help="Print the sign-in link instead of opening a browser."
+)
+def open_(print_only: bool) -> None:
+    """Open the web app in your browser, signed in (node running).
+
+    Asks the running node for a one-time sign-in link (valid two minutes,
+    usable once) and opens it in the default browser; the browser then
+    holds a session cookie that only this app can read.  Without it, the
+    web app answers every request with 401.
+    """
+    home = current_home()
+    try:
+        result = control.call(home.path, "web_login", timeout=10)
+    except control.NodeNotRunning:
+        raise click.ClickException("the node is not running: start it with `p2pblog run`") from None
+    except control.ControlError as exc:
+        if "unknown command" in str(exc):
+            raise click.ClickException(
+                "the node runs without the web app (started with --no-web, or its port was taken: "
+                "see the node's log)"
+            ) from None
+        raise
+    url = str(result["url"])
+    if print_only:
+        click.echo(url)
+        return
+    import webbrowser
+
+    if webbrowser.open(url):
+        click.echo(f"opened the web app at {result['origin']}/ in your browser", err=True)
+    else:
+        click.echo("no browser found here; open this one-time link in one (valid 2 minutes):", err=True)
+        click.echo(url)
 
 
 @main.command()

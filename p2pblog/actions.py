@@ -17,7 +17,10 @@ message fit for the user.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from identity import Identity
+from identity.pow import NAME_DOMAIN, name_subject, solve
 from p2pblog.entry import DELETE, POST, PROFILE, UNFOLLOW, Entry, post_body
 from p2pblog.errors import EntrySchemaError
 from p2pblog.store import Store
@@ -77,3 +80,20 @@ def block(store: Store, identity: Identity, key: bytes, timestamp: int) -> tuple
             unfollowed = store.append(identity, UNFOLLOW, {"feed": key}, timestamp)
         store.outbox_remove_recipient(key)
     return new, unfollowed
+
+
+def held_stamp(store: Store, name: str, work: int) -> tuple[int, bytes] | None:
+    """The (claimed time, nonce) of our stored claim of name if it has ``work`` bits or more."""
+    for held, claimed, nonce, held_work in store.name_claims():
+        if held == name and held_work >= work:
+            return claimed, nonce
+    return None
+
+
+def new_stamp(
+    own: bytes, name: str, work: int, now_s: int, *, progress: Callable[[int], None] | None = None
+) -> tuple[int, bytes]:
+    """A new claim of name made now: (claimed time, nonce with ``work`` bits).  Takes
+    about 2**work hashes; ``progress(tries)`` is called as `identity.pow.solve` says (it
+    may raise to stop).  Touches no store, so it can run on another thread."""
+    return now_s, solve(NAME_DOMAIN, name_subject(own, name, now_s), work, progress=progress)

@@ -43,7 +43,8 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from random import Random
 from typing import Any
 
@@ -83,6 +84,11 @@ LOG_EVERY = 10.0
 LOG_KEYS = 1024
 #: Rate-limited log lines in all, per `LOG_EVERY` seconds (whatever their source).
 LOG_BUDGET = 50
+#: Feeds the ``replicas`` command reports, provider searches it runs at once, and how
+#: long it waits for them.
+REPLICA_FEEDS = 500
+REPLICA_SEARCHES = 50
+REPLICA_SEARCH_TIMEOUT = 10.0
 
 
 class LogLimiter:
@@ -154,6 +160,18 @@ def _changed(feed: bytes, entry: Entry | None) -> dict[str, Any]:
     return {"handle": encode_handle(feed), "seq": entry.seq if entry else None, "changed": entry is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The service appended ``entry`` to the own feed (a post, a delete) for a local
+    command: front ends that show the timeline live hear of it with the peers' entries."""
+
+    entry: Entry
+
+
+#: A control command: its JSON arguments in, its JSON result out (`CommandFailed` for a refusal).
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
 def log(message: str) -> None:
     """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
     with contextlib.suppress(OSError, ValueError):
@@ -195,6 +213,10 @@ class NodeService:
         self.limiter = LogLimiter()
         #: Where each recently connected peer connected from (for the log limiter's sources).
         self._peer_addrs: dict[bytes, str] = {}
+        #: Commands front ends add to the control API (the web app's ``web_login``), by name.
+        self.extra_handlers: dict[str, Handler] = {}
+        #: The latest provider search result per feed: (unix time, signers), for `replicas`.
+        self.providers_seen: dict[bytes, tuple[float, frozenset[bytes]]] = {}
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -263,7 +285,10 @@ class NodeService:
             tcp = driver.gossip_addr
             self.addrs = [("udp", host, udp[1]), ("tcp", host, tcp[1])]
             server = self._control = ControlServer(
-                token, self._handlers(), on_internal_error=self._internal_error, strict=self.strict
+                token,
+                {**self._handlers(), **self.extra_handlers},
+                on_internal_error=self._internal_error,
+                strict=self.strict,
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(driver.run)
@@ -319,6 +344,10 @@ class NodeService:
     # -- events -----------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, ProvidersResolved):
+            self.providers_seen[event.feed] = (unix_now(), frozenset(r.signer for r in event.records))
+            if len(self.providers_seen) > LOG_KEYS:
+                self.providers_seen.pop(next(iter(self.providers_seen)))
         if isinstance(event, PeerConnected):
             self._peer_addrs.pop(event.peer, None)
             self._peer_addrs[event.peer] = host_key(event.addr[0])
@@ -385,6 +414,7 @@ class NodeService:
     def post(self, text: str, reply_to: bytes | None = None) -> dict[str, Any]:
         entry = self.core.post(text, unix_now(), reply_to=reply_to)
         self._flush()
+        self._appended(entry)
         # Peers it was pushed to: connected ones that replicate our feed.
         peers = self.core.replicator.peers_replicating(self.core.identity.public_key)
         return {"id": entry.id.hex(), "seq": entry.seq, "peers": peers}
@@ -407,13 +437,25 @@ class NodeService:
             "changed": entry is not None,
         }
 
+    def _appended(self, entry: Entry) -> None:
+        for listener in self.listeners:
+            listener(Appended(entry))
+
+    async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Run control command ``name`` in-process, as the control API would (front ends
+        call this: one implementation of each command).  Raises `CommandFailed`."""
+        handler = self._handlers().get(name)
+        if handler is None:
+            raise CommandFailed(f"unknown command {name!r}")
+        return await handler(args)
+
     def _flush(self) -> None:
         if self.driver is not None:
             self.driver.flush()
 
     # -- control commands ---------------------------------------------------------------
 
-    def _handlers(self) -> dict[str, Any]:
+    def _handlers(self) -> dict[str, Handler]:
         return {
             "status": self._status,
             "lookup": self._lookup,
@@ -427,6 +469,7 @@ class NodeService:
             "unblock": self._unblock,
             "name_claim": self._name_claim,
             "resolve": self._resolve,
+            "replicas": self._replicas,
         }
 
     def _entry_id_arg(self, args: dict[str, Any], name: str) -> bytes:
@@ -451,6 +494,7 @@ class NodeService:
         except EntryError as exc:
             raise CommandFailed(str(exc)) from None
         self._flush()
+        self._appended(entry)
         return {"id": entry.id.hex(), "seq": entry.seq, "target": target.hex()}
 
     async def _profile_set(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -536,7 +580,7 @@ class NodeService:
                 raise CommandFailed(str(exc)) from None
         try:
             return self.post(text, reply_to)
-        except EntryError as exc:
+        except (EntryError, HandleError) as exc:  # HandleError: a mention with a typo
             raise CommandFailed(str(exc)) from None
 
     async def _follow(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -643,6 +687,49 @@ class NodeService:
                 "log.suppressed": self.limiter.suppressed,
             },
         }
+
+    async def _replicas(self, args: dict[str, Any]) -> dict[str, Any]:
+        """For each feed this node replicates: the peers known to hold a copy.
+
+        A copy is held by each connected peer that replicates the feed and by each
+        provider the DHT names for it.  With ``search`` true, one provider search per
+        feed (at most `REPLICA_SEARCHES`, run together) refreshes the DHT's part first;
+        else the latest search the node made is used."""
+        assert self.driver is not None
+        core, own = self.core, self.identity.public_key
+        replicator = core.replicator
+        feeds = sorted(replicator.wanted, key=lambda f: (f != own, f))[:REPLICA_FEEDS]
+        if args.get("search"):
+            driver = self.driver
+
+            async def search(feed: bytes) -> None:
+                with trio.move_on_after(REPLICA_SEARCH_TIMEOUT):
+                    await driver.request(lambda now: core.start_find_providers(feed, now))
+
+            async with trio.open_nursery() as nursery:
+                for feed in feeds[:REPLICA_SEARCHES]:
+                    nursery.start_soon(search, feed)
+        connected: dict[bytes, set[bytes]] = {f: set() for f in feeds}
+        for peer, session, _outbound, _addr, _since in replicator.sessions():
+            for feed in feeds:
+                if session.peer_wants(feed):
+                    connected[feed].add(peer)
+        out = []
+        for feed in feeds:
+            when, providers = self.providers_seen.get(feed, (None, frozenset()))
+            holders = (connected[feed] | providers) - {own}
+            out.append(
+                {
+                    "handle": encode_handle(feed),
+                    "fingerprint": fingerprint(feed),
+                    "own": feed == own,
+                    "replicas": len(holders),
+                    "connected": len(connected[feed]),
+                    "providers": len(providers - {own}),
+                    "searched": when,
+                }
+            )
+        return {"feeds": out}
 
     async def _lookup(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.driver is not None

@@ -33,6 +33,8 @@ from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: The port (UDP for the DHT, TCP for gossip) `p2pblog run` listens on by default.
 DEFAULT_PORT = 7710
+#: Where `p2pblog run` serves the web app (on 127.0.0.1 only, by default).
+DEFAULT_WEB_PORT = 7711
 #: The names of `p2pblog demo`'s nodes (here so the CLI can declare its options without
 #: importing the node).
 DEMO_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")

@@ -944,14 +944,27 @@ class Store:
         rows = self._db.execute("SELECT feed FROM follows WHERE follower = ?", (author,))
         return {bytes(feed) for (feed,) in rows}
 
-    def timeline(self, owner: bytes, *, limit: int = 50) -> list[FeedItem]:
-        """Posts by owner and the feeds owner follows (not blocked), newest first."""
+    def timeline(
+        self, owner: bytes, *, limit: int = 50, before: tuple[int, bytes, int] | None = None
+    ) -> list[FeedItem]:
+        """Posts by owner and the feeds owner follows (not blocked), newest first.
+
+        ``before`` (timestamp, author, seq) of the last item of a page gives the next
+        page: the items that sort after it."""
+        after, params = "", ()
+        if before is not None:
+            after = (
+                "AND (e.timestamp < ? OR (e.timestamp = ? AND "
+                "(e.author > ? OR (e.author = ? AND e.seq < ?)))) "
+            )
+            t, a, q = before
+            params = (t, t, a, a, q)
         rows = self._db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} "
             "WHERE e.kind = ? AND (e.author = ? OR e.author IN "
-            f"  (SELECT feed FROM follows WHERE follower = ?)) AND {_NOT_BLOCKED} "
+            f"  (SELECT feed FROM follows WHERE follower = ?)) AND {_NOT_BLOCKED} {after}"
             "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
-            (POST, owner, owner, limit),
+            (POST, owner, owner, *params, limit),
         )
         return [_item(row) for row in rows]
 

@@ -1,0 +1,284 @@
+// p2pblog web app: live timeline, posting without reload, counter, mention completion.
+// Everything here is an enhancement: every page works for reading with JavaScript off.
+"use strict";
+
+(function () {
+  const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+  const page = document.body.dataset.page;
+  const baseTitle = document.title.replace(/^\(\d+\+?\) /, "");
+
+  function fromHTML(html) {
+    const t = document.createElement("template");
+    t.innerHTML = html.trim();  // server-rendered, escaped by the template engine
+    return t.content.firstElementChild;
+  }
+
+  async function send(url, fields) {
+    const body = new URLSearchParams(fields);
+    const response = await fetch(url, {
+      method: "POST",
+      body,
+      headers: { "Accept": "application/json", "X-CSRF-Token": csrf },
+      credentials: "same-origin",
+    });
+    let doc = null;
+    try { doc = await response.json(); } catch (e) { doc = { ok: false, error: response.statusText }; }
+    if (!response.ok || !doc.ok) throw new Error(doc.error || response.statusText);
+    return doc;
+  }
+
+  // --- unread mentions in the tab title and the badge ----------------------------------
+  function setUnread(n) {
+    const badge = document.getElementById("unread");
+    const shown = n >= 100 ? "99+" : String(n);
+    if (badge) {
+      badge.textContent = shown;
+      badge.hidden = n === 0;
+      badge.setAttribute("aria-label", n + " unread");
+    }
+    document.title = (n ? "(" + shown + ") " : "") + baseTitle;
+  }
+
+  // --- the timeline ---------------------------------------------------------------------
+  const timeline = document.getElementById("timeline");
+  const liveTimeline = page === "home" && timeline && timeline.dataset.paged !== "1";
+  const newButton = document.getElementById("new-posts");
+  const waiting = [];
+
+  function insertPost(html, fresh) {
+    const node = fromHTML(html);
+    if (!node || document.getElementById(node.id)) return;
+    const items = Array.from(timeline.querySelectorAll(":scope > .post"));
+    const ts = Number(node.dataset.ts);
+    const before = items.find((el) => Number(el.dataset.ts) <= ts);
+    if (fresh) node.classList.add("fresh");
+    timeline.insertBefore(node, before || null);
+    document.getElementById("empty")?.remove();
+  }
+
+  function showWaiting() {
+    if (!newButton) return;
+    newButton.hidden = waiting.length === 0;
+    newButton.textContent = waiting.length === 1 ? "1 new post" : waiting.length + " new posts";
+  }
+
+  newButton?.addEventListener("click", () => {
+    while (waiting.length) insertPost(waiting.shift(), true);
+    showWaiting();
+    window.scrollTo({ top: 0 });
+    timeline.querySelector(".post a")?.focus();
+  });
+
+  window.addEventListener("scroll", () => {
+    if (window.scrollY < 80 && waiting.length) {
+      while (waiting.length) insertPost(waiting.shift(), true);
+      showWaiting();
+    }
+  }, { passive: true });
+
+  function onPost(doc) {
+    if (!liveTimeline) return;
+    if (window.scrollY > 200) {
+      waiting.push(doc.html);
+      showWaiting();
+    } else {
+      insertPost(doc.html, true);
+    }
+  }
+
+  function onRetract(doc) {
+    const el = document.getElementById("p-" + doc.id);
+    if (!el) return;
+    el.classList.add("deleted");
+    const text = el.querySelector(".text");
+    if (text) { text.textContent = "(deleted by its author)"; text.classList.add("gone"); }
+    el.querySelector(".js-delete")?.remove();
+  }
+
+  // --- server-sent events ------------------------------------------------------------------
+  if (window.EventSource) {
+    const since = timeline?.dataset.live;
+    const source = new EventSource("/events" + (since ? "?since=" + since : ""));
+    source.addEventListener("post", (e) => onPost(JSON.parse(e.data)));
+    source.addEventListener("retract", (e) => onRetract(JSON.parse(e.data)));
+    source.addEventListener("unread", (e) => setUnread(JSON.parse(e.data).unread));
+    source.addEventListener("more", () => {
+      if (liveTimeline && newButton) {
+        newButton.hidden = false;
+        newButton.textContent = "More new posts: show them";
+        newButton.onclick = () => window.location.reload();
+      }
+    });
+    source.addEventListener("reload", () => { if (liveTimeline && window.scrollY < 80) window.location.reload(); });
+    document.body.dataset.live = "connecting";
+    source.addEventListener("open", () => { document.body.dataset.live = "open"; });
+  }
+
+  // --- compose: counter, posting without reload, mention completion ----------------------
+  const form = document.getElementById("compose");
+  const text = document.getElementById("compose-text");
+  const count = document.getElementById("compose-count");
+  const error = document.getElementById("compose-error");
+  const list = document.getElementById("complete");
+
+  function updateCount() {
+    const max = Number(text.dataset.max);
+    const left = max - Array.from(text.value).length;  // characters, as the protocol counts them
+    count.textContent = left >= 0 ? left + " characters left" : -left + " characters too many";
+    count.classList.toggle("over", left < 0);
+    form.querySelector('button[type="submit"]').disabled = left < 0;
+  }
+
+  if (form && text) {
+    text.addEventListener("input", updateCount);
+    updateCount();
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      error.hidden = true;
+      const fields = new FormData(form);
+      const button = form.querySelector('button[type="submit"]');
+      button.disabled = true;
+      try {
+        const doc = await send("/post", fields);
+        text.value = "";
+        updateCount();
+        if (page === "home" && doc.html && timeline) insertPost(doc.html, true);
+        else if (page === "thread") window.location.reload();
+      } catch (err) {
+        error.textContent = err.message;
+        error.hidden = false;
+      } finally {
+        button.disabled = false;
+        updateCount();
+      }
+    });
+    text.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) form.requestSubmit();
+    });
+  }
+
+  // Mention completion: "@al" offers followed people and petnames whose name starts so.
+  let options = [];
+  let selected = -1;
+  let pending = 0;
+
+  function wordAtCaret() {
+    const upto = text.value.slice(0, text.selectionStart);
+    const m = /(^|\s)@([\w-]{1,32})$/.exec(upto);
+    return m ? { word: m[2], start: upto.length - m[2].length - 1 } : null;
+  }
+
+  function closeList() {
+    list.hidden = true;
+    list.textContent = "";
+    options = [];
+    selected = -1;
+    text.removeAttribute("aria-activedescendant");
+  }
+
+  function choose(i) {
+    const at = wordAtCaret();
+    if (!at || !options[i]) return closeList();
+    const insert = options[i].handle + " ";
+    const caret = text.selectionStart;
+    text.value = text.value.slice(0, at.start) + insert + text.value.slice(caret);
+    const pos = at.start + insert.length;
+    text.setSelectionRange(pos, pos);
+    closeList();
+    updateCount();
+    text.focus();
+  }
+
+  function render() {
+    list.textContent = "";
+    options.forEach((o, i) => {
+      const li = document.createElement("li");
+      li.id = "complete-" + i;
+      li.setAttribute("role", "option");
+      li.setAttribute("aria-selected", i === selected ? "true" : "false");
+      li.textContent = o.label + " (" + o.fingerprint + ")";
+      li.addEventListener("mousedown", (e) => { e.preventDefault(); choose(i); });
+      list.appendChild(li);
+    });
+    list.hidden = options.length === 0;
+    if (selected >= 0) text.setAttribute("aria-activedescendant", "complete-" + selected);
+  }
+
+  if (text && list) {
+    text.setAttribute("role", "combobox");
+    text.setAttribute("aria-autocomplete", "list");
+    text.setAttribute("aria-controls", "complete");
+    text.addEventListener("input", async () => {
+      const at = wordAtCaret();
+      if (!at) return closeList();
+      const mine = ++pending;
+      const response = await fetch("/api/complete?q=" + encodeURIComponent(at.word), { credentials: "same-origin" });
+      if (mine !== pending || !response.ok) return;
+      options = await response.json();
+      selected = options.length ? 0 : -1;
+      render();
+    });
+    text.addEventListener("keydown", (e) => {
+      if (list.hidden) return;
+      if (e.key === "ArrowDown") { selected = (selected + 1) % options.length; render(); e.preventDefault(); }
+      else if (e.key === "ArrowUp") { selected = (selected - 1 + options.length) % options.length; render(); e.preventDefault(); }
+      else if (e.key === "Enter" || e.key === "Tab") { if (selected >= 0) { choose(selected); e.preventDefault(); } }
+      else if (e.key === "Escape") { closeList(); }
+    });
+    text.addEventListener("blur", () => setTimeout(closeList, 150));
+  }
+
+  // --- delete asks first ------------------------------------------------------------------------
+  document.addEventListener("submit", (e) => {
+    if (e.target.classList?.contains("js-delete") && !window.confirm("Delete this post? Followers will stop showing its text.")) {
+      e.preventDefault();
+    }
+  });
+
+  // --- name claim progress ------------------------------------------------------------------------
+  const job = document.getElementById("claim-job");
+  if (job && (job.dataset.state === "working" || job.dataset.state === "publishing")) {
+    const timer = setInterval(async () => {
+      const response = await fetch("/api/claim", { credentials: "same-origin" });
+      if (!response.ok) return;
+      const doc = await response.json();
+      if (!doc) return;
+      if (doc.state === "done" || doc.state === "failed") { clearInterval(timer); window.location.reload(); return; }
+      const p = job.querySelector("p");
+      if (p) {
+        p.textContent = doc.state === "working"
+          ? "Claim of " + doc.name + " (" + doc.work + " bits): proof of work, " + doc.tries.toLocaleString() +
+            " hashes of about " + doc.expected.toLocaleString() + " expected (" + doc.seconds + " s)…"
+          : "Claim of " + doc.name + ": storing the claim at the closest nodes…";
+      }
+      const bar = job.querySelector("progress");
+      if (bar) bar.value = Math.min(doc.tries, doc.expected);
+    }, 500);
+  }
+
+  // --- node page: count replicas now -------------------------------------------------------------
+  const countButton = document.getElementById("count-replicas");
+  countButton?.addEventListener("click", async () => {
+    const status = document.getElementById("replicas-status");
+    countButton.disabled = true;
+    status.textContent = "searching the DHT for providers…";
+    try {
+      const response = await fetch("/api/replicas?search=1", { credentials: "same-origin" });
+      const doc = await response.json();
+      for (const f of doc.feeds) {
+        const row = document.querySelector('#replicas tr[data-handle="' + CSS.escape(f.handle) + '"]');
+        if (!row) continue;
+        row.querySelector(".replicas").textContent = f.replicas;
+        row.querySelector(".connected").textContent = f.connected;
+        row.querySelector(".providers").textContent = f.providers;
+      }
+      status.textContent = "updated";
+    } catch (err) {
+      status.textContent = "failed: " + err.message;
+    } finally {
+      countButton.disabled = false;
+    }
+  });
+
+  window.p2pblog = { setUnread };
+})();
