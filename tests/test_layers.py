@@ -1,7 +1,8 @@
-"""The agreed import direction holds: cli -> p2pblog -> {dht, gossip} -> identity.
+"""The agreed import direction holds: cli -> web -> p2pblog -> {dht, gossip} -> identity.
 
 dht and gossip never import each other or anything above them; identity
-imports none of the project's other packages; nothing imports cli or
+imports none of the project's other packages; p2pblog never imports web
+(the node does not import a front-end); nothing imports cli or
 simulations.  The exceptions are ``p2pblog/__main__.py``, the entry-point
 shim behind ``python -m p2pblog``, and ``cli/sim.py``, the ``p2pblog sim``
 commands, which run the simulator for the user (docs/design.md).
@@ -15,14 +16,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("identity", "dht", "gossip", "p2pblog", "cli", "simulations")
+PACKAGES = ("identity", "dht", "gossip", "p2pblog", "web", "cli", "simulations")
 #: What each package may import from the project.
 ALLOWED = {
     "identity": {"identity"},
     "dht": {"dht", "identity"},
     "gossip": {"gossip", "identity"},
     "p2pblog": {"p2pblog", "dht", "gossip", "identity"},
-    "cli": {"cli", "p2pblog", "dht", "gossip", "identity"},
+    "web": {"web", "p2pblog", "identity"},
+    "cli": {"cli", "web", "p2pblog", "dht", "gossip", "identity"},
     "simulations": {"simulations", "p2pblog", "dht", "gossip", "identity"},
 }
 EXCEPTIONS = {("p2pblog/__main__.py", "cli"), ("cli/sim.py", "simulations")}

@@ -1,0 +1,1 @@
+"""web: the local web app."""
