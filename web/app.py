@@ -66,6 +66,7 @@ from p2pblog.node import MentionAdmitted
 from p2pblog.replication import EntriesStored
 from p2pblog.store import FeedItem, Store
 from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
+from web.atom import atom_feed, feed_path, user_path
 from web.live import LiveHub
 from web.security import (
     COOKIE,
@@ -104,7 +105,7 @@ def shown_time(ms: int) -> str:
 
 
 def handle_path(key: bytes) -> str:
-    return "/u/" + quote(encode_handle(key), safe="@")
+    return user_path(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,7 @@ class Person:
     name: str | None  # petname, else profile name
     petname: str | None
     path: str
+    feed: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +155,7 @@ class People:
             pet = self.pets().get(key)
             name = pet or self.store.profile(key).get("name")
             person = self._cache[key] = Person(
-                key, encode_handle(key), fingerprint(key), name, pet, handle_path(key)
+                key, encode_handle(key), fingerprint(key), name, pet, user_path(key), feed_path(key)
             )
         return person
 
@@ -350,6 +352,7 @@ class WebApp:
             Route("/names", get(self.names)),
             Route("/node", get(self.node)),
             Route("/events", self.events),
+            Route("/feeds/{handle}.atom", self.atom),
             Route("/api/complete", self.complete),
             Route("/api/unread", self.unread_api),
             Route("/api/claim", self.claim_api),
@@ -786,6 +789,17 @@ class WebApp:
         result = await self.service.command("replicas", {"search": search})
         return JSONResponse(result)
 
+    async def atom(self, request: Request) -> Response:
+        key = (
+            decode_handle(request.path_params["handle"])
+            if _is_handle(request.path_params["handle"])
+            else None
+        )
+        if key is None or self.store.latest_seq(key) == 0:
+            return PlainTextResponse("no such feed is held here\n", 404)
+        body = atom_feed(self.store, key, base_url=self.origin)
+        return Response(body, media_type="application/atom+xml; charset=utf-8")
+
     async def events(self, request: Request) -> Response:
         try:
             last: int | None = int(request.headers.get("last-event-id", ""))
@@ -842,6 +856,14 @@ class WebApp:
                 self.live.publish("retract", {"id": bytes(entry.body["target"]).hex()})
         if mentioned:
             self.live.publish("unread", {"unread": self.unread()})
+
+
+def _is_handle(text: str) -> bool:
+    try:
+        decode_handle(text)
+    except HandleError:
+        return False
+    return True
 
 
 class _Stopped(Exception):
