@@ -10,6 +10,7 @@ Resolving a claimed name asks the running node (it needs the DHT).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ from identity.records import RecordError, check_name
 from p2pblog import actions, control
 from p2pblog.entry import entry_to_json, parse_entry_id
 from p2pblog.home import Home
+from p2pblog.search import MAX_LIMIT, SearchError, Segment
 from p2pblog.store import FeedItem, Store
 
 #: Shortest fingerprint prefix accepted in NAME~FINGERPRINT.
@@ -492,6 +494,83 @@ def mentions(limit: int, as_json: bool) -> None:
             click.echo(f"    (reply to {doc['reply_to']})")
 
 
+# --- search ----------------------------------------------------------------------------------
+
+
+def _marked(segments: tuple[Segment, ...], bold: bool) -> str:
+    """A post's text with the matches in bold (a terminal) or in [brackets] (anything else)."""
+    parts = []
+    for segment in segments:
+        text = shown(segment.text)
+        if segment.match:
+            text = click.style(text, bold=True, underline=True) if bold else f"[{text}]"
+        parts.append(text)
+    return "".join(parts)
+
+
+@click.command()
+@click.argument("query", nargs=-1, required=True)
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=1, max=MAX_LIMIT),
+    default=20,
+    show_default=True,
+    help=f"How many to show, newest first (1 .. {MAX_LIMIT}).",
+)
+@click.option("--before", type=int, metavar="MS", help="Only posts stamped before MS (ms), for paging.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
+def search(query: tuple[str, ...], limit: int, before: int | None, as_json: bool) -> None:
+    """Search every post held here (your feed, followed feeds, mention notices), newest first.
+
+    \b
+    QUERY terms, all of which must match (case and accents do not matter):
+      word            the word (the last word also as a prefix: pyth finds python)
+      "a phrase"      these words in this order (quote it for the shell too)
+      #tag            posts with the hashtag #tag
+      @name           posts that write @name, or mention a key whose petname or
+                      profile name is name (@pb1... for a handle)
+      from:X          posts by X: a handle, a petname or a profile name
+    Other characters are searched as text, never as operators.
+
+    \b
+    Examples:
+      p2pblog search rust async
+      p2pblog search '"peer to peer"' from:alice
+      p2pblog search '#p2p' @bob --json
+
+    Reads the local store, with or without the node running.  Matches are shown
+    in bold on a terminal and in [brackets] otherwise; --json gives each post's
+    text as "segments": [text, is_match] pairs, and a "cursor" (its timestamp)
+    for --before.  Blocked authors and deleted posts are left out.
+    """
+    home = current_home()
+    own = public_key(home)
+    with home.open_store() as store:
+        try:
+            hits = store.search(" ".join(query), limit=limit, before=before)
+        except SearchError as exc:
+            raise click.ClickException(str(exc)) from None
+        docs = []
+        for hit in hits:
+            doc = _item_json(hit.item, store, own)
+            doc["segments"] = [[segment.text, segment.match] for segment in hit.segments]
+            doc["cursor"] = hit.item.entry.timestamp
+            docs.append(doc)
+    if as_json:
+        click.echo(json.dumps(docs, indent=2))
+        return
+    if not hits:
+        click.echo("No posts found.", err=True)
+    bold = sys.stdout.isatty()
+    for doc, hit in zip(docs, hits, strict=True):
+        author = doc["author"]
+        who = f"{shown_line(doc['name'])} ({fingerprint(decode_handle(author))})" if doc["name"] else author
+        click.echo(f"{who}  {doc['time']}  id {doc['id']}")
+        for line in _marked(hit.segments, bold).splitlines() or [""]:
+            click.echo(f"    {line}")
+
+
 # --- blocks and deletes -------------------------------------------------------------------------
 
 
@@ -577,4 +656,4 @@ def delete(entry_id: str) -> None:
     click.echo(eid)
 
 
-COMMANDS = (name, resolve, petname, profile, thread, mentions, block, unblock, blocks, delete)
+COMMANDS = (name, resolve, petname, profile, thread, mentions, search, block, unblock, blocks, delete)

@@ -86,7 +86,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from identity import Identity, encode_handle, limits
 from p2pblog.entry import (
@@ -110,6 +110,9 @@ from p2pblog.errors import (
     StoreError,
 )
 from p2pblog.verify import VerifyPool, VerifyProcesses, default_workers, verify_in_order
+
+if TYPE_CHECKING:
+    from p2pblog.search import SearchHit
 
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
@@ -229,6 +232,21 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         banned_until  REAL NOT NULL,
         updated       REAL NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # 6: settings, and the full-text index of posts (`p2pblog.search`), filled lazily:
+    # a row's rowid is its post's ``entries`` rowid, or minus its ``search_loose`` docid.
+    """
+    CREATE TABLE settings (
+        key         TEXT PRIMARY KEY,
+        value
+    ) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE search_index USING fts5 (
+        text, tags, names, tokenize = 'unicode61 remove_diacritics 2'
+    );
+    CREATE TABLE search_loose (
+        docid       INTEGER PRIMARY KEY,
+        id          BLOB NOT NULL UNIQUE
+    );
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -1080,6 +1098,46 @@ class Store:
             (owner, key, owner, key),
         ).fetchone()
         return row is not None
+
+    # -- settings and search ------------------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        """The value stored for key with `set_setting`, or None."""
+        row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _text(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def update_search_index(self, limit: int | None = None) -> int:
+        """Index the posts stored since the last search (at most limit), in one
+        transaction; returns how many were indexed (`p2pblog.search`)."""
+        from p2pblog import search  # (it imports this module)
+
+        with self.transaction():
+            return search.catch_up(self._db, limit)
+
+    def search(
+        self, query: str, *, limit: int = 50, before: int | tuple[int, bytes, int] | None = None
+    ) -> list[SearchHit]:
+        """Posts held that match query, newest first, with highlight segments.
+
+        Catches the index up first (a full disk leaves it as it is).  ``before``
+        pages: a timestamp (ms, exclusive) or a hit's ``cursor``.  Raises
+        `p2pblog.search.SearchError` (a ValueError) for a query it cannot search.
+        """
+        from p2pblog import search
+
+        terms = search.parse_query(query)  # a bad query writes nothing
+        if not self.read_only:
+            with suppress(StorageFull):
+                self.update_search_index()
+        return search.search(self._db, terms, limit=limit, before=before)
 
     # -- petnames, blocks, own name claims --------------------------------------------
 
