@@ -213,8 +213,9 @@ class NodeService:
         self.limiter = LogLimiter()
         #: Where each recently connected peer connected from (for the log limiter's sources).
         self._peer_addrs: dict[bytes, str] = {}
-        #: Commands front ends add to the control API (the web app's ``web_login``), by name.
-        self.extra_handlers: dict[str, Handler] = {}
+        #: The control API's commands by name; front ends may add theirs (the web app's
+        #: ``web_login``), at any time.
+        self.handlers: dict[str, Handler] = self._handlers()
         #: The latest provider search result per feed: (unix time, signers), for `replicas`.
         self.providers_seen: dict[bytes, tuple[float, frozenset[bytes]]] = {}
 
@@ -286,7 +287,7 @@ class NodeService:
             self.addrs = [("udp", host, udp[1]), ("tcp", host, tcp[1])]
             server = self._control = ControlServer(
                 token,
-                {**self._handlers(), **self.extra_handlers},
+                self.handlers,
                 on_internal_error=self._internal_error,
                 strict=self.strict,
             )
@@ -444,7 +445,7 @@ class NodeService:
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Run control command ``name`` in-process, as the control API would (front ends
         call this: one implementation of each command).  Raises `CommandFailed`."""
-        handler = self._handlers().get(name)
+        handler = self.handlers.get(name)
         if handler is None:
             raise CommandFailed(f"unknown command {name!r}")
         return await handler(args)

@@ -26,6 +26,7 @@ or `markupsafe.escape`.  Who may use the app is `web.security`'s business.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import time
@@ -64,6 +65,7 @@ from p2pblog.entry import DELETE, POST, Entry, parse_entry_id
 from p2pblog.errors import P2PBlogError, StorageFull
 from p2pblog.node import MentionAdmitted
 from p2pblog.replication import EntriesStored
+from p2pblog.search import MAX_QUERY_CHARS, SearchError
 from p2pblog.store import FeedItem, Store
 from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
 from web.atom import atom_feed, feed_path, user_path
@@ -266,7 +268,7 @@ class WebApp:
         self.routes = self._routes()
         self.app = Starlette(routes=self.routes)
         service.listeners.append(self._on_event)
-        service.extra_handlers["web_login"] = self._web_login
+        service.handlers["web_login"] = self._web_login
 
     # -- sign-in ------------------------------------------------------------------------
 
@@ -351,6 +353,7 @@ class WebApp:
             Route("/petnames", get(self.petnames)),
             Route("/names", get(self.names)),
             Route("/node", get(self.node)),
+            Route("/search", get(self.search)),
             Route("/events", self.events),
             Route("/feeds/{handle}.atom", self.atom),
             Route("/api/complete", self.complete),
@@ -610,6 +613,29 @@ class WebApp:
                 "They are shown side by side, most proof of work first; follow the one you mean."
             )
         return "follow.html", context
+
+    async def search(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
+        query = request.query_params.get("q", "")[: MAX_QUERY_CHARS * 2]
+        context: dict[str, Any] = {"q": query, "hits": [], "message": None, "more": None}
+        if not query.strip():
+            return "search.html", context
+        before = parse_cursor(request.query_params.get("before"))
+        try:
+            hits = self.store.search(query, limit=PAGE, before=before)
+        except SearchError as exc:
+            context["message"] = str(exc)
+            return "search.html", context
+        views = []
+        for hit in hits:
+            view = self.view(hit.item, people)
+            marked = Markup("").join(
+                Markup("<mark>{}</mark>").format(seg.text) if seg.match else escape(seg.text)
+                for seg in hit.segments
+            )
+            views.append(dataclasses.replace(view, text=marked))
+        context["hits"] = views
+        context["more"] = views[-1].cursor if len(views) == PAGE else None
+        return "search.html", context
 
     async def petnames(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
         del request
