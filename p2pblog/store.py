@@ -1121,7 +1121,7 @@ class Store:
         from p2pblog import search
 
         terms = search.parse_query(query)  # a bad query writes nothing
-        if not self.read_only:
+        if not self.read_only and search.behind(self._db):  # no write lock when up to date
             with suppress(StorageFull):
                 self.update_search_index()
         return search.search(self._db, terms, limit=limit, before=before)
