@@ -271,16 +271,14 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
         if _text(kind) == POST:
             docs.append((rowid, *_document(entry.text or "")))
             posts += 1
+            if len(docs) >= _BATCH:  # bounded memory for a catch-up of any size
+                _insert_documents(db, docs)
         else:
             deletes.append((entry.id,))
     else:
         (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()
         last = max(last, top)
-    for first in range(0, len(docs), _BATCH):
-        db.executemany(
-            "INSERT INTO search_index (rowid, text, tags, names) VALUES (?, ?, ?, ?)",
-            docs[first : first + _BATCH],
-        )
+    _insert_documents(db, docs)
     if deletes:
         db.executemany(
             "DELETE FROM search_index WHERE rowid IN (SELECT e.rowid FROM retractions r "
@@ -294,6 +292,11 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
             (WATERMARK, str(last)),
         )
     return posts + _catch_up_loose(db)
+
+
+def _insert_documents(db: sqlite3.Connection, docs: list[tuple[int, str, str, str]]) -> None:
+    db.executemany("INSERT INTO search_index (rowid, text, tags, names) VALUES (?, ?, ?, ?)", docs)
+    docs.clear()
 
 
 def _catch_up_loose(db: sqlite3.Connection) -> int:
