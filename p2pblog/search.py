@@ -236,6 +236,21 @@ def watermark(db: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
+def behind(db: sqlite3.Connection) -> bool:
+    """Whether `catch_up` has anything to do (checked without a write transaction)."""
+    (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()
+    if top > watermark(db):
+        return True
+    row = db.execute(
+        "SELECT 1 FROM search_loose s JOIN retractions r ON r.target = s.id UNION ALL "
+        "SELECT 1 FROM loose_entries l WHERE l.kind = ? "
+        "AND NOT EXISTS (SELECT 1 FROM search_loose s WHERE s.id = l.id) "
+        "AND NOT EXISTS (SELECT 1 FROM retractions r WHERE r.target = l.id) LIMIT 1",
+        (POST,),
+    ).fetchone()
+    return row is not None
+
+
 def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
     """Index the posts stored since the watermark (at most limit), inside the caller's
     write transaction; drop retracted posts from the index.  Returns the posts indexed."""
@@ -256,16 +271,14 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
         if _text(kind) == POST:
             docs.append((rowid, *_document(entry.text or "")))
             posts += 1
+            if len(docs) >= _BATCH:  # bounded memory for a catch-up of any size
+                _insert_documents(db, docs)
         else:
             deletes.append((entry.id,))
     else:
         (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()
         last = max(last, top)
-    for first in range(0, len(docs), _BATCH):
-        db.executemany(
-            "INSERT INTO search_index (rowid, text, tags, names) VALUES (?, ?, ?, ?)",
-            docs[first : first + _BATCH],
-        )
+    _insert_documents(db, docs)
     if deletes:
         db.executemany(
             "DELETE FROM search_index WHERE rowid IN (SELECT e.rowid FROM retractions r "
@@ -279,6 +292,11 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
             (WATERMARK, str(last)),
         )
     return posts + _catch_up_loose(db)
+
+
+def _insert_documents(db: sqlite3.Connection, docs: list[tuple[int, str, str, str]]) -> None:
+    db.executemany("INSERT INTO search_index (rowid, text, tags, names) VALUES (?, ?, ?, ?)", docs)
+    docs.clear()
 
 
 def _catch_up_loose(db: sqlite3.Connection) -> int:
@@ -400,26 +418,39 @@ def search(
         found += [(t, d, bytes(a), s, bytes(r)) for t, d, a, s, r in rows]
     found.sort(key=lambda row: (row[0], row[2], row[3]), reverse=True)
     found = found[:limit]
-    marked = _highlights(db, plan.highlight, [row[1] for row in found])
-    hits = []
-    for _, docid_value, _, _, raw in found:
-        entry = decode_entry(raw, check_signature=False)
-        text = entry.text or ""
-        segments = _segments(text, marked.get(docid_value), terms)
-        hits.append(SearchHit(FeedItem(entry, False), segments))
-    return hits
+    entries = {docid: decode_entry(raw, check_signature=False) for _, docid, _, _, raw in found}
+    marked = _highlights(db, plan.highlight, {docid: e.text or "" for docid, e in entries.items()})
+    return [
+        SearchHit(FeedItem(e, False), _segments(e.text or "", marked.get(docid), terms))
+        for docid, e in entries.items()
+    ]
 
 
-def _highlights(db: sqlite3.Connection, phrases: list[str], docids: list[int]) -> dict[int, str]:
-    """highlight() of the text column for docids, where any phrase matches."""
-    if not phrases or not docids:
+def _highlights(db: sqlite3.Connection, phrases: list[str], texts: dict[int, str]) -> dict[int, str]:
+    """highlight() of each text (by docid) where any phrase matches.
+
+    Run on a TEMP table holding this page's texts, not on ``search_index``:
+    with a prefix term, highlight() on the big index merges the doclists of
+    every word with that prefix for each row (165 ms for ``the*`` over
+    100,000 posts), where the page's 50 texts take a millisecond.
+    """
+    if not phrases or not texts:
         return {}
-    marks = ", ".join("?" * len(docids))
-    rows = db.execute(
-        f"SELECT rowid, highlight(search_index, 0, '{_OPEN}', '{_CLOSE}') FROM search_index "
-        f"WHERE search_index MATCH ? AND rowid IN ({marks})",
-        [" OR ".join(f"({p})" for p in phrases), *docids],
+    db.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_page USING fts5 "
+        "(text, tokenize = 'unicode61 remove_diacritics 2')"
     )
+    db.execute("DELETE FROM temp.search_page")
+    db.executemany(
+        "INSERT INTO temp.search_page (rowid, text) VALUES (?, ?)",
+        [(docid, text.translate(_HIDDEN)) for docid, text in texts.items()],
+    )
+    rows = db.execute(
+        f"SELECT rowid, highlight(search_page, 0, '{_OPEN}', '{_CLOSE}') FROM temp.search_page "
+        "WHERE search_page MATCH ?",
+        (" OR ".join(f"({p})" for p in phrases),),
+    ).fetchall()
+    db.execute("DELETE FROM temp.search_page")
     return {rowid: _text(marked) for rowid, marked in rows}
 
 

@@ -50,7 +50,9 @@ outside a transaction opens its own and has committed when it returns.
 Derived tables are maintained as entries are stored, in seq order per feed
 (which the chain guarantees): ``follows`` from follow/unfollow entries,
 ``mentions`` from post bodies, ``retractions`` from delete entries whose
-target is an earlier entry of the same feed.
+target is an earlier entry of the same feed.  The full-text index of posts
+(``search_index``) is not: `p2pblog.search` fills it lazily, at the next
+search, so storing an entry costs nothing more (`Store.search`).
 
 A full disk: SQLite reports ``SQLITE_FULL`` (or, when the WAL cannot grow,
 an I/O error) on a write.  `Store.transaction` turns either into
@@ -1134,7 +1136,7 @@ class Store:
         from p2pblog import search
 
         terms = search.parse_query(query)  # a bad query writes nothing
-        if not self.read_only:
+        if not self.read_only and search.behind(self._db):  # no write lock when up to date
             with suppress(StorageFull):
                 self.update_search_index()
         return search.search(self._db, terms, limit=limit, before=before)
