@@ -971,7 +971,7 @@ class Store:
 
         ``before`` (timestamp, author, seq) of the last item of a page gives the next
         page: the items that sort after it."""
-        after, params = "", ()
+        after, params = "", tuple[object, ...]()
         if before is not None:
             after = (
                 "AND (e.timestamp < ? OR (e.timestamp = ? AND "

@@ -62,6 +62,8 @@ def start_node(home: Path, *args: str, listen: str = "127.0.0.1:0", timeout: flo
     log = home / f"run-{time.monotonic_ns()}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
     out = log.open("w")
+    if "--web" not in args:
+        args = ("--no-web", *args)  # the web app's tests ask for it (port 0); others skip its start-up
     process = subprocess.Popen(
         [sys.executable, "-m", "p2pblog", "--home", str(home), "run", "--listen", listen, *args],
         stdout=out,
