@@ -28,18 +28,16 @@ from cli.common import (
     when,
 )
 from identity import decode_handle, encode_handle
-from identity.handle import FINGERPRINT_CHARS, HANDLE_CHARS, fingerprint
+from identity.handle import FINGERPRINT_CHARS, fingerprint
 from identity.limits import NAME_CLAIM_MIN_WORK
-from identity.pow import NAME_DOMAIN, name_subject, solve
 from identity.records import RecordError, check_name
 from p2pblog import actions, control
 from p2pblog.entry import entry_to_json, parse_entry_id
 from p2pblog.home import Home
 from p2pblog.search import MAX_LIMIT, SearchError, Segment
 from p2pblog.store import FeedItem, Store
+from p2pblog.targets import Target, TargetError, parse_target, petname_matches, pick_claims
 
-#: Shortest fingerprint prefix accepted in NAME~FINGERPRINT.
-MIN_FINGERPRINT_CHARS = 6
 #: Most work bits `name claim --work` spends (2**32 hashes is hours of CPU).
 MAX_CLAIM_WORK = 32
 
@@ -89,53 +87,42 @@ def _marks(claim: dict[str, Any]) -> str:
 
 
 def _fingerprint(name: str, prefix: str) -> str:
-    prefix = prefix.lower()
-    if not MIN_FINGERPRINT_CHARS <= len(prefix) <= FINGERPRINT_CHARS:
-        raise click.BadParameter(
-            f"a fingerprint is {MIN_FINGERPRINT_CHARS}-{FINGERPRINT_CHARS} characters "
-            f"(see `p2pblog resolve {name}`)"
-        )
-    return prefix
+    try:
+        return parse_target(f"{name}~{prefix}").prefix
+    except TargetError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _by_fingerprint(name: str, prefix: str, claims: list[dict[str, Any]]) -> bytes:
     """The one claimant of name whose fingerprint starts with prefix (else a clear error)."""
-    prefix = _fingerprint(name, prefix)
-    matches = [c for c in claims if c["fingerprint"].startswith(prefix)]
+    matches = pick_claims(Target(name=name, prefix=_fingerprint(name, prefix)), claims)
     if not matches:
-        raise click.ClickException(f"no claimant of {name!r} has the fingerprint {prefix}")
+        raise click.ClickException(f"no claimant of {name!r} has the fingerprint {prefix.lower()}")
     if len(matches) > 1:
         raise click.ClickException(
-            f"several claimants of {name!r} have fingerprints starting {prefix}; give all "
+            f"several claimants of {name!r} have fingerprints starting {prefix.lower()}; give all "
             f"{FINGERPRINT_CHARS} characters:\n{_claims_listing(name, matches)}"
         )
     return decode_handle(matches[0]["handle"])
 
 
 def resolve_target(text: str, home: Home) -> bytes:
-    """The key a command argument names: handle, petname, NAME~FINGERPRINT or a claimed NAME."""
-    text = text.strip()
-    if text.startswith("@") or (len(text) == HANDLE_CHARS - 1 and text.lower().startswith("pb1")):
-        return decode_handle(text)  # the '@' is optional, as in every other command
-    if "~" in text:
-        name, _, prefix = text.partition("~")
-        name = _name(name)
-        prefix = _fingerprint(name, prefix)
-        with home.open_store() as store:
-            pet = store.petname(name)
-        if pet is not None and fingerprint(pet).startswith(prefix):
-            return pet
-        return _by_fingerprint(name, prefix, resolve_claims(home, name))
+    """The key a command argument names: handle, petname, NAME~FINGERPRINT or a claimed NAME
+    (`p2pblog.targets`, which the web app's Follow page uses too)."""
     try:
-        name = check_name(text)
-    except RecordError:
-        raise click.BadParameter(
-            f"{text!r} is neither a handle (@pb1..., 62 characters with the '@') nor a name"
-        ) from None
+        target = parse_target(text)
+    except TargetError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if target.key is not None:
+        return target.key
+    name = target.name
     with home.open_store() as store:
         pet = store.petname(name)
-    if pet is not None:
+    if petname_matches(target, pet):
+        assert pet is not None
         return pet
+    if target.prefix:
+        return _by_fingerprint(name, target.prefix, resolve_claims(home, name))
     claims = resolve_claims(home, name)
     if not claims:
         raise click.ClickException(f"nobody has claimed the name {name!r} (no valid claim found in the DHT)")
@@ -181,12 +168,8 @@ def claim(claim_name: str, work: int) -> None:
     claim_name = _name(claim_name)
     own = public_key(home)
     with home.open_store() as store:
-        held = {n: (c, nonce, w) for n, c, nonce, w in store.name_claims()}
-    if claim_name in held and held[claim_name][2] >= work:
-        claimed, nonce, _ = held[claim_name]
-    else:
-        claimed = int(time.time())
-        subject = name_subject(own, claim_name, claimed)
+        stamp = actions.held_stamp(store, claim_name, work)
+    if stamp is None:
         expected = 2**work
         started = time.monotonic()
 
@@ -196,9 +179,10 @@ def claim(claim_name: str, work: int) -> None:
                     f"\rproof of work: {tries:,} hashes (about {expected:,} expected)", nl=False, err=True
                 )
 
-        nonce = solve(NAME_DOMAIN, subject, work, progress=progress)
+        stamp = actions.new_stamp(own, claim_name, work, int(time.time()), progress=progress)
         if time.monotonic() - started > 1.0:
             click.echo("", err=True)
+    claimed, nonce = stamp
     try:
         result = control.call(
             home.path,
