@@ -89,6 +89,8 @@ LOG_BUDGET = 50
 REPLICA_FEEDS = 500
 REPLICA_SEARCHES = 50
 REPLICA_SEARCH_TIMEOUT = 10.0
+#: Seconds between two rounds of those searches (a page reloaded in a loop asks no more often).
+REPLICA_SEARCH_EVERY = 10.0
 
 
 class LogLimiter:
@@ -218,6 +220,7 @@ class NodeService:
         self.handlers: dict[str, Handler] = self._handlers()
         #: The latest provider search result per feed: (unix time, signers), for `replicas`.
         self.providers_seen: dict[bytes, tuple[float, frozenset[bytes]]] = {}
+        self._replica_search_due = 0.0
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -694,13 +697,16 @@ class NodeService:
 
         A copy is held by each connected peer that replicates the feed and by each
         provider the DHT names for it.  With ``search`` true, one provider search per
-        feed (at most `REPLICA_SEARCHES`, run together) refreshes the DHT's part first;
+        feed (at most `REPLICA_SEARCHES`, run together) refreshes the DHT's part first
+        (at most once per `REPLICA_SEARCH_EVERY` seconds);
         else the latest search the node made is used."""
         assert self.driver is not None
         core, own = self.core, self.identity.public_key
         replicator = core.replicator
         feeds = sorted(replicator.wanted, key=lambda f: (f != own, f))[:REPLICA_FEEDS]
-        if args.get("search"):
+        now = time.monotonic()
+        if args.get("search") and now >= self._replica_search_due:
+            self._replica_search_due = now + REPLICA_SEARCH_EVERY
             driver = self.driver
 
             async def search(feed: bytes) -> None:
