@@ -206,6 +206,10 @@ from identity.pacing import TokenBucket
 
 #: rpcudp's ``wait_timeout``: seconds before an unanswered RPC has failed.
 RPC_TIMEOUT: Final = 5.0
+#: The node id a node in client mode answers a ping with (`DhtCore.client_mode`): no
+#: node has it, so a verifying node admits nothing to its table, yet learns the address
+#: receives its answers.
+CLIENT_NODE_ID: Final = bytes(20)
 #: Seconds after the first send at which an unanswered request is sent again.
 RETRANSMIT_AFTER: Final = (0.5, 1.0, 2.0, 3.0)
 #: Seconds a finished lookup's result may replace a new walk to the same key.
@@ -367,6 +371,9 @@ class DhtCore:
         self._parked: dict[Address, list[wire.Request]] = {}
         #: Counts of everything that happened, by name (drops, misbehaviour, RPCs).
         self.stats: Counter[str] = Counter()
+        #: Client mode (a node others cannot dial, `p2pblog.reachability`): it looks
+        #: things up but serves no request, and keeps out of other nodes' tables.
+        self.client_mode = False
         self._rpcs = RpcTracker(rng, cfg.retransmit_after, cfg.rpc_timeout)
         self._walk_params = WalkParams(
             k=cfg.k, alpha=cfg.alpha, peer_timeout=cfg.lookup_peer_timeout, local_id=node_id
@@ -562,6 +569,15 @@ class DhtCore:
             self._dropped(addr, "unknown rpc", f"unknown rpc {request.name!r}")
             return
         self.stats[f"rx.request.{wire.request_name(request)}"] += 1
+        if self.client_mode:
+            # Not reachable from outside: serve nobody, and answer a verification ping
+            # with `CLIENT_NODE_ID`, so that the pinger answers our requests in full
+            # (our address answered) but admits no contact of ours to its table.
+            if isinstance(request, wire.Ping):
+                self._reply(wire.ping_response(request.msg_id, CLIENT_NODE_ID), addr, now)
+            else:
+                self._dropped(addr, "client mode")
+            return
         if isinstance(request, wire.Stun):
             self._reply(wire.stun_response(request.msg_id, addr), addr, now)
             return

@@ -15,6 +15,8 @@ one msgpack array whose first element is the message type::
     [5, feed, seq, entry, entry]            FORK_PROOF  two signed entries with one seq
     [6, entry, stamp]                       MENTION     an entry that mentions you
     [7, entry_id, status, need]             MENTION_ACK what I did with your MENTION
+    [8, port]                               DIAL_ME     dial me back at my address, this port
+    [9, port, status, ip, observed_port]    DIAL_RESULT what that dial did; where I see you
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
@@ -31,6 +33,14 @@ requires of this sender (with NEED_WORK; 0 when irrelevant).  Both are
 uints 0..255; a status this version does not know decodes as a plain int,
 so new statuses need no new message type.  The two messages are independent
 of replication: they need no feed in either clock.
+
+*Dial-back* (like libp2p's AutoNAT) tells a node whether others can reach
+it: DIAL_ME asks the peer to open a new connection to ``port`` at the IP
+address this connection comes from (never another address: a node cannot
+be made to dial a third party), and DIAL_RESULT answers with a
+`DialStatus` and the address the peer sees this connection coming from
+(``ip`` as 4 or 16 bytes, ``observed_port``): the requester's public
+address when it sits behind a NAT.  ``port`` is 1..65535.
 
 A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
 ``-1`` means "I do not replicate this feed (any more)", otherwise
@@ -118,6 +128,19 @@ class MessageType(enum.IntEnum):
     FORK_PROOF = 5
     MENTION = 6
     MENTION_ACK = 7
+    DIAL_ME = 8
+    DIAL_RESULT = 9
+
+
+class DialStatus(enum.IntEnum):
+    """What a dial-back did (the ``status`` of DIAL_RESULT)."""
+
+    #: The new connection completed its handshake with the requester's key.
+    OK = 0
+    #: It did not connect, or another key answered.
+    FAILED = 1
+    #: Not tried: the peer dials back for nobody now (its budget is spent).
+    REFUSED = 2
 
 
 class MentionStatus(enum.IntEnum):
@@ -227,7 +250,25 @@ class MentionAck:
     need: int = 0
 
 
-Message = Clock | Entries | Have | Want | Ack | ForkProof | Mention | MentionAck
+@dataclass(frozen=True, slots=True)
+class DialMe:
+    """Please dial me back on ``port`` at the address this connection comes from."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DialResult:
+    """The answer to DIAL_ME on ``port``: a `DialStatus` (a plain int if unknown) and
+    the address the requester's connection comes from, as this peer sees it."""
+
+    port: int
+    status: int
+    ip: bytes
+    observed_port: int
+
+
+Message = Clock | Entries | Have | Want | Ack | ForkProof | Mention | MentionAck | DialMe | DialResult
 
 
 # --- checks shared by decoding and encoding ------------------------------------------
@@ -342,6 +383,27 @@ def _parse_mention_ack(obj: list[Any]) -> MentionAck:
     return MentionAck(_entry_id(entry_id), known, _int(need, 0, MAX_NEED_BITS, "a need"))
 
 
+def _port(value: object) -> int:
+    return _int(value, 1, 65535, "a port")
+
+
+def _parse_dial_me(obj: list[Any]) -> DialMe:
+    (port,) = _fields(obj, 2, "DIAL_ME")
+    return DialMe(_port(port))
+
+
+_DIAL_STATUSES: Final = frozenset(s.value for s in DialStatus)
+
+
+def _parse_dial_result(obj: list[Any]) -> DialResult:
+    port, status, ip, observed = _fields(obj, 5, "DIAL_RESULT")
+    code = _int(status, 0, 255, "a dial status")
+    if type(ip) is not bytes or len(ip) not in (4, 16):
+        raise GossipDecodeError("an IP address is 4 or 16 bytes")
+    known = DialStatus(code) if code in _DIAL_STATUSES else code
+    return DialResult(_port(port), known, ip, _int(observed, 0, 65535, "a port"))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -351,6 +413,8 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.FORK_PROOF: _parse_fork_proof,
     MessageType.MENTION: _parse_mention,
     MessageType.MENTION_ACK: _parse_mention_ack,
+    MessageType.DIAL_ME: _parse_dial_me,
+    MessageType.DIAL_RESULT: _parse_dial_result,
 }
 
 _UNPACK_LIMITS: Final = {
@@ -416,6 +480,11 @@ def _wire(message: Message) -> list[Any]:
         return [MessageType.MENTION.value, message.entry, message.stamp]
     if isinstance(message, MentionAck):
         return [MessageType.MENTION_ACK.value, message.entry_id, _plain(message.status), message.need]
+    if isinstance(message, DialMe):
+        return [MessageType.DIAL_ME.value, message.port]
+    if isinstance(message, DialResult):
+        status = message.status.value if isinstance(message.status, DialStatus) else message.status
+        return [MessageType.DIAL_RESULT.value, message.port, status, message.ip, message.observed_port]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
 
 

@@ -66,6 +66,10 @@ still duplicate, until the third prunes one of them.
 on every `fork_found`, the proofs the source holds for it go out once per
 (feed, seq) per session; received ones become `ForkProofReceived`.
 
+*Dial-back* (`request_dial_back` / `DialBackAnswered`, and the peer's
+`DialBackRequested` / `answer_dial_back`) also bypasses replication: one
+request each way at a time; the node does the dialling (`p2pblog.replication`).
+
 *Mention notices* bypass replication: `send_mention` queues a MENTION
 whenever the session is open (no feed need be in either clock), the peer
 reports it as `MentionReceived` and answers with `ack_mention`, which comes
@@ -181,6 +185,8 @@ from gossip.messages import (
     FEED_BYTES,
     Ack,
     Clock,
+    DialMe,
+    DialResult,
     Entries,
     ForkProof,
     GossipDecodeError,
@@ -389,6 +395,26 @@ class MessageDropped:
 
 
 @dataclass(frozen=True, slots=True)
+class DialBackRequested:
+    """The peer asks to be dialled back on ``port`` at its connection's address.
+    Answer with `GossipSession.answer_dial_back` (once)."""
+
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class DialBackAnswered:
+    """The peer's answer to our `GossipSession.request_dial_back`: a
+    `gossip.messages.DialStatus` (or a plain int), and the address the peer
+    sees our connection coming from."""
+
+    port: int
+    status: int
+    ip: bytes
+    observed_port: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionFailed:
     """The session gave up on the peer; the driver closes the connection."""
 
@@ -401,6 +427,8 @@ Event = (
     | EntriesRefused
     | MentionReceived
     | MentionAcked
+    | DialBackRequested
+    | DialBackAnswered
     | PeerMisbehaved
     | MessageDropped
     | SessionFailed
@@ -408,7 +436,7 @@ Event = (
 _Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
 #: Events held to `GossipConfig.max_queued_notices` (EntriesReceived is bounded
 #: by the window, SessionFailed happens once).
-_Bounded = _Notice | MentionReceived | MentionAcked
+_Bounded = _Notice | MentionReceived | MentionAcked | DialBackRequested | DialBackAnswered
 
 
 def _cost(message: Message) -> float:
@@ -472,6 +500,11 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_CLOSED, "send_mention"): _Do.IGNORE,
     (_OPEN, "ack_mention"): _Do.RUN,
     (_CLOSED, "ack_mention"): _Do.IGNORE,
+    (_IDLE, "request_dial_back"): _Do.IGNORE,
+    (_OPEN, "request_dial_back"): _Do.RUN,
+    (_CLOSED, "request_dial_back"): _Do.IGNORE,
+    (_OPEN, "answer_dial_back"): _Do.RUN,
+    (_CLOSED, "answer_dial_back"): _Do.IGNORE,
     (_IDLE, "handle_timer"): _Do.IGNORE,
     (_OPEN, "handle_timer"): _Do.RUN,
     (_CLOSED, "handle_timer"): _Do.IGNORE,
@@ -587,6 +620,11 @@ class GossipSession:
         self._events: deque[Event] = deque()
         #: `_Bounded` events in the queue.
         self._bounded = 0
+        #: Dial-back: the port we asked the peer to dial (one request at a time), whether
+        #: the peer's request waits for our answer, and the frames to send.
+        self._dial_asked: int | None = None
+        self._dial_owed: int | None = None
+        self._dial_frames: list[bytes] = []
 
     # ============================================================ outputs
 
@@ -630,6 +668,8 @@ class GossipSession:
             self._want_pending.clear()
         # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
         out += self._mentions.frames_to_send()
+        out += self._dial_frames
+        self._dial_frames.clear()
         out += self._data
         self._data.clear()
         self._data_bytes = 0
@@ -890,6 +930,28 @@ class GossipSession:
         if self._enter("ack_mention", now):
             self._mentions.ack(frame)
 
+    def request_dial_back(self, port: int, now: float) -> bool:
+        """Ask the peer to dial us back on ``port`` (DIAL_ME); its answer comes as
+        `DialBackAnswered`.  False if the session is not open or a request is pending."""
+        frame = encode_message(DialMe(port))
+        if not self._enter("request_dial_back", now) or self._dial_asked is not None:
+            return False
+        self._dial_asked = port
+        self._dial_frames.append(frame)
+        self.stats["tx.dial_me"] += 1
+        return True
+
+    def answer_dial_back(self, status: int, ip: bytes, observed_port: int, now: float) -> None:
+        """Answer the peer's pending `DialBackRequested` (DIAL_RESULT).  Raises
+        `LocalProtocolError` when no request is pending or the arguments are invalid."""
+        if not self._enter("answer_dial_back", now):
+            return
+        if self._dial_owed is None:
+            raise LocalProtocolError("answer_dial_back with no DialBackRequested to answer")
+        self._dial_frames.append(encode_message(DialResult(self._dial_owed, status, ip, observed_port)))
+        self._dial_owed = None
+        self.stats["tx.dial_result"] += 1
+
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
         if not self._enter("handle_timer", now):
@@ -929,8 +991,29 @@ class GossipSession:
             self._on_fork_proof(message)
         elif isinstance(message, Mention):
             self._on_mention(message)
-        else:
+        elif isinstance(message, MentionAck):
             self._on_mention_ack(message)
+        elif isinstance(message, DialMe):
+            self._on_dial_me(message)
+        else:
+            self._on_dial_result(message)
+
+    def _on_dial_me(self, message: DialMe) -> None:
+        if self._dial_owed is not None:
+            self._dropped("dial_me", "a dial-back request is already pending")
+            return
+        if self._queue_event(DialBackRequested(message.port), "events.dial_not_queued"):
+            self._dial_owed = message.port
+
+    def _on_dial_result(self, message: DialResult) -> None:
+        if self._dial_asked is None or message.port != self._dial_asked:
+            self._misbehaved("dial result for nothing")
+            return
+        self._dial_asked = None
+        self._queue_event(
+            DialBackAnswered(message.port, message.status, message.ip, message.observed_port),
+            "events.dial_not_queued",
+        )
 
     def _on_entries(self, message: Entries) -> None:
         feed, count = message.feed, len(message.entries)

@@ -74,6 +74,7 @@ from p2pblog.node import (
     ProvidersResolved,
     StartupFinished,
 )
+from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import FULL_BELOW_BYTES, Store
@@ -210,6 +211,8 @@ class NodeService:
         self.listeners: list[Callable[[Any], None]] = []
         #: Print connection and arrival messages on stderr.
         self.verbose = True
+        #: Ask peers to dial us back, and run in client mode when they cannot (`p2pblog.reachability`).
+        self.check_reachability = True
         #: The addresses the node joined through (for the log).
         self._seeds: list[Address] = []
         self.limiter = LogLimiter()
@@ -269,7 +272,13 @@ class NodeService:
         try:
             work = MENTION_WORK if self.mention_work is None else self.mention_work
             core = self._core = NodeCore(
-                self.identity, Random(), unix_now(), store=store, mention_work=work, random_bytes=os.urandom
+                self.identity,
+                Random(),
+                unix_now(),
+                store=store,
+                mention_work=work,
+                random_bytes=os.urandom,
+                check_reachability=self.check_reachability,
             )
             try:
                 driver = self.driver = NodeDriver.bind_both(
@@ -360,6 +369,13 @@ class NodeService:
         if self.verbose:
             if isinstance(event, JoinFinished):
                 self._log_join(event)
+            elif isinstance(event, ReachabilityChanged):
+                self._log(f"reachability: {event.reason}")
+                if event.state == UNREACHABLE:
+                    self._log(
+                        "client mode: this node looks things up and replicates over connections it "
+                        "opens itself, but advertises no address and serves no DHT requests"
+                    )
             elif isinstance(event, StartupFinished) and event.stored_at:
                 self._log(f"peer record published (seq {event.seq}) at {event.stored_at} nodes")
             elif isinstance(event, PeerConnected):
@@ -654,6 +670,7 @@ class NodeService:
             "records": len(core.dht.records),
             "peers": peers,
             "connections": replicator.connection_count,
+            "reachability": {**core.reachability.doc(), "client_mode": core.client_mode},
             "admission": {
                 **replicator.admission(unix_now()),
                 "peer_feeds": replicator.peer_feed_budget.used,

@@ -159,6 +159,8 @@ class DialPolicy:
         self.candidates: dict[bytes, dict[bytes, None]] = {}
         #: Peers to keep dialling until released (mention notices to deliver).
         self.wanted_peers: dict[bytes, None] = {}
+        #: Client mode (`p2pblog.reachability`): dial providers (followers) of our own feed.
+        self.client = False
 
     def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]]) -> None:
         """Providers of feed: ``(public key, tcp host, tcp port)``; their addresses go in the book."""
@@ -192,6 +194,11 @@ class DialPolicy:
             targets[key] = None
         for feed in sorted(feeds):
             if feed == self.own:
+                if self.client and not served(feed):
+                    # Nobody can dial us: reach a few of our followers ourselves, so that
+                    # our posts leave (they pass them on to the others).
+                    for key in list(self.candidates.get(feed, {}))[:DIALS_PER_FEED]:
+                        targets[key] = None
                 continue
             # The author is the root of its feed's push tree: keep a connection to it.
             targets[feed] = None

@@ -75,6 +75,8 @@ class Discovery:
         self.replicator = replicator
         self._search_at: dict[bytes, float] = {}
         self._search_rounds: dict[bytes, int] = {}
+        #: Client mode (`p2pblog.reachability`): also search our own feed's providers.
+        self.client = False
         self.stats: Counter[str] = Counter()
         self._inbound_per_key = KeyedTokenBuckets(1 / INBOUND_RESOLVE_EVERY, 1, INBOUND_RESOLVE_KEYS)
         self._inbound_all = TokenBucket(INBOUND_RESOLVE_RATE, INBOUND_RESOLVE_BURST, now)
@@ -112,6 +114,12 @@ class Discovery:
         """Search, for each wanted feed (in order) whose author is not connected, when due."""
         replicator = self.replicator
         for feed in wanted:
+            if feed == self.own and self.client and replicator.sources(feed) == 0:
+                # Client mode: find our followers (providers of our feed) to push to.
+                if now >= self._search_at.get(feed, 0.0):
+                    self._search_at[feed] = now + SEARCH_EVERY
+                    self.find_providers(feed, now, consume=True)
+                continue
             if feed == self.own or replicator.is_connected(feed):
                 self._search_rounds.pop(feed, None)
                 continue

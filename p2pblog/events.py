@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from dht.events import Event as DhtEvent
 from identity.records import Record
 from p2pblog.entry import Entry
+from p2pblog.reachability import ReachabilityChanged
 from p2pblog.replication import Event as GossipEvent
 
 
@@ -141,5 +142,6 @@ Event = (
     | MentionDelivered
     | JoinFinished
     | StartupFinished
+    | ReachabilityChanged
     | GossipEvent
 )

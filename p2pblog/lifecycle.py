@@ -119,6 +119,8 @@ class Lifecycle:
         self.events.append(StartupFinished(event.seq, event.stored_at, self._publish_tries + 1))
 
     def _publish(self, now: float) -> None:
+        if self.records.client:
+            return  # nobody could dial the address (`OwnRecords.set_client`)
         try:
             self._publish_query = self.records.publish_peer(now)
         except LocalProtocolError:

@@ -90,9 +90,11 @@ from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
 from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
 from p2pblog.queries import PendingQueries, Result
+from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
 from p2pblog.replication import (
     MAINTAIN_EVERY,
+    DialBackResult,
     EntriesStored,
     MentionAnswered,
     MentionArrived,
@@ -144,6 +146,7 @@ class NodeCore:
         store: Store | None = None,
         channel_config: ChannelConfig | None = None,
         mention_work: int = MENTION_WORK,
+        check_reachability: bool = False,
     ) -> None:
         self.identity = identity
         self.store = store if store is not None else Store(":memory:")
@@ -170,6 +173,8 @@ class NodeCore:
             identity, self.store, self.replicator, self.mention_stats, mention_work
         )
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
+        #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
+        self.reachability = Reachability(self.replicator, now, enabled=check_reachability)
         #: The DHT keys this node cares about (`dht.records.Capacity`'s priority): a full
         #: store evicts strangers' values for them, never them for strangers' values.
         self._priority_records: frozenset[bytes] = frozenset()
@@ -189,6 +194,7 @@ class NodeCore:
         """Start the node at ``addrs`` (our records' addresses): join through ``bootstrap``
         and the contacts saved by the last run, then publish the peer record (`p2pblog.lifecycle`)."""
         self.records.set_addresses(addrs)
+        self._watch_address(addrs, now)
         own = [(host, port) for _, host, port in addrs]
         self.lifecycle.start(self.lifecycle.join_seeds(bootstrap, own), now)
         self._drain(now)
@@ -334,6 +340,9 @@ class NodeCore:
             self.outbox.events.clear()
         elif isinstance(gossip, EntriesStored):
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
+        elif isinstance(gossip, DialBackResult):
+            self.reachability.result(gossip, now)
+            self._reachability_events(now)
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):
@@ -374,13 +383,21 @@ class NodeCore:
         self._drain(now)
 
     def _maintain(self, now: float) -> None:
-        """Announce the feeds we hold; search providers for followed feeds nobody serves us."""
+        """Check reachability when due; announce the feeds we hold; search providers for
+        followed feeds nobody serves us."""
+        self.reachability.maintain(now)
+        self._reachability_events(now)
         if len(self.dht.table) == 0:
             self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
         self.discovery.maintain(wanted, now)
+
+    def _reachability_events(self, now: float) -> None:
+        events, self.reachability.events = self.reachability.events, []
+        for event in events:
+            self._reachability_changed(event, now)
 
     # -- gossip connections (passed through to the replicator) ----------------------
 
@@ -425,9 +442,32 @@ class NodeCore:
     def bootstrap(self, addrs: Sequence[Address], now: float) -> int:
         return self.dht.bootstrap(addrs, now)
 
-    def set_addresses(self, addrs: Sequence[tuple[str, str, int]]) -> None:
-        """The addresses to put in our records (`start` sets them too)."""
+    def set_addresses(self, addrs: Sequence[tuple[str, str, int]], now: float | None = None) -> None:
+        """The addresses to put in our records (`start` sets them too); a new gossip
+        address is checked for reachability at the next pass."""
         self.records.set_addresses(addrs)
+        self._watch_address(addrs, self._now if now is None else now)
+
+    def _watch_address(self, addrs: Sequence[tuple[str, str, int]], now: float) -> None:
+        tcp = tcp_address(addrs)
+        if tcp is not None:
+            self.reachability.set_address(*tcp, now)
+
+    @property
+    def client_mode(self) -> bool:
+        return self.dht.client_mode
+
+    def _reachability_changed(self, event: ReachabilityChanged, now: float) -> None:
+        """Client mode when nobody can dial us: serve no DHT request and keep out of other
+        tables, advertise no address, and dial our followers ourselves to push posts."""
+        client = event.state == UNREACHABLE
+        self.dht.client_mode = client
+        self.records.set_client(client, now)
+        self.replicator.dial_policy.client = client
+        self.discovery.client = client
+        self._events.append(event)
+        if client:
+            self._maintain_at = min(self._maintain_at, now)  # search our followers at once
 
     def publish(self, addrs: Sequence[tuple[str, str, int]], now: float) -> int:
         """Sign our peer record for addrs and store it in the DHT; keep it fresh.

@@ -128,6 +128,8 @@ class OwnRecords:
         self.queries = queries
         self.addrs: Addrs = ()
         self.peer_record: Record | None = None
+        #: Client mode (`set_client`): nobody can dial our addresses, so no record names them.
+        self.client = False
         #: Our current provider record per feed we announce, and the addresses it names.
         self.provider_records: dict[bytes, Record] = {}
         self.provided: dict[bytes, Addrs] = {}
@@ -250,7 +252,7 @@ class OwnRecords:
 
     def handle_timer(self, now: float) -> None:
         """Re-sign and store again every record that is due (a refused one: see the docstring)."""
-        if self.peer_job.poll(now):
+        if self.peer_job.poll(now) and not self.client:
             with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
         for feed in self.provider_job.poll(now):
@@ -266,7 +268,10 @@ class OwnRecords:
     def maintain(self, wanted: Iterable[bytes], now: float) -> None:
         """A maintenance pass (the table is not empty): republish a peer record the grown
         network no longer holds at the closest nodes; announce the ``wanted`` feeds we hold
-        (our own, and those with entries in the store) that are not announced yet."""
+        (our own, and those with entries in the store) that are not announced yet.
+        Nothing in client mode."""
+        if self.client:
+            return
         if (
             self.peer_record is not None
             and len(self.dht.table) >= 2 * max(1, self._published_table)
@@ -294,3 +299,19 @@ class OwnRecords:
 
     def set_addresses(self, addrs: Sequence[tuple[str, str, int]]) -> None:
         self.addrs = tuple(addrs)
+
+    def set_client(self, client: bool, now: float) -> None:
+        """Client mode on: stop publishing our peer record and announcing feeds (they would
+        name an address nobody can dial; the copies out there lapse at their expiry).  Off:
+        publish the peer record again now; the next pass announces the feeds again."""
+        if client == self.client:
+            return
+        self.client = client
+        if client:
+            self.peer_job.cancel(None)
+            for feed in list(self.provided):
+                self.withdraw(feed)
+            self.stats["client_mode.entered"] += 1
+        elif self.peer_record is not None or self.addrs:
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+                self.publish_peer(now)

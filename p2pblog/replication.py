@@ -132,14 +132,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 from collections import Counter, deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Final
 
+from gossip.messages import DialStatus
 from gossip.noise import RandomBytes
 from gossip.session import (
+    DialBackAnswered,
+    DialBackRequested,
     EntriesReceived,
     EntriesRefused,
     ForkProofReceived,
@@ -162,6 +166,7 @@ from gossip.transport import (
 from identity import Identity
 from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
+from identity.pacing import TokenBucket
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, StorageFull
@@ -196,6 +201,14 @@ HANDSHAKING_PER_NET: Final = 8
 #: Inbound sessions from one address, and from one prefix.
 INBOUND_PER_IP: Final = 8
 INBOUND_PER_NET: Final = 24
+#: Dial-backs (`request_dial_back`): probes we run for peers at once, and how many we
+#: start a second (with bursts); seconds a probe has to connect and finish its handshake;
+#: seconds we take an inbound connection from a peer we asked for one as its probe.
+MAX_PROBES: Final = 4
+PROBE_RATE: Final = 0.2
+PROBE_BURST: Final = 4
+PROBE_TIMEOUT: Final = 8.0
+PROBE_WAIT: Final = 30.0
 #: Seconds an inbound connection has to finish its Noise handshake (an honest
 #: one needs about one round trip and three X25519 operations).
 INBOUND_HANDSHAKE_TIMEOUT: Final = 5.0
@@ -270,7 +283,27 @@ class MentionArrived:
     stamp: bytes
 
 
-Event = PeerConnected | PeerDisconnected | EntriesStored | InputRefused | MentionAnswered | MentionArrived
+@dataclass(frozen=True, slots=True)
+class DialBackResult:
+    """A peer answered our `Replicator.request_dial_back`: ``status`` is a
+    `gossip.messages.DialStatus` (or an int a later version sends); ``observed`` is
+    where the peer sees our connection coming from."""
+
+    peer: bytes
+    port: int
+    status: int
+    observed: tuple[str, int]
+
+
+Event = (
+    PeerConnected
+    | PeerDisconnected
+    | EntriesStored
+    | InputRefused
+    | MentionAnswered
+    | MentionArrived
+    | DialBackResult
+)
 
 
 # --- the feed source over the store ---------------------------------------------------------
@@ -323,6 +356,9 @@ class _Conn:
     peer: bytes | None = None
     session: GossipSession | None = None
     closing: bool = False
+    #: A dial-back probe: the id of the connection whose peer asked for it (None once
+    #: answered, or for any other connection).
+    probe_of: int | None = None
 
 
 def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
@@ -331,7 +367,10 @@ def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
 
 
 def _kind(conn: _Conn) -> str:
-    """Which budget a connection uses: ``outbound``, ``handshaking`` (inbound) or ``inbound``."""
+    """Which budget a connection uses: ``outbound``, ``handshaking`` (inbound) or ``inbound``
+    (or ``probe``: a dial-back, bounded by `MAX_PROBES`)."""
+    if conn.probe_of is not None:
+        return "probe"
     if conn.outbound:
         return "outbound"
     return "handshaking" if conn.peer is None else "inbound"
@@ -410,6 +449,10 @@ class Replicator:
         #: Received batches waiting for their signatures (`p2pblog.ingest_queue`); verified
         #: at once until the driver says it verifies off the loop (`offload_verification`).
         self.verify = VerifyQueue(offload=False)
+        #: Dial-backs we run for peers (`MAX_PROBES`, `PROBE_RATE`), and the peers we asked
+        #: for one -> until when their inbound connection is taken as its probe.
+        self._probe_budget = TokenBucket(PROBE_RATE, PROBE_BURST, now)
+        self._probes_expected: dict[bytes, float] = {}
 
     # ============================================================ outputs
 
@@ -590,6 +633,24 @@ class Replicator:
     def release_connection(self, peer: bytes) -> None:
         self.dial_policy.release(peer)
 
+    def request_dial_back(self, peer: bytes, port: int, now: float) -> bool:
+        """Ask connected ``peer`` to dial us back on ``port`` at the address our connection
+        comes from (DIAL_ME).  Its answer is reported as `DialBackResult`.  False if there is
+        no open session with it, or a request to it is pending."""
+        conn_id = self._by_peer.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None or conn.session is None or conn.closing:
+            return False
+        if not conn.session.request_dial_back(port, now):
+            return False
+        for key in [k for k, t in self._probes_expected.items() if t <= now]:
+            del self._probes_expected[key]
+        self._probes_expected[peer] = now + PROBE_WAIT
+        self.stats["dialback.requested"] += 1
+        self._touch(conn)
+        self._pump(now)
+        return True
+
     def learn_address(self, peer: bytes, host: str, port: int, now: float) -> None:
         """Where a connected peer listens (from its peer record); saved in the address book."""
         self.book.learn(peer, host, port)
@@ -640,6 +701,10 @@ class Replicator:
         if conn is None:
             return
         self._drop_work(conn_id)
+        if conn.probe_of is not None:
+            self._probe_done(conn, DialStatus.FAILED, now)
+            self._pump(now)
+            return
         self.stats["dial.failed"] += 1
         if conn.peer is not None:
             # A driver that reports a failure for a connection that got as far
@@ -666,6 +731,8 @@ class Replicator:
         if conn is None:
             return
         self._drop_work(conn_id)
+        if conn.probe_of is not None:
+            self._probe_done(conn, DialStatus.FAILED, now)
         if not conn.closing:
             self._forget(conn, now, "connection lost")
         self._pump(now)
@@ -1013,6 +1080,9 @@ class Replicator:
                 conn.session.frame_received(event.payload, now)
         elif isinstance(event, HandshakeCompleted):
             self._on_handshake(conn, event.peer_key, now)
+        elif conn.probe_of is not None:
+            self._probe_done(conn, DialStatus.FAILED, now)
+            self._close(conn, now, event.reason)
         else:
             offence: Offence | None
             if conn.peer is None:
@@ -1030,6 +1100,15 @@ class Replicator:
             self._close(conn, now, event.reason)
 
     def _on_handshake(self, conn: _Conn, peer: bytes, now: float) -> None:
+        if conn.probe_of is not None:  # our dial-back reached the peer that asked for it
+            self._probe_done(conn, DialStatus.OK, now)
+            self._close(conn, now, "dial-back done")
+            return
+        if not conn.outbound and self._probes_expected.get(peer, -1.0) > now:
+            # The peer's dial-back of us: it proved the address; no session (we have one).
+            self.stats["dialback.probe_received"] += 1
+            self._close(conn, now, "dial-back probe")
+            return
         if peer == self.own:
             self.stats["refused.self"] += 1
             self._close(conn, now, "connected to ourselves")
@@ -1088,6 +1167,18 @@ class Replicator:
         elif isinstance(event, MentionAcked):
             assert peer is not None
             self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))
+        elif isinstance(event, DialBackRequested):
+            self._dial_back(conn, session, event.port, now)
+        elif isinstance(event, DialBackAnswered):
+            assert peer is not None
+            # (`_probes_expected` keeps the peer until PROBE_WAIT ends: its probe connection
+            # may complete after this answer arrived on the session.)
+            try:
+                ip = str(ipaddress.ip_address(event.ip))
+            except ValueError:  # 4 or 16 bytes always make an address; kept total anyway
+                ip = ""
+            self.stats["dialback.answered"] += 1
+            self._events.append(DialBackResult(peer, event.port, event.status, (ip, event.observed_port)))
         elif isinstance(event, PeerMisbehaved):
             self.stats[f"misbehaved.{event.reason}"] += 1
             self._events.append(InputRefused(peer, f"misbehaved.{event.reason}", event.detail))
@@ -1100,6 +1191,52 @@ class Replicator:
             self.stats["session.failed"] += 1
             self._close(conn, now, event.reason)
             self._penalize(conn, Offence.SESSION_FAILED, now)
+
+    # ============================================================ dial-back
+
+    def _observed(self, conn: _Conn) -> tuple[bytes, int]:
+        """The address conn comes from (what we dialled, for an outbound one), packed."""
+        try:
+            packed = ipaddress.ip_address(conn.ip or host_key(conn.addr[0])).packed
+        except ValueError:
+            packed = bytes(4)
+        return packed, conn.addr[1]
+
+    def _dial_back(self, conn: _Conn, session: GossipSession, port: int, now: float) -> None:
+        """The peer of conn asked us to dial it back on port, at the address conn comes from
+        (never any other: nobody can make us dial a third party)."""
+        ip, observed_port = self._observed(conn)
+        probes = len(self._live("probe"))
+        if probes >= MAX_PROBES or not self._probe_budget.take(now):
+            self.stats["dialback.refused"] += 1
+            session.answer_dial_back(DialStatus.REFUSED, ip, observed_port, now)
+            return
+        assert conn.peer is not None
+        host = str(ipaddress.ip_address(ip))
+        channel = SecureChannel.initiator(
+            self.identity,
+            now=now,
+            expected_peer=conn.peer,
+            config=dataclasses.replace(self.channel_config, handshake_timeout=PROBE_TIMEOUT),
+            random_bytes=self.random_bytes,
+        )
+        probe = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
+        probe.ip, probe.net = host, address_prefix(host)
+        probe.probe_of = conn.id
+        self._dials.append((probe.id, host, port))
+        self._touch(probe)
+        self.stats["dialback.probes"] += 1
+
+    def _probe_done(self, probe: _Conn, status: DialStatus, now: float) -> None:
+        """Answer the peer that asked for probe (once)."""
+        asker_id, probe.probe_of = probe.probe_of, None
+        self.stats[f"dialback.{status.name.lower()}"] += 1
+        asker = self._conns.get(asker_id) if asker_id is not None else None
+        if asker is None or asker.session is None or asker.closing:
+            return
+        ip, observed_port = self._observed(asker)
+        asker.session.answer_dial_back(status, ip, observed_port, now)
+        self._touch(asker)
 
     def _ingest(self, conn: _Conn, session: GossipSession, event: EntriesReceived, now: float) -> None:
         """Decode a received batch (cheap checks only) and queue it for its signatures

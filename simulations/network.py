@@ -158,6 +158,9 @@ class _Link:
     b: int
     b_conn: int = 0
     alive: bool = True
+    #: Closed by an end (`Network.close`): no new data, but what is in flight arrives,
+    #: as a TCP FIN follows the data before it (a reset, `_break`, drops it).
+    draining: bool = False
     accepted: bool = False
     #: The dialler's data written before the connection opened on its side.
     opened: bool = False
@@ -442,7 +445,7 @@ class Network:
         self.engine.at(at, partial(self._deliver_stream, link, dst, dst_conn, data))
 
     def _deliver_stream(self, link: _Link, dst: int, dst_conn: int, data: bytes) -> None:
-        if link.alive and self.nodes[dst].up:
+        if (link.alive or link.draining) and self.nodes[dst].up:
             self.nodes[dst].data_received(dst_conn, data)
 
     def close(self, src: int, conn_id: int) -> None:
@@ -452,6 +455,7 @@ class Network:
             self.engine.after(0.0, partial(self._lost, src, conn_id, self._epoch[src]))
             return
         link.alive = False
+        link.draining = True
         other = (link.b, link.b_conn) if (src, conn_id) == (link.a, link.a_conn) else (link.a, link.a_conn)
         self._links.pop(other, None)
         self.engine.after(0.0, partial(self._lost, src, conn_id, self._epoch[src]))
@@ -465,7 +469,7 @@ class Network:
             self.nodes[index].connection_lost(conn_id)
 
     def _break(self, link: _Link) -> None:
-        link.alive = False
+        link.alive = link.draining = False
         self.stats["links.broken"] += 1
         self._links.pop((link.a, link.a_conn), None)
         ends = [(link.a, link.a_conn)]

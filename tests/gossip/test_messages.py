@@ -26,6 +26,9 @@ from gossip.messages import (
     MAX_STAMP_BYTES,
     Ack,
     Clock,
+    DialMe,
+    DialResult,
+    DialStatus,
     Entries,
     ForkProof,
     GossipDecodeError,
@@ -114,6 +117,25 @@ GOLDEN: dict[str, tuple[Message, str]] = {
     "mention_ack_unknown_status": (
         MentionAck(A, 200, 0),
         "9407" + BIN32_A + "ccc8" + "00",  # uint 8 200: a status from a later version
+    ),
+    "dial_me": (
+        DialMe(7710),
+        "92"  # array of 2
+        "08"  # type 8: DIAL_ME
+        "cd1e1e",  # uint 16 7710: the port
+    ),
+    "dial_result": (
+        DialResult(7710, DialStatus.FAILED, bytes([203, 0, 113, 5]), 40000),
+        "95"  # array of 5
+        "09"  # type 9: DIAL_RESULT
+        "cd1e1e"  # the port asked for
+        "01"  # status 1: FAILED
+        "c404cb007105"  # bin 4: the IP the requester's connection comes from (203.0.113.5)
+        "cd9c40",  # uint 16 40000: its port
+    ),
+    "dial_result_ipv6_unknown_status": (
+        DialResult(1, 9, bytes(16), 0),
+        "95090109c410" + "00" * 16 + "00",
     ),
 }
 
@@ -339,7 +361,7 @@ def test_mention_status_is_typed_when_known_and_a_plain_int_when_not() -> None:
 
 def test_unknown_type_is_its_own_error() -> None:
     with pytest.raises(UnknownMessageType):
-        decode_message(packed(8, {A: 1}))
+        decode_message(packed(99, {A: 1}))
     with pytest.raises(GossipDecodeError):
         decode_message("not bytes")  # type: ignore[arg-type]
 
@@ -373,6 +395,11 @@ def test_a_full_batch_fits_a_frame() -> None:
         MentionAck(A, -1, 0),
         MentionAck(A, True, 0),
         MentionAck(A, 0, 256),
+        DialMe(0),
+        DialMe(65536),
+        DialResult(1, 0, bytes(5), 1),
+        DialResult(1, 256, bytes(4), 1),
+        DialResult(1, 0, bytes(4), 65536),
         "not a message",
     ],
 )
