@@ -17,6 +17,12 @@ one msgpack array whose first element is the message type::
     [7, entry_id, status, need]             MENTION_ACK what I did with your MENTION
     [8, port]                               DIAL_ME     dial me back at my address, this port
     [9, port, status, ip, observed_port]    DIAL_RESULT what that dial did; where I see you
+    [10]                                    RESERVE     please relay connections to me
+    [11, status, seconds]                   RESERVATION yes for that long (OK), or no
+    [12, key, circuit]                      CONNECT     open a circuit to key (to a relay)
+    [13, key, circuit]                      INCOMING    key opens a circuit to you (from a relay)
+    [14, circuit, status]                   CIRCUIT     the circuit is open (OK), refused or closed
+    [15, circuit, bytes]                    RELAY       bytes of the circuit's inner connection
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
@@ -41,6 +47,19 @@ be made to dial a third party), and DIAL_RESULT answers with a
 `DialStatus` and the address the peer sees this connection coming from
 (``ip`` as 4 or 16 bytes, ``observed_port``): the requester's public
 address when it sits behind a NAT.  ``port`` is 1..65535.
+
+*Relaying* (like libp2p's circuit relay v2) lets two nodes that cannot dial
+each other talk through a third that both can reach.  A node nobody can dial
+asks a reachable peer for a RESERVE; the RESERVATION says for how many
+seconds it holds.  Another node sends that relay CONNECT with the reserved
+node's key and a circuit number of its own choosing; the relay passes it on
+as INCOMING (with the dialler's key and a number the relay chose on that
+session) and answers CIRCUIT: OK, or REFUSED (no reservation, a limit), and
+either end may send CIRCUIT CLOSED.  RELAY frames carry up to
+`MAX_ENTRY_BYTES` of the circuit's bytes; the relay forwards them unchanged.
+The two ends run their own Noise handshake over the circuit, so the relay
+reads nothing and cannot pose as either.  Circuit numbers are 0..2**32-1 and
+name a circuit on one session only.
 
 A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
 ``-1`` means "I do not replicate this feed (any more)", otherwise
@@ -130,6 +149,20 @@ class MessageType(enum.IntEnum):
     MENTION_ACK = 7
     DIAL_ME = 8
     DIAL_RESULT = 9
+    RESERVE = 10
+    RESERVATION = 11
+    CONNECT = 12
+    INCOMING = 13
+    CIRCUIT = 14
+    RELAY = 15
+
+
+class RelayStatus(enum.IntEnum):
+    """The ``status`` of RESERVATION and CIRCUIT."""
+
+    OK = 0
+    REFUSED = 1
+    CLOSED = 2
 
 
 class DialStatus(enum.IntEnum):
@@ -268,7 +301,70 @@ class DialResult:
     observed_port: int
 
 
-Message = Clock | Entries | Have | Want | Ack | ForkProof | Mention | MentionAck | DialMe | DialResult
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """Please relay circuits to me (I cannot be dialled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The answer to RESERVE: a `RelayStatus`, and for OK the seconds it holds."""
+
+    status: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """To a relay: open circuit ``circuit`` (our number) to the node with key ``key``."""
+
+    key: bytes
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """From a relay: the node with key ``key`` opened circuit ``circuit`` (the relay's
+    number on this session) to you."""
+
+    key: bytes
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Circuit:
+    """Circuit ``circuit`` is open (OK), was refused, or is closed."""
+
+    circuit: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Bytes of circuit ``circuit``'s inner connection."""
+
+    circuit: int
+    data: bytes
+
+
+Message = (
+    Clock
+    | Entries
+    | Have
+    | Want
+    | Ack
+    | ForkProof
+    | Mention
+    | MentionAck
+    | DialMe
+    | DialResult
+    | Reserve
+    | Reservation
+    | Connect
+    | Incoming
+    | Circuit
+    | Relay
+)
 
 
 # --- checks shared by decoding and encoding ------------------------------------------
@@ -404,6 +500,51 @@ def _parse_dial_result(obj: list[Any]) -> DialResult:
     return DialResult(_port(port), known, ip, _int(observed, 0, 65535, "a port"))
 
 
+_RELAY_STATUSES: Final = frozenset(s.value for s in RelayStatus)
+MAX_CIRCUIT: Final = 2**32 - 1
+#: Seconds a reservation may last, as RESERVATION says it.
+MAX_RESERVATION_SECONDS: Final = 86_400
+
+
+def _relay_status(value: object) -> int:
+    code = _int(value, 0, 255, "a relay status")
+    return RelayStatus(code) if code in _RELAY_STATUSES else code
+
+
+def _circuit(value: object) -> int:
+    return _int(value, 0, MAX_CIRCUIT, "a circuit")
+
+
+def _parse_reserve(obj: list[Any]) -> Reserve:
+    _fields(obj, 1, "RESERVE")
+    return Reserve()
+
+
+def _parse_reservation(obj: list[Any]) -> Reservation:
+    status, seconds = _fields(obj, 3, "RESERVATION")
+    return Reservation(_relay_status(status), _int(seconds, 0, MAX_RESERVATION_SECONDS, "seconds"))
+
+
+def _parse_connect(obj: list[Any]) -> Connect:
+    key, circuit = _fields(obj, 3, "CONNECT")
+    return Connect(_feed(key), _circuit(circuit))
+
+
+def _parse_incoming(obj: list[Any]) -> Incoming:
+    key, circuit = _fields(obj, 3, "INCOMING")
+    return Incoming(_feed(key), _circuit(circuit))
+
+
+def _parse_circuit(obj: list[Any]) -> Circuit:
+    circuit, status = _fields(obj, 3, "CIRCUIT")
+    return Circuit(_circuit(circuit), _relay_status(status))
+
+
+def _parse_relay(obj: list[Any]) -> Relay:
+    circuit, data = _fields(obj, 3, "RELAY")
+    return Relay(_circuit(circuit), _entry(data))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -415,6 +556,12 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.MENTION_ACK: _parse_mention_ack,
     MessageType.DIAL_ME: _parse_dial_me,
     MessageType.DIAL_RESULT: _parse_dial_result,
+    MessageType.RESERVE: _parse_reserve,
+    MessageType.RESERVATION: _parse_reservation,
+    MessageType.CONNECT: _parse_connect,
+    MessageType.INCOMING: _parse_incoming,
+    MessageType.CIRCUIT: _parse_circuit,
+    MessageType.RELAY: _parse_relay,
 }
 
 _UNPACK_LIMITS: Final = {
@@ -485,12 +632,29 @@ def _wire(message: Message) -> list[Any]:
     if isinstance(message, DialResult):
         status = message.status.value if isinstance(message.status, DialStatus) else message.status
         return [MessageType.DIAL_RESULT.value, message.port, status, message.ip, message.observed_port]
+    if isinstance(message, Reserve):
+        return [MessageType.RESERVE.value]
+    if isinstance(message, Reservation):
+        return [MessageType.RESERVATION.value, _plain_int(message.status), message.seconds]
+    if isinstance(message, Connect):
+        return [MessageType.CONNECT.value, message.key, message.circuit]
+    if isinstance(message, Incoming):
+        return [MessageType.INCOMING.value, message.key, message.circuit]
+    if isinstance(message, Circuit):
+        return [MessageType.CIRCUIT.value, message.circuit, _plain_int(message.status)]
+    if isinstance(message, Relay):
+        return [MessageType.RELAY.value, message.circuit, message.data]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
 
 
 def _plain(value: object) -> object:
     """A `MentionStatus` as its int (the checks refuse int subclasses such as bool)."""
     return value.value if isinstance(value, MentionStatus) else value
+
+
+def _plain_int(value: object) -> object:
+    """An IntEnum member as its int (the checks refuse int subclasses such as bool)."""
+    return int(value) if isinstance(value, enum.IntEnum) else value
 
 
 def encode_message(message: Message) -> bytes:

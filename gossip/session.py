@@ -184,17 +184,23 @@ from gossip.messages import (
     ENTRY_OVERHEAD,
     FEED_BYTES,
     Ack,
+    Circuit,
     Clock,
+    Connect,
     DialMe,
     DialResult,
     Entries,
     ForkProof,
     GossipDecodeError,
     Have,
+    Incoming,
     Mention,
     MentionAck,
     Message,
     Note,
+    Relay,
+    Reservation,
+    Reserve,
     UnknownMessageType,
     Want,
     chunked,
@@ -202,10 +208,14 @@ from gossip.messages import (
     encode_message,
 )
 from identity.errors import LocalProtocolError
-from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_FRAME_BYTES
+from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_ENTRY_BYTES, MAX_FRAME_BYTES
 from identity.pacing import TokenBucket
 
 # --- protocol tunables (local choices; the peer does not depend on them) -------------------
+
+#: Bytes of RELAY frames queued on a session at most (a relayed connection's own window
+#: keeps it far below: its peer's session acknowledges at most a few batches ahead).
+RELAY_QUEUE_BYTES: Final = 4 * 1024 * 1024
 
 #: Entries per ENTRIES batch (<= the protocol's `MAX_ENTRIES_PER_FRAME`).
 BATCH_ENTRIES: Final = MAX_ENTRIES_PER_FRAME
@@ -415,6 +425,51 @@ class DialBackAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class ReservationRequested:
+    """The peer asks us to relay circuits to it; answer with `GossipSession.answer_reservation`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationAnswered:
+    """The peer's answer to our `GossipSession.request_reservation`."""
+
+    status: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequested:
+    """The peer asks us (a relay) to open its circuit ``circuit`` to ``key``."""
+
+    key: bytes
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCircuit:
+    """The peer (a relay) says ``key`` opened circuit ``circuit`` to us."""
+
+    key: bytes
+    circuit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitChanged:
+    """The peer says circuit ``circuit`` is open, refused or closed (`RelayStatus`)."""
+
+    circuit: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class RelayReceived:
+    """Bytes of circuit ``circuit`` arrived."""
+
+    circuit: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class SessionFailed:
     """The session gave up on the peer; the driver closes the connection."""
 
@@ -429,6 +484,12 @@ Event = (
     | MentionAcked
     | DialBackRequested
     | DialBackAnswered
+    | ReservationRequested
+    | ReservationAnswered
+    | ConnectRequested
+    | IncomingCircuit
+    | CircuitChanged
+    | RelayReceived
     | PeerMisbehaved
     | MessageDropped
     | SessionFailed
@@ -436,7 +497,18 @@ Event = (
 _Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
 #: Events held to `GossipConfig.max_queued_notices` (EntriesReceived is bounded
 #: by the window, SessionFailed happens once).
-_Bounded = _Notice | MentionReceived | MentionAcked | DialBackRequested | DialBackAnswered
+_Bounded = (
+    _Notice
+    | MentionReceived
+    | MentionAcked
+    | DialBackRequested
+    | DialBackAnswered
+    | ReservationRequested
+    | ReservationAnswered
+    | ConnectRequested
+    | IncomingCircuit
+    | CircuitChanged
+)
 
 
 def _cost(message: Message) -> float:
@@ -505,6 +577,24 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_CLOSED, "request_dial_back"): _Do.IGNORE,
     (_OPEN, "answer_dial_back"): _Do.RUN,
     (_CLOSED, "answer_dial_back"): _Do.IGNORE,
+    (_IDLE, "request_reservation"): _Do.IGNORE,
+    (_OPEN, "request_reservation"): _Do.RUN,
+    (_CLOSED, "request_reservation"): _Do.IGNORE,
+    (_IDLE, "answer_reservation"): _Do.IGNORE,
+    (_OPEN, "answer_reservation"): _Do.RUN,
+    (_CLOSED, "answer_reservation"): _Do.IGNORE,
+    (_IDLE, "send_connect"): _Do.IGNORE,
+    (_OPEN, "send_connect"): _Do.RUN,
+    (_CLOSED, "send_connect"): _Do.IGNORE,
+    (_IDLE, "send_incoming"): _Do.IGNORE,
+    (_OPEN, "send_incoming"): _Do.RUN,
+    (_CLOSED, "send_incoming"): _Do.IGNORE,
+    (_IDLE, "send_circuit"): _Do.IGNORE,
+    (_OPEN, "send_circuit"): _Do.RUN,
+    (_CLOSED, "send_circuit"): _Do.IGNORE,
+    (_IDLE, "send_relay"): _Do.IGNORE,
+    (_OPEN, "send_relay"): _Do.RUN,
+    (_CLOSED, "send_relay"): _Do.IGNORE,
     (_IDLE, "handle_timer"): _Do.IGNORE,
     (_OPEN, "handle_timer"): _Do.RUN,
     (_CLOSED, "handle_timer"): _Do.IGNORE,
@@ -625,6 +715,12 @@ class GossipSession:
         self._dial_asked: int | None = None
         self._dial_owed: int | None = None
         self._dial_frames: list[bytes] = []
+        #: Relaying: whether our RESERVE waits for its answer, whether the peer's waits for
+        #: ours, and the RELAY frames queued (and their bytes, at most `RELAY_QUEUE_BYTES`).
+        self._reserve_asked = False
+        self._reserve_owed = False
+        self._relay_frames: deque[bytes] = deque()
+        self.relay_queued = 0
 
     # ============================================================ outputs
 
@@ -670,6 +766,9 @@ class GossipSession:
         out += self._mentions.frames_to_send()
         out += self._dial_frames
         self._dial_frames.clear()
+        out += self._relay_frames
+        self._relay_frames.clear()
+        self.relay_queued = 0
         out += self._data
         self._data.clear()
         self._data_bytes = 0
@@ -804,7 +903,7 @@ class GossipSession:
         except GossipDecodeError as exc:
             self._misbehaved("malformed frame", str(exc))
             return
-        if not isinstance(message, Entries | Ack) and not self._control.take(now, _cost(message)):
+        if not isinstance(message, Entries | Ack | Relay) and not self._control.take(now, _cost(message)):
             self._misbehaved("too many messages", type(message).__name__)
             return
         self._dispatch(message, now)
@@ -952,6 +1051,58 @@ class GossipSession:
         self._dial_owed = None
         self.stats["tx.dial_result"] += 1
 
+    def request_reservation(self, now: float) -> bool:
+        """Ask the peer to relay for us (RESERVE); the answer comes as `ReservationAnswered`.
+        False if the session is not open or a request is pending."""
+        if not self._enter("request_reservation", now) or self._reserve_asked:
+            return False
+        self._reserve_asked = True
+        self._dial_frames.append(encode_message(Reserve()))
+        return True
+
+    def answer_reservation(self, status: int, seconds: int, now: float) -> None:
+        """Answer the peer's pending `ReservationRequested`."""
+        frame = encode_message(Reservation(status, seconds))
+        if not self._enter("answer_reservation", now):
+            return
+        if not self._reserve_owed:
+            raise LocalProtocolError("answer_reservation with no ReservationRequested to answer")
+        self._reserve_owed = False
+        self._dial_frames.append(frame)
+
+    def send_connect(self, key: bytes, circuit: int, now: float) -> bool:
+        frame = encode_message(Connect(key, circuit))
+        if not self._enter("send_connect", now):
+            return False
+        self._dial_frames.append(frame)
+        return True
+
+    def send_incoming(self, key: bytes, circuit: int, now: float) -> bool:
+        frame = encode_message(Incoming(key, circuit))
+        if not self._enter("send_incoming", now):
+            return False
+        self._dial_frames.append(frame)
+        return True
+
+    def send_circuit(self, circuit: int, status: int, now: float) -> None:
+        frame = encode_message(Circuit(circuit, status))
+        if self._enter("send_circuit", now):
+            self._dial_frames.append(frame)
+
+    def send_relay(self, circuit: int, data: bytes, now: float) -> bool:
+        """Queue RELAY frames of ``data`` (any length) on circuit; False (nothing queued)
+        if the session is not open or `RELAY_QUEUE_BYTES` would be exceeded."""
+        if not self._enter("send_relay", now):
+            return False
+        if self.relay_queued + len(data) > RELAY_QUEUE_BYTES:
+            self.stats["relay.queue_full"] += 1
+            return False
+        for start in range(0, len(data), MAX_ENTRY_BYTES):
+            self._relay_frames.append(encode_message(Relay(circuit, data[start : start + MAX_ENTRY_BYTES])))
+        self.relay_queued += len(data)
+        self.stats["tx.relay_bytes"] += len(data)
+        return True
+
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
         if not self._enter("handle_timer", now):
@@ -995,8 +1146,28 @@ class GossipSession:
             self._on_mention_ack(message)
         elif isinstance(message, DialMe):
             self._on_dial_me(message)
-        else:
+        elif isinstance(message, DialResult):
             self._on_dial_result(message)
+        elif isinstance(message, Reserve):
+            if self._reserve_owed:
+                self._dropped("reserve", "a reservation request is already pending")
+            elif self._queue_event(ReservationRequested(), "events.relay_not_queued"):
+                self._reserve_owed = True
+        elif isinstance(message, Reservation):
+            if not self._reserve_asked:
+                self._misbehaved("reservation for nothing")
+                return
+            self._reserve_asked = False
+            self._queue_event(ReservationAnswered(message.status, message.seconds), "events.relay_not_queued")
+        elif isinstance(message, Connect):
+            self._queue_event(ConnectRequested(message.key, message.circuit), "events.relay_not_queued")
+        elif isinstance(message, Incoming):
+            self._queue_event(IncomingCircuit(message.key, message.circuit), "events.relay_not_queued")
+        elif isinstance(message, Circuit):
+            self._queue_event(CircuitChanged(message.circuit, message.status), "events.relay_not_queued")
+        else:
+            self.stats["rx.relay_bytes"] += len(message.data)
+            self._events.append(RelayReceived(message.circuit, message.data))  # bounded by the read
 
     def _on_dial_me(self, message: DialMe) -> None:
         if self._dial_owed is not None:

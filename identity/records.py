@@ -14,7 +14,8 @@ whose fields depend on ``type``:
 
 ``peer``
     "this key is reachable here": ``{"addrs": [[proto, host, port], ...]}``
-    with proto ``udp`` (DHT) or ``tcp`` (gossip), and host an IP address
+    with proto ``udp`` (DHT), ``tcp`` (gossip) or ``relay`` (a relay's gossip
+    address, for a signer nobody can dial), and host an IP address
     without an IPv6 zone, or a host name (`check_host`).
 ``provider``
     "the signer's node holds feed F": ``{"addrs": [...], "feed": F}``.
@@ -81,7 +82,9 @@ MAX_HOSTNAME_CHARS: Final = 253
 #: neither first nor last a hyphen.  ASCII only: `re.ASCII` and explicit ranges.
 HOSTNAME_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 DHT_KEY_BYTES: Final = 20
-PROTOCOLS: Final = ("udp", "tcp")
+#: ``relay``: a relay that reaches the signer, which cannot be dialled itself (its host and
+#: gossip port; the dialler opens a circuit through it, `gossip.messages`).
+PROTOCOLS: Final = ("udp", "tcp", "relay")
 #: A valid name, whole: 1..32 characters of a-z, 0-9, _ and - (ASCII only).
 NAME_RE: Final = re.compile(rf"[a-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
 _MAX_INT: Final = 2**63 - 1

@@ -73,6 +73,8 @@ class Peer:
     last_connected: float = 0.0
     failures: int = 0
     next_try: float = 0.0
+    #: A relay that reaches the peer (from its records), when it has no address of its own.
+    relay: tuple[str, int] | None = None
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -115,6 +117,12 @@ class AddressBook:
     def learn(self, peer: bytes, host: str, port: int) -> Peer:
         entry = self.entry(peer)
         entry.host, entry.port = host, port
+        return entry
+
+    def learn_relay(self, peer: bytes, host: str, port: int) -> Peer:
+        """The peer cannot be dialled, but the relay at host:port reaches it."""
+        entry = self.entry(peer)
+        entry.relay = (host, port)
         return entry
 
     def connected(self, peer: bytes, now: float) -> None:
@@ -169,6 +177,17 @@ class DialPolicy:
             if key == self.own:
                 continue
             self.book.learn(key, host, port)
+            known[key] = None
+            while len(known) > MAX_CANDIDATES:
+                del known[next(iter(known))]
+
+    def add_relayed_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]]) -> None:
+        """Providers of feed reached through a relay: ``(public key, relay host, relay port)``."""
+        known = self.candidates.setdefault(feed, {})
+        for key, host, port in peers:
+            if key == self.own:
+                continue
+            self.book.learn_relay(key, host, port)
             known[key] = None
             while len(known) > MAX_CANDIDATES:
                 del known[next(iter(known))]

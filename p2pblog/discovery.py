@@ -144,12 +144,24 @@ class Discovery:
     def providers_found(self, result: ProvidersResolved, now: float) -> None:
         peers = [(r.signer, *addr) for r in result.records if (addr := r.addr("tcp")) is not None]
         self.replicator.add_candidates(result.feed, peers, now)
+        relayed = [
+            (r.signer, *addr)
+            for r in result.records
+            if r.addr("tcp") is None and (addr := r.addr("relay")) is not None
+        ]
+        if relayed:
+            self.replicator.add_relayed_candidates(result.feed, relayed, now)
 
     def peer_found(self, result: PeerResolved, now: float) -> None:
         addr = result.record.addr("tcp")
-        if addr is None:
-            return
         key = result.public_key
+        if addr is None:
+            relay = result.record.addr("relay")
+            if relay is not None:
+                self.replicator.book.learn_relay(key, *relay)
+                if key in self.replicator.wanted:
+                    self.replicator.add_relayed_candidates(key, [(key, *relay)], now)
+            return
         self.replicator.learn_address(key, *addr, now)
         if key in self.replicator.wanted:
             self.replicator.add_candidates(key, [(key, *addr)], now)

@@ -119,7 +119,7 @@ class Lifecycle:
         self.events.append(StartupFinished(event.seq, event.stored_at, self._publish_tries + 1))
 
     def _publish(self, now: float) -> None:
-        if self.records.client:
+        if not self.records.publishing:
             return  # nobody could dial the address (`OwnRecords.set_client`)
         try:
             self._publish_query = self.records.publish_peer(now)

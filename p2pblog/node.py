@@ -92,6 +92,7 @@ from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
+from p2pblog.relay import RelayClient
 from p2pblog.replication import (
     MAINTAIN_EVERY,
     DialBackResult,
@@ -100,6 +101,7 @@ from p2pblog.replication import (
     MentionArrived,
     PeerConnected,
     PeerDisconnected,
+    RelayReserved,
     Replicator,
 )
 from p2pblog.replication import Event as GossipEvent
@@ -147,6 +149,7 @@ class NodeCore:
         channel_config: ChannelConfig | None = None,
         mention_work: int = MENTION_WORK,
         check_reachability: bool = False,
+        relay: bool = False,
     ) -> None:
         self.identity = identity
         self.store = store if store is not None else Store(":memory:")
@@ -175,6 +178,11 @@ class NodeCore:
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
         self.reachability = Reachability(self.replicator, now, enabled=check_reachability)
+        #: Relaying: we relay for others (unless off, or in client mode); in client mode we
+        #: keep reservations with relays (`p2pblog.relay`).
+        self.relay = relay
+        self.replicator.relay_enabled = relay
+        self.relay_client = RelayClient(self.replicator)
         #: The DHT keys this node cares about (`dht.records.Capacity`'s priority): a full
         #: store evicts strangers' values for them, never them for strangers' values.
         self._priority_records: frozenset[bytes] = frozenset()
@@ -343,6 +351,8 @@ class NodeCore:
         elif isinstance(gossip, DialBackResult):
             self.reachability.result(gossip, now)
             self._reachability_events(now)
+        elif isinstance(gossip, RelayReserved) and self.relay_client.answered(gossip, now):
+            self.records.set_relays(self.relay_client.addrs, now)
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):
@@ -387,6 +397,8 @@ class NodeCore:
         followed feeds nobody serves us."""
         self.reachability.maintain(now)
         self._reachability_events(now)
+        if self.relay_client.maintain(self.client_mode, now):
+            self.records.set_relays(self.relay_client.addrs, now)
         if len(self.dht.table) == 0:
             self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
@@ -464,7 +476,10 @@ class NodeCore:
         self.dht.client_mode = client
         self.records.set_client(client, now)
         self.replicator.dial_policy.client = client
+        self.replicator.relay_enabled = self.relay and not client
         self.discovery.client = client
+        if self.relay_client.maintain(client, now):
+            self.records.set_relays(self.relay_client.addrs, now)
         self._events.append(event)
         if client:
             self._maintain_at = min(self._maintain_at, now)  # search our followers at once

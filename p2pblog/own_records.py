@@ -128,8 +128,10 @@ class OwnRecords:
         self.queries = queries
         self.addrs: Addrs = ()
         self.peer_record: Record | None = None
-        #: Client mode (`set_client`): nobody can dial our addresses, so no record names them.
+        #: Client mode (`set_client`): nobody can dial our addresses, so no record names them;
+        #: the records name the relays that reach us instead (`set_relays`), if any.
         self.client = False
+        self.relay_addrs: Addrs = ()
         #: Our current provider record per feed we announce, and the addresses it names.
         self.provider_records: dict[bytes, Record] = {}
         self.provided: dict[bytes, Addrs] = {}
@@ -175,7 +177,7 @@ class OwnRecords:
         """Sign our peer record for `addrs` and store it; re-signed every `PEER_REPUBLISH`."""
         seq = self._next_seq(self.peer_record, now)
         self.peer_record = create_record(
-            self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self.addrs
+            self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self.advertised
         )
         self.peer_job.schedule(None, now + PEER_REPUBLISH)
         self._published_table = len(self.dht.table)
@@ -252,7 +254,7 @@ class OwnRecords:
 
     def handle_timer(self, now: float) -> None:
         """Re-sign and store again every record that is due (a refused one: see the docstring)."""
-        if self.peer_job.poll(now) and not self.client:
+        if self.peer_job.poll(now) and self.publishing:
             with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
         for feed in self.provider_job.poll(now):
@@ -269,8 +271,8 @@ class OwnRecords:
         """A maintenance pass (the table is not empty): republish a peer record the grown
         network no longer holds at the closest nodes; announce the ``wanted`` feeds we hold
         (our own, and those with entries in the store) that are not announced yet.
-        Nothing in client mode."""
-        if self.client:
+        In client mode without a relay, nothing."""
+        if not self.publishing:
             return
         if (
             self.peer_record is not None
@@ -279,13 +281,13 @@ class OwnRecords:
         ):
             with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
-        if self.addrs and any(proto == "tcp" for proto, _, _ in self.addrs):
+        if any(proto in ("tcp", "relay") for proto, _, _ in self.advertised):
             own = self.identity.public_key
             for feed in wanted:
                 if feed not in self.provided and (feed == own or self.store.latest_seq(feed) > 0):
                     # Counted; `provided` holds it, so the provider job retries it.
                     with contextlib.suppress(LocalProtocolError):
-                        self.announce(feed, self.addrs, now, consume=True)
+                        self.announce(feed, self.advertised, now, consume=True)
 
     def stored(self, result: ProviderAnnounced | NameClaimPublished, now: float) -> None:
         """The end of an announce or claim we consume: retry one that reached no node."""
@@ -300,6 +302,32 @@ class OwnRecords:
     def set_addresses(self, addrs: Sequence[tuple[str, str, int]]) -> None:
         self.addrs = tuple(addrs)
 
+    @property
+    def advertised(self) -> Addrs:
+        """The addresses our records name: ours, or in client mode the relays'."""
+        return self.relay_addrs if self.client else self.addrs
+
+    @property
+    def publishing(self) -> bool:
+        return bool(self.advertised)
+
+    def set_relays(self, relays: Sequence[tuple[str, int]], now: float) -> None:
+        """The relays that hold a reservation for us (client mode): our records name them;
+        the peer record is re-signed now and the feeds announced again at the next pass."""
+        addrs = tuple(("relay", host, port) for host, port in relays)
+        if addrs == self.relay_addrs:
+            return
+        self.relay_addrs = addrs
+        if not self.client:
+            return
+        for feed in list(self.provided):
+            self.withdraw(feed)
+        if addrs:
+            with contextlib.suppress(LocalProtocolError):
+                self.publish_peer(now)
+        else:
+            self.peer_job.cancel(None)
+
     def set_client(self, client: bool, now: float) -> None:
         """Client mode on: stop publishing our peer record and announcing feeds (they would
         name an address nobody can dial; the copies out there lapse at their expiry).  Off:
@@ -307,11 +335,12 @@ class OwnRecords:
         if client == self.client:
             return
         self.client = client
+        for feed in list(self.provided):
+            self.withdraw(feed)  # the next pass announces them at the new addresses
         if client:
-            self.peer_job.cancel(None)
-            for feed in list(self.provided):
-                self.withdraw(feed)
             self.stats["client_mode.entered"] += 1
-        elif self.peer_record is not None or self.addrs:
+        if self.advertised:
             with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
                 self.publish_peer(now)
+        else:
+            self.peer_job.cancel(None)

@@ -139,20 +139,26 @@ from dataclasses import dataclass
 from random import Random
 from typing import Final
 
-from gossip.messages import DialStatus
+from gossip.messages import MAX_CIRCUIT, DialStatus, RelayStatus
 from gossip.noise import RandomBytes
 from gossip.session import (
+    CircuitChanged,
+    ConnectRequested,
     DialBackAnswered,
     DialBackRequested,
     EntriesReceived,
     EntriesRefused,
     ForkProofReceived,
     GossipSession,
+    IncomingCircuit,
     MentionAcked,
     MentionReceived,
     MessageDropped,
     PeerFeedBudget,
     PeerMisbehaved,
+    RelayReceived,
+    ReservationAnswered,
+    ReservationRequested,
     SessionFailed,
     SessionState,
 )
@@ -209,6 +215,15 @@ PROBE_RATE: Final = 0.2
 PROBE_BURST: Final = 4
 PROBE_TIMEOUT: Final = 8.0
 PROBE_WAIT: Final = 30.0
+#: Relaying for nodes nobody can dial (`p2pblog.relay` has the policy's docs): reservations
+#: held at once and for how long; circuits at once in all, per reserved node and per peer
+#: that opens them; bytes a circuit may carry (both ways).
+MAX_RESERVATIONS: Final = 32
+RESERVATION_SECONDS: Final = 3600
+MAX_CIRCUITS: Final = 64
+CIRCUITS_PER_TARGET: Final = 16
+CIRCUITS_PER_SOURCE: Final = 8
+CIRCUIT_BYTES: Final = 64 * 1024 * 1024
 #: Seconds an inbound connection has to finish its Noise handshake (an honest
 #: one needs about one round trip and three X25519 operations).
 INBOUND_HANDSHAKE_TIMEOUT: Final = 5.0
@@ -295,6 +310,16 @@ class DialBackResult:
     observed: tuple[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class RelayReserved:
+    """A relay answered our `Replicator.request_reservation`: ``seconds`` > 0 if it relays
+    for us (at ``addr``, where we dialled it), else 0."""
+
+    relay: bytes
+    addr: tuple[str, int]
+    seconds: int
+
+
 Event = (
     PeerConnected
     | PeerDisconnected
@@ -303,6 +328,7 @@ Event = (
     | MentionAnswered
     | MentionArrived
     | DialBackResult
+    | RelayReserved
 )
 
 
@@ -359,6 +385,8 @@ class _Conn:
     #: A dial-back probe: the id of the connection whose peer asked for it (None once
     #: answered, or for any other connection).
     probe_of: int | None = None
+    #: A connection through a relay: (the relay session's connection id, circuit number).
+    via: tuple[int, int] | None = None
 
 
 def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
@@ -453,6 +481,18 @@ class Replicator:
         #: for one -> until when their inbound connection is taken as its probe.
         self._probe_budget = TokenBucket(PROBE_RATE, PROBE_BURST, now)
         self._probes_expected: dict[bytes, float] = {}
+        #: Relaying.  As a relay (when ``relay_enabled``): reserved keys -> until when, and
+        #: the circuits, each end (session connection id, circuit number) -> the other end,
+        #: with the bytes each carried.  As either end of a circuit: (relay connection id,
+        #: circuit number) -> our connection through it; the relays we dialled to reach
+        #: peers, (host, port) -> (connection id, keys waiting); our next circuit number.
+        self.relay_enabled = False
+        self.reservations: dict[bytes, float] = {}
+        self._circuits: dict[tuple[int, int], tuple[int, int]] = {}
+        self._circuit_bytes: dict[tuple[int, int], int] = {}
+        self._virtual: dict[tuple[int, int], int] = {}
+        self._relay_dials: dict[tuple[str, int], tuple[int, list[bytes]]] = {}
+        self._next_circuit = 0
 
     # ============================================================ outputs
 
@@ -465,7 +505,7 @@ class Replicator:
         out = []
         for conn_id in self._outbox:
             conn = self._conns.get(conn_id)
-            if conn is not None:
+            if conn is not None and conn.via is None:  # a relayed one's go through its relay
                 data = conn.channel.data_to_send()
                 if data:
                     out.append((conn_id, data))
@@ -586,6 +626,14 @@ class Replicator:
         self._maintain(now)
         self._pump(now)
 
+    def add_relayed_candidates(
+        self, feed: bytes, peers: Iterable[tuple[bytes, str, int]], now: float
+    ) -> None:
+        """Providers of feed that only a relay reaches: ``(public key, relay host, relay port)``."""
+        self.dial_policy.add_relayed_candidates(feed, peers)
+        self._maintain(now)
+        self._pump(now)
+
     def block(self, peer: bytes, now: float) -> None:
         """Refuse peer from now on: close its connection, stop replicating its feed."""
         self.blocked.add(peer)
@@ -639,7 +687,7 @@ class Replicator:
         no open session with it, or a request to it is pending."""
         conn_id = self._by_peer.get(peer)
         conn = self._conns.get(conn_id) if conn_id is not None else None
-        if conn is None or conn.session is None or conn.closing:
+        if conn is None or conn.session is None or conn.closing or conn.via is not None:
             return False
         if not conn.session.request_dial_back(port, now):
             return False
@@ -950,8 +998,7 @@ class Replicator:
             entry = self.book.get(key)
             if (
                 entry is None
-                or entry.host is None
-                or entry.port is None
+                or (entry.address is None and entry.relay is None)
                 or key in self._by_peer
                 or key in self._dialling
                 or key in self.blocked
@@ -964,7 +1011,10 @@ class Replicator:
                 # Come back when its backoff ends rather than polling.
                 self._maintain_at = min(self._maintain_at, entry.next_try)
                 continue
-            self._dial(key, entry.host, entry.port, now)
+            if entry.host is not None and entry.port is not None:
+                self._dial(key, entry.host, entry.port, now)
+            elif entry.relay is not None:
+                self._dial_via_relay(key, entry.relay, now)
             outbound += 1
 
     def _prune_idle(self, now: float) -> None:
@@ -988,8 +1038,13 @@ class Replicator:
         self._maintain_at = min(self._maintain_at, self.book.back_off(peer, now))
 
     def _close(self, conn: _Conn, now: float, reason: str) -> None:
-        """Close a connection we no longer want; the driver reports `connection_lost`."""
+        """Close a connection we no longer want; the driver reports `connection_lost`
+        (a relayed one is gone at once: its relay is told)."""
         if conn.closing:
+            return
+        if conn.via is not None:
+            self._forward_virtual(conn, now)  # what its channel still had to say
+            self._end_virtual(conn, now, reason, tell_relay=True)
             return
         conn.channel.close()
         self._forget(conn, now, reason)
@@ -1008,6 +1063,7 @@ class Replicator:
             self._events.append(PeerDisconnected(conn.peer, reason))
         if conn.session is not None:
             conn.session.connection_lost(now)
+        self._session_gone(conn, now)
 
     def _touch(self, conn: _Conn) -> None:
         """conn has input to process (or its session was told something)."""
@@ -1037,6 +1093,8 @@ class Replicator:
                 continue
             self._outbox[conn_id] = None
             self._process(conn, now)
+            if conn.via is not None:
+                self._forward_virtual(conn, now)
             if conn.closing:
                 self._deadlines.pop(conn_id, None)
                 continue
@@ -1148,12 +1206,17 @@ class Replicator:
         self._by_peer[peer] = conn.id
         if conn.expected is not None and self._dialling.get(conn.expected) == conn.id:
             del self._dialling[conn.expected]
-        if conn.outbound:
+        if conn.outbound and conn.via is None:
             self.book.learn(peer, *conn.addr)
         self.book.connected(peer, now)
         conn.session = GossipSession(self.source, eager=True, now=now, peer_feed_budget=self.peer_feed_budget)
         conn.session.connection_made(now)
         self._events.append(PeerConnected(peer, conn.addr, conn.outbound))
+        waiting = self._relay_dials.get(conn.addr)
+        if conn.outbound and waiting is not None and waiting[0] == conn.id:
+            del self._relay_dials[conn.addr]
+            for key in waiting[1]:
+                self._open_circuit(conn, key, now)
 
     def _on_session_event(self, conn: _Conn, session: GossipSession, event: object, now: float) -> None:
         peer = conn.peer
@@ -1169,6 +1232,21 @@ class Replicator:
             self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))
         elif isinstance(event, DialBackRequested):
             self._dial_back(conn, session, event.port, now)
+        elif isinstance(event, RelayReceived):
+            self._relay_received(conn, event.circuit, event.data, now)
+        elif isinstance(event, ConnectRequested):
+            self._connect_requested(conn, session, event.key, event.circuit, now)
+        elif isinstance(event, IncomingCircuit):
+            self._incoming_circuit(conn, event.key, event.circuit, now)
+        elif isinstance(event, CircuitChanged):
+            self._circuit_changed(conn, event.circuit, event.status, now)
+        elif isinstance(event, ReservationRequested):
+            self._reservation_requested(conn, session, now)
+        elif isinstance(event, ReservationAnswered):
+            assert peer is not None
+            seconds = event.seconds if event.status == RelayStatus.OK else 0
+            self.stats[f"relay.reservation.{'granted' if seconds else 'refused'}"] += 1
+            self._events.append(RelayReserved(peer, conn.addr, seconds))
         elif isinstance(event, DialBackAnswered):
             assert peer is not None
             # (`_probes_expected` keeps the peer until PROBE_WAIT ends: its probe connection
@@ -1192,6 +1270,250 @@ class Replicator:
             self._close(conn, now, event.reason)
             self._penalize(conn, Offence.SESSION_FAILED, now)
 
+    # ============================================================ relaying
+
+    def request_reservation(self, peer: bytes, now: float) -> bool:
+        """Ask connected ``peer`` to relay circuits to us (RESERVE); its answer is reported as
+        `RelayReserved`.  Only over a connection we dialled (so the relay is reachable where
+        we reached it).  False if there is none, or a request to it is pending."""
+        conn_id = self._by_peer.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        if conn is None or conn.session is None or conn.closing or not conn.outbound or conn.via:
+            return False
+        if not conn.session.request_reservation(now):
+            return False
+        self.stats["relay.reservation.requested"] += 1
+        self._touch(conn)
+        self._pump(now)
+        return True
+
+    def _reservation_requested(self, conn: _Conn, session: GossipSession, now: float) -> None:
+        """A peer asks us to relay for it: yes while we relay, have room, and it did not
+        reach us through a relay itself."""
+        assert conn.peer is not None
+        for key in [k for k, until in self.reservations.items() if until <= now]:
+            del self.reservations[key]
+        room = conn.peer in self.reservations or len(self.reservations) < MAX_RESERVATIONS
+        if not self.relay_enabled or not room or conn.via is not None:
+            self.stats["relay.reserve.refused"] += 1
+            session.answer_reservation(RelayStatus.REFUSED, 0, now)
+            return
+        self.reservations[conn.peer] = now + RESERVATION_SECONDS
+        self.stats["relay.reserve.granted"] += 1
+        session.answer_reservation(RelayStatus.OK, RESERVATION_SECONDS, now)
+
+    def _new_circuit(self) -> int:
+        self._next_circuit = (self._next_circuit + 1) % (MAX_CIRCUIT + 1)
+        return self._next_circuit
+
+    def _connect_requested(
+        self, conn: _Conn, session: GossipSession, key: bytes, circuit: int, now: float
+    ) -> None:
+        """A peer asks us, a relay, to open its circuit to key (a node with a reservation)."""
+        here = (conn.id, circuit)
+        target_id = self._by_peer.get(key)
+        target = self._conns.get(target_id) if target_id is not None else None
+        refusal = None
+        if not self.relay_enabled:
+            refusal = "off"
+        elif self.reservations.get(key, 0.0) <= now:
+            refusal = "no_reservation"
+        elif target is None or target.session is None or target.closing or target.via is not None:
+            refusal = "target_gone"
+        elif here in self._circuits or here in self._virtual:
+            refusal = "circuit_in_use"
+        elif len(self._circuits) // 2 >= MAX_CIRCUITS:
+            refusal = "full"
+        else:
+            ends = [a for a in self._circuits if a[0] == target.id]
+            sources = [a for a in self._circuits if a[0] == conn.id]
+            if len(ends) >= CIRCUITS_PER_TARGET or len(sources) >= CIRCUITS_PER_SOURCE:
+                refusal = "full"
+        if refusal is not None or target is None or target.session is None or conn.peer is None:
+            self.stats[f"relay.connect.refused.{refusal}"] += 1
+            session.send_circuit(circuit, RelayStatus.REFUSED, now)
+            return
+        there = (target.id, self._new_circuit())
+        self._circuits[here], self._circuits[there] = there, here
+        self._circuit_bytes[here] = self._circuit_bytes[there] = 0
+        target.session.send_incoming(conn.peer, there[1], now)
+        session.send_circuit(circuit, RelayStatus.OK, now)
+        self.stats["relay.circuits.opened"] += 1
+        self._touch(target)
+
+    def _relay_received(self, conn: _Conn, circuit: int, data: bytes, now: float) -> None:
+        here = (conn.id, circuit)
+        vconn_id = self._virtual.get(here)
+        if vconn_id is not None:
+            vconn = self._conns.get(vconn_id)
+            if vconn is not None and not vconn.closing:
+                vconn.channel.receive_data(data, now)
+                self._touch(vconn)
+            return
+        there = self._circuits.get(here)
+        if there is None:
+            self.stats["relay.drop.unknown_circuit"] += 1  # e.g. just refused or closed: no fault
+            return
+        other = self._conns.get(there[0])
+        carried = self._circuit_bytes.get(here, 0) + len(data)
+        self._circuit_bytes[here] = carried
+        if (
+            other is None
+            or other.session is None
+            or carried > CIRCUIT_BYTES
+            or not other.session.send_relay(there[1], data, now)
+        ):
+            self.stats["relay.circuits.cut"] += 1
+            self._cut_circuit(here, now)
+            return
+        self.stats["relay.bytes"] += len(data)
+        self._touch(other)
+
+    def _cut_circuit(self, here: tuple[int, int], now: float) -> None:
+        """Close a circuit through us; both ends are told."""
+        there = self._circuits.pop(here, None)
+        self._circuit_bytes.pop(here, None)
+        if there is None:
+            return
+        self._circuits.pop(there, None)
+        self._circuit_bytes.pop(there, None)
+        for conn_id, circuit in (here, there):
+            end = self._conns.get(conn_id)
+            if end is not None and end.session is not None and not end.closing:
+                end.session.send_circuit(circuit, RelayStatus.CLOSED, now)
+                self._touch(end)
+
+    def _circuit_changed(self, conn: _Conn, circuit: int, status: int, now: float) -> None:
+        here = (conn.id, circuit)
+        if status == RelayStatus.OK:
+            return  # our circuit is open: its bytes already flow
+        vconn_id = self._virtual.get(here)
+        if vconn_id is not None:
+            vconn = self._conns.get(vconn_id)
+            if vconn is not None:
+                self.stats[f"relay.circuit.{'refused' if status == RelayStatus.REFUSED else 'closed'}"] += 1
+                self._end_virtual(vconn, now, "relay closed the circuit", tell_relay=False)
+            return
+        if here in self._circuits:
+            self._cut_circuit(here, now)
+
+    def _incoming_circuit(self, conn: _Conn, key: bytes, circuit: int, now: float) -> None:
+        """A relay says key opened a circuit to us: answer its handshake over the circuit."""
+        here = (conn.id, circuit)
+        if conn.via is not None or here in self._virtual or key in self.blocked:
+            assert conn.session is not None
+            conn.session.send_circuit(circuit, RelayStatus.REFUSED, now)
+            self.stats["relay.incoming.refused"] += 1
+            return
+        refusal = self._admit_handshake(conn.ip, conn.net, now)
+        if refusal is not None:
+            self.stats[refusal] += 1
+            assert conn.session is not None
+            conn.session.send_circuit(circuit, RelayStatus.REFUSED, now)
+            return
+        vconn = self._new_conn(
+            SecureChannel.responder(
+                self.identity, now=now, config=self.inbound_config, random_bytes=self.random_bytes
+            ),
+            outbound=False,
+            addr=conn.addr,
+            now=now,
+        )
+        vconn.ip, vconn.net, vconn.via = conn.ip, conn.net, here
+        self._virtual[here] = vconn.id
+        self.stats["relay.incoming"] += 1
+        self._touch(vconn)
+
+    def _dial_via_relay(self, peer: bytes, relay: tuple[str, int], now: float) -> None:
+        """Reach peer through the relay at ``relay``: over our session with whoever listens
+        there, or after dialling it (the relay's key does not matter: the circuit's own
+        handshake proves peer)."""
+        for conn in self._conns.values():
+            if conn.addr == relay and conn.session is not None and not conn.closing and conn.via is None:
+                self._open_circuit(conn, peer, now)
+                return
+        pending = self._relay_dials.get(relay)
+        if pending is not None and pending[0] in self._conns:
+            if peer not in pending[1]:
+                pending[1].append(peer)
+            return
+        channel = SecureChannel.initiator(
+            self.identity, now=now, config=self.channel_config, random_bytes=self.random_bytes
+        )
+        conn = self._new_conn(channel, outbound=True, addr=relay, now=now)
+        conn.ip = host_key(relay[0])
+        conn.net = address_prefix(conn.ip)
+        self._relay_dials[relay] = (conn.id, [peer])
+        self._dials.append((conn.id, *relay))
+        self._touch(conn)
+        self.stats["relay.dials"] += 1
+
+    def _open_circuit(self, relay: _Conn, peer: bytes, now: float) -> None:
+        """Send CONNECT for peer on the relay session, and start our handshake over it."""
+        if relay.session is None or peer in self._by_peer or peer in self._dialling or peer in self.blocked:
+            return
+        circuit = self._new_circuit()
+        here = (relay.id, circuit)
+        if here in self._virtual or not relay.session.send_connect(peer, circuit, now):
+            return
+        channel = SecureChannel.initiator(
+            self.identity,
+            now=now,
+            expected_peer=peer,
+            config=self.channel_config,
+            random_bytes=self.random_bytes,
+        )
+        vconn = self._new_conn(channel, outbound=True, addr=relay.addr, now=now)
+        vconn.ip, vconn.net, vconn.via, vconn.expected = relay.ip, relay.net, here, peer
+        self._virtual[here] = vconn.id
+        self._dialling[peer] = vconn.id
+        self.stats["relay.circuits.dialled"] += 1
+        self._touch(vconn)
+        self._touch(relay)
+
+    def _forward_virtual(self, vconn: _Conn, now: float) -> None:
+        """Move a relayed connection's output into its relay session as RELAY frames."""
+        assert vconn.via is not None
+        data = vconn.channel.data_to_send()
+        if not data:
+            return
+        relay = self._conns.get(vconn.via[0])
+        if relay is None or relay.session is None or relay.closing:
+            return
+        if not relay.session.send_relay(vconn.via[1], data, now):
+            self.stats["relay.queue_full"] += 1
+            self._end_virtual(vconn, now, "relay queue full", tell_relay=True)
+            return
+        self._touch(relay)
+
+    def _end_virtual(self, vconn: _Conn, now: float, reason: str, *, tell_relay: bool) -> None:
+        """A relayed connection is gone (closed by us, by the relay, or with the relay)."""
+        assert vconn.via is not None
+        if vconn.closing:
+            return
+        vconn.channel.close()
+        self._forget(vconn, now, reason)
+        vconn.closing = True
+        self._virtual.pop(vconn.via, None)
+        self._conns.pop(vconn.id, None)
+        self._drop_work(vconn.id)
+        relay = self._conns.get(vconn.via[0])
+        if tell_relay and relay is not None and relay.session is not None and not relay.closing:
+            relay.session.send_circuit(vconn.via[1], RelayStatus.CLOSED, now)
+            self._touch(relay)
+
+    def _session_gone(self, conn: _Conn, now: float) -> None:
+        """conn's session ended: the circuits through it and the connections over it end."""
+        for here in [h for h in self._circuits if h[0] == conn.id]:
+            self._cut_circuit(here, now)
+        for here in [h for h in self._virtual if h[0] == conn.id]:
+            vconn = self._conns.get(self._virtual[here])
+            if vconn is not None:
+                self._end_virtual(vconn, now, "relay connection lost", tell_relay=False)
+            self._virtual.pop(here, None)
+        if conn.peer is not None:
+            self.reservations.pop(conn.peer, None)
+
     # ============================================================ dial-back
 
     def _observed(self, conn: _Conn) -> tuple[bytes, int]:
@@ -1207,7 +1529,7 @@ class Replicator:
         (never any other: nobody can make us dial a third party)."""
         ip, observed_port = self._observed(conn)
         probes = len(self._live("probe"))
-        if probes >= MAX_PROBES or not self._probe_budget.take(now):
+        if conn.via is not None or probes >= MAX_PROBES or not self._probe_budget.take(now):
             self.stats["dialback.refused"] += 1
             session.answer_dial_back(DialStatus.REFUSED, ip, observed_port, now)
             return
