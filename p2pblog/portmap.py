@@ -136,6 +136,14 @@ def miniupnpc_client() -> UpnpClient:
     return client
 
 
+class RunSync(Protocol):
+    async def __call__(self, fn: Callable[[], T], /) -> T: ...
+
+
+async def _in_thread(fn: Callable[[], T], /) -> T:
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -161,8 +169,13 @@ class PortMapper:
         lease: int = LEASE,
         description: str = "p2pblog",
         rng: Random | None = None,
+        call_timeout: float = CALL_TIMEOUT,
+        run_sync: RunSync | None = None,
     ) -> None:
         self.port = port
+        self.call_timeout = call_timeout
+        #: Runs a blocking call: a worker thread (tests run the fake client inline).
+        self.run_sync: RunSync = run_sync or _in_thread
         self.client_factory = client_factory
         self.on_mapped = on_mapped
         self.log = log or (lambda message: None)
@@ -212,8 +225,10 @@ class PortMapper:
 
     # -- blocking calls -----------------------------------------------------------------
 
-    async def _call(self, what: str, fn: Callable[[], T], timeout: float = CALL_TIMEOUT) -> T:
-        """``fn()`` in a worker thread, at most ``timeout`` seconds; errors become `PortMapError`."""
+    async def _call(self, what: str, fn: Callable[[], T], extra: float = 0.0) -> T:
+        """``fn()`` in a worker thread, at most `call_timeout` (+ ``extra``) seconds; errors
+        become `PortMapError`."""
+        timeout = self.call_timeout + extra
 
         def locked() -> T:
             with self._lock:
@@ -221,7 +236,7 @@ class PortMapper:
 
         try:
             with trio.fail_after(timeout):
-                return await trio.to_thread.run_sync(locked, abandon_on_cancel=True)
+                return await self.run_sync(locked)
         except trio.TooSlowError:
             raise PortMapError(f"{what}: the router did not answer in {timeout:g} s") from None
         except PortMapError:
@@ -245,7 +260,7 @@ class PortMapper:
                 raise PortMapError("no UPnP router found")
             return client.externalipaddress()
 
-        external = await self._call("discovery", find, timeout=CALL_TIMEOUT + DISCOVER_MS / 1000)
+        external = await self._call("discovery", find, extra=DISCOVER_MS / 1000)
         try:
             address = ipaddress.ip_address(external)
         except ValueError:
