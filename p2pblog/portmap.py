@@ -9,7 +9,8 @@ mapping: what the node does with the mapped address is the caller's business
 
 How it works (`PortMapper.run`, one task in the node's nursery):
 
-1. Discover an IGD on the LAN (SSDP multicast, `DISCOVER_MS`) and select one
+1. Discover an IGD on the LAN (SSDP multicast, `DISCOVER_MS` per search: miniupnpc
+   searches for up to four device types in turn when none answers) and select one
    that is connected; read its external address.  No router, no IGD, an
    external address that is itself private (a second NAT upstream: a mapping
    would not make the node reachable) end the attempt with a reason.
@@ -170,10 +171,12 @@ class PortMapper:
         description: str = "p2pblog",
         rng: Random | None = None,
         call_timeout: float = CALL_TIMEOUT,
+        discover_ms: int | None = None,
         run_sync: RunSync | None = None,
     ) -> None:
         self.port = port
         self.call_timeout = call_timeout
+        self.discover_ms = DISCOVER_MS if discover_ms is None else discover_ms
         #: Runs a blocking call: a worker thread (tests run the fake client inline).
         self.run_sync: RunSync = run_sync or _in_thread
         self.client_factory = client_factory
@@ -247,7 +250,7 @@ class PortMapper:
     async def _discover(self) -> tuple[UpnpClient, str]:
         """An IGD client and the router's external address."""
         client = self.client_factory()
-        client.discoverdelay = DISCOVER_MS
+        client.discoverdelay = self.discover_ms
 
         def find() -> str:
             try:
@@ -260,7 +263,7 @@ class PortMapper:
                 raise PortMapError("no UPnP router found")
             return client.externalipaddress()
 
-        external = await self._call("discovery", find, extra=DISCOVER_MS / 1000)
+        external = await self._call("discovery", find, extra=4 * self.discover_ms / 1000)
         try:
             address = ipaddress.ip_address(external)
         except ValueError:

@@ -309,8 +309,7 @@ def test_a_changed_external_address_is_reported_again() -> None:
     assert m.mapped is None  # removed on exit
 
 
-def test_a_router_that_does_not_answer_is_bounded_by_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(portmap, "DISCOVER_MS", 0)
+def test_a_router_that_does_not_answer_is_bounded_by_the_timeout() -> None:
     igd, lines = FakeIgd(), []
 
     def hang() -> int:
@@ -318,7 +317,7 @@ def test_a_router_that_does_not_answer_is_bounded_by_the_timeout(monkeypatch: py
         return 1
 
     igd.discover = hang  # type: ignore[method-assign]
-    m = PortMapper(PORT, client_factory=lambda: igd, log=lines.append, call_timeout=0.1)
+    m = PortMapper(PORT, client_factory=lambda: igd, log=lines.append, call_timeout=0.1, discover_ms=0)
     start = time.monotonic()
     result = trio.run(m.attempt)  # in a real worker thread, abandoned at the timeout
     assert time.monotonic() - start < 0.8
