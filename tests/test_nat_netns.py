@@ -142,3 +142,74 @@ def test_without_a_upnp_router_the_mapper_says_so(lab: NatLab) -> None:
     mapper.send_signal(signal.SIGTERM)
     _out, err = mapper.communicate(timeout=20)
     assert err.count("log: port mapping:") == 1, err
+
+
+#: A NodeService with port mapping on, listening on all addresses at argv[2]; prints its
+#: status's ``port_mapping`` section once it is no longer starting, then runs until SIGTERM.
+NODE = """
+import json, signal, sys
+from pathlib import Path
+import trio
+from identity import Identity
+from p2pblog.daemon import NodeService
+from p2pblog.home import Home
+
+async def main():
+    home = Home(Path(sys.argv[1]))
+    identity = Identity(bytes([9]) * 32)
+    home.create(identity)
+    listen = ("0.0.0.0", int(sys.argv[2]))
+    service = NodeService(home, identity, listen=listen, bootstrap=[], port_mapping=True)
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            await nursery.start(service.run)
+            while (await service._status({}))["port_mapping"]["state"] == "starting":
+                await trio.sleep(0.05)
+            section = (await service._status({}))["port_mapping"]
+            print(json.dumps({"port_mapping": section, "mapped_addr": service.mapped_addr}), flush=True)
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def test_a_node_with_port_mapping_is_reachable_through_its_router(lab: NatLab) -> None:
+    _require("miniupnpd (apt-get install miniupnpd-nftables)", shutil.which("miniupnpd") is not None)
+    try:
+        import miniupnpc  # noqa: F401
+    except ImportError:
+        _require("the miniupnpc package (pip install miniupnpc)", False)
+    public = lab.add_public_host()
+    router = lab.add_router()
+    home = lab.add_home_host(router)
+    lab.start_miniupnpd(router)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    node = home.popen(sys.executable, "-c", NODE, str(lab.tmp / "home"), str(PORT), env=env)
+    assert node.stdout is not None
+    line = node.stdout.readline()
+    assert line, node.stderr.read() if node.stderr else ""
+    report = json.loads(line)
+    assert report["mapped_addr"] == [router.addr, PORT]
+    section = report["port_mapping"]
+    assert section["state"] == "mapped" and section["external"] == [router.addr, PORT], section
+    assert section["lease"] == 3600 and section["reason"] is None
+    # The node's gossip listener accepts connections from outside.
+    assert public.python(TCP_OPEN, router.addr, str(PORT)).strip() == "open"
+    node.send_signal(signal.SIGTERM)
+    _out, err = node.communicate(timeout=30)
+    assert f"port mapping: the router forwards {router.addr}:{PORT} (tcp+udp) here" in err, err
+    assert f"port mapping: removed {router.addr}:{PORT}" in err, err
+    assert public.python(TCP_OPEN, router.addr, str(PORT)).strip() == "closed"
+
+
+#: Whether a TCP connect to argv[1]:argv[2] succeeds within a second.
+TCP_OPEN = """
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), 1.0).close()
+    print("open")
+except OSError:
+    print("closed")
+"""

@@ -12,6 +12,7 @@ import itertools
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from random import Random
 from typing import Any, TypeVar
 
@@ -331,3 +332,14 @@ def test_without_miniupnpc(monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[str] = []
     result = trio.run(PortMapper(PORT, log=lines.append).attempt)
     assert result == MappingFailed("miniupnpc is not installed (pip install 'p2pblog[portmap]')")
+
+
+def test_the_node_service_reports_port_mapping_off_by_default(tmp_path: Path) -> None:
+    from identity import Identity
+    from p2pblog.daemon import NodeService
+    from p2pblog.home import Home
+
+    service = NodeService(Home(tmp_path), Identity(bytes([7]) * 32), listen=("0.0.0.0", 0), bootstrap=[])
+    assert service._port_mapping_status() == {"state": "off", "external": None, "reason": "disabled"}
+    service.mapped("203.0.114.7", 4100)
+    assert service.mapped_addr == ("203.0.114.7", 4100)
