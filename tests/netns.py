@@ -155,7 +155,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_namespaces() -> list[str]:
-    """Delete ``p2pt-<pid>-*`` namespaces whose process is gone (a crashed or killed run)."""
+    """Delete ``p2pt-<pid>-*`` namespaces (and ``p2pt-lab-<pid>-*`` scratch directories)
+    whose process is gone (a crashed or killed run); the namespaces' names."""
     removed = []
     listing = _run("ip", "netns", "list", check=False).stdout
     for line in listing.splitlines():
@@ -166,6 +167,10 @@ def remove_stale_namespaces() -> list[str]:
         if pid.isdigit() and not _pid_alive(int(pid)):
             _run("ip", "netns", "del", name, check=False)
             removed.append(name)
+    for scratch in Path(tempfile.gettempdir()).glob(f"{PREFIX}lab-*-*"):
+        pid = scratch.name.split("-")[2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(scratch, ignore_errors=True)
     return removed
 
 
@@ -217,7 +222,7 @@ class NatLab:
         self.processes: list[subprocess.Popen[str]] = []
         self.routers: list[Router] = []
         self.public_hosts: list[Host] = []
-        self._tmp = tempfile.TemporaryDirectory(prefix="p2pt-lab-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{PREFIX}lab-{os.getpid()}-")
         #: A scratch directory removed with the lab (config files, node homes).
         self.tmp = Path(self._tmp.name)
         self._ports = 0
