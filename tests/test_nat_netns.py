@@ -29,9 +29,10 @@ pytestmark = pytest.mark.slow
 
 PORT = 4300
 
-#: Runs a PortMapper for argv[1] until SIGTERM; prints the first result as JSON, then its
-#: state after the exit.  The short discovery is for the test's speed (the lab's router
-#: answers at once; no router costs four searches).
+#: Runs a PortMapper for argv[1] until SIGTERM; prints the first result as JSON (and, with
+#: "renew" in argv, the result of one renewal), then its state after the exit.  The short
+#: discovery is for the test's speed (the lab's router answers at once; no router costs
+#: four searches).
 MAPPER = """
 import json, signal, sys
 import trio
@@ -47,6 +48,9 @@ async def main():
             result = await nursery.start(mapper.run)
             if isinstance(result, PortMapped):
                 print(json.dumps({"mapped": [result.host, result.port, result.lease]}), flush=True)
+                if "renew" in sys.argv[2:]:
+                    renewed = await mapper.renew()
+                    print(json.dumps({"renewed": renewed, "renewals": mapper.renewals}), flush=True)
             else:
                 print(json.dumps({"failed": result.reason}), flush=True)
             async for _ in signals:
@@ -93,9 +97,9 @@ def lab() -> Iterator[NatLab]:
         yield lab
 
 
-def _start_mapper(home: Host, port: int) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _start_mapper(home: Host, port: int, *args: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = home.popen(sys.executable, "-c", MAPPER, str(port), env=env)
+    proc = home.popen(sys.executable, "-c", MAPPER, str(port), *args, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -129,6 +133,34 @@ def test_a_mapped_port_makes_the_home_host_reachable_until_the_mapper_exits(lab:
     assert json.loads(out.splitlines()[-1]) == {"state": "stopped", "mapped": False}, err
     assert f"removed {router.addr}:{PORT}" in err
     assert connect(public, router.addr, PORT, timeout=0.5) == "failed TimeoutError timed out"
+
+
+def test_two_hosts_behind_one_router_get_two_ports_and_renew(lab: NatLab) -> None:
+    _require("miniupnpd (apt-get install miniupnpd-nftables)", shutil.which("miniupnpd") is not None)
+    try:
+        import miniupnpc  # noqa: F401
+    except ImportError:
+        _require("the miniupnpc package (pip install miniupnpc)", False)
+    public = lab.add_public_host()
+    router = lab.add_router()
+    first, second = lab.add_home_host(router), lab.add_home_host(router)
+    lab.start_miniupnpd(router)
+    mapper1, mapped1 = _start_mapper(first, PORT, "renew")
+    assert mapped1 == {"mapped": [router.addr, PORT, 3600]}
+    assert mapper1.stdout is not None
+    assert json.loads(mapper1.stdout.readline()) == {"renewed": True, "renewals": 1}
+    # The same port is taken by the first host: the router picks another (AddAnyPortMapping).
+    _mapper2, mapped2 = _start_mapper(second, PORT)
+    host, port, lease = mapped2["mapped"]  # type: ignore[misc]
+    assert (host, lease) == (router.addr, 3600) and port != PORT
+    listen(first, PORT)
+    listen(second, PORT)
+    assert connect(public, router.addr, PORT) == f"ok {public.addr}"
+    assert connect(public, router.addr, port) == f"ok {public.addr}"
+    # Each external port leads to its own host, for TCP and UDP.
+    rules = router.run("nft", "list", "chain", "inet", "filter", "prerouting_miniupnpd").stdout
+    assert rules.count(f"dport {PORT} dnat ip to {first.addr}:{PORT}") == 2, rules
+    assert rules.count(f"dport {port} dnat ip to {second.addr}:{PORT}") == 2, rules
 
 
 def test_without_a_upnp_router_the_mapper_says_so(lab: NatLab) -> None:
