@@ -19,7 +19,9 @@
 
 Nothing touches the machine's own network namespace: traffic stays between the
 lab's namespaces.  Every namespace has its loopback up (a node's control API
-listens there).  Processes started with `NatLab.popen` / `start_p2pblog` are
+listens there).  `NatLab.start_node` runs ``p2pblog run`` in a host (`LabNode`:
+``cli``/``json`` run commands against it in its namespace).  Processes started with
+`NatLab.popen` / `start_p2pblog` / `start_node` are
 killed when the lab closes, before its namespaces are deleted; namespaces left
 by a crashed run (a dead pid in the name) are removed by the next lab.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -48,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -209,6 +213,34 @@ class Router(Host):
     lan_iface: str = "lan"
 
 
+@dataclass
+class LabNode:
+    """A ``p2pblog run`` process in a lab host (`NatLab.start_node`)."""
+
+    host: Host
+    home: Path
+    process: subprocess.Popen[str] = field(repr=False)
+    handle: str
+    port: int
+    log: Path = field(repr=False)
+
+    @property
+    def addr(self) -> str:
+        """``host:port`` on the host's own network (a home node's is not reachable from outside)."""
+        return f"{self.host.addr}:{self.port}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A ``p2pblog`` command against this node's home, in its namespace."""
+        return self.host.lab.p2pblog(self.host, self.home, *args)
+
+    def json(self, *args: str) -> Any:
+        """``p2pblog ARGS --json`` against this node: its parsed output."""
+        done = self.cli(*args, "--json")
+        if done.returncode != 0:
+            raise RuntimeError(f"p2pblog {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return json.loads(done.stdout)
+
+
 class NatLab:
     """The test bed; a context manager that removes every namespace it made."""
 
@@ -332,6 +364,42 @@ class NatLab:
         env["PYTHONPATH"] = str(ROOT)
         kwargs.setdefault("env", env)
         return self.popen(host, sys.executable, "-m", "p2pblog", "--home", str(home), *args, **kwargs)
+
+    def p2pblog(
+        self, host: Host, home: Path, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``p2pblog --home HOME ARGS`` in ``host`` and wait (a CLI command: the control
+        API of a node answers only inside its own namespace)."""
+        clean = [f"--unset={k}" for k in os.environ if k.startswith("P2PBLOG_")]
+        cmd = ["env", *clean, f"PYTHONPATH={ROOT}", sys.executable, "-m", "p2pblog", "--home", str(home)]
+        return host.run(*cmd, *args, check=False, timeout=timeout)
+
+    def start_node(
+        self, host: Host, home: Path, *args: str, port: int = 7710, timeout: float = 30
+    ) -> LabNode:
+        """``p2pblog run --listen 0.0.0.0:PORT --no-web ARGS`` in ``host`` (``init`` first when
+        HOME has no key), once it has written HOME/node.json; its output goes to HOME/run.log."""
+        if not (home / "identity.key").exists():
+            done = self.p2pblog(host, home, "init")
+            if done.returncode != 0:
+                raise RuntimeError(f"p2pblog init failed: {done.stdout}{done.stderr}")
+        state = home / "node.json"
+        state.unlink(missing_ok=True)
+        log = home / "run.log"
+        with log.open("a") as out:
+            proc = self.start_p2pblog(
+                host, home, "run", "--listen", f"0.0.0.0:{port}", "--no-web", *args, stdout=out, stderr=out
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"p2pblog run exited ({proc.returncode}): {log.read_text()[-3000:]}")
+            try:
+                doc = json.loads(state.read_text())
+                return LabNode(host, home, proc, doc["handle"], port, log)
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.05)
+        raise RuntimeError(f"p2pblog run did not start in {timeout} s: {log.read_text()[-3000:]}")
 
     def start_miniupnpd(
         self, router: Router, *, allow: str = "1024-65535", timeout: float = 10
@@ -493,6 +561,7 @@ __all__ = [
     "PUBLIC_NET",
     "ROUTABLE_NET",
     "Host",
+    "LabNode",
     "LabUnavailable",
     "NatLab",
     "Router",

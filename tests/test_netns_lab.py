@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.netns import Host, NatLab, Router, connect, lab_or_skip, listen, remove_stale_namespaces
+from tests.netns import Host, NatLab, Router, connect, lab_or_skip, listen, remove_stale_namespaces, wait_for
 
 PORT = 4100
 
@@ -59,3 +60,18 @@ def test_two_homes_and_teardown() -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not any(name in listing.split() for name in names)
     assert remove_stale_namespaces() == []
+
+
+def test_a_home_node_joins_a_public_node_through_the_nat(lab: NatLab, tmp_path: Path) -> None:
+    public = lab.add_public_host()
+    router, home = _home(lab)
+    seed = lab.start_node(public, tmp_path / "seed", port=4400)
+    node = lab.start_node(home, tmp_path / "home", "--bootstrap", seed.addr, port=4401)
+    assert node.json("status")["handle"] == node.handle  # the control API answers in its namespace
+
+    def seed_contacts() -> list[tuple[str, int]]:
+        table = seed.json("peers")
+        return [(c["host"], c["port"]) for b in table["buckets"] for c in b["contacts"]]
+
+    # The public node sees the home node at the router's public address (masquerade keeps the port).
+    assert wait_for(lambda: seed_contacts() == [(router.addr, 4401)], timeout=15), seed_contacts()
