@@ -29,6 +29,12 @@ address, an IPv6 /64; a gossip peer's key maps to the address it connected
 from): rotating ports or keys does not buy more lines; and `LOG_BUDGET`
 caps such lines in all.
 
+With ``port_mapping``, `run` also asks the home router for a port mapping
+(`p2pblog.portmap.PortMapper`, UPnP IGD through miniupnpc) once the sockets
+are bound; the mapped public address is kept in `NodeService.mapped_addr` and
+shown by `status` (``port_mapping``); the mapping is removed when `run` ends.
+No router, or a refusal, is one log line.
+
 Cancelling `run` (Ctrl-C / SIGTERM in the CLI) stops it cleanly: the core
 saves its contacts (`NodeCore.close`), ``node.json`` is removed, the store
 closed.
@@ -74,6 +80,7 @@ from p2pblog.node import (
     ProvidersResolved,
     StartupFinished,
 )
+from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
@@ -192,8 +199,16 @@ class NodeService:
         advertise: str | None = None,
         mention_work: int | None = None,
         strict: bool = False,
+        port_mapping: bool = False,
     ) -> None:
         self.home = home
+        #: Ask the home router for a port mapping (UPnP IGD) once the sockets are bound.
+        self.port_mapping = port_mapping
+        self.port_mapper: PortMapper | None = None
+        #: Why no mapper runs (None once one is started).
+        self._port_mapping_off: str | None = None if port_mapping else "disabled"
+        #: The public (host, port) the home router forwards to this node, once mapped.
+        self.mapped_addr: tuple[str, int] | None = None
         #: Re-raise what an input raised (after counting it): for tests.
         self.strict = strict
         self.mention_work = mention_work
@@ -305,6 +320,8 @@ class NodeService:
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(driver.run)
+                if self.port_mapping:
+                    self._start_port_mapping(nursery, tcp[1])
                 control = await nursery.start(server.serve)
                 write_state(
                     self.home.path,
@@ -353,6 +370,28 @@ class NodeService:
             if self.driver is not None:
                 self.driver.close()
             store.close()
+
+    def _start_port_mapping(self, nursery: trio.Nursery, port: int) -> None:
+        """Map ``port`` (the DHT's UDP and gossip's TCP share it) on the home router."""
+        if self.listen[0] in ("127.0.0.1", "::1", "localhost"):
+            self._port_mapping_off = "the node listens on loopback only"
+            self._log(f"port mapping: off ({self._port_mapping_off})")
+            return
+
+        def on_mapped(mapped: PortMapped) -> None:
+            self.mapped(mapped.host, mapped.port)
+
+        self.port_mapper = PortMapper(port, on_mapped=on_mapped, log=self._log)
+        nursery.start_soon(self.port_mapper.run)
+
+    def mapped(self, host: str, port: int) -> None:
+        """The home router forwards ``host:port`` (TCP and UDP) to this node.
+
+        Kept for `status`.  Advertising it (in the peer record and provider records) is
+        the core's decision, not this driver's: it waits for a NodeCore input that takes
+        the new addresses and republishes (drivers never call ``set_addresses``/``publish``,
+        see tests/test_core_purity.py)."""
+        self.mapped_addr = (host, port)
 
     # -- events -----------------------------------------------------------------------
 
@@ -666,6 +705,7 @@ class NodeService:
             "dht": list(self.driver.local_addr),
             "gossip": list(self.driver.gossip_addr),
             "addrs": [list(a) for a in self.addrs],
+            "port_mapping": self._port_mapping_status(),
             "contacts": len(core.dht.table),
             "records": len(core.dht.records),
             "peers": peers,
@@ -708,6 +748,13 @@ class NodeService:
                 "log.suppressed": self.limiter.suppressed,
             },
         }
+
+    def _port_mapping_status(self) -> dict[str, Any]:
+        """``state`` (off, starting, mapped, failed, stopped), ``external`` [host, port] or
+        None, ``reason`` (why not mapped) and the lease, renewals and attempts."""
+        if self.port_mapper is None:
+            return {"state": "off", "external": None, "reason": self._port_mapping_off or "not started"}
+        return self.port_mapper.status()
 
     async def _replicas(self, args: dict[str, Any]) -> dict[str, Any]:
         """For each feed this node replicates: the peers known to hold a copy.
