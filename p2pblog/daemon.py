@@ -209,6 +209,7 @@ class NodeService:
         self._port_mapping_off: str | None = None if port_mapping else "disabled"
         #: The public (host, port) the home router forwards to this node, once mapped.
         self.mapped_addr: tuple[str, int] | None = None
+        self._mapped_addrs: list[tuple[str, str, int]] = []
         #: Re-raise what an input raised (after counting it): for tests.
         self.strict = strict
         self.mention_work = mention_work
@@ -228,6 +229,8 @@ class NodeService:
         self.verbose = True
         #: Ask peers to dial us back, and run in client mode when they cannot (`p2pblog.reachability`).
         self.check_reachability = True
+        #: Relay circuits for nodes nobody can dial (while we are reachable: `p2pblog.relay`).
+        self.relay = True
         #: The addresses the node joined through (for the log).
         self._seeds: list[Address] = []
         self.limiter = LogLimiter()
@@ -294,6 +297,7 @@ class NodeService:
                 mention_work=work,
                 random_bytes=os.urandom,
                 check_reachability=self.check_reachability,
+                relay=self.relay,
             )
             try:
                 driver = self.driver = NodeDriver.bind_both(
@@ -385,13 +389,17 @@ class NodeService:
         nursery.start_soon(self.port_mapper.run)
 
     def mapped(self, host: str, port: int) -> None:
-        """The home router forwards ``host:port`` (TCP and UDP) to this node.
-
-        Kept for `status`.  Advertising it (in the peer record and provider records) is
-        the core's decision, not this driver's: it waits for a NodeCore input that takes
-        the new addresses and republishes (drivers never call ``set_addresses``/``publish``,
-        see tests/test_core_purity.py)."""
+        """The home router forwards ``host:port`` (TCP and UDP) to this node: advertise it
+        first, before the local addresses (the core re-signs the records and checks
+        reachability again: `NodeCore.addresses_changed`)."""
         self.mapped_addr = (host, port)
+        local = [a for a in self.addrs if a[1:] != (host, port) and a not in self._mapped_addrs]
+        self._mapped_addrs = [("udp", host, port), ("tcp", host, port)]
+        self.addrs = [*self._mapped_addrs, *local]
+        if self._core is not None:
+            with self.driver.guard("port_mapping") if self.driver is not None else contextlib.nullcontext():
+                self.core.addresses_changed(self.addrs, unix_now())
+            self._flush()
 
     # -- events -----------------------------------------------------------------------
 
@@ -711,6 +719,12 @@ class NodeService:
             "peers": peers,
             "connections": replicator.connection_count,
             "reachability": {**core.reachability.doc(), "client_mode": core.client_mode},
+            "relay": {
+                "serving": replicator.relay_enabled,
+                "reservations": len(replicator.reservations),
+                "circuits": replicator.circuit_count,
+                "via": [f"{h}:{p}" for h, p in core.relay_client.addrs],
+            },
             "admission": {
                 **replicator.admission(unix_now()),
                 "peer_feeds": replicator.peer_feed_budget.used,

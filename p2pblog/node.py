@@ -460,6 +460,16 @@ class NodeCore:
         self.records.set_addresses(addrs)
         self._watch_address(addrs, self._now if now is None else now)
 
+    def addresses_changed(self, addrs: Sequence[tuple[str, str, int]], now: float) -> None:
+        """The node's addresses changed while it runs (a router mapped a port for it): its
+        records name the new ones from now on (the peer record is re-signed at once, the
+        feeds announced again at the next pass) and reachability is checked again."""
+        self.records.set_addresses(addrs)
+        self._watch_address(addrs, now)
+        self.records.readvertise(now)
+        self._maintain_at = min(self._maintain_at, now)
+        self._drain(now)
+
     def _watch_address(self, addrs: Sequence[tuple[str, str, int]], now: float) -> None:
         tcp = tcp_address(addrs)
         if tcp is not None:

@@ -328,6 +328,15 @@ class OwnRecords:
         else:
             self.peer_job.cancel(None)
 
+    def readvertise(self, now: float) -> None:
+        """Our addresses changed: re-sign the peer record now (when we publish one) and
+        announce the feeds again at the next pass, at the new addresses."""
+        for feed in list(self.provided):
+            self.withdraw(feed)
+        if self.publishing and self.peer_record is not None:
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+                self.publish_peer(now)
+
     def set_client(self, client: bool, now: float) -> None:
         """Client mode on: stop publishing our peer record and announcing feeds (they would
         name an address nobody can dial; the copies out there lapse at their expiry).  Off:

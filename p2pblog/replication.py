@@ -1272,6 +1272,11 @@ class Replicator:
 
     # ============================================================ relaying
 
+    @property
+    def circuit_count(self) -> int:
+        """Circuits relayed through us now."""
+        return len(self._circuits) // 2
+
     def request_reservation(self, peer: bytes, now: float) -> bool:
         """Ask connected ``peer`` to relay circuits to us (RESERVE); its answer is reported as
         `RelayReserved`.  Only over a connection we dialled (so the relay is reachable where

@@ -60,7 +60,9 @@ def core(identity: Identity, store: Store, seed: int, wire: Wire, name: str) -> 
 def follow(node: NodeCore, wire: Wire, *who: tuple[Identity, str]) -> None:
     for identity, name in who:
         node.follow(identity.public_key, wire.now)
-        node.replicator.add_candidates(identity.public_key, [(identity.public_key, *wire.addr(name))], wire.now)
+        node.replicator.add_candidates(
+            identity.public_key, [(identity.public_key, *wire.addr(name))], wire.now
+        )
 
 
 def changes(wire: Wire, name: str) -> list[ReachabilityChanged]:

@@ -23,7 +23,9 @@ def reach(node: NodeProcess) -> dict[str, object]:
     return doc
 
 
-def test_a_node_nobody_can_dial_goes_client_and_still_delivers(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+def test_a_node_nobody_can_dial_goes_client_and_still_delivers(
+    tmp_path: Path, nodes: list[NodeProcess]
+) -> None:
     public = start_node(tmp_path / "public", listen="127.0.0.1:0")
     nodes.append(public)
     home = start_node(tmp_path / "home", "--bootstrap", public.bootstrap, listen="127.0.0.5:0")
@@ -41,7 +43,6 @@ def test_a_node_nobody_can_dial_goes_client_and_still_delivers(tmp_path: Path, n
     # Its posts still reach the follower, over the connection it opened itself.
     run(home.home, "post", "posted from behind the router")
     assert wait_for(
-        lambda: "posted from behind the router"
-        in [p["text"] for p in cli_json(public.home, "timeline")],  # type: ignore[union-attr, index]
+        lambda: "posted from behind the router" in [p["text"] for p in cli_json(public.home, "timeline")],  # type: ignore[union-attr, index]
         30,
     )
