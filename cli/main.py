@@ -709,6 +709,17 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the web app.")
 @click.option(
+    "--no-port-mapping",
+    is_flag=True,
+    help="Do not ask the home router (UPnP IGD) to forward the listen port to this node.",
+)
+@click.option(
+    "--no-relay",
+    is_flag=True,
+    help="Do not relay connections for nodes nobody can dial (a reachable node relays a few, "
+    "rate- and size-limited, by default).",
+)
+@click.option(
     "--strict",
     is_flag=True,
     hidden=True,
@@ -724,6 +735,8 @@ def run(
     mention_work: int,
     web: str,
     no_web: bool,
+    no_port_mapping: bool,
+    no_relay: bool,
     strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
@@ -743,6 +756,13 @@ def run(
     counted in `status`, logged with its traceback, and the node goes on.
     On a full disk the node stays up read-only (`status` says so); it exits
     with one line only if it cannot write HOME/node.json.
+
+    Behind a home router, the node asks the router to forward its port
+    (UPnP IGD; --no-port-mapping turns it off) and asks peers to dial it back
+    to learn whether it is reachable.  If it is not, it runs in client mode
+    (no address advertised, no DHT requests served) and reserves a relay on
+    a reachable peer, which its records name instead; reachable nodes relay
+    for a few such nodes unless --no-relay.
 
     The web app (timeline, posting, search, the node page) is served on
     127.0.0.1:7711 unless --no-web; only this machine can reach it, and only
@@ -777,7 +797,9 @@ def run(
         advertise=advertise,
         mention_work=mention_work,
         strict=strict,
+        port_mapping=not no_port_mapping,
     )
+    service.relay = not no_relay
 
     async def start_web(nursery: trio.Nursery) -> None:
         if web_addr is None:
@@ -928,6 +950,19 @@ def status(as_json: bool) -> None:
     click.echo(f"{result['handle']}  ({result['fingerprint']})")
     for proto, host, port in result["addrs"]:
         click.echo(f"  {proto} {host}:{port}")
+    reach = result.get("reachability") or {}
+    state = reach.get("state", "unknown")
+    click.echo(f"reachability: {reach.get('reason', state) if state != 'unknown' else 'not checked yet'}")
+    if reach.get("client_mode"):
+        relay = result.get("relay") or {}
+        via = ", ".join(relay.get("via") or []) or "none yet"
+        click.echo(f"  client mode: no address advertised; reached through relay(s): {via}")
+    mapping = result.get("port_mapping") or {}
+    if mapping.get("state") == "mapped" and mapping.get("external"):
+        host, port = mapping["external"]
+        click.echo(f"port mapping: the router forwards {host}:{port} here")
+    elif mapping.get("state") == "failed":
+        click.echo(f"port mapping: failed ({mapping.get('reason')})")
     click.echo(f"DHT: {result['contacts']} contacts, {result['records']} records held")
     click.echo(f"peers: {len(result['peers'])} connected")
     for p in result["peers"]:
