@@ -117,12 +117,17 @@ class AddressBook:
     def learn(self, peer: bytes, host: str, port: int) -> Peer:
         entry = self.entry(peer)
         entry.host, entry.port = host, port
+        entry.relay = None
         return entry
 
     def learn_relay(self, peer: bytes, host: str, port: int) -> Peer:
-        """The peer cannot be dialled, but the relay at host:port reaches it."""
+        """The peer cannot be dialled (its records say so now), but the relay at host:port
+        reaches it: its old address is forgotten, and its backoff starts again."""
         entry = self.entry(peer)
+        if entry.relay != (host, port):
+            entry.failures, entry.next_try = 0, 0.0
         entry.relay = (host, port)
+        entry.host = entry.port = None
         return entry
 
     def connected(self, peer: bytes, now: float) -> None:
