@@ -25,7 +25,9 @@ from gossip.messages import (
     MAX_NOTES_PER_FRAME,
     MAX_STAMP_BYTES,
     Ack,
+    Circuit,
     Clock,
+    Connect,
     DialMe,
     DialResult,
     DialStatus,
@@ -33,12 +35,17 @@ from gossip.messages import (
     ForkProof,
     GossipDecodeError,
     Have,
+    Incoming,
     Mention,
     MentionAck,
     MentionStatus,
     Message,
     MessageType,
     Note,
+    Relay,
+    RelayStatus,
+    Reservation,
+    Reserve,
     UnknownMessageType,
     Want,
     chunked,
@@ -133,6 +140,12 @@ GOLDEN: dict[str, tuple[Message, str]] = {
         "c404cb007105"  # bin 4: the IP the requester's connection comes from (203.0.113.5)
         "cd9c40",  # uint 16 40000: its port
     ),
+    "reserve": (Reserve(), "910a"),  # [10]
+    "reservation": (Reservation(RelayStatus.OK, 3600), "930b00cd0e10"),  # [11, OK, 3600 s]
+    "connect": (Connect(A, 5), "930c" + BIN32_A + "05"),  # [12, key, circuit 5]
+    "incoming": (Incoming(A, 2**32 - 1), "930d" + BIN32_A + "ceffffffff"),
+    "circuit_closed": (Circuit(5, RelayStatus.CLOSED), "930e0502"),
+    "relay": (Relay(5, b"abc"), "930f05c403616263"),  # [15, circuit 5, 3 bytes of the inner stream]
     "dial_result_ipv6_unknown_status": (
         DialResult(1, 9, bytes(16), 0),
         "95090109c410" + "00" * 16 + "00",
@@ -395,6 +408,12 @@ def test_a_full_batch_fits_a_frame() -> None:
         MentionAck(A, -1, 0),
         MentionAck(A, True, 0),
         MentionAck(A, 0, 256),
+        Reservation(0, 86_401),
+        Connect(A[:31], 1),
+        Incoming(A, 2**32),
+        Circuit(-1, 0),
+        Relay(1, b""),
+        Relay(1, b"x" * (MAX_ENTRY_BYTES + 1)),
         DialMe(0),
         DialMe(65536),
         DialResult(1, 0, bytes(5), 1),
