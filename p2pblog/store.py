@@ -350,6 +350,21 @@ _ENTRY_FROM: Final = "entries e LEFT JOIN retractions r ON r.target = e.id"
 _KNOWN_FROM: Final = "known_entries e LEFT JOIN retractions r ON r.target = e.id"
 #: Leaves out authors the owner blocked.
 _NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
+#: The posts mentioning a key (parameters: key, after ms, key, after ms), stored or admitted
+#: as notices: each table joined by its primary key (through the ``known_entries`` view,
+#: SQLite would copy every entry held first).
+_MENTIONS_OF: Final = (
+    "SELECT e.raw AS raw, r.target IS NOT NULL AS deleted, e.timestamp AS ts, e.author AS author, "
+    "e.seq AS seq FROM mentions m JOIN entries e ON e.id = m.entry_id "
+    "LEFT JOIN retractions r ON r.target = e.id "
+    f"WHERE m.mentioned = ? AND e.timestamp > ? AND {_NOT_BLOCKED} "
+    "UNION ALL "
+    "SELECT e.raw, r.target IS NOT NULL, e.timestamp, e.author, e.seq "
+    "FROM mentions m JOIN loose_entries e ON e.id = m.entry_id "
+    "LEFT JOIN retractions r ON r.target = e.id "
+    f"WHERE m.mentioned = ? AND e.timestamp > ? AND {_NOT_BLOCKED} "
+    "AND NOT EXISTS (SELECT 1 FROM entries x WHERE x.id = e.id)"
+)
 
 
 class Store:
@@ -993,13 +1008,17 @@ class Store:
 
         Posts by blocked authors are left out."""
         rows = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM mentions m JOIN known_entries e ON e.id = m.entry_id "
-            "LEFT JOIN retractions r ON r.target = e.id "
-            f"WHERE m.mentioned = ? AND {_NOT_BLOCKED} "
-            "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
-            (key, limit),
+            f"SELECT raw, deleted FROM ({_MENTIONS_OF}) ORDER BY ts DESC, author, seq DESC LIMIT ?",
+            (key, -(2**63), key, -(2**63), limit),
         )
         return [_item(row) for row in rows]
+
+    def mention_count(self, key: bytes, *, after: int = 0, limit: int = 100) -> int:
+        """How many posts that `mentions` lists are stamped after ``after`` (ms), up to limit."""
+        row = self._db.execute(
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM ({_MENTIONS_OF}) LIMIT ?)", (key, after, key, after, limit)
+        ).fetchone()
+        return int(row[0])
 
     def thread(self, entry_id: bytes) -> Thread | None:
         """The entry, its ancestors (oldest first) and all replies below it, by time."""

@@ -325,6 +325,8 @@ class WebApp:
         if scope["method"] not in ("GET", "HEAD"):
             origin = headers.get("origin")
             site = headers.get("sec-fetch-site")
+            if origin == "null" and site == "same-origin":
+                origin = None  # a browser's own form POST under a strict referrer policy
             if (origin is not None and origin != self.origin) or site not in (None, "same-origin", "none"):
                 self.stats["refused.csrf"] += 1
                 return PlainTextResponse("cross-origin request refused\n", 403)
@@ -465,14 +467,16 @@ class WebApp:
             cursor=cursor_of(e),
         )
 
-    def post_html(self, item: FeedItem, people: People | None = None) -> str:
+    def post_html(self, item: FeedItem, people: People | None = None, *, csrf: str = "") -> str:
+        """A post as the timeline shows it: for every open page (no session's token, so
+        no controls that need one), or with ``csrf`` for one session's page."""
         return self.env.get_template("_post.html").render(
-            {"p": self.view(item, people or People(self.store)), "csrf": "", "live": True}
+            {"p": self.view(item, people or People(self.store)), "csrf": csrf, "live": not csrf}
         )
 
     def unread(self) -> int:
         seen = int(self.store.setting(SEEN_SETTING) or 0)
-        return sum(1 for i in self.store.mentions(self.own, limit=UNREAD_MAX) if i.entry.timestamp > seen)
+        return self.store.mention_count(self.own, after=seen, limit=UNREAD_MAX)
 
     def _key(self, text: str) -> bytes:
         try:
@@ -666,7 +670,7 @@ class WebApp:
     # -- state changes -------------------------------------------------------------------
 
     async def post(self, request: Request, form: FormData) -> tuple[str, dict[str, Any]]:
-        del request
+        csrf = self.sessions.csrf(request.scope["state"]["sid"])
         text = str(form.get("text") or "")
         if not text.strip():
             raise Refused(400, "write something first")
@@ -676,7 +680,7 @@ class WebApp:
             args["reply_to"] = str(reply_to)
         result = await self.service.command("post", args)
         item = self.store.get(bytes.fromhex(result["id"]))
-        html = self.post_html(item) if item else ""
+        html = self.post_html(item, csrf=csrf) if item else ""
         where = f"/post/{args['reply_to']}" if reply_to else "/"
         return where, {"id": result["id"], "seq": result["seq"], "html": html}
 
