@@ -337,6 +337,9 @@ class NodeCore:
             self.discovery.peer_disconnected(gossip.peer, now)
         elif isinstance(gossip, PeerConnected):
             self.outbox.peer_connected(gossip.peer, now)
+            first = self.reachability.first_check_at()
+            if first is not None:
+                self._maintain_at = min(self._maintain_at, max(first, now))
         elif isinstance(gossip, MentionArrived):
             status, need = self.admission.arrived(gossip, now)
             self.replicator.answer_mention(gossip, status, need, now)

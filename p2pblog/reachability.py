@@ -96,6 +96,13 @@ class Reachability:
             self._due = min(self._due, now)
             self._round.clear()
 
+    def first_check_at(self) -> float | None:
+        """When the first check is due (None once one ran, or when off): a node that just
+        got its first session wakes for it instead of waiting for its next pass."""
+        if not self.enabled or self.port is None or self._round or self.state != UNKNOWN:
+            return None
+        return self._due
+
     @property
     def observed_address(self) -> tuple[str, int] | None:
         return self.observed.most_common(1)[0][0] if self.observed else None
