@@ -269,12 +269,15 @@ def test_a_post_made_on_a_page_appears_live_on_the_followers_open_page(net: Net)
     b.context.close()
 
 
-def test_posts_wait_behind_a_new_posts_button_while_the_reader_is_scrolled_down(net: Net) -> None:
+@pytest.mark.parametrize("width", [800, 375])
+def test_posts_wait_behind_a_new_posts_button_while_the_reader_is_scrolled_down(net: Net, width: int) -> None:
     a = net.page(net.a)
     for i in range(8):
-        api_post(a, f"filler post {i} to make the page long enough to scroll")
-    b = net.page(net.b, viewport={"width": 800, "height": 400})
-    b.locator("#timeline article.post", has_text="filler post 7").wait_for()
+        api_post(a, f"filler post {i} to make the page long enough to scroll ({width})")
+    b = net.page(net.b, viewport={"width": width, "height": 500})
+    b.locator(
+        "#timeline article.post", has_text=f"filler post 7 to make the page long enough to scroll ({width})"
+    ).wait_for()
     live(b)
     mark_page(b)
     b.evaluate("window.scrollTo(0, document.body.scrollHeight)")
@@ -284,6 +287,12 @@ def test_posts_wait_behind_a_new_posts_button_while_the_reader_is_scrolled_down(
     button = b.locator("#new-posts")
     until(b, "document.getElementById('new-posts').textContent === '2 new posts'")
     assert button.is_visible()
+    box = button.bounding_box()
+    assert box is not None
+    on_top = b.evaluate(
+        "([x, y]) => document.elementFromPoint(x, y)?.id", [box["x"] + box["width"] / 2, box["y"] + 2]
+    )
+    assert on_top == "new-posts", f"the button is covered by {on_top!r}"  # e.g. by the sticky header
     assert b.locator(f"#p-{first}, #p-{second}").count() == 0  # nothing jumps under the reader
     button.click()
     b.locator(f"#p-{second}").wait_for()

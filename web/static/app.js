@@ -39,6 +39,17 @@
     document.title = (n ? "(" + shown + ") " : "") + baseTitle;
   }
 
+  // --- the sticky header's height, for what sticks below it (the "new posts" button) ----
+  const header = document.querySelector("header.top");
+  function headerHeight() {
+    document.documentElement.style.setProperty("--top-height", header.offsetHeight + "px");
+  }
+  if (header) {
+    headerHeight();
+    if (window.ResizeObserver) new ResizeObserver(headerHeight).observe(header);
+    else window.addEventListener("resize", headerHeight);
+  }
+
   // --- the timeline ---------------------------------------------------------------------
   const timeline = document.getElementById("timeline");
   const liveTimeline = page === "home" && timeline && timeline.dataset.paged !== "1";
