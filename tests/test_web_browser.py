@@ -353,6 +353,40 @@ def test_a_reply_from_the_thread_page_shows_in_the_thread(net: Net) -> None:
     b.context.close()
 
 
+def test_mention_completion_offers_followed_people_by_name(net: Net) -> None:
+    b = net.page(net.b)
+    text = b.locator("#compose-text")
+    text.press_sequentially("thanks @ali")
+    option = b.locator("#complete li[role=option]", has_text="alice")
+    option.wait_for()
+    assert b.locator("#complete li").count() == 1  # carol does not start with "ali"
+    assert option.get_attribute("aria-selected") == "true"
+    assert text.get_attribute("aria-activedescendant") == "complete-0"
+    text.press("Enter")
+    assert text.input_value() == f"thanks {net.a.handle} "
+    assert b.locator("#complete").is_hidden()
+    assert b.locator("#compose-count").inner_text() == f"{500 - len(text.input_value())} characters left"
+    text.press_sequentially("and @zz")
+    b.wait_for_timeout(300)
+    assert b.locator("#complete").is_hidden()  # nobody matches: no empty list
+    b.context.close()
+
+
+def test_the_node_page_counts_replicas_on_demand(net: Net) -> None:
+    b = net.page(net.b, "/node")
+    assert net.b.handle in b.locator(".facts").inner_text()
+    assert b.locator("#replicas tr[data-handle]").count() >= 2
+    assert "not searched" in b.locator("#replicas .providers").all_inner_texts()  # our own feed
+    b.locator("#count-replicas").click()
+    b.locator("#replicas-status", has_text="updated").wait_for()
+    cells = b.locator("#replicas .providers").all_inner_texts()
+    assert cells and all(c.isdigit() for c in cells), cells
+    row = b.locator(f"#replicas tr[data-handle='{net.a.handle}']")
+    assert row.locator(".connected").inner_text() == "1"
+    assert b.locator("#count-replicas").is_enabled()
+    b.context.close()
+
+
 def test_search_marks_the_matching_word(net: Net) -> None:
     b = net.page(net.b)
     b.locator("nav a", has_text="Search").click()
