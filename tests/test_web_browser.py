@@ -332,6 +332,29 @@ def test_posts_wait_behind_a_new_posts_button_while_the_reader_is_scrolled_down(
     b.context.close()
 
 
+def test_many_tabs_of_the_app_all_load_and_all_update_live(net: Net) -> None:
+    # A browser opens 6 connections per host; an event stream per tab would hold them all.
+    ctx = net.context(net.b)
+    tabs = []
+    for _ in range(8):
+        tab = ctx.new_page()
+        response = tab.goto(net.b.origin + "/", timeout=5000)
+        assert response is not None and response.ok
+        tabs.append(tab)
+    for tab in tabs:
+        live(tab)
+    a = net.page(net.a)
+    shared = api_post(a, "one post, eight tabs")
+    for tab in tabs:
+        tab.locator(f"#p-{shared}").wait_for()
+    tabs[0].close()  # the tab holding the stream: another takes over
+    later = api_post(a, "and still live after the first tab closed")
+    for tab in tabs[1:]:
+        tab.locator(f"#p-{later}").wait_for()
+    a.context.close()
+    ctx.close()
+
+
 def test_a_reply_from_the_thread_page_shows_in_the_thread(net: Net) -> None:
     a = net.page(net.a)
     root = api_post(a, "what do you think of trio?")
