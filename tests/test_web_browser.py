@@ -673,7 +673,8 @@ def test_a_phone_sized_viewport_needs_no_horizontal_scrolling(net: Net, path: st
 @FORM_POSTS
 def test_signing_out_ends_the_session(net: Net) -> None:
     page = net.page(net.c)
-    submit(page, page.locator("footer button", has_text="Sign out"))
+    with page.expect_navigation():
+        page.locator("footer button", has_text="Sign out").click()
     page.goto(net.c.origin + "/")
     assert page.locator("h1").inner_text() == "Not signed in"
     page.context.close()

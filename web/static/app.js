@@ -56,9 +56,16 @@
   const newButton = document.getElementById("new-posts");
   const waiting = [];
 
-  function insertPost(html, fresh) {
+  function insertPost(html, fresh, replace) {
     const node = fromHTML(html);
-    if (!node || document.getElementById(node.id)) return;
+    if (!node) return;
+    const shown = document.getElementById(node.id);
+    if (shown) {
+      // The live copy (sent to every open page) may arrive before the answer to our own post,
+      // whose copy is the one with this session's controls (Delete).
+      if (replace) shown.replaceWith(node);
+      return;
+    }
     const items = Array.from(timeline.querySelectorAll(":scope > .post"));
     const ts = Number(node.dataset.ts);
     const before = items.find((el) => Number(el.dataset.ts) <= ts);
@@ -206,7 +213,7 @@
         const doc = await send("/post", fields);
         text.value = "";
         updateCount();
-        if (page === "home" && doc.html && timeline) insertPost(doc.html, true);
+        if (page === "home" && doc.html && timeline) insertPost(doc.html, true, true);
         else if (page === "thread") window.location.reload();
       } catch (err) {
         error.textContent = err.message;
