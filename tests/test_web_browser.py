@@ -464,6 +464,25 @@ def test_search_results_show_the_posts_and_nothing_else(net: Net, searchable: st
     b.context.close()
 
 
+def test_tags_links_and_mentions_in_a_post_are_links(net: Net) -> None:
+    a = net.page(net.a)
+    post_id = api_post(a, f"#webtest see https://example.org/a?b=1 with {net.c.handle}")
+    a.context.close()
+    b = net.page(net.b)
+    text = b.locator(f"#p-{post_id} .text")
+    text.wait_for()
+    assert text.locator("a.mention").inner_text() == "@carol"  # bob follows carol: her name
+    assert text.locator("a.mention").get_attribute("href") == f"/u/{net.c.handle}"
+    link = text.locator("a[rel~=nofollow]")
+    assert link.get_attribute("href") == "https://example.org/a?b=1"
+    assert "noopener" in (link.get_attribute("rel") or "")
+    text.locator("a.tag").click()
+    b.wait_for_url("**/search?q=%23webtest")
+    assert b.locator("#search-q").input_value() == "#webtest"
+    assert b.locator(f"#p-{post_id}").is_visible()
+    b.context.close()
+
+
 # --- names, follow, block ----------------------------------------------------------------------
 
 
