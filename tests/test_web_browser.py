@@ -716,6 +716,27 @@ def phone_post(net: Net) -> str:
     return post_id
 
 
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_buttons_are_readable_in_both_colour_schemes(net: Net, scheme: str) -> None:
+    a = net.page(net.a, color_scheme=scheme)
+    api_post(a, f"a post with a Delete button ({scheme})")
+    a.reload()
+    styles = """el => { const s = getComputedStyle(el); return [s.color, s.backgroundColor]; }"""
+    delete = a.locator("#timeline article.post button", has_text="Delete").first
+    color, background = delete.evaluate(styles)
+    assert background == "rgba(0, 0, 0, 0)", f"Delete is {color} on {background}"
+    for button in [a.locator("#compose button[type=submit]"), a.locator("footer.foot button")]:
+        color, background = button.evaluate(styles)
+        assert color != background, (color, background)
+    a.context.close()
+    b = net.page(net.b, f"/u/{net.c.handle}", color_scheme=scheme)
+    block = b.locator(".actions button", has_text="Block")
+    if block.count():  # before bob blocks carol
+        color, background = block.evaluate(styles)
+        assert color != background and background != "rgba(0, 0, 0, 0)", (color, background)
+    b.context.close()
+
+
 @pytest.mark.parametrize(
     "path",
     [
