@@ -499,22 +499,27 @@ def test_a_name_is_claimed_on_the_names_page_with_its_progress(net: Net) -> None
     c.context.close()
 
 
-@FORM_POSTS
-def test_a_name_two_keys_claim_is_followed_only_by_picking_a_card(net: Net) -> None:
+def sam_cards(net: Net, page: Any) -> Any:
+    """Search "sam" on page's Follow page until both claims resolve: the cards."""
+
+    def two_cards() -> bool:
+        page.goto(net.a.origin + "/follow")
+        page.locator("#follow-q").fill("sam")
+        page.locator("#follow-q").press("Enter")
+        page.wait_for_url("**/follow?q=sam")
+        return bool(page.locator(".cards.conflict section.card").count() == 2)
+
+    assert wait_for(two_cards, timeout=15, interval=0.5), page.locator("main").inner_text()
+    return page.locator("section.card")
+
+
+def test_a_name_two_keys_claim_shows_both_side_by_side_and_follows_neither(net: Net) -> None:
     run(net.b.home, "name", "claim", "sam")
     run(net.c.home, "name", "claim", "sam")
     a = net.page(net.a, "/follow")
     assert a.locator("h2", has_text="Following (0)").is_visible()
-
-    def two_cards() -> bool:
-        a.locator("#follow-q").fill("sam")
-        a.locator("#follow-q").press("Enter")
-        a.wait_for_load_state()
-        return a.locator(".cards.conflict section.card").count() == 2
-
-    assert wait_for(two_cards, timeout=15, interval=0.5), a.locator("main").inner_text()
+    cards = sam_cards(net, a)
     assert "2 keys claim the name 'sam': not guessing" in a.locator("p[role=status]").inner_text()
-    cards = a.locator("section.card")
     assert cards.filter(has_text=net.b.handle).count() == 1
     assert cards.filter(has_text=net.c.handle).count() == 1
     boxes = [cards.nth(i).bounding_box() for i in range(2)]
@@ -523,6 +528,17 @@ def test_a_name_two_keys_claim_is_followed_only_by_picking_a_card(net: Net) -> N
     assert a.locator("h2", has_text="Following (0)").is_visible()  # nothing followed yet
     assert cards.locator("button", has_text="Follow").count() == 2
     assert cards.locator("p.meta", has_text="Following.").count() == 0
+    status = cli_json(net.a.home, "status")
+    assert isinstance(status, dict)
+    followed = {feed["handle"] for feed in status["feeds"] if not feed["own"]}
+    assert not followed & {net.b.handle, net.c.handle}, followed
+    a.context.close()
+
+
+@FORM_POSTS
+def test_following_one_claimant_by_its_card(net: Net) -> None:
+    a = net.page(net.a, "/follow")
+    cards = sam_cards(net, a)
     carol = cards.filter(has_text=net.c.handle)
     submit(a, carol.locator("button", has_text="Follow"))
     a.wait_for_url("**/u/*")
