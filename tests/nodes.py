@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process import p2pblog
+from tests.process import child_env, p2pblog
 
 
 @dataclass
@@ -60,7 +59,7 @@ def start_node(home: Path, *args: str, listen: str = "127.0.0.1:0", timeout: flo
     if state.exists():
         state.unlink()
     log = home / f"run-{time.monotonic_ns()}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
+    env = child_env()
     out = log.open("w")
     if "--web" not in args:
         args = ("--no-web", *args)  # the web app's tests ask for it (port 0); others skip its start-up

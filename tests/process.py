@@ -7,6 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: The checkout these tests belong to: child processes import p2pblog from here, not from
+#: whichever copy the interpreter has installed (an editable install of another worktree).
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a p2pblog child process: no P2PBLOG_ settings, this checkout first."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
 
 def p2pblog(
     home: Path | None, *args: str, env: dict[str, str] | None = None, module: bool = True
@@ -15,8 +27,7 @@ def p2pblog(
     command = [sys.executable, "-m", "p2pblog"] if module else [str(Path(sys.executable).parent / "p2pblog")]
     if home is not None:
         command += ["--home", str(home)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
-    full_env.update(env or {})
+    full_env = child_env(env)
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=120, env=full_env, stdin=subprocess.DEVNULL
     )

@@ -39,15 +39,33 @@
     document.title = (n ? "(" + shown + ") " : "") + baseTitle;
   }
 
+  // --- the sticky header's height, for what sticks below it (the "new posts" button) ----
+  const header = document.querySelector("header.top");
+  function headerHeight() {
+    document.documentElement.style.setProperty("--top-height", header.offsetHeight + "px");
+  }
+  if (header) {
+    headerHeight();
+    if (window.ResizeObserver) new ResizeObserver(headerHeight).observe(header);
+    else window.addEventListener("resize", headerHeight);
+  }
+
   // --- the timeline ---------------------------------------------------------------------
   const timeline = document.getElementById("timeline");
   const liveTimeline = page === "home" && timeline && timeline.dataset.paged !== "1";
   const newButton = document.getElementById("new-posts");
   const waiting = [];
 
-  function insertPost(html, fresh) {
+  function insertPost(html, fresh, replace) {
     const node = fromHTML(html);
-    if (!node || document.getElementById(node.id)) return;
+    if (!node) return;
+    const shown = document.getElementById(node.id);
+    if (shown) {
+      // The live copy (sent to every open page) may arrive before the answer to our own post,
+      // whose copy is the one with this session's controls (Delete).
+      if (replace) shown.replaceWith(node);
+      return;
+    }
     const items = Array.from(timeline.querySelectorAll(":scope > .post"));
     const ts = Number(node.dataset.ts);
     const before = items.find((el) => Number(el.dataset.ts) <= ts);
@@ -95,23 +113,76 @@
     el.querySelector(".js-delete")?.remove();
   }
 
-  // --- server-sent events ------------------------------------------------------------------
-  if (window.EventSource) {
-    const since = timeline?.dataset.live;
-    const source = new EventSource("/events" + (since ? "?since=" + since : ""));
-    source.addEventListener("post", (e) => onPost(JSON.parse(e.data)));
-    source.addEventListener("retract", (e) => onRetract(JSON.parse(e.data)));
-    source.addEventListener("unread", (e) => setUnread(JSON.parse(e.data).unread));
-    source.addEventListener("more", () => {
+  // --- server-sent events: one stream per browser, shared by its tabs --------------------
+  // A browser opens at most six HTTP/1.1 connections to one host, and an event stream holds
+  // one for as long as its tab is open: with a stream per tab, the seventh tab of the app
+  // would never load.  So the tabs share one stream.  The tab holding the Web Lock
+  // "p2pblog-live" keeps it open and relays each event, with its number, to the other tabs
+  // over a BroadcastChannel (and replays what a newly opened tab missed since its page was
+  // rendered); when that tab closes, the next one takes the lock and reconnects from the
+  // last event it saw.  Browsers without these APIs keep a stream per tab.
+  const sinceText = timeline?.dataset.live;
+  let lastSeen = sinceText ? Number(sinceText) : null;
+  const handlers = {
+    post: onPost,
+    retract: onRetract,
+    unread: (doc) => setUnread(doc.unread),
+    more: () => {
       if (liveTimeline && newButton) {
         newButton.hidden = false;
         newButton.textContent = "More new posts: show them";
         newButton.onclick = () => window.location.reload();
       }
-    });
-    source.addEventListener("reload", () => { if (liveTimeline && window.scrollY < 80) window.location.reload(); });
-    document.body.dataset.live = "connecting";
+    },
+    reload: () => { if (liveTimeline && window.scrollY < 80) window.location.reload(); },
+  };
+
+  function deliver(name, id, doc) {
+    if (id !== null && lastSeen !== null && id <= lastSeen) return;  // on the page already
+    if (id !== null) lastSeen = id;
+    handlers[name]?.(doc);
+  }
+
+  function openStream(onEvent) {
+    const source = new EventSource("/events" + (lastSeen !== null ? "?since=" + lastSeen : ""));
+    for (const name of Object.keys(handlers)) {
+      source.addEventListener(name, (e) => {
+        onEvent(name, e.lastEventId ? Number(e.lastEventId) : null, JSON.parse(e.data));
+      });
+    }
     source.addEventListener("open", () => { document.body.dataset.live = "open"; });
+  }
+
+  if (window.EventSource) {
+    document.body.dataset.live = "connecting";
+    if (navigator.locks && window.BroadcastChannel) {
+      const channel = new BroadcastChannel("p2pblog-live");
+      const relayed = [];
+      let leading = false;
+      channel.onmessage = (e) => {
+        const m = e.data;
+        if (m.type === "event") deliver(m.name, m.id, m.doc);
+        else if (m.type === "hello" && leading) {
+          for (const r of relayed) if (r.id !== null && r.id > m.since) channel.postMessage(r);
+        }
+      };
+      navigator.locks.request("p2pblog-live", () => new Promise(() => {  // held until the tab closes
+        leading = true;
+        openStream((name, id, doc) => {
+          const message = { type: "event", name, id, doc };
+          relayed.push(message);
+          if (relayed.length > 256) relayed.shift();
+          channel.postMessage(message);
+          deliver(name, id, doc);
+        });
+      }));
+      if (lastSeen !== null) channel.postMessage({ type: "hello", since: lastSeen });
+      navigator.locks.query().then((state) => {
+        if (!leading && state.held.some((lock) => lock.name === "p2pblog-live")) document.body.dataset.live = "open";
+      });
+    } else {
+      openStream(deliver);
+    }
   }
 
   // --- compose: counter, posting without reload, mention completion ----------------------
@@ -142,7 +213,7 @@
         const doc = await send("/post", fields);
         text.value = "";
         updateCount();
-        if (page === "home" && doc.html && timeline) insertPost(doc.html, true);
+        if (page === "home" && doc.html && timeline) insertPost(doc.html, true, true);
         else if (page === "thread") window.location.reload();
       } catch (err) {
         error.textContent = err.message;
