@@ -44,16 +44,6 @@ CHROMIUM_ARGS = [
 ]
 #: Milliseconds a page waits for something live (replication, DHT) before failing.
 LIVE_MS = 15_000
-FORM_POSTS = pytest.mark.xfail(
-    strict=True,
-    reason="/work/reports/browser-bugs.md #1: Referrer-Policy no-referrer makes Chromium send "
-    "Origin: null on form POSTs, which the app refuses (403)",
-)
-SNIPPET_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="/work/reports/browser-bugs.md #5: _post.html prints search.html's `hits` list "
-    "(Python reprs of every result) under each search result",
-)
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 
 
@@ -300,11 +290,6 @@ def test_a_post_made_on_a_page_appears_live_on_the_followers_open_page(net: Net)
     b.context.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/work/reports/browser-bugs.md #4: the post's HTML answered to the compose box is the "
-    "live copy, rendered without the Delete form",
-)
 def test_a_post_made_on_the_page_can_be_deleted_without_reload(net: Net) -> None:
     a = net.page(net.a)
     a.locator("#compose-text").fill("posted, then thought better of it")
@@ -455,7 +440,6 @@ def test_search_marks_the_matching_word(net: Net, searchable: str) -> None:
     b.context.close()
 
 
-@SNIPPET_BUG
 def test_search_results_show_the_posts_and_nothing_else(net: Net, searchable: str) -> None:
     b = net.page(net.b, "/search?q=kademlia")
     assert b.locator(f"#p-{searchable}").is_visible()
@@ -486,7 +470,6 @@ def test_tags_links_and_mentions_in_a_post_are_links(net: Net) -> None:
 # --- names, follow, block ----------------------------------------------------------------------
 
 
-@FORM_POSTS
 def test_a_name_is_claimed_on_the_names_page_with_its_progress(net: Net) -> None:
     c = net.page(net.c, "/names")
     c.locator("#claim-name").fill("cee")
@@ -535,7 +518,6 @@ def test_a_name_two_keys_claim_shows_both_side_by_side_and_follows_neither(net: 
     a.context.close()
 
 
-@FORM_POSTS
 def test_following_one_claimant_by_its_card(net: Net) -> None:
     a = net.page(net.a, "/follow")
     cards = sam_cards(net, a)
@@ -550,7 +532,6 @@ def test_following_one_claimant_by_its_card(net: Net) -> None:
     a.context.close()
 
 
-@FORM_POSTS
 def test_blocking_from_a_profile_hides_the_authors_posts(net: Net) -> None:
     c = net.page(net.c)
     carols = api_post(c, "carol's post that bob will stop seeing")
@@ -574,7 +555,6 @@ def test_blocking_from_a_profile_hides_the_authors_posts(net: Net) -> None:
 # --- delete, mentions --------------------------------------------------------------------------
 
 
-@FORM_POSTS
 def test_deleting_an_own_post_asks_and_followers_see_it_retracted(net: Net) -> None:
     a = net.page(net.a)
     doomed = api_post(a, "a post alice regrets")
@@ -710,7 +690,6 @@ def test_pages_read_without_javascript(net: Net, searchable: str) -> None:
     page.context.close()
 
 
-@FORM_POSTS
 def test_a_form_post_works_without_javascript(net: Net) -> None:
     page = net.page(net.a, java_script_enabled=False)
     page.locator("#compose-text").fill("posted with scripts off")
@@ -764,7 +743,7 @@ def test_buttons_are_readable_in_both_colour_schemes(net: Net, scheme: str) -> N
         "/mentions",
         "PROFILE",
         "THREAD",
-        pytest.param("/search?q=phone", marks=SNIPPET_BUG),
+        "/search?q=phone",
     ],
 )
 def test_a_phone_sized_viewport_needs_no_horizontal_scrolling(net: Net, phone_post: str, path: str) -> None:
@@ -781,7 +760,6 @@ def test_a_phone_sized_viewport_needs_no_horizontal_scrolling(net: Net, phone_po
     page.context.close()
 
 
-@FORM_POSTS
 def test_signing_out_ends_the_session(net: Net) -> None:
     page = net.page(net.c)
     with page.expect_navigation():
@@ -797,10 +775,6 @@ def test_no_csp_violations_or_script_errors_in_normal_use(net: Net) -> None:
     assert not net.page_errors, "\n".join(net.page_errors)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/work/reports/browser-bugs.md #2: pattern=[a-z0-9_-]{1,32} is not a valid v-flag regex",
-)
 def test_the_console_stays_quiet(net: Net) -> None:
     # Failed loads are the refusal tests' 401s and 403s (and a favicon of a plain-text page).
     noise = [m for m in net.console if m.startswith("error:") and "Failed to load resource" not in m]
