@@ -1074,20 +1074,20 @@ class GossipSession:
         frame = encode_message(Connect(key, circuit))
         if not self._enter("send_connect", now):
             return False
-        self._dial_frames.append(frame)
+        self._relay_frames.append(frame)  # one FIFO with RELAY: a circuit's frames stay in order
         return True
 
     def send_incoming(self, key: bytes, circuit: int, now: float) -> bool:
         frame = encode_message(Incoming(key, circuit))
         if not self._enter("send_incoming", now):
             return False
-        self._dial_frames.append(frame)
+        self._relay_frames.append(frame)
         return True
 
     def send_circuit(self, circuit: int, status: int, now: float) -> None:
         frame = encode_message(Circuit(circuit, status))
         if self._enter("send_circuit", now):
-            self._dial_frames.append(frame)
+            self._relay_frames.append(frame)  # after the circuit's last RELAY bytes
 
     def send_relay(self, circuit: int, data: bytes, now: float) -> bool:
         """Queue RELAY frames of ``data`` (any length) on circuit; False (nothing queued)

@@ -95,6 +95,7 @@ from p2pblog.record_rules import rank_provider, select_value, validate_provider,
 from p2pblog.relay import RelayClient
 from p2pblog.replication import (
     MAINTAIN_EVERY,
+    DialBackProbed,
     DialBackResult,
     EntriesStored,
     MentionAnswered,
@@ -353,6 +354,9 @@ class NodeCore:
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
         elif isinstance(gossip, DialBackResult):
             self.reachability.result(gossip, now)
+            self._reachability_events(now)
+        elif isinstance(gossip, DialBackProbed):
+            self.reachability.probed(gossip.peer, now)
             self._reachability_events(now)
         elif isinstance(gossip, RelayReserved) and self.relay_client.answered(gossip, now):
             self.records.set_relays(self.relay_client.addrs, now)

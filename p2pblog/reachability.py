@@ -16,11 +16,15 @@ private one may be port-mapped), so the node asks, as libp2p's AutoNAT does:
   fails, and answers with the result and the address it sees us at
   (DIAL_RESULT; the *observed address*).
 * **The verdict** (`_conclude`): one success makes the node *reachable*
-  (at that observed address); failures from at least `MIN_FAILURES` peers
-  (or from every peer asked, when fewer could be asked) with no success make
-  it *unreachable*; refusals and silence decide nothing and the round is
-  tried again after `RETRY`.  A round ends when all asked peers answered or
-  after `ROUND_TIMEOUT`.
+  (at that observed address), but only a success whose probe we saw arrive
+  (`probed`): a peer cannot say OK without dialling us.  Failures with no
+  success make it *unreachable* when they come from at least `MIN_FAILURES`
+  distinct networks (/24, /48), or, when fewer networks could be asked, in
+  two rounds `CONFIRM_AFTER` apart: one peer's word, said once, does not
+  take a node's addresses off the network.  Refusals and silence decide
+  nothing and the round is tried again after `RETRY`.  A round ends when all
+  asked peers answered (and every OK's probe arrived) or after
+  `ROUND_TIMEOUT`.
 * **Re-checks**: every `RECHECK_REACHABLE` seconds when reachable (a router
   may drop a mapping), every `RECHECK_UNREACHABLE` when not (a mapping may
   appear), and at once when the advertised address changes (`set_address`).
@@ -53,6 +57,7 @@ RECHECK_REACHABLE: Final = 1800.0
 RECHECK_UNREACHABLE: Final = 300.0
 RETRY: Final = 60.0
 FIRST_CHECK: Final = 5.0
+CONFIRM_AFTER: Final = 15.0
 #: Observed addresses remembered.
 MAX_OBSERVED: Final = 16
 
@@ -87,7 +92,13 @@ class Reachability:
         self.stats: Counter[str] = Counter()
         self._due = now + FIRST_CHECK
         self._round: dict[bytes, int | None] = {}
+        self._round_nets: dict[bytes, bytes] = {}
+        self._round_started = 0.0
         self._round_ends = 0.0
+        #: Peers whose probe (their dial-back of us) arrived, and when.
+        self._probed: dict[bytes, float] = {}
+        #: A round found us unreachable on one network's word: the next one confirms.
+        self._suspect = False
 
     def set_address(self, host: str, port: int, now: float) -> None:
         """The advertised gossip address; a new one is checked at the next pass."""
@@ -119,23 +130,40 @@ class Reachability:
         # Peers from distinct networks first (one network's view could be its own
         # firewall's), then any others, longest-connected first.
         sessions = sorted(self.replicator.sessions(), key=lambda s: s[4])
-        chosen: dict[bytes, None] = {}
-        nets: set[bytes] = set()
+        chosen: dict[bytes, bytes] = {}
         for peer, _session, _outbound, addr, _since in sessions:
             net = address_prefix(host_key(addr[0]))
-            if net not in nets and len(chosen) < ASK:
-                chosen[peer] = None
-                nets.add(net)
-        for peer, *_ in sessions:
-            if len(chosen) < ASK:
-                chosen[peer] = None
+            if net not in chosen.values() and len(chosen) < ASK:
+                chosen[peer] = net
+        for peer, _session, _outbound, addr, _since in sessions:
+            if len(chosen) < ASK and peer not in chosen:
+                chosen[peer] = address_prefix(host_key(addr[0]))
         asked = [peer for peer in chosen if self.replicator.request_dial_back(peer, self.port, now)]
         if not asked:
             self._due = now + FIRST_CHECK  # no session yet: look again soon
             return
         self.stats["rounds"] += 1
         self._round = dict.fromkeys(asked)
+        self._round_nets = {peer: chosen[peer] for peer in asked}
+        self._round_started = now
         self._round_ends = now + ROUND_TIMEOUT
+
+    def probed(self, peer: bytes, now: float) -> None:
+        """peer's dial-back of us arrived (its OK is true)."""
+        self._probed[peer] = now
+        while len(self._probed) > 4 * ASK:
+            del self._probed[next(iter(self._probed))]
+        if self._round and self._ready():
+            self._conclude(now)
+
+    def _verified_ok(self, peer: bytes) -> bool:
+        return self._round.get(peer) == DialStatus.OK and self._probed.get(peer, -1.0) >= self._round_started
+
+    def _ready(self) -> bool:
+        return all(
+            status is not None and (status != DialStatus.OK or self._verified_ok(peer))
+            for peer, status in self._round.items()
+        )
 
     def result(self, event: DialBackResult, now: float) -> None:
         if event.peer not in self._round or self._round[event.peer] is not None:
@@ -146,15 +174,20 @@ class Reachability:
             self.observed[event.observed] += 1
             while len(self.observed) > MAX_OBSERVED:
                 del self.observed[min(self.observed, key=lambda a: self.observed[a])]
-        if all(status is not None for status in self._round.values()):
+        if self._ready():
             self._conclude(now)
 
     def _conclude(self, now: float) -> None:
         results = list(self._round.values())
-        self._round.clear()
-        ok = results.count(DialStatus.OK)
+        ok = sum(1 for peer in self._round if self._verified_ok(peer))
+        if results.count(DialStatus.OK) > ok:
+            self.stats["results.ok_unverified"] += results.count(DialStatus.OK) - ok
+        failed_nets = {
+            self._round_nets[p] for p, status in self._round.items() if status == DialStatus.FAILED
+        }
         failed = results.count(DialStatus.FAILED)
         asked = len(results)
+        self._round.clear()
         where = f"{self.host}:{self.port}"
         seen = self.observed_address
         if ok:
@@ -162,7 +195,13 @@ class Reachability:
             at = f"{seen[0]}:{self.port}" if seen else where
             reason = f"reachable at {at}: {ok} of {asked} peers asked dialled it back"
             self._due = now + RECHECK_REACHABLE
-        elif failed >= min(MIN_FAILURES, asked):
+        elif failed and len(failed_nets) < MIN_FAILURES and not self._suspect:
+            # One network said so: ask again soon before taking our addresses off the network.
+            self._suspect = True
+            self.stats["rounds.to_confirm"] += 1
+            self._due = now + CONFIRM_AFTER
+            return
+        elif failed:
             state = UNREACHABLE
             behind = f"; peers see this node at {seen[0]}:{seen[1]}" if seen else ""
             reason = (
@@ -175,6 +214,7 @@ class Reachability:
             self._due = now + RETRY
             return
         self.checked_at = now
+        self._suspect = False
         changed = state != self.state
         self.state, self.reason = state, reason
         if changed:

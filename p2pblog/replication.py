@@ -134,7 +134,7 @@ import contextlib
 import dataclasses
 import ipaddress
 from collections import Counter, deque
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from random import Random
 from typing import Final
@@ -220,6 +220,11 @@ PROBE_WAIT: Final = 30.0
 #: that opens them; bytes a circuit may carry (both ways).
 MAX_RESERVATIONS: Final = 32
 RESERVATION_SECONDS: Final = 3600
+#: Connections through one relay still in their handshake (the oldest makes room).
+RELAYED_HANDSHAKING: Final = 4
+#: Bytes a relay lets wait for one peer, in its sending buffer and queue, before it cuts
+#: the circuit that would add more (a peer that does not read cannot make it buffer more).
+RELAY_BACKLOG: Final = 4 * 1024 * 1024
 MAX_CIRCUITS: Final = 64
 CIRCUITS_PER_TARGET: Final = 16
 CIRCUITS_PER_SOURCE: Final = 8
@@ -311,6 +316,14 @@ class DialBackResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DialBackProbed:
+    """``peer``'s dial-back of us arrived (a new connection that proved its key): what its
+    DIAL_RESULT says OK about really happened."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RelayReserved:
     """A relay answered our `Replicator.request_reservation`: ``seconds`` > 0 if it relays
     for us (at ``addr``, where we dialled it), else 0."""
@@ -328,6 +341,7 @@ Event = (
     | MentionAnswered
     | MentionArrived
     | DialBackResult
+    | DialBackProbed
     | RelayReserved
 )
 
@@ -387,6 +401,19 @@ class _Conn:
     probe_of: int | None = None
     #: A connection through a relay: (the relay session's connection id, circuit number).
     via: tuple[int, int] | None = None
+    #: The remote IP address exactly (``ip`` is its scoring key: an IPv6 address's /64).
+    exact_ip: str = ""
+
+
+def exact_ip(host: str) -> str:
+    """host as a canonical IP address (an IPv4-mapped IPv6 one as IPv4), or "" if it is none."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
 
 
 def _can_serve(peer: bytes, session: GossipSession, feed: bytes) -> bool:
@@ -488,6 +515,11 @@ class Replicator:
         #: peers, (host, port) -> (connection id, keys waiting); our next circuit number.
         self.relay_enabled = False
         self.reservations: dict[bytes, float] = {}
+        #: Relays that reserved for us -> until when (INCOMING is taken only from them).
+        self.reserved_with: dict[bytes, float] = {}
+        #: How many bytes the driver still has to write on a connection (`NodeDriver` sets
+        #: it; the in-memory drivers write at once).
+        self.backlog: Callable[[int], int] = lambda conn_id: 0
         self._circuits: dict[tuple[int, int], tuple[int, int]] = {}
         self._circuit_bytes: dict[tuple[int, int], int] = {}
         self._virtual: dict[tuple[int, int], int] = {}
@@ -731,7 +763,7 @@ class Replicator:
             addr=addr,
             now=now,
         )
-        conn.ip, conn.net = ip, net
+        conn.ip, conn.net, conn.exact_ip = ip, net, exact_ip(addr[0])
         self._touch(conn)
         self._pump(now)
         return conn.id
@@ -764,6 +796,7 @@ class Replicator:
         if conn.expected is not None:
             self._dialling.pop(conn.expected, None)
             self._back_off(conn.expected, now)
+        self._relay_dial_lost(conn, None, now)
 
     def data_received(self, conn_id: int, data: bytes, now: float) -> None:
         conn = self._conns.get(conn_id)
@@ -909,7 +942,7 @@ class Replicator:
                 self._close(victim, now, "evicted for a peer from a less crowded prefix")
                 return True
         self.stats[reason] += 1
-        if reason != "refused.capacity":
+        if reason != "refused.capacity" and conn.net:
             self._penalize_address(conn.net, Offence.OVER_CAP, now)
         self._events.append(InputRefused(peer, reason, f"inbound from {conn.ip}"))
         return False
@@ -968,6 +1001,7 @@ class Replicator:
         conn = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
         conn.ip = host_key(host)
         conn.net = address_prefix(conn.ip)
+        conn.exact_ip = exact_ip(host)
         conn.expected = peer
         self._dialling[peer] = conn.id
         self._dials.append((conn.id, host, port))
@@ -1063,6 +1097,7 @@ class Replicator:
             self._events.append(PeerDisconnected(conn.peer, reason))
         if conn.session is not None:
             conn.session.connection_lost(now)
+        self._relay_dial_lost(conn, None, now)
         self._session_gone(conn, now)
 
     def _touch(self, conn: _Conn) -> None:
@@ -1158,13 +1193,21 @@ class Replicator:
             self._close(conn, now, event.reason)
 
     def _on_handshake(self, conn: _Conn, peer: bytes, now: float) -> None:
+        if conn.via is not None:
+            carrier = self._conns.get(conn.via[0])
+            if carrier is None or carrier.peer == peer:
+                # A relay may not pose as someone behind itself: it is connected already.
+                self.stats["relay.refused.carrier_key"] += 1
+                self._close(conn, now, "relayed handshake as the relay itself")
+                return
         if conn.probe_of is not None:  # our dial-back reached the peer that asked for it
             self._probe_done(conn, DialStatus.OK, now)
             self._close(conn, now, "dial-back done")
             return
-        if not conn.outbound and self._probes_expected.get(peer, -1.0) > now:
+        if not conn.outbound and conn.via is None and self._probes_expected.get(peer, -1.0) > now:
             # The peer's dial-back of us: it proved the address; no session (we have one).
             self.stats["dialback.probe_received"] += 1
+            self._events.append(DialBackProbed(peer))
             self._close(conn, now, "dial-back probe")
             return
         if peer == self.own:
@@ -1193,11 +1236,20 @@ class Replicator:
                 return self.own if c.outbound else peer
 
             self.stats["refused.duplicate"] += 1
-            if dialler(conn) <= dialler(other):
+            # A relayed connection never displaces a direct one (both ends agree: each sees
+            # which of its two connections is relayed); else the smaller dialler wins.
+            keep_new = (conn.via is None, dialler(conn) <= dialler(other)) >= (
+                other.via is None,
+                dialler(other) <= dialler(conn),
+            )
+            if keep_new:
                 self._close(other, now, "duplicate connection")
             else:
+                self._relay_dial_lost(conn, other, now)
                 self._close(conn, now, "duplicate connection")
                 return
+            if conn.closing or conn.id not in self._conns:
+                return  # closing the other ended this one too (it was carried by it)
         if not conn.outbound and not self._admit_session(conn, peer, now):
             self._close(conn, now, "no inbound slot")
             return
@@ -1246,6 +1298,10 @@ class Replicator:
             assert peer is not None
             seconds = event.seconds if event.status == RelayStatus.OK else 0
             self.stats[f"relay.reservation.{'granted' if seconds else 'refused'}"] += 1
+            if seconds:
+                self.reserved_with[peer] = now + seconds
+            else:
+                self.reserved_with.pop(peer, None)
             self._events.append(RelayReserved(peer, conn.addr, seconds))
         elif isinstance(event, DialBackAnswered):
             assert peer is not None
@@ -1307,9 +1363,14 @@ class Replicator:
         self.stats["relay.reserve.granted"] += 1
         session.answer_reservation(RelayStatus.OK, RESERVATION_SECONDS, now)
 
-    def _new_circuit(self) -> int:
-        self._next_circuit = (self._next_circuit + 1) % (MAX_CIRCUIT + 1)
-        return self._next_circuit
+    def _new_circuit(self, conn_id: int, parity: int) -> int:
+        """A circuit number free on connection conn_id: even for the CONNECTs we send, odd
+        for the INCOMINGs we send as a relay, so the two ends never pick the same one."""
+        while True:
+            self._next_circuit = (self._next_circuit + 1) % (MAX_CIRCUIT + 1)
+            n = self._next_circuit
+            if n % 2 == parity and (conn_id, n) not in self._circuits and (conn_id, n) not in self._virtual:
+                return n
 
     def _connect_requested(
         self, conn: _Conn, session: GossipSession, key: bytes, circuit: int, now: float
@@ -1325,8 +1386,8 @@ class Replicator:
             refusal = "no_reservation"
         elif target is None or target.session is None or target.closing or target.via is not None:
             refusal = "target_gone"
-        elif here in self._circuits or here in self._virtual:
-            refusal = "circuit_in_use"
+        elif here in self._circuits or here in self._virtual or circuit % 2:
+            refusal = "circuit_in_use"  # (odd numbers are the relay's own)
         elif len(self._circuits) // 2 >= MAX_CIRCUITS:
             refusal = "full"
         else:
@@ -1338,7 +1399,7 @@ class Replicator:
             self.stats[f"relay.connect.refused.{refusal}"] += 1
             session.send_circuit(circuit, RelayStatus.REFUSED, now)
             return
-        there = (target.id, self._new_circuit())
+        there = (target.id, self._new_circuit(target.id, 1))
         self._circuits[here], self._circuits[there] = there, here
         self._circuit_bytes[here] = self._circuit_bytes[there] = 0
         target.session.send_incoming(conn.peer, there[1], now)
@@ -1366,6 +1427,7 @@ class Replicator:
             other is None
             or other.session is None
             or carried > CIRCUIT_BYTES
+            or self.backlog(other.id) + other.session.relay_queued + len(data) > RELAY_BACKLOG
             or not other.session.send_relay(there[1], data, now)
         ):
             self.stats["relay.circuits.cut"] += 1
@@ -1405,17 +1467,28 @@ class Replicator:
     def _incoming_circuit(self, conn: _Conn, key: bytes, circuit: int, now: float) -> None:
         """A relay says key opened a circuit to us: answer its handshake over the circuit."""
         here = (conn.id, circuit)
-        if conn.via is not None or here in self._virtual or key in self.blocked:
-            assert conn.session is not None
+        assert conn.session is not None
+        reserved = conn.peer is not None and self.reserved_with.get(conn.peer, 0.0) > now
+        if (
+            not reserved
+            or conn.via is not None
+            or circuit % 2 == 0
+            or here in self._virtual
+            or here in self._circuits
+            or key in self.blocked
+        ):
             conn.session.send_circuit(circuit, RelayStatus.REFUSED, now)
             self.stats["relay.incoming.refused"] += 1
             return
-        refusal = self._admit_handshake(conn.ip, conn.net, now)
-        if refusal is not None:
-            self.stats[refusal] += 1
-            assert conn.session is not None
-            conn.session.send_circuit(circuit, RelayStatus.REFUSED, now)
-            return
+        # Circuits through one relay have budgets of their own (never the relay's address's,
+        # and no offence on its prefix): at most RELAYED_HANDSHAKING in their handshake, the
+        # oldest evicted for a newcomer.
+        pending = [
+            c for c in self._conns.values() if c.via is not None and c.via[0] == conn.id and c.peer is None
+        ]
+        if len(pending) >= RELAYED_HANDSHAKING:
+            self.stats["relay.incoming.evicted"] += 1
+            self._close(min(pending, key=lambda c: (c.since, c.id)), now, "relayed handshake evicted")
         vconn = self._new_conn(
             SecureChannel.responder(
                 self.identity, now=now, config=self.inbound_config, random_bytes=self.random_bytes
@@ -1424,7 +1497,7 @@ class Replicator:
             addr=conn.addr,
             now=now,
         )
-        vconn.ip, vconn.net, vconn.via = conn.ip, conn.net, here
+        vconn.ip, vconn.net, vconn.via = f"relay:{conn.id}", b"", here
         self._virtual[here] = vconn.id
         self.stats["relay.incoming"] += 1
         self._touch(vconn)
@@ -1434,7 +1507,9 @@ class Replicator:
         there, or after dialling it (the relay's key does not matter: the circuit's own
         handshake proves peer)."""
         for conn in self._conns.values():
-            if conn.addr == relay and conn.session is not None and not conn.closing and conn.via is None:
+            if conn.session is None or conn.closing or conn.via is not None or conn.peer is None:
+                continue
+            if conn.addr == relay or self.book.address(conn.peer) == relay:
                 self._open_circuit(conn, peer, now)
                 return
         pending = self._relay_dials.get(relay)
@@ -1457,7 +1532,7 @@ class Replicator:
         """Send CONNECT for peer on the relay session, and start our handshake over it."""
         if relay.session is None or peer in self._by_peer or peer in self._dialling or peer in self.blocked:
             return
-        circuit = self._new_circuit()
+        circuit = self._new_circuit(relay.id, 0)
         here = (relay.id, circuit)
         if here in self._virtual or not relay.session.send_connect(peer, circuit, now):
             return
@@ -1469,7 +1544,7 @@ class Replicator:
             random_bytes=self.random_bytes,
         )
         vconn = self._new_conn(channel, outbound=True, addr=relay.addr, now=now)
-        vconn.ip, vconn.net, vconn.via, vconn.expected = relay.ip, relay.net, here, peer
+        vconn.ip, vconn.net, vconn.via, vconn.expected = f"relay:{relay.id}", b"", here, peer
         self._virtual[here] = vconn.id
         self._dialling[peer] = vconn.id
         self.stats["relay.circuits.dialled"] += 1
@@ -1507,6 +1582,19 @@ class Replicator:
             relay.session.send_circuit(vconn.via[1], RelayStatus.CLOSED, now)
             self._touch(relay)
 
+    def _relay_dial_lost(self, conn: _Conn, other: _Conn | None, now: float) -> None:
+        """A dial to a relay is given up: its waiting keys go over ``other`` (a session with
+        the same relay, kept by the duplicate rule) or back off."""
+        waiting = self._relay_dials.get(conn.addr)
+        if waiting is None or waiting[0] != conn.id:
+            return
+        del self._relay_dials[conn.addr]
+        for key in waiting[1]:
+            if other is not None and other.session is not None and not other.closing:
+                self._open_circuit(other, key, now)
+            else:
+                self._back_off(key, now)
+
     def _session_gone(self, conn: _Conn, now: float) -> None:
         """conn's session ended: the circuits through it and the connections over it end."""
         for here in [h for h in self._circuits if h[0] == conn.id]:
@@ -1516,30 +1604,35 @@ class Replicator:
             if vconn is not None:
                 self._end_virtual(vconn, now, "relay connection lost", tell_relay=False)
             self._virtual.pop(here, None)
-        if conn.peer is not None:
+        if conn.peer is not None and conn.peer not in self._by_peer:
             self.reservations.pop(conn.peer, None)
+            self.reserved_with.pop(conn.peer, None)
 
     # ============================================================ dial-back
 
-    def _observed(self, conn: _Conn) -> tuple[bytes, int]:
-        """The address conn comes from (what we dialled, for an outbound one), packed."""
-        try:
-            packed = ipaddress.ip_address(conn.ip or host_key(conn.addr[0])).packed
-        except ValueError:
-            packed = bytes(4)
-        return packed, conn.addr[1]
+    def _observed(self, conn: _Conn) -> tuple[bytes, int] | None:
+        """The address conn comes from (what we dialled, for an outbound one), packed; None
+        if it is no address a probe may be sent to (not an IP literal, unspecified,
+        multicast or reserved: never "dial 0.0.0.0", which is this machine)."""
+        if not conn.exact_ip or conn.via is not None:
+            return None
+        ip = ipaddress.ip_address(conn.exact_ip)
+        if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+            return None
+        return ip.packed, conn.addr[1]
 
     def _dial_back(self, conn: _Conn, session: GossipSession, port: int, now: float) -> None:
         """The peer of conn asked us to dial it back on port, at the address conn comes from
         (never any other: nobody can make us dial a third party)."""
-        ip, observed_port = self._observed(conn)
+        observed = self._observed(conn)
         probes = len(self._live("probe"))
-        if conn.via is not None or probes >= MAX_PROBES or not self._probe_budget.take(now):
+        if observed is None or probes >= MAX_PROBES or not self._probe_budget.take(now):
             self.stats["dialback.refused"] += 1
+            ip, observed_port = observed or (bytes(4), 0)
             session.answer_dial_back(DialStatus.REFUSED, ip, observed_port, now)
             return
         assert conn.peer is not None
-        host = str(ipaddress.ip_address(ip))
+        host = str(ipaddress.ip_address(observed[0]))
         channel = SecureChannel.initiator(
             self.identity,
             now=now,
@@ -1548,7 +1641,7 @@ class Replicator:
             random_bytes=self.random_bytes,
         )
         probe = self._new_conn(channel, outbound=True, addr=(host, port), now=now)
-        probe.ip, probe.net = host, address_prefix(host)
+        probe.ip, probe.net, probe.exact_ip = host_key(host), address_prefix(host_key(host)), host
         probe.probe_of = conn.id
         self._dials.append((probe.id, host, port))
         self._touch(probe)
@@ -1561,7 +1654,7 @@ class Replicator:
         asker = self._conns.get(asker_id) if asker_id is not None else None
         if asker is None or asker.session is None or asker.closing:
             return
-        ip, observed_port = self._observed(asker)
+        ip, observed_port = self._observed(asker) or (bytes(4), 0)
         asker.session.answer_dial_back(status, ip, observed_port, now)
         self._touch(asker)
 
