@@ -81,8 +81,20 @@ class _Group(click.Group):
     """Turns the errors users can cause into one clear line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        interrupts_raise()
         try:
             return super().invoke(ctx)
+        except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+            if not _interrupted(exc):
+                raise
+            # Ctrl-C: the command has shut down on its way here (stores rolled back and
+            # closed, a node's node.json removed): one line, no traceback.  Stopping a node
+            # or the demo is how they end, not a failure.
+            if ctx.invoked_subcommand in _STOPPED_BY_CTRL_C:
+                click.echo("stopped", err=True)
+                sys.exit(0)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except BrokenPipeError as exc:
             if not _stdout_closed():
                 raise click.ClickException(_message(exc)) from None  # e.g. the node's socket
@@ -92,6 +104,27 @@ class _Group(click.Group):
             sys.exit(1)
         except (*_USER_ERRORS, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
+
+
+#: Commands that run until Ctrl-C: stopping them so exits 0.
+_STOPPED_BY_CTRL_C: Final = frozenset({"run", "demo"})
+
+
+def interrupts_raise() -> None:
+    """Give SIGINT back to Python's handler (`KeyboardInterrupt`) once a command starts:
+    `cli.entry`'s start-up handler just exits, which is only right before anything is done."""
+    from cli.entry import early_handler_installed
+
+    if early_handler_installed():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether exc is Ctrl-C: a KeyboardInterrupt, or trio's group of them."""
+    leaves = _leaves(exc)
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves) and all(
+        isinstance(leaf, KeyboardInterrupt) or type(leaf).__name__ == "Cancelled" for leaf in leaves
+    )
 
 
 def _stdout_closed() -> bool:
@@ -626,12 +659,10 @@ def demo(nodes: int, duration: float | None) -> None:
     printed when posted and again at each node it reaches, with the delay.
     Ctrl-C stops everything and removes the directory.
     """
-    try:
-        from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
+    from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
 
-        run_demo(nodes, duration, click.echo)
-    except KeyboardInterrupt:
-        click.echo("\nstopped", err=True)
+    if run_demo(nodes, duration, click.echo):
+        click.echo("stopped", err=True)
 
 
 # --- the running node -------------------------------------------------------------
@@ -799,8 +830,7 @@ def run(
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(service.run)
                 await start_web(nursery)
-                async for signum in signals:
-                    click.echo(f"stopping ({signal.Signals(signum).name})", err=True)
+                async for _signum in signals:
                     nursery.cancel_scope.cancel()
                     break
 
