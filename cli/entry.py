@@ -11,6 +11,7 @@ command starts (`cli.main.interrupts_raise`), so from then on Ctrl-C is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import Any
@@ -24,10 +25,8 @@ def _stopped_early(signum: int, frame: object) -> None:
 
 def main(**kwargs: Any) -> None:
     """Run the command line (the console script and ``python -m p2pblog``)."""
-    try:
+    with contextlib.suppress(ValueError):  # not the main thread: leave Python's handler
         signal.signal(signal.SIGINT, _stopped_early)
-    except ValueError:  # not the main thread: leave Python's handler
-        pass
     from cli.main import main as command_line
 
     command_line(**kwargs)

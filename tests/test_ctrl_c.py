@@ -94,7 +94,7 @@ def test_ctrl_c_while_the_demo_runs(wait_for_line: str) -> None:
             break
         seen += line
     assert wait_for_line in seen, seen
-    status, out, err = _interrupt(process)
+    status, _, err = _interrupt(process)
     _assert_stopped(status, err)
     demo_home = next(line for line in seen.splitlines() if "homes in" in line).split("homes in ")[1]
     assert not Path(demo_home.rstrip("):")).exists()  # the throw-away homes are removed
