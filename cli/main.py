@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, BinaryIO, Final
@@ -90,6 +90,7 @@ class _Group(click.Group):
             # Ctrl-C: the command has shut down on its way here (stores rolled back and
             # closed, a node's node.json removed): one line, no traceback.  Stopping a node
             # or the demo is how they end, not a failure.
+            _forget_interrupt()
             if ctx.invoked_subcommand in _STOPPED_BY_CTRL_C:
                 click.echo("stopped", err=True)
                 sys.exit(0)
@@ -117,6 +118,18 @@ def interrupts_raise() -> None:
 
     if early_handler_installed():
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _forget_interrupt() -> None:
+    """Make a handled Ctrl-C exit with our status, not by SIGINT.
+
+    Under ``python -m``, CPython (3.11, 3.12) ends the process with SIGINT
+    (status -2) if a KeyboardInterrupt ever escaped code run from a string
+    (``exec(str)``, as `dataclasses` and `collections.namedtuple` do while a
+    module is imported), even when a caller caught it: that sets
+    ``_PyRuntime.signals.unhandled_keyboard_interrupt``, which only the start
+    of the next string evaluation resets.  This is that evaluation."""
+    exec("pass", {})
 
 
 def _interrupted(exc: BaseException) -> bool:
@@ -798,7 +811,9 @@ def run(
     identity = load_identity(home)
     import trio  # the node's modules: only for the commands that run one
 
-    from p2pblog.daemon import NodeService
+    from p2pblog.daemon import NodeService, log
+
+    _log_through(log)
 
     service = NodeService(
         home,
@@ -821,9 +836,9 @@ def run(
         except ListenError as exc:
             if web_explicit:
                 raise
-            click.echo(f"{exc}; the node runs without the web app (give --web HOST:PORT)", err=True)
+            log(f"warning: {exc}; the node runs without the web app (give --web HOST:PORT)")
             return
-        click.echo(f"web app at {app.origin}/ (`p2pblog open` signs you in)", err=True)
+        log(f"web app at {app.origin}/ (`p2pblog open` signs you in)")
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
@@ -844,7 +859,27 @@ def run(
         if not all(_declared(leaf) for leaf in leaves):
             raise
         raise click.ClickException(_message(leaves[0])) from None
-    click.echo("stopped", err=True)
+    log("stopped")
+
+
+def _log_through(log: Callable[[str, str | None], None]) -> None:
+    """Send what libraries log with `logging` (the web server's errors) to the node's log,
+    in its format: one timestamped, levelled line each."""
+    import logging
+
+    class NodeLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "error" if record.levelno >= logging.ERROR else "warn"
+            if record.levelno < logging.WARNING:
+                level = "info"
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            log(text, level)
+
+    root = logging.getLogger()
+    root.handlers[:] = [NodeLog()]
+    root.setLevel(logging.WARNING)
 
 
 def _declared(exc: BaseException) -> bool:

@@ -173,14 +173,16 @@ def claim(claim_name: str, work: int) -> None:
         expected = 2**work
         started = time.monotonic()
 
+        terminal = sys.stderr.isatty()  # `\r` progress only where it redraws one line
+
         def progress(tries: int) -> None:
-            if time.monotonic() - started > 1.0:
+            if terminal and time.monotonic() - started > 1.0:
                 click.echo(
                     f"\rproof of work: {tries:,} hashes (about {expected:,} expected)", nl=False, err=True
                 )
 
         stamp = actions.new_stamp(own, claim_name, work, int(time.time()), progress=progress)
-        if time.monotonic() - started > 1.0:
+        if terminal and time.monotonic() - started > 1.0:
             click.echo("", err=True)
     claimed, nonce = stamp
     try:

@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from random import Random
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -174,10 +174,30 @@ class Appended:
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def log(message: str) -> None:
-    """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+#: Log levels by how a message begins (the level of any other line is ``info``).
+_LEVEL_BY_START: Final = (
+    ("internal error", "error"),
+    ("Traceback", "error"),
+    ("warning:", "warn"),
+    ("refused", "warn"),
+    ("DHT peer", "warn"),
+    ("contacts not saved", "warn"),
+    ("the disk is full", "warn"),
+)
+
+
+def log(message: str, level: str | None = None) -> None:
+    """A line on stderr: ``2026-12-07T02:50:01Z info MESSAGE`` (UTC, then the level:
+    ``info``, ``warn`` or ``error``, from ``level`` or from how the message begins).
+
+    One line per event, so that a service manager's journal or ``grep`` takes each
+    whole; only a traceback continues on the lines after its levelled first line.
+    A log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+    if level is None:
+        level = next((lv for start, lv in _LEVEL_BY_START if message.startswith(start)), "info")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with contextlib.suppress(OSError, ValueError):
-        print(message, file=sys.stderr, flush=True)
+        print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
 
 
 class NodeService:

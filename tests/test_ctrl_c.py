@@ -47,7 +47,7 @@ def _assert_stopped(status: int, err: str) -> None:
     assert "Traceback" not in err and "Aborted" not in err, err
     assert status == 0, err
     lines = err.strip().splitlines()
-    assert lines[-1] == "stopped", err
+    assert lines[-1] == "stopped" or lines[-1].endswith(" info stopped"), err
     assert sum("stop" in line for line in lines) == 1, err
 
 
