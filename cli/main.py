@@ -38,6 +38,7 @@ from cli.common import (
     now_ms,
     passphrase,
     public_key,
+    run_command,
     shown,
     shown_line,
     when,
@@ -103,6 +104,8 @@ class _Group(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
+        except control.NodeNotRunning as exc:
+            raise click.ClickException(exc.explained(run_command())) from None
         except (*_USER_ERRORS, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
 
@@ -240,15 +243,23 @@ def id_(as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("text")
+@click.argument("words", nargs=-1, required=True, metavar="TEXT...")
 @click.option("--reply-to", "reply_to", metavar="ENTRY_ID", help="Id of the post this replies to.")
-def post(text: str, reply_to: str | None) -> None:
+@click.option("--force", is_flag=True, help="Reply to an ENTRY_ID that is not held here (it is not checked).")
+def post(words: tuple[str, ...], reply_to: str | None, force: bool) -> None:
     """Append a signed post to the own feed and print its entry id.
 
-    With the node running, the node signs it and pushes it to online
-    followers at once.  With no node running it is stored and goes out when
-    the node next starts.  @handles in TEXT become mentions.
+    The words of TEXT are joined by single spaces, so `p2pblog post hello
+    world` posts "hello world" (quote TEXT to keep line breaks or several
+    spaces).  With the node running, the node signs it and pushes it to
+    online followers at once.  With no node running it is stored and goes
+    out when the node next starts.  @handles in TEXT become mentions.
+
+    --reply-to takes the id of a post held here (`p2pblog timeline --json`,
+    `thread`); an id that is not held (a typo, a post not yet received) is
+    refused unless --force.
     """
+    text = " ".join(words)
     home = current_home()
     parent = None
     if reply_to is not None:
@@ -257,6 +268,14 @@ def post(text: str, reply_to: str | None) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--reply-to") from None
     post_body(text, parent)  # a bad mention is reported before anything is sent
+    if parent is not None and not force:
+        with home.open_store() as store:
+            held = store.has_entry(parent)
+        if not held:
+            raise click.ClickException(
+                f"--reply-to {reply_to}: no post with that id is held here (a typo? a post not "
+                "received yet?); check it with `p2pblog thread ID`, or give --force to reply anyway"
+            )
     live = call_if_running(home, "post", {"text": text, "reply_to": reply_to})
     if live is not None:
         peers = live.get("peers", 0)
@@ -955,7 +974,7 @@ def open_(print_only: bool) -> None:
     try:
         result = control.call(home.path, "web_login", timeout=10)
     except control.NodeNotRunning:
-        raise click.ClickException("the node is not running: start it with `p2pblog run`") from None
+        raise click.ClickException(f"the node is not running: start it with `{run_command()}`") from None
     except control.ControlError as exc:
         if "unknown command" in str(exc):
             raise click.ClickException(
