@@ -18,6 +18,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -66,7 +67,7 @@ from p2pblog.entry import (
 from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import DEFAULT_PORT, DEFAULT_WEB_PORT, DEMO_NAMES, Home, default_home
-from p2pblog.store import FeedItem, Store
+from p2pblog.store import FeedItem, Store, damaged_error, is_damage, record_damage
 from p2pblog.verify import VerifyProcesses
 
 #: How every canonically encoded entry content begins: a 7-element array, format
@@ -104,6 +105,14 @@ class _Group(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            # A read reached a damaged page: record it, so that no later command writes.
+            home = ctx.find_object(Home)
+            if home is None:
+                raise
+            raise click.ClickException(str(record_damage(home.store_file, str(exc)))) from None
         except control.NodeNotRunning as exc:
             raise click.ClickException(exc.explained(run_command())) from None
         except (*_USER_ERRORS, OSError) as exc:
@@ -488,12 +497,15 @@ def verify(handle: str | None) -> None:
     key = None if handle is None else resolve_target(handle, home)
     with home.open_store() as store:
         report = store.verify(key)
-    if key is not None and report.entries == 0:
+        damaged = store.damaged
+    if key is not None and report.entries == 0 and damaged is None:
         raise click.ClickException(f"no entries of {encode_handle(key)} are stored here: nothing to verify")
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
     click.echo(f"verified {report.entries} entries in {report.feeds} feed(s): {status}")
+    if damaged is not None:
+        raise click.ClickException(str(damaged_error(home.store_file, damaged)))
     if not report.ok:
         sys.exit(1)
 
@@ -526,13 +538,44 @@ def export(handle: str, file: Path, atom: bool) -> None:
             write_atom(store, key, file)
             click.echo(f"exported the Atom feed of {encode_handle(key)} to {file}")
             return
+        latest = store.latest_seq(key)
         tmp = file.with_name(file.name + ".part")
         with tmp.open("wb") as out:
-            count = write_feed(out, (e.raw for e in store.feed_range(key, 1)))
+            count = write_feed(out, _readable_entries(store, key))
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(file)
+        damaged = store.damaged
     click.echo(f"exported {count} entries of {encode_handle(key)} to {file}")
+    if count < latest and damaged is not None:
+        raise click.ClickException(
+            f"the store is damaged: saved entries 1..{count} of {latest} (a feed file must be a "
+            f"chain, so it ends before the first unreadable entry); followers of the feed hold the rest"
+        )
+
+
+def _readable_entries(store: Store, key: bytes) -> Iterator[bytes]:
+    """A feed's entries in seq order, as far as they can be read: on a damaged store the scan
+    stops at a damaged page, and entries are then read one by one until one cannot be."""
+    seq = 0
+    try:
+        for entry in store.feed_range(key, 1):
+            seq = entry.seq
+            yield entry.raw
+        return
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        store.found_damage(exc)
+    while True:
+        try:
+            found = next(store.feed_range(key, seq + 1, seq + 1), None)
+        except sqlite3.DatabaseError:
+            return
+        if found is None:
+            return
+        seq = found.seq
+        yield found.raw
 
 
 class _Progress:
@@ -828,6 +871,11 @@ def run(
     if running is not None:
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = load_identity(home)
+    with home.open_store() as store:  # a damaged store is not run: the node writes all the time
+        if store.damaged is None and store.check_integrity():
+            assert store.damaged is not None
+        if store.damaged is not None:
+            raise damaged_error(home.store_file, store.damaged)
     import trio  # the node's modules: only for the commands that run one
 
     from p2pblog.daemon import NodeService, log
