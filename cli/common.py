@@ -8,7 +8,7 @@ import shlex
 import sys
 import time
 import unicodedata
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -18,7 +18,9 @@ from identity.keyfile import key_file_is_encrypted, read_public_key
 from p2pblog import control
 from p2pblog.entry import POST, PROFILE
 from p2pblog.home import Home
-from p2pblog.store import FeedItem
+
+if TYPE_CHECKING:
+    from p2pblog.store import FeedItem
 
 PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
 LIMIT_HELP = "How many to show, newest first (1 .. 10000)."

@@ -23,9 +23,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import click
 
@@ -44,16 +43,12 @@ from cli.common import (
     shown_line,
     when,
 )
-from cli.sim import sim
-from cli.social import COMMANDS as SOCIAL_COMMANDS
-from cli.social import resolve_target
 from identity import Identity, KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keys import SIGNATURE_BYTES
 from identity.limits import MENTION_WORK
 from identity.netaddr import parse_hostport
-from identity.records import RecordError, check_host
-from p2pblog import actions, control
+from p2pblog import control
 from p2pblog.entry import (
     FOLLOW,
     PROFILE,
@@ -67,8 +62,9 @@ from p2pblog.entry import (
 from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import DEFAULT_PORT, DEFAULT_WEB_PORT, DEMO_NAMES, Home, default_home
-from p2pblog.store import FeedItem, Store, damaged_error, is_damage, record_damage
-from p2pblog.verify import VerifyProcesses
+
+if TYPE_CHECKING:
+    from p2pblog.store import FeedItem, Store
 
 #: How every canonically encoded entry content begins: a 7-element array, format
 #: version 1, then the author as a 32-byte bin (`p2pblog.entry.encode_content`).
@@ -79,8 +75,44 @@ _READ_BUFFER: Final = 1 << 20
 _USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
 
 
+#: Commands defined in other modules, imported only when one of them runs (or `--help`
+#: lists them): `p2pblog sim` loads the simulator, the social commands the search index.
+_LAZY_COMMANDS: Final = {
+    "sim": "cli.sim",
+    **dict.fromkeys(
+        (
+            "name",
+            "resolve",
+            "petname",
+            "profile",
+            "thread",
+            "mentions",
+            "search",
+            "block",
+            "unblock",
+            "blocks",
+            "delete",
+        ),
+        "cli.social",
+    ),
+}
+
+
 class _Group(click.Group):
-    """Turns the errors users can cause into one clear line and exit status 1."""
+    """Turns the errors users can cause into one clear line and exit status 1; loads the
+    commands of `_LAZY_COMMANDS` when they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(_LAZY_COMMANDS[cmd_name])
+            for command in getattr(module, "COMMANDS", ()):
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         interrupts_raise()
@@ -106,6 +138,8 @@ class _Group(click.Group):
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
         except sqlite3.DatabaseError as exc:
+            from p2pblog.store import is_damage, record_damage
+
             if not is_damage(exc):
                 raise
             # A read reached a damaged page: record it, so that no later command writes.
@@ -195,6 +229,13 @@ def main(ctx: click.Context, home: Path | None) -> None:
     live network on this machine.
     """
     ctx.obj = Home(home if home is not None else default_home())
+
+
+def resolve_target(text: str, home: Home) -> bytes:
+    """`cli.social.resolve_target` (imported when a command names a feed)."""
+    from cli.social import resolve_target as resolve
+
+    return resolve(text, home)
 
 
 def _feed_key(handle: str | None, home: Home) -> bytes:
@@ -296,6 +337,8 @@ def post(words: tuple[str, ...], reply_to: str | None, force: bool) -> None:
         return
     identity = load_identity(home)
     with home.open_store() as store:
+        from p2pblog import actions
+
         entry = actions.post(store, identity, text, now_ms(), reply_to=parent)
     to_notify = [k for k in entry.mentions if k != identity.public_key]
     notices = f"; {len(to_notify)} mention notice(s) go out when the node runs" if to_notify else ""
@@ -505,6 +548,8 @@ def verify(handle: str | None) -> None:
     status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
     click.echo(f"verified {report.entries} entries in {report.feeds} feed(s): {status}")
     if damaged is not None:
+        from p2pblog.store import damaged_error
+
         raise click.ClickException(str(damaged_error(home.store_file, damaged)))
     if not report.ok:
         sys.exit(1)
@@ -557,6 +602,8 @@ def export(handle: str, file: Path, atom: bool) -> None:
 def _readable_entries(store: Store, key: bytes) -> Iterator[bytes]:
     """A feed's entries in seq order, as far as they can be read: on a damaged store the scan
     stops at a damaged page, and entries are then read one by one until one cannot be."""
+    from p2pblog.store import is_damage
+
     seq = 0
     try:
         for entry in store.feed_range(key, 1):
@@ -668,6 +715,10 @@ def import_(file: Path) -> None:
     # threads would have to win the GIL back from it after every signature (measured:
     # 20,000 entries in 0.70 s against 0.83 s).  ``fork`` is safe while this process has
     # no other thread, and costs milliseconds where spawning costs 0.2 s.
+    from concurrent.futures.process import BrokenProcessPool
+
+    from p2pblog.verify import VerifyProcesses  # worker processes: only for `import`
+
     pool = VerifyProcesses(start="fork" if threading.active_count() == 1 else "spawn")
     with home.open_store(verify_pool=pool) as store:
         with file.open("rb") as source:
@@ -757,6 +808,8 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     """--advertise: an IP address (no IPv6 zone) or a DNS name other nodes can connect to
     (no port: the node advertises the ports it listens on); the rule of a signed record's
     hosts (`identity.records.check_host`)."""
+    from identity.records import RecordError, check_host
+
     host = value.strip().removeprefix("[").removesuffix("]")
     try:
         return str(ipaddress.ip_address(check_host(host)))
@@ -875,6 +928,8 @@ def run(
         if store.damaged is None and store.check_integrity():
             assert store.damaged is not None
         if store.damaged is not None:
+            from p2pblog.store import damaged_error
+
             raise damaged_error(home.store_file, store.damaged)
     import trio  # the node's modules: only for the commands that run one
 
@@ -1082,8 +1137,3 @@ def status(as_json: bool) -> None:
     if internal:
         listed = ", ".join(f"{k} {v}" for k, v in internal.items())
         click.echo(f"internal errors: {listed} (the node went on; tracebacks are in its log)")
-
-
-main.add_command(sim)
-for _command in SOCIAL_COMMANDS:
-    main.add_command(_command)

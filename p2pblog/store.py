@@ -130,10 +130,12 @@ from p2pblog.errors import (
     StoreDamaged,
     StoreError,
 )
-from p2pblog.verify import VerifyPool, VerifyProcesses, default_workers, verify_in_order
 
 if TYPE_CHECKING:
+    # Imported where a bulk ingest needs them: they load concurrent.futures and
+    # multiprocessing, which a command that only reads the store does not pay for.
     from p2pblog.search import SearchHit
+    from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
@@ -783,6 +785,8 @@ class Store:
         small = ended or cut is not None
         pool = None if small else self._verify_pool()
         chunks_read = itertools.chain(() if first is None else (first,), decoded)
+        from p2pblog.verify import verify_in_order
+
         stream = verify_in_order(chunks_read, pool, cache=small)
         with contextlib.closing(stream):
             pending = next(stream, None)
@@ -846,6 +850,8 @@ class Store:
     def _verify_pool(self) -> VerifyPool | VerifyProcesses | None:
         """The pool bulk ingests verify on: the one passed in, else the store's own
         (started on first use, closed with the store); None on one core."""
+        from p2pblog.verify import VerifyPool, default_workers
+
         if self._pool is None and default_workers() > 1:
             self._pool = self._own_pool = VerifyPool()
         return self._pool
