@@ -11,9 +11,7 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
 import json
 import os
 import select
@@ -805,24 +803,13 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def _advertise_host(value: str, param: click.Parameter) -> str:
-    """--advertise: an IP address (no IPv6 zone) or a DNS name other nodes can connect to
-    (no port: the node advertises the ports it listens on); the rule of a signed record's
-    hosts (`identity.records.check_host`)."""
-    from identity.records import RecordError, check_host
+    """--advertise: the host other nodes dial (`p2pblog.config.parse_advertise`)."""
+    from p2pblog.config import parse_advertise
 
-    host = value.strip().removeprefix("[").removesuffix("]")
     try:
-        return str(ipaddress.ip_address(check_host(host)))
-    except (ValueError, RecordError):
-        pass
-    with contextlib.suppress(RecordError):
-        if not host.replace(".", "").isdigit():
-            return check_host(host)
-    raise click.BadParameter(
-        f"{value!r} is neither an IP address nor a host name (give the host only: the node "
-        "advertises the ports it listens on)",
-        param=param,
-    )
+        return parse_advertise(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 @main.command()
@@ -868,6 +855,12 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
 )
 @click.option("--no-web", is_flag=True, help="Do not serve the web app.")
 @click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the settings the node would run with (HOME/p2pblog.toml, then these options), "
+    "with where each comes from, and exit.",
+)
+@click.option(
     "--strict",
     is_flag=True,
     hidden=True,
@@ -883,6 +876,7 @@ def run(
     mention_work: int,
     web: str,
     no_web: bool,
+    print_config: bool,
     strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
@@ -907,14 +901,17 @@ def run(
     127.0.0.1:7711 unless --no-web; only this machine can reach it, and only
     a browser signed in with `p2pblog open`.
     """
-    web_addr: tuple[str, int] | None = None
-    if not no_web:
-        try:
-            web_addr = parse_hostport(web, default_host="127.0.0.1")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--web") from None
-    web_explicit = ctx.get_parameter_source("web") is not click.core.ParameterSource.DEFAULT
     home = current_home()
+    settings = _run_settings(ctx, home, listen, bootstrap, advertise, mention_work, web, no_web)
+    if print_config:
+        _print_settings(settings, home)
+        return
+    listen, advertise, mention_work = settings.listen, settings.advertise, settings.mention_work
+    bootstrap = list(settings.bootstrap)
+    web_addr = settings.web
+    # A web address given on the command line or in the file must be free; the default's
+    # port may be taken (another node's web app): the node then runs without one.
+    web_explicit = settings.source("web") != "default"
     try:
         running = control.call(home.path, "status", timeout=5)
     except control.NodeNotRunning:
@@ -946,6 +943,9 @@ def run(
         mention_work=mention_work,
         strict=strict,
     )
+    from p2pblog.daemon import LogLimiter
+
+    service.limiter = LogLimiter(every=settings.log_every, budget=settings.log_budget)
 
     async def start_web(nursery: trio.Nursery) -> None:
         if web_addr is None:
@@ -984,6 +984,57 @@ def run(
     log("stopped")
 
 
+def _run_settings(
+    ctx: click.Context,
+    home: Home,
+    listen: tuple[str, int],
+    bootstrap: list[tuple[str, int]],
+    advertise: str | None,
+    mention_work: int,
+    web: str,
+    no_web: bool,
+) -> Any:
+    """HOME/p2pblog.toml's settings, with the options given on the command line in their place
+    (an option left at its default does not override the file)."""
+    from p2pblog.config import config_path, load, overridden, parse_web
+
+    settings = load(config_path(home.path))
+    given: dict[str, Any] = {}
+
+    def was_given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.DEFAULT_MAP,
+        )
+
+    if was_given("listen"):
+        given["listen"] = listen
+    if was_given("bootstrap"):
+        given["bootstrap"] = tuple(bootstrap)
+    if was_given("advertise"):
+        given["advertise"] = advertise
+    if was_given("mention_work"):
+        given["mention_work"] = mention_work
+    if no_web:
+        given["web"] = None
+    elif was_given("web"):
+        try:
+            given["web"] = parse_web(web)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--web") from None
+    return overridden(settings, **given)
+
+
+def _print_settings(settings: Any, home: Home) -> None:
+    from p2pblog.config import config_path
+
+    path = config_path(home.path)
+    where = "" if path.exists() else " (there is no such file: every value is the default or an option)"
+    click.echo(f"# the settings of `p2pblog run` for {home.path}; the file is {path}{where}")
+    for key, value, source in settings.shown():
+        click.echo(f"{key} = {value}  # {source}")
+
+
 def _log_through(log: Callable[[str, str | None], None]) -> None:
     """Send what libraries log with `logging` (the web server's errors) to the node's log,
     in its format: one timestamped, levelled line each."""
@@ -1002,6 +1053,29 @@ def _log_through(log: Callable[[str, str | None], None]) -> None:
     root = logging.getLogger()
     root.handlers[:] = [NodeLog()]
     root.setLevel(logging.WARNING)
+
+
+@main.group("config")
+def config_group() -> None:
+    """The node's configuration file, HOME/p2pblog.toml (read by `p2pblog run`).
+
+    Keys: listen, advertise, bootstrap, web, mention_work, and in [limits]
+    log_every and log_budget; README.md has an example and docs/config.md
+    every key.  `p2pblog run` options override the file.
+    """
+
+
+@config_group.command("show")
+def config_show() -> None:
+    """Print the settings `p2pblog run` would use, with where each comes from.
+
+    (`p2pblog run --print-config ...` shows them with its options applied too.)
+    Exits 1 with one line naming the key if the file has a mistake.
+    """
+    from p2pblog.config import config_path, load
+
+    home = current_home()
+    _print_settings(load(config_path(home.path)), home)
 
 
 def _declared(exc: BaseException) -> bool:

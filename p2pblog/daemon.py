@@ -95,10 +95,21 @@ REPLICA_SEARCH_EVERY = 10.0
 
 class LogLimiter:
     """At most one line per key every `LOG_EVERY` seconds, and `LOG_BUDGET` lines in all per
-    `LOG_EVERY` seconds; the next line of a key says how many of it were left out."""
+    `LOG_EVERY` seconds (or ``every`` and ``budget``); the next line of a key says how many
+    of it were left out."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        every: float = LOG_EVERY,
+        budget: int = LOG_BUDGET,
+    ) -> None:
         self.clock = clock
+        #: Seconds between two lines of one key, and lines in all per that many seconds
+        #: (``[limits]`` ``log_every`` and ``log_budget`` of HOME/p2pblog.toml).
+        self.every = every
+        self.budget = budget
         #: key -> (time of the last line, lines left out since).
         self._logged: dict[Hashable, tuple[float, int]] = {}
         self._window = (float("-inf"), 0)  # (start of the budget window, lines in it)
@@ -108,11 +119,11 @@ class LogLimiter:
     def allow(self, key: Hashable) -> str | None:
         """None to leave the line out; else the suffix to append (lines left out since)."""
         now = self.clock()
-        last, skipped = self._logged.get(key, (-LOG_EVERY, 0))
+        last, skipped = self._logged.get(key, (-self.every, 0))
         start, lines = self._window
-        if now - start >= LOG_EVERY:
+        if now - start >= self.every:
             start, lines = now, 0
-        if now - last < LOG_EVERY or lines >= LOG_BUDGET:
+        if now - last < self.every or lines >= self.budget:
             self._logged[key] = (last, skipped + 1)
             self.suppressed += 1
             return None
