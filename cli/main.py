@@ -77,6 +77,7 @@ _USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
 #: lists them): `p2pblog sim` loads the simulator, the social commands the search index.
 _LAZY_COMMANDS: Final = {
     "sim": "cli.sim",
+    "service": "cli.service",
     **dict.fromkeys(
         (
             "name",
