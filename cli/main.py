@@ -116,7 +116,9 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         interrupts_raise()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _warn_if_damaged(ctx)
+            return result
         except (KeyboardInterrupt, BaseExceptionGroup) as exc:
             if not _interrupted(exc):
                 raise
@@ -154,6 +156,19 @@ class _Group(click.Group):
 
 #: Commands that run until Ctrl-C: stopping them so exits 0.
 _STOPPED_BY_CTRL_C: Final = frozenset({"run", "demo"})
+
+
+def _warn_if_damaged(ctx: click.Context) -> None:
+    """After a command that worked on a store known to be damaged (what it read was readable):
+    say so, and what to do, in one line (one `stat` when the store is sound)."""
+    home = ctx.find_object(Home)
+    if home is None or not Path(f"{home.store_file}.damaged").exists():
+        return
+    from p2pblog.store import damaged_error, recorded_damage
+
+    reason = recorded_damage(home.store_file)
+    if reason is not None:
+        click.echo(f"Warning: {damaged_error(home.store_file, reason)}", err=True)
 
 
 def interrupts_raise() -> None:

@@ -128,3 +128,12 @@ def test_a_store_restored_from_a_backup_is_written_again(tmp_path: Path) -> None
         pass
     assert p2pblog(home.path, "post", "after the restore").returncode == 0
     assert not (home.path / "store.sqlite3.damaged").exists()
+
+
+def test_a_command_that_reads_only_sound_pages_still_warns(damaged: tuple[Home, Identity]) -> None:
+    home, _ = damaged
+    assert p2pblog(home.path, "log", "--limit", "10000").returncode == 1  # finds and records it
+    newest = p2pblog(home.path, "log", "--limit", "1")  # the newest entry's page is sound
+    assert newest.returncode == 0 and "post 399" in newest.stdout
+    warnings = [line for line in newest.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warnings) == 1 and "is damaged" in warnings[0] and "restore" in warnings[0]
