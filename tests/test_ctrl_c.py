@@ -98,3 +98,24 @@ def test_ctrl_c_while_the_demo_runs(wait_for_line: str) -> None:
     _assert_stopped(status, err)
     demo_home = next(line for line in seen.splitlines() if "homes in" in line).split("homes in ")[1]
     assert not Path(demo_home.rstrip("):")).exists()  # the throw-away homes are removed
+
+
+def test_ctrl_c_in_an_import_says_interrupted_and_keeps_a_sound_store(tmp_path: Path) -> None:
+    from identity import Identity
+    from p2pblog.feedfile import write_feed
+    from tests.feeds import make_chain
+
+    feed = tmp_path / "big.feed"
+    with feed.open("wb") as out:
+        write_feed(out, (e.raw for e in make_chain(Identity.generate(), 30_000)))
+    home = tmp_path / "node"
+    init_home(home)
+    process = _start("--home", str(home), "import", str(feed))
+    time.sleep(0.6)
+    status, _, err = _interrupt(process)
+    assert "Traceback" not in err and "Aborted" not in err, err
+    assert (status, err.strip()) == (130, "interrupted")
+    verify = subprocess.run(
+        [sys.executable, "-m", "p2pblog", "--home", str(home), "verify"], capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and verify.stdout.strip().endswith(": ok"), verify.stdout + verify.stderr
