@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 import time
 import unicodedata
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -17,7 +18,9 @@ from identity.keyfile import key_file_is_encrypted, read_public_key
 from p2pblog import control
 from p2pblog.entry import POST, PROFILE
 from p2pblog.home import Home
-from p2pblog.store import FeedItem
+
+if TYPE_CHECKING:
+    from p2pblog.store import FeedItem
 
 PASSPHRASE_ENV = "P2PBLOG_PASSPHRASE"
 LIMIT_HELP = "How many to show, newest first (1 .. 10000)."
@@ -31,6 +34,18 @@ def current_home() -> Home:
     home = click.get_current_context().find_object(Home)
     assert home is not None
     return home
+
+
+def run_command() -> str:
+    """How the user starts the node for this home: ``p2pblog run``, with the ``--home DIR``
+    they gave on the command line (a home from $P2PBLOG_HOME is there for the next command too)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        root = ctx.find_root()
+        home = root.params.get("home")
+        if home is not None and root.get_parameter_source("home") is click.core.ParameterSource.COMMANDLINE:
+            return f"p2pblog --home {shlex.quote(str(home))} run"
+    return "p2pblog run"
 
 
 def passphrase(*, confirm: bool = False) -> str:

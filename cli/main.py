@@ -11,20 +11,18 @@ failures print one ``Error: ...`` line and exit 1, never a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
 import json
 import os
 import select
 import signal
+import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 import click
 
@@ -38,20 +36,17 @@ from cli.common import (
     now_ms,
     passphrase,
     public_key,
+    run_command,
     shown,
     shown_line,
     when,
 )
-from cli.sim import sim
-from cli.social import COMMANDS as SOCIAL_COMMANDS
-from cli.social import resolve_target
 from identity import Identity, KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keys import SIGNATURE_BYTES
 from identity.limits import MENTION_WORK
 from identity.netaddr import parse_hostport
-from identity.records import RecordError, check_host
-from p2pblog import actions, control
+from p2pblog import control
 from p2pblog.entry import (
     FOLLOW,
     PROFILE,
@@ -65,8 +60,9 @@ from p2pblog.entry import (
 from p2pblog.errors import EntryError, P2PBlogError
 from p2pblog.feedfile import FeedFileError, read_feed, write_feed
 from p2pblog.home import DEFAULT_PORT, DEFAULT_WEB_PORT, DEMO_NAMES, Home, default_home
-from p2pblog.store import FeedItem, Store
-from p2pblog.verify import VerifyProcesses
+
+if TYPE_CHECKING:
+    from p2pblog.store import FeedItem, Store
 
 #: How every canonically encoded entry content begins: a 7-element array, format
 #: version 1, then the author as a 32-byte bin (`p2pblog.entry.encode_content`).
@@ -77,12 +73,64 @@ _READ_BUFFER: Final = 1 << 20
 _USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
 
 
+#: Commands defined in other modules, imported only when one of them runs (or `--help`
+#: lists them): `p2pblog sim` loads the simulator, the social commands the search index.
+_LAZY_COMMANDS: Final = {
+    "sim": "cli.sim",
+    "service": "cli.service",
+    **dict.fromkeys(
+        (
+            "name",
+            "resolve",
+            "petname",
+            "profile",
+            "thread",
+            "mentions",
+            "search",
+            "block",
+            "unblock",
+            "blocks",
+            "delete",
+        ),
+        "cli.social",
+    ),
+}
+
+
 class _Group(click.Group):
-    """Turns the errors users can cause into one clear line and exit status 1."""
+    """Turns the errors users can cause into one clear line and exit status 1; loads the
+    commands of `_LAZY_COMMANDS` when they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY_COMMANDS:
+            import importlib
+
+            module = importlib.import_module(_LAZY_COMMANDS[cmd_name])
+            for command in getattr(module, "COMMANDS", ()):
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        interrupts_raise()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _warn_if_damaged(ctx)
+            return result
+        except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+            if not _interrupted(exc):
+                raise
+            # Ctrl-C: the command has shut down on its way here (stores rolled back and
+            # closed, a node's node.json removed): one line, no traceback.  Stopping a node
+            # or the demo is how they end, not a failure.
+            _forget_interrupt()
+            if ctx.invoked_subcommand in _STOPPED_BY_CTRL_C:
+                click.echo("stopped", err=True)
+                sys.exit(0)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
         except BrokenPipeError as exc:
             if not _stdout_closed():
                 raise click.ClickException(_message(exc)) from None  # e.g. the node's socket
@@ -90,8 +138,66 @@ class _Group(click.Group):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             sys.exit(1)
+        except sqlite3.DatabaseError as exc:
+            from p2pblog.store import is_damage, record_damage
+
+            if not is_damage(exc):
+                raise
+            # A read reached a damaged page: record it, so that no later command writes.
+            home = ctx.find_object(Home)
+            if home is None:
+                raise
+            raise click.ClickException(str(record_damage(home.store_file, str(exc)))) from None
+        except control.NodeNotRunning as exc:
+            raise click.ClickException(exc.explained(run_command())) from None
         except (*_USER_ERRORS, OSError) as exc:
             raise click.ClickException(_message(exc)) from None
+
+
+#: Commands that run until Ctrl-C: stopping them so exits 0.
+_STOPPED_BY_CTRL_C: Final = frozenset({"run", "demo"})
+
+
+def _warn_if_damaged(ctx: click.Context) -> None:
+    """After a command that worked on a store known to be damaged (what it read was readable):
+    say so, and what to do, in one line (one `stat` when the store is sound)."""
+    home = ctx.find_object(Home)
+    if home is None or not Path(f"{home.store_file}.damaged").exists():
+        return
+    from p2pblog.store import damaged_error, recorded_damage
+
+    reason = recorded_damage(home.store_file)
+    if reason is not None:
+        click.echo(f"Warning: {damaged_error(home.store_file, reason)}", err=True)
+
+
+def interrupts_raise() -> None:
+    """Give SIGINT back to Python's handler (`KeyboardInterrupt`) once a command starts:
+    `cli.entry`'s start-up handler just exits, which is only right before anything is done."""
+    from cli.entry import early_handler_installed
+
+    if early_handler_installed():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _forget_interrupt() -> None:
+    """Make a handled Ctrl-C exit with our status, not by SIGINT.
+
+    Under ``python -m``, CPython (3.11, 3.12) ends the process with SIGINT
+    (status -2) if a KeyboardInterrupt ever escaped code run from a string
+    (``exec(str)``, as `dataclasses` and `collections.namedtuple` do while a
+    module is imported), even when a caller caught it: that sets
+    ``_PyRuntime.signals.unhandled_keyboard_interrupt``, which only the start
+    of the next string evaluation resets.  This is that evaluation."""
+    exec("pass", {})
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether exc is Ctrl-C: a KeyboardInterrupt, or trio's group of them."""
+    leaves = _leaves(exc)
+    return any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves) and all(
+        isinstance(leaf, KeyboardInterrupt) or type(leaf).__name__ == "Cancelled" for leaf in leaves
+    )
 
 
 def _stdout_closed() -> bool:
@@ -137,6 +243,13 @@ def main(ctx: click.Context, home: Path | None) -> None:
     live network on this machine.
     """
     ctx.obj = Home(home if home is not None else default_home())
+
+
+def resolve_target(text: str, home: Home) -> bytes:
+    """`cli.social.resolve_target` (imported when a command names a feed)."""
+    from cli.social import resolve_target as resolve
+
+    return resolve(text, home)
 
 
 def _feed_key(handle: str | None, home: Home) -> bytes:
@@ -194,15 +307,23 @@ def id_(as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("text")
+@click.argument("words", nargs=-1, required=True, metavar="TEXT...")
 @click.option("--reply-to", "reply_to", metavar="ENTRY_ID", help="Id of the post this replies to.")
-def post(text: str, reply_to: str | None) -> None:
+@click.option("--force", is_flag=True, help="Reply to an ENTRY_ID that is not held here (it is not checked).")
+def post(words: tuple[str, ...], reply_to: str | None, force: bool) -> None:
     """Append a signed post to the own feed and print its entry id.
 
-    With the node running, the node signs it and pushes it to online
-    followers at once.  With no node running it is stored and goes out when
-    the node next starts.  @handles in TEXT become mentions.
+    The words of TEXT are joined by single spaces, so `p2pblog post hello
+    world` posts "hello world" (quote TEXT to keep line breaks or several
+    spaces).  With the node running, the node signs it and pushes it to
+    online followers at once.  With no node running it is stored and goes
+    out when the node next starts.  @handles in TEXT become mentions.
+
+    --reply-to takes the id of a post held here (`p2pblog timeline --json`,
+    `thread`); an id that is not held (a typo, a post not yet received) is
+    refused unless --force.
     """
+    text = " ".join(words)
     home = current_home()
     parent = None
     if reply_to is not None:
@@ -211,6 +332,14 @@ def post(text: str, reply_to: str | None) -> None:
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--reply-to") from None
     post_body(text, parent)  # a bad mention is reported before anything is sent
+    if parent is not None and not force:
+        with home.open_store() as store:
+            held = store.has_entry(parent)
+        if not held:
+            raise click.ClickException(
+                f"--reply-to {reply_to}: no post with that id is held here (a typo? a post not "
+                "received yet?); check it with `p2pblog thread ID`, or give --force to reply anyway"
+            )
     live = call_if_running(home, "post", {"text": text, "reply_to": reply_to})
     if live is not None:
         peers = live.get("peers", 0)
@@ -222,6 +351,8 @@ def post(text: str, reply_to: str | None) -> None:
         return
     identity = load_identity(home)
     with home.open_store() as store:
+        from p2pblog import actions
+
         entry = actions.post(store, identity, text, now_ms(), reply_to=parent)
     to_notify = [k for k in entry.mentions if k != identity.public_key]
     notices = f"; {len(to_notify)} mention notice(s) go out when the node runs" if to_notify else ""
@@ -423,12 +554,17 @@ def verify(handle: str | None) -> None:
     key = None if handle is None else resolve_target(handle, home)
     with home.open_store() as store:
         report = store.verify(key)
-    if key is not None and report.entries == 0:
+        damaged = store.damaged
+    if key is not None and report.entries == 0 and damaged is None:
         raise click.ClickException(f"no entries of {encode_handle(key)} are stored here: nothing to verify")
     for problem in report.problems:
         click.echo(f"problem: {problem}", err=True)
     status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
     click.echo(f"verified {report.entries} entries in {report.feeds} feed(s): {status}")
+    if damaged is not None:
+        from p2pblog.store import damaged_error
+
+        raise click.ClickException(str(damaged_error(home.store_file, damaged)))
     if not report.ok:
         sys.exit(1)
 
@@ -461,13 +597,46 @@ def export(handle: str, file: Path, atom: bool) -> None:
             write_atom(store, key, file)
             click.echo(f"exported the Atom feed of {encode_handle(key)} to {file}")
             return
+        latest = store.latest_seq(key)
         tmp = file.with_name(file.name + ".part")
         with tmp.open("wb") as out:
-            count = write_feed(out, (e.raw for e in store.feed_range(key, 1)))
+            count = write_feed(out, _readable_entries(store, key))
             out.flush()
             os.fsync(out.fileno())
         tmp.replace(file)
+        damaged = store.damaged
     click.echo(f"exported {count} entries of {encode_handle(key)} to {file}")
+    if count < latest and damaged is not None:
+        raise click.ClickException(
+            f"the store is damaged: saved entries 1..{count} of {latest} (a feed file must be a "
+            f"chain, so it ends before the first unreadable entry); followers of the feed hold the rest"
+        )
+
+
+def _readable_entries(store: Store, key: bytes) -> Iterator[bytes]:
+    """A feed's entries in seq order, as far as they can be read: on a damaged store the scan
+    stops at a damaged page, and entries are then read one by one until one cannot be."""
+    from p2pblog.store import is_damage
+
+    seq = 0
+    try:
+        for entry in store.feed_range(key, 1):
+            seq = entry.seq
+            yield entry.raw
+        return
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        store.found_damage(exc)
+    while True:
+        try:
+            found = next(store.feed_range(key, seq + 1, seq + 1), None)
+        except sqlite3.DatabaseError:
+            return
+        if found is None:
+            return
+        seq = found.seq
+        yield found.raw
 
 
 class _Progress:
@@ -560,6 +729,10 @@ def import_(file: Path) -> None:
     # threads would have to win the GIL back from it after every signature (measured:
     # 20,000 entries in 0.70 s against 0.83 s).  ``fork`` is safe while this process has
     # no other thread, and costs milliseconds where spawning costs 0.2 s.
+    from concurrent.futures.process import BrokenProcessPool
+
+    from p2pblog.verify import VerifyProcesses  # worker processes: only for `import`
+
     pool = VerifyProcesses(start="fork" if threading.active_count() == 1 else "spawn")
     with home.open_store(verify_pool=pool) as store:
         with file.open("rb") as source:
@@ -626,12 +799,10 @@ def demo(nodes: int, duration: float | None) -> None:
     printed when posted and again at each node it reaches, with the delay.
     Ctrl-C stops everything and removes the directory.
     """
-    try:
-        from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
+    from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
 
-        run_demo(nodes, duration, click.echo)
-    except KeyboardInterrupt:
-        click.echo("\nstopped", err=True)
+    if run_demo(nodes, duration, click.echo):
+        click.echo("stopped", err=True)
 
 
 # --- the running node -------------------------------------------------------------
@@ -648,22 +819,13 @@ def _hostport(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def _advertise_host(value: str, param: click.Parameter) -> str:
-    """--advertise: an IP address (no IPv6 zone) or a DNS name other nodes can connect to
-    (no port: the node advertises the ports it listens on); the rule of a signed record's
-    hosts (`identity.records.check_host`)."""
-    host = value.strip().removeprefix("[").removesuffix("]")
+    """--advertise: the host other nodes dial (`p2pblog.config.parse_advertise`)."""
+    from p2pblog.config import parse_advertise
+
     try:
-        return str(ipaddress.ip_address(check_host(host)))
-    except (ValueError, RecordError):
-        pass
-    with contextlib.suppress(RecordError):
-        if not host.replace(".", "").isdigit():
-            return check_host(host)
-    raise click.BadParameter(
-        f"{value!r} is neither an IP address nor a host name (give the host only: the node "
-        "advertises the ports it listens on)",
-        param=param,
-    )
+        return parse_advertise(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 @main.command()
@@ -720,6 +882,12 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     "rate- and size-limited, by default).",
 )
 @click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the settings the node would run with (HOME/p2pblog.toml, then these options), "
+    "with where each comes from, and exit.",
+)
+@click.option(
     "--strict",
     is_flag=True,
     hidden=True,
@@ -737,6 +905,7 @@ def run(
     no_web: bool,
     no_port_mapping: bool,
     no_relay: bool,
+    print_config: bool,
     strict: bool,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
@@ -768,14 +937,17 @@ def run(
     127.0.0.1:7711 unless --no-web; only this machine can reach it, and only
     a browser signed in with `p2pblog open`.
     """
-    web_addr: tuple[str, int] | None = None
-    if not no_web:
-        try:
-            web_addr = parse_hostport(web, default_host="127.0.0.1")
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--web") from None
-    web_explicit = ctx.get_parameter_source("web") is not click.core.ParameterSource.DEFAULT
     home = current_home()
+    settings = _run_settings(ctx, home, listen, bootstrap, advertise, mention_work, web, no_web)
+    if print_config:
+        _print_settings(settings, home)
+        return
+    listen, advertise, mention_work = settings.listen, settings.advertise, settings.mention_work
+    bootstrap = list(settings.bootstrap)
+    web_addr = settings.web
+    # A web address given on the command line or in the file must be free; the default's
+    # port may be taken (another node's web app): the node then runs without one.
+    web_explicit = settings.source("web") != "default"
     try:
         running = control.call(home.path, "status", timeout=5)
     except control.NodeNotRunning:
@@ -785,9 +957,18 @@ def run(
     if running is not None:
         raise click.ClickException(f"a node is already running at {home.path} ({running.get('handle', '?')})")
     identity = load_identity(home)
+    with home.open_store() as store:  # a damaged store is not run: the node writes all the time
+        if store.damaged is None and store.check_integrity():
+            assert store.damaged is not None
+        if store.damaged is not None:
+            from p2pblog.store import damaged_error
+
+            raise damaged_error(home.store_file, store.damaged)
     import trio  # the node's modules: only for the commands that run one
 
-    from p2pblog.daemon import NodeService
+    from p2pblog.daemon import NodeService, log
+
+    _log_through(log)
 
     service = NodeService(
         home,
@@ -800,6 +981,9 @@ def run(
         port_mapping=not no_port_mapping,
     )
     service.relay = not no_relay
+    from p2pblog.daemon import LogLimiter
+
+    service.limiter = LogLimiter(every=settings.log_every, budget=settings.log_budget)
 
     async def start_web(nursery: trio.Nursery) -> None:
         if web_addr is None:
@@ -812,17 +996,16 @@ def run(
         except ListenError as exc:
             if web_explicit:
                 raise
-            click.echo(f"{exc}; the node runs without the web app (give --web HOST:PORT)", err=True)
+            log(f"warning: {exc}; the node runs without the web app (give --web HOST:PORT)")
             return
-        click.echo(f"web app at {app.origin}/ (`p2pblog open` signs you in)", err=True)
+        log(f"web app at {app.origin}/ (`p2pblog open` signs you in)")
 
     async def main_task() -> None:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 await nursery.start(service.run)
                 await start_web(nursery)
-                async for signum in signals:
-                    click.echo(f"stopping ({signal.Signals(signum).name})", err=True)
+                async for _signum in signals:
                     nursery.cancel_scope.cancel()
                     break
 
@@ -836,7 +1019,101 @@ def run(
         if not all(_declared(leaf) for leaf in leaves):
             raise
         raise click.ClickException(_message(leaves[0])) from None
-    click.echo("stopped", err=True)
+    log("stopped")
+
+
+def _run_settings(
+    ctx: click.Context,
+    home: Home,
+    listen: tuple[str, int],
+    bootstrap: list[tuple[str, int]],
+    advertise: str | None,
+    mention_work: int,
+    web: str,
+    no_web: bool,
+) -> Any:
+    """HOME/p2pblog.toml's settings, with the options given on the command line in their place
+    (an option left at its default does not override the file)."""
+    from p2pblog.config import config_path, load, overridden, parse_web
+
+    settings = load(config_path(home.path))
+    given: dict[str, Any] = {}
+
+    def was_given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.DEFAULT_MAP,
+        )
+
+    if was_given("listen"):
+        given["listen"] = listen
+    if was_given("bootstrap"):
+        given["bootstrap"] = tuple(bootstrap)
+    if was_given("advertise"):
+        given["advertise"] = advertise
+    if was_given("mention_work"):
+        given["mention_work"] = mention_work
+    if no_web:
+        given["web"] = None
+    elif was_given("web"):
+        try:
+            given["web"] = parse_web(web)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--web") from None
+    return overridden(settings, **given)
+
+
+def _print_settings(settings: Any, home: Home) -> None:
+    from p2pblog.config import config_path
+
+    path = config_path(home.path)
+    where = "" if path.exists() else " (there is no such file: every value is the default or an option)"
+    click.echo(f"# the settings of `p2pblog run` for {home.path}; the file is {path}{where}")
+    for key, value, source in settings.shown():
+        click.echo(f"{key} = {value}  # {source}")
+
+
+def _log_through(log: Callable[[str, str | None], None]) -> None:
+    """Send what libraries log with `logging` (the web server's errors) to the node's log,
+    in its format: one timestamped, levelled line each."""
+    import logging
+
+    class NodeLog(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "error" if record.levelno >= logging.ERROR else "warn"
+            if record.levelno < logging.WARNING:
+                level = "info"
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            log(text, level)
+
+    root = logging.getLogger()
+    root.handlers[:] = [NodeLog()]
+    root.setLevel(logging.WARNING)
+
+
+@main.group("config")
+def config_group() -> None:
+    """The node's configuration file, HOME/p2pblog.toml (read by `p2pblog run`).
+
+    Keys: listen, advertise, bootstrap, web, mention_work, and in [limits]
+    log_every and log_budget; README.md has an example and docs/config.md
+    every key.  `p2pblog run` options override the file.
+    """
+
+
+@config_group.command("show")
+def config_show() -> None:
+    """Print the settings `p2pblog run` would use, with where each comes from.
+
+    (`p2pblog run --print-config ...` shows them with its options applied too.)
+    Exits 1 with one line naming the key if the file has a mistake.
+    """
+    from p2pblog.config import config_path, load
+
+    home = current_home()
+    _print_settings(load(config_path(home.path)), home)
 
 
 def _declared(exc: BaseException) -> bool:
@@ -912,7 +1189,7 @@ def open_(print_only: bool) -> None:
     try:
         result = control.call(home.path, "web_login", timeout=10)
     except control.NodeNotRunning:
-        raise click.ClickException("the node is not running: start it with `p2pblog run`") from None
+        raise click.ClickException(f"the node is not running: start it with `{run_command()}`") from None
     except control.ControlError as exc:
         if "unknown command" in str(exc):
             raise click.ClickException(
@@ -985,8 +1262,3 @@ def status(as_json: bool) -> None:
     if internal:
         listed = ", ".join(f"{k} {v}" for k, v in internal.items())
         click.echo(f"internal errors: {listed} (the node went on; tracebacks are in its log)")
-
-
-main.add_command(sim)
-for _command in SOCIAL_COMMANDS:
-    main.add_command(_command)

@@ -416,3 +416,7 @@ def _sweep_outcomes(scenario: Scenario, seeds: list[int], out_dir: Path, workers
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return outcomes
+
+
+#: What `cli.main` adds to the command line when `p2pblog sim` is asked for.
+COMMANDS = (sim,)

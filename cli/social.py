@@ -23,11 +23,13 @@ from cli.common import (
     load_identity,
     now_ms,
     public_key,
+    run_command,
     shown,
     shown_line,
     when,
 )
 from identity import decode_handle, encode_handle
+from identity.handle import CHARSET as HANDLE_CHARSET
 from identity.handle import FINGERPRINT_CHARS, fingerprint
 from identity.limits import NAME_CLAIM_MIN_WORK
 from identity.records import RecordError, check_name
@@ -58,7 +60,7 @@ def resolve_claims(home: Home, name: str) -> list[dict[str, Any]]:
         result = control.call(home.path, "resolve", {"name": name}, timeout=60)
     except control.NodeNotRunning:
         raise click.ClickException(
-            f"resolving the name {name!r} needs the DHT: start the node with `p2pblog run`"
+            f"resolving the name {name!r} needs the DHT: start the node with `{run_command()}`"
         ) from None
     claims: list[dict[str, Any]] = result["claims"]
     return claims
@@ -106,6 +108,26 @@ def _by_fingerprint(name: str, prefix: str, claims: list[dict[str, Any]]) -> byt
     return decode_handle(matches[0]["handle"])
 
 
+def looks_like_fingerprint(text: str) -> bool:
+    """Whether text has the form of a key's fingerprint (`FINGERPRINT_CHARS` characters of the
+    handle alphabet), which users copy from `status` or a timeline for a handle."""
+    return len(text) == FINGERPRINT_CHARS and all(c in HANDLE_CHARSET for c in text)
+
+
+def _not_a_handle(fp: str, home: Home) -> str:
+    """What to say about a fingerprint given where a handle or name goes; names the feed held
+    here that has it, if there is one."""
+    with home.open_store() as store:
+        held = [f.author for f in store.feeds() if fingerprint(f.author) == fp]
+    if len(held) == 1:
+        return f"{fp} is a fingerprint, not a handle; the feed held here with it is {encode_handle(held[0])}"
+    return (
+        f"{fp} is a fingerprint, not a handle: a fingerprint is too short to name a key. Give the "
+        f"handle (@pb1..., from `p2pblog id` on its owner's node), or a claimed name: "
+        f"`p2pblog resolve NAME` lists its claimants, and NAME~{fp} picks the one with this fingerprint"
+    )
+
+
 def resolve_target(text: str, home: Home) -> bytes:
     """The key a command argument names: handle, petname, NAME~FINGERPRINT or a claimed NAME
     (`p2pblog.targets`, which the web app's Follow page uses too)."""
@@ -123,6 +145,8 @@ def resolve_target(text: str, home: Home) -> bytes:
         return pet
     if target.prefix:
         return _by_fingerprint(name, target.prefix, resolve_claims(home, name))
+    if looks_like_fingerprint(name):
+        raise click.ClickException(_not_a_handle(name, home))
     claims = resolve_claims(home, name)
     if not claims:
         raise click.ClickException(f"nobody has claimed the name {name!r} (no valid claim found in the DHT)")
@@ -173,14 +197,16 @@ def claim(claim_name: str, work: int) -> None:
         expected = 2**work
         started = time.monotonic()
 
+        terminal = sys.stderr.isatty()  # `\r` progress only where it redraws one line
+
         def progress(tries: int) -> None:
-            if time.monotonic() - started > 1.0:
+            if terminal and time.monotonic() - started > 1.0:
                 click.echo(
                     f"\rproof of work: {tries:,} hashes (about {expected:,} expected)", nl=False, err=True
                 )
 
         stamp = actions.new_stamp(own, claim_name, work, int(time.time()), progress=progress)
-        if time.monotonic() - started > 1.0:
+        if terminal and time.monotonic() - started > 1.0:
             click.echo("", err=True)
     claimed, nonce = stamp
     try:
@@ -192,7 +218,7 @@ def claim(claim_name: str, work: int) -> None:
         )
     except control.NodeNotRunning:
         raise click.ClickException(
-            "claiming a name needs the DHT: start the node with `p2pblog run`"
+            f"claiming a name needs the DHT: start the node with `{run_command()}`"
         ) from None
     where = (
         f"stored at {result['stored_at']} node(s)"

@@ -25,6 +25,8 @@ KEY_BYTES: Final = 32
 FINGERPRINT_CHARS: Final = 12
 
 _CHARSET: Final = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+#: The characters of a handle's data and so of a fingerprint (bech32's alphabet).
+CHARSET: Final = _CHARSET
 _CHARSET_REV: Final = {c: i for i, c in enumerate(_CHARSET)}
 _BECH32M_CONST: Final = 0x2BC830A3
 _GEN: Final = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)

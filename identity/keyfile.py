@@ -27,11 +27,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import nacl.exceptions
-import nacl.pwhash.argon2id as argon2id
-import nacl.secret
-import nacl.utils
-
 from identity.keys import Identity
 
 FORMAT = "p2pblog-key/1"
@@ -47,6 +42,9 @@ class PassphraseError(KeyFileError):
 
 
 def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    import nacl.pwhash.argon2id as argon2id
+    import nacl.secret
+
     return argon2id.kdf(
         nacl.secret.SecretBox.KEY_SIZE,
         passphrase.encode("utf-8"),
@@ -58,6 +56,12 @@ def _derive(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes
 
 def write_key_file(path: Path, identity: Identity, passphrase: str | None = None) -> None:
     """Create path holding identity; refuse to overwrite an existing file."""
+    # Argon2id and SecretBox only for encrypted keys (a command reading a plain key file
+    # does not load them: 10 ms of start-up).
+    import nacl.pwhash.argon2id as argon2id
+    import nacl.secret
+    import nacl.utils
+
     doc: dict[str, Any] = {
         "format": FORMAT,
         "type": "ed25519",
@@ -141,6 +145,10 @@ def read_key_file(path: Path, passphrase: str | None = None) -> Identity:
     if "box" in doc:
         if passphrase is None:
             raise PassphraseError(f"key file {path} is encrypted; a passphrase is needed")
+        import nacl.exceptions
+        import nacl.pwhash.argon2id as argon2id
+        import nacl.secret
+
         salt = _hex_field(doc, "salt", argon2id.SALTBYTES, path)
         box_bytes = _hex_field(doc, "box", None, path)
         ops, mem = doc.get("opslimit"), doc.get("memlimit")

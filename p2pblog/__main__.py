@@ -6,7 +6,7 @@ imports (docs/design.md).
 
 from __future__ import annotations
 
-from cli.main import main
+from cli.entry import main
 
 if __name__ == "__main__":
     main(prog_name="p2pblog")

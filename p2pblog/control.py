@@ -61,6 +61,21 @@ BACKLOG = 128
 class NodeNotRunning(P2PBlogError):
     """No node is running for this home directory."""
 
+    def __init__(self, home: Path, detail: str = "") -> None:
+        self.home = home
+        self.detail = detail
+        super().__init__(self.explained())
+
+    def explained(self, start: str = "p2pblog run") -> str:
+        """The message, with ``start`` as the command that starts the node (the CLI adds the
+        ``--home`` the user gave)."""
+        return f"node not running at {self.home}{self.detail}; start it with: {start}"
+
+
+class NodeUnreachable(P2PBlogError):
+    """HOME/node.json names a live node process, but its control port refuses connections
+    (it runs in another network namespace: a container, ``ip netns exec``)."""
+
 
 class ControlError(P2PBlogError):
     """The node refused or failed a control request; the message says why."""
@@ -115,7 +130,7 @@ def read_state(home: Path) -> NodeState:
         host, port = doc["control"]
         return NodeState(int(doc["pid"]), (str(host), int(port)), str(doc["token"]), doc)
     except (OSError, ValueError, KeyError, TypeError):
-        raise NodeNotRunning(f"node not running at {home}; start it with: p2pblog run") from None
+        raise NodeNotRunning(home) from None
 
 
 def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeout: float = 60.0) -> Any:
@@ -133,7 +148,7 @@ def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeou
                 if size > MAX_RESPONSE_BYTES:
                     raise ControlError("the node's response is too large")
     except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError):
-        raise NodeNotRunning(f"node not running at {home}; start it with: p2pblog run") from None
+        raise _not_answering(home, state) from None
     except TimeoutError:
         raise ControlError(f"the node at {home} did not answer within {timeout:.0f} s") from None
     if not chunks:
@@ -146,3 +161,41 @@ def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeou
         message = reply.get("error") if isinstance(reply, dict) else None
         raise ControlError(str(message or "the node refused the request"))
     return reply.get("result")
+
+
+def _not_answering(home: Path, state: NodeState) -> NodeNotRunning | NodeUnreachable:
+    """What a refused control connection means.  node.json is removed on every clean stop, so
+    either its node was killed (a stale file: not running), or its process lives where our
+    connection does not reach: the same pid, another network namespace."""
+    pid = state.pid
+    stale = NodeNotRunning(home, f" (node.json is stale: process {pid} is not a p2pblog node)")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return stale  # gone
+    except OSError:  # no /proc (not Linux): is the pid alive at all?
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return stale
+        except OSError:
+            pass
+        cmdline = b"p2pblog"
+    if b"p2pblog" not in cmdline:
+        return stale  # the pid was reused by another program
+    where = f"{state.control[0]}:{state.control[1]}"
+    try:
+        ours, theirs = os.readlink("/proc/self/ns/net"), os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        ours = theirs = ""
+    if ours and ours != theirs:
+        return NodeUnreachable(
+            f"the node at {home} runs (pid {pid}) in another network namespace (a container, "
+            f"`ip netns exec`): its control port {where} is not reachable from here; run this "
+            "command in that namespace"
+        )
+    return NodeUnreachable(
+        f"the node at {home} runs (pid {pid}) but its control port {where} refuses connections "
+        "(another network namespace, or it is stopping); run this command where the node runs, "
+        "or try again"
+    )

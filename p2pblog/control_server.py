@@ -22,7 +22,7 @@ from p2pblog.control import (
     REQUEST_DEADLINE,
     CommandFailed,
 )
-from p2pblog.errors import StorageFull
+from p2pblog.errors import StorageFull, StoreDamaged
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -147,6 +147,9 @@ class ControlServer:
             return {"ok": False, "error": str(exc)}
         except StorageFull as exc:
             self.counts["storage_full"] += 1
+            return {"ok": False, "error": str(exc)}
+        except StoreDamaged as exc:  # a write refused: the store file is damaged
+            self.counts["store_damaged"] += 1
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
             self.counts["internal_error"] += 1

@@ -52,7 +52,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from random import Random
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -103,10 +103,21 @@ REPLICA_SEARCH_EVERY = 10.0
 
 class LogLimiter:
     """At most one line per key every `LOG_EVERY` seconds, and `LOG_BUDGET` lines in all per
-    `LOG_EVERY` seconds; the next line of a key says how many of it were left out."""
+    `LOG_EVERY` seconds (or ``every`` and ``budget``); the next line of a key says how many
+    of it were left out."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        every: float = LOG_EVERY,
+        budget: int = LOG_BUDGET,
+    ) -> None:
         self.clock = clock
+        #: Seconds between two lines of one key, and lines in all per that many seconds
+        #: (``[limits]`` ``log_every`` and ``log_budget`` of HOME/p2pblog.toml).
+        self.every = every
+        self.budget = budget
         #: key -> (time of the last line, lines left out since).
         self._logged: dict[Hashable, tuple[float, int]] = {}
         self._window = (float("-inf"), 0)  # (start of the budget window, lines in it)
@@ -116,11 +127,11 @@ class LogLimiter:
     def allow(self, key: Hashable) -> str | None:
         """None to leave the line out; else the suffix to append (lines left out since)."""
         now = self.clock()
-        last, skipped = self._logged.get(key, (-LOG_EVERY, 0))
+        last, skipped = self._logged.get(key, (-self.every, 0))
         start, lines = self._window
-        if now - start >= LOG_EVERY:
+        if now - start >= self.every:
             start, lines = now, 0
-        if now - last < LOG_EVERY or lines >= LOG_BUDGET:
+        if now - last < self.every or lines >= self.budget:
             self._logged[key] = (last, skipped + 1)
             self.suppressed += 1
             return None
@@ -182,10 +193,30 @@ class Appended:
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def log(message: str) -> None:
-    """A line on stderr; a log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+#: Log levels by how a message begins (the level of any other line is ``info``).
+_LEVEL_BY_START: Final = (
+    ("internal error", "error"),
+    ("Traceback", "error"),
+    ("warning:", "warn"),
+    ("refused", "warn"),
+    ("DHT peer", "warn"),
+    ("contacts not saved", "warn"),
+    ("the disk is full", "warn"),
+)
+
+
+def log(message: str, level: str | None = None) -> None:
+    """A line on stderr: ``2026-12-07T02:50:01Z info MESSAGE`` (UTC, then the level:
+    ``info``, ``warn`` or ``error``, from ``level`` or from how the message begins).
+
+    One line per event, so that a service manager's journal or ``grep`` takes each
+    whole; only a traceback continues on the lines after its levelled first line.
+    A log nobody can write (a full disk, a closed pipe) is no reason to stop."""
+    if level is None:
+        level = next((lv for start, lv in _LEVEL_BY_START if message.startswith(start)), "info")
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with contextlib.suppress(OSError, ValueError):
-        print(message, file=sys.stderr, flush=True)
+        print(f"{stamp} {level} {message}", file=sys.stderr, flush=True)
 
 
 class NodeService:

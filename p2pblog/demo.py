@@ -8,12 +8,13 @@ resolve the next node's name, has every node follow every other one, and
 then has them post in turn.
 Each post is printed once when it is posted and once per node it arrives
 at, with the delay since posting.  It runs until ``duration`` seconds pass or
-it is cancelled (Ctrl-C).
+it is cancelled (Ctrl-C, SIGTERM: `run_demo` stops every node cleanly).
 """
 
 from __future__ import annotations
 
 import functools
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -132,6 +133,9 @@ class Demo:
             claimed = int(time.time())
             subject = name_subject(service.identity.public_key, name, claimed)
             nonce = await trio.to_thread.run_sync(solve, NAME_DOMAIN, subject, NAME_CLAIM_MIN_WORK)
+            # A Ctrl-C while the thread solved has stopped the nodes (their stores are closed):
+            # the thread's result is delivered anyway, so look before using a node.
+            await trio.lowlevel.checkpoint_if_cancelled()
             done = await driver.request(functools.partial(service.core.claim_name, name, claimed, nonce))
             self.say(
                 f"  {name} claimed {name!r} ({service.core.name_records[name].work} bits of work, "
@@ -148,11 +152,35 @@ class Demo:
             self.say(f"  {self.names[service.identity.public_key]} resolves {other!r}: {who}")
 
 
-def run_demo(count: int, duration: float | None, say: Callable[[str], None]) -> None:
-    """Run the demo network in a temporary directory (removed afterwards)."""
+async def _until_signal(demo: Demo, duration: float | None) -> bool:
+    """Run the demo until it ends or SIGINT / SIGTERM arrives; whether a signal stopped it.
+
+    The signal cancels the demo's nursery, so every node closes its store and
+    sockets; trio's own Ctrl-C handling would instead raise `KeyboardInterrupt`
+    wherever the demo happens to be, wrapped in exception groups."""
+    stopped = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                nonlocal stopped
+                async for _ in signals:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(on_signal)
+            await demo.run(duration)
+            nursery.cancel_scope.cancel()
+    return stopped
+
+
+def run_demo(count: int, duration: float | None, say: Callable[[str], None]) -> bool:
+    """Run the demo network in a temporary directory (removed afterwards); whether a
+    signal (Ctrl-C) stopped it."""
     if not 2 <= count <= MAX_NODES:
         raise ValueError(f"the demo runs 2..{MAX_NODES} nodes")
     with tempfile.TemporaryDirectory(prefix="p2pblog-demo-") as tmp:
         demo = Demo(Path(tmp), count, say)
         say(f"Starting {count} p2pblog nodes on 127.0.0.1 (homes in {tmp}):")
-        trio.run(demo.run, duration)
+        return trio.run(_until_signal, demo, duration)

@@ -21,6 +21,7 @@ __all__ = [
     "LocalProtocolError",
     "P2PBlogError",
     "StorageFull",
+    "StoreDamaged",
     "StoreError",
 ]
 
@@ -78,3 +79,10 @@ class StorageFull(StoreError):
 
     The node stays up and serves what it holds; writes resume when space is freed.
     """
+
+
+class StoreDamaged(StoreError):
+    """The store file is damaged (SQLite: "database disk image is malformed", or its integrity
+    check failed).  Nothing more is written to it (`p2pblog.store` records the damage next to
+    the file, so every later command and process knows); what is still readable can be read,
+    and the message says how to recover."""

@@ -23,13 +23,16 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
 from identity import Identity, read_key_file, write_key_file
 from p2pblog.errors import P2PBlogError
-from p2pblog.store import Store
-from p2pblog.verify import VerifyPool, VerifyProcesses
+
+if TYPE_CHECKING:
+    from p2pblog.store import Store
+    from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: The port (UDP for the DHT, TCP for gossip) `p2pblog run` listens on by default.
 DEFAULT_PORT = 7710
@@ -73,6 +76,8 @@ class Home:
 
     def create(self, identity: Identity, passphrase: str | None = None) -> None:
         """Write the identity and an empty store; refuse if one is there."""
+        from p2pblog.store import Store
+
         if self.exists():
             raise HomeError(f"an identity already exists in {self.path}")
         if self.store_file.exists():
@@ -115,4 +120,6 @@ class Home:
         if not self.exists():
             raise HomeError(f"no identity in {self.path}; create one with: p2pblog init")
         self.secure()
+        from p2pblog.store import Store  # the store's modules only for the commands that open it
+
         return Store(self.store_file, verify_pool=verify_pool)

@@ -72,6 +72,24 @@ Files: the database and its ``-wal`` / ``-shm`` files are created mode 0600
 (the process umask is narrowed while SQLite creates them): they hold who
 the owner follows, blocks and petnames.
 
+A damaged file (pages overwritten by a failing disk, a bad copy): SQLite
+reports ``SQLITE_CORRUPT`` ("database disk image is malformed") or
+``SQLITE_NOTADB`` when a statement reaches a damaged page.  On open and on
+every write transaction that is turned into `StoreDamaged`, and the damage
+is recorded in ``store.sqlite3.damaged`` next to the file (with the file's
+inode and modification time, so a store restored from a backup is another
+file and not damaged; ``verify`` removes the record when it finds the file
+sound):
+from then on every write of this and every later process is refused with
+`StoreDamaged` before it starts (`transaction`), so a damaged store never
+gets worse.  Reads go on where the pages are readable (an ``export`` of the
+own feed saves what it can); a read that reaches damage raises SQLite's
+error, which the front ends report with `record_damage` (the command line
+says how to recover in one line).  Finding damage costs nothing on the hot
+paths: opening looks for the marker file (one ``stat``), and `check_integrity`
+(``PRAGMA quick_check``, linear in the file's size) runs in ``verify`` and when
+``p2pblog run`` starts.
+
 The schema is versioned with ``PRAGMA user_version``; `MIGRATIONS` lists the
 scripts that bring a database from one version to the next.
 """
@@ -109,12 +127,15 @@ from p2pblog.errors import (
     FeedForkedError,
     LocalProtocolError,
     StorageFull,
+    StoreDamaged,
     StoreError,
 )
-from p2pblog.verify import VerifyPool, VerifyProcesses, default_workers, verify_in_order
 
 if TYPE_CHECKING:
+    # Imported where a bulk ingest needs them: they load concurrent.futures and
+    # multiprocessing, which a command that only reads the store does not pay for.
     from p2pblog.search import SearchHit
+    from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
@@ -122,6 +143,67 @@ FULL_BELOW_BYTES: Final = 1024 * 1024
 _SQLITE_FULL: Final = 13
 _SQLITE_IOERR: Final = 10
 _SQLITE_READONLY: Final = 8
+#: SQLite's primary result codes for a damaged file: SQLITE_CORRUPT, SQLITE_NOTADB.
+_DAMAGE_CODES: Final = (11, 26)
+#: Suffix of the file that records a store's damage (`record_damage`).
+DAMAGE_SUFFIX: Final = ".damaged"
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether exc is SQLite saying the database file is damaged."""
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorcode", 0) & 0xFF in _DAMAGE_CODES
+        or "malformed" in str(exc)
+        or "not a database" in str(exc)
+    )
+
+
+def _damage_marker(path: Path) -> Path:
+    return path.with_name(path.name + DAMAGE_SUFFIX)
+
+
+def record_damage(path: Path | str, reason: str) -> StoreDamaged:
+    """Record that the store at path is damaged (best effort: a marker file beside it, naming
+    the file's inode and mtime) and return the `StoreDamaged` to raise."""
+    path = Path(path)
+    try:
+        marker = _damage_marker(path)
+        if not marker.exists():
+            marker.write_text(f"{_identity_of(path)}\n{reason}\n")
+    except OSError:
+        pass
+    return damaged_error(path, reason)
+
+
+def _identity_of(path: Path) -> str:
+    """Which file path is: its inode and modification time (nothing writes a damaged store, so
+    they stay; a copy restored in its place differs in one of them, even on a reused inode)."""
+    stat = path.stat()
+    return f"{stat.st_ino}:{stat.st_mtime_ns}"
+
+
+def recorded_damage(path: Path | str) -> str | None:
+    """The reason the store at path was found damaged, if it was (and is still that file)."""
+    path = Path(path)
+    try:
+        which, _, reason = _damage_marker(path).read_text().partition("\n")
+        if which == _identity_of(path):
+            return reason.strip() or "damaged"
+    except OSError:
+        return None
+    with suppress(OSError):  # the store was replaced (restored from a backup): not damaged
+        _damage_marker(path).unlink()
+    return None
+
+
+def damaged_error(path: Path, reason: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the store {path} is damaged ({reason}); nothing more is written to it. Save your own feed "
+        f"with `p2pblog export $(p2pblog id) FILE` (what is still readable), then restore {path.name} "
+        f"from a backup, or move {path.name}* aside and `p2pblog import FILE` into a new one "
+        "(README: A damaged store)"
+    )
+
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # 1: feeds, entries, fork proofs and derived indexes.
@@ -382,6 +464,8 @@ class Store:
         self.refused_writes = 0
         #: Opened for reading only, because the disk was full (`_open_read_only`).
         self.read_only = False
+        #: Why the file is known to be damaged (then every write is refused), else None.
+        self.damaged: str | None = recorded_damage(self.path)
         # Rows of entries `append` queued in the current transaction, and their
         # mentions: written (`_write_queued`) before anything else uses the
         # connection (`_db`), and before COMMIT; dropped on rollback.
@@ -399,6 +483,9 @@ class Store:
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                self._conn.close()
+                raise record_damage(self.path, str(exc)) from None
             if not self._disk_full(exc):
                 raise StoreError(f"cannot open store {self.path}: {exc}") from None
             self._open_read_only(exc)
@@ -483,6 +570,8 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if self.damaged is not None:
+            raise damaged_error(self.path, self.damaged)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
@@ -499,8 +588,10 @@ class Store:
             except BaseException:
                 self._rollback()
                 raise
-        except sqlite3.OperationalError as exc:
-            if not self._disk_full(exc):
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise self.found_damage(exc) from None
+            if not isinstance(exc, sqlite3.OperationalError) or not self._disk_full(exc):
                 raise
             self.full = True
             self.refused_writes += 1
@@ -514,6 +605,30 @@ class Store:
             self._dirty.clear()
             self._queued.clear()
             self._queued_mentions.clear()
+
+    def found_damage(self, exc: BaseException | str) -> StoreDamaged:
+        """SQLite found the file damaged: refuse every write from now on, record it for later
+        processes, and return the error to raise."""
+        self.damaged = self.damaged or str(exc)
+        return record_damage(self.path, self.damaged)
+
+    def check_integrity(self, *, quick: bool = True) -> list[str]:
+        """SQLite's ``PRAGMA quick_check`` (``integrity_check`` if not quick): the problems it
+        finds, none if the file is sound.  Damage found is recorded (`found_damage`)."""
+        pragma = "quick_check" if quick else "integrity_check"
+        try:
+            rows = [
+                str(row[0], "utf-8", "replace") if isinstance(row[0], bytes) else str(row[0])
+                for row in self._conn.execute(f"PRAGMA {pragma}(100)")
+            ]
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            rows = [str(exc)]
+        if rows == ["ok"]:
+            return []
+        self.found_damage(rows[0])
+        return rows
 
     def _open_read_only(self, exc: sqlite3.Error) -> None:
         """On a full disk SQLite cannot create the -shm / -wal files a WAL database needs,
@@ -685,6 +800,8 @@ class Store:
         small = ended or cut is not None
         pool = None if small else self._verify_pool()
         chunks_read = itertools.chain(() if first is None else (first,), decoded)
+        from p2pblog.verify import verify_in_order
+
         stream = verify_in_order(chunks_read, pool, cache=small)
         with contextlib.closing(stream):
             pending = next(stream, None)
@@ -748,6 +865,8 @@ class Store:
     def _verify_pool(self) -> VerifyPool | VerifyProcesses | None:
         """The pool bulk ingests verify on: the one passed in, else the store's own
         (started on first use, closed with the store); None on one core."""
+        from p2pblog.verify import VerifyPool, default_workers
+
         if self._pool is None and default_workers() > 1:
             self._pool = self._own_pool = VerifyPool()
         return self._pool
@@ -1325,8 +1444,27 @@ class Store:
     # -- checking -----------------------------------------------------------------
 
     def verify(self, author: bytes | None = None) -> VerifyReport:
-        """Re-verify every stored entry of one feed or all: signature, seq, chain, ids."""
+        """Check the file (SQLite's quick_check), then re-verify every stored entry of one feed
+        or all: signature, seq, chain, ids.  Damage SQLite reports while reading is a problem
+        of the report (and recorded: `found_damage`), not an exception."""
         report = VerifyReport()
+        report.problems += [f"the store file is damaged: {p}" for p in self.check_integrity()]
+        try:
+            self._verify_entries(author, report)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self.found_damage(exc)
+            report.problems.append(f"entries cannot be read: {exc}")
+        if report.ok and self.damaged is not None:
+            # Found sound throughout (repaired in place, e.g. by `sqlite3 .recover` + rename
+            # with the same inode): writes may resume.
+            with suppress(OSError):
+                _damage_marker(self.path).unlink()
+            self.damaged = None
+        return report
+
+    def _verify_entries(self, author: bytes | None, report: VerifyReport) -> None:
         states = [self.feed_state(author)] if author is not None else self.feeds()
         for state in states:
             if state.latest_seq == 0:
@@ -1367,7 +1505,6 @@ class Store:
                     report.problems.append(f"{name} fork proof at seq {proof[0]} is misfiled")
             if state.forked_seq is not None:
                 report.problems.append(f"{name}: feed is forked at seq {state.forked_seq} (proof kept)")
-        return report
 
 
 def check_not_ahead(entry: Entry, now_ms: int | None) -> None:

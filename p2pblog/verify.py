@@ -40,6 +40,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import select
+import signal
 import threading
 import time
 from collections import deque
@@ -143,7 +144,12 @@ def verify_in_order(
 def _exit_with(pid: int) -> None:
     """A verifier process's initializer: exit as soon as the node process is gone, however
     it ended.  A pool's worker holds both ends of its own task pipe, so it never sees the
-    node die: after a ``kill -9`` of the node, it would stay forever."""
+    node die: after a ``kill -9`` of the node, it would stay forever.
+
+    It ignores SIGINT: a Ctrl-C in a terminal goes to the whole process group, and the
+    node stops its workers itself (a worker's own KeyboardInterrupt would only print a
+    traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         try:

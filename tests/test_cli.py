@@ -410,4 +410,7 @@ def test_status_says_clearly_when_the_node_is_not_running(tmp_path: Path) -> Non
     init(home)
     result = p2pblog(home, "status")
     assert result.returncode == 1
-    assert result.stderr.strip() == f"Error: node not running at {home}; start it with: p2pblog run"
+    assert (
+        result.stderr.strip()
+        == f"Error: node not running at {home}; start it with: p2pblog --home {home} run"
+    )

@@ -132,7 +132,7 @@ def test_commands_that_need_the_node_say_it_is_not_running(tmp_path: Path) -> No
     for args in (["lookup", handle], ["peers"]):
         result = p2pblog(home, *args)
         assert result.returncode == 1
-        assert "node not running" in result.stderr and "p2pblog run" in result.stderr
+        assert "node not running" in result.stderr and f"p2pblog --home {home} run" in result.stderr
         assert "Traceback" not in result.stderr
     # A stale node.json left by a killed node is detected too.
     (home / "node.json").write_text(json.dumps({"pid": 1, "control": ["127.0.0.1", 9], "token": "x"}))

@@ -29,7 +29,8 @@ def test_a_reply_to_an_unknown_post_is_linked_when_the_parent_arrives(tmp_path: 
     ok(bob, "init")
     parent = ok(alice, "post", "the parent").splitlines()[-1]
     ok(bob, "follow", alice_handle)
-    reply = ok(bob, "post", "a reply", "--reply-to", parent).splitlines()[-1]
+    assert "--force" in error(bob, "post", "a reply", "--reply-to", parent)  # not held: a typo?
+    reply = ok(bob, "post", "a reply", "--reply-to", parent, "--force").splitlines()[-1]
 
     lonely = json.loads(ok(bob, "thread", reply, "--json"))
     assert lonely["missing_parent"] == parent and lonely["ancestors"] == []

@@ -104,7 +104,8 @@ def test_a_mention_from_a_stranger_arrives_and_a_block_stops_the_next(
     a, b = net["a"], net["b"]
     parent = run(a.home, "post", "what do you all think?")
 
-    reply = run(b.home, "post", f"I think {a.handle} is right", "--reply-to", parent)
+    # b does not follow a, so a's post is not held at b: replying to it takes --force.
+    reply = run(b.home, "post", f"I think {a.handle} is right", "--reply-to", parent, "--force")
     assert wait_for(lambda: reply in mention_ids(a), timeout=5, interval=0.1), a.output()
     thread = cli_json(a.home, "thread", parent)
     assert isinstance(thread, dict)
