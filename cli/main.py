@@ -801,8 +801,24 @@ def demo(nodes: int, duration: float | None) -> None:
     """
     from p2pblog.demo import run_demo  # the node's modules: only for the commands that run one
 
-    if run_demo(nodes, duration, click.echo):
+    if run_demo(nodes, duration, click.echo, front_end=_demo_web):
         click.echo("stopped", err=True)
+
+
+async def _demo_web(service: Any, nursery: Any) -> str | None:
+    """The demo's first node serves the web app (127.0.0.1:7711, or a free port if that is
+    taken), and the demo prints a sign-in link to watch its timeline live in a browser."""
+    from p2pblog.errors import ListenError
+    from web.server import serve_web
+
+    for port in (DEFAULT_WEB_PORT, 0):
+        try:
+            app = await nursery.start(serve_web, service, "127.0.0.1", port)
+        except ListenError:
+            continue
+        url = app.login_link()
+        return f"         watch its timeline live in a browser (a one-time sign-in link): {url}"
+    return None
 
 
 # --- the running node -------------------------------------------------------------

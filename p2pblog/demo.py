@@ -17,7 +17,7 @@ import functools
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Demo:
         self.say = say
         self.names: dict[bytes, str] = {}
         self.services: list[NodeService] = []
+        self.front_end: FrontEnd | None = None
         self.posted_at: dict[bytes, float] = {}
         for name in NAMES[:count]:
             identity = Identity.generate()
@@ -89,6 +90,10 @@ class Demo:
             self.say(
                 f"{self.names[first.identity.public_key]:6} is {first.identity.handle}  (udp+tcp {seed[1]})"
             )
+            if self.front_end is not None:
+                line = await self.front_end(first, nursery)
+                if line:
+                    self.say(line)
             for service in self.services[1:]:
                 service.bootstrap = [seed]
                 await nursery.start(service.run)
@@ -175,12 +180,20 @@ async def _until_signal(demo: Demo, duration: float | None) -> bool:
     return stopped
 
 
-def run_demo(count: int, duration: float | None, say: Callable[[str], None]) -> bool:
+#: Started beside the first node (the CLI serves the web app with it); returns a line to show.
+FrontEnd = Callable[[NodeService, trio.Nursery], Awaitable[str | None]]
+
+
+def run_demo(
+    count: int, duration: float | None, say: Callable[[str], None], *, front_end: FrontEnd | None = None
+) -> bool:
     """Run the demo network in a temporary directory (removed afterwards); whether a
-    signal (Ctrl-C) stopped it."""
+    signal (Ctrl-C) stopped it.  ``front_end`` is started beside the first node (the node
+    never imports a front end: the command line passes the web app)."""
     if not 2 <= count <= MAX_NODES:
         raise ValueError(f"the demo runs 2..{MAX_NODES} nodes")
     with tempfile.TemporaryDirectory(prefix="p2pblog-demo-") as tmp:
         demo = Demo(Path(tmp), count, say)
+        demo.front_end = front_end
         say(f"Starting {count} p2pblog nodes on 127.0.0.1 (homes in {tmp}):")
         return trio.run(_until_signal, demo, duration)

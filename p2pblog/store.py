@@ -1068,11 +1068,25 @@ class Store:
         ).fetchone()
         return None if row is None else _item(row)
 
-    def feed(self, author: bytes, *, limit: int | None = None) -> list[FeedItem]:
-        """A feed, newest first."""
+    def feed(
+        self,
+        author: bytes,
+        *,
+        limit: int | None = None,
+        before_seq: int | None = None,
+        kind: str | None = None,
+    ) -> list[FeedItem]:
+        """A feed, newest first; only entries before seq ``before_seq``, of ``kind``, if given."""
         rows = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? ORDER BY e.seq DESC LIMIT ?",
-            (author, -1 if limit is None else limit),
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? AND e.seq < ? "
+            "AND (? IS NULL OR e.kind = ?) ORDER BY e.seq DESC LIMIT ?",
+            (
+                author,
+                limits.MAX_SEQ + 1 if before_seq is None else before_seq,
+                kind,
+                kind,
+                -1 if limit is None else limit,
+            ),
         )
         return [_item(row) for row in rows]
 
@@ -1263,11 +1277,18 @@ class Store:
             return search.catch_up(self._db, limit)
 
     def search(
-        self, query: str, *, limit: int = 50, before: int | tuple[int, bytes, int] | None = None
+        self,
+        query: str,
+        *,
+        limit: int = 50,
+        before: int | tuple[int, bytes, int] | None = None,
+        index_limit: int | None = None,
     ) -> list[SearchHit]:
         """Posts held that match query, newest first, with highlight segments.
 
-        Catches the index up first (a full disk leaves it as it is).  ``before``
+        Catches the index up first, at most ``index_limit`` posts of it (a caller on an
+        event loop bounds the pause; `search_behind` says whether posts remain unindexed;
+        a full disk leaves the index as it is).  ``before``
         pages: a timestamp (ms, exclusive) or a hit's ``cursor``.  Raises
         `p2pblog.search.SearchError` (a ValueError) for a query it cannot search.
         """
@@ -1276,8 +1297,14 @@ class Store:
         terms = search.parse_query(query)  # a bad query writes nothing
         if not self.read_only and search.behind(self._db):  # no write lock when up to date
             with suppress(StorageFull):
-                self.update_search_index()
+                self.update_search_index(index_limit)
         return search.search(self._db, terms, limit=limit, before=before)
+
+    def search_behind(self) -> bool:
+        """Whether posts are stored that the search index does not hold yet."""
+        from p2pblog import search
+
+        return bool(search.behind(self._db))
 
     # -- petnames, blocks, own name claims --------------------------------------------
 

@@ -89,6 +89,10 @@ MAX_BODY: Final = 64 * 1024
 LIVE_PER_BATCH: Final = 20
 #: Mention-completion answers.
 COMPLETIONS: Final = 8
+#: Posts a search indexes at most before answering (the node's loop waits meanwhile:
+#: about 16 µs a post), and replies a thread page shows at most.
+SEARCH_INDEX_STEP: Final = 20_000
+MAX_REPLIES: Final = 500
 #: Unread mentions counted at most (the page shows "99+").
 UNREAD_MAX: Final = 100
 SEEN_SETTING: Final = "web.mentions_seen"
@@ -274,7 +278,11 @@ class WebApp:
 
     async def _web_login(self, args: dict[str, Any]) -> dict[str, Any]:
         del args
-        return {"url": f"{self.origin}/login?t={self.links.new()}", "origin": self.origin}
+        return {"url": self.login_link(), "origin": self.origin}
+
+    def login_link(self) -> str:
+        """A fresh one-time sign-in link (what `p2pblog open` opens)."""
+        return f"{self.origin}/login?t={self.links.new()}"
 
     # -- ASGI: the checks every request passes -------------------------------------------
 
@@ -523,7 +531,7 @@ class WebApp:
             raise Refused(404, "this post is not held here (yet)")
         depth = {eid: 0}
         replies = []
-        for item in found.replies:
+        for item in found.replies[:MAX_REPLIES]:
             d = depth.get(item.entry.reply_to or b"", 0) + 1
             depth[item.entry.id] = d
             replies.append((min(d, 6), self.view(item, people)))
@@ -532,6 +540,7 @@ class WebApp:
             "ancestors": [self.view(i, people) for i in found.ancestors],
             "replies": replies,
             "missing": found.missing_parent.hex() if found.missing_parent else None,
+            "more_replies": max(0, len(found.replies) - MAX_REPLIES),
         }
 
     async def profile(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
@@ -539,10 +548,8 @@ class WebApp:
         person = people(key)
         profile = self.store.profile(key)
         before = parse_cursor(request.query_params.get("before"))
-        items = [i for i in self.store.feed(key, limit=PAGE * 4) if i.entry.kind == POST]
-        if before is not None:
-            items = [i for i in items if (i.entry.timestamp, i.entry.seq) < (before[0], before[2])]
-        posts = [self.view(i, people) for i in items[:PAGE]]
+        items = self.store.feed(key, limit=PAGE, before_seq=before[2] if before else None, kind=POST)
+        posts = [self.view(i, people) for i in items]
         blocked = {k for k, _ in self.store.blocks()}
         state = self.store.feed_state(key)
         return "profile.html", {
@@ -564,7 +571,8 @@ class WebApp:
         seen = int(self.store.setting(SEEN_SETTING) or 0)
         posts = [(i.entry.timestamp > seen, self.view(i, people)) for i in items]
         if items:
-            newest = max(i.entry.timestamp for i in items)
+            # Not past now: a mention stamped ahead of our clock must not mark later ones read.
+            newest = min(max(i.entry.timestamp for i in items), int(time.time() * 1000))
             if newest > seen:
                 self.store.set_setting(SEEN_SETTING, str(newest))
                 self.live.publish("unread", {"unread": 0})
@@ -625,10 +633,15 @@ class WebApp:
             return "search.html", context
         before = parse_cursor(request.query_params.get("before"))
         try:
-            hits = self.store.search(query, limit=PAGE, before=before)
+            hits = self.store.search(query, limit=PAGE, before=before, index_limit=SEARCH_INDEX_STEP)
         except SearchError as exc:
             context["message"] = str(exc)
             return "search.html", context
+        if self.store.search_behind():
+            context["message"] = (
+                "Still indexing posts that arrived lately: some of them are not searched yet. "
+                "Search again in a moment."
+            )
         views = []
         for hit in hits:
             view = self.view(hit.item, people)

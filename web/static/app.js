@@ -98,6 +98,8 @@
     if (!liveTimeline) return;
     if (window.scrollY > 200) {
       waiting.push(doc.html);
+      // A tab left scrolled down for days keeps the newest posts; the button says how many.
+      if (waiting.length > 500) waiting.splice(0, waiting.length - 500);
       showWaiting();
     } else {
       insertPost(doc.html, true);
