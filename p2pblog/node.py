@@ -55,7 +55,7 @@ answered with `entries_verified`: `p2pblog.ingest_queue`).
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from random import Random
 from typing import Final
 
@@ -442,6 +442,11 @@ class NodeCore:
         self._drain(now)
 
     # -- signatures checked off the event loop (`p2pblog.ingest_queue`) -----------------
+
+    def watch_send_backlog(self, backlog: Callable[[int], int]) -> None:
+        """The driver tells how many bytes it still has to write on a connection: a relay
+        cuts a circuit rather than queue more for a peer that does not read."""
+        self.replicator.backlog = backlog
 
     def offload_verification(self) -> None:
         """The driver checks received entries' signatures on worker threads from now on."""

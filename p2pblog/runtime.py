@@ -487,6 +487,15 @@ class NodeDriver(UdpDriver):
         self._verified_at = 0.0
         self._retiring = False
         core.offload_verification()
+        # The core may ask how much a connection still has to write (a relay bounds what a
+        # peer that does not read can make it hold); cores without relays do not ask.
+        watch = getattr(core, "watch_send_backlog", None)
+        if watch is not None:
+            watch(self._backlog)
+
+    def _backlog(self, conn_id: int) -> int:
+        st = self._streams.get(conn_id)
+        return 0 if st is None else len(st.out)
 
     @classmethod
     def bind_both(cls, core: StreamCore, host: str, port: int, **kwargs: Any) -> NodeDriver:
