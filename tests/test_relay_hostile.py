@@ -130,9 +130,8 @@ def test_circuit_numbers_of_the_two_directions_never_collide(make: object) -> No
     assert incoming and all(m.circuit % 2 == 1 for m in incoming)
     b.send(Relay(2, b"for C"))
     b.pump()
-    assert (
-        Relay(2 - 2 + [m for m in c.received if isinstance(m, Incoming)][0].circuit, b"for C") in c.received
-    )
+    to_c = next(m for m in c.received if isinstance(m, Incoming))
+    assert Relay(to_c.circuit, b"for C") in c.received
     assert not [m for m in a.received if isinstance(m, Relay)]
 
 
