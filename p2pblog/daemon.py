@@ -410,8 +410,7 @@ class NodeService:
         """Map ``port`` (the DHT's UDP and gossip's TCP share it) on the home router."""
         if self.listen[0] in ("127.0.0.1", "::1", "localhost"):
             self._port_mapping_off = "the node listens on loopback only"
-            self._log(f"port mapping: off ({self._port_mapping_off})")
-            return
+            return  # nothing to say: no router is involved (`status` says why it is off)
 
         def on_mapped(mapped: PortMapped) -> None:
             self.mapped(mapped.host, mapped.port)

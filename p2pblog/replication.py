@@ -507,7 +507,7 @@ class Replicator:
         #: Dial-backs we run for peers (`MAX_PROBES`, `PROBE_RATE`), and the peers we asked
         #: for one -> until when their inbound connection is taken as its probe.
         self._probe_budget = TokenBucket(PROBE_RATE, PROBE_BURST, now)
-        self._probes_expected: dict[bytes, float] = {}
+        self._probes_expected: dict[bytes, tuple[float, int]] = {}
         #: Relaying.  As a relay (when ``relay_enabled``): reserved keys -> until when, and
         #: the circuits, each end (session connection id, circuit number) -> the other end,
         #: with the bytes each carried.  As either end of a circuit: (relay connection id,
@@ -723,9 +723,9 @@ class Replicator:
             return False
         if not conn.session.request_dial_back(port, now):
             return False
-        for key in [k for k, t in self._probes_expected.items() if t <= now]:
+        for key in [k for k, (t, _) in self._probes_expected.items() if t <= now]:
             del self._probes_expected[key]
-        self._probes_expected[peer] = now + PROBE_WAIT
+        self._probes_expected[peer] = (now + PROBE_WAIT, conn.id)
         self.stats["dialback.requested"] += 1
         self._touch(conn)
         self._pump(now)
@@ -1204,7 +1204,7 @@ class Replicator:
             self._probe_done(conn, DialStatus.OK, now)
             self._close(conn, now, "dial-back done")
             return
-        if not conn.outbound and conn.via is None and self._probes_expected.get(peer, -1.0) > now:
+        if not conn.outbound and conn.via is None and self._probe_expected(peer, now):
             # The peer's dial-back of us: it proved the address; no session (we have one).
             self.stats["dialback.probe_received"] += 1
             self._events.append(DialBackProbed(peer))
@@ -1581,6 +1581,17 @@ class Replicator:
         if tell_relay and relay is not None and relay.session is not None and not relay.closing:
             relay.session.send_circuit(vconn.via[1], RelayStatus.CLOSED, now)
             self._touch(relay)
+
+    def _probe_expected(self, peer: bytes, now: float) -> bool:
+        """Whether a new inbound connection from peer is its dial-back of us: we asked it on
+        a session that is still open, lately (after that session ends, or after a restart of
+        the peer, a new connection from it is just a connection)."""
+        until, asked_on = self._probes_expected.get(peer, (0.0, -1))
+        asker = self._conns.get(asked_on)
+        if until <= now or asker is None or asker.closing:
+            self._probes_expected.pop(peer, None)
+            return False
+        return True
 
     def _relay_dial_lost(self, conn: _Conn, other: _Conn | None, now: float) -> None:
         """A dial to a relay is given up: its waiting keys go over ``other`` (a session with

@@ -1078,15 +1078,9 @@ class Store:
     ) -> list[FeedItem]:
         """A feed, newest first; only entries before seq ``before_seq``, of ``kind``, if given."""
         rows = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? AND e.seq < ? "
-            "AND (? IS NULL OR e.kind = ?) ORDER BY e.seq DESC LIMIT ?",
-            (
-                author,
-                limits.MAX_SEQ + 1 if before_seq is None else before_seq,
-                kind,
-                kind,
-                -1 if limit is None else limit,
-            ),
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? "
+            "AND (? IS NULL OR e.seq < ?) AND (? IS NULL OR e.kind = ?) ORDER BY e.seq DESC LIMIT ?",
+            (author, before_seq, before_seq, kind, kind, -1 if limit is None else limit),
         )
         return [_item(row) for row in rows]
 
