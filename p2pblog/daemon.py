@@ -789,6 +789,8 @@ class NodeService:
                 **{f"dht.providers.store.{k}": v for k, v in sorted(core.dht.providers.stats.items())},
                 **{f"runtime.{k}": v for k, v in sorted(self.driver.stats.items())},
                 **{f"control.{k}": v for k, v in sorted((control.counts if control else {}).items())},
+                **{f"reachability.{k}": v for k, v in sorted(core.reachability.stats.items())},
+                **{f"relay_client.{k}": v for k, v in sorted(core.relay_client.stats.items())},
                 "log.suppressed": self.limiter.suppressed,
             },
         }

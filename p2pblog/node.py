@@ -288,6 +288,9 @@ class NodeCore:
         t = self.lifecycle.publish_at
         if t is not None and t < at:
             at = t
+        t = self.reachability.wake_at()
+        if t is not None and t < at:
+            at = t
         return at
 
     def next_event(self) -> Event | None:
@@ -359,7 +362,7 @@ class NodeCore:
             self.reachability.probed(gossip.peer, now)
             self._reachability_events(now)
         elif isinstance(gossip, RelayReserved) and self.relay_client.answered(gossip, now):
-            self.records.set_relays(self.relay_client.addrs, now)
+            self._relays_changed(now)
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):
@@ -387,6 +390,10 @@ class NodeCore:
         self.records.handle_timer(now)
         if self.outbox.due_at is not None and now >= self.outbox.due_at:
             self.outbox.deliver(now)
+        wake = self.reachability.wake_at()
+        if wake is not None and now >= wake:
+            self.reachability.maintain(now)
+            self._reachability_events(now)
         maintain = now >= self._maintain_at
         if maintain:
             self._refresh_priority()
@@ -405,13 +412,19 @@ class NodeCore:
         self.reachability.maintain(now)
         self._reachability_events(now)
         if self.relay_client.maintain(self.client_mode, now):
-            self.records.set_relays(self.relay_client.addrs, now)
+            self._relays_changed(now)
         if len(self.dht.table) == 0:
             self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
         self.discovery.maintain(wanted, now)
+
+    def _relays_changed(self, now: float) -> None:
+        """Our relays changed: the records name the new ones (the peer record at once, the
+        feeds' provider records at a maintenance pass run now)."""
+        self.records.set_relays(self.relay_client.addrs, now)
+        self._maintain_at = min(self._maintain_at, now)
 
     def _reachability_events(self, now: float) -> None:
         events, self.reachability.events = self.reachability.events, []
@@ -501,7 +514,7 @@ class NodeCore:
         self.replicator.relay_enabled = self.relay and not client
         self.discovery.client = client
         if self.relay_client.maintain(client, now):
-            self.records.set_relays(self.relay_client.addrs, now)
+            self._relays_changed(now)
         self._events.append(event)
         if client:
             self._maintain_at = min(self._maintain_at, now)  # search our followers at once

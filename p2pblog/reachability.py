@@ -57,7 +57,7 @@ RECHECK_REACHABLE: Final = 1800.0
 RECHECK_UNREACHABLE: Final = 300.0
 RETRY: Final = 60.0
 FIRST_CHECK: Final = 5.0
-CONFIRM_AFTER: Final = 15.0
+CONFIRM_AFTER: Final = 5.0
 #: Observed addresses remembered.
 MAX_OBSERVED: Final = 16
 
@@ -113,6 +113,17 @@ class Reachability:
         if not self.enabled or self.port is None or self._round or self.state != UNKNOWN:
             return None
         return self._due
+
+    def wake_at(self) -> float | None:
+        """When to run `maintain` sooner than the node's next pass: the first check, the
+        one that confirms an unreachable verdict, or the end of a round in progress."""
+        if not self.enabled or self.port is None:
+            return None
+        if self._round:
+            return self._round_ends
+        if self.state == UNKNOWN or self._suspect:
+            return self._due
+        return None
 
     @property
     def observed_address(self) -> tuple[str, int] | None:

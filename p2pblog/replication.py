@@ -213,7 +213,7 @@ INBOUND_PER_NET: Final = 24
 MAX_PROBES: Final = 4
 PROBE_RATE: Final = 0.2
 PROBE_BURST: Final = 4
-PROBE_TIMEOUT: Final = 8.0
+PROBE_TIMEOUT: Final = 5.0
 PROBE_WAIT: Final = 30.0
 #: Relaying for nodes nobody can dial (`p2pblog.relay` has the policy's docs): reservations
 #: held at once and for how long; circuits at once in all, per reserved node and per peer

@@ -34,33 +34,13 @@ def texts(node: LabNode) -> list[str]:
     return [p["text"] for p in node.json("timeline")]
 
 
-def test_a_home_node_goes_client_and_its_posts_reach_a_public_follower(lab: NatLab, tmp_path: Path) -> None:
-    public = lab.add_public_host()
-    router = lab.add_router()
-    home = lab.add_home_host(router)
-    seed = lab.start_node(
-        public, tmp_path / "public", "--no-port-mapping", "--advertise", public.addr, port=4500
-    )
-    node = lab.start_node(home, tmp_path / "home", "--no-port-mapping", "--bootstrap", seed.addr, port=4501)
-    assert node.cli("follow", seed.handle).returncode == 0
-    assert seed.cli("follow", node.handle).returncode == 0
-
-    assert wait_for(lambda: reach(node)["reachability"]["state"] == "unreachable", 60), reach(node)
-    status = reach(node)
-    assert status["reachability"]["client_mode"] is True
-    # Peers see it at the router's public address, not at its LAN address.
-    assert status["reachability"]["observed"][0] == router.addr
-    assert wait_for(lambda: reach(seed)["reachability"]["state"] == "reachable", 60)
-    # It reserved the public node as its relay.
-    assert wait_for(lambda: reach(node)["relay"]["via"] == [f"{public.addr}:4500"], 60), reach(node)["relay"]
-
-    assert node.cli("post", "hello from behind the router").returncode == 0
-    assert wait_for(lambda: "hello from behind the router" in texts(seed), 30)
-    out = node.cli("status").stdout
-    assert "not reachable from outside" in out and "client mode" in out
-
-
-def test_two_home_nodes_behind_two_routers_replicate_through_a_relay(lab: NatLab, tmp_path: Path) -> None:
+def test_home_nodes_go_client_deliver_directly_and_replicate_through_a_relay(
+    lab: NatLab, tmp_path: Path
+) -> None:
+    """Two home nodes behind two routers, and a public node.  Each home node finds it is not
+    reachable, goes to client mode and reserves the public node as its relay; A's posts reach
+    the public node over the connection A opened, and reach B (which nobody can dial either)
+    through a circuit across the relay."""
     public = lab.add_public_host()
     first, second = lab.add_router(), lab.add_router()
     home_a, home_b = lab.add_home_host(first), lab.add_home_host(second)
@@ -73,6 +53,14 @@ def test_two_home_nodes_behind_two_routers_replicate_through_a_relay(lab: NatLab
         assert node.cli("follow", seed.handle).returncode == 0
     for node in (a, b):
         assert wait_for(lambda n=node: reach(n)["relay"]["via"] == [f"{public.addr}:4600"], 90), reach(node)
+    status = reach(a)
+    assert status["reachability"]["state"] == "unreachable" and status["reachability"]["client_mode"] is True
+    # Peers see it at the router's public address, not at its LAN address.
+    assert status["reachability"]["observed"][0] == first.addr
+    assert reach(seed)["reachability"]["state"] == "reachable"
+    out = a.cli("status").stdout
+    assert "not reachable from outside" in out and "client mode" in out
+
     assert a.cli("post", "through the relay").returncode == 0
     # B finds A's record in the DHT (it names the relay) and opens a circuit through it.
     assert b.cli("follow", a.handle).returncode == 0
@@ -84,6 +72,10 @@ def test_two_home_nodes_behind_two_routers_replicate_through_a_relay(lab: NatLab
     # Live: a new post crosses the relay at once.
     assert a.cli("post", "live across two NATs").returncode == 0
     assert wait_for(lambda: "live across two NATs" in texts(b), 30)
+    # A public follower gets A's posts over the connection A opened to it (nobody can dial A).
+    assert seed.cli("follow", a.handle).returncode == 0
+    assert a.cli("post", "straight to the public node").returncode == 0
+    assert wait_for(lambda: "straight to the public node" in texts(seed), 30)
 
 
 def test_a_port_mapping_makes_a_home_node_reachable(lab: NatLab, tmp_path: Path) -> None:
