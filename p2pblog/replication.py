@@ -172,7 +172,7 @@ from gossip.transport import (
 from identity import Identity
 from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
-from identity.pacing import TokenBucket
+from identity.pacing import KeyedTokenBuckets, TokenBucket
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, StorageFull
@@ -225,6 +225,13 @@ RELAYED_HANDSHAKING: Final = 4
 #: Bytes a relay lets wait for one peer, in its sending buffer and queue, before it cuts
 #: the circuit that would add more (a peer that does not read cannot make it buffer more).
 RELAY_BACKLOG: Final = 4 * 1024 * 1024
+#: A relay is small and rate-limited: circuits a peer may open a second (with bursts), and
+#: bytes a second it forwards in all (with bursts); over either, the CONNECT is refused or
+#: the circuit cut (the ends may open another later).
+CONNECT_RATE: Final = 1.0
+CONNECT_BURST: Final = 8
+RELAY_RATE: Final = 1024 * 1024
+RELAY_BURST: Final = 8 * 1024 * 1024
 MAX_CIRCUITS: Final = 64
 CIRCUITS_PER_TARGET: Final = 16
 CIRCUITS_PER_SOURCE: Final = 8
@@ -515,6 +522,8 @@ class Replicator:
         #: peers, (host, port) -> (connection id, keys waiting); our next circuit number.
         self.relay_enabled = False
         self.reservations: dict[bytes, float] = {}
+        self._connect_budget = KeyedTokenBuckets(CONNECT_RATE, CONNECT_BURST, MAX_SUBJECTS)
+        self._relay_budget = TokenBucket(RELAY_RATE, RELAY_BURST, now)
         #: Relays that reserved for us -> until when (INCOMING is taken only from them).
         self.reserved_with: dict[bytes, float] = {}
         #: How many bytes the driver still has to write on a connection (`NodeDriver` sets
@@ -1388,6 +1397,8 @@ class Replicator:
             refusal = "target_gone"
         elif here in self._circuits or here in self._virtual or circuit % 2:
             refusal = "circuit_in_use"  # (odd numbers are the relay's own)
+        elif conn.peer is None or not self._connect_budget.take(conn.peer, now):
+            refusal = "rate"
         elif len(self._circuits) // 2 >= MAX_CIRCUITS:
             refusal = "full"
         else:
@@ -1428,6 +1439,7 @@ class Replicator:
             or other.session is None
             or carried > CIRCUIT_BYTES
             or self.backlog(other.id) + other.session.relay_queued + len(data) > RELAY_BACKLOG
+            or not self._relay_budget.take(now, len(data))
             or not other.session.send_relay(there[1], data, now)
         ):
             self.stats["relay.circuits.cut"] += 1

@@ -197,3 +197,26 @@ def test_a_dial_back_goes_to_the_askers_exact_address_or_nowhere(
         assert [m.status for m in asker.received if isinstance(m, DialResult)] == [2]  # REFUSED
     else:
         assert [(host, port) for _, host, port in dials] == [(dialled, 22)]
+
+
+def test_a_relay_is_rate_limited_in_circuits_and_bytes(make: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replication, "RELAY_BURST", 64 * 1024)
+    relay = make(Identity(bytes([15]) * 32), 15)  # type: ignore[operator]
+    relay.relay_enabled = True
+    peers: list[Peer] = []
+    opener = Peer(Identity(bytes([16]) * 32), relay, ("10.1.0.1", 1), peers)
+    target = Peer(Identity(bytes([17]) * 32), relay, ("10.2.0.1", 1), peers)
+    target.send(Reserve())
+    target.pump()
+    for n in range(replication.CONNECT_BURST + 2):
+        opener.send(Connect(target.identity.public_key, 2 * (n + 1)))
+    opener.pump()
+    answers = [m.status for m in opener.received if isinstance(m, Circuit)]
+    assert answers.count(RelayStatus.OK) == replication.CONNECT_BURST
+    assert answers.count(RelayStatus.REFUSED) == 2 and relay.stats["relay.connect.refused.rate"] == 2
+    # Bytes: past the burst, the circuit carrying them is cut.
+    for _ in range(20):
+        opener.send(Relay(2, bytes(MAX_ENTRY_BYTES)))
+    opener.pump()
+    assert relay.stats["relay.circuits.cut"] >= 1
+    assert relay.stats["relay.bytes"] <= 64 * 1024
