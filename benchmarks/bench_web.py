@@ -56,19 +56,10 @@ from identity import Identity  # noqa: E402
 from p2pblog.control import call  # noqa: E402
 from p2pblog.entry import FOLLOW, POST, create_entry, post_body  # noqa: E402
 from p2pblog.home import Home  # noqa: E402
+from tests.browser import CHROMIUM_ARGS  # noqa: E402
 from tests.nodes import NodeProcess, run, start_node  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "web.md"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LIVE_TARGET_MS = 100.0
 RENDER_TARGET_MS = 200.0
 FEEDS = 5

@@ -6,11 +6,7 @@ fail, as dials to a node behind a NAT router do, while its own dials go out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from random import Random
-
-import pytest
 
 from dht.core import CLIENT_NODE_ID
 from gossip.messages import DialMe, DialResult, DialStatus
@@ -22,47 +18,20 @@ from p2pblog.reachability import REACHABLE, UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import MAINTAIN_EVERY, MAX_PROBES, PROBE_BURST, DialBackResult
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, T0, ChannelPeer, Wire
+from tests.wire_nodes import OpenStore, add_core, open_store
+from tests.wire_nodes import follow as follow_one
 
 A, B, C = (Identity(bytes([i]) * 32) for i in (51, 52, 53))
 HOST = {"a": "10.1.0.1", "b": "10.2.0.2", "c": "10.3.0.3"}
 
-OpenStore = Callable[[str], Store]
-
-
-@pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[OpenStore]:
-    stores: list[Store] = []
-
-    def make(name: str) -> Store:
-        store = Store(tmp_path / f"{name}.sqlite3")
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
 
 def core(identity: Identity, store: Store, seed: int, wire: Wire, name: str) -> NodeCore:
-    node = NodeCore(
-        identity,
-        Random(seed),
-        wire.now,
-        store=store,
-        random_bytes=Random(seed + 1000).randbytes,
-        check_reachability=True,
-    )
-    wire.add(name, node, HOST[name])
-    node.set_addresses([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
-    return node
+    return add_core(identity, store, seed, wire, name, HOST[name])
 
 
 def follow(node: NodeCore, wire: Wire, *who: tuple[Identity, str]) -> None:
     for identity, name in who:
-        node.follow(identity.public_key, wire.now)
-        node.replicator.add_candidates(
-            identity.public_key, [(identity.public_key, *wire.addr(name))], wire.now
-        )
+        follow_one(node, wire, identity, name)
 
 
 def changes(wire: Wire, name: str) -> list[ReachabilityChanged]:
@@ -195,3 +164,6 @@ def test_store_follow_entries_do_not_matter_to_reachability(open_store: OpenStor
     wire.run(wire.now + 3 * MAINTAIN_EVERY)
     assert a.reachability.state == reachability.UNKNOWN and not a.client_mode
     assert a.reachability.stats["rounds"] == 0
+
+
+__all__ = ["open_store"]

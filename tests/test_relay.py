@@ -6,10 +6,6 @@ its records name R; F reaches C through R, and replicates C's feed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from random import Random
-
 import pytest
 
 from identity import Identity
@@ -18,46 +14,15 @@ from p2pblog.node import NodeCore
 from p2pblog.reachability import UNREACHABLE
 from p2pblog.replication import MAINTAIN_EVERY, PeerConnected
 from p2pblog.store import Store
-from tests.gossip.wire import PORT, Wire
+from tests.gossip.wire import Wire
+from tests.wire_nodes import OpenStore, add_core, follow, open_store
 
 C, R, F = (Identity(bytes([i]) * 32) for i in (61, 62, 63))
 HOST = {"c": "10.11.0.1", "r": "10.22.0.2", "f": "10.33.0.3"}
 
-OpenStore = Callable[[str], Store]
-
-
-@pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[OpenStore]:
-    stores: list[Store] = []
-
-    def make(name: str) -> Store:
-        store = Store(tmp_path / f"{name}.sqlite3")
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
 
 def core(identity: Identity, store: Store, seed: int, wire: Wire, name: str, *, relay: bool) -> NodeCore:
-    node = NodeCore(
-        identity,
-        Random(seed),
-        wire.now,
-        store=store,
-        random_bytes=Random(seed + 1000).randbytes,
-        check_reachability=True,
-        relay=relay,
-    )
-    wire.add(name, node, HOST[name])
-    node.set_addresses([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
-    return node
-
-
-def follow(node: NodeCore, wire: Wire, identity: Identity, name: str) -> None:
-    node.follow(identity.public_key, wire.now)
-    node.replicator.add_candidates(identity.public_key, [(identity.public_key, *wire.addr(name))], wire.now)
+    return add_core(identity, store, seed, wire, name, HOST[name], relay=relay)
 
 
 def setup(open_store: OpenStore, *, relay: bool = True) -> tuple[Wire, NodeCore, NodeCore, NodeCore]:
@@ -146,3 +111,6 @@ def test_circuits_end_with_the_relay(open_store: OpenStore) -> None:
     # C's reservation went with R: its records advertise no relay until it finds another.
     wire.run(wire.now + MAINTAIN_EVERY)
     assert c.relay_client.addrs == []
+
+
+__all__ = ["open_store"]

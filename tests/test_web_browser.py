@@ -27,21 +27,12 @@ from typing import Any
 
 import pytest
 
+from tests.browser import CHROMIUM_ARGS
 from tests.nodes import NodeProcess, cli_json, run, start_node, wait_for
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Milliseconds a page waits for something live (replication, DHT) before failing.
 LIVE_MS = 15_000
 XSS = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
