@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from random import Random
 
 import pytest
@@ -35,26 +33,10 @@ from p2pblog.replication import (
 from p2pblog.scoring import BAN_SECONDS
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, T0, ChannelPeer, Wire
+from tests.wire_nodes import OpenStore, open_store
 
 A, B, C, D, M, X = (Identity(bytes([i]) * 32) for i in (41, 42, 43, 44, 45, 46))
 HOST = {"a": "10.0.0.1", "b": "10.0.0.2", "c": "10.0.0.3", "d": "10.0.0.4", "m": "10.0.0.66", "x": "10.0.0.9"}
-
-OpenStore = Callable[[str], Store]
-
-
-@pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[OpenStore]:
-    """Opens ``<name>.db`` in tmp_path (again, after a restart); closes them all at the end."""
-    opened: list[Store] = []
-
-    def open_(name: str) -> Store:
-        store = Store(tmp_path / f"{name}.db")
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 def make_replicator(identity: Identity, store: Store, seed: int, now: float = T0) -> Replicator:
@@ -683,3 +665,6 @@ def test_an_entry_from_the_future_waits_and_its_relay_is_not_blamed(open_store: 
     wire.advance(86_400 + 60)
     wire.settle()
     assert ids(b.store, A.public_key) == [first.id, ahead.id]
+
+
+__all__ = ["open_store"]
