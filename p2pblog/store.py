@@ -1179,8 +1179,13 @@ class Store:
     def profile(self, author: bytes) -> dict[str, str]:
         """The author's profile: the latest value of each field set by profile entries."""
         merged: dict[str, str] = {}
+        # Through the (kind, timestamp) index: profile entries are few among all entries,
+        # while the (author, seq) index would walk every entry of a long feed (10 ms at
+        # 20,000 posts, for each author a web page shows).
         rows = self._db.execute(
-            "SELECT raw FROM entries WHERE author = ? AND kind = ? ORDER BY seq", (author, PROFILE)
+            "SELECT raw FROM entries INDEXED BY entries_kind_time WHERE kind = ? AND author = ? "
+            "ORDER BY seq",
+            (PROFILE, author),
         )
         for (raw,) in rows:
             merged.update(_stored(raw).body)
