@@ -186,7 +186,7 @@ from p2pblog.scoring import (
     PeerScores,
     address_prefix,
 )
-from p2pblog.store import Store
+from p2pblog.store import FULL_BELOW_BYTES, Store
 from p2pblog.verify import first_forgery
 
 #: Seconds between connection-maintenance passes.
@@ -513,6 +513,9 @@ class Replicator:
         self.verify = VerifyQueue(offload=False)
         #: Dial-backs we run for peers (`MAX_PROBES`, `PROBE_RATE`), and the peers we asked
         #: for one -> until when their inbound connection is taken as its probe.
+        #: Feeds whose entries a full disk refused: asked for again at the first pass that
+        #: finds space (or after STORAGE_RETRY).
+        self._waiting_for_space: set[bytes] = set()
         self._probe_budget = TokenBucket(PROBE_RATE, PROBE_BURST, now)
         self._probes_expected: dict[bytes, tuple[float, int]] = {}
         #: Relaying.  As a relay (when ``relay_enabled``): reserved keys -> until when, and
@@ -1018,6 +1021,7 @@ class Replicator:
         self.stats["dial.attempts"] += 1
 
     def _maintain(self, now: float) -> None:
+        self._space_back(now)
         self._prune_idle(now)
         self._credit_sessions(now)
         self._save_banned_scores(now)
@@ -1059,6 +1063,20 @@ class Replicator:
             elif entry.relay is not None:
                 self._dial_via_relay(key, entry.relay, now)
             outbound += 1
+
+    def _space_back(self, now: float) -> None:
+        """A full disk refused entries: once the disk has room again, ask for them now
+        rather than at STORAGE_RETRY."""
+        waiting = self._waiting_for_space
+        if not waiting:
+            return
+        free = self.store.free_bytes()
+        if self.store.full and (free is None or free < FULL_BELOW_BYTES):
+            return
+        for feed in waiting:
+            if feed in self._ask_again:
+                self._ask_again[feed] = min(self._ask_again[feed], now)
+        waiting.clear()
 
     def _prune_idle(self, now: float) -> None:
         """Near the cap, close sessions that replicate none of our feeds, to make room."""
@@ -1775,6 +1793,7 @@ class Replicator:
             self.stats["entries.refused_storage_full"] += len(entries)
             session.entries_stored(event.feed, now)
             self._ask_again[event.feed] = now + STORAGE_RETRY
+            self._waiting_for_space.add(event.feed)
             if self.store.latest_seq(event.feed) > before:
                 self._feed_grew(conn, event.feed, now)
             return
