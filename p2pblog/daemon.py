@@ -66,7 +66,7 @@ from identity.records import RecordError, check_name
 from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, write_state
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
-from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull
+from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
 from p2pblog.home import Home
 from p2pblog.node import (
     JoinFinished,
@@ -84,7 +84,7 @@ from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
-from p2pblog.store import FULL_BELOW_BYTES, Store
+from p2pblog.store import FULL_BELOW_BYTES, Store, is_damage
 
 #: Seconds between two log lines about refused input of one kind from one source.
 LOG_EVERY = 10.0
@@ -296,6 +296,14 @@ class NodeService:
         """An input (``kind``) raised: the driver or the control server counted it and goes on."""
         if isinstance(exc, StorageFull):
             self._log_limited(("storage_full",), f"{exc}; the node goes on read-only for it")
+            return
+        if isinstance(exc, StoreDamaged) or is_damage(exc):
+            # A read met a damaged page: recorded, so that no write touches the file again
+            # and the next command says what to do (one line here, not a traceback per read).
+            damage = exc if isinstance(exc, StoreDamaged) else None
+            if damage is None and self.store is not None:
+                damage = self.store.found_damage(exc)
+            self._log_limited(("store_damaged",), f"error: {damage or exc}; the node refuses every write")
             return
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = (frame[0].filename, frame[0].lineno) if frame else None

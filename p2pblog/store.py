@@ -1183,8 +1183,7 @@ class Store:
         # while the (author, seq) index would walk every entry of a long feed (10 ms at
         # 20,000 posts, for each author a web page shows).
         rows = self._db.execute(
-            "SELECT raw FROM entries INDEXED BY entries_kind_time WHERE kind = ? AND author = ? "
-            "ORDER BY seq",
+            "SELECT raw FROM entries INDEXED BY entries_kind_time WHERE kind = ? AND author = ? ORDER BY seq",
             (PROFILE, author),
         )
         for (raw,) in rows:

@@ -75,7 +75,11 @@ def test_verify_runs_the_integrity_check(damaged: tuple[Home, Identity]) -> None
 
 @pytest.mark.parametrize(
     "args",
-    [("timeline",), ("log", "--limit", "10000"), ("run", "--no-web", "--listen", "127.0.0.1:0")],
+    [
+        ("timeline", "--limit", "10000"),
+        ("log", "--limit", "10000"),
+        ("run", "--no-web", "--listen", "127.0.0.1:0"),
+    ],
 )
 def test_reading_commands_say_what_to_do(damaged: tuple[Home, Identity], args: tuple[str, ...]) -> None:
     home, _ = damaged
@@ -88,7 +92,7 @@ def test_no_command_writes_into_a_damaged_store(damaged: tuple[Home, Identity]) 
     other = Identity.generate().handle
     # A read that reaches the damage records it (a write that does not reach a damaged page
     # before anything found it cannot know; one that does is rolled back and records it).
-    _one_error(p2pblog(home.path, "timeline"), "is damaged")
+    _one_error(p2pblog(home.path, "timeline", "--limit", "10000"), "is damaged")
     assert (home.path / "store.sqlite3.damaged").exists()
     before = _fingerprint(home)
     for args in (("post", "hello"), ("follow", other), ("profile", "set", "--name", "x"), ("block", other)):
@@ -137,3 +141,31 @@ def test_a_command_that_reads_only_sound_pages_still_warns(damaged: tuple[Home, 
     assert newest.returncode == 0 and "post 399" in newest.stdout
     warnings = [line for line in newest.stderr.splitlines() if line.startswith("Warning:")]
     assert len(warnings) == 1 and "is damaged" in warnings[0] and "restore" in warnings[0]
+
+
+def test_a_running_node_that_reads_damage_records_it_and_says_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The driver hands the node what an input raised: SQLite's "malformed" from a read is
+    recorded (no write touches the file again; the next command says what to do), and
+    logged as one line, not a traceback per read."""
+    import sqlite3
+
+    from p2pblog.daemon import NodeService
+
+    home = Home(tmp_path / "n")
+    identity = Identity.generate()
+    home.create(identity)
+    service = NodeService(home, identity, listen=("127.0.0.1", 0), bootstrap=[])
+    service.store = home.open_store()
+    try:
+        for _ in range(3):
+            service._internal_error("connection", sqlite3.DatabaseError("database disk image is malformed"))
+        assert service.store.damaged is not None
+        err = capsys.readouterr().err
+        assert "refuses every write" in err and "Traceback" not in err
+        assert err.count("refuses every write") == 1  # rate-limited
+    finally:
+        service.store.close()
+    result = p2pblog(home.path, "post", "after the damage")
+    assert result.returncode == 1 and "damaged" in result.stderr
