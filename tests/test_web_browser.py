@@ -246,7 +246,12 @@ def test_screenshots_of_a_timeline_and_the_node_page(net: Net) -> None:
         b.locator(f"#p-{post_id}").wait_for()
     b.reload()
     b.screenshot(path=str(out / "timeline.png"))
-    b.goto(net.b.origin + "/node")
+    # The node page once B knows whether peers can dial it back (a few seconds after start).
+    for _ in range(100):
+        b.goto(net.b.origin + "/node")
+        if "not checked yet" not in b.locator("#reachability").inner_text():
+            break
+        b.wait_for_timeout(200)
     b.screenshot(path=str(out / "node.png"), full_page=True)
     b.context.close()
 
