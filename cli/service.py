@@ -29,6 +29,7 @@ import os
 import pwd
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -67,10 +68,36 @@ def quoted(word: str) -> str:
     return word
 
 
+#: Characters a path in the unit may not hold: control characters would end a line of the
+#: unit (and let a crafted directory name add directives, run as root), and systemd reads
+#: whitespace, quotes, backslashes, $ and % in EnvironmentFile= and ReadWritePaths= its own
+#: way (a path with a space there is "not absolute").
+_UNSAFE_PATH: Final = re.compile(r'[\x00-\x20\x7f"\'\\$%;]')
+
+
+class UnsafePath(ValueError):
+    """A path the unit file cannot name safely; the message says which and why."""
+
+
+def check_unit_path(path: str, what: str) -> str:
+    bad = _UNSAFE_PATH.search(path)
+    if bad is not None:
+        raise UnsafePath(
+            f"{what} {path!r} holds {bad.group(0)!r}, which a systemd unit cannot name safely "
+            "(spaces, quotes, backslashes, $, % and control characters): use a home and an "
+            "installation path without them (a symbolic link to it works)"
+        )
+    return path
+
+
 def unit_text(home: Path, *, user: bool, command: list[str], owner: str | None = None) -> str:
     """The unit file for the node at home (an absolute path).  ``owner`` is the account a
-    system unit runs as (default: the owner of home)."""
+    system unit runs as (default: the owner of home).  Raises `UnsafePath` for a home or
+    command path that a unit cannot hold as it is."""
     home = Path(os.path.abspath(home))
+    check_unit_path(str(home), "the home")
+    for word in command:
+        check_unit_path(word, "the command")
     exec_start = " ".join(quoted(w) for w in [*command, "--home", str(home), "run"])
     lines = [
         "# Written by `p2pblog service install`; docs: README.md, 'Running as a service'.",
@@ -160,19 +187,28 @@ def install(user_unit: bool, print_only: bool, name: str, directory: Path | None
     home = current_home()
     if not home.exists():
         home.load_identity()  # the "no identity here: p2pblog init" error
-    text = unit_text(home.path, user=user_unit, command=command_line())
+    try:
+        text = unit_text(home.path, user=user_unit, command=command_line())
+    except UnsafePath as exc:
+        raise click.ClickException(str(exc)) from None
     if print_only:
         click.echo(text, nl=False)
         return
     target_dir = directory or (user_unit_dir() if user_unit else SYSTEM_DIR)
     path = target_dir / f"{name}.service"
-    if path.exists() and not force and path.read_text() != text:
+    if path.exists() and not force and path.read_bytes() != text.encode():
         raise click.ClickException(f"{path} exists and differs: give --force to replace it")
     target_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    tmp.replace(path)
+    # A fresh temporary name (O_EXCL, never a planted symbolic link), then an atomic rename.
+    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=f".{name}.", suffix=".service")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     click.echo(f"wrote {path}", err=True)
     systemctl = "systemctl --user" if user_unit else "systemctl"
     sudo = "" if user_unit or os.geteuid() == 0 else "sudo "

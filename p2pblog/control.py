@@ -39,6 +39,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,12 +164,27 @@ def call(home: Path, command: str, args: dict[str, Any] | None = None, *, timeou
     return reply.get("result")
 
 
+def _started_before(pid: int, path: Path) -> bool:
+    """Whether process pid started before path was last written (True when unknown): a
+    process that started later cannot have written node.json, whatever its command line."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime: clock ticks after boot (field 22)
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        started = time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+        return started <= path.stat().st_mtime + 1.0
+    except (OSError, ValueError, IndexError, OverflowError):
+        return True
+
+
 def _not_answering(home: Path, state: NodeState) -> NodeNotRunning | NodeUnreachable:
     """What a refused control connection means.  node.json is removed on every clean stop, so
     either its node was killed (a stale file: not running), or its process lives where our
     connection does not reach: the same pid, another network namespace."""
     pid = state.pid
     stale = NodeNotRunning(home, f" (node.json is stale: process {pid} is not a p2pblog node)")
+    if pid <= 0 or pid == os.getpid() or not _started_before(pid, home / STATE_FILE):
+        return stale  # this very process (a container's PID 1 again), or a process newer than the file
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:

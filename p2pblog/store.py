@@ -176,10 +176,17 @@ def record_damage(path: Path | str, reason: str) -> StoreDamaged:
 
 
 def _identity_of(path: Path) -> str:
-    """Which file path is: its inode and modification time (nothing writes a damaged store, so
-    they stay; a copy restored in its place differs in one of them, even on a reused inode)."""
+    """Which file path is: its inode and modification time (nothing writes a damaged store
+    but the WAL checkpoint of its last close, after which `Store.close` marks it again; a copy
+    restored in its place differs in one of them, even on a reused inode)."""
     stat = path.stat()
     return f"{stat.st_ino}:{stat.st_mtime_ns}"
+
+
+def _remark_damage(path: Path, reason: str) -> None:
+    """Name the file's current identity in its damage marker (after our own close)."""
+    with suppress(OSError):
+        _damage_marker(path).write_text(f"{_identity_of(path)}\n{reason}\n")
 
 
 def recorded_damage(path: Path | str) -> str | None:
@@ -553,6 +560,10 @@ class Store:
             self._own_pool.close()
             self._pool = self._own_pool = None
         self._conn.close()
+        if self.damaged is not None and self.path.exists():
+            # The last close checkpoints the WAL into the file (a new mtime): the marker
+            # names the file as it is now, so the damage stays known.
+            _remark_damage(self.path, self.damaged)
 
     def __enter__(self) -> Store:
         return self
@@ -1481,9 +1492,10 @@ class Store:
                 raise
             self.found_damage(exc)
             report.problems.append(f"entries cannot be read: {exc}")
-        if report.ok and self.damaged is not None:
-            # Found sound throughout (repaired in place, e.g. by `sqlite3 .recover` + rename
-            # with the same inode): writes may resume.
+        if report.ok and self.damaged is not None and not self.check_integrity(quick=False):
+            # Found sound throughout, by SQLite's full integrity check too (quick_check does
+            # not compare indexes with their tables, a damage SQLite reports at run time):
+            # repaired in place, writes may resume.
             with suppress(OSError):
                 _damage_marker(self.path).unlink()
             self.damaged = None

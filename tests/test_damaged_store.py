@@ -169,3 +169,20 @@ def test_a_running_node_that_reads_damage_records_it_and_says_one_line(
         service.store.close()
     result = p2pblog(home.path, "post", "after the damage")
     assert result.returncode == 1 and "damaged" in result.stderr
+
+
+def test_the_damage_stays_known_across_the_checkpoint_of_a_close(tmp_path: Path) -> None:
+    """Closing the last connection writes the WAL into the file (a new mtime): the mark must
+    still apply to it, or the next open would write into the damaged file again."""
+    home = Home(tmp_path / "n")
+    identity = Identity.generate()
+    home.create(identity)
+    store = home.open_store()
+    for i in range(50):
+        store.append(identity, POST, {"text": f"post {i}"}, 1_700_000_000_000 + i)
+    store.found_damage("database disk image is malformed")
+    store.close()
+    with Store(home.store_file) as again:
+        assert again.damaged is not None
+        with pytest.raises(StoreDamaged):
+            again.set_setting("k", "v")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.service import command_line, quoted, unit_text
+from cli.service import UnsafePath, command_line, quoted, unit_text
 from tests.process import p2pblog
 
 
@@ -21,14 +21,31 @@ def _settings(text: str) -> dict[str, str]:
 
 
 def test_a_system_unit_runs_this_installation_as_the_home_s_owner(tmp_path: Path) -> None:
-    home = Path("/srv/p2pblog home")
+    home = Path("/srv/p2pblog/home")
     unit = _settings(unit_text(home, user=False, command=["/opt/venv/bin/p2pblog"], owner="blog"))
-    assert unit["ExecStart"] == '/opt/venv/bin/p2pblog --home "/srv/p2pblog home" run'
+    assert unit["ExecStart"] == "/opt/venv/bin/p2pblog --home /srv/p2pblog/home run"
     assert unit["User"] == "blog"
     assert unit["Restart"] == "on-failure"
     assert unit["NoNewPrivileges"] == "yes" and unit["PrivateTmp"] == "yes"
-    assert unit["ProtectSystem"] == "strict" and unit["ReadWritePaths"] == '"/srv/p2pblog home"'
+    assert unit["ProtectSystem"] == "strict" and unit["ReadWritePaths"] == "/srv/p2pblog/home"
     assert unit["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.parametrize(
+    "home",
+    [
+        '/srv/a\nExecStartPre=+/bin/sh -c "id>/tmp/pwn"\n#',  # a crafted name: a directive, as root
+        "/srv/p2pblog home",  # systemd takes EnvironmentFile= with a space for a relative path
+        "/srv/ab$c",
+        "/srv/a\\b",
+        "/srv/a\tb",
+    ],
+)
+def test_a_home_a_unit_cannot_name_safely_is_refused(home: str) -> None:
+    with pytest.raises(UnsafePath, match="cannot name safely"):
+        unit_text(Path(home), user=False, command=["/opt/venv/bin/p2pblog"], owner="blog")
+    with pytest.raises(UnsafePath):
+        unit_text(Path("/srv/ok"), user=True, command=[f"{home}/bin/p2pblog"])
 
 
 def test_a_user_unit(tmp_path: Path) -> None:

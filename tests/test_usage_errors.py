@@ -127,3 +127,20 @@ def test_a_node_in_another_network_namespace_is_not_called_not_running(tmp_path:
     finally:
         node.terminate()
         node.wait(timeout=30)
+
+
+def test_node_json_naming_this_very_process_is_stale(tmp_path: Path) -> None:
+    """A container whose entrypoint is `p2pblog run` is PID 1 at every start: the node.json
+    its killed predecessor left names the new process itself, which is not a running node."""
+    import json
+    import os
+
+    from p2pblog import control
+
+    home = tmp_path / "n"
+    home.mkdir()
+    (home / "node.json").write_text(
+        json.dumps({"pid": os.getpid(), "control": ["127.0.0.1", 9], "token": "x", "handle": "@x"})
+    )
+    with pytest.raises(control.NodeNotRunning):
+        control.call(home, "status", timeout=5)
