@@ -141,8 +141,38 @@ class RunSync(Protocol):
     async def __call__(self, fn: Callable[[], T], /) -> T: ...
 
 
+#: The mapper's own worker thread: a router call that hangs (and is abandoned at its
+#: timeout) holds this one slot, never one of trio's shared pool (DNS lookups, stamps).
+_ROUTER_THREAD = trio.CapacityLimiter(1)
+
+
 async def _in_thread(fn: Callable[[], T], /) -> T:
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=_ROUTER_THREAD)
+
+
+def _public_address(external: object) -> str:
+    """The router's external address, checked (a router's answer is not trusted)."""
+    try:
+        address = ipaddress.ip_address(str(external))
+    except ValueError:
+        raise PortMapError(f"the router has no external address ({str(external)[:60]!r})") from None
+    if not address.is_global:
+        raise PortMapError(
+            f"the router's external address {address} is not public (another NAT in front of it): "
+            "a mapping would not make this node reachable"
+        )
+    return str(address)
+
+
+def _port(value: object) -> int:
+    """A port the router chose, checked."""
+    try:
+        port = int(str(value))
+    except ValueError:
+        raise PortMapError(f"the router answered a port that is none ({str(value)[:20]!r})") from None
+    if not 1 <= port <= 65535:
+        raise PortMapError(f"the router answered port {port}, outside 1..65535")
+    return port
 
 
 def _reason(exc: BaseException) -> str:
@@ -234,8 +264,13 @@ class PortMapper:
         timeout = self.call_timeout + extra
 
         def locked() -> T:
-            with self._lock:
+            # Never queue behind a call the router left hanging: fail at once instead.
+            if not self._lock.acquire(blocking=False):
+                raise PortMapError("a previous call to the router has not returned yet")
+            try:
                 return fn()
+            finally:
+                self._lock.release()
 
         try:
             with trio.fail_after(timeout):
@@ -264,16 +299,7 @@ class PortMapper:
             return client.externalipaddress()
 
         external = await self._call("discovery", find, extra=4 * self.discover_ms / 1000)
-        try:
-            address = ipaddress.ip_address(external)
-        except ValueError:
-            raise PortMapError(f"the router has no external address ({external!r})") from None
-        if not address.is_global:
-            raise PortMapError(
-                f"the router's external address {external} is not public (another NAT in front of it): "
-                "a mapping would not make this node reachable"
-            )
-        return client, str(address)
+        return client, _public_address(external)
 
     def _add(self, client: UpnpClient, eport: int, lease: int) -> int:
         """Map ``eport`` for every protocol; the lease granted.  Undoes a half mapping."""
@@ -305,7 +331,7 @@ class PortMapper:
         for candidate in candidates:
             try:
                 if candidate is None:
-                    eport = int(
+                    eport = _port(
                         client.addanyportmapping(
                             self.port, PROTOCOLS[0], self._lanaddr, self.port, self.description, ""
                         )
@@ -355,7 +381,7 @@ class PortMapper:
         client, eport = self._client, self.mapped.port
         try:
             lease = await self._call("renewal", lambda: self._add(client, eport, self.lease))
-            external = await self._call("renewal", client.externalipaddress)
+            external = _public_address(await self._call("renewal", client.externalipaddress))
         except PortMapError as exc:
             if self.reason != str(exc):
                 self.log(f"port mapping: {exc}; retrying until the lease ends")

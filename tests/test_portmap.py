@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -343,3 +344,46 @@ def test_the_node_service_reports_port_mapping_off_by_default(tmp_path: Path) ->
     assert service._port_mapping_status() == {"state": "off", "external": None, "reason": "disabled"}
     service.mapped("203.0.114.7", 4100)
     assert service.mapped_addr == ("203.0.114.7", 4100)
+
+
+def test_a_routers_impossible_answers_are_failures() -> None:
+    igd, lines = FakeIgd(), []
+    igd.taken = {(PORT, "TCP")}
+    igd.any_port = 70000  # AddAnyPortMapping answers a port that cannot be: another port is tried
+    result = trio.run(mapper(igd, lines).attempt)
+    assert isinstance(result, PortMapped) and 1 <= result.port <= 65535 and result.port != 70000
+    igd2, mapped = FakeIgd(), []
+    m = mapper(igd2, lines, mapped)
+
+    async def body(nursery: trio.Nursery) -> None:
+        await nursery.start(m.run)
+        igd2.external = "<script>not an address"  # read again at the renewal
+
+    run_for(LEASE / 2 + 1, body)
+    assert [p.host for p in mapped] == ["203.0.114.7"]  # the garbage never became an address
+
+
+def test_a_hung_router_call_holds_no_shared_worker_thread() -> None:
+    """An abandoned call keeps its thread until the router answers: in the mapper's own
+    one-slot pool, so trio's shared threads (DNS, stamps) stay free, and the next call fails
+    at once instead of queueing a thread behind it."""
+    igd, lines = FakeIgd(), []
+    release = threading.Event()
+
+    def hang() -> int:
+        release.wait(5)
+        return 1
+
+    igd.discover = hang  # type: ignore[method-assign]
+    m = PortMapper(PORT, client_factory=lambda: igd, log=lines.append, call_timeout=0.1, discover_ms=0)
+
+    async def main() -> None:
+        for _ in range(3):
+            assert isinstance(await m.attempt(), MappingFailed)
+        with trio.fail_after(1):
+            await trio.to_thread.run_sync(lambda: None)  # the shared pool is not taken
+
+    try:
+        trio.run(main)
+    finally:
+        release.set()
