@@ -14,19 +14,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from typing import Any
 
 
 def _stopped_early(signum: int, frame: object) -> None:
     del signum, frame
-    os.write(2, b"stopped\n")
-    os._exit(0)
+    # `run` and `demo` stop cleanly with 0; any other command was interrupted before it
+    # did anything: 130, as a shell reports an interrupted command (never "success").
+    running = any(word in ("run", "demo") for word in sys.argv[1:])
+    os.write(2, b"stopped\n" if running else b"interrupted\n")
+    os._exit(0 if running else 130)
 
 
 def main(**kwargs: Any) -> None:
     """Run the command line (the console script and ``python -m p2pblog``)."""
-    with contextlib.suppress(ValueError):  # not the main thread: leave Python's handler
-        signal.signal(signal.SIGINT, _stopped_early)
+    # An inherited "ignore SIGINT" (a background job of a script, nohup) is kept, as Python
+    # keeps it: the Ctrl-C is the foreground's.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        with contextlib.suppress(ValueError):  # not the main thread: leave Python's handler
+            signal.signal(signal.SIGINT, _stopped_early)
     from cli.main import main as command_line
 
     command_line(**kwargs)

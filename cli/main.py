@@ -176,7 +176,7 @@ def interrupts_raise() -> None:
     `cli.entry`'s start-up handler just exits, which is only right before anything is done."""
     from cli.entry import early_handler_installed
 
-    if early_handler_installed():
+    if early_handler_installed():  # (not when SIGINT was ignored: `cli.entry` kept that)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 

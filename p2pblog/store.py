@@ -137,6 +137,8 @@ if TYPE_CHECKING:
     from p2pblog.search import SearchHit
     from p2pblog.verify import VerifyPool, VerifyProcesses
 
+#: Posts the search index takes in one transaction while it catches up.
+SEARCH_INDEX_CHUNK: Final = 5_000
 #: Free bytes under which an SQLite I/O error on a write is taken for a full disk.
 FULL_BELOW_BYTES: Final = 1024 * 1024
 #: SQLite's primary result codes for a full database or disk, and for an I/O error.
@@ -1278,12 +1280,20 @@ class Store:
             )
 
     def update_search_index(self, limit: int | None = None) -> int:
-        """Index the posts stored since the last search (at most limit), in one
-        transaction; returns how many were indexed (`p2pblog.search`)."""
+        """Index the posts stored since the last search (at most limit), in transactions of
+        `SEARCH_INDEX_CHUNK` posts (a node writing to the same store waits for one of them
+        at most, not for a whole backlog); returns how many were indexed (`p2pblog.search`)."""
         from p2pblog import search  # (it imports this module)
 
-        with self.transaction():
-            return search.catch_up(self._db, limit)
+        done = 0
+        while limit is None or done < limit:
+            step = SEARCH_INDEX_CHUNK if limit is None else min(SEARCH_INDEX_CHUNK, limit - done)
+            with self.transaction():
+                indexed = search.catch_up(self._db, step)
+            done += indexed
+            if indexed < step:
+                break
+        return done
 
     def search(
         self,
@@ -1305,7 +1315,7 @@ class Store:
 
         terms = search.parse_query(query)  # a bad query writes nothing
         if not self.read_only and search.behind(self._db):  # no write lock when up to date
-            with suppress(StorageFull):
+            with suppress(StorageFull, StoreDamaged):  # search what is indexed
                 self.update_search_index(index_limit)
         return search.search(self._db, terms, limit=limit, before=before)
 

@@ -182,3 +182,10 @@ def test_a_node_runs_with_the_file_s_settings(tmp_path: Path) -> None:
     output = (tmp_path / "node.log").read_text()
     assert "web app at" not in output  # web = false
     assert node.returncode == 0, output
+
+
+def test_a_file_nested_too_deeply_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "p2pblog.toml"
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(path)

@@ -218,3 +218,22 @@ def test_subscribers_are_capped() -> None:
             await stream.aclose()  # type: ignore[attr-defined]
 
     trio.run(main)
+
+
+def test_a_page_numbered_by_an_earlier_run_is_told_to_reload() -> None:
+    async def main() -> None:
+        hub = LiveHub()
+        hub.publish("post", {"n": 1})
+        stream = hub.stream(5000)  # a tab that saw event 5000 of the node's previous run
+        got = await _take(stream, 2)
+        assert b"event: reload" in got[1]
+        await stream.aclose()  # type: ignore[attr-defined]
+
+    trio.run(main)
+
+
+def test_a_cursor_past_sqlite_integers_is_no_cursor() -> None:
+    key = bytes(range(32))
+    assert parse_cursor(f"{2**63}.{key.hex()}.1") is None
+    assert parse_cursor(f"5.{key.hex()}.{2**70}") is None
+    assert parse_cursor(f"-1.{key.hex()}.1") is None

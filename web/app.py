@@ -204,9 +204,10 @@ def parse_cursor(text: str | None) -> tuple[int, bytes, int] | None:
     try:
         ts, author, seq = text.split(".")
         key = bytes.fromhex(author)
-        if len(key) != 32:
-            return None
-        return int(ts), key, int(seq)
+        when, number = int(ts), int(seq)
+        if len(key) != 32 or not (0 <= when < 2**63 and 0 <= number < 2**63):
+            return None  # (SQLite integers are 64-bit)
+        return when, key, number
     except ValueError:
         return None
 

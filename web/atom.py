@@ -140,22 +140,20 @@ def _posts(store: Store, author: bytes, limit: int) -> tuple[list[tuple[Entry, b
     """The newest limit posts of author (entry, deleted), newest first, and the
     time of each delete entry by its target.
 
-    `Store.feed` returns every kind, so the window grows until it holds limit
-    posts or the whole feed.  A delete always follows its target in the log,
-    so every delete of a post in the window is in the window too."""
-    window = limit + 16
-    while True:
-        items = store.feed(author, limit=window)
-        posts = [(item.entry, item.deleted) for item in items if item.entry.kind == POST]
-        if len(posts) >= limit or len(items) < window:
-            break
-        window *= 2
+    Posts are read by kind (SQLite skips the other entries without decoding them); the
+    deletes are read only when a post in the page was deleted (a delete always follows its
+    target in the log)."""
+    items = store.feed(author, limit=limit, kind=POST)
+    posts = [(item.entry, item.deleted) for item in items]
     deleted_at: dict[bytes, int] = {}
-    for item in items:
-        target = item.entry.target
-        if item.entry.kind == DELETE and target is not None:
-            deleted_at.setdefault(target, item.entry.timestamp)
-    return posts[:limit], deleted_at
+    oldest = items[-1].entry.seq if items else None
+    if any(deleted for _, deleted in posts) and oldest is not None:
+        # The deletes of these posts come after them in the log: read the deletes only.
+        for item in store.feed(author, kind=DELETE, limit=4 * limit):
+            target = item.entry.target
+            if item.entry.seq > oldest and target is not None:
+                deleted_at.setdefault(target, item.entry.timestamp)
+    return posts, deleted_at
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrib: str) -> ET.Element:

@@ -56,8 +56,10 @@ class LiveHub:
             channel.close()
 
     def _missed(self, last_id: int | None) -> list[bytes]:
-        if last_id is None or last_id >= self.number:
+        if last_id is None or last_id == self.number:
             return []
+        if last_id > self.number:  # numbered by an earlier run of the node: start afresh
+            return [sse(self.number, "reload", {})]
         if last_id < 0 or not self.ring or self.ring[0][0] > last_id + 1:
             return [sse(self.number, "reload", {})]
         return [message for number, message in self.ring if number > last_id]

@@ -140,6 +140,7 @@
   };
 
   function deliver(name, id, doc) {
+    if (name === "reload") { lastSeen = id; handlers.reload?.(doc); return; }  // (numbers restart)
     if (id !== null && lastSeen !== null && id <= lastSeen) return;  // on the page already
     if (id !== null) lastSeen = id;
     handlers[name]?.(doc);
@@ -153,6 +154,14 @@
       });
     }
     source.addEventListener("open", () => { document.body.dataset.live = "open"; });
+    source.addEventListener("error", () => {
+      // The browser gave up (the node stopped, or restarted and forgot this sign-in): say so
+      // and try once a while later; a reload shows the timeline again, or the sign-in page.
+      if (source.readyState === EventSource.CLOSED) {
+        document.body.dataset.live = "closed";
+        setTimeout(() => window.location.reload(), 10000);
+      }
+    });
   }
 
   if (window.EventSource) {
@@ -163,8 +172,11 @@
       let leading = false;
       channel.onmessage = (e) => {
         const m = e.data;
-        if (m.type === "event") deliver(m.name, m.id, m.doc);
-        else if (m.type === "hello" && leading) {
+        if (!m || typeof m !== "object") return;
+        if (m.type === "event" && Object.hasOwn(handlers, m.name) && (m.id === null || typeof m.id === "number")) {
+          deliver(m.name, m.id, m.doc);
+        }
+        else if (m.type === "hello" && leading && typeof m.since === "number") {
           for (const r of relayed) if (r.id !== null && r.id > m.since) channel.postMessage(r);
         }
       };
