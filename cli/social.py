@@ -528,9 +528,13 @@ def _marked(segments: tuple[Segment, ...], bold: bool) -> str:
     show_default=True,
     help=f"How many to show, newest first (1 .. {MAX_LIMIT}).",
 )
-@click.option("--before", type=int, metavar="MS", help="Only posts stamped before MS (ms), for paging.")
+@click.option(
+    "--before",
+    metavar="CURSOR",
+    help='The next page: the "cursor" of the last post shown (--json), or a time in ms.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of posts, newest first.")
-def search(query: tuple[str, ...], limit: int, before: int | None, as_json: bool) -> None:
+def search(query: tuple[str, ...], limit: int, before: str | None, as_json: bool) -> None:
     """Search every post held here (your feed, followed feeds, mention notices), newest first.
 
     \b
@@ -551,21 +555,24 @@ def search(query: tuple[str, ...], limit: int, before: int | None, as_json: bool
 
     Reads the local store, with or without the node running.  Matches are shown
     in bold on a terminal and in [brackets] otherwise; --json gives each post's
-    text as "segments": [text, is_match] pairs, and a "cursor" (its timestamp)
-    for --before.  Blocked authors and deleted posts are left out.
+    text as "segments": [text, is_match] pairs, and a "cursor" for --before
+    (time.author.seq: posts stamped in the same millisecond are not skipped).
+    Blocked authors and deleted posts are left out.
     """
     home = current_home()
     own = public_key(home)
+    cursor = _search_cursor(before)
     with home.open_store() as store:
         try:
-            hits = store.search(" ".join(query), limit=limit, before=before)
+            hits = store.search(" ".join(query), limit=limit, before=cursor)
         except SearchError as exc:
             raise click.ClickException(str(exc)) from None
         docs = []
         for hit in hits:
             doc = _item_json(hit.item, store, own)
             doc["segments"] = [[segment.text, segment.match] for segment in hit.segments]
-            doc["cursor"] = hit.item.entry.timestamp
+            e = hit.item.entry
+            doc["cursor"] = f"{e.timestamp}.{e.author.hex()}.{e.seq}"
             docs.append(doc)
     if as_json:
         click.echo(json.dumps(docs, indent=2))
@@ -579,6 +586,23 @@ def search(query: tuple[str, ...], limit: int, before: int | None, as_json: bool
         click.echo(f"{who}  {doc['time']}  id {doc['id']}")
         for line in _marked(hit.segments, bold).splitlines() or [""]:
             click.echo(f"    {line}")
+
+
+def _search_cursor(text: str | None) -> int | tuple[int, bytes, int] | None:
+    if text is None:
+        return None
+    try:
+        if text.strip().isdigit():
+            return int(text)
+        ts, author, seq = text.strip().split(".")
+        key = bytes.fromhex(author)
+        if len(key) == 32 and 0 <= int(ts) < 2**63 and 0 <= int(seq) < 2**63:
+            return int(ts), key, int(seq)
+    except ValueError:
+        pass
+    raise click.BadParameter(
+        "a cursor is TIME.AUTHOR.SEQ (as --json prints it), or a time in ms", param_hint="--before"
+    )
 
 
 # --- blocks and deletes -------------------------------------------------------------------------

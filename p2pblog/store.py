@@ -1090,10 +1090,14 @@ class Store:
         kind: str | None = None,
     ) -> list[FeedItem]:
         """A feed, newest first; only entries before seq ``before_seq``, of ``kind``, if given."""
+        # `seq < ?` spelled out (not "? IS NULL OR ..."), so that the (author, seq) index
+        # seeks to the page instead of walking down from the newest entry.
+        bound = "AND e.seq < ? " if before_seq is not None else ""
+        params: tuple[object, ...] = (author, before_seq) if before_seq is not None else (author,)
         rows = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? "
-            "AND (? IS NULL OR e.seq < ?) AND (? IS NULL OR e.kind = ?) ORDER BY e.seq DESC LIMIT ?",
-            (author, before_seq, before_seq, kind, kind, -1 if limit is None else limit),
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.author = ? {bound}"
+            "AND (? IS NULL OR e.kind = ?) ORDER BY e.seq DESC LIMIT ?",
+            (*params, kind, kind, -1 if limit is None else limit),
         )
         return [_item(row) for row in rows]
 

@@ -275,3 +275,29 @@ def test_the_search_command(tmp_path: Path) -> None:
     assert "No posts found" in runner.invoke(main, ["--home", home, "search", "absent"]).stderr
     bad = runner.invoke(main, ["--home", home, "search", "*"])
     assert bad.exit_code == 1 and "nothing to search for" in bad.stderr
+
+
+def test_the_command_pages_by_cursor_without_skipping_posts_of_one_millisecond(tmp_path: Path) -> None:
+    """Posts stamped in the same millisecond (peers choose their stamps): the cursor is
+    (time, author, seq), so the next page starts exactly after the last post shown."""
+    from p2pblog.home import Home
+    from tests.process import p2pblog
+
+    home = Home(tmp_path / "n")
+    identity = Identity.generate()
+    home.create(identity)
+    with home.open_store() as store:
+        for i in range(5):
+            store.append(identity, POST, {"text": f"same millisecond {i}"}, 1_700_000_000_000)
+    first = json.loads(p2pblog(home.path, "search", "millisecond", "--limit", "2", "--json").stdout)
+    rest = json.loads(
+        p2pblog(
+            home.path, "search", "millisecond", "--limit", "10", "--before", first[-1]["cursor"], "--json"
+        ).stdout
+    )
+    assert len(first) + len(rest) == 5
+    assert {d["text"] for d in first} | {d["text"] for d in rest} == {
+        f"same millisecond {i}" for i in range(5)
+    }
+    bad = p2pblog(home.path, "search", "x", "--before", "nonsense")
+    assert bad.returncode == 2 and "cursor" in bad.stderr
