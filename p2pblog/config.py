@@ -97,7 +97,16 @@ DEFAULTS: Final = Settings()
 
 
 def parse_listen(value: object) -> Address:
-    return parse_hostport(_text(value, "HOST:PORT"), default_host="0.0.0.0")
+    """An address of this machine to bind: an IP address (or localhost) and a port (0: any)."""
+    host, port = parse_hostport(_text(value, "HOST:PORT"), default_host="0.0.0.0")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(
+                f"listen takes an IP address of this machine (or localhost), not {host!r}"
+            ) from None
+    return host, port
 
 
 def parse_web(value: object) -> Address | None:
@@ -120,9 +129,13 @@ def parse_advertise(value: object) -> str:
     text = _text(value, "a host name or IP address")
     host = text.strip().removeprefix("[").removesuffix("]")
     try:
-        return str(ipaddress.ip_address(check_host(host)))
+        address = ipaddress.ip_address(check_host(host))
     except (ValueError, RecordError):
         pass
+    else:
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{text!r} is no address other nodes can connect to")
+        return str(address)
     try:
         if not host.replace(".", "").isdigit():
             return check_host(host)
@@ -139,7 +152,11 @@ def parse_bootstrap(value: object) -> tuple[Address, ...]:
         raise ValueError(f'expected a list of "HOST:PORT" strings, got {value!r}')
     if len(value) > MAX_BOOTSTRAP:
         raise ValueError(f"at most {MAX_BOOTSTRAP} addresses")
-    return tuple(parse_hostport(_text(v, "HOST:PORT")) for v in value)
+    out = tuple(parse_hostport(_text(v, "HOST:PORT")) for v in value)
+    for host, port in out:
+        if port == 0:
+            raise ValueError(f"{host}:0: a node to join through listens on a port 1..65535")
+    return out
 
 
 def parse_mention_work(value: object) -> int:

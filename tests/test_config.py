@@ -189,3 +189,19 @@ def test_a_file_nested_too_deeply_is_one_error(tmp_path: Path) -> None:
     path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('listen = "h:1:2"', "listen"),
+        ('listen = "example.org:7710"', "listen"),
+        ('bootstrap = ["192.0.2.1:0"]', "bootstrap"),
+        ('advertise = "0.0.0.0"', "advertise"),
+    ],
+)
+def test_addresses_that_would_fail_later_are_refused_in_the_file(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "p2pblog.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=key):
+        load(path)
