@@ -191,11 +191,21 @@ def _text(value: Any) -> str:
 def _profile_names(db: sqlite3.Connection) -> dict[bytes, str]:
     """Every author's current profile name, folded."""
     names: dict[bytes, str] = {}
-    rows = db.execute("SELECT author, raw FROM entries WHERE kind = ? ORDER BY author, seq", (PROFILE,))
-    for author, raw in rows:
+    done: set[bytes] = set()
+    # Newest first: an author's entries older than its newest that names it are not decoded.
+    rows = db.execute(
+        "SELECT author, raw FROM entries INDEXED BY entries_kind_time WHERE kind = ? "
+        "ORDER BY author, seq DESC",
+        (PROFILE,),
+    )
+    for author_raw, raw in rows:
+        author = bytes(author_raw)
+        if author in done:
+            continue
         name = decode_entry(bytes(raw), check_signature=False).body.get("name")
         if isinstance(name, str):
-            names[bytes(author)] = name.casefold()
+            names[author] = name.casefold()
+            done.add(author)
     return names
 
 
