@@ -37,7 +37,7 @@ from p2pblog import actions, control
 from p2pblog.entry import entry_to_json, parse_entry_id
 from p2pblog.home import Home
 from p2pblog.search import MAX_LIMIT, SearchError, Segment
-from p2pblog.store import FeedItem, Store
+from p2pblog.store import FeedItem, Store, cursor_of, parse_cursor
 from p2pblog.targets import Target, TargetError, parse_target, petname_matches, pick_claims
 
 #: Most work bits `name claim --work` spends (2**32 hashes is hours of CPU).
@@ -571,8 +571,7 @@ def search(query: tuple[str, ...], limit: int, before: str | None, as_json: bool
         for hit in hits:
             doc = _item_json(hit.item, store, own)
             doc["segments"] = [[segment.text, segment.match] for segment in hit.segments]
-            e = hit.item.entry
-            doc["cursor"] = f"{e.timestamp}.{e.author.hex()}.{e.seq}"
+            doc["cursor"] = cursor_of(hit.item.entry)
             docs.append(doc)
     if as_json:
         click.echo(json.dumps(docs, indent=2))
@@ -591,15 +590,11 @@ def search(query: tuple[str, ...], limit: int, before: str | None, as_json: bool
 def _search_cursor(text: str | None) -> int | tuple[int, bytes, int] | None:
     if text is None:
         return None
-    try:
-        if text.strip().isdigit():
-            return int(text)
-        ts, author, seq = text.strip().split(".")
-        key = bytes.fromhex(author)
-        if len(key) == 32 and 0 <= int(ts) < 2**63 and 0 <= int(seq) < 2**63:
-            return int(ts), key, int(seq)
-    except ValueError:
-        pass
+    if text.strip().isdigit():
+        return int(text)
+    cursor = parse_cursor(text)
+    if cursor is not None:
+        return cursor
     raise click.BadParameter(
         "a cursor is TIME.AUTHOR.SEQ (as --json prints it), or a time in ms", param_hint="--before"
     )

@@ -92,13 +92,9 @@ LOG_EVERY = 10.0
 LOG_KEYS = 1024
 #: Rate-limited log lines in all, per `LOG_EVERY` seconds (whatever their source).
 LOG_BUDGET = 50
-#: Feeds the ``replicas`` command reports, provider searches it runs at once, and how
-#: long it waits for them.
+#: Feeds the ``replicas`` command reports, and how long it waits for its provider searches.
 REPLICA_FEEDS = 500
-REPLICA_SEARCHES = 50
 REPLICA_SEARCH_TIMEOUT = 10.0
-#: Seconds between two rounds of those searches (a page reloaded in a loop asks no more often).
-REPLICA_SEARCH_EVERY = 10.0
 
 
 class LogLimiter:
@@ -271,8 +267,6 @@ class NodeService:
         #: ``web_login``), at any time.
         self.handlers: dict[str, Handler] = self._handlers()
         #: The latest provider search result per feed: (unix time, signers), for `replicas`.
-        self.providers_seen: dict[bytes, tuple[float, frozenset[bytes]]] = {}
-        self._replica_search_due = 0.0
 
     def _log(self, message: str) -> None:
         if self.verbose:
@@ -442,10 +436,6 @@ class NodeService:
     # -- events -----------------------------------------------------------------------
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, ProvidersResolved):
-            self.providers_seen[event.feed] = (unix_now(), frozenset(r.signer for r in event.records))
-            if len(self.providers_seen) > LOG_KEYS:
-                self.providers_seen.pop(next(iter(self.providers_seen)))
         if isinstance(event, PeerConnected):
             self._peer_addrs.pop(event.peer, None)
             self._peer_addrs[event.peer] = host_key(event.addr[0])
@@ -815,16 +805,15 @@ class NodeService:
 
         A copy is held by each connected peer that replicates the feed and by each
         provider the DHT names for it.  With ``search`` true, one provider search per
-        feed (at most `REPLICA_SEARCHES`, run together) refreshes the DHT's part first
-        (at most once per `REPLICA_SEARCH_EVERY` seconds);
+        feed (as many and as often as `NodeCore.replica_searches` allows, run together)
+        refreshes the DHT's part first;
         else the latest search the node made is used."""
         assert self.driver is not None
         core, own = self.core, self.identity.public_key
         replicator = core.replicator
         feeds = sorted(replicator.wanted, key=lambda f: (f != own, f))[:REPLICA_FEEDS]
-        now = time.monotonic()
-        if args.get("search") and now >= self._replica_search_due:
-            self._replica_search_due = now + REPLICA_SEARCH_EVERY
+        allowed = core.replica_searches(unix_now()) if args.get("search") else 0
+        if allowed:
             driver = self.driver
 
             async def search(feed: bytes) -> None:
@@ -832,7 +821,7 @@ class NodeService:
                     await driver.request(lambda now: core.start_find_providers(feed, now))
 
             async with trio.open_nursery() as nursery:
-                for feed in feeds[:REPLICA_SEARCHES]:
+                for feed in feeds[:allowed]:
                     nursery.start_soon(search, feed)
         connected: dict[bytes, set[bytes]] = {f: set() for f in feeds}
         for peer, session, _outbound, _addr, _since in replicator.sessions():
@@ -841,7 +830,7 @@ class NodeService:
                     connected[feed].add(peer)
         out = []
         for feed in feeds:
-            when, providers = self.providers_seen.get(feed, (None, frozenset()))
+            when, providers = core.discovery.last_providers.get(feed, (None, frozenset()))
             holders = (connected[feed] | providers) - {own}
             out.append(
                 {

@@ -58,6 +58,11 @@ _RESEARCH_ROUNDS: Final = 8
 #: seconds (INBOUND_RESOLVE_KEYS keys remembered), INBOUND_RESOLVE_RATE per second in
 #: all with bursts of INBOUND_RESOLVE_BURST.
 INBOUND_RESOLVE_EVERY: Final = 600.0
+#: Provider searches a user's replica count (the web app's Node page) may run at once, at
+#: most every REPLICA_SEARCH_EVERY seconds; feeds whose latest answer is remembered.
+REPLICA_SEARCHES: Final = 50
+REPLICA_SEARCH_EVERY: Final = 10.0
+MAX_REMEMBERED_FEEDS: Final = 1024
 INBOUND_RESOLVE_KEYS: Final = 1024
 INBOUND_RESOLVE_RATE: Final = 0.2
 INBOUND_RESOLVE_BURST: Final = 10.0
@@ -77,6 +82,10 @@ class Discovery:
         self._search_rounds: dict[bytes, int] = {}
         #: Client mode (`p2pblog.reachability`): also search our own feed's providers.
         self.client = False
+        #: The latest provider search's answer per feed: (when, signers), for counting
+        #: replicas; and when a user may next ask for a round of searches.
+        self.last_providers: dict[bytes, tuple[float, frozenset[bytes]]] = {}
+        self._replica_round_at = 0.0
         self.stats: Counter[str] = Counter()
         self._inbound_per_key = KeyedTokenBuckets(1 / INBOUND_RESOLVE_EVERY, 1, INBOUND_RESOLVE_KEYS)
         self._inbound_all = TokenBucket(INBOUND_RESOLVE_RATE, INBOUND_RESOLVE_BURST, now)
@@ -151,6 +160,21 @@ class Discovery:
         ]
         if relayed:
             self.replicator.add_relayed_candidates(result.feed, relayed, now)
+
+    def providers_seen(self, result: ProvidersResolved, now: float) -> None:
+        """Remember who the DHT said holds a feed (any provider search, ours or a user's)."""
+        self.last_providers.pop(result.feed, None)
+        self.last_providers[result.feed] = (now, frozenset(r.signer for r in result.records))
+        while len(self.last_providers) > MAX_REMEMBERED_FEEDS:
+            del self.last_providers[next(iter(self.last_providers))]
+
+    def replica_searches(self, now: float) -> int:
+        """Feeds a user may have searched now to count replicas: `REPLICA_SEARCHES`, at
+        most once per `REPLICA_SEARCH_EVERY` (a page reloaded in a loop asks no more)."""
+        if now < self._replica_round_at:
+            return 0
+        self._replica_round_at = now + REPLICA_SEARCH_EVERY
+        return REPLICA_SEARCHES
 
     def peer_found(self, result: PeerResolved, now: float) -> None:
         addr = result.record.addr("tcp")

@@ -332,6 +332,8 @@ class NodeCore:
             return
         pending, result = done
         self._events.append(result)
+        if isinstance(result, ProvidersResolved):
+            self.discovery.providers_seen(result, self._now)
         if pending.consume or isinstance(result, RecordPublished):
             self._consumed.append(result)
 
@@ -540,6 +542,11 @@ class NodeCore:
     def withdraw(self, feed: bytes) -> None:
         """Stop announcing ``feed``; copies held elsewhere lapse with the record's expiry."""
         self.records.withdraw(feed)
+
+    def replica_searches(self, now: float) -> int:
+        """How many feeds' providers a user may have searched now to count replicas (0 when
+        the last such round was too recent: `p2pblog.discovery.REPLICA_SEARCH_EVERY`)."""
+        return self.discovery.replica_searches(now)
 
     def start_find_providers(self, feed: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
         """Find the nodes that hold ``feed``.  Ends with `ProvidersResolved`."""

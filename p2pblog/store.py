@@ -356,6 +356,28 @@ _ROWS_PER_INSERT: Final = 128
 _QUEUED_ROWS: Final = 8 * _ROWS_PER_INSERT
 
 
+def cursor_of(entry: Entry) -> str:
+    """The paging cursor after entry, ``TIME.AUTHOR.SEQ`` (`timeline`'s and `search`'s
+    ``before``, as the web app's links and ``p2pblog search --json`` write it)."""
+    return f"{entry.timestamp}.{entry.author.hex()}.{entry.seq}"
+
+
+def parse_cursor(text: str | None) -> tuple[int, bytes, int] | None:
+    """A `cursor_of` back as (timestamp, author, seq); None for anything else (numbers are
+    bounded to SQLite's 64-bit integers)."""
+    if not text:
+        return None
+    try:
+        ts, author, seq = text.strip().split(".")
+        key = bytes.fromhex(author)
+        when, number = int(ts), int(seq)
+    except ValueError:
+        return None
+    if len(key) != 32 or not (0 <= when < 2**63 and 0 <= number < 2**63):
+        return None
+    return when, key, number
+
+
 @functools.cache
 def _insert_entries(rows: int) -> str:
     """The INSERT of rows entries in one statement (the sqlite3 module caches its plan)."""

@@ -66,7 +66,7 @@ from p2pblog.errors import P2PBlogError, StorageFull
 from p2pblog.node import MentionAdmitted
 from p2pblog.replication import EntriesStored
 from p2pblog.search import MAX_QUERY_CHARS, SearchError
-from p2pblog.store import FeedItem, Store
+from p2pblog.store import FeedItem, Store, cursor_of, parse_cursor
 from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
 from web.atom import atom_feed, feed_path, user_path
 from web.live import LiveHub
@@ -192,24 +192,6 @@ def render_text(text: str, people: People) -> Markup:
         last = match.end()
     out.append(escape(text[last:]))
     return Markup("").join(out)
-
-
-def cursor_of(entry: Entry) -> str:
-    return f"{entry.timestamp}.{entry.author.hex()}.{entry.seq}"
-
-
-def parse_cursor(text: str | None) -> tuple[int, bytes, int] | None:
-    if not text:
-        return None
-    try:
-        ts, author, seq = text.split(".")
-        key = bytes.fromhex(author)
-        when, number = int(ts), int(seq)
-        if len(key) != 32 or not (0 <= when < 2**63 and 0 <= number < 2**63):
-            return None  # (SQLite integers are 64-bit)
-        return when, key, number
-    except ValueError:
-        return None
 
 
 def safe_next(value: Any, default: str = "/") -> str:
@@ -834,11 +816,10 @@ class WebApp:
         return JSONResponse(result)
 
     async def atom(self, request: Request) -> Response:
-        key = (
-            decode_handle(request.path_params["handle"])
-            if _is_handle(request.path_params["handle"])
-            else None
-        )
+        try:
+            key = decode_handle(request.path_params["handle"])
+        except HandleError:
+            key = None
         if key is None or self.store.latest_seq(key) == 0:
             return PlainTextResponse("no such feed is held here\n", 404)
         body = atom_feed(self.store, key, base_url=self.origin)
@@ -900,14 +881,6 @@ class WebApp:
                 self.live.publish("retract", {"id": bytes(entry.body["target"]).hex()})
         if mentioned:
             self.live.publish("unread", {"unread": self.unread()})
-
-
-def _is_handle(text: str) -> bool:
-    try:
-        decode_handle(text)
-    except HandleError:
-        return False
-    return True
 
 
 class _Stopped(Exception):
