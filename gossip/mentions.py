@@ -66,6 +66,14 @@ MENTION_COST: Final = 4
 MAX_QUEUED_MENTIONS: Final = 64
 #: Outgoing MENTION_ACKs waiting for `frames_to_send` (at most 40 bytes each).
 MAX_QUEUED_MENTION_ACKS: Final = 1024
+#: Control tokens a DM costs: up to `identity.sealed.MAX_SEALED_BYTES` (about
+#: 4 KiB), an X25519 opening, a signature check and a store write.  Senders
+#: spend at most a quarter of the peer's control budget on DMs.
+DM_COST: Final = 8
+DM_SHARE: Final = 0.25
+#: Outgoing DMs waiting for `frames_to_send` (about 4 KiB each at most); their
+#: acknowledgements share MAX_QUEUED_MENTION_ACKS's bound.
+MAX_QUEUED_DMS: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +98,33 @@ class MentionAcked:
     need: int
 
 
+@dataclass(frozen=True, slots=True)
+class DmReceived:
+    """The peer sent a direct message sealed to ``recipient`` (our user, or someone we
+    hold messages for).  Nothing is checked yet: the node decides and answers with
+    `GossipSession.ack_dm` (at most once per event)."""
+
+    recipient: bytes
+    sealed: bytes
+    stamp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DmAcked:
+    """The peer answered one of our DMs: a `gossip.messages.DmStatus` (or a plain
+    int this version does not know) and the work bits it needs (with NEED_WORK)."""
+
+    dm_id: bytes
+    status: int
+    need: int
+
+
 class MentionNotices:
-    """The mention exchange of one session: queues, pairing and sending budget."""
+    """The mention exchange of one session: queues, pairing and sending budget.
+
+    The DM exchange (DM / DM_ACK) is the same protocol with its own queues and
+    counters (``name="dm"``) and a quarter of the peer's control budget
+    (``share``), so mentions and DMs together leave a quarter for the rest."""
 
     def __init__(
         self,
@@ -102,20 +135,29 @@ class MentionNotices:
         max_queued_acks: int,
         stats: Counter[str],
         now: float,
+        name: str = "mention",
+        share: float = 0.5,
+        cost: int = MENTION_COST,
     ) -> None:
         self._max_queued = max_queued
         self._max_queued_acks = max_queued_acks
         self._stats = stats
-        # Half the peer's control budget (see the module docstring), but room
-        # for at least one MENTION whatever the configured burst.
-        self._rate = control_rate / 2
-        self._burst = max(control_burst / 2, MENTION_COST)
+        self._cost = cost
+        # The counter names (``tx.mentions``, ``mentions.not_queued`` ...).
+        self._tx, self._not_queued = f"tx.{name}s", f"{name}s.not_queued"
+        self._tx_acks, self._acks_not_queued = f"tx.{name}_acks", f"{name}_acks.not_queued"
+        self._rx, self._rx_acks = f"rx.{name}s", f"rx.{name}_acks"
+        self._what = name
+        # A share of the peer's control budget (see the module docstring), but room
+        # for at least one notice whatever the configured burst.
+        self._rate = control_rate * share
+        self._burst = max(control_burst * share, cost)
         self._budget = TokenBucket(self._rate, self._burst, now)
         # Encoded frames waiting for `frames_to_send`, and their bytes.
         self._mentions: deque[bytes] = deque()
         self._acks: deque[bytes] = deque()
         self._queued_bytes = 0
-        # MENTIONs sent that the peer has not answered, and MentionReceived
+        # Notices sent that the peer has not answered, and received notices
         # reported that we have not answered.
         self._unanswered = 0
         self._to_answer = 0
@@ -148,26 +190,26 @@ class MentionNotices:
         if (
             not session_open
             or len(self._mentions) >= self._max_queued
-            or not self._budget.take(now, MENTION_COST)
+            or not self._budget.take(now, self._cost)
         ):
-            self._stats["mentions.not_queued"] += 1
+            self._stats[self._not_queued] += 1
             return False
         self._mentions.append(frame)
         self._queued_bytes += len(frame)
-        self._stats["tx.mentions"] += 1
+        self._stats[self._tx] += 1
         return True
 
     def ack(self, frame: bytes) -> None:
         """Queue an encoded MENTION_ACK answering one reported `MentionReceived`."""
         if self._to_answer == 0:
-            raise LocalProtocolError("ack_mention without a MentionReceived to answer")
+            raise LocalProtocolError(f"ack_{self._what} without a received {self._what} to answer")
         self._to_answer -= 1
         if len(self._acks) >= self._max_queued_acks:
-            self._stats["mention_acks.not_queued"] += 1
+            self._stats[self._acks_not_queued] += 1
             return
         self._acks.append(frame)
         self._queued_bytes += len(frame)
-        self._stats["tx.mention_acks"] += 1
+        self._stats[self._tx_acks] += 1
 
     def frames_to_send(self) -> list[bytes]:
         """The queued MENTION_ACKs, then the MENTIONs; the MENTIONs now await answers."""
@@ -186,8 +228,12 @@ class MentionNotices:
 
     def on_mention(self, message: Mention) -> MentionReceived:
         """The event for a received MENTION; call `reported` once it is queued."""
-        self._stats["rx.mentions"] += 1
+        self.received()
         return MentionReceived(message.entry, message.stamp)
+
+    def received(self) -> None:
+        """Count a received notice (call `reported` once its event is queued)."""
+        self._stats[self._rx] += 1
 
     def reported(self) -> None:
         """A `MentionReceived` reached the node: it may answer it once."""
@@ -195,8 +241,15 @@ class MentionNotices:
 
     def on_mention_ack(self, message: MentionAck) -> MentionAcked | None:
         """The event for a received MENTION_ACK; None if it answers nothing (misbehaviour)."""
-        if self._unanswered == 0:
+        if not self.answered():
             return None
-        self._unanswered -= 1
-        self._stats["rx.mention_acks"] += 1
         return MentionAcked(message.entry_id, message.status, message.need)
+
+    def answered(self) -> bool:
+        """Pair a received acknowledgement with a notice sent; False if it answers
+        nothing (the peer's misbehaviour)."""
+        if self._unanswered == 0:
+            return False
+        self._unanswered -= 1
+        self._stats[self._rx_acks] += 1
+        return True

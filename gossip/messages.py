@@ -23,6 +23,8 @@ one msgpack array whose first element is the message type::
     [13, key, circuit]                      INCOMING    key opens a circuit to you (from a relay)
     [14, circuit, status]                   CIRCUIT     the circuit is open (OK), refused or closed
     [15, circuit, bytes]                    RELAY       bytes of the circuit's inner connection
+    [16, recipient, sealed, stamp]          DM          a sealed direct message for recipient
+    [17, dm_id, status, need]               DM_ACK      what I did with your DM
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
@@ -39,6 +41,13 @@ requires of this sender (with NEED_WORK; 0 when irrelevant).  Both are
 uints 0..255; a status this version does not know decodes as a plain int,
 so new statuses need no new message type.  The two messages are independent
 of replication: they need no feed in either clock.
+
+*Direct messages* (DM) carry a message sealed to ``recipient`` (a 32-byte
+key; `identity.sealed`: 49 .. `MAX_SEALED_BYTES` bytes of bin that only the
+recipient can open) and a proof-of-work ``stamp`` as a MENTION's.  The peer
+is the recipient, or a holder that keeps it for the recipient (a follower of
+the recipient's feed).  DM_ACK answers each DM once, as MENTION_ACK does:
+``dm_id`` is BLAKE2b-256 of the sealed bytes and ``status`` a `DmStatus`.
 
 *Dial-back* (like libp2p's AutoNAT) tells a node whether others can reach
 it: DIAL_ME asks the peer to open a new connection to ``port`` at the IP
@@ -107,6 +116,7 @@ from identity.limits import (
     MAX_ENTRY_BYTES,
     MAX_FRAME_BYTES,
     MAX_NOTES_PER_FRAME,
+    MAX_SEALED_BYTES,
     MAX_SEQ,
 )
 
@@ -155,6 +165,31 @@ class MessageType(enum.IntEnum):
     INCOMING = 13
     CIRCUIT = 14
     RELAY = 15
+    DM = 16
+    DM_ACK = 17
+
+
+class DmStatus(enum.IntEnum):
+    """What the receiver did with a DM (the ``status`` of DM_ACK)."""
+
+    #: The recipient stored it: in its inbox, or its requests folder (a stranger's).
+    ADMITTED = 0
+    #: Already held (an earlier DM with the same sealed bytes).
+    DUPLICATE = 1
+    #: A holder will not keep it (it does not replicate the recipient's feed, or is full).
+    REFUSED = 2
+    #: The stamp is too weak: ``need`` says how many bits would do.
+    NEED_WORK = 3
+    #: The recipient blocks the sender.
+    BLOCKED = 4
+    #: Too many DMs from this peer lately: try later.
+    RATE_LIMITED = 5
+    #: It does not open, is not addressed to the receiver, or its signature is wrong.
+    INVALID = 6
+    #: The receiver cannot take it now (full, shutting down): try later.
+    BUSY = 7
+    #: A holder keeps it and will deliver it when the recipient connects.
+    HELD = 8
 
 
 class RelayStatus(enum.IntEnum):
@@ -347,6 +382,25 @@ class Relay:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Dm:
+    """A direct message sealed to ``recipient``, with a proof-of-work ``stamp``."""
+
+    recipient: bytes
+    sealed: bytes
+    stamp: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class DmAck:
+    """The answer to a DM whose sealed bytes hash to ``dm_id``: a `DmStatus` (a plain int
+    when this version does not know it) and the work bits needed (with NEED_WORK)."""
+
+    dm_id: bytes
+    status: int
+    need: int = 0
+
+
 Message = (
     Clock
     | Entries
@@ -364,6 +418,8 @@ Message = (
     | Incoming
     | Circuit
     | Relay
+    | Dm
+    | DmAck
 )
 
 
@@ -545,6 +601,23 @@ def _parse_relay(obj: list[Any]) -> Relay:
     return Relay(_circuit(circuit), _entry(data))
 
 
+_DM_STATUSES: Final = frozenset(s.value for s in DmStatus)
+
+
+def _parse_dm(obj: list[Any]) -> Dm:
+    recipient, sealed, stamp = _fields(obj, 4, "DM")
+    if type(sealed) is not bytes or not 48 < len(sealed) <= MAX_SEALED_BYTES:
+        raise GossipDecodeError(f"a sealed message is 49..{MAX_SEALED_BYTES} bytes")
+    return Dm(_feed(recipient), sealed, _stamp(stamp))
+
+
+def _parse_dm_ack(obj: list[Any]) -> DmAck:
+    dm_id, status, need = _fields(obj, 4, "DM_ACK")
+    code = _int(status, 0, MAX_MENTION_STATUS, "a DM status")
+    known = DmStatus(code) if code in _DM_STATUSES else code
+    return DmAck(_entry_id(dm_id), known, _int(need, 0, MAX_NEED_BITS, "a need"))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -562,6 +635,8 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.INCOMING: _parse_incoming,
     MessageType.CIRCUIT: _parse_circuit,
     MessageType.RELAY: _parse_relay,
+    MessageType.DM: _parse_dm,
+    MessageType.DM_ACK: _parse_dm_ack,
 }
 
 _UNPACK_LIMITS: Final = {
@@ -644,6 +719,10 @@ def _wire(message: Message) -> list[Any]:
         return [MessageType.CIRCUIT.value, message.circuit, _plain_int(message.status)]
     if isinstance(message, Relay):
         return [MessageType.RELAY.value, message.circuit, message.data]
+    if isinstance(message, Dm):
+        return [MessageType.DM.value, message.recipient, message.sealed, message.stamp]
+    if isinstance(message, DmAck):
+        return [MessageType.DM_ACK.value, message.dm_id, _plain_int(message.status), message.need]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
 
 

@@ -173,11 +173,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from gossip.mentions import DM_COST, DM_SHARE, MAX_QUEUED_DMS, MentionNotices
 from gossip.mentions import MAX_QUEUED_MENTION_ACKS as MAX_QUEUED_MENTION_ACKS
 from gossip.mentions import MAX_QUEUED_MENTIONS as MAX_QUEUED_MENTIONS
 from gossip.mentions import MENTION_COST as MENTION_COST
+from gossip.mentions import DmAcked as DmAcked
+from gossip.mentions import DmReceived as DmReceived
 from gossip.mentions import MentionAcked as MentionAcked
-from gossip.mentions import MentionNotices
 from gossip.mentions import MentionReceived as MentionReceived
 from gossip.messages import (
     ENTRIES_OVERHEAD,
@@ -189,6 +191,8 @@ from gossip.messages import (
     Connect,
     DialMe,
     DialResult,
+    Dm,
+    DmAck,
     Entries,
     ForkProof,
     GossipDecodeError,
@@ -482,6 +486,8 @@ Event = (
     | EntriesRefused
     | MentionReceived
     | MentionAcked
+    | DmReceived
+    | DmAcked
     | DialBackRequested
     | DialBackAnswered
     | ReservationRequested
@@ -501,6 +507,8 @@ _Bounded = (
     _Notice
     | MentionReceived
     | MentionAcked
+    | DmReceived
+    | DmAcked
     | DialBackRequested
     | DialBackAnswered
     | ReservationRequested
@@ -521,6 +529,8 @@ def _cost(message: Message) -> float:
         feeds = len(message.from_seqs)
     elif isinstance(message, Mention):
         return MENTION_COST
+    elif isinstance(message, Dm):
+        return DM_COST
     else:
         feeds = 0
     return 1 + feeds // NOTES_PER_TOKEN
@@ -572,6 +582,11 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_CLOSED, "send_mention"): _Do.IGNORE,
     (_OPEN, "ack_mention"): _Do.RUN,
     (_CLOSED, "ack_mention"): _Do.IGNORE,
+    (_IDLE, "send_dm"): _Do.IGNORE,
+    (_OPEN, "send_dm"): _Do.RUN,
+    (_CLOSED, "send_dm"): _Do.IGNORE,
+    (_OPEN, "ack_dm"): _Do.RUN,
+    (_CLOSED, "ack_dm"): _Do.IGNORE,
     (_IDLE, "request_dial_back"): _Do.IGNORE,
     (_OPEN, "request_dial_back"): _Do.RUN,
     (_CLOSED, "request_dial_back"): _Do.IGNORE,
@@ -707,6 +722,17 @@ class GossipSession:
             stats=self.stats,
             now=now,
         )
+        self._dms = MentionNotices(
+            control_rate=self.config.control_rate,
+            control_burst=self.config.control_burst,
+            max_queued=MAX_QUEUED_DMS,
+            max_queued_acks=self.config.max_queued_mention_acks,
+            stats=self.stats,
+            now=now,
+            name="dm",
+            share=DM_SHARE,
+            cost=DM_COST,
+        )
         self._events: deque[Event] = deque()
         #: `_Bounded` events in the queue.
         self._bounded = 0
@@ -764,6 +790,7 @@ class GossipSession:
             self._want_pending.clear()
         # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
         out += self._mentions.frames_to_send()
+        out += self._dms.frames_to_send()
         out += self._dial_frames
         self._dial_frames.clear()
         out += self._relay_frames
@@ -806,9 +833,9 @@ class GossipSession:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes of data and mention frames (ENTRIES, FORK_PROOF, MENTION,
-        MENTION_ACK) waiting for `frames_to_send`."""
-        return self._data_bytes + self._mentions.queued_bytes
+        """Bytes of data, mention and DM frames (ENTRIES, FORK_PROOF, MENTION,
+        MENTION_ACK, DM, DM_ACK) waiting for `frames_to_send`."""
+        return self._data_bytes + self._mentions.queued_bytes + self._dms.queued_bytes
 
     @property
     def queued_fork_proofs(self) -> int:
@@ -881,6 +908,7 @@ class GossipSession:
         # The budgets start full from the opening, whatever the idle time before.
         self._control = TokenBucket(self.config.control_rate, self.config.control_burst, now)
         self._mentions.start(now)
+        self._dms.start(now)
         for feed in sorted(self._source.wanted_feeds()):  # not set order: it varies per process
             self._want(feed)
         self._pump()
@@ -1029,6 +1057,24 @@ class GossipSession:
         if self._enter("ack_mention", now):
             self._mentions.ack(frame)
 
+    def send_dm(self, recipient: bytes, sealed: bytes, stamp: bytes, now: float) -> bool:
+        """Queue a DM: ``sealed`` bytes for ``recipient`` (the peer, or someone the peer
+        holds messages for), with ``stamp``.  False (counted in ``dms.not_queued``) if
+        the session is not open, `MAX_QUEUED_DMS` wait, or the DM budget is spent."""
+        frame = encode_message(Dm(recipient, sealed, stamp))
+        return self._dms.send(frame, now, session_open=self._enter("send_dm", now))
+
+    def ack_dm(self, dm_id: bytes, status: int, need: int, now: float) -> None:
+        """Answer the peer's DM whose sealed bytes hash to ``dm_id`` (once per `DmReceived`)."""
+        frame = encode_message(DmAck(dm_id, status, need))
+        if self._enter("ack_dm", now):
+            self._dms.ack(frame)
+
+    @property
+    def dms_unanswered(self) -> int:
+        """DMs sent in this session that the peer has not acknowledged."""
+        return self._dms.unanswered
+
     def request_dial_back(self, port: int, now: float) -> bool:
         """Ask the peer to dial us back on ``port`` (DIAL_ME); its answer comes as
         `DialBackAnswered`.  False if the session is not open or a request is pending."""
@@ -1144,6 +1190,19 @@ class GossipSession:
             self._on_mention(message)
         elif isinstance(message, MentionAck):
             self._on_mention_ack(message)
+        elif isinstance(message, Dm):
+            self._dms.received()
+            if self._queue_event(
+                DmReceived(message.recipient, message.sealed, message.stamp), "events.dms_not_queued"
+            ):
+                self._dms.reported()
+        elif isinstance(message, DmAck):
+            if not self._dms.answered():
+                self._misbehaved("dm ack for nothing")
+            else:
+                self._queue_event(
+                    DmAcked(message.dm_id, message.status, message.need), "events.dms_not_queued"
+                )
         elif isinstance(message, DialMe):
             self._on_dial_me(message)
         elif isinstance(message, DialResult):
@@ -1540,4 +1599,5 @@ class GossipSession:
         self._data_bytes = 0
         self._queued_proofs = 0
         self._mentions.close()
+        self._dms.close()
         self._want_timers.clear()

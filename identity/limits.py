@@ -22,6 +22,12 @@ MAX_FRAME_BYTES: Final = 1024 * 1024
 MAX_DATAGRAM_BYTES: Final = 8 * 1024
 MAX_DHT_VALUE_BYTES: Final = 1024
 
+#: Longest direct message text, in Unicode code points (`identity.sealed`).
+MAX_DM_CHARS: Final = 1000
+#: Largest sealed direct message: the text at 4 bytes a code point, two keys, a
+#: timestamp, a signature, msgpack framing and the 48 bytes of the seal.
+MAX_SEALED_BYTES: Final = MAX_DM_CHARS * 4 + 256
+
 #: Mentions carried by one post.
 MAX_MENTIONS: Final = 16
 #: Profile display name and bio, in code points.

@@ -110,6 +110,34 @@ class MentionDelivered:
 
 
 @dataclass(frozen=True, slots=True)
+class DmStored:
+    """A direct message from ``sender`` was stored in ``folder`` (inbox, or requests for a
+    stranger's)."""
+
+    sender: bytes
+    dm_id: bytes
+    folder: str
+
+
+@dataclass(frozen=True, slots=True)
+class DmRefused:
+    """A direct message from connected ``peer`` was refused (``reason`` names the counter)."""
+
+    peer: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DmStateChanged:
+    """Our message ``dm_id`` to ``recipient`` changed delivery state (``state``: held by N,
+    delivered, refused: ..., undelivered)."""
+
+    dm_id: bytes
+    recipient: bytes
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class JoinFinished:
     """The start-up bootstrap ended: ``answered`` of ``seeds`` answered; ``contacts`` in the table."""
 
@@ -140,6 +168,9 @@ Event = (
     | MentionAdmitted
     | MentionRefused
     | MentionDelivered
+    | DmStored
+    | DmRefused
+    | DmStateChanged
     | JoinFinished
     | StartupFinished
     | ReachabilityChanged

@@ -68,8 +68,10 @@ from gossip.transport import ChannelConfig
 from identity import Identity
 from identity.limits import MENTION_WORK
 from identity.records import Record, peer_key, provider_key
+from identity.sealed import dm_id
 from p2pblog import actions
 from p2pblog.discovery import Discovery
+from p2pblog.dms import DirectMessages
 from p2pblog.entry import FOLLOW, UNFOLLOW, Entry
 from p2pblog.events import (
     Event,
@@ -97,6 +99,8 @@ from p2pblog.replication import (
     MAINTAIN_EVERY,
     DialBackProbed,
     DialBackResult,
+    DmAnswered,
+    DmArrived,
     EntriesStored,
     MentionAnswered,
     MentionArrived,
@@ -175,6 +179,16 @@ class NodeCore:
         self.outbox = MentionOutbox(self.store, self.replicator, self.discovery, self.mention_stats, now)
         self.admission = MentionAdmission(
             identity, self.store, self.replicator, self.mention_stats, mention_work
+        )
+        self.dms = DirectMessages(
+            identity,
+            self.store,
+            self.replicator,
+            self.discovery,
+            self.mention_stats,
+            now,
+            random_bytes=random_bytes,
+            work=mention_work,
         )
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
@@ -282,6 +296,9 @@ class NodeCore:
         t = self.outbox.due_at
         if t is not None and t < at:
             at = t
+        t = self.dms.due_at
+        if t is not None and t < at:
+            at = t
         t = self.records.next_deadline()
         if t is not None and t < at:
             at = t
@@ -334,6 +351,7 @@ class NodeCore:
         self._events.append(result)
         if isinstance(result, ProvidersResolved):
             self.discovery.providers_seen(result, self._now)
+            self.dms.providers_found(result, self._now)
         if pending.consume or isinstance(result, RecordPublished):
             self._consumed.append(result)
 
@@ -343,6 +361,7 @@ class NodeCore:
             self.discovery.peer_disconnected(gossip.peer, now)
         elif isinstance(gossip, PeerConnected):
             self.outbox.peer_connected(gossip.peer, now)
+            self.dms.peer_connected(gossip.peer, now)
             first = self.reachability.first_check_at()
             if first is not None:
                 self._maintain_at = min(self._maintain_at, max(first, now))
@@ -355,6 +374,13 @@ class NodeCore:
             self.outbox.answered(gossip, now)
             self._events.extend(self.outbox.events)
             self.outbox.events.clear()
+        elif isinstance(gossip, DmArrived):
+            status, need = self.dms.arrived(gossip, now)
+            self.replicator.answer_dm(gossip, dm_id(gossip.sealed), status, need, now)
+            self._dm_events()
+        elif isinstance(gossip, DmAnswered):
+            self.dms.answered(gossip, now)
+            self._dm_events()
         elif isinstance(gossip, EntriesStored):
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
         elif isinstance(gossip, DialBackResult):
@@ -372,6 +398,7 @@ class NodeCore:
         elif isinstance(result, PeerResolved):
             if result.record.addr("tcp") is not None:
                 self.outbox.recipient_found(result.public_key, now)
+                self.dms.recipient_found(result.public_key, now)
                 self.discovery.peer_found(result, now)
         elif isinstance(result, ProviderAnnounced | NameClaimPublished):
             self.records.stored(result, now)
@@ -392,6 +419,9 @@ class NodeCore:
         self.records.handle_timer(now)
         if self.outbox.due_at is not None and now >= self.outbox.due_at:
             self.outbox.deliver(now)
+        if self.dms.due_at is not None and now >= self.dms.due_at:
+            self.dms.deliver(now)
+            self._dm_events()
         wake = self.reachability.wake_at()
         if wake is not None and now >= wake:
             self.reachability.maintain(now)
@@ -644,12 +674,34 @@ class NodeCore:
         return self.outbox.pending()
 
     def stamps_to_make(self) -> list[tuple[bytes, bytes, int]]:
-        """``(entry id, recipient, bits)`` of notices that need a proof-of-work stamp.
+        """``(id, recipient, bits)`` of mention notices and direct messages that need a
+        proof-of-work stamp.
 
         The driver finds a nonce (`identity.pow.solve` over NOTICE_DOMAIN and
-        ``notice_subject(recipient, entry id)``) and reports it with `stamp_made`."""
-        return self.outbox.stamps_to_make()
+        ``notice_subject(recipient, id)``) and reports it with `stamp_made`."""
+        return self.outbox.stamps_to_make() + self.dms.stamps_to_make()
 
     def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None:
         self.outbox.stamp_made(entry_id, recipient, nonce, now)
+        self.dms.stamp_made(entry_id, recipient, nonce, now)
+        self._dm_events()
         self._drain(now)
+
+    # -- direct messages ----------------------------------------------------------------
+
+    def send_dm(self, recipient: bytes, text: str, now: float) -> bytes:
+        """Seal ``text`` to ``recipient`` and deliver it (`p2pblog.dms`); returns its id.
+        ValueError for a message the protocol refuses."""
+        did = self.dms.send(recipient, text, now)
+        self._dm_events()
+        self._drain(now)
+        return did
+
+    def dms_queued(self, now: float) -> None:
+        """The offline CLI queued messages in the store: deliver them."""
+        self.dms.sync(now)
+        self._drain(now)
+
+    def _dm_events(self) -> None:
+        self._events.extend(self.dms.events)
+        self.dms.events.clear()

@@ -146,6 +146,8 @@ from gossip.session import (
     ConnectRequested,
     DialBackAnswered,
     DialBackRequested,
+    DmAcked,
+    DmReceived,
     EntriesReceived,
     EntriesRefused,
     ForkProofReceived,
@@ -311,6 +313,27 @@ class MentionArrived:
 
 
 @dataclass(frozen=True, slots=True)
+class DmArrived:
+    """``peer`` sent a direct message sealed to ``recipient`` (our user, or someone whose
+    messages we may hold).  The node decides and answers with `Replicator.answer_dm`."""
+
+    peer: bytes
+    recipient: bytes
+    sealed: bytes
+    stamp: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DmAnswered:
+    """``peer`` acknowledged our DM whose sealed bytes hash to ``dm_id`` (a `DmStatus` value)."""
+
+    peer: bytes
+    dm_id: bytes
+    status: int
+    need: int
+
+
+@dataclass(frozen=True, slots=True)
 class DialBackResult:
     """A peer answered our `Replicator.request_dial_back`: ``status`` is a
     `gossip.messages.DialStatus` (or an int a later version sends); ``observed`` is
@@ -347,6 +370,8 @@ Event = (
     | InputRefused
     | MentionAnswered
     | MentionArrived
+    | DmArrived
+    | DmAnswered
     | DialBackResult
     | DialBackProbed
     | RelayReserved
@@ -691,30 +716,57 @@ class Replicator:
     def unblock(self, peer: bytes) -> None:
         self.blocked.discard(peer)
 
-    def send_mention(self, peer: bytes, entry: bytes, stamp: bytes, now: float) -> bool:
-        """Send a mention notice to a connected peer; False if no open session can take it."""
+    def _open_session(self, peer: bytes) -> tuple[_Conn, GossipSession] | None:
         conn_id = self._by_peer.get(peer)
         conn = self._conns.get(conn_id) if conn_id is not None else None
         if conn is None or conn.session is None or conn.closing:
-            return False
-        if not conn.session.send_mention(entry, stamp, now):
-            return False
-        self.stats["mentions.sent"] += 1
+            return None
+        return conn, conn.session
+
+    def _sent(self, conn: _Conn, counter: str, now: float) -> None:
+        self.stats[counter] += 1
         self._touch(conn)
         self._pump(now)
+
+    def send_mention(self, peer: bytes, entry: bytes, stamp: bytes, now: float) -> bool:
+        """Send a mention notice to a connected peer; False if no open session can take it."""
+        found = self._open_session(peer)
+        if found is None or not found[1].send_mention(entry, stamp, now):
+            return False
+        self._sent(found[0], "mentions.sent", now)
         return True
 
     def answer_mention(self, notice: MentionArrived, status: int, need: int, now: float) -> None:
         """Acknowledge a `MentionArrived` with the node's verdict (a `MentionStatus` value and
         the work bits it needs); nothing if the peer's session is gone meanwhile."""
-        conn_id = self._by_peer.get(notice.peer)
-        conn = self._conns.get(conn_id) if conn_id is not None else None
-        if conn is None or conn.session is None or conn.closing:
+        found = self._open_session(notice.peer)
+        if found is None:
             self.stats["mentions.ack_unsent"] += 1
             return
-        conn.session.ack_mention(entry_id(notice.entry), status, need, now)
-        self._touch(conn)
-        self._pump(now)
+        found[1].ack_mention(entry_id(notice.entry), status, need, now)
+        self._sent(found[0], "mentions.acked", now)
+
+    def send_dm(self, peer: bytes, recipient: bytes, sealed: bytes, stamp: bytes, now: float) -> bool:
+        """Send a sealed direct message for ``recipient`` to connected ``peer`` (the recipient
+        or a holder); False if no open session can take it."""
+        found = self._open_session(peer)
+        if found is None or not found[1].send_dm(recipient, sealed, stamp, now):
+            return False
+        self._sent(found[0], "dms.sent", now)
+        return True
+
+    def answer_dm(self, arrived: DmArrived, dm_id: bytes, status: int, need: int, now: float) -> None:
+        """Acknowledge a `DmArrived` (its sealed bytes hash to ``dm_id``) with the node's verdict."""
+        found = self._open_session(arrived.peer)
+        if found is None:
+            self.stats["dms.ack_unsent"] += 1
+            return
+        found[1].ack_dm(dm_id, status, need, now)
+        self._sent(found[0], "dms.acked", now)
+
+    def replicating(self, feed: bytes) -> list[bytes]:
+        """Connected peers that replicate feed (it is in their clock), in connection order."""
+        return [peer for peer, session, *_ in self.sessions() if session.peer_wants(feed)]
 
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
@@ -1309,6 +1361,12 @@ class Replicator:
         elif isinstance(event, MentionAcked):
             assert peer is not None
             self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))
+        elif isinstance(event, DmReceived):
+            assert peer is not None
+            self._events.append(DmArrived(peer, event.recipient, event.sealed, event.stamp))
+        elif isinstance(event, DmAcked):
+            assert peer is not None
+            self._events.append(DmAnswered(peer, event.dm_id, event.status, event.need))
         elif isinstance(event, DialBackRequested):
             self._dial_back(conn, session, event.port, now)
         elif isinstance(event, RelayReceived):

@@ -205,6 +205,28 @@ def recorded_damage(path: Path | str) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class DmRow:
+    """A direct message as stored: ``peer`` is the other party; ``folder`` inbox,
+    requests (a stranger's) or sent; ``state`` an outgoing message's delivery."""
+
+    id: bytes
+    peer: bytes
+    folder: str
+    timestamp: int
+    received: int
+    text: str
+    unread: bool
+    state: str
+
+
+def _dm_row(row: Sequence[Any]) -> DmRow:
+    i, peer, folder, timestamp, received, text, unread, state = row
+    return DmRow(
+        bytes(i), bytes(peer), str(folder), int(timestamp), int(received), str(text), bool(unread), str(state)
+    )
+
+
 def damaged_error(path: Path, reason: str) -> StoreDamaged:
     return StoreDamaged(
         f"the store {path} is damaged ({reason}); nothing more is written to it. Save your own feed "
@@ -340,6 +362,37 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         docid       INTEGER PRIMARY KEY,
         id          BLOB NOT NULL UNIQUE
     );
+    """,
+    # 7: direct messages (`p2pblog.dms`): those we sent and received (``folder`` is
+    # inbox, requests or sent; ``state`` an outgoing message's delivery), the sealed ones
+    # still to deliver, and those we hold for followed recipients who were offline.
+    """
+    CREATE TABLE dms (
+        id          BLOB PRIMARY KEY,
+        peer        BLOB NOT NULL,
+        folder      TEXT NOT NULL,
+        timestamp   INTEGER NOT NULL,
+        received    INTEGER NOT NULL,
+        text        TEXT NOT NULL,
+        unread      INTEGER NOT NULL,
+        state       TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX dms_peer_time ON dms (peer, timestamp);
+    CREATE TABLE dm_outbox (
+        id          BLOB PRIMARY KEY,
+        recipient   BLOB NOT NULL,
+        sealed      BLOB NOT NULL,
+        stamp       BLOB NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE dm_held (
+        id          BLOB PRIMARY KEY,
+        recipient   BLOB NOT NULL,
+        depositor   BLOB NOT NULL,
+        sealed      BLOB NOT NULL,
+        stamp       BLOB NOT NULL,
+        expires     INTEGER NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -1429,6 +1482,112 @@ class Store:
         """Mention notices not yet acknowledged: ``(entry_id, recipient, stamp, attempts)``."""
         rows = self._db.execute("SELECT entry_id, recipient, stamp, attempts FROM mention_outbox")
         return [(bytes(e), bytes(r), bytes(s), int(a)) for e, r, s, a in rows]
+
+    # -- direct messages (`p2pblog.dms`) -------------------------------------------------
+
+    def dm_add(self, row: DmRow, sealed: tuple[bytes, bytes] | None = None) -> bool:
+        """Store a direct message; with ``sealed`` (recipient, sealed bytes) also queue it
+        for delivery.  False if its id is already stored."""
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO dms (id, peer, folder, timestamp, received, text, unread, state) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    row.id,
+                    row.peer,
+                    row.folder,
+                    row.timestamp,
+                    row.received,
+                    row.text,
+                    int(row.unread),
+                    row.state,
+                ),
+            )
+            if cur.rowcount and sealed is not None:
+                self._db.execute(
+                    "INSERT INTO dm_outbox (id, recipient, sealed, stamp) VALUES (?, ?, ?, x'')",
+                    (row.id, *sealed),
+                )
+        return bool(cur.rowcount)
+
+    def dm_has(self, dm_id: bytes) -> bool:
+        return self._db.execute("SELECT 1 FROM dms WHERE id = ?", (dm_id,)).fetchone() is not None
+
+    def dm_set_state(self, dm_id: bytes, state: str) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE dms SET state = ? WHERE id = ?", (state, dm_id))
+
+    def dm_counts(self, peer: bytes) -> tuple[int, int]:
+        """Messages received from ``peer``, and received in all (the admission's bounds)."""
+        (mine,) = self._db.execute(
+            "SELECT count(*) FROM dms WHERE peer = ? AND folder != 'sent'", (peer,)
+        ).fetchone()
+        (total,) = self._db.execute("SELECT count(*) FROM dms WHERE folder != 'sent'").fetchone()
+        return int(mine), int(total)
+
+    def dm_conversations(self) -> list[tuple[DmRow, int]]:
+        """Each correspondent's latest message, newest first, with its unread count."""
+        rows = self._db.execute(
+            "SELECT d.id, d.peer, d.folder, d.timestamp, d.received, d.text, d.unread, d.state, "
+            "(SELECT count(*) FROM dms u WHERE u.peer = d.peer AND u.unread) "
+            "FROM dms d WHERE d.id = (SELECT id FROM dms x WHERE x.peer = d.peer "
+            "ORDER BY x.timestamp DESC, x.id DESC LIMIT 1) ORDER BY d.timestamp DESC"
+        )
+        return [(_dm_row(row[:8]), int(row[8])) for row in rows]
+
+    def dm_thread(self, peer: bytes, limit: int = 500) -> list[DmRow]:
+        """The latest ``limit`` messages exchanged with ``peer``, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, peer, folder, timestamp, received, text, unread, state FROM dms "
+            "WHERE peer = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
+            (peer, limit),
+        ).fetchall()
+        return [_dm_row(row) for row in reversed(rows)]
+
+    def dm_mark_read(self, peer: bytes) -> int:
+        with self.transaction():
+            cur = self._db.execute("UPDATE dms SET unread = 0 WHERE peer = ? AND unread", (peer,))
+        return int(cur.rowcount)
+
+    def dm_unread(self) -> int:
+        (count,) = self._db.execute("SELECT count(*) FROM dms WHERE unread").fetchone()
+        return int(count)
+
+    def dm_outbox(self) -> list[tuple[bytes, bytes, bytes, bytes, int]]:
+        """Sealed messages not yet delivered: ``(id, recipient, sealed, stamp, attempts)``."""
+        rows = self._db.execute("SELECT id, recipient, sealed, stamp, attempts FROM dm_outbox")
+        return [(bytes(i), bytes(r), bytes(s), bytes(t), int(a)) for i, r, s, t, a in rows]
+
+    def dm_outbox_update(self, dm_id: bytes, stamp: bytes, attempts: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE dm_outbox SET stamp = ?, attempts = ? WHERE id = ?", (stamp, attempts, dm_id)
+            )
+
+    def dm_outbox_done(self, dm_id: bytes, state: str) -> None:
+        """A message's delivery ended (delivered, refused, given up): its final state."""
+        with self.transaction():
+            self._db.execute("DELETE FROM dm_outbox WHERE id = ?", (dm_id,))
+            self._db.execute("UPDATE dms SET state = ? WHERE id = ?", (state, dm_id))
+
+    def dm_hold(
+        self, dm_id: bytes, recipient: bytes, depositor: bytes, sealed: bytes, stamp: bytes, expires: int
+    ) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO dm_held (id, recipient, depositor, sealed, stamp, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (dm_id, recipient, depositor, sealed, stamp, expires),
+            )
+
+    def dm_unhold(self, dm_id: bytes) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM dm_held WHERE id = ?", (dm_id,))
+
+    def dm_held(self) -> list[tuple[bytes, bytes, bytes, bytes, bytes, int]]:
+        """Messages held for others: ``(id, recipient, depositor, sealed, stamp, expires)``."""
+        rows = self._db.execute("SELECT id, recipient, depositor, sealed, stamp, expires FROM dm_held")
+        return [(bytes(i), bytes(r), bytes(d), bytes(s), bytes(t), int(e)) for i, r, d, s, t, e in rows]
 
     # -- DHT contacts -------------------------------------------------------------
 

@@ -31,6 +31,7 @@ CORE_MODULES = [
     "p2pblog/own_records.py",
     "p2pblog/discovery.py",
     "p2pblog/mentions.py",
+    "p2pblog/dms.py",
     "p2pblog/queries.py",
     "p2pblog/record_rules.py",
     "p2pblog/events.py",
