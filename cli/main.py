@@ -78,6 +78,7 @@ _USER_ERRORS = (P2PBlogError, KeyFileError, HandleError)
 _LAZY_COMMANDS: Final = {
     "sim": "cli.sim",
     "service": "cli.service",
+    "dm": "cli.dm",
     **dict.fromkeys(
         (
             "name",

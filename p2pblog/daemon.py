@@ -67,6 +67,7 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
+from p2pblog.events import DmRefused, DmStateChanged, DmStored
 from p2pblog.home import Home
 from p2pblog.node import (
     JoinFinished,
@@ -170,6 +171,7 @@ DROP_COUNTERS = (
     "session.failed",
     "fork_proof.invalid",
     "mentions.refused_",
+    "dms.refused_",
 )
 
 
@@ -476,6 +478,15 @@ class NodeService:
             elif isinstance(event, MentionDelivered):
                 verdict = "admitted" if event.admitted else f"refused (status {event.status})"
                 self._log(f"mention notice to {fingerprint(event.recipient)} {verdict}")
+            elif isinstance(event, DmStored):
+                self._log(f"direct message from {fingerprint(event.sender)} stored in {event.folder}")
+            elif isinstance(event, DmStateChanged):
+                self._log(f"direct message to {fingerprint(event.recipient)}: {event.state}")
+            elif isinstance(event, DmRefused):
+                self._log_limited(
+                    ("dm", self._source(event.peer), event.reason),
+                    f"refused a direct message from {fingerprint(event.peer)}: {event.reason}",
+                )
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log_limited(
@@ -565,6 +576,8 @@ class NodeService:
             "name_claim": self._name_claim,
             "resolve": self._resolve,
             "replicas": self._replicas,
+            "dm_send": self._dm_send,
+            "dm_read": self._dm_read,
         }
 
     def _entry_id_arg(self, args: dict[str, Any], name: str) -> bytes:
@@ -602,6 +615,25 @@ class NodeService:
             raise CommandFailed(str(exc)) from None
         self._flush()
         return {"id": entry.id.hex(), "seq": entry.seq, "profile": fields}
+
+    async def _dm_send(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_arg(args)
+        text = args.get("text")
+        if not isinstance(text, str):
+            raise CommandFailed("'text' must be a string")
+        try:
+            did = self.core.send_dm(key, text, unix_now())
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
+        except StorageFull as exc:
+            raise CommandFailed(str(exc)) from None
+        self._flush()
+        row = next((r for r in self.core.store.dm_thread(key, 50) if r.id == did), None)
+        return {"id": did.hex(), "handle": encode_handle(key), "state": row.state if row else "queued"}
+
+    async def _dm_read(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_arg(args)
+        return {"handle": encode_handle(key), "marked": self.core.store.dm_mark_read(key)}
 
     async def _block(self, args: dict[str, Any]) -> dict[str, Any]:
         key = self._key_arg(args)
@@ -772,6 +804,11 @@ class NodeService:
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),
             "mentions_pending": len(core.pending_mentions()),
+            "dms": {
+                "pending": len(core.dms.pending()),
+                "held_for_others": core.dms.held_count,
+                "unread": store.dm_unread(),
+            },
             "dropped": dict(sorted(dropped.items())),
             "internal_errors": dict(sorted(internal.items())),
             "storage": {

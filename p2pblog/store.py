@@ -223,7 +223,14 @@ class DmRow:
 def _dm_row(row: Sequence[Any]) -> DmRow:
     i, peer, folder, timestamp, received, text, unread, state = row
     return DmRow(
-        bytes(i), bytes(peer), _text(folder), int(timestamp), int(received), _text(text), bool(unread), _text(state)
+        bytes(i),
+        bytes(peer),
+        _text(folder),
+        int(timestamp),
+        int(received),
+        _text(text),
+        bool(unread),
+        _text(state),
     )
 
 

@@ -29,7 +29,7 @@ from p2pblog.events import DmStateChanged, DmStored
 from p2pblog.node import NodeCore
 from p2pblog.replication import DmArrived
 from p2pblog.store import Store
-from tests.gossip.wire import PORT, T0, Wire
+from tests.gossip.wire import PORT, Wire
 
 A, B, C, D = (Identity(bytes([i]) * 32) for i in (61, 62, 63, 64))
 NAMES = dict(zip("abcd", (A, B, C, D), strict=True))
