@@ -130,10 +130,10 @@ def dm_list(as_json: bool) -> None:
             f"{folder.capitalize()}:" if folder == "inbox" else "Requests (from people you do not follow):"
         )
         for doc in shown_docs:
-            unread = f" ({doc['unread_count']} unread)" if doc["unread_count"] else ""
+            count = f" ({doc['unread_count']} unread)" if doc["unread_count"] else ""
             prefix = "you: " if doc["direction"] == "out" else ""
             state = f" [{doc['state']}]" if doc["direction"] == "out" else ""
-            click.echo(f"  {shown_line(doc['peer_label'])}{unread}  {when(doc['timestamp'])}")
+            click.echo(f"  {shown_line(doc['peer_label'])}{count}  {when(doc['timestamp'])}")
             click.echo(f"    {prefix}{shown_line(doc['text'][:120])}{state}")
             click.echo(f"    {doc['peer']}")
 

@@ -40,6 +40,12 @@ def thread(home: Path, handle: str) -> list[dict[str, Any]]:
     return docs
 
 
+def held_for_others(home: Path) -> int:
+    doc = cli_json(home, "status")
+    assert isinstance(doc, dict)
+    return int(doc["dms"]["held_for_others"])
+
+
 def test_a_message_to_an_offline_recipient_is_held_by_its_follower_and_read_later(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:
@@ -81,7 +87,7 @@ def test_a_message_to_an_offline_recipient_is_held_by_its_follower_and_read_late
     assert sent == messages[0]["id"]
     # F relayed it and cannot read it.
     assert conversations(f.home) == []
-    assert wait_for(lambda: cli_json(f.home, "status")["dms"]["held_for_others"] == 0, timeout=20)
+    assert wait_for(lambda: held_for_others(f.home) == 0, timeout=20)
     assert f.stop() == 0
     for path in (tmp_path / "f").iterdir():
         if path.is_file():
@@ -117,6 +123,8 @@ def test_a_stranger_needs_a_stamp_and_lands_in_requests(tmp_path: Path, nodes: l
         assert [(m.dm_id, m.status) for m in acks] == [(did, DmStatus.ADMITTED)]
     (conversation,) = conversations(b.home)
     assert (conversation["folder"], conversation["text"]) == ("requests", "want to buy a bridge?")
-    counters = cli_json(b.home, "status")["dropped"]
+    doc = cli_json(b.home, "status")
+    assert isinstance(doc, dict)
+    counters = doc["dropped"]
     assert counters.get("gossip.dms.refused_work") == 1, counters
     assert b.stop() == 0
