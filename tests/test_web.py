@@ -132,7 +132,16 @@ def browsers(pair: tuple[NodeProcess, NodeProcess]) -> tuple[Browser, Browser]:
 def test_every_page_and_api_answers_401_without_the_cookie(browsers: tuple[Browser, Browser]) -> None:
     web, _ = browsers
     stranger = Browser(web.origin)
-    for path in ("/", "/node", "/mentions", "/search?q=x", "/api/unread", "/events", "/api/complete?q=a"):
+    for path in (
+        "/",
+        "/node",
+        "/mentions",
+        "/messages",
+        "/search?q=x",
+        "/api/unread",
+        "/events",
+        "/api/complete?q=a",
+    ):
         status, _, _ = stranger.get(path)
         assert status == 401, path
     status, _, body = stranger.get("/")
@@ -363,6 +372,35 @@ def test_profile_block_and_petname(
     web_b.post("/unblock", {"handle": a.handle})
     web_b.post("/follow", {"handle": a.handle})
     assert web_b.post("/block", {"handle": "@pb1nottypo"}, json_reply=True)[0] == 400
+
+
+def test_direct_messages_are_sent_read_live_and_escaped(
+    pair: tuple[NodeProcess, NodeProcess], browsers: tuple[Browser, Browser]
+) -> None:
+    a, b = pair
+    web_a, web_b = browsers
+    assert "No messages yet." in web_a.get("/messages")[2]
+    got: list[tuple[str, dict[str, object]]] = []
+    reader = threading.Thread(target=lambda: got.extend(_sse_events(web_b, 8.0)))
+    reader.start()
+    time.sleep(1.0)
+    status, headers, _ = web_a.post("/messages/send", {"to": b.handle, "text": "psst <i>bob</i>"})
+    assert status == 303 and headers["location"] == f"/messages/{b.handle}"
+    reader.join()
+    assert any(name == "dms" and doc["unread"] == 1 for name, doc in got), got
+    page = web_b.get("/messages")[2]
+    assert "psst &lt;i&gt;bob&lt;/i&gt;" in page and "<i>bob" not in page
+    assert re.search(r'id="dm-unread" class="badge" aria-label="1 unread messages">1<', page), page
+    thread = web_b.get(f"/messages/{a.handle}")[2]
+    assert "psst &lt;i&gt;bob&lt;/i&gt;" in thread and "A request" not in thread  # B follows A: inbox
+    assert 'id="dm-unread" class="badge" hidden' in web_b.get("/messages")[2]  # read now
+    assert wait_for(lambda: "delivered" in web_a.get(f"/messages/{b.handle}")[2], 30)
+    assert [m["text"] for m in cli_json(b.home, "dm", "read", a.handle)] == ["psst <i>bob</i>"]  # type: ignore[index, union-attr]
+    # Refusals: no CSRF token, a recipient that is nobody, empty text.
+    assert web_a.post("/messages/send", {"to": b.handle, "text": "x"}, csrf=False)[0] == 403
+    assert web_a.post("/messages/send", {"to": "@pb1nottypo", "text": "x"}, json_reply=True)[0] == 400
+    assert web_a.post("/messages/send", {"to": b.handle, "text": "  "}, json_reply=True)[0] == 400
+    assert web_a.get("/messages/@pb1nobody")[0] == 404
 
 
 def test_the_node_page_shows_peers_and_replicas(

@@ -737,13 +737,19 @@ def test_buttons_are_readable_in_both_colour_schemes(net: Net, scheme: str) -> N
         "/names",
         "/petnames",
         "/mentions",
+        "/messages",
+        "CONVERSATION",
         "PROFILE",
         "THREAD",
         "/search?q=phone",
     ],
 )
 def test_a_phone_sized_viewport_needs_no_horizontal_scrolling(net: Net, phone_post: str, path: str) -> None:
-    path = {"PROFILE": f"/u/{net.a.handle}", "THREAD": f"/post/{phone_post}"}.get(path, path)
+    path = {
+        "PROFILE": f"/u/{net.a.handle}",
+        "THREAD": f"/post/{phone_post}",
+        "CONVERSATION": f"/messages/{net.a.handle}",
+    }.get(path, path)
     page = net.page(net.b, path, viewport={"width": 375, "height": 667}, is_mobile=True)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375, f"{path} is {width} px wide"

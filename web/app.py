@@ -252,6 +252,9 @@ class WebApp:
             lstrip_blocks=True,
         )
         self.env.globals["max_chars"] = MAX_POST_CHARS
+        from web.messages import Messages  # (it imports this module's helpers)
+
+        self.messages = Messages(self)
         self.routes = self._routes()
         self.app = Starlette(routes=self.routes)
         service.listeners.append(self._on_event)
@@ -364,6 +367,7 @@ class WebApp:
             Route("/petnames/remove", change(self.remove_petname), methods=["POST"]),
             Route("/names/claim", change(self.start_claim), methods=["POST"]),
             Route("/logout", change(self.logout), methods=["POST"]),
+            *self.messages.routes(),
             Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
         ]
 
@@ -436,6 +440,7 @@ class WebApp:
             "me": me,
             "csrf": self.sessions.csrf(sid) if sid else "",
             "unread": self.unread(),
+            "dm_unread": self.messages.unread(),
             "path": request.url.path,
             "request_path": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
         }

@@ -39,6 +39,14 @@
     document.title = (n ? "(" + shown + ") " : "") + baseTitle;
   }
 
+  function setDmUnread(n) {
+    const badge = document.getElementById("dm-unread");
+    if (!badge) return;
+    badge.textContent = n >= 100 ? "99+" : String(n);
+    badge.hidden = n === 0;
+    badge.setAttribute("aria-label", n + " unread messages");
+  }
+
   // --- the sticky header's height, for what sticks below it (the "new posts" button) ----
   const header = document.querySelector("header.top");
   function headerHeight() {
@@ -129,6 +137,12 @@
     post: onPost,
     retract: onRetract,
     unread: (doc) => setUnread(doc.unread),
+    dms: (doc) => setDmUnread(doc.unread),
+    dm_state: (doc) => {
+      for (const el of document.querySelectorAll(".dm-state")) {
+        if (el.dataset.dm === doc.id) el.textContent = el.closest(".conversations") ? "(" + doc.state + ")" : doc.state;
+      }
+    },
     more: () => {
       if (liveTimeline && newButton) {
         newButton.hidden = false;
