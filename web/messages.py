@@ -73,7 +73,8 @@ class Messages:
 
     async def list_page(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
         store = self.app.store
-        inbox, requests = [], []
+        inbox: list[dict[str, Any]] = []
+        requests: list[dict[str, Any]] = []
         for row, unread in store.dm_conversations():
             doc = self._row(row, people)
             doc["unread_count"] = unread
