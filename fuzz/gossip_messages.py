@@ -34,6 +34,9 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
         MAX_STAMP_BYTES,
         Ack,
         Clock,
+        Dm,
+        DmAck,
+        DmStatus,
         Entries,
         ForkProof,
         GossipDecodeError,
@@ -79,6 +82,10 @@ def seeds() -> list[bytes]:
         Mention(raws[2]),
         MentionAck(bytes(32), MentionStatus.NEED_WORK, 16),
         MentionAck(bytes(32), 200),
+        Dm(OTHER_KEY, bytes(range(200)), b"\x00\x01"),
+        Dm(OTHER_KEY, bytes(limits.MAX_SEALED_BYTES)),
+        DmAck(bytes(32), DmStatus.HELD, 0),
+        DmAck(bytes(32), DmStatus.NEED_WORK, 16),
     ]
     return [encode_message(m) for m in messages]
 
@@ -92,9 +99,11 @@ def mutator() -> MsgpackMutator:
         limits.MAX_BATCHES_IN_FLIGHT + 1,
         bytes(MAX_STAMP_BYTES + 1),
         bytes(limits.MAX_ENTRY_BYTES + 1),
+        bytes(limits.MAX_SEALED_BYTES + 1),
+        bytes(48),
         len(MessageType),
     )
-    return MsgpackMutator(values=(*MessageType, *MentionStatus, *edges))
+    return MsgpackMutator(values=(*MessageType, *MentionStatus, *DmStatus, *edges))
 
 
 def main() -> None:
