@@ -80,4 +80,6 @@ def test_a_stale_provider_record_of_an_unfollower_is_left_out(tmp_path: Path) ->
     assert found.unfollowed == 1
     # gone still holds a copy (its provider record says so); the author's own record does not count.
     assert found.holders == 3
-    assert summary(found) == "at least 2 followers (1 from follow entries held here, 2 providers in the DHT, 1 in both)"
+    assert summary(found) == (
+        "at least 2 followers (1 from follow entries held here, 2 providers in the DHT, 1 in both)"
+    )
