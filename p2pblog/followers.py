@@ -38,8 +38,9 @@ from p2pblog.store import Store
 
 #: Followers listed in a document (the counts cover all of them).
 MAX_LISTED: Final = 500
-#: Unfollow entries of one provider's feed examined for an unfollow of the feed.
-UNFOLLOWS_EXAMINED: Final = 1000
+#: Unfollow entries of one provider's feed examined (newest first) for an unfollow of the
+#: feed: a decode each, on the node's loop, for each of at most 20 providers.
+UNFOLLOWS_EXAMINED: Final = 200
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from p2pblog import control
 from tests.nodes import NodeProcess, cli_json, run, start_node, status, wait_for
 from tests.process import p2pblog
 
@@ -75,6 +78,12 @@ def test_a_node_lists_who_follows_it(tmp_path: Path, nodes: list[NodeProcess]) -
     assert b.handle in result.stdout and c.handle in result.stdout and "Bob" in result.stdout
     assert "at least 2 followers" in result.stdout and "currently hold a copy" in result.stdout
     assert wait_for(lambda: c.handle in sources(followers(b, a.handle)), timeout=30, interval=2)
+
+    # A malformed handle is one clear error from the node, and from the command line.
+    with pytest.raises(control.ControlError, match="handle"):
+        control.call(a.home, "followers", {"handle": "@pb1nottypo", "search": True})
+    result = p2pblog(a.home, "followers", "@pb1nottypo")
+    assert result.returncode == 1 and result.stderr.count("Error:") == 1, result.stderr
 
     # B unfollows A.  Its provider record stays in the DHT until it expires, but A holds
     # B's unfollow entry, so B is no longer counted; C still is.
