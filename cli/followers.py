@@ -9,6 +9,7 @@ the DHT was not asked.  `p2pblog.followers` holds the counting and wording.
 from __future__ import annotations
 
 import json
+import time
 
 import click
 
@@ -51,9 +52,10 @@ def followers(target: str | None, as_json: bool) -> None:
         click.echo(f"  and {doc['more']} more")
     click.echo(doc["summary"])
     if doc["dht_asked"]:
-        if not doc["fresh"]:
+        if not doc["fresh"] and doc["searched"] is not None:
+            ago = max(0, round(time.time() - doc["searched"]))
             click.echo(
-                "  (the DHT answer is from an earlier search: searches run at most every "
+                f"  (the DHT answer is from a search {ago} s ago: searches run at most every "
                 f"{REPLICA_SEARCH_EVERY:g} s)"
             )
         if doc["unfollowed"]:

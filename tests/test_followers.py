@@ -35,7 +35,14 @@ def test_offline_followers_come_from_follow_entries_held_here(tmp_path: Path) ->
 
     doc = cli_json(a, "followers")
     assert isinstance(doc, dict)
+    assert set(doc) == {
+        "handle", "fingerprint", "count", "from_entries", "from_dht", "in_both", "dht_asked", "searched",
+        "fresh", "unfollowed", "holders", "connected", "summary", "copies", "followers", "more",
+    }  # fmt: skip
     assert doc["handle"] == ha
+    assert set(doc["followers"][0]) == {
+        "handle", "fingerprint", "petname", "name", "entry", "provider", "source",
+    }  # fmt: skip
     assert [(f["handle"], f["name"], f["source"]) for f in doc["followers"]] == [(hb, "Bob", "follow entry")]
     assert (doc["count"], doc["from_entries"], doc["from_dht"], doc["dht_asked"]) == (1, 1, 0, False)
     assert doc["holders"] is None
