@@ -1,4 +1,5 @@
-"""`p2pblog followers` (issue 19) without a running node: the store's follow entries only.
+"""`p2pblog followers` (issue 19) without a running node: the store's follow entries only;
+and the profile page's capped list.
 
 Feeds move between homes as signed feed files (``export`` / ``import``), so the
 follow and unfollow entries counted are real, verified entries in an on-disk
@@ -9,12 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
 from identity import Identity
 from p2pblog.entry import FOLLOW, UNFOLLOW
 from p2pblog.followers import count_followers, summary
 from p2pblog.store import Store
 from tests.nodes import cli_json, init_home, run
 from tests.process import p2pblog
+from web.app import FOLLOWERS_SHOWN, People, followers_context
 
 
 def carry(src: Path, handle: str, dst: Path, tmp_path: Path) -> None:
@@ -90,3 +94,29 @@ def test_a_stale_provider_record_of_an_unfollower_is_left_out(tmp_path: Path) ->
     assert summary(found) == (
         "at least 2 followers (1 from follow entries held here, 2 providers in the DHT, 1 in both)"
     )
+
+
+def test_the_profile_page_caps_its_followers_list(tmp_path: Path) -> None:
+    feed, me = Identity.generate(), Identity.generate()
+    fans = [Identity.generate() for _ in range(FOLLOWERS_SHOWN + 5)]
+    with Store(tmp_path / "s.sqlite") as store:
+        for fan in fans:
+            store.append(fan, FOLLOW, {"feed": feed.public_key}, 1_700_000_000_000)
+        found = count_followers(store, feed.public_key, me.public_key)
+        doc = found.to_json(store)
+        people = People(store)
+        env = Environment(
+            loader=FileSystemLoader(str(Path(__file__).parent.parent / "web" / "templates")),
+            autoescape=select_autoescape(default=True),
+        )
+        page = env.get_template("profile.html").render(
+            person=people(feed.public_key),
+            me=people(me.public_key),
+            posts=[],
+            unread=0,
+            path="/",
+            **followers_context(doc, people),
+        )
+    assert "at least 25 followers (from follow entries held here; the DHT was not asked" in page
+    assert page.count("(follow entry)") == FOLLOWERS_SHOWN
+    assert "and 5 more" in page

@@ -168,6 +168,13 @@ class People:
         return person
 
 
+def followers_context(doc: dict[str, Any], people: People) -> dict[str, Any]:
+    """The profile page's part for a ``followers`` document: the first `FOLLOWERS_SHOWN`
+    followers (person, source) and how many more there are."""
+    shown = [(people(decode_handle(f["handle"])), f["source"]) for f in doc["followers"][:FOLLOWERS_SHOWN]]
+    return {"followers": doc, "followers_shown": shown, "followers_more": doc["count"] - len(shown)}
+
+
 def render_text(text: str, people: People) -> Markup:
     """Post text as HTML: escaped, with mentions, hashtags and links made links."""
     out: list[str] = []
@@ -557,9 +564,7 @@ class WebApp:
         search = request.query_params.get("search") == "1"
         search |= key not in self.service.core.discovery.last_providers
         doc = await self.service.command("followers", {"handle": encode_handle(key), "search": search})
-        listed = doc["followers"][:FOLLOWERS_SHOWN]
-        shown = [(people(decode_handle(f["handle"])), f["source"]) for f in listed]
-        return {"followers": doc, "followers_shown": shown, "followers_more": doc["count"] - len(shown)}
+        return followers_context(doc, people)
 
     async def mentions(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
         del request
