@@ -52,7 +52,12 @@ def followers(target: str | None, as_json: bool) -> None:
         click.echo(f"  and {doc['more']} more")
     click.echo(doc["summary"])
     if doc["dht_asked"]:
-        if not doc["fresh"] and doc["searched"] is not None:
+        if doc["searched"] is None:
+            click.echo(
+                f"  (no provider search of this feed yet: searches run at most every "
+                f"{REPLICA_SEARCH_EVERY:g} s; ask again in a moment)"
+            )
+        elif not doc["fresh"]:
             ago = max(0, round(time.time() - doc["searched"]))
             click.echo(
                 f"  (the DHT answer is from a search {ago} s ago: searches run at most every "
