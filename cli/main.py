@@ -79,6 +79,7 @@ _LAZY_COMMANDS: Final = {
     "sim": "cli.sim",
     "service": "cli.service",
     "dm": "cli.dm",
+    "followers": "cli.followers",
     **dict.fromkeys(
         (
             "name",

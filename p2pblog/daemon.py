@@ -68,6 +68,7 @@ from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
 from p2pblog.events import DmRefused, DmStateChanged, DmStored
+from p2pblog.followers import count_followers
 from p2pblog.home import Home
 from p2pblog.node import (
     JoinFinished,
@@ -578,6 +579,7 @@ class NodeService:
             "replicas": self._replicas,
             "dm_send": self._dm_send,
             "dm_read": self._dm_read,
+            "followers": self._followers,
         }
 
     def _entry_id_arg(self, args: dict[str, Any], name: str) -> bytes:
@@ -881,6 +883,34 @@ class NodeService:
                 }
             )
         return {"feeds": out}
+
+    async def _followers(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Who follows feed ``handle`` (`p2pblog.followers`).  With ``search`` true, a fresh
+        provider search first (throttled with the ``replicas`` searches), waited for up to
+        `REPLICA_SEARCH_TIMEOUT`; else the latest answer the node has."""
+        assert self.driver is not None and self.store is not None
+        try:
+            feed = decode_handle(str(args.get("handle", "")))
+        except HandleError as exc:
+            raise CommandFailed(str(exc)) from None
+        core, driver = self.core, self.driver
+        fresh = bool(args.get("search")) and core.replica_searches(unix_now()) > 0
+        if fresh:
+            with trio.move_on_after(REPLICA_SEARCH_TIMEOUT) as waited:
+                await driver.request(lambda now: core.start_find_providers(feed, now))
+            fresh = not waited.cancelled_caught
+        searched, providers = core.discovery.last_providers.get(feed, (None, frozenset()))
+        connected = [p for p, session, *_ in core.replicator.sessions() if session.peer_wants(feed)]
+        found = count_followers(
+            self.store,
+            feed,
+            self.identity.public_key,
+            providers=providers,
+            connected=connected,
+            searched=searched,
+            fresh=fresh,
+        )
+        return found.to_json(self.store)
 
     async def _lookup(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.driver is not None

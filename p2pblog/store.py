@@ -1205,6 +1205,11 @@ class Store:
         rows = self._db.execute("SELECT feed FROM follows WHERE follower = ?", (author,))
         return {bytes(feed) for (feed,) in rows}
 
+    def followers(self, feed: bytes) -> set[bytes]:
+        """The authors of held feeds that follow feed, as their follow/unfollow entries say."""
+        rows = self._db.execute("SELECT follower FROM follows WHERE feed = ?", (feed,))
+        return {bytes(follower) for (follower,) in rows}
+
     def timeline(
         self, owner: bytes, *, limit: int = 50, before: tuple[int, bytes, int] | None = None
     ) -> list[FeedItem]:

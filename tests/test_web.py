@@ -20,6 +20,7 @@ from pathlib import Path
 import feedparser
 import pytest
 
+from identity import decode_handle, fingerprint
 from tests.nodes import NodeProcess, cli_json, run, start_node, wait_for
 from tests.process import p2pblog
 
@@ -413,6 +414,26 @@ def test_the_node_page_shows_peers_and_replicas(
     doc = json.loads(web_b.get("/api/replicas?search=1")[2])
     feeds = {f["handle"]: f for f in doc["feeds"]}
     assert a.handle in feeds and feeds[a.handle]["replicas"] >= 1
+
+
+def test_the_profile_page_shows_who_follows(
+    pair: tuple[NodeProcess, NodeProcess], browsers: tuple[Browser, Browser]
+) -> None:
+    a, b = pair
+    web_a, web_b = browsers
+    run(a.home, "post", "a post for followers to hold")
+    web_b.post("/follow", {"handle": a.handle})
+    # A does not hold B's feed: B is known to it by the provider record B announces.
+    page = ""
+
+    def listed() -> bool:
+        nonlocal page
+        page = web_a.get(f"/u/{a.handle}?search=1")[2]
+        return "at least 1 follower (0 from follow entries held here, 1 provider in the DHT" in page
+
+    assert wait_for(listed, 60, interval=2), page
+    assert fingerprint(decode_handle(b.handle)) in page and "(DHT provider record)" in page
+    assert "peer currently holds a copy" in page or "peers currently hold a copy" in page
 
 
 def test_atom_feed_parses(pair: tuple[NodeProcess, NodeProcess], browsers: tuple[Browser, Browser]) -> None:

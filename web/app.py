@@ -96,6 +96,8 @@ MAX_REPLIES: Final = 500
 #: Unread mentions counted at most (the page shows "99+").
 UNREAD_MAX: Final = 100
 SEEN_SETTING: Final = "web.mentions_seen"
+#: Followers a profile page lists (then "and N more").
+FOLLOWERS_SHOWN: Final = 20
 _HERE = Path(__file__).parent
 _TOKEN_RE: Final = re.compile(
     r"(@pb1[0-9a-z]{58})(?![0-9a-z])|(#\w{1,64})|(https?://[^\s<>\"']{1,300})", re.I
@@ -164,6 +166,13 @@ class People:
                 key, encode_handle(key), fingerprint(key), name, pet, user_path(key), feed_path(key)
             )
         return person
+
+
+def followers_context(doc: dict[str, Any], people: People) -> dict[str, Any]:
+    """The profile page's part for a ``followers`` document: the first `FOLLOWERS_SHOWN`
+    followers (person, source) and how many more there are."""
+    shown = [(people(decode_handle(f["handle"])), f["source"]) for f in doc["followers"][:FOLLOWERS_SHOWN]]
+    return {"followers": doc, "followers_shown": shown, "followers_more": doc["count"] - len(shown)}
 
 
 def render_text(text: str, people: People) -> Markup:
@@ -541,6 +550,7 @@ class WebApp:
         blocked = {k for k, _ in self.store.blocks()}
         state = self.store.feed_state(key)
         return "profile.html", {
+            **await self._followers(request, key, people),
             "person": person,
             "profile_name": profile.get("name"),
             "bio": profile.get("bio"),
@@ -552,6 +562,14 @@ class WebApp:
             "forked": state.forked_seq is not None,
             "more": posts[-1].cursor if len(posts) == PAGE else None,
         }
+
+    async def _followers(self, request: Request, key: bytes, people: People) -> dict[str, Any]:
+        """The profile page's followers (`p2pblog.followers`): a provider search when asked
+        (``?search=1``) or never made for this feed, else the node's latest answer."""
+        search = request.query_params.get("search") == "1"
+        search |= key not in self.service.core.discovery.last_providers
+        doc = await self.service.command("followers", {"handle": encode_handle(key), "search": search})
+        return followers_context(doc, people)
 
     async def mentions(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
         del request
