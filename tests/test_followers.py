@@ -114,6 +114,7 @@ def test_the_profile_page_caps_its_followers_list(tmp_path: Path) -> None:
             me=people(me.public_key),
             posts=[],
             unread=0,
+            dm_unread=0,
             path="/",
             **followers_context(doc, people),
         )
