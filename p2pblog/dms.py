@@ -229,30 +229,30 @@ class DirectMessages:
         wanted: set[bytes] = set()
         resolving: set[bytes] = set()
         for did, item in list(self._outgoing.items()):
-            recipient = item.recipient
-            if item.stamp is None:
+            recipient, stamp = item.recipient, item.stamp
+            if stamp is None:
                 continue
-            if now < item.next_at:
-                self._wake(item.next_at)
-                wanted.add(recipient)
-                continue
-            if item.attempts >= DM_ATTEMPTS:
-                state = f"held by {len(item.holders)}" if item.holders else "undelivered"
-                self.stats["dms.undelivered"] += 1
-                self._finish(did, item, state)
-                continue
-            item.attempts += 1
-            self._save(self.store.dm_outbox_update, did, item.stamp, item.attempts)
-            item.asked = {peer for peer in item.asked if replicator.is_connected(peer)}
             wanted.add(recipient)
-            if replicator.send_dm(recipient, recipient, item.sealed, item.stamp, now):
-                item.asked.add(recipient)
-                item.next_at = now + DM_ACK_TIMEOUT
-            else:
-                if replicator.known_address(recipient) is None and recipient not in resolving:
-                    resolving.add(recipient)
-                    self.discovery.resolve(recipient, now, consume=True)
-                item.next_at = now + backoff(item.attempts - 1, DM_RETRY_FIRST, DM_RETRY_MAX)
+            if now >= item.next_at:
+                if item.attempts >= DM_ATTEMPTS:
+                    state = f"held by {len(item.holders)}" if item.holders else "undelivered"
+                    self.stats["dms.undelivered"] += 1
+                    self._finish(did, item, state)
+                    continue
+                item.attempts += 1
+                self._save(self.store.dm_outbox_update, did, stamp, item.attempts)
+                item.asked = {peer for peer in item.asked if replicator.is_connected(peer)}
+                if replicator.send_dm(recipient, recipient, item.sealed, stamp, now):
+                    item.asked.add(recipient)
+                    item.next_at = now + DM_ACK_TIMEOUT
+                else:
+                    if replicator.known_address(recipient) is None and recipient not in resolving:
+                        resolving.add(recipient)
+                        self.discovery.resolve(recipient, now, consume=True)
+                    item.next_at = now + backoff(item.attempts - 1, DM_RETRY_FIRST, DM_RETRY_MAX)
+            if recipient not in item.asked:
+                # Not on its way to the recipient: leave it with holders meanwhile (between
+                # attempts too, as holders connect or are found; that costs no attempt).
                 wanted |= self._deposit(did, item, now)
             self._wake(item.next_at)
         self._deliver_held(now)
