@@ -81,6 +81,8 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["attacks"]
     if scenario.expect == type(scenario.expect)():
         del echo["expect"]
+    if scenario.dms == type(scenario.dms)():
+        del echo["dms"]
     return echo
 
 
