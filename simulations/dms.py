@@ -93,6 +93,8 @@ class DmTraffic:
         #: Node index -> (id, transmitting peer) of the last DM that arrived at it.
         self._arrived: dict[int, tuple[bytes, bytes]] = {}
         self._number = 0
+        #: The seal's randomness of messages written while their sender is down.
+        self._seeds = sim.engine.rng("dm-seeds")
 
     # -- sending ----------------------------------------------------------------------
 
@@ -103,7 +105,6 @@ class DmTraffic:
         if d.per_hour <= 0:
             return
         rng = sim.engine.rng("dms")
-        self._seeds = sim.engine.rng("dm-seeds")
         people = [i for i in sim.honest if i not in sim.offline_authors]
         until = sim.scenario.dm_until
         for sender in people:
@@ -119,7 +120,10 @@ class DmTraffic:
                 pool = strangers if stranger else friends
                 if not pool:
                     continue
-                sim.engine.at(t, partial(self.send, sender, rng.choice(pool), stranger=stranger))
+                sim.engine.at(t, partial(self._due, sender, rng.choice(pool), stranger))
+
+    def _due(self, sender: int, recipient: int, stranger: bool) -> None:
+        self.send(sender, recipient, stranger=stranger)
 
     def send(self, sender: int, recipient: int, *, stranger: bool = False) -> bytes | None:
         """Node ``sender`` writes a message to node ``recipient`` now; returns its id
@@ -142,7 +146,9 @@ class DmTraffic:
             self.order.append(did)
             node.flush()
         else:  # offline: it goes out when the node restarts
-            did = queue_dm(node.store, node.identity, key, text, int(node.now * 1000), self._seeds.randbytes(32))
+            did = queue_dm(
+                node.store, node.identity, key, text, int(node.now * 1000), self._seeds.randbytes(32)
+            )
             self.sent[did] = info
             self.order.append(did)
         return did
