@@ -22,7 +22,8 @@ What the nodes report (`on_event`):
 * ``DmArrived`` (a DM on a connection, before the core decides on it): the
   peer that transmitted it, remembered per node until the ``DmStored`` that
   follows it in the same flush, so a stored message is known to have come
-  *directly* from its sender or *via a holder*;
+  *directly* from its sender or *via a holder*; a message's bytes on the wire
+  (to its recipient or a holder) must not contain its text;
 * ``DmStored`` at the recipient: delivered, with its latency from the send;
 * ``DmStateChanged`` at the sender: its last state (delivered, held by N,
   undelivered, refused).
@@ -157,7 +158,11 @@ class DmTraffic:
 
     def on_event(self, node: Any, event: object) -> None:
         if isinstance(event, DmArrived):
-            self._arrived[node.index] = (dm_id(event.sealed), event.peer)
+            did = dm_id(event.sealed)
+            self._arrived[node.index] = (did, event.peer)
+            info = self.sent.get(did)
+            if info is not None and info.text.encode() in event.sealed:
+                self.sim._violate("dm privacy", f"node {node.index} received a message's text in the clear")
         elif isinstance(event, DmStored):
             self._dm_stored(node, event)
         elif isinstance(event, DmStateChanged) and event.dm_id in self.sent:

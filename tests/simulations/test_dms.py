@@ -7,11 +7,14 @@ Scenarios here are small (8 to 16 nodes) so that the module runs in seconds.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from identity.sealed import dm_id
 from p2pblog.events import DmStored
+from p2pblog.replication import DmArrived
 from p2pblog.store import DmRow
 from simulations.scenario import Scenario, ScenarioError
 from simulations.simulation import Simulation, run_scenario
@@ -116,6 +119,14 @@ def test_the_dm_oracles_fire() -> None:
     # A third node with the text of someone else's message.
     other.store.dm_add(DmRow(did, sender_key, "inbox", 1, 1, info.text, True, ""))
     sim.dms.final_oracles()
+    assert [v.oracle for v in sim.violations] == ["dm privacy"]
+    sim.violations.clear()
+    # A message whose bytes carry its text in the clear, arriving at a holder.
+    clear = b"sealed? " + info.text.encode()
+    sim.dms.sent[dm_id(clear)] = replace(info, at=sim.engine.now)
+    sim.dms.on_event(other, DmArrived(sender_key, recipient.identity.public_key, b"", b""))
+    assert not sim.violations
+    sim.dms.on_event(other, DmArrived(sender_key, recipient.identity.public_key, clear, b""))
     assert [v.oracle for v in sim.violations] == ["dm privacy"]
 
 
