@@ -360,7 +360,7 @@ class Scenario:
         for name in ("start", "until"):
             if getattr(d, name) < 0:
                 raise ScenarioError(f"dms.{name}: must be >= 0 seconds, not {getattr(d, name):g}")
-        if d.start >= self.duration:
+        if d.per_hour and d.start >= self.duration:  # unused while off: any run length is fine
             raise ScenarioError(f"dms.start: below duration ({self.duration:g}), not {d.start:g}")
         if d.until and d.until < d.start:
             raise ScenarioError(f"dms.until: >= start ({d.start:g}), or 0 for the default; not {d.until:g}")

@@ -158,7 +158,7 @@ def test_same_seed_gives_identical_dm_metrics_and_another_seed_does_not() -> Non
     [
         ("[dms]\nper_hour = -1.0", "dms.per_hour: 0 .. 3600 per node, not -1"),
         ("[dms]\nstrangers = 2.0", "dms.strangers: a fraction 0 .. 1, not 2"),
-        ("[dms]\nstart = 900.0", "dms.start: below duration"),
+        ("[dms]\nper_hour = 1.0\nstart = 900.0", "dms.start: below duration"),
         ("[dms]\nstart = 100.0\nuntil = 50.0", "dms.until: >= start (100)"),
         ("[dms]\ndeadline = 0.0", "dms.deadline: must be > 0"),
         ("[dms]\nrate = 3.0", "dms.rate: unknown field"),
@@ -167,3 +167,7 @@ def test_same_seed_gives_identical_dm_metrics_and_another_seed_does_not() -> Non
 def test_a_bad_dms_table_is_refused_naming_the_field(text: str, field: str) -> None:
     with pytest.raises(ScenarioError, match=field.replace("(", r"\(").replace(")", r"\)")):
         Scenario.from_toml(text)
+
+
+def test_without_dms_a_short_run_needs_no_dms_fields() -> None:
+    assert Scenario.from_toml("duration = 30.0\n[workload]\npost_from = 0.0").dms.per_hour == 0.0
