@@ -14,6 +14,9 @@ Theory of operation
   restart); **lookups** of random peers' records (DHT metrics);
 * **faults** (crash and restart, partitions and heals, churn, loss windows)
   and **malicious** roles (`simulations.adversary`).
+* **direct messages** with a ``[dms]`` workload (`simulations.dms`, which
+  also watches them arrive: their metrics and the *dm duplicate* and *dm
+  privacy* oracles).
 
 Every event a node reports comes to `_on_event`.  Three **oracles** watch:
 
