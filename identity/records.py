@@ -75,7 +75,12 @@ NAME: Final = "name"
 #: "I, an identity's root, approved device D (pairing ``nonce``)": what a new device
 #: looks up to learn its identity (`p2pblog.pairing`).
 PAIRING: Final = "pairing"
-TYPES: Final = (PEER, PROVIDER, NAME, PAIRING)
+#: "Here is a root rotation of identity I" (a signed ``rotate`` entry): how followers
+#: learn of a recovery whose entry sits in a feed they do not replicate yet.
+KEYEVENT: Final = "keyevent"
+TYPES: Final = (PEER, PROVIDER, NAME, PAIRING, KEYEVENT)
+#: Largest entry a key-event record carries (the record itself is at most MAX_RECORD_BYTES).
+MAX_KEYEVENT_ENTRY_BYTES: Final = 768
 PAIRING_NONCE_BYTES: Final = 8
 MAX_RECORD_BYTES: Final = 1024
 MAX_ADDRS: Final = 8
@@ -99,6 +104,7 @@ _BODY_FIELDS: Final = {
     PROVIDER: {"addrs", "feed"},
     NAME: {"claimed", "name", "nonce"},
     PAIRING: {"device", "nonce"},
+    KEYEVENT: {"entry", "identity"},
 }
 
 
@@ -130,6 +136,11 @@ def pairing_key(device: bytes) -> bytes:
     return _dht_key(b"p2pblog/pairing/", device)
 
 
+def keyevent_key(identity: bytes) -> bytes:
+    """The 160-bit DHT key under which an identity's latest root rotation is stored."""
+    return _dht_key(b"p2pblog/keyevent/", identity)
+
+
 def check_name(text: str) -> str:
     """``text`` if it is a valid name; raises `RecordError` otherwise."""
     if not isinstance(text, str) or NAME_RE.fullmatch(text) is None:
@@ -154,11 +165,15 @@ class Record:
     claimed: int | None = None
     nonce: bytes | None = None
     work: int = 0
+    #: A key-event record's signed entry.
+    payload: bytes | None = None
 
     @property
     def dht_key(self) -> bytes:
         if self.type == PAIRING and self.feed is not None:
             return pairing_key(self.feed)
+        if self.type == KEYEVENT and self.feed is not None:
+            return keyevent_key(self.feed)
         if self.name is not None:
             return name_key(self.name)
         return provider_key(self.feed) if self.feed is not None else peer_key(self.signer)
@@ -250,6 +265,19 @@ def create_pairing_record(
     return decode_record(identity.sign(content), now=None)
 
 
+def create_keyevent_record(
+    identity: Identity, *, about: bytes, entry: bytes, seq: int, expires: int
+) -> Record:
+    """Sign a record carrying ``entry`` (a signed ``rotate`` entry) for identity ``about``."""
+    if not isinstance(about, bytes) or len(about) != 32:
+        raise RecordError("a key-event record names a 32-byte identity")
+    if not isinstance(entry, bytes) or not 0 < len(entry) <= MAX_KEYEVENT_ENTRY_BYTES:
+        raise RecordError(f"a key-event record carries an entry of 1..{MAX_KEYEVENT_ENTRY_BYTES} bytes")
+    body = {"entry": entry, "identity": about}
+    content = msgpack.packb([FORMAT_VERSION, KEYEVENT, identity.public_key, seq, expires, body])
+    return decode_record(identity.sign(content), now=None)
+
+
 def _check_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
         raise RecordError(f"{name} must be a non-negative integer")
@@ -315,7 +343,14 @@ def decode_record(
     claimed: int | None = None
     nonce: bytes | None = None
     work = 0
-    if rtype == PAIRING:
+    payload: bytes | None = None
+    if rtype == KEYEVENT:
+        feed, payload = body["identity"], body["entry"]
+        if not isinstance(feed, bytes) or len(feed) != 32:
+            raise RecordError("a key-event record names a 32-byte identity")
+        if not isinstance(payload, bytes) or not 0 < len(payload) <= MAX_KEYEVENT_ENTRY_BYTES:
+            raise RecordError(f"a key-event record carries an entry of 1..{MAX_KEYEVENT_ENTRY_BYTES} bytes")
+    elif rtype == PAIRING:
         feed, nonce = body["device"], body["nonce"]
         if not isinstance(feed, bytes) or len(feed) != 32:
             raise RecordError("a pairing record names a 32-byte device key")
@@ -346,7 +381,7 @@ def decode_record(
             verify(signer, signed)
         except SignatureError:
             raise RecordError("record signature does not verify") from None
-    record = Record(signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work)
+    record = Record(signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work, payload)
     if now is not None and expires <= now:
         raise RecordError("record has expired")
     if key is not None and record.dht_key != key:

@@ -20,6 +20,21 @@ Three entry kinds carry it (`p2pblog.entry`; `docs/protocol.md`, "Devices"):
     device's entries after seq ``after`` are not the identity's; followers
     refuse them, and drop those they held.
 
+Root keys rotate (`roots`), with pre-rotation as in KERI:
+
+``commit {next}``  in the identity's first root's feed: the BLAKE2b-256 digest
+    (`key_digest`) of the next root key, kept offline.  Only the first one
+    counts (a later one, say by a thief of the current key, changes nothing).
+``rotate {identity, new, next, cut}``  reveals ``new``, whose digest the
+    current commitment names, and commits to the one after it.  Signed
+    either by the current root, in its feed (a planned rotation: the old
+    root's feed ends at this entry; ``cut`` is ignored), or by ``new`` itself,
+    in its own feed (a *recovery*: the current root may be stolen; its entries
+    after ``cut`` are not the identity's).  At one position a recovery beats a
+    planned rotation, so a thief who holds the current root and saw the new
+    key revealed cannot take the rotation over.  Each new root is counted as a
+    device of the identity named ``root-N`` with the rights of the root.
+
 `resolve` computes an identity's devices from those rows, as the store holds
 them: starting from the root, a certificate counts if its certifier is an
 *authority* (the root, or an admin device already counted) and the device
@@ -32,12 +47,16 @@ without bound.  The result does not depend on the order rows arrived in.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
 #: Devices an identity may have, revoked ones included (what followers replicate).
 MAX_DEVICES: Final = 16
+#: Root rotations followed at most.
+MAX_ROTATIONS: Final = 64
+KEY_DIGEST_DOMAIN: Final = b"p2pblog/next-root-key/v1\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +93,79 @@ class Device:
     certifier: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """A ``rotate`` entry of ``author`` at ``seq`` for ``identity``: the new root ``new``, the
+    digest ``next`` of the one after it, and (for a recovery) the old root's ``cut``."""
+
+    author: bytes
+    seq: int
+    identity: bytes
+    new: bytes
+    next: bytes
+    cut: int
+
+
+def key_digest(key: bytes) -> bytes:
+    """The commitment to a future root key: BLAKE2b-256 over a domain and the key."""
+    return hashlib.blake2b(KEY_DIGEST_DOMAIN + key, digest_size=32).digest()
+
+
+def roots(
+    identity: bytes, first_commit: bytes | None, rotations: Iterable[Rotation]
+) -> list[tuple[bytes, int | None]]:
+    """The identity's root keys, oldest first, each with the last seq of its feed that
+    counts (None for the current root)."""
+    rotations = [r for r in rotations if r.identity == identity]
+    chain: list[tuple[bytes, int | None]] = [(identity, None)]
+    current, commitment = identity, first_commit
+    used = {identity}
+    while commitment is not None and len(chain) <= MAX_ROTATIONS:
+        found = [
+            r
+            for r in rotations
+            if key_digest(r.new) == commitment and r.new not in used and r.author in (current, r.new)
+        ]
+        if not found:
+            break
+        # A recovery (signed by the revealed key) beats a rotation by the current root.
+        pick = min(found, key=lambda r: (r.author != r.new, r.seq, r.author))
+        cut = pick.cut if pick.author == pick.new else pick.seq
+        chain[-1] = (current, cut)
+        chain.append((pick.new, None))
+        used.add(pick.new)
+        current, commitment = pick.new, pick.next
+    return chain
+
+
 def resolve(
     identity: bytes,
     certs: Iterable[Cert],
     consents: Mapping[bytes, bytes],
     revocations: Iterable[Revocation],
+    chain: list[tuple[bytes, int | None]] | None = None,
 ) -> dict[bytes, Device]:
-    """The devices of ``identity`` (not the root itself), certified devices that have not
-    consented yet included (their feeds must be fetched to see the consent)."""
+    """The devices of ``identity``: its later roots (``chain``, from `roots`), with the
+    first root's own cut-off if it rotated, and its certified devices, those that have
+    not consented yet included (their feeds must be fetched to see the consent)."""
+    chain = chain or [(identity, None)]
+    root_devices = {
+        key: Device(key, "root" if i == 0 else f"root-{i + 1}", True, True, after, identity)
+        for i, (key, after) in enumerate(chain)
+        if i > 0 or after is not None
+    }
+    roots_cut = {key: after for key, after in chain}
+    found = _resolve_certified(identity, certs, consents, revocations, roots_cut)
+    return {**found, **root_devices}
+
+
+def _resolve_certified(
+    identity: bytes,
+    certs: Iterable[Cert],
+    consents: Mapping[bytes, bytes],
+    revocations: Iterable[Revocation],
+    roots_cut: Mapping[bytes, int | None],
+) -> dict[bytes, Device]:
     certs = sorted(certs, key=lambda c: (c.seq, c.certifier, c.device))
     revocations = list(revocations)
     cut: dict[bytes, int] = {}
@@ -89,8 +173,8 @@ def resolve(
     # Alternate: the devices the certificates give under the current cut-offs, then the
     # cut-offs those devices' revocations give, until neither changes.
     for _ in range(MAX_DEVICES + 2):
-        found = _certified(identity, certs, consents, cut)
-        new_cut = _cutoffs(identity, found, revocations)
+        found = _certified(identity, certs, consents, cut, roots_cut)
+        new_cut = _cutoffs(identity, found, revocations, roots_cut)
         if found.keys() == devices.keys() and new_cut == cut:
             break
         devices, cut = found, new_cut
@@ -101,7 +185,11 @@ def resolve(
 
 
 def _certified(
-    identity: bytes, certs: list[Cert], consents: Mapping[bytes, bytes], cut: Mapping[bytes, int]
+    identity: bytes,
+    certs: list[Cert],
+    consents: Mapping[bytes, bytes],
+    cut: Mapping[bytes, int],
+    roots_cut: Mapping[bytes, int | None],
 ) -> dict[bytes, Device]:
     devices: dict[bytes, Device] = {}
     changed = True
@@ -109,9 +197,9 @@ def _certified(
         changed = False
         for cert in certs:
             device = cert.device
-            if device == identity or device in devices or len(devices) >= MAX_DEVICES:
+            if device in roots_cut or device in devices or len(devices) >= MAX_DEVICES:
                 continue
-            if not _counts(identity, devices, cut, cert.certifier, cert.seq):
+            if not _counts(devices, cut, roots_cut, cert.certifier, cert.seq):
                 continue
             consent = consents.get(device)
             if consent is not None and consent != identity:
@@ -122,11 +210,16 @@ def _certified(
 
 
 def _counts(
-    identity: bytes, devices: Mapping[bytes, Device], cut: Mapping[bytes, int], author: bytes, seq: int
+    devices: Mapping[bytes, Device],
+    cut: Mapping[bytes, int],
+    roots_cut: Mapping[bytes, int | None],
+    author: bytes,
+    seq: int,
 ) -> bool:
     """Whether an entry of ``author`` at ``seq`` speaks for the identity."""
-    if author == identity:
-        return True
+    if author in roots_cut:
+        root_cut = roots_cut[author]
+        return root_cut is None or seq <= root_cut
     device = devices.get(author)
     if device is None or not device.admin or not device.consented:
         return False
@@ -135,7 +228,10 @@ def _counts(
 
 
 def _cutoffs(
-    identity: bytes, devices: Mapping[bytes, Device], revocations: list[Revocation]
+    identity: bytes,
+    devices: Mapping[bytes, Device],
+    revocations: list[Revocation],
+    roots_cut: Mapping[bytes, int | None],
 ) -> dict[bytes, int]:
     """The lowest ``after`` of each device's valid revocations (iterated: a revoked admin's
     revocations count only up to its own cut-off)."""
@@ -143,7 +239,7 @@ def _cutoffs(
     for _ in range(len(devices) + 1):
         new: dict[bytes, int] = {}
         for r in revocations:
-            if r.device in devices and _counts(identity, devices, cut, r.revoker, r.seq):
+            if r.device in devices and _counts(devices, cut, roots_cut, r.revoker, r.seq):
                 new[r.device] = min(new.get(r.device, r.after), r.after)
         if new == cut:
             break

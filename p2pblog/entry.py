@@ -61,7 +61,11 @@ DELETE: Final = "delete"
 DEVICE: Final = "device"
 DEVICE_OF: Final = "device_of"
 REVOKE: Final = "revoke"
-KINDS: Final = (POST, FOLLOW, UNFOLLOW, PROFILE, DELETE, DEVICE, DEVICE_OF, REVOKE)
+#: Root key rotation with pre-rotation (`p2pblog.devices.roots`): a commitment to the next
+#: root key's digest, and a rotation that reveals it (by the current root, or a recovery).
+COMMIT: Final = "commit"
+ROTATE: Final = "rotate"
+KINDS: Final = (POST, FOLLOW, UNFOLLOW, PROFILE, DELETE, DEVICE, DEVICE_OF, REVOKE, COMMIT, ROTATE)
 #: Longest device name, in characters of a-z, 0-9, _ and - (like a name claim's).
 MAX_DEVICE_NAME_CHARS: Final = 32
 _DEVICE_NAME_RE: Final = re.compile(r"[a-z0-9_-]{1,32}")
@@ -200,6 +204,18 @@ def _check_revoke(body: Mapping[str, Any]) -> None:
         raise EntrySchemaError(f"'after' must be a seq, 0..{limits.MAX_SEQ}")
 
 
+def _check_commit(body: Mapping[str, Any]) -> None:
+    _need_key(body, "next")
+
+
+def _check_rotate(body: Mapping[str, Any]) -> None:
+    for name in ("identity", "new", "next"):
+        _need_key(body, name)
+    cut = body.get("cut")
+    if type(cut) is not int or not 0 <= cut <= limits.MAX_SEQ:
+        raise EntrySchemaError(f"'cut' must be a seq, 0..{limits.MAX_SEQ}")
+
+
 _SCHEMAS: Final[dict[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], None]]]] = {
     POST: (frozenset({"text", "reply_to", "mentions"}), _check_post),
     FOLLOW: (frozenset({"feed"}), _check_follow),
@@ -209,6 +225,8 @@ _SCHEMAS: Final[dict[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], No
     DEVICE: (frozenset({"admin", "device", "name"}), _check_device),
     DEVICE_OF: (frozenset({"identity"}), _check_device_of),
     REVOKE: (frozenset({"after", "device"}), _check_revoke),
+    COMMIT: (frozenset({"next"}), _check_commit),
+    ROTATE: (frozenset({"cut", "identity", "new", "next"}), _check_rotate),
 }
 
 

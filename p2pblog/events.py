@@ -48,6 +48,24 @@ class PairingResolved:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyEventResolved:
+    """The lookup of ``identity``'s key-event record ended: the signed ``rotate`` entry it
+    carries (unchecked), or None."""
+
+    query_id: int
+    identity: bytes
+    entry: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RootRotated:
+    """A followed identity's root moved to ``root`` (a rotation or a recovery)."""
+
+    identity: bytes
+    root: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DevicePaired:
     """This node became a device of ``identity`` (it consented in its own feed)."""
 
@@ -191,6 +209,8 @@ Event = (
     | DmStateChanged
     | DevicePaired
     | PairingResolved
+    | KeyEventResolved
+    | RootRotated
     | JoinFinished
     | StartupFinished
     | ReachabilityChanged

@@ -70,13 +70,16 @@ from identity.limits import MENTION_WORK
 from identity.records import Record, peer_key, provider_key
 from identity.sealed import dm_id
 from p2pblog import actions
+from p2pblog.devices import key_digest
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages
-from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, UNFOLLOW, Entry
+from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, ROTATE, UNFOLLOW, Entry, decode_entry
+from p2pblog.errors import EntryError, StorageFull
 from p2pblog.events import (
     DevicePaired,
     Event,
     JoinFinished,
+    KeyEventResolved,
     MentionAdmitted,
     MentionDelivered,
     MentionRefused,
@@ -88,6 +91,7 @@ from p2pblog.events import (
     ProviderAnnounced,
     ProvidersResolved,
     RecordPublished,
+    RootRotated,
     StartupFinished,
 )
 from p2pblog.lifecycle import Lifecycle
@@ -97,6 +101,7 @@ from p2pblog.pairing import (
     IDENTITY_SETTING,
     PENDING_SETTING,
     Approvals,
+    KeptRecords,
     Pairing,
     PairingCode,
     identity_of_home,
@@ -120,6 +125,7 @@ from p2pblog.replication import (
     Replicator,
 )
 from p2pblog.replication import Event as GossipEvent
+from p2pblog.rotation import KeyEvents
 from p2pblog.store import Store
 
 __all__ = [
@@ -202,7 +208,9 @@ class NodeCore:
         )
         #: Devices: the pairing of this node with an identity, and approvals it gave.
         self.pairing = Pairing(identity.public_key, self.store, self.dht, self.queries)
-        self.approvals = Approvals(identity, self.dht)
+        self.kept = KeptRecords(self.dht, self.records.stats)
+        self.approvals = Approvals(identity, self.kept)
+        self.key_events = KeyEvents(identity, self.store, self.dht, self.queries, self.kept)
         self._devices_seen = -1
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
@@ -440,6 +448,8 @@ class NodeCore:
             self.lifecycle.published(result, now)
         elif isinstance(result, BootstrapFinished):
             self.lifecycle.joined(result, now)
+        elif isinstance(result, KeyEventResolved):
+            self._key_event(result, now)
         elif isinstance(result, PairingResolved):
             identity = self.pairing.resolved(result.identity, result.nonce)
             if identity is not None:
@@ -489,7 +499,8 @@ class NodeCore:
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
         self.discovery.maintain(wanted, now)
-        for due in (self.pairing.maintain(now), self.approvals.maintain(now)):
+        key_events = self.key_events.maintain(self.following(), self.own_identity, now)
+        for due in (self.pairing.maintain(now), self.kept.maintain(now), key_events):
             if due is not None:
                 self._maintain_at = min(self._maintain_at, due)
 
@@ -768,6 +779,35 @@ class NodeCore:
         self._devices_changed(now)
         self._drain(now)
         return entry
+
+    def _key_event(self, result: KeyEventResolved, now: float) -> None:
+        """A followed identity's rotation from the DHT: store it if it reveals the key the
+        identity committed to (a forgery cannot), and replicate the new root."""
+        raw, identity = result.entry, result.identity
+        if raw is None:
+            return
+        try:
+            entry = decode_entry(raw)
+        except EntryError:
+            self.records.stats["keyevents.invalid"] += 1
+            return
+        body = entry.body
+        if entry.kind != ROTATE or body.get("identity") != identity:
+            self.records.stats["keyevents.invalid"] += 1
+            return
+        before = self.store.root_chain(identity)[-1][0]
+        if key_digest(body["new"]) == self.store.current_commitment(identity) or self.store.has_entry(
+            entry.id
+        ):
+            try:
+                self.store.ingest_entries([entry], now_ms=int(now * 1000))
+            except StorageFull:
+                return
+        after = self.store.root_chain(identity)[-1][0]
+        if after != before:
+            self.records.stats["keyevents.rotated"] += 1
+            self._events.append(RootRotated(identity, after))
+        self._devices_changed(now)
 
     def _become_device(self, identity: bytes, now: float) -> None:
         """Our pending pairing was approved: consent, and follow the identity's feeds."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,6 +40,7 @@ from identity import Identity
 from identity.errors import LocalProtocolError
 from identity.records import (
     PAIRING_NONCE_BYTES,
+    Record,
     RecordError,
     create_pairing_record,
     pairing_key,
@@ -148,43 +150,56 @@ class Pairing:
         return identity
 
 
-class Approvals:
-    """The approver's side: keep the pairing records of recent approvals in the DHT."""
+class KeptRecords:
+    """Signed records of ours kept in the DHT for a while (approvals of devices, root
+    rotations): each re-signed and stored again every `PAIRING_REPUBLISH` seconds until
+    it expires.  ``make(seq, expires)`` signs a record's next version."""
 
-    def __init__(self, identity: Identity, dht: DhtCore) -> None:
-        self.identity = identity
+    def __init__(self, dht: DhtCore, stats: Counter[str]) -> None:
         self.dht = dht
-        self.stats: Counter[str] = Counter()
-        #: device -> (nonce, expires, next republication)
-        self._approved: dict[bytes, tuple[bytes, int, float]] = {}
+        self.stats = stats
+        #: dht key -> (make, expires, next publication)
+        self._kept: dict[bytes, tuple[Callable[[int, int], Record], int, float]] = {}
 
-    def approve(self, code: PairingCode, now: float) -> None:
-        if len(self._approved) >= MAX_APPROVALS and code.device not in self._approved:
-            oldest = min(self._approved, key=lambda d: self._approved[d][1])
-            del self._approved[oldest]
-        self._approved[code.device] = (code.nonce, int(now) + PAIRING_TTL, now)
+    def keep(self, key: bytes, make: Callable[[int, int], Record], ttl: int, now: float) -> None:
+        if len(self._kept) >= MAX_APPROVALS and key not in self._kept:
+            del self._kept[min(self._kept, key=lambda k: self._kept[k][1])]
+        self._kept[key] = (make, int(now) + ttl, now)
         self.maintain(now)
 
     def maintain(self, now: float) -> float | None:
-        """Publish the approvals that are due; the next time one is (None: none left)."""
+        """Publish the records that are due; the next time one is (None: none left)."""
         due: float | None = None
-        for device, (nonce, expires, at) in list(self._approved.items()):
+        for key, (make, expires, at) in list(self._kept.items()):
             if now >= expires:
-                del self._approved[device]
+                del self._kept[key]
                 continue
             if now >= at:
-                record = create_pairing_record(
-                    self.identity, device=device, nonce=nonce, seq=int(now * 1000), expires=expires
-                )
                 try:
-                    self.dht.start_put(pairing_key(device), record.raw, now)
-                    self.stats["pairing.published"] += 1
+                    self.dht.start_put(key, make(int(now * 1000), expires).raw, now)
+                    self.stats["kept_records.published"] += 1
                 except (LocalProtocolError, RecordError):
-                    self.stats["pairing.refused"] += 1
+                    self.stats["kept_records.refused"] += 1
                 at = now + PAIRING_REPUBLISH
-                self._approved[device] = (nonce, expires, at)
+                self._kept[key] = (make, expires, at)
             due = at if due is None else min(due, at)
         return due
+
+
+class Approvals:
+    """The approver's side: keep the pairing records of recent approvals in the DHT."""
+
+    def __init__(self, identity: Identity, kept: KeptRecords) -> None:
+        self.identity = identity
+        self.kept = kept
+
+    def approve(self, code: PairingCode, now: float) -> None:
+        def make(seq: int, expires: int) -> Record:
+            return create_pairing_record(
+                self.identity, device=code.device, nonce=code.nonce, seq=seq, expires=expires
+            )
+
+        self.kept.keep(pairing_key(code.device), make, PAIRING_TTL, now)
 
 
 def start_pairing(store: Store, own: bytes, name: str, nonce: bytes) -> PairingCode:

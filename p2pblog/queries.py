@@ -25,8 +25,18 @@ from dataclasses import dataclass
 
 from dht import ProvidersFound, ValueFound
 from dht.events import Event as DhtEvent
-from identity.records import PAIRING, PEER, RecordError, decode_record, pairing_key, peer_key
+from identity.records import (
+    KEYEVENT,
+    PAIRING,
+    PEER,
+    RecordError,
+    decode_record,
+    keyevent_key,
+    pairing_key,
+    peer_key,
+)
 from p2pblog.events import (
+    KeyEventResolved,
     NameClaimPublished,
     NameResolved,
     PairingResolved,
@@ -47,6 +57,7 @@ Result = (
     | NameClaimPublished
     | NameResolved
     | PairingResolved
+    | KeyEventResolved
 )
 
 
@@ -89,6 +100,24 @@ class FindPairing:
             if record is not None and record.type == PAIRING and record.feed == self.device:
                 return PairingResolved(qid, self.device, record.signer, record.nonce)
         return PairingResolved(qid, self.device, None, None)
+
+
+@dataclass(slots=True)
+class FindKeyEvent:
+    """A FIND_VALUE for ``identity``'s key-event record (its latest root rotation)."""
+
+    identity: bytes
+    consume: bool = True
+
+    def finish(self, qid: int, event: DhtEvent) -> Result:
+        if isinstance(event, ValueFound) and isinstance(event.value, bytes):
+            try:
+                record = decode_record(event.value, now=None, key=keyevent_key(self.identity))
+            except RecordError:
+                record = None
+            if record is not None and record.type == KEYEVENT and record.feed == self.identity:
+                return KeyEventResolved(qid, self.identity, record.payload)
+        return KeyEventResolved(qid, self.identity, None)
 
 
 @dataclass(slots=True)
@@ -158,6 +187,7 @@ Pending = (
     | PublishClaim
     | FindClaims
     | FindPairing
+    | FindKeyEvent
 )
 
 

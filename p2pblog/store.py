@@ -110,6 +110,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from identity import Identity, encode_handle, limits
 from p2pblog.entry import (
+    COMMIT,
     DELETE,
     DEVICE,
     DEVICE_OF,
@@ -117,6 +118,7 @@ from p2pblog.entry import (
     POST,
     PROFILE,
     REVOKE,
+    ROTATE,
     UNFOLLOW,
     Entry,
     create_entry,
@@ -221,7 +223,7 @@ class DeviceRow:
     certifier: bytes
 
 
-DEVICE_KINDS: Final = frozenset({DEVICE, DEVICE_OF, REVOKE})
+DEVICE_KINDS: Final = frozenset({DEVICE, DEVICE_OF, REVOKE, COMMIT, ROTATE})
 #: Certificate and revocation rows kept per author (`p2pblog.devices.MAX_DEVICES` count).
 MAX_DEVICE_ROWS: Final = 64
 
@@ -454,6 +456,22 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         certifier   BLOB NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX devices_identity ON devices (identity);
+    CREATE TABLE root_commits (
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        next        BLOB NOT NULL,
+        PRIMARY KEY (author, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE rotations (
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        identity    BLOB NOT NULL,
+        new         BLOB NOT NULL,
+        next        BLOB NOT NULL,
+        cut         INTEGER NOT NULL,
+        PRIMARY KEY (author, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX rotations_identity ON rotations (identity);
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -1206,6 +1224,23 @@ class Store:
 
     def _derive_device(self, entry: Entry) -> None:
         body, author, db = entry.body, entry.author, self._db
+        if entry.kind == ROTATE:
+            (rows,) = db.execute("SELECT count(*) FROM rotations WHERE author = ?", (author,)).fetchone()
+            if rows < MAX_DEVICE_ROWS:
+                db.execute(
+                    "INSERT OR IGNORE INTO rotations (author, seq, identity, new, next, cut) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (author, entry.seq, body["identity"], body["new"], body["next"], body["cut"]),
+                )
+                self._resolve_identity(bytes(body["identity"]))
+            return
+        if entry.kind == COMMIT:
+            db.execute(
+                "INSERT OR IGNORE INTO root_commits (author, seq, next) VALUES (?, ?, ?)",
+                (author, entry.seq, body["next"]),
+            )
+            self._resolve_identity(self.identity_of(author))
+            return
         if entry.kind == DEVICE_OF:
             db.execute(
                 "INSERT OR IGNORE INTO device_consents (device, identity) VALUES (?, ?)",
@@ -1242,11 +1277,13 @@ class Store:
             bytes(d): a
             for d, a in db.execute("SELECT device, after FROM devices WHERE identity = ?", (identity,))
         }
-        authors = [identity, *old]
+        chain = self.root_chain(identity)
+        authors = list(dict.fromkeys([*(k for k, _ in chain), *old]))
         certs = self._certs_by(authors)
         # An admin device's certificates may name devices not yet counted: resolve again with them.
         while True:
-            devices = resolve(identity, certs, self._consents(certs), self._revocations(identity, certs))
+            revocations = self._revocations(authors, certs)
+            devices = resolve(identity, certs, self._consents(certs), revocations, chain)
             extra = [k for k in devices if k not in authors and devices[k].admin]
             if not extra:
                 break
@@ -1265,6 +1302,53 @@ class Store:
                 self._caps[d.key] = d.after
                 self._truncate(d.key, d.after)
         self.devices_version += 1
+
+    def root_chain(self, identity: bytes) -> list[tuple[bytes, int | None]]:
+        """The identity's root keys, oldest first, with their cut-offs (`p2pblog.devices.roots`)."""
+        from p2pblog.devices import Rotation, roots
+
+        db = self._db
+        row = db.execute(
+            "SELECT next FROM root_commits WHERE author = ? ORDER BY seq LIMIT 1", (identity,)
+        ).fetchone()
+        rotations = [
+            Rotation(bytes(a), int(q), bytes(i), bytes(n), bytes(x), int(c))
+            for a, q, i, n, x, c in db.execute(
+                "SELECT author, seq, identity, new, next, cut FROM rotations WHERE identity = ?", (identity,)
+            )
+        ]
+        return roots(identity, bytes(row[0]) if row else None, rotations)
+
+    def current_commitment(self, identity: bytes) -> bytes | None:
+        """The digest the identity's next root key must have (None: no commitment)."""
+        chain = self.root_chain(identity)
+        if len(chain) == 1:
+            row = self._db.execute(
+                "SELECT next FROM root_commits WHERE author = ? ORDER BY seq LIMIT 1", (identity,)
+            ).fetchone()
+            return bytes(row[0]) if row else None
+        current = chain[-1][0]
+        row = self._db.execute(
+            "SELECT next FROM rotations WHERE identity = ? AND new = ? ORDER BY author != new, seq LIMIT 1",
+            (identity, current),
+        ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def rotation_entries(self, identity: bytes) -> list[bytes]:
+        """The signed ``rotate`` entries of the identity's current chain, oldest first."""
+        from p2pblog.entry import ROTATE as _ROTATE
+
+        chain = [k for k, _ in self.root_chain(identity)][1:]
+        out = []
+        for new in chain:
+            row = self._db.execute(
+                "SELECT e.raw FROM rotations r JOIN entries e ON e.author = r.author AND e.seq = r.seq "
+                "WHERE r.identity = ? AND r.new = ? AND e.kind = ? ORDER BY r.author != r.new, r.seq LIMIT 1",
+                (identity, new, _ROTATE),
+            ).fetchone()
+            if row:
+                out.append(bytes(row[0]))
+        return out
 
     def _certs_by(self, certifiers: list[bytes]) -> list[Any]:
         from p2pblog.devices import Cert
@@ -1286,10 +1370,10 @@ class Store:
         )
         return {bytes(d): bytes(i) for d, i in rows}
 
-    def _revocations(self, identity: bytes, certs: list[Any]) -> list[Any]:
+    def _revocations(self, authorities: list[bytes], certs: list[Any]) -> list[Any]:
         from p2pblog.devices import Revocation
 
-        keys = sorted({identity, *(c.certifier for c in certs)})
+        keys = sorted({*authorities, *(c.certifier for c in certs)})
         marks = ",".join("?" * len(keys))
         rows = self._db.execute(
             f"SELECT revoker, seq, device, after FROM device_revocations WHERE revoker IN ({marks})", keys

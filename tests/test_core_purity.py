@@ -32,6 +32,9 @@ CORE_MODULES = [
     "p2pblog/discovery.py",
     "p2pblog/mentions.py",
     "p2pblog/dms.py",
+    "p2pblog/devices.py",
+    "p2pblog/pairing.py",
+    "p2pblog/rotation.py",
     "p2pblog/queries.py",
     "p2pblog/record_rules.py",
     "p2pblog/events.py",
@@ -46,6 +49,8 @@ DRIVERS = ["p2pblog/daemon.py", "p2pblog/runtime.py", "simulations/node.py", "si
 #: Standard modules with no clock, I/O or global state.
 PURE_STDLIB = {
     "__future__",
+    "base64",
+    "msgpack",
     "collections",
     "collections.abc",
     "contextlib",
