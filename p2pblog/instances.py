@@ -22,9 +22,10 @@ live address.
   seconds (a third of the republication period, `NodeCore`).  `observe` looks
   at each: a record from another instance (or from no instance, signed after
   our first record of this run) at other addresses is *another node*.  It is
-  remembered (at most `MAX_DUPLICATES`, the most recently seen kept) and
-  reported once per instance with `DuplicateInstanceSeen`, which the daemon
-  logs and ``status`` shows (``duplicate_instances``).
+  remembered (at most `MAX_DUPLICATES`, the most recently seen kept; one
+  not seen for `FORGET_AFTER` is forgotten) and reported once per instance
+  with `DuplicateInstanceSeen`, which the daemon logs and ``status`` shows
+  (``duplicate_instances``).
 * **Winning back.**  When the other node's record beats ours (a higher seq: it
   was signed later), we re-sign ours at once, above it, at most once per
   `respond_every` seconds (a sixth of the republication period): two live
@@ -51,6 +52,9 @@ INSTANCE_SETTING: Final = "node.instance"
 SEQ_SETTING: Final = "peer.seq"
 #: Other instances remembered at once (the most recently seen are kept).
 MAX_DUPLICATES: Final = 8
+#: Seconds after which another instance not seen again is forgotten: a peer record's
+#: lifetime (`p2pblog.own_records.PEER_TTL`), so its last record has expired everywhere.
+FORGET_AFTER: Final = 2 * 3600.0
 #: Values our check of our own peer record gathers: the copy we hold counts as one, and
 #: a lookup stops at its quorum, so 1 would only ever read our own record back.
 SELF_CHECK_QUORUM: Final = 3
@@ -154,6 +158,8 @@ class InstanceWatch:
         if self.check_at is None or now < self.check_at:
             return False
         self.check_at = now + self.check_every
+        for instance in [i for i, d in self.duplicates.items() if d.seen + FORGET_AFTER <= now]:
+            del self.duplicates[instance]
         return True
 
     def doc(self) -> list[dict[str, object]]:

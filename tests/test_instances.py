@@ -30,7 +30,7 @@ from identity.records import (
     peer_key,
 )
 from p2pblog.events import DuplicateInstanceSeen, PeerNotResolved, PeerResolved
-from p2pblog.instances import INSTANCE_SETTING, SEQ_SETTING
+from p2pblog.instances import FORGET_AFTER, INSTANCE_SETTING, SEQ_SETTING
 from p2pblog.node import NodeCore
 from p2pblog.own_records import PEER_REPUBLISH
 from p2pblog.store import Store
@@ -189,6 +189,10 @@ def test_after_the_copy_stops_lookups_find_the_live_node_within_one_republicatio
     assert dead, "the lookup right after the stop must still name the copy (else this tests nothing)"
     assert max(dead) <= PEER_REPUBLISH
     assert answers[-1][1] == ("10.0.2.2", PORT)
+    # The warning stays while the copy's last record may live, then status forgets it.
+    assert net.cores["b"].instances.doc()
+    net.wire.advance(FORGET_AFTER + PEER_REPUBLISH / 3)
+    assert net.cores["b"].instances.doc() == []
 
 
 def test_a_stopped_copy_with_a_clock_ahead_does_not_keep_its_dead_address(net: Net) -> None:
