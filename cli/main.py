@@ -79,6 +79,7 @@ _LAZY_COMMANDS: Final = {
     "sim": "cli.sim",
     "service": "cli.service",
     "dm": "cli.dm",
+    "device": "cli.device",
     "followers": "cli.followers",
     **dict.fromkeys(
         (
@@ -294,18 +295,45 @@ def init(name: str | None, encrypt: bool) -> None:
 @main.command("id")
 @click.option("--json", "as_json", is_flag=True, help="Print handle, fingerprint and home as JSON.")
 def id_(as_json: bool) -> None:
-    """Print this node's own handle."""
+    """Print this node's own handle: the identity's, on a device paired with one
+    (`p2pblog device`); `--json` then also names the device's own key."""
     home = current_home()
     key = public_key(home)
+    identity = _paired_identity(home) or key
     if as_json:
         doc = {
-            "handle": encode_handle(key),
-            "fingerprint": fingerprint(key),
+            "handle": encode_handle(identity),
+            "fingerprint": fingerprint(identity),
             "home": str(home.path),
         }
+        if identity != key:
+            doc["device"] = encode_handle(key)
         click.echo(json.dumps(doc))
     else:
-        click.echo(encode_handle(key))
+        click.echo(encode_handle(identity))
+
+
+def _paired_identity(home: Home) -> bytes | None:
+    """The identity this device paired with (a store setting), read without loading the
+    store module: `id` is on the start-up fast path (benchmarks/bench_cli.py)."""
+    import sqlite3
+
+    if not home.store_file.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{home.store_file}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM settings WHERE key = 'device.identity'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    value = row[0] if row else ""
+    value = value.decode() if isinstance(value, bytes) else str(value or "")
+    try:
+        return bytes.fromhex(value) if len(value) == 64 else None
+    except ValueError:
+        return None
 
 
 @main.command()
@@ -444,7 +472,7 @@ def timeline(limit: int, as_json: bool, follow_: bool) -> None:
     own = public_key(home)
     with home.open_store() as store:
         items = store.timeline(own, limit=limit)
-        names = {key: store.profile(key).get("name") for key in {i.entry.author for i in items}}
+        names = _authors(store, {i.entry.author for i in items})
     if follow_:
         _follow_timeline(home, own, items[::-1], names, as_json)
         return
@@ -464,7 +492,7 @@ _FOLLOW_WINDOW: Final = 200
 
 
 def _follow_timeline(
-    home: Home, own: bytes, shown: list[FeedItem], names: dict[bytes, str | None], as_json: bool
+    home: Home, own: bytes, shown: list[FeedItem], names: dict[bytes, tuple[bytes, str | None]], as_json: bool
 ) -> None:
     """Print shown (oldest first), then each post that enters the timeline, until Ctrl-C."""
     seen: set[bytes] = set()
@@ -486,9 +514,8 @@ def _follow_timeline(
                 time.sleep(_FOLLOW_EVERY)
                 fresh = [i for i in store.timeline(own, limit=_FOLLOW_WINDOW) if i.entry.id not in seen]
                 for item in fresh[::-1]:
-                    author = item.entry.author
-                    if author not in names:
-                        names[author] = store.profile(author).get("name")
+                    if item.entry.author not in names:
+                        names.update(_authors(store, {item.entry.author}))
                     emit(item)
                 if len(seen) > 4 * _FOLLOW_WINDOW:
                     seen = {i.entry.id for i in store.timeline(own, limit=_FOLLOW_WINDOW)}
@@ -496,17 +523,29 @@ def _follow_timeline(
         pass
 
 
-def _timeline_doc(item: FeedItem, names: dict[bytes, str | None]) -> dict[str, Any]:
+def _authors(store: Store, authors: set[bytes]) -> dict[bytes, tuple[bytes, str | None]]:
+    """Each author's identity (a device's is its identity's: `p2pblog.devices`) and name."""
+    out = {}
+    for author in authors:
+        identity = store.identity_of(author)
+        out[author] = (identity, store.profile(identity).get("name"))
+    return out
+
+
+def _timeline_doc(item: FeedItem, names: dict[bytes, tuple[bytes, str | None]]) -> dict[str, Any]:
     doc = entry_to_json(item.entry, retracted=item.deleted)
+    identity, name = names.get(item.entry.author, (item.entry.author, None))
     doc["time"] = when(item.entry.timestamp)
-    doc["name"] = names.get(item.entry.author)
+    doc["name"] = name
+    if identity != item.entry.author:
+        doc["author"], doc["device"] = encode_handle(identity), encode_handle(item.entry.author)
     return doc
 
 
-def _echo_timeline_item(item: FeedItem, names: dict[bytes, str | None]) -> None:
+def _echo_timeline_item(item: FeedItem, names: dict[bytes, tuple[bytes, str | None]]) -> None:
     e = item.entry
-    name = names.get(e.author)
-    who = f"{shown_line(name)} ({fingerprint(e.author)})" if name else encode_handle(e.author)
+    identity, name = names.get(e.author, (e.author, None))
+    who = f"{shown_line(name)} ({fingerprint(identity)})" if name else encode_handle(identity)
     click.echo(f"{who}  {when(e.timestamp)}  #{e.seq}")
     if item.deleted:
         click.echo("    (deleted by its author)")

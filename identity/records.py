@@ -75,7 +75,11 @@ FORMAT_VERSION: Final = 1
 PEER: Final = "peer"
 PROVIDER: Final = "provider"
 NAME: Final = "name"
-TYPES: Final = (PEER, PROVIDER, NAME)
+#: "I, an identity's root, approved device D (pairing ``nonce``)": what a new device
+#: looks up to learn its identity (`p2pblog.pairing`).
+PAIRING: Final = "pairing"
+TYPES: Final = (PEER, PROVIDER, NAME, PAIRING)
+PAIRING_NONCE_BYTES: Final = 8
 MAX_RECORD_BYTES: Final = 1024
 MAX_ADDRS: Final = 8
 MAX_HOST_CHARS: Final = 255
@@ -99,9 +103,10 @@ _BODY_FIELDS: Final = {
     PEER: {"addrs"},
     PROVIDER: {"addrs", "feed"},
     NAME: {"claimed", "name", "nonce"},
+    PAIRING: {"device", "nonce"},
 }
 #: Body fields a record may carry besides `_BODY_FIELDS` (absent in records of earlier versions).
-_OPTIONAL_FIELDS: Final = {PEER: {"instance"}, PROVIDER: set(), NAME: set()}
+_OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {PEER: frozenset({"instance"})}
 
 
 class RecordError(ValueError):
@@ -125,6 +130,11 @@ def provider_key(feed: bytes) -> bytes:
 def name_key(name: str) -> bytes:
     """The 160-bit DHT key under which claims of a name are stored."""
     return _dht_key(b"p2pblog/name/", name.encode())
+
+
+def pairing_key(device: bytes) -> bytes:
+    """The 160-bit DHT key under which the approval of a new device is stored."""
+    return _dht_key(b"p2pblog/pairing/", device)
 
 
 def check_name(text: str) -> str:
@@ -156,6 +166,8 @@ class Record:
 
     @property
     def dht_key(self) -> bytes:
+        if self.type == PAIRING and self.feed is not None:
+            return pairing_key(self.feed)
         if self.name is not None:
             return name_key(self.name)
         return provider_key(self.feed) if self.feed is not None else peer_key(self.signer)
@@ -240,6 +252,19 @@ def create_record(
     return decode_record(identity.sign(content), now=None)
 
 
+def create_pairing_record(
+    identity: Identity, *, device: bytes, nonce: bytes, seq: int, expires: int
+) -> Record:
+    """Sign the approval of ``device`` (the pairing code's key and nonce) by ``identity``."""
+    if not isinstance(device, bytes) or len(device) != 32:
+        raise RecordError("a pairing record names a 32-byte device key")
+    if not isinstance(nonce, bytes) or len(nonce) != PAIRING_NONCE_BYTES:
+        raise RecordError(f"a pairing nonce is {PAIRING_NONCE_BYTES} bytes")
+    body = {"device": device, "nonce": nonce}
+    content = msgpack.packb([FORMAT_VERSION, PAIRING, identity.public_key, seq, expires, body])
+    return decode_record(identity.sign(content), now=None)
+
+
 def _check_int(name: str, value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
         raise RecordError(f"{name} must be a non-negative integer")
@@ -299,7 +324,7 @@ def decode_record(
     expected = _BODY_FIELDS[rtype]
     if (
         not isinstance(body, dict)
-        or not expected <= set(body) <= expected | _OPTIONAL_FIELDS[rtype]
+        or not expected <= set(body) <= expected | _OPTIONAL_FIELDS.get(rtype, frozenset())
         or list(body) != sorted(body)
     ):
         raise RecordError(f"a {rtype} record body has exactly {sorted(expected)} (sorted)")
@@ -310,7 +335,13 @@ def decode_record(
     nonce: bytes | None = None
     instance: bytes | None = None
     work = 0
-    if rtype == NAME:
+    if rtype == PAIRING:
+        feed, nonce = body["device"], body["nonce"]
+        if not isinstance(feed, bytes) or len(feed) != 32:
+            raise RecordError("a pairing record names a 32-byte device key")
+        if not isinstance(nonce, bytes) or len(nonce) != PAIRING_NONCE_BYTES:
+            raise RecordError(f"a pairing nonce is {PAIRING_NONCE_BYTES} bytes")
+    elif rtype == NAME:
         name, claimed, nonce = body["name"], body["claimed"], body["nonce"]
         check_name(name)
         _check_int("claimed", claimed)

@@ -67,7 +67,7 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
-from p2pblog.events import DmRefused, DmStateChanged, DmStored, DuplicateInstanceSeen
+from p2pblog.events import DevicePaired, DmRefused, DmStateChanged, DmStored, DuplicateInstanceSeen
 from p2pblog.followers import count_followers
 from p2pblog.home import Home
 from p2pblog.node import (
@@ -83,6 +83,7 @@ from p2pblog.node import (
     StartupFinished,
 )
 from p2pblog.own_records import PEER_REPUBLISH
+from p2pblog.pairing import decode_code, pending
 from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
@@ -485,6 +486,8 @@ class NodeService:
             elif isinstance(event, MentionDelivered):
                 verdict = "admitted" if event.admitted else f"refused (status {event.status})"
                 self._log(f"mention notice to {fingerprint(event.recipient)} {verdict}")
+            elif isinstance(event, DevicePaired):
+                self._log(f"paired: this node is now a device of {encode_handle(event.identity)}")
             elif isinstance(event, DmStored):
                 self._log(f"direct message from {fingerprint(event.sender)} stored in {event.folder}")
             elif isinstance(event, DmStateChanged):
@@ -593,6 +596,8 @@ class NodeService:
             "name_claim": self._name_claim,
             "resolve": self._resolve,
             "replicas": self._replicas,
+            "device_approve": self._device_approve,
+            "device_revoke": self._device_revoke,
             "dm_send": self._dm_send,
             "dm_read": self._dm_read,
             "followers": self._followers,
@@ -633,6 +638,27 @@ class NodeService:
             raise CommandFailed(str(exc)) from None
         self._flush()
         return {"id": entry.id.hex(), "seq": entry.seq, "profile": fields}
+
+    async def _device_approve(self, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            code = decode_code(str(args.get("code", "")))
+            entry = self.core.approve_device(code, unix_now(), admin=bool(args.get("admin")))
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
+        self._flush()
+        if entry is not None:
+            self._appended(entry)
+        return {"device": encode_handle(code.device), "name": code.name, "seq": entry.seq if entry else None}
+
+    async def _device_revoke(self, args: dict[str, Any]) -> dict[str, Any]:
+        key = self._key_arg(args)
+        try:
+            entry = self.core.revoke_device(key, unix_now())
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
+        self._flush()
+        self._appended(entry)
+        return {"device": encode_handle(key), "after": entry.body["after"], "seq": entry.seq}
 
     async def _dm_send(self, args: dict[str, Any]) -> dict[str, Any]:
         key = self._key_arg(args)
@@ -824,6 +850,8 @@ class NodeService:
             "instance": core.instances.instance.hex(),
             "duplicate_instances": core.instances.doc(),
             "mentions_pending": len(core.pending_mentions()),
+            "identity": encode_handle(core.own_identity),
+            "pairing_pending": pending(store) is not None,
             "dms": {
                 "pending": len(core.dms.pending()),
                 "held_for_others": core.dms.held_count,

@@ -20,7 +20,7 @@ proof-of-work stamp over (recipient, message id), made by the driver
    its peer record, and retry `DM_RETRY_FIRST` seconds later, doubling up to
    `DM_RETRY_MAX`, at most `DM_ATTEMPTS` times (then ``undelivered``, or
    still ``held by N``);
-3. meanwhile, *deposit* it with up to `DM_HOLDERS` holders: peers that
+3. from the second attempt on (`DEPOSIT_AFTER`), *deposit* it with up to `DM_HOLDERS` holders: peers that
    replicate the recipient's feed (connected peers whose clock names it, and
    the providers of that feed in the DHT, searched at most every
    `HOLDER_SEARCH_EVERY` seconds and dialled).  A holder answers HELD and
@@ -79,6 +79,9 @@ DM_ACK_TIMEOUT: Final = 30.0
 #: the DHT is searched for them (providers of the recipient's feed).
 DM_HOLDERS: Final = 2
 HOLDER_SEARCH_EVERY: Final = 60.0
+#: Direct attempts before a message is deposited with holders: the first try usually
+#: dials a recipient that is online, and a deposit then would only make extra copies.
+DEPOSIT_AFTER: Final = 2
 #: Most work bits we pay when a recipient asks for more.
 MAX_DM_STAMP_WORK: Final = 24
 #: Per transmitting peer: a burst of DMs, then one every 1/DM_RATE seconds (a holder
@@ -250,9 +253,10 @@ class DirectMessages:
                         resolving.add(recipient)
                         self.discovery.resolve(recipient, now, consume=True)
                     item.next_at = now + backoff(item.attempts - 1, DM_RETRY_FIRST, DM_RETRY_MAX)
-            if recipient not in item.asked:
-                # Not on its way to the recipient: leave it with holders meanwhile (between
-                # attempts too, as holders connect or are found; that costs no attempt).
+            if recipient not in item.asked and item.attempts >= DEPOSIT_AFTER:
+                # Not on its way to the recipient after a first try (an online recipient is
+                # usually dialled by then): leave it with holders meanwhile (between attempts
+                # too, as holders connect or are found; that costs no attempt).
                 wanted |= self._deposit(did, item, now)
             self._wake(item.next_at)
         self._deliver_held(now)

@@ -56,7 +56,15 @@ FOLLOW: Final = "follow"
 UNFOLLOW: Final = "unfollow"
 PROFILE: Final = "profile"
 DELETE: Final = "delete"
-KINDS: Final = (POST, FOLLOW, UNFOLLOW, PROFILE, DELETE)
+#: Devices (`p2pblog.devices`): a certificate of a device key by its identity's root (or an
+#: admin device), the device's acceptance naming its identity, and a revocation.
+DEVICE: Final = "device"
+DEVICE_OF: Final = "device_of"
+REVOKE: Final = "revoke"
+KINDS: Final = (POST, FOLLOW, UNFOLLOW, PROFILE, DELETE, DEVICE, DEVICE_OF, REVOKE)
+#: Longest device name, in characters of a-z, 0-9, _ and - (like a name claim's).
+MAX_DEVICE_NAME_CHARS: Final = 32
+_DEVICE_NAME_RE: Final = re.compile(r"[a-z0-9_-]{1,32}")
 
 _MENTION_RE: Final = re.compile(r"@pb1[0-9a-z]{58}(?![0-9a-z])", re.IGNORECASE)
 
@@ -172,12 +180,35 @@ def _check_delete(body: Mapping[str, Any]) -> None:
         raise EntrySchemaError(f"'target' must be a {ID_BYTES}-byte entry id")
 
 
+def _check_device(body: Mapping[str, Any]) -> None:
+    _need_key(body, "device")
+    name = body.get("name")
+    if not isinstance(name, str) or _DEVICE_NAME_RE.fullmatch(name) is None:
+        raise EntrySchemaError(f"'name' is 1-{MAX_DEVICE_NAME_CHARS} characters of a-z, 0-9, _ and -")
+    if not isinstance(body.get("admin"), bool):
+        raise EntrySchemaError("'admin' must be true or false")
+
+
+def _check_device_of(body: Mapping[str, Any]) -> None:
+    _need_key(body, "identity")
+
+
+def _check_revoke(body: Mapping[str, Any]) -> None:
+    _need_key(body, "device")
+    after = body.get("after")
+    if type(after) is not int or not 0 <= after <= limits.MAX_SEQ:
+        raise EntrySchemaError(f"'after' must be a seq, 0..{limits.MAX_SEQ}")
+
+
 _SCHEMAS: Final[dict[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], None]]]] = {
     POST: (frozenset({"text", "reply_to", "mentions"}), _check_post),
     FOLLOW: (frozenset({"feed"}), _check_follow),
     UNFOLLOW: (frozenset({"feed"}), _check_follow),
     PROFILE: (frozenset({"name", "bio"}), _check_profile),
     DELETE: (frozenset({"target"}), _check_delete),
+    DEVICE: (frozenset({"admin", "device", "name"}), _check_device),
+    DEVICE_OF: (frozenset({"identity"}), _check_device_of),
+    REVOKE: (frozenset({"after", "device"}), _check_revoke),
 }
 
 

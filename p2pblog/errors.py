@@ -66,6 +66,10 @@ class FeedForkedError(ChainError):
     """The feed is forked: nothing past the fork is accepted."""
 
 
+class DeviceRevokedError(ChainError):
+    """The feed is a device's that its identity revoked: nothing past the cut-off is accepted."""
+
+
 class StoreError(P2PBlogError):
     """The store cannot be opened or is from a newer version of p2pblog."""
 

@@ -37,6 +37,24 @@ class PeerNotResolved:
 
 
 @dataclass(frozen=True, slots=True)
+class PairingResolved:
+    """The lookup of our pending pairing's approval ended: the approving ``identity`` and
+    the record, or None while nobody has approved us yet (`p2pblog.pairing`)."""
+
+    query_id: int
+    device: bytes
+    identity: bytes | None
+    nonce: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePaired:
+    """This node became a device of ``identity`` (it consented in its own feed)."""
+
+    identity: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RecordPublished:
     """Our own peer record was stored at ``stored_at`` of the closest nodes."""
 
@@ -182,6 +200,8 @@ Event = (
     | DmStored
     | DmRefused
     | DmStateChanged
+    | DevicePaired
+    | PairingResolved
     | JoinFinished
     | StartupFinished
     | DuplicateInstanceSeen

@@ -77,8 +77,9 @@ from identity.sealed import dm_id
 from p2pblog import actions
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages
-from p2pblog.entry import FOLLOW, UNFOLLOW, Entry
+from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, UNFOLLOW, Entry
 from p2pblog.events import (
+    DevicePaired,
     Event,
     JoinFinished,
     MentionAdmitted,
@@ -86,6 +87,7 @@ from p2pblog.events import (
     MentionRefused,
     NameClaimPublished,
     NameResolved,
+    PairingResolved,
     PeerNotResolved,
     PeerResolved,
     ProviderAnnounced,
@@ -97,6 +99,14 @@ from p2pblog.instances import SELF_CHECK_QUORUM, InstanceWatch, home_instance
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
 from p2pblog.own_records import FIRST_CONTACT_POLL, PEER_REPUBLISH, OwnRecords
+from p2pblog.pairing import (
+    IDENTITY_SETTING,
+    PENDING_SETTING,
+    Approvals,
+    Pairing,
+    PairingCode,
+    identity_of_home,
+)
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address
 from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
@@ -215,6 +225,10 @@ class NodeCore:
             random_bytes=random_bytes,
             work=mention_work,
         )
+        #: Devices: the pairing of this node with an identity, and approvals it gave.
+        self.pairing = Pairing(identity.public_key, self.store, self.dht, self.queries)
+        self.approvals = Approvals(identity, self.dht)
+        self._devices_seen = -1
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
         self.reachability = Reachability(self.replicator, now, enabled=check_reachability)
@@ -235,6 +249,7 @@ class NodeCore:
         self._consumed: deque[Result | BootstrapFinished] = deque()
         self._maintain_at = now
         self._now = now
+        self._devices_changed(now)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -280,6 +295,24 @@ class NodeCore:
 
     def following(self) -> set[bytes]:
         return self.store.following(self.identity.public_key)
+
+    @property
+    def own_identity(self) -> bytes:
+        """The identity this node speaks for: the one it paired with, else its own key."""
+        return identity_of_home(self.store, self.identity.public_key)
+
+    def wanted_feeds(self) -> set[bytes]:
+        """The feeds to replicate: those followed, and the devices of the identities
+        followed and of our own (`p2pblog.devices`)."""
+        following = self.following()
+        return following | self.store.device_feeds({*following, self.own_identity})
+
+    def _devices_changed(self, now: float) -> None:
+        """Replicate the devices' feeds when the devices of some identity changed."""
+        if self.store.devices_version != self._devices_seen:
+            self._devices_seen = self.store.devices_version
+            self.replicator.set_wanted(self.wanted_feeds(), now)
+            self._refresh_priority()
 
     def _priority_records_has(self, key: bytes) -> bool:
         return key in self._priority_records
@@ -433,6 +466,7 @@ class NodeCore:
             self._dm_events()
         elif isinstance(gossip, EntriesStored):
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
+            self._devices_changed(now)
         elif isinstance(gossip, DialBackResult):
             self.reachability.result(gossip, now)
             self._reachability_events(now)
@@ -456,6 +490,10 @@ class NodeCore:
             self.lifecycle.published(result, now)
         elif isinstance(result, BootstrapFinished):
             self.lifecycle.joined(result, now)
+        elif isinstance(result, PairingResolved):
+            identity = self.pairing.resolved(result.identity, result.nonce)
+            if identity is not None:
+                self._become_device(identity, now)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -503,6 +541,9 @@ class NodeCore:
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
         self.discovery.maintain(wanted, now)
+        for due in (self.pairing.maintain(now), self.approvals.maintain(now)):
+            if due is not None:
+                self._maintain_at = min(self._maintain_at, due)
 
     def _relays_changed(self, now: float) -> None:
         """Our relays changed: the records name the new ones (the peer record at once, the
@@ -657,7 +698,7 @@ class NodeCore:
         entry = self.store.append(self.identity, FOLLOW, {"feed": feed}, int(now * 1000))
         self.discovery.follow(feed, now)
         self._maintain_at = now
-        self.replicator.set_wanted(self.following(), now)
+        self.replicator.set_wanted(self.wanted_feeds(), now)
         self._refresh_priority()
         self.replicator.feed_appended(entry.author, now)
         self._drain(now)
@@ -671,7 +712,7 @@ class NodeCore:
         self.discovery.unfollow(feed)
         if feed in self.records.provided:
             self.records.withdraw(feed)
-        self.replicator.set_wanted(self.following(), now)
+        self.replicator.set_wanted(self.wanted_feeds(), now)
         self.replicator.feed_appended(entry.author, now)
         self._drain(now)
         return entry
@@ -738,6 +779,63 @@ class NodeCore:
         self.dms.stamp_made(entry_id, recipient, nonce, now)
         self._dm_events()
         self._drain(now)
+
+    # -- devices (`p2pblog.devices`, `p2pblog.pairing`) ----------------------------------
+
+    def approve_device(self, code: PairingCode, now: float, *, admin: bool = False) -> Entry | None:
+        """Certify the device of a pairing code (a ``device`` entry; None if it is certified
+        already) and publish the approval it is waiting for.  ValueError for our own key or
+        a device of another identity."""
+        own = self.identity.public_key
+        identity = self.own_identity
+        if code.device in (own, identity):
+            raise ValueError("that pairing code is this node's own")
+        if self.store.identity_of(code.device) not in (code.device, identity):
+            raise ValueError("that device belongs to another identity")
+        known = {d.key: d for d in self.store.devices_of(identity)}
+        if identity != own and not (own in known and known[own].admin and known[own].after is None):
+            raise ValueError("this device may not approve devices: approve on the identity's root device")
+        entry = None
+        if code.device not in known or known[code.device].after is not None:
+            body = {"admin": admin, "device": code.device, "name": code.name or "device"}
+            entry = self.store.append(self.identity, DEVICE, body, int(now * 1000))
+        self.approvals.approve(code, now)
+        if entry is not None:
+            self._appended(entry, now)
+        self._devices_changed(now)
+        self._drain(now)
+        return entry
+
+    def revoke_device(self, device: bytes, now: float) -> Entry:
+        """Revoke a device of our identity after the last entry of it we hold."""
+        identity = self.own_identity
+        known = {d.key: d for d in self.store.devices_of(identity)}
+        if device not in known:
+            raise ValueError("not a device of this identity")
+        if known[device].after is not None:
+            raise ValueError("that device is revoked already")
+        body = {"after": self.store.latest_seq(device), "device": device}
+        entry = self.store.append(self.identity, REVOKE, body, int(now * 1000))
+        self._appended(entry, now)
+        self._devices_changed(now)
+        self._drain(now)
+        return entry
+
+    def _become_device(self, identity: bytes, now: float) -> None:
+        """Our pending pairing was approved: consent, and follow the identity's feeds."""
+        own = self.identity.public_key
+        self.store.append(self.identity, DEVICE_OF, {"identity": identity}, int(now * 1000))
+        self.store.set_setting(IDENTITY_SETTING, identity.hex())
+        self.store.set_setting(PENDING_SETTING, "")
+        self.replicator.feed_appended(own, now)
+        if identity != own and identity not in self.following():
+            # As `follow`, without draining: this runs inside `_drain`.
+            self.store.append(self.identity, FOLLOW, {"feed": identity}, int(now * 1000))
+            self.discovery.follow(identity, now)
+            self._maintain_at = now
+        self._devices_seen = -1
+        self._devices_changed(now)
+        self._events.append(DevicePaired(identity))
 
     # -- direct messages ----------------------------------------------------------------
 

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 
 from dht import ProvidersFound, ValueFound
 from dht.events import Event as DhtEvent
-from identity.records import PEER, RecordError, decode_record, peer_key
+from identity.records import PAIRING, PEER, RecordError, decode_record, pairing_key, peer_key
 from p2pblog.events import (
     NameClaimPublished,
     NameResolved,
+    PairingResolved,
     PeerNotResolved,
     PeerResolved,
     ProviderAnnounced,
@@ -45,6 +46,7 @@ Result = (
     | ProvidersResolved
     | NameClaimPublished
     | NameResolved
+    | PairingResolved
 )
 
 
@@ -69,6 +71,24 @@ class ResolvePeer:
             if record is not None and record.type == PEER and record.signer == self.key:
                 return PeerResolved(qid, self.key, record, event.hops)
         return PeerNotResolved(qid, self.key)
+
+
+@dataclass(slots=True)
+class FindPairing:
+    """A FIND_VALUE for the approval of ``device`` (a pairing record naming it)."""
+
+    device: bytes
+    consume: bool = True
+
+    def finish(self, qid: int, event: DhtEvent) -> Result:
+        if isinstance(event, ValueFound) and isinstance(event.value, bytes):
+            try:
+                record = decode_record(event.value, now=None, key=pairing_key(self.device))
+            except RecordError:
+                record = None
+            if record is not None and record.type == PAIRING and record.feed == self.device:
+                return PairingResolved(qid, self.device, record.signer, record.nonce)
+        return PairingResolved(qid, self.device, None, None)
 
 
 @dataclass(slots=True)
@@ -130,7 +150,15 @@ class FindClaims:
         return NameResolved(qid, self.name, verified_claims(self.name, values))
 
 
-Pending = ResolvePeer | PublishPeerRecord | AnnounceProvider | FindProviders | PublishClaim | FindClaims
+Pending = (
+    ResolvePeer
+    | PublishPeerRecord
+    | AnnounceProvider
+    | FindProviders
+    | PublishClaim
+    | FindClaims
+    | FindPairing
+)
 
 
 class PendingQueries:

@@ -111,9 +111,12 @@ from typing import TYPE_CHECKING, Any, Final
 from identity import Identity, encode_handle, limits
 from p2pblog.entry import (
     DELETE,
+    DEVICE,
+    DEVICE_OF,
     FOLLOW,
     POST,
     PROFILE,
+    REVOKE,
     UNFOLLOW,
     Entry,
     create_entry,
@@ -121,6 +124,7 @@ from p2pblog.entry import (
 )
 from p2pblog.errors import (
     ChainError,
+    DeviceRevokedError,
     EntryError,
     EntryFromFuture,
     EntrySignatureError,
@@ -203,6 +207,23 @@ def recorded_damage(path: Path | str) -> str | None:
     with suppress(OSError):  # the store was replaced (restored from a backup): not damaged
         _damage_marker(path).unlink()
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """A device of an identity, as `Store.devices_of` lists it (`p2pblog.devices.Device`)."""
+
+    key: bytes
+    name: str
+    admin: bool
+    consented: bool
+    after: int | None
+    certifier: bytes
+
+
+DEVICE_KINDS: Final = frozenset({DEVICE, DEVICE_OF, REVOKE})
+#: Certificate and revocation rows kept per author (`p2pblog.devices.MAX_DEVICES` count).
+MAX_DEVICE_ROWS: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +422,39 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         expires     INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 8: devices (`p2pblog.devices`): the certificate, consent and revocation entries of
+    # held feeds, and what they resolve to (``devices``: each device's identity).
+    """
+    CREATE TABLE device_certs (
+        certifier   BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        device      BLOB NOT NULL,
+        name        TEXT NOT NULL,
+        admin       INTEGER NOT NULL,
+        PRIMARY KEY (certifier, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE device_consents (
+        device      BLOB PRIMARY KEY,
+        identity    BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE device_revocations (
+        revoker     BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        device      BLOB NOT NULL,
+        after       INTEGER NOT NULL,
+        PRIMARY KEY (revoker, seq)
+    ) WITHOUT ROWID;
+    CREATE TABLE devices (
+        device      BLOB PRIMARY KEY,
+        identity    BLOB NOT NULL,
+        name        TEXT NOT NULL,
+        admin       INTEGER NOT NULL,
+        consented   INTEGER NOT NULL,
+        after       INTEGER,
+        certifier   BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX devices_identity ON devices (identity);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Entries decoded and sent to a verifier thread at a time by `Store.ingest_many`.
@@ -593,6 +647,11 @@ class Store:
         # Set when an error escaped a batch of writes (`_write_batch` queues rows, so
         # it may stop half-way): the transaction it joined must not commit.
         self._half_written = False
+        #: Revoked devices: the last seq of each one's feed that may be stored.
+        self._caps: dict[bytes, int] = {}
+        #: Raised whenever the devices of some identity change (the node re-reads them).
+        self.devices_version = 0
+        self._load_caps()
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -765,6 +824,15 @@ class Store:
         if self._conn.in_transaction:
             with suppress(sqlite3.OperationalError):
                 self._conn.execute("ROLLBACK")
+        with suppress(sqlite3.Error):
+            self._load_caps()
+
+    def _load_caps(self) -> None:
+        try:
+            rows = self._conn.execute("SELECT device, after FROM devices WHERE after IS NOT NULL").fetchall()
+        except sqlite3.OperationalError:  # a store not migrated (read-only): no devices
+            rows = []
+        self._caps = {bytes(d): int(a) for d, a in rows}
 
     def _disk_full(self, exc: sqlite3.Error) -> bool:
         """Whether exc is SQLite saying the disk is full (see the module docstring)."""
@@ -988,6 +1056,7 @@ class Store:
         mentioned: list[tuple[bytes, bytes]] = []
         heads = self._heads
         limit = None if now_ms is None else now_ms + limits.MAX_AHEAD_MS
+        caps = self._caps
         # The head of the feed being extended lives in locals while entries extend it
         # (a batch is mostly runs of one feed), and goes to ``heads`` when the run ends.
         run: bytes | None = None  # its author; None: no run (or a forked feed)
@@ -1011,6 +1080,7 @@ class Store:
                 and entry.seq == run_seq + 1
                 and entry.prev == run_id
                 and (limit is None or entry.timestamp <= limit)
+                and (not caps or author not in caps)
             ):
                 run_seq, run_id = entry.seq, entry.id
                 kind = entry.kind
@@ -1050,6 +1120,12 @@ class Store:
     def _ingest_decoded(self, entry: Entry, now_ms: int | None) -> Ingested:
         # Every check comes before the first write: an entry is stored whole or not at all.
         check_not_ahead(entry, now_ms)
+        cap = self._caps.get(entry.author)
+        if cap is not None and entry.seq > cap:
+            raise DeviceRevokedError(
+                f"device {encode_handle(entry.author)} was revoked after its seq {cap}: "
+                f"seq {entry.seq} is not its identity's"
+            )
         state = self.feed_state(entry.author)
         if entry.seq <= state.latest_seq:
             row = self._db.execute(
@@ -1116,6 +1192,8 @@ class Store:
             self._db.execute(
                 "DELETE FROM follows WHERE follower = ? AND feed = ?", (entry.author, entry.feed)
             )
+        elif kind in DEVICE_KINDS:
+            self._derive_device(entry)
         elif kind == DELETE:
             # Only the author may retract, and only an earlier entry of the same feed.
             self._db.execute(
@@ -1123,6 +1201,144 @@ class Store:
                 "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
                 (entry.id, entry.target, entry.author, entry.seq),
             )
+
+    # -- devices (`p2pblog.devices`) ----------------------------------------------------
+
+    def _derive_device(self, entry: Entry) -> None:
+        body, author, db = entry.body, entry.author, self._db
+        if entry.kind == DEVICE_OF:
+            db.execute(
+                "INSERT OR IGNORE INTO device_consents (device, identity) VALUES (?, ?)",
+                (author, body["identity"]),
+            )
+            self._resolve_identity(bytes(body["identity"]))
+            return
+        (rows,) = db.execute(
+            "SELECT (SELECT count(*) FROM device_certs WHERE certifier = ?) + "
+            "(SELECT count(*) FROM device_revocations WHERE revoker = ?)",
+            (author, author),
+        ).fetchone()
+        if rows >= MAX_DEVICE_ROWS:
+            return  # a feed that certifies without end: the first rows are what counts
+        if entry.kind == DEVICE:
+            db.execute(
+                "INSERT OR IGNORE INTO device_certs (certifier, seq, device, name, admin) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (author, entry.seq, body["device"], body["name"], body["admin"]),
+            )
+        else:
+            db.execute(
+                "INSERT OR IGNORE INTO device_revocations (revoker, seq, device, after) VALUES (?, ?, ?, ?)",
+                (author, entry.seq, body["device"], body["after"]),
+            )
+        self._resolve_identity(self.identity_of(author))
+
+    def _resolve_identity(self, identity: bytes) -> None:
+        """Recompute the identity's devices; drop what revoked devices wrote after their cut-off."""
+        from p2pblog.devices import resolve
+
+        db = self._db
+        old = {
+            bytes(d): a
+            for d, a in db.execute("SELECT device, after FROM devices WHERE identity = ?", (identity,))
+        }
+        authors = [identity, *old]
+        certs = self._certs_by(authors)
+        # An admin device's certificates may name devices not yet counted: resolve again with them.
+        while True:
+            devices = resolve(identity, certs, self._consents(certs), self._revocations(identity, certs))
+            extra = [k for k in devices if k not in authors and devices[k].admin]
+            if not extra:
+                break
+            authors += extra
+            certs += self._certs_by(extra)
+        db.execute("DELETE FROM devices WHERE identity = ?", (identity,))
+        db.executemany(
+            "INSERT OR REPLACE INTO devices (device, identity, name, admin, consented, after, certifier) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d.key, identity, d.name, d.admin, d.consented, d.after, d.certifier) for d in devices.values()],
+        )
+        for key in old:
+            self._caps.pop(key, None)
+        for d in devices.values():
+            if d.after is not None and d.consented:
+                self._caps[d.key] = d.after
+                self._truncate(d.key, d.after)
+        self.devices_version += 1
+
+    def _certs_by(self, certifiers: list[bytes]) -> list[Any]:
+        from p2pblog.devices import Cert
+
+        marks = ",".join("?" * len(certifiers))
+        rows = self._db.execute(
+            f"SELECT certifier, seq, device, name, admin FROM device_certs WHERE certifier IN ({marks})",
+            certifiers,
+        )
+        return [Cert(bytes(d), bytes(c), int(q), _text(n), bool(a)) for c, q, d, n, a in rows]
+
+    def _consents(self, certs: list[Any]) -> dict[bytes, bytes]:
+        keys = sorted({c.device for c in certs})
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(
+            f"SELECT device, identity FROM device_consents WHERE device IN ({marks})", keys
+        )
+        return {bytes(d): bytes(i) for d, i in rows}
+
+    def _revocations(self, identity: bytes, certs: list[Any]) -> list[Any]:
+        from p2pblog.devices import Revocation
+
+        keys = sorted({identity, *(c.certifier for c in certs)})
+        marks = ",".join("?" * len(keys))
+        rows = self._db.execute(
+            f"SELECT revoker, seq, device, after FROM device_revocations WHERE revoker IN ({marks})", keys
+        )
+        return [Revocation(bytes(d), bytes(r), int(q), int(a)) for r, q, d, a in rows]
+
+    def _truncate(self, device: bytes, after: int) -> None:
+        """Drop a revoked device's entries after ``after`` (they are not its identity's)."""
+        state = self.feed_state(device)
+        if state.latest_seq <= after:
+            return
+        db = self._db
+        ids = [
+            bytes(i)
+            for (i,) in db.execute("SELECT id FROM entries WHERE author = ? AND seq > ?", (device, after))
+        ]
+        db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
+        db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
+        row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
+        self._set_head(FeedState(device, after, bytes(row[0]) if row else None, state.forked_seq))
+
+    def identity_of(self, key: bytes) -> bytes:
+        """The identity a key speaks for: its identity if it is a consented device, else itself."""
+        row = self._db.execute(
+            "SELECT identity FROM devices WHERE device = ? AND consented", (key,)
+        ).fetchone()
+        return bytes(row[0]) if row else key
+
+    def devices_of(self, identity: bytes) -> list[DeviceRow]:
+        """The identity's devices (certified; ``consented`` once the device said so), by name."""
+        rows = self._db.execute(
+            "SELECT device, name, admin, consented, after, certifier FROM devices WHERE identity = ? "
+            "ORDER BY name, device",
+            (identity,),
+        )
+        return [
+            DeviceRow(bytes(d), _text(n), bool(a), bool(c), None if x is None else int(x), bytes(f))
+            for d, n, a, c, x, f in rows
+        ]
+
+    def device_feeds(self, identities: Iterable[bytes]) -> set[bytes]:
+        """Feeds to replicate for these identities' devices: every certified device (its
+        consent is in its feed), except revoked ones held up to their cut-off."""
+        out: set[bytes] = set()
+        for identity in identities:
+            for d in self.devices_of(identity):
+                if d.after is None or self.latest_seq(d.key) < d.after:
+                    out.add(d.key)
+        return out
 
     # -- reading ----------------------------------------------------------------
 
@@ -1225,12 +1441,15 @@ class Store:
             )
             t, a, q = before
             params = (t, t, a, a, q)
+        # The devices of the identities followed (and of the owner's): one merged timeline.
         rows = self._db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} "
             "WHERE e.kind = ? AND (e.author = ? OR e.author IN "
-            f"  (SELECT feed FROM follows WHERE follower = ?)) AND {_NOT_BLOCKED} {after}"
+            "  (SELECT feed FROM follows WHERE follower = ?) OR e.author IN "
+            "  (SELECT device FROM devices WHERE consented AND (identity = ? OR identity IN "
+            f"    (SELECT feed FROM follows WHERE follower = ?)))) AND {_NOT_BLOCKED} {after}"
             "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
-            (POST, owner, owner, *params, limit),
+            (POST, owner, owner, owner, owner, *params, limit),
         )
         return [_item(row) for row in rows]
 

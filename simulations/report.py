@@ -81,6 +81,8 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["attacks"]
     if scenario.expect == type(scenario.expect)():
         del echo["expect"]
+    if scenario.dms == type(scenario.dms)():
+        del echo["dms"]
     return echo
 
 
@@ -123,6 +125,8 @@ def summary(result: Result) -> list[str]:
         f"({_share(m, 'dht.success_ratio', 'dht.lookups')}), {_num(_get(m, 'dht.hops_mean'))} hops mean"
     )
     lines.append(_convergence_text(m))
+    if "dms" in m:
+        lines.append(_dm_text(m))
     if "hostile" in m:
         lines.append(_hostile_text(m))
     lines.append(_oracle_text(result))
@@ -220,7 +224,6 @@ def _report(result: Result) -> str:
         out += [sc.description, ""]
     out += ["## Scenario", "", *_scenario_lines(sc, m), f"- **Events run**: {result.events:,}", ""]
     out += ["## Oracles", "", *_oracle_lines(result), ""]
-    latency = [(q, _secs(_get(m, f"delivery.latency_s.{q}"))) for q in ("p50", "p90", "p99", "max", "mean")]
     out += [
         "## Delivery",
         "",
@@ -228,9 +231,7 @@ def _report(result: Result) -> str:
         f"offline for good); {_int(_get(m, 'delivery.delivered'))} of {_int(_get(m, 'delivery.expected'))} "
         f"expected deliveries to honest followers: **{_share(m, 'delivery.ratio', 'delivery.expected')}**.",
         "",
-        "| latency | " + " | ".join(q for q, _ in latency) + " |",
-        "|---|" + "---:|" * len(latency),
-        "| seconds | " + " | ".join(v for _, v in latency) + " |",
+        *_latency_table(m, "delivery.latency_s"),
         "",
         "## Amplification",
         "",
@@ -252,6 +253,8 @@ def _report(result: Result) -> str:
         keys = sorted(hops, key=int)
         out += ["| hops | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         out += ["| lookups | " + " | ".join(str(hops[k]) for k in keys) + " |", ""]
+    if "dms" in m:
+        out += ["## Direct messages", "", *_dm_lines(sc, m), ""]
     if "hostile" in m:
         out += ["## Under attack", "", *_hostile_lines(m), ""]
     out += ["## Convergence", "", _convergence_text(m) + ".", ""]
@@ -313,6 +316,55 @@ def _scenario_lines(sc: Scenario, metrics: dict[str, Any] | None = None) -> list
     return lines
 
 
+def _latency_table(m: dict[str, Any], path: str) -> list[str]:
+    """A one-row table of the latency percentiles under ``path``."""
+    latency = [(q, _secs(_get(m, f"{path}.{q}"))) for q in ("p50", "p90", "p99", "max", "mean")]
+    return [
+        "| latency | " + " | ".join(q for q, _ in latency) + " |",
+        "|---|" + "---:|" * len(latency),
+        "| seconds | " + " | ".join(v for _, v in latency) + " |",
+    ]
+
+
+def _dm_text(m: dict[str, Any]) -> str:
+    """One line: direct messages delivered (in all and within the deadline) and their latency."""
+    return (
+        f"DMs {_share(m, 'dms.ratio', 'dms.sent')} delivered ({_int(_get(m, 'dms.delivered'))}/"
+        f"{_int(_get(m, 'dms.sent'))}), {_share(m, 'dms.within_deadline.ratio', 'dms.sent')} within "
+        f"{_secs(_get(m, 'dms.within_deadline.deadline_s'))}; latency p50 "
+        f"{_secs(_get(m, 'dms.latency_s.p50'))}, p99 {_secs(_get(m, 'dms.latency_s.p99'))}; "
+        f"{_int(_get(m, 'dms.delivered_via_holder'))} via a holder"
+    )
+
+
+def _dm_lines(sc: Scenario, m: dict[str, Any]) -> list[str]:
+    """The direct-message workload (`metrics.dms`): what was sent, delivered, how fast, by whom."""
+    d = sc.dms
+    folders = _get(m, "dms.folders") or {}
+    states = _get(m, "dms.sender_states") or {}
+    return [
+        f"Seed {sc.seed}; {d.per_hour:g} DMs/h per honest node from {d.start:g} s to {sc.dm_until:g} s, "
+        f"{d.strangers:.0%} to strangers (each one's recipient drawn from the seed alone).",
+        "",
+        f"{_int(_get(m, 'dms.sent'))} sent ({_int(_get(m, 'dms.sent_while_sender_offline'))} written while "
+        f"the sender was down, {_int(_get(m, 'dms.to_strangers'))} to strangers, "
+        f"{_int(_get(m, 'dms.skipped_gone_for_good'))} skipped: a party offline for good); "
+        f"{_int(_get(m, 'dms.delivered'))} stored by their recipient: "
+        f"**{_share(m, 'dms.ratio', 'dms.sent')}**, "
+        f"**{_share(m, 'dms.within_deadline.ratio', 'dms.sent')}** within "
+        f"{_secs(_get(m, 'dms.within_deadline.deadline_s'))} of the send.",
+        "",
+        *_latency_table(m, "dms.latency_s"),
+        "",
+        f"{_int(_get(m, 'dms.delivered_via_holder'))} delivered by a holder rather than the sender; "
+        f"{_int(_get(m, 'dms.recipient_offline_at_send.sent'))} sent while the recipient was down, "
+        f"{_int(_get(m, 'dms.recipient_offline_at_send.delivered'))} of them delivered "
+        f"({_int(_get(m, 'dms.recipient_offline_at_send.delivered_via_holder'))} by a holder). "
+        "Folders: " + (", ".join(f"{k} {v}" for k, v in folders.items()) or "none") + "; the senders' last "
+        "states: " + (", ".join(f"{k} {v}" for k, v in states.items()) or "none") + ".",
+    ]
+
+
 def _hostile_lines(m: dict[str, Any]) -> list[str]:
     """What the attackers sent, the victims' lookups, and the resource maxima (`metrics.hostile`)."""
     h = m["hostile"]
@@ -367,6 +419,8 @@ def _oracles_run(result: Result) -> str:
             if on
         ]
         run += "; under attack: " + ", ".join([*checked, "core exception"])
+    if "dms" in result.metrics:
+        run += "; direct messages: dm duplicate, dm privacy"
     return run
 
 

@@ -171,6 +171,21 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class Dms:
+    """The direct-message workload (`simulations.dms`); off while ``per_hour`` is 0."""
+
+    #: Direct messages each honest node sends per simulated hour (Poisson).
+    per_hour: float = 0.0
+    #: Fraction of them sent to a stranger (neither a followee nor a follower of the sender).
+    strangers: float = 0.0
+    #: Sending happens in [start, until) seconds (until 0: when posting stops).
+    start: float = 60.0
+    until: float = 0.0
+    #: The delivery ratio is also reported for deliveries within this many seconds.
+    deadline: float = 60.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -185,6 +200,8 @@ class Scenario:
     #: that go with them (`[expect]`).  Left out of metrics.json's scenario echo when unset.
     attacks: tuple[Attack, ...] = ()
     expect: Expect = field(default_factory=Expect)
+    #: The direct-message workload (`[dms]`); left out of metrics.json's scenario echo when unset.
+    dms: Dms = field(default_factory=Dms)
     #: "gossip" (Plumtree: prune duplicate pushers) or "flood" (every node pushes
     #: everything to every connected peer that replicates the feed, no pruning).
     protocol: str = "gossip"
@@ -252,6 +269,7 @@ class Scenario:
         if self.converge_within < 0:
             raise ScenarioError(f"converge_within: must be >= 0, not {self.converge_within:g}")
         self._check_workload()
+        self._check_dms()
         for i, fault in enumerate(self.faults):
             self._check_fault(fault, f"faults[{i}]")
         self._check_malicious()
@@ -329,6 +347,26 @@ class Scenario:
                 f"workload.offline_at: must be below duration ({duration:g}), not {w.offline_at:g}"
             )
 
+    @property
+    def dm_until(self) -> float:
+        """When direct messages stop: ``dms.until``, or when posting stops."""
+        return min(self.dms.until or self.post_until, self.duration)
+
+    def _check_dms(self) -> None:
+        d = self.dms
+        if not 0 <= d.per_hour <= MAX_RATE_PER_HOUR:
+            raise ScenarioError(f"dms.per_hour: 0 .. {MAX_RATE_PER_HOUR:g} per node, not {d.per_hour:g}")
+        _fraction(d.strangers, "dms.strangers")
+        for name in ("start", "until"):
+            if getattr(d, name) < 0:
+                raise ScenarioError(f"dms.{name}: must be >= 0 seconds, not {getattr(d, name):g}")
+        if d.per_hour and d.start >= self.duration:  # unused while off: any run length is fine
+            raise ScenarioError(f"dms.start: below duration ({self.duration:g}), not {d.start:g}")
+        if d.until and d.until < d.start:
+            raise ScenarioError(f"dms.until: >= start ({d.start:g}), or 0 for the default; not {d.until:g}")
+        if d.deadline <= 0:
+            raise ScenarioError(f"dms.deadline: must be > 0 seconds, not {d.deadline:g}")
+
     def _check_fault(self, fault: Fault, where: str) -> None:
         if fault.kind not in Fault.KINDS:
             raise ScenarioError(f"{where}.kind: one of {', '.join(Fault.KINDS)}, not {fault.kind!r}")
@@ -388,6 +426,7 @@ class Scenario:
         workload = _build(Workload, _section(doc.pop("workload", {}), "workload"), "workload")
         malicious = _build(Malicious, _section(doc.pop("malicious", {}), "malicious"), "malicious")
         expect = _build(Expect, _section(doc.pop("expect", {}), "expect"), "expect")
+        dms = _build(Dms, _section(doc.pop("dms", {}), "dms"), "dms")
         raw_attacks = doc.pop("attacks", [])
         if not isinstance(raw_attacks, list):
             raise ScenarioError("attacks: an array of tables ([[attacks]])")
@@ -411,6 +450,7 @@ class Scenario:
                 "faults": faults,
                 "attacks": attacks,
                 "expect": expect,
+                "dms": dms,
             },
             "",
         )

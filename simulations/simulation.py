@@ -14,6 +14,9 @@ Theory of operation
   restart); **lookups** of random peers' records (DHT metrics);
 * **faults** (crash and restart, partitions and heals, churn, loss windows)
   and **malicious** roles (`simulations.adversary`).
+* **direct messages** with a ``[dms]`` workload (`simulations.dms`, which
+  also watches them arrive: their metrics and the *dm duplicate* and *dm
+  privacy* oracles).
 
 Every event a node reports comes to `_on_event`.  Three **oracles** watch:
 
@@ -62,6 +65,7 @@ from identity.keys import set_verify_cache_size
 from p2pblog.entry import POST
 from p2pblog.node import NodeCore, PeerNotResolved, PeerResolved
 from p2pblog.replication import EntriesStored, InputRefused
+from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
@@ -175,6 +179,7 @@ class Simulation:
         self.breached: set[str] = set()
         self.core_exception: str | None = None
         self.attackers: list[Any] = []
+        self.dms = DmTraffic(self)
         if scenario.attacks:
             from simulations.adversary import make_attackers  # the attackers live there
 
@@ -299,6 +304,7 @@ class Simulation:
                 engine.at(sc.malicious.equivocate_at, partial(equivocate, self, index))
         if self.attackers:
             self._schedule_attacks()
+        self.dms.schedule()
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -499,6 +505,7 @@ class Simulation:
     # ============================================================ events and oracles
 
     def _on_event(self, node: SimNode, event: Any) -> None:
+        self.dms.on_event(node, event)
         if isinstance(event, EntriesStored):
             self._entries_stored(node, event)
         elif isinstance(event, PeerResolved | PeerNotResolved):
@@ -706,6 +713,9 @@ class Simulation:
         }
         if self.attackers:
             metrics["hostile"] = self._hostile_metrics()
+        if sc.dms.per_hour > 0 or self.dms.order:
+            self.dms.final_oracles()
+            metrics["dms"] = self.dms.metrics(stats)
         return metrics
 
     # ============================================================ under attack

@@ -27,6 +27,7 @@ BUNDLED = [
     "baseline",
     "churn",
     "crash-and-loss",
+    "dm-churn",
     "equivocation",
     "flood",
     "hostile",

@@ -1,0 +1,226 @@
+"""Devices between NodeCores, sans IO, and the rules that resolve an identity's devices.
+
+Nodes have real SQLite stores on disk and meet over `tests.gossip.wire.Wire` (in-memory
+TCP and UDP, fake clock).  The tests assert what followers see: one timeline with every
+device's posts under one identity, no forks, and a revoked device's later posts refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from random import Random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from identity import Identity
+from p2pblog.devices import MAX_DEVICES, Cert, Revocation, resolve
+from p2pblog.entry import DEVICE, REVOKE
+from p2pblog.errors import DeviceRevokedError, EntrySchemaError
+from p2pblog.events import DevicePaired
+from p2pblog.node import NodeCore
+from p2pblog.pairing import PairingCode, PairingError, decode_code, encode_code, start_pairing
+from p2pblog.store import Store
+from tests.gossip.wire import PORT, Wire
+
+ROOT, DEV, C, D, E, F = (Identity(bytes([i]) * 32) for i in (71, 72, 73, 74, 75, 76))
+NAMES = dict(zip("rcdefx", (ROOT, C, D, E, F, DEV), strict=True))
+HOST = {name: f"10.0.3.{i}" for i, name in enumerate("rcdefx", start=1)}
+R, X = ROOT.public_key, DEV.public_key
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def key(i: int) -> bytes:
+    return bytes([i]) * 32
+
+
+def test_a_device_counts_only_once_it_consented() -> None:
+    certs = [Cert(key(2), key(1), 3, "phone", False)]
+    assert resolve(key(1), certs, {}, [])[key(2)].consented is False
+    assert resolve(key(1), certs, {key(2): key(1)}, [])[key(2)].consented is True
+    # It consented to another identity: not ours at all.
+    assert resolve(key(1), certs, {key(2): key(9)}, []) == {}
+    # A certificate by a key that is not an authority of the identity counts for nothing.
+    assert resolve(key(1), [Cert(key(2), key(8), 3, "x", False)], {key(2): key(1)}, []) == {}
+
+
+def test_admin_devices_certify_and_their_revocation_cuts_what_they_certified_later() -> None:
+    root, admin, late, early = key(1), key(2), key(3), key(4)
+    certs = [
+        Cert(admin, root, 1, "laptop", True),
+        Cert(early, admin, 5, "phone", False),
+        Cert(late, admin, 9, "tablet", False),
+    ]
+    consents = {admin: root, early: root, late: root}
+    assert set(resolve(root, certs, consents, [])) == {admin, early, late}
+    # The root revokes the admin after its seq 6: the tablet it certified at 9 does not count.
+    devices = resolve(root, certs, consents, [Revocation(admin, root, 2, 6)])
+    assert set(devices) == {admin, early} and devices[admin].after == 6
+
+
+def test_at_most_max_devices_earliest_first() -> None:
+    certs = [Cert(key(10 + i), key(1), i + 1, f"d{i}", False) for i in range(MAX_DEVICES + 5)]
+    consents = {c.device: key(1) for c in certs}
+    devices = resolve(key(1), certs, consents, [])
+    assert set(devices) == {key(10 + i) for i in range(MAX_DEVICES)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(range(5)), st.permutations(range(3)))
+def test_the_result_does_not_depend_on_the_order_rows_arrived(order: list[int], rorder: list[int]) -> None:
+    root = key(1)
+    certs = [
+        Cert(key(2), root, 1, "a", True),
+        Cert(key(3), key(2), 2, "b", False),
+        Cert(key(4), key(2), 4, "c", True),
+        Cert(key(5), key(4), 2, "d", False),
+        Cert(key(6), root, 7, "e", False),
+    ]
+    revs = [
+        Revocation(key(4), root, 3, 1),
+        Revocation(key(3), key(2), 3, 7),
+        Revocation(key(6), key(9), 1, 0),
+    ]
+    consents = {key(i): root for i in range(2, 7)}
+    expected = resolve(root, certs, consents, revs)
+    assert resolve(root, [certs[i] for i in order], consents, [revs[i] for i in rorder]) == expected
+    assert expected[key(4)].after == 1 and expected[key(3)].after == 7 and expected[key(6)].after is None
+
+
+def test_pairing_codes_round_trip_and_typos_are_refused() -> None:
+    pc = PairingCode(X, b"12345678", "phone")
+    text = encode_code(pc)
+    assert (
+        decode_code(text) == pc == decode_code(text.upper()) == decode_code(" ".join([text[:20], text[20:]]))
+    )
+    broken = text[:-3] + ("a" if text[-3] != "a" else "b") + text[-2:]
+    with pytest.raises(PairingError):
+        decode_code(broken)
+    with pytest.raises(PairingError):
+        decode_code("hello")
+
+
+def test_device_entries_are_validated() -> None:
+    store = Store(":memory:")
+    with pytest.raises(EntrySchemaError):
+        store.append(ROOT, DEVICE, {"admin": "yes", "device": X, "name": "phone"}, 1)
+    with pytest.raises(EntrySchemaError):
+        store.append(ROOT, DEVICE, {"admin": False, "device": X, "name": "Phone!"}, 1)
+    with pytest.raises(EntrySchemaError):
+        store.append(ROOT, REVOKE, {"after": -1, "device": X}, 1)
+    store.close()
+
+
+# --- between nodes ------------------------------------------------------------------------------
+
+Net = Callable[..., tuple[Wire, dict[str, NodeCore]]]
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    stores: list[Store] = []
+
+    def build(names: str = "rcdex") -> tuple[Wire, dict[str, NodeCore]]:
+        wire = Wire()
+        cores: dict[str, NodeCore] = {}
+        for seed, name in enumerate(names, start=1):
+            store = Store(tmp_path / f"{name}.db")
+            stores.append(store)
+            cores[name] = NodeCore(
+                NAMES[name], Random(seed), wire.now, store=store, random_bytes=Random(seed + 50).randbytes
+            )
+            wire.add(name, cores[name], HOST[name])
+        for name, core in cores.items():
+            if name != "c":
+                core.bootstrap([wire.addr("c")], wire.now)
+            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
+        wire.advance(5)
+        return wire, cores
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def pair(wire: Wire, root: NodeCore, device: NodeCore, name: str = "phone") -> None:
+    code = start_pairing(device.store, device.identity.public_key, name, Random(9).randbytes(8))
+    root.approve_device(decode_code(encode_code(code)), wire.now)
+    wire.advance(30)
+    assert device.own_identity == root.identity.public_key
+    assert wire.events_of(next(n for n, c in wire.nodes.items() if c is device), DevicePaired)
+
+
+def posts(core: NodeCore) -> list[tuple[bytes, str]]:
+    return [
+        (core.store.identity_of(i.entry.author), i.entry.text or "")
+        for i in core.store.timeline(core.identity.public_key, limit=1000)
+    ]
+
+
+def test_two_devices_post_at_once_and_followers_show_one_timeline_without_a_fork(net: Net) -> None:
+    wire, cores = net("rcdefx")
+    root, device = cores["r"], cores["x"]
+    pair(wire, root, device)
+    followers = [cores[n] for n in "cde"]
+    for follower in followers:
+        follower.follow(R, wire.now)
+    wire.advance(30)
+    for i in range(100):
+        root.post(f"root {i}", wire.now)
+        device.post(f"phone {i}", wire.now)
+        wire.advance(0.05)
+    wire.advance(60)
+    expected = {f"root {i}" for i in range(100)} | {f"phone {i}" for i in range(100)}
+    for follower in followers:
+        shown = posts(follower)
+        assert {text for _, text in shown} == expected, len(shown)
+        assert {author for author, _ in shown} == {R}  # one identity, one handle
+        assert (
+            follower.store.feed_state(R).forked_seq is None
+            and follower.store.feed_state(X).forked_seq is None
+        )
+    # The device's own timeline shows the root's posts too; the root's shows the device's.
+    assert {text for _, text in posts(device)} >= expected
+    assert {text for _, text in posts(root)} >= expected
+
+
+def test_a_revoked_device_s_later_posts_are_refused_by_every_follower(net: Net) -> None:
+    wire, cores = net("rcdefx")
+    root, device = cores["r"], cores["x"]
+    pair(wire, root, device)
+    followers = [cores[n] for n in "cde"]
+    for follower in followers:
+        follower.follow(R, wire.now)
+    device.post("before the revocation", wire.now)
+    wire.advance(60)
+    assert all("before the revocation" in [t for _, t in posts(f)] for f in followers)
+    root.revoke_device(X, wire.now)
+    wire.advance(30)
+    cut = root.store.devices_of(R)[0].after
+    assert cut == device.store.latest_seq(X)
+    device.post("after the revocation", wire.now)
+    wire.advance(60)
+    for follower in followers:
+        texts = [t for _, t in posts(follower)]
+        assert "before the revocation" in texts and "after the revocation" not in texts
+        assert follower.store.latest_seq(X) == cut
+    entry = device.store.feed(X, limit=1)[0].entry  # "after the revocation", offered directly
+    report = followers[0].store.ingest_entries([entry])
+    assert report.accepted == 0 and isinstance(report.error, DeviceRevokedError), report
+
+
+def test_a_device_of_another_key_is_never_annexed(net: Net) -> None:
+    wire, cores = net("rcdex")
+    root, follower = cores["r"], cores["c"]
+    # R certifies D's key without D's consent: D's posts are not R's.
+    root.store.append(ROOT, DEVICE, {"admin": False, "device": D.public_key, "name": "stolen"}, 1)
+    cores["d"].post("mine", wire.now)
+    follower.follow(R, wire.now)
+    follower.follow(D.public_key, wire.now)
+    wire.advance(60)
+    assert follower.store.identity_of(D.public_key) == D.public_key
+    assert (D.public_key, "mine") in posts(follower)
