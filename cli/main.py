@@ -951,6 +951,14 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     envvar="P2PBLOG_STRICT",
     help="Stop on the first internal error instead of counting it (for tests).",
 )
+@click.option(
+    "--peer-republish",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    hidden=True,
+    envvar="P2PBLOG_PEER_REPUBLISH",
+    help="Seconds between re-signings of the peer record (for tests; default 30 minutes).",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -964,6 +972,7 @@ def run(
     no_relay: bool,
     print_config: bool,
     strict: bool,
+    peer_republish: float | None,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
@@ -1038,6 +1047,8 @@ def run(
         port_mapping=not no_port_mapping,
     )
     service.relay = not no_relay
+    if peer_republish is not None:
+        service.peer_republish = peer_republish
     from p2pblog.daemon import LogLimiter
 
     service.limiter = LogLimiter(every=settings.log_every, budget=settings.log_budget)
@@ -1284,6 +1295,13 @@ def status(as_json: bool) -> None:
     click.echo(f"{result['handle']}  ({result['fingerprint']})")
     for proto, host, port in result["addrs"]:
         click.echo(f"  {proto} {host}:{port}")
+    for other in result.get("duplicate_instances") or []:
+        where = ", ".join(f"{h}:{p}" for proto, h, p in other["addrs"] if proto != "udp")
+        click.echo(
+            f"WARNING: another node runs with this identity's key at {where} "
+            f"(instance {other['instance'] or 'of an earlier version'}): posts from both will fork "
+            "the feed; stop one"
+        )
     reach = result.get("reachability") or {}
     state = reach.get("state", "unknown")
     click.echo(f"reachability: {reach.get('reason', state) if state != 'unknown' else 'not checked yet'}")

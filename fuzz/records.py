@@ -35,6 +35,7 @@ with atheris.instrument_imports(include=["identity"]):
     from identity.limits import NAME_CLAIM_MIN_WORK
     from identity.pow import NAME_DOMAIN, name_subject, solve
     from identity.records import (
+        INSTANCE_BYTES,
         MAX_ADDRS,
         MAX_HOST_CHARS,
         MAX_RECORD_BYTES,
@@ -85,12 +86,16 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    """A peer record, a provider record and a name claim (its stamp solved once, about a second)."""
+    """A peer record (of an earlier version, and with a node instance), a provider record and a
+    name claim (its stamp solved once, about a second)."""
     addrs = [("udp", "192.0.2.1", 7000), ("tcp", "2001:db8::1", 7000)]
     claimed = 1_700_000_000
     nonce = solve(NAME_DOMAIN, name_subject(FUZZ_AUTHOR.public_key, "fuzz", claimed), NAME_CLAIM_MIN_WORK)
     records = [
         create_record(FUZZ_AUTHOR, type=PEER, seq=1, expires=2_000_000_000, addrs=addrs),
+        create_record(
+            FUZZ_AUTHOR, type=PEER, seq=4, expires=2_000_000_000, addrs=addrs, instance=bytes(INSTANCE_BYTES)
+        ),
         create_record(
             FUZZ_AUTHOR, type=PROVIDER, seq=2, expires=2_000_000_000, addrs=addrs[1:], feed=OTHER_KEY
         ),
@@ -104,7 +109,7 @@ def seeds() -> list[bytes]:
 
 def mutator() -> MsgpackMutator:
     """Mutates the content toward each record type's fields and the address edges."""
-    fields = ("addrs", "feed", "name", "claimed", "nonce")
+    fields = ("addrs", "feed", "instance", "name", "claimed", "nonce")
     edges = (
         "..",
         "a" * 64,
@@ -114,6 +119,7 @@ def mutator() -> MsgpackMutator:
         "f" * 33,
         [["tcp", "10.0.0.1", 1]] * (MAX_ADDRS + 1),
         bytes(8),
+        bytes(INSTANCE_BYTES + 1),
     )
     return MsgpackMutator(headers=(0, SIGNATURE_BYTES), values=(*TYPES, *PROTOCOLS, *fields, *edges))
 

@@ -16,7 +16,10 @@ whose fields depend on ``type``:
     "this key is reachable here": ``{"addrs": [[proto, host, port], ...]}``
     with proto ``udp`` (DHT), ``tcp`` (gossip) or ``relay`` (a relay's gossip
     address, for a signer nobody can dial), and host an IP address
-    without an IPv6 zone, or a host name (`check_host`).
+    without an IPv6 zone, or a host name (`check_host`).  Optionally
+    ``"instance": I``, `INSTANCE_BYTES` random bytes naming the node (the
+    home) that signed it, so a node sees another one running with its key
+    (`p2pblog.instances`); records of earlier versions have no instance.
 ``provider``
     "the signer's node holds feed F": ``{"addrs": [...], "feed": F}``.
 ``name``
@@ -97,6 +100,8 @@ PROTOCOLS: Final = ("udp", "tcp", "relay")
 #: A valid name, whole: 1..32 characters of a-z, 0-9, _ and - (ASCII only).
 NAME_RE: Final = re.compile(rf"[a-z0-9_-]{{1,{MAX_NAME_CHARS}}}")
 _MAX_INT: Final = 2**63 - 1
+#: Length of a peer record's optional node instance id.
+INSTANCE_BYTES: Final = 16
 
 Address = tuple[str, str, int]
 _BODY_FIELDS: Final = {
@@ -106,6 +111,8 @@ _BODY_FIELDS: Final = {
     PAIRING: {"device", "nonce"},
     KEYEVENT: {"entry", "identity"},
 }
+#: Body fields a record may carry besides `_BODY_FIELDS` (absent in records of earlier versions).
+_OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {PEER: frozenset({"instance"})}
 
 
 class RecordError(ValueError):
@@ -167,6 +174,8 @@ class Record:
     work: int = 0
     #: A key-event record's signed entry.
     payload: bytes | None = None
+    #: A peer record's node instance id (None: none, as records of earlier versions).
+    instance: bytes | None = None
 
     @property
     def dht_key(self) -> bytes:
@@ -239,9 +248,15 @@ def create_record(
     expires: int,
     addrs: Sequence[Address],
     feed: bytes | None = None,
+    instance: bytes | None = None,
 ) -> Record:
-    """Sign a record; raises `RecordError` for invalid fields."""
+    """Sign a record; raises `RecordError` for invalid fields.  ``instance``: a peer
+    record's node instance id (`INSTANCE_BYTES`)."""
     body: dict[str, Any] = {"addrs": [list(a) for a in addrs]}
+    if instance is not None:
+        if type != PEER:
+            raise RecordError("only a peer record names a node instance")
+        body["instance"] = instance
     if type == PROVIDER:
         if feed is None or len(feed) != 32:
             raise RecordError("a provider record names a 32-byte feed")
@@ -335,13 +350,18 @@ def decode_record(
     _check_int("seq", seq)
     _check_int("expires", expires)
     expected = _BODY_FIELDS[rtype]
-    if not isinstance(body, dict) or set(body) != expected or list(body) != sorted(body):
-        raise RecordError(f"a {rtype} record body has exactly {sorted(expected)}")
+    if (
+        not isinstance(body, dict)
+        or not expected <= set(body) <= expected | _OPTIONAL_FIELDS.get(rtype, frozenset())
+        or list(body) != sorted(body)
+    ):
+        raise RecordError(f"a {rtype} record body has exactly {sorted(expected)} (sorted)")
     addrs: tuple[Address, ...] = ()
     feed: bytes | None = None
     name: str | None = None
     claimed: int | None = None
     nonce: bytes | None = None
+    instance: bytes | None = None
     work = 0
     payload: bytes | None = None
     if rtype == KEYEVENT:
@@ -365,6 +385,9 @@ def decode_record(
     else:
         addrs = _check_addrs(body["addrs"])
         feed = body.get("feed")
+        instance = body.get("instance")
+        if "instance" in body and (not isinstance(instance, bytes) or len(instance) != INSTANCE_BYTES):
+            raise RecordError(f"a peer record's instance is {INSTANCE_BYTES} bytes")
         if rtype == PROVIDER and (not isinstance(feed, bytes) or len(feed) != 32):
             raise RecordError("a provider record names a 32-byte feed")
     if msgpack.packb(obj) != content:
@@ -381,7 +404,9 @@ def decode_record(
             verify(signer, signed)
         except SignatureError:
             raise RecordError("record signature does not verify") from None
-    record = Record(signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work, payload)
+    record = Record(
+        signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work, payload, instance
+    )
     if now is not None and expires <= now:
         raise RecordError("record has expired")
     if key is not None and record.dht_key != key:

@@ -67,7 +67,7 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
-from p2pblog.events import DevicePaired, DmRefused, DmStateChanged, DmStored
+from p2pblog.events import DevicePaired, DmRefused, DmStateChanged, DmStored, DuplicateInstanceSeen
 from p2pblog.followers import count_followers
 from p2pblog.home import Home
 from p2pblog.node import (
@@ -82,6 +82,7 @@ from p2pblog.node import (
     ProvidersResolved,
     StartupFinished,
 )
+from p2pblog.own_records import PEER_REPUBLISH
 from p2pblog.pairing import decode_code, pending
 from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
@@ -260,6 +261,8 @@ class NodeService:
         self.verbose = True
         #: Ask peers to dial us back, and run in client mode when they cannot (`p2pblog.reachability`).
         self.check_reachability = True
+        #: Seconds between re-signings of our peer record (shorter only in tests).
+        self.peer_republish: float = PEER_REPUBLISH
         #: Relay circuits for nodes nobody can dial (while we are reachable: `p2pblog.relay`).
         self.relay = True
         #: The addresses the node joined through (for the log).
@@ -335,6 +338,7 @@ class NodeService:
                 random_bytes=os.urandom,
                 check_reachability=self.check_reachability,
                 relay=self.relay,
+                peer_republish=self.peer_republish,
             )
             try:
                 driver = self.driver = NodeDriver.bind_both(
@@ -445,6 +449,8 @@ class NodeService:
             self._peer_addrs[event.peer] = host_key(event.addr[0])
             if len(self._peer_addrs) > LOG_KEYS:
                 self._peer_addrs.pop(next(iter(self._peer_addrs)))
+        if isinstance(event, DuplicateInstanceSeen):
+            self._log_duplicate(event)  # verbose or not: the user must act
         if self.verbose:
             if isinstance(event, JoinFinished):
                 self._log_join(event)
@@ -503,6 +509,16 @@ class NodeService:
                 self._log_limited(("dht", host_key(host), event.reason), message)
         for listener in self.listeners:
             listener(event)
+
+    def _log_duplicate(self, event: DuplicateInstanceSeen) -> None:
+        where = ", ".join(
+            f"{host}:{port}" for proto, host, port in event.addrs if proto != "udp"
+        ) or ", ".join(f"{host}:{port}" for _, host, port in event.addrs)
+        instance = event.instance.hex() if event.instance is not None else "of an earlier version"
+        log(
+            f"warning: another node runs with this identity's key at {where} (instance {instance}): "
+            "posts from both will fork the feed; stop one"
+        )
 
     def _log_join(self, event: JoinFinished) -> None:
         if event.answered:
@@ -831,6 +847,8 @@ class NodeService:
             "feeds": feeds,
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),
+            "instance": core.instances.instance.hex(),
+            "duplicate_instances": core.instances.doc(),
             "mentions_pending": len(core.pending_mentions()),
             "identity": encode_handle(core.own_identity),
             "pairing_pending": pending(store) is not None,

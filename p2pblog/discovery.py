@@ -92,9 +92,10 @@ class Discovery:
 
     # -- queries ----------------------------------------------------------------------
 
-    def resolve(self, public_key: bytes, now: float, *, consume: bool = False) -> int:
-        """Find and verify the peer record of public_key (ends with `PeerResolved` or not)."""
-        qid = self.dht.start_get(peer_key(public_key), now)
+    def resolve(self, public_key: bytes, now: float, *, consume: bool = False, quorum: int = 1) -> int:
+        """Find and verify the peer record of public_key (ends with `PeerResolved` or not);
+        ``quorum``: values to gather first (a copy we hold counts as one)."""
+        qid = self.dht.start_get(peer_key(public_key), now, quorum=quorum)
         return self.queries.add(qid, ResolvePeer(public_key, consume))
 
     def find_providers(

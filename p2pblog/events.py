@@ -192,6 +192,17 @@ class StartupFinished:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class DuplicateInstanceSeen:
+    """Another node runs with our key: its peer record names ``addrs`` (reported once per
+    instance; `p2pblog.instances`)."""
+
+    #: The other node's instance id, or None for a node of an earlier version.
+    instance: bytes | None
+    addrs: tuple[tuple[str, str, int], ...]
+    seen: float
+
+
 Event = (
     DhtEvent
     | PeerResolved
@@ -213,6 +224,7 @@ Event = (
     | RootRotated
     | JoinFinished
     | StartupFinished
+    | DuplicateInstanceSeen
     | ReachabilityChanged
     | GossipEvent
 )

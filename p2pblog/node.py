@@ -13,6 +13,8 @@ part (module)              owns
                            contacts, shutdown (`p2pblog.lifecycle`)
 ``records``                our peer record, provider announcements and name claims,
                            and their republication (`p2pblog.own_records`)
+``instances``              another node running with our key: noticed, reported,
+                           our peer record kept winning (`p2pblog.instances`)
 ``discovery``              provider searches and peer-record resolutions for the
                            feeds we follow (`p2pblog.discovery`)
 ``outbox``, ``admission``  mention notices we send, and those we admit
@@ -54,6 +56,7 @@ answered with `entries_verified`: `p2pblog.ingest_queue`).
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from random import Random
@@ -61,13 +64,15 @@ from typing import Final
 
 from dht import BootstrapFinished, DhtConfig, DhtCore, node_id_from_public_key
 from dht.events import Event as DhtEvent
+from dht.events import RecordStored
 from dht.ids import Address
 from dht.providers import MAX_PROVIDERS_PER_KEY
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
 from identity import Identity
+from identity.errors import LocalProtocolError
 from identity.limits import MENTION_WORK
-from identity.records import Record, peer_key, provider_key
+from identity.records import Record, RecordError, decode_record, peer_key, provider_key
 from identity.sealed import dm_id
 from p2pblog import actions
 from p2pblog.devices import key_digest
@@ -94,9 +99,10 @@ from p2pblog.events import (
     RootRotated,
     StartupFinished,
 )
+from p2pblog.instances import SELF_CHECK_QUORUM, InstanceWatch, home_instance
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
-from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
+from p2pblog.own_records import FIRST_CONTACT_POLL, PEER_REPUBLISH, OwnRecords
 from p2pblog.pairing import (
     IDENTITY_SETTING,
     PENDING_SETTING,
@@ -171,6 +177,7 @@ class NodeCore:
         mention_work: int = MENTION_WORK,
         check_reachability: bool = False,
         relay: bool = False,
+        peer_republish: float = PEER_REPUBLISH,
     ) -> None:
         self.identity = identity
         self.store = store if store is not None else Store(":memory:")
@@ -188,7 +195,25 @@ class NodeCore:
             provider_rank=rank_provider,
         )
         self.queries = PendingQueries()
-        self.records = OwnRecords(identity, self.store, self.dht, self.queries, now)
+        #: Other nodes running with our key (`p2pblog.instances`): our own peer record is
+        #: checked three times per republication, and won back at most six times.
+        self.instances = InstanceWatch(
+            identity.public_key,
+            home_instance(self.store, random_bytes),
+            self.store,
+            check_every=peer_republish / 3,
+            respond_every=peer_republish / 6,
+        )
+        self._own_peer_key = peer_key(identity.public_key)
+        self.records = OwnRecords(
+            identity,
+            self.store,
+            self.dht,
+            self.queries,
+            now,
+            watch=self.instances,
+            peer_republish=peer_republish,
+        )
         self.discovery = Discovery(identity.public_key, self.dht, self.queries, self.replicator, now)
         #: The mention counters (`status` shows them beside the replicator's, under ``gossip.``).
         self.mention_stats: Counter[str] = Counter()
@@ -346,6 +371,9 @@ class NodeCore:
         t = self.lifecycle.publish_at
         if t is not None and t < at:
             at = t
+        t = self.instances.check_at
+        if t is not None and t < at:
+            at = t
         t = self.reachability.wake_at()
         if t is not None and t < at:
             at = t
@@ -385,16 +413,38 @@ class NodeCore:
         done = self.queries.finish(event)
         if done is None:
             self._events.append(event)
+            if isinstance(event, RecordStored) and event.key == self._own_peer_key:
+                self._own_record_seen(event.value)
             if isinstance(event, BootstrapFinished):
                 self._consumed.append(event)  # the lifecycle's join, maybe
             return
         pending, result = done
         self._events.append(result)
+        if isinstance(result, PeerResolved) and result.public_key == self.identity.public_key:
+            self._own_record_seen(result.record.raw)
+            return  # our own address (or a copy's): nothing to dial
         if isinstance(result, ProvidersResolved):
             self.discovery.providers_seen(result, self._now)
             self.dms.providers_found(result, self._now)
         if pending.consume or isinstance(result, RecordPublished):
             self._consumed.append(result)
+
+    def _own_record_seen(self, value: object) -> None:
+        """A peer record of our key came by (stored here, or our check resolved it): warn of
+        another node running with our key, and win our record back when theirs beats it."""
+        if not isinstance(value, bytes):
+            return
+        try:  # the DHT validated it (signature, expiry, key) before handing it over
+            record = decode_record(value, now=None, check_signature=False)
+        except RecordError:
+            return
+        now = self._now
+        respond = self.instances.observe(record, self.records.peer_record, now)
+        self._events.extend(self.instances.events)
+        self.instances.events.clear()
+        if respond and self.records.publishing:
+            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+                self.records.publish_peer(now)
 
     def _gossip_event(self, gossip: GossipEvent, now: float) -> None:
         self._events.append(gossip)
@@ -465,6 +515,8 @@ class NodeCore:
         self.dht.handle_timer(now)
         self.lifecycle.handle_timer(now)
         self.records.handle_timer(now)
+        if self.instances.check_due(now) and len(self.dht.table):
+            self.discovery.resolve(self.identity.public_key, now, consume=True, quorum=SELF_CHECK_QUORUM)
         if self.outbox.due_at is not None and now >= self.outbox.due_at:
             self.outbox.deliver(now)
         if self.dms.due_at is not None and now >= self.dms.due_at:

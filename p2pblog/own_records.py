@@ -19,7 +19,10 @@ Each kind has one `RepublishJob` (rust-libp2p kad's ``PutRecordJob`` /
 (`_next_seq`): above our last one, above the milliseconds of ``now`` (so a
 restarted node's record supersedes the old one), and above any record of
 ours a peer handed back, which an earlier run with a clock ahead may have
-signed and which would otherwise win.
+signed and which would otherwise win.  The peer record's seq is also above
+the last one this home signed and every one of our key seen
+(`p2pblog.instances.InstanceWatch.seq_floor`), and names the home's node
+instance, so another node running with our key is noticed.
 
 Besides the timers:
 
@@ -67,6 +70,7 @@ from identity.records import (
     provider_key,
 )
 from p2pblog.events import NameClaimPublished, ProviderAnnounced
+from p2pblog.instances import InstanceWatch
 from p2pblog.queries import AnnounceProvider, PendingQueries, PublishClaim, PublishPeerRecord
 from p2pblog.store import Store
 
@@ -121,8 +125,22 @@ class RepublishJob(Generic[K]):
 class OwnRecords:
     """Signs, stores and keeps fresh the node's own peer record, provider records and name claims."""
 
-    def __init__(self, identity: Identity, store: Store, dht: DhtCore, queries: PendingQueries, now: float):
+    def __init__(
+        self,
+        identity: Identity,
+        store: Store,
+        dht: DhtCore,
+        queries: PendingQueries,
+        now: float,
+        *,
+        watch: InstanceWatch | None = None,
+        peer_republish: float = PEER_REPUBLISH,
+    ):
         self.identity = identity
+        #: Our node instance and the seq floor of our peer records (`p2pblog.instances`).
+        self.watch = watch
+        #: Seconds between re-signings of the peer record (`PEER_REPUBLISH`; shorter in tests).
+        self.peer_republish = peer_republish
         self.store = store
         self.dht = dht
         self.queries = queries
@@ -176,10 +194,20 @@ class OwnRecords:
     def publish_peer(self, now: float, *, consume: bool = False) -> int:
         """Sign our peer record for `addrs` and store it; re-signed every `PEER_REPUBLISH`."""
         seq = self._next_seq(self.peer_record, now)
+        watch = self.watch
+        if watch is not None:
+            seq = max(seq, watch.seq_floor)
         self.peer_record = create_record(
-            self.identity, type=PEER, seq=seq, expires=int(now) + PEER_TTL, addrs=self.advertised
+            self.identity,
+            type=PEER,
+            seq=seq,
+            expires=int(now) + PEER_TTL,
+            addrs=self.advertised,
+            instance=None if watch is None else watch.instance,
         )
-        self.peer_job.schedule(None, now + PEER_REPUBLISH)
+        if watch is not None:
+            watch.signed(self.peer_record, now)
+        self.peer_job.schedule(None, now + self.peer_republish)
         self._published_table = len(self.dht.table)
         self._published_at = now
         try:

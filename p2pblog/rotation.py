@@ -78,8 +78,12 @@ def rotate(store: Store, root: Identity, new: Identity, after_next: bytes, now_m
 
 def recover(store: Store, identity: bytes, new: Identity, after_next: bytes, cut: int, now_ms: int) -> Entry:
     """A recovery: ``new`` (the committed key) takes the identity over; the current root's
-    entries after ``cut`` stop counting.  Returns the rotate entry (``new``'s first)."""
-    _check_committed(store, identity, new)
+    entries after ``cut`` stop counting.  Returns the rotate entry (``new``'s first).
+
+    Checked against the commitment when this store holds the identity's feed; on a new
+    machine that holds nothing, followers check it (they refuse a key nobody committed to)."""
+    if store.latest_seq(identity):
+        _check_committed(store, identity, new)
     if store.latest_seq(new.public_key):
         raise RotationError("the recovery key has a feed already: it must start with the recovery")
     current = store.root_chain(identity)[-1][0]

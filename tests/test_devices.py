@@ -16,12 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity import Identity
-from p2pblog.devices import MAX_DEVICES, Cert, Revocation, resolve
+from p2pblog.devices import MAX_DEVICES, Cert, Revocation, Rotation, key_digest, resolve, roots
 from p2pblog.entry import DEVICE, REVOKE
 from p2pblog.errors import DeviceRevokedError, EntrySchemaError
 from p2pblog.events import DevicePaired
 from p2pblog.node import NodeCore
 from p2pblog.pairing import PairingCode, PairingError, decode_code, encode_code, start_pairing
+from p2pblog.rotation import KEYEVENT_POLL, commit, recover, rotate
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, Wire
 
@@ -224,3 +225,102 @@ def test_a_device_of_another_key_is_never_annexed(net: Net) -> None:
     wire.advance(60)
     assert follower.store.identity_of(D.public_key) == D.public_key
     assert (D.public_key, "mine") in posts(follower)
+
+
+# --- root rotation and recovery -----------------------------------------------------------------
+
+K1, K2, K3, THIEF = (Identity(bytes([i]) * 32) for i in (81, 82, 83, 84))
+
+
+def rot(author: bytes, seq: int, new: bytes, nxt: bytes, cut: int = 0, identity: bytes = R) -> Rotation:
+    return Rotation(author, seq, identity, new, key_digest(nxt), cut)
+
+
+def test_the_root_chain_follows_commitments_and_a_recovery_beats_a_stolen_root() -> None:
+    k1, k2, k3, thief = K1.public_key, K2.public_key, K3.public_key, THIEF.public_key
+    assert roots(R, None, [rot(R, 5, k1, k2)]) == [(R, None)]  # nothing committed: no rotation
+    planned = rot(R, 5, k1, k2)
+    assert roots(R, key_digest(k1), [planned]) == [(R, 5), (k1, None)]
+    # A rotation to a key nobody committed to is ignored; so is one signed by a stranger.
+    assert roots(R, key_digest(k1), [rot(R, 5, k3, k2), rot(thief, 1, k1, k2)]) == [(R, None)]
+    # The thief of R saw k1 revealed by the owner's recovery and rotates to it, committing to
+    # its own key: the recovery (signed by k1 itself) wins, and cuts R at 7.
+    recovery = rot(k1, 1, k1, k2, cut=7)
+    stolen = rot(R, 9, k1, thief)
+    assert roots(R, key_digest(k1), [stolen, recovery]) == [(R, 7), (k1, None)]
+    assert roots(R, key_digest(k1), [recovery, stolen]) == [(R, 7), (k1, None)]
+    # Chains go on: k1 rotates to k2, which it committed to.
+    assert roots(R, key_digest(k1), [recovery, rot(k1, 4, k2, k3)]) == [(R, 7), (k1, 4), (k2, None)]
+
+
+def restart(wire: Wire, name: str, identity: Identity, store: Store, seed: int) -> NodeCore:
+    core = NodeCore(identity, Random(seed), wire.now, store=store, random_bytes=Random(seed + 7).randbytes)
+    wire.restart(name, core)
+    core.bootstrap([wire.addr("c")], wire.now)
+    core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
+    return core
+
+
+def test_followers_move_to_a_rotated_root_without_doing_anything(net: Net) -> None:
+    wire, cores = net("rcde")
+    root = cores["r"]
+    followers = [cores[n] for n in "cde"]
+    for follower in followers:
+        follower.follow(R, wire.now)
+    commit(root.store, ROOT, K1.public_key, int(wire.now * 1000))
+    root.post("before the rotation", wire.now)
+    wire.advance(30)
+    rotate(root.store, ROOT, K1, K2.public_key, int(wire.now * 1000))
+    wire.crash("r")
+    new_root = restart(wire, "r", K1, root.store, 31)  # the home's key is K1 now
+    assert new_root.own_identity == R
+    wire.advance(30)
+    new_root.post("after the rotation", wire.now)
+    wire.advance(60)
+    for follower in followers:
+        shown = posts(follower)
+        assert (R, "before the rotation") in shown and (R, "after the rotation") in shown
+        assert [k for k, _ in follower.store.root_chain(R)] == [R, K1.public_key]
+
+
+def test_a_recovery_with_the_committed_key_refuses_the_thief_s_later_posts(net: Net, tmp_path: Path) -> None:
+    wire, cores = net("rcde")
+    root = cores["r"]
+    followers = [cores[n] for n in "cde"]
+    for follower in followers:
+        follower.follow(R, wire.now)
+    commit(root.store, ROOT, K1.public_key, int(wire.now * 1000))  # K1 goes on paper, offline
+    root.post("the owner's post", wire.now)
+    wire.advance(30)
+    cut = root.store.latest_seq(R)
+    # The thief copied R's key (and its store) and posts as R; the owner's machine is gone.
+    wire.crash("r")
+    thief = restart(wire, "r", ROOT, root.store, 41)
+    thief.post("the thief's first post", wire.now)
+    wire.advance(30)
+    assert all((R, "the thief's first post") in posts(f) for f in followers)
+    # The owner recovers on a new machine with K1, cutting R after its last good entry.
+    store = Store(tmp_path / "recovered.db")
+    try:
+        recover(store, R, K1, K2.public_key, cut, int(wire.now * 1000))
+        owner = make_new_node(wire, "x", K1, store)
+        wire.advance(KEYEVENT_POLL + 60)  # within one poll of the followers
+        owner.post("the owner is back", wire.now)
+        thief.post("the thief goes on", wire.now)
+        wire.advance(60)
+        for follower in followers:
+            texts = [t for _, t in posts(follower)]
+            assert "the owner's post" in texts and "the owner is back" in texts, texts
+            assert "the thief goes on" not in texts and "the thief's first post" not in texts
+            assert follower.store.latest_seq(R) == cut
+            assert [k for k, _ in follower.store.root_chain(R)] == [R, K1.public_key]
+    finally:
+        store.close()
+
+
+def make_new_node(wire: Wire, name: str, identity: Identity, store: Store) -> NodeCore:
+    core = NodeCore(identity, Random(77), wire.now, store=store, random_bytes=Random(78).randbytes)
+    wire.add(name, core, HOST[name])
+    core.bootstrap([wire.addr("c")], wire.now)
+    core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
+    return core
