@@ -22,7 +22,7 @@ from p2pblog.control import (
     REQUEST_DEADLINE,
     CommandFailed,
 )
-from p2pblog.errors import StorageFull, StoreDamaged
+from p2pblog.errors import OwnFeedRefused, StorageFull, StoreDamaged
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -143,7 +143,7 @@ class ControlServer:
             return {"ok": False, "error": "'args' must be a JSON object"}
         try:
             return {"ok": True, "result": await handler(args)}
-        except CommandFailed as exc:
+        except (CommandFailed, OwnFeedRefused) as exc:
             return {"ok": False, "error": str(exc)}
         except StorageFull as exc:
             self.counts["storage_full"] += 1

@@ -90,3 +90,8 @@ class StoreDamaged(StoreError):
     check failed).  Nothing more is written to it (`p2pblog.store` records the damage next to
     the file, so every later command and process knows); what is still readable can be read,
     and the message says how to recover."""
+
+
+class OwnFeedRefused(EntryError):
+    """An append to our own feed was refused because it could fork the feed (another node
+    runs with our key); the message says why and what to do."""

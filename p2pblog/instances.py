@@ -162,6 +162,11 @@ class InstanceWatch:
             del self.duplicates[instance]
         return True
 
+    def running_elsewhere(self, now: float) -> Duplicate | None:
+        """Another node with our key seen lately (within `FORGET_AFTER`), the latest seen."""
+        recent = [d for d in self.duplicates.values() if d.seen + FORGET_AFTER > now]
+        return max(recent, key=lambda d: d.seen) if recent else None
+
     def doc(self) -> list[dict[str, object]]:
         """``status``'s ``duplicate_instances``: the other nodes seen, most recent last."""
         return [d.doc() for d in self.duplicates.values()]

@@ -79,7 +79,7 @@ from p2pblog.devices import key_digest
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages
 from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, ROTATE, UNFOLLOW, Entry, decode_entry
-from p2pblog.errors import EntryError, StorageFull
+from p2pblog.errors import EntryError, OwnFeedRefused, StorageFull
 from p2pblog.events import (
     DevicePaired,
     Event,
@@ -706,6 +706,7 @@ class NodeCore:
             raise ValueError("a feed cannot follow itself")
         if feed in self.following():
             return None
+        self.check_own_feed_writable(now)
         entry = self.store.append(self.identity, FOLLOW, {"feed": feed}, int(now * 1000))
         self.discovery.follow(feed, now)
         self._maintain_at = now
@@ -719,6 +720,7 @@ class NodeCore:
         """Record an unfollow entry (None if not following) and stop replicating feed."""
         if feed not in self.following():
             return None
+        self.check_own_feed_writable(now)
         entry = self.store.append(self.identity, UNFOLLOW, {"feed": feed}, int(now * 1000))
         self.discovery.unfollow(feed)
         if feed in self.records.provided:
@@ -728,12 +730,27 @@ class NodeCore:
         self._drain(now)
         return entry
 
+    def check_own_feed_writable(self, now: float) -> None:
+        """Raise `OwnFeedRefused` while another node runs with our key: an entry both sign
+        at one seq forks the feed, and followers would accept neither's later posts."""
+        other = self.instances.running_elsewhere(now)
+        if other is None:
+            return
+        where = ", ".join(f"{host}:{port}" for proto, host, port in other.addrs if proto == "tcp") or "?"
+        raise OwnFeedRefused(
+            f"another node runs with this identity's key (at {where}): a post from both would fork "
+            "the feed and followers would lose posts, so nothing is written. Stop one of them; to "
+            "post from two machines, make the second a device (`p2pblog device add` there)"
+        )
+
     def post(self, text: str, now: float, *, reply_to: bytes | None = None) -> Entry:
         """Append a post to the own feed, push it to connected peers, and send mention
         notices to the keys it mentions (a reply mentions the parent's author).
 
-        Raises `p2pblog.errors.EntryError` for a post the protocol refuses (too long, ...).
+        Raises `p2pblog.errors.EntryError` for a post the protocol refuses (too long, ...),
+        `OwnFeedRefused` while another node runs with our key.
         """
+        self.check_own_feed_writable(now)
         return self._appended(
             actions.post(self.store, self.identity, text, int(now * 1000), reply_to=reply_to), now
         )
@@ -742,10 +759,12 @@ class NodeCore:
         """Retract one of our own posts (followers stop showing its text) and tell the
         keys it mentioned.  Raises `EntrySchemaError` for an entry that is not our own
         post or is already deleted."""
+        self.check_own_feed_writable(now)
         return self._appended(actions.delete(self.store, self.identity, target, int(now * 1000)), now)
 
     def set_profile(self, fields: dict[str, str], now: float) -> Entry:
         """Append a profile entry setting ``fields`` (name, bio)."""
+        self.check_own_feed_writable(now)
         return self._appended(actions.set_profile(self.store, self.identity, fields, int(now * 1000)), now)
 
     def _appended(self, entry: Entry, now: float) -> Entry:

@@ -29,6 +29,7 @@ from identity.records import (
     decode_record,
     peer_key,
 )
+from p2pblog.errors import OwnFeedRefused
 from p2pblog.events import DuplicateInstanceSeen, PeerNotResolved, PeerResolved
 from p2pblog.instances import FORGET_AFTER, INSTANCE_SETTING, SEQ_SETTING
 from p2pblog.node import NodeCore
@@ -231,8 +232,9 @@ def both_post(net: Net) -> tuple[list[bytes], list[bytes]]:
     b2 = net.start("b2", 5)
     copies = [b2.post("from the copy", net.wire.now).id]
     net.wire.advance(2 * PEER_REPUBLISH / 3 + 60)  # two self-checks each
-    originals.append(b.post("the original again", net.wire.now).id)
-    copies.append(b2.post("the copy again", net.wire.now).id)
+    for core in (b, b2):  # each is warned now, and refuses to fork the feed further
+        with pytest.raises(OwnFeedRefused):
+            core.post("again", net.wire.now)
     net.wire.advance(120)
     return originals, copies
 
@@ -244,15 +246,27 @@ def test_when_both_copies_post_each_user_is_warned(net: Net) -> None:
     assert all(a.store.has_entry(post) for post in originals)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: the copy's posts reuse seqs the followers hold from the original (and the "
-    "followers refuse a second connection from one key), so they never arrive; devices fix it",
-)
-def test_no_post_is_lost_when_both_copies_post(net: Net) -> None:
-    originals, copies = both_post(net)
-    a = net.cores["a"]
-    assert all(a.store.has_entry(post) for post in originals + copies)
+def test_neither_copy_posts_while_both_run_so_nothing_posted_is_lost(net: Net) -> None:
+    """Once a copy is seen, both refuse to append to the feed (saying why) instead of
+    forking it: a post is refused, never accepted and then lost."""
+    a, b = net.cores["a"], net.cores["b"]
+    a.follow(B.public_key, net.wire.now)
+    first = b.post("from the original", net.wire.now).id
+    net.wire.advance(60)
+    b2 = net.start("b2", 5)
+    net.wire.advance(2 * PEER_REPUBLISH / 3 + 60)  # two self-checks each: both are warned
+    for core in (b, b2):
+        with pytest.raises(OwnFeedRefused, match="another node runs with this identity's key"):
+            core.post("refused", net.wire.now)
+        with pytest.raises(OwnFeedRefused):
+            core.follow(A.public_key, net.wire.now)
+    assert a.store.has_entry(first) and a.store.feed_state(B.public_key).forked_seq is None
+    # The copy stops: after FORGET_AFTER the original posts again, and it arrives.
+    net.wire.crash("b2")
+    net.wire.advance(FORGET_AFTER + PEER_REPUBLISH)
+    again = b.post("the original again", net.wire.now).id
+    net.wire.advance(60)
+    assert a.store.has_entry(again)
 
 
 # --- the record field ----------------------------------------------------------------------------
