@@ -128,7 +128,7 @@ def test_two_nodes_with_one_key_are_each_warned_of_the_other(net: Net) -> None:
         warnings = net.warnings(name)
         assert len(warnings) == 1, name  # once per instance, not once per record
         other_record = net.cores[other].peer_record
-        assert other_record is not None
+        assert other_record is not None and other_record.instance is not None
         assert warnings[0].instance == other_record.instance
         assert warnings[0].addrs == other_record.addrs
         assert [d["instance"] for d in net.cores[name].instances.doc()] == [other_record.instance.hex()]
