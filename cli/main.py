@@ -952,6 +952,14 @@ def _advertise_host(value: str, param: click.Parameter) -> str:
     help="Stop on the first internal error instead of counting it (for tests).",
 )
 @click.option(
+    "--keyevent-poll",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    hidden=True,
+    envvar="P2PBLOG_KEYEVENT_POLL",
+    help="Seconds between lookups of followed identities' root rotations (for tests; default 5 minutes).",
+)
+@click.option(
     "--peer-republish",
     type=click.FloatRange(min=1.0),
     default=None,
@@ -973,6 +981,7 @@ def run(
     print_config: bool,
     strict: bool,
     peer_republish: float | None,
+    keyevent_poll: float | None,
 ) -> None:
     """Run the node in the foreground until Ctrl-C or SIGTERM.
 
@@ -1049,6 +1058,8 @@ def run(
     service.relay = not no_relay
     if peer_republish is not None:
         service.peer_republish = peer_republish
+    if keyevent_poll is not None:
+        service.keyevent_poll = keyevent_poll
     from p2pblog.daemon import LogLimiter
 
     service.limiter = LogLimiter(every=settings.log_every, budget=settings.log_budget)

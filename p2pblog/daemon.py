@@ -263,6 +263,8 @@ class NodeService:
         self.check_reachability = True
         #: Seconds between re-signings of our peer record (shorter only in tests).
         self.peer_republish: float = PEER_REPUBLISH
+        #: Seconds between lookups of followed identities' root rotations (`p2pblog.rotation`).
+        self.keyevent_poll: float | None = None
         #: Relay circuits for nodes nobody can dial (while we are reachable: `p2pblog.relay`).
         self.relay = True
         #: The addresses the node joined through (for the log).
@@ -340,6 +342,8 @@ class NodeService:
                 relay=self.relay,
                 peer_republish=self.peer_republish,
             )
+            if self.keyevent_poll is not None:
+                core.key_events.poll_every = self.keyevent_poll
             try:
                 driver = self.driver = NodeDriver.bind_both(
                     core,

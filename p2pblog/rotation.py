@@ -131,6 +131,8 @@ class KeyEvents:
         self.kept = kept
         self._next_poll: dict[bytes, float] = {}
         self._published: bytes | None = None
+        #: Seconds between lookups of one followed identity's key-event record.
+        self.poll_every = KEYEVENT_POLL
 
     def maintain(self, followed: Iterable[bytes], own_identity: bytes, now: float) -> float | None:
         """Publish our rotation if it changed; look up followed identities when due."""
@@ -143,7 +145,7 @@ class KeyEvents:
                 continue  # it cannot rotate: nothing to look for
             at = self._next_poll.get(identity, now)
             if now >= at:
-                at = self._next_poll[identity] = now + KEYEVENT_POLL
+                at = self._next_poll[identity] = now + self.poll_every
                 qid = self.dht.start_get(keyevent_key(identity), now)
                 self.queries.add(qid, FindKeyEvent(identity))
             due = at if due is None else min(due, at)
