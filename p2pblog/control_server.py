@@ -22,7 +22,7 @@ from p2pblog.control import (
     REQUEST_DEADLINE,
     CommandFailed,
 )
-from p2pblog.errors import StorageFull, StoreDamaged
+from p2pblog.errors import HeadUnknownError, StorageFull, StoreDamaged
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -150,6 +150,8 @@ class ControlServer:
             return {"ok": False, "error": str(exc)}
         except StoreDamaged as exc:  # a write refused: the store file is damaged
             self.counts["store_damaged"] += 1
+            return {"ok": False, "error": str(exc)}
+        except HeadUnknownError as exc:  # our feed's head is not known yet (`p2pblog.own_head`)
             return {"ok": False, "error": str(exc)}
         except Exception as exc:
             self.counts["internal_error"] += 1

@@ -82,6 +82,7 @@ from p2pblog.node import (
     ProvidersResolved,
     StartupFinished,
 )
+from p2pblog.own_head import OwnHeadKnown
 from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
@@ -385,6 +386,11 @@ class NodeService:
                 following = core.following()
                 if following:
                     self._log(f"following {len(following)} feed(s); reconnecting")
+                if not core.own_head.known:
+                    self._log(
+                        "the head of our own feed is not known (a restored home): catching up from the "
+                        "peers that hold it; posting waits until then"
+                    )
                 if not seeds:
                     self._log(
                         "no bootstrap address and no saved contacts: waiting for peers to contact this node"
@@ -466,6 +472,8 @@ class NodeService:
                     f"received {event.count} entries of {fingerprint(event.feed)} "
                     f"from {fingerprint(event.peer)} (now at #{event.latest})"
                 )
+            elif isinstance(event, OwnHeadKnown):
+                self._log(f"caught up with our own feed at #{event.held}: posting is possible again")
             elif isinstance(event, ProvidersResolved):
                 who = ", ".join(fingerprint(r.signer) for r in event.records) or "none"
                 self._log(f"providers of {fingerprint(event.feed)}: {who}")
@@ -803,6 +811,7 @@ class NodeService:
                 "max_queued_bytes": replicator.verify.max_bytes,
             },
             "feeds": feeds,
+            "own_head": core.own_head.doc(),
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),
             "mentions_pending": len(core.pending_mentions()),

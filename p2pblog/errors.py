@@ -18,6 +18,7 @@ __all__ = [
     "EntrySignatureError",
     "EntryTooLarge",
     "FeedForkedError",
+    "HeadUnknownError",
     "LocalProtocolError",
     "P2PBlogError",
     "StorageFull",
@@ -86,3 +87,11 @@ class StoreDamaged(StoreError):
     check failed).  Nothing more is written to it (`p2pblog.store` records the damage next to
     the file, so every later command and process knows); what is still readable can be read,
     and the message says how to recover."""
+
+
+class HeadUnknownError(P2PBlogError):
+    """Refused to sign an entry of the own feed: its head (latest seq) is not known here.
+
+    Signing now could give a seq the feed already has elsewhere, a fork that makes
+    every follower refuse the feed from then on (`p2pblog.own_head`).
+    """
