@@ -67,7 +67,7 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
-from p2pblog.events import DmRefused, DmStateChanged, DmStored
+from p2pblog.events import DmRefused, DmStateChanged, DmStored, OwnHeadKnown
 from p2pblog.followers import count_followers
 from p2pblog.home import Home
 from p2pblog.node import (
@@ -82,7 +82,6 @@ from p2pblog.node import (
     ProvidersResolved,
     StartupFinished,
 )
-from p2pblog.own_head import OwnHeadKnown
 from p2pblog.portmap import PortMapped, PortMapper
 from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected

@@ -156,6 +156,14 @@ class StartupFinished:
     attempts: int
 
 
+@dataclass(frozen=True, slots=True)
+class OwnHeadKnown:
+    """We caught up with our own feed (`p2pblog.own_head`): we hold ``held`` entries of
+    it and may sign again."""
+
+    held: int
+
+
 Event = (
     DhtEvent
     | PeerResolved
@@ -174,5 +182,6 @@ Event = (
     | JoinFinished
     | StartupFinished
     | ReachabilityChanged
+    | OwnHeadKnown
     | GossipEvent
 )

@@ -81,6 +81,7 @@ from p2pblog.events import (
     MentionRefused,
     NameClaimPublished,
     NameResolved,
+    OwnHeadKnown,
     PeerNotResolved,
     PeerResolved,
     ProviderAnnounced,
@@ -90,7 +91,7 @@ from p2pblog.events import (
 )
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
-from p2pblog.own_head import OwnHead, OwnHeadKnown
+from p2pblog.own_head import OwnHead
 from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address

@@ -47,7 +47,6 @@ knows better can import a backup of the feed (`p2pblog import`) first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from identity import encode_handle
@@ -123,13 +122,6 @@ class OwnHead:
     def doc(self) -> dict[str, object]:
         """The head's state for ``status``: known, or catching up (held N, peers report M)."""
         held = self.store.latest_seq(self.own)
-        if self.known:
+        if self.known or self.store.head_known(self.own):  # maybe marked by another process
             return {"state": "known", "held": held}
         return {"state": "catching up", "held": held, "reported": self.reported()}
-
-
-@dataclass(frozen=True, slots=True)
-class OwnHeadKnown:
-    """The node caught up with its own feed: it holds ``held`` entries and may sign again."""
-
-    held: int

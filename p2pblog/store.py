@@ -131,7 +131,6 @@ from p2pblog.errors import (
     StoreDamaged,
     StoreError,
 )
-
 from p2pblog.own_head import KNOWN, OWN_HEAD, UNKNOWN_PREFIX, refusal, unknown_marker
 
 if TYPE_CHECKING:
