@@ -1225,14 +1225,6 @@ def peers(as_json: bool) -> None:
         for c in bucket["contacts"]:
             seen = when(int(c["last_seen"] * 1000))
             click.echo(f"  {c['node_id'][:16]}..  {c['host']}:{c['port']}  last seen {seen}")
-    head = result.get("own_head") or {}
-    if head.get("state") == "catching up":
-        click.echo(
-            f"own feed: head not known, catching up (held {head.get('held')}, peers report "
-            f"{head.get('reported')}): posting waits until then"
-        )
-    elif head:
-        click.echo(f"own feed: head known (held {head.get('held')})")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
 
@@ -1314,6 +1306,14 @@ def status(as_json: bool) -> None:
         tag = " (own)" if f["own"] else ""
         fork = "  FORKED" if f["forked"] else ""
         click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
+    head = result.get("own_head") or {}
+    if head.get("state") == "catching up":
+        click.echo(
+            f"own feed: head not known, catching up (held {head.get('held')}, peers report "
+            f"{head.get('reported')}): posting waits until then"
+        )
+    elif head:
+        click.echo(f"own feed: head known (held {head.get('held')})")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
     storage = result.get("storage") or {}
