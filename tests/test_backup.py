@@ -57,6 +57,18 @@ def test_a_phrase_gives_back_its_seed(seed: bytes) -> None:
     assert phrase_to_seed("  " + "\n".join(w[:4].upper() for w in phrase.split()) + " ") == seed
 
 
+@given(
+    st.text(max_size=400)
+    | st.lists(st.sampled_from([*WORDS, "zoo", "abandon", "x"]), max_size=30).map(" ".join)
+)
+def test_any_text_is_a_seed_or_a_phrase_error(text: str) -> None:
+    try:
+        seed = phrase_to_seed(text)
+    except PhraseError:
+        return
+    assert seed_to_phrase(seed).split() == text.lower().split()
+
+
 def test_the_bip39_vector_of_the_zero_seed() -> None:
     assert seed_to_phrase(bytes(32)) == " ".join(["abandon"] * 23 + ["art"])
 
