@@ -74,23 +74,26 @@ def confirm_phrase(identity: Identity) -> None:
     click.echo("Phrase confirmed.", err=True)
 
 
-def new_identity(home: Home, encrypt: bool, confirm: bool | None) -> tuple[Identity, str | None]:
-    """A new identity whose phrase was shown (and confirmed unless told not to, or stdin is
-    not a terminal); raises before anything is written."""
+def new_identity(home: Home, encrypt: bool, confirm: bool | None) -> tuple[Identity, str | None, bool]:
+    """A new identity, its passphrase, and whether its phrase was shown and confirmed
+    (asked unless told not to, or stdin is not a terminal); raises before anything is
+    written.  Not asked, the phrase is shown once the home is written (`shown_unasked`),
+    so a home that cannot be written (a full disk) shows no phrase of a lost key."""
     if home.exists():
         raise HomeError(f"an identity already exists in {home.path}")
     identity = Identity.generate()
     secret = passphrase(confirm=True) if encrypt else None
+    asked = _interactive() if confirm is None else confirm
+    if asked:
+        show_phrase(identity)
+        confirm_phrase(identity)
+    return identity, secret, asked
+
+
+def shown_unasked(identity: Identity, confirm: bool | None) -> None:
     show_phrase(identity)
     if confirm is None:
-        confirm = _interactive()
-        if not confirm:
-            click.echo(
-                "stdin is not a terminal: not asking you to confirm it; write the phrase down.", err=True
-            )
-    if confirm:
-        confirm_phrase(identity)
-    return identity, secret
+        click.echo("stdin is not a terminal: not asking to confirm it; write the phrase down.", err=True)
 
 
 def _read_phrase() -> str:

@@ -312,8 +312,10 @@ def init(name: str | None, encrypt: bool, confirm: bool | None, restore: bool, k
         return
     if name is not None:
         validate_body(PROFILE, {"name": name})  # before anything is written
-    identity, secret = backup.new_identity(home, encrypt, confirm)
+    identity, secret, asked = backup.new_identity(home, encrypt, confirm)
     home.create(identity, secret)
+    if not asked:
+        backup.shown_unasked(identity, confirm)
     if name is not None:
         with home.open_store() as store:
             store.append(identity, PROFILE, {"name": name}, now_ms())

@@ -108,6 +108,14 @@ def test_init_shows_the_phrase_on_stderr_and_the_handle_last_on_stdout(
     assert Home(tmp_path / "h").load_identity().seed == SEED
 
 
+def test_init_no_confirm_shows_the_phrase_and_asks_nothing(tmp_path: Path, fixed_identity: Identity) -> None:
+    result = cli(tmp_path / "h", "init", "--no-confirm", input="")
+    assert result.exit_code == 0, result.output
+    assert PHRASE.split()[5] in result.stderr and "Word #" not in result.stderr
+    assert "not a terminal" not in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == fixed_identity.handle
+
+
 def test_init_writes_the_identity_once_the_phrase_is_confirmed(
     tmp_path: Path, fixed_identity: Identity
 ) -> None:
