@@ -136,5 +136,9 @@ class Home:
         if new:
             # A key file with no store: copied from elsewhere (or the store deleted). The
             # feed may exist on the network; do not sign before its head is known.
-            store.mark_head_unknown(read_public_key(self.key_file))
+            try:
+                store.mark_head_unknown(read_public_key(self.key_file))
+            except BaseException:
+                store.close()
+                raise
         return store
