@@ -34,14 +34,13 @@ from cli.common import (
     echo_item,
     load_identity,
     now_ms,
-    passphrase,
     public_key,
     run_command,
     shown,
     shown_line,
     when,
 )
-from identity import Identity, KeyFileError, encode_handle
+from identity import KeyFileError, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keys import SIGNATURE_BYTES
 from identity.limits import MENTION_WORK
@@ -81,6 +80,7 @@ _LAZY_COMMANDS: Final = {
     "dm": "cli.dm",
     "device": "cli.device",
     "followers": "cli.followers",
+    "identity": "cli.backup",
     **dict.fromkeys(
         (
             "name",
@@ -274,17 +274,49 @@ def _items_json(items: list[FeedItem]) -> str:
     is_flag=True,
     help=f"Protect the key with a passphrase (prompted, or ${PASSPHRASE_ENV}).",
 )
-def init(name: str | None, encrypt: bool) -> None:
-    """Create this node's identity and store, and print its handle.
+@click.option(
+    "--confirm/--no-confirm",
+    default=None,
+    help="Ask for words of the backup phrase before writing anything (default: when stdin is a terminal).",
+)
+@click.option(
+    "--restore",
+    is_flag=True,
+    help="Restore an identity from its backup phrase (prompted, hidden; or read from stdin) "
+    "or --key-file, into a fresh home.",
+)
+@click.option(
+    "--key-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --restore: an identity.key from a backup (encrypted or not).",
+)
+def init(name: str | None, encrypt: bool, confirm: bool | None, restore: bool, key_file: Path | None) -> None:
+    """Create this node's identity and store, show its backup phrase, and print its handle.
 
+    The phrase (24 words, on stderr) is the key: write it down.  With
+    --restore, bring back an identity from its phrase or a key file; the node
+    then catches up with the identity's feed before it lets you post.
     Refuses if the home directory already has an identity.
     """
+    from cli import backup
+
     home = current_home()
-    identity = Identity.generate()
-    secret = passphrase(confirm=True) if encrypt else None
+    if key_file is not None and not restore:
+        raise click.UsageError("--key-file goes with --restore")
+    if restore:
+        if name is not None:
+            raise click.UsageError("--name cannot go with --restore (a restored feed has its profile)")
+        identity, secret = backup.restored_identity(home, key_file, encrypt)
+        home.create(identity, secret, restored=True)
+        backup.restored_message(home, identity)
+        click.echo(identity.handle)
+        return
     if name is not None:
         validate_body(PROFILE, {"name": name})  # before anything is written
+    identity, secret, asked = backup.new_identity(home, encrypt, confirm)
     home.create(identity, secret)
+    if not asked:
+        backup.shown_unasked(identity, confirm)
     if name is not None:
         with home.open_store() as store:
             store.append(identity, PROFILE, {"name": name}, now_ms())
@@ -778,6 +810,8 @@ def import_(file: Path) -> None:
     with home.open_store(verify_pool=pool) as store:
         with file.open("rb") as source:
             _refuse_another_version_of_own_feed(home, store, source)
+        own = public_key(home)
+        own_before = store.latest_seq(own)
         # A large buffer: a refill releases the GIL, and each time this thread must win it
         # back from the verifier threads (measured: 0.5 s of 4 s with 8 KiB refills).
         with file.open("rb", buffering=_READ_BUFFER) as stream:
@@ -792,6 +826,12 @@ def import_(file: Path) -> None:
                 pool.close()
                 if progress is not None:
                     progress.done()
+        if store.latest_seq(own) > own_before and not store.head_known(own):
+            # A backup of our own feed: its head is what it holds (`p2pblog.own_head`).
+            store.mark_head_known(own)
+            click.echo(
+                f"your feed's head is now known (#{store.latest_seq(own)}): posting is possible", err=True
+            )
     if report.accepted or report.duplicates or not file_error:
         counts = f"{report.accepted} new entries ({report.duplicates} already present)"
         click.echo(f"imported {counts} from {file}")
@@ -1336,6 +1376,14 @@ def status(as_json: bool) -> None:
         tag = " (own)" if f["own"] else ""
         fork = "  FORKED" if f["forked"] else ""
         click.echo(f"  {f['handle']}{tag}  seq {f['seq']}  from {f['peers']} peer(s){fork}")
+    head = result.get("own_head") or {}
+    if head.get("state") == "catching up":
+        click.echo(
+            f"own feed: head not known, catching up (held {head.get('held')}, peers report "
+            f"{head.get('reported')}): posting waits until then"
+        )
+    elif head:
+        click.echo(f"own feed: head known (held {head.get('held')})")
     dropped = result["dropped"]
     click.echo("dropped input: " + (", ".join(f"{k} {v}" for k, v in dropped.items()) or "none"))
     storage = result.get("storage") or {}

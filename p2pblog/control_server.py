@@ -143,7 +143,7 @@ class ControlServer:
             return {"ok": False, "error": "'args' must be a JSON object"}
         try:
             return {"ok": True, "result": await handler(args)}
-        except (CommandFailed, OwnFeedRefused) as exc:
+        except (CommandFailed, OwnFeedRefused) as exc:  # incl. HeadUnknownError (`p2pblog.own_head`)
             return {"ok": False, "error": str(exc)}
         except StorageFull as exc:
             self.counts["storage_full"] += 1

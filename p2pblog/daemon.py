@@ -67,7 +67,14 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
-from p2pblog.events import DevicePaired, DmRefused, DmStateChanged, DmStored, DuplicateInstanceSeen
+from p2pblog.events import (
+    DevicePaired,
+    DmRefused,
+    DmStateChanged,
+    DmStored,
+    DuplicateInstanceSeen,
+    OwnHeadKnown,
+)
 from p2pblog.followers import count_followers
 from p2pblog.home import Home
 from p2pblog.node import (
@@ -394,6 +401,11 @@ class NodeService:
                 following = core.following()
                 if following:
                     self._log(f"following {len(following)} feed(s); reconnecting")
+                if not core.own_head.known:
+                    self._log(
+                        "the head of our own feed is not known (a restored home): catching up from the "
+                        "peers that hold it; posting waits until then"
+                    )
                 if not seeds:
                     self._log(
                         "no bootstrap address and no saved contacts: waiting for peers to contact this node"
@@ -477,6 +489,8 @@ class NodeService:
                     f"received {event.count} entries of {fingerprint(event.feed)} "
                     f"from {fingerprint(event.peer)} (now at #{event.latest})"
                 )
+            elif isinstance(event, OwnHeadKnown):
+                self._log(f"caught up with our own feed at #{event.held}: posting is possible again")
             elif isinstance(event, ProvidersResolved):
                 who = ", ".join(fingerprint(r.signer) for r in event.records) or "none"
                 self._log(f"providers of {fingerprint(event.feed)}: {who}")
@@ -849,6 +863,7 @@ class NodeService:
                 "max_queued_bytes": replicator.verify.max_bytes,
             },
             "feeds": feeds,
+            "own_head": core.own_head.doc(),
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),
             "instance": core.instances.instance.hex(),

@@ -174,6 +174,8 @@ class DialPolicy:
         self.wanted_peers: dict[bytes, None] = {}
         #: Client mode (`p2pblog.reachability`): dial providers (followers) of our own feed.
         self.client = False
+        #: Catching up with our own feed (`p2pblog.own_head`): dial its providers too.
+        self.catching_up = False
 
     def add_candidates(self, feed: bytes, peers: Iterable[tuple[bytes, str, int]]) -> None:
         """Providers of feed: ``(public key, tcp host, tcp port)``; their addresses go in the book."""
@@ -218,7 +220,7 @@ class DialPolicy:
             targets[key] = None
         for feed in sorted(feeds):
             if feed == self.own:
-                if self.client and not served(feed):
+                if (self.client or self.catching_up) and not served(feed):
                     # Nobody can dial us: reach a few of our followers ourselves, so that
                     # our posts leave (they pass them on to the others).
                     for key in list(self.candidates.get(feed, {}))[:DIALS_PER_FEED]:

@@ -82,6 +82,9 @@ class Discovery:
         self._search_rounds: dict[bytes, int] = {}
         #: Client mode (`p2pblog.reachability`): also search our own feed's providers.
         self.client = False
+        #: Our feed's head is not known (`p2pblog.own_head`): search its providers too, to
+        #: catch up from them.
+        self.catching_up = False
         #: The latest provider search's answer per feed: (when, signers), for counting
         #: replicas; and when a user may next ask for a round of searches.
         self.last_providers: dict[bytes, tuple[float, frozenset[bytes]]] = {}
@@ -124,8 +127,9 @@ class Discovery:
         """Search, for each wanted feed (in order) whose author is not connected, when due."""
         replicator = self.replicator
         for feed in wanted:
-            if feed == self.own and self.client and replicator.sources(feed) == 0:
-                # Client mode: find our followers (providers of our feed) to push to.
+            if feed == self.own and (self.client or self.catching_up) and replicator.sources(feed) == 0:
+                # Client mode: find our followers (providers of our feed) to push to;
+                # catching up: find those that hold our feed, to fetch it from them.
                 if now >= self._search_at.get(feed, 0.0):
                     self._search_at[feed] = now + SEARCH_EVERY
                     self.find_providers(feed, now, consume=True)

@@ -18,6 +18,7 @@ __all__ = [
     "EntrySignatureError",
     "EntryTooLarge",
     "FeedForkedError",
+    "HeadUnknownError",
     "LocalProtocolError",
     "P2PBlogError",
     "StorageFull",
@@ -95,3 +96,11 @@ class StoreDamaged(StoreError):
 class OwnFeedRefused(EntryError):
     """An append to our own feed was refused because it could fork the feed (another node
     runs with our key); the message says why and what to do."""
+
+
+class HeadUnknownError(OwnFeedRefused):
+    """Refused to sign an entry of the own feed: its head (latest seq) is not known here.
+
+    Signing now could give a seq the feed already has elsewhere, a fork that makes
+    every follower refuse the feed from then on (`p2pblog.own_head`).
+    """

@@ -203,6 +203,14 @@ class DuplicateInstanceSeen:
     seen: float
 
 
+@dataclass(frozen=True, slots=True)
+class OwnHeadKnown:
+    """We caught up with our own feed (`p2pblog.own_head`): we hold ``held`` entries of
+    it and may sign again."""
+
+    held: int
+
+
 Event = (
     DhtEvent
     | PeerResolved
@@ -226,5 +234,6 @@ Event = (
     | StartupFinished
     | DuplicateInstanceSeen
     | ReachabilityChanged
+    | OwnHeadKnown
     | GossipEvent
 )

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import platformdirs
 
 from identity import Identity, read_key_file, write_key_file
+from identity.keyfile import read_public_key
 from p2pblog.errors import P2PBlogError
 
 if TYPE_CHECKING:
@@ -74,8 +75,12 @@ class Home:
     def exists(self) -> bool:
         return self.key_file.exists()
 
-    def create(self, identity: Identity, passphrase: str | None = None) -> None:
-        """Write the identity and an empty store; refuse if one is there."""
+    def create(self, identity: Identity, passphrase: str | None = None, *, restored: bool = False) -> None:
+        """Write the identity and an empty store; refuse if one is there.
+
+        A new identity has signed nothing anywhere: its feed's head is known (empty).
+        A ``restored`` one may have a feed on the network: its store refuses to sign
+        until the node caught up, or an import (`p2pblog.own_head`)."""
         from p2pblog.store import Store
 
         if self.exists():
@@ -95,7 +100,11 @@ class Home:
         self.path.mkdir(parents=True, exist_ok=True, mode=HOME_MODE)
         self.secure()
         write_key_file(self.key_file, identity, passphrase)
-        Store(self.store_file).close()
+        with Store(self.store_file) as store:
+            if restored:
+                store.mark_head_unknown(identity.public_key)
+            else:
+                store.mark_head_known(identity.public_key)
 
     def secure(self) -> int | None:
         """Tighten HOME to 0700 and its key file to 0600 if they are wider (see the module
@@ -122,4 +131,14 @@ class Home:
         self.secure()
         from p2pblog.store import Store  # the store's modules only for the commands that open it
 
-        return Store(self.store_file, verify_pool=verify_pool)
+        new = not self.store_file.exists()
+        store = Store(self.store_file, verify_pool=verify_pool)
+        if new:
+            # A key file with no store: copied from elsewhere (or the store deleted). The
+            # feed may exist on the network; do not sign before its head is known.
+            try:
+                store.mark_head_unknown(read_public_key(self.key_file))
+            except BaseException:
+                store.close()
+                raise
+        return store

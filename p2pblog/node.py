@@ -90,6 +90,7 @@ from p2pblog.events import (
     MentionRefused,
     NameClaimPublished,
     NameResolved,
+    OwnHeadKnown,
     PairingResolved,
     PeerNotResolved,
     PeerResolved,
@@ -102,6 +103,7 @@ from p2pblog.events import (
 from p2pblog.instances import SELF_CHECK_QUORUM, InstanceWatch, home_instance
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
+from p2pblog.own_head import OwnHead
 from p2pblog.own_records import FIRST_CONTACT_POLL, PEER_REPUBLISH, OwnRecords
 from p2pblog.pairing import (
     IDENTITY_SETTING,
@@ -245,6 +247,9 @@ class NodeCore:
         self.relay = relay
         self.replicator.relay_enabled = relay
         self.relay_client = RelayClient(self.replicator)
+        #: Whether we know our own feed's head; until then, catch up from the network.
+        self.own_head = OwnHead(identity.public_key, self.store, self.replicator)
+        self._set_catching_up(not self.own_head.known)
         #: The DHT keys this node cares about (`dht.records.Capacity`'s priority): a full
         #: store evicts strangers' values for them, never them for strangers' values.
         self._priority_records: frozenset[bytes] = frozenset()
@@ -475,6 +480,8 @@ class NodeCore:
         elif isinstance(gossip, EntriesStored):
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
             self._devices_changed(now)
+            if gossip.feed == self.identity.public_key:
+                self._check_own_head()
         elif isinstance(gossip, DialBackResult):
             self.reachability.result(gossip, now)
             self._reachability_events(now)
@@ -550,11 +557,23 @@ class NodeCore:
             return
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
+        self._check_own_head()
         self.discovery.maintain(wanted, now)
         key_events = self.key_events.maintain(self.following(), self.own_identity, now)
         for due in (self.pairing.maintain(now), self.kept.maintain(now), key_events):
             if due is not None:
                 self._maintain_at = min(self._maintain_at, due)
+
+    def _set_catching_up(self, on: bool) -> None:
+        self.discovery.catching_up = on
+        self.replicator.dial_policy.catching_up = on
+
+    def _check_own_head(self) -> None:
+        """Mark our feed's head known once the peers that hold it are caught up with
+        (`p2pblog.own_head`), and stop searching for it then."""
+        if self.own_head.check():
+            self._set_catching_up(False)
+            self._events.append(OwnHeadKnown(self.store.latest_seq(self.identity.public_key)))
 
     def _relays_changed(self, now: float) -> None:
         """Our relays changed: the records name the new ones (the peer record at once, the

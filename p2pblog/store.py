@@ -131,11 +131,13 @@ from p2pblog.errors import (
     EntryFromFuture,
     EntrySignatureError,
     FeedForkedError,
+    HeadUnknownError,
     LocalProtocolError,
     StorageFull,
     StoreDamaged,
     StoreError,
 )
+from p2pblog.own_head import KNOWN, OWN_HEAD, UNKNOWN_PREFIX, refusal, unknown_marker
 
 if TYPE_CHECKING:
     # Imported where a bulk ingest needs them: they load concurrent.futures and
@@ -670,6 +672,8 @@ class Store:
         #: Raised whenever the devices of some identity change (the node re-reads them).
         self.devices_version = 0
         self._load_caps()
+        #: The author whose feed's head this store does not know (`p2pblog.own_head`), or None.
+        self._unknown_head = self._read_unknown_head()
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -899,6 +903,8 @@ class Store:
             with self.transaction():
                 return self.append(identity, kind, body, timestamp)
         author = identity.public_key
+        if author == self._unknown_head and not self.head_known(author):
+            raise HeadUnknownError(refusal(author, self.latest_seq(author)))
         state = self._heads.get(author)
         if state is None:
             state = self._heads[author] = self._read_feed_state(author)
@@ -1672,6 +1678,38 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    # -- the own feed's head (`p2pblog.own_head`) ------------------------------------------
+
+    def _read_unknown_head(self) -> bytes | None:
+        try:
+            value = self.setting(OWN_HEAD)
+        except sqlite3.Error:
+            return None  # opened read-only before the settings table existed: nothing to guard
+        if value is None or not value.startswith(UNKNOWN_PREFIX):
+            return None
+        with suppress(ValueError):
+            return bytes.fromhex(value[len(UNKNOWN_PREFIX) :])
+        return None
+
+    def head_known(self, author: bytes) -> bool:
+        """Whether this store knows the head of author's feed, so `append` may extend it
+        (read again while unknown: another process may have marked it known)."""
+        if author != self._unknown_head:
+            return True
+        self._unknown_head = self._read_unknown_head()
+        return author != self._unknown_head
+
+    def mark_head_known(self, author: bytes) -> None:
+        """The head of author's feed is known from now on (caught up, imported, new)."""
+        del author  # one identity per home: the marker names the key only while unknown
+        self.set_setting(OWN_HEAD, KNOWN)
+        self._unknown_head = None
+
+    def mark_head_unknown(self, author: bytes) -> None:
+        """Refuse to extend author's feed until its head is known (a restored home)."""
+        self.set_setting(OWN_HEAD, unknown_marker(author))
+        self._unknown_head = author
 
     def update_search_index(self, limit: int | None = None) -> int:
         """Index the posts stored since the last search (at most limit), in transactions of
