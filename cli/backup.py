@@ -140,7 +140,8 @@ def restored_message(home: Home, identity: Identity) -> None:
 
 @click.group("identity")
 def identity_group() -> None:
-    """The identity's backup phrase, and what this home knows of its feed."""
+    """The identity's backup phrase, what this home knows of its feed, and its root key
+    (rotate it; recover it with the recovery phrase after a theft)."""
 
 
 @identity_group.command("phrase")
@@ -191,4 +192,12 @@ def head_command(assume_new: bool) -> None:
     )
 
 
+def _add_rotation() -> None:
+    from cli.rotation import identity_recover, identity_rotate
+
+    identity_group.add_command(identity_rotate)
+    identity_group.add_command(identity_recover)
+
+
+_add_rotation()
 COMMANDS = [identity_group]

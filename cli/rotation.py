@@ -15,37 +15,28 @@ from cli.common import current_home, load_identity, now_ms
 from identity import Identity, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keyfile import key_file_is_encrypted, write_key_file
+from identity.phrase import MAX_PHRASE_CHARS, PhraseError, phrase_to_seed, seed_to_phrase
 from p2pblog import control
 from p2pblog.devices import key_digest
 from p2pblog.home import Home
 from p2pblog.rotation import RotationError, commit, identity_of, recover, rotate
 
-_WORDS = 24
-
 
 def _phrase(identity: Identity) -> str:
-    from mnemonic import Mnemonic
-
-    return str(Mnemonic("english").to_mnemonic(identity.seed))
+    return seed_to_phrase(identity.seed)
 
 
 def _from_phrase(text: str) -> Identity:
-    from mnemonic import Mnemonic
-
-    words = " ".join(text.lower().split())
-    m = Mnemonic("english")
-    if len(words.split()) != _WORDS or not m.check(words):
-        raise click.ClickException(
-            f"that is not a valid recovery phrase ({_WORDS} words; a word or the order is wrong)"
-        )
-    return Identity(bytes(m.to_entropy(words)))
+    try:
+        return Identity(phrase_to_seed(text))
+    except PhraseError as exc:
+        raise click.ClickException(f"that is not a valid recovery phrase: {exc}") from None
 
 
 def _read_phrase(prompt: str) -> Identity:
-    if sys.stdin.isatty():
-        text = click.prompt(prompt, hide_input=True)
-    else:
-        text = sys.stdin.readline()
+    text = (
+        click.prompt(prompt, hide_input=True) if sys.stdin.isatty() else sys.stdin.read(MAX_PHRASE_CHARS + 1)
+    )
     return _from_phrase(text)
 
 
@@ -66,7 +57,9 @@ def _node_stopped(home: Home) -> None:
         control.call(home.path, "status", {})
     except control.NodeNotRunning:
         return
-    raise click.ClickException("stop the node first (it signs with the key this changes), then run this again")
+    raise click.ClickException(
+        "stop the node first (it signs with the key this changes), then run this again"
+    )
 
 
 def _install_key(home: Home, new: Identity, passphrase: str | None) -> None:
@@ -125,7 +118,9 @@ def identity_rotate() -> None:
 
 @click.command("recover")
 @click.option("--identity", "handle", help="The identity's handle (default: this home's).")
-@click.option("--cut", type=click.IntRange(min=0), help="The last seq of the stolen root's feed that is yours.")
+@click.option(
+    "--cut", type=click.IntRange(min=0), help="The last seq of the stolen root's feed that is yours."
+)
 def identity_recover(handle: str | None, cut: int | None) -> None:
     """Take the identity back with its recovery phrase after its root key was stolen.
 
@@ -150,7 +145,7 @@ def identity_recover(handle: str | None, cut: int | None) -> None:
     with home.open_store() as store:
         if identity is None:
             identity = identity_of(store, load_identity(home))
-        held = store.latest_seq(identity)
+        held = store.latest_seq(store.root_chain(identity)[-1][0])  # the current (stolen) root's feed
         if cut is None and not held:
             raise click.BadParameter(
                 "this home holds none of the identity's feed: give the last seq that is yours "
@@ -158,7 +153,10 @@ def identity_recover(handle: str | None, cut: int | None) -> None:
                 param_hint="--cut",
             )
         point = held if cut is None else cut
-        if store.latest_seq(identity) and store.current_commitment(identity) not in (None, key_digest(new.public_key)):
+        if store.latest_seq(identity) and store.current_commitment(identity) not in (
+            None,
+            key_digest(new.public_key),
+        ):
             raise click.ClickException("that phrase is not the key this identity committed to")
         passphrase = None if fresh else _passphrase(home)
         try:

@@ -21,13 +21,22 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def p2pblog(
-    home: Path | None, *args: str, env: dict[str, str] | None = None, module: bool = True
+    home: Path | None,
+    *args: str,
+    env: dict[str, str] | None = None,
+    module: bool = True,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m p2pblog [--home HOME] ARGS`` (or the console script) and capture output."""
+    """Run ``python -m p2pblog [--home HOME] ARGS`` (or the console script) and capture output;
+    ``input`` is written to its stdin (else it reads nothing)."""
     command = [sys.executable, "-m", "p2pblog"] if module else [str(Path(sys.executable).parent / "p2pblog")]
     if home is not None:
         command += ["--home", str(home)]
     full_env = child_env(env)
+    if input is not None:
+        return subprocess.run(
+            [*command, *args], capture_output=True, text=True, timeout=120, env=full_env, input=input
+        )
     return subprocess.run(
         [*command, *args], capture_output=True, text=True, timeout=120, env=full_env, stdin=subprocess.DEVNULL
     )
