@@ -23,6 +23,8 @@ one msgpack array whose first element is the message type::
     [13, key, circuit]                      INCOMING    key opens a circuit to you (from a relay)
     [14, circuit, status]                   CIRCUIT     the circuit is open (OK), refused or closed
     [15, circuit, bytes]                    RELAY       bytes of the circuit's inner connection
+    [20, feed, [seq, ...]]                  SLICE_REQUEST  give me these entries of feed
+    [21, feed, [entry, ...]]                SLICE       the ones I hold (0..16 signed entries)
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
@@ -60,6 +62,13 @@ either end may send CIRCUIT CLOSED.  RELAY frames carry up to
 The two ends run their own Noise handshake over the circuit, so the relay
 reads nothing and cannot pose as either.  Circuit numbers are 0..2**32-1 and
 name a circuit on one session only.
+
+*Slices* (issue 19, "Track") fetch a few entries of a feed neither side
+need replicate: SLICE_REQUEST names a feed and 1..`MAX_SLICE_SEQS` distinct
+seqs (ascending); the peer answers each request, in order, with one SLICE
+of the entries it holds among them (0..`MAX_SLICE_ENTRIES`, signed bytes
+as stored; the requester verifies each).  Types 16-19 are reserved for
+direct messages.
 
 A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
 ``-1`` means "I do not replicate this feed (any more)", otherwise
@@ -119,6 +128,9 @@ MAX_NOTE: Final = MAX_SEQ << 1 | 1
 ENTRY_ID_BYTES: Final = 32
 #: Longest MENTION stamp (a proof-of-work nonce; `identity.pow` accepts up to 16).
 MAX_STAMP_BYTES: Final = 16
+#: Seqs a SLICE_REQUEST names, and entries a SLICE carries, at most.
+MAX_SLICE_SEQS: Final = 16
+MAX_SLICE_ENTRIES: Final = 16
 #: Largest MENTION_ACK status and need (one byte each).
 MAX_MENTION_STATUS: Final = 255
 MAX_NEED_BITS: Final = 255
@@ -155,6 +167,9 @@ class MessageType(enum.IntEnum):
     INCOMING = 13
     CIRCUIT = 14
     RELAY = 15
+    # 16-19: direct messages (issue 19).
+    SLICE_REQUEST = 20
+    SLICE = 21
 
 
 class RelayStatus(enum.IntEnum):
@@ -347,8 +362,26 @@ class Relay:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class SliceRequest:
+    """Send me entries ``seqs`` (ascending, distinct) of ``feed``."""
+
+    feed: bytes
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """The answer to a SLICE_REQUEST: the entries of ``feed`` the sender holds among those asked."""
+
+    feed: bytes
+    entries: tuple[bytes, ...]
+
+
 Message = (
-    Clock
+    SliceRequest
+    | Slice
+    | Clock
     | Entries
     | Have
     | Want
@@ -545,6 +578,23 @@ def _parse_relay(obj: list[Any]) -> Relay:
     return Relay(_circuit(circuit), _entry(data))
 
 
+def _parse_slice_request(obj: list[Any]) -> SliceRequest:
+    feed, seqs = _fields(obj, 3, "SLICE_REQUEST")
+    if type(seqs) is not list or not 1 <= len(seqs) <= MAX_SLICE_SEQS:
+        raise GossipDecodeError(f"a slice request names 1..{MAX_SLICE_SEQS} seqs")
+    checked = [_seq1(seq) for seq in seqs]
+    if checked != sorted(set(checked)):
+        raise GossipDecodeError("a slice request's seqs are distinct and ascending")
+    return SliceRequest(_feed(feed), tuple(checked))
+
+
+def _parse_slice(obj: list[Any]) -> Slice:
+    feed, entries = _fields(obj, 3, "SLICE")
+    if type(entries) is not list or len(entries) > MAX_SLICE_ENTRIES:
+        raise GossipDecodeError(f"a slice carries 0..{MAX_SLICE_ENTRIES} entries")
+    return Slice(_feed(feed), tuple(_entry(entry) for entry in entries))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -562,7 +612,10 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.INCOMING: _parse_incoming,
     MessageType.CIRCUIT: _parse_circuit,
     MessageType.RELAY: _parse_relay,
+    MessageType.SLICE_REQUEST: _parse_slice_request,
+    MessageType.SLICE: _parse_slice,
 }
+
 
 _UNPACK_LIMITS: Final = {
     "max_bin_len": MAX_ENTRY_BYTES,
@@ -644,6 +697,10 @@ def _wire(message: Message) -> list[Any]:
         return [MessageType.CIRCUIT.value, message.circuit, _plain_int(message.status)]
     if isinstance(message, Relay):
         return [MessageType.RELAY.value, message.circuit, message.data]
+    if isinstance(message, SliceRequest):
+        return [MessageType.SLICE_REQUEST.value, message.feed, list(message.seqs)]
+    if isinstance(message, Slice):
+        return [MessageType.SLICE.value, message.feed, list(message.entries)]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
 
 

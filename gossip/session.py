@@ -81,6 +81,12 @@ its frames ahead of queued ENTRIES batches in every `frames_to_send`, so a
 long catch-up does not delay them.  A received MENTION costs `MENTION_COST`
 control tokens.
 
+*Slices* (issue 19) also bypass replication: `request_slice` asks the peer
+for a few entries of one feed, which come back as `SliceAnswered`; the
+peer's `SliceRequested` is answered with `answer_slice`
+(`gossip.slices.SliceExchange` owns the pairing; a SLICE_REQUEST costs
+`gossip.slices.SLICE_COST` control tokens).
+
 *Peer-named feeds.*  A peer's CLOCK may name any feed; we need state only
 for feeds we can serve or want.  A feed we want, or hold (`latest_seq` > 0),
 gets a full `_Feed` record; one we neither want nor hold gets only the
@@ -201,12 +207,15 @@ from gossip.messages import (
     Relay,
     Reservation,
     Reserve,
+    Slice,
+    SliceRequest,
     UnknownMessageType,
     Want,
     chunked,
     decode_message,
     encode_message,
 )
+from gossip.slices import SLICE_COST, SliceAnswered, SliceExchange, SliceRequested
 from identity.errors import LocalProtocolError
 from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_ENTRY_BYTES, MAX_FRAME_BYTES
 from identity.pacing import TokenBucket
@@ -477,7 +486,9 @@ class SessionFailed:
 
 
 Event = (
-    EntriesReceived
+    SliceRequested
+    | SliceAnswered
+    | EntriesReceived
     | ForkProofReceived
     | EntriesRefused
     | MentionReceived
@@ -498,7 +509,9 @@ _Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
 #: Events held to `GossipConfig.max_queued_notices` (EntriesReceived is bounded
 #: by the window, SessionFailed happens once).
 _Bounded = (
-    _Notice
+    SliceRequested
+    | SliceAnswered
+    | _Notice
     | MentionReceived
     | MentionAcked
     | DialBackRequested
@@ -521,6 +534,8 @@ def _cost(message: Message) -> float:
         feeds = len(message.from_seqs)
     elif isinstance(message, Mention):
         return MENTION_COST
+    elif isinstance(message, SliceRequest):
+        return SLICE_COST
     else:
         feeds = 0
     return 1 + feeds // NOTES_PER_TOKEN
@@ -595,6 +610,11 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_IDLE, "send_relay"): _Do.IGNORE,
     (_OPEN, "send_relay"): _Do.RUN,
     (_CLOSED, "send_relay"): _Do.IGNORE,
+    (_IDLE, "request_slice"): _Do.IGNORE,
+    (_OPEN, "request_slice"): _Do.RUN,
+    (_CLOSED, "request_slice"): _Do.IGNORE,
+    (_OPEN, "answer_slice"): _Do.RUN,
+    (_CLOSED, "answer_slice"): _Do.IGNORE,
     (_IDLE, "handle_timer"): _Do.IGNORE,
     (_OPEN, "handle_timer"): _Do.RUN,
     (_CLOSED, "handle_timer"): _Do.IGNORE,
@@ -707,6 +727,8 @@ class GossipSession:
             stats=self.stats,
             now=now,
         )
+        #: Slices (issue 19): our requests and the peer's, paired with their answers.
+        self._slices = SliceExchange(self.stats)
         self._events: deque[Event] = deque()
         #: `_Bounded` events in the queue.
         self._bounded = 0
@@ -764,6 +786,7 @@ class GossipSession:
             self._want_pending.clear()
         # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
         out += self._mentions.frames_to_send()
+        out += self._slices.frames_to_send()
         out += self._dial_frames
         self._dial_frames.clear()
         out += self._relay_frames
@@ -1103,6 +1126,23 @@ class GossipSession:
         self.stats["tx.relay_bytes"] += len(data)
         return True
 
+    def request_slice(self, feed: bytes, seqs: Sequence[int], now: float) -> bool:
+        """Ask the peer for entries ``seqs`` of ``feed`` (SLICE_REQUEST); the answer comes as
+        `SliceAnswered`.  False if the session is not open or too many requests wait."""
+        if not self._enter("request_slice", now):
+            return False
+        return self._slices.request(feed, tuple(sorted(set(seqs))))
+
+    def answer_slice(self, feed: bytes, entries: Sequence[bytes], now: float) -> None:
+        """Answer the peer's oldest `SliceRequested` (of ``feed``) with the entries we hold."""
+        if self._enter("answer_slice", now):
+            self._slices.answer(feed, tuple(entries))
+
+    @property
+    def slices_asked(self) -> int:
+        """Our SLICE_REQUESTs that await answers (<= `gossip.slices.MAX_SLICES_ASKED`)."""
+        return self._slices.asked
+
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
         if not self._enter("handle_timer", now):
@@ -1165,6 +1205,18 @@ class GossipSession:
             self._queue_event(IncomingCircuit(message.key, message.circuit), "events.relay_not_queued")
         elif isinstance(message, Circuit):
             self._queue_event(CircuitChanged(message.circuit, message.status), "events.relay_not_queued")
+        elif isinstance(message, SliceRequest):
+            requested = self._slices.on_request(message)
+            if requested is None:
+                self._dropped("slice_request", "too many slice requests unanswered")
+            elif self._queue_event(requested, "events.slices_not_queued"):
+                self._slices.reported(message.feed)
+        elif isinstance(message, Slice):
+            answered = self._slices.on_slice(message)
+            if answered is None:
+                self._misbehaved("slice for nothing")
+            else:
+                self._queue_event(answered, "events.slices_not_queued")
         else:
             self.stats["rx.relay_bytes"] += len(message.data)
             self._events.append(RelayReceived(message.circuit, message.data))  # bounded by the read
@@ -1540,4 +1592,5 @@ class GossipSession:
         self._data_bytes = 0
         self._queued_proofs = 0
         self._mentions.close()
+        self._slices.close()
         self._want_timers.clear()

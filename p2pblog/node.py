@@ -17,6 +17,9 @@ part (module)              owns
                            feeds we follow (`p2pblog.discovery`)
 ``outbox``, ``admission``  mention notices we send, and those we admit
                            (`p2pblog.mentions`)
+``hashtags``, ``tracker``   our hashtag records; tracked tags' lookups, slice
+                           fetches and answers (`p2pblog.hashtags`,
+                           `p2pblog.track`; issue 19)
 ``queries``                the pending DHT queries and how each ends
                            (`p2pblog.queries`)
 ``replicator``             the gossip connections, sessions and dial policy
@@ -73,6 +76,8 @@ from p2pblog.discovery import Discovery
 from p2pblog.entry import FOLLOW, UNFOLLOW, Entry
 from p2pblog.events import (
     Event,
+    HashtagAnnounced,
+    HashtagsFound,
     JoinFinished,
     MentionAdmitted,
     MentionDelivered,
@@ -86,12 +91,19 @@ from p2pblog.events import (
     RecordPublished,
     StartupFinished,
 )
+from p2pblog.hashtags import HashtagAnnouncer
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
 from p2pblog.own_records import FIRST_CONTACT_POLL, OwnRecords
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address
-from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
+from p2pblog.record_rules import (
+    hashtag_group,
+    rank_provider,
+    select_value,
+    validate_provider,
+    validate_value,
+)
 from p2pblog.relay import RelayClient
 from p2pblog.replication import (
     MAINTAIN_EVERY,
@@ -104,9 +116,12 @@ from p2pblog.replication import (
     PeerDisconnected,
     RelayReserved,
     Replicator,
+    SliceArrived,
+    SliceAsked,
 )
 from p2pblog.replication import Event as GossipEvent
 from p2pblog.store import Store
+from p2pblog.track import Tracker
 
 __all__ = [
     "MAINTAIN_EVERY",
@@ -177,6 +192,12 @@ class NodeCore:
             identity, self.store, self.replicator, self.mention_stats, mention_work
         )
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
+        #: Track (issue 19): our hashtag records, and the tags this node tracks.
+        self.dht.providers.group = hashtag_group
+        self.hashtags = HashtagAnnouncer(identity, self.store, self.dht, self.queries, now)
+        self.tracker = Tracker(
+            identity, self.store, self.dht, self.queries, self.replicator, self.discovery, now
+        )
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
         self.reachability = Reachability(self.replicator, now, enabled=check_reachability)
         #: Relaying: we relay for others (unless off, or in client mode); in client mode we
@@ -239,6 +260,12 @@ class NodeCore:
         merged.update(self.discovery.stats)
         return merged
 
+    def track_counters(self) -> Counter[str]:
+        """The track counters (`status` shows them under ``track.``)."""
+        merged = Counter(self.tracker.stats)
+        merged.update(self.hashtags.stats)
+        return merged
+
     def following(self) -> set[bytes]:
         return self.store.following(self.identity.public_key)
 
@@ -289,6 +316,12 @@ class NodeCore:
         if t is not None and t < at:
             at = t
         t = self.reachability.wake_at()
+        if t is not None and t < at:
+            at = t
+        t = self.hashtags.next_deadline()
+        if t is not None and t < at:
+            at = t
+        t = self.tracker.next_deadline()
         if t is not None and t < at:
             at = t
         return at
@@ -365,6 +398,14 @@ class NodeCore:
             self._reachability_events(now)
         elif isinstance(gossip, RelayReserved) and self.relay_client.answered(gossip, now):
             self._relays_changed(now)
+        elif isinstance(gossip, SliceAsked):
+            self.tracker.slice_asked(gossip, now)
+        elif isinstance(gossip, SliceArrived):
+            self.tracker.slice_arrived(gossip, now)
+            self._events.extend(self.tracker.events)
+            self.tracker.events.clear()
+        if isinstance(gossip, PeerConnected):
+            self.tracker.peer_connected(gossip.peer, now)
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):
@@ -373,12 +414,17 @@ class NodeCore:
             if result.record.addr("tcp") is not None:
                 self.outbox.recipient_found(result.public_key, now)
                 self.discovery.peer_found(result, now)
+                self.tracker.peer_resolved(result.public_key, now)
         elif isinstance(result, ProviderAnnounced | NameClaimPublished):
             self.records.stored(result, now)
         elif isinstance(result, RecordPublished):
             self.lifecycle.published(result, now)
         elif isinstance(result, BootstrapFinished):
             self.lifecycle.joined(result, now)
+        elif isinstance(result, HashtagsFound):
+            self.tracker.found(result, now)
+        elif isinstance(result, HashtagAnnounced):
+            self.hashtags.stored(result, now)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -390,6 +436,8 @@ class NodeCore:
         self.dht.handle_timer(now)
         self.lifecycle.handle_timer(now)
         self.records.handle_timer(now)
+        self.hashtags.handle_timer(now)
+        self.tracker.handle_timer(now)
         if self.outbox.due_at is not None and now >= self.outbox.due_at:
             self.outbox.deliver(now)
         wake = self.reachability.wake_at()
@@ -616,6 +664,7 @@ class NodeCore:
 
     def _appended(self, entry: Entry, now: float) -> Entry:
         self.replicator.feed_appended(entry.author, now)
+        self.hashtags.changed(now)
         self.outbox.sync(now)
         self._drain(now)
         return entry
@@ -652,4 +701,11 @@ class NodeCore:
 
     def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None:
         self.outbox.stamp_made(entry_id, recipient, nonce, now)
+        self._drain(now)
+
+    # -- track (issue 19) ---------------------------------------------------------------
+
+    def track_changed(self, now: float) -> None:
+        """The tracked terms in the store changed: look up new tags at once."""
+        self.tracker.reload(now)
         self._drain(now)

@@ -17,8 +17,12 @@ are good, kept in one place so the DHT core stays ignorant of the format:
   per provider (`dht.providers`); a value must be a valid provider record or
   name claim filed under its own key, the provider it speaks for is its
   signer, and a full key evicts the claim with the least work first.
-* `verified_providers` / `verified_claims`: what a finished providers
-  lookup yields, checked again against the feed or name asked for.
+* `verified_providers` / `verified_claims` / `verified_hashtags`: what a
+  finished providers lookup yields, checked again against the feed, name or
+  tag asked for.
+* `hashtag_group`: the provider store's group of a hashtag record is its
+  signer, so one key's announcements of many tags are bounded together
+  (`dht.providers.MAX_PER_GROUP`; issue 19).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from collections.abc import Sequence
 from dht.records import accept_any
 from dht.wire import Value
 from identity.records import (
+    HASHTAG,
     NAME,
     PROVIDER,
     Record,
@@ -36,6 +41,7 @@ from identity.records import (
     name_key,
     order_claims,
     provider_key,
+    tag_key,
 )
 
 
@@ -65,7 +71,19 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
         record = decode_record(value, now=now, key=key)
     except RecordError:
         return None
-    return record.signer if record.type in (PROVIDER, NAME) else None
+    return record.signer if record.type in (PROVIDER, NAME, HASHTAG) else None
+
+
+def hashtag_group(key: bytes, value: bytes) -> bytes | None:
+    """The provider store's group of a held value: ``tag:`` + signer for a hashtag record."""
+    del key
+    if not _looks_like_record(value):
+        return None
+    try:
+        record = decode_record(value, now=None, check_signature=False)
+    except RecordError:
+        return None
+    return b"tag:" + record.signer if record.type == HASHTAG else None
 
 
 def rank_provider(key: bytes, value: bytes) -> int:
@@ -128,3 +146,18 @@ def verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
         if record.type == NAME and record.name == name:
             records.append(record)
     return tuple(order_claims(records))
+
+
+def verified_hashtags(tag: str, values: Sequence[bytes]) -> tuple[Record, ...]:
+    """The hashtag records of ``tag`` among a lookup's values, one per signer (highest seq)."""
+    key = tag_key(tag)
+    records: dict[bytes, Record] = {}
+    for value in values:
+        try:
+            record = decode_record(value, now=None, key=key)
+        except RecordError:
+            continue
+        old = records.get(record.signer)
+        if record.type == HASHTAG and record.tag == tag and (old is None or record.seq > old.seq):
+            records[record.signer] = record
+    return tuple(records.values())

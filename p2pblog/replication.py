@@ -162,6 +162,7 @@ from gossip.session import (
     SessionFailed,
     SessionState,
 )
+from gossip.slices import SliceAnswered, SliceRequested
 from gossip.transport import (
     ChannelConfig,
     ChannelFailed,
@@ -340,8 +341,29 @@ class RelayReserved:
     seconds: int
 
 
+@dataclass(frozen=True, slots=True)
+class SliceAsked:
+    """``peer`` asks for entries ``seqs`` of ``feed``: answer with `Replicator.answer_slice`."""
+
+    peer: bytes
+    feed: bytes
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SliceArrived:
+    """``peer`` answered our `Replicator.request_slice` for ``seqs`` of ``feed`` (unverified)."""
+
+    peer: bytes
+    feed: bytes
+    seqs: tuple[int, ...]
+    entries: tuple[bytes, ...]
+
+
 Event = (
-    PeerConnected
+    SliceAsked
+    | SliceArrived
+    | PeerConnected
     | PeerDisconnected
     | EntriesStored
     | InputRefused
@@ -715,6 +737,31 @@ class Replicator:
         conn.session.ack_mention(entry_id(notice.entry), status, need, now)
         self._touch(conn)
         self._pump(now)
+
+    def request_slice(self, peer: bytes, feed: bytes, seqs: Sequence[int], now: float) -> bool:
+        """Ask connected ``peer`` for entries ``seqs`` of ``feed`` (reported as `SliceArrived`);
+        False if no open session can take the request."""
+        conn = self._open_conn(peer)
+        if conn is None or conn.session is None or not conn.session.request_slice(feed, seqs, now):
+            return False
+        self._touch(conn)
+        self._pump(now)
+        return True
+
+    def answer_slice(self, asked: SliceAsked, entries: Sequence[bytes], now: float) -> None:
+        """Answer a `SliceAsked`; nothing if the peer's session is gone meanwhile."""
+        conn = self._open_conn(asked.peer)
+        if conn is None or conn.session is None:
+            self.stats["slices.answer_unsent"] += 1
+            return
+        conn.session.answer_slice(asked.feed, entries, now)
+        self._touch(conn)
+        self._pump(now)
+
+    def _open_conn(self, peer: bytes) -> _Conn | None:
+        conn_id = self._by_peer.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        return None if conn is None or conn.session is None or conn.closing else conn
 
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
@@ -1309,6 +1356,12 @@ class Replicator:
         elif isinstance(event, MentionAcked):
             assert peer is not None
             self._events.append(MentionAnswered(peer, event.entry_id, event.status, event.need))
+        elif isinstance(event, SliceRequested):
+            assert peer is not None
+            self._events.append(SliceAsked(peer, event.feed, event.seqs))
+        elif isinstance(event, SliceAnswered):
+            assert peer is not None
+            self._events.append(SliceArrived(peer, event.feed, event.seqs, event.entries))
         elif isinstance(event, DialBackRequested):
             self._dial_back(conn, session, event.port, now)
         elif isinstance(event, RelayReceived):
