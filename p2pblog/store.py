@@ -1146,7 +1146,7 @@ class Store:
         return {bytes(feed) for (feed,) in rows}
 
     def timeline(
-        self, owner: bytes, *, limit: int = 50, before: int | tuple[int, bytes, int] | None = None
+        self, owner: bytes, *, limit: int = 50, before: tuple[int, bytes, int] | None = None
     ) -> list[FeedItem]:
         """Posts by owner and the feeds owner follows (not blocked), newest first.
 

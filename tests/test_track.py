@@ -1,0 +1,301 @@
+"""Track (issue 19) between NodeCores, sans IO: hashtag records, lookups, slices, bounds.
+
+Nodes have real SQLite stores on disk and meet over `tests.gossip.wire.Wire`
+(in-memory TCP and UDP, fake clock), joined through "s".  Every test asserts
+what a user would see: which posts a tracking node stores and shows, what
+was refused and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from random import Random
+
+import msgpack
+import pytest
+
+from dht.providers import MAX_PER_GROUP
+from identity import Identity
+from identity.records import (
+    HASHTAG,
+    RecordError,
+    create_hashtag_record,
+    create_record,
+    decode_record,
+    normalize_tag,
+    tag_key,
+)
+from p2pblog import hashtags, track
+from p2pblog.entry import POST, create_entry, post_body
+from p2pblog.events import TrackedPostFetched
+from p2pblog.hashtags import MAX_ANNOUNCED_TAGS, own_tags, tags_in
+from p2pblog.node import NodeCore
+from p2pblog.replication import SliceArrived, SliceAsked
+from p2pblog.store import Store
+from p2pblog.track import (
+    FOLLOWED,
+    MAX_TERMS,
+    STRANGER,
+    WITHIN_HOPS,
+    TrackError,
+    add_term,
+    normalize_term,
+    rank_authors,
+    remove_term,
+    tracked_posts,
+    tracked_terms,
+)
+from tests.gossip.wire import PORT, T0, Wire
+
+A, B, C, S = (Identity(bytes([i]) * 32) for i in (61, 62, 63, 64))
+NAMES = {"a": A, "b": B, "c": C, "s": S}
+HOST = {name: f"10.0.2.{i}" for i, name in enumerate("abcs", start=1)}
+Net = Callable[..., tuple[Wire, dict[str, NodeCore]]]
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    """Builds NodeCores named from "abcs", all joined through "s"."""
+    stores: list[Store] = []
+
+    def build(names: str = "acs") -> tuple[Wire, dict[str, NodeCore]]:
+        wire = Wire()
+        cores: dict[str, NodeCore] = {}
+        for seed, name in enumerate(names, start=1):
+            store = Store(tmp_path / f"{name}.db")
+            stores.append(store)
+            cores[name] = NodeCore(
+                NAMES[name], Random(seed), T0, store=store, random_bytes=Random(seed + 100).randbytes
+            )
+            wire.add(name, cores[name], HOST[name])
+        for name, core in cores.items():
+            if name != "s":
+                core.bootstrap([wire.addr("s")], wire.now)
+            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
+        wire.advance(5)
+        return wire, cores
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+def fetched(wire: Wire, name: str) -> list[TrackedPostFetched]:
+    return [e for e in wire.events_of(name, TrackedPostFetched) if isinstance(e, TrackedPostFetched)]
+
+
+def track_term(core: NodeCore, term: str, now: float) -> None:
+    add_term(core.store, term)
+    core.track_changed(now)
+
+
+# --- terms and matching ---------------------------------------------------------------------
+
+
+def test_terms_are_normalised_and_bounded(tmp_path: Path) -> None:
+    assert normalize_term("#P2P") == "#p2p"
+    assert normalize_term("  Café ") == "café"
+    assert normalize_term("ＦＵＬＬ") == "full"  # NFKC folds full-width letters
+    assert normalize_term("#Straße") == "#strasse"  # casefold, not lower
+    for bad in ("", "#", "two words", "a-b", "#" + "x" * 65, "@name"):
+        with pytest.raises(TrackError):
+            normalize_term(bad)
+    with Store(tmp_path / "s.db") as store:
+        assert add_term(store, "#P2P") == ("#p2p", True)
+        assert add_term(store, "#p2p") == ("#p2p", False)
+        for i in range(MAX_TERMS - 1):
+            add_term(store, f"w{i}")
+        assert len(tracked_terms(store)) == MAX_TERMS
+        with pytest.raises(TrackError, match="at most 64"):
+            add_term(store, "onemore")
+        assert remove_term(store, "#P2P") == ("#p2p", True)
+        assert remove_term(store, "#p2p") == ("#p2p", False)
+        assert add_term(store, "onemore") == ("onemore", True)
+
+
+def test_tracked_posts_match_tags_and_words_newest_first(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        for i, text in enumerate(["about #P2P nets", "p2p without hash", "café au lait", "nothing here"]):
+            store.append(A, POST, post_body(text), 1_000 + i)
+        tag_only = [h.item.entry.text for h in tracked_posts(store, ["#p2p"])]
+        assert tag_only == ["about #P2P nets"]
+        both = [h.item.entry.text for h in tracked_posts(store, ["#p2p", "cafe"])]
+        assert both == ["café au lait", "about #P2P nets"]
+        page = tracked_posts(store, ["#p2p", "cafe"], limit=1)
+        after = tracked_posts(store, ["#p2p", "cafe"], before=page[0].cursor)
+        assert [h.item.entry.text for h in after] == ["about #P2P nets"]
+
+
+def test_own_tags_are_the_most_recently_used_bounded(tmp_path: Path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        now_ms = int(T0 * 1000)
+        for i in range(40):
+            store.append(A, POST, post_body(f"post {i} #tag{i} #common"), now_ms - 40 + i)
+        tags = own_tags(store, A.public_key, now_ms)
+        assert len(tags) == MAX_ANNOUNCED_TAGS
+        assert list(tags)[:2] == ["tag39", "common"]
+        assert tags["common"] == tuple(range(33, 41))  # the newest 8 seqs, ascending
+        assert tags_in("#Café and #café, #x#y") == ["café", "x"]
+
+
+# --- records and DHT bounds -------------------------------------------------------------------
+
+
+def test_hashtag_records_verify_under_their_own_key() -> None:
+    record = create_hashtag_record(A, tag=normalize_tag("#P2P"), seqs=[5, 2], seq=1, expires=2**40)
+    assert (record.type, record.tag, record.seqs) == (HASHTAG, "p2p", (2, 5))
+    assert decode_record(record.raw, now=T0, key=tag_key("p2p")) == record
+    with pytest.raises(RecordError):
+        decode_record(record.raw, now=T0, key=tag_key("other"))
+    with pytest.raises(RecordError):
+        create_hashtag_record(A, tag="P2P", seqs=[1], seq=1, expires=2**40)  # not normalised
+    with pytest.raises(RecordError):
+        create_hashtag_record(A, tag="p2p", seqs=list(range(1, 10)), seq=1, expires=2**40)
+    # A body with seqs out of order is refused (canonical form).
+    body = {"seqs": [3, 1], "tag": "p2p"}
+    signed = A.sign(msgpack.packb([1, HASHTAG, A.public_key, 1, 2**40, body]))
+    with pytest.raises(RecordError):
+        decode_record(signed, now=T0)
+
+
+def test_a_thousand_hashtag_announcements_from_one_key_are_bounded(net: Net) -> None:
+    """A DHT node receiving 1,000 hashtag records of different tags from one key keeps at
+    most the per-signer bound and counts every drop; other keys' records are untouched."""
+    wire, cores = net("acs")
+    s = cores["s"]
+    honest = create_hashtag_record(C, tag="p2p", seqs=[1], seq=1, expires=int(T0) + 3600)
+    assert s.dht.providers.add(tag_key("p2p"), honest.raw, wire.now, source="10.9.0.1").name == "STORED"
+    stats = s.dht.providers.stats
+    for i in range(1000):
+        record = create_hashtag_record(A, tag=f"spam{i}", seqs=[1], seq=1, expires=int(T0) + 3600)
+        # From many addresses: the per-source bound does not stop it, the per-signer one does.
+        s.dht.providers.add(tag_key(f"spam{i}"), record.raw, wire.now, source=f"10.8.{i // 250}.{i % 250}")
+    assert s.dht.providers.group_size(b"tag:" + A.public_key) == MAX_PER_GROUP
+    assert stats["evicted.group_full"] == 1000 - MAX_PER_GROUP
+    held = [tag for tag in (f"spam{i}" for i in range(1000)) if s.dht.providers.get(tag_key(tag), wire.now)]
+    assert held == [f"spam{i}" for i in range(1000 - MAX_PER_GROUP, 1000)]  # the newest kept
+    assert s.dht.providers.get(tag_key("p2p"), wire.now) == [honest.raw]
+    # Provider records are not hashtag records: no group bound applies to them.
+    provider = create_record(A, type="provider", seq=1, expires=int(T0) + 3600, addrs=[("tcp", "10.0.0.1", 1)], feed=C.public_key)
+    assert s.dht.providers.group.__call__(b"", provider.raw) is None  # type: ignore[union-attr]
+
+
+def test_a_node_never_announces_more_than_its_bound(net: Net) -> None:
+    wire, cores = net("as")
+    a = cores["a"]
+    for i in range(100):
+        a.post(f"#t{i} and #u{i}", wire.now)
+        wire.advance(0.1)
+    wire.advance(120)
+    assert len(a.hashtags.records) == MAX_ANNOUNCED_TAGS
+    own = [
+        key for key in a.dht.providers if a.dht.providers.is_published(key, A.public_key)
+        and decode_record(a.dht.providers.get(key, wire.now)[0], now=None).type == HASHTAG
+    ]
+    assert len(own) == MAX_ANNOUNCED_TAGS
+    # It rate-limited itself: 200 tags changed in 10 s, but announcements kept to the budget.
+    sent = a.hashtags.stats["announce.sent"]
+    assert a.hashtags.stats["announce.rate_limited"] > 0
+    assert sent <= hashtags.ANNOUNCE_BURST + hashtags.ANNOUNCE_RATE * (wire.now - T0) + 1
+
+
+# --- across the network -----------------------------------------------------------------------
+
+
+def test_a_tracked_tag_finds_a_strangers_post_within_ten_seconds(net: Net) -> None:
+    wire, cores = net("acs")
+    a, c = cores["a"], cores["c"]
+    track_term(c, "#P2P", wire.now)
+    assert not c.replicator.is_connected(A.public_key)
+    post = a.post("hello #p2p world", wire.now)
+    a.post("unrelated post", wire.now)
+    posted = wire.now
+    wire.advance(10)
+    events = fetched(wire, "c")
+    assert [(e.author, e.seq) for e in events] == [(A.public_key, post.seq)]
+    hits = tracked_posts(c.store, ["#p2p"])
+    assert [h.item.entry.id for h in hits] == [post.id]
+    assert c.store.latest_seq(A.public_key) == 0  # a loose entry, not the feed log
+    assert c.tracker.stats["fetched"] == 1 and a.tracker.stats["serve.answered"] >= 1
+    assert wire.now - posted <= 10
+    # Looked up again and again: the post is not fetched twice.
+    wire.advance(20)
+    assert len(fetched(wire, "c")) == 1
+
+
+def test_blocked_authors_are_never_fetched(net: Net) -> None:
+    wire, cores = net("acs")
+    a, c = cores["a"], cores["c"]
+    c.block(A.public_key, wire.now)
+    track_term(c, "#p2p", wire.now)
+    a.post("blocked #p2p", wire.now)
+    wire.advance(15)
+    assert fetched(wire, "c") == []
+    assert c.tracker.stats["lookup.records"] >= 1 and c.tracker.stats["fetch.started"] == 0
+
+
+def test_ranking_puts_followed_first_then_follow_hops_then_strangers() -> None:
+    records = [
+        create_hashtag_record(identity, tag="p2p", seqs=[1], seq=10 + i, expires=2**40)
+        for i, identity in enumerate((A, B, C, S))
+    ]
+    ranked = rank_authors(
+        records,
+        own=S.public_key,
+        following={C.public_key},
+        blocked={B.public_key},
+        within_hops=lambda key: key == A.public_key,
+    )
+    assert [(rank, r.signer) for rank, r in ranked] == [(FOLLOWED, C.public_key), (WITHIN_HOPS, A.public_key)]
+    strangers = [create_hashtag_record(Identity(bytes([i]) * 32), tag="p2p", seqs=[1], seq=i, expires=2**40) for i in range(1, 20)]
+    capped = rank_authors(strangers, own=S.public_key, following=set(), blocked=set(), within_hops=lambda k: False)
+    assert len(capped) == track.MAX_AUTHORS_PER_LOOKUP and all(rank == STRANGER for rank, _ in capped)
+    assert [r.seq for _, r in capped] == sorted((r.seq for r in strangers), reverse=True)[:8]
+
+
+def test_a_forged_or_modified_entry_in_a_slice_is_refused(net: Net) -> None:
+    wire, cores = net("acs")
+    a, c = cores["a"], cores["c"]
+    track_term(c, "#p2p", wire.now)
+    genuine = a.post("real #p2p post", wire.now)
+    wire.advance(10)
+    assert [e.entry_id for e in fetched(wire, "c")] == [genuine.id]
+    # Now hand C's tracker a slice by hand, as if A's node answered a request for seqs 2, 3.
+    fetch = track._Fetch(set(), {"p2p"}, wire.now + 30, requested=True, asked={2, 3})
+    c.tracker._fetches[A.public_key] = fetch
+    ms = int(wire.now * 1000)
+    real = create_entry(A, seq=2, prev=genuine.id, timestamp=ms, kind=POST, body=post_body("second #p2p post"))
+    modified = bytearray(real.raw)
+    modified[-5] ^= 0x01  # a byte of the text: the signature no longer covers it
+    forged = create_entry(B, seq=3, prev=real.id, timestamp=ms, kind=POST, body=post_body("forged #p2p post"))
+    untagged = create_entry(A, seq=3, prev=real.id, timestamp=ms, kind=POST, body=post_body("no tag"))
+    arrived = SliceArrived(A.public_key, A.public_key, (2, 3), (bytes(modified), forged.raw, untagged.raw))
+    c.tracker.slice_arrived(arrived, wire.now)
+    stats = c.tracker.stats
+    assert stats["slice.refused.invalid"] == 1  # the modified one
+    assert stats["slice.refused.not_asked"] == 1  # signed by B, not the author asked
+    assert stats["slice.refused.no_tag"] == 1
+    assert not c.store.held_seqs(A.public_key, [2, 3])
+    # A slice nobody asked for is dropped whole.
+    c.tracker.slice_arrived(SliceArrived(A.public_key, A.public_key, (2,), (real.raw,)), wire.now)
+    assert stats["slice.unsolicited"] == 1 and not c.store.held_seqs(A.public_key, [2])
+
+
+def test_slice_answers_are_bounded_and_rate_limited_per_peer(net: Net) -> None:
+    wire, cores = net("as")
+    a = cores["a"]
+    for i in range(20):
+        a.post(f"post {i} #p2p", wire.now)
+    sent: list[tuple[bytes, ...]] = []
+    a.replicator.answer_slice = lambda asked, entries, now: sent.append(tuple(entries))  # type: ignore[method-assign]
+    asked = SliceAsked(C.public_key, A.public_key, tuple(range(1, 21)))
+    a.tracker.slice_asked(asked, wire.now)
+    assert len(sent[0]) == 16  # MAX_SLICE_ENTRIES, though 20 were asked
+    for _ in range(20):
+        a.tracker.slice_asked(SliceAsked(C.public_key, A.public_key, (1,)), wire.now)
+    assert a.tracker.stats["serve.rate_limited"] == 20 + 1 - track.SERVE_BURST
+    assert sent[-1] == ()  # over the rate: answered empty, so the pairing holds
+    # Another peer has its own budget.
+    a.tracker.slice_asked(SliceAsked(B.public_key, A.public_key, (1,)), wire.now)
+    assert len(sent[-1]) == 1
