@@ -798,6 +798,7 @@ class NodeService:
             "blocked": len(replicator.blocked),
             "names": sorted(self.core.name_records),
             "mentions_pending": len(core.pending_mentions()),
+            "track": {"terms": core.tracker.terms, "announced": sorted(core.hashtags.records)},
             "dropped": dict(sorted(dropped.items())),
             "internal_errors": dict(sorted(internal.items())),
             "storage": {

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-**Terms.**  A user tracks up to `MAX_TERMS` terms, kept in the store's
+**Terms.**  A user tracks up to `MAX_TRACKED_TERMS` terms, kept in the store's
 ``settings`` (`TERMS_SETTING`, a JSON list) so the offline CLI and the
 running node share them.  `normalize_term` spells each one way: NFKC, then
 casefold; ``#tag`` (a hashtag: matches posts that write ``#tag``) or a bare
@@ -20,7 +20,7 @@ left out, paged by `p2pblog.store.cursor_of` cursors like ``search``.
 and fetches the posts they name:
 
 1. *Lookups.*  Each tracked ``#tag`` is looked up (GET_PROVIDERS at
-   `identity.records.tag_key`) every `SEARCH_EVERY` seconds, so a new post
+   `identity.records.tag_key`) every `TAG_SEARCH_EVERY` seconds, so a new post
    is seen within about that plus a fetch; all lookups share one
    `LOOKUP_RATE` token bucket, so however many tags are tracked the node
    starts at most that many lookups a second (the tags then take turns:
@@ -59,6 +59,7 @@ records found, fetches, entries stored and refused, requests served.
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
@@ -83,10 +84,10 @@ from p2pblog.search import SearchHit, Term
 from p2pblog.store import Store
 
 #: Terms one node tracks at most, and where they are kept.
-MAX_TERMS: Final = 64
+MAX_TRACKED_TERMS: Final = 64
 TERMS_SETTING: Final = "track.terms"
 #: Seconds between two lookups of one tracked tag (a new post is seen within about this).
-SEARCH_EVERY: Final = 4.0
+TAG_SEARCH_EVERY: Final = 4.0
 #: Lookups started per second in all, and in a burst, whatever the number of tags.
 LOOKUP_RATE: Final = 1.0
 LOOKUP_BURST: Final = 4.0
@@ -106,7 +107,7 @@ SERVE_BURST: Final = 8.0
 SERVE_PEERS: Final = 1024
 #: Bytes of entries one SLICE carries at most (16 entries of up to 8 KiB fit).
 MAX_SLICE_BYTES: Final = 128 * 1024
-DAY: Final = 86_400.0
+_WORD: Final = re.compile(r"[^\W_]+")
 
 #: Relationship ranks (`rank_authors`): lower first.
 FOLLOWED, WITHIN_HOPS, STRANGER = 0, 1, 2
@@ -134,17 +135,17 @@ def tracked_terms(store: Store) -> list[str]:
         terms = json.loads(store.setting(TERMS_SETTING) or "[]")
     except ValueError:
         return []
-    return [t for t in terms if isinstance(t, str)][:MAX_TERMS] if isinstance(terms, list) else []
+    return [t for t in terms if isinstance(t, str)][:MAX_TRACKED_TERMS] if isinstance(terms, list) else []
 
 
 def add_term(store: Store, text: str) -> tuple[str, bool]:
-    """Track a term: ``(normalised term, newly added)``; raises `TrackError` past `MAX_TERMS`."""
+    """Track a term: ``(normalised term, newly added)``; raises `TrackError` past `MAX_TRACKED_TERMS`."""
     term = normalize_term(text)
     terms = tracked_terms(store)
     if term in terms:
         return term, False
-    if len(terms) >= MAX_TERMS:
-        raise TrackError(f"at most {MAX_TERMS} terms are tracked; remove one first (`track remove`)")
+    if len(terms) >= MAX_TRACKED_TERMS:
+        raise TrackError(f"at most {MAX_TRACKED_TERMS} terms are tracked; remove one first (`track remove`)")
     store.set_setting(TERMS_SETTING, json.dumps([*terms, term]))
     return term, True
 
@@ -157,6 +158,26 @@ def remove_term(store: Store, text: str) -> tuple[str, bool]:
         return term, False
     store.set_setting(TERMS_SETTING, json.dumps([t for t in terms if t != term]))
     return term, True
+
+
+def text_matches(terms: Iterable[str], text: str | None) -> bool:
+    """Whether ``text`` has one of the tracked ``terms`` (as `tracked_posts` would find it,
+    near enough: a live page's test, not the search)."""
+    tags = {_fold(tag) for tag in tags_in(text)}
+    words = set(_WORD.findall(_fold(text or "")))
+    for term in terms:
+        if term.startswith("#"):
+            if _fold(term[1:]) in tags:
+                return True
+        elif _fold(term) in words:
+            return True
+    return False
+
+
+def _fold(text: str) -> str:
+    """Case and accents folded, as the search index's tokenizer folds them."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def term_query(term: str) -> list[Term]:
@@ -237,7 +258,7 @@ class Tracker:
         self.terms: list[str] = []
         self._search_at: dict[str, float] = {}
         self._lookups = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, now)
-        self._fetch_budget = TokenBucket(FETCHED_PER_DAY / DAY, FETCH_BURST, now)
+        self._fetch_budget = TokenBucket(FETCHED_PER_DAY / 86_400, FETCH_BURST, now)
         self._fetches: dict[bytes, _Fetch] = {}
         self._tried: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._serve = KeyedTokenBuckets(SERVE_RATE, SERVE_BURST, SERVE_PEERS)
@@ -290,7 +311,7 @@ class Tracker:
                 for late in [t for t, a in self._search_at.items() if a <= now]:
                     self._search_at[late] = now + 1 / LOOKUP_RATE
                 break
-            self._search_at[tag] = now + SEARCH_EVERY
+            self._search_at[tag] = now + TAG_SEARCH_EVERY
             qid = self.dht.start_get_providers(tag_key(tag), now, want=MAX_PROVIDERS_PER_KEY)
             self.queries.add(qid, FindHashtag(tag))
             self.stats["lookup.started"] += 1

@@ -35,7 +35,7 @@ from p2pblog.replication import SliceArrived, SliceAsked
 from p2pblog.store import Store
 from p2pblog.track import (
     FOLLOWED,
-    MAX_TERMS,
+    MAX_TRACKED_TERMS,
     STRANGER,
     WITHIN_HOPS,
     TrackError,
@@ -96,7 +96,7 @@ def track_term(core: NodeCore, term: str, now: float) -> None:
 def test_terms_are_normalised_and_bounded(tmp_path: Path) -> None:
     assert normalize_term("#P2P") == "#p2p"
     assert normalize_term("  Café ") == "café"
-    assert normalize_term("ＦＵＬＬ") == "full"  # NFKC folds full-width letters
+    assert normalize_term("\uff26\uff35\uff2c\uff2c") == "full"  # NFKC folds full-width letters
     assert normalize_term("#Straße") == "#strasse"  # casefold, not lower
     for bad in ("", "#", "two words", "a-b", "#" + "x" * 65, "@name"):
         with pytest.raises(TrackError):
@@ -104,9 +104,9 @@ def test_terms_are_normalised_and_bounded(tmp_path: Path) -> None:
     with Store(tmp_path / "s.db") as store:
         assert add_term(store, "#P2P") == ("#p2p", True)
         assert add_term(store, "#p2p") == ("#p2p", False)
-        for i in range(MAX_TERMS - 1):
+        for i in range(MAX_TRACKED_TERMS - 1):
             add_term(store, f"w{i}")
-        assert len(tracked_terms(store)) == MAX_TERMS
+        assert len(tracked_terms(store)) == MAX_TRACKED_TERMS
         with pytest.raises(TrackError, match="at most 64"):
             add_term(store, "onemore")
         assert remove_term(store, "#P2P") == ("#p2p", True)
@@ -177,7 +177,9 @@ def test_a_thousand_hashtag_announcements_from_one_key_are_bounded(net: Net) -> 
     assert held == [f"spam{i}" for i in range(1000 - MAX_PER_GROUP, 1000)]  # the newest kept
     assert s.dht.providers.get(tag_key("p2p"), wire.now) == [honest.raw]
     # Provider records are not hashtag records: no group bound applies to them.
-    provider = create_record(A, type="provider", seq=1, expires=int(T0) + 3600, addrs=[("tcp", "10.0.0.1", 1)], feed=C.public_key)
+    provider = create_record(
+        A, type="provider", seq=1, expires=int(T0) + 3600, addrs=[("tcp", "10.0.0.1", 1)], feed=C.public_key
+    )
     assert s.dht.providers.group.__call__(b"", provider.raw) is None  # type: ignore[union-attr]
 
 
@@ -190,7 +192,9 @@ def test_a_node_never_announces_more_than_its_bound(net: Net) -> None:
     wire.advance(120)
     assert len(a.hashtags.records) == MAX_ANNOUNCED_TAGS
     own = [
-        key for key in a.dht.providers if a.dht.providers.is_published(key, A.public_key)
+        key
+        for key in a.dht.providers
+        if a.dht.providers.is_published(key, A.public_key)
         and decode_record(a.dht.providers.get(key, wire.now)[0], now=None).type == HASHTAG
     ]
     assert len(own) == MAX_ANNOUNCED_TAGS
@@ -248,8 +252,13 @@ def test_ranking_puts_followed_first_then_follow_hops_then_strangers() -> None:
         within_hops=lambda key: key == A.public_key,
     )
     assert [(rank, r.signer) for rank, r in ranked] == [(FOLLOWED, C.public_key), (WITHIN_HOPS, A.public_key)]
-    strangers = [create_hashtag_record(Identity(bytes([i]) * 32), tag="p2p", seqs=[1], seq=i, expires=2**40) for i in range(1, 20)]
-    capped = rank_authors(strangers, own=S.public_key, following=set(), blocked=set(), within_hops=lambda k: False)
+    strangers = [
+        create_hashtag_record(Identity(bytes([i]) * 32), tag="p2p", seqs=[1], seq=i, expires=2**40)
+        for i in range(1, 20)
+    ]
+    capped = rank_authors(
+        strangers, own=S.public_key, following=set(), blocked=set(), within_hops=lambda k: False
+    )
     assert len(capped) == track.MAX_AUTHORS_PER_LOOKUP and all(rank == STRANGER for rank, _ in capped)
     assert [r.seq for _, r in capped] == sorted((r.seq for r in strangers), reverse=True)[:8]
 
@@ -265,7 +274,9 @@ def test_a_forged_or_modified_entry_in_a_slice_is_refused(net: Net) -> None:
     fetch = track._Fetch(set(), {"p2p"}, wire.now + 30, requested=True, asked={2, 3})
     c.tracker._fetches[A.public_key] = fetch
     ms = int(wire.now * 1000)
-    real = create_entry(A, seq=2, prev=genuine.id, timestamp=ms, kind=POST, body=post_body("second #p2p post"))
+    real = create_entry(
+        A, seq=2, prev=genuine.id, timestamp=ms, kind=POST, body=post_body("second #p2p post")
+    )
     modified = bytearray(real.raw)
     modified[-5] ^= 0x01  # a byte of the text: the signature no longer covers it
     forged = create_entry(B, seq=3, prev=real.id, timestamp=ms, kind=POST, body=post_body("forged #p2p post"))
