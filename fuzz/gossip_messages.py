@@ -31,6 +31,8 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
 
     from gossip.messages import (
         MAX_NOTE,
+        MAX_SLICE_ENTRIES,
+        MAX_SLICE_SEQS,
         MAX_STAMP_BYTES,
         Ack,
         Clock,
@@ -43,6 +45,8 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
         MentionStatus,
         MessageType,
         Note,
+        Slice,
+        SliceRequest,
         Want,
         decode_message,
         encode_message,
@@ -79,6 +83,9 @@ def seeds() -> list[bytes]:
         Mention(raws[2]),
         MentionAck(bytes(32), MentionStatus.NEED_WORK, 16),
         MentionAck(bytes(32), 200),
+        SliceRequest(feed, (1, 2, 6)),
+        Slice(feed, tuple(raws[:2])),
+        Slice(OTHER_KEY, ()),
     ]
     return [encode_message(m) for m in messages]
 
@@ -88,6 +95,8 @@ def mutator() -> MsgpackMutator:
     edges = (
         MAX_NOTE,
         MAX_NOTE + 1,
+        MAX_SLICE_SEQS + 1,
+        MAX_SLICE_ENTRIES + 1,
         limits.MAX_SEQ + 1,
         limits.MAX_BATCHES_IN_FLIGHT + 1,
         bytes(MAX_STAMP_BYTES + 1),

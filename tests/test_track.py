@@ -16,7 +16,11 @@ import msgpack
 import pytest
 
 from dht.providers import MAX_PER_GROUP
+from gossip.messages import Slice, SliceRequest, encode_message
+from gossip.session import GossipSession
+from gossip.slices import MAX_SLICES_ASKED, SliceAnswered, SliceRequested
 from identity import Identity
+from identity.errors import LocalProtocolError
 from identity.records import (
     HASHTAG,
     RecordError,
@@ -46,6 +50,7 @@ from p2pblog.track import (
     tracked_posts,
     tracked_terms,
 )
+from tests.gossip.feeds import MemorySource
 from tests.gossip.wire import PORT, T0, Wire
 
 A, B, C, S = (Identity(bytes([i]) * 32) for i in (61, 62, 63, 64))
@@ -310,3 +315,40 @@ def test_slice_answers_are_bounded_and_rate_limited_per_peer(net: Net) -> None:
     # Another peer has its own budget.
     a.tracker.slice_asked(SliceAsked(B.public_key, A.public_key, (1,)), wire.now)
     assert len(sent[-1]) == 1
+
+
+# --- the session's slice exchange --------------------------------------------------------------
+
+
+def test_a_session_pairs_slices_with_requests_and_bounds_both() -> None:
+    """A SLICE nobody asked for is misbehaviour; requests beyond the bound wait or are dropped."""
+    asker = GossipSession(MemorySource(), now=T0)
+    server = GossipSession(MemorySource(), now=T0)
+    for session in (asker, server):
+        session.connection_made(T0)
+        session.frames_to_send()
+    # An unsolicited SLICE is scored against the peer.
+    asker.frame_received(encode_message(Slice(A.public_key, ())), T0)
+    assert asker.stats["misbehaved.slice for nothing"] == 1
+    # Our own requests: at most MAX_SLICES_ASKED wait for answers.
+    assert all(asker.request_slice(A.public_key, [i], T0) for i in range(1, MAX_SLICES_ASKED + 1))
+    assert not asker.request_slice(A.public_key, [99], T0)
+    frames = asker.frames_to_send()
+    assert len(frames) == MAX_SLICES_ASKED
+    # The peer's: the first MAX_SLICES_OWED are reported, the rest dropped and counted.
+    for frame in [*frames, encode_message(SliceRequest(A.public_key, (7,)))]:
+        server.frame_received(frame, T0)
+    asked = [e for e in iter(server.next_event, None) if isinstance(e, SliceRequested)]
+    assert [e.seqs for e in asked] == [(1,), (2,), (3,), (4,)]
+    assert server.stats["drop.slice_request"] == 1
+    with pytest.raises(LocalProtocolError):
+        server.answer_slice(B.public_key, [], T0)  # not the feed asked for
+    for _ in asked:
+        server.answer_slice(A.public_key, [], T0)
+    with pytest.raises(LocalProtocolError):
+        server.answer_slice(A.public_key, [], T0)  # nothing left to answer
+    for frame in server.frames_to_send():
+        asker.frame_received(frame, T0)
+    answers = [e for e in iter(asker.next_event, None) if isinstance(e, SliceAnswered)]
+    assert [e.seqs for e in answers] == [(1,), (2,), (3,), (4,)]
+    assert asker.slices_asked == 0 and asker.request_slice(A.public_key, [5], T0)
