@@ -367,6 +367,7 @@ class NodeCore:
         self._events.append(result)
         if isinstance(result, ProvidersResolved):
             self.discovery.providers_seen(result, self._now)
+            self.tracker.providers_found(result, self._now)
         if pending.consume or isinstance(result, RecordPublished):
             self._consumed.append(result)
 
@@ -415,6 +416,8 @@ class NodeCore:
                 self.outbox.recipient_found(result.public_key, now)
                 self.discovery.peer_found(result, now)
                 self.tracker.peer_resolved(result.public_key, now)
+        elif isinstance(result, PeerNotResolved):
+            self.tracker.peer_not_resolved(result.public_key, now)
         elif isinstance(result, ProviderAnnounced | NameClaimPublished):
             self.records.stored(result, now)
         elif isinstance(result, RecordPublished):

@@ -34,8 +34,12 @@ and fetches the posts they name:
 3. *Fetching.*  For each author left, at most `MAX_FETCHES` at a time, the
    node wants a connection to it (`Replicator.want_connection`; its peer
    record is resolved when its address is unknown) and sends a
-   SLICE_REQUEST for those seqs (`gossip.slices`).  A fetch not answered in
-   `FETCH_TIMEOUT` is dropped (``track.fetch.timeout``).  All fetches share
+   SLICE_REQUEST for those seqs (`gossip.slices`).  When the author's peer
+   record cannot be resolved, or no connection to it opened within
+   `FALLBACK_AFTER`, the providers of its feed are looked up and the request
+   goes to one of them instead (a follower that holds the feed:
+   ``track.fetch.via_provider``).  A fetch not answered in `FETCH_TIMEOUT`
+   is dropped (``track.fetch.timeout``).  All fetches share
    `FETCHED_PER_DAY` seqs a day (``track.fetch.budget_spent``): strangers'
    records cannot make the node store without bound.
 4. *Checking.*  Each entry of the SLICE answering a request must verify
@@ -75,7 +79,7 @@ from identity.records import TAG_RE, Record, tag_key
 from p2pblog.discovery import Discovery
 from p2pblog.entry import POST, decode_entry
 from p2pblog.errors import EntryError, StoreError
-from p2pblog.events import HashtagsFound, TrackedPostFetched
+from p2pblog.events import HashtagsFound, ProvidersResolved, TrackedPostFetched
 from p2pblog.hashtags import tags_in
 from p2pblog.own_records import FIRST_CONTACT_POLL
 from p2pblog.queries import FindHashtag, PendingQueries
@@ -94,8 +98,10 @@ LOOKUP_BURST: Final = 4.0
 #: Authors fetched from per lookup, and fetches (authors) in progress at once.
 MAX_AUTHORS_PER_LOOKUP: Final = 8
 MAX_FETCHES: Final = 16
-#: Seconds a fetch may take (resolve, dial, request, answer).
+#: Seconds a fetch may take (resolve, dial, request, answer), and seconds without a
+#: connection to the author after which a provider of its feed is asked instead.
 FETCH_TIMEOUT: Final = 20.0
+FALLBACK_AFTER: Final = 5.0
 #: Seqs fetched in a day at most (all authors), and in a burst.
 FETCHED_PER_DAY: Final = 2000
 FETCH_BURST: Final = 128.0
@@ -232,6 +238,9 @@ class _Fetch:
     deadline: float
     requested: bool = False
     asked: set[int] = field(default_factory=set)
+    #: When to ask a provider of the feed instead of the author; the provider chosen.
+    fallback_at: float = float("inf")
+    via: bytes | None = None
 
 
 class Tracker:
@@ -262,6 +271,8 @@ class Tracker:
         self._fetches: dict[bytes, _Fetch] = {}
         self._tried: OrderedDict[tuple[bytes, int], None] = OrderedDict()
         self._serve = KeyedTokenBuckets(SERVE_RATE, SERVE_BURST, SERVE_PEERS)
+        #: Provider searches started for a fetch's feed: query id -> author.
+        self._provider_queries: dict[int, bytes] = {}
         self.reload(now)
 
     # -- terms ------------------------------------------------------------------------------
@@ -287,8 +298,9 @@ class Tracker:
             if at is None or t < at:
                 at = t
         for fetch in self._fetches.values():
-            if at is None or fetch.deadline < at:
-                at = fetch.deadline
+            due = min(fetch.deadline, fetch.fallback_at)
+            if at is None or due < at:
+                at = due
         return at
 
     def handle_timer(self, now: float) -> None:
@@ -298,6 +310,8 @@ class Tracker:
                 self.stats["fetch.timeout"] += 1
                 self._end(author)
             elif not fetch.requested:
+                if now >= fetch.fallback_at:
+                    self._find_providers(author, fetch, now)
                 self._request(author, fetch, now)
         if len(self.dht.table) == 0:
             for tag, at in self._search_at.items():
@@ -348,7 +362,7 @@ class Tracker:
                 if not self._fetch_budget.take(now, len(seqs)):
                     self.stats["fetch.budget_spent"] += 1
                     continue
-                fetch = _Fetch(set(), set(), now + FETCH_TIMEOUT)
+                fetch = _Fetch(set(), set(), now + FETCH_TIMEOUT, fallback_at=now + FALLBACK_AFTER)
                 self._fetches[author] = fetch
                 self.stats["fetch.started"] += 1
                 self.replicator.want_connection(author, now)
@@ -360,27 +374,66 @@ class Tracker:
                 self._request(author, fetch, now)
 
     def peer_connected(self, peer: bytes, now: float) -> None:
-        fetch = self._fetches.get(peer)
-        if fetch is not None and not fetch.requested:
-            self._request(peer, fetch, now)
+        for author, fetch in list(self._fetches.items()):
+            if peer in (author, fetch.via) and not fetch.requested:
+                self._request(author, fetch, now)
 
     def peer_resolved(self, peer: bytes, now: float) -> None:
         """An author's address is known now: dial it at once."""
         if peer in self._fetches:
             self.replicator.want_connection(peer, now)
 
+    def peer_not_resolved(self, peer: bytes, now: float) -> None:
+        """An author's peer record is not in the DHT: ask a provider of its feed."""
+        fetch = self._fetches.get(peer)
+        if fetch is not None and not fetch.requested:
+            self._find_providers(peer, fetch, now)
+
+    def _find_providers(self, author: bytes, fetch: _Fetch, now: float) -> None:
+        fetch.fallback_at = float("inf")  # once per fetch
+        if not self.replicator.is_connected(author):
+            qid = self.discovery.find_providers(author, now)
+            self._provider_queries[qid] = author
+            self.stats["fetch.provider_search"] += 1
+
+    def providers_found(self, result: ProvidersResolved, now: float) -> None:
+        """A provider search of ours ended: ask one provider of the feed (a connected one first)."""
+        author = self._provider_queries.pop(result.query_id, None)
+        fetch = self._fetches.get(author) if author is not None else None
+        if author is None or fetch is None or fetch.requested:
+            return
+        refused = self.replicator.blocked
+        candidates = [
+            (not self.replicator.is_connected(r.signer), r.signer, addr)
+            for r in result.records
+            if r.signer not in (self.own, author) and r.signer not in refused and (addr := r.addr("tcp"))
+        ]
+        if not candidates:
+            self.stats["fetch.no_provider"] += 1
+            return
+        _, provider, (host, port) = min(candidates)
+        fetch.via = provider
+        self.replicator.learn_address(provider, host, port, now)
+        self.replicator.want_connection(provider, now)
+        self._request(author, fetch, now)
+
     def _request(self, author: bytes, fetch: _Fetch, now: float) -> None:
         seqs = sorted(fetch.seqs)[-MAX_SLICE_ENTRIES:]
-        if self.replicator.is_connected(author) and self.replicator.request_slice(author, author, seqs, now):
-            fetch.requested = True
-            fetch.asked |= set(seqs)
-            fetch.seqs -= set(seqs)
-            self.stats["fetch.requested"] += 1
+        for peer in (author, fetch.via):
+            if peer is None or not self.replicator.is_connected(peer):
+                continue
+            if self.replicator.request_slice(peer, author, seqs, now):
+                fetch.requested = True
+                fetch.asked |= set(seqs)
+                fetch.seqs -= set(seqs)
+                self.stats["fetch.requested" if peer == author else "fetch.via_provider"] += 1
+            return
 
     def _end(self, author: bytes) -> None:
-        self._fetches.pop(author, None)
-        if author not in self.replicator.wanted:
-            self.replicator.release_connection(author)
+        fetch = self._fetches.pop(author, None)
+        for peer in (author, fetch.via if fetch is not None else None):
+            if peer is not None and peer not in self.replicator.wanted:
+                self.replicator.release_connection(peer)
 
     def _tried_add(self, author: bytes, seq: int) -> None:
         self._tried[(author, seq)] = None
@@ -389,8 +442,8 @@ class Tracker:
 
     def slice_arrived(self, arrived: SliceArrived, now: float) -> None:
         """Check and store the posts of a SLICE (see the module docstring, step 4)."""
-        fetch = self._fetches.get(arrived.peer)
-        if fetch is None or arrived.feed != arrived.peer or not fetch.requested:
+        fetch = self._fetches.get(arrived.feed)
+        if fetch is None or arrived.peer not in (arrived.feed, fetch.via) or not fetch.requested:
             self.stats["slice.unsolicited"] += 1
             return
         for seq in arrived.seqs:
@@ -399,9 +452,9 @@ class Tracker:
             self._take(arrived, fetch, raw, now)
         fetch.requested = False
         if fetch.seqs:
-            self._request(arrived.peer, fetch, now)
+            self._request(arrived.feed, fetch, now)
         else:
-            self._end(arrived.peer)
+            self._end(arrived.feed)
 
     def _take(self, arrived: SliceArrived, fetch: _Fetch, raw: bytes, now: float) -> None:
         try:

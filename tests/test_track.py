@@ -352,3 +352,20 @@ def test_a_session_pairs_slices_with_requests_and_bounds_both() -> None:
     answers = [e for e in iter(asker.next_event, None) if isinstance(e, SliceAnswered)]
     assert [e.seqs for e in answers] == [(1,), (2,), (3,), (4,)]
     assert asker.slices_asked == 0 and asker.request_slice(A.public_key, [5], T0)
+
+
+def test_a_post_is_fetched_from_a_follower_when_its_author_is_gone(net: Net) -> None:
+    """The author's node is down: after `FALLBACK_AFTER` the tracker asks a provider of the
+    author's feed (a follower that replicates it) for the slice, and checks it the same way."""
+    wire, cores = net("abcs")
+    a, b, c = cores["a"], cores["b"], cores["c"]
+    b.follow(A.public_key, wire.now)
+    b.replicator.add_candidates(A.public_key, [(A.public_key, *wire.addr("a"))], wire.now)
+    post = a.post("while you were away #p2p", wire.now)
+    wire.advance(30)  # B replicates A's feed and announces itself as its provider
+    assert b.store.latest_seq(A.public_key) == post.seq
+    wire.crash("a")
+    track_term(c, "#p2p", wire.now)
+    wire.advance(track.FALLBACK_AFTER + 15)
+    assert [(e.entry_id, e.peer) for e in fetched(wire, "c")] == [(post.id, B.public_key)]
+    assert c.tracker.stats["fetch.via_provider"] == 1 and b.tracker.stats["serve.answered"] == 1
