@@ -27,7 +27,7 @@ are good, kept in one place so the DHT core stays ignorant of the format:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dht.records import accept_any
 from dht.wire import Value
@@ -120,29 +120,28 @@ def select_value(key: bytes, values: Sequence[Value]) -> int:
     return best_index
 
 
+def _filed_under(key: bytes, values: Sequence[bytes]) -> Iterator[Record]:
+    """The values that are valid records filed under ``key`` (the others are skipped)."""
+    for value in values:
+        try:
+            yield decode_record(value, now=None, key=key)
+        except RecordError:
+            continue
+
+
 def verified_providers(feed: bytes, values: Sequence[bytes]) -> tuple[Record, ...]:
     # The DHT validated each value on arrival; check again that each is a
     # provider record of this very feed, one per signer.
-    key = provider_key(feed)
     records: dict[bytes, Record] = {}
-    for value in values:
-        try:
-            record = decode_record(value, now=None, key=key)
-        except RecordError:
-            continue
+    for record in _filed_under(provider_key(feed), values):
         if record.type == PROVIDER and record.feed == feed and record.signer not in records:
             records[record.signer] = record
     return tuple(records.values())
 
 
 def verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
-    key = name_key(name)
     records = []
-    for value in values:
-        try:
-            record = decode_record(value, now=None, key=key)
-        except RecordError:
-            continue
+    for record in _filed_under(name_key(name), values):
         if record.type == NAME and record.name == name:
             records.append(record)
     return tuple(order_claims(records))
@@ -150,13 +149,8 @@ def verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
 
 def verified_hashtags(tag: str, values: Sequence[bytes]) -> tuple[Record, ...]:
     """The hashtag records of ``tag`` among a lookup's values, one per signer (highest seq)."""
-    key = tag_key(tag)
     records: dict[bytes, Record] = {}
-    for value in values:
-        try:
-            record = decode_record(value, now=None, key=key)
-        except RecordError:
-            continue
+    for record in _filed_under(tag_key(tag), values):
         old = records.get(record.signer)
         if record.type == HASHTAG and record.tag == tag and (old is None or record.seq > old.seq):
             records[record.signer] = record
