@@ -17,9 +17,10 @@ that bound, however many tags its posts use).
 `HashtagAnnouncer` is the part of `p2pblog.node.NodeCore` that keeps them
 in the DHT:
 
-* **Changes.**  A post or delete of ours marks the set *dirty*
-  (`changed`); the next `handle_timer` (due at once, `next_deadline`)
-  recomputes it: a tag that left the set is withdrawn from our own provider
+* **Changes.**  A post of ours that writes a tag, or a delete, marks the
+  set *dirty* (`changed`; a post without tags changes nothing, so it costs
+  nothing); the next `handle_timer` (due at once, `next_deadline`), and
+  every republication, recomputes it: a tag that left the set is withdrawn from our own provider
   store (copies elsewhere lapse at their expiry), a tag whose seqs changed
   is signed again and added (ADD_PROVIDER).  Nothing happens while the
   routing table is empty (retried every `FIRST_CONTACT_POLL`).
@@ -51,7 +52,7 @@ from identity import Identity
 from identity.errors import LocalProtocolError
 from identity.pacing import TokenBucket
 from identity.records import MAX_TAG_SEQS, Record, RecordError, check_tag, create_hashtag_record, tag_key
-from p2pblog.entry import POST
+from p2pblog.entry import POST, Entry
 from p2pblog.events import HashtagAnnounced
 from p2pblog.own_records import ANNOUNCE_RETRY, FIRST_CONTACT_POLL, RepublishJob
 from p2pblog.queries import AnnounceHashtag, PendingQueries
@@ -122,8 +123,11 @@ class HashtagAnnouncer:
         #: When to recompute the announced set (None: nothing changed); at start, at once.
         self._dirty_at: float | None = now
 
-    def changed(self, now: float) -> None:
-        """Our feed changed (a post, a delete): recompute the tags at the next timer."""
+    def changed(self, now: float, entry: Entry | None = None) -> None:
+        """Our feed changed (``entry`` appended): recompute the tags at the next timer, unless
+        it is a post without tags."""
+        if entry is not None and entry.kind == POST and not tags_in(entry.text):
+            return
         self._dirty_at = now if self._dirty_at is None else min(self._dirty_at, now)
 
     def next_deadline(self) -> float | None:
@@ -141,21 +145,19 @@ class HashtagAnnouncer:
             for tag in self.job.poll(now):
                 self.job.schedule(tag, now + FIRST_CONTACT_POLL)
             return
-        if self._dirty_at is not None and now >= self._dirty_at:
+        due = self.job.poll(now)
+        if due or (self._dirty_at is not None and now >= self._dirty_at):
             self._dirty_at = None
-            self._update(now)
-        for tag in self.job.poll(now):
-            record = self.records.get(tag)
-            if record is not None:
-                self._announce(tag, record.seqs, now)
+            self._update(now, set(due))
 
-    def _update(self, now: float) -> None:
+    def _update(self, now: float, due: set[str]) -> None:
+        """Withdraw the tags no longer wanted; announce the new, the changed and the ``due``."""
         wanted = own_tags(self.store, self.identity.public_key, int(now * 1000))
         for tag in [t for t in self.records if t not in wanted]:
             self.withdraw(tag)
         for tag, seqs in wanted.items():
             record = self.records.get(tag)
-            if record is None or record.seqs != seqs:
+            if record is None or record.seqs != seqs or tag in due:
                 self._announce(tag, seqs, now)
 
     def _announce(self, tag: str, seqs: Iterable[int], now: float) -> None:

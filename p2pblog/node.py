@@ -667,7 +667,7 @@ class NodeCore:
 
     def _appended(self, entry: Entry, now: float) -> Entry:
         self.replicator.feed_appended(entry.author, now)
-        self.hashtags.changed(now)
+        self.hashtags.changed(now, entry)
         self.outbox.sync(now)
         self._drain(now)
         return entry

@@ -1368,20 +1368,22 @@ class Store:
         from p2pblog import search
 
         terms = search.parse_query(query)  # a bad query writes nothing
-        if not self.read_only and search.behind(self._db):  # no write lock when up to date
-            with suppress(StorageFull, StoreDamaged):  # search what is indexed
-                self.update_search_index(index_limit)
-        return search.search(self._db, terms, limit=limit, before=before)
+        return self.search_terms(terms, limit=limit, before=before, index_limit=index_limit)
 
     def search_terms(
-        self, terms: Sequence[Term], *, limit: int = 50, before: int | tuple[int, bytes, int] | None = None
+        self,
+        terms: Sequence[Term],
+        *,
+        limit: int = 50,
+        before: int | tuple[int, bytes, int] | None = None,
+        index_limit: int | None = None,
     ) -> list[SearchHit]:
         """`search` for terms already parsed (`p2pblog.track` builds them itself)."""
         from p2pblog import search
 
-        if not self.read_only and search.behind(self._db):
-            with suppress(StorageFull, StoreDamaged):
-                self.update_search_index()
+        if not self.read_only and search.behind(self._db):  # no write lock when up to date
+            with suppress(StorageFull, StoreDamaged):  # search what is indexed
+                self.update_search_index(index_limit)
         return search.search(self._db, terms, limit=limit, before=before)
 
     def search_behind(self) -> bool:

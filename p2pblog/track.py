@@ -192,12 +192,19 @@ def term_query(term: str) -> list[Term]:
 
 
 def tracked_posts(
-    store: Store, terms: Iterable[str], *, limit: int = 50, before: int | tuple[int, bytes, int] | None = None
+    store: Store,
+    terms: Iterable[str],
+    *,
+    limit: int = 50,
+    before: int | tuple[int, bytes, int] | None = None,
+    index_limit: int | None = None,
 ) -> list[SearchHit]:
-    """Posts held here that contain any of ``terms``, newest first (one search per term)."""
+    """Posts held here that contain any of ``terms``, newest first (one search per term;
+    ``index_limit`` bounds the index's catch-up, as `Store.search`'s does)."""
     found: dict[bytes, SearchHit] = {}
     for term in terms:
-        for hit in store.search_terms(term_query(term), limit=limit, before=before):
+        hits = store.search_terms(term_query(term), limit=limit, before=before, index_limit=index_limit)
+        for hit in hits:
             found.setdefault(hit.item.entry.id, hit)
     return sorted(found.values(), key=lambda h: h.cursor, reverse=True)[:limit]
 

@@ -369,3 +369,24 @@ def test_a_post_is_fetched_from_a_follower_when_its_author_is_gone(net: Net) -> 
     wire.advance(track.FALLBACK_AFTER + 15)
     assert [(e.entry_id, e.peer) for e in fetched(wire, "c")] == [(post.id, B.public_key)]
     assert c.tracker.stats["fetch.via_provider"] == 1 and b.tracker.stats["serve.answered"] == 1
+
+
+def test_hashtag_records_are_republished_and_withdrawn_with_their_posts(net: Net) -> None:
+    wire, cores = net("acs")
+    a, s = cores["a"], cores["s"]
+    post = a.post("one #kept and one #gone", wire.now)
+    a.post("no tags here", wire.now)
+    wire.advance(5)
+    first = a.hashtags.records["kept"]
+    assert sorted(a.hashtags.records) == ["gone", "kept"] and first.seqs == (post.seq,)
+    held = s.dht.providers.get(tag_key("kept"), wire.now)
+    assert [decode_record(v, now=None).signer for v in held] == [A.public_key]
+    wire.advance(hashtags.TAG_REPUBLISH + 60)
+    again = a.hashtags.records["kept"]
+    assert again.seq > first.seq and again.expires > first.expires and again.seqs == first.seqs
+    # Deleting the post withdraws both tags from our own store.
+    a.delete(post.id, wire.now)
+    wire.advance(5)
+    assert a.hashtags.records == {}
+    assert not a.dht.providers.is_published(tag_key("kept"), A.public_key)
+    assert a.hashtags.stats["announce.withdrawn"] == 2

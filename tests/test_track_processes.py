@@ -10,9 +10,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.nodes import NodeProcess, cli_json, run, start_node, status, wait_for
 from tests.process import child_env, p2pblog
 from tests.test_web import _sse_events, sign_in
+
+pytestmark = pytest.mark.slow
 
 
 def start(nodes: list[NodeProcess], home: Path, *args: str) -> NodeProcess:

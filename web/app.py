@@ -646,7 +646,7 @@ class WebApp:
         """The tracked terms (add and remove forms) and the posts that match them (issue 19)."""
         before = parse_cursor(request.query_params.get("before"))
         terms = tracked_terms(self.store)
-        hits = tracked_posts(self.store, terms, limit=PAGE, before=before) if terms else []
+        hits = tracked_posts(self.store, terms, limit=PAGE, before=before, index_limit=SEARCH_INDEX_STEP)
         posts = [self.view(hit.item, people) for hit in hits]
         return "tracked.html", {
             "terms": terms,
