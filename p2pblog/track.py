@@ -39,7 +39,9 @@ and fetches the posts they name:
    `FALLBACK_AFTER`, the providers of its feed are looked up and the request
    goes to one of them instead (a follower that holds the feed:
    ``track.fetch.via_provider``).  A fetch not answered in `FETCH_TIMEOUT`
-   is dropped (``track.fetch.timeout``).  All fetches share
+   is dropped (``track.fetch.timeout``), and its author is not asked again
+   for `RETRY_AFTER` (``track.fetch.backoff``; `MAX_BACKOFFS` authors
+   remembered).  All fetches share
    `FETCHED_PER_DAY` seqs a day (``track.fetch.budget_spent``): strangers'
    records cannot make the node store without bound.
 4. *Checking.*  Each entry of the SLICE answering a request must verify
@@ -102,6 +104,9 @@ MAX_FETCHES: Final = 16
 #: connection to the author after which a provider of its feed is asked instead.
 FETCH_TIMEOUT: Final = 20.0
 FALLBACK_AFTER: Final = 5.0
+#: Seconds before an author whose fetch timed out is asked again; authors remembered.
+RETRY_AFTER: Final = 300.0
+MAX_BACKOFFS: Final = 1024
 #: Seqs fetched in a day at most (all authors), and in a burst.
 FETCHED_PER_DAY: Final = 2000
 FETCH_BURST: Final = 128.0
@@ -277,6 +282,7 @@ class Tracker:
         self._fetch_budget = TokenBucket(FETCHED_PER_DAY / 86_400, FETCH_BURST, now)
         self._fetches: dict[bytes, _Fetch] = {}
         self._tried: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        self._retry_at: OrderedDict[bytes, float] = OrderedDict()
         self._serve = KeyedTokenBuckets(SERVE_RATE, SERVE_BURST, SERVE_PEERS)
         #: Provider searches started for a fetch's feed: query id -> author.
         self._provider_queries: dict[int, bytes] = {}
@@ -316,6 +322,9 @@ class Tracker:
             if now >= fetch.deadline:
                 self.stats["fetch.timeout"] += 1
                 self._end(author)
+                self._retry_at[author] = now + RETRY_AFTER
+                while len(self._retry_at) > MAX_BACKOFFS:
+                    self._retry_at.popitem(last=False)
             elif not fetch.requested:
                 if now >= fetch.fallback_at:
                     self._find_providers(author, fetch, now)
@@ -353,6 +362,9 @@ class Tracker:
         )
         for rank, record in ranked:
             author = record.signer
+            if self._retry_at.get(author, 0.0) > now:
+                self.stats["fetch.backoff"] += 1
+                continue
             fetch = self._fetches.get(author)
             seqs = set(record.seqs) - self.store.held_seqs(author, record.seqs)
             seqs = {
@@ -431,6 +443,7 @@ class Tracker:
                 continue
             if self.replicator.request_slice(peer, author, seqs, now):
                 fetch.requested = True
+                fetch.fallback_at = float("inf")  # asked: wait for the answer or the deadline
                 fetch.asked |= set(seqs)
                 fetch.seqs -= set(seqs)
                 self.stats["fetch.requested" if peer == author else "fetch.via_provider"] += 1

@@ -390,3 +390,26 @@ def test_hashtag_records_are_republished_and_withdrawn_with_their_posts(net: Net
     assert a.hashtags.records == {}
     assert not a.dht.providers.is_published(tag_key("kept"), A.public_key)
     assert a.hashtags.stats["announce.withdrawn"] == 2
+
+
+def test_a_tracker_that_waits_for_an_answer_does_not_spin(net: Net) -> None:
+    """A request sent but never answered: the node wakes at the fetch's deadline, not before."""
+    wire, cores = net("acs")
+    a, c = cores["a"], cores["c"]
+    a.tracker.slice_asked = lambda asked, now: None  # type: ignore[method-assign]  # A never answers
+    track_term(c, "#p2p", wire.now)
+    a.post("unanswered #p2p", wire.now)
+    wire.advance(3)
+    assert c.tracker.stats["fetch.requested"] == 1 and c.tracker._fetches
+    deadline = next(iter(c.tracker._fetches.values())).deadline
+    # Before the deadline the tracker wakes only for its next lookup, never "now".
+    for _ in range(10):
+        timer = c.tracker.next_deadline()
+        assert timer is not None and timer > wire.now
+        wire.advance(1)
+    wire.advance(track.FETCH_TIMEOUT)
+    assert c.tracker.stats["fetch.timeout"] == 1 and deadline <= wire.now
+    # The silent author is left alone for RETRY_AFTER, though its record is found again.
+    wire.advance(60)
+    assert not c.tracker._fetches and c.tracker.stats["fetch.started"] == 1
+    assert c.tracker.stats["fetch.backoff"] >= 1
