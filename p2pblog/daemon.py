@@ -67,6 +67,7 @@ from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, w
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
 from p2pblog.errors import EntryError, ListenError, LocalProtocolError, StorageFull, StoreDamaged
+from p2pblog.events import TrackedPostFetched
 from p2pblog.home import Home
 from p2pblog.node import (
     JoinFinished,
@@ -477,6 +478,11 @@ class NodeService:
             elif isinstance(event, MentionDelivered):
                 verdict = "admitted" if event.admitted else f"refused (status {event.status})"
                 self._log(f"mention notice to {fingerprint(event.recipient)} {verdict}")
+            elif isinstance(event, TrackedPostFetched):
+                self._log_limited(
+                    ("tracked", self._source(event.peer)),
+                    f"tracked post #{event.seq} of {fingerprint(event.author)} fetched from {fingerprint(event.peer)}",
+                )
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log_limited(
