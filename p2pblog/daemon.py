@@ -481,7 +481,8 @@ class NodeService:
             elif isinstance(event, TrackedPostFetched):
                 self._log_limited(
                     ("tracked", self._source(event.peer)),
-                    f"tracked post #{event.seq} of {fingerprint(event.author)} fetched from {fingerprint(event.peer)}",
+                    f"tracked post #{event.seq} of {fingerprint(event.author)} "
+                    f"fetched from {fingerprint(event.peer)}",
                 )
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
