@@ -37,7 +37,7 @@ from p2pblog.events import TrackedPostFetched
 from p2pblog.hashtags import MAX_ANNOUNCED_TAGS, own_tags, tags_in
 from p2pblog.node import NodeCore
 from p2pblog.record_rules import hashtag_group
-from p2pblog.replication import SliceArrived, SliceAsked
+from p2pblog.replication import SliceArrived
 from p2pblog.store import Store
 from p2pblog.track import (
     FOLLOWED,
@@ -307,22 +307,44 @@ def test_a_forged_or_modified_entry_in_a_slice_is_refused(net: Net) -> None:
 
 
 def test_slice_answers_are_bounded_and_rate_limited_per_peer(net: Net) -> None:
-    wire, cores = net("as")
-    a = cores["a"]
-    for i in range(20):
-        a.post(f"post {i} #p2p", wire.now)
-    sent: list[tuple[bytes, ...]] = []
-    a.replicator.answer_slice = lambda asked, entries, now: sent.append(tuple(entries))  # type: ignore[method-assign]
-    asked = SliceAsked(C.public_key, A.public_key, tuple(range(1, 21)))
-    a.tracker.slice_asked(asked, wire.now)
-    assert len(sent[0]) == 16  # MAX_SLICE_ENTRIES, though 20 were asked
-    for _ in range(20):
-        a.tracker.slice_asked(SliceAsked(C.public_key, A.public_key, (1,)), wire.now)
-    assert a.tracker.stats["serve.rate_limited"] == 20 + 1 - track.SERVE_BURST
-    assert sent[-1] == ()  # over the rate: answered empty, so the pairing holds
-    # Another peer has its own budget.
-    a.tracker.slice_asked(SliceAsked(B.public_key, A.public_key, (1,)), wire.now)
-    assert len(sent[-1]) == 1
+    """C asks A's node for slices over a real session: A answers with the posts it holds
+    among the seqs asked, SERVE_BURST requests at once, then empty answers (counted)."""
+    wire, cores = net("abcs")
+    a, b, c = cores["a"], cores["b"], cores["c"]
+    posts = [a.post(f"post {i} #p2p", wire.now) for i in range(20)]
+    a.set_profile({"name": "alice"}, wire.now)  # seq 21: not a post, never in a slice
+    c.replicator.learn_address(A.public_key, *wire.addr("a"), wire.now)
+    c.replicator.want_connection(A.public_key, wire.now)
+    wire.advance(2)
+    assert c.replicator.is_connected(A.public_key)
+
+    def ask(seqs: list[int]) -> SliceArrived:
+        before = len(wire.events_of("c", SliceArrived))
+        assert c.replicator.request_slice(A.public_key, A.public_key, seqs, wire.now)
+        wire.settle()
+        arrived = wire.events_of("c", SliceArrived)
+        assert len(arrived) == before + 1
+        answer = arrived[-1]
+        assert isinstance(answer, SliceArrived)
+        return answer
+
+    first = ask(
+        [
+            *range(6, 22),
+        ]
+    )
+    assert first.entries == tuple(p.raw for p in posts[5:20])  # 15 posts; the profile left out
+    answered = [len(ask([1, 2]).entries) for _ in range(12)]
+    assert answered == [2] * (int(track.SERVE_BURST) - 1) + [0] * (13 - int(track.SERVE_BURST))
+    assert a.tracker.stats["serve.rate_limited"] == 13 - track.SERVE_BURST
+    # Each peer has its own budget: B, asking now, is answered.
+    b.replicator.learn_address(A.public_key, *wire.addr("a"), wire.now)
+    b.replicator.want_connection(A.public_key, wire.now)
+    wire.advance(2)
+    assert b.replicator.request_slice(A.public_key, A.public_key, [3], wire.now)
+    wire.settle()
+    from_b = [e for e in wire.events_of("b", SliceArrived) if isinstance(e, SliceArrived)]
+    assert [e.entries for e in from_b] == [(posts[2].raw,)]
 
 
 # --- the session's slice exchange --------------------------------------------------------------
