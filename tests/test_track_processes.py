@@ -4,6 +4,7 @@ and the web app exactly as a user would."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -133,8 +134,11 @@ def test_the_tracked_page_adds_removes_and_shows_posts_live(tmp_path: Path, node
     p2pblog(home, "init", "--name", "wendy")
     node = start(nodes, home, "--web", "127.0.0.1:0")
     web = sign_in(node)
-    status_code, _, page = web.get("/tracked")
+    status_code, headers, page = web.get("/tracked")
     assert status_code == 200 and "Nothing tracked yet" in page
+    assert "'unsafe-inline'" not in headers["content-security-policy"]
+    assert not re.search(r"<script(?![^>]*\bsrc=)|\sstyle=|\son[a-z]+=", page)  # no inline script or style
+    assert web.get("/tracked", cookie=False)[0] == 401  # signed-in users only
     # Adding needs the CSRF token, like every form.
     assert web.post("/track", {"term": "#web"}, csrf=False)[0] == 403
     code, headers, _ = web.post("/track", {"term": "#Web"})
