@@ -28,6 +28,9 @@ are good, kept in one place so the DHT core stays ignorant of the format:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Final
+
+import msgpack
 
 from dht.records import accept_any
 from dht.wire import Value
@@ -74,10 +77,14 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
     return record.signer if record.type in (PROVIDER, NAME, HASHTAG) else None
 
 
+_HASHTAG_TYPE: Final = msgpack.packb(HASHTAG)
+
+
 def hashtag_group(key: bytes, value: bytes) -> bytes | None:
     """The provider store's group of a held value: ``tag:`` + signer for a hashtag record."""
     del key
-    if not _looks_like_record(value):
+    # signature (64) || 0x96 0x01 || the type as a msgpack string: other types cost no decode.
+    if not _looks_like_record(value) or value[66 : 66 + len(_HASHTAG_TYPE)] != _HASHTAG_TYPE:
         return None
     try:
         record = decode_record(value, now=None, check_signature=False)
