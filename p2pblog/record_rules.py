@@ -30,8 +30,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Final
 
-import msgpack
-
 from dht.records import accept_any
 from dht.wire import Value
 from identity.records import (
@@ -77,7 +75,8 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
     return record.signer if record.type in (PROVIDER, NAME, HASHTAG) else None
 
 
-_HASHTAG_TYPE: Final = msgpack.packb(HASHTAG)
+#: The type as msgpack writes it: a fixstr (0xa0 | length, then the bytes).
+_HASHTAG_TYPE: Final = bytes([0xA0 | len(HASHTAG)]) + HASHTAG.encode()
 
 
 def hashtag_group(key: bytes, value: bytes) -> bytes | None:
