@@ -120,6 +120,8 @@ FORK_PROOF frames queued    `MAX_QUEUED_FORK_PROOFS` (more dropped, counted)
 fork proofs remembered      `MAX_FORK_SEQS` (sent + received; more dropped)
 MENTION / MENTION_ACK       `MAX_QUEUED_MENTIONS` (`send_mention` False) /
                             `MAX_QUEUED_MENTION_ACKS` (more dropped, counted)
+SLICE_REQUEST / SLICE       4 of ours unanswered (`request_slice` False), 4 of
+                            the peer's unanswered (more dropped, counted)
 CLOCK/HAVE/WANT/ACK pending  one entry per tracked feed (coalesced until sent);
                             ACKs also at most `MAX_BATCHES_IN_FLIGHT` batches
 received, unacknowledged    `MAX_BATCHES_IN_FLIGHT` (the excess is misbehaviour)
@@ -160,6 +162,8 @@ set_eager          RUN             RUN             IGNORE
 entries_stored     misuse          RUN             IGNORE
 send_mention [2]_  IGNORE          RUN             IGNORE
 ack_mention        misuse          RUN             IGNORE
+request_slice      IGNORE          RUN             IGNORE
+answer_slice       misuse          RUN             IGNORE
 handle_timer       IGNORE          RUN             IGNORE
 connection_lost    -> CLOSED       -> CLOSED       IGNORE
 =================  ==============  ==============  ==============
