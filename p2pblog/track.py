@@ -279,6 +279,8 @@ class Tracker:
         self.terms: list[str] = []
         self._search_at: dict[str, float] = {}
         self._lookups = TokenBucket(LOOKUP_RATE, LOOKUP_BURST, now)
+        #: No lookup before this (the bucket is empty); due tags keep their turn meanwhile.
+        self._lookup_wait = now
         self._fetch_budget = TokenBucket(FETCHED_PER_DAY / 86_400, FETCH_BURST, now)
         self._fetches: dict[bytes, _Fetch] = {}
         self._tried: OrderedDict[tuple[bytes, int], None] = OrderedDict()
@@ -310,6 +312,8 @@ class Tracker:
         for t in self._search_at.values():
             if at is None or t < at:
                 at = t
+        if at is not None and at < self._lookup_wait:
+            at = self._lookup_wait
         for fetch in self._fetches.values():
             due = min(fetch.deadline, fetch.fallback_at)
             if at is None or due < at:
@@ -329,17 +333,18 @@ class Tracker:
                 if now >= fetch.fallback_at:
                     self._find_providers(author, fetch, now)
                 self._request(author, fetch, now)
-        if len(self.dht.table) == 0:
-            for tag, at in self._search_at.items():
-                self._search_at[tag] = max(at, now + FIRST_CONTACT_POLL)
+        if now < self._lookup_wait:
             return
+        if len(self.dht.table) == 0:
+            self._lookup_wait = now + FIRST_CONTACT_POLL
+            return
+        # Longest due first: with more tags due than tokens, the tags take turns.
         for tag, at in sorted(self._search_at.items(), key=lambda item: item[1]):
             if at > now:
                 break
             if not self._lookups.take(now):
                 self.stats["lookup.deferred"] += 1
-                for late in [t for t, a in self._search_at.items() if a <= now]:
-                    self._search_at[late] = now + 1 / LOOKUP_RATE
+                self._lookup_wait = now + (1 - self._lookups.tokens) / LOOKUP_RATE
                 break
             self._search_at[tag] = now + TAG_SEARCH_EVERY
             qid = self.dht.start_get_providers(tag_key(tag), now, want=MAX_PROVIDERS_PER_KEY)

@@ -33,7 +33,7 @@ from identity.records import (
 )
 from p2pblog import hashtags, track
 from p2pblog.entry import POST, create_entry, post_body
-from p2pblog.events import TrackedPostFetched
+from p2pblog.events import HashtagsFound, TrackedPostFetched
 from p2pblog.hashtags import MAX_ANNOUNCED_TAGS, own_tags, tags_in
 from p2pblog.node import NodeCore
 from p2pblog.record_rules import hashtag_group
@@ -443,3 +443,27 @@ def test_a_tracker_that_waits_for_an_answer_does_not_spin(net: Net) -> None:
     wire.advance(60)
     assert not c.tracker._fetches and c.tracker.stats["fetch.started"] == 1
     assert c.tracker.stats["fetch.backoff"] >= 1
+
+
+def test_lookups_are_bounded_per_second_however_many_tags_are_tracked(net: Net) -> None:
+    wire, cores = net("acs")
+    c = cores["c"]
+    for i in range(track.MAX_TRACKED_TERMS):
+        add_term(c.store, f"#tag{i}")
+    c.track_changed(wire.now)
+    start = wire.now
+    wire.advance(30)
+    started = c.tracker.stats["lookup.started"]
+    assert started <= track.LOOKUP_BURST + track.LOOKUP_RATE * (wire.now - start) + 1
+    assert started >= track.LOOKUP_RATE * 30 - 2 and c.tracker.stats["lookup.deferred"] > 0
+    # The tags take turns: within a minute and a bit, every one was looked up.
+    wire.advance(40)
+    looked_up = {e.tag for e in wire.events_of("c", HashtagsFound) if isinstance(e, HashtagsFound)}
+    assert looked_up == {f"tag{i}" for i in range(track.MAX_TRACKED_TERMS)}
+    # One tracked tag alone is looked up every TAG_SEARCH_EVERY seconds.
+    for i in range(1, track.MAX_TRACKED_TERMS):
+        remove_term(c.store, f"#tag{i}")
+    c.track_changed(wire.now)
+    before = c.tracker.stats["lookup.started"]
+    wire.advance(40)
+    assert c.tracker.stats["lookup.started"] - before in (9, 10, 11)
