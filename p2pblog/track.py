@@ -344,7 +344,8 @@ class Tracker:
                 break
             if not self._lookups.take(now):
                 self.stats["lookup.deferred"] += 1
-                self._lookup_wait = now + (1 - self._lookups.tokens) / LOOKUP_RATE
+                # (at least 10 ms: floating-point rounding must not make it wake to no token)
+                self._lookup_wait = now + max((1 - self._lookups.tokens) / LOOKUP_RATE, 0.01)
                 break
             self._search_at[tag] = now + TAG_SEARCH_EVERY
             qid = self.dht.start_get_providers(tag_key(tag), now, want=MAX_PROVIDERS_PER_KEY)
