@@ -176,9 +176,10 @@ def check_name(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A verified record.  ``addrs`` is empty for a name claim; ``feed`` is set
-    for a provider record; ``name``, ``claimed`` and ``nonce`` for a name claim,
-    whose stamp carries ``work`` bits (0 for other types)."""
+    """A verified record.  ``addrs`` is empty for a name claim and a hashtag record;
+    ``feed`` is set for a provider record; ``name``, ``claimed`` and ``nonce`` for a
+    name claim, whose stamp carries ``work`` bits (0 for other types); ``tag`` and
+    ``seqs`` for a hashtag record."""
 
     raw: bytes
     type: str
