@@ -97,6 +97,7 @@ _LAZY_COMMANDS: Final = {
         ),
         "cli.social",
     ),
+    **dict.fromkeys(("track", "tracked"), "cli.track"),
 }
 
 

@@ -58,6 +58,14 @@ Bounds and timers:
   `republish_interval`, stretched by a random fraction of up to
   `RENEW_JITTER` so many announcements made together spread out.
 
+* at most ``max_per_group`` values of one *group*, when the layer above
+  passes a *group* function ``group(key, value) -> bytes | None`` (p2pblog:
+  the signer of a hashtag record, so one key cannot fill the store with
+  announcements of many tags; None: no group, the bound does not apply).
+  A new value of a full group evicts that group's value refreshed longest
+  ago (``evicted.group_full``): a signer who announces too much only pushes
+  out its own older announcements.  Our own values are not counted.
+
 Unlike records, held providers are not replicated by their holders (paper
 2.5 replication, ``kademlia``'s hourly re-STORE): as in libp2p, only the
 provider re-announces, because each holder re-sending every value it holds
@@ -102,6 +110,8 @@ if TYPE_CHECKING:
 ProviderValidator = Callable[[bytes, bytes, float], bytes | None]
 #: ``rank(key, value)``: how much a provider value is worth keeping at a full key.
 ProviderRank = Callable[[bytes, bytes], int]
+#: ``group(key, value)``: the group a provider value counts against (None: none).
+ProviderGroup = Callable[[bytes, bytes], bytes | None]
 
 #: Seconds a received provider value lives after its last ADD_PROVIDER (libp2p: 24 h).
 PROVIDER_TTL: Final = 24 * 3600.0
@@ -113,6 +123,8 @@ MAX_PROVIDERS_PER_KEY: Final = 20
 #: Received provider values held in all (our own are not counted): about
 #: 24 MiB with every value at the 1 KiB limit (module docstring, "Memory").
 MAX_PROVIDER_VALUES: Final = 12288
+#: Values one group holds at most (p2pblog: hashtag records of one signer).
+MAX_PER_GROUP: Final = 32
 
 
 def distinct_values(key: bytes, value: bytes, now: float) -> bytes | None:
@@ -157,6 +169,8 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         rank: ProviderRank | None = None,
         priority: Priority | None = None,
         max_per_source: int | None = None,
+        group: ProviderGroup | None = None,
+        max_per_group: int = MAX_PER_GROUP,
     ) -> None:
         """``rank`` None: every value ranks the same (a full key evicts the oldest refreshed).
         ``priority`` names the keys the owner cares about (None: none);
@@ -167,6 +181,11 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         self.ttl = ttl
         self.republish_interval = republish_interval
         self.max_per_key = max_per_key
+        self.group = group
+        self.max_per_group = max_per_group
+        #: (key, provider id) of held values, by group (insertion order), and their group.
+        self._groups: dict[bytes, dict[tuple[bytes, bytes], None]] = {}
+        self._group_of: dict[tuple[bytes, bytes], bytes] = {}
         self._rng = rng
         #: Refusals, evictions, expiries and heap rebuilds, by reason.
         self.stats: Counter[str] = Counter()
@@ -222,6 +241,7 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
                 return StoreOutcome.OUTDATED
             if published:
                 self._capacity.remove((key, pid))
+                self._leave_group(key, pid)
             self._set(key, pid, value, now, published=published or old.published)
             return StoreOutcome.REFRESHED if same else StoreOutcome.STORED
         if len(held) >= self.max_per_key:
@@ -245,8 +265,34 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
                 self._drop(*evicted)
         if not published:
             self._capacity.add((key, pid), source)
+            self._join_group(key, pid, value)
         self._set(key, pid, value, now, published=published)
         return StoreOutcome.STORED
+
+    def _join_group(self, key: bytes, pid: bytes, value: bytes) -> None:
+        """Count a new held value against its group; a full group evicts its oldest refreshed."""
+        group = self.group(key, value) if self.group is not None else None
+        if group is None:
+            return
+        members = self._groups.setdefault(group, {})
+        while len(members) >= self.max_per_group:
+            victim = min(members, key=lambda item: self._keys[item[0]][item[1]].refreshed_at)
+            self.stats["evicted.group_full"] += 1
+            self._drop(*victim)
+        members[(key, pid)] = None
+        self._group_of[(key, pid)] = group
+
+    def _leave_group(self, key: bytes, pid: bytes) -> None:
+        group = self._group_of.pop((key, pid), None)
+        if group is not None:
+            members = self._groups[group]
+            del members[(key, pid)]
+            if not members:
+                del self._groups[group]
+
+    def group_size(self, group: bytes) -> int:
+        """Held values of ``group``."""
+        return len(self._groups.get(group, ()))
 
     def get(self, key: bytes, now: float) -> list[bytes]:
         """Valid values for ``key``, most recently refreshed first (invalid ones are dropped)."""
@@ -346,6 +392,7 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         del held[pid]
         self._count -= 1
         self._capacity.remove((key, pid))
+        self._leave_group(key, pid)
         if not held:
             del self._keys[key]
         self._compact()

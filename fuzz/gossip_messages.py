@@ -31,6 +31,8 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
 
     from gossip.messages import (
         MAX_NOTE,
+        MAX_SLICE_ENTRIES,
+        MAX_SLICE_SEQS,
         MAX_STAMP_BYTES,
         Ack,
         Clock,
@@ -46,6 +48,8 @@ with atheris.instrument_imports(include=["gossip", "identity"]):
         MentionStatus,
         MessageType,
         Note,
+        Slice,
+        SliceRequest,
         Want,
         decode_message,
         encode_message,
@@ -86,6 +90,9 @@ def seeds() -> list[bytes]:
         Dm(OTHER_KEY, bytes(limits.MAX_SEALED_BYTES)),
         DmAck(bytes(32), DmStatus.HELD, 0),
         DmAck(bytes(32), DmStatus.NEED_WORK, 16),
+        SliceRequest(feed, (1, 2, 6)),
+        Slice(feed, tuple(raws[:2])),
+        Slice(OTHER_KEY, ()),
     ]
     return [encode_message(m) for m in messages]
 
@@ -95,6 +102,8 @@ def mutator() -> MsgpackMutator:
     edges = (
         MAX_NOTE,
         MAX_NOTE + 1,
+        MAX_SLICE_SEQS + 1,
+        MAX_SLICE_ENTRIES + 1,
         limits.MAX_SEQ + 1,
         limits.MAX_BATCHES_IN_FLIGHT + 1,
         bytes(MAX_STAMP_BYTES + 1),

@@ -39,11 +39,13 @@ with atheris.instrument_imports(include=["identity"]):
         MAX_ADDRS,
         MAX_HOST_CHARS,
         MAX_RECORD_BYTES,
+        MAX_TAG_SEQS,
         PEER,
         PROTOCOLS,
         PROVIDER,
         TYPES,
         RecordError,
+        create_hashtag_record,
         create_name_claim,
         create_record,
         decode_record,
@@ -86,8 +88,8 @@ def check(data: bytes) -> None:
 
 
 def seeds() -> list[bytes]:
-    """A peer record (of an earlier version, and with a node instance), a provider record and a
-    name claim (its stamp solved once, about a second)."""
+    """A peer record (of an earlier version, and with a node instance), a provider record, a
+    name claim (its stamp solved once, about a second) and a hashtag record."""
     addrs = [("udp", "192.0.2.1", 7000), ("tcp", "2001:db8::1", 7000)]
     claimed = 1_700_000_000
     nonce = solve(NAME_DOMAIN, name_subject(FUZZ_AUTHOR.public_key, "fuzz", claimed), NAME_CLAIM_MIN_WORK)
@@ -102,6 +104,7 @@ def seeds() -> list[bytes]:
         create_name_claim(
             FUZZ_AUTHOR, name="fuzz", claimed=claimed, nonce=nonce, seq=3, expires=2_000_000_000
         ),
+        create_hashtag_record(FUZZ_AUTHOR, tag="p2p", seqs=[1, 5, 9], seq=4, expires=2_000_000_000),
     ]
     raws = [record.raw for record in records]
     return [*raws, *(raw[SIGNATURE_BYTES:] for raw in raws)]
@@ -109,13 +112,15 @@ def seeds() -> list[bytes]:
 
 def mutator() -> MsgpackMutator:
     """Mutates the content toward each record type's fields and the address edges."""
-    fields = ("addrs", "feed", "instance", "name", "claimed", "nonce")
+    fields = ("addrs", "feed", "instance", "name", "claimed", "nonce", "seqs", "tag")
     edges = (
         "..",
         "a" * 64,
         "x" * (MAX_HOST_CHARS + 1),
         "fe80::1%eth0",
         "Fuzz",
+        "\uff23\uff41\uff46e\u0301",
+        list(range(1, MAX_TAG_SEQS + 2)),
         "f" * 33,
         [["tcp", "10.0.0.1", 1]] * (MAX_ADDRS + 1),
         bytes(8),

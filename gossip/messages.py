@@ -25,6 +25,8 @@ one msgpack array whose first element is the message type::
     [15, circuit, bytes]                    RELAY       bytes of the circuit's inner connection
     [16, recipient, sealed, stamp]          DM          a sealed direct message for recipient
     [17, dm_id, status, need]               DM_ACK      what I did with your DM
+    [20, feed, [seq, ...]]                  SLICE_REQUEST  give me these entries of feed
+    [21, feed, [entry, ...]]                SLICE       the ones I hold (0..16 signed entries)
 
 ``feed`` is the author's 32-byte Ed25519 key (msgpack bin), an ``entry`` the
 signed bytes exactly as the author signed them (bin, 1 .. `MAX_ENTRY_BYTES`),
@@ -69,6 +71,13 @@ either end may send CIRCUIT CLOSED.  RELAY frames carry up to
 The two ends run their own Noise handshake over the circuit, so the relay
 reads nothing and cannot pose as either.  Circuit numbers are 0..2**32-1 and
 name a circuit on one session only.
+
+*Slices* (issue 19, "Track") fetch a few entries of a feed neither side
+need replicate: SLICE_REQUEST names a feed and 1..`MAX_SLICE_SEQS` distinct
+seqs (ascending); the peer answers each request, in order, with one SLICE
+of the entries it holds among them (0..`MAX_SLICE_ENTRIES`, signed bytes
+as stored; the requester verifies each).  Types 16-19 are reserved for
+direct messages.
 
 A *note* in a CLOCK is SSB EBT's integer (``ssb-ebt``/``epidemic-broadcast-trees``):
 ``-1`` means "I do not replicate this feed (any more)", otherwise
@@ -129,6 +138,9 @@ MAX_NOTE: Final = MAX_SEQ << 1 | 1
 ENTRY_ID_BYTES: Final = 32
 #: Longest MENTION stamp (a proof-of-work nonce; `identity.pow` accepts up to 16).
 MAX_STAMP_BYTES: Final = 16
+#: Seqs a SLICE_REQUEST names, and entries a SLICE carries, at most.
+MAX_SLICE_SEQS: Final = 16
+MAX_SLICE_ENTRIES: Final = 16
 #: Largest MENTION_ACK status and need (one byte each).
 MAX_MENTION_STATUS: Final = 255
 MAX_NEED_BITS: Final = 255
@@ -167,6 +179,8 @@ class MessageType(enum.IntEnum):
     RELAY = 15
     DM = 16
     DM_ACK = 17
+    SLICE_REQUEST = 20
+    SLICE = 21
 
 
 class DmStatus(enum.IntEnum):
@@ -401,8 +415,26 @@ class DmAck:
     need: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SliceRequest:
+    """Send me entries ``seqs`` (ascending, distinct) of ``feed``."""
+
+    feed: bytes
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """The answer to a SLICE_REQUEST: the entries of ``feed`` the sender holds among those asked."""
+
+    feed: bytes
+    entries: tuple[bytes, ...]
+
+
 Message = (
-    Clock
+    SliceRequest
+    | Slice
+    | Clock
     | Entries
     | Have
     | Want
@@ -618,6 +650,23 @@ def _parse_dm_ack(obj: list[Any]) -> DmAck:
     return DmAck(_entry_id(dm_id), known, _int(need, 0, MAX_NEED_BITS, "a need"))
 
 
+def _parse_slice_request(obj: list[Any]) -> SliceRequest:
+    feed, seqs = _fields(obj, 3, "SLICE_REQUEST")
+    if type(seqs) is not list or not 1 <= len(seqs) <= MAX_SLICE_SEQS:
+        raise GossipDecodeError(f"a slice request names 1..{MAX_SLICE_SEQS} seqs")
+    checked = [_seq1(seq) for seq in seqs]
+    if checked != sorted(set(checked)):
+        raise GossipDecodeError("a slice request's seqs are distinct and ascending")
+    return SliceRequest(_feed(feed), tuple(checked))
+
+
+def _parse_slice(obj: list[Any]) -> Slice:
+    feed, entries = _fields(obj, 3, "SLICE")
+    if type(entries) is not list or len(entries) > MAX_SLICE_ENTRIES:
+        raise GossipDecodeError(f"a slice carries 0..{MAX_SLICE_ENTRIES} entries")
+    return Slice(_feed(feed), tuple(_entry(entry) for entry in entries))
+
+
 _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.CLOCK: _parse_clock,
     MessageType.ENTRIES: _parse_entries,
@@ -637,7 +686,10 @@ _PARSERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     MessageType.RELAY: _parse_relay,
     MessageType.DM: _parse_dm,
     MessageType.DM_ACK: _parse_dm_ack,
+    MessageType.SLICE_REQUEST: _parse_slice_request,
+    MessageType.SLICE: _parse_slice,
 }
+
 
 _UNPACK_LIMITS: Final = {
     "max_bin_len": MAX_ENTRY_BYTES,
@@ -723,6 +775,10 @@ def _wire(message: Message) -> list[Any]:
         return [MessageType.DM.value, message.recipient, message.sealed, message.stamp]
     if isinstance(message, DmAck):
         return [MessageType.DM_ACK.value, message.dm_id, _plain_int(message.status), message.need]
+    if isinstance(message, SliceRequest):
+        return [MessageType.SLICE_REQUEST.value, message.feed, list(message.seqs)]
+    if isinstance(message, Slice):
+        return [MessageType.SLICE.value, message.feed, list(message.entries)]
     raise LocalProtocolError(f"not a gossip message: {message!r}")
 
 

@@ -81,6 +81,12 @@ its frames ahead of queued ENTRIES batches in every `frames_to_send`, so a
 long catch-up does not delay them.  A received MENTION costs `MENTION_COST`
 control tokens.
 
+*Slices* (issue 19) also bypass replication: `request_slice` asks the peer
+for a few entries of one feed, which come back as `SliceAnswered`; the
+peer's `SliceRequested` is answered with `answer_slice`
+(`gossip.slices.SliceExchange` owns the pairing; a SLICE_REQUEST costs
+`gossip.slices.SLICE_COST` control tokens).
+
 *Peer-named feeds.*  A peer's CLOCK may name any feed; we need state only
 for feeds we can serve or want.  A feed we want, or hold (`latest_seq` > 0),
 gets a full `_Feed` record; one we neither want nor hold gets only the
@@ -114,6 +120,8 @@ FORK_PROOF frames queued    `MAX_QUEUED_FORK_PROOFS` (more dropped, counted)
 fork proofs remembered      `MAX_FORK_SEQS` (sent + received; more dropped)
 MENTION / MENTION_ACK       `MAX_QUEUED_MENTIONS` (`send_mention` False) /
                             `MAX_QUEUED_MENTION_ACKS` (more dropped, counted)
+SLICE_REQUEST / SLICE       4 of ours unanswered (`request_slice` False), 4 of
+                            the peer's unanswered (more dropped, counted)
 CLOCK/HAVE/WANT/ACK pending  one entry per tracked feed (coalesced until sent);
                             ACKs also at most `MAX_BATCHES_IN_FLIGHT` batches
 received, unacknowledged    `MAX_BATCHES_IN_FLIGHT` (the excess is misbehaviour)
@@ -154,6 +162,8 @@ set_eager          RUN             RUN             IGNORE
 entries_stored     misuse          RUN             IGNORE
 send_mention [2]_  IGNORE          RUN             IGNORE
 ack_mention        misuse          RUN             IGNORE
+request_slice      IGNORE          RUN             IGNORE
+answer_slice       misuse          RUN             IGNORE
 handle_timer       IGNORE          RUN             IGNORE
 connection_lost    -> CLOSED       -> CLOSED       IGNORE
 =================  ==============  ==============  ==============
@@ -205,12 +215,15 @@ from gossip.messages import (
     Relay,
     Reservation,
     Reserve,
+    Slice,
+    SliceRequest,
     UnknownMessageType,
     Want,
     chunked,
     decode_message,
     encode_message,
 )
+from gossip.slices import SLICE_COST, SliceAnswered, SliceExchange, SliceRequested
 from identity.errors import LocalProtocolError
 from identity.limits import MAX_BATCHES_IN_FLIGHT, MAX_ENTRIES_PER_FRAME, MAX_ENTRY_BYTES, MAX_FRAME_BYTES
 from identity.pacing import TokenBucket
@@ -481,7 +494,9 @@ class SessionFailed:
 
 
 Event = (
-    EntriesReceived
+    SliceRequested
+    | SliceAnswered
+    | EntriesReceived
     | ForkProofReceived
     | EntriesRefused
     | MentionReceived
@@ -504,7 +519,9 @@ _Notice = ForkProofReceived | EntriesRefused | PeerMisbehaved | MessageDropped
 #: Events held to `GossipConfig.max_queued_notices` (EntriesReceived is bounded
 #: by the window, SessionFailed happens once).
 _Bounded = (
-    _Notice
+    SliceRequested
+    | SliceAnswered
+    | _Notice
     | MentionReceived
     | MentionAcked
     | DmReceived
@@ -531,6 +548,8 @@ def _cost(message: Message) -> float:
         return MENTION_COST
     elif isinstance(message, Dm):
         return DM_COST
+    elif isinstance(message, SliceRequest):
+        return SLICE_COST
     else:
         feeds = 0
     return 1 + feeds // NOTES_PER_TOKEN
@@ -610,6 +629,11 @@ _TABLE: Final[dict[tuple[SessionState, str], _Do]] = {
     (_IDLE, "send_relay"): _Do.IGNORE,
     (_OPEN, "send_relay"): _Do.RUN,
     (_CLOSED, "send_relay"): _Do.IGNORE,
+    (_IDLE, "request_slice"): _Do.IGNORE,
+    (_OPEN, "request_slice"): _Do.RUN,
+    (_CLOSED, "request_slice"): _Do.IGNORE,
+    (_OPEN, "answer_slice"): _Do.RUN,
+    (_CLOSED, "answer_slice"): _Do.IGNORE,
     (_IDLE, "handle_timer"): _Do.IGNORE,
     (_OPEN, "handle_timer"): _Do.RUN,
     (_CLOSED, "handle_timer"): _Do.IGNORE,
@@ -733,6 +757,8 @@ class GossipSession:
             share=DM_SHARE,
             cost=DM_COST,
         )
+        #: Slices (issue 19): our requests and the peer's, paired with their answers.
+        self._slices = SliceExchange(self.stats)
         self._events: deque[Event] = deque()
         #: `_Bounded` events in the queue.
         self._bounded = 0
@@ -791,6 +817,7 @@ class GossipSession:
         # Small and rare: ahead of the ENTRIES batches, not behind a catch-up.
         out += self._mentions.frames_to_send()
         out += self._dms.frames_to_send()
+        out += self._slices.frames_to_send()
         out += self._dial_frames
         self._dial_frames.clear()
         out += self._relay_frames
@@ -1149,6 +1176,23 @@ class GossipSession:
         self.stats["tx.relay_bytes"] += len(data)
         return True
 
+    def request_slice(self, feed: bytes, seqs: Sequence[int], now: float) -> bool:
+        """Ask the peer for entries ``seqs`` of ``feed`` (SLICE_REQUEST); the answer comes as
+        `SliceAnswered`.  False if the session is not open or too many requests wait."""
+        if not self._enter("request_slice", now):
+            return False
+        return self._slices.request(feed, tuple(sorted(set(seqs))))
+
+    def answer_slice(self, feed: bytes, entries: Sequence[bytes], now: float) -> None:
+        """Answer the peer's oldest `SliceRequested` (of ``feed``) with the entries we hold."""
+        if self._enter("answer_slice", now):
+            self._slices.answer(feed, tuple(entries))
+
+    @property
+    def slices_asked(self) -> int:
+        """Our SLICE_REQUESTs that await answers (<= `gossip.slices.MAX_SLICES_ASKED`)."""
+        return self._slices.asked
+
     def handle_timer(self, now: float) -> None:
         """Send the WANTs that are due."""
         if not self._enter("handle_timer", now):
@@ -1224,6 +1268,18 @@ class GossipSession:
             self._queue_event(IncomingCircuit(message.key, message.circuit), "events.relay_not_queued")
         elif isinstance(message, Circuit):
             self._queue_event(CircuitChanged(message.circuit, message.status), "events.relay_not_queued")
+        elif isinstance(message, SliceRequest):
+            requested = self._slices.on_request(message)
+            if requested is None:
+                self._dropped("slice_request", "too many slice requests unanswered")
+            elif self._queue_event(requested, "events.slices_not_queued"):
+                self._slices.reported(message.feed)
+        elif isinstance(message, Slice):
+            answered = self._slices.on_slice(message)
+            if answered is None:
+                self._misbehaved("slice for nothing")
+            else:
+                self._queue_event(answered, "events.slices_not_queued")
         else:
             self.stats["rx.relay_bytes"] += len(message.data)
             self._events.append(RelayReceived(message.circuit, message.data))  # bounded by the read
@@ -1600,4 +1656,5 @@ class GossipSession:
         self._queued_proofs = 0
         self._mentions.close()
         self._dms.close()
+        self._slices.close()
         self._want_timers.clear()

@@ -27,9 +27,14 @@ whose fields depend on ``type``:
     with ``N`` 1..32 characters of ``a-z 0-9 _ -`` (`check_name`), ``T``
     the Unix second the signer says it first claimed ``N``, and ``X`` an
     8-byte proof-of-work nonce (`identity.pow`).
+``hashtag``
+    "the signer's posts SEQS use hashtag T": ``{"seqs": [s, ...], "tag": T}``
+    with ``T`` a normalised tag (`check_tag`: NFKC, casefolded, 1..64 word
+    characters, without the ``#``) and 1..`MAX_TAG_SEQS` distinct seqs in
+    ascending order (issue 19, "Track").
 
 Each record lives under a DHT key derived from what it is about
-(`peer_key`, `provider_key`, `name_key`), and a record is only valid under
+(`peer_key`, `provider_key`, `name_key`, `tag_key`), and a record is only valid under
 its own key: nobody can file a record about someone else's feed under a key
 of their choosing.  Verification needs ``now`` and never reads a clock, so
 the sans-IO cores can call it.  Decoding is bounded and raises only
@@ -61,6 +66,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -81,10 +87,16 @@ PAIRING: Final = "pairing"
 #: "Here is a root rotation of identity I" (a signed ``rotate`` entry): how followers
 #: learn of a recovery whose entry sits in a feed they do not replicate yet.
 KEYEVENT: Final = "keyevent"
-TYPES: Final = (PEER, PROVIDER, NAME, PAIRING, KEYEVENT)
 #: Largest entry a key-event record carries (the record itself is at most MAX_RECORD_BYTES).
 MAX_KEYEVENT_ENTRY_BYTES: Final = 768
 PAIRING_NONCE_BYTES: Final = 8
+HASHTAG: Final = "hashtag"
+TYPES: Final = (PEER, PROVIDER, NAME, PAIRING, KEYEVENT, HASHTAG)
+#: Longest hashtag (characters, without the ``#``), and most post seqs one hashtag record lists.
+MAX_TAG_CHARS: Final = 64
+MAX_TAG_SEQS: Final = 8
+#: A normalised tag, whole: word characters only (what `p2pblog.search` reads as ``#tag``).
+TAG_RE: Final = re.compile(rf"\w{{1,{MAX_TAG_CHARS}}}")
 MAX_RECORD_BYTES: Final = 1024
 MAX_ADDRS: Final = 8
 MAX_HOST_CHARS: Final = 255
@@ -110,6 +122,7 @@ _BODY_FIELDS: Final = {
     NAME: {"claimed", "name", "nonce"},
     PAIRING: {"device", "nonce"},
     KEYEVENT: {"entry", "identity"},
+    HASHTAG: {"seqs", "tag"},
 }
 #: Body fields a record may carry besides `_BODY_FIELDS` (absent in records of earlier versions).
 _OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {PEER: frozenset({"instance"})}
@@ -148,6 +161,40 @@ def keyevent_key(identity: bytes) -> bytes:
     return _dht_key(b"p2pblog/keyevent/", identity)
 
 
+def normalize_tag(text: str) -> str:
+    """A hashtag as records and lookups spell it: NFKC, casefolded, without a leading ``#``.
+
+    Raises `RecordError` unless the result is a valid tag (`check_tag`)."""
+    if not isinstance(text, str):
+        raise RecordError("a tag is text")
+    return check_tag(unicodedata.normalize("NFKC", text.removeprefix("#")).casefold())
+
+
+def check_tag(text: str) -> str:
+    """``text`` if it is a normalised tag (its own NFKC casefold, 1..64 word characters)."""
+    if (
+        not isinstance(text, str)
+        or TAG_RE.fullmatch(text) is None
+        or unicodedata.normalize("NFKC", text).casefold() != text
+    ):
+        raise RecordError(f"a tag is 1-{MAX_TAG_CHARS} letters, digits or _, normalised (NFKC, casefold)")
+    return text
+
+
+def tag_key(tag: str) -> bytes:
+    """The 160-bit DHT key under which hashtag records of a normalised tag are stored."""
+    return _dht_key(b"p2pblog/hashtag/", check_tag(tag).encode())
+
+
+def _check_seqs(seqs: object) -> tuple[int, ...]:
+    if not isinstance(seqs, list) or not 1 <= len(seqs) <= MAX_TAG_SEQS:
+        raise RecordError(f"'seqs' lists 1..{MAX_TAG_SEQS} post seqs")
+    out = tuple(_check_int("a seq", s) for s in seqs)
+    if 0 in out or list(out) != sorted(set(out)):
+        raise RecordError("'seqs' are distinct seqs >= 1 in ascending order")
+    return out
+
+
 def check_name(text: str) -> str:
     """``text`` if it is a valid name; raises `RecordError` otherwise."""
     if not isinstance(text, str) or NAME_RE.fullmatch(text) is None:
@@ -157,9 +204,10 @@ def check_name(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A verified record.  ``addrs`` is empty for a name claim; ``feed`` is set
-    for a provider record; ``name``, ``claimed`` and ``nonce`` for a name claim,
-    whose stamp carries ``work`` bits (0 for other types)."""
+    """A verified record.  ``addrs`` is empty for a name claim and a hashtag record;
+    ``feed`` is set for a provider record; ``name``, ``claimed`` and ``nonce`` for a
+    name claim, whose stamp carries ``work`` bits (0 for other types); ``tag`` and
+    ``seqs`` for a hashtag record."""
 
     raw: bytes
     type: str
@@ -177,8 +225,14 @@ class Record:
     #: A peer record's node instance id (None: none, as records of earlier versions).
     instance: bytes | None = None
 
+    #: A hashtag record's tag and post seqs.
+    tag: str | None = None
+    seqs: tuple[int, ...] = ()
+
     @property
     def dht_key(self) -> bytes:
+        if self.tag is not None:
+            return tag_key(self.tag)
         if self.type == PAIRING and self.feed is not None:
             return pairing_key(self.feed)
         if self.type == KEYEVENT and self.feed is not None:
@@ -317,6 +371,15 @@ def create_name_claim(
     return decode_record(identity.sign(content), now=None)
 
 
+def create_hashtag_record(
+    identity: Identity, *, tag: str, seqs: Sequence[int], seq: int, expires: int
+) -> Record:
+    """Sign "my posts ``seqs`` use hashtag ``tag``"; raises `RecordError` for invalid fields."""
+    body = {"seqs": sorted(set(seqs)), "tag": check_tag(tag)}
+    content = msgpack.packb([FORMAT_VERSION, HASHTAG, identity.public_key, seq, expires, body])
+    return decode_record(identity.sign(content), now=None)
+
+
 def decode_record(
     signed: bytes, *, now: float | None, key: bytes | None = None, check_signature: bool = True
 ) -> Record:
@@ -363,8 +426,13 @@ def decode_record(
     nonce: bytes | None = None
     instance: bytes | None = None
     work = 0
+    tag: str | None = None
+    seqs: tuple[int, ...] = ()
     payload: bytes | None = None
-    if rtype == KEYEVENT:
+    if rtype == HASHTAG:
+        tag = check_tag(body["tag"])
+        seqs = _check_seqs(body["seqs"])
+    elif rtype == KEYEVENT:
         feed, payload = body["identity"], body["entry"]
         if not isinstance(feed, bytes) or len(feed) != 32:
             raise RecordError("a key-event record names a 32-byte identity")
@@ -405,7 +473,21 @@ def decode_record(
         except SignatureError:
             raise RecordError("record signature does not verify") from None
     record = Record(
-        signed, rtype, signer, seq, expires, addrs, feed, name, claimed, nonce, work, payload, instance
+        signed,
+        rtype,
+        signer,
+        seq,
+        expires,
+        addrs,
+        feed,
+        name,
+        claimed,
+        nonce,
+        work,
+        payload,
+        instance,
+        tag,
+        seqs,
     )
     if now is not None and expires <= now:
         raise RecordError("record has expired")

@@ -74,6 +74,7 @@ from p2pblog.events import (
     DmStored,
     DuplicateInstanceSeen,
     OwnHeadKnown,
+    TrackedPostFetched,
 )
 from p2pblog.followers import count_followers
 from p2pblog.home import Home
@@ -96,6 +97,7 @@ from p2pblog.reachability import UNREACHABLE, ReachabilityChanged
 from p2pblog.replication import EntriesStored, InputRefused, PeerConnected, PeerDisconnected
 from p2pblog.runtime import NodeDriver, unix_now
 from p2pblog.store import FULL_BELOW_BYTES, Store, is_damage
+from p2pblog.track import TrackError, add_term, remove_term
 
 #: Seconds between two log lines about refused input of one kind from one source.
 LOG_EVERY = 10.0
@@ -515,6 +517,12 @@ class NodeService:
                     ("dm", self._source(event.peer), event.reason),
                     f"refused a direct message from {fingerprint(event.peer)}: {event.reason}",
                 )
+            elif isinstance(event, TrackedPostFetched):
+                self._log_limited(
+                    ("tracked", self._source(event.peer)),
+                    f"tracked post #{event.seq} of {fingerprint(event.author)} "
+                    f"fetched from {fingerprint(event.peer)}",
+                )
             elif isinstance(event, InputRefused):
                 who = fingerprint(event.peer) if event.peer else "an unauthenticated peer"
                 self._log_limited(
@@ -619,6 +627,9 @@ class NodeService:
             "dm_send": self._dm_send,
             "dm_read": self._dm_read,
             "followers": self._followers,
+            "track_add": self._track_add,
+            "track_remove": self._track_remove,
+            "track_list": self._track_list,
         }
 
     def _entry_id_arg(self, args: dict[str, Any], name: str) -> bytes:
@@ -707,6 +718,28 @@ class NodeService:
         key = self._key_arg(args)
         changed = self.core.unblock(key)
         return {"handle": encode_handle(key), "changed": changed}
+
+    async def _track_add(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._track_change(args, add_term)
+
+    async def _track_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._track_change(args, remove_term)
+
+    def _track_change(
+        self, args: dict[str, Any], change: Callable[[Store, str], tuple[str, bool]]
+    ) -> dict[str, Any]:
+        assert self.store is not None
+        try:
+            term, changed = change(self.store, str(args.get("term", "")))
+        except TrackError as exc:
+            raise CommandFailed(str(exc)) from None
+        self.core.track_changed(unix_now())
+        self._flush()
+        return {"term": term, "changed": changed, "terms": self.core.tracker.terms}
+
+    async def _track_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        del args
+        return {"terms": self.core.tracker.terms}
 
     async def _name_claim(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self.driver is not None
@@ -876,6 +909,7 @@ class NodeService:
                 "held_for_others": core.dms.held_count,
                 "unread": store.dm_unread(),
             },
+            "track": {"terms": core.tracker.terms, "announced": sorted(core.hashtags.records)},
             "dropped": dict(sorted(dropped.items())),
             "internal_errors": dict(sorted(internal.items())),
             "storage": {
@@ -893,6 +927,7 @@ class NodeService:
                 **{f"control.{k}": v for k, v in sorted((control.counts if control else {}).items())},
                 **{f"reachability.{k}": v for k, v in sorted(core.reachability.stats.items())},
                 **{f"relay_client.{k}": v for k, v in sorted(core.relay_client.stats.items())},
+                **{f"track.{k}": v for k, v in sorted(core.track_counters().items())},
                 "log.suppressed": self.limiter.suppressed,
             },
         }

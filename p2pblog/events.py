@@ -211,8 +211,40 @@ class OwnHeadKnown:
     held: int
 
 
+@dataclass(frozen=True, slots=True)
+class HashtagsFound:
+    """The verified hashtag records of ``tag`` found in the DHT (one per author; may be empty)."""
+
+    query_id: int
+    tag: str
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HashtagAnnounced:
+    """Our hashtag record of ``tag`` was added at ``stored_at`` of the closest nodes."""
+
+    query_id: int
+    tag: str
+    seq: int
+    stored_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedPostFetched:
+    """A post with a tracked hashtag, fetched from ``peer`` and verified, is stored (loose)."""
+
+    author: bytes
+    seq: int
+    entry_id: bytes
+    peer: bytes
+
+
 Event = (
-    DhtEvent
+    HashtagsFound
+    | HashtagAnnounced
+    | TrackedPostFetched
+    | DhtEvent
     | PeerResolved
     | PeerNotResolved
     | RecordPublished

@@ -19,6 +19,9 @@ part (module)              owns
                            feeds we follow (`p2pblog.discovery`)
 ``outbox``, ``admission``  mention notices we send, and those we admit
                            (`p2pblog.mentions`)
+``hashtags``, ``tracker``   our hashtag records; tracked tags' lookups, slice
+                           fetches and answers (`p2pblog.hashtags`,
+                           `p2pblog.track`; issue 19)
 ``queries``                the pending DHT queries and how each ends
                            (`p2pblog.queries`)
 ``replicator``             the gossip connections, sessions and dial policy
@@ -83,6 +86,8 @@ from p2pblog.errors import EntryError, OwnFeedRefused, StorageFull
 from p2pblog.events import (
     DevicePaired,
     Event,
+    HashtagAnnounced,
+    HashtagsFound,
     JoinFinished,
     KeyEventResolved,
     MentionAdmitted,
@@ -100,6 +105,7 @@ from p2pblog.events import (
     RootRotated,
     StartupFinished,
 )
+from p2pblog.hashtags import HashtagAnnouncer
 from p2pblog.instances import SELF_CHECK_QUORUM, InstanceWatch, home_instance
 from p2pblog.lifecycle import Lifecycle
 from p2pblog.mentions import MentionAdmission, MentionOutbox
@@ -116,7 +122,13 @@ from p2pblog.pairing import (
 )
 from p2pblog.queries import PendingQueries, Result
 from p2pblog.reachability import UNREACHABLE, Reachability, ReachabilityChanged, tcp_address
-from p2pblog.record_rules import rank_provider, select_value, validate_provider, validate_value
+from p2pblog.record_rules import (
+    hashtag_group,
+    rank_provider,
+    select_value,
+    validate_provider,
+    validate_value,
+)
 from p2pblog.relay import RelayClient
 from p2pblog.replication import (
     MAINTAIN_EVERY,
@@ -131,10 +143,13 @@ from p2pblog.replication import (
     PeerDisconnected,
     RelayReserved,
     Replicator,
+    SliceArrived,
+    SliceAsked,
 )
 from p2pblog.replication import Event as GossipEvent
 from p2pblog.rotation import KeyEvents
 from p2pblog.store import Store
+from p2pblog.track import Tracker
 
 __all__ = [
     "MAINTAIN_EVERY",
@@ -240,6 +255,12 @@ class NodeCore:
         self.key_events = KeyEvents(identity, self.store, self.dht, self.queries, self.kept)
         self._devices_seen = -1
         self.lifecycle = Lifecycle(self.store, self.dht, self.records, self.replicator)
+        #: Track (issue 19): our hashtag records, and the tags this node tracks.
+        self.dht.providers.group = hashtag_group
+        self.hashtags = HashtagAnnouncer(identity, self.store, self.dht, self.queries, now)
+        self.tracker = Tracker(
+            identity, self.store, self.dht, self.queries, self.replicator, self.discovery, now
+        )
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
         self.reachability = Reachability(self.replicator, now, enabled=check_reachability)
         #: Relaying: we relay for others (unless off, or in client mode); in client mode we
@@ -304,6 +325,12 @@ class NodeCore:
         merged.update(self.mention_stats)  # update, not +: keeps counters that are 0
         merged.update(self.records.stats)
         merged.update(self.discovery.stats)
+        return merged
+
+    def track_counters(self) -> Counter[str]:
+        """The track counters (`status` shows them under ``track.``)."""
+        merged = Counter(self.tracker.stats)
+        merged.update(self.hashtags.stats)
         return merged
 
     def following(self) -> set[bytes]:
@@ -382,6 +409,12 @@ class NodeCore:
         t = self.reachability.wake_at()
         if t is not None and t < at:
             at = t
+        t = self.hashtags.next_deadline()
+        if t is not None and t < at:
+            at = t
+        t = self.tracker.next_deadline()
+        if t is not None and t < at:
+            at = t
         return at
 
     def next_event(self) -> Event | None:
@@ -431,6 +464,7 @@ class NodeCore:
         if isinstance(result, ProvidersResolved):
             self.discovery.providers_seen(result, self._now)
             self.dms.providers_found(result, self._now)
+            self.tracker.providers_found(result, self._now)
         if pending.consume or isinstance(result, RecordPublished):
             self._consumed.append(result)
 
@@ -490,6 +524,14 @@ class NodeCore:
             self._reachability_events(now)
         elif isinstance(gossip, RelayReserved) and self.relay_client.answered(gossip, now):
             self._relays_changed(now)
+        elif isinstance(gossip, SliceAsked):
+            self.tracker.slice_asked(gossip, now)
+        elif isinstance(gossip, SliceArrived):
+            self.tracker.slice_arrived(gossip, now)
+            self._events.extend(self.tracker.events)
+            self.tracker.events.clear()
+        if isinstance(gossip, PeerConnected):
+            self.tracker.peer_connected(gossip.peer, now)
 
     def _consume(self, result: Result | BootstrapFinished, now: float) -> None:
         if isinstance(result, ProvidersResolved):
@@ -499,6 +541,9 @@ class NodeCore:
                 self.outbox.recipient_found(result.public_key, now)
                 self.dms.recipient_found(result.public_key, now)
                 self.discovery.peer_found(result, now)
+                self.tracker.peer_resolved(result.public_key, now)
+        elif isinstance(result, PeerNotResolved):
+            self.tracker.peer_not_resolved(result.public_key, now)
         elif isinstance(result, ProviderAnnounced | NameClaimPublished):
             self.records.stored(result, now)
         elif isinstance(result, RecordPublished):
@@ -511,6 +556,10 @@ class NodeCore:
             identity = self.pairing.resolved(result.identity, result.nonce)
             if identity is not None:
                 self._become_device(identity, now)
+        elif isinstance(result, HashtagsFound):
+            self.tracker.found(result, now)
+        elif isinstance(result, HashtagAnnounced):
+            self.hashtags.stored(result, now)
 
     # -- inputs ---------------------------------------------------------------------
 
@@ -524,6 +573,8 @@ class NodeCore:
         self.records.handle_timer(now)
         if self.instances.check_due(now) and len(self.dht.table):
             self.discovery.resolve(self.identity.public_key, now, consume=True, quorum=SELF_CHECK_QUORUM)
+        self.hashtags.handle_timer(now)
+        self.tracker.handle_timer(now)
         if self.outbox.due_at is not None and now >= self.outbox.due_at:
             self.outbox.deliver(now)
         if self.dms.due_at is not None and now >= self.dms.due_at:
@@ -788,6 +839,7 @@ class NodeCore:
 
     def _appended(self, entry: Entry, now: float) -> Entry:
         self.replicator.feed_appended(entry.author, now)
+        self.hashtags.changed(now, entry)
         self.outbox.sync(now)
         self._drain(now)
         return entry
@@ -933,3 +985,10 @@ class NodeCore:
     def _dm_events(self) -> None:
         self._events.extend(self.dms.events)
         self.dms.events.clear()
+
+    # -- track (issue 19) ---------------------------------------------------------------
+
+    def track_changed(self, now: float) -> None:
+        """The tracked terms in the store changed: look up new tags at once."""
+        self.tracker.reload(now)
+        self._drain(now)

@@ -36,6 +36,8 @@ from identity.records import (
     peer_key,
 )
 from p2pblog.events import (
+    HashtagAnnounced,
+    HashtagsFound,
     KeyEventResolved,
     NameClaimPublished,
     NameResolved,
@@ -46,10 +48,12 @@ from p2pblog.events import (
     ProvidersResolved,
     RecordPublished,
 )
-from p2pblog.record_rules import verified_claims, verified_providers
+from p2pblog.record_rules import verified_claims, verified_hashtags, verified_providers
 
 Result = (
-    PeerResolved
+    HashtagsFound
+    | HashtagAnnounced
+    | PeerResolved
     | PeerNotResolved
     | RecordPublished
     | ProviderAnnounced
@@ -179,8 +183,34 @@ class FindClaims:
         return NameResolved(qid, self.name, verified_claims(self.name, values))
 
 
+@dataclass(slots=True)
+class FindHashtag:
+    """A GET_PROVIDERS for the hashtag records of ``tag`` (issue 19)."""
+
+    tag: str
+    consume: bool = True
+
+    def finish(self, qid: int, event: DhtEvent) -> Result:
+        values = event.values if isinstance(event, ProvidersFound) else ()
+        return HashtagsFound(qid, self.tag, verified_hashtags(self.tag, values))
+
+
+@dataclass(slots=True)
+class AnnounceHashtag:
+    """An ADD_PROVIDER of our hashtag record of ``tag``."""
+
+    tag: str
+    seq: int
+    consume: bool = True
+
+    def finish(self, qid: int, event: DhtEvent) -> Result:
+        return HashtagAnnounced(qid, self.tag, self.seq, _stored(event))
+
+
 Pending = (
-    ResolvePeer
+    FindHashtag
+    | AnnounceHashtag
+    | ResolvePeer
     | PublishPeerRecord
     | AnnounceProvider
     | FindProviders

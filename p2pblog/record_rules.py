@@ -17,17 +17,23 @@ are good, kept in one place so the DHT core stays ignorant of the format:
   per provider (`dht.providers`); a value must be a valid provider record or
   name claim filed under its own key, the provider it speaks for is its
   signer, and a full key evicts the claim with the least work first.
-* `verified_providers` / `verified_claims`: what a finished providers
-  lookup yields, checked again against the feed or name asked for.
+* `verified_providers` / `verified_claims` / `verified_hashtags`: what a
+  finished providers lookup yields, checked again against the feed, name or
+  tag asked for.
+* `hashtag_group`: the provider store's group of a hashtag record is its
+  signer, so one key's announcements of many tags are bounded together
+  (`dht.providers.MAX_PER_GROUP`; issue 19).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Final
 
 from dht.records import accept_any
 from dht.wire import Value
 from identity.records import (
+    HASHTAG,
     NAME,
     PROVIDER,
     Record,
@@ -36,6 +42,7 @@ from identity.records import (
     name_key,
     order_claims,
     provider_key,
+    tag_key,
 )
 
 
@@ -65,7 +72,24 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
         record = decode_record(value, now=now, key=key)
     except RecordError:
         return None
-    return record.signer if record.type in (PROVIDER, NAME) else None
+    return record.signer if record.type in (PROVIDER, NAME, HASHTAG) else None
+
+
+#: The type as msgpack writes it: a fixstr (0xa0 | length, then the bytes).
+_HASHTAG_TYPE: Final = bytes([0xA0 | len(HASHTAG)]) + HASHTAG.encode()
+
+
+def hashtag_group(key: bytes, value: bytes) -> bytes | None:
+    """The provider store's group of a held value: ``tag:`` + signer for a hashtag record."""
+    del key
+    # signature (64) || 0x96 0x01 || the type as a msgpack string: other types cost no decode.
+    if not _looks_like_record(value) or value[66 : 66 + len(_HASHTAG_TYPE)] != _HASHTAG_TYPE:
+        return None
+    try:
+        record = decode_record(value, now=None, check_signature=False)
+    except RecordError:
+        return None
+    return b"tag:" + record.signer if record.type == HASHTAG else None
 
 
 def rank_provider(key: bytes, value: bytes) -> int:
@@ -102,29 +126,38 @@ def select_value(key: bytes, values: Sequence[Value]) -> int:
     return best_index
 
 
+def _filed_under(key: bytes, values: Sequence[bytes]) -> Iterator[Record]:
+    """The values that are valid records filed under ``key`` (the others are skipped)."""
+    for value in values:
+        try:
+            yield decode_record(value, now=None, key=key)
+        except RecordError:
+            continue
+
+
 def verified_providers(feed: bytes, values: Sequence[bytes]) -> tuple[Record, ...]:
     # The DHT validated each value on arrival; check again that each is a
     # provider record of this very feed, one per signer.
-    key = provider_key(feed)
     records: dict[bytes, Record] = {}
-    for value in values:
-        try:
-            record = decode_record(value, now=None, key=key)
-        except RecordError:
-            continue
+    for record in _filed_under(provider_key(feed), values):
         if record.type == PROVIDER and record.feed == feed and record.signer not in records:
             records[record.signer] = record
     return tuple(records.values())
 
 
 def verified_claims(name: str, values: Sequence[bytes]) -> tuple[Record, ...]:
-    key = name_key(name)
     records = []
-    for value in values:
-        try:
-            record = decode_record(value, now=None, key=key)
-        except RecordError:
-            continue
+    for record in _filed_under(name_key(name), values):
         if record.type == NAME and record.name == name:
             records.append(record)
     return tuple(order_claims(records))
+
+
+def verified_hashtags(tag: str, values: Sequence[bytes]) -> tuple[Record, ...]:
+    """The hashtag records of ``tag`` among a lookup's values, one per signer (highest seq)."""
+    records: dict[bytes, Record] = {}
+    for record in _filed_under(tag_key(tag), values):
+        old = records.get(record.signer)
+        if record.type == HASHTAG and record.tag == tag and (old is None or record.seq > old.seq):
+            records[record.signer] = record
+    return tuple(records.values())

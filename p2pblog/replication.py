@@ -164,6 +164,7 @@ from gossip.session import (
     SessionFailed,
     SessionState,
 )
+from gossip.slices import SliceAnswered, SliceRequested
 from gossip.transport import (
     ChannelConfig,
     ChannelFailed,
@@ -363,8 +364,29 @@ class RelayReserved:
     seconds: int
 
 
+@dataclass(frozen=True, slots=True)
+class SliceAsked:
+    """``peer`` asks for entries ``seqs`` of ``feed``: answer with `Replicator.answer_slice`."""
+
+    peer: bytes
+    feed: bytes
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SliceArrived:
+    """``peer`` answered our `Replicator.request_slice` for ``seqs`` of ``feed`` (unverified)."""
+
+    peer: bytes
+    feed: bytes
+    seqs: tuple[int, ...]
+    entries: tuple[bytes, ...]
+
+
 Event = (
-    PeerConnected
+    SliceAsked
+    | SliceArrived
+    | PeerConnected
     | PeerDisconnected
     | EntriesStored
     | InputRefused
@@ -767,6 +789,31 @@ class Replicator:
     def replicating(self, feed: bytes) -> list[bytes]:
         """Connected peers that replicate feed (it is in their clock), in connection order."""
         return [peer for peer, session, *_ in self.sessions() if session.peer_wants(feed)]
+
+    def request_slice(self, peer: bytes, feed: bytes, seqs: Sequence[int], now: float) -> bool:
+        """Ask connected ``peer`` for entries ``seqs`` of ``feed`` (reported as `SliceArrived`);
+        False if no open session can take the request."""
+        conn = self._open_conn(peer)
+        if conn is None or conn.session is None or not conn.session.request_slice(feed, seqs, now):
+            return False
+        self._touch(conn)
+        self._pump(now)
+        return True
+
+    def answer_slice(self, asked: SliceAsked, entries: Sequence[bytes], now: float) -> None:
+        """Answer a `SliceAsked`; nothing if the peer's session is gone meanwhile."""
+        conn = self._open_conn(asked.peer)
+        if conn is None or conn.session is None:
+            self.stats["slices.answer_unsent"] += 1
+            return
+        conn.session.answer_slice(asked.feed, entries, now)
+        self._touch(conn)
+        self._pump(now)
+
+    def _open_conn(self, peer: bytes) -> _Conn | None:
+        conn_id = self._by_peer.get(peer)
+        conn = self._conns.get(conn_id) if conn_id is not None else None
+        return None if conn is None or conn.session is None or conn.closing else conn
 
     def want_connection(self, peer: bytes, now: float) -> None:
         """Keep dialling peer (whose address must be learned) until `release_connection`."""
@@ -1367,6 +1414,12 @@ class Replicator:
         elif isinstance(event, DmAcked):
             assert peer is not None
             self._events.append(DmAnswered(peer, event.dm_id, event.status, event.need))
+        elif isinstance(event, SliceRequested):
+            assert peer is not None
+            self._events.append(SliceAsked(peer, event.feed, event.seqs))
+        elif isinstance(event, SliceAnswered):
+            assert peer is not None
+            self._events.append(SliceArrived(peer, event.feed, event.seqs, event.entries))
         elif isinstance(event, DialBackRequested):
             self._dial_back(conn, session, event.port, now)
         elif isinstance(event, RelayReceived):

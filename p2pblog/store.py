@@ -142,7 +142,7 @@ from p2pblog.own_head import KNOWN, OWN_HEAD, UNKNOWN_PREFIX, refusal, unknown_m
 if TYPE_CHECKING:
     # Imported where a bulk ingest needs them: they load concurrent.futures and
     # multiprocessing, which a command that only reads the store does not pay for.
-    from p2pblog.search import SearchHit
+    from p2pblog.search import SearchHit, Term
     from p2pblog.verify import VerifyPool, VerifyProcesses
 
 #: Posts the search index takes in one transaction while it catches up.
@@ -1664,6 +1664,34 @@ class Store:
         ).fetchone()
         return row is not None
 
+    # -- track (issue 19): single entries by seq -----------------------------------------
+
+    def held_seqs(self, author: bytes, seqs: Iterable[int]) -> set[int]:
+        """Which of ``seqs`` of author's feed are stored (replicated or loose)."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return set()
+        marks = ", ".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT seq FROM entries WHERE author = ? AND seq IN ({marks}) UNION "
+            f"SELECT seq FROM loose_entries WHERE author = ? AND seq IN ({marks})",
+            (author, *wanted, author, *wanted),
+        )
+        return {int(seq) for (seq,) in rows}
+
+    def posts_at(self, author: bytes, seqs: Iterable[int]) -> list[bytes]:
+        """The signed posts of author's replicated feed at ``seqs`` (not retracted), by seq."""
+        wanted = sorted(set(seqs))
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT e.raw FROM {_ENTRY_FROM} WHERE e.author = ? AND e.seq IN ({marks}) "
+            "AND e.kind = ? AND r.target IS NULL ORDER BY e.seq",
+            (author, *wanted, POST),
+        )
+        return [bytes(raw) for (raw,) in rows]
+
     # -- settings and search ------------------------------------------------------------
 
     def setting(self, key: str) -> str | None:
@@ -1746,6 +1774,19 @@ class Store:
         from p2pblog import search
 
         terms = search.parse_query(query)  # a bad query writes nothing
+        return self.search_terms(terms, limit=limit, before=before, index_limit=index_limit)
+
+    def search_terms(
+        self,
+        terms: Sequence[Term],
+        *,
+        limit: int = 50,
+        before: int | tuple[int, bytes, int] | None = None,
+        index_limit: int | None = None,
+    ) -> list[SearchHit]:
+        """`search` for terms already parsed (`p2pblog.track` builds them itself)."""
+        from p2pblog import search
+
         if not self.read_only and search.behind(self._db):  # no write lock when up to date
             with suppress(StorageFull, StoreDamaged):  # search what is indexed
                 self.update_search_index(index_limit)

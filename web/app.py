@@ -63,11 +63,13 @@ from p2pblog.control import CommandFailed
 from p2pblog.daemon import Appended, NodeService
 from p2pblog.entry import DELETE, POST, Entry, parse_entry_id
 from p2pblog.errors import P2PBlogError, StorageFull
+from p2pblog.events import TrackedPostFetched
 from p2pblog.node import MentionAdmitted
 from p2pblog.replication import EntriesStored
 from p2pblog.search import MAX_QUERY_CHARS, SearchError
 from p2pblog.store import FeedItem, Store, cursor_of, parse_cursor
 from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
+from p2pblog.track import text_matches, tracked_posts, tracked_terms
 from web.atom import atom_feed, feed_path, user_path
 from web.live import LiveHub
 from web.security import (
@@ -359,6 +361,7 @@ class WebApp:
             Route("/names", get(self.names)),
             Route("/node", get(self.node)),
             Route("/search", get(self.search)),
+            Route("/tracked", get(self.tracked)),
             Route("/events", self.events),
             Route("/feeds/{handle}.atom", self.atom),
             Route("/api/complete", self.complete),
@@ -377,6 +380,8 @@ class WebApp:
             Route("/names/claim", change(self.start_claim), methods=["POST"]),
             Route("/logout", change(self.logout), methods=["POST"]),
             *self.messages.routes(),
+            Route("/track", change(self.track_add), methods=["POST"]),
+            Route("/track/remove", change(self.track_remove), methods=["POST"]),
             Mount("/static", StaticFiles(directory=str(_HERE / "static")), name="static"),
         ]
 
@@ -660,6 +665,28 @@ class WebApp:
         context["more"] = views[-1].cursor if len(views) == PAGE else None
         return "search.html", context
 
+    async def tracked(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
+        """The tracked terms (add and remove forms) and the posts that match them (issue 19)."""
+        before = parse_cursor(request.query_params.get("before"))
+        terms = tracked_terms(self.store)
+        hits = tracked_posts(self.store, terms, limit=PAGE, before=before, index_limit=SEARCH_INDEX_STEP)
+        posts = [self.view(hit.item, people) for hit in hits]
+        return "tracked.html", {
+            "terms": terms,
+            "posts": posts,
+            "more": posts[-1].cursor if len(posts) == PAGE else None,
+            "paged": before is not None,
+            "live_number": self.live.number,
+        }
+
+    async def track_add(self, request: Request, form: FormData) -> tuple[str, dict[str, Any]]:
+        del request
+        return "/tracked", await self.service.command("track_add", {"term": str(form.get("term") or "")})
+
+    async def track_remove(self, request: Request, form: FormData) -> tuple[str, dict[str, Any]]:
+        del request
+        return "/tracked", await self.service.command("track_remove", {"term": str(form.get("term") or "")})
+
     async def petnames(self, request: Request, people: People) -> tuple[str, dict[str, Any]]:
         del request
         return "petnames.html", {"petnames": [(n, people(k)) for n, k in self.store.petnames()]}
@@ -876,6 +903,17 @@ class WebApp:
             self._publish_entries(list(self.store.feed_range(event.feed, first, event.latest)))
         elif isinstance(event, MentionAdmitted):
             self.live.publish("unread", {"unread": self.unread()})
+        elif isinstance(event, TrackedPostFetched):
+            item = self.store.get(event.entry_id)
+            if item is not None:
+                self._publish_tracked(item, People(self.store))
+
+    def _publish_tracked(self, item: FeedItem, people: People) -> None:
+        """A post for open Tracked pages, if it has a tracked word or tag."""
+        entry = item.entry
+        if not item.deleted and text_matches(self.service.core.tracker.terms, entry.text):
+            html = self.post_html(item, people)
+            self.live.publish("tracked", {"id": entry.id.hex(), "ts": entry.timestamp, "html": html})
 
     def _publish_entries(self, entries: list[Entry]) -> None:
         if not entries:
@@ -889,6 +927,10 @@ class WebApp:
         for entry in entries:
             if entry.kind == POST:
                 mentioned |= self.own in entry.mentions
+                if self.service.core.tracker.terms:
+                    found = self.store.get(entry.id)
+                    if found is not None:
+                        self._publish_tracked(found, people)
                 if shown:
                     item = self.store.get(entry.id)
                     if item is not None:

@@ -27,6 +27,8 @@ from gossip.messages import (
     Have,
     Message,
     Note,
+    Slice,
+    SliceRequest,
     Want,
     decode_message,
     encode_message,
@@ -331,6 +333,15 @@ class HostilePeers(RuleBasedStateMachine):
         session = self.victim(data)
         for _ in range(count):
             self.send(session, Entries(self.rng.choice([OTHER, *self.named[:1]]), 1, (b"x" * 100,)))
+
+    @precondition(lambda self: self.hostile)
+    @rule(data=st.data(), count=st.integers(1, 50), answers=st.booleans())
+    def slice_storm(self, data: st.DataObject, count: int, answers: bool) -> None:
+        """SLICE_REQUESTs never answered, or SLICEs nobody asked for: dropped and counted."""
+        session = self.victim(data)
+        for i in range(count):
+            message = Slice(HONEST, (b"x" * 100,)) if answers else SliceRequest(HONEST, (i + 1,))
+            self.send(session, message)
 
     @precondition(lambda self: self.named)
     @rule(follow=st.booleans())

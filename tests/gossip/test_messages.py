@@ -46,6 +46,8 @@ from gossip.messages import (
     RelayStatus,
     Reservation,
     Reserve,
+    Slice,
+    SliceRequest,
     UnknownMessageType,
     Want,
     chunked,
@@ -150,7 +152,22 @@ GOLDEN: dict[str, tuple[Message, str]] = {
         DialResult(1, 9, bytes(16), 0),
         "95090109c410" + "00" * 16 + "00",
     ),
+    # [20, feed, [1, 300]]: seqs 1 and 300 of feed A (issue 19, "Track")
+    "slice_request": (SliceRequest(A, (1, 300)), "9314" + BIN32_A + "9201cd012c"),
+    # [21, feed, [entry "abc"]] and an empty answer
+    "slice": (Slice(A, (b"abc",)), "9315" + BIN32_A + "91c403616263"),
+    "slice_empty": (Slice(A, ()), "9315" + BIN32_A + "90"),
 }
+
+
+def test_slice_requests_and_answers_are_bounded() -> None:
+    """A SLICE_REQUEST names 1..16 distinct seqs in ascending order; a SLICE carries 0..16 entries."""
+    for seqs in ([], [2, 1], [1, 1], [0], list(range(1, 18))):
+        with pytest.raises(GossipDecodeError):
+            decode_message(msgpack.packb([20, A, seqs]))
+    with pytest.raises(GossipDecodeError):
+        decode_message(msgpack.packb([21, A, [b"x"] * 17]))
+    assert decode_message(msgpack.packb([20, A, list(range(1, 17))])) == SliceRequest(A, tuple(range(1, 17)))
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

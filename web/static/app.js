@@ -136,6 +136,7 @@
   const handlers = {
     post: onPost,
     retract: onRetract,
+    tracked: (doc) => { if (page === "tracked" && timeline && timeline.dataset.paged !== "1") insertPost(doc.html, true); },
     unread: (doc) => setUnread(doc.unread),
     dms: (doc) => setDmUnread(doc.unread),
     dm_state: (doc) => {
