@@ -466,7 +466,7 @@ class WebApp:
         return PostView(
             id=e.id.hex(),
             seq=e.seq,
-            author=people(e.author),
+            author=people(self.store.identity_of(e.author)),  # a device posts as its identity
             own=e.author == self.own,
             time_iso=iso(e.timestamp),
             time_shown=shown_time(e.timestamp),
