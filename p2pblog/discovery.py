@@ -106,7 +106,7 @@ class Discovery:
 
     def find_claims(self, name: str, now: float) -> int:
         """Find every valid claim of name (ends with `NameResolved`)."""
-        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY)
+        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY, seen=True)
         return self.queries.add(qid, FindClaims(name))
 
     # -- the search schedule ----------------------------------------------------------
