@@ -633,15 +633,10 @@ class WebApp:
             context["message"] = f"nobody has claimed the name {query!r} (no valid claim found in the DHT)"
         elif len(candidates) > 1:
             known = any(c.get("suggested") for c in candidates)
+            verdict = "the one you know is marked" if known else "not guessing, you know none of them"
             context["message"] = (
-                f"{len(candidates)} keys claim the name {target.name!r}"
-                + (
-                    ": the one you know is marked. "
-                    if known
-                    else ": none of them is one you know; not guessing. "
-                )
-                + "They are shown people you know first, then the claim the network saw first, then most "
-                "proof of work; follow the one you mean."
+                f"{len(candidates)} keys claim the name {target.name!r}: {verdict}. They are shown people "
+                "you know first, then the claim the network saw first, then most work: follow one."
             )
         return "follow.html", context
 
