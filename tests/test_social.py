@@ -200,6 +200,29 @@ def test_a_later_claim_with_more_work_does_not_outrank_an_earlier_one(
     assert chosen is not None and chosen.record.signer == A.public_key
 
 
+def test_one_lying_dht_node_cannot_backdate_a_squatter_s_claim(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire, cores = net()
+    # D's DHT node says it stored every claim it holds at the start of 1970.
+    held = cores["d"].dht.providers
+    honest = held.get_with_seen
+    monkeypatch.setattr(held, "get_with_seen", lambda key, now: [(p, v, 0.0) for p, v, _ in honest(key, now)])
+    cores["a"].claim_name("alice", CLAIMED, nonce_for(A, "alice"), wire.now)
+    wire.advance(120)
+    squatted_at = wire.now
+    cores["e"].claim_name("alice", CLAIMED, nonce_for(E, "alice", NAME_CLAIM_MIN_WORK + 2), wire.now)
+    wire.advance(5)
+    result = resolve(wire, cores["c"], "alice")
+    by_signer = dict(zip((r.signer for r in result.claims), result.seen, strict=True))
+    assert 0 in by_signer[E.public_key]  # the lie arrived ...
+    assert len(by_signer[E.public_key]) >= 3
+    ranked = claimants_for(cores["c"].store, C.public_key, result)
+    assert [c.record.signer for c in ranked] == [A.public_key, E.public_key]
+    squatter = ranked[1].witnessed
+    assert squatter is not None and squatter >= int(squatted_at)  # ... and changed nothing
+
+
 def test_republishing_a_claim_keeps_its_first_seen_time(
     net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
 ) -> None:
