@@ -279,9 +279,10 @@ def resolve(target: str, as_json: bool) -> None:
     followed by people you follow, then strangers; within each, the claim the
     network saw first (the time DHT nodes first stored it), then most proof
     of work, then key.  Keys you follow, have a petname for, or that are
-    yours are marked.  A petname
-    NAME is shown first: it overrides the DHT.  NAME~FINGERPRINT shows the
-    one claimant with that fingerprint.  Exits 1 if nothing matches.
+    yours are marked, and it says which one `follow NAME` would take, if
+    any.  A petname NAME is shown first: it overrides the DHT.
+    NAME~FINGERPRINT shows the one claimant with that fingerprint.  Exits 1
+    if nothing matches.
     """
     home = current_home()
     name_part, tilde, prefix = target.partition("~")
@@ -310,6 +311,8 @@ def resolve(target: str, as_json: bool) -> None:
         "petname": encode_handle(pet) if pet is not None else None,
         "claims": [{**c, "pick": f"{claim_name}~{c['fingerprint']}"} for c in claims],
     }
+    chosen = suggested_claim(claims) if claims and pet is None else None
+    doc["suggested"] = None if chosen is None else chosen["handle"]
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -322,6 +325,13 @@ def resolve(target: str, as_json: bool) -> None:
                 err=True,
             )
             click.echo(_claims_listing(claim_name, claims))
+            if len(claims) > 1:
+                click.echo(
+                    f"`follow {claim_name}` takes {claim_name}~{chosen['fingerprint']}, the one you know"
+                    if chosen is not None
+                    else f"`follow {claim_name}` picks none of them: none is a key you know",
+                    err=True,
+                )
     if not claims and pet is None:
         raise click.ClickException(f"no valid claim of {claim_name!r} found")
 

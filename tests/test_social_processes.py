@@ -115,12 +115,15 @@ def test_a_squatter_with_more_work_is_never_the_suggestion(tmp_path: Path, nodes
     first, second = doc["claims"]
     assert second["work"] > first["work"] and first["witnessed"] < second["witnessed"]
     assert first["relation"] == second["relation"] == "stranger"
+    assert doc["suggested"] is None
+    assert "picks none of them" in p2pblog(c.home, "resolve", "alice").stderr
     refused = p2pblog(c.home, "follow", "alice")
     assert refused.returncode == 1 and "not guessing" in refused.stderr
     assert following(c) == set()
 
     by_b = cli_json(b.home, "resolve", "alice")
     assert isinstance(by_b, dict)
+    assert by_b["suggested"] == a.handle
     assert [(x["handle"], x["relation"]) for x in by_b["claims"]] == [
         (a.handle, "following"),
         (e.handle, "stranger"),
