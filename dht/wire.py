@@ -390,15 +390,9 @@ def get_providers_response(
     answer carries ``"seen"`` too, trimmed with its provider.
     """
     limit = MAX_BODY_BYTES if max_bytes is None else min(MAX_BODY_BYTES, max_bytes - HEADER_BYTES)
-    shape: dict[str, list[Any]] = (
-        {"providers": [], "nodes": []}
-        if seen is None
-        else {
-            "providers": [],
-            "seen": [],
-            "nodes": [],
-        }
-    )
+    shape: dict[str, list[Any]] = {"providers": [], "nodes": []}
+    if seen is not None:
+        shape = {"providers": [], "seen": [], "nodes": []}
     empty = len(_pack(shape))
     nodes = _fit_contacts(contacts, None if max_bytes is None else limit - empty + 1)
     # Room left once the empty shape (a 1-byte fixarray header) is packed.
