@@ -2,8 +2,10 @@
 
 Who a command is about is given as a *target* (`resolve_target`): a handle
 (``@pb1...``), a petname, ``NAME~FINGERPRINT`` or a NAME claimed in the DHT.
-A petname is local and wins over everything; a bare NAME resolves only when
-exactly one key claims it, and the command never guesses between several.
+A petname is local and wins over everything; a bare NAME resolves when
+exactly one key claims it, or when the best claimant is the only one you
+know in its class (you follow it, or people you follow do:
+`p2pblog.targets.suggested_claim`); between strangers it never guesses.
 Resolving a claimed name asks the running node (it needs the DHT).
 """
 
@@ -36,9 +38,10 @@ from identity.records import RecordError, check_name
 from p2pblog import actions, control
 from p2pblog.entry import entry_to_json, parse_entry_id
 from p2pblog.home import Home
+from p2pblog.names import relation_words, witnessed_words
 from p2pblog.search import MAX_LIMIT, SearchError, Segment
 from p2pblog.store import FeedItem, Store, cursor_of, parse_cursor
-from p2pblog.targets import Target, TargetError, parse_target, petname_matches, pick_claims
+from p2pblog.targets import Target, TargetError, parse_target, petname_matches, pick_claims, suggested_claim
 
 #: Most work bits `name claim --work` spends (2**32 hashes is hours of CPU).
 MAX_CLAIM_WORK = 32
@@ -74,8 +77,16 @@ def _claims_listing(name: str, claims: list[dict[str, Any]]) -> str:
     lines = []
     for i, c in enumerate(claims, 1):
         lines.append(f"  {i}. {name}~{c['fingerprint']}  {c['handle']}{_marks(c)}")
-        lines.append(f"       {c['work']} bits of work, claimed {when(c['claimed'] * 1000)}")
+        lines.append(f"       {claim_standing(c)}")
     return "\n".join(lines)
+
+
+def claim_standing(claim: dict[str, Any]) -> str:
+    """One claim's rank in words: relationship, witnessed age, work (`p2pblog.names`)."""
+    return (
+        f"{relation_words(claim)}; {witnessed_words(claim, time.time())}; "
+        f"{claim['work']} bits of work, claimed {when(claim['claimed'] * 1000)}"
+    )
 
 
 def _marks(claim: dict[str, Any]) -> str:
@@ -150,12 +161,20 @@ def resolve_target(text: str, home: Home) -> bytes:
     claims = resolve_claims(home, name)
     if not claims:
         raise click.ClickException(f"nobody has claimed the name {name!r} (no valid claim found in the DHT)")
-    if len(claims) > 1:
+    chosen = suggested_claim(claims)
+    if chosen is None:
         raise click.ClickException(
-            f"{len(claims)} keys claim the name {name!r}; not guessing. Pick one with NAME~FINGERPRINT, "
+            f"{len(claims)} keys claim the name {name!r} and none of them is the one you know; "
+            f"not guessing. Pick one with NAME~FINGERPRINT, "
             f"e.g. `{_pick(name, claims)}`:\n{_claims_listing(name, claims)}"
         )
-    return decode_handle(claims[0]["handle"])
+    if len(claims) > 1:
+        click.echo(
+            f"{len(claims)} keys claim the name {name!r}; taking {name}~{chosen['fingerprint']} "
+            f"({claim_standing(chosen)}):\n{_claims_listing(name, claims)}",
+            err=True,
+        )
+    return decode_handle(chosen["handle"])
 
 
 # --- name ---------------------------------------------------------------------------------------
@@ -167,7 +186,8 @@ def name() -> None:
 
     A name is 1-32 characters of a-z, 0-9, _ and -.  Names are not unique:
     anyone may claim any name, and `p2pblog resolve NAME` lists every
-    claimant, most proof of work first, then earliest claim.
+    claimant: people you know first, then the claim the network saw first,
+    then most proof of work.
     """
 
 
@@ -255,10 +275,14 @@ def list_names(as_json: bool) -> None:
 def resolve(target: str, as_json: bool) -> None:
     """List every valid claimant of NAME (node running), in resolution order.
 
-    Order: most proof of work first, then earliest claim, then key.  Keys
-    you follow, have a petname for, or that are yours are marked.  A petname
-    NAME is shown first: it overrides the DHT.  NAME~FINGERPRINT shows the
-    one claimant with that fingerprint.  Exits 1 if nothing matches.
+    Order, for you: keys you gave a petname, then keys you follow, then keys
+    followed by people you follow, then strangers; within each, the claim the
+    network saw first (the time DHT nodes first stored it), then most proof
+    of work, then key.  Keys you follow, have a petname for, or that are
+    yours are marked, and it says which one `follow NAME` would take, if
+    any.  A petname NAME is shown first: it overrides the DHT.
+    NAME~FINGERPRINT shows the one claimant with that fingerprint.  Exits 1
+    if nothing matches.
     """
     home = current_home()
     name_part, tilde, prefix = target.partition("~")
@@ -287,6 +311,8 @@ def resolve(target: str, as_json: bool) -> None:
         "petname": encode_handle(pet) if pet is not None else None,
         "claims": [{**c, "pick": f"{claim_name}~{c['fingerprint']}"} for c in claims],
     }
+    chosen = suggested_claim(claims) if claims and pet is None else None
+    doc["suggested"] = None if chosen is None else chosen["handle"]
     if as_json:
         click.echo(json.dumps(doc, indent=2))
     else:
@@ -294,9 +320,18 @@ def resolve(target: str, as_json: bool) -> None:
             click.echo(f"petname {claim_name}: {encode_handle(pet)}  (local; overrides the DHT)")
         if claims:
             click.echo(
-                f"{claim_name}: {len(claims)} claimant(s), most work first, then earliest claim", err=True
+                f"{claim_name}: {len(claims)} claimant(s), people you know first, then the claim "
+                "the network saw first, then most work",
+                err=True,
             )
             click.echo(_claims_listing(claim_name, claims))
+            if len(claims) > 1:
+                click.echo(
+                    f"`follow {claim_name}` takes {claim_name}~{chosen['fingerprint']}, the one you know"
+                    if chosen is not None
+                    else f"`follow {claim_name}` picks none of them: none is a key you know",
+                    err=True,
+                )
     if not claims and pet is None:
         raise click.ClickException(f"no valid claim of {claim_name!r} found")
 

@@ -529,18 +529,23 @@ class DhtCore:
             self.stats["own_value_not_held"] += 1
         return self._start(AddProviderQuery(self._new_query_id(), key, value), now)
 
-    def start_get_providers(self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY) -> int:
+    def start_get_providers(
+        self, key: bytes, now: float, *, want: int = MAX_PROVIDERS_PER_KEY, seen: bool = False
+    ) -> int:
         """Find providers of ``key`` (``p2pb_get_providers``).  Ends with `ProvidersFound`.
 
         The lookup gathers valid provider values (one per provider, the
         selector's pick between versions; those we hold count too) until
         ``want`` distinct providers are in or the k closest nodes answered.
+        With ``seen`` it asks for first-seen times (`dht.wire`, issue 15):
+        `ProvidersFound.seen` then lists, per value, the times reported for
+        its provider, ours and at most one per answering node.
         """
         self._advance(now)
         self._check_key(key, "key")
         if want < 1:
             raise LocalProtocolError("want must be >= 1")
-        return self._start(GetProvidersQuery(self._new_query_id(), key, want, self.providers), now)
+        return self._start(GetProvidersQuery(self._new_query_id(), key, want, self.providers, seen=seen), now)
 
     def bootstrap(self, addrs: Iterable[Address], now: float) -> int:
         """Join the network through ``addrs`` (paper 2.3).  Ends with `BootstrapFinished`.
@@ -645,8 +650,12 @@ class DhtCore:
             return wire.find_node_response(request.msg_id, closest, max_bytes)
         if isinstance(request, wire.GetProviders):
             closest = self.table.closest(request.key, exclude_id=sender.node_id, exclude_addr=addr)
-            held = self.providers.get(request.key, now)
-            return wire.get_providers_response(request.msg_id, held, closest, max_bytes)
+            if not request.seen:
+                held = self.providers.get(request.key, now)
+                return wire.get_providers_response(request.msg_id, held, closest, max_bytes)
+            triples = self.providers.get_with_seen(request.key, now)
+            values, seen = [v for _, v, _ in triples], [int(t) for _, _, t in triples]
+            return wire.get_providers_response(request.msg_id, values, closest, max_bytes, seen=seen)
         value = self.records.get(request.key, now)
         if value is not None:
             found = wire.find_value_response(request.msg_id, value)
@@ -858,7 +867,8 @@ class DhtCore:
         elif rpc.name == wire.FIND_NODE:
             answer = wire.parse_find_node_response(body)
         elif rpc.name == wire.GET_PROVIDERS:
-            answer = ProvidersAnswer(*wire.parse_get_providers_response(body))
+            values, seen, contacts = wire.parse_get_providers_seen(body)
+            answer = ProvidersAnswer(values, contacts, seen)
         else:
             answer = wire.parse_find_value_response(body)
         self._saw(contact, now)

@@ -133,6 +133,10 @@ class ProvidersFound:
     key: bytes
     values: tuple[bytes, ...]
     queried: int
+    #: With ``start_get_providers(seen=True)``: per value, the first-seen times
+    #: (Unix seconds) its provider was reported with, ours and one per answering
+    #: node (`dht.wire`, issue 15); otherwise empty.
+    seen: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

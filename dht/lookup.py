@@ -609,6 +609,10 @@ class ProvidersLookup(ClosestPeersLookup):
         #: Provider id -> the value kept for it, in order of first arrival; the
         #: driver has validated each value and chosen between versions.
         self.providers: dict[bytes, bytes] = {}
+        #: Provider id -> reporting node id (None: our own store) -> the time
+        #: it says it first stored that provider (`witness`); at most one
+        #: report per node, so this holds at most providers x nodes asked.
+        self.seen: dict[bytes, dict[bytes | None, int]] = {}
 
     def on_providers(
         self,
@@ -629,6 +633,11 @@ class ProvidersLookup(ClosestPeersLookup):
             return False
         self.add_providers(providers, peer.contact.addr, vouched=vouched)
         return True
+
+    def witness(self, provider_id: bytes, node_id: bytes | None, first_seen: int) -> None:
+        """``node_id`` (None: us) says it first stored ``provider_id``'s value at
+        ``first_seen``; its first report counts, a repeat in the same walk does not."""
+        self.seen.setdefault(provider_id, {}).setdefault(node_id, first_seen)
 
     def add_providers(
         self,

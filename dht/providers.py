@@ -66,6 +66,14 @@ Bounds and timers:
   ago (``evicted.group_full``): a signer who announces too much only pushes
   out its own older announcements.  Our own values are not counted.
 
+*First seen* (issue 15): each held value remembers when its provider's
+first value for the key was stored here, and a newer value of the same
+provider (a republication with a higher seq) keeps that time, so a provider
+that keeps re-announcing keeps its age; a value that expires or is evicted
+is forgotten with its time (no extra memory: one float per held value, lost
+on restart).  `get_with_seen` returns it; ``p2pb_get_providers`` answers
+carry it when asked (`dht.wire`), and p2pblog ranks name claims by it.
+
 Unlike records, held providers are not replicated by their holders (paper
 2.5 replication, ``kademlia``'s hourly re-STORE): as in libp2p, only the
 provider re-announces, because each holder re-sending every value it holds
@@ -151,6 +159,9 @@ class _Provider:
     order: int
     #: Identifies the live timer-heap entry.
     version: int
+    #: When this provider's first value for the key was stored here; a newer
+    #: value of the same provider (a republication) keeps it (`get_with_seen`).
+    first_seen: float
 
 
 class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
@@ -305,6 +316,15 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         ordered = sorted(held.items(), key=lambda item: (item[1].refreshed_at, item[1].order), reverse=True)
         return [(pid, entry.value) for pid, entry in ordered]
 
+    def get_with_seen(self, key: bytes, now: float) -> list[tuple[bytes, bytes, float]]:
+        """``(provider id, value, first seen)`` for ``key``, most recently refreshed first:
+        *first seen* is when this provider's first value for ``key`` was stored here,
+        kept while the provider keeps re-announcing (a held value is forgotten, and
+        its time with it, once it expires or is evicted)."""
+        pairs = self.get_with_ids(key, now)
+        held = self._keys.get(key, {})
+        return [(pid, value, held[pid].first_seen) for pid, value in pairs]
+
     def is_published(self, key: bytes, provider_id: bytes) -> bool:
         entry = self._keys.get(key, {}).get(provider_id)
         return entry is not None and entry.published
@@ -364,9 +384,11 @@ class ProviderStore(BoundedStore[tuple[bytes, bytes]]):
         else:
             expires, renew = now + self.ttl, float("inf")
         held = self._keys.setdefault(key, {})
-        if pid not in held:
+        old = held.get(pid)
+        if old is None:
             self._count += 1
-        held[pid] = _Provider(value, published, now, expires, renew, self._version, self._version)
+        first_seen = now if old is None else min(old.first_seen, now)
+        held[pid] = _Provider(value, published, now, expires, renew, self._version, self._version, first_seen)
         self._push(min(expires, renew), self._version, key, pid)
 
     def _push(self, deadline: float, version: int, key: bytes, pid: bytes) -> None:

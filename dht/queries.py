@@ -107,6 +107,8 @@ class ProvidersAnswer:
 
     values: tuple[bytes, ...]
     contacts: tuple[Contact, ...]
+    #: First-seen times parallel to ``values`` (None: the answer had none).
+    seen: tuple[int, ...] | None = None
 
 
 #: What an answered RPC carried, parsed by its request's kind: a value or
@@ -303,22 +305,29 @@ class GetQuery(Query):
 class GetProvidersQuery(Query):
     """``start_get_providers``: gather providers until ``want`` are in or the k closest answered."""
 
-    __slots__ = ("providers", "want")
+    __slots__ = ("providers", "seen", "want")
 
     invalid_answer: ClassVar[str] = "invalid returned provider"
 
-    def __init__(self, query_id: int, key: bytes, want: int, providers: ProviderStore) -> None:
+    def __init__(
+        self, query_id: int, key: bytes, want: int, providers: ProviderStore, *, seen: bool = False
+    ) -> None:
         super().__init__(query_id, key)
         self.want = want
         self.providers = providers
+        self.seen = seen
 
     def new_lookup(self, seeds: list[Contact], params: WalkParams, now: float) -> ProvidersLookup:
         lookup = ProvidersLookup(self.target, seeds, want=self.want, sources=READ_QUORUM, **params)
-        lookup.add_providers(self.providers.get_with_ids(self.target, now))
+        held = self.providers.get_with_seen(self.target, now)
+        lookup.add_providers([(pid, value) for pid, value, _ in held])
+        if self.seen:
+            for pid, _, first in held:
+                lookup.witness(pid, None, int(first))
         return lookup
 
     def step_request(self, msg_id: bytes, local_id: bytes) -> wire.Request:
-        return wire.GetProviders(msg_id, local_id, self.target)
+        return wire.GetProviders(msg_id, local_id, self.target, self.seen)
 
     def on_step_answer(self, lookup: ClosestPeersLookup, contact: Contact, answer: Answer, now: float) -> int:
         assert isinstance(lookup, ProvidersLookup)
@@ -330,20 +339,29 @@ class GetProvidersQuery(Query):
         # two values of one provider the selector's pick is kept.
         invalid = 0
         chosen: dict[bytes, bytes] = {}
-        for value in answer.values:
+        witnessed: list[tuple[bytes, int]] = []
+        for i, value in enumerate(answer.values):
             pid = self.providers.provider_id(self.target, value, now)
             if pid is None:
                 invalid += 1
                 continue
+            if answer.seen is not None:
+                witnessed.append((pid, answer.seen[i]))
             old = chosen.get(pid, lookup.providers.get(pid))
             if old is None or (old != value and self.providers.prefers(self.target, old, value)):
                 chosen[pid] = value
         valid = len(answer.values) > invalid
-        lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now, vouched=valid)
+        if lookup.on_providers(contact.node_id, list(chosen.items()), answer.contacts, now, vouched=valid):
+            for pid, first in witnessed if self.seen else ():
+                lookup.witness(pid, contact.node_id, first)
         return invalid
 
     def result(self, lookup: ProvidersLookup) -> ProvidersFound:
-        return ProvidersFound(self.query_id, self.target, tuple(lookup.providers.values()), lookup.queried)
+        values = tuple(lookup.providers.values())
+        seen = (
+            tuple(tuple(lookup.seen.get(pid, {}).values()) for pid in lookup.providers) if self.seen else ()
+        )
+        return ProvidersFound(self.query_id, self.target, values, lookup.queried, seen)
 
 
 class StoreQuery(Query):

@@ -60,6 +60,18 @@ name                    request args                           response body
                                                                "nodes": [[id, ip, port], ...]}``
 ======================  =====================================  ====================================
 
+*First-seen times* (issue 15): a requester that wants them sends a third
+argument, ``flags`` (an unsigned int; bit 0 = `WITH_SEEN`), as
+``[sender_id, key, 1]``, and a p2pblog node then answers
+``{"providers": [...], "seen": [uint, ...], "nodes": [...]}``: ``seen[i]``
+is the Unix second this node first stored the provider of ``providers[i]``
+for that key (`dht.providers.ProviderStore.get_with_seen`).  A request
+without flags gets the two-field answer, byte for byte as before, so older
+p2pblog requesters are served unchanged; an older p2pblog node refuses the
+three-argument request and stays silent, which a requester treats like a
+``kademlia`` peer's silence (no proof of death).  p2pblog asks with flags
+only for name claims.
+
 A provider value is bytes of at most `MAX_DHT_VALUE_BYTES`.  A
 ``p2pb_get_providers`` answer always carries both fields (libp2p's
 ``providerPeers`` and ``closerPeers``), at most `MAX_PROVIDERS_PER_ANSWER`
@@ -111,6 +123,10 @@ GET_PROVIDERS: Final = "p2pb_get_providers"
 P2PBLOG_RPCS: Final = frozenset({ADD_PROVIDER, GET_PROVIDERS})
 #: Provider values in one ``p2pb_get_providers`` answer, at most (libp2p sends up to k).
 MAX_PROVIDERS_PER_ANSWER: Final = 20
+#: ``p2pb_get_providers`` flag: answer with each provider's first-seen time.
+WITH_SEEN: Final = 1
+#: Largest flags value (and first-seen time) accepted: msgpack's unsigned 64-bit range, halved.
+MAX_WIRE_UINT: Final = 2**63 - 1
 
 #: A DHT value as ``kademlia`` allows it (``check_dht_value_type``).
 Value = bytes | str | int | float | bool
@@ -166,6 +182,8 @@ class GetProviders:
     msg_id: bytes
     sender_id: bytes
     key: bytes
+    #: Ask for first-seen times (sent as the flags argument `WITH_SEEN`).
+    seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +305,8 @@ def encode_request(request: Request) -> bytes:
             name, args = STUN, ()
         case AddProvider(msg_id, sender_id, key, value):
             name, args = ADD_PROVIDER, (sender_id, key, value)
-        case GetProviders(msg_id, sender_id, key):
-            name, args = GET_PROVIDERS, (sender_id, key)
+        case GetProviders(msg_id, sender_id, key, seen):
+            name, args = GET_PROVIDERS, (sender_id, key, WITH_SEEN) if seen else (sender_id, key)
         case UnknownRequest(msg_id, name, args):
             pass
     return _frame(REQUEST, msg_id, _pack([name, list(args)]))
@@ -354,7 +372,12 @@ def add_provider_response(msg_id: bytes, stored: bool) -> bytes:
 
 
 def get_providers_response(
-    msg_id: bytes, providers: Sequence[bytes], contacts: Sequence[Contact], max_bytes: int | None = None
+    msg_id: bytes,
+    providers: Sequence[bytes],
+    contacts: Sequence[Contact],
+    max_bytes: int | None = None,
+    *,
+    seen: Sequence[int] | None = None,
 ) -> bytes:
     """``{"providers": [...], "nodes": [...]}`` within `MAX_BODY_BYTES` (and ``max_bytes``).
 
@@ -363,21 +386,34 @@ def get_providers_response(
     next to ``contacts``.  Without ``max_bytes`` the contacts always go in
     whole (k contacts take < 1 KiB); with it, the contacts are trimmed
     first (nearest kept) to fit, and providers take what room is left.
+    With ``seen`` (parallel to ``providers``: first-seen Unix seconds) the
+    answer carries ``"seen"`` too, trimmed with its provider.
     """
     limit = MAX_BODY_BYTES if max_bytes is None else min(MAX_BODY_BYTES, max_bytes - HEADER_BYTES)
-    empty = len(_pack({"providers": [], "nodes": []}))
+    shape: dict[str, list[Any]] = {"providers": [], "nodes": []}
+    if seen is not None:
+        shape = {"providers": [], "seen": [], "nodes": []}
+    empty = len(_pack(shape))
     nodes = _fit_contacts(contacts, None if max_bytes is None else limit - empty + 1)
     # Room left once the empty shape (a 1-byte fixarray header) is packed.
-    room = limit - len(_pack({"providers": [], "nodes": nodes}))
+    room = limit - len(_pack({**shape, "nodes": nodes}))
     chosen: list[bytes] = []
-    for value in providers[:MAX_PROVIDERS_PER_ANSWER]:
+    times: list[int] = []
+    for i, value in enumerate(providers[:MAX_PROVIDERS_PER_ANSWER]):
         # The 16th value grows the header from fixarray (1 byte) to array 16 (3 bytes).
-        size = len(_pack(value)) + _array_header(len(chosen) + 1) - _array_header(len(chosen))
+        grow = _array_header(len(chosen) + 1) - _array_header(len(chosen))
+        size = len(_pack(value)) + grow
+        if seen is not None:
+            size += len(_pack(seen[i])) + grow
         if size > room:
             break
         chosen.append(value)
+        if seen is not None:
+            times.append(seen[i])
         room -= size
-    return encode_response(msg_id, {"providers": chosen, "nodes": nodes})
+    if seen is None:
+        return encode_response(msg_id, {"providers": chosen, "nodes": nodes})
+    return encode_response(msg_id, {"providers": chosen, "seen": times, "nodes": nodes})
 
 
 # --------------------------------------------------------------------------- decoding
@@ -463,8 +499,10 @@ def _decode_request(msg_id: bytes, name: str, args: list[Any]) -> Request:
             _check_provider_value(args[2]),
         )
     if name == GET_PROVIDERS:
-        _arity(name, args, 2)
-        return GetProviders(msg_id, _check_id(args[0], "sender id"), _check_id(args[1], "key"))
+        if len(args) != 3:
+            _arity(name, args, 2)
+        seen = len(args) == 3 and bool(_check_uint(args[2], "flags") & WITH_SEEN)
+        return GetProviders(msg_id, _check_id(args[0], "sender id"), _check_id(args[1], "key"), seen)
     return UnknownRequest(msg_id, name, tuple(args))
 
 
@@ -560,11 +598,37 @@ def parse_add_provider_response(body: Any) -> bool:
 
 def parse_get_providers_response(body: Any) -> tuple[tuple[bytes, ...], tuple[Contact, ...]]:
     """``{"providers": [v, ...], "nodes": [[id, ip, port], ...]}`` -> (values, contacts)."""
-    if not isinstance(body, dict) or set(body) != {"providers", "nodes"}:
-        raise WireError('a p2pb_get_providers answer is {"providers": [...], "nodes": [...]}')
+    values, _, contacts = parse_get_providers_seen(body)
+    return values, contacts
+
+
+def parse_get_providers_seen(
+    body: Any,
+) -> tuple[tuple[bytes, ...], tuple[int, ...] | None, tuple[Contact, ...]]:
+    """A ``p2pb_get_providers`` answer with or without ``"seen"`` -> (values, first-seen
+    times parallel to the values or None, contacts)."""
+    if not isinstance(body, dict) or set(body) not in (
+        {"providers", "nodes"},
+        {"providers", "seen", "nodes"},
+    ):
+        raise WireError(
+            'a p2pb_get_providers answer is {"providers": [...], ("seen": [...],) "nodes": [...]}'
+        )
     providers = body["providers"]
     if not isinstance(providers, list):
         raise WireError("providers is an array of values")
     if len(providers) > MAX_PROVIDERS_PER_ANSWER:
         raise WireError(f"more than {MAX_PROVIDERS_PER_ANSWER} providers in one answer")
-    return tuple(_check_provider_value(v) for v in providers), parse_contacts(body["nodes"])
+    seen: tuple[int, ...] | None = None
+    if "seen" in body:
+        times = body["seen"]
+        if not isinstance(times, list) or len(times) != len(providers):
+            raise WireError("seen is an array of times, one per provider")
+        seen = tuple(_check_uint(t, "a first-seen time") for t in times)
+    return tuple(_check_provider_value(v) for v in providers), seen, parse_contacts(body["nodes"])
+
+
+def _check_uint(obj: object, what: str) -> int:
+    if type(obj) is not int or not 0 <= obj <= MAX_WIRE_UINT:
+        raise WireError(f"{what} is an unsigned integer below 2**63")
+    return obj

@@ -162,6 +162,12 @@ def check_response(response: Response, data: bytes) -> None:
             assert back[0] == providers[: len(back[0])] and back[1] == contacts
             return
         assert back == (providers, contacts), f"{len(providers)} providers came back as {len(back[0])}"
+    with _declared():
+        # With first-seen times (issue 15): each time stays with its provider.
+        values, seen, found = wire.parse_get_providers_seen(body)
+        encoded = wire.get_providers_response(msg_id, values, found, seen=seen)
+        again_seen = _parse_back(msg_id, encoded, wire.parse_get_providers_seen)
+        assert again_seen == (values, seen, found), "an answer with first-seen times did not round-trip"
 
 
 class _declared:
@@ -199,6 +205,7 @@ def seeds() -> list[bytes]:
         Stun(msg_id),
         AddProvider(msg_id, node, key, b"provider record"),
         GetProviders(msg_id, node, key),
+        GetProviders(msg_id, node, key, seen=True),
         UnknownRequest(msg_id, "p2pb_future", (1, [2], {"x": b"y"})),
     ]
     return [wire.encode_request(r) for r in requests] + [
@@ -208,6 +215,7 @@ def seeds() -> list[bytes]:
         wire.find_value_response(msg_id, b"\x00" * 40),
         wire.stun_response(msg_id, ("198.51.100.7", 40000)),
         wire.get_providers_response(msg_id, [b"a" * 100, b"b" * 1024], contacts),
+        wire.get_providers_response(msg_id, [b"a" * 100, b"b" * 1024], contacts, seen=[1_800_000_000, 0]),
         bytes([wire.RESPONSE]) + msg_id + bytes(wire.MAX_BODY_BYTES + 1),
     ]
 
@@ -218,7 +226,9 @@ def mutator() -> MsgpackMutator:
     edges = (
         "value",
         "providers",
+        "seen",
         "nodes",
+        wire.MAX_WIRE_UINT + 1,
         "127.0.0.1",
         "::1",
         "fe80::1%eth0",

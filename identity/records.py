@@ -57,8 +57,10 @@ may claim one.  What orders the claimants is cost, then age:
   bytes (only so the order is total).  ``claimed`` is self-asserted and can
   be backdated, so it is only a tie-break among claims of equal work.
 
-The resolver above shows every claimant in that order; it never picks one
-silently (docs/protocol.md, "Name claims").
+That is the order of the records alone.  What a user sees is ranked by
+`p2pblog.names` (issue 15): relationship to the user first, then the age
+the DHT nodes witnessed, and only then work; the resolver shows every
+claimant and never picks a stranger (docs/protocol.md, "Name claims").
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ from identity.handle import HandleError
 from identity.limits import MENTION_WORK
 from identity.netaddr import host_key
 from identity.records import RecordError, check_name
+from p2pblog import names
 from p2pblog.control import CommandFailed, NodeState, new_token, remove_state, write_state
 from p2pblog.control_server import ControlServer
 from p2pblog.entry import Entry, parse_entry_id
@@ -772,6 +773,8 @@ class NodeService:
         petnames: dict[bytes, list[str]] = {}
         for pet, key in self.store.petnames():
             petnames.setdefault(key, []).append(pet)
+        ranked = names.claimants_for(self.store, self.identity.public_key, result)
+        suggested = names.suggestion(ranked)
         return {
             "name": name,
             "claims": [
@@ -785,9 +788,15 @@ class NodeService:
                     "self": r.signer == self.identity.public_key,
                     "following": r.signer in following,
                     "petnames": petnames.get(r.signer, []),
+                    "relation": names.RELATION_NAMES[c.relation],
+                    "witnessed": c.witnessed,
+                    "witnesses": c.witnesses,
+                    "followed_by": c.followed_by,
                 }
-                for r in result.claims
+                for c in ranked
+                for r in (c.record,)
             ],
+            "suggested": None if suggested is None else encode_handle(suggested.record.signer),
         }
 
     async def _post(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,9 @@ lookups it starts and whose results the node routes back to it:
   (`providers_found`); a resolved peer record teaches the replicator's
   address book the peer's address, and makes a followed author a candidate
   of its own feed (`peer_found`).
-* **Names.**  `find_claims` gathers every claim of a name (`NameResolved`).
+* **Names.**  `find_claims` gathers every claim of a name, with the times
+  the DHT nodes say they first stored each (`NameResolved`; ranked for the
+  user by `p2pblog.names`).
 * **Inbound peers.**  When a peer that dialled us disconnects and we do not
   know its listen address, its peer record is resolved, so the address book
   can redial it (`peer_disconnected`; not on connect: an author with many
@@ -110,7 +112,7 @@ class Discovery:
 
     def find_claims(self, name: str, now: float) -> int:
         """Find every valid claim of name (ends with `NameResolved`)."""
-        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY)
+        qid = self.dht.start_get_providers(name_key(name), now, want=MAX_PROVIDERS_PER_KEY, seen=True)
         return self.queries.add(qid, FindClaims(name))
 
     # -- the search schedule ----------------------------------------------------------

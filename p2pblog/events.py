@@ -112,11 +112,15 @@ class NameClaimPublished:
 
 @dataclass(frozen=True, slots=True)
 class NameResolved:
-    """Every valid claim of ``name`` found, one per claimant, in resolution order."""
+    """Every valid claim of ``name`` found, one per claimant, in the order a stranger to
+    all of them sees (`p2pblog.names.network_order`; `p2pblog.names.claimants_for`
+    ranks them for the user)."""
 
     query_id: int
     name: str
     claims: tuple[Record, ...]
+    #: Per claim, the first-seen times DHT nodes reported for it (`p2pblog.names`).
+    seen: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from p2pblog.events import (
     ProvidersResolved,
     RecordPublished,
 )
+from p2pblog.names import network_order
 from p2pblog.record_rules import verified_claims, verified_hashtags, verified_providers
 
 Result = (
@@ -179,8 +180,13 @@ class FindClaims:
     consume: bool = False
 
     def finish(self, qid: int, event: DhtEvent) -> Result:
-        values = event.values if isinstance(event, ProvidersFound) else ()
-        return NameResolved(qid, self.name, verified_claims(self.name, values))
+        if not isinstance(event, ProvidersFound):
+            return NameResolved(qid, self.name, ())
+        reports = dict(zip(event.values, event.seen, strict=False))
+        claims = verified_claims(self.name, event.values)
+        seen = [reports.get(record.raw, ()) for record in claims]
+        order = network_order(claims, seen)
+        return NameResolved(qid, self.name, tuple(claims[i] for i in order), tuple(seen[i] for i in order))
 
 
 @dataclass(slots=True)

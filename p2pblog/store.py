@@ -1692,6 +1692,15 @@ class Store:
         )
         return [bytes(raw) for (raw,) in rows]
 
+    def follows_of_follows(self, owner: bytes, key: bytes) -> int:
+        """How many keys owner follows have a stored feed that follows key (issue 15)."""
+        row = self._db.execute(
+            "SELECT COUNT(DISTINCT a.feed) FROM follows a JOIN follows b ON b.follower = a.feed "
+            "WHERE a.follower = ? AND b.feed = ? AND a.feed != ?",
+            (owner, key, key),
+        ).fetchone()
+        return int(row[0])
+
     # -- settings and search ------------------------------------------------------------
 
     def setting(self, key: str) -> str | None:

@@ -4,7 +4,12 @@ The command line and the web app both take such a *target* (`parse_target`)
 and pick from a name's claimants the same way (`pick_claims`): a petname is
 local and wins over everything; ``NAME~FP`` picks the claimants whose
 fingerprint starts with FP; a bare NAME matches every claimant, and the front
-end shows them all (never guesses) when there is more than one.
+end shows them all when there is more than one, in the order
+`p2pblog.names.claimant_order` gives for the user (relationship, then the age
+the network witnessed, then work).  It picks one (`suggested_claim`) only
+when `p2pblog.names.suggestion` allows: the only claimant, or the best one
+when it is alone in its relationship class and the user knows it; never
+between strangers, so never a squatter over a key the user knows.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Final
 from identity import decode_handle
 from identity.handle import FINGERPRINT_CHARS, HANDLE_CHARS, fingerprint
 from identity.records import RecordError, check_name
+from p2pblog.names import answer_order, relation_of_answer, suggested_index
 
 #: Shortest fingerprint prefix accepted in NAME~FINGERPRINT.
 MIN_FINGERPRINT_CHARS: Final = 6
@@ -68,5 +74,12 @@ def petname_matches(target: Target, key: bytes | None) -> bool:
 
 
 def pick_claims(target: Target, claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The claimants (the node's ``resolve`` answers) the target may mean, in order."""
-    return [c for c in claims if str(c["fingerprint"]).startswith(target.prefix)]
+    """The claimants (the node's ``resolve`` answers) the target may mean, best first."""
+    return sorted((c for c in claims if str(c["fingerprint"]).startswith(target.prefix)), key=answer_order)
+
+
+def suggested_claim(claims: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one of ``claims`` (`pick_claims`' answer) a bare NAME may pick without asking."""
+    ranked = sorted(claims, key=answer_order)
+    index = suggested_index([relation_of_answer(c) for c in ranked])
+    return None if index is None else ranked[index]

@@ -23,6 +23,7 @@ from identity.limits import MENTION_WORK, NAME_CLAIM_MIN_WORK
 from identity.pow import NAME_DOMAIN, NOTICE_DOMAIN, name_subject, notice_subject, solve, work_bits
 from identity.records import RecordError
 from p2pblog.entry import POST, create_entry, entry_id, post_body
+from p2pblog.names import Relation, claimants_for, suggestion
 from p2pblog.node import MentionAdmitted, MentionDelivered, NameResolved, NodeCore
 from p2pblog.store import Store
 from tests.feeds import make_entry
@@ -35,8 +36,10 @@ CLAIMED = 1_790_000_000
 
 
 @functools.cache
-def nonce_for(identity: Identity, name: str, bits: int = NAME_CLAIM_MIN_WORK) -> bytes:
-    return solve(NAME_DOMAIN, name_subject(identity.public_key, name, CLAIMED), bits)
+def nonce_for(
+    identity: Identity, name: str, bits: int = NAME_CLAIM_MIN_WORK, claimed: int = CLAIMED
+) -> bytes:
+    return solve(NAME_DOMAIN, name_subject(identity.public_key, name, claimed), bits)
 
 
 @pytest.fixture
@@ -100,9 +103,10 @@ def test_a_claimed_name_resolves_to_its_claimant_anywhere(
     assert resolve(wire, cores["d"], "nobody").claims == ()
 
 
-def test_two_claimants_are_both_listed_most_work_first(
+def test_two_claimants_seen_together_are_listed_most_work_first(
     net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
 ) -> None:
+    # Claims the network first saw at the same second: work decides (`p2pblog.names`).
     wire, cores = net()
     weak, strong = nonce_for(A, "sam"), nonce_for(E, "sam", NAME_CLAIM_MIN_WORK + 2)
     cores["a"].claim_name("sam", CLAIMED, weak, wire.now)
@@ -142,6 +146,96 @@ def test_own_claims_survive_a_restart_and_are_republished(
     wire.advance(5)
     assert restarted.name_records["alice"].seq > cores["a"].name_records["alice"].seq
     assert [r.signer for r in resolve(wire, cores["d"], "alice").claims] == [A.public_key]
+
+
+# --- names squatters cannot take (issue 15) -----------------------------------------------------
+#
+# A claims "alice"; two minutes later a squatter E claims "alice" too, with more
+# proof of work and a self-asserted ``claimed`` a year earlier.  DHT nodes remember
+# when they first stored each claim, so the network's witnessed age puts A first;
+# B follows A and D follows B, so both are told A; C knows neither and is told nobody.
+
+
+def test_a_later_claim_with_more_work_does_not_outrank_an_earlier_one(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
+) -> None:
+    wire, cores = net()
+    cores["a"].claim_name("alice", CLAIMED, nonce_for(A, "alice"), wire.now)
+    wire.advance(120)  # two minutes later, the squatter, with 2 more bits and a backdated claim
+    strong = nonce_for(E, "alice", NAME_CLAIM_MIN_WORK + 2, claimed=CLAIMED - 365 * 86400)
+    cores["e"].claim_name("alice", CLAIMED - 365 * 86400, strong, wire.now)
+    cores["b"].follow(A.public_key, wire.now)
+    cores["d"].follow(B.public_key, wire.now)
+    wire.advance(60)
+
+    # C follows neither: both are listed, A first (the network saw it first), nobody picked.
+    seen_by_c = resolve(wire, cores["c"], "alice")
+    assert [r.signer for r in seen_by_c.claims] == [A.public_key, E.public_key]
+    assert seen_by_c.claims[1].work > seen_by_c.claims[0].work
+    ranked = claimants_for(cores["c"].store, C.public_key, seen_by_c)
+    assert [c.record.signer for c in ranked] == [A.public_key, E.public_key]
+    assert [c.relation for c in ranked] == [Relation.STRANGER, Relation.STRANGER]
+    a_seen, s_seen = ranked[0].witnessed, ranked[1].witnessed
+    assert a_seen is not None and s_seen is not None
+    assert s_seen - a_seen >= 120  # the backdated `claimed` did not help
+    assert ranked[0].witnesses >= 2
+    assert suggestion(ranked) is None
+
+    # B follows A: A first, and A is what `follow alice` picks.
+    ranked_b = claimants_for(cores["b"].store, B.public_key, resolve(wire, cores["b"], "alice"))
+    assert [(c.record.signer, c.relation) for c in ranked_b] == [
+        (A.public_key, Relation.FOLLOWING),
+        (E.public_key, Relation.STRANGER),
+    ]
+    chosen = suggestion(ranked_b)
+    assert chosen is not None and chosen.record.signer == A.public_key
+
+    # D follows B, who follows A: A is "followed by 1 person you follow", and picked.
+    ranked_d = claimants_for(cores["d"].store, D.public_key, resolve(wire, cores["d"], "alice"))
+    assert [(c.record.signer, c.relation, c.followed_by) for c in ranked_d] == [
+        (A.public_key, Relation.FOLLOWED_BY_FOLLOWS, 1),
+        (E.public_key, Relation.STRANGER, 0),
+    ]
+    chosen = suggestion(ranked_d)
+    assert chosen is not None and chosen.record.signer == A.public_key
+
+
+def test_one_lying_dht_node_cannot_backdate_a_squatter_s_claim(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wire, cores = net()
+    # D's DHT node says it stored every claim it holds at the start of 1970.
+    held = cores["d"].dht.providers
+    honest = held.get_with_seen
+    monkeypatch.setattr(held, "get_with_seen", lambda key, now: [(p, v, 0.0) for p, v, _ in honest(key, now)])
+    cores["a"].claim_name("alice", CLAIMED, nonce_for(A, "alice"), wire.now)
+    wire.advance(120)
+    squatted_at = wire.now
+    cores["e"].claim_name("alice", CLAIMED, nonce_for(E, "alice", NAME_CLAIM_MIN_WORK + 2), wire.now)
+    wire.advance(5)
+    result = resolve(wire, cores["c"], "alice")
+    by_signer = dict(zip((r.signer for r in result.claims), result.seen, strict=True))
+    assert 0 in by_signer[E.public_key]  # the lie arrived ...
+    assert len(by_signer[E.public_key]) >= 3
+    ranked = claimants_for(cores["c"].store, C.public_key, result)
+    assert [c.record.signer for c in ranked] == [A.public_key, E.public_key]
+    squatter = ranked[1].witnessed
+    assert squatter is not None and squatter >= int(squatted_at)  # ... and changed nothing
+
+
+def test_republishing_a_claim_keeps_its_first_seen_time(
+    net: Callable[..., tuple[Wire, dict[str, NodeCore]]],
+) -> None:
+    wire, cores = net()
+    cores["a"].claim_name("alice", CLAIMED, nonce_for(A, "alice"), wire.now)
+    wire.advance(5)
+    before = resolve(wire, cores["c"], "alice")
+    first = claimants_for(cores["c"].store, C.public_key, before)[0].witnessed
+    assert first is not None and first >= int(T0)
+    wire.advance(9 * 3600)  # the node re-signs (a higher seq) and re-adds its claim every 4 hours
+    again = resolve(wire, cores["c"], "alice")
+    assert again.claims[0].seq > before.claims[0].seq
+    assert claimants_for(cores["c"].store, C.public_key, again)[0].witnessed == first
 
 
 # --- mention notices ----------------------------------------------------------------------------

@@ -97,6 +97,45 @@ def test_a_name_claimed_twice_is_never_guessed(tmp_path: Path, nodes: list[NodeP
     assert following(d) == {e.handle}
 
 
+def test_a_squatter_with_more_work_is_never_the_suggestion(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    """Issue 15: a claims alice; a little later e claims alice with more work.  b follows
+    a, d follows b: both are told a.  c knows neither: both listed, a first (the network
+    saw it first), and `follow alice` picks none."""
+    net = network(nodes, tmp_path, "aebcd")
+    a, e, b, c, d = net["a"], net["e"], net["b"], net["c"], net["d"]
+    run(a.home, "name", "claim", "alice")
+    assert wait_for(lambda: claimants(c, "alice") == [a.handle], timeout=10)
+    run(e.home, "name", "claim", "alice", "--work", "23")
+    run(b.home, "follow", a.handle)
+    run(d.home, "follow", b.handle)
+    assert wait_for(lambda: claimants(c, "alice") == [a.handle, e.handle], timeout=10)
+
+    doc = cli_json(c.home, "resolve", "alice")
+    assert isinstance(doc, dict)
+    first, second = doc["claims"]
+    assert second["work"] > first["work"] and first["witnessed"] < second["witnessed"]
+    assert first["relation"] == second["relation"] == "stranger"
+    assert doc["suggested"] is None
+    assert "picks none of them" in p2pblog(c.home, "resolve", "alice").stderr
+    refused = p2pblog(c.home, "follow", "alice")
+    assert refused.returncode == 1 and "not guessing" in refused.stderr
+    assert following(c) == set()
+
+    by_b = cli_json(b.home, "resolve", "alice")
+    assert isinstance(by_b, dict)
+    assert by_b["suggested"] == a.handle
+    assert [(x["handle"], x["relation"]) for x in by_b["claims"]] == [
+        (a.handle, "following"),
+        (e.handle, "stranger"),
+    ]
+    # d replicates b's feed, and with it b's follow of a.
+    assert wait_for(lambda: claimants(d, "alice")[0] == a.handle, timeout=15), d.output()
+    picked = p2pblog(d.home, "follow", "alice")
+    assert picked.returncode == 0, picked.stderr
+    assert "followed by 1 person you follow" in picked.stderr
+    assert following(d) == {b.handle, a.handle}
+
+
 def test_a_mention_from_a_stranger_arrives_and_a_block_stops_the_next(
     tmp_path: Path, nodes: list[NodeProcess]
 ) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from identity import decode_handle, fingerprint
 from tests.nodes import NodeProcess, cli_json, run, start_node, wait_for
+from tests.nodes import status as node_status
 from tests.process import p2pblog
 
 pytestmark = pytest.mark.slow
@@ -461,8 +462,18 @@ def test_name_claim_progress_and_follow_by_contested_name(
     assert "sam~" in web_a.get("/names")[2]
     run(b.home, "name", "claim", "sam")
     page = web_b.get("/follow?q=sam")[2]
-    assert page.count('class="card"') == 2 and "not guessing" in page
+    assert page.count('class="card"') == 2
     assert a.handle in page and b.handle in page
+    feeds = node_status(b)["feeds"]
+    assert isinstance(feeds, list)
+    if a.handle in {f["handle"] for f in feeds}:
+        # b follows a and calls it "ally" (earlier tests): a is listed first, marked as the one b knows.
+        assert "the one you know is marked" in page and "you gave this key a petname" in page
+        cards = page.index('class="cards')
+        marked = page.index("<strong>The one you know:</strong>", cards)
+        assert page.index(a.handle, cards) < marked < page.index(b.handle, cards)
+    else:
+        assert "not guessing" in page and page.count("a stranger to you") == 2
 
 
 def test_open_says_what_is_wrong(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from identity import Identity, encode_handle
 from p2pblog.store import Store
-from p2pblog.targets import Target, TargetError, parse_target, pick_claims
+from p2pblog.targets import Target, TargetError, parse_target, pick_claims, suggested_claim
 from web.app import People, parse_cursor, render_text, safe_next
 from web.live import MAX_SUBSCRIBERS, QUEUE, RING, LiveHub
 from web.security import LINK_TTL, MAX_LINKS, MAX_SESSIONS, LoginLinks, Sessions, allowed_hosts
@@ -146,9 +146,30 @@ def test_targets() -> None:
     for bad in ("Alice Smith", "alice~ab", "~abcdef", ""):
         with pytest.raises(TargetError):
             parse_target(bad)
-    claims = [{"fingerprint": "abcdef123456", "handle": "x"}, {"fingerprint": "abcxyz123456", "handle": "y"}]
-    assert pick_claims(Target(name="a", prefix="abcdef"), claims) == claims[:1]
-    assert pick_claims(Target(name="a"), claims) == claims
+    x, y = (encode_handle(Identity(bytes([i]) * 32).public_key) for i in (1, 2))
+    stranger = {
+        "fingerprint": "abcdef123456",
+        "handle": x,
+        "work": 30,
+        "relation": "stranger",
+        "witnessed": 5,
+    }
+    followed = {
+        "fingerprint": "abcxyz123456",
+        "handle": y,
+        "work": 20,
+        "relation": "following",
+        "witnessed": 9,
+    }
+    claims = [stranger, followed]
+    assert pick_claims(Target(name="a", prefix="abcdef"), claims) == [stranger]
+    # The key the user follows first, whatever the stranger's work and age; and it is picked.
+    assert pick_claims(Target(name="a"), claims) == [followed, stranger]
+    assert suggested_claim(claims) is followed
+    # Two strangers (an older daemon's answers have no relation): the earlier first, none picked.
+    older = [{**stranger, "witnessed": 10}, {**followed, "relation": None}]
+    assert pick_claims(Target(name="a"), older) == older[::-1]
+    assert suggested_claim(older) is None
 
 
 # --- live updates --------------------------------------------------------------------------------

@@ -64,11 +64,12 @@ from p2pblog.daemon import Appended, NodeService
 from p2pblog.entry import DELETE, POST, Entry, parse_entry_id
 from p2pblog.errors import P2PBlogError, StorageFull
 from p2pblog.events import TrackedPostFetched
+from p2pblog.names import relation_words, witnessed_words
 from p2pblog.node import MentionAdmitted
 from p2pblog.replication import EntriesStored
 from p2pblog.search import MAX_QUERY_CHARS, SearchError
 from p2pblog.store import FeedItem, Store, cursor_of, parse_cursor
-from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
+from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims, suggested_claim
 from p2pblog.track import text_matches, tracked_posts, tracked_terms
 from web.atom import atom_feed, feed_path, user_path
 from web.live import LiveHub
@@ -615,13 +616,18 @@ class WebApp:
                 except CommandFailed as exc:
                     context["message"] = str(exc)
                     return "follow.html", context
-                for claim in pick_claims(target, result["claims"]):
+                claims = pick_claims(target, result["claims"])
+                suggested = suggested_claim(claims) if len(claims) > 1 else None
+                for claim in claims:
                     candidates.append(
                         {
                             "person": people(decode_handle(claim["handle"])),
                             "how": f"claims the name {target.name!r}",
                             "claim": claim,
                             "claimed": shown_time(int(claim["claimed"]) * 1000),
+                            "relation": relation_words(claim),
+                            "witnessed": witnessed_words(claim, time.time()),
+                            "suggested": claim is suggested,
                         }
                     )
         for c in candidates:
@@ -631,9 +637,11 @@ class WebApp:
         if not candidates:
             context["message"] = f"nobody has claimed the name {query!r} (no valid claim found in the DHT)"
         elif len(candidates) > 1:
+            known = any(c.get("suggested") for c in candidates)
+            verdict = "the one you know is marked" if known else "not guessing, you know none of them"
             context["message"] = (
-                f"{len(candidates)} keys claim the name {target.name!r}: not guessing. "
-                "They are shown side by side, most proof of work first; follow the one you mean."
+                f"{len(candidates)} keys claim the name {target.name!r}: {verdict}. They are shown people "
+                "you know first, then the claim the network saw first, then most work: follow one."
             )
         return "follow.html", context
 

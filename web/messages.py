@@ -24,7 +24,7 @@ from identity.limits import MAX_DM_CHARS
 from p2pblog.control import CommandFailed
 from p2pblog.events import DmStateChanged, DmStored
 from p2pblog.store import DmRow
-from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims
+from p2pblog.targets import TargetError, parse_target, petname_matches, pick_claims, suggested_claim
 from web.app import People, Refused, iso, shown_time
 from web.atom import user_path
 
@@ -112,7 +112,7 @@ class Messages:
 
     async def _recipient(self, text: str) -> bytes:
         """The key a typed recipient names; `Refused` with the reason when it names no one
-        key (a bare NAME with several claimants is never guessed)."""
+        key (a bare NAME with several claimants is taken only as `suggested_claim` allows)."""
         try:
             target = parse_target(text)
         except (TargetError, HandleError) as exc:
@@ -130,14 +130,15 @@ class Messages:
         claims = pick_claims(target, result["claims"])
         if not claims:
             raise Refused(404, f"nobody has claimed the name {text.strip()!r}")
-        if len(claims) > 1:
+        chosen = suggested_claim(claims)  # the only claimant, or the one you know (issue 15)
+        if chosen is None:
             shown = ", ".join(f"{target.name}~{c['fingerprint']}" for c in claims[:5])
             raise Refused(
                 409,
                 f"{len(claims)} keys claim the name {target.name!r}: not guessing. "
                 f"Write one of {shown}, or a handle.",
             )
-        return decode_handle(str(claims[0]["handle"]))
+        return decode_handle(str(chosen["handle"]))
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, DmStored):
