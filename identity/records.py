@@ -122,7 +122,7 @@ _BODY_FIELDS: Final = {
     PEER: {"addrs"},
     PROVIDER: {"addrs", "feed"},
     NAME: {"claimed", "name", "nonce"},
-    PAIRING: {"device", "nonce"},
+    PAIRING: {"device", "proof"},
     KEYEVENT: {"entry", "identity"},
     HASHTAG: {"seqs", "tag"},
 }
@@ -222,7 +222,7 @@ class Record:
     claimed: int | None = None
     nonce: bytes | None = None
     work: int = 0
-    #: A key-event record's signed entry.
+    #: A key-event record's signed entry; a pairing record's proof.
     payload: bytes | None = None
     #: A peer record's node instance id (None: none, as records of earlier versions).
     instance: bytes | None = None
@@ -323,15 +323,20 @@ def create_record(
     return decode_record(identity.sign(content), now=None)
 
 
-def create_pairing_record(
-    identity: Identity, *, device: bytes, nonce: bytes, seq: int, expires: int
-) -> Record:
+def pairing_proof(nonce: bytes, identity: bytes, device: bytes) -> bytes:
+    """What a pairing record shows instead of the pairing nonce: BLAKE2b-256 keyed with the
+    nonce, over the approving identity and the device.  Only who saw the pairing code can
+    make one for a given identity, so copying a record for another identity proves nothing."""
+    return hashlib.blake2b(identity + device, digest_size=32, key=nonce).digest()
+
+
+def create_pairing_record(identity: Identity, *, device: bytes, nonce: bytes, seq: int, expires: int) -> Record:
     """Sign the approval of ``device`` (the pairing code's key and nonce) by ``identity``."""
     if not isinstance(device, bytes) or len(device) != 32:
         raise RecordError("a pairing record names a 32-byte device key")
     if not isinstance(nonce, bytes) or len(nonce) != PAIRING_NONCE_BYTES:
         raise RecordError(f"a pairing nonce is {PAIRING_NONCE_BYTES} bytes")
-    body = {"device": device, "nonce": nonce}
+    body = {"device": device, "proof": pairing_proof(nonce, identity.public_key, device)}
     content = msgpack.packb([FORMAT_VERSION, PAIRING, identity.public_key, seq, expires, body])
     return decode_record(identity.sign(content), now=None)
 
@@ -441,11 +446,11 @@ def decode_record(
         if not isinstance(payload, bytes) or not 0 < len(payload) <= MAX_KEYEVENT_ENTRY_BYTES:
             raise RecordError(f"a key-event record carries an entry of 1..{MAX_KEYEVENT_ENTRY_BYTES} bytes")
     elif rtype == PAIRING:
-        feed, nonce = body["device"], body["nonce"]
+        feed, payload = body["device"], body["proof"]
         if not isinstance(feed, bytes) or len(feed) != 32:
             raise RecordError("a pairing record names a 32-byte device key")
-        if not isinstance(nonce, bytes) or len(nonce) != PAIRING_NONCE_BYTES:
-            raise RecordError(f"a pairing nonce is {PAIRING_NONCE_BYTES} bytes")
+        if not isinstance(payload, bytes) or len(payload) != 32:
+            raise RecordError("a pairing proof is 32 bytes")
     elif rtype == NAME:
         name, claimed, nonce = body["name"], body["claimed"], body["nonce"]
         check_name(name)

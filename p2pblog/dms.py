@@ -388,8 +388,11 @@ class DirectMessages:
             dm = open_sealed(self.identity, message.sealed)
         except SealedError:
             return self._refuse(message.peer, "invalid", DmStatus.INVALID)
-        sender = dm.sender
-        if sender in self.replicator.blocked:
+        # A device writes for its identity (`p2pblog.devices`): the conversation, the block
+        # and the follow are the identity's.
+        sender = self.store.identity_of(dm.sender)
+        blocked = self.replicator.blocked
+        if sender in blocked or dm.sender in blocked:
             return self._refuse(message.peer, "blocked", DmStatus.BLOCKED)
         if sender == self.identity.public_key:
             return self._refuse(message.peer, "invalid", DmStatus.INVALID)
@@ -512,9 +515,12 @@ def queue_dm(
 ) -> bytes:
     """Seal a message, store it as sent and queue it for delivery (the node's `send` and the
     offline CLI); returns its id.  ValueError for a text the protocol refuses."""
-    sealed = seal(identity, recipient, now_ms, text, seed)
+    # Sealed to the identity's current root key (`p2pblog.devices.roots`), which its
+    # node runs with after a rotation; the conversation stays the identity's.
+    root = store.root_chain(recipient)[-1][0]
+    sealed = seal(identity, root, now_ms, text, seed)
     did = dm_id(sealed)
     # The stored copy is the text as sealed (NFC).
     row = DmRow(did, recipient, "sent", now_ms, now_ms, check_text(text), False, "queued")
-    store.dm_add(row, (recipient, sealed))
+    store.dm_add(row, (root, sealed))
     return did

@@ -38,23 +38,22 @@ class PeerNotResolved:
 
 @dataclass(frozen=True, slots=True)
 class PairingResolved:
-    """The lookup of our pending pairing's approval ended: the approving ``identity`` and
-    the record, or None while nobody has approved us yet (`p2pblog.pairing`)."""
+    """The lookup of our pending pairing's approval ended: each valid pairing record found
+    as ``(identity, proof)``, unchecked against our nonce (`p2pblog.pairing`)."""
 
     query_id: int
     device: bytes
-    identity: bytes | None
-    nonce: bytes | None
+    approvals: tuple[tuple[bytes, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class KeyEventResolved:
-    """The lookup of ``identity``'s key-event record ended: the signed ``rotate`` entry it
-    carries (unchecked), or None."""
+    """The lookup of ``identity``'s key-event records ended: the signed ``rotate`` entries
+    they carry (unchecked; any key may file one)."""
 
     query_id: int
     identity: bytes
-    entry: bytes | None
+    entries: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from identity.pacing import KeyedTokenBuckets, backoff
 from identity.pow import NOTICE_DOMAIN, notice_subject, work_bits
 from p2pblog.discovery import Discovery
 from p2pblog.entry import DELETE, POST, decode_entry
-from p2pblog.errors import EntryError, StorageFull
+from p2pblog.errors import DeviceRevokedError, EntryError, StorageFull
 from p2pblog.events import MentionAdmitted, MentionDelivered, MentionRefused
 from p2pblog.replication import MentionAnswered, MentionArrived, Replicator
 from p2pblog.store import Store
@@ -318,6 +318,8 @@ class MentionAdmission:
             self.store.add_loose(entry, int(now * 1000))
         except StorageFull:
             return refuse("storage_full", MentionStatus.BUSY)  # the sender retries later
+        except DeviceRevokedError:
+            return refuse("revoked", MentionStatus.INVALID)  # a revoked device's later entry
         if stranger:
             self._stranger_admits.append(now)
         self.stats["mentions.admitted"] += 1

@@ -82,7 +82,7 @@ from p2pblog.devices import key_digest
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages
 from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, ROTATE, UNFOLLOW, Entry, decode_entry
-from p2pblog.errors import EntryError, OwnFeedRefused, StorageFull
+from p2pblog.errors import EntryError, OwnFeedRefused, StorageFull, StoreDamaged
 from p2pblog.events import (
     DevicePaired,
     Event,
@@ -174,6 +174,8 @@ __all__ = [
 ]
 
 
+#: Key-event records of one identity tried per lookup (any key may file one).
+MAX_KEYEVENTS_TRIED: Final = 20
 #: Peers we replicated with lately whose peer records the DHT stores keep first.
 PRIORITY_PEERS: Final = 256
 
@@ -344,8 +346,13 @@ class NodeCore:
     def wanted_feeds(self) -> set[bytes]:
         """The feeds to replicate: those followed, and the devices of the identities
         followed and of our own (`p2pblog.devices`)."""
+        identity = self.own_identity
         following = self.following()
-        return following | self.store.device_feeds({*following, self.own_identity})
+        if (
+            identity != self.identity.public_key
+        ):  # a device (or a rotated root) follows what its identity does
+            following |= self.store.following(identity) - {self.identity.public_key}
+        return following | self.store.device_feeds({*following, identity})
 
     def _devices_changed(self, now: float) -> None:
         """Replicate the devices' feeds when the devices of some identity changed."""
@@ -553,7 +560,7 @@ class NodeCore:
         elif isinstance(result, KeyEventResolved):
             self._key_event(result, now)
         elif isinstance(result, PairingResolved):
-            identity = self.pairing.resolved(result.identity, result.nonce)
+            identity = self.pairing.resolved(result.approvals)
             if identity is not None:
                 self._become_device(identity, now)
         elif isinstance(result, HashtagsFound):
@@ -923,27 +930,26 @@ class NodeCore:
         return entry
 
     def _key_event(self, result: KeyEventResolved, now: float) -> None:
-        """A followed identity's rotation from the DHT: store it if it reveals the key the
-        identity committed to (a forgery cannot), and replicate the new root."""
-        raw, identity = result.entry, result.identity
-        if raw is None:
-            return
-        try:
-            entry = decode_entry(raw)
-        except EntryError:
-            self.records.stats["keyevents.invalid"] += 1
-            return
-        body = entry.body
-        if entry.kind != ROTATE or body.get("identity") != identity:
-            self.records.stats["keyevents.invalid"] += 1
-            return
+        """A followed identity's rotations from the DHT (any key may file one): store those
+        that reveal the key the identity committed to (a forgery cannot), and replicate the
+        new root."""
+        identity = result.identity
         before = self.store.root_chain(identity)[-1][0]
-        if key_digest(body["new"]) == self.store.current_commitment(identity) or self.store.has_entry(
-            entry.id
-        ):
+        for raw in result.entries[:MAX_KEYEVENTS_TRIED]:
+            try:
+                entry = decode_entry(raw)
+            except EntryError:
+                self.records.stats["keyevents.invalid"] += 1
+                continue
+            body = entry.body
+            if entry.kind != ROTATE or body.get("identity") != identity or entry.author != body.get("new"):
+                self.records.stats["keyevents.invalid"] += 1
+                continue
+            if key_digest(body["new"]) != self.store.current_commitment(identity):
+                continue  # not the committed key (or an old rotation, already applied)
             try:
                 self.store.ingest_entries([entry], now_ms=int(now * 1000))
-            except StorageFull:
+            except (StorageFull, StoreDamaged):
                 return
         after = self.store.root_chain(identity)[-1][0]
         if after != before:
@@ -952,9 +958,15 @@ class NodeCore:
         self._devices_changed(now)
 
     def _become_device(self, identity: bytes, now: float) -> None:
-        """Our pending pairing was approved: consent, and follow the identity's feeds."""
+        """Our pending pairing was approved: consent, and follow the identity's feeds.  A
+        store that refuses the write (full, damaged, head unknown) leaves the pairing pending:
+        the next lookup tries again."""
         own = self.identity.public_key
-        self.store.append(self.identity, DEVICE_OF, {"identity": identity}, int(now * 1000))
+        try:
+            self.store.append(self.identity, DEVICE_OF, {"identity": identity}, int(now * 1000))
+        except (StorageFull, StoreDamaged, EntryError) as exc:
+            self.records.stats[f"pairing.refused_{type(exc).__name__}"] += 1
+            return
         self.store.set_setting(IDENTITY_SETTING, identity.hex())
         self.store.set_setting(PENDING_SETTING, "")
         self.replicator.feed_appended(own, now)

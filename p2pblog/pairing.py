@@ -19,7 +19,9 @@ Theory of operation
    ``device_of {identity}`` to its own feed (its consent: followers count it
    as the identity's only with it) and follows the identity, so it replicates
    the identity's feeds and shows one timeline.  The nonce is what ties the
-   approval to this pairing: a record with another nonce is ignored.
+   approval to this pairing: the nonce itself never leaves the code, so a
+   record copied under another identity proves nothing, and the provider
+   store keeps one record per signer, so nobody can displace the real one.
 
 Everything here is sans-IO: the driver only moves bytes.
 """
@@ -28,14 +30,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
 import msgpack
 
 from dht import DhtCore
+from dht.providers import MAX_PROVIDERS_PER_KEY
 from identity import Identity
 from identity.errors import LocalProtocolError
 from identity.records import (
@@ -44,6 +48,7 @@ from identity.records import (
     RecordError,
     create_pairing_record,
     pairing_key,
+    pairing_proof,
 )
 from p2pblog.entry import MAX_DEVICE_NAME_CHARS
 from p2pblog.queries import FindPairing, PendingQueries
@@ -137,17 +142,23 @@ class Pairing:
         if not self._in_flight and now >= self._next_poll and len(self.dht.table):
             self._in_flight = True
             self._next_poll = now + PAIRING_POLL
-            qid = self.dht.start_get(pairing_key(self.own), now)
+            qid = self.dht.start_get_providers(pairing_key(self.own), now, want=MAX_PROVIDERS_PER_KEY)
             self.queries.add(qid, FindPairing(self.own))
         return max(self._next_poll, now + 1.0)
 
-    def resolved(self, identity: bytes | None, nonce: bytes | None) -> bytes | None:
-        """The lookup ended: the identity that approved our pending pairing, or None."""
+    def resolved(self, approvals: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+        """The lookup ended: the identity that approved our pending pairing (its record's
+        proof is keyed with our nonce), or None.  Records by others prove nothing."""
         self._in_flight = False
         mine = pending(self.store)
-        if mine is None or identity is None or nonce != mine[0] or identity == self.own:
+        if mine is None:
             return None
-        return identity
+        for identity, proof in approvals:
+            if identity != self.own and hmac.compare_digest(
+                proof, pairing_proof(mine[0], identity, self.own)
+            ):
+                return identity
+        return None
 
 
 class KeptRecords:
@@ -176,7 +187,7 @@ class KeptRecords:
                 continue
             if now >= at:
                 try:
-                    self.dht.start_put(key, make(int(now * 1000), expires).raw, now)
+                    self.dht.start_add_provider(key, make(int(now * 1000), expires).raw, now)
                     self.stats["kept_records.published"] += 1
                 except (LocalProtocolError, RecordError):
                     self.stats["kept_records.refused"] += 1

@@ -91,38 +91,40 @@ class ResolvePeer:
 
 @dataclass(slots=True)
 class FindPairing:
-    """A FIND_VALUE for the approval of ``device`` (a pairing record naming it)."""
+    """A GET_PROVIDERS for the approvals of ``device`` (pairing records naming it)."""
 
     device: bytes
     consume: bool = True
 
     def finish(self, qid: int, event: DhtEvent) -> Result:
-        if isinstance(event, ValueFound) and isinstance(event.value, bytes):
+        found = []
+        for value in event.values if isinstance(event, ProvidersFound) else ():
             try:
-                record = decode_record(event.value, now=None, key=pairing_key(self.device))
+                record = decode_record(value, now=None, key=pairing_key(self.device))
             except RecordError:
-                record = None
-            if record is not None and record.type == PAIRING and record.feed == self.device:
-                return PairingResolved(qid, self.device, record.signer, record.nonce)
-        return PairingResolved(qid, self.device, None, None)
+                continue
+            if record.type == PAIRING and record.feed == self.device and record.payload is not None:
+                found.append((record.signer, record.payload))
+        return PairingResolved(qid, self.device, tuple(found))
 
 
 @dataclass(slots=True)
 class FindKeyEvent:
-    """A FIND_VALUE for ``identity``'s key-event record (its latest root rotation)."""
+    """A GET_PROVIDERS for ``identity``'s key-event records (root rotations)."""
 
     identity: bytes
     consume: bool = True
 
     def finish(self, qid: int, event: DhtEvent) -> Result:
-        if isinstance(event, ValueFound) and isinstance(event.value, bytes):
+        found = []
+        for value in event.values if isinstance(event, ProvidersFound) else ():
             try:
-                record = decode_record(event.value, now=None, key=keyevent_key(self.identity))
+                record = decode_record(value, now=None, key=keyevent_key(self.identity))
             except RecordError:
-                record = None
-            if record is not None and record.type == KEYEVENT and record.feed == self.identity:
-                return KeyEventResolved(qid, self.identity, record.payload)
-        return KeyEventResolved(qid, self.identity, None)
+                continue
+            if record.type == KEYEVENT and record.feed == self.identity and record.payload is not None:
+                found.append(record.payload)
+        return KeyEventResolved(qid, self.identity, tuple(found))
 
 
 @dataclass(slots=True)

@@ -34,7 +34,9 @@ from dht.records import accept_any
 from dht.wire import Value
 from identity.records import (
     HASHTAG,
+    KEYEVENT,
     NAME,
+    PAIRING,
     PROVIDER,
     Record,
     RecordError,
@@ -72,7 +74,7 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
         record = decode_record(value, now=now, key=key)
     except RecordError:
         return None
-    return record.signer if record.type in (PROVIDER, NAME, HASHTAG) else None
+    return record.signer if record.type in (PROVIDER, NAME, HASHTAG, PAIRING, KEYEVENT) else None
 
 
 #: The type as msgpack writes it: a fixstr (0xa0 | length, then the bytes).

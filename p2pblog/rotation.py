@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from dht import DhtCore
+from dht.providers import MAX_PROVIDERS_PER_KEY
 from identity import Identity
 from identity.records import Record, create_keyevent_record, keyevent_key
 from p2pblog.devices import key_digest
@@ -146,7 +147,7 @@ class KeyEvents:
             at = self._next_poll.get(identity, now)
             if now >= at:
                 at = self._next_poll[identity] = now + self.poll_every
-                qid = self.dht.start_get(keyevent_key(identity), now)
+                qid = self.dht.start_get_providers(keyevent_key(identity), now, want=MAX_PROVIDERS_PER_KEY)
                 self.queries.add(qid, FindKeyEvent(identity))
             due = at if due is None else min(due, at)
         return due

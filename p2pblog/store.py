@@ -443,10 +443,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID;
     CREATE TABLE device_revocations (
         revoker     BLOB NOT NULL,
-        seq         INTEGER NOT NULL,
         device      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
         after       INTEGER NOT NULL,
-        PRIMARY KEY (revoker, seq)
+        PRIMARY KEY (revoker, device)
     ) WITHOUT ROWID;
     CREATE TABLE devices (
         device      BLOB PRIMARY KEY,
@@ -851,7 +851,9 @@ class Store:
 
     def _load_caps(self) -> None:
         try:
-            rows = self._conn.execute("SELECT device, after FROM devices WHERE after IS NOT NULL").fetchall()
+            rows = self._conn.execute(
+                "SELECT device, after FROM devices WHERE after IS NOT NULL AND consented"
+            ).fetchall()
         except sqlite3.OperationalError:  # a store not migrated (read-only): no devices
             rows = []
         self._caps = {bytes(d): int(a) for d, a in rows}
@@ -1254,23 +1256,30 @@ class Store:
             )
             self._resolve_identity(bytes(body["identity"]))
             return
-        (rows,) = db.execute(
-            "SELECT (SELECT count(*) FROM device_certs WHERE certifier = ?) + "
-            "(SELECT count(*) FROM device_revocations WHERE revoker = ?)",
-            (author, author),
-        ).fetchone()
-        if rows >= MAX_DEVICE_ROWS:
-            return  # a feed that certifies without end: the first rows are what counts
         if entry.kind == DEVICE:
+            (rows,) = db.execute(
+                "SELECT count(*) FROM device_certs WHERE certifier = ?", (author,)
+            ).fetchone()
+            if rows >= MAX_DEVICE_ROWS:
+                return  # a feed that certifies without end: the first certificates are what count
             db.execute(
                 "INSERT OR IGNORE INTO device_certs (certifier, seq, device, name, admin) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (author, entry.seq, body["device"], body["name"], body["admin"]),
             )
         else:
+            # One row per (revoker, device), bounded by the certificates: the earliest cut-off
+            # (and the earliest revoking entry) wins, so revocations cannot be crowded out.
+            if (
+                db.execute("SELECT 1 FROM device_certs WHERE device = ?", (body["device"],)).fetchone()
+                is None
+            ):
+                return
             db.execute(
-                "INSERT OR IGNORE INTO device_revocations (revoker, seq, device, after) VALUES (?, ?, ?, ?)",
-                (author, entry.seq, body["device"], body["after"]),
+                "INSERT INTO device_revocations (revoker, device, seq, after) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (revoker, device) DO UPDATE SET after = min(after, excluded.after), "
+                "seq = min(seq, excluded.seq)",
+                (author, body["device"], entry.seq, body["after"]),
             )
         self._resolve_identity(self.identity_of(author))
 
@@ -1532,14 +1541,18 @@ class Store:
             t, a, q = before
             params = (t, t, a, a, q)
         # The devices of the identities followed (and of the owner's): one merged timeline.
+        # A paired device (`p2pblog.devices`) also shows what its identity follows.
+        followed = (
+            "(SELECT feed FROM follows WHERE follower = ?1 OR follower = "
+            "(SELECT identity FROM devices WHERE device = ?1 AND consented))"
+        )
         rows = self._db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} "
-            "WHERE e.kind = ? AND (e.author = ? OR e.author IN "
-            "  (SELECT feed FROM follows WHERE follower = ?) OR e.author IN "
-            "  (SELECT device FROM devices WHERE consented AND (identity = ? OR identity IN "
-            f"    (SELECT feed FROM follows WHERE follower = ?)))) AND {_NOT_BLOCKED} {after}"
+            f"WHERE e.kind = ?2 AND (e.author = ?1 OR e.author IN {followed} OR e.author IN "
+            "  (SELECT device FROM devices WHERE consented AND (identity = ?1 OR identity IN "
+            f"    {followed}))) AND {_NOT_BLOCKED} {after}"
             "ORDER BY e.timestamp DESC, e.author, e.seq DESC LIMIT ?",
-            (POST, owner, owner, owner, owner, *params, limit),
+            (owner, POST, *params, limit),
         )
         return [_item(row) for row in rows]
 
@@ -1620,9 +1633,13 @@ class Store:
         A post's mentions are indexed as a replicated post's are.  A delete
         entry retracts a stored entry of the same author with a lower seq.
         Returns False if the entry was already stored; raises `EntryFromFuture`
-        if it is stamped more than `limits.MAX_AHEAD_MS` after ``received``.
+        if it is stamped more than `limits.MAX_AHEAD_MS` after ``received``, and
+        `DeviceRevokedError` for an entry of a revoked device past its cut-off.
         """
         check_not_ahead(entry, received)
+        cap = self._caps.get(entry.author)
+        if cap is not None and entry.seq > cap:
+            raise DeviceRevokedError(f"device {encode_handle(entry.author)} was revoked after its seq {cap}")
         if self.has_entry(entry.id):
             return False
         with self.transaction():

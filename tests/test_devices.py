@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from identity import Identity
 from p2pblog.devices import MAX_DEVICES, Cert, Revocation, Rotation, key_digest, resolve, roots
-from p2pblog.entry import DEVICE, REVOKE
+from p2pblog.entry import DEVICE, POST, REVOKE, ROTATE
 from p2pblog.errors import DeviceRevokedError, EntrySchemaError
 from p2pblog.events import DevicePaired
 from p2pblog.node import NodeCore
@@ -324,3 +324,110 @@ def make_new_node(wire: Wire, name: str, identity: Identity, store: Store) -> No
     core.bootstrap([wire.addr("c")], wire.now)
     core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
     return core
+
+
+# --- regressions (review) -----------------------------------------------------------------------
+
+
+def test_a_pairing_record_copied_under_another_identity_proves_nothing(tmp_path: Path) -> None:
+    from identity.records import create_pairing_record, pairing_key
+    from p2pblog.pairing import Pairing
+    from p2pblog.queries import PendingQueries
+    from p2pblog.record_rules import validate_provider
+
+    store = Store(tmp_path / "x.db")
+    try:
+        code = start_pairing(store, X, "phone", b"12345678")
+        real = create_pairing_record(ROOT, device=X, nonce=code.nonce, seq=1, expires=2_000_000_000)
+        # The thief read the real record (its proof) and files the same proof under its key.
+        stolen = [(THIEF.public_key, real.payload or b""), (R, real.payload or b"")]
+        pairing = Pairing(X, store, None, PendingQueries())  # type: ignore[arg-type]
+        assert pairing.resolved(stolen) == R
+        assert pairing.resolved(stolen[:1]) is None
+        # Approvals are provider values (one per signer): a junk record cannot displace it.
+        assert validate_provider(pairing_key(X), real.raw, 1_000) == R
+    finally:
+        store.close()
+
+
+def test_revocations_of_unconsented_keys_freeze_nothing_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "f.db"
+    store = Store(path)
+    store.append(ROOT, DEVICE, {"admin": False, "device": C.public_key, "name": "c"}, 1)
+    store.append(ROOT, REVOKE, {"after": 0, "device": C.public_key}, 2)
+    store.close()
+    store = Store(path)
+    try:
+        entry = store.append(C, POST, {"text": "still mine"}, 3)  # C never consented: not R's
+        assert store.latest_seq(C.public_key) == entry.seq == 1
+    finally:
+        store.close()
+
+
+def test_a_revoked_device_s_later_entry_is_refused_as_a_loose_entry_too(net: Net) -> None:
+    wire, cores = net("rcdefx")
+    root, device, follower = cores["r"], cores["x"], cores["c"]
+    pair(wire, root, device)
+    follower.follow(R, wire.now)
+    wire.advance(30)
+    root.revoke_device(X, wire.now)
+    wire.advance(30)
+    later = device.post("after the revocation", wire.now)
+    with pytest.raises(DeviceRevokedError):
+        follower.store.add_loose(later, int(wire.now * 1000))
+
+
+def test_a_rotation_filed_by_another_feed_does_not_move_the_commitment(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        commit(store, ROOT, K1.public_key, 1)
+        before = store.current_commitment(R)
+        # The thief's feed names R and claims to rotate it to the thief's key.
+        store.append(THIEF, ROTATE, {"cut": 0, "identity": R, "new": THIEF.public_key, "next": bytes(32)}, 2)
+        assert store.current_commitment(R) == before == key_digest(K1.public_key)
+        assert store.root_chain(R) == [(R, None)] and store.rotation_entries(R) == []
+    finally:
+        store.close()
+
+
+def test_a_revocation_counts_after_many_certificates(net: Net) -> None:
+    wire, cores = net("rcdefx")
+    root, device = cores["r"], cores["x"]
+    pair(wire, root, device)
+    for i in range(70):  # junk certificates (never consented) fill the certificate rows
+        root.store.append(ROOT, DEVICE, {"admin": False, "device": bytes([i]) * 32, "name": f"j{i}"}, 10 + i)
+    root.revoke_device(X, wire.now)
+    assert root.store.devices_of(R)[0].after is not None or any(
+        d.after is not None for d in root.store.devices_of(R)
+    )
+
+
+def test_a_device_follows_what_its_identity_follows_and_dms_count_for_the_identity(net: Net) -> None:
+    wire, cores = net("rcdefx")
+    root, device, friend = cores["r"], cores["x"], cores["c"]
+    root.follow(C.public_key, wire.now)
+    friend.follow(R, wire.now)
+    pair(wire, root, device)
+    friend.post("from a friend of the identity", wire.now)
+    wire.advance(60)
+    assert (C.public_key, "from a friend of the identity") in posts(device)
+    # The device writes to C, who follows R: it is R's message, in C's inbox.
+    device.send_dm(C.public_key, "from the phone", wire.now)
+    wire.advance(30)
+    assert [(r.peer, r.folder, r.text) for r in friend.store.dm_thread(R)] == [(R, "inbox", "from the phone")]
+
+
+def test_a_message_to_a_rotated_identity_reaches_its_new_root(net: Net) -> None:
+    wire, cores = net("rcde")
+    root, friend = cores["r"], cores["c"]
+    friend.follow(R, wire.now)
+    commit(root.store, ROOT, K1.public_key, int(wire.now * 1000))
+    wire.advance(30)
+    rotate(root.store, ROOT, K1, K2.public_key, int(wire.now * 1000))
+    wire.crash("r")
+    new_root = restart(wire, "r", K1, root.store, 31)
+    wire.advance(60)
+    assert [k for k, _ in friend.store.root_chain(R)] == [R, K1.public_key]
+    friend.send_dm(R, "to the identity", wire.now)
+    wire.advance(30)
+    assert [r.text for r in new_root.store.dm_thread(C.public_key)] == ["to the identity"]
