@@ -19,7 +19,6 @@ from identity.phrase import MAX_PHRASE_CHARS, PhraseError, phrase_to_seed, seed_
 from p2pblog import control
 from p2pblog.devices import key_digest
 from p2pblog.home import Home
-from p2pblog.rotation import RotationError, commit, identity_of, recover, rotate
 
 
 def _phrase(identity: Identity) -> str:
@@ -87,6 +86,8 @@ def identity_rotate() -> None:
     themselves), and shows a new recovery phrase for the key after it.  Stop
     the node first.
     """
+    from p2pblog.rotation import RotationError, commit, identity_of, rotate  # (loads the node's parts)
+
     home = current_home()
     _node_stopped(home)
     root = load_identity(home)
@@ -129,6 +130,8 @@ def identity_recover(handle: str | None, cut: int | None) -> None:
     which learns of the recovery through the DHT within five minutes of the
     node running.  Works in this home (stop the node first) or a new one.
     """
+    from p2pblog.rotation import RotationError, identity_of, recover  # (loads the node's parts)
+
     home = current_home()
     _node_stopped(home)
     try:
