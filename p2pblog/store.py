@@ -109,6 +109,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from identity import Identity, encode_handle, limits
+from p2pblog.devices import Device
 from p2pblog.entry import (
     COMMIT,
     DELETE,
@@ -213,17 +214,8 @@ def recorded_damage(path: Path | str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class DeviceRow:
-    """A device of an identity, as `Store.devices_of` lists it (`p2pblog.devices.Device`)."""
-
-    key: bytes
-    name: str
-    admin: bool
-    consented: bool
-    after: int | None
-    certifier: bytes
-
+#: A device of an identity, as `Store.devices_of` lists it.
+DeviceRow = Device
 
 DEVICE_KINDS: Final = frozenset({DEVICE, DEVICE_OF, REVOKE, COMMIT, ROTATE})
 #: Certificate and revocation rows kept per author (`p2pblog.devices.MAX_DEVICES` count).
@@ -1425,7 +1417,7 @@ class Store:
             (identity,),
         )
         return [
-            DeviceRow(bytes(d), _text(n), bool(a), bool(c), None if x is None else int(x), bytes(f))
+            Device(bytes(d), _text(n), bool(a), bool(c), None if x is None else int(x), bytes(f))
             for d, n, a, c, x, f in rows
         ]
 

@@ -25,6 +25,7 @@ from p2pblog.pairing import PairingCode, PairingError, decode_code, encode_code,
 from p2pblog.rotation import KEYEVENT_POLL, commit, recover, rotate
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, Wire
+from tests.wire_nodes import wire_net
 
 ROOT, DEV, C, D, E, F = (Identity(bytes([i]) * 32) for i in (71, 72, 73, 74, 75, 76))
 NAMES = dict(zip("rcdefx", (ROOT, C, D, E, F, DEV), strict=True))
@@ -123,28 +124,8 @@ Net = Callable[..., tuple[Wire, dict[str, NodeCore]]]
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
-    stores: list[Store] = []
-
-    def build(names: str = "rcdex") -> tuple[Wire, dict[str, NodeCore]]:
-        wire = Wire()
-        cores: dict[str, NodeCore] = {}
-        for seed, name in enumerate(names, start=1):
-            store = Store(tmp_path / f"{name}.db")
-            stores.append(store)
-            cores[name] = NodeCore(
-                NAMES[name], Random(seed), wire.now, store=store, random_bytes=Random(seed + 50).randbytes
-            )
-            wire.add(name, cores[name], HOST[name])
-        for name, core in cores.items():
-            if name != "c":
-                core.bootstrap([wire.addr("c")], wire.now)
-            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
-        wire.advance(5)
-        return wire, cores
-
-    yield build
-    for store in stores:
-        store.close()
+    """Builds NodeCores named from 'rcdex' (by default), all joined through 'c'."""
+    yield from wire_net(tmp_path, NAMES, HOST, hub="c", seed_offset=50, default="rcdex")
 
 
 def pair(wire: Wire, root: NodeCore, device: NodeCore, name: str = "phone") -> None:

@@ -28,8 +28,8 @@ from p2pblog.dms import HELD_PER_DEPOSITOR
 from p2pblog.events import DmStateChanged, DmStored
 from p2pblog.node import NodeCore
 from p2pblog.replication import DmArrived
-from p2pblog.store import Store
 from tests.gossip.wire import PORT, Wire
+from tests.wire_nodes import wire_net
 
 A, B, C, D = (Identity(bytes([i]) * 32) for i in (61, 62, 63, 64))
 NAMES = dict(zip("abcd", (A, B, C, D), strict=True))
@@ -125,37 +125,8 @@ Net = Callable[..., tuple[Wire, dict[str, NodeCore]]]
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
-    """Builds NodeCores named from "abcd", all joined through "c"."""
-    stores: list[Store] = []
-
-    def build(names: str = "abcd") -> tuple[Wire, dict[str, NodeCore]]:
-        wire = Wire()
-        cores: dict[str, NodeCore] = {}
-        for seed, name in enumerate(names, start=1):
-            cores[name] = make_core(wire, name, seed, tmp_path, stores)
-        for name, core in cores.items():
-            if name != "c":
-                core.bootstrap([wire.addr("c")], wire.now)
-            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
-        wire.advance(5)
-        return wire, cores
-
-    yield build
-    for store in stores:
-        store.close()
-
-
-def make_core(wire: Wire, name: str, seed: int, tmp_path: Path, stores: list[Store]) -> NodeCore:
-    store = Store(tmp_path / f"{name}.db")
-    stores.append(store)
-    core = NodeCore(
-        NAMES[name], Random(seed), wire.now, store=store, random_bytes=Random(seed + 100).randbytes
-    )
-    if name in wire.nodes:
-        wire.restart(name, core)
-    else:
-        wire.add(name, core, HOST[name])
-    return core
+    """Builds NodeCores named from "abcd" (by default), all joined through "c"."""
+    yield from wire_net(tmp_path, NAMES, HOST, hub="c", seed_offset=100, default="abcd")
 
 
 def states(core: NodeCore, peer: bytes) -> list[tuple[str, str, str]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from random import Random
 
 import msgpack
 import pytest
@@ -53,7 +52,8 @@ from p2pblog.track import (
     tracked_terms,
 )
 from tests.gossip.feeds import MemorySource
-from tests.gossip.wire import PORT, T0, Wire
+from tests.gossip.wire import T0, Wire
+from tests.wire_nodes import wire_net
 
 A, B, C, S = (Identity(bytes([i]) * 32) for i in (61, 62, 63, 64))
 NAMES = {"a": A, "b": B, "c": C, "s": S}
@@ -63,29 +63,8 @@ Net = Callable[..., tuple[Wire, dict[str, NodeCore]]]
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[Net]:
-    """Builds NodeCores named from "abcs", all joined through "s"."""
-    stores: list[Store] = []
-
-    def build(names: str = "acs") -> tuple[Wire, dict[str, NodeCore]]:
-        wire = Wire()
-        cores: dict[str, NodeCore] = {}
-        for seed, name in enumerate(names, start=1):
-            store = Store(tmp_path / f"{name}.db")
-            stores.append(store)
-            cores[name] = NodeCore(
-                NAMES[name], Random(seed), T0, store=store, random_bytes=Random(seed + 100).randbytes
-            )
-            wire.add(name, cores[name], HOST[name])
-        for name, core in cores.items():
-            if name != "s":
-                core.bootstrap([wire.addr("s")], wire.now)
-            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
-        wire.advance(5)
-        return wire, cores
-
-    yield build
-    for store in stores:
-        store.close()
+    """Builds NodeCores named from 'acs' (by default), all joined through 's'."""
+    yield from wire_net(tmp_path, NAMES, HOST, hub="s", seed_offset=100, default="acs")
 
 
 def fetched(wire: Wire, name: str) -> list[TrackedPostFetched]:

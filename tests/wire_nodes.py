@@ -55,3 +55,42 @@ def follow(node: NodeCore, wire: Wire, identity: Identity, name: str) -> None:
     node.follow(identity.public_key, wire.now)
     peers = [(identity.public_key, *wire.addr(name))]
     node.replicator.add_candidates(identity.public_key, peers, wire.now)
+
+
+def wire_net(
+    tmp_path: Path,
+    identities: dict[str, Identity],
+    hosts: dict[str, str],
+    *,
+    hub: str,
+    seed_offset: int = 100,
+    default: str | None = None,
+) -> Iterator[Callable[..., tuple[Wire, dict[str, NodeCore]]]]:
+    """A fixture body: yields ``build(names)``, which puts one NodeCore per name (a store on
+    disk each) on a new in-memory wire, all joined through ``hub``, and closes the stores."""
+    stores: list[Store] = []
+
+    def build(names: str = default or "".join(identities)) -> tuple[Wire, dict[str, NodeCore]]:
+        wire = Wire()
+        cores: dict[str, NodeCore] = {}
+        for seed, name in enumerate(names, start=1):
+            store = Store(tmp_path / f"{name}.db")
+            stores.append(store)
+            cores[name] = NodeCore(
+                identities[name],
+                Random(seed),
+                wire.now,
+                store=store,
+                random_bytes=Random(seed + seed_offset).randbytes,
+            )
+            wire.add(name, cores[name], hosts[name])
+        for name, core in cores.items():
+            if name != hub:
+                core.bootstrap([wire.addr(hub)], wire.now)
+            core.publish([("udp", hosts[name], PORT), ("tcp", hosts[name], PORT)], wire.now)
+        wire.advance(5)
+        return wire, cores
+
+    yield build
+    for store in stores:
+        store.close()
