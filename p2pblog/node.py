@@ -617,7 +617,7 @@ class NodeCore:
         self.records.maintain(wanted, now)
         self._check_own_head()
         self.discovery.maintain(wanted, now)
-        key_events = self.key_events.maintain(self.following(), self.own_identity, now)
+        key_events = self.key_events.maintain(sorted(self.following()), self.own_identity, now)
         for due in (self.pairing.maintain(now), self.kept.maintain(now), key_events):
             if due is not None:
                 self._maintain_at = min(self._maintain_at, due)
