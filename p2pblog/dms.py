@@ -260,9 +260,9 @@ class DirectMessages:
                 wanted |= self._deposit(did, item, now)
             self._wake(item.next_at)
         self._deliver_held(now)
-        for peer in self._wanted - wanted:
+        for peer in sorted(self._wanted - wanted):  # sorted: a set's order varies per process
             replicator.release_connection(peer)
-        for peer in wanted - self._wanted:
+        for peer in sorted(wanted - self._wanted):
             replicator.want_connection(peer, now)
         self._wanted = wanted
 
