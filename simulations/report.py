@@ -83,6 +83,8 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["expect"]
     if scenario.dms == type(scenario.dms)():
         del echo["dms"]
+    if scenario.devices == type(scenario.devices)():
+        del echo["devices"]
     return echo
 
 
