@@ -14,7 +14,7 @@ as before; a device posts like an author (``workload.posts_per_hour``, until
 posting stops).  Then, each to a different identity, in that order:
 
 * ``revocations``: at ``revoke_at`` the root revokes its last device, which
-  keeps posting; its entries after the revocation's ``after`` are its *cut*;
+  keeps posting (once 10 s later at least); its entries after the revocation's ``after`` are its *cut*;
 * ``rotations`` (planned): the root committed to its next key at the start
   (`p2pblog.rotation.commit`); at ``rotate_at`` it rotates in its store and
   its node restarts with the new key and the same store (`rotation.rotate`);
@@ -195,6 +195,8 @@ class DeviceTraffic:
                 self._poisson(rng, at + 10.0, rate, partial(self._device_post, device))
             if ident.fate == "revoke" and ident.devices:
                 engine.at(spec.revoke_at, partial(self._revoke, ident))
+                # The revoked device goes on posting, whatever the rate.
+                engine.at(spec.revoke_at + 10.0, partial(self._device_post, ident.devices[-1]))
             elif ident.fate == "rotate":
                 engine.at(spec.rotate_at, partial(self._rotate, ident))
             elif ident.fate == "steal":
