@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 A scenario's ``[devices]`` table (`simulations.scenario.Devices`) picks
-``identities`` honest authors (never node 0 or an offline author; the
+the ``identities`` most followed honest authors (never node 0 or an offline
+author; their order, which decides what happens to which, from the
 ``devices`` RNG, so the seed alone decides) and gives each ``devices`` more
 machines: extra `SimNode`s after the scenario's nodes (and attackers), which
 start at ``pair_at`` and pair as a user would: ``start_pairing`` on the
@@ -121,7 +122,10 @@ class DeviceTraffic:
             for a in sim.authors
             if a in sim.honest_set and a != 0 and a not in sim.offline_authors and sim.followers[a]
         ]
-        chosen = rng.sample(pool, min(self.spec.identities, len(pool)))
+        # The most followed (so the oracles have followers to judge), in an order the seed draws.
+        pool.sort(key=lambda a: (-len(sim.followers[a]), a))
+        chosen = pool[: self.spec.identities]
+        rng.shuffle(chosen)
         fates = ["revoke"] * self.spec.revocations + ["rotate"] * self.spec.rotations
         fates += ["steal"] * self.spec.thefts
         for number, index in enumerate(chosen):

@@ -409,8 +409,15 @@ class Scenario:
             raise ScenarioError(
                 f"devices: revocations + rotations + thefts is {events}, at most identities ({d.identities})"
             )
-        for name in ("pair_at", "revoke_at", "rotate_at", "steal_at", "recover_at"):
-            if not 0 <= getattr(d, name) < self.duration:
+        used = {  # the times of what the scenario does (any run length is fine for the others)
+            "pair_at": d.identities,
+            "revoke_at": d.revocations,
+            "rotate_at": d.rotations,
+            "steal_at": d.thefts,
+            "recover_at": d.thefts,
+        }
+        for name, count in used.items():
+            if getattr(d, name) < 0 or (count and getattr(d, name) >= self.duration):
                 raise ScenarioError(
                     f"devices.{name}: 0 .. below duration ({self.duration:g}), not {getattr(d, name):g}"
                 )

@@ -186,7 +186,8 @@ def test_same_seed_gives_identical_device_metrics_and_another_seed_does_not() ->
         ("[devices]\nidentities = 2\ndevices = 0", "devices.devices: 1 .. 8"),
         ("[devices]\nidentities = 1\nrevocations = 1\nthefts = 1", "at most identities"),
         ("[devices]\nsteal_at = 200.0\nrecover_at = 100.0\nthefts = 1\nidentities = 1", "devices.recover_at"),
-        ("[devices]\nrotate_at = 900.0", "devices.rotate_at: 0 .. below duration"),
+        ("[devices]\nidentities = 1\nrotations = 1\nrotate_at = 900.0", "devices.rotate_at: 0 .. below"),
+        ("[devices]\nrevoke_at = -1.0", "devices.revoke_at: 0 .. below"),
         ("[devices]\nkeyevent_poll = 0.0", "devices.keyevent_poll"),
         ("[devices]\nphones = 1", "devices.phones: unknown field"),
     ],
@@ -194,3 +195,7 @@ def test_same_seed_gives_identical_device_metrics_and_another_seed_does_not() ->
 def test_a_bad_devices_table_is_refused_naming_the_field(text: str, field: str) -> None:
     with pytest.raises(ScenarioError, match=field.replace("(", r"\(").replace(")", r"\)")):
         Scenario.from_toml("nodes = 10\n" + text)
+
+
+def test_without_devices_a_short_run_needs_no_devices_fields() -> None:
+    assert Scenario.from_toml("duration = 30.0\n[workload]\npost_from = 0.0").devices.identities == 0
