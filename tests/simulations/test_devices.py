@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ import pytest
 from p2pblog.store import FeedItem
 from simulations.devices import Ident
 from simulations.node import SimNode
+from simulations.report import write_run
 from simulations.scenario import Scenario, ScenarioError
 from simulations.simulation import Simulation, run_scenario
 
@@ -168,15 +173,41 @@ def test_after_a_recovery_every_follower_refuses_the_thief_s_later_posts() -> No
     assert 0 <= d["held_after_s"]["recovery"]["max"] <= 60.0 + 30.0  # one poll, and the lookup
 
 
-def test_same_seed_gives_identical_device_metrics_and_another_seed_does_not() -> None:
-    def metrics(seed: int) -> str:
-        scenario = Scenario.load("devices-churn").with_overrides(seed=seed, nodes=8, duration=400.0)
-        return json.dumps(run_scenario(scenario).metrics, sort_keys=True)
+def small_churn(seed: int) -> Scenario:
+    return Scenario.load("devices-churn").with_overrides(seed=seed, nodes=8, duration=400.0)
 
-    first = metrics(1)
-    assert json.loads(first)["devices"]["recoveries"] == 1
-    assert metrics(1) == first
-    assert metrics(2) != first
+
+def test_same_seed_gives_a_byte_identical_metrics_json_and_another_seed_does_not(tmp_path: Path) -> None:
+    def write(seed: int, out: Path) -> bytes:
+        write_run(run_scenario(small_churn(seed)), out)
+        return (out / "metrics.json").read_bytes()
+
+    first = write(1, tmp_path / "a")
+    assert json.loads(first)["metrics"]["devices"]["recoveries"] == 1
+    assert "## Devices" in (tmp_path / "a" / "report.md").read_text()
+    assert write(1, tmp_path / "b") == first
+    assert write(2, tmp_path / "c") != first
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="p2pblog/rotation.py KeyEvents.maintain starts its DHT lookups in the iteration order of "
+    "NodeCore.following(), a set of bytes: hash order (PYTHONHASHSEED) decides the order of the "
+    "lookups once a followed identity has a commitment; sorted(followed) makes this pass",
+)
+def test_metrics_json_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
+    """Two processes with other hash seeds: the same bytes (docs/simulations.md, "Determinism")."""
+    script = (
+        "import sys; from pathlib import Path; from tests.simulations.test_devices import small_churn; "
+        "from simulations.simulation import run_scenario; from simulations.report import write_run; "
+        "write_run(run_scenario(small_churn(1)), Path(sys.argv[1]))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for hash_seed in ("1", "4321"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = str(tmp_path / hash_seed)
+        subprocess.run([sys.executable, "-c", script, out], cwd=root, env=env, check=True, timeout=120)
+    assert (tmp_path / "1" / "metrics.json").read_bytes() == (tmp_path / "4321" / "metrics.json").read_bytes()
 
 
 @pytest.mark.parametrize(
