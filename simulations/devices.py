@@ -243,6 +243,10 @@ class DeviceTraffic:
             code = start_pairing(device.store, device.identity.public_key, f"device-{device.index}", nonce)
             self._codes[device.index] = encode_code(code)
             device.start([self.sim.nodes[0].addr, root.addr])
+        if ident.stolen:  # the owner lost the root before approving: no device (nothing to judge)
+            ident.devices.remove(device)
+            device.crash()
+            return
         if root.core is None:
             self._later(partial(self._pair, ident, device))
             return
@@ -259,7 +263,7 @@ class DeviceTraffic:
         return entry.author, entry.seq
 
     def _device_post(self, device: SimNode) -> None:
-        if device.incarnation:
+        if device.up:
             self.posts.append(self._post(device, "device"))
 
     def _recovered_post(self, ident: Ident) -> None:

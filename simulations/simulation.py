@@ -17,6 +17,10 @@ Theory of operation
 * **direct messages** with a ``[dms]`` workload (`simulations.dms`, which
   also watches them arrive: their metrics and the *dm duplicate* and *dm
   privacy* oracles).
+* **identities with devices** with a ``[devices]`` table
+  (`simulations.devices`: extra device nodes that pair, a revocation, a
+  planned rotation, a theft and its recovery; the *device cut*, *device
+  delivery*, *device fork* and *device agreement* oracles).
 
 Every event a node reports comes to `_on_event`.  Three **oracles** watch:
 
