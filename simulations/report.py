@@ -83,6 +83,8 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["expect"]
     if scenario.dms == type(scenario.dms)():
         del echo["dms"]
+    if scenario.devices == type(scenario.devices)():
+        del echo["devices"]
     return echo
 
 
@@ -127,6 +129,8 @@ def summary(result: Result) -> list[str]:
     lines.append(_convergence_text(m))
     if "dms" in m:
         lines.append(_dm_text(m))
+    if "devices" in m:
+        lines.append(_devices_text(m))
     if "hostile" in m:
         lines.append(_hostile_text(m))
     lines.append(_oracle_text(result))
@@ -255,6 +259,8 @@ def _report(result: Result) -> str:
         out += ["| lookups | " + " | ".join(str(hops[k]) for k in keys) + " |", ""]
     if "dms" in m:
         out += ["## Direct messages", "", *_dm_lines(sc, m), ""]
+    if "devices" in m:
+        out += ["## Devices", "", *_devices_lines(sc, m), ""]
     if "hostile" in m:
         out += ["## Under attack", "", *_hostile_lines(m), ""]
     out += ["## Convergence", "", _convergence_text(m) + ".", ""]
@@ -365,6 +371,42 @@ def _dm_lines(sc: Scenario, m: dict[str, Any]) -> list[str]:
     ]
 
 
+def _devices_text(m: dict[str, Any]) -> str:
+    """One line: the device events, and what the followers show of the identities' posts."""
+    return (
+        f"devices: {_int(_get(m, 'devices.identities'))} identities, "
+        f"{_int(_get(m, 'devices.devices_paired'))} devices paired, "
+        f"{_int(_get(m, 'devices.revocations'))} revoked, {_int(_get(m, 'devices.rotations'))} rotated, "
+        f"{_int(_get(m, 'devices.recoveries'))} recovered; posts shown "
+        f"{_share(m, 'devices.delivery.ratio', 'devices.delivery.expected')}, "
+        f"the thief's {_int(_get(m, 'devices.thief_posts_shown'))} times"
+    )
+
+
+def _devices_lines(sc: Scenario, m: dict[str, Any]) -> list[str]:
+    """Identities with devices (`metrics.devices`): the events, delivery, and time to learn."""
+    d = sc.devices
+    lines = [
+        f"{d.identities} identities get {d.devices} more device(s) each at {d.pair_at:g} s; "
+        f"{d.revocations} revoke one at {d.revoke_at:g} s, {d.rotations} rotate their root at "
+        f"{d.rotate_at:g} s, {d.thefts} have it stolen at {d.steal_at:g} s and recover at "
+        f"{d.recover_at:g} s; followers look key events up every {d.keyevent_poll:g} s.",
+        "",
+        _devices_text(m) + f" ({_int(_get(m, 'devices.delivery.delivered'))}/"
+        f"{_int(_get(m, 'devices.delivery.expected'))} follower/post pairs; the thief made "
+        f"{_int(_get(m, 'devices.thief_posts'))} posts).",
+        "",
+        "| held by every live follower after | p50 | max |",
+        "|---|---:|---:|",
+    ]
+    for kind in ("revocation", "rotation", "recovery"):
+        lines.append(
+            f"| {kind} | {_secs(_get(m, f'devices.held_after_s.{kind}.p50'))} | "
+            f"{_secs(_get(m, f'devices.held_after_s.{kind}.max'))} |"
+        )
+    return lines
+
+
 def _hostile_lines(m: dict[str, Any]) -> list[str]:
     """What the attackers sent, the victims' lookups, and the resource maxima (`metrics.hostile`)."""
     h = m["hostile"]
@@ -421,6 +463,8 @@ def _oracles_run(result: Result) -> str:
         run += "; under attack: " + ", ".join([*checked, "core exception"])
     if "dms" in result.metrics:
         run += "; direct messages: dm duplicate, dm privacy"
+    if "devices" in result.metrics:
+        run += "; devices: device cut, device delivery, device fork, device agreement"
     return run
 
 

@@ -32,6 +32,8 @@ MAX_ATTACKERS = 1000
 MAX_SUBNET_HOSTS = 254
 #: Most requests or dials an attack may send per simulated second (more floods the engine).
 MAX_ATTACK_RATE = 1000.0
+#: Most extra machines (devices) one identity may get (devices.MAX_DEVICES counts the roots too).
+MAX_DEVICES_PER_IDENTITY = 8
 #: An `Expect` bound that is not checked.
 UNCHECKED = -1
 
@@ -186,6 +188,29 @@ class Dms:
 
 
 @dataclass(frozen=True)
+class Devices:
+    """Identities with devices, revocations, rotations and thefts (`simulations.devices`);
+    off while ``identities`` is 0."""
+
+    #: Honest authors that get devices, and how many more machines each gets.
+    identities: int = 0
+    devices: int = 1
+    #: When the devices pair (one second apart).
+    pair_at: float = 60.0
+    #: How many identities revoke their last device, rotate their root (planned), or have
+    #: their root stolen and recover it (each event to a different identity), and when.
+    revocations: int = 0
+    revoke_at: float = 200.0
+    rotations: int = 0
+    rotate_at: float = 200.0
+    thefts: int = 0
+    steal_at: float = 150.0
+    recover_at: float = 200.0
+    #: Seconds between a follower's lookups of a followed identity's key-event record.
+    keyevent_poll: float = 300.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -202,6 +227,8 @@ class Scenario:
     expect: Expect = field(default_factory=Expect)
     #: The direct-message workload (`[dms]`); left out of metrics.json's scenario echo when unset.
     dms: Dms = field(default_factory=Dms)
+    #: Identities with devices (`[devices]`); left out of metrics.json's scenario echo when unset.
+    devices: Devices = field(default_factory=Devices)
     #: "gossip" (Plumtree: prune duplicate pushers) or "flood" (every node pushes
     #: everything to every connected peer that replicates the feed, no pruning).
     protocol: str = "gossip"
@@ -270,6 +297,7 @@ class Scenario:
             raise ScenarioError(f"converge_within: must be >= 0, not {self.converge_within:g}")
         self._check_workload()
         self._check_dms()
+        self._check_devices()
         for i, fault in enumerate(self.faults):
             self._check_fault(fault, f"faults[{i}]")
         self._check_malicious()
@@ -367,6 +395,41 @@ class Scenario:
         if d.deadline <= 0:
             raise ScenarioError(f"dms.deadline: must be > 0 seconds, not {d.deadline:g}")
 
+    def _check_devices(self) -> None:
+        d = self.devices
+        if not 0 <= d.identities < self.nodes:
+            raise ScenarioError(f"devices.identities: 0 .. nodes-1 ({self.nodes - 1}), not {d.identities}")
+        if not 1 <= d.devices <= MAX_DEVICES_PER_IDENTITY:
+            raise ScenarioError(f"devices.devices: 1 .. {MAX_DEVICES_PER_IDENTITY}, not {d.devices}")
+        for name in ("revocations", "rotations", "thefts"):
+            if getattr(d, name) < 0:
+                raise ScenarioError(f"devices.{name}: must be >= 0, not {getattr(d, name)}")
+        events = d.revocations + d.rotations + d.thefts
+        if events > d.identities:
+            raise ScenarioError(
+                f"devices: revocations + rotations + thefts is {events}, at most identities ({d.identities})"
+            )
+        used = {  # the times of what the scenario does (any run length is fine for the others)
+            "pair_at": d.identities,
+            "revoke_at": d.revocations,
+            "rotate_at": d.rotations,
+            "steal_at": d.thefts,
+            "recover_at": d.thefts,
+        }
+        for name, count in used.items():
+            if getattr(d, name) < 0 or (count and getattr(d, name) >= self.duration):
+                raise ScenarioError(
+                    f"devices.{name}: 0 .. below duration ({self.duration:g}), not {getattr(d, name):g}"
+                )
+        if d.revocations and d.revoke_at <= d.pair_at:
+            raise ScenarioError(f"devices.revoke_at: after pair_at ({d.pair_at:g}), not {d.revoke_at:g}")
+        if d.thefts and d.recover_at <= d.steal_at:
+            raise ScenarioError(f"devices.recover_at: after steal_at ({d.steal_at:g}), not {d.recover_at:g}")
+        if d.keyevent_poll < MIN_CHURN_MEAN:
+            raise ScenarioError(
+                f"devices.keyevent_poll: at least {MIN_CHURN_MEAN:g} s, not {d.keyevent_poll:g}"
+            )
+
     def _check_fault(self, fault: Fault, where: str) -> None:
         if fault.kind not in Fault.KINDS:
             raise ScenarioError(f"{where}.kind: one of {', '.join(Fault.KINDS)}, not {fault.kind!r}")
@@ -427,6 +490,7 @@ class Scenario:
         malicious = _build(Malicious, _section(doc.pop("malicious", {}), "malicious"), "malicious")
         expect = _build(Expect, _section(doc.pop("expect", {}), "expect"), "expect")
         dms = _build(Dms, _section(doc.pop("dms", {}), "dms"), "dms")
+        devices = _build(Devices, _section(doc.pop("devices", {}), "devices"), "devices")
         raw_attacks = doc.pop("attacks", [])
         if not isinstance(raw_attacks, list):
             raise ScenarioError("attacks: an array of tables ([[attacks]])")
@@ -451,6 +515,7 @@ class Scenario:
                 "attacks": attacks,
                 "expect": expect,
                 "dms": dms,
+                "devices": devices,
             },
             "",
         )

@@ -17,6 +17,10 @@ Theory of operation
 * **direct messages** with a ``[dms]`` workload (`simulations.dms`, which
   also watches them arrive: their metrics and the *dm duplicate* and *dm
   privacy* oracles).
+* **identities with devices** with a ``[devices]`` table
+  (`simulations.devices`: extra device nodes that pair, a revocation, a
+  planned rotation, a theft and its recovery; the *device cut*, *device
+  delivery*, *device fork* and *device agreement* oracles).
 
 Every event a node reports comes to `_on_event`.  Three **oracles** watch:
 
@@ -65,6 +69,7 @@ from identity.keys import set_verify_cache_size
 from p2pblog.entry import POST
 from p2pblog.node import NodeCore, PeerNotResolved, PeerResolved
 from p2pblog.replication import EntriesStored, InputRefused
+from simulations.devices import DeviceTraffic
 from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
@@ -184,6 +189,7 @@ class Simulation:
             from simulations.adversary import make_attackers  # the attackers live there
 
             self.attackers = make_attackers(self)
+        self.devices = DeviceTraffic(self)  # its extra nodes come after the attackers
 
     # ============================================================ setup
 
@@ -232,6 +238,7 @@ class Simulation:
 
         core = make_core(self.roles.get(node.index), node, rng, now)
         core.replicator.prune_duplicates = self.scenario.protocol == "gossip"
+        self.devices.configure(core)
         return core
 
     def _follow_graph(self) -> None:
@@ -305,6 +312,7 @@ class Simulation:
         if self.attackers:
             self._schedule_attacks()
         self.dms.schedule()
+        self.devices.schedule()
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -394,11 +402,13 @@ class Simulation:
                 self.engine.after(FOLLOW_DELAY, lambda: self._follow(node))  # until it is back up
             return
         for author in self.follows[node.index]:
-            node.core.follow(self.nodes[author].identity.public_key, node.now)
+            node.core.follow(self.devices.handle(author), node.now)
         node.flush()
 
     def _post(self, index: int) -> None:
         node = self.nodes[index]
+        if self.devices.thief_post(index):
+            return  # a stolen root: the thief's post (`simulations.devices`)
         if (
             index in self.offline_authors
             and not node.up
@@ -590,9 +600,9 @@ class Simulation:
         """(follower, author, held, best) for honest up followers behind the best honest replica."""
         out = []
         for author in self.authors:
-            if author not in self.honest_set:
-                continue
             feed = self.nodes[author].identity.public_key
+            if author not in self.honest_set or self.devices.stolen_feed(feed):
+                continue
             # Only the author and its followers hold the feed (O(followers), not O(nodes)).
             holders = [author, *self.followers[author]]
             up = [i for i in holders if i in self.honest_set and self.nodes[i].up]
@@ -716,6 +726,8 @@ class Simulation:
         if sc.dms.per_hour > 0 or self.dms.order:
             self.dms.final_oracles()
             metrics["dms"] = self.dms.metrics(stats)
+        if self.devices.idents:
+            metrics["devices"] = self.devices.metrics()
         return metrics
 
     # ============================================================ under attack

@@ -27,6 +27,7 @@ BUNDLED = [
     "baseline",
     "churn",
     "crash-and-loss",
+    "devices-churn",
     "dm-churn",
     "equivocation",
     "flood",
@@ -302,6 +303,19 @@ def test_flood_costs_more_duplicates_than_gossip() -> None:
         flood["amplification"]["duplicates_per_delivery"] > gossip["amplification"]["duplicates_per_delivery"]
     )
     assert flood["traffic"]["bytes_total"] > gossip["traffic"]["bytes_total"]
+
+
+def test_devices_churn_keeps_its_oracles_through_a_revocation_a_rotation_and_a_recovery() -> None:
+    result = run("devices-churn")
+    assert_converged(result)  # the device oracles included: no cut, delivery, fork or agreement violation
+    d = result.metrics["devices"]
+    assert d["identities"] == 6 and d["devices_paired"] == 6
+    assert (d["revocations"], d["rotations"], d["recoveries"]) == (1, 1, 1)
+    assert d["delivery"]["expected"] > 0 and d["delivery"]["ratio"] == 1.0
+    assert d["thief_posts"] >= 1 and d["thief_posts_shown"] == 0
+    for kind in ("revocation", "rotation", "recovery"):
+        held = d["held_after_s"][kind]
+        assert 0 < held["max"] <= result.scenario.converge_within, (kind, held)
 
 
 # ============================================================ determinism
