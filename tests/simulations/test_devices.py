@@ -189,12 +189,6 @@ def test_same_seed_gives_a_byte_identical_metrics_json_and_another_seed_does_not
     assert write(2, tmp_path / "c") != first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p2pblog/rotation.py KeyEvents.maintain starts its DHT lookups in the iteration order of "
-    "NodeCore.following(), a set of bytes: hash order (PYTHONHASHSEED) decides the order of the "
-    "lookups once a followed identity has a commitment; sorted(followed) makes this pass",
-)
 def test_metrics_json_does_not_depend_on_the_hash_seed(tmp_path: Path) -> None:
     """Two processes with other hash seeds: the same bytes (docs/simulations.md, "Determinism")."""
     script = (
