@@ -181,9 +181,11 @@ def test_solve_refuses_bad_start(start: int) -> None:
         solve(NAME_DOMAIN, b"s", 1, start=start)
 
 
-@given(subject=st.binary(max_size=80), bits=st.integers(0, 10), start=st.integers(0, 2**64 - 2**12))
+@given(subject=st.binary(max_size=80), bits=st.integers(0, 10), start=st.integers(0, 2**64 - 2**16))
 @settings(max_examples=60, deadline=None)
 def test_solve_is_deterministic_and_smallest(subject: bytes, bits: int, start: int) -> None:
+    # ``start`` leaves 2**16 counters: with 10 bits, 4,096 (the old bound) ran out for about
+    # one example in 55 at the top edge, which hypothesis tries often (a flaky test).
     nonce = solve(NAME_DOMAIN, subject, bits, start=start)
     assert len(nonce) == NONCE_BYTES
     assert work_bits(NAME_DOMAIN, subject, nonce) >= bits
