@@ -330,7 +330,9 @@ def pairing_proof(nonce: bytes, identity: bytes, device: bytes) -> bytes:
     return hashlib.blake2b(identity + device, digest_size=32, key=nonce).digest()
 
 
-def create_pairing_record(identity: Identity, *, device: bytes, nonce: bytes, seq: int, expires: int) -> Record:
+def create_pairing_record(
+    identity: Identity, *, device: bytes, nonce: bytes, seq: int, expires: int
+) -> Record:
     """Sign the approval of ``device`` (the pairing code's key and nonce) by ``identity``."""
     if not isinstance(device, bytes) or len(device) != 32:
         raise RecordError("a pairing record names a 32-byte device key")

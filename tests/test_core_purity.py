@@ -50,6 +50,7 @@ DRIVERS = ["p2pblog/daemon.py", "p2pblog/runtime.py", "simulations/node.py", "si
 PURE_STDLIB = {
     "__future__",
     "base64",
+    "hmac",
     "msgpack",
     "collections",
     "collections.abc",
