@@ -37,8 +37,8 @@ def _damaged_home(path: Path) -> tuple[Home, Identity]:
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     pages = home.store_file.stat().st_size // PAGE
-    with home.store_file.open("r+b") as f:  # three pages in the middle: the entries' B-tree
-        f.seek(pages // 2 * PAGE)
+    with home.store_file.open("r+b") as f:  # three pages two thirds in: the entries' B-tree
+        f.seek(pages * 2 // 3 * PAGE)
         f.write(b"\xa5" * 3 * PAGE)
     return home, identity
 
