@@ -221,6 +221,9 @@ class HostilePeers(RuleBasedStateMachine):
         )
         self.budget = PeerFeedBudget(MACHINE_BUDGET)
         self.ours = MemorySource({UNFOLLOWED: [b"u1", b"u2"]}, wanted={HONEST})
+        #: Every feed we ever wanted: a session keeps a little state for each after an
+        #: unfollow (our own choice, so bounded by what we follow, not by the peer).
+        self.ever_wanted: set[bytes] = {HONEST}
         self.theirs = MemorySource({HONEST: []}, wanted={HONEST, OTHER})
         self.hostile: list[GossipSession] = []
         self.named: list[bytes] = []
@@ -349,6 +352,7 @@ class HostilePeers(RuleBasedStateMachine):
         feed = self.rng.choice(self.named)
         if follow:
             self.ours.wanted.add(feed)
+            self.ever_wanted.add(feed)
         else:
             self.ours.wanted = {HONEST}
         for session in [self.us, *self.hostile]:
@@ -372,7 +376,7 @@ class HostilePeers(RuleBasedStateMachine):
         sessions = [self.us, *self.hostile]
         for session in sessions:
             assert session.peer_feeds <= MACHINE_PEER_FEEDS
-            assert session.tracked_feeds <= len(self.ours.wanted) + 3 + MACHINE_PEER_FEEDS
+            assert session.tracked_feeds <= len(self.ever_wanted) + 3 + MACHINE_PEER_FEEDS
             assert session.fork_seqs <= MACHINE_FORK_SEQS
             assert session.pending_timers <= len(self.ours.wanted) + 50
             assert session.batches_unacknowledged <= MAX_BATCHES_IN_FLIGHT
