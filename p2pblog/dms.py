@@ -44,7 +44,9 @@ recipient whose feed we replicate (we follow them) and do not block, with a
 stamp of at least the node's work (a stranger cannot fill our disk for
 free), within `HELD_PER_DEPOSITOR`, `HELD_PER_RECIPIENT` and `HELD_TOTAL`,
 for `HOLD_FOR` seconds.  We cannot open it: it is sealed to the recipient.
-When the recipient connects we send it on; its final answer removes it.
+We keep dialling the recipient (resolving its peer record every `HELD_RETRY`
+seconds while we do not know where it is) and send the message on as soon as
+it connects; its final answer removes it.
 
 Everything is counted in ``stats`` under ``dms.``.
 """
@@ -102,6 +104,9 @@ HELD_PER_DEPOSITOR: Final = 64
 HELD_PER_RECIPIENT: Final = 256
 HELD_TOTAL: Final = 2048
 HOLD_FOR: Final = 7 * DAY
+#: How often a holder looks for a recipient it holds messages for (resolves its peer
+#: record when unknown; it also delivers as soon as the recipient connects).
+HELD_RETRY: Final = 300.0
 
 DmEvent = DmStored | DmRefused | DmStateChanged
 #: Outcomes that end a held message's delivery with its recipient (others retry later).
@@ -259,7 +264,7 @@ class DirectMessages:
                 # too, as holders connect or are found; that costs no attempt).
                 wanted |= self._deposit(did, item, now)
             self._wake(item.next_at)
-        self._deliver_held(now)
+        wanted |= self._deliver_held(now, resolving)
         for peer in sorted(self._wanted - wanted):  # sorted: a set's order varies per process
             replicator.release_connection(peer)
         for peer in sorted(wanted - self._wanted):
@@ -455,22 +460,30 @@ class DirectMessages:
         self._wake(now)
         return DmStatus.HELD, 0
 
-    def _deliver_held(self, now: float) -> None:
+    def _deliver_held(self, now: float, resolving: set[bytes]) -> set[bytes]:
+        """Send held messages to recipients that are connected; returns the recipients to
+        keep dialling (their peer records resolved when we do not know where they are)."""
+        wanted: set[bytes] = set()
         for did, held in list(self._held.items()):
             if now >= held.expires:
                 self.stats["dms.hold_expired"] += 1
                 self._unhold(did)
                 continue
+            wanted.add(held.recipient)
             if now < held.next_at:
                 self._wake(held.next_at)
                 continue
             if self.replicator.send_dm(held.recipient, held.recipient, held.sealed, held.stamp, now):
                 self.stats["dms.held_sent"] += 1
                 held.next_at = now + DM_ACK_TIMEOUT
-                self._wake(held.next_at)
             else:
-                held.next_at = held.expires  # until the recipient connects (`peer_connected`)
-                self._wake(min(held.expires, now + DAY))
+                recipient = held.recipient
+                if self.replicator.known_address(recipient) is None and recipient not in resolving:
+                    resolving.add(recipient)
+                    self.discovery.resolve(recipient, now, consume=True)
+                held.next_at = now + HELD_RETRY  # or sooner, when the recipient connects
+            self._wake(min(held.expires, held.next_at))
+        return wanted
 
     def _held_answered(self, answer: DmAnswered, held: _Held, now: float) -> None:
         if answer.status in _RETRY:

@@ -134,6 +134,11 @@ class KeyEvents:
         self._published: bytes | None = None
         #: Seconds between lookups of one followed identity's key-event record.
         self.poll_every = KEYEVENT_POLL
+        #: Whether each identity has a commitment, as of a `Store.devices_version` (which
+        #: moves whenever a commit or rotate entry is stored): a maintenance pass then costs
+        #: a dictionary lookup per followed identity, not store queries.
+        self._committed: dict[bytes, tuple[int, bool]] = {}
+        self._publish_checked = -1
 
     def maintain(self, followed: Iterable[bytes], own_identity: bytes, now: float) -> float | None:
         """Publish our rotation if it changed; look up followed identities when due."""
@@ -141,8 +146,13 @@ class KeyEvents:
         if not len(self.dht.table):
             return None
         due: float | None = None
+        version = self.store.devices_version
+        committed = self._committed
         for identity in followed:
-            if self.store.current_commitment(identity) is None:
+            known = committed.get(identity)
+            if known is None or known[0] != version:
+                known = committed[identity] = (version, self.store.current_commitment(identity) is not None)
+            if not known[1]:
                 continue  # it cannot rotate: nothing to look for
             at = self._next_poll.get(identity, now)
             if now >= at:
@@ -154,7 +164,10 @@ class KeyEvents:
 
     def _publish(self, own_identity: bytes, now: float) -> None:
         own = self.identity.public_key
-        if own_identity == own or self.store.root_chain(own_identity)[-1][0] != own:
+        if own_identity == own or self._publish_checked == self.store.devices_version:
+            return
+        self._publish_checked = self.store.devices_version
+        if self.store.root_chain(own_identity)[-1][0] != own:
             return
         entries = self.store.rotation_entries(own_identity)
         if not entries or entries[-1] == self._published:

@@ -70,7 +70,8 @@ def test_a_message_to_an_offline_recipient_is_held_by_its_follower_and_read_late
     )
     assert a.stop() == 0
 
-    b = start_node(tmp_path / "b", "--bootstrap", f.bootstrap)
+    # B comes back where it was (a home node restarts on its port).
+    b = start_node(tmp_path / "b", "--bootstrap", f.bootstrap, listen=f"127.0.0.1:{b.dht[1]}")
     nodes.append(b)
     assert wait_for(lambda: any(d["text"] == secret for d in conversations(b.home)), timeout=60), (
         b.output() + f.output()
