@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,8 +20,16 @@ from identity import decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
 from p2pblog.entry import REVOKE
 from p2pblog.home import Home
-from p2pblog.pairing import PairingError, decode_code, encode_code, identity_of_home, pending, start_pairing
-from p2pblog.store import DeviceRow, Store
+
+if TYPE_CHECKING:
+    from p2pblog.store import DeviceRow, Store
+
+
+def _pairing() -> Any:
+    """`p2pblog.pairing`, imported when a command runs (it loads the node's parts)."""
+    from p2pblog import pairing
+
+    return pairing
 
 
 def _default_name() -> str:
@@ -52,17 +61,17 @@ def device_add(name: str | None) -> None:
     own = public_key(home)
     with home.open_store() as store:
         try:
-            code = start_pairing(store, own, name, os.urandom(8))
+            code = _pairing().start_pairing(store, own, name, os.urandom(8))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(
         f"Pairing code for device {name!r} ({fingerprint(own)}). On a device that holds your identity's "
         "root key, with its node running, run:\n\n"
-        f"    p2pblog device approve {encode_code(code)}\n\n"
+        f"    p2pblog device approve {_pairing().encode_code(code)}\n\n"
         "then keep this device's node running (`p2pblog run`): it joins when it finds the approval.",
         err=True,
     )
-    click.echo(encode_code(code))
+    click.echo(_pairing().encode_code(code))
 
 
 @device.command("approve")
@@ -74,9 +83,10 @@ def device_approve(code: str, admin: bool) -> None:
     Needs the node running: it publishes the approval the new device looks for.
     """
     home = current_home()
+    pairing = _pairing()
     try:
-        decode_code(code)
-    except PairingError as exc:
+        pairing.decode_code(code)
+    except pairing.PairingError as exc:
         raise click.BadParameter(str(exc), param_hint="CODE") from None
     live = call_if_running(home, "device_approve", {"code": code, "admin": admin})
     if live is None:
@@ -102,8 +112,8 @@ def device_list(as_json: bool) -> None:
     home = current_home()
     own = public_key(home)
     with home.open_store() as store:
-        identity = identity_of_home(store, own)
-        waiting = pending(store)
+        identity = _pairing().identity_of_home(store, own)
+        waiting = _pairing().pending(store)
         rows = store.devices_of(identity)
         docs = [
             {
@@ -147,7 +157,7 @@ def device_list(as_json: bool) -> None:
 
 
 def _device_key(home: Home, store: Store, target: str) -> bytes:
-    identity = identity_of_home(store, public_key(home))
+    identity = _pairing().identity_of_home(store, public_key(home))
     rows = store.devices_of(identity)
     named = [r.key for r in rows if r.name == target]
     if len(named) == 1:
@@ -178,7 +188,7 @@ def device_revoke(target: str) -> None:
         identity = load_identity(home)
         with home.open_store() as store:
             own = identity.public_key
-            if identity_of_home(store, own) != own:
+            if _pairing().identity_of_home(store, own) != own:
                 raise click.ClickException("revoke devices on the identity's root device")
             after = store.latest_seq(key)
             store.append(identity, REVOKE, {"after": after, "device": key}, now_ms())

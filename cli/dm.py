@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,9 +19,10 @@ from cli.social import resolve_target
 from identity import encode_handle
 from identity.handle import fingerprint
 from identity.limits import MAX_DM_CHARS
-from p2pblog.dms import queue_dm
 from p2pblog.home import Home
-from p2pblog.store import DmRow, Store
+
+if TYPE_CHECKING:
+    from p2pblog.store import DmRow, Store
 
 #: Messages `dm read` shows at most (the newest).
 READ_LIMIT = 500
@@ -88,6 +89,8 @@ def dm_send(target: str, text: str) -> None:
             if any(blocked == key for blocked, _ in store.blocks()):
                 raise click.ClickException("you block this key: unblock it first")
             try:
+                from p2pblog.dms import queue_dm  # (loads the node's parts: not for --help)
+
                 did = queue_dm(store, identity, key, text, now_ms(), os.urandom(32))
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from None

@@ -17,8 +17,6 @@ from cli.common import current_home, public_key, shown_line
 from cli.social import resolve_target
 from identity import encode_handle
 from p2pblog import control
-from p2pblog.discovery import REPLICA_SEARCH_EVERY
-from p2pblog.followers import count_followers
 
 #: Seconds the command waits for the node (its provider search takes up to 10).
 FOLLOWERS_TIMEOUT = 30.0
@@ -39,6 +37,8 @@ def followers(target: str | None, as_json: bool) -> None:
         )
     except control.NodeNotRunning:
         with home.open_store() as store:
+            from p2pblog.followers import count_followers  # (loads the node's parts: not for --help)
+
             doc = count_followers(store, key, public_key(home)).to_json(store)
     if as_json:
         click.echo(json.dumps(doc, indent=2))
@@ -52,6 +52,8 @@ def followers(target: str | None, as_json: bool) -> None:
         click.echo(f"  and {doc['more']} more")
     click.echo(doc["summary"])
     if doc["dht_asked"]:
+        from p2pblog.discovery import REPLICA_SEARCH_EVERY  # (loads the node's parts: not for --help)
+
         if doc["searched"] is None:
             click.echo(
                 f"  (no provider search of this feed yet: searches run at most every "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -18,11 +18,22 @@ from cli.common import call_if_running, current_home, public_key, shown_line
 from cli.social import _item_json, _marked, _search_cursor
 from identity import decode_handle
 from identity.handle import fingerprint
-from p2pblog.search import MAX_LIMIT, SearchHit
-from p2pblog.store import Store, cursor_of
-from p2pblog.track import TrackError, add_term, remove_term, tracked_posts, tracked_terms
+from p2pblog.search import MAX_LIMIT
+from p2pblog.store import cursor_of
 
 #: Seconds between two looks at the store by `tracked --follow`, and the posts compared each time.
+if TYPE_CHECKING:
+    from p2pblog.search import SearchHit
+    from p2pblog.store import Store
+
+
+def _track() -> Any:
+    """`p2pblog.track`, imported when a command runs (it loads the node's parts)."""
+    from p2pblog import track
+
+    return track
+
+
 _FOLLOW_EVERY: Final = 0.25
 _FOLLOW_WINDOW: Final = 200
 
@@ -37,13 +48,13 @@ def _change(command: str, term: str) -> tuple[str, bool, list[str]]:
     live = call_if_running(home, command, {"term": term})
     if live is not None:
         return str(live["term"]), bool(live["changed"]), list(live["terms"])
-    change = add_term if command == "track_add" else remove_term
+    change = _track().add_term if command == "track_add" else _track().remove_term
     with home.open_store() as store:
         try:
             normal, changed = change(store, term)
-        except TrackError as exc:
+        except _track().TrackError as exc:
             raise click.ClickException(str(exc)) from None
-        return normal, changed, tracked_terms(store)
+        return normal, changed, _track().tracked_terms(store)
 
 
 @track.command("add")
@@ -73,7 +84,7 @@ def track_list(as_json: bool) -> None:
     """List the tracked terms."""
     home = current_home()
     with home.open_store() as store:
-        terms = tracked_terms(store)
+        terms = _track().tracked_terms(store)
     if as_json:
         click.echo(json.dumps(terms))
         return
@@ -124,10 +135,10 @@ def tracked(limit: int, before: str | None, as_json: bool, follow_: bool) -> Non
     cursor = _search_cursor(before)
     bold = sys.stdout.isatty()
     with home.open_store() as store:
-        terms = tracked_terms(store)
+        terms = _track().tracked_terms(store)
         if not terms:
             raise click.ClickException("nothing is tracked: `p2pblog track add WORD|#tag`")
-        hits = tracked_posts(store, terms, limit=limit, before=cursor)
+        hits = _track().tracked_posts(store, terms, limit=limit, before=cursor)
         docs = [_doc(hit, store, own) for hit in hits]
         if not follow_:
             if as_json:
@@ -149,10 +160,10 @@ def tracked(limit: int, before: str | None, as_json: bool, follow_: bool) -> Non
                     else:
                         _echo(doc, hit, bold)
                 time.sleep(_FOLLOW_EVERY)
-                terms = tracked_terms(store)
+                terms = _track().tracked_terms(store)
                 fresh = [
                     h
-                    for h in tracked_posts(store, terms, limit=_FOLLOW_WINDOW)
+                    for h in _track().tracked_posts(store, terms, limit=_FOLLOW_WINDOW)
                     if h.item.entry.id not in seen
                 ]
                 pending = [(_doc(hit, store, own), hit) for hit in fresh[::-1]]

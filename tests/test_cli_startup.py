@@ -105,3 +105,16 @@ def test_commands_through_the_control_port_load_only_the_client(home: Path) -> N
         node.stop()
     assert "p2pblog.control" in loaded
     assert not loaded & set(NOT_EVERYDAY), sorted(loaded & set(NOT_EVERYDAY))
+
+
+def test_help_lists_every_command_without_loading_node_code(tmp_path: object) -> None:
+    # --help imports every command module (for their one-line help): the DM, device, track
+    # and followers commands must load the node's parts only when they run.
+    code = (
+        "from click.testing import CliRunner\n"
+        "from cli.main import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0 and 'device' in r.output and 'dm' in r.output, r.output"
+    )
+    loaded = loaded_after(code)
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
