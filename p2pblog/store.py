@@ -1260,13 +1260,17 @@ class Store:
                 (author, entry.seq, body["device"], body["name"], body["admin"]),
             )
         else:
-            # One row per (revoker, device), bounded by the certificates: the earliest cut-off
-            # (and the earliest revoking entry) wins, so revocations cannot be crowded out.
-            if (
-                db.execute("SELECT 1 FROM device_certs WHERE device = ?", (body["device"],)).fetchone()
-                is None
-            ):
-                return
+            # One row per (revoker, device): the earliest cut-off (and the earliest revoking
+            # entry) wins.  Rows for certified devices are bounded by the certificates; a
+            # revocation may also come before the certificate it ends (from another feed), so
+            # MAX_DEVICE_ROWS more per revoker are kept for devices not certified (yet).
+            device = body["device"]
+            if db.execute("SELECT 1 FROM device_certs WHERE device = ?", (device,)).fetchone() is None:
+                (rows,) = db.execute(
+                    "SELECT count(*) FROM device_revocations WHERE revoker = ?", (author,)
+                ).fetchone()
+                if rows >= MAX_DEVICE_ROWS:
+                    return
             db.execute(
                 "INSERT INTO device_revocations (revoker, device, seq, after) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (revoker, device) DO UPDATE SET after = min(after, excluded.after), "
@@ -1400,7 +1404,12 @@ class Store:
         db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
         db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
         row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
-        self._set_head(FeedState(device, after, bytes(row[0]) if row else None, state.forked_seq))
+        if row is None:  # nothing of the feed counts (after 0): no head at all
+            self._heads.pop(device, None)
+            self._dirty.discard(device)
+            db.execute("DELETE FROM feeds WHERE author = ?", (device,))
+            return
+        self._set_head(FeedState(device, after, bytes(row[0]), state.forked_seq))
 
     def identity_of(self, key: bytes) -> bytes:
         """The identity a key speaks for: its identity if it is a consented device, else itself."""

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from identity import Identity
 from p2pblog.devices import MAX_DEVICES, Cert, Revocation, Rotation, key_digest, resolve, roots
-from p2pblog.entry import DEVICE, POST, REVOKE, ROTATE
+from p2pblog.entry import DEVICE, DEVICE_OF, POST, REVOKE, ROTATE
 from p2pblog.errors import DeviceRevokedError, EntrySchemaError
 from p2pblog.events import DevicePaired
 from p2pblog.node import NodeCore
@@ -412,3 +412,19 @@ def test_a_message_to_a_rotated_identity_reaches_its_new_root(net: Net) -> None:
     friend.send_dm(R, "to the identity", wire.now)
     wire.advance(30)
     assert [r.text for r in new_root.store.dm_thread(C.public_key)] == ["to the identity"]
+
+
+def test_a_revocation_read_before_the_certificate_it_ends_still_counts(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        admin, phone = K1, K2
+        store.append(ROOT, DEVICE, {"admin": True, "device": admin.public_key, "name": "laptop"}, 1)
+        store.append(admin, DEVICE_OF, {"identity": R}, 2)
+        # The admin device revokes the phone; this store reads it before the root's certificate.
+        store.append(admin, REVOKE, {"after": 0, "device": phone.public_key}, 3)
+        store.append(ROOT, DEVICE, {"admin": False, "device": phone.public_key, "name": "phone"}, 4)
+        store.append(phone, DEVICE_OF, {"identity": R}, 5)
+        devices = {d.key: d for d in store.devices_of(R)}
+        assert devices[phone.public_key].after == 0 and devices[admin.public_key].after is None
+    finally:
+        store.close()
