@@ -522,7 +522,7 @@ class NodeCore:
             self._maintain_at = min(self._maintain_at, now)  # announce a newly held feed soon
             self._devices_changed(now)
             if gossip.feed == self.identity.public_key:
-                self._check_own_head()
+                self._check_own_head(now)
         elif isinstance(gossip, DialBackResult):
             self.reachability.result(gossip, now)
             self._reachability_events(now)
@@ -610,12 +610,15 @@ class NodeCore:
         self._reachability_events(now)
         if self.relay_client.maintain(self.client_mode, now):
             self._relays_changed(now)
+        self._check_own_head(now)
+        settle = self.own_head.wake_at()
+        if settle is not None:
+            self._maintain_at = min(self._maintain_at, settle)
         if len(self.dht.table) == 0:
             self._maintain_at = min(self._maintain_at, now + FIRST_CONTACT_POLL)
             return
         wanted = sorted(self.replicator.wanted)
         self.records.maintain(wanted, now)
-        self._check_own_head()
         self.discovery.maintain(wanted, now)
         key_events = self.key_events.maintain(sorted(self.following()), self.own_identity, now)
         for due in (self.pairing.maintain(now), self.kept.maintain(now), key_events):
@@ -626,10 +629,10 @@ class NodeCore:
         self.discovery.catching_up = on
         self.replicator.dial_policy.catching_up = on
 
-    def _check_own_head(self) -> None:
+    def _check_own_head(self, now: float) -> None:
         """Mark our feed's head known once the peers that hold it are caught up with
         (`p2pblog.own_head`), and stop searching for it then."""
-        if self.own_head.check():
+        if self.own_head.check(now):
             self._set_catching_up(False)
             self._events.append(OwnHeadKnown(self.store.latest_seq(self.identity.public_key)))
 

@@ -35,8 +35,12 @@ client mode; the own feed is always in its CLOCK, so a peer that holds it
 streams it to us, verified like any feed's entries (they are signed with
 our key; a forged one is refused).  The head becomes known when at least
 `CONFIRMING_PEERS` connected peers have declared holding the feed at a seq
->= 1 and we hold at least the highest seq any connected peer declared.  A
-peer that declares 0 (a new follower) tells us nothing and does not count.
+>= 1 and we hold at least the highest seq any connected peer declared, and
+that has held for `SETTLE` seconds without a break (time to reach the other
+holders being dialled: a first holder that is behind must not decide).  A
+peer that declares 0 (a new follower) tells us nothing and does not count;
+a peer whose declared seq stays above ours for `STALLED_AFTER` seconds while
+nothing more arrives stops counting (it claims a head it does not deliver).
 
 The rule trusts what the reachable network holds: a partition that hides a
 node holding later entries (the old laptop, offline with three posts nobody
@@ -63,6 +67,14 @@ UNKNOWN_PREFIX: Final = "unknown:"
 #: up with) before the head counts as known.  One: a restored identity that only one
 #: follower still serves must be able to post again.
 CONFIRMING_PEERS: Final = 1
+#: Seconds the rule must hold before the head counts as known: time for the node to reach
+#: the other holders it is dialling, one of which may hold more (a first holder that is
+#: behind would otherwise let the node sign a seq that exists elsewhere).
+SETTLE: Final = 20.0
+#: A peer's declared seq above what we hold, unchanged for this long while it sends us
+#: nothing more, stops counting (a peer that claims a head it never delivers would keep a
+#: restored node from posting for as long as it stays connected).
+STALLED_AFTER: Final = 60.0
 
 
 def unknown_marker(author: bytes) -> str:
@@ -92,17 +104,35 @@ class OwnHead:
         #: False while catching up; read through `Store.head_known`, which sees another
         #: process's ``identity head --assume-new`` or import.
         self.known = store.head_known(own)
+        #: Per peer: the seq it declared above ours, when first seen, and what we held then.
+        self._declared: dict[bytes, tuple[int, float, int]] = {}
+        #: Since when the rule has held without a break (None: it does not hold now).
+        self._holding_since: float | None = None
 
-    def reported(self) -> int:
-        """The highest seq of the own feed any connected peer declared holding (0: none)."""
-        return max(
-            (s.peer_seq(self.own) for _, s, *_ in self.replicator.sessions() if s.peer_wants(self.own)),
-            default=0,
-        )
+    def reported(self, now: float | None = None) -> int:
+        """The highest seq of the own feed a connected peer declared holding (0: none); with
+        ``now``, without declarations stalled for `STALLED_AFTER` seconds."""
+        held = self.store.latest_seq(self.own)
+        best = 0
+        seen: dict[bytes, tuple[int, float, int]] = {}
+        for peer, session, *_ in self.replicator.sessions():
+            if not session.peer_wants(self.own):
+                continue
+            seq = session.peer_seq(self.own)
+            if now is not None and seq > held:
+                old = self._declared.get(peer)
+                mark = old if old is not None and old[0] == seq and old[2] == held else (seq, now, held)
+                seen[peer] = mark
+                if now - mark[1] >= STALLED_AFTER:
+                    continue  # claimed, never delivered: it does not hold the head back
+            best = max(best, seq)
+        if now is not None:
+            self._declared = seen
+        return best
 
-    def check(self) -> bool:
-        """Mark the head known if the rule of the module docstring holds; True when it
-        became known just now."""
+    def check(self, now: float) -> bool:
+        """Mark the head known if the rule of the module docstring holds and has held for
+        `SETTLE` seconds; True when it became known just now."""
         if self.known:
             return False
         if self.store.head_known(self.own):
@@ -113,11 +143,22 @@ class OwnHead:
             for _, session, *_ in self.replicator.sessions()
             if session.peer_wants(self.own) and session.peer_seq(self.own) >= 1
         )
-        if confirming < CONFIRMING_PEERS or self.store.latest_seq(self.own) < self.reported():
+        if confirming < CONFIRMING_PEERS or self.store.latest_seq(self.own) < self.reported(now):
+            self._holding_since = None
+            return False
+        if self._holding_since is None:
+            self._holding_since = now
+        if now - self._holding_since < SETTLE:
             return False
         self.store.mark_head_known(self.own)
         self.known = True
         return True
+
+    def wake_at(self) -> float | None:
+        """When `check` may next succeed by time alone (the settle window ends)."""
+        if self.known or self._holding_since is None:
+            return None
+        return self._holding_since + SETTLE
 
     def doc(self) -> dict[str, object]:
         """The head's state for ``status``: known, or catching up (held N, peers report M)."""

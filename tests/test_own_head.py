@@ -12,12 +12,13 @@ from random import Random
 
 import pytest
 
-from gossip.messages import Entries
+from gossip.messages import Clock, Entries, Note
 from identity import Identity
 from p2pblog.entry import FOLLOW, POST, create_entry, encode_content, post_body
 from p2pblog.errors import HeadUnknownError
 from p2pblog.events import OwnHeadKnown
 from p2pblog.node import NodeCore
+from p2pblog.own_head import SETTLE, STALLED_AFTER
 from p2pblog.store import Store
 from tests.gossip.wire import PORT, T0, ChannelPeer, Wire
 from tests.wire_nodes import OpenStore, open_store
@@ -116,3 +117,54 @@ def test_a_forged_entry_of_the_own_feed_is_refused(open_store: OpenStore) -> Non
     assert a.store.latest_seq(A.public_key) == 0
     assert a.replicator.stats["entries.forged"] >= 1
     assert not a.own_head.known
+
+
+def test_a_peer_that_claims_a_head_it_never_delivers_stops_counting(open_store: OpenStore) -> None:
+    """M declares A's feed at seq 1,000,000 and sends nothing; honest B serves all 5 entries:
+    after `STALLED_AFTER` M's claim no longer holds the head back (found by a review)."""
+    wire = Wire()
+    b_store = open_store("b")
+    b_store.append(B, FOLLOW, {"feed": A.public_key}, int(T0 * 1000))
+    b_store.ingest_many(a_feed(5))
+    a = make_core(A, restored_store(open_store), 1, wire, "a")
+    b = make_core(B, b_store, 2, wire, "b")
+    m = ChannelPeer(M, Random(66).randbytes)
+    wire.add("m", m, HOST["m"])
+    a.replicator.add_candidates(A.public_key, [(M.public_key, *wire.addr("m"))], wire.now)
+    a.replicator.maintain_now(wire.now)
+    wire.advance(11)
+    [conn] = m.open_connections()
+    m.send(conn, Clock({A.public_key: Note(10**6)}), wire.now)
+    wire.settle()
+    b.replicator.add_candidates(A.public_key, [(A.public_key, *wire.addr("a"))], wire.now)
+    wire.advance(30)
+    assert a.store.latest_seq(A.public_key) == 5 and not a.own_head.known  # M's claim holds it, for now
+    wire.advance(STALLED_AFTER + SETTLE + 15)
+    assert a.replicator.is_connected(M.public_key) and a.own_head.known
+    assert a.post("back", wire.now).seq == 6
+
+
+def test_a_holder_that_is_behind_does_not_decide_the_head(open_store: OpenStore) -> None:
+    """B holds A's entries 1..3, D holds 1..5; both announce themselves in the DHT.  The
+    restored A must not mark its head known at 3 (its next post would fork the feed at D)."""
+    wire = Wire()
+    stores = {}
+    for name, identity, count in (("b", B, 3), ("d", D, 5)):
+        store = stores[name] = open_store(name)
+        store.append(identity, FOLLOW, {"feed": A.public_key}, int(T0 * 1000))
+        store.ingest_many(a_feed(count))
+    a = make_core(A, restored_store(open_store), 1, wire, "a")
+    b = make_core(B, stores["b"], 2, wire, "b")
+    d = make_core(D, stores["d"], 4, wire, "d")
+    c = make_core(C, open_store("c"), 3, wire, "c")
+    for core, name in ((a, "a"), (b, "b"), (d, "d")):
+        core.bootstrap([wire.addr("c")], wire.now)
+        if core is not a:
+            core.publish([("udp", HOST[name], PORT), ("tcp", HOST[name], PORT)], wire.now)
+    del c
+    wire.advance(60)
+    assert a.own_head.known and a.store.latest_seq(A.public_key) == 5
+    entry = a.post("back", wire.now)
+    assert entry.seq == 6
+    wire.settle()
+    assert d.store.feed_state(A.public_key).forked_seq is None
