@@ -38,13 +38,14 @@ live address.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from identity.records import INSTANCE_BYTES, PEER, Record
 from p2pblog.events import DuplicateInstanceSeen
+from p2pblog.record_rules import MAX_SEQ_AHEAD_MS
 from p2pblog.store import Store
 
 #: The ``settings`` keys of this home's instance id (hex) and of its last peer-record seq.
@@ -114,6 +115,7 @@ class InstanceWatch:
         self._first_seq: int | None = None
         self.check_at: float | None = None
         self._respond_after = 0.0
+        self.stats: Counter[str] = Counter()
 
     @property
     def seq_floor(self) -> int:
@@ -132,6 +134,11 @@ class InstanceWatch:
         """A valid peer record of our key was seen; True if ours must be re-signed now
         (another node's record beats it)."""
         if record.type != PEER or record.signer != self.own or record.instance == self.instance:
+            return False
+        if record.seq > now * 1000 + MAX_SEQ_AHEAD_MS:
+            # Signed far ahead of any clock (up to 2**63 - 1 by one who holds our key):
+            # following it would push our own seqs out of range.  Counted, not followed.
+            self.stats["instances.seq_ahead_ignored"] += 1
             return False
         self._seen_seq = max(self._seen_seq, record.seq)
         if ours is not None and record.addrs == ours.addrs:

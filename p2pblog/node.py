@@ -326,6 +326,7 @@ class NodeCore:
         merged = Counter(self.replicator.stats)
         merged.update(self.mention_stats)  # update, not +: keeps counters that are 0
         merged.update(self.records.stats)
+        merged.update(self.instances.stats)
         merged.update(self.discovery.stats)
         return merged
 
@@ -489,7 +490,9 @@ class NodeCore:
         self._events.extend(self.instances.events)
         self.instances.events.clear()
         if respond and self.records.publishing:
-            with contextlib.suppress(LocalProtocolError):  # counted, retried after REFUSED_RETRY
+            # LocalProtocolError: counted, retried after REFUSED_RETRY.  RecordError: a seq we
+            # cannot sign (the instance watch refuses to follow one so far ahead).
+            with contextlib.suppress(LocalProtocolError, RecordError):
                 self.records.publish_peer(now)
 
     def _gossip_event(self, gossip: GossipEvent, now: float) -> None:

@@ -7,8 +7,9 @@ are good, kept in one place so the DHT core stays ignorant of the format:
 
 * `validate_value`: a value that begins like a p2pblog record (a 64-byte
   signature, then a 6-element msgpack array of version 1) must *be* a valid
-  one: signed by its signer, unexpired, and filed under its own key
-  (`identity.records`).  Anything else is an opaque value, accepted as the
+  one: signed by its signer, unexpired, filed under its own key
+  (`identity.records`), and with a seq at most `MAX_SEQ_AHEAD_MS` ahead of
+  our clock (seqs are the signer's clock in milliseconds).  Anything else is an opaque value, accepted as the
   ``kademlia`` package would, so real ``kademlia`` peers can use our nodes.
 * `select_value`: among values for one key, valid records beat opaque values
   and the highest ``seq`` wins; opaque values keep ``kademlia``'s
@@ -53,12 +54,26 @@ def _looks_like_record(value: Value) -> bool:
     return isinstance(value, bytes) and len(value) > 66 and value[64] == 0x96 and value[65] == 0x01
 
 
+#: How far ahead of the receiver's clock (ms) a record's seq may be.  Signers set seq to
+#: their clock in milliseconds; a seq far beyond any clock (2**63 - 1, signed by whoever
+#: holds a key, a thief included) would win "highest seq" for ever.  A day, like entries.
+MAX_SEQ_AHEAD_MS: Final = 86_400_000
+
+
+def _decode_current(value: bytes, key: bytes, now: float) -> Record:
+    record = decode_record(value, now=now, key=key)
+    if record.seq > now * 1000 + MAX_SEQ_AHEAD_MS:
+        raise RecordError("record seq is more than a day ahead of this clock")
+    return record
+
+
 def validate_value(key: bytes, value: Value, now: float) -> bool:
-    """The DHT validator: p2pblog records must verify; other values as ``kademlia`` allows."""
+    """The DHT validator: p2pblog records must verify (and not be signed ahead of any
+    clock); other values as ``kademlia`` allows."""
     if _looks_like_record(value):
         assert isinstance(value, bytes)
         try:
-            decode_record(value, now=now, key=key)
+            _decode_current(value, key, now)
         except RecordError:
             return False
         return True
@@ -71,7 +86,7 @@ def validate_provider(key: bytes, value: bytes, now: float) -> bytes | None:
     if not _looks_like_record(value):
         return None
     try:
-        record = decode_record(value, now=now, key=key)
+        record = _decode_current(value, key, now)
     except RecordError:
         return None
     return record.signer if record.type in (PROVIDER, NAME, HASHTAG, PAIRING, KEYEVENT) else None

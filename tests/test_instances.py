@@ -19,6 +19,7 @@ import pytest
 
 from dht.events import PutFinished
 from identity import Identity
+from identity.errors import LocalProtocolError
 from identity.records import (
     INSTANCE_BYTES,
     PEER,
@@ -324,3 +325,27 @@ def test_only_a_peer_record_names_an_instance() -> None:
     )
     with pytest.raises(RecordError):
         decode_record(B.sign(content), now=None)
+
+
+def test_a_record_of_our_key_signed_at_the_top_seq_is_not_followed(net: Net) -> None:
+    """Whoever holds our key (a copied home, a thief) signs a peer record at seq 2**63 - 1: the
+    node does not follow it out of the seq range, and keeps publishing its own (review)."""
+    b = net.cores["b"]
+    record = create_record(
+        B,
+        type=PEER,
+        seq=2**63 - 1,
+        expires=int(net.wire.now) + 3600,
+        addrs=addrs("b2"),
+        instance=b"\x07" * INSTANCE_BYTES,
+    )
+    x = net.start("x", 6)
+    with pytest.raises(LocalProtocolError):  # our own DHT store refuses it: signed ahead of any clock
+        x.dht.start_put(peer_key(B.public_key), record.raw, net.wire.now)
+    # Handed to b directly, as a DHT answer could: b does not follow it (it raised before).
+    b.instances.observe(decode_record(record.raw, now=None), b.records.peer_record, net.wire.now)
+    assert b.instances.seq_floor < 2**62
+    b.records.publish_peer(net.wire.now)
+    net.wire.advance(PEER_REPUBLISH)
+    assert b.peer_record is not None and b.peer_record.seq < 2**62
+    assert tcp(net.lookup("d", B.public_key)) == ("10.0.2.2", PORT)
