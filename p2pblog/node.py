@@ -261,7 +261,7 @@ class NodeCore:
         self.dht.providers.group = hashtag_group
         self.hashtags = HashtagAnnouncer(identity, self.store, self.dht, self.queries, now)
         self.tracker = Tracker(
-            identity, self.store, self.dht, self.queries, self.replicator, self.discovery, now
+            identity, self.store, self.dht, self.queries, self.replicator, self.discovery, now, rng=rng
         )
         #: Whether others can dial us (dial-back); client mode when not (`_reachability_changed`).
         self.reachability = Reachability(self.replicator, now, enabled=check_reachability)

@@ -64,12 +64,14 @@ records found, fetches, entries stored and refused, requests served.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from random import Random
 from typing import Final
 
 from dht import DhtCore
@@ -104,6 +106,9 @@ MAX_FETCHES: Final = 16
 #: connection to the author after which a provider of its feed is asked instead.
 FETCH_TIMEOUT: Final = 20.0
 FALLBACK_AFTER: Final = 5.0
+#: Seconds one provider of an author's feed is given before the next is asked (a provider
+#: record may name a dead address, or a peer that never answers).
+PROVIDER_TRY: Final = 4.0
 #: Seconds before an author whose fetch timed out is asked again; authors remembered.
 RETRY_AFTER: Final = 300.0
 MAX_BACKOFFS: Final = 1024
@@ -221,11 +226,15 @@ def rank_authors(
     following: Collection[bytes],
     blocked: Collection[bytes],
     within_hops: Callable[[bytes], bool],
-    limit: int = MAX_AUTHORS_PER_LOOKUP,
+    salt: bytes = b"",
+    limit: int | None = None,
 ) -> list[tuple[int, Record]]:
     """``(rank, record)`` of the authors to fetch from, best first: followed, within follow
-    hops, strangers (then the most recently signed record); never blocked keys or ``own``."""
-    ranked: list[tuple[int, int, bytes, Record]] = []
+    hops, strangers; never blocked keys or ``own``.  Within a rank the order is a hash of
+    ``salt`` (a fresh random value per lookup) and the author: never anything the author
+    chose, such as its record's seq, so a few records signed with huge seqs cannot always
+    come first and crowd the others out."""
+    ranked: list[tuple[int, bytes, Record]] = []
     for record in records:
         author = record.signer
         if author == own or author in blocked:
@@ -236,9 +245,9 @@ def rank_authors(
             rank = WITHIN_HOPS
         else:
             rank = STRANGER
-        ranked.append((rank, -record.seq, author, record))
-    ranked.sort(key=lambda item: item[:3])
-    return [(rank, record) for rank, _, _, record in ranked[:limit]]
+        ranked.append((rank, hashlib.blake2b(salt + author, digest_size=16).digest(), record))
+    ranked.sort(key=lambda item: item[:2])
+    return [(rank, record) for rank, _, record in ranked[:limit]]
 
 
 @dataclass(slots=True)
@@ -250,9 +259,12 @@ class _Fetch:
     deadline: float
     requested: bool = False
     asked: set[int] = field(default_factory=set)
-    #: When to ask a provider of the feed instead of the author; the provider chosen.
+    #: When to ask a provider of the feed instead of the author; the provider asked, until
+    #: when, and the ones left to ask.
     fallback_at: float = float("inf")
     via: bytes | None = None
+    via_until: float = float("inf")
+    providers: list[tuple[bytes, str, int]] = field(default_factory=list)
 
 
 class Tracker:
@@ -267,8 +279,11 @@ class Tracker:
         replicator: Replicator,
         discovery: Discovery,
         now: float,
+        rng: Random | None = None,
     ) -> None:
         self.own = identity.public_key
+        #: Orders authors within a rank and providers (`rank_authors`, `providers_found`).
+        self.rng = rng if rng is not None else Random(0)
         self.store = store
         self.dht = dht
         self.queries = queries
@@ -332,6 +347,9 @@ class Tracker:
             elif not fetch.requested:
                 if now >= fetch.fallback_at:
                     self._find_providers(author, fetch, now)
+                elif fetch.via is not None and now >= fetch.via_until:
+                    self.stats["fetch.provider_skipped"] += 1
+                    self._next_provider(author, fetch, now)
                 self._request(author, fetch, now)
         if now < self._lookup_wait:
             return
@@ -365,8 +383,12 @@ class Tracker:
             following=self.replicator.wanted,
             blocked=self.replicator.blocked,
             within_hops=lambda key: self.store.within_follow_hops(self.own, key),
+            salt=self.rng.randbytes(16),
         )
+        chosen = 0
         for rank, record in ranked:
+            if chosen >= MAX_AUTHORS_PER_LOOKUP:
+                break  # the cut comes after the filters: authors with nothing to fetch take no slot
             author = record.signer
             if self._retry_at.get(author, 0.0) > now:
                 self.stats["fetch.backoff"] += 1
@@ -393,6 +415,7 @@ class Tracker:
                 self.replicator.want_connection(author, now)
                 if not self.replicator.is_connected(author) and self.replicator.known_address(author) is None:
                     self.discovery.resolve(author, now, consume=True)
+            chosen += 1
             fetch.seqs |= seqs
             fetch.tags.add(result.tag)
             if not fetch.requested:
@@ -422,22 +445,33 @@ class Tracker:
             self.stats["fetch.provider_search"] += 1
 
     def providers_found(self, result: ProvidersResolved, now: float) -> None:
-        """A provider search of ours ended: ask one provider of the feed (a connected one first)."""
+        """A provider search of ours ended: ask the providers of the feed in turn (connected
+        ones first, the rest in a random order), each for `PROVIDER_TRY` seconds."""
         author = self._provider_queries.pop(result.query_id, None)
         fetch = self._fetches.get(author) if author is not None else None
         if author is None or fetch is None or fetch.requested:
             return
         refused = self.replicator.blocked
         candidates = [
-            (not self.replicator.is_connected(r.signer), r.signer, addr)
+            (not self.replicator.is_connected(r.signer), self.rng.random(), r.signer, addr)
             for r in result.records
             if r.signer not in (self.own, author) and r.signer not in refused and (addr := r.addr("tcp"))
         ]
         if not candidates:
             self.stats["fetch.no_provider"] += 1
             return
-        _, provider, (host, port) = min(candidates)
-        fetch.via = provider
+        fetch.providers = [(signer, host, port) for _, _, signer, (host, port) in sorted(candidates)]
+        self._next_provider(author, fetch, now)
+
+    def _next_provider(self, author: bytes, fetch: _Fetch, now: float) -> None:
+        """Ask the next provider of the list (one that never answers is left behind)."""
+        if fetch.via is not None:
+            self.replicator.release_connection(fetch.via)
+        if not fetch.providers:
+            fetch.via = None
+            return
+        provider, host, port = fetch.providers.pop(0)
+        fetch.via, fetch.via_until = provider, now + PROVIDER_TRY
         self.replicator.learn_address(provider, host, port, now)
         self.replicator.want_connection(provider, now)
         self._request(author, fetch, now)

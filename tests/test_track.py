@@ -22,6 +22,8 @@ from identity import Identity
 from identity.errors import LocalProtocolError
 from identity.records import (
     HASHTAG,
+    PROVIDER,
+    Record,
     RecordError,
     create_hashtag_record,
     create_record,
@@ -248,11 +250,28 @@ def test_ranking_puts_followed_first_then_follow_hops_then_strangers() -> None:
         create_hashtag_record(Identity(bytes([i]) * 32), tag="p2p", seqs=[1], seq=i, expires=2**40)
         for i in range(1, 20)
     ]
-    capped = rank_authors(
-        strangers, own=S.public_key, following=set(), blocked=set(), within_hops=lambda k: False
-    )
-    assert len(capped) == track.MAX_AUTHORS_PER_LOOKUP and all(rank == STRANGER for rank, _ in capped)
-    assert [r.seq for _, r in capped] == sorted((r.seq for r in strangers), reverse=True)[:8]
+
+    def capped(salt: bytes, records: list[Record]) -> list[bytes]:
+        ranked = rank_authors(
+            records,
+            own=S.public_key,
+            following=set(),
+            blocked=set(),
+            within_hops=lambda k: False,
+            salt=salt,
+            limit=track.MAX_AUTHORS_PER_LOOKUP,
+        )
+        assert len(ranked) == track.MAX_AUTHORS_PER_LOOKUP and all(rank == STRANGER for rank, _ in ranked)
+        return [r.signer for _, r in ranked]
+
+    # The order among strangers ignores what they chose (their records' seqs: a review found
+    # that eight records with huge seqs took every slot), and a new salt gives others a turn.
+    boosted = [
+        create_hashtag_record(Identity(bytes([i]) * 32), tag="p2p", seqs=[1], seq=2**40 + i, expires=2**41)
+        for i in range(1, 20)
+    ]
+    assert capped(b"one", strangers) == capped(b"one", boosted)
+    assert capped(b"one", strangers) != capped(b"two", strangers)
 
 
 def test_a_forged_or_modified_entry_in_a_slice_is_refused(net: Net) -> None:
@@ -446,3 +465,46 @@ def test_lookups_are_bounded_per_second_however_many_tags_are_tracked(net: Net) 
     before = c.tracker.stats["lookup.started"]
     wire.advance(40)
     assert c.tracker.stats["lookup.started"] - before in (9, 10, 11)
+
+
+# --- regressions (review) -----------------------------------------------------------------------
+
+
+def test_eight_records_with_huge_seqs_do_not_hide_an_honest_stranger(net: Net) -> None:
+    wire, cores = net("acs")
+    a, c = cores["a"], cores["c"]
+    track_term(c, "#p2p", wire.now)
+    for i in range(12):  # more than MAX_AUTHORS_PER_LOOKUP, all with a self-chosen huge seq
+        sybil = Identity(bytes([200 + i]) * 32)
+        record = create_hashtag_record(sybil, tag="p2p", seqs=[1], seq=2**62, expires=2**40)
+        for core in cores.values():
+            core.dht.providers.add(tag_key("p2p"), record.raw, wire.now, source="10.9.9.9")
+    post = a.post("hello #p2p world", wire.now)
+    wire.advance(600)
+    assert (A.public_key, post.seq) in [(e.author, e.seq) for e in fetched(wire, "c")]
+
+
+def test_a_dead_provider_does_not_block_fetching_from_the_others(net: Net) -> None:
+    wire, cores = net("abcs")
+    a, b, c = cores["a"], cores["b"], cores["c"]
+    b.follow(A.public_key, wire.now)
+    b.replicator.add_candidates(A.public_key, [(A.public_key, *wire.addr("a"))], wire.now)
+    post = a.post("while you were away #p2p", wire.now)
+    wire.advance(30)
+    wire.crash("a")
+    # Keys that announce A's feed at a dead address (several: whatever order they are tried in).
+    for i in range(1, 4):
+        liar = Identity(bytes([i]) * 32)
+        record = create_record(
+            liar,
+            type=PROVIDER,
+            seq=1,
+            expires=2**40,
+            addrs=[("tcp", "10.0.9.9", 4000 + i)],
+            feed=A.public_key,
+        )
+        for core in cores.values():
+            core.dht.providers.add(provider_key(A.public_key), record.raw, wire.now, source="10.0.9.9")
+    track_term(c, "#p2p", wire.now)
+    wire.advance(1200)
+    assert post.id in [e.entry_id for e in fetched(wire, "c")]
