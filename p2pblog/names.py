@@ -75,10 +75,17 @@ _RELATION_OF_NAME: Final = {text: relation for relation, text in RELATION_NAMES.
 _UNWITNESSED: Final = 2**63
 
 
+#: Reports of distinct DHT nodes a claim's age needs before it counts at all: the nodes
+#: that hold a claim are the ones that report it, so a squatter who stored its claim on one
+#: node of its own (reporting any time it likes) must not get an age (found by a review).
+MIN_WITNESSES: Final = 3
+
+
 def witnessed_at(reports: Sequence[int], claimed: int) -> int | None:
-    """The claim's age as witnessed by the network (Unix seconds), or None without reports:
-    the upper median of the DHT nodes' first-seen ``reports``, never before ``claimed``."""
-    if not reports:
+    """The claim's age as witnessed by the network (Unix seconds), or None with fewer than
+    `MIN_WITNESSES` reports: the upper median of the DHT nodes' first-seen ``reports``
+    (so backdating it takes half of them), never before ``claimed``."""
+    if len(reports) < MIN_WITNESSES:
         return None
     times = sorted(reports)
     return max(times[len(times) // 2], claimed)
