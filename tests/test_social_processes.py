@@ -108,7 +108,7 @@ def test_a_squatter_with_more_work_is_never_the_suggestion(tmp_path: Path, nodes
     run(e.home, "name", "claim", "alice", "--work", "23")
     run(b.home, "follow", a.handle)
     run(d.home, "follow", b.handle)
-    assert wait_for(lambda: claimants(c, "alice") == [a.handle, e.handle], timeout=10)
+    assert wait_for(lambda: claimants(c, "alice") == [a.handle, e.handle], timeout=30)
 
     doc = cli_json(c.home, "resolve", "alice")
     assert isinstance(doc, dict)
