@@ -170,8 +170,16 @@ class InstanceWatch:
         return True
 
     def running_elsewhere(self, now: float) -> Duplicate | None:
-        """Another node with our key seen lately (within `FORGET_AFTER`), the latest seen."""
-        recent = [d for d in self.duplicates.values() if d.seen + FORGET_AFTER > now]
+        """Another node with our key that is running: seen lately (within `FORGET_AFTER`), and
+        its record signed within two republication periods (a running node re-signs every
+        period; the record of a node that stopped, an old home restored elsewhere, lingers up
+        to its expiry and must not keep this one from posting).  The latest seen, or None."""
+        republish = 3 * self.check_every
+        recent = [
+            d
+            for d in self.duplicates.values()
+            if d.seen + FORGET_AFTER > now and d.seq / 1000 + 2 * republish > now
+        ]
         return max(recent, key=lambda d: d.seen) if recent else None
 
     def doc(self) -> list[dict[str, object]]:

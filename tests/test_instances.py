@@ -349,3 +349,20 @@ def test_a_record_of_our_key_signed_at_the_top_seq_is_not_followed(net: Net) -> 
     net.wire.advance(PEER_REPUBLISH)
     assert b.peer_record is not None and b.peer_record.seq < 2**62
     assert tcp(net.lookup("d", B.public_key)) == ("10.0.2.2", PORT)
+
+
+def test_the_lingering_record_of_a_stopped_home_does_not_stop_posting(net: Net) -> None:
+    """A home restored elsewhere sees the old home's peer record until it expires (two
+    hours): it is warned of it, but the record is not re-signed, so posting goes on (review)."""
+    b = net.cores["b"]
+    old = create_record(
+        B,
+        type=PEER,
+        seq=int((net.wire.now - 3 * PEER_REPUBLISH) * 1000),  # last re-signed 1.5 hours ago
+        expires=int(net.wire.now) + 1800,
+        addrs=addrs("b2"),
+        instance=b"\x09" * INSTANCE_BYTES,
+    )
+    b.instances.observe(decode_record(old.raw, now=None), b.records.peer_record, net.wire.now)
+    assert [d["instance"] for d in b.instances.doc()] == [(b"\x09" * INSTANCE_BYTES).hex()]  # warned
+    assert b.post("still posting", net.wire.now).seq >= 1
