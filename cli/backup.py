@@ -96,9 +96,10 @@ def shown_unasked(identity: Identity, confirm: bool | None) -> None:
         click.echo("stdin is not a terminal: not asking to confirm it; write the phrase down.", err=True)
 
 
-def _read_phrase() -> str:
+def read_phrase(prompt: str = "Backup phrase") -> str:
+    """A phrase typed at a hidden prompt, or read from stdin when it is not a terminal."""
     if _interactive():
-        return str(click.prompt("Backup phrase (24 words; input hidden)", hide_input=True, err=True))
+        return str(click.prompt(f"{prompt} (24 words; input hidden)", hide_input=True, err=True))
     return sys.stdin.read(MAX_PHRASE_CHARS + 1)
 
 
@@ -117,7 +118,7 @@ def restored_identity(home: Home, key_file: Path | None, encrypt: bool) -> tuple
         secret = old
     else:
         try:
-            identity = Identity(phrase_to_seed(_read_phrase()))
+            identity = Identity(phrase_to_seed(read_phrase()))
         except PhraseError as exc:
             raise click.ClickException(f"not restored: {exc}") from None
     if encrypt:

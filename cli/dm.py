@@ -114,10 +114,10 @@ def dm_list(as_json: bool) -> None:
         petnames = _petnames(store)
         conversations = store.dm_conversations()
         docs = []
-        for row, unread in conversations:
+        for row, unread, folder in conversations:
             doc = _row_json(row, store, petnames)
             doc["unread_count"] = unread
-            doc["folder"] = _conversation_folder(store, row.peer)
+            doc["folder"] = folder
             docs.append(doc)
     if as_json:
         click.echo(json.dumps(docs, indent=2))
@@ -139,12 +139,6 @@ def dm_list(as_json: bool) -> None:
             click.echo(f"  {shown_line(doc['peer_label'])}{count}  {when(doc['timestamp'])}")
             click.echo(f"    {prefix}{shown_line(doc['text'][:120])}{state}")
             click.echo(f"    {doc['peer']}")
-
-
-def _conversation_folder(store: Store, peer: bytes) -> str:
-    """A conversation is in requests while every message in it came from a stranger."""
-    rows = store.dm_thread(peer, READ_LIMIT)
-    return "requests" if rows and all(r.folder == "requests" for r in rows) else "inbox"
 
 
 @dm.command("read")

@@ -7,43 +7,32 @@ keep offline: a thief of this home does not have it.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from cli.common import current_home, load_identity, now_ms
 from identity import Identity, decode_handle, encode_handle
 from identity.handle import HandleError, fingerprint
 from identity.keyfile import key_file_is_encrypted, write_key_file
-from identity.phrase import MAX_PHRASE_CHARS, PhraseError, phrase_to_seed, seed_to_phrase
+from identity.phrase import PhraseError, phrase_to_seed, seed_to_phrase
 from p2pblog import control
 from p2pblog.devices import key_digest
 from p2pblog.home import Home
 
 
-def _phrase(identity: Identity) -> str:
-    return seed_to_phrase(identity.seed)
+def _read_phrase(prompt: str) -> Identity:
+    from cli.backup import read_phrase  # (cli.backup imports this module)
 
-
-def _from_phrase(text: str) -> Identity:
     try:
-        return Identity(phrase_to_seed(text))
+        return Identity(phrase_to_seed(read_phrase(prompt)))
     except PhraseError as exc:
         raise click.ClickException(f"that is not a valid recovery phrase: {exc}") from None
-
-
-def _read_phrase(prompt: str) -> Identity:
-    text = (
-        click.prompt(prompt, hide_input=True) if sys.stdin.isatty() else sys.stdin.read(MAX_PHRASE_CHARS + 1)
-    )
-    return _from_phrase(text)
 
 
 def _show_recovery(key: Identity) -> None:
     click.echo(
         "\nYour new RECOVERY PHRASE (the identity's next root key). Write it down and keep it "
         "offline, away from this machine:\n\n"
-        f"    {_phrase(key)}\n\n"
+        f"    {seed_to_phrase(key.seed)}\n\n"
         "`p2pblog identity rotate` needs it to rotate the root key, and `p2pblog identity "
         "recover` takes the identity back with it if this machine's key is stolen. It is shown "
         "only now.",
@@ -86,13 +75,14 @@ def identity_rotate() -> None:
     themselves), and shows a new recovery phrase for the key after it.  Stop
     the node first.
     """
-    from p2pblog.rotation import RotationError, commit, identity_of, rotate  # (loads the node's parts)
+    from p2pblog.pairing import identity_of_home  # (these load the node's parts)
+    from p2pblog.rotation import RotationError, commit, rotate
 
     home = current_home()
     _node_stopped(home)
     root = load_identity(home)
     with home.open_store() as store:
-        identity = identity_of(store, root)
+        identity = identity_of_home(store, root.public_key)
         try:
             if store.current_commitment(identity) is None:
                 next_key = Identity.generate()
@@ -130,7 +120,8 @@ def identity_recover(handle: str | None, cut: int | None) -> None:
     which learns of the recovery through the DHT within five minutes of the
     node running.  Works in this home (stop the node first) or a new one.
     """
-    from p2pblog.rotation import RotationError, identity_of, recover  # (loads the node's parts)
+    from p2pblog.pairing import identity_of_home  # (these load the node's parts)
+    from p2pblog.rotation import RotationError, recover
 
     home = current_home()
     _node_stopped(home)
@@ -147,7 +138,7 @@ def identity_recover(handle: str | None, cut: int | None) -> None:
     after = Identity.generate()
     with home.open_store() as store:
         if identity is None:
-            identity = identity_of(store, load_identity(home))
+            identity = identity_of_home(store, load_identity(home).public_key)
         held = store.latest_seq(store.root_chain(identity)[-1][0])  # the current (stolen) root's feed
         if cut is None and not held:
             raise click.BadParameter(

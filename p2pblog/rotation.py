@@ -39,7 +39,7 @@ from identity import Identity
 from identity.records import Record, create_keyevent_record, keyevent_key
 from p2pblog.devices import key_digest
 from p2pblog.entry import COMMIT, FOLLOW, ROTATE, Entry
-from p2pblog.pairing import IDENTITY_SETTING, KeptRecords
+from p2pblog.pairing import IDENTITY_SETTING, KeptRecords, identity_of_home
 from p2pblog.queries import FindKeyEvent, PendingQueries
 from p2pblog.store import Store
 
@@ -55,7 +55,7 @@ class RotationError(ValueError):
 
 def commit(store: Store, root: Identity, next_key: bytes, now_ms: int) -> Entry:
     """Commit the identity (whose current root is ``root``) to its next root key."""
-    identity = identity_of(store, root)
+    identity = identity_of_home(store, root.public_key)
     if store.current_commitment(identity) is not None:
         raise RotationError("this identity has a committed next key already: `identity rotate` uses it")
     if identity != root.public_key:
@@ -66,7 +66,7 @@ def commit(store: Store, root: Identity, next_key: bytes, now_ms: int) -> Entry:
 def rotate(store: Store, root: Identity, new: Identity, after_next: bytes, now_ms: int) -> Entry:
     """A planned rotation from ``root`` to the committed ``new``; returns the rotate entry.
     The caller makes ``new`` the home's key."""
-    identity = identity_of(store, root)
+    identity = identity_of_home(store, root.public_key)
     chain = store.root_chain(identity)
     if chain[-1][0] != root.public_key:
         raise RotationError("this node's key is not the identity's current root")
@@ -112,11 +112,6 @@ def start_feed(
         if feed not in store.following(new.public_key):
             store.append(new, FOLLOW, {"feed": feed}, now_ms)
     store.set_setting(IDENTITY_SETTING, identity.hex() if identity != new.public_key else "")
-
-
-def identity_of(store: Store, key: Identity) -> bytes:
-    value = store.setting(IDENTITY_SETTING) or ""
-    return bytes.fromhex(value) if value else key.public_key
 
 
 class KeyEvents:

@@ -1946,15 +1946,18 @@ class Store:
         (total,) = self._db.execute("SELECT count(*) FROM dms WHERE folder != 'sent'").fetchone()
         return int(mine), int(total)
 
-    def dm_conversations(self) -> list[tuple[DmRow, int]]:
-        """Each correspondent's latest message, newest first, with its unread count."""
+    def dm_conversations(self) -> list[tuple[DmRow, int, str]]:
+        """Each correspondent's latest message, newest first, with its unread count and the
+        conversation's folder: ``requests`` while every message in it came from a stranger,
+        else ``inbox``."""
         rows = self._db.execute(
             "SELECT d.id, d.peer, d.folder, d.timestamp, d.received, d.text, d.unread, d.state, "
-            "(SELECT count(*) FROM dms u WHERE u.peer = d.peer AND u.unread) "
+            "(SELECT count(*) FROM dms u WHERE u.peer = d.peer AND u.unread), "
+            "EXISTS (SELECT 1 FROM dms o WHERE o.peer = d.peer AND o.folder != 'requests') "
             "FROM dms d WHERE d.id = (SELECT id FROM dms x WHERE x.peer = d.peer "
             "ORDER BY x.timestamp DESC, x.id DESC LIMIT 1) ORDER BY d.timestamp DESC"
         )
-        return [(_dm_row(row[:8]), int(row[8])) for row in rows]
+        return [(_dm_row(row[:8]), int(row[8]), "inbox" if row[9] else "requests") for row in rows]
 
     def dm_thread(self, peer: bytes, limit: int = 500) -> list[DmRow]:
         """The latest ``limit`` messages exchanged with ``peer``, oldest first."""

@@ -201,7 +201,7 @@ class DmTraffic:
                 if info is None or info.recipient == me or info.text.encode() in sealed:
                     sim._violate("dm privacy", f"node {me} holds a message it should not, or its text")
                     return
-            for row, _ in store.dm_conversations():
+            for row, _, _ in store.dm_conversations():
                 for dm in store.dm_thread(row.peer):
                     info = self.sent.get(dm.id)
                     owner = None if info is None else (info.sender if dm.folder == "sent" else info.recipient)

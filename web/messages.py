@@ -75,12 +75,11 @@ class Messages:
         store = self.app.store
         inbox: list[dict[str, Any]] = []
         requests: list[dict[str, Any]] = []
-        for row, unread in store.dm_conversations():
+        for row, unread, folder in store.dm_conversations():
             doc = self._row(row, people)
             doc["unread_count"] = unread
             doc["path"] = messages_path(row.peer)
-            thread = store.dm_thread(row.peer, THREAD_LIMIT)
-            (requests if all(r.folder == "requests" for r in thread) else inbox).append(doc)
+            (requests if folder == "requests" else inbox).append(doc)
         to = request.query_params.get("to", "").strip()[:200]
         return "messages.html", {"inbox": inbox, "requests": requests, "to": to}
 
