@@ -116,8 +116,18 @@ def roots(
 ) -> list[tuple[bytes, int | None]]:
     """The identity's root keys, oldest first, each with the last seq of its feed that
     counts (None for the current root)."""
+    return root_state(identity, first_commit, rotations)[0]
+
+
+def root_state(
+    identity: bytes, first_commit: bytes | None, rotations: Iterable[Rotation]
+) -> tuple[list[tuple[bytes, int | None]], bytes | None, list[Rotation]]:
+    """`roots`, the commitment in force (the digest the next root key must have), and the
+    rotations that made the chain, oldest first: only these, never a rotation some other
+    feed filed, decide the commitment."""
     rotations = [r for r in rotations if r.identity == identity]
     chain: list[tuple[bytes, int | None]] = [(identity, None)]
+    picks: list[Rotation] = []
     current, commitment = identity, first_commit
     used = {identity}
     while commitment is not None and len(chain) <= MAX_ROTATIONS:
@@ -133,9 +143,10 @@ def roots(
         cut = pick.cut if pick.author == pick.new else pick.seq
         chain[-1] = (current, cut)
         chain.append((pick.new, None))
+        picks.append(pick)
         used.add(pick.new)
         current, commitment = pick.new, pick.next
-    return chain
+    return chain, commitment, picks
 
 
 def resolve(

@@ -109,7 +109,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from identity import Identity, encode_handle, limits
+from p2pblog.device_store import DeviceTables
 from p2pblog.devices import Device
+from p2pblog.dm_store import DmRow as DmRow  # re-exported: the rows of `Store.dm_*`
+from p2pblog.dm_store import DmTables, text_of
 from p2pblog.entry import (
     COMMIT,
     DELETE,
@@ -218,37 +221,6 @@ def recorded_damage(path: Path | str) -> str | None:
 DeviceRow = Device
 
 DEVICE_KINDS: Final = frozenset({DEVICE, DEVICE_OF, REVOKE, COMMIT, ROTATE})
-#: Certificate and revocation rows kept per author (`p2pblog.devices.MAX_DEVICES` count).
-MAX_DEVICE_ROWS: Final = 64
-
-
-@dataclass(frozen=True, slots=True)
-class DmRow:
-    """A direct message as stored: ``peer`` is the other party; ``folder`` inbox,
-    requests (a stranger's) or sent; ``state`` an outgoing message's delivery."""
-
-    id: bytes
-    peer: bytes
-    folder: str
-    timestamp: int
-    received: int
-    text: str
-    unread: bool
-    state: str
-
-
-def _dm_row(row: Sequence[Any]) -> DmRow:
-    i, peer, folder, timestamp, received, text, unread, state = row
-    return DmRow(
-        bytes(i),
-        bytes(peer),
-        _text(folder),
-        int(timestamp),
-        int(received),
-        _text(text),
-        bool(unread),
-        _text(state),
-    )
 
 
 def damaged_error(path: Path, reason: str) -> StoreDamaged:
@@ -606,7 +578,7 @@ _MENTIONS_OF: Final = (
 )
 
 
-class Store:
+class Store(DeviceTables, DmTables):
     """A node's SQLite store.  Not thread-safe; one per process and home."""
 
     def __init__(self, path: Path | str, *, verify_pool: VerifyPool | VerifyProcesses | None = None) -> None:
@@ -1220,226 +1192,6 @@ class Store:
                 (entry.id, entry.target, entry.author, entry.seq),
             )
 
-    # -- devices (`p2pblog.devices`) ----------------------------------------------------
-
-    def _derive_device(self, entry: Entry) -> None:
-        body, author, db = entry.body, entry.author, self._db
-        if entry.kind == ROTATE:
-            (rows,) = db.execute("SELECT count(*) FROM rotations WHERE author = ?", (author,)).fetchone()
-            if rows < MAX_DEVICE_ROWS:
-                db.execute(
-                    "INSERT OR IGNORE INTO rotations (author, seq, identity, new, next, cut) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (author, entry.seq, body["identity"], body["new"], body["next"], body["cut"]),
-                )
-                self._resolve_identity(bytes(body["identity"]))
-            return
-        if entry.kind == COMMIT:
-            db.execute(
-                "INSERT OR IGNORE INTO root_commits (author, seq, next) VALUES (?, ?, ?)",
-                (author, entry.seq, body["next"]),
-            )
-            self._resolve_identity(self.identity_of(author))
-            return
-        if entry.kind == DEVICE_OF:
-            db.execute(
-                "INSERT OR IGNORE INTO device_consents (device, identity) VALUES (?, ?)",
-                (author, body["identity"]),
-            )
-            self._resolve_identity(bytes(body["identity"]))
-            return
-        if entry.kind == DEVICE:
-            (rows,) = db.execute(
-                "SELECT count(*) FROM device_certs WHERE certifier = ?", (author,)
-            ).fetchone()
-            if rows >= MAX_DEVICE_ROWS:
-                return  # a feed that certifies without end: the first certificates are what count
-            db.execute(
-                "INSERT OR IGNORE INTO device_certs (certifier, seq, device, name, admin) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (author, entry.seq, body["device"], body["name"], body["admin"]),
-            )
-        else:
-            # One row per (revoker, device): the earliest cut-off (and the earliest revoking
-            # entry) wins.  Rows for certified devices are bounded by the certificates; a
-            # revocation may also come before the certificate it ends (from another feed), so
-            # MAX_DEVICE_ROWS more per revoker are kept for devices not certified (yet).
-            device = body["device"]
-            if db.execute("SELECT 1 FROM device_certs WHERE device = ?", (device,)).fetchone() is None:
-                (rows,) = db.execute(
-                    "SELECT count(*) FROM device_revocations WHERE revoker = ?", (author,)
-                ).fetchone()
-                if rows >= MAX_DEVICE_ROWS:
-                    return
-            db.execute(
-                "INSERT INTO device_revocations (revoker, device, seq, after) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (revoker, device) DO UPDATE SET after = min(after, excluded.after), "
-                "seq = min(seq, excluded.seq)",
-                (author, body["device"], entry.seq, body["after"]),
-            )
-        self._resolve_identity(self.identity_of(author))
-
-    def _resolve_identity(self, identity: bytes) -> None:
-        """Recompute the identity's devices; drop what revoked devices wrote after their cut-off."""
-        from p2pblog.devices import resolve
-
-        db = self._db
-        old = {
-            bytes(d): a
-            for d, a in db.execute("SELECT device, after FROM devices WHERE identity = ?", (identity,))
-        }
-        chain = self.root_chain(identity)
-        authors = list(dict.fromkeys([*(k for k, _ in chain), *old]))
-        certs = self._certs_by(authors)
-        # An admin device's certificates may name devices not yet counted: resolve again with them.
-        while True:
-            revocations = self._revocations(authors, certs)
-            devices = resolve(identity, certs, self._consents(certs), revocations, chain)
-            extra = [k for k in devices if k not in authors and devices[k].admin]
-            if not extra:
-                break
-            authors += extra
-            certs += self._certs_by(extra)
-        db.execute("DELETE FROM devices WHERE identity = ?", (identity,))
-        db.executemany(
-            "INSERT OR REPLACE INTO devices (device, identity, name, admin, consented, after, certifier) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(d.key, identity, d.name, d.admin, d.consented, d.after, d.certifier) for d in devices.values()],
-        )
-        for key in old:
-            self._caps.pop(key, None)
-        for d in devices.values():
-            if d.after is not None and d.consented:
-                self._caps[d.key] = d.after
-                self._truncate(d.key, d.after)
-        self.devices_version += 1
-
-    def root_chain(self, identity: bytes) -> list[tuple[bytes, int | None]]:
-        """The identity's root keys, oldest first, with their cut-offs (`p2pblog.devices.roots`)."""
-        from p2pblog.devices import Rotation, roots
-
-        db = self._db
-        row = db.execute(
-            "SELECT next FROM root_commits WHERE author = ? ORDER BY seq LIMIT 1", (identity,)
-        ).fetchone()
-        rotations = [
-            Rotation(bytes(a), int(q), bytes(i), bytes(n), bytes(x), int(c))
-            for a, q, i, n, x, c in db.execute(
-                "SELECT author, seq, identity, new, next, cut FROM rotations WHERE identity = ?", (identity,)
-            )
-        ]
-        return roots(identity, bytes(row[0]) if row else None, rotations)
-
-    def current_commitment(self, identity: bytes) -> bytes | None:
-        """The digest the identity's next root key must have (None: no commitment)."""
-        chain = self.root_chain(identity)
-        if len(chain) == 1:
-            row = self._db.execute(
-                "SELECT next FROM root_commits WHERE author = ? ORDER BY seq LIMIT 1", (identity,)
-            ).fetchone()
-            return bytes(row[0]) if row else None
-        current = chain[-1][0]
-        row = self._db.execute(
-            "SELECT next FROM rotations WHERE identity = ? AND new = ? ORDER BY author != new, seq LIMIT 1",
-            (identity, current),
-        ).fetchone()
-        return bytes(row[0]) if row else None
-
-    def rotation_entries(self, identity: bytes) -> list[bytes]:
-        """The signed ``rotate`` entries of the identity's current chain, oldest first."""
-        from p2pblog.entry import ROTATE as _ROTATE
-
-        chain = [k for k, _ in self.root_chain(identity)][1:]
-        out = []
-        for new in chain:
-            row = self._db.execute(
-                "SELECT e.raw FROM rotations r JOIN entries e ON e.author = r.author AND e.seq = r.seq "
-                "WHERE r.identity = ? AND r.new = ? AND e.kind = ? ORDER BY r.author != r.new, r.seq LIMIT 1",
-                (identity, new, _ROTATE),
-            ).fetchone()
-            if row:
-                out.append(bytes(row[0]))
-        return out
-
-    def _certs_by(self, certifiers: list[bytes]) -> list[Any]:
-        from p2pblog.devices import Cert
-
-        marks = ",".join("?" * len(certifiers))
-        rows = self._db.execute(
-            f"SELECT certifier, seq, device, name, admin FROM device_certs WHERE certifier IN ({marks})",
-            certifiers,
-        )
-        return [Cert(bytes(d), bytes(c), int(q), _text(n), bool(a)) for c, q, d, n, a in rows]
-
-    def _consents(self, certs: list[Any]) -> dict[bytes, bytes]:
-        keys = sorted({c.device for c in certs})
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        rows = self._db.execute(
-            f"SELECT device, identity FROM device_consents WHERE device IN ({marks})", keys
-        )
-        return {bytes(d): bytes(i) for d, i in rows}
-
-    def _revocations(self, authorities: list[bytes], certs: list[Any]) -> list[Any]:
-        from p2pblog.devices import Revocation
-
-        keys = sorted({*authorities, *(c.certifier for c in certs)})
-        marks = ",".join("?" * len(keys))
-        rows = self._db.execute(
-            f"SELECT revoker, seq, device, after FROM device_revocations WHERE revoker IN ({marks})", keys
-        )
-        return [Revocation(bytes(d), bytes(r), int(q), int(a)) for r, q, d, a in rows]
-
-    def _truncate(self, device: bytes, after: int) -> None:
-        """Drop a revoked device's entries after ``after`` (they are not its identity's)."""
-        state = self.feed_state(device)
-        if state.latest_seq <= after:
-            return
-        db = self._db
-        ids = [
-            bytes(i)
-            for (i,) in db.execute("SELECT id FROM entries WHERE author = ? AND seq > ?", (device, after))
-        ]
-        db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
-        db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
-        row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
-        if row is None:  # nothing of the feed counts (after 0): no head at all
-            self._heads.pop(device, None)
-            self._dirty.discard(device)
-            db.execute("DELETE FROM feeds WHERE author = ?", (device,))
-            return
-        self._set_head(FeedState(device, after, bytes(row[0]), state.forked_seq))
-
-    def identity_of(self, key: bytes) -> bytes:
-        """The identity a key speaks for: its identity if it is a consented device, else itself."""
-        row = self._db.execute(
-            "SELECT identity FROM devices WHERE device = ? AND consented", (key,)
-        ).fetchone()
-        return bytes(row[0]) if row else key
-
-    def devices_of(self, identity: bytes) -> list[DeviceRow]:
-        """The identity's devices (certified; ``consented`` once the device said so), by name."""
-        rows = self._db.execute(
-            "SELECT device, name, admin, consented, after, certifier FROM devices WHERE identity = ? "
-            "ORDER BY name, device",
-            (identity,),
-        )
-        return [
-            Device(bytes(d), _text(n), bool(a), bool(c), None if x is None else int(x), bytes(f))
-            for d, n, a, c, x, f in rows
-        ]
-
-    def device_feeds(self, identities: Iterable[bytes]) -> set[bytes]:
-        """Feeds to replicate for these identities' devices: every certified device (its
-        consent is in its feed), except revoked ones held up to their cut-off."""
-        out: set[bytes] = set()
-        for identity in identities:
-            for d in self.devices_of(identity):
-                if d.after is None or self.latest_seq(d.key) < d.after:
-                    out.add(d.key)
-        return out
-
     # -- reading ----------------------------------------------------------------
 
     def _set_head(self, state: FeedState) -> None:
@@ -1904,115 +1656,6 @@ class Store:
         rows = self._db.execute("SELECT entry_id, recipient, stamp, attempts FROM mention_outbox")
         return [(bytes(e), bytes(r), bytes(s), int(a)) for e, r, s, a in rows]
 
-    # -- direct messages (`p2pblog.dms`) -------------------------------------------------
-
-    def dm_add(self, row: DmRow, sealed: tuple[bytes, bytes] | None = None) -> bool:
-        """Store a direct message; with ``sealed`` (recipient, sealed bytes) also queue it
-        for delivery.  False if its id is already stored."""
-        with self.transaction():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO dms (id, peer, folder, timestamp, received, text, unread, state) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.id,
-                    row.peer,
-                    row.folder,
-                    row.timestamp,
-                    row.received,
-                    row.text,
-                    int(row.unread),
-                    row.state,
-                ),
-            )
-            if cur.rowcount and sealed is not None:
-                self._db.execute(
-                    "INSERT INTO dm_outbox (id, recipient, sealed, stamp) VALUES (?, ?, ?, x'')",
-                    (row.id, *sealed),
-                )
-        return bool(cur.rowcount)
-
-    def dm_has(self, dm_id: bytes) -> bool:
-        return self._db.execute("SELECT 1 FROM dms WHERE id = ?", (dm_id,)).fetchone() is not None
-
-    def dm_set_state(self, dm_id: bytes, state: str) -> None:
-        with self.transaction():
-            self._db.execute("UPDATE dms SET state = ? WHERE id = ?", (state, dm_id))
-
-    def dm_counts(self, peer: bytes) -> tuple[int, int]:
-        """Messages received from ``peer``, and received in all (the admission's bounds)."""
-        (mine,) = self._db.execute(
-            "SELECT count(*) FROM dms WHERE peer = ? AND folder != 'sent'", (peer,)
-        ).fetchone()
-        (total,) = self._db.execute("SELECT count(*) FROM dms WHERE folder != 'sent'").fetchone()
-        return int(mine), int(total)
-
-    def dm_conversations(self) -> list[tuple[DmRow, int, str]]:
-        """Each correspondent's latest message, newest first, with its unread count and the
-        conversation's folder: ``requests`` while every message in it came from a stranger,
-        else ``inbox``."""
-        rows = self._db.execute(
-            "SELECT d.id, d.peer, d.folder, d.timestamp, d.received, d.text, d.unread, d.state, "
-            "(SELECT count(*) FROM dms u WHERE u.peer = d.peer AND u.unread), "
-            "EXISTS (SELECT 1 FROM dms o WHERE o.peer = d.peer AND o.folder != 'requests') "
-            "FROM dms d WHERE d.id = (SELECT id FROM dms x WHERE x.peer = d.peer "
-            "ORDER BY x.timestamp DESC, x.id DESC LIMIT 1) ORDER BY d.timestamp DESC"
-        )
-        return [(_dm_row(row[:8]), int(row[8]), "inbox" if row[9] else "requests") for row in rows]
-
-    def dm_thread(self, peer: bytes, limit: int = 500) -> list[DmRow]:
-        """The latest ``limit`` messages exchanged with ``peer``, oldest first."""
-        rows = self._db.execute(
-            "SELECT id, peer, folder, timestamp, received, text, unread, state FROM dms "
-            "WHERE peer = ? ORDER BY timestamp DESC, id DESC LIMIT ?",
-            (peer, limit),
-        ).fetchall()
-        return [_dm_row(row) for row in reversed(rows)]
-
-    def dm_mark_read(self, peer: bytes) -> int:
-        with self.transaction():
-            cur = self._db.execute("UPDATE dms SET unread = 0 WHERE peer = ? AND unread", (peer,))
-        return int(cur.rowcount)
-
-    def dm_unread(self) -> int:
-        (count,) = self._db.execute("SELECT count(*) FROM dms WHERE unread").fetchone()
-        return int(count)
-
-    def dm_outbox(self) -> list[tuple[bytes, bytes, bytes, bytes, int]]:
-        """Sealed messages not yet delivered: ``(id, recipient, sealed, stamp, attempts)``."""
-        rows = self._db.execute("SELECT id, recipient, sealed, stamp, attempts FROM dm_outbox")
-        return [(bytes(i), bytes(r), bytes(s), bytes(t), int(a)) for i, r, s, t, a in rows]
-
-    def dm_outbox_update(self, dm_id: bytes, stamp: bytes, attempts: int) -> None:
-        with self.transaction():
-            self._db.execute(
-                "UPDATE dm_outbox SET stamp = ?, attempts = ? WHERE id = ?", (stamp, attempts, dm_id)
-            )
-
-    def dm_outbox_done(self, dm_id: bytes, state: str) -> None:
-        """A message's delivery ended (delivered, refused, given up): its final state."""
-        with self.transaction():
-            self._db.execute("DELETE FROM dm_outbox WHERE id = ?", (dm_id,))
-            self._db.execute("UPDATE dms SET state = ? WHERE id = ?", (state, dm_id))
-
-    def dm_hold(
-        self, dm_id: bytes, recipient: bytes, depositor: bytes, sealed: bytes, stamp: bytes, expires: int
-    ) -> None:
-        with self.transaction():
-            self._db.execute(
-                "INSERT OR IGNORE INTO dm_held (id, recipient, depositor, sealed, stamp, expires) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (dm_id, recipient, depositor, sealed, stamp, expires),
-            )
-
-    def dm_unhold(self, dm_id: bytes) -> None:
-        with self.transaction():
-            self._db.execute("DELETE FROM dm_held WHERE id = ?", (dm_id,))
-
-    def dm_held(self) -> list[tuple[bytes, bytes, bytes, bytes, bytes, int]]:
-        """Messages held for others: ``(id, recipient, depositor, sealed, stamp, expires)``."""
-        rows = self._db.execute("SELECT id, recipient, depositor, sealed, stamp, expires FROM dm_held")
-        return [(bytes(i), bytes(r), bytes(d), bytes(s), bytes(t), int(e)) for i, r, d, s, t, e in rows]
-
     # -- DHT contacts -------------------------------------------------------------
 
     def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> bool:
@@ -2198,9 +1841,8 @@ def _entry_row(entry: Entry) -> tuple[bytes, int, bytes, int, str, bytes | None,
     return (entry.author, entry.seq, entry.id, entry.timestamp, entry.kind, entry.reply_to, entry.raw)
 
 
-def _text(value: Any) -> str:
-    # The connection reads TEXT as bytes (see Store.__init__).
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+#: The connection reads TEXT as bytes (see Store.__init__).
+_text = text_of
 
 
 def _stored(raw: bytes) -> Entry:

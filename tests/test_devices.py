@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from identity import Identity
 from p2pblog.devices import MAX_DEVICES, Cert, Revocation, Rotation, key_digest, resolve, roots
-from p2pblog.entry import DEVICE, DEVICE_OF, POST, REVOKE, ROTATE
+from p2pblog.entry import DEVICE, DEVICE_OF, POST, REVOKE, ROTATE, decode_entry
 from p2pblog.errors import DeviceRevokedError, EntrySchemaError
 from p2pblog.events import DevicePaired
 from p2pblog.node import NodeCore
@@ -426,5 +426,24 @@ def test_a_revocation_read_before_the_certificate_it_ends_still_counts(tmp_path:
         store.append(phone, DEVICE_OF, {"identity": R}, 5)
         devices = {d.key: d for d in store.devices_of(R)}
         assert devices[phone.public_key].after == 0 and devices[admin.public_key].after is None
+    finally:
+        store.close()
+
+
+def test_after_a_rotation_another_feed_naming_the_new_root_does_not_move_the_commitment(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "s.db")
+    try:
+        commit(store, ROOT, K1.public_key, 1)
+        store.append(ROOT, POST, {"text": "before"}, 2)
+        rotate(store, ROOT, K1, K2.public_key, 3)
+        # A stranger's feed files a rotation naming the new root (at a lower seq than the
+        # owner's), committing to the stranger's own next key: it is not the identity's.
+        body = {"cut": 0, "identity": R, "new": K1.public_key, "next": key_digest(THIEF.public_key)}
+        store.append(THIEF, ROTATE, body, 4)
+        assert store.root_chain(R) == [(R, 3), (K1.public_key, None)]
+        assert store.current_commitment(R) == key_digest(K2.public_key)
+        assert [decode_entry(raw).author for raw in store.rotation_entries(R)] == [R]
     finally:
         store.close()
