@@ -373,9 +373,6 @@ class DirectMessages:
         if peer in self._wanted:
             self.replicator.want_connection(peer, now)
 
-    def has_messages_for(self, peer: bytes) -> bool:
-        return any(o.recipient == peer for o in self._outgoing.values())
-
     # -- admitting and holding ----------------------------------------------------------
 
     def arrived(self, message: DmArrived, now: float) -> tuple[int, int]:

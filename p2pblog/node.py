@@ -995,11 +995,6 @@ class NodeCore:
         self._drain(now)
         return did
 
-    def dms_queued(self, now: float) -> None:
-        """The offline CLI queued messages in the store: deliver them."""
-        self.dms.sync(now)
-        self._drain(now)
-
     def _dm_events(self) -> None:
         self._events.extend(self.dms.events)
         self.dms.events.clear()
