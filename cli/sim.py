@@ -1,10 +1,12 @@
 """``p2pblog sim``: the deterministic network simulator on the command line.
 
 ``sim list`` names the bundled scenarios, ``sim run`` runs one scenario with
-one seed, ``sim sweep`` runs it over many seeds on several processes.  The
-simulator itself lives in `simulations` (docs/simulations.md); this module
-only reads the options, shows progress, writes the reports through
-`simulations.report` and turns the outcome into an exit status.
+one seed, ``sim sweep`` runs it over many seeds on a Dask cluster
+(`simulations.sweep`: the one at ``--cluster``, or a local one of ``--jobs``
+processes).  The simulator itself lives in `simulations`
+(docs/simulations.md); this module only reads the options, shows progress,
+writes the reports through `simulations.report` and turns the outcome into an
+exit status.
 
 `simulations` is imported inside the commands, not at the top: it pulls in
 the whole node core (and the report's plotting), which ``p2pblog --help``
@@ -26,11 +28,8 @@ import os
 import re
 import sys
 import time
-import traceback
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -39,6 +38,7 @@ import click
 if TYPE_CHECKING:
     from simulations.scenario import Scenario
     from simulations.simulation import Result
+    from simulations.sweep import SeedOutcome
 
 #: Where outputs go when --out is not given (relative to the working directory).
 DEFAULT_OUT = Path("sim-out")
@@ -62,6 +62,15 @@ def _scenario_errors() -> Iterator[None]:
         yield
     except ScenarioError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _need_sim_extra(*modules: str) -> None:
+    """One ``Error:`` line naming the extra when the simulator's optional packages are missing."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise click.ClickException(f"p2pblog sim needs {' and '.join(missing)}: pip install 'p2pblog[sim]'")
 
 
 def _load(name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None) -> Scenario:
@@ -225,6 +234,7 @@ def run(scenario: str, seed: int | None, nodes: int | None, duration: float | No
     summary and the seed go to stdout.  Exits 1 if an oracle was violated,
     naming the seed and the first violation.
     """
+    _need_sim_extra("matplotlib")
     loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration)
     from simulations.report import summary, write_run
 
@@ -280,31 +290,6 @@ def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
         ) from exc
 
 
-@dataclass
-class _SeedOutcome:
-    seed: int
-    wall: float
-    result: Result | None
-    #: The formatted traceback when the run crashed (then `result` is None).
-    crash: str | None = None
-
-
-def _run_seed(scenario: Scenario, seed: int, out_dir: Path) -> _SeedOutcome:
-    """One seed of a sweep, in a worker process: run it and write its own reports.
-
-    A crash is returned, not raised, so that one bad seed does not cost the others.
-    """
-    from simulations.report import write_run
-
-    started = time.monotonic()
-    try:
-        result = _simulate(scenario.with_overrides(seed=seed))
-    except SimulationCrashed:
-        return _SeedOutcome(seed, time.monotonic() - started, None, traceback.format_exc())
-    write_run(result, out_dir / f"seed-{seed}")
-    return _SeedOutcome(seed, time.monotonic() - started, result)
-
-
 @sim.command()
 @_scenario_argument
 @click.option(
@@ -322,6 +307,13 @@ def _run_seed(scenario: Scenario, seed: int, out_dir: Path) -> _SeedOutcome:
     default=None,
     help="Worker processes (default: the number of CPUs).",
 )
+@click.option(
+    "--cluster",
+    metavar="ADDRESS",
+    default=None,
+    help="Run the seeds on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:8786); "
+    "default: a local cluster of --jobs worker processes.",
+)
 @_nodes_option
 @_duration_option
 @click.option(
@@ -335,17 +327,22 @@ def sweep(
     scenario: str,
     seeds_spec: str,
     jobs: int | None,
+    cluster: str | None,
     nodes: int | None,
     duration: float | None,
     out: Path | None,
 ) -> None:
     """Run SCENARIO over many seeds in parallel and aggregate the metrics.
 
-    Writes each seed's outputs (as `sim run` does) to DIR/seed-N/, and
-    DIR/sweep.json and DIR/sweep.md with the p50, p99 and worst seed of
-    every metric.  One line per finished seed goes to stderr.  Exits 1 if
-    any seed violated an oracle, listing those seeds.
+    The seeds run on a Dask cluster: the one at --cluster ADDRESS (its
+    workers started with `dask worker ADDRESS` from a checkout of the same
+    version), or a local one of --jobs processes.  The results are the same
+    wherever a seed runs.  Writes each seed's outputs (as `sim run` does) to
+    DIR/seed-N/, and DIR/sweep.json, DIR/sweep.md and the figures of the
+    spread across seeds.  One line per finished seed goes to stderr.  Exits 1
+    if any seed violated an oracle, listing those seeds.
     """
+    _need_sim_extra("matplotlib", "distributed")
     seeds = parse_seeds(seeds_spec)
     loaded = _load(scenario, seed=None, nodes=nodes, duration=duration)
     from simulations.report import write_sweep
@@ -354,9 +351,8 @@ def sweep(
     _writable(out_dir)
     workers = min(jobs or os.cpu_count() or 1, len(seeds))
     _note_unchecked_convergence(loaded)
-    click.echo(f"sweeping {loaded.name} over {len(seeds)} seed(s) with {workers} worker(s)", err=True)
     started = time.monotonic()
-    outcomes = sorted(_sweep_outcomes(loaded, seeds, out_dir, workers), key=lambda o: o.seed)
+    outcomes = sorted(_sweep_outcomes(loaded, seeds, out_dir, workers, cluster), key=lambda o: o.seed)
     wall = time.monotonic() - started
     results = [o.result for o in outcomes if o.result is not None]
     crashed = [o for o in outcomes if o.crash is not None]
@@ -382,10 +378,16 @@ def sweep(
         raise click.ClickException("; ".join(problems))
 
 
-def _sweep_outcomes(scenario: Scenario, seeds: list[int], out_dir: Path, workers: int) -> list[_SeedOutcome]:
-    outcomes: list[_SeedOutcome] = []
+def _sweep_outcomes(
+    scenario: Scenario, seeds: list[int], out_dir: Path, workers: int, cluster: str | None
+) -> list[SeedOutcome]:
+    """Run the seeds (in this process for one job and no cluster, else on a Dask cluster)."""
+    from simulations.sweep import ClusterUnavailable, dask_client, run_seed, run_seeds, worker_count
 
-    def report(outcome: _SeedOutcome) -> None:
+    outcomes: list[SeedOutcome] = []
+
+    def report(outcome: SeedOutcome) -> None:
+        outcome.write(out_dir / f"seed-{outcome.seed}")
         outcomes.append(outcome)
         result = outcome.result
         if result is None:
@@ -400,21 +402,23 @@ def _sweep_outcomes(scenario: Scenario, seeds: list[int], out_dir: Path, workers
             err=True,
         )
 
-    if workers == 1:  # no pool: one process, and Ctrl-C stops at once
+    def announce(count: int, where: str) -> None:
+        click.echo(
+            f"sweeping {scenario.name} over {len(seeds)} seed(s) with {count} worker(s){where}", err=True
+        )
+
+    if workers == 1 and cluster is None:  # no cluster: one process, and Ctrl-C stops at once
+        announce(1, "")
         for seed in seeds:
-            report(_run_seed(scenario, seed, out_dir))
+            report(run_seed(scenario, seed))
         return outcomes
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures: list[Future[_SeedOutcome]] = [
-            pool.submit(_run_seed, scenario, seed, out_dir) for seed in seeds
-        ]
-        try:
-            for future in as_completed(futures):
-                report(future.result())
-        except KeyboardInterrupt:
-            # The workers got the SIGINT too; what is still queued is dropped.
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    try:
+        with dask_client(cluster, workers) as client:
+            announce(worker_count(client), f" on the Dask cluster at {cluster}" if cluster else "")
+            for outcome in run_seeds(client, scenario, seeds):
+                report(outcome)
+    except ClusterUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     return outcomes
 
 

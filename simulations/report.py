@@ -6,14 +6,21 @@
   the metrics, any comparison run and the oracle results, with sorted keys.
   Nothing in it comes from the wall clock, so the same scenario, seed and code
   give a byte-identical file (the simulator's reproducibility contract);
-* ``report.md``: the same numbers for people, with the plots linked;
-* ``latency_cdf.png``, ``delivery_over_time.png`` (fault windows shaded) and
-  ``hops.png``, drawn by `simulations.plot`.
+* ``report.md``: the same numbers for people, with the figures embedded and
+  captioned;
+* ``latencies.csv``: every delivery's latency, one per line (the CDF's data;
+  ``latencies-flood.csv`` for a comparison run), as deterministic as
+  metrics.json;
+* ``delivery_within.png`` (delivery within 30 s / 120 s per bucket of posting
+  time, fault windows shaded), ``latency_cdf.png`` (empirical CDF of every
+  delivery) and ``hops.png``, drawn with matplotlib by `simulations.plot`.
 
 `summary` gives a few lines for the terminal.  `write_sweep` aggregates the
 runs of one scenario over several seeds into ``sweep.json`` and ``sweep.md``:
-the median, the 99th percentile and the worst seed of every numeric metric
-(`WORST_RULE`), and the seeds on which an oracle fired.
+the median, the 99th percentile, the range and, for metrics where one
+direction is better (`better`), the worst seed (`WORST_RULE`); the seeds on
+which an oracle fired; and two figures of the spread across seeds
+(``sweep_spread.png``, ``sweep_within.png``).
 
 The report reads metrics with `_get` (a missing key shows as "n/a") so that
 a metric renamed in `simulations.simulation` degrades one line, not the run.
@@ -29,27 +36,50 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from simulations.plot import bar_plot, line_plot
+from simulations.plot import (
+    hops_plot,
+    latency_cdf_plot,
+    shares_plot,
+    spread_plot,
+)
 from simulations.scenario import UNCHECKED, Fault, Scenario
 from simulations.simulation import Result, percentile
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
+LATENCIES_FILE = "latencies.csv"
 PLOTS = {
-    "latency_cdf.png": "Delivery latency CDF",
-    "delivery_over_time.png": "Delivery ratio over time",
+    "delivery_within.png": "Delivery within the deadline, by time posted",
+    "latency_cdf.png": "Delivery latency CDF (every delivery)",
     "hops.png": "DHT lookup hops",
 }
 SWEEP_JSON = "sweep.json"
 SWEEP_MD = "sweep.md"
+#: The sweep's figures: file -> (title, caption in sweep.md).
+SWEEP_PLOTS = {
+    "sweep_spread.png": (
+        "Spread across seeds",
+        "One panel per metric: each dot is one seed (left to right in seed order), the orange bar "
+        "the median over the seeds.",
+    ),
+    "sweep_within.png": (
+        "Delivery within the deadline across seeds",
+        "Per bucket of posting time, the median over the seeds of the share of (post, honest follower) "
+        "pairs delivered within 30 s and within 120 s (line), and the band from the lowest to the highest "
+        "seed; shaded: fault windows.",
+    ),
+}
 
 WORST_RULE = (
-    "The worst seed is the one with the lowest value for ratios, success rates and counts of what "
-    "arrived (a leaf named *ratio*, *success*, `delivered` or `succeeded`) and the highest value for "
-    "every other metric (latency, bytes, messages, duplicates, hops, refused inputs, convergence "
-    "time, violations). A null value (e.g. `converged_after_s` when the run never converged) counts "
-    "as the worst; a key absent from a run (counters list only what happened) counts as 0. Ties go "
-    "to the lowest seed; when every seed has the same value there is no worst seed."
+    "Higher is better for ratios and shares (a leaf named *ratio*, *success* or `within_*`); lower "
+    "is better for latency, bytes, messages per node, duplicates, mean hops, refused inputs, "
+    "convergence time, time to learn a key event, attacker-grown resources and violations. The "
+    "worst seed is the one at the bad end. Any other metric is a count that describes the workload "
+    "(posts, expected deliveries, lookups, events): larger is neither better nor worse, so it has "
+    "no worst seed, only its range. A null value (e.g. `converged_after_s` when the run never "
+    "converged) counts as the worst; a key absent from a run (counters list only what happened) "
+    "counts as 0. Ties go to the lowest seed; when every seed has the same value there is no worst "
+    "seed (all equal)."
 )
 
 
@@ -96,7 +126,10 @@ def write_run(result: Result, out_dir: Path | str) -> list[Path]:
     metrics_path.write_text(_dumps(metrics_document(result)))
     report_path = out / REPORT_FILE
     report_path.write_text(_report(result))
-    return [metrics_path, report_path, *_plots(result, out)]
+    samples = [_latency_csv(out / LATENCIES_FILE, result.latencies)]
+    for name, latencies in sorted(result.compare_latencies.items()):
+        samples.append(_latency_csv(out / f"latencies-{name}.csv", latencies))
+    return [metrics_path, report_path, *samples, *_plots(result, out)]
 
 
 def summary(result: Result) -> list[str]:
@@ -277,7 +310,7 @@ def _report(result: Result) -> str:
         "## Plots",
         "",
     ]
-    out += [f"![{title}]({name})" for name, title in PLOTS.items()]
+    out += _plot_lines(result)
     return "\n".join(out) + "\n"
 
 
@@ -573,56 +606,80 @@ def _refused_lines(m: dict[str, Any]) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------ plots
+# ------------------------------------------------------------ plots and latency samples
+
+
+def _latency_csv(path: Path, latencies: Sequence[float]) -> Path:
+    """One delivery latency (seconds) per line under a header: the CDF's data, for any tool."""
+    path.write_text("latency_s\n" + "".join(f"{value!r}\n" for value in latencies))
+    return path
+
+
+def _within_series(m: dict[str, Any]) -> list[tuple[str, list[tuple[float, list[float]]]]]:
+    """(label, [(bucket start, share)]) for each deadline, then eventual delivery."""
+
+    def shares(rows: list[list[Any]]) -> list[tuple[float, list[float]]]:
+        return [(float(x), [got / expected]) for x, expected, got in rows if expected]
+
+    series = [(f"within {d} s", shares(m["delivery"]["within"][d]["over_time"])) for d in _deadlines(m)]
+    return [*series, ("by the end of the run", shares(_get(m, "delivery.over_time") or []))]
+
+
+def _deadlines(m: dict[str, Any]) -> list[str]:
+    """The keys of ``delivery.within``, shortest deadline first (JSON sorts "120" before "30")."""
+    return sorted(_get(m, "delivery.within") or {}, key=int)
+
+
+def _windows(m: dict[str, Any]) -> list[tuple[float, float, str]]:
+    return [(float(a), float(b), str(kind)) for a, b, kind in _get(m, "fault_windows") or []]
 
 
 def _plots(result: Result, out: Path) -> list[Path]:
     m, sc = result.metrics, result.scenario
-    runs = [(sc.protocol, m), *sorted(result.compare.items())]
-    cdf = [
-        (name, [(s, q / 100) for q, s in _get(metrics, "delivery.latency_cdf") or []])
-        for name, metrics in runs
+    runs = [(sc.protocol, result.latencies), *sorted(result.compare_latencies.items())]
+    return [
+        shares_plot(
+            out / "delivery_within.png",
+            _within_series(m),
+            windows=_windows(m),
+            duration=sc.duration,
+            bucket=max(1.0, sc.duration / 60),
+            title=PLOTS["delivery_within.png"],
+        ),
+        latency_cdf_plot(out / "latency_cdf.png", runs, title=PLOTS["latency_cdf.png"]),
+        hops_plot(out / "hops.png", _get(m, "dht.hops_histogram") or {}, title=PLOTS["hops.png"]),
     ]
-    paths = [
-        line_plot(
-            out / "latency_cdf.png",
-            cdf,
-            title=PLOTS["latency_cdf.png"],
-            xlabel="latency (s, log scale)",
-            ylabel="fraction of deliveries",
-            ylim=(0.0, 1.0),
-            xlog=True,
-        )
-    ]
-    over_time = [
-        (float(start), delivered / expected)
-        for start, expected, delivered in _get(m, "delivery.over_time") or []
-        if expected
-    ]
-    windows = [(float(a), float(b), str(kind)) for a, b, kind in _get(m, "fault_windows") or []]
-    paths.append(
-        line_plot(
-            out / "delivery_over_time.png",
-            [("delivery ratio", over_time)],
-            title=PLOTS["delivery_over_time.png"],
-            xlabel="time posted (s)",
-            ylabel="delivered / expected",
-            shaded=windows,
-            xlim=(0.0, sc.duration),
-            ylim=(0.0, 1.0),
-        )
+
+
+def _plot_lines(result: Result) -> list[str]:
+    """The figures embedded in report.md, each with a caption that says what it shows."""
+    m, sc = result.metrics, result.scenario
+    bucket = max(1.0, sc.duration / 60)
+    shares = ", ".join(
+        f"{_share(m, f'delivery.within_{d}s', f'delivery.within.{d}.expected')} within {d} s"
+        for d in _deadlines(m)
     )
-    hops = _get(m, "dht.hops_histogram") or {}
-    paths.append(
-        bar_plot(
-            out / "hops.png",
-            [(k, float(hops[k])) for k in sorted(hops, key=int)],
-            title=PLOTS["hops.png"],
-            xlabel="hops (sequential referrals)",
-            ylabel="successful lookups",
-        )
-    )
-    return paths
+    captions = {
+        "delivery_within.png": (
+            f"Share of (post, honest follower) pairs delivered within 30 s and within 120 s of the post, "
+            f"and by the end of the run, by the time the post was made (buckets of {bucket:g} s; posts "
+            f"whose deadline falls after the end are left out). Shaded: fault windows, labelled with "
+            f"their kind; a dotted line is an instant fault (a crash). Over the whole run: {shares or 'n/a'}."
+        ),
+        "latency_cdf.png": (
+            f"Empirical CDF of every delivery's latency ({len(result.latencies):,} deliveries"
+            + "".join(f"; {name}: {len(v):,}" for name, v in sorted(result.compare_latencies.items()))
+            + f"), log time axis. The samples are in `{LATENCIES_FILE}`."
+        ),
+        "hops.png": (
+            f"Sequential referrals (hops) of each successful DHT peer-record lookup "
+            f"({_int(_get(m, 'dht.succeeded'))} lookups)."
+        ),
+    }
+    lines: list[str] = []
+    for name, title in PLOTS.items():
+        lines += [f"![{title}]({name})", "", f"*{captions[name]}*", ""]
+    return lines[:-1]
 
 
 # ============================================================ sweeps
@@ -645,7 +702,7 @@ def write_sweep(results: Sequence[Result], out_dir: Path | str) -> list[Path]:
     json_path, md_path = out / SWEEP_JSON, out / SWEEP_MD
     json_path.write_text(_dumps(doc))
     md_path.write_text(_sweep_markdown(runs[0].scenario, doc))
-    return [json_path, md_path]
+    return [json_path, md_path, *_sweep_plots(runs, doc, out)]
 
 
 def _sweep_document(runs: Sequence[Result]) -> dict[str, Any]:
@@ -693,14 +750,40 @@ def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, float | None]]:
         yield prefix, value
 
 
+#: Leaves and path parts that say which direction of a metric is better (see `WORST_RULE`).
+_HIGHER_BETTER_PARTS = ("ratio", "success")
+_LOWER_BETTER_LEAVES = frozenset(
+    {"duplicates", "duplicates_per_delivery", "hops_mean", "converged_after_s", "violations"}
+)
+_LOWER_BETTER_PARTS = frozenset(
+    {"latency_s", "bytes_total", "bytes_per_node", "messages_per_node", "refused", "held_after_s",
+     "resources_max"}
+)  # fmt: skip
+
+
+def better(path: str) -> str | None:
+    """ "higher" or "lower" when one direction of this metric is better; None for a plain count.
+
+    A count that describes the workload (posts, expected deliveries, lookups, events) is
+    neither better nor worse when it is larger, so it has no worst seed.
+    """
+    parts = path.split(".")
+    leaf = parts[-1]
+    if any(word in leaf for word in _HIGHER_BETTER_PARTS) or leaf.startswith("within_"):
+        return "higher"
+    if leaf in _LOWER_BETTER_LEAVES or _LOWER_BETTER_PARTS.intersection(parts):
+        return "lower"
+    return None
+
+
 def lower_is_worse(path: str) -> bool:
     """Whether a low value of this metric is the bad direction (see `WORST_RULE`)."""
-    leaf = path.rsplit(".", 1)[-1]
-    return "ratio" in leaf or "success" in leaf or leaf in ("delivered", "succeeded")
+    return better(path) == "higher"
 
 
 def _aggregate(path: str, seeds: list[int], values: list[float | None]) -> dict[str, Any]:
-    low_bad = lower_is_worse(path)
+    direction = better(path)
+    low_bad = direction == "higher"
     null = -math.inf if low_bad else math.inf  # a null (never) ranks as the worst
     ranked = [null if v is None else float(v) for v in values]
 
@@ -708,14 +791,17 @@ def _aggregate(path: str, seeds: list[int], values: list[float | None]) -> dict[
         value = percentile(ranked, q)
         return values[ranked.index(value)] if math.isfinite(value) else None
 
+    known = [v for v in values if v is not None]
     worst = (min if low_bad else max)(range(len(seeds)), key=lambda i: ranked[i])
     every_same = len(set(ranked)) == 1
     return {
         "p50": at(50),
         "p99": at(99),
-        "worst": values[worst],
-        "worst_seed": None if every_same else seeds[worst],
-        "worse": "lower" if low_bad else "higher",
+        "min": min(known, default=None),
+        "max": max(known, default=None),
+        "worst": None if direction is None else values[worst],
+        "worst_seed": None if direction is None or every_same else seeds[worst],
+        "worse": None if direction is None else ("lower" if low_bad else "higher"),
         "values": values,
     }
 
@@ -744,19 +830,67 @@ def _sweep_markdown(scenario: Scenario, doc: dict[str, Any]) -> str:
             ),
             "",
         ]
+    out += ["## Spread across seeds", ""]
+    for name, (title, caption) in SWEEP_PLOTS.items():
+        out += [f"![{title}]({name})", "", f"*{caption}*", ""]
     out += [
         "## Metrics",
         "",
-        "Nearest-rank percentiles over the seeds. " + WORST_RULE,
+        "Nearest-rank percentiles over the seeds, the lowest and highest value, and the worst seed. "
+        + WORST_RULE,
         "",
-        "| metric | p50 | p99 | worst | worst seed |",
-        "|---|---:|---:|---:|---:|",
+        "| metric | better | p50 | p99 | min | max | worst seed |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for path, agg in doc["metrics"].items():
-        seed = "all equal" if agg["worst_seed"] is None else str(agg["worst_seed"])
-        cells = [_cell(agg["p50"]), _cell(agg["p99"]), _cell(agg["worst"]), seed]
+        if agg["worse"] is None:
+            seed, direction = "— (a count)", ""
+        else:
+            seed = "all equal" if agg["worst_seed"] is None else str(agg["worst_seed"])
+            direction = "lower" if agg["worse"] == "higher" else "higher"
+        cells = [direction, *(_cell(agg[k]) for k in ("p50", "p99", "min", "max")), seed]
         out.append(f"| {path} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+#: The metrics shown in sweep_spread.png, one panel each: (dotted path, label).
+SPREAD_METRICS = (
+    ("delivery.ratio", "delivered by the end"),
+    ("delivery.within_30s", "delivered within 30 s"),
+    ("delivery.within_120s", "delivered within 120 s"),
+    ("delivery.latency_s.p50", "latency p50 (s)"),
+    ("delivery.latency_s.p99", "latency p99 (s)"),
+    ("amplification.duplicates_per_delivery", "duplicates per delivery"),
+    ("dht.success_ratio", "DHT lookups succeeded"),
+    ("traffic.bytes_per_node.mean", "bytes sent per node (mean)"),
+)
+
+
+def _sweep_plots(runs: Sequence[Result], doc: dict[str, Any], out: Path) -> list[Path]:
+    """sweep_spread.png (each metric, each seed a dot) and sweep_within.png (bands across seeds)."""
+    metrics = doc["metrics"]
+    panels = [(label, metrics[path]["values"]) for path, label in SPREAD_METRICS if path in metrics]
+    series = []
+    for deadline in _deadlines(runs[0].metrics):
+        by_bucket: dict[float, list[float]] = {}
+        for run in runs:
+            rows = _get(run.metrics, f"delivery.within.{deadline}.over_time") or []
+            for x, expected, got in rows:
+                if expected:
+                    by_bucket.setdefault(float(x), []).append(got / expected)
+        series.append((f"within {deadline} s", sorted(by_bucket.items())))
+    names = list(SWEEP_PLOTS)
+    return [
+        spread_plot(out / names[0], panels, seeds=doc["seeds"], title=SWEEP_PLOTS[names[0]][0]),
+        shares_plot(
+            out / names[1],
+            series,
+            windows=_windows(runs[0].metrics),
+            duration=runs[0].scenario.duration,
+            bucket=max(1.0, runs[0].scenario.duration / 60),
+            title=SWEEP_PLOTS[names[1]][0],
+        ),
+    ]
 
 
 def _cell(value: Any) -> str:
@@ -767,6 +901,7 @@ def _cell(value: Any) -> str:
 
 __all__ = [
     "WORST_RULE",
+    "better",
     "lower_is_worse",
     "metrics_document",
     "summary",

@@ -69,6 +69,7 @@ from identity.keys import set_verify_cache_size
 from p2pblog.entry import POST
 from p2pblog.node import NodeCore, PeerNotResolved, PeerResolved
 from p2pblog.replication import EntriesStored, InputRefused
+from simulations.deadlines import WithinDeadlines
 from simulations.devices import DeviceTraffic
 from simulations.dms import DmTraffic
 from simulations.engine import Engine
@@ -112,6 +113,11 @@ class Result:
     violations: list[Violation]
     events: int
     compare: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Every delivery's latency (seconds, rounded like the metrics), in post order then
+    #: follower order: `simulations.report` writes them to latencies.csv for the CDF.
+    latencies: list[float] = field(default_factory=list)
+    #: The same for each comparison run in `compare`.
+    compare_latencies: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -335,7 +341,7 @@ class Simulation:
         metrics = self._metrics()
         if self.attackers:
             self._hostile_oracles(metrics)
-        return Result(sc, metrics, self.violations, engine.events_run)
+        return Result(sc, metrics, self.violations, engine.events_run, latencies=self.latencies)
 
     def _run_until(self, t: float) -> bool:
         """Run the engine to t; False once a core raised under attack (the run ends there)."""
@@ -642,6 +648,7 @@ class Simulation:
         expected = delivered = 0
         buckets: dict[int, list[int]] = {}
         bucket = max(1.0, sc.duration / 60)
+        within = WithinDeadlines(bucket=bucket, duration=sc.duration)
         for key in self.post_order:
             author = self.by_key[key[0]].index
             posted = self.posts[key]
@@ -655,6 +662,8 @@ class Simulation:
             b = buckets.setdefault(int(posted // bucket), [0, 0])
             b[0] += len(recipients)
             b[1] += sum(1 for i in recipients if i in got)
+            within.add(posted, [got[i] - posted if i in got else None for i in recipients])
+        self.latencies: list[float] = [_r(latency) for latency in latencies]
         received = stats["entries.received"]
         duplicates = stats["entries.duplicate"]
         traffic = self.network.traffic[: sc.nodes]  # the honest and malicious nodes, not attack hosts
@@ -683,6 +692,7 @@ class Simulation:
                 "over_time": [
                     [_r(b * bucket), counts[0], counts[1]] for b, counts in sorted(buckets.items())
                 ],
+                **within.metrics(),
             },
             "amplification": {
                 "entries_received": received,
@@ -846,6 +856,7 @@ def run_scenario(
     if scenario.name == "flood" and scenario.protocol == "gossip":
         flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks).run(progress)
         result.compare["flood"] = flood.metrics
+        result.compare_latencies["flood"] = flood.latencies
         result.violations += flood.violations
     return result
 
