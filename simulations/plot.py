@@ -89,7 +89,7 @@ def _shares_axes(
         yield ax
         ax.set_xlim(0.0, duration)
         ax.set_ylim(-0.02, 1.05)
-        ax.set_xlabel(f"time posted (s; buckets of {bucket:g} s)")
+        ax.set_xlabel(f"time posted (s; buckets of {bucket:.3g} s)")
         ax.set_ylabel("share of (post, honest follower) pairs")
         ax.set_title(title)
         ax.grid(alpha=0.3)

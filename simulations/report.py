@@ -662,9 +662,15 @@ def _plot_lines(result: Result) -> list[str]:
     captions = {
         "delivery_within.png": (
             f"Share of (post, honest follower) pairs delivered within 30 s and within 120 s of the post, "
-            f"and by the end of the run, by the time the post was made (buckets of {bucket:g} s; posts "
-            f"whose deadline falls after the end are left out). Shaded: fault windows, labelled with "
-            f"their kind; a dotted line is an instant fault (a crash). Over the whole run: {shares or 'n/a'}."
+            f"and by the end of the run, by the time the post was made (buckets of {bucket:.3g} s; posts "
+            f"whose deadline falls after the end are left out). "
+            + (
+                "Shaded: fault windows, labelled with their kind; a dotted line is an instant fault "
+                "(a crash). "
+                if _windows(m)
+                else "No fault in this run. "
+            )
+            + f"Over the whole run: {shares or 'n/a'}."
         ),
         "latency_cdf.png": (
             f"Empirical CDF of every delivery's latency ({len(result.latencies):,} deliveries"
