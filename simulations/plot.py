@@ -41,6 +41,11 @@ from matplotlib.figure import Figure
 PALETTE: Final = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 #: Fault windows: a light orange fill behind the data.
 SHADE: Final = "#FDE2CD"
+#: Fault windows' bars and labels: a dark orange.
+FAULT: Final = "#A0521C"
+#: The strip of fault windows along the top: each row's height (axes fraction) and at most this many.
+WINDOW_ROW: Final = 0.045
+MAX_WINDOW_ROWS: Final = 6
 #: Inches and dots per inch: 800 x 450 pixels for one figure.
 SIZE: Final = (8.0, 4.5)
 DPI: Final = 100
@@ -60,21 +65,25 @@ def _figure(path: Path, *, size: tuple[float, float] = SIZE) -> Iterator[Figure]
 
 
 def _shade(ax: Axes, windows: Sequence[Window]) -> None:
-    """Fault windows behind the data, each labelled with its kind at the top."""
-    for start, end, kind in windows:
+    """Fault windows: their union shaded behind the data, and each one a labelled bar in a strip
+    along the top (one row per window, so overlapping windows stay apart)."""
+    for row, (start, end, kind) in enumerate(windows[:MAX_WINDOW_ROWS]):
         if end > start:
             ax.axvspan(start, end, color=SHADE, zorder=0, lw=0)
         else:
-            ax.axvline(start, color="#D55E00", ls=":", lw=1.2, zorder=1)
+            ax.axvline(start, color=FAULT, ls=":", lw=1.2, zorder=1)
+        y = 0.95 - WINDOW_ROW * row  # axes fraction
+        top = ax.get_xaxis_transform()
+        ax.plot([start, max(end, start)], [y, y], transform=top, color=FAULT, lw=3, solid_capstyle="butt")
+        ax.plot([start], [y], transform=top, color=FAULT, marker="|", ms=7)
         ax.annotate(
-            kind,
-            xy=(start, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(2, -2),
+            f"{kind} {start:g}-{end:g} s" if end > start else f"{kind} at {start:g} s",
+            xy=(start, y),
+            xycoords=top,
+            xytext=(3, 2),
             textcoords="offset points",
-            va="top",
-            fontsize=8,
-            color="#7a4a20",
+            fontsize=7,
+            color=FAULT,
         )
 
 
@@ -88,7 +97,8 @@ def _shares_axes(
         _shade(ax, windows)
         yield ax
         ax.set_xlim(0.0, duration)
-        ax.set_ylim(-0.02, 1.05)
+        ax.set_ylim(-0.02, 1.05 + WINDOW_ROW * 1.4 * min(len(windows), MAX_WINDOW_ROWS))
+        ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_xlabel(f"time posted (s; buckets of {bucket:.3g} s)")
         ax.set_ylabel("share of (post, honest follower) pairs")
         ax.set_title(title)

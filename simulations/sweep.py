@@ -75,8 +75,9 @@ class SeedOutcome:
     files: dict[str, bytes] = field(default_factory=dict)
 
     def write(self, out_dir: Path) -> None:
-        """Write the report files into ``out_dir`` (created)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
+        """Write the report files into ``out_dir`` (created; not for a crash, which has none)."""
+        if self.files:
+            out_dir.mkdir(parents=True, exist_ok=True)
         for name, data in self.files.items():
             (out_dir / name).write_bytes(data)
 

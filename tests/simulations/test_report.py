@@ -183,7 +183,8 @@ def test_summary_names_seed_delivery_and_oracles(runs: dict[int, Result]) -> Non
     lines = summary(runs[1])
     assert 4 <= len(lines) <= 8
     assert "seed 1" in lines[0]
-    assert any(line.startswith("delivery ") and "p99" in line for line in lines)
+    delivery = next(line for line in lines if line.startswith("delivery "))
+    assert "p99" in delivery and "within 30 s" in delivery and "within 120 s" in delivery
     assert lines[-1].startswith("oracles: ok")
     broken = dataclasses.replace(
         runs[1],

@@ -159,6 +159,7 @@ def test_a_worker_that_runs_other_code_refuses_its_seeds(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "seed 1  CRASHED" in result.stderr and "runs other code than the machine" in result.stderr
     assert "the simulation crashed in seed(s) 1, 2, 3" in result.stderr
+    assert not (tmp_path / "out" / "seed-1").exists()  # a refused seed writes nothing
     # In-process: the same check, and the fingerprint is what a seed's task carries.
     outcome = run_seed(Scenario.load("baseline"), 1, "0" * 64)
     assert outcome.result is None and outcome.crash is not None and "other code" in outcome.crash
