@@ -22,11 +22,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from distributed import Client
 
 from simulations.scenario import Scenario
 from simulations.sweep import CONNECT_TIMEOUT, WORKERS_TIMEOUT, code_fingerprint, run_seed
 from tests.process import ROOT, child_env, p2pblog
+
+pytestmark = pytest.mark.slow  # real scheduler and worker processes: about 2 minutes on a busy 2-core VM
 
 DASK = str(Path(sys.executable).parent / "dask")
 SWEEP = ("sim", "sweep", "baseline", "--seeds", "1..3", "--nodes", "10", "--duration", "120")
