@@ -305,7 +305,7 @@ def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
     "-j",
     type=click.IntRange(min=1),
     default=None,
-    help="Worker processes (default: the number of CPUs).",
+    help="Worker processes of the local cluster (default: the number of CPUs; not used with --cluster).",
 )
 @click.option(
     "--cluster",
