@@ -210,8 +210,8 @@ def catchup_run(
     b = cluster.start(b_name, bootstrap=[a], profile=profile)
     try:
         wait_joined(cluster, [b])
-        # A announces its feed on its next maintenance pass once B is in its
-        # table (NodeCore.MAINTAIN_EVERY = 2 s); B's follow searches at once.
+        # A announces its feed at its first maintenance pass with B in its table
+        # (an empty table polls every FIRST_CONTACT_POLL = 1 s); B's follow searches at once.
         time.sleep(args.settle)
         cpu0, sched0 = cpu_of([a, b]), sched_of([a, b])
         start = TIMER()

@@ -188,7 +188,6 @@ from dht.ratelimit import (
 from dht.records import (
     MAX_RECORDS,
     RECORD_TTL,
-    REPLICATE_INTERVAL,
     REPUBLISH_INTERVAL,
     RecordStore,
     Selector,
@@ -256,7 +255,9 @@ class DhtConfig:
     walk_reuse: float = WALK_REUSE
     replacement_cache: int = K
     record_ttl: float = RECORD_TTL
-    replicate_interval: float = REPLICATE_INTERVAL
+    #: Seconds between a holder's re-stores of a record it holds (None: never, as
+    #: go-libp2p-kad-dht; `REPLICATE_INTERVAL` is the paper's hourly replication).
+    replicate_interval: float | None = None
     republish_interval: float = REPUBLISH_INTERVAL
     max_records: int = MAX_RECORDS
     provider_ttl: float = PROVIDER_TTL

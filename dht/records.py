@@ -30,11 +30,16 @@ Timers (paper section 2.5 and 4.5):
   ``ForgetfulStorage`` does the same, with a week; the paper says 24 h).
   Records we published ourselves do not expire here: their freshness is the
   validator's business;
-* every held record is *replicated*, re-stored at the k closest nodes,
-  `replicate_interval` (one hour) after we last received a STORE of it:
-  "when a node receives a STORE RPC for a given key-value pair, it assumes
-  the RPC was also issued to the other k-1 closest nodes, and so the
-  recipient will not republish the key-value pair in the next hour" (4.5);
+* with a ``replicate_interval`` (the paper's is `REPLICATE_INTERVAL`, one
+  hour), every held record is *replicated*, re-stored at the k closest
+  nodes, that long after we last received a STORE of it: "when a node
+  receives a STORE RPC for a given key-value pair, it assumes the RPC was
+  also issued to the other k-1 closest nodes, and so the recipient will not
+  republish the key-value pair in the next hour" (4.5).  By default (None)
+  holders do not replicate, as go-libp2p-kad-dht does not (rust-libp2p
+  kad's ``set_replication_interval(None)``): the originator's republication
+  keeps a record alive and re-homes it, and a record whose originator is
+  gone lapses at its ``ttl`` (docs/design.md, "protocol intervals");
 * records we published are *republished* every `republish_interval`.
 
 Holders that received the same STORE fire their replication timers at the
@@ -116,7 +121,8 @@ Priority = Callable[[bytes], bool]
 
 #: Seconds a received record lives after its last STORE (paper 2.5: 24 h).
 RECORD_TTL: Final = 24 * 3600.0
-#: Seconds between replications of a held record (paper 2.5: hourly).
+#: Seconds between replications of a held record (paper 2.5: hourly), for a store
+#: made with it; holders do not replicate by default (module docstring, "Timers").
 REPLICATE_INTERVAL: Final = 3600.0
 #: Seconds between republications of a record we published (paper 2.5: 24 h).
 REPUBLISH_INTERVAL: Final = 24 * 3600.0
@@ -414,7 +420,7 @@ class RecordStore(BoundedStore[bytes]):
         validator: Validator = accept_any,
         selector: Selector = latest_selector,
         ttl: float = RECORD_TTL,
-        replicate_interval: float = REPLICATE_INTERVAL,
+        replicate_interval: float | None = None,
         republish_interval: float = REPUBLISH_INTERVAL,
         max_records: int = MAX_RECORDS,
         rng: Random | None = None,
@@ -422,7 +428,8 @@ class RecordStore(BoundedStore[bytes]):
         max_per_source: int | None = None,
     ) -> None:
         """``priority`` names the keys the owner cares about (None: none);
-        ``max_per_source`` defaults to ``max_records // SOURCE_SHARE``."""
+        ``max_per_source`` defaults to ``max_records // SOURCE_SHARE``;
+        ``replicate_interval`` None: held records are not replicated."""
         self.validator = validator
         self.selector = selector
         self.ttl = ttl
@@ -519,6 +526,8 @@ class RecordStore(BoundedStore[bytes]):
 
     def _interval(self, published: bool) -> float:
         base = self.republish_interval if published else self.replicate_interval
+        if base is None:
+            return float("inf")  # a holder that does not replicate: only expiry is due
         return base * (1.0 + RENEW_JITTER * self._rng.random()) if self._rng is not None else base
 
     def _set(self, key: bytes, value: Value, now: float, *, published: bool, source: str | None) -> None:

@@ -558,9 +558,11 @@ class RoutingTable:
         due = self.next_refresh()
         if due is None or due > now:
             return []  # the cached earliest deadline says none is due (cheap on every timer)
-        limit = now - self.refresh_interval
+        # The same sum as `next_refresh` (not ``now - refresh_interval``): rounded
+        # otherwise, a bucket could be due there and not here, and the timer would spin.
+        interval = self.refresh_interval
         touched, created = self._touched, self._created
-        return [i for i in self._refreshable() if touched.get(i, created) <= limit]
+        return [i for i in self._refreshable() if touched.get(i, created) + interval <= now]
 
     def next_refresh(self) -> float | None:
         """When the next bucket falls due, or None while the table is empty."""

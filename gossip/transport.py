@@ -127,8 +127,13 @@ HANDSHAKE_MESSAGE_BYTES: Final = (
 )
 
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
-DEFAULT_IDLE_TIMEOUT: Final = 120.0
-DEFAULT_KEEPALIVE_INTERVAL: Final = 30.0
+#: An open channel that has received nothing authentic for this long is dead (a
+#: half-open connection: the peer lost power or its network).  Four keepalive
+#: intervals, so a live peer whose keepalives are late (a slow or lossy link) is kept.
+DEFAULT_IDLE_TIMEOUT: Final = 480.0
+#: A channel that has sent nothing for this long sends an empty keepalive
+#: (Bitcoin's ping every 2 min; docs/design.md, "protocol intervals").
+DEFAULT_KEEPALIVE_INTERVAL: Final = 120.0
 
 
 class HandshakeError(ValueError):

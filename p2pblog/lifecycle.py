@@ -16,11 +16,12 @@ and `NodeCore.close` and move bytes in between:
    while no node stored it (a node that started alone publishes as peers
    appear); `StartupFinished` reports the outcome.  From then on
    `OwnRecords` re-signs it on its own timer.
-4. **Save contacts** to the store every `SAVE_CONTACTS_EVERY` seconds (at the
-   first wake-up once due: the maintenance pass guarantees one every
-   `p2pblog.node.MAINTAIN_EVERY` seconds) and on `close`, so the next start
-   has seeds.  The gossip peers' scores and bans (`p2pblog.scoring`, through
-   the replicator given as ``replicator``) are saved with them, so a peer
+4. **Save contacts** to the store once the join ended, then every
+   `SAVE_CONTACTS_EVERY` seconds (at the first wake-up once due: the
+   maintenance pass guarantees one every `p2pblog.node.MAINTAIN_EVERY`
+   seconds) and on `close`, so the next start has seeds.  The gossip
+   peers' scores and bans (`p2pblog.scoring`, through the replicator given
+   as ``replicator``) are saved with them, so a peer
    banned for forging entries is still refused after a restart; the
    replicator also saves them as soon as a ban starts.  A crash (in the
    simulator) loses what changed since the last save, as a killed process
@@ -41,8 +42,10 @@ from p2pblog.own_records import OwnRecords
 from p2pblog.replication import Replicator
 from p2pblog.store import Store
 
-#: Seconds between two saves of the routing table's contacts to the store.
-SAVE_CONTACTS_EVERY: Final = 60.0
+#: Seconds between two saves of the routing table's contacts to the store (Bitcoin
+#: Core writes its peers.dat every 15 minutes; the contacts are only seeds for the
+#: next start, and the first save follows the join).
+SAVE_CONTACTS_EVERY: Final = 300.0
 #: Saved contacts used as seeds to rejoin after a restart.
 REJOIN_CONTACTS: Final = 32
 #: Seconds to wait before each new attempt to publish the peer record while no node stored it.
@@ -104,6 +107,8 @@ class Lifecycle:
             return False
         self._join_query = None
         self.events.append(JoinFinished(self._seeds, event.seeds_answered, len(self.dht.table)))
+        if self._save_at is not None:
+            self._save_at = min(self._save_at, now)  # a crash soon after the start keeps them
         self._publish(now)
         return True
 

@@ -42,7 +42,8 @@ causes (a dial, an announce) is among the outputs the driver collects next.
 
 **Maintenance.**  One pass at least every `MAINTAIN_EVERY` seconds (the
 replicator's constant: the two passes share one wake-up) (sooner
-when a search is due or new entries arrived) runs the replicator's dial
+when a search is due, new entries arrived, or a followed author was lost:
+`FIRST_SEARCH_RETRY` later, if the redial failed) runs the replicator's dial
 maintenance, announces the feeds we hold, and searches for the ones nobody
 serves us; the replicator's own wake-ups share it, so an idle node wakes
 once per pass.
@@ -79,7 +80,7 @@ from identity.records import Record, RecordError, decode_record, peer_key, provi
 from identity.sealed import dm_id
 from p2pblog import actions
 from p2pblog.devices import key_digest
-from p2pblog.discovery import Discovery
+from p2pblog.discovery import FIRST_SEARCH_RETRY, Discovery
 from p2pblog.dms import DirectMessages
 from p2pblog.entry import DEVICE, DEVICE_OF, FOLLOW, REVOKE, ROTATE, UNFOLLOW, Entry, decode_entry
 from p2pblog.errors import EntryError, OwnFeedRefused, StorageFull, StoreDamaged
@@ -499,6 +500,10 @@ class NodeCore:
         self._events.append(gossip)
         if isinstance(gossip, PeerDisconnected):
             self.discovery.peer_disconnected(gossip.peer, now)
+            if gossip.peer in self.replicator.wanted:
+                # A followed author is gone: if the redial (its backoff's own deadline)
+                # has not brought it back by then, search for it, not at the next pass.
+                self._maintain_at = min(self._maintain_at, now + FIRST_SEARCH_RETRY)
         elif isinstance(gossip, PeerConnected):
             self.outbox.peer_connected(gossip.peer, now)
             self.dms.peer_connected(gossip.peer, now)

@@ -192,8 +192,10 @@ from p2pblog.scoring import (
 from p2pblog.store import FULL_BELOW_BYTES, Store
 from p2pblog.verify import first_forgery
 
-#: Seconds between connection-maintenance passes.
-MAINTAIN_EVERY: Final = 10.0
+#: Seconds between connection-maintenance passes.  What needs a faster answer has a
+#: deadline of its own (a follow, a backoff's end, new candidates, a lost followed
+#: author: docs/design.md, "protocol intervals"); the pass is the safety net.
+MAINTAIN_EVERY: Final = 30.0
 #: Seconds before a feed whose entries a full disk refused is asked for again.
 STORAGE_RETRY: Final = 60.0
 #: Seconds before a feed whose entries were refused for a full verification queue is asked again.

@@ -21,7 +21,7 @@ from simulations.network import Latency, LinkModel
 from simulations.testbed import Testbed
 
 T0 = 1_800_000_000.0
-A, B, C = (Identity(bytes([i]) * 32) for i in (31, 32, 33))
+A, B, C, D = (Identity(bytes([i]) * 32) for i in (31, 32, 33, 34))
 
 
 class Nodes:
@@ -103,10 +103,15 @@ def test_contacts_are_saved_and_a_restarted_node_rejoins_without_bootstrap(tmp_p
     nodes.start("c", C, [a.addr])
     b = nodes.start("b", B, [a.addr])
     nodes.bed.run(T0 + 5)
-    assert nodes.stores["b"].load_contacts() == []  # not saved yet
+    # Saved once the join ended, so a crash soon after the start keeps seeds.
+    assert a.addr in {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
+    # d joins later: b learns it (d's join asks b) and the periodic save keeps it.
+    d = nodes.start("d", D, [a.addr])
+    nodes.bed.run(T0 + 10)
+    assert d.addr not in {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
     nodes.bed.run(T0 + SAVE_CONTACTS_EVERY + MAINTAIN_EVERY + 1)
     saved = {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
-    assert a.addr in saved and nodes.endpoints["c"].addr in saved
+    assert {a.addr, nodes.endpoints["c"].addr, d.addr} <= saved
     # A crash loses the core; the store on disk keeps the contacts.  The new
     # core starts with no bootstrap address and rejoins through them.
     b.crash()
@@ -122,10 +127,12 @@ def test_close_saves_contacts_and_the_seeds_leave_out_our_own_address(tmp_path: 
     nodes = Nodes(tmp_path)
     a = nodes.start("a", A, [])
     b = nodes.start("b", B, [a.addr])
+    nodes.bed.run(T0 + 5)  # b's join ended and saved a; c joins after, through b
+    c = nodes.start("c", C, [b.addr])
     nodes.bed.run(T0 + 10)  # well before the first periodic save
-    assert nodes.stores["b"].load_contacts() == []
+    assert c.addr not in {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
     b.command(lambda core, now: core.close(now))
-    assert a.addr in {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
+    assert {a.addr, c.addr} <= {(host, port) for _, host, port, _ in nodes.stores["b"].load_contacts()}
     # Seeds: bootstrap first, then saved contacts, without duplicates or ourselves.
     seeds = b.core.lifecycle.join_seeds([a.addr, b.addr, a.addr], own=[b.addr])
     assert seeds[0] == a.addr and b.addr not in seeds and len(seeds) == len(set(seeds)) <= 1 + REJOIN_CONTACTS

@@ -17,6 +17,7 @@ import pytest
 
 from gossip.messages import Clock, Entries
 from gossip.session import BATCH_ENTRIES, MISBEHAVIOUR_LIMIT, WANT_DELAY
+from gossip.transport import DEFAULT_IDLE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL
 from identity import Identity
 from p2pblog import replication
 from p2pblog.dialing import FIRST_BACKOFF, MAX_BACKOFF
@@ -473,6 +474,22 @@ def test_a_restarted_peer_is_not_locked_out_by_its_stale_connection(open_store: 
     assert ids(b2.store, A.public_key) == [news.id]
 
 
+def test_a_half_open_connection_is_dropped_at_the_idle_timeout(open_store: OpenStore) -> None:
+    """B loses power for good: A's end of the connection stays (no reset arrives)
+    until nothing has come from B for the idle timeout, then A drops it."""
+    wire, a, _b, b_store = b_follows_a(open_store)
+    wire.advance(3 * DEFAULT_KEEPALIVE_INTERVAL)  # keepalives flow both ways
+    assert a.is_connected(B.public_key)
+    wire.crash("b", peers_notice=False)
+    b_store.close()
+    down = wire.now
+    # B's last keepalive left at most a keepalive interval plus its slack before the cut.
+    wire.advance(DEFAULT_IDLE_TIMEOUT - DEFAULT_KEEPALIVE_INTERVAL - MAINTAIN_EVERY - 1)
+    assert a.is_connected(B.public_key)
+    wire.advance(down + DEFAULT_IDLE_TIMEOUT + 1 - wire.now)
+    assert not a.is_connected(B.public_key)
+
+
 def test_a_peer_that_hangs_up_after_the_handshake_is_redialled_less_and_less(open_store: OpenStore) -> None:
     """X completes the handshake and closes at once, as a node that banned us, or that
     keeps another connection with us, does."""
@@ -615,10 +632,11 @@ def test_an_idle_node_sends_its_keepalives_at_its_maintenance_passes(open_store:
 
     a.handle_timer = counting  # type: ignore[method-assign]
     sent_before = wire.bytes_sent["a"]
-    wire.advance(300.0)
-    # 300 s of idling: 30 maintenance passes and nothing else (without
-    # coalescing, ~10 keepalives per connection would add ~30 wake-ups).
-    assert len(wakeups) <= 300.0 / MAINTAIN_EVERY + 1
+    quiet = 2 * DEFAULT_IDLE_TIMEOUT  # without keepalives every connection would idle out
+    wire.advance(quiet)
+    # 960 s of idling: 32 maintenance passes and nothing else (without
+    # coalescing, ~7 keepalives per connection would add ~20 wake-ups).
+    assert len(wakeups) <= quiet / MAINTAIN_EVERY + 1
     assert wire.bytes_sent["a"] > sent_before  # keepalives did go out
     assert all(a.is_connected(i.public_key) for i in (B, C, D))
     assert all(rep.is_connected(A.public_key) for rep in followers)

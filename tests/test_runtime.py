@@ -32,6 +32,7 @@ import trio.testing
 
 from dht.core import RPC_TIMEOUT
 from dht.events import BootstrapFinished
+from gossip.transport import DEFAULT_IDLE_TIMEOUT
 from identity import Identity
 from p2pblog.lifecycle import SAVE_CONTACTS_EVERY
 from p2pblog.node import MAINTAIN_EVERY, JoinFinished, NodeCore, RecordPublished, StartupFinished
@@ -329,9 +330,10 @@ def test_a_post_reaches_a_follower_over_the_runtime(tmp_path: Path) -> None:
             stored = [e for e in b.core.events if isinstance(e, EntriesStored) and e.feed == a.key]
             assert sum(e.count for e in stored) == 2
             assert a.driver.connections == b.driver.connections == 1
-            # A quiet minute: the timers run (keepalives, maintenance) and the connection stays.
+            # Quiet for longer than the idle timeout: the timers run (keepalives,
+            # maintenance) and the connection stays.
             quiet = trio.current_time()
-            await trio.sleep(60)
+            await trio.sleep(DEFAULT_IDLE_TIMEOUT + MAINTAIN_EVERY)
             assert a.driver.connections == b.driver.connections == 1
             assert len(net.dials) == dials
             for node in (a, b):

@@ -23,6 +23,7 @@ from dht import (
 )
 from dht.events import MAX_QUEUED_NOTICES, Event
 from dht.ids import Contact, distance
+from dht.records import REPLICATE_INTERVAL
 from identity.errors import LocalProtocolError
 from identity.limits import MAX_DHT_VALUE_BYTES
 from tests.dht.simnet import SimNetwork, SimNode, bootstrap_via, put_of
@@ -363,6 +364,38 @@ def test_records_are_replicated_and_republished() -> None:
     # ... at about one replication per interval, plus the owner's republications.
     assert republished() <= 1000 / 100 + 1000 / 300 + 2
     assert nodes[2].core.records.is_published(KEY)
+
+
+def test_by_default_holders_do_not_replicate_and_the_publisher_republishes() -> None:
+    # go-libp2p-kad-dht's rule (docs/design.md, "protocol intervals"): a holder
+    # never re-stores what it holds; the publisher's republication keeps the copies alive.
+    assert DhtConfig().replicate_interval is None
+    ttl = 3 * REPLICATE_INTERVAL  # long enough for the paper's hourly replication to show
+    cfg = DhtConfig(republish_interval=300.0, record_ttl=ttl)
+    net = SimNetwork(3, loss=0.0, config=cfg)
+    rng = Random(3)
+    nodes = [net.add_node(rng.randbytes(20)) for _ in range(6)]
+    net.run_until_done(
+        [(n, net.command(n, lambda c, now: c.bootstrap([nodes[0].addr], now))) for n in nodes[1:]]
+    )
+    publisher = nodes[2]
+    holders = [n for n in nodes if n is not publisher]
+    net.run_until_done([(publisher, net.command(publisher, lambda c, now: c.start_put(KEY, b"v", now)))])
+    t0 = net.now
+    assert all(n.core.records.get(KEY, net.now) == b"v" for n in holders)
+    net.run_until(t0 + 1000)
+    # The publisher re-stored it every 300-330 s; no holder re-stored anything.
+    assert publisher.core.stats["records.republished"] == 3
+    assert [n.core.stats["records.republished"] for n in holders] == [0] * len(holders)
+    # The publisher stops.  Two hours on (hourly replication would have run twice)
+    # no holder has re-stored it, and each still holds its copy ...
+    publisher.core.records.remove(KEY)
+    net.run_until(t0 + 1000 + 2 * REPLICATE_INTERVAL)
+    assert [n.core.stats["records.republished"] for n in holders] == [0] * len(holders)
+    assert all(n.core.records.get(KEY, net.now) == b"v" for n in holders)
+    # ... until one ttl after the publisher's last STORE: then it lapses everywhere.
+    net.run_until(t0 + 1000 + ttl)
+    assert all(n.core.records.get(KEY, net.now) is None for n in holders)
 
 
 def test_same_seed_same_bytes() -> None:

@@ -23,7 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from dht import DhtConfig, DhtCore, wire
 from dht.providers import ProviderStore
-from dht.records import TIMER_HEAP_SLACK, RecordStore, StoreOutcome
+from dht.records import REPLICATE_INTERVAL, TIMER_HEAP_SLACK, RecordStore, StoreOutcome
 from identity import Identity
 from identity.netaddr import host_key as source_of
 from identity.records import PEER, PROVIDER, create_record, peer_key, provider_key
@@ -409,7 +409,7 @@ def test_a_record_flood_keeps_our_peer_record_and_known_peers() -> None:
 
 
 def test_refreshes_leave_a_small_timer_heap() -> None:
-    records = RecordStore(rng=Random(4))
+    records = RecordStore(rng=Random(4), replicate_interval=REPLICATE_INTERVAL)
     providers = ProviderStore(rng=Random(5))
     for i in range(200_000):
         now = float(i // 100)
@@ -421,7 +421,7 @@ def test_refreshes_leave_a_small_timer_heap() -> None:
     assert records.stats["timers.compacted"] > 0 and providers.stats["timers.compacted"] > 0
     # The timers still work: replication, then expiry, after the last refresh.
     last = float(199_999 // 100)
-    assert sorted(key for key, _ in records.due(last + records.replicate_interval * 1.2)) == KEYS[:2]
+    assert sorted(key for key, _ in records.due(last + REPLICATE_INTERVAL * 1.2)) == KEYS[:2]
     providers.due(last + providers.ttl)
     records.due(last + records.ttl)
     assert len(records) == 0 and len(providers) == 0

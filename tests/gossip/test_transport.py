@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 
 from gossip.noise import TAGLEN, CipherState, HandshakeState, KeyPair
 from gossip.transport import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL,
     FRAME_HEADER_BYTES,
     HANDSHAKE_MESSAGE_BYTES,
     MAX_CHUNK_BYTES,
@@ -528,35 +530,43 @@ def test_handshake_timeout_is_not_reset_by_progress() -> None:
 
 
 def test_idle_timeout_when_the_peer_goes_silent() -> None:
+    # The defaults are the deployed-system intervals (docs/design.md, "protocol
+    # intervals"): a keepalive after 120 s without sending, like Bitcoin's ping,
+    # and a peer that sent nothing for 480 s is dropped (a half-open connection).
+    assert (DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_IDLE_TIMEOUT) == (120.0, 480.0)
     pair = ChannelPair.open(now=0.0)
     client = pair.client
-    assert client.get_timer() == 30.0  # keepalive first
-    client.handle_timer(30.0)
-    assert len(split_prefixed(client.data_to_send())) == 1  # one keepalive
-    assert client.get_timer() == 60.0
-    client.handle_timer(60.0)
-    client.handle_timer(90.0)
-    client.data_to_send()
-    assert client.get_timer() == 120.0
+    assert client.get_timer() == 120.0  # keepalive first
     client.handle_timer(119.0)
-    assert drain(client) == []
+    assert client.data_to_send() == b""  # no traffic yet: nothing to send
     client.handle_timer(120.0)
-    assert failures(drain(client)) == ["nothing received for 120 s"]
-    assert client.get_timer() is None
+    assert len(split_prefixed(client.data_to_send())) == 1  # one keepalive
+    assert client.get_timer() == 240.0
+    client.handle_timer(240.0)
+    client.handle_timer(360.0)
+    assert len(split_prefixed(client.data_to_send())) == 2
+    assert client.get_timer() == 480.0
+    client.handle_timer(479.0)
+    assert drain(client) == [] and client.state is ChannelState.OPEN
+    client.handle_timer(480.0)
+    assert failures(drain(client)) == ["nothing received for 480 s"]
+    assert client.state is ChannelState.CLOSED and client.get_timer() is None
 
 
 def test_traffic_resets_the_idle_timer() -> None:
     pair = ChannelPair.open(now=0.0)
     pair.server.send_frame(b"ping", 100.0)
     pair.pump(100.0)
-    assert pair.client.get_timer() == 30.0  # we still owe a keepalive
+    assert pair.client.get_timer() == 120.0  # we still owe a keepalive
     pair.client.send_frame(b"pong", 100.0)
-    assert pair.client.get_timer() == 130.0
-    pair.client.handle_timer(130.0)
-    assert pair.client.get_timer() == 160.0
-    assert pair.client._last_received + 120.0 == 220.0
-    pair.client.handle_timer(219.0)
+    assert pair.client.get_timer() == 220.0
+    pair.client.handle_timer(220.0)
+    assert pair.client.get_timer() == 340.0
+    assert pair.client._last_received + 480.0 == 580.0
+    pair.client.handle_timer(579.0)
     assert pair.client.state is ChannelState.OPEN
+    pair.client.handle_timer(580.0)
+    assert pair.client.state is ChannelState.CLOSED
 
 
 def test_keepalives_keep_two_live_peers_open() -> None:
