@@ -74,6 +74,7 @@ from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
+from simulations.savings import Savings, gc_tuned
 from simulations.scenario import UNCHECKED, Attack, Fault, Scenario
 
 #: Seconds between prefix-consistency checks and between convergence probes.
@@ -132,8 +133,12 @@ def _r(value: float) -> float:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, *, hooks: Hooks | None = None, savings: Savings | None = None
+    ) -> None:
         scenario.check()
+        #: Simulator-only savings (`simulations.savings`; all by default): same results.
+        self.savings = Savings() if savings is None else savings
         # One entry is verified at every simulated follower: remember the results.
         set_verify_cache_size(VERIFY_CACHE)
         self.scenario = scenario
@@ -154,6 +159,7 @@ class Simulation:
                 region=i % regions,
                 on_event=self._on_event,
                 make_core=self._core_factory,
+                savings=self.savings,
             )
             self.nodes.append(node)
         self.by_key = {node.identity.public_key: node for node in self.nodes}
@@ -272,6 +278,10 @@ class Simulation:
     # ============================================================ running
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> Result:
+        with gc_tuned(self.savings.gc_tuned):
+            return self._run(progress)
+
+    def _run(self, progress: Callable[[float, int], None] | None) -> Result:
         sc = self.scenario
         engine = self.engine
         w = sc.workload
