@@ -35,7 +35,7 @@ from p2pblog.store import Store
 from simulations.endpoint import CoreEndpoint
 from simulations.engine import Engine
 from simulations.network import Network
-from simulations.savings import Savings, SnapshotStore, use_null_cipher
+from simulations.savings import ALL_SAVINGS, Savings, SnapshotStore, use_null_cipher
 
 #: Virtual time 0 of every scenario, as Unix seconds (2027-01-15).
 EPOCH = 1_800_000_000.0
@@ -55,7 +55,7 @@ class SimNode:
         region: int = 0,
         on_event: Callable[[SimNode, Any], None],
         make_core: Callable[[SimNode, Random, float], NodeCore] | None = None,
-        savings: Savings = Savings(),
+        savings: Savings = ALL_SAVINGS,
     ) -> None:
         self.index = index
         self.identity = identity

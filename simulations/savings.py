@@ -82,6 +82,10 @@ class Savings:
         return cls(null_cipher=False, snapshots_in_memory=False, gc_tuned=False)
 
 
+#: Every saving: the simulator's default.
+ALL_SAVINGS: Final = Savings()
+
+
 # --------------------------------------------------------------------------- the null cipher
 
 
@@ -198,4 +202,12 @@ def gc_tuned(enabled: bool = True) -> Iterator[None]:
             gc.unfreeze()
 
 
-__all__ = ["GC_THRESHOLDS", "NullCipher", "Savings", "SnapshotStore", "gc_tuned", "use_null_cipher"]
+__all__ = [
+    "ALL_SAVINGS",
+    "GC_THRESHOLDS",
+    "NullCipher",
+    "Savings",
+    "SnapshotStore",
+    "gc_tuned",
+    "use_null_cipher",
+]

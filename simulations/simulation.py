@@ -74,7 +74,7 @@ from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
-from simulations.savings import Savings, gc_tuned
+from simulations.savings import ALL_SAVINGS, Savings, gc_tuned
 from simulations.scenario import UNCHECKED, Attack, Fault, Scenario
 
 #: Seconds between prefix-consistency checks and between convergence probes.
@@ -138,7 +138,7 @@ class Simulation:
     ) -> None:
         scenario.check()
         #: Simulator-only savings (`simulations.savings`; all by default): same results.
-        self.savings = Savings() if savings is None else savings
+        self.savings = ALL_SAVINGS if savings is None else savings
         # One entry is verified at every simulated follower: remember the results.
         set_verify_cache_size(VERIFY_CACHE)
         self.scenario = scenario
@@ -849,12 +849,16 @@ class Simulation:
 
 
 def run_scenario(
-    scenario: Scenario, *, progress: Callable[[float, int], None] | None = None, hooks: Hooks | None = None
+    scenario: Scenario,
+    *,
+    progress: Callable[[float, int], None] | None = None,
+    hooks: Hooks | None = None,
+    savings: Savings | None = None,
 ) -> Result:
     """Run a scenario; a flood comparison runs the same seed with ``protocol = "flood"`` too."""
-    result = Simulation(scenario, hooks=hooks).run(progress)
+    result = Simulation(scenario, hooks=hooks, savings=savings).run(progress)
     if scenario.name == "flood" and scenario.protocol == "gossip":
-        flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks).run(progress)
+        flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks, savings=savings).run(progress)
         result.compare["flood"] = flood.metrics
         result.violations += flood.violations
     return result

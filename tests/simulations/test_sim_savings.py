@@ -260,7 +260,9 @@ def test_the_daemon_runs_the_real_cipher(tmp_path: Any) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)
             replicator = service.core.replicator
-            seen.extend([replicator.channel_config.transport_cipher, replicator.inbound_config.transport_cipher])
+            seen.extend(
+                [replicator.channel_config.transport_cipher, replicator.inbound_config.transport_cipher]
+            )
             nursery.cancel_scope.cancel()
 
     trio.run(main)
