@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import hashlib
 import io
 import json
@@ -40,6 +41,22 @@ from bench_context import RunContext, ratio_summary, rotated
 SIDES = ("off", "on")
 
 
+class CollectorClock:
+    """A ``gc.callbacks`` entry: CPU seconds in the garbage collector, and collections per generation."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+        else:
+            self.cpu += time.process_time() - self._started
+            self.collections[info["generation"]] += 1
+
+
 def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, Any]:
     """One run in this process: timings, events and the metrics.json digest (and a profile)."""
     from simulations.report import metrics_document
@@ -50,6 +67,8 @@ def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, 
     scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
     sim = Simulation(scenario, savings=Savings() if side == "on" else Savings.none())
     profiler = cProfile.Profile() if profile else None
+    collector = CollectorClock()
+    gc.callbacks.append(collector)
     wall, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
@@ -57,6 +76,7 @@ def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, 
     if profiler is not None:
         profiler.disable()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    gc.callbacks.remove(collector)
     text = json.dumps(metrics_document(result), sort_keys=True, indent=2) + "\n"
     out: dict[str, Any] = {
         "side": side,
@@ -64,10 +84,15 @@ def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, 
         "cpu": round(cpu, 2),
         "events": result.events,
         "metrics_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "gc_cpu": round(collector.cpu, 2),
+        "gc_collections": collector.collections,
     }
     if profiler is not None:
         buffer = io.StringIO()
-        pstats.Stats(profiler, stream=buffer).sort_stats("tottime").print_stats(15)
+        stats = pstats.Stats(profiler, stream=buffer).sort_stats("tottime")
+        stats.print_stats(15)
+        # What the savings replace: the transport AEAD, the contact and score writes.
+        stats.print_stats(r"noise.py:.*crypt|savings.py|store.py:.*(save|load)_(contacts|peer_scores)")
         out["profile"] = buffer.getvalue()
     return out
 
@@ -103,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             print(
                 f"round {number} {side:>3}: wall {run['wall']:8.2f} s, CPU {run['cpu']:8.2f} s, "
-                f"{run['events']:,} events, metrics {run['metrics_sha256'][:12]}",
+                f"GC {run['gc_cpu']:.2f} s, {run['events']:,} events, metrics {run['metrics_sha256'][:12]}",
                 file=sys.stderr,
             )
         if args.profile:
@@ -114,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "wall_ratio_off_on": ratio_summary(_ratios(runs, "wall")),
         "cpu_ratio_off_on": ratio_summary(_ratios(runs, "cpu")),
+        "gc_cpu_share_off": [run["gc_cpu"] / run["cpu"] for run in runs if run["side"] == "off"],
     }
     print("\n".join(context.markdown()))
     print(json.dumps({"context": context.as_json(), "runs": runs, "summary": summary}, indent=2))
