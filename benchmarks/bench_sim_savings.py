@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_sim_savings.py                        # 200 nodes x 3600 s, 2 rounds
     .venv/bin/python benchmarks/bench_sim_savings.py --nodes 200 --duration 3600 --rounds 3
     .venv/bin/python benchmarks/bench_sim_savings.py --profile --nodes 200 --duration 600
+    .venv/bin/python benchmarks/bench_sim_savings.py --cipher
 
 Each round runs the bundled ``baseline`` scenario once with every saving off
 (`Savings.none`) and once with all on, in an order that alternates from round
@@ -15,7 +16,10 @@ frozen objects).  It reports per run the wall time, the CPU time
 (which must be the same for both sides: the benchmark fails otherwise), and
 the median of the per-round ratios off / on.  ``--profile`` instead runs
 each side once under cProfile and prints the 15 functions with the most
-time of their own (``tottime``).  The load average before and after is
+time of their own (``tottime``), then those of what the savings replace.
+``--cipher`` times one transport message's encryption and decryption with
+the real ChaCha20-Poly1305 `CipherState` and with the `NullCipher`, from an
+empty keepalive to a full 65,519-byte chunk.  The load average before and after is
 printed with the machine; results go in ``docs/design.md``.
 """
 
@@ -31,6 +35,7 @@ import pstats
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +102,35 @@ def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, 
     return out
 
 
+def cipher_costs(sizes: tuple[int, ...] = (0, 100, 600, 4_000, 65_519)) -> list[dict[str, Any]]:
+    """CPU microseconds per encrypt and per decrypt of one transport message, real AEAD vs null cipher."""
+    import timeit
+
+    from gossip.noise import CipherState
+    from simulations.savings import NullCipher
+
+    rows = []
+    for size in sizes:
+        plaintext, row = bytes(size), {"plaintext_bytes": size}
+        for cls in (CipherState, NullCipher):
+            sender, receiver = cls(bytes(32)), cls(bytes(32))
+            sealed = sender.encrypt_with_ad(b"", plaintext)
+            sender.n = receiver.n = 0
+            number = 2_000
+            sealing = partial(sender.encrypt_with_ad, b"", plaintext)
+            seal = min(timeit.repeat(sealing, number=number, repeat=5, timer=time.process_time))
+
+            def opened(receiver: CipherState = receiver, sealed: bytes = sealed) -> None:
+                receiver.n = 0
+                receiver.decrypt_with_ad(b"", sealed)
+
+            open_ = min(timeit.repeat(opened, number=number, repeat=5, timer=time.process_time))
+            row[f"{cls.__name__}_encrypt_us"] = round(seal / number * 1e6, 2)
+            row[f"{cls.__name__}_decrypt_us"] = round(open_ / number * 1e6, 2)
+        rows.append(row)
+    return rows
+
+
 def child(side: str, args: argparse.Namespace, profile: bool) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", side, "--nodes", str(args.nodes)]
     command += ["--duration", str(args.duration)] + (["--profile"] if profile else [])
@@ -111,8 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=3600.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--cipher", action="store_true", help="time the two transport ciphers only")
     parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cipher:
+        context = RunContext.begin(__file__, argv, ["pynacl"])
+        rows = cipher_costs()
+        context.end()
+        print("\n".join(context.markdown()))
+        print(json.dumps(rows, indent=2))
+        return 0
     if args.child:
         print(json.dumps(run_one(args.child, args.nodes, args.duration, args.profile)))
         return 0
