@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_context import RunContext, ratio_summary, rotated
 
 SIDES = ("off", "on")
+#: One saving alone (``--only``): its share of the difference.
+ALONE = ("null_cipher", "snapshots_in_memory", "gc_tuned")
 
 
 class CollectorClock:
@@ -70,7 +72,11 @@ def run_one(side: str, nodes: int, duration: float, profile: bool) -> dict[str, 
     from simulations.simulation import Simulation
 
     scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
-    sim = Simulation(scenario, savings=Savings() if side == "on" else Savings.none())
+    if side in ALONE:
+        savings = Savings(**{name: name == side for name in ALONE})
+    else:
+        savings = Savings() if side == "on" else Savings.none()
+    sim = Simulation(scenario, savings=savings)
     profiler = cProfile.Profile() if profile else None
     collector = CollectorClock()
     gc.callbacks.append(collector)
@@ -146,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--cipher", action="store_true", help="time the two transport ciphers only")
-    parser.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--only", action="store_true", help="also run each saving alone, once a round")
+    parser.add_argument("--child", choices=SIDES + ALONE, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.cipher:
         context = RunContext.begin(__file__, argv, ["pynacl"])
@@ -163,13 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 1 if args.profile else args.rounds
     for number in range(rounds):
         pair = {}
-        for side in rotated(SIDES, number):
+        for side in rotated(SIDES + (ALONE if args.only else ()), number):
             run = child(side, args, args.profile)
             run["round"] = number
             pair[side] = run
             runs.append(run)
             print(
-                f"round {number} {side:>3}: wall {run['wall']:8.2f} s, CPU {run['cpu']:8.2f} s, "
+                f"round {number} {side:>19}: wall {run['wall']:8.2f} s, CPU {run['cpu']:8.2f} s, "
                 f"GC {run['gc_cpu']:.2f} s, {run['events']:,} events, metrics {run['metrics_sha256'][:12]}",
                 file=sys.stderr,
             )
