@@ -79,6 +79,10 @@ MAX_NONCE: Final = 2**64 - 1
 #: ``random_bytes(n)`` returns n random bytes (the driver's: ``os.urandom``,
 #: ``random.Random(seed).randbytes``, ...).
 RandomBytes = Callable[[int], bytes]
+#: Makes the transport-phase `CipherState` of a 32-byte key that `split` derives.  The
+#: default is `CipherState` itself; the simulator passes a cheaper stand-in of its own
+#: (`simulations.fast.NullCipher`), which nothing outside ``simulations`` can reach.
+CipherFactory = Callable[[bytes], "CipherState"]
 Token = Literal["e", "s", "ee", "es", "se"]
 
 #: The XX pattern (spec 7.5): the tokens of each message, in order.
@@ -238,9 +242,10 @@ class SymmetricState:
         self.mix_hash(ciphertext)
         return plaintext
 
-    def split(self) -> tuple[CipherState, CipherState]:
+    def split(self, cipher: CipherFactory | None = None) -> tuple[CipherState, CipherState]:
         temp_k1, temp_k2 = hkdf(self._ck, b"")
-        return CipherState(temp_k1[:KEYLEN]), CipherState(temp_k2[:KEYLEN])
+        make = CipherState if cipher is None else cipher
+        return make(temp_k1[:KEYLEN]), make(temp_k2[:KEYLEN])
 
 
 # --------------------------------------------------------------------------- HandshakeState
@@ -404,8 +409,10 @@ class HandshakeState:
                 self._symmetric.mix_key(self._dh(token))
         return self._symmetric.decrypt_and_hash(bytes(message[pos:]))
 
-    def split(self) -> tuple[CipherState, CipherState]:
-        """Spec 5.2 ``Split()``: (initiator -> responder, responder -> initiator)."""
+    def split(self, cipher: CipherFactory | None = None) -> tuple[CipherState, CipherState]:
+        """Spec 5.2 ``Split()``: (initiator -> responder, responder -> initiator).
+
+        ``cipher`` makes the two transport ciphers from their keys (default: `CipherState`)."""
         if not self.complete or self._failed:
             raise LocalProtocolError("split() before the handshake completed")
-        return self._symmetric.split()
+        return self._symmetric.split(cipher)

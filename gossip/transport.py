@@ -99,6 +99,7 @@ from gossip.noise import (
     DHLEN,
     MAX_MESSAGE_BYTES,
     TAGLEN,
+    CipherFactory,
     CipherState,
     HandshakeState,
     KeyPair,
@@ -181,6 +182,10 @@ class ChannelConfig:
     #: with others (`SecureChannel.keep_alive`); the channel's own timer fires
     #: only after that.  0: the channel keeps its own time exactly.
     keepalive_slack: float = 0.0
+    #: Makes each direction's transport cipher after the handshake: the real
+    #: ChaCha20-Poly1305 `CipherState` everywhere but in the simulator, which may pass
+    #: a stand-in that keeps every size and detects every change (`simulations.fast`).
+    transport_cipher: CipherFactory = CipherState
 
     def __post_init__(self) -> None:
         if not 0 < self.keepalive_interval < self.idle_timeout:
@@ -518,7 +523,7 @@ class SecureChannel:
             self._last_sent = now
 
     def _open(self) -> None:
-        to_responder, to_initiator = self._handshake.split()
+        to_responder, to_initiator = self._handshake.split(self._config.transport_cipher)
         if self._initiator:
             self._send_cipher, self._recv_cipher = to_responder, to_initiator
         else:

@@ -153,6 +153,7 @@ class DeviceTraffic:
             region=index % sim.scenario.network.latency.regions,
             on_event=sim._on_event,
             make_core=sim._core_factory,
+            savings=sim.savings,
         )
         self.extra.append(node)
         return node

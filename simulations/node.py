@@ -13,7 +13,10 @@ region, the `Store` (the disk), and incarnations.  A crash drops the core
 `crashed_stats` for the metrics, and keeps the store; a restart builds a new
 core over the same store and starts it like the daemon does
 (`NodeCore.start`: the core's own lifecycle rejoins from the contacts it
-saved and reconnects from its address book).  Events go to
+saved and reconnects from its address book).  With `Savings` (all on by
+default; `simulations.savings`) the store keeps its contact snapshots in
+memory until a crash and every core's channels use the null transport
+cipher, which change no result.  Events go to
 ``on_event(node, event)``, the `Simulation`'s metrics and oracles.  This
 driver holds no policy of its own.
 """
@@ -32,6 +35,7 @@ from p2pblog.store import Store
 from simulations.endpoint import CoreEndpoint
 from simulations.engine import Engine
 from simulations.network import Network
+from simulations.savings import ALL_SAVINGS, Savings, SnapshotStore, use_null_cipher
 
 #: Virtual time 0 of every scenario, as Unix seconds (2027-01-15).
 EPOCH = 1_800_000_000.0
@@ -51,6 +55,7 @@ class SimNode:
         region: int = 0,
         on_event: Callable[[SimNode, Any], None],
         make_core: Callable[[SimNode, Random, float], NodeCore] | None = None,
+        savings: Savings = ALL_SAVINGS,
     ) -> None:
         self.index = index
         self.identity = identity
@@ -59,7 +64,8 @@ class SimNode:
         self.region = region
         self.on_event = on_event
         self.make_core = make_core
-        self.store = Store(":memory:")
+        self.savings = savings
+        self.store = SnapshotStore() if savings.snapshots_in_memory else Store(":memory:")
         self.incarnation = 0
         #: The replication counters of the cores a crash took away (the metrics sum them).
         self.crashed_stats: Counter[str] = Counter()
@@ -102,6 +108,8 @@ class SimNode:
             core = self.make_core(self, rng, now)
         else:
             core = NodeCore(self.identity, rng, now, store=self.store, random_bytes=rng.randbytes)
+        if self.savings.null_cipher:
+            use_null_cipher(core)  # every core, a test hook's too: all ends must agree
         addrs = [("udp", self.addr[0], self.addr[1]), ("tcp", self.addr[0], self.addr[1])]
         core.start(addrs, seeds, now)
         self.endpoint.restart(core)  # attaches it and flushes what start asked for
@@ -112,6 +120,8 @@ class SimNode:
             return
         self.crashed_stats.update(self.endpoint.core.counters())
         self.endpoint.crash()
+        if isinstance(self.store, SnapshotStore):
+            self.store.write_snapshots()  # what a killed process's file would hold
 
     def flush(self) -> None:
         """Move the core's outputs out after a command (a post, a follow, ...)."""

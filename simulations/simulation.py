@@ -75,6 +75,7 @@ from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
+from simulations.savings import ALL_SAVINGS, Savings, gc_tuned
 from simulations.scenario import UNCHECKED, Attack, Fault, Scenario
 
 #: Seconds between prefix-consistency checks and between convergence probes.
@@ -138,8 +139,12 @@ def _r(value: float) -> float:
 
 
 class Simulation:
-    def __init__(self, scenario: Scenario, *, hooks: Hooks | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, *, hooks: Hooks | None = None, savings: Savings | None = None
+    ) -> None:
         scenario.check()
+        #: Simulator-only savings (`simulations.savings`; all by default): same results.
+        self.savings = ALL_SAVINGS if savings is None else savings
         # One entry is verified at every simulated follower: remember the results.
         set_verify_cache_size(VERIFY_CACHE)
         self.scenario = scenario
@@ -160,6 +165,7 @@ class Simulation:
                 region=i % regions,
                 on_event=self._on_event,
                 make_core=self._core_factory,
+                savings=self.savings,
             )
             self.nodes.append(node)
         self.by_key = {node.identity.public_key: node for node in self.nodes}
@@ -278,6 +284,10 @@ class Simulation:
     # ============================================================ running
 
     def run(self, progress: Callable[[float, int], None] | None = None) -> Result:
+        with gc_tuned(self.savings.gc_tuned):
+            return self._run(progress)
+
+    def _run(self, progress: Callable[[float, int], None] | None) -> Result:
         sc = self.scenario
         engine = self.engine
         w = sc.workload
@@ -849,12 +859,16 @@ class Simulation:
 
 
 def run_scenario(
-    scenario: Scenario, *, progress: Callable[[float, int], None] | None = None, hooks: Hooks | None = None
+    scenario: Scenario,
+    *,
+    progress: Callable[[float, int], None] | None = None,
+    hooks: Hooks | None = None,
+    savings: Savings | None = None,
 ) -> Result:
     """Run a scenario; a flood comparison runs the same seed with ``protocol = "flood"`` too."""
-    result = Simulation(scenario, hooks=hooks).run(progress)
+    result = Simulation(scenario, hooks=hooks, savings=savings).run(progress)
     if scenario.name == "flood" and scenario.protocol == "gossip":
-        flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks).run(progress)
+        flood = Simulation(replace(scenario, protocol="flood"), hooks=hooks, savings=savings).run(progress)
         result.compare["flood"] = flood.metrics
         result.compare_latencies["flood"] = flood.latencies
         result.violations += flood.violations
