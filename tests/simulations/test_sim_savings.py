@@ -135,8 +135,8 @@ def test_all_savings_together_leave_metrics_json_byte_identical(
     # Every saving was in effect: transport messages went through the null cipher only...
     assert watch.encrypted["NullCipher"] > 1_000
     assert watch.encrypted["CipherState"] > 0  # the handshakes' messages stay real
-    # ... the per-minute snapshots stayed in memory ...
-    assert watch.contact_saves > SCENARIOS[name].get("nodes", 24)
+    # ... the contact snapshots (after the join, then every 5 minutes) stayed in memory ...
+    assert watch.contact_saves >= SCENARIOS[name].get("nodes", 24) // 2
     assert watch.contact_writes < watch.contact_saves / 3
     # ... and the collector ran with the raised thresholds, restored afterwards.
     assert watch.gc_seen == {(GC_THRESHOLDS, True)}
