@@ -85,6 +85,7 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["dms"]
     if scenario.devices == type(scenario.devices)():
         del echo["devices"]
+    echo["dht"] = scenario.dht_fidelity  # what ran, not "auto" (issue 17)
     return echo
 
 
