@@ -64,11 +64,13 @@ def _scenario_errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
 
 
-def _load(name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None) -> Scenario:
+def _load(
+    name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None, dht: str | None = None
+) -> Scenario:
     from simulations.scenario import Scenario
 
     with _scenario_errors():
-        return Scenario.load(name_or_path).with_overrides(seed=seed, nodes=nodes, duration=duration)
+        return Scenario.load(name_or_path).with_overrides(seed=seed, nodes=nodes, duration=duration, dht=dht)
 
 
 def _note_unchecked_convergence(scenario: Scenario) -> None:
@@ -204,6 +206,14 @@ _nodes_option = click.option(
 _duration_option = click.option(
     "--duration", type=float, metavar="SECONDS", help="Override the scenario's simulated duration."
 )
+_dht_option = click.option(
+    "--dht",
+    type=click.Choice(["full", "model"]),
+    default=None,
+    help="DHT fidelity: full (the real DHT over simulated datagrams) or model (a model calibrated "
+    "against full runs, answering from a global view; not for adversarial-DHT scenarios).  "
+    "Default: the scenario's `dht`, else full below 500 nodes and model from 500 up.",
+)
 
 
 @sim.command()
@@ -211,13 +221,21 @@ _duration_option = click.option(
 @click.option("--seed", type=int, metavar="N", help="The random seed (default: the scenario's `seed`).")
 @_nodes_option
 @_duration_option
+@_dht_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
     help="Where to write metrics.json, report.md and the plots (default: ./sim-out/<scenario>-seed<N>).",
 )
-def run(scenario: str, seed: int | None, nodes: int | None, duration: float | None, out: Path | None) -> None:
+def run(
+    scenario: str,
+    seed: int | None,
+    nodes: int | None,
+    duration: float | None,
+    dht: str | None,
+    out: Path | None,
+) -> None:
     """Run SCENARIO once and write its metrics, report and plots.
 
     SCENARIO is a bundled name (see `p2pblog sim list`) or the path of a
@@ -225,7 +243,7 @@ def run(scenario: str, seed: int | None, nodes: int | None, duration: float | No
     summary and the seed go to stdout.  Exits 1 if an oracle was violated,
     naming the seed and the first violation.
     """
-    loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration)
+    loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration, dht=dht)
     from simulations.report import summary, write_run
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-seed{loaded.seed}"
@@ -324,6 +342,7 @@ def _run_seed(scenario: Scenario, seed: int, out_dir: Path) -> _SeedOutcome:
 )
 @_nodes_option
 @_duration_option
+@_dht_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -337,6 +356,7 @@ def sweep(
     jobs: int | None,
     nodes: int | None,
     duration: float | None,
+    dht: str | None,
     out: Path | None,
 ) -> None:
     """Run SCENARIO over many seeds in parallel and aggregate the metrics.
@@ -347,7 +367,7 @@ def sweep(
     any seed violated an oracle, listing those seeds.
     """
     seeds = parse_seeds(seeds_spec)
-    loaded = _load(scenario, seed=None, nodes=nodes, duration=duration)
+    loaded = _load(scenario, seed=None, nodes=nodes, duration=duration, dht=dht)
     from simulations.report import write_sweep
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-sweep"
@@ -420,3 +440,45 @@ def _sweep_outcomes(scenario: Scenario, seeds: list[int], out_dir: Path, workers
 
 #: What `cli.main` adds to the command line when `p2pblog sim` is asked for.
 COMMANDS = (sim,)
+
+
+@sim.command()
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    metavar="SCENARIO:NODES:SECONDS",
+    help="A full-fidelity run to measure (repeatable; default: baseline:200:1800 and baseline:400:900).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="The seed of every run.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Where to write the calibration (default: simulations/calibration.json, which `--dht model` reads).",
+)
+def calibrate(runs: tuple[str, ...], seed: int, out: Path | None) -> None:
+    """Calibrate the DHT model against full runs (as `python -m simulations.calibrate`).
+
+    Runs each scenario with the full DHT and writes the walk-time, hops and
+    providers-returned quantiles and the DHT bytes per query that `--dht model`
+    draws from.
+    """
+    from simulations import calibrate as calibration
+    from simulations.dhtmodel import CALIBRATION_FILE
+
+    specs: list[tuple[str, int, float]] = list(calibration.DEFAULT_RUNS)
+    if runs:
+        specs = []
+        for spec in runs:
+            try:
+                name, nodes, seconds = spec.rsplit(":", 2)
+                specs.append((name, int(nodes), float(seconds)))
+            except ValueError:
+                raise click.BadParameter(f"{spec!r}: SCENARIO:NODES:SECONDS", param_hint="--run") from None
+    target = out if out is not None else CALIBRATION_FILE
+    with _scenario_errors():
+        result = calibration.calibrate(specs, seed)
+    calibration.write(result, target)
+    click.echo(f"wrote {target}")

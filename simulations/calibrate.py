@@ -94,7 +94,9 @@ def write(calibration: Calibration, path: Path = CALIBRATION_FILE) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations.calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.calibrate", description=__doc__.splitlines()[0]
+    )
     parser.add_argument(
         "--run",
         action="append",

@@ -114,13 +114,14 @@ def quantiles(values: Iterable[float], count: int = QUANTILES) -> list[float]:
     return [ordered[round(last * i / (count - 1))] for i in range(count)]
 
 
-def draw(table: tuple[float, ...], rng: Random) -> float:
-    """A value from the distribution ``table`` (its quantiles), interpolated linearly."""
+def draw(table: tuple[float, ...], rng: Random, u: float | None = None) -> float:
+    """A value from the distribution ``table`` (its quantiles), interpolated linearly
+    (at quantile ``u`` when given, else at a random one)."""
     if not table:
         return 0.0
     if len(table) == 1:
         return table[0]
-    x = rng.random() * (len(table) - 1)
+    x = (rng.random() if u is None else u) * (len(table) - 1)
     i = int(x)
     if i >= len(table) - 1:
         return table[-1]
@@ -215,6 +216,7 @@ class _Provided:
     publisher: int
     expires_at: float
     first_seen: float
+    refreshed_at: float
 
 
 class DhtView:
@@ -275,13 +277,15 @@ class DhtView:
     def put(self, key: bytes, value: Value, publisher: int, expires_at: float) -> None:
         self.records.setdefault(key, {})[publisher] = (value, expires_at)
 
-    def add_provider(self, key: bytes, pid: bytes, value: bytes, publisher: int, now: float, ttl: float) -> None:
+    def add_provider(
+        self, key: bytes, pid: bytes, value: bytes, publisher: int, now: float, ttl: float
+    ) -> None:
         held = self.providers.setdefault(key, {})
         old = held.get(pid)
         if old is None or old.expires_at <= now:
-            held[pid] = _Provided(value, publisher, now + ttl, now)
+            held[pid] = _Provided(value, publisher, now + ttl, now, now)
         else:
-            old.value, old.publisher, old.expires_at = value, publisher, now + ttl
+            old.value, old.publisher, old.expires_at, old.refreshed_at = value, publisher, now + ttl, now
 
     def values(self, key: bytes, asker: int, now: float) -> list[Value]:
         """The values published under ``key`` that have not expired, from ``asker``'s side."""
@@ -298,7 +302,11 @@ class DhtView:
         return out
 
     def provider_values(self, key: bytes, asker: int, now: float) -> list[tuple[bytes, bytes, float]]:
-        """``(provider id, value, first seen)`` under ``key``, unexpired, from ``asker``'s side."""
+        """``(provider id, value, first seen)`` under ``key``, unexpired, from ``asker``'s side,
+        the most recently announced first: the order a holder answers in
+        (`dht.providers.ProviderStore.get_with_ids`), which makes searchers of one feed
+        dial the same few providers (a random order spreads their connections: more
+        of them, and more duplicates)."""
         held = self.providers.get(key)
         if not held:
             return []
@@ -308,8 +316,9 @@ class DhtView:
             if entry.expires_at <= now:
                 del held[pid]
             elif connected(asker, entry.publisher):
-                out.append((pid, entry.value, entry.first_seen))
-        return out
+                out.append((entry.refreshed_at, pid, entry))
+        out.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        return [(pid, entry.value, entry.first_seen) for _, pid, entry in out]
 
 
 class MeasuredDht(DhtCore):
@@ -405,6 +414,8 @@ class MeasuredDht(DhtCore):
         if started is None or kind is None:
             return
         hops = event.hops if isinstance(event, ValueFound | LookupFinished) else None
+        if kind == "get" and hops == 0 and self._now == started:
+            kind = "get_local"  # answered from our own store: no walk (the model decides these)
         self._census.walked(kind, self._now - started, hops)
         if isinstance(event, ProvidersFound):
             self._census.providers.append(len(event.values))
@@ -507,11 +518,16 @@ class ModelDht(DhtCore):
         if quorum < 1:
             raise LocalProtocolError("quorum must be >= 1")
         local = self.records.get(key, now)
+        if local is None and quorum == 1 and self._holds(key):
+            values = self._view.values(key, self._index, now)
+            if values:
+                local = values[0] if len(values) == 1 else values[self._get_selector(key, values)]
         if local is not None and quorum == 1:
-            # A copy we hold answers a quorum-1 read at once, as `GetQuery` does.
+            # A copy we hold answers a quorum-1 read at once, as `GetQuery` does: our own,
+            # or one we hold as one of the k nodes nearest the key.
             query_id = self._new_query_id()
             self._census.started["get"] += 1
-            self._census.walked("get", 0.0, 0)
+            self._census.walked("get_local", 0.0, 0)
             self._emit(ValueFound(query_id, key, local, 1, 0, 0))
             return query_id
         return self._schedule("get", key, now, quorum=quorum)
@@ -618,6 +634,14 @@ class ModelDht(DhtCore):
         if event is not None:
             self._emit(event)
 
+    def _holds(self, key: bytes) -> bool:
+        """Whether we are among the k nodes nearest ``key`` that the view can reach (the
+        holders of its records, which answer a read from their own store)."""
+        nearest = self._view.nearest(key, self._index, self.config.k)
+        return len(nearest) < self.config.k or distance(self.node_id, key) < distance(
+            nearest[-1].node_id, key
+        )
+
     def _fill_table(self, now: float) -> tuple[Contact, ...]:
         """Put the k nearest reachable nodes and some random others in the table."""
         closest = tuple(self._view.nearest(self.node_id, self._index, self.config.k))
@@ -652,7 +676,7 @@ class ModelDht(DhtCore):
             ratio = draw(self._cal.providers_ratio, self._rng) if self._cal.providers_ratio else 1.0
             target = len(found) + room
             count = min(room, max(0, round(ratio * target) - len(found)))
-            found += self._rng.sample(others, count)
+            found += others[:count]
         values = tuple(value for _, value, _ in found)
         self._census.providers.append(len(values))
         seen = tuple((int(first),) * READ_QUORUM for _, _, first in found) if job.seen else ()

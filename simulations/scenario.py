@@ -254,7 +254,7 @@ class Scenario:
 
     @property
     def dht_fidelity(self) -> str:
-        """"full" or "model": what ``dht`` resolves to at this node count."""
+        """ "full" or "model": what ``dht`` resolves to at this node count."""
         if self.dht != "auto":
             return self.dht
         return "full" if self.adversarial_dht or self.nodes < MODEL_FROM_NODES else "model"

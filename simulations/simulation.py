@@ -673,7 +673,7 @@ class Simulation:
         ok = [hops for success, hops in self.lookup_results if success]
         hop_histogram = Counter(ok)
         heal = max(sc.last_fault_end, sc.post_until)
-        up = [self.nodes[i] for i in self.honest if self.nodes[i].core is not None]
+        up = [core for i in self.honest if (core := self.nodes[i].core) is not None]
         metrics: dict[str, Any] = {
             "posts": len(self.post_order),
             "posts_skipped_offline_author": self.skipped_posts,
@@ -731,7 +731,7 @@ class Simulation:
                 "deadline": _r(sc.converge_by) if sc.converge_by <= sc.duration else None,
             },
             "connections_per_node": _r(
-                sum(n.core.replicator.connection_count for n in up) / len(up) if up else 0.0
+                sum(core.replicator.connection_count for core in up) / len(up) if up else 0.0
             ),
             "refused": dict(sorted(self.refused.items())),
             "forks_detected_by_honest_nodes": len(self.fork_seen),
