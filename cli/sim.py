@@ -448,7 +448,7 @@ COMMANDS = (sim,)
     "runs",
     multiple=True,
     metavar="SCENARIO:NODES:SECONDS",
-    help="A full-fidelity run to measure (repeatable; default: baseline:200:1800 and baseline:400:900).",
+    help="A full-fidelity run to measure (repeatable; default: baseline:200:600 and baseline:400:600).",
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="The seed of every run.")
 @click.option(

@@ -141,6 +141,10 @@ class Calibration:
     #: retransmissions and verifications folded in).
     bytes_per_query: dict[str, float]
     datagrams_per_query: dict[str, float]
+    #: Nodes that hold a record and answer a read of it from their own store (the k
+    #: it was stored at, plus cache stores and welcomes): the share of reads of an
+    #: existing record answered locally in full runs, times their node count.
+    holders: int = 20
     #: What it was measured on (scenarios, nodes, durations, seeds).
     source: dict[str, Any] = field(default_factory=dict)
 
@@ -157,6 +161,7 @@ class Calibration:
             providers_ratio=tuple(doc["providers_ratio"]),
             bytes_per_query=dict(doc["bytes_per_query"]),
             datagrams_per_query=dict(doc["datagrams_per_query"]),
+            holders=int(doc.get("holders", 20)),
             source=dict(doc.get("source", {})),
         )
 
@@ -168,6 +173,7 @@ class Calibration:
             "providers_ratio": list(self.providers_ratio),
             "bytes_per_query": dict(sorted(self.bytes_per_query.items())),
             "datagrams_per_query": dict(sorted(self.datagrams_per_query.items())),
+            "holders": self.holders,
         }
 
 
@@ -183,6 +189,8 @@ class DhtCensus:
         self.started: Counter[str] = Counter()
         self.request_bytes: Counter[str] = Counter()
         self.request_datagrams: Counter[str] = Counter()
+        #: Reads of a peer record (``start_get``) that found a value.
+        self.gets_found = 0
 
     def walked(self, kind: str, seconds: float, hops: int | None = None) -> None:
         self.walks.setdefault(kind, []).append(seconds)
@@ -414,8 +422,10 @@ class MeasuredDht(DhtCore):
         if started is None or kind is None:
             return
         hops = event.hops if isinstance(event, ValueFound | LookupFinished) else None
-        if kind == "get" and hops == 0 and self._now == started:
-            kind = "get_local"  # answered from our own store: no walk (the model decides these)
+        if kind == "get" and isinstance(event, ValueFound):
+            self._census.gets_found += 1
+            if hops == 0 and self._now == started:
+                kind = "get_local"  # answered from our own store: no walk (the model decides these)
         self._census.walked(kind, self._now - started, hops)
         if isinstance(event, ProvidersFound):
             self._census.providers.append(len(event.values))
@@ -635,12 +645,12 @@ class ModelDht(DhtCore):
             self._emit(event)
 
     def _holds(self, key: bytes) -> bool:
-        """Whether we are among the k nodes nearest ``key`` that the view can reach (the
-        holders of its records, which answer a read from their own store)."""
-        nearest = self._view.nearest(key, self._index, self.config.k)
-        return len(nearest) < self.config.k or distance(self.node_id, key) < distance(
-            nearest[-1].node_id, key
-        )
+        """Whether we are among the nodes nearest ``key`` that hold its records and answer
+        a read from their own store: the k the publisher stored at, and those a cache
+        store or a welcome added (paper 2.3, 2.5), `Calibration.holders` in all."""
+        holders = max(self.config.k, self._cal.holders)
+        nearest = self._view.nearest(key, self._index, holders)
+        return len(nearest) < holders or distance(self.node_id, key) < distance(nearest[-1].node_id, key)
 
     def _fill_table(self, now: float) -> tuple[Contact, ...]:
         """Put the k nearest reachable nodes and some random others in the table."""
