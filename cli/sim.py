@@ -468,15 +468,12 @@ def calibrate(runs: tuple[str, ...], seed: int, out: Path | None) -> None:
     from simulations import calibrate as calibration
     from simulations.dhtmodel import CALIBRATION_FILE
 
-    specs: list[tuple[str, int, float]] = list(calibration.DEFAULT_RUNS)
-    if runs:
-        specs = []
-        for spec in runs:
-            try:
-                name, nodes, seconds = spec.rsplit(":", 2)
-                specs.append((name, int(nodes), float(seconds)))
-            except ValueError:
-                raise click.BadParameter(f"{spec!r}: SCENARIO:NODES:SECONDS", param_hint="--run") from None
+    try:
+        specs = [calibration.parse_run(spec) for spec in runs] if runs else list(calibration.DEFAULT_RUNS)
+    except ValueError:
+        raise click.BadParameter(
+            "SCENARIO:NODES:SECONDS, e.g. baseline:200:600", param_hint="--run"
+        ) from None
     target = out if out is not None else CALIBRATION_FILE
     with _scenario_errors():
         result = calibration.calibrate(specs, seed)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from array import array
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,9 +65,9 @@ def calibrate(runs: Sequence[tuple[str, int, float]], seed: int = 1) -> Calibrat
         sim.run()
         census = sim.dht_census
         for kind, times in census.walks.items():
-            pooled.walks.setdefault(kind, []).extend(times)
+            pooled.walks.setdefault(kind, array("d")).extend(times)
         for kind, hops in census.hops.items():
-            pooled.hops.setdefault(kind, []).extend(hops)
+            pooled.hops.setdefault(kind, array("l")).extend(hops)
         pooled.providers_ratio.extend(census.providers_ratio)
         pooled.started.update(census.started)
         pooled.request_bytes.update(census.request_bytes)
@@ -100,6 +101,12 @@ def _per_query(started: Counter[str], sent: Counter[str], total: int) -> dict[st
     return {k: round(sent[k] / started[k] * scale, 3) for k in sorted(kinds)}
 
 
+def parse_run(spec: str) -> tuple[str, int, float]:
+    """``SCENARIO:NODES:SECONDS`` -> its parts; ValueError when it is not that."""
+    name, nodes, seconds = spec.rsplit(":", 2)
+    return name, int(nodes), float(seconds)
+
+
 def write(calibration: Calibration, path: Path = CALIBRATION_FILE) -> None:
     path.write_text(json.dumps(calibration.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -117,12 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=CALIBRATION_FILE)
     args = parser.parse_args(argv)
-    runs: list[tuple[str, int, float]] = list(DEFAULT_RUNS)
-    if args.run:
-        runs = []
-        for spec in args.run:
-            name, nodes, seconds = spec.rsplit(":", 2)
-            runs.append((name, int(nodes), float(seconds)))
+    runs = [parse_run(spec) for spec in args.run] if args.run else list(DEFAULT_RUNS)
     write(calibrate(runs, args.seed), args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
