@@ -73,11 +73,13 @@ def _need_sim_extra(*modules: str) -> None:
         raise click.ClickException(f"p2pblog sim needs {' and '.join(missing)}: pip install 'p2pblog[sim]'")
 
 
-def _load(name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None) -> Scenario:
+def _load(
+    name_or_path: str, *, seed: int | None, nodes: int | None, duration: float | None, dht: str | None = None
+) -> Scenario:
     from simulations.scenario import Scenario
 
     with _scenario_errors():
-        return Scenario.load(name_or_path).with_overrides(seed=seed, nodes=nodes, duration=duration)
+        return Scenario.load(name_or_path).with_overrides(seed=seed, nodes=nodes, duration=duration, dht=dht)
 
 
 def _note_unchecked_convergence(scenario: Scenario) -> None:
@@ -213,6 +215,14 @@ _nodes_option = click.option(
 _duration_option = click.option(
     "--duration", type=float, metavar="SECONDS", help="Override the scenario's simulated duration."
 )
+_dht_option = click.option(
+    "--dht",
+    type=click.Choice(["full", "model"]),
+    default=None,
+    help="DHT fidelity: full (the real DHT over simulated datagrams) or model (a model calibrated "
+    "against full runs, answering from a global view; not for adversarial-DHT scenarios).  "
+    "Default: the scenario's `dht`, else full below 500 nodes and model from 500 up.",
+)
 
 
 @sim.command()
@@ -220,13 +230,21 @@ _duration_option = click.option(
 @click.option("--seed", type=int, metavar="N", help="The random seed (default: the scenario's `seed`).")
 @_nodes_option
 @_duration_option
+@_dht_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     metavar="DIR",
     help="Where to write metrics.json, report.md and the plots (default: ./sim-out/<scenario>-seed<N>).",
 )
-def run(scenario: str, seed: int | None, nodes: int | None, duration: float | None, out: Path | None) -> None:
+def run(
+    scenario: str,
+    seed: int | None,
+    nodes: int | None,
+    duration: float | None,
+    dht: str | None,
+    out: Path | None,
+) -> None:
     """Run SCENARIO once and write its metrics, report and plots.
 
     SCENARIO is a bundled name (see `p2pblog sim list`) or the path of a
@@ -235,7 +253,7 @@ def run(scenario: str, seed: int | None, nodes: int | None, duration: float | No
     naming the seed and the first violation.
     """
     _need_sim_extra("matplotlib")
-    loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration)
+    loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration, dht=dht)
     from simulations.report import summary, write_run
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-seed{loaded.seed}"
@@ -316,6 +334,7 @@ def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
 )
 @_nodes_option
 @_duration_option
+@_dht_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -330,6 +349,7 @@ def sweep(
     cluster: str | None,
     nodes: int | None,
     duration: float | None,
+    dht: str | None,
     out: Path | None,
 ) -> None:
     """Run SCENARIO over many seeds in parallel and aggregate the metrics.
@@ -344,7 +364,7 @@ def sweep(
     """
     _need_sim_extra("matplotlib", "distributed")
     seeds = parse_seeds(seeds_spec)
-    loaded = _load(scenario, seed=None, nodes=nodes, duration=duration)
+    loaded = _load(scenario, seed=None, nodes=nodes, duration=duration, dht=dht)
     from simulations.report import write_sweep
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-sweep"
@@ -424,3 +444,42 @@ def _sweep_outcomes(
 
 #: What `cli.main` adds to the command line when `p2pblog sim` is asked for.
 COMMANDS = (sim,)
+
+
+@sim.command()
+@click.option(
+    "--run",
+    "runs",
+    multiple=True,
+    metavar="SCENARIO:NODES:SECONDS",
+    help="A full-fidelity run to measure (repeatable; default: baseline:200:600 and baseline:400:600).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="The seed of every run.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    metavar="FILE",
+    help="Where to write the calibration (default: simulations/calibration.json, which `--dht model` reads).",
+)
+def calibrate(runs: tuple[str, ...], seed: int, out: Path | None) -> None:
+    """Calibrate the DHT model against full runs (as `python -m simulations.calibrate`).
+
+    Runs each scenario with the full DHT and writes the walk-time, hops and
+    providers-returned quantiles and the DHT bytes per query that `--dht model`
+    draws from.
+    """
+    from simulations import calibrate as calibration
+    from simulations.dhtmodel import CALIBRATION_FILE
+
+    try:
+        specs = [calibration.parse_run(spec) for spec in runs] if runs else list(calibration.DEFAULT_RUNS)
+    except ValueError:
+        raise click.BadParameter(
+            "SCENARIO:NODES:SECONDS, e.g. baseline:200:600", param_hint="--run"
+        ) from None
+    target = out if out is not None else CALIBRATION_FILE
+    with _scenario_errors():
+        result = calibration.calibrate(specs, seed)
+    calibration.write(result, target)
+    click.echo(f"wrote {target}")

@@ -198,13 +198,17 @@ class NodeCore:
         check_reachability: bool = False,
         relay: bool = False,
         peer_republish: float = PEER_REPUBLISH,
+        dht_factory: Callable[..., DhtCore] = DhtCore,
     ) -> None:
+        """``dht_factory`` builds the DHT side (called as `DhtCore` is): the simulator's
+        DHT model (`simulations.dhtmodel`, issue 17) is a `DhtCore` whose queries answer
+        from a global view instead of the network."""
         self.identity = identity
         self.store = store if store is not None else Store(":memory:")
         self.replicator = Replicator(
             identity, self.store, rng, now, channel_config=channel_config, random_bytes=random_bytes
         )
-        self.dht = DhtCore(
+        self.dht = dht_factory(
             node_id_from_public_key(identity.public_key),
             rng,
             now,

@@ -65,13 +65,13 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from random import Random
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from dht import wire
+from dht import DhtCore, wire
 from dht.ids import ID_BITS, ID_BYTES, Contact, K, distance, node_id_from_public_key
 from gossip.transport import ChannelFailed, HandshakeCompleted, SecureChannel
 from identity import Identity
@@ -173,9 +173,11 @@ def _contacts(body: object) -> bool:
     return isinstance(body, list) and bool(body) and all(isinstance(c, list) and len(c) == 3 for c in body)
 
 
-def make_core(role: str | None, node: SimNode, rng: Random, now: float) -> NodeCore:
-    """The core for a node in the given role (None: honest)."""
-    kwargs: dict[str, Any] = {"store": node.store, "random_bytes": rng.randbytes}
+def make_core(
+    role: str | None, node: SimNode, rng: Random, now: float, dht_factory: Callable[..., DhtCore] = DhtCore
+) -> NodeCore:
+    """The core for a node in the given role (None: honest), its DHT built by ``dht_factory``."""
+    kwargs: dict[str, Any] = {"store": node.store, "random_bytes": rng.randbytes, "dht_factory": dht_factory}
     core: NodeCore
     if role in ("dht_bogus", "dht_forged"):
         assert role is not None

@@ -115,6 +115,7 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
         del echo["dms"]
     if scenario.devices == type(scenario.devices)():
         del echo["devices"]
+    echo["dht"] = scenario.dht_fidelity  # what ran, not "auto" (issue 17)
     return echo
 
 
@@ -138,7 +139,7 @@ def summary(result: Result) -> list[str]:
     sc = result.scenario
     lines = [
         f"{sc.name} (seed {sc.seed}): {sc.nodes} nodes, {sc.duration:g} s simulated, "
-        f"{result.events:,} events",
+        f"{result.events:,} events, DHT {sc.dht_fidelity}",
         f"delivery {_share(m, 'delivery.ratio', 'delivery.expected')} ({_int(_get(m, 'delivery.delivered'))}/"
         f"{_int(_get(m, 'delivery.expected'))} over {_int(_get(m, 'posts'))} posts), latency p50 "
         f"{_secs(_get(m, 'delivery.latency_s.p50'))}, p99 {_secs(_get(m, 'delivery.latency_s.p99'))}; "
@@ -343,6 +344,12 @@ def _scenario_lines(sc: Scenario, metrics: dict[str, Any] | None = None) -> list
     lines = [
         f"- **Seed**: {sc.seed}",
         f"- **Nodes**: {sc.nodes}, **duration**: {sc.duration:g} s, **protocol**: {sc.protocol}",
+        "- **DHT fidelity**: "
+        + (
+            "full (the real DHT over simulated datagrams)"
+            if sc.dht_fidelity == "full"
+            else "model (calibrated against full runs, answering from a global view; `simulations.dhtmodel`)"
+        ),
         f"- **Network**: latency {latency}; loss {net.loss:.1%}, duplicate {net.duplicate:.1%}, "
         f"reorder {net.reorder:.1%}, {bandwidth}",
         f"- **Workload**: {w.follow_graph} follow graph, {w.follows} follows per node; {w.authors:.0%} of "

@@ -36,6 +36,12 @@ MAX_ATTACK_RATE = 1000.0
 MAX_DEVICES_PER_IDENTITY = 8
 #: An `Expect` bound that is not checked.
 UNCHECKED = -1
+#: ``dht = "auto"`` runs the DHT model (`simulations.dhtmodel`) from this many nodes up.
+MODEL_FROM_NODES = 500
+#: The values of the top-level ``dht`` key (issue 17's fidelity switch).
+DHT_FIDELITIES = ("auto", "full", "model")
+#: Attacks aimed at the DHT: a scenario with one runs the full DHT only.
+DHT_ATTACKS = ("flood", "poison", "censor")
 
 
 class ScenarioError(ValueError):
@@ -235,12 +241,37 @@ class Scenario:
     #: Followers must hold every honest feed within this many seconds after the
     #: last fault ends (and posting stops); else the convergence oracle fires.
     converge_within: float = 120.0
+    #: DHT fidelity: "full" (the real DHT over simulated datagrams), "model" (a calibrated
+    #: model answering from a global view, `simulations.dhtmodel`), or "auto": full below
+    #: `MODEL_FROM_NODES` nodes and for adversarial-DHT scenarios, the model from there up.
+    dht: str = "auto"
+
+    @property
+    def adversarial_dht(self) -> bool:
+        """Whether nodes lie in the DHT or attacks aim at it (the model cannot stand in then)."""
+        m = self.malicious
+        return m.dht_bogus > 0 or m.dht_forged > 0 or any(a.kind in DHT_ATTACKS for a in self.attacks)
+
+    @property
+    def dht_fidelity(self) -> str:
+        """ "full" or "model": what ``dht`` resolves to at this node count."""
+        if self.dht != "auto":
+            return self.dht
+        return "full" if self.adversarial_dht or self.nodes < MODEL_FROM_NODES else "model"
 
     def with_overrides(
-        self, *, seed: int | None = None, nodes: int | None = None, duration: float | None = None
+        self,
+        *,
+        seed: int | None = None,
+        nodes: int | None = None,
+        duration: float | None = None,
+        dht: str | None = None,
     ) -> Scenario:
         out = self
         given = []
+        if dht is not None:
+            out = replace(out, dht=dht)
+            given.append(f"--dht {dht}")
         if seed is not None:
             out = replace(out, seed=seed)
         if nodes is not None:
@@ -293,6 +324,13 @@ class Scenario:
             raise ScenarioError(f"network.latency.sigma: 0 .. {MAX_SIGMA:g}, not {latency.sigma:g}")
         if self.protocol not in ("gossip", "flood"):
             raise ScenarioError(f"protocol: 'gossip' or 'flood', not {self.protocol!r}")
+        if self.dht not in DHT_FIDELITIES:
+            raise ScenarioError(f"dht: 'auto', 'full' or 'model', not {self.dht!r}")
+        if self.dht == "model" and self.adversarial_dht:
+            raise ScenarioError(
+                "dht: 'model' cannot run an adversarial-DHT scenario (malicious dht_bogus/dht_forged "
+                "nodes or a flood, poison or censor attack): the model has no wire to lie on; use 'full'"
+            )
         if self.converge_within < 0:
             raise ScenarioError(f"converge_within: must be >= 0, not {self.converge_within:g}")
         self._check_workload()

@@ -71,6 +71,7 @@ from p2pblog.node import NodeCore, PeerNotResolved, PeerResolved
 from p2pblog.replication import EntriesStored, InputRefused
 from simulations.deadlines import WithinDeadlines
 from simulations.devices import DeviceTraffic
+from simulations.dhtmodel import Calibration, DhtCensus, DhtView, dht_factory
 from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
@@ -140,8 +141,15 @@ def _r(value: float) -> float:
 
 class Simulation:
     def __init__(
-        self, scenario: Scenario, *, hooks: Hooks | None = None, savings: Savings | None = None
+        self,
+        scenario: Scenario,
+        *,
+        hooks: Hooks | None = None,
+        savings: Savings | None = None,
+        calibrate: bool = False,
     ) -> None:
+        """``calibrate``: a full run also keeps the view a model would answer from, so its
+        census compares providers returned with providers available (`simulations.calibrate`)."""
         scenario.check()
         #: Simulator-only savings (`simulations.savings`; all by default): same results.
         self.savings = ALL_SAVINGS if savings is None else savings
@@ -151,6 +159,12 @@ class Simulation:
         self.hooks = hooks or Hooks()
         self.engine = Engine(scenario.seed)
         self.network = Network(self.engine, scenario.network)
+        #: The DHT's fidelity (issue 17): its census in both, the model's view and calibration.
+        self.fidelity = scenario.dht_fidelity
+        self.dht_census = DhtCensus()
+        model = self.fidelity == "model"
+        self.dht_view: DhtView | None = DhtView(self.network) if model or calibrate else None
+        self.calibration: Calibration | None = Calibration.load() if model else None
         self.violations: list[Violation] = []
         n = scenario.nodes
         ids = self.engine.rng("identities")
@@ -248,7 +262,8 @@ class Simulation:
                 return chosen
         from simulations.adversary import make_core  # the roles live there
 
-        core = make_core(self.roles.get(node.index), node, rng, now)
+        make_dht = dht_factory(self.fidelity, node.index, self.dht_census, self.dht_view, self.calibration)
+        core = make_core(self.roles.get(node.index), node, rng, now, make_dht)
         core.replicator.prune_duplicates = self.scenario.protocol == "gossip"
         self.devices.configure(core)
         return core
@@ -682,6 +697,7 @@ class Simulation:
         ok = [hops for success, hops in self.lookup_results if success]
         hop_histogram = Counter(ok)
         heal = max(sc.last_fault_end, sc.post_until)
+        up = [core for i in self.honest if (core := self.nodes[i].core) is not None]
         metrics: dict[str, Any] = {
             "posts": len(self.post_order),
             "posts_skipped_offline_author": self.skipped_posts,
@@ -729,12 +745,19 @@ class Simulation:
                 "success_ratio": _r(len(ok) / len(self.lookup_results)) if self.lookup_results else 1.0,
                 "hops_mean": _r(sum(ok) / len(ok)) if ok else 0.0,
                 "hops_histogram": {str(h): hop_histogram[h] for h in sorted(hop_histogram)},
+                # Which fidelity produced this run, and what its queries did (issue 17).
+                "fidelity": self.fidelity,
+                "bytes_per_node": _r(sum(t.datagram_bytes for t in traffic) / len(traffic)),
+                **self.dht_census.metrics(),
             },
             "convergence": {
                 "since": _r(heal),
                 "converged_after_s": None if self.converged_at is None else _r(self.converged_at - heal),
                 "deadline": _r(sc.converge_by) if sc.converge_by <= sc.duration else None,
             },
+            "connections_per_node": _r(
+                sum(core.replicator.connection_count for core in up) / len(up) if up else 0.0
+            ),
             "refused": dict(sorted(self.refused.items())),
             "forks_detected_by_honest_nodes": len(self.fork_seen),
             "roles": dict(sorted(Counter(self.roles.values()).items())),
