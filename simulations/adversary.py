@@ -617,15 +617,8 @@ MAX_SYBIL_ASKED = 4096
 SYBIL_FIRST_HOST = 2
 
 
-class SilentFeeds(StoreFeeds):
+class SilentFeeds(WithholdingFeeds):
     """Declares and serves nothing but the own feed (a turned Sybil)."""
-
-    def __init__(self, base: StoreFeeds, own: bytes) -> None:
-        super().__init__(base.store, base.wanted)
-        self.own = own
-
-    def latest_seq(self, feed: bytes) -> int:
-        return self.store.latest_seq(feed) if feed == self.own else 0
 
     def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
         return self.store.raw_range(feed, first_seq, limit) if feed == self.own else []

@@ -64,6 +64,17 @@ def honest_core(node: SimNode, rng: Random, now: float) -> NodeCore:
     return make_core(None, node, rng, now)
 
 
+def breaking(patch: Callable[[NodeCore], None]) -> Callable[[SimNode, Random, float], NodeCore]:
+    """A core factory: the honest core with one mechanism broken by ``patch``."""
+
+    def make(node: SimNode, rng: Random, now: float) -> NodeCore:
+        core = honest_core(node, rng, now)
+        patch(core)
+        return core
+
+    return make
+
+
 # ============================================================ the scenarios
 
 
@@ -123,12 +134,8 @@ CRASH: dict[str, Any] = {"workload": {"join_over": 10.0}}
 
 @functools.cache
 def crash_loss(broken: bool = False) -> Result:
-    def silent_author(node: SimNode, rng: Random, now: float) -> NodeCore:
-        core = honest_core(node, rng, now)
-        core.replicator.feed_appended = lambda feed, now: None  # type: ignore[method-assign]
-        return core
-
-    return run(scaled("crash-loss-1000", 40, **CRASH), silent_author if broken else None)
+    silent_authors = breaking(lambda core: setattr(core.replicator, "feed_appended", lambda feed, now: None))
+    return run(scaled("crash-loss-1000", 40, **CRASH), silent_authors if broken else None)
 
 
 def test_crash_loss_scaled_down_meets_its_live_follower_goals() -> None:
@@ -175,11 +182,7 @@ EQUIVOCATION: dict[str, Any] = {
 
 @functools.cache
 def equivocation(broken: bool = False) -> Result:
-    def mute(node: SimNode, rng: Random, now: float) -> NodeCore:
-        core = honest_core(node, rng, now)
-        core.replicator._fork_found = lambda feed, now: None  # type: ignore[method-assign]
-        return core
-
+    mute = breaking(lambda core: setattr(core.replicator, "_fork_found", lambda feed, now: None))
     return run(scaled("equivocation-1000", 40, 420.0, **EQUIVOCATION), mute if broken else None)
 
 
