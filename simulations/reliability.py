@@ -408,6 +408,23 @@ def checked(sc: Any) -> list[str]:
     return [name for name, flag in on if flag]
 
 
+def summary_text(m: dict[str, Any]) -> str:
+    """One line for the terminal: the reliability figures the run has."""
+    rel = m["reliability"]
+    live = rel["live_followers_within"]
+    parts = [
+        f"live followers within 30 s {live['30s']['ratio']:.2%}, within 120 s {live['120s']['ratio']:.2%}"
+    ]
+    if "names" in rel:
+        parts.append(f"right names {rel['names']['ratio']:.2%}")
+    parts.append(f"right peer records {rel['peer_records']['ratio']:.2%}")
+    if "fork_proof" in rel:
+        parts.append(f"fork proof at every follower after {_secs(rel['fork_proof']['all_held_after_s'])}")
+    if "victim_delivery" in rel.get("sybil", {}):
+        parts.append(f"eclipsed victims' delivery {rel['sybil']['victim_delivery']['ratio']:.2%}")
+    return "reliability: " + ", ".join(parts)
+
+
 def report_lines(m: dict[str, Any]) -> list[str]:
     """The report's "Reliability" section (`metrics.reliability`)."""
     rel = m["reliability"]

@@ -142,6 +142,8 @@ def summary(result: Result) -> list[str]:
         lines.append(_devices_text(m))
     if "hostile" in m:
         lines.append(_hostile_text(m))
+    if "reliability" in m and reliability.checked(sc):
+        lines.append(reliability.summary_text(m))
     lines.append(_oracle_text(result))
     return lines
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from random import Random
 from typing import Any
 
@@ -25,7 +27,7 @@ import dht.routing
 from p2pblog.node import NodeCore
 from simulations.adversary import SilentFeeds, SybilCore, SybilPlan, make_core
 from simulations.node import SimNode
-from simulations.report import metrics_document, summary
+from simulations.report import metrics_document, summary, write_run
 from simulations.scenario import Scenario, ScenarioError
 from simulations.simulation import Hooks, Result, Simulation
 
@@ -154,6 +156,8 @@ def test_live_share_within_30s_drops_when_authors_stop_pushing() -> None:
     share = broken.metrics["reliability"]["live_followers_within"]["30s"]["ratio"]
     assert share < good.metrics["reliability"]["live_followers_within"]["30s"]["ratio"] - 0.2
     assert [v.oracle for v in broken.violations if v.oracle == "live delivery"]
+    # The terminal summary names the figure and the oracles that ran.
+    assert any(line.startswith("reliability: live followers within 30 s 100.00%") for line in summary(good))
     assert any("reliability: live delivery, delivery" in line for line in summary(good))
 
 
@@ -357,3 +361,23 @@ def test_victim_delivery_oracle_fires_when_the_victim_is_silenced() -> None:
     d = result.metrics["reliability"]["sybil"]["victim_delivery"]
     assert d["expected"] > 0 and d["ratio"] < 0.5
     assert "victim delivery" in {v.oracle for v in result.violations}
+
+
+def test_the_report_shows_each_figure(tmp_path: Path) -> None:
+    texts = {}
+    for name, result in (("flash", flash()[1]), ("equivocation", equivocation()), ("lying", lying())):
+        write_run(result, tmp_path / name)
+        texts[name] = (tmp_path / name / "report.md").read_text()
+    assert all("## Reliability" in text and "| 30s |" in text for text in texts.values())
+    assert "Delivery of posts after the turn" in texts["flash"]
+    assert "Fork proofs: 23 of 23 honest followers" in texts["equivocation"]
+    assert "Name lookups that returned the claimant's claim" in texts["lying"]
+
+
+def test_a_sybil_run_replays_byte_for_byte() -> None:
+    def once() -> str:
+        _, result = sybil_run("eclipse", 24, 80.0, fraction=0.5, networks=2)
+        return json.dumps(metrics_document(result), sort_keys=True)
+
+    first = once()
+    assert '"lies"' in first and first == once()
