@@ -16,6 +16,13 @@ how the real code copes.
 * ``gossip_forge``: serves other authors' entries with broken signatures.
 * ``equivocator``: an author that, at ``equivocate_at``, signs a second entry
   for its next seq and hands it to half of its followers (`equivocate`).
+* ``sybil`` (a scenario's ``[sybil]`` table, `SybilPlan`): one of many nodes
+  of one attacker, from a few /24s, that answers DHT lookups with Sybils only
+  and declares and serves nothing in gossip: from the start (``cold``), all
+  at once at ``turn_at`` after behaving (``flash``), or only about one
+  author's keys and feed, next to which it ground its DHT id (``eclipse``).
+  `SybilCore` rewrites its own answers as `LyingDhtCore` does, remembering
+  the target of each request it will lie to (at most `MAX_SYBIL_ASKED`).
 
 Attackers from outside
 ----------------------
