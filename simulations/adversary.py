@@ -659,7 +659,8 @@ class SybilPlan:
       announces like anyone, so honest nodes come to rely on it), then all of
       them turn at once as ``cold``.
     * ``eclipse``: each Sybil grinds its DHT id next to the peer-record key or
-      the provider key of an eclipsed author (``victims`` honest authors; ids
+      the provider key of an eclipsed author (the ``victims`` honest authors
+      with the most honest followers; ids
       share ``prefix_bits`` leading bits with the key), behaves honestly about
       everything else, and answers lookups of those keys as ``cold`` does, and
       never declares or serves the eclipsed feeds.
@@ -684,8 +685,10 @@ class SybilPlan:
         #: DHT key -> eclipsed author, and the eclipsed feeds.
         self.hidden_keys: dict[bytes, int] = {}
         if spec.mode == "eclipse":
+            # The most followed honest authors (by honest followers): the eclipse a user notices.
             pool = [a for a in sim.authors if a in sim.honest_set and a != 0 and a not in sim.offline_authors]
-            self.victims = sorted(rng.sample(pool, min(spec.victims, len(pool))))
+            pool.sort(key=lambda a: (-sum(1 for i in sim.followers[a] if i in sim.honest_set), a))
+            self.victims = sorted(pool[: spec.victims])
             for victim in self.victims:
                 key = sim.nodes[victim].identity.public_key
                 self.hidden_keys[peer_key(key)] = victim

@@ -21,7 +21,7 @@ and the reliability oracles of ``[expect]``) and measures:
   random claimed name ``lookups_per_hour`` times an hour; a lookup is right
   when the claimant's own claim is among the claims found (`NameResolved`).
 * **fork proofs** (``[malicious] equivocators``): from the equivocation on,
-  every `FORK_PROBE_EVERY` seconds, which honest followers of each
+  every `FORK_PROBE_EVERY` seconds (0.2), which honest followers of each
   equivocator hold the fork (their store marks the feed forked); the time
   from the equivocation until each does (p50, max) and until all do.  An
   equivocator whose other branch reached nobody (one follower: `equivocate`
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 #: The deadlines of the live-follower shares, seconds (the issue's 30 s and 120 s).
 WINDOWS: Final = (30.0, 120.0)
 #: Seconds between two looks for fork proofs at the equivocators' followers.
-FORK_PROBE_EVERY: Final = 1.0
+FORK_PROBE_EVERY: Final = 0.2
 
 
 def _r(value: float) -> float:
@@ -179,7 +179,8 @@ class ReliabilityWatch:
                     self.fork_held[(i, author)] = now
                 else:
                     pending += 1
-        if (pending or not self.fork_at) and now + FORK_PROBE_EVERY <= sim.scenario.duration:
+        classified = len(self.fork_at) + len(self.fork_unseen) == len(sim.equivocated)
+        if (pending or not classified) and now + FORK_PROBE_EVERY <= sim.scenario.duration:
             sim.engine.after(FORK_PROBE_EVERY, self._probe_forks)
 
     def _other_branch_out(self, author: int, seq: int) -> bool:

@@ -162,15 +162,15 @@ class Simulation:
             self.nodes.append(node)
         self.by_key = {node.identity.public_key: node for node in self.nodes}
         self._choose_roles()
-        self.sybil_plan: SybilPlan | None = None
-        if scenario.sybil.fraction:
-            from simulations.adversary import SybilPlan  # the Sybils live there
-
-            self.sybil_plan = SybilPlan(self)
         for node in self.nodes:
             if self.hooks.on_node is not None:
                 self.hooks.on_node(node)
         self._follow_graph()
+        self.sybil_plan: SybilPlan | None = None
+        if scenario.sybil.fraction:  # after the follow graph: an eclipse picks the most followed
+            from simulations.adversary import SybilPlan  # the Sybils live there
+
+            self.sybil_plan = SybilPlan(self)
         # Metrics state.
         self.posts: dict[tuple[bytes, int], float] = {}
         self.post_order: list[tuple[bytes, int]] = []
