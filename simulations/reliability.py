@@ -464,7 +464,12 @@ def report_lines(m: dict[str, Any]) -> list[str]:
         ]
     if "sybil" in rel:
         s = rel["sybil"]
-        lines += ["", f"Sybils: {s['sybils']} ({s['mode']}, from {s['networks'] or 'their own'} /24s)."]
+        lies = ", ".join(f"{n:,} {kind}" for kind, n in s["lies"].items()) or "none"
+        lines += [
+            "",
+            f"Sybils: {s['sybils']} ({s['mode']}, from {s['networks'] or 'their own'} /24s); "
+            f"answers they changed: {lies}.",
+        ]
         for label, key in (
             ("posts before the turn", "delivery_before_turn"),
             ("posts after the turn", "delivery_after_turn"),

@@ -369,7 +369,7 @@ def test_the_report_shows_each_figure(tmp_path: Path) -> None:
         write_run(result, tmp_path / name)
         texts[name] = (tmp_path / name / "report.md").read_text()
     assert all("## Reliability" in text and "| 30s |" in text for text in texts.values())
-    assert "Delivery of posts after the turn" in texts["flash"]
+    assert "Delivery of posts after the turn" in texts["flash"] and "answers they changed: " in texts["flash"]
     assert "Fork proofs: 23 of 23 honest followers" in texts["equivocation"]
     assert "Name lookups that returned the claimant's claim" in texts["lying"]
 
