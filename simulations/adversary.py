@@ -16,6 +16,13 @@ how the real code copes.
 * ``gossip_forge``: serves other authors' entries with broken signatures.
 * ``equivocator``: an author that, at ``equivocate_at``, signs a second entry
   for its next seq and hands it to half of its followers (`equivocate`).
+* ``sybil`` (a scenario's ``[sybil]`` table, `SybilPlan`): one of many nodes
+  of one attacker, from a few /24s, that answers DHT lookups with Sybils only
+  and declares and serves nothing in gossip: from the start (``cold``), all
+  at once at ``turn_at`` after behaving (``flash``), or only about one
+  author's keys and feed, next to which it ground its DHT id (``eclipse``).
+  `SybilCore` rewrites its own answers as `LyingDhtCore` does, remembering
+  the target of each request it will lie to (at most `MAX_SYBIL_ASKED`).
 
 Attackers from outside
 ----------------------
@@ -63,6 +70,7 @@ choice from their own seeded stream (``attack:N``):
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -73,6 +81,7 @@ import msgpack
 
 from dht import DhtCore, wire
 from dht.ids import ID_BITS, ID_BYTES, Contact, K, distance, node_id_from_public_key
+from dht.routing import RoutingTable
 from gossip.transport import ChannelFailed, HandshakeCompleted, SecureChannel
 from identity import Identity
 from identity.keys import SIGNATURE_BYTES
@@ -89,6 +98,7 @@ from p2pblog.entry import POST, create_entry, post_body
 from p2pblog.node import NodeCore
 from p2pblog.replication import StoreFeeds
 from simulations.network import PORT
+from simulations.node import EPOCH
 from simulations.scenario import Attack
 
 if TYPE_CHECKING:
@@ -606,3 +616,218 @@ def make_attackers(sim: Simulation) -> list[AttackHost]:
                     fellows.append(censor)
                     out.append(censor)
     return out
+
+
+# ============================================================ Sybils among the nodes
+
+#: Requests a Sybil remembers to lie to, at most (answers it never sends are forgotten).
+MAX_SYBIL_ASKED = 4096
+#: Sybil addresses: host .2 .. .254 of ``10.254.<network>.0/24`` (honest nodes take host .1).
+SYBIL_FIRST_HOST = 2
+
+
+class SilentFeeds(WithholdingFeeds):
+    """Declares and serves nothing but the own feed (a turned Sybil)."""
+
+    def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
+        return self.store.raw_range(feed, first_seq, limit) if feed == self.own else []
+
+
+class HidingFeeds(StoreFeeds):
+    """Declares and serves nothing of the hidden feeds (an eclipsing Sybil)."""
+
+    def __init__(self, base: StoreFeeds, hidden: frozenset[bytes]) -> None:
+        super().__init__(base.store, base.wanted)
+        self.hidden = hidden
+
+    def latest_seq(self, feed: bytes) -> int:
+        return 0 if feed in self.hidden else self.store.latest_seq(feed)
+
+    def entries(self, feed: bytes, first_seq: int, limit: int) -> Sequence[bytes]:
+        return [] if feed in self.hidden else self.store.raw_range(feed, first_seq, limit)
+
+
+class SybilPlan:
+    """The Sybils of a scenario's ``[sybil]`` table: who they are, where, their DHT ids,
+    and what they lie about (`SybilCore`).
+
+    * ``cold``: hostile from the start.  Every FIND_NODE, FIND_VALUE and
+      GET_PROVIDERS answer names only Sybils (the k nearest the target of all
+      of them: real nodes that answer, so a walk that follows them stays among
+      them) and never a value or a provider; in gossip a Sybil declares and
+      serves nothing but its own feed (it still follows, announces and holds
+      connections).  Stores are acknowledged and never served.
+    * ``flash``: honest until ``turn_at`` (it joins, follows, replicates and
+      announces like anyone, so honest nodes come to rely on it), then all of
+      them turn at once as ``cold``.
+    * ``eclipse``: each Sybil grinds its DHT id next to the peer-record key or
+      the provider key of an eclipsed author (the ``victims`` honest authors
+      with the most honest followers; ids
+      share ``prefix_bits`` leading bits with the key), behaves honestly about
+      everything else, and answers lookups of those keys as ``cold`` does, and
+      never declares or serves the eclipsed feeds.
+
+    With ``networks`` > 0 the Sybils' addresses come from that many /24s
+    (``10.254.<n>.<host>``), as an attacker with a few machines and many ports
+    or addresses would have; with 0 each has a /24 of its own, like the honest
+    nodes.
+    """
+
+    def __init__(self, sim: Simulation) -> None:
+        spec = sim.scenario.sybil
+        self.mode = spec.mode
+        self.turn_at = spec.turn_at if spec.mode == "flash" else 0.0
+        self.indices = sorted(i for i, role in sim.roles.items() if role == "sybil")
+        rng = sim.engine.rng("sybil")
+        if spec.networks:
+            for j, index in enumerate(self.indices):
+                network, host = j % spec.networks, j // spec.networks + SYBIL_FIRST_HOST
+                place(sim.nodes[index], (f"10.254.{network}.{host}", PORT))
+        self.victims: list[int] = []
+        #: DHT key -> eclipsed author, and the eclipsed feeds.
+        self.hidden_keys: dict[bytes, int] = {}
+        if spec.mode == "eclipse":
+            # The most followed honest authors (by honest followers): the eclipse a user notices.
+            pool = [a for a in sim.authors if a in sim.honest_set and a != 0 and a not in sim.offline_authors]
+            pool.sort(key=lambda a: (-sum(1 for i in sim.followers[a] if i in sim.honest_set), a))
+            self.victims = sorted(pool[: spec.victims])
+            for victim in self.victims:
+                key = sim.nodes[victim].identity.public_key
+                self.hidden_keys[peer_key(key)] = victim
+                self.hidden_keys[provider_key(key)] = victim
+        self.hidden_feeds = frozenset(sim.nodes[v].identity.public_key for v in self.victims)
+        targets = sorted(self.hidden_keys)
+        self.ids: dict[int, bytes] = {}
+        for j, index in enumerate(self.indices):
+            if targets:
+                self.ids[index] = near(targets[j % len(targets)], spec.prefix_bits, rng)
+            else:
+                self.ids[index] = node_id_from_public_key(sim.nodes[index].identity.public_key)
+        #: Every Sybil as a contact, by id (the nearest to a key are found by bisection).
+        directory = sorted(
+            (int.from_bytes(self.ids[i], "big"), Contact(self.ids[i], sim.nodes[i].addr))
+            for i in self.indices
+        )
+        self._id_ints = [n for n, _ in directory]
+        self._contacts = [c for _, c in directory]
+        #: What the Sybils' cores lied, summed over their incarnations.
+        self.lies: Counter[str] = Counter()
+
+    def hostile(self, now: float) -> bool:
+        """Whether the Sybils lie at ``now`` (simulated seconds)."""
+        return now >= self.turn_at
+
+    def lies_about(self, key: bytes) -> bool:
+        return not self.hidden_keys or key in self.hidden_keys
+
+    def nearest(self, key: bytes, exclude: tuple[str, int]) -> list[Contact]:
+        """The k Sybils nearest key: XOR-near ids share a prefix, so they sort next to it."""
+        at = bisect.bisect_left(self._id_ints, int.from_bytes(key, "big"))
+        window = self._contacts[max(0, at - 2 * K) : at + 2 * K]
+        pool = [c for c in window if c.addr != exclude]
+        return heapq.nsmallest(K, pool, key=lambda c: distance(c.node_id, key))
+
+    def make_core(self, node: SimNode, rng: Random, now: float) -> SybilCore:
+        core = SybilCore(node.identity, rng, now, store=node.store, random_bytes=rng.randbytes, plan=self)
+        if self.ids[node.index] != core.dht.node_id:
+            reidentify(core, self.ids[node.index], now)
+        if self.hidden_feeds:
+            core.replicator.source = HidingFeeds(core.replicator.source, self.hidden_feeds)
+        elif self.hostile(now - EPOCH):
+            core.turn()
+        core.lies = self.lies  # one count for all of them
+        return core
+
+    def turn(self, sim: Simulation) -> None:
+        """``flash``: every Sybil turns hostile at once."""
+        for index in self.indices:
+            node = sim.nodes[index]
+            core = node.core
+            if isinstance(core, SybilCore):
+                core.turn()
+                node.flush()
+
+
+class SybilCore(NodeCore):
+    """A NodeCore that lies as its `SybilPlan` says: DHT answers that lead only to Sybils,
+    and (once turned) gossip that declares nothing."""
+
+    def __init__(self, *args: Any, plan: SybilPlan, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plan = plan
+        #: Answers it changed (FIND_NODE or FIND_VALUE: ``closer``; GET_PROVIDERS: ``providers``).
+        self.lies: Counter[str] = Counter()
+        #: msg id -> (key, asker, seen) of each request it will lie to.
+        self._asked: dict[bytes, tuple[bytes, tuple[str, int], bool | None]] = {}
+
+    def turn(self) -> None:
+        if not isinstance(self.replicator.source, SilentFeeds):
+            self.replicator.source = SilentFeeds(self.replicator.source, self.identity.public_key)
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int], now: float) -> None:
+        if self.plan.hidden_keys or isinstance(self.replicator.source, SilentFeeds):
+            self._note(data, addr)
+        super().receive_datagram(data, addr, now)
+
+    def _note(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            message = wire.decode_datagram(data)
+        except wire.WireError:
+            return
+        seen: bool | None = None
+        match message:
+            case wire.FindNode(msg_id, _, key) | wire.FindValue(msg_id, _, key):
+                pass
+            case wire.GetProviders(msg_id, _, key, seen):
+                pass
+            case _:
+                return
+        if self.plan.lies_about(key):
+            if len(self._asked) >= MAX_SYBIL_ASKED:
+                self._asked.clear()
+            self._asked[msg_id] = (key, addr, seen)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, tuple[str, int]]]:
+        out = super().datagrams_to_send()
+        if not self._asked:
+            return out
+        return [(self._lie(data), addr) for data, addr in out]
+
+    def _lie(self, data: bytes) -> bytes:
+        try:
+            message = wire.decode_datagram(data)
+        except wire.WireError:
+            return data
+        if not isinstance(message, wire.Response) or message.msg_id not in self._asked:
+            return data
+        key, asker, seen = self._asked.pop(message.msg_id)
+        sybils = self.plan.nearest(key, asker)
+        if seen is None:
+            self.lies["closer"] += 1
+            return wire.find_node_response(message.msg_id, sybils)
+        self.lies["providers"] += 1
+        return wire.get_providers_response(message.msg_id, [], sybils, seen=[] if seen else None)
+
+
+def place(node: SimNode, addr: tuple[str, int]) -> None:
+    """Move a node that never ran to another address."""
+    node.network.move(node.index, addr)
+    node.endpoint.addr = addr
+    node.addr = addr
+
+
+def reidentify(core: NodeCore, node_id: bytes, now: float) -> None:
+    """Give a core that has not started another DHT id (a Sybil that ground its id)."""
+    dht = core.dht
+    cfg = dht.config
+    dht.node_id = node_id
+    dht.table = RoutingTable(
+        node_id,
+        now,
+        k=cfg.k,
+        replacement_cache=cfg.replacement_cache,
+        refresh_interval=cfg.refresh_interval,
+        questionable_after=cfg.questionable_after,
+        per_network=dht.table.per_network,
+    )
+    dht._walk_params["local_id"] = node_id

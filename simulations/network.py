@@ -264,6 +264,15 @@ class Network:
         self._epoch.append(0)
         return addr
 
+    def move(self, index: int, addr: tuple[str, int]) -> None:
+        """Give node ``index`` another address before it ever sends (e.g. Sybils that share
+        a few /24s, `simulations.adversary.place_sybils`); the old one is free again."""
+        if addr in self.addrs:
+            raise ValueError(f"address {addr} is taken")
+        del self.addrs[self.node_addrs[index]]
+        self.node_addrs[index] = addr
+        self.addrs[addr] = index
+
     def connected(self, a: int, b: int) -> bool:
         """Whether no partition separates a and b."""
         if not self.partitions:  # the common case: asked for every datagram

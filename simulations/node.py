@@ -69,6 +69,8 @@ class SimNode:
         self.incarnation = 0
         #: The replication counters of the cores a crash took away (the metrics sum them).
         self.crashed_stats: Counter[str] = Counter()
+        #: When each crash happened (`simulations.reliability`: who stayed up through a window).
+        self.downs: list[float] = []
         #: The driver, at this node's network address; down until `start`.
         self.endpoint: CoreEndpoint[NodeCore] = CoreEndpoint(
             None,
@@ -119,6 +121,7 @@ class SimNode:
         if not self.endpoint.up:
             return
         self.crashed_stats.update(self.endpoint.core.counters())
+        self.downs.append(self.engine.now)
         self.endpoint.crash()
         if isinstance(self.store, SnapshotStore):
             self.store.write_snapshots()  # what a killed process's file would hold

@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations import reliability
 from simulations.plot import (
     hops_plot,
     latency_cdf_plot,
@@ -116,6 +117,14 @@ def _scenario_echo(scenario: Scenario) -> dict[str, Any]:
     if scenario.devices == type(scenario.devices)():
         del echo["devices"]
     echo["dht"] = scenario.dht_fidelity  # what ran, not "auto" (issue 17)
+    for table in ("sybil", "names"):
+        if getattr(scenario, table) == type(getattr(scenario, table))():
+            del echo[table]
+    if "expect" in echo:  # the reliability thresholds only when set (the hostile echo stays as it was)
+        defaults = dataclasses.asdict(type(scenario.expect)())
+        for name in (*scenario.expect.RELIABILITY, "fork_proof_within"):
+            if echo["expect"][name] == defaults[name]:
+                del echo["expect"][name]
     return echo
 
 
@@ -168,6 +177,8 @@ def summary(result: Result) -> list[str]:
         lines.append(_devices_text(m))
     if "hostile" in m:
         lines.append(_hostile_text(m))
+    if "reliability" in m and reliability.checked(sc):
+        lines.append(reliability.summary_text(m))
     lines.append(_oracle_text(result))
     return lines
 
@@ -308,6 +319,8 @@ def _report(result: Result) -> str:
         out += ["## Devices", "", *_devices_lines(sc, m), ""]
     if "hostile" in m:
         out += ["## Under attack", "", *_hostile_lines(m), ""]
+    if "reliability" in m:
+        out += ["## Reliability", "", *reliability.report_lines(m), ""]
     out += ["## Convergence", "", _convergence_text(m) + ".", ""]
     deadline = _get(m, "convergence.deadline")
     out += [
@@ -512,6 +525,8 @@ def _oracles_run(result: Result) -> str:
             if on
         ]
         run += "; under attack: " + ", ".join([*checked, "core exception"])
+    if reliability.checked(sc):
+        run += "; reliability: " + ", ".join(reliability.checked(sc))
     if "dms" in result.metrics:
         run += "; direct messages: dm duplicate, dm privacy"
     if "devices" in result.metrics:

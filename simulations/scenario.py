@@ -34,6 +34,8 @@ MAX_SUBNET_HOSTS = 254
 MAX_ATTACK_RATE = 1000.0
 #: Most extra machines (devices) one identity may get (devices.MAX_DEVICES counts the roots too).
 MAX_DEVICES_PER_IDENTITY = 8
+#: Most /24s the Sybils of a scenario may come from (``10.254.0`` .. ``10.254.255``).
+MAX_SYBIL_NETWORKS = 256
 #: An `Expect` bound that is not checked.
 UNCHECKED = -1
 #: ``dht = "auto"`` runs the DHT model (`simulations.dhtmodel`) from this many nodes up.
@@ -174,8 +176,20 @@ class Expect:
     attacker_records: int = UNCHECKED
     #: Most routing-table contacts one honest node may hold at hosts that never answer.
     unanswered_contacts: int = UNCHECKED
+    #: Reliability goals (`simulations.reliability`; 0: not checked).  Lowest share of the
+    #: live followers (up at the post and through the window) that get a post within 30 s
+    #: and within 120 s, pooled over the posts.
+    live_within_30s: float = 0.0
+    live_within_120s: float = 0.0
+    #: Lowest delivery ratio of the eclipsed victims' posts to their honest followers.
+    victim_delivery: float = 0.0
+    #: Lowest share of honest name lookups that return the claimant's own claim.
+    name_lookup_success: float = 0.0
+    #: Most seconds from the equivocation until every honest follower holds the fork proof.
+    fork_proof_within: float = 0.0
 
     BOUNDS = ("attacker_connections", "attacker_records", "unanswered_contacts")
+    RELIABILITY = ("live_within_30s", "live_within_120s", "victim_delivery", "name_lookup_success")
 
 
 @dataclass(frozen=True)
@@ -217,6 +231,39 @@ class Devices:
 
 
 @dataclass(frozen=True)
+class Sybil:
+    """Sybil nodes among the scenario's nodes (`simulations.adversary.SybilCore`); off while
+    ``fraction`` is 0."""
+
+    #: Fraction of the nodes that are Sybils (node 0 stays honest).
+    fraction: float = 0.0
+    #: "cold": hostile from the start; "flash": honest until ``turn_at``, then all hostile
+    #: at once; "eclipse": ids next to the victims' keys, censoring their records.
+    mode: str = "cold"
+    turn_at: float = 0.0
+    #: The /24s the Sybils' addresses come from (0: one each, like the honest nodes).
+    networks: int = 8
+    #: eclipse: honest authors eclipsed, and the leading bits a Sybil's id shares with its key.
+    victims: int = 1
+    prefix_bits: int = 24
+
+    MODES = ("cold", "flash", "eclipse")
+
+
+@dataclass(frozen=True)
+class Names:
+    """Name claims and name lookups (`simulations.reliability`); off while ``claims`` is 0."""
+
+    #: Honest authors that claim a name (one each, with the real proof of work), and when.
+    claims: int = 0
+    claim_at: float = 30.0
+    #: Name lookups per honest node per simulated hour (of a random claimed name),
+    #: from ``lookup_from`` seconds.
+    lookups_per_hour: float = 6.0
+    lookup_from: float = 90.0
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str = ""
@@ -235,6 +282,10 @@ class Scenario:
     dms: Dms = field(default_factory=Dms)
     #: Identities with devices (`[devices]`); left out of metrics.json's scenario echo when unset.
     devices: Devices = field(default_factory=Devices)
+    #: Sybil nodes (`[sybil]`) and name claims and lookups (`[names]`); left out of
+    #: metrics.json's scenario echo when unset.
+    sybil: Sybil = field(default_factory=Sybil)
+    names: Names = field(default_factory=Names)
     #: "gossip" (Plumtree: prune duplicate pushers) or "flood" (every node pushes
     #: everything to every connected peer that replicates the feed, no pruning).
     protocol: str = "gossip"
@@ -248,9 +299,15 @@ class Scenario:
 
     @property
     def adversarial_dht(self) -> bool:
-        """Whether nodes lie in the DHT or attacks aim at it (the model cannot stand in then)."""
+        """Whether nodes lie in the DHT (malicious roles, Sybils) or attacks aim at it
+        (the model cannot stand in then)."""
         m = self.malicious
-        return m.dht_bogus > 0 or m.dht_forged > 0 or any(a.kind in DHT_ATTACKS for a in self.attacks)
+        return (
+            m.dht_bogus > 0
+            or m.dht_forged > 0
+            or self.sybil.fraction > 0
+            or any(a.kind in DHT_ATTACKS for a in self.attacks)
+        )
 
     @property
     def dht_fidelity(self) -> str:
@@ -329,7 +386,8 @@ class Scenario:
         if self.dht == "model" and self.adversarial_dht:
             raise ScenarioError(
                 "dht: 'model' cannot run an adversarial-DHT scenario (malicious dht_bogus/dht_forged "
-                "nodes or a flood, poison or censor attack): the model has no wire to lie on; use 'full'"
+                "nodes, Sybils, or a flood, poison or censor attack): the model has no wire to lie on; "
+                "use 'full'"
             )
         if self.converge_within < 0:
             raise ScenarioError(f"converge_within: must be >= 0, not {self.converge_within:g}")
@@ -339,10 +397,17 @@ class Scenario:
         for i, fault in enumerate(self.faults):
             self._check_fault(fault, f"faults[{i}]")
         self._check_malicious()
+        self._check_sybil()
+        self._check_names()
         for i, attack in enumerate(self.attacks):
             self._check_attack(attack, f"attacks[{i}]")
-        for name in ("delivery_ratio", "lookup_success", "victim_lookup_success"):
+        for name in ("delivery_ratio", "lookup_success", "victim_lookup_success", *Expect.RELIABILITY):
             _fraction(getattr(self.expect, name), f"expect.{name}")
+        if self.expect.fork_proof_within < 0:
+            raise ScenarioError(
+                f"expect.fork_proof_within: must be >= 0 seconds (0: not checked), "
+                f"not {self.expect.fork_proof_within:g}"
+            )
         for name in Expect.BOUNDS:
             if getattr(self.expect, name) < UNCHECKED:
                 value = getattr(self.expect, name)
@@ -508,6 +573,54 @@ class Scenario:
                 f"malicious.equivocate_at: 0 .. below duration ({self.duration:g}), not {m.equivocate_at:g}"
             )
 
+    @property
+    def sybils(self) -> int:
+        """How many of the nodes are Sybils."""
+        return round(self.sybil.fraction * self.nodes)
+
+    def _check_sybil(self) -> None:
+        s = self.sybil
+        _fraction(s.fraction, "sybil.fraction")
+        if s.mode not in Sybil.MODES:
+            raise ScenarioError(f"sybil.mode: one of {', '.join(Sybil.MODES)}, not {s.mode!r}")
+        if not s.fraction:
+            return
+        roles = self.malicious.equivocators + sum(
+            round(getattr(self.malicious, name) * self.nodes) for name in _MALICIOUS_FRACTIONS
+        )
+        if self.sybils + roles > self.nodes - 1:
+            raise ScenarioError(
+                f"sybil.fraction: {self.sybils} Sybils and {roles} other malicious nodes, "
+                f"at most nodes-1 ({self.nodes - 1}; node 0 stays honest)"
+            )
+        if not 0 <= s.turn_at < self.duration:
+            raise ScenarioError(f"sybil.turn_at: 0 .. below duration ({self.duration:g}), not {s.turn_at:g}")
+        if not 0 <= s.networks <= MAX_SYBIL_NETWORKS:
+            raise ScenarioError(f"sybil.networks: 0 .. {MAX_SYBIL_NETWORKS}, not {s.networks}")
+        if s.networks and self.sybils > s.networks * MAX_SUBNET_HOSTS:
+            raise ScenarioError(
+                f"sybil.networks: {self.sybils} Sybils need at least "
+                f"{math.ceil(self.sybils / MAX_SUBNET_HOSTS)} /24s of {MAX_SUBNET_HOSTS} hosts, "
+                f"not {s.networks}"
+            )
+        if not 1 <= s.victims <= self.nodes - 1:
+            raise ScenarioError(f"sybil.victims: 1 .. nodes-1 ({self.nodes - 1}), not {s.victims}")
+        if not 0 <= s.prefix_bits <= 152:
+            raise ScenarioError(f"sybil.prefix_bits: 0 .. 152, not {s.prefix_bits}")
+
+    def _check_names(self) -> None:
+        n = self.names
+        if not 0 <= n.claims < self.nodes:
+            raise ScenarioError(f"names.claims: 0 .. nodes-1 ({self.nodes - 1}), not {n.claims}")
+        if not 0 <= n.lookups_per_hour <= MAX_RATE_PER_HOUR:
+            raise ScenarioError(
+                f"names.lookups_per_hour: 0 .. {MAX_RATE_PER_HOUR:g} per node, not {n.lookups_per_hour:g}"
+            )
+        for name in ("claim_at", "lookup_from"):
+            value = getattr(n, name)
+            if value < 0 or (n.claims and value >= self.duration):
+                raise ScenarioError(f"names.{name}: 0 .. below duration ({self.duration:g}), not {value:g}")
+
     # -- TOML ------------------------------------------------------------------------
 
     @classmethod
@@ -529,6 +642,8 @@ class Scenario:
         expect = _build(Expect, _section(doc.pop("expect", {}), "expect"), "expect")
         dms = _build(Dms, _section(doc.pop("dms", {}), "dms"), "dms")
         devices = _build(Devices, _section(doc.pop("devices", {}), "devices"), "devices")
+        sybil = _build(Sybil, _section(doc.pop("sybil", {}), "sybil"), "sybil")
+        names = _build(Names, _section(doc.pop("names", {}), "names"), "names")
         raw_attacks = doc.pop("attacks", [])
         if not isinstance(raw_attacks, list):
             raise ScenarioError("attacks: an array of tables ([[attacks]])")
@@ -554,6 +669,8 @@ class Scenario:
                 "expect": expect,
                 "dms": dms,
                 "devices": devices,
+                "sybil": sybil,
+                "names": names,
             },
             "",
         )

@@ -62,7 +62,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from random import Random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from identity import Identity
 from identity.keys import set_verify_cache_size
@@ -76,8 +76,12 @@ from simulations.dms import DmTraffic
 from simulations.engine import Engine
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
+from simulations.reliability import ReliabilityWatch
 from simulations.savings import ALL_SAVINGS, Savings, gc_tuned
 from simulations.scenario import UNCHECKED, Attack, Fault, Scenario
+
+if TYPE_CHECKING:
+    from simulations.adversary import SybilPlan
 
 #: Seconds between prefix-consistency checks and between convergence probes.
 CHECK_EVERY = 30.0
@@ -188,6 +192,11 @@ class Simulation:
             if self.hooks.on_node is not None:
                 self.hooks.on_node(node)
         self._follow_graph()
+        self.sybil_plan: SybilPlan | None = None
+        if scenario.sybil.fraction:  # after the follow graph: an eclipse picks the most followed
+            from simulations.adversary import SybilPlan  # the Sybils live there
+
+            self.sybil_plan = SybilPlan(self)
         # Metrics state.
         self.posts: dict[tuple[bytes, int], float] = {}
         self.post_order: list[tuple[bytes, int]] = []
@@ -216,6 +225,7 @@ class Simulation:
 
             self.attackers = make_attackers(self)
         self.devices = DeviceTraffic(self)  # its extra nodes come after the attackers
+        self.reliability = ReliabilityWatch(self)
 
     # ============================================================ setup
 
@@ -238,6 +248,8 @@ class Simulation:
             cursor += count
         for index in order[cursor : cursor + m.equivocators]:
             self.roles[index] = "equivocator"
+        for index in order[cursor + m.equivocators : cursor + m.equivocators + self.scenario.sybils]:
+            self.roles[index] = "sybil"
         self.honest = [i for i in range(self.scenario.nodes) if i not in self.roles]
         self.honest_set = set(self.honest)
         w = self.scenario.workload
@@ -263,7 +275,11 @@ class Simulation:
         from simulations.adversary import make_core  # the roles live there
 
         make_dht = dht_factory(self.fidelity, node.index, self.dht_census, self.dht_view, self.calibration)
-        core = make_core(self.roles.get(node.index), node, rng, now, make_dht)
+        core: NodeCore
+        if self.sybil_plan is not None and self.roles.get(node.index) == "sybil":
+            core = self.sybil_plan.make_core(node, rng, now)
+        else:
+            core = make_core(self.roles.get(node.index), node, rng, now, make_dht)
         core.replicator.prune_duplicates = self.scenario.protocol == "gossip"
         self.devices.configure(core)
         return core
@@ -344,6 +360,7 @@ class Simulation:
             self._schedule_attacks()
         self.dms.schedule()
         self.devices.schedule()
+        self.reliability.schedule()
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -366,6 +383,7 @@ class Simulation:
         metrics = self._metrics()
         if self.attackers:
             self._hostile_oracles(metrics)
+        self.reliability.oracles(metrics)
         return Result(sc, metrics, self.violations, engine.events_run, latencies=self.latencies)
 
     def _run_until(self, t: float) -> bool:
@@ -461,6 +479,7 @@ class Simulation:
         self.posts[key] = self.engine.now
         self.post_order.append(key)
         self.delivered[key] = {}
+        self.reliability.posted(key)
 
     def _lookup(self, index: int, target: int) -> None:
         node = self.nodes[index]
@@ -547,6 +566,7 @@ class Simulation:
 
     def _on_event(self, node: SimNode, event: Any) -> None:
         self.dms.on_event(node, event)
+        self.reliability.on_event(node, event)
         if isinstance(event, EntriesStored):
             self._entries_stored(node, event)
         elif isinstance(event, PeerResolved | PeerNotResolved):
@@ -771,6 +791,7 @@ class Simulation:
             metrics["dms"] = self.dms.metrics(stats)
         if self.devices.idents:
             metrics["devices"] = self.devices.metrics()
+        metrics["reliability"] = self.reliability.metrics()
         return metrics
 
     # ============================================================ under attack

@@ -27,14 +27,21 @@ BUNDLED = [
     "baseline",
     "churn",
     "crash-and-loss",
+    "crash-loss-1000",
     "devices-churn",
     "dm-churn",
     "equivocation",
+    "equivocation-1000",
     "flood",
     "hostile",
+    "lying-dht-1000",
     "offline-author",
     "partition-heal",
+    "partitions-1000",
+    "sybil-cold-1000",
     "sybil-dht",
+    "sybil-eclipse-1000",
+    "sybil-flash-1000",
 ]
 #: Nodes in the reduced runs: enough for halves, 30% crashes and a few liars.
 SMALL = 16
