@@ -198,6 +198,29 @@ def list_() -> None:
 
 
 _scenario_argument = click.argument("scenario", metavar="SCENARIO")
+
+
+def _use_compiled(ctx: click.Context, param: click.Parameter, wanted: bool) -> bool:
+    """``--compiled``: import the mypyc build of the hot modules (`simulations.compiled`) from now on."""
+    if wanted:
+        from simulations.compiled import BuildError, activate
+
+        try:
+            click.echo(f"compiled build: {activate()}", err=True)
+        except BuildError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wanted
+
+
+_compiled_option = click.option(
+    "--compiled",
+    is_flag=True,
+    envvar="P2PBLOG_COMPILED",
+    expose_value=False,
+    callback=_use_compiled,
+    help="Run the compiled build of the hot modules (made by `python -m simulations.compiled build`; "
+    "same results, faster). Also P2PBLOG_COMPILED=1.",
+)
 _nodes_option = click.option(
     "--nodes", type=int, metavar="N", help="Override the scenario's number of nodes (2..100000)."
 )
@@ -211,6 +234,7 @@ _duration_option = click.option(
 @click.option("--seed", type=int, metavar="N", help="The random seed (default: the scenario's `seed`).")
 @_nodes_option
 @_duration_option
+@_compiled_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -324,6 +348,7 @@ def _run_seed(scenario: Scenario, seed: int, out_dir: Path) -> _SeedOutcome:
 )
 @_nodes_option
 @_duration_option
+@_compiled_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

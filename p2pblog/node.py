@@ -78,6 +78,7 @@ from identity.limits import MENTION_WORK
 from identity.records import Record, RecordError, decode_record, peer_key, provider_key
 from identity.sealed import dm_id
 from p2pblog import actions
+from p2pblog.compile_hints import mypyc_attr
 from p2pblog.devices import key_digest
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages
@@ -180,6 +181,7 @@ MAX_KEYEVENTS_TRIED: Final = 20
 PRIORITY_PEERS: Final = 256
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's lying nodes subclass it
 class NodeCore:
     """A p2pblog node, sans IO.  Drive it exactly like `dht.DhtCore`."""
 

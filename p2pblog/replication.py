@@ -176,6 +176,7 @@ from identity import Identity
 from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
 from identity.pacing import KeyedTokenBuckets, TokenBucket
+from p2pblog.compile_hints import mypyc_attr
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, StorageFull
@@ -403,6 +404,7 @@ Event = (
 # --- the feed source over the store ---------------------------------------------------------
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's withholding and forging feeds
 class StoreFeeds:
     """The `gossip.session.FeedSource` over the node's store."""
 

@@ -56,7 +56,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Final, Protocol
 
 from simulations.engine import Engine
 
@@ -83,6 +83,11 @@ class Endpoint(Protocol):
     def connection_lost(self, conn_id: int) -> None: ...
 
 
+#: `Latency.kind`s.  (Not a class attribute: in the mypyc build, `simulations.compiled`, an
+#: unannotated class attribute of a dataclass becomes a field, and so part of metrics.json.)
+LATENCY_KINDS: Final = ("constant", "uniform", "lognormal", "regions")
+
+
 @dataclass(frozen=True)
 class Latency:
     """One-way latency model.  ``kind``: constant, uniform, lognormal or regions (milliseconds)."""
@@ -96,12 +101,10 @@ class Latency:
     #: regions: matrix[i][j] = median one-way ms from region i to j (lognormal with ``sigma``).
     matrix_ms: tuple[tuple[float, ...], ...] = ()
 
-    KINDS = ("constant", "uniform", "lognormal", "regions")
-
     def __post_init__(self) -> None:
         # Messages start with the field's name (the scenario loader prefixes the table's).
-        if self.kind not in self.KINDS:
-            raise ValueError(f"kind: one of {', '.join(self.KINDS)}, not {self.kind!r}")
+        if self.kind not in LATENCY_KINDS:
+            raise ValueError(f"kind: one of {', '.join(LATENCY_KINDS)}, not {self.kind!r}")
         for name in ("ms", "low_ms", "high_ms", "median_ms", "sigma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, not {getattr(self, name):g}")
