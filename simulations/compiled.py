@@ -158,11 +158,8 @@ def build(modules: Sequence[str] = MODULES, root: Path = BUILD_ROOT, *, verbose:
         shutil.rmtree(scratch, ignore_errors=True)
         output = "" if verbose else (child.stdout + child.stderr)[-4000:]
         raise BuildError(f"mypyc failed (exit status {child.returncode}):\n{output}")
-    manifest = {
-        "key": target.name,
-        "modules": sorted(modules),
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    listed = sorted(modules)
+    manifest = {"key": target.name, "modules": listed, "seconds": round(time.monotonic() - started, 1)}
     for intermediate in ("c", "tmp"):  # the generated C and the objects: 35 MB the imports never read
         shutil.rmtree(scratch / intermediate)
     (scratch / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -170,7 +167,7 @@ def build(modules: Sequence[str] = MODULES, root: Path = BUILD_ROOT, *, verbose:
         scratch.rename(target)
     except OSError:  # another process finished the same build first: use its copy
         shutil.rmtree(scratch, ignore_errors=True)
-    _remove_stale(root, manifest["modules"], keep=target)
+    _remove_stale(root, listed, keep=target)
     return target
 
 

@@ -53,8 +53,9 @@ from typing import Generic, Protocol, TypeVar
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
 from simulations.engine import Engine, Timer
 from simulations.network import Network
-from simulations.sides import Address, DatagramCore, StampingCore, StreamCore
+from simulations.sides import DatagramCore, StampingCore, StreamCore
 
+Address = tuple[str, int]
 #: ``handle_timer`` calls at one instant after which a deadline still due is a spin.
 MAX_PASSES_PER_INSTANT = 100
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-Address = tuple[str, int]
+from dht.ids import Address
 
 
 @runtime_checkable
