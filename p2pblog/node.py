@@ -73,12 +73,12 @@ from dht.providers import MAX_PROVIDERS_PER_KEY
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
 from identity import Identity
+from identity.compile_hints import mypyc_attr
 from identity.errors import LocalProtocolError
 from identity.limits import MENTION_WORK
 from identity.records import Record, RecordError, decode_record, peer_key, provider_key
 from identity.sealed import dm_id
 from p2pblog import actions
-from p2pblog.compile_hints import mypyc_attr
 from p2pblog.devices import key_digest
 from p2pblog.discovery import Discovery
 from p2pblog.dms import DirectMessages

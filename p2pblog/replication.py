@@ -173,10 +173,10 @@ from gossip.transport import (
     SecureChannel,
 )
 from identity import Identity
+from identity.compile_hints import mypyc_attr
 from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
 from identity.pacing import KeyedTokenBuckets, TokenBucket
-from p2pblog.compile_hints import mypyc_attr
 from p2pblog.dialing import AddressBook, DialPolicy
 from p2pblog.entry import Entry, decode_entry, entry_id
 from p2pblog.errors import ChainError, EntryError, EntryFromFuture, StorageFull

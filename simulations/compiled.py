@@ -15,9 +15,11 @@ The extensions are written **out of tree**, under
 ``build/compiled/<key>/lib`` (git-ignored), never next to the sources: the
 pure modules stay what every import gets, and the tests that patch module
 attributes keep working.  ``<key>`` hashes the Python and mypy versions, the
-module list and the source of every compiled module, so a build is reused
-until one of them changes, and a stale build is never loaded: after an edit
-there is simply no build for the new key, and asking for one says to build.
+module list and the source of every compiled module and of every project
+module they import (mypyc copies ``Final`` constants across modules), so a
+build is reused until one of them changes, and a stale build is never
+loaded: after an edit there is simply no build for the new key, and asking
+for one says to build.
 
 A run uses the build only when asked (``p2pblog sim run --compiled``, or
 ``P2PBLOG_COMPILED=1``): `activate` puts a finder first on `sys.meta_path`
@@ -38,6 +40,7 @@ import it first.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -56,6 +59,8 @@ from typing import Final
 
 #: The repository root (the directory that holds the packages).
 ROOT: Final = Path(__file__).resolve().parent.parent
+#: The project's packages: the imports a build's key follows (`dependencies`).
+PACKAGES: Final = ("dht", "gossip", "identity", "p2pblog", "simulations")
 #: Where builds go, one directory per key; `build/` is git-ignored.
 BUILD_ROOT: Final = ROOT / "build" / "compiled"
 #: The file in a build directory that lists what it holds (written last: a build without it is partial).
@@ -76,15 +81,22 @@ MODULES: Final[tuple[str, ...]] = (
     "dht.routing",
     "dht.rpc",
     "dht.wire",
+    "gossip.mentions",
     "gossip.messages",
     "gossip.noise",
     "gossip.session",
     "gossip.transport",
+    "identity.netaddr",
     "identity.records",
+    "p2pblog.dialing",
+    "p2pblog.dms",
+    "p2pblog.hashtags",
+    "p2pblog.mentions",
     "p2pblog.node",
     "p2pblog.own_records",
     "p2pblog.record_rules",
     "p2pblog.replication",
+    "p2pblog.track",
     "simulations.endpoint",
     "simulations.engine",
     "simulations.network",
@@ -99,18 +111,51 @@ def source_path(module: str) -> Path:
     return ROOT.joinpath(*module.split(".")).with_suffix(".py")
 
 
+def _first_party(name: str) -> Path | None:
+    """The source file of a module of this project (a package's ``__init__.py``), if it is one."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    module = source_path(name)
+    package = ROOT.joinpath(*name.split("."), "__init__.py")
+    return module if module.exists() else package if package.exists() else None
+
+
+def dependencies(modules: Sequence[str]) -> list[Path]:
+    """The sources a build of modules depends on: theirs and every project module they import, transitively.
+
+    mypyc compiles against the types of what a module imports, and copies
+    the values of ``Final`` constants from it, so an edit to any of these
+    makes a build stale, not only an edit to a compiled module.
+    """
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        path = _first_party(name)
+        if path is None or name in seen:
+            continue
+        seen[name] = path
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        todo += [name.rsplit(".", 1)[0]] if "." in name else []
+    return [seen[name] for name in sorted(seen)]
+
+
 def build_key(modules: Sequence[str]) -> str:
-    """A hash of everything a build depends on: interpreter, mypy, module list, their sources."""
+    """A hash of everything a build depends on: interpreter, mypy, module list, `dependencies`."""
     try:
         import mypy.version
     except ImportError:
         raise BuildError("the compiled build needs mypy, whose compiler mypyc is: pip install mypy") from None
 
     digest = hashlib.sha256()
-    digest.update(f"{sys.version}\0{mypy.version.__version__}\0".encode())
-    for module in sorted(modules):
-        digest.update(module.encode() + b"\0")
-        digest.update(hashlib.sha256(source_path(module).read_bytes()).digest())
+    digest.update(f"{sys.version}\0{mypy.version.__version__}\0{sorted(modules)}\0".encode())
+    for path in dependencies(modules):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:20]
 
 

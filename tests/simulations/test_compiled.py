@@ -18,6 +18,7 @@ for the test.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -25,7 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from simulations.compiled import BUILD_ROOT, MODULES, ROOT, BuildError, activate, build, build_dir
+from simulations.compiled import (
+    BUILD_ROOT,
+    MODULES,
+    PACKAGES,
+    ROOT,
+    BuildError,
+    activate,
+    build,
+    build_dir,
+    dependencies,
+    source_path,
+)
 from tests.process import child_env
 
 pytestmark = pytest.mark.slow
@@ -125,3 +137,50 @@ def test_asking_for_a_build_that_does_not_exist_says_how_to_make_it(tmp_path: Pa
     with pytest.raises(BuildError, match=r"python -m simulations\.compiled build"):
         activate(root=tmp_path)
     assert BUILD_ROOT == ROOT / "build" / "compiled"
+
+
+def test_a_build_depends_on_the_project_modules_its_modules_import() -> None:
+    # dht.wire takes its size limit, a Final constant mypyc copies, from identity.limits; the
+    # endpoint's protocols live in simulations.sides: editing either must make the build stale.
+    assert ROOT / "identity" / "limits.py" in dependencies(["dht.wire"])
+    assert ROOT / "simulations" / "sides.py" in dependencies(["simulations.endpoint"])
+    assert ROOT / "simulations" / "report.py" not in dependencies(MODULES)
+    assert all(path.is_relative_to(ROOT) for path in dependencies(MODULES))  # msgpack, nacl: not followed
+
+
+#: Base classes that make a class one mypyc does not compile to a native class (free to subclass).
+NON_NATIVE_BASES = {"Enum", "IntEnum", "StrEnum", "Protocol", "NamedTuple", "TypedDict"}
+
+
+def test_every_python_subclass_of_a_compiled_class_is_allowed() -> None:
+    # In the compiled build, a Python class that subclasses a compiled one raises TypeError when it
+    # is defined, unless the compiled class says `allow_interpreted_subclasses` (identity.compile_hints).
+    # The scenarios above only catch the subclasses they happen to import; this reads every module of
+    # the project that is not compiled, resolving the bases through its imports.
+    native: dict[tuple[str, str], bool] = {}  # (module, class) -> allows interpreted subclasses
+    for module in MODULES:
+        tree = ast.parse(source_path(module).read_text())
+        for node in [node for node in tree.body if isinstance(node, ast.ClassDef)]:
+            if not {ast.unparse(base).split(".")[-1].split("[")[0] for base in node.bases} & NON_NATIVE_BASES:
+                hints = [ast.unparse(decorator) for decorator in node.decorator_list]
+                native[module, node.name] = any("allow_interpreted_subclasses=True" in h for h in hints)
+    refused = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            if module in MODULES:
+                continue
+            tree = ast.parse(path.read_text())
+            imported = {
+                alias.asname or alias.name: (node.module, alias.name)
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module
+                for alias in node.names
+            }
+            for node in ast.walk(tree):
+                for base in node.bases if isinstance(node, ast.ClassDef) else []:
+                    origin = imported.get(ast.unparse(base))
+                    if origin is not None and native.get(origin) is False:
+                        refused.append(f"{module}.{node.name} subclasses {'.'.join(origin)}")
+    assert native[("p2pblog.node", "NodeCore")]  # the adversaries' base: the scan sees the hint
+    assert refused == []

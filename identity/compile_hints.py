@@ -2,7 +2,9 @@
 
 mypyc reads ``@mypyc_attr(allow_interpreted_subclasses=True)`` on a class it
 compiles and lets ordinary Python classes subclass it (the simulator's
-adversaries subclass `NodeCore` and `StoreFeeds`).  It recognises the
+adversaries subclass `NodeCore` and `StoreFeeds`); without it, defining such
+a subclass raises ``TypeError`` in the compiled build.  It lives in
+`identity`, the bottom layer, so that `dht` and `gossip` can use it too.  It recognises the
 decorator by its name in ``mypy_extensions``, which comes with mypy, a test
 dependency; at run time this module's stand-in does nothing, so the node
 never needs mypy installed.
