@@ -86,7 +86,6 @@ MODULES: Final[tuple[str, ...]] = (
     "gossip.noise",
     "gossip.session",
     "gossip.transport",
-    "identity.netaddr",
     "identity.records",
     "p2pblog.dialing",
     "p2pblog.dms",

@@ -184,3 +184,16 @@ def test_every_python_subclass_of_a_compiled_class_is_allowed() -> None:
                         refused.append(f"{module}.{node.name} subclasses {'.'.join(origin)}")
     assert native[("p2pblog.node", "NodeCore")]  # the adversaries' base: the scan sees the hint
     assert refused == []
+
+
+def test_the_command_line_imports_no_compiled_module_before_its_option_is_read() -> None:
+    # `--compiled` activates the build in its option's callback: a compiled module that the command
+    # line imports before that (at start-up) would make every compiled run refuse ("too late").
+    probe = "import json, sys, cli.main; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=child_env(None)
+    )
+    assert result.returncode == 0, result.stderr
+    imported = set(json.loads(result.stdout))
+    assert "cli.main" in imported
+    assert imported & set(MODULES) == set()
