@@ -1,10 +1,11 @@
 """The compiled build (`simulations.compiled`, mypyc) gives the pure build's results, byte for byte.
 
 The test compiles `TEST_MODULES` (a build of the full `MODULES` takes two to
-four minutes on two cores; this subset about a minute), reusing a build of
+five minutes on two busy cores; this subset one to three), reusing a build of
 the same sources under ``build/compiled/`` as the build command does, then
-runs scenarios through the real command line twice in child processes, once
-pure and once with the compiled modules, and compares ``metrics.json``.  The
+runs scenarios (and a sweep, whose workers are forked and get the scenario
+pickled) through the real command line twice in child processes, once pure
+and once with the compiled modules, and compares ``metrics.json``.  The
 subset holds the event loop, the simulated network and endpoint (which needed
 `simulations.sides` to compile), the DHT's rate limiter (which needed a
 method for its alias), the routing table and the wire codec, and the
@@ -84,7 +85,7 @@ def run_cli(out: Path, *args: str, build: Path | None) -> str:
     if build is not None:
         command = [sys.executable, "-c", COMPILED_CLI, str(build)]
     result = subprocess.run(
-        [*command, "sim", "run", *args, "--out", str(out)],
+        [*command, "sim", *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -97,24 +98,30 @@ def run_cli(out: Path, *args: str, build: Path | None) -> str:
 
 
 @pytest.mark.parametrize(
-    "args",
+    ("args", "outputs"),
     [
-        ["baseline", "--nodes", "30", "--duration", "300"],
-        ["crash-and-loss", "--nodes", "24", "--duration", "400"],
+        (["run", "baseline", "--nodes", "30", "--duration", "300"], ["."]),
+        (["run", "crash-and-loss", "--nodes", "24", "--duration", "400"], ["."]),
+        # Workers are forked after the option is read, and the scenario is pickled to them.
+        (
+            ["sweep", "baseline", "--seeds", "1..2", "--nodes", "10", "--duration", "120", "-j", "2"],
+            ["seed-1", "seed-2"],
+        ),
     ],
-    ids=["baseline", "crash-and-loss"],
+    ids=["baseline", "crash-and-loss", "sweep"],
 )
 def test_compiled_and_pure_runs_write_identical_metrics(
-    compiled: Path, tmp_path: Path, args: list[str]
+    compiled: Path, tmp_path: Path, args: list[str], outputs: list[str]
 ) -> None:
     run_cli(tmp_path / "pure", *args, build=None)
     stdout = run_cli(tmp_path / "compiled", *args, build=compiled)
     loaded = json.loads(stdout.rsplit("LOADED ", 1)[1])
     assert set(loaded) == set(TEST_MODULES)
     assert all(str(file).endswith(".so") and str(compiled) in str(file) for file in loaded.values()), loaded
-    pure = (tmp_path / "pure" / "metrics.json").read_bytes()
-    assert json.loads(pure)["metrics"]["delivery"]["delivered"] > 0  # a run that did something
-    assert (tmp_path / "compiled" / "metrics.json").read_bytes() == pure
+    for output in outputs:
+        pure = (tmp_path / "pure" / output / "metrics.json").read_bytes()
+        assert json.loads(pure)["metrics"]["delivery"]["delivered"] > 0  # a run that did something
+        assert (tmp_path / "compiled" / output / "metrics.json").read_bytes() == pure
 
 
 def test_a_build_is_reused_while_its_sources_are_unchanged(compiled: Path) -> None:
