@@ -104,7 +104,7 @@ def run_cli(out: Path, *args: str, build: Path | None) -> str:
         (["run", "crash-and-loss", "--nodes", "24", "--duration", "400"], ["."]),
         # Workers are forked after the option is read, and the scenario is pickled to them.
         (
-            ["sweep", "baseline", "--seeds", "1..2", "--nodes", "10", "--duration", "120", "-j", "2"],
+            ["sweep", "baseline", "--seeds", "1..2", "--nodes", "12", "--duration", "300", "-j", "2"],
             ["seed-1", "seed-2"],
         ),
     ],
