@@ -58,6 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_context import RunContext
 
+from simulations import compiled
+
+if compiled.wanted():  # P2PBLOG_COMPILED=1: the mypyc build (`python -m simulations.compiled build`)
+    print(f"compiled build: {compiled.activate()}", file=sys.stderr)
+
 from simulations.scenario import Scenario
 from simulations.simulation import Simulation
 

@@ -209,6 +209,29 @@ def list_() -> None:
 
 
 _scenario_argument = click.argument("scenario", metavar="SCENARIO")
+
+
+def _use_compiled(ctx: click.Context, param: click.Parameter, wanted: bool) -> bool:
+    """``--compiled``: import the mypyc build of the hot modules (`simulations.compiled`) from now on."""
+    if wanted:
+        from simulations.compiled import BuildError, activate
+
+        try:
+            click.echo(f"compiled build: {activate()}", err=True)
+        except BuildError as exc:
+            raise click.ClickException(str(exc)) from None
+    return wanted
+
+
+_compiled_option = click.option(
+    "--compiled",
+    is_flag=True,
+    envvar="P2PBLOG_COMPILED",
+    expose_value=False,
+    callback=_use_compiled,
+    help="Run the compiled build of the hot modules (made by `python -m simulations.compiled build`; "
+    "same results, faster). Also P2PBLOG_COMPILED=1.",
+)
 _nodes_option = click.option(
     "--nodes", type=int, metavar="N", help="Override the scenario's number of nodes (2..100000)."
 )
@@ -231,6 +254,7 @@ _dht_option = click.option(
 @_nodes_option
 @_duration_option
 @_dht_option
+@_compiled_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -335,6 +359,7 @@ def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
 @_nodes_option
 @_duration_option
 @_dht_option
+@_compiled_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

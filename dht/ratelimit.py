@@ -176,10 +176,14 @@ class TokenBucketLimiter(KeyedBuckets):
     def max_sources(self) -> int:
         return self.max_keys
 
-    #: ``allow(key, now)``: take one token from ``key``'s bucket; False
-    #: (and nothing taken) if it is empty.  (An alias, not a wrapper: this is
-    #: called for every datagram.)
-    allow = KeyedBuckets.take
+    def allow(self, key: Hashable, now: float) -> bool:
+        """Take one token from ``key``'s bucket; False (and nothing taken) if it is empty.
+
+        A method, not the alias ``allow = KeyedBuckets.take`` it was: mypyc
+        (`simulations.compiled`) calls a class attribute holding a function
+        without binding ``self``.
+        """
+        return self.take(key, now)
 
 
 class AmplificationGuard:

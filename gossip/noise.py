@@ -61,6 +61,7 @@ from typing import Final, Literal
 import nacl.bindings
 import nacl.exceptions
 
+from identity.compile_hints import mypyc_attr
 from identity.errors import LocalProtocolError
 
 PROTOCOL_NAME: Final = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
@@ -158,6 +159,7 @@ def _nonce(n: int) -> bytes:
     return b"\x00\x00\x00\x00" + n.to_bytes(8, "little")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's null cipher (issue 17)
 class CipherState:
     """Spec 5.1: an AEAD key (or none yet) and its message counter."""
 

@@ -74,6 +74,7 @@ from dht.providers import MAX_PROVIDERS_PER_KEY
 from gossip.noise import RandomBytes
 from gossip.transport import ChannelConfig
 from identity import Identity
+from identity.compile_hints import mypyc_attr
 from identity.errors import LocalProtocolError
 from identity.limits import MENTION_WORK
 from identity.records import Record, RecordError, decode_record, peer_key, provider_key
@@ -181,6 +182,7 @@ MAX_KEYEVENTS_TRIED: Final = 20
 PRIORITY_PEERS: Final = 256
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's lying nodes subclass it
 class NodeCore:
     """A p2pblog node, sans IO.  Drive it exactly like `dht.DhtCore`."""
 

@@ -173,6 +173,7 @@ from gossip.transport import (
     SecureChannel,
 )
 from identity import Identity
+from identity.compile_hints import mypyc_attr
 from identity.limits import MAX_AHEAD_MS
 from identity.netaddr import host_key
 from identity.pacing import KeyedTokenBuckets, TokenBucket
@@ -405,6 +406,7 @@ Event = (
 # --- the feed source over the store ---------------------------------------------------------
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the simulator's withholding and forging feeds
 class StoreFeeds:
     """The `gossip.session.FeedSource` over the node's store."""
 

@@ -48,11 +48,12 @@ address and is down until `restart` boots its first core (the simulator's
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar
 
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
 from simulations.engine import Engine, Timer
 from simulations.network import Network
+from simulations.sides import DatagramCore, StampingCore, StreamCore
 
 Address = tuple[str, int]
 #: ``handle_timer`` calls at one instant after which a deadline still due is a spin.
@@ -65,36 +66,6 @@ class TimedCore(Protocol):
     def get_timer(self) -> float | None: ...
     def handle_timer(self, now: float) -> None: ...
     def next_event(self) -> object | None: ...
-
-
-@runtime_checkable
-class DatagramCore(Protocol):
-    """A core with a UDP side (`dht.DhtCore`'s contract)."""
-
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None: ...
-    def datagrams_to_send(self) -> list[tuple[bytes, Address]]: ...
-
-
-@runtime_checkable
-class StreamCore(Protocol):
-    """A core with a TCP side (the gossip half of `p2pblog.runtime.StreamCore`)."""
-
-    def dials_to_make(self) -> list[tuple[int, str, int]]: ...
-    def data_to_send(self) -> list[tuple[int, bytes]]: ...
-    def connections_to_close(self) -> list[int]: ...
-    def connection_accepted(self, addr: Address, now: float) -> int: ...
-    def connection_opened(self, conn_id: int, now: float) -> None: ...
-    def connection_failed(self, conn_id: int, now: float) -> None: ...
-    def data_received(self, conn_id: int, data: bytes, now: float) -> None: ...
-    def connection_lost(self, conn_id: int, now: float) -> None: ...
-
-
-@runtime_checkable
-class StampingCore(Protocol):
-    """A core that asks its driver for proof-of-work stamps (`NodeCore`'s mention notices)."""
-
-    def stamps_to_make(self) -> list[tuple[bytes, bytes, int]]: ...
-    def stamp_made(self, entry_id: bytes, recipient: bytes, nonce: bytes, now: float) -> None: ...
 
 
 C = TypeVar("C", bound=TimedCore)

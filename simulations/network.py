@@ -56,8 +56,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Final, Protocol
 
+from identity.compile_hints import mypyc_attr
 from simulations.engine import Engine
 
 PORT = 7710
@@ -83,6 +84,12 @@ class Endpoint(Protocol):
     def connection_lost(self, conn_id: int) -> None: ...
 
 
+#: `Latency.kind`s.  (Not a class attribute: mypyc, `simulations.compiled`, makes an unannotated
+#: class attribute of a dataclass a field, which metrics.json would then echo.)
+LATENCY_KINDS: Final = ("constant", "uniform", "lognormal", "regions")
+
+
+@mypyc_attr(native_class=False)  # pickled to sweep workers (simulations.compiled)
 @dataclass(frozen=True)
 class Latency:
     """One-way latency model.  ``kind``: constant, uniform, lognormal or regions (milliseconds)."""
@@ -96,12 +103,10 @@ class Latency:
     #: regions: matrix[i][j] = median one-way ms from region i to j (lognormal with ``sigma``).
     matrix_ms: tuple[tuple[float, ...], ...] = ()
 
-    KINDS = ("constant", "uniform", "lognormal", "regions")
-
     def __post_init__(self) -> None:
         # Messages start with the field's name (the scenario loader prefixes the table's).
-        if self.kind not in self.KINDS:
-            raise ValueError(f"kind: one of {', '.join(self.KINDS)}, not {self.kind!r}")
+        if self.kind not in LATENCY_KINDS:
+            raise ValueError(f"kind: one of {', '.join(LATENCY_KINDS)}, not {self.kind!r}")
         for name in ("ms", "low_ms", "high_ms", "median_ms", "sigma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, not {getattr(self, name):g}")
@@ -129,6 +134,7 @@ class Latency:
         return ms / 1000.0
 
 
+@mypyc_attr(native_class=False)  # pickled to sweep workers (simulations.compiled)
 @dataclass(frozen=True)
 class LinkModel:
     latency: Latency = Latency()
