@@ -79,7 +79,7 @@ from identity import Identity
 from p2pblog.replication import EntriesStored
 from p2pblog.store import FeedState
 from simulations.engine import Engine
-from simulations.network import DIAL_TIMEOUT, Endpoint, LinkModel, Network, NodeTraffic
+from simulations.network import DIAL_TIMEOUT, Endpoint, LinkModel, Network
 from simulations.node import SimNode
 from simulations.scenario import Scenario
 from simulations.simulation import Result, Simulation, Violation
@@ -171,7 +171,9 @@ class _Half:
 class ShardNetwork(Network):
     """The `Network` of one shard: messages for other shards' nodes go to an outbox."""
 
-    def __init__(self, engine: Engine, model: LinkModel, *, shard: int, shards: int, lookahead: float) -> None:
+    def __init__(
+        self, engine: Engine, model: LinkModel, *, shard: int, shards: int, lookahead: float
+    ) -> None:
         super().__init__(engine, model)
         self.shard = shard
         self.shards = shards
@@ -270,7 +272,9 @@ class ShardNetwork(Network):
         token = (src, conn_id, epoch)
         self._halves[src, conn_id] = _Half(src, dst, token, dialler=True)
         seen = src_addr if src_addr is not None else self.node_addrs[src]
-        self._send(self.engine.now + self._latency(src, dst), src, dst, ACCEPT, (dst, src, conn_id, seen, token))
+        self._send(
+            self.engine.now + self._latency(src, dst), src, dst, ACCEPT, (dst, src, conn_id, seen, token)
+        )
 
     def _on_accept(self, b: int, a: int, a_conn: int, seen: tuple[str, int], token: Token) -> None:
         back = self.engine.now + self._latency(b, a)
@@ -521,7 +525,9 @@ class ShardWorker(Simulation):
         fork_key = (node.index, event.feed)
         if node.index in self.honest_set:
             if fork_key in self.fork_seen and event.latest > self.fork_seen[fork_key]:
-                self._violate("validity", f"node {node.index} stored {event.feed.hex()[:8]} past a known fork")
+                self._violate(
+                    "validity", f"node {node.index} stored {event.feed.hex()[:8]} past a known fork"
+                )
             state = node.store.feed_state(event.feed)
             if state.forked_seq is not None and fork_key not in self.fork_seen:
                 self.fork_seen[fork_key] = node.store.latest_seq(event.feed)
@@ -538,9 +544,9 @@ class ShardWorker(Simulation):
     def _snapshot(self, label: str) -> None:
         up = {}
         for i in range(self.shard, self.scenario.nodes, self.shards):
-            state = self.nodes[i].up
-            if self._reported_up.get(i) != state:
-                up[i] = self._reported_up[i] = state
+            now_up = self.nodes[i].up
+            if self._reported_up.get(i) != now_up:
+                up[i] = self._reported_up[i] = now_up
         feeds = []
         for author in self.authors:
             feed = self.nodes[author].identity.public_key
@@ -642,7 +648,12 @@ class _Mesh:
 
 
 def _worker(
-    scenario: Scenario, shard: int, shards: int, lookahead: float, peers: dict[int, Connection], up: Connection
+    scenario: Scenario,
+    shard: int,
+    shards: int,
+    lookahead: float,
+    peers: dict[int, Connection],
+    up: Connection,
 ) -> None:
     """The body of worker process ``shard``: run, reporting to the coordinator through up."""
     try:
@@ -730,7 +741,7 @@ class MergedView(Simulation):
                 got[node] = when
         self.engine.events_run = sum(r["events"] for r in reports)
         stats: Counter[str] = Counter()
-        for shard, r in enumerate(reports):
+        for r in reports:
             self.skipped_posts += r["skipped_posts"]
             self.lookup_results += r["lookup_results"]
             self.refused.update(r["refused"])
@@ -757,12 +768,16 @@ class MergedView(Simulation):
 
 
 @dataclass
-class ShardTiming:
-    """Where a sharded run's wall time went (not in metrics.json: it is not deterministic)."""
+class ShardRun:
+    """What a sharded run shows beside its metrics: where the wall time went (not deterministic,
+    so not in metrics.json) and who got each post (for tests)."""
 
     windows: int = 0
+    #: Per worker, wall seconds spent in barriers (waiting for the others, and the pipes).
     barrier_wall: list[float] = field(default_factory=list)
     wall: float = 0.0
+    #: (author key, seq) -> node index -> virtual time it stored the post.
+    delivered: dict[tuple[bytes, int], dict[int, float]] = field(default_factory=dict)
 
 
 def run_sharded(
@@ -770,7 +785,7 @@ def run_sharded(
     shards: int,
     *,
     progress: Callable[[float, int], None] | None = None,
-    timing: ShardTiming | None = None,
+    timing: ShardRun | None = None,
 ) -> Result:
     """Run scenario on ``shards`` worker processes (one: the ordinary single process)."""
     from simulations.simulation import run_scenario
@@ -794,7 +809,7 @@ def _run_processes(
     shards: int,
     lookahead: float,
     progress: Callable[[float, int], None] | None,
-    timing: ShardTiming | None,
+    timing: ShardRun | None,
 ) -> Result:
     ctx = multiprocessing.get_context("spawn")
     peers: list[dict[int, Connection]] = [{} for _ in range(shards)]
@@ -831,7 +846,7 @@ def _coordinate(
     scenario: Scenario,
     ups: list[Connection],
     progress: Callable[[float, int], None] | None,
-    timing: ShardTiming | None,
+    timing: ShardRun | None,
 ) -> Result:
     view = MergedView(scenario)
     shards = len(ups)
@@ -864,7 +879,10 @@ def _coordinate(
     if timing is not None:
         timing.windows = reports[0]["windows"]
         timing.barrier_wall = [r["barrier_wall"] for r in reports]
-    return view.finish(reports)
+    result = view.finish(reports)
+    if timing is not None:
+        timing.delivered = view.delivered
+    return result
 
 
-__all__ = ["DEFAULT_FLOOR_MS", "MIN_LOOKAHEAD_MS", "ShardError", "ShardTiming", "prepare", "run_sharded"]
+__all__ = ["DEFAULT_FLOOR_MS", "MIN_LOOKAHEAD_MS", "ShardError", "ShardRun", "prepare", "run_sharded"]
