@@ -22,11 +22,14 @@ another goes through the network and costs at least one latency, which has
 a floor ``L`` (`Latency.floor_ms`, at least `MIN_LOOKAHEAD_MS`).  A message
 for a node in another shard is not scheduled but put in an outbox with its
 delivery time.  At each barrier every worker sends every other one its
-outbox and the earliest time anything can happen on its side (its next
-event, or the earliest message it sent); all then agree on the horizon
-``T = min(those) + L``, insert what they received, and run their events
-before ``T``.  Nothing sent at or after the minimum can arrive before ``T``,
-so no event ever runs early; a quiet stretch is skipped in one window.  A
+outbox and its bound ``b``: the earliest time anything can happen on its
+side (its next event, or the earliest message it sent).  Worker ``j`` then
+inserts what it received and runs its events before
+``T_j = min(min over the others of b_i + L, b_j + 2 L)``: another worker
+sends nothing that arrives before its own bound plus ``L``, and what it
+does because of ``j``'s messages happens after ``b_j + L``.  So no event
+ever runs early, a quiet stretch is skipped in one window, and a worker
+far behind the others lets them run up to two lookaheads ahead.  A
 step of `Simulation.run` (a hundredth of the run) ends a window too, so all
 workers cross the same step boundaries.  Received messages are inserted in
 the order ``(time, source node, sender's counter)``, and every draw that
@@ -225,6 +228,10 @@ class ShardNetwork(Network):
     def insert(self, messages: list[Message]) -> None:
         """Schedule what other shards sent, in the order that does not depend on who sent first."""
         messages.sort(key=lambda m: (m[0], m[1], m[2]))
+        if messages and messages[0][0] < self.engine.now:  # a window ran too far: a bug, not a run
+            raise AssertionError(
+                f"shard {self.shard}: a message due at {messages[0][0]} came at {self.engine.now}"
+            )
         for at, _, _, kind, args in messages:
             self.engine.at(at, partial(self._receive, kind, args))
 
@@ -576,12 +583,14 @@ class ShardWorker(Simulation):
                 for message in box:
                     lower = min(lower, message[0])
             started = time.perf_counter()
-            lowest, received = mesh.exchange(lower, network.outbox)
+            others, received = mesh.exchange(lower, network.outbox)
             self.barrier_wall += time.perf_counter() - started
             self.windows += 1
             network.outbox = [[] for _ in range(self.shards)]
             network.insert(received)
-            horizon = lowest + self.lookahead
+            # What another shard runs now sends nothing here before its bound + L; what it runs
+            # because of this shard's messages, nothing before this shard's bound + 2 L.
+            horizon = min(others, lower + self.lookahead) + self.lookahead
             if horizon > t:
                 engine.run(t)
                 self.report(("progress", t, engine.events_run))
@@ -612,6 +621,7 @@ class ShardWorker(Simulation):
             "violations": [(v.oracle, v.time, v.detail) for v in self.violations],
             "windows": self.windows,
             "barrier_wall": self.barrier_wall,
+            "cpu": time.process_time(),
         }
 
 
@@ -632,9 +642,10 @@ class _Mesh:
         self.peers = dict(sorted(peers.items()))
 
     def exchange(self, lower: float, outbox: list[list[Message]]) -> tuple[float, list[Message]]:
-        """Send each peer its messages and this shard's lower bound; the least bound of all and the
-        messages received.  The lower shard of a pair sends first, so no two wait on each other."""
+        """Send each peer its messages and this shard's lower bound; the least of the peers' bounds
+        and the messages received.  The lower shard of a pair sends first, so no two wait on each other."""
         received: list[Message] = []
+        others = math.inf
         for peer, conn in self.peers.items():
             if self.shard < peer:
                 conn.send((lower, outbox[peer]))
@@ -642,9 +653,9 @@ class _Mesh:
             else:
                 bound, messages = conn.recv()
                 conn.send((lower, outbox[peer]))
-            lower = min(lower, bound)
+            others = min(others, bound)
             received.extend(messages)
-        return lower, received
+        return others, received
 
 
 def _worker(
@@ -775,6 +786,8 @@ class ShardRun:
     windows: int = 0
     #: Per worker, wall seconds spent in barriers (waiting for the others, and the pipes).
     barrier_wall: list[float] = field(default_factory=list)
+    #: Per worker, CPU seconds (building its simulation, running, barriers).
+    worker_cpu: list[float] = field(default_factory=list)
     wall: float = 0.0
     #: (author key, seq) -> node index -> virtual time it stored the post.
     delivered: dict[tuple[bytes, int], dict[int, float]] = field(default_factory=dict)
@@ -879,6 +892,7 @@ def _coordinate(
     if timing is not None:
         timing.windows = reports[0]["windows"]
         timing.barrier_wall = [r["barrier_wall"] for r in reports]
+        timing.worker_cpu = [r["cpu"] for r in reports]
     result = view.finish(reports)
     if timing is not None:
         timing.delivered = view.delivered
