@@ -184,6 +184,8 @@ class ShardNetwork(Network):
         #: Per destination shard, the messages sent since the last barrier.
         self.outbox: list[list[Message]] = [[] for _ in range(shards)]
         self.sent = 0
+        #: Of those, the messages for other shards.
+        self.crossed = 0
         self._halves: dict[tuple[int, int], _Half] = {}
         self._rngs: dict[int, Random] = {}
         self._handlers: dict[int, Callable[..., None]] = {
@@ -213,6 +215,7 @@ class ShardNetwork(Network):
         if shard == self.shard:
             self.engine.at(at, partial(self._receive, kind, args))
         else:
+            self.crossed += 1
             self.outbox[shard].append((at, src, self.sent, kind, args))
 
     def _receive(self, kind: int, args: tuple[Any, ...]) -> None:
@@ -622,6 +625,8 @@ class ShardWorker(Simulation):
             "windows": self.windows,
             "barrier_wall": self.barrier_wall,
             "cpu": time.process_time(),
+            "crossed": self.network.crossed,
+            "sent": self.network.sent,
         }
 
 
@@ -788,6 +793,8 @@ class ShardRun:
     barrier_wall: list[float] = field(default_factory=list)
     #: Per worker, CPU seconds (building its simulation, running, barriers).
     worker_cpu: list[float] = field(default_factory=list)
+    #: Per worker, messages between nodes, and those that went to another shard.
+    messages: list[tuple[int, int]] = field(default_factory=list)
     wall: float = 0.0
     #: (author key, seq) -> node index -> virtual time it stored the post.
     delivered: dict[tuple[bytes, int], dict[int, float]] = field(default_factory=dict)
@@ -893,6 +900,7 @@ def _coordinate(
         timing.windows = reports[0]["windows"]
         timing.barrier_wall = [r["barrier_wall"] for r in reports]
         timing.worker_cpu = [r["cpu"] for r in reports]
+        timing.messages = [(r["sent"], r["crossed"]) for r in reports]
     result = view.finish(reports)
     if timing is not None:
         timing.delivered = view.delivered
