@@ -22,14 +22,17 @@ another goes through the network and costs at least one latency, which has
 a floor ``L`` (`Latency.floor_ms`, at least `MIN_LOOKAHEAD_MS`).  A message
 for a node in another shard is not scheduled but put in an outbox with its
 delivery time.  At each barrier every worker sends every other one its
-outbox and its bound ``b``: the earliest time anything can happen on its
-side (its next event, or the earliest message it sent).  Worker ``j`` then
+outbox, its next event's time and the earliest message it sends to each
+shard, so all know ``E_i``, the earliest event shard ``i`` can run in the
+coming window (its next one, or a message due there).  Worker ``j`` then
 inserts what it received and runs its events before
-``T_j = min(min over the others of b_i + L, b_j + 2 L)``: another worker
-sends nothing that arrives before its own bound plus ``L``, and what it
-does because of ``j``'s messages happens after ``b_j + L``.  So no event
-ever runs early, a quiet stretch is skipped in one window, and a worker
-far behind the others lets them run up to two lookaheads ahead.  A
+``T_j = min(min over the others of E_i + L, E_j + 2 L)``: another worker
+sends nothing in this window that arrives before its ``E_i + L``, and what
+it does in the next window because of ``j``'s messages arrives after
+``E_j + 2 L``.  So no event ever runs early (a message due before the
+receiver's clock is an `AssertionError`, never a silent reordering), a
+quiet stretch is skipped in one window, and a worker far behind the others
+lets them run up to two lookaheads ahead.  A
 step of `Simulation.run` (a hundredth of the run) ends a window too, so all
 workers cross the same step boundaries.  Received messages are inserted in
 the order ``(time, source node, sender's counter)``, and every draw that
@@ -108,6 +111,8 @@ INJECT: Final = 6
 
 #: A message for another shard: (delivery time, source node, sender's counter, kind, arguments).
 Message = tuple[float, int, int, int, tuple[Any, ...]]
+#: A shard's bound at a barrier: its next event's time, and per shard the earliest message it sends there.
+Bound = tuple[float, list[float]]
 #: Ties the two halves of one connection: (dialler, its connection id, its incarnation epoch).
 Token = tuple[int, int, int]
 
@@ -579,21 +584,27 @@ class ShardWorker(Simulation):
     def _run_until(self, t: float) -> bool:
         engine, network, mesh = self.engine, self.network, self.mesh
         assert mesh is not None
+        shards, lookahead = self.shards, self.lookahead
         while True:
             nxt = engine.next_time()
-            lower = math.inf if nxt is None else nxt
-            for box in network.outbox:
-                for message in box:
-                    lower = min(lower, message[0])
+            # This shard's bound: its next event, and the earliest message it sends each shard.
+            due = [min((m[0] for m in box), default=math.inf) for box in network.outbox]
+            bound = (math.inf if nxt is None else nxt, due)
             started = time.perf_counter()
-            others, received = mesh.exchange(lower, network.outbox)
+            bounds, received = mesh.exchange(bound, network.outbox)
             self.barrier_wall += time.perf_counter() - started
             self.windows += 1
-            network.outbox = [[] for _ in range(self.shards)]
+            network.outbox = [[] for _ in range(shards)]
             network.insert(received)
-            # What another shard runs now sends nothing here before its bound + L; what it runs
-            # because of this shard's messages, nothing before this shard's bound + 2 L.
-            horizon = min(others, lower + self.lookahead) + self.lookahead
+            bounds[self.shard] = bound
+            # Shard i's earliest event in this window: its own next one, or a message sent to it.
+            earliest = [min(bounds[i][0], *(bounds[k][1][i] for k in range(shards))) for i in range(shards)]
+            # What another shard runs in this window reaches this one no earlier than its earliest
+            # event + L; what it runs in the next because of this shard, this one's earliest + 2 L.
+            horizon = min(
+                min(earliest[i] for i in range(shards) if i != self.shard) + lookahead,
+                earliest[self.shard] + 2 * lookahead,
+            )
             if horizon > t:
                 engine.run(t)
                 self.report(("progress", t, engine.events_run))
@@ -646,21 +657,20 @@ class _Mesh:
         self.shard = shard
         self.peers = dict(sorted(peers.items()))
 
-    def exchange(self, lower: float, outbox: list[list[Message]]) -> tuple[float, list[Message]]:
-        """Send each peer its messages and this shard's lower bound; the least of the peers' bounds
-        and the messages received.  The lower shard of a pair sends first, so no two wait on each other."""
+    def exchange(self, bound: Bound, outbox: list[list[Message]]) -> tuple[dict[int, Bound], list[Message]]:
+        """Send each peer its messages and this shard's bound; the peers' bounds and the messages
+        received.  The lower shard of a pair sends first, so no two wait on each other."""
         received: list[Message] = []
-        others = math.inf
+        bounds: dict[int, Bound] = {}
         for peer, conn in self.peers.items():
             if self.shard < peer:
-                conn.send((lower, outbox[peer]))
-                bound, messages = conn.recv()
+                conn.send((bound, outbox[peer]))
+                bounds[peer], messages = conn.recv()
             else:
-                bound, messages = conn.recv()
-                conn.send((lower, outbox[peer]))
-            others = min(others, bound)
+                bounds[peer], messages = conn.recv()
+                conn.send((bound, outbox[peer]))
             received.extend(messages)
-        return others, received
+        return bounds, received
 
 
 def _worker(

@@ -116,3 +116,18 @@ def test_a_floor_clamps_draws_and_no_floor_changes_nothing() -> None:
     sharded, lookahead = prepare(Scenario.load("baseline"), 2)
     assert lookahead == DEFAULT_FLOOR_MS / 1000
     assert sharded.network.latency.min_ms == DEFAULT_FLOOR_MS
+
+
+def test_three_shards_with_every_message_at_the_floor_run_in_order() -> None:
+    """Constant latency equal to the floor puts every message exactly on a window's edge, and
+    three shards use every pair of the mesh; a message due before its receiver's clock would
+    raise (`ShardNetwork.insert`) instead of being run late."""
+    baseline = Scenario.load("baseline").with_overrides(seed=7, nodes=18, duration=200.0)
+    at_floor = replace(baseline.network, latency=Latency(kind="constant", ms=10.0))
+    scenario = replace(baseline, network=at_floor)
+    seen = ShardRun()
+    result = run_sharded(scenario, 3, timing=seen)
+    assert result.ok, result.violations
+    assert result.metrics["delivery"]["ratio"] == 1.0
+    assert result.metrics["delivery"]["latency_s"]["p50"] >= 0.01
+    assert all(crossed > 0 for _, crossed in seen.messages)
