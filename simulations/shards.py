@@ -458,6 +458,7 @@ class ShardWorker(Simulation):
         self.deliveries: list[tuple[bytes, int, int, float]] = []
         self._reported: dict[tuple[int, int], tuple[int, int | None]] = {}
         self._reported_up: dict[int, bool] = {}
+        self._pairs: list[tuple[int, int, bytes]] | None = None
         super().__init__(scenario)
         self.network.on_inject(self._injected)
 
@@ -562,21 +563,24 @@ class ShardWorker(Simulation):
             now_up = self.nodes[i].up
             if self._reported_up.get(i) != now_up:
                 up[i] = self._reported_up[i] = now_up
+        if self._pairs is None:  # the feeds the oracles read that this shard holds, found once
+            self._pairs = [
+                (author, i, self.nodes[author].identity.public_key)
+                for author in self.authors
+                for i in (author, *self.followers[author])
+                if self.owns(i) and i in self.honest_set
+            ]
         feeds = []
-        for author in self.authors:
-            feed = self.nodes[author].identity.public_key
-            for i in (author, *self.followers[author]):
-                if not self.owns(i) or i not in self.honest_set:
-                    continue
-                state = self.nodes[i].store.feed_state(feed)
-                if state.forked_seq is not None and i != author:
-                    self.fork_seen.setdefault((i, feed), state.latest_seq)
-                before, forked = self._reported.get((author, i), (0, None))
-                if (before, forked) == (state.latest_seq, state.forked_seq):
-                    continue
-                self._reported[author, i] = (state.latest_seq, state.forked_seq)
-                new = self.nodes[i].store.raw_range(feed, before + 1, max(0, state.latest_seq - before))
-                feeds.append((author, i, state.latest_seq, state.forked_seq, [digest(r) for r in new]))
+        for author, i, feed in self._pairs:
+            state = self.nodes[i].store.feed_state(feed)
+            if state.forked_seq is not None and i != author:
+                self.fork_seen.setdefault((i, feed), state.latest_seq)
+            before, forked = self._reported.get((author, i), (0, None))
+            if (before, forked) == (state.latest_seq, state.forked_seq):
+                continue
+            self._reported[author, i] = (state.latest_seq, state.forked_seq)
+            new = self.nodes[i].store.raw_range(feed, before + 1, max(0, state.latest_seq - before))
+            feeds.append((author, i, state.latest_seq, state.forked_seq, [digest(r) for r in new]))
         self.report(("snapshot", _Snapshot(label, self.engine.now, up, feeds, dict(self.equivocated))))
 
     # -- running in windows --------------------------------------------------------------
