@@ -887,14 +887,20 @@ def _coordinate(
     snapshots: list[list[_Snapshot]] = [[] for _ in range(shards)]
     steps: list[list[tuple[float, int]]] = [[] for _ in range(shards)]
     finals: dict[int, dict[str, Any]] = {}
+    #: Shard -> why it stopped without a report (its peers then stop on a closed pipe).
+    failed: dict[int, str] = {}
     index = {id(conn): s for s, conn in enumerate(ups)}
-    while len(finals) < shards:
-        for conn in wait([c for s, c in enumerate(ups) if s not in finals]):
+    while len(finals) + len(failed) < shards:
+        live = [c for s, c in enumerate(ups) if s not in finals and s not in failed]
+        ready = wait(live, timeout=30.0 if failed else None)
+        if not ready:
+            break  # one failed and the others hang: report what is known
+        for conn in ready:
             shard = index[id(conn)]
             try:
                 message = cast(Connection, conn).recv()
             except EOFError:
-                raise RuntimeError(f"shard {shard} of {scenario.name} died without a report") from None
+                message = ("error", "died without a report")
             if message[0] == "snapshot":
                 snapshots[shard].append(message[1])
             elif message[0] == "progress":
@@ -902,13 +908,20 @@ def _coordinate(
             elif message[0] == "final":
                 finals[shard] = message[1]
             else:
-                raise RuntimeError(f"shard {shard} of {scenario.name} failed: {message[1]}")
+                failed[shard] = message[1]
+        if failed:
+            continue
         while all(snapshots):  # every worker has its next snapshot: same label, same time
             view.apply([queue.pop(0) for queue in snapshots])
         while all(steps):
             done = [queue.pop(0) for queue in steps]
             if progress is not None:
                 progress(done[0][0], sum(events for _, events in done))
+    if failed:
+        # The first cause, not the peers that then found its pipe closed.
+        causes = sorted(failed.items(), key=lambda item: ("EOFError" in item[1], item[0]))
+        shard, why = causes[0]
+        raise RuntimeError(f"shard {shard} of {scenario.name} (of {shards}) failed: {why}")
     reports = [finals[s] for s in range(shards)]
     if timing is not None:
         timing.windows = reports[0]["windows"]
