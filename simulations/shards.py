@@ -68,9 +68,12 @@ One shard is the ordinary single-process `run_scenario`.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import math
 import multiprocessing
+import signal
+import sys
 import time
 import traceback
 from collections import Counter
@@ -603,17 +606,21 @@ class ShardWorker(Simulation):
             bounds[self.shard] = bound
             # Shard i's earliest event in this window: its own next one, or a message sent to it.
             earliest = [min(bounds[i][0], *(bounds[k][1][i] for k in range(shards))) for i in range(shards)]
-            # What another shard runs in this window reaches this one no earlier than its earliest
-            # event + L; what it runs in the next because of this shard, this one's earliest + 2 L.
-            horizon = min(
-                min(earliest[i] for i in range(shards) if i != self.shard) + lookahead,
-                earliest[self.shard] + 2 * lookahead,
-            )
-            if horizon > t:
+            # What another shard runs in this window reaches shard j no earlier than its earliest
+            # event + L; what it runs in the next because of j, no earlier than j's earliest + 2 L.
+            horizons = [
+                min(
+                    min(earliest[i] for i in range(shards) if i != j) + lookahead, earliest[j] + 2 * lookahead
+                )
+                for j in range(shards)
+            ]
+            if horizons[self.shard] > t:
                 engine.run(t)
-                self.report(("progress", t, engine.events_run))
-                return True
-            _run_before(engine, horizon)
+                if min(horizons) > t:  # every shard is through t: all leave at the same barrier
+                    self.report(("progress", t, engine.events_run))
+                    return True
+            else:
+                _run_before(engine, horizons[self.shard])
 
     def _metrics(self) -> dict[str, Any]:
         self._snapshot("final")
@@ -686,6 +693,8 @@ def _worker(
     up: Connection,
 ) -> None:
     """The body of worker process ``shard``: run, reporting to the coordinator through up."""
+    faulthandler.enable()  # a crash below Python (SQLite, a C extension) still says where
+    faulthandler.register(signal.SIGTERM, chain=True)  # and so does a worker the coordinator ends
     try:
         sim = ShardWorker(scenario, shard, shards, lookahead)
         sim.mesh = _Mesh(shard, peers)
@@ -693,7 +702,9 @@ def _worker(
         result = sim.run()
         up.send(("final", result.metrics))
     except BaseException as exc:  # the coordinator raises it, naming the shard
-        up.send(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        why = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+        print(f"shard {shard}: {why}", file=sys.stderr, flush=True)
+        up.send(("error", why))
     finally:
         up.close()
 
@@ -868,6 +879,11 @@ def _run_processes(
             conn.close()
     try:
         return _coordinate(scenario, [r for r, _ in ups], progress, timing)
+    except RuntimeError as exc:
+        for process in processes:
+            process.join(timeout=5.0)
+        codes = ", ".join(f"shard {s}: {p.exitcode}" for s, p in enumerate(processes))
+        raise RuntimeError(f"{exc}\n(exit codes, negative for a signal: {codes})") from None
     finally:
         for process in processes:
             process.join(timeout=5.0)
