@@ -24,6 +24,8 @@ from simulations.simulation import Simulation
 from tests.process import p2pblog
 from tests.test_sim_cli import assert_one_error
 
+pytestmark = pytest.mark.slow  # real worker processes, ten simulated minutes each
+
 
 def test_two_shards_twice_give_identical_metrics_and_deliver_everything(tmp_path: Path) -> None:
     outs = [tmp_path / "a", tmp_path / "b"]
