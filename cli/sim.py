@@ -261,6 +261,15 @@ _dht_option = click.option(
     metavar="DIR",
     help="Where to write metrics.json, report.md and the plots (default: ./sim-out/<scenario>-seed<N>).",
 )
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Worker processes for this one run (1: a single process; N > 1 shards the nodes and gives "
+    "the same results for the same seed and N, not the single process's).",
+)
 def run(
     scenario: str,
     seed: int | None,
@@ -268,6 +277,7 @@ def run(
     duration: float | None,
     dht: str | None,
     out: Path | None,
+    shards: int,
 ) -> None:
     """Run SCENARIO once and write its metrics, report and plots.
 
@@ -278,6 +288,8 @@ def run(
     """
     _need_sim_extra("matplotlib")
     loaded = _load(scenario, seed=seed, nodes=nodes, duration=duration, dht=dht)
+    if shards > 1:
+        loaded = _sharded(loaded, shards)
     from simulations.report import summary, write_run
 
     out_dir = out if out is not None else DEFAULT_OUT / f"{_slug(loaded.name)}-seed{loaded.seed}"
@@ -285,7 +297,7 @@ def run(
     _note_unchecked_convergence(loaded)
     progress = Progress(loaded.duration, sys.stderr)
     try:
-        result = _simulate(loaded, progress)
+        result = _simulate(loaded, progress, shards=shards)
     finally:
         progress.finish()  # ends the progress line, also before a traceback or "Aborted!"
     written = write_run(result, out_dir)
@@ -320,10 +332,30 @@ class SimulationCrashed(RuntimeError):
     """
 
 
-def _simulate(scenario: Scenario, progress: Progress | None = None) -> Result:
+def _sharded(scenario: Scenario, shards: int) -> Scenario:
+    """The scenario with the latency floor a sharded run needs, or one ``Error:`` line."""
+    from simulations.shards import ShardError, prepare
+
+    try:
+        sharded, lookahead = prepare(scenario, shards)
+    except ShardError as exc:
+        raise click.ClickException(str(exc)) from None
+    if sharded.network.latency != scenario.network.latency:
+        click.echo(
+            f"note: --shards {shards}: latency draws get a floor of {lookahead * 1000:g} ms "
+            "(network.latency.min_ms), the lookahead of the shards' windows",
+            err=True,
+        )
+    return sharded
+
+
+def _simulate(scenario: Scenario, progress: Progress | None = None, *, shards: int = 1) -> Result:
+    from simulations.shards import run_sharded
     from simulations.simulation import run_scenario
 
     try:
+        if shards > 1:
+            return run_sharded(scenario, shards, progress=progress)
         return run_scenario(scenario, progress=progress)
     except Exception as exc:
         raise SimulationCrashed(

@@ -102,12 +102,15 @@ class Latency:
     sigma: float = 0.5
     #: regions: matrix[i][j] = median one-way ms from region i to j (lognormal with ``sigma``).
     matrix_ms: tuple[tuple[float, ...], ...] = ()
+    #: Floor of every draw (0: none).  A run sharded across processes
+    #: (`simulations.shards`) needs one: it is the lookahead of its windows.
+    min_ms: float = 0.0
 
     def __post_init__(self) -> None:
         # Messages start with the field's name (the scenario loader prefixes the table's).
         if self.kind not in LATENCY_KINDS:
             raise ValueError(f"kind: one of {', '.join(LATENCY_KINDS)}, not {self.kind!r}")
-        for name in ("ms", "low_ms", "high_ms", "median_ms", "sigma"):
+        for name in ("ms", "low_ms", "high_ms", "median_ms", "sigma", "min_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, not {getattr(self, name):g}")
         if self.high_ms < self.low_ms:
@@ -131,7 +134,16 @@ class Latency:
             ms = self.median_ms * math.exp(rng.gauss(0.0, self.sigma))
         else:
             ms = self.matrix_ms[src_region][dst_region] * math.exp(rng.gauss(0.0, self.sigma))
-        return ms / 1000.0
+        return max(ms, self.min_ms) / 1000.0
+
+    @property
+    def floor_ms(self) -> float:
+        """The least one draw can be (milliseconds): the lookahead a sharded run may use."""
+        if self.kind == "constant":
+            return max(self.ms, self.min_ms)
+        if self.kind == "uniform":
+            return max(self.low_ms, self.min_ms)
+        return self.min_ms
 
 
 @mypyc_attr(native_class=False)  # pickled to sweep workers (simulations.compiled)

@@ -175,17 +175,7 @@ class Simulation:
         regions = scenario.network.latency.regions
         self.nodes: list[SimNode] = []
         for i in range(n):
-            node = SimNode(
-                i,
-                Identity(ids.randbytes(32)),
-                self.engine,
-                self.network,
-                region=i % regions,
-                on_event=self._on_event,
-                make_core=self._core_factory,
-                savings=self.savings,
-            )
-            self.nodes.append(node)
+            self.nodes.append(self._make_node(i, Identity(ids.randbytes(32)), i % regions))
         self.by_key = {node.identity.public_key: node for node in self.nodes}
         self._choose_roles()
         for node in self.nodes:
@@ -228,6 +218,19 @@ class Simulation:
         self.reliability = ReliabilityWatch(self)
 
     # ============================================================ setup
+
+    def _make_node(self, index: int, identity: Identity, region: int) -> SimNode:
+        """Node index (a shard's worker makes stand-ins for the other shards' nodes: `simulations.shards`)."""
+        return SimNode(
+            index,
+            identity,
+            self.engine,
+            self.network,
+            region=region,
+            on_event=self._on_event,
+            make_core=self._core_factory,
+            savings=self.savings,
+        )
 
     def _choose_roles(self) -> None:
         rng = self.engine.rng("roles")
@@ -352,10 +355,8 @@ class Simulation:
         for number, fault in enumerate(sc.faults):
             self._schedule_fault(number, fault)
         if sc.malicious.equivocators:
-            from simulations.adversary import equivocate
-
             for index in sorted(i for i, role in self.roles.items() if role == "equivocator"):
-                engine.at(sc.malicious.equivocate_at, partial(equivocate, self, index))
+                engine.at(sc.malicious.equivocate_at, partial(self._equivocate, index))
         if self.attackers:
             self._schedule_attacks()
         self.dms.schedule()
@@ -480,6 +481,11 @@ class Simulation:
         self.post_order.append(key)
         self.delivered[key] = {}
         self.reliability.posted(key)
+
+    def _equivocate(self, index: int) -> None:
+        from simulations.adversary import equivocate
+
+        equivocate(self, index)
 
     def _lookup(self, index: int, target: int) -> None:
         node = self.nodes[index]
