@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -117,8 +118,13 @@ def wall_watchdog(limit: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float | int | bool]:
-    """Run baseline; stop at max_wall seconds of wall time (building the nodes included)."""
+def timed_run(
+    nodes: int, duration: float, max_wall: float, *, dht: str | None = None, shards: int = 1
+) -> dict[str, float | int | bool | str]:
+    """Run baseline; stop at max_wall seconds of wall time (building the nodes included).
+
+    ``dht``: the fidelity (`Scenario.dht`; None: the scenario's "auto"); ``shards``: worker
+    processes for the one run (`simulations.shards`; 1: this process)."""
     start = time.perf_counter()
     sims: list[Simulation] = []
 
@@ -132,11 +138,18 @@ def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float |
         )
 
     finished = True
+    fidelity = dht or "auto"
     try:
         with wall_watchdog(max_wall):
-            scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration)
-            sims.append(Simulation(scenario))
-            events = sims[0].run(progress).events
+            scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration, dht=dht)
+            fidelity = scenario.dht_fidelity
+            if shards > 1:
+                from simulations.shards import run_sharded
+
+                events = run_sharded(scenario, shards, progress=progress).events
+            else:
+                sims.append(Simulation(scenario))
+                events = sims[0].run(progress).events
     except WallLimitHit as hit:
         finished = False
         events = sims[0].engine.events_run if sims else 0
@@ -152,6 +165,9 @@ def timed_run(nodes: int, duration: float, max_wall: float) -> dict[str, float |
     simulated = duration if finished else (sims[0].engine.now if sims else 0.0)
     return {
         "nodes": nodes,
+        "dht": fidelity,
+        "shards": shards,
+        "compiled": compiled_in_use(),
         "simulated_s": round(simulated, 1),
         "wall_s": round(wall, 2),
         "speedup": round(simulated / wall, 2),
@@ -264,9 +280,103 @@ def budget(nodes: int, duration: float, join: float, max_wall: float) -> dict[st
     }
 
 
+def compiled_in_use() -> bool:
+    """Whether this process runs the mypyc build (its engine is an extension module, not a .py)."""
+    import simulations.engine
+
+    return not str(simulations.engine.__file__).endswith(".py")
+
+
+#: Issue 17's runs: (name, nodes, dht, shards or None for ``--shards``, wall target in seconds or None).
+TARGET_RUNS: tuple[tuple[str, int, str, int | None, float | None], ...] = (
+    ("model-1000", 1000, "model", 1, 60.0),
+    ("model-10000", 10_000, "model", None, 600.0),
+    ("full-1000", 1000, "full", 1, None),
+)
+#: Seconds a child may overrun its own ``--max-wall`` (start-up, writing its JSON) before it is killed.
+CHILD_GRACE = 120.0
+
+
+def child_run(
+    nodes: int, duration: float, dht: str, shards: int, max_wall: float, *, compiled_build: bool
+) -> dict[str, object]:
+    """One run in a fresh process (no warm caches, the compiled build only when asked): its JSON,
+    with the CPU seconds of the child and of the shard workers it waited for."""
+    import resource
+    import subprocess
+
+    env = dict(os.environ)
+    env["P2PBLOG_COMPILED"] = "1" if compiled_build else "0"
+    spec = {"nodes": nodes, "duration": duration, "dht": dht, "shards": shards, "max_wall": max_wall}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            timeout=max_wall + CHILD_GRACE,
+        )
+    except subprocess.TimeoutExpired:
+        return {**spec, "finished": False, "error": f"killed after {max_wall + CHILD_GRACE:g} s of wall time"}
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0 or not done.stdout.strip():
+        return {**spec, "finished": False, "error": f"exit status {done.returncode}"}
+    run: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    run["process_wall_s"] = round(wall, 2)
+    run["cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
+    return run
+
+
+def targets(duration: float, shards: int, max_wall: float, *, compiled_build: bool) -> dict[str, object]:
+    """Issue 17's table: 1,000 nodes with the model (<= 60 s), 10,000 with the model on
+    ``shards`` processes (<= 600 s), and 1,000 at full fidelity beside them."""
+    if compiled_build:
+        from simulations.compiled import build
+
+        print(f"compiled build: {build()}", file=sys.stderr)
+    runs = []
+    for name, nodes, dht, run_shards, target in TARGET_RUNS:
+        print(f"{name}: {nodes} nodes, {duration:g} s, dht {dht}", file=sys.stderr)
+        limit = max_wall if target is None else max(max_wall, target)
+        run = child_run(nodes, duration, dht, run_shards or shards, limit, compiled_build=compiled_build)
+        run["name"] = name
+        run["target_wall_s"] = target
+        run["met"] = (
+            None if target is None else bool(run.get("finished") and float(str(run["wall_s"])) <= target)
+        )
+        print(f"  {json.dumps(run)}", file=sys.stderr)
+        runs.append(run)
+    return {"runs": runs, "compiled": compiled_build, "duration": duration}
+
+
 def markdown(out: dict[str, object], context: RunContext) -> str:
     lines = [f"## Simulator speed — {context.facts['cpu']}, {context.facts['cores']} cores", ""]
     lines += [*context.markdown(), ""]
+    table = out.get("targets")
+    if isinstance(table, dict):
+        build = "the compiled build (mypyc)" if table["compiled"] else "pure Python"
+        lines += [
+            f"Issue 17 targets, `baseline` for {table['duration']:g} simulated seconds, {build}, "
+            "each run in a fresh process:",
+            "",
+            "| run | nodes | DHT | processes | simulated s | wall s | CPU s | events | target | met |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for run in table["runs"]:
+            target = "reported" if run["target_wall_s"] is None else f"<= {run['target_wall_s']:g} s wall"
+            met = {None: "", True: "yes", False: "**no**"}[run["met"]]
+            if not run.get("finished"):
+                met = f"{met} (not finished: {run.get('error') or 'wall-time limit hit'})".strip()
+            lines.append(
+                f"| {run['name']} | {run['nodes']} | {run['dht']} | {run['shards']} | "
+                f"{run.get('simulated_s', '')} | {run.get('wall_s', '')} | {run.get('cpu_s', '')} | "
+                f"{run.get('events', '')} | {target} | {met} |"
+            )
+        lines.append("")
     runs: list[dict[str, object]] = []
     speed = out.get("speed")
     if isinstance(speed, dict):
@@ -292,7 +402,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=["speed", "scale", "both", "budget"], default="both")
+    parser.add_argument("--part", choices=["targets", "speed", "scale", "both", "budget"], default="targets")
+    parser.add_argument("--dht", choices=["full", "model"], default=None, help="speed/scale: the fidelity")
+    parser.add_argument(
+        "--shards", type=int, default=2, help="targets: processes of the 10,000-node run (speed: 1)"
+    )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="targets: run the mypyc build (built first if needed; `python -m simulations.compiled build`)",
+    )
+    parser.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
     parser.add_argument("--nodes", type=int, default=None, help="speed: 1000; budget: 200")
     parser.add_argument("--duration", type=float, default=None, help="speed: 3600; budget: 1200")
     parser.add_argument("--max-wall", type=float, default=600.0, help="wall seconds allowed per run")
@@ -303,14 +423,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_wall <= 0:
         parser.error("--max-wall must be positive")
+    if args.child is not None:  # one run of `targets`, in a fresh process: its JSON on the last line
+        spec = json.loads(args.child)
+        run = timed_run(
+            spec["nodes"], spec["duration"], spec["max_wall"], dht=spec["dht"], shards=spec["shards"]
+        )
+        print(json.dumps(run))
+        return
     context = RunContext.begin("benchmarks/bench_sim.py", argv, PACKAGES)
     print("command:", context.command, file=sys.stderr)
     out: dict[str, object] = {}
+    if args.part == "targets":
+        duration = args.duration if args.duration is not None else 3600.0
+        out["targets"] = targets(duration, args.shards, args.max_wall, compiled_build=args.compiled)
     if args.part in ("speed", "both"):
         nodes = args.nodes if args.nodes is not None else 1000
         duration = args.duration if args.duration is not None else 3600.0
-        run = timed_run(nodes, duration, args.max_wall)
-        out["speed"] = {**run, "target_speedup": 60.0, "met": bool(run["finished"] and run["speedup"] >= 60)}
+        run = timed_run(nodes, duration, args.max_wall, dht=args.dht)
+        out["speed"] = {
+            **run,
+            "target_speedup": 60.0,
+            "met": bool(run["finished"] and float(run["speedup"]) >= 60),
+        }
     if args.part == "budget":
         # A run small enough to finish; the issue's sizes are what it projects to.
         nodes = args.nodes if args.nodes is not None else 200
@@ -320,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = []
         nodes = args.start
         for _ in range(args.max_steps):
-            run = timed_run(nodes, 3600.0, args.max_wall)
+            run = timed_run(nodes, 3600.0, args.max_wall, dht=args.dht)
             runs.append(run)
             if not run["finished"]:
                 break
@@ -328,7 +462,9 @@ def main(argv: list[str] | None = None) -> None:
         completed = [r["nodes"] for r in runs if r["finished"]]
         out["scale"] = {"runs": runs, "largest_completed": max(completed, default=0), "target_nodes": 10_000}
     context.end()
-    document = json.dumps({"benchmark": "simulator speed (issue 5)", **context.as_json(), **out}, indent=2)
+    document = json.dumps(
+        {"benchmark": "simulator speed (issues 5 and 17)", **context.as_json(), **out}, indent=2
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(document + "\n")
     print(markdown(out, context))
