@@ -210,6 +210,7 @@ class NodeTraffic:
     stream_bytes: int = 0
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a shard's worker subclasses it (simulations.shards)
 class Network:
     def __init__(self, engine: Engine, model: LinkModel) -> None:
         self.engine = engine
