@@ -199,6 +199,19 @@ class DhtCensus:
         if hops is not None:
             self.hops.setdefault(kind, array("l")).append(hops)
 
+    def merge(self, other: DhtCensus) -> None:
+        """Add another census (a shard's, `simulations.shards`) to this one."""
+        for kind, walks in sorted(other.walks.items()):
+            self.walks.setdefault(kind, array("d")).extend(walks)
+        for kind, hops in sorted(other.hops.items()):
+            self.hops.setdefault(kind, array("l")).extend(hops)
+        self.providers.extend(other.providers)
+        self.providers_ratio.extend(other.providers_ratio)
+        self.started.update(other.started)
+        self.request_bytes.update(other.request_bytes)
+        self.request_datagrams.update(other.request_datagrams)
+        self.gets_found += other.gets_found
+
     def metrics(self) -> dict[str, Any]:
         """The census in metrics.json (``dht.walk_s``, ``dht.providers_per_search``)."""
         walk: dict[str, Any] = {}

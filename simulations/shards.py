@@ -84,9 +84,12 @@ from multiprocessing.connection import Connection, wait
 from random import Random
 from typing import Any, Final, cast
 
+from dht.ids import Contact
+from dht.wire import Value
 from identity import Identity
 from p2pblog.replication import EntriesStored
 from p2pblog.store import FeedState
+from simulations.dhtmodel import DhtView
 from simulations.engine import Engine
 from simulations.network import DIAL_TIMEOUT, Endpoint, LinkModel, Network
 from simulations.node import SimNode
@@ -111,6 +114,8 @@ FAILED: Final = 3
 DATA: Final = 4
 LOST: Final = 5
 INJECT: Final = 6
+#: A write to the DHT model's global view (`_ShardedView`), applied in every shard.
+VIEW: Final = 7
 
 #: A message for another shard: (delivery time, source node, sender's counter, kind, arguments).
 Message = tuple[float, int, int, int, tuple[Any, ...]]
@@ -136,6 +141,8 @@ def prepare(scenario: Scenario, shards: int) -> tuple[Scenario, float]:
             ("[[attacks]]", bool(scenario.attacks)),
             ("[dms]", scenario.dms.per_hour > 0),
             ("[devices]", scenario.devices.identities > 0),
+            ("[sybil]", scenario.sybil.fraction > 0),
+            ("[names]", scenario.names.claims > 0),
         )
         if used
     ]
@@ -231,6 +238,15 @@ class ShardNetwork(Network):
 
     def on_inject(self, handler: Callable[..., None]) -> None:
         self._handlers[INJECT] = handler
+
+    def on_view(self, handler: Callable[..., None]) -> None:
+        self._handlers[VIEW] = handler
+
+    def broadcast_view(self, src: int, args: tuple[Any, ...]) -> None:
+        """A write to the DHT model's view, applied in every shard (this one too) one lookahead later."""
+        at = self.engine.now + self.lookahead
+        for shard in range(self.shards):
+            self._send(at, src, shard, VIEW, args)  # node ``shard`` lives in shard ``shard``
 
     def inject(self, src: int, dst: int, args: tuple[Any, ...]) -> None:
         """A simulation-level hand-over (the equivocator's second branch), one lookahead later."""
@@ -446,6 +462,42 @@ class _Snapshot:
     equivocated: dict[int, int]
 
 
+class _ShardedView(DhtView):
+    """The DHT model's global view in one shard (`simulations.dhtmodel`, issue 17).
+
+    Every shard holds the whole view.  A write (a node joins, a record is put, a
+    provider announced) is made in the owner's shard and applied in every shard,
+    its own included, one lookahead later, in the order messages are inserted:
+    a model query's walk takes far longer than the lookahead, so a write is seen
+    as a single process would see it, and the same in every shard.  Reads stay
+    local.
+    """
+
+    def __init__(self, network: ShardNetwork) -> None:
+        super().__init__(network)
+        self._shard_network = network
+        network.on_view(self._apply)
+
+    def join(self, index: int, contact: Contact) -> None:
+        self._shard_network.broadcast_view(index, ("join", index, contact))
+
+    def put(self, key: bytes, value: Value, publisher: int, expires_at: float) -> None:
+        self._shard_network.broadcast_view(publisher, ("put", key, value, publisher, expires_at))
+
+    def add_provider(
+        self, key: bytes, pid: bytes, value: bytes, publisher: int, now: float, ttl: float
+    ) -> None:
+        self._shard_network.broadcast_view(publisher, ("provider", key, pid, value, publisher, now, ttl))
+
+    def _apply(self, op: str, *args: Any) -> None:
+        if op == "join":
+            DhtView.join(self, *args)
+        elif op == "put":
+            DhtView.put(self, *args)
+        else:
+            DhtView.add_provider(self, *args)
+
+
 class ShardWorker(Simulation):
     """The simulation in worker ``shard``: owned nodes run, the others are `_Remote`."""
 
@@ -464,6 +516,8 @@ class ShardWorker(Simulation):
         self._pairs: list[tuple[int, int, bytes]] | None = None
         super().__init__(scenario)
         self.network.on_inject(self._injected)
+        if self.dht_view is not None:  # the DHT model: a view kept whole in every shard
+            self.dht_view = _ShardedView(self.network)
 
     @property
     def network(self) -> ShardNetwork:
@@ -478,6 +532,10 @@ class ShardWorker(Simulation):
 
     def owns(self, index: int) -> bool:
         return index % self.shards == self.shard
+
+    def _schedule_reliability(self) -> None:
+        """Nothing: its probes read every node's store, and a sharded run leaves the reliability
+        section out (`MergedView.finish`; `prepare` refuses names and Sybils)."""
 
     def _make_node(self, index: int, identity: Identity, region: int) -> SimNode:
         if self.owns(index):
@@ -649,6 +707,12 @@ class ShardWorker(Simulation):
             "cpu": time.process_time(),
             "crossed": self.network.crossed,
             "sent": self.network.sent,
+            "census": self.dht_census,
+            "connections": [
+                self.nodes[i].core.replicator.connection_count  # type: ignore[union-attr]
+                for i in range(self.shard, self.scenario.nodes, self.shards)
+                if i in self.honest_set and self.nodes[i].core is not None
+            ],
         }
 
 
@@ -744,6 +808,12 @@ class _View(_Remote):
 class MergedView(Simulation):
     """The whole run as the coordinator assembles it, for the unmodified oracles and metrics."""
 
+    #: Every honest node's open connections at the end, as the workers reported them.
+    connections: list[int]
+
+    def _connection_counts(self) -> list[int]:
+        return self.connections
+
     def _make_node(self, index: int, identity: Identity, region: int) -> SimNode:
         return _View(index, identity, self.network, region)
 
@@ -794,9 +864,16 @@ class MergedView(Simulation):
             for name, count in r["network"].items():
                 self.network.stats[name] = self.network.stats.get(name, 0) + count
         self.lookup_results.sort()
+        self.connections = []
+        for r in reports:
+            self.dht_census.merge(r["census"])
+            self.connections += r["connections"]
         self.nodes[0].crashed_stats = stats  # the counters of every node, summed
         self.engine.now = self.scenario.duration
         metrics = self._metrics()
+        # The reliability section needs each post's live followers and the stores at every
+        # fork probe, which only the workers saw: a sharded run leaves it out (docs/simulations.md).
+        del metrics["reliability"]
         shards = len(reports)
         metrics["sharding"] = {
             "shards": shards,
@@ -805,7 +882,7 @@ class MergedView(Simulation):
         }
         found = [Violation(o, t, d) for r in reports for o, t, d in r["violations"]]
         violations = sorted(self.violations + found, key=lambda v: v.time)
-        return Result(self.scenario, metrics, violations, self.engine.events_run)
+        return Result(self.scenario, metrics, violations, self.engine.events_run, latencies=self.latencies)
 
 
 @dataclass

@@ -189,6 +189,8 @@ class Simulation:
             self.sybil_plan = SybilPlan(self)
         # Metrics state.
         self.posts: dict[tuple[bytes, int], float] = {}
+        #: Every delivery's latency, set by `_metrics` (`Result.latencies`).
+        self.latencies: list[float] = []
         self.post_order: list[tuple[bytes, int]] = []
         self.delivered: dict[tuple[bytes, int], dict[int, float]] = {}
         self.lookups: dict[tuple[int, int, int], float] = {}
@@ -361,7 +363,7 @@ class Simulation:
             self._schedule_attacks()
         self.dms.schedule()
         self.devices.schedule()
-        self.reliability.schedule()
+        self._schedule_reliability()
         t = CHECK_EVERY
         while t < sc.duration:
             engine.at(t, self._check_prefixes)
@@ -384,7 +386,8 @@ class Simulation:
         metrics = self._metrics()
         if self.attackers:
             self._hostile_oracles(metrics)
-        self.reliability.oracles(metrics)
+        if "reliability" in metrics:  # a shard's worker reports raw data, its coordinator judges
+            self.reliability.oracles(metrics)
         return Result(sc, metrics, self.violations, engine.events_run, latencies=self.latencies)
 
     def _run_until(self, t: float) -> bool:
@@ -714,7 +717,7 @@ class Simulation:
             b[0] += len(recipients)
             b[1] += sum(1 for i in recipients if i in got)
             within.add(posted, [got[i] - posted if i in got else None for i in recipients])
-        self.latencies: list[float] = [_r(latency) for latency in latencies]
+        self.latencies = [_r(latency) for latency in latencies]
         received = stats["entries.received"]
         duplicates = stats["entries.duplicate"]
         traffic = self.network.traffic[: sc.nodes]  # the honest and malicious nodes, not attack hosts
@@ -723,7 +726,7 @@ class Simulation:
         ok = [hops for success, hops in self.lookup_results if success]
         hop_histogram = Counter(ok)
         heal = max(sc.last_fault_end, sc.post_until)
-        up = [core for i in self.honest if (core := self.nodes[i].core) is not None]
+        connections = self._connection_counts()
         metrics: dict[str, Any] = {
             "posts": len(self.post_order),
             "posts_skipped_offline_author": self.skipped_posts,
@@ -781,9 +784,7 @@ class Simulation:
                 "converged_after_s": None if self.converged_at is None else _r(self.converged_at - heal),
                 "deadline": _r(sc.converge_by) if sc.converge_by <= sc.duration else None,
             },
-            "connections_per_node": _r(
-                sum(core.replicator.connection_count for core in up) / len(up) if up else 0.0
-            ),
+            "connections_per_node": _r(sum(connections) / len(connections) if connections else 0.0),
             "refused": dict(sorted(self.refused.items())),
             "forks_detected_by_honest_nodes": len(self.fork_seen),
             "roles": dict(sorted(Counter(self.roles.values()).items())),
@@ -799,6 +800,16 @@ class Simulation:
             metrics["devices"] = self.devices.metrics()
         metrics["reliability"] = self.reliability.metrics()
         return metrics
+
+    def _schedule_reliability(self) -> None:
+        """Name claims, victim lookups and fork probes (`simulations.reliability`)."""
+        self.reliability.schedule()
+
+    def _connection_counts(self) -> list[int]:
+        """Each honest node's open connections, for the nodes that are up (in index order)."""
+        return [
+            core.replicator.connection_count for i in self.honest if (core := self.nodes[i].core) is not None
+        ]
 
     # ============================================================ under attack
 

@@ -63,6 +63,27 @@ def test_posts_cross_shards_and_every_follower_gets_them() -> None:
     assert seen.windows > 0 and len(seen.barrier_wall) == 2
 
 
+def test_the_dht_model_runs_sharded_with_one_view_in_every_shard() -> None:
+    # The model's global view is kept whole in every shard: a follower finds an author (its peer
+    # record, its feed's providers) whatever shard published them; twice, the same bytes.
+    scenario = Scenario.load("baseline").with_overrides(seed=2, nodes=40, duration=300.0, dht="model")
+    runs = []
+    for _ in range(2):
+        seen = ShardRun()
+        result = run_sharded(scenario, 2, timing=seen)
+        assert result.ok, result.violations
+        runs.append((json.dumps(result.metrics, sort_keys=True), seen))
+    assert runs[0][0] == runs[1][0]
+    metrics = json.loads(runs[0][0])
+    assert metrics["dht"]["fidelity"] == "model"
+    assert metrics["delivery"]["ratio"] == 1.0 and metrics["delivery"]["expected"] > 100
+    # What the workers counted reaches the metrics: every shard's walks and connections.
+    assert metrics["dht"]["walk_s"]["providers"]["count"] > 40
+    assert metrics["dht"]["providers_per_search"]["searches"] > 40
+    assert metrics["connections_per_node"] > 2
+    assert len(runs[0][1].delivered) > 20
+
+
 @pytest.mark.parametrize(
     ("name", "nodes", "check"),
     [
