@@ -291,7 +291,18 @@ def activate(directory: Path | None = None, *, root: Path = BUILD_ROOT) -> Path:
     if already:
         raise BuildError(f"too late for the compiled build: already imported pure: {', '.join(already)}")
     sys.meta_path.insert(0, _CompiledFinder(directory))
+    global _active
+    _active = directory
     return directory
+
+
+#: The build this process imports (`activate`), if any: a sharded run's workers activate it too.
+_active: Path | None = None
+
+
+def active() -> Path | None:
+    """The build directory this process imports its compiled modules from, or None (pure)."""
+    return _active
 
 
 def wanted() -> bool:

@@ -72,6 +72,7 @@ import faulthandler
 import hashlib
 import math
 import multiprocessing
+import pickle
 import signal
 import sys
 import time
@@ -94,6 +95,7 @@ from simulations.engine import Engine
 from simulations.network import DIAL_TIMEOUT, Endpoint, LinkModel, Network
 from simulations.node import SimNode
 from simulations.scenario import Scenario
+from simulations.shard_boot import boot
 from simulations.simulation import Result, Simulation, Violation
 
 #: Latency floor a sharded run gets when its scenario sets none (``network.latency.min_ms = 0``):
@@ -479,7 +481,8 @@ class _ShardedView(DhtView):
         network.on_view(self._apply)
 
     def join(self, index: int, contact: Contact) -> None:
-        self._shard_network.broadcast_view(index, ("join", index, contact))
+        # Fields, not the Contact: a compiled frozen dataclass does not unpickle.
+        self._shard_network.broadcast_view(index, ("join", index, contact.node_id, contact.addr))
 
     def put(self, key: bytes, value: Value, publisher: int, expires_at: float) -> None:
         self._shard_network.broadcast_view(publisher, ("put", key, value, publisher, expires_at))
@@ -491,7 +494,8 @@ class _ShardedView(DhtView):
 
     def _apply(self, op: str, *args: Any) -> None:
         if op == "join":
-            DhtView.join(self, *args)
+            index, node_id, addr = args
+            DhtView.join(self, index, Contact(node_id, addr))
         elif op == "put":
             DhtView.put(self, *args)
         else:
@@ -939,10 +943,14 @@ def _run_processes(
         for b in range(a + 1, shards):
             peers[a][b], peers[b][a] = ctx.Pipe()
     ups = [ctx.Pipe(duplex=False) for _ in range(shards)]
+    from simulations import compiled
+
+    build = compiled.active()
+    blob = pickle.dumps(scenario)  # unpickled once the worker chose its build (`simulations.shard_boot`)
     processes = [
         ctx.Process(
-            target=_worker,
-            args=(scenario, s, shards, lookahead, peers[s], ups[s][1]),
+            target=boot,
+            args=(None if build is None else str(build), blob, s, shards, lookahead, peers[s], ups[s][1]),
             name=f"p2pblog-shard-{s}",
             daemon=True,
         )

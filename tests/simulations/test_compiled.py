@@ -107,8 +107,10 @@ def run_cli(out: Path, *args: str, build: Path | None) -> str:
             ["sweep", "baseline", "--seeds", "1..2", "--nodes", "12", "--duration", "300", "-j", "2"],
             ["seed-1", "seed-2"],
         ),
+        # Spawned shard workers take the coordinator's build; the DHT model's view crosses shards.
+        (["run", "baseline", "--nodes", "30", "--duration", "300", "--dht", "model", "--shards", "2"], ["."]),
     ],
-    ids=["baseline", "crash-and-loss", "sweep"],
+    ids=["baseline", "crash-and-loss", "sweep", "sharded-model"],
 )
 def test_compiled_and_pure_runs_write_identical_metrics(
     compiled: Path, tmp_path: Path, args: list[str], outputs: list[str]
