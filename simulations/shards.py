@@ -518,6 +518,9 @@ class ShardWorker(Simulation):
         self._reported: dict[tuple[int, int], tuple[int, int | None]] = {}
         self._reported_up: dict[int, bool] = {}
         self._pairs: list[tuple[int, int, bytes]] | None = None
+        #: (author, holder) pairs whose feed an owned node stored into since the last snapshot: a
+        #: convergence probe (every 5 s) reads only those, and the equivocators' (a fork stores nothing).
+        self._changed: set[tuple[int, int]] = set()
         super().__init__(scenario)
         self.network.on_inject(self._injected)
         if self.dht_view is not None:  # the DHT model: a view kept whole in every shard
@@ -555,6 +558,7 @@ class ShardWorker(Simulation):
     def _post(self, index: int) -> None:
         if self.owns(index):
             super()._post(index)
+            self._changed.add((index, index))
 
     def _lookup(self, index: int, target: int) -> None:
         if self.owns(index):
@@ -587,6 +591,7 @@ class ShardWorker(Simulation):
 
     def _injected(self, index: int, feed: bytes, seq: int, raw: bytes) -> None:
         follower = self.nodes[index]
+        self._changed.add((self.by_key[feed].index, index))
         if follower.core is not None and follower.store.latest_seq(feed) == seq - 1:
             follower.store.ingest(raw)
             follower.core.replicator.feed_appended(feed, follower.now)
@@ -596,6 +601,9 @@ class ShardWorker(Simulation):
 
     def _entries_stored(self, node: SimNode, event: EntriesStored) -> None:
         now = self.engine.now
+        author_node = self.by_key.get(event.feed)
+        if author_node is not None:
+            self._changed.add((author_node.index, node.index))
         for seq in range(event.latest - event.count + 1, event.latest + 1):
             self.deliveries.append((event.feed, seq, node.index, now))
         author = self.by_key.get(event.feed)
@@ -636,7 +644,11 @@ class ShardWorker(Simulation):
                 if self.owns(i) and i in self.honest_set
             ]
         feeds = []
+        changed, self._changed = self._changed, set()
+        probe = label == "probe"
         for author, i, feed in self._pairs:
+            if probe and (author, i) not in changed and self.roles.get(author) != "equivocator":
+                continue  # unchanged since the last snapshot: nothing to read
             state = self.nodes[i].store.feed_state(feed)
             if state.forked_seq is not None and i != author:
                 self.fork_seen.setdefault((i, feed), state.latest_seq)
