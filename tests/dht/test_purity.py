@@ -28,6 +28,8 @@ ALLOWED_MODULES = {
     "identity.netaddr",
     "identity.pacing",
     "identity.limits",
+    # A class decorator for the optional mypyc build; it does nothing at run time.
+    "identity.compile_hints",
 }
 
 
