@@ -3,7 +3,7 @@
 Each saving is proven so the way the simulator's contract is stated: the same
 scenario and seed, run with the saving and without it, write the same
 ``metrics.json``, byte for byte.  The scenarios are the ones where each saving
-could show: a fault-free `baseline` (30 nodes, 300 s), `hostile` (attackers
+could show: a fault-free `baseline` (24 nodes, 240 s), `hostile` (attackers
 that dial, handshake and idle, flood, poison and censor), and `crash-and-loss`
 (30% of nodes crash and come back: their next incarnations read the contacts
 the saving held in memory).  Each run also checks that the saving was in
@@ -41,9 +41,9 @@ from tests.gossip.test_transport import ALICE, BOB, ChannelPair
 
 #: (scenario, overrides): small enough for the fast suite, large enough to exercise each saving.
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "baseline": {"nodes": 30, "duration": 300.0},
-    "hostile": {},
-    "crash-and-loss": {"nodes": 30},
+    "baseline": {"nodes": 24, "duration": 240.0},
+    "hostile": {"nodes": 16},
+    "crash-and-loss": {"nodes": 20},
 }
 OFF = Savings.none()
 ON = Savings()
