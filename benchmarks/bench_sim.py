@@ -151,6 +151,7 @@ def timed_run(
 
     finished = True
     fidelity = dht or "auto"
+    outcome: dict[str, float | bool] = {}
     try:
         with wall_watchdog(max_wall):
             scenario = Scenario.load("baseline").with_overrides(nodes=nodes, duration=duration, dht=dht)
@@ -158,10 +159,12 @@ def timed_run(
             if shards > 1:
                 from simulations.shards import run_sharded
 
-                events = run_sharded(scenario, shards, progress=progress).events
+                result = run_sharded(scenario, shards, progress=progress)
             else:
                 sims.append(Simulation(scenario))
-                events = sims[0].run(progress).events
+                result = sims[0].run(progress)
+            events = result.events
+            outcome = {"delivery_ratio": result.metrics["delivery"]["ratio"], "oracles_ok": result.ok}
     except WallLimitHit as hit:
         finished = False
         events = sims[0].engine.events_run if sims else 0
@@ -189,6 +192,7 @@ def timed_run(
         "finished": finished,
         "wall_limit_s": max_wall,
         "wall_limit_hit": not finished,
+        **outcome,
     }
 
 
