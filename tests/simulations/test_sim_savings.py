@@ -143,29 +143,6 @@ def test_all_savings_together_leave_metrics_json_byte_identical(
     assert gc.get_threshold() == thresholds and gc.get_freeze_count() == frozen
 
 
-@pytest.mark.parametrize(
-    ("saving", "name"),
-    [("null_cipher", "baseline"), ("snapshots_in_memory", "crash-and-loss"), ("gc_tuned", "baseline")],
-)
-def test_each_saving_alone_leaves_metrics_json_byte_identical(
-    saving: str, name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    expected = reference(name)
-    watch = Watch(monkeypatch)
-    text, _ = run(name, ONLY[saving], watch)
-    assert text == expected
-    if saving == "null_cipher":
-        assert watch.encrypted["NullCipher"] > 1_000
-    else:
-        assert watch.encrypted["NullCipher"] == 0
-    if saving == "snapshots_in_memory":
-        # Crashed nodes' snapshots were written at the crash: the restarts read them.
-        assert 0 < watch.contact_writes < watch.contact_saves / 3
-    else:
-        assert watch.contact_saves == 0 and watch.contact_writes > 0
-    assert {frozen for _, frozen in watch.gc_seen} == {saving == "gc_tuned"}
-
-
 # --------------------------------------------------------------------------- the null cipher
 
 KEY = bytes(range(32))
