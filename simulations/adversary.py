@@ -81,7 +81,6 @@ import msgpack
 
 from dht import DhtCore, wire
 from dht.ids import ID_BITS, ID_BYTES, Contact, K, distance, node_id_from_public_key
-from dht.routing import RoutingTable
 from gossip.transport import ChannelFailed, HandshakeCompleted, SecureChannel
 from identity import Identity
 from identity.keys import SIGNATURE_BYTES
@@ -728,9 +727,20 @@ class SybilPlan:
         return heapq.nsmallest(K, pool, key=lambda c: distance(c.node_id, key))
 
     def make_core(self, node: SimNode, rng: Random, now: float) -> SybilCore:
-        core = SybilCore(node.identity, rng, now, store=node.store, random_bytes=rng.randbytes, plan=self)
-        if self.ids[node.index] != core.dht.node_id:
-            reidentify(core, self.ids[node.index], now)
+        ground = self.ids[node.index]  # the id it ground, or the one its key gives
+
+        def dht_with_ground_id(_key_id: bytes, *args: Any, **kwargs: Any) -> DhtCore:
+            return DhtCore(ground, *args, **kwargs)
+
+        core = SybilCore(
+            node.identity,
+            rng,
+            now,
+            store=node.store,
+            random_bytes=rng.randbytes,
+            plan=self,
+            dht_factory=dht_with_ground_id,
+        )
         if self.hidden_feeds:
             core.replicator.source = HidingFeeds(core.replicator.source, self.hidden_feeds)
         elif self.hostile(now - EPOCH):
@@ -814,20 +824,3 @@ def place(node: SimNode, addr: tuple[str, int]) -> None:
     node.network.move(node.index, addr)
     node.endpoint.addr = addr
     node.addr = addr
-
-
-def reidentify(core: NodeCore, node_id: bytes, now: float) -> None:
-    """Give a core that has not started another DHT id (a Sybil that ground its id)."""
-    dht = core.dht
-    cfg = dht.config
-    dht.node_id = node_id
-    dht.table = RoutingTable(
-        node_id,
-        now,
-        k=cfg.k,
-        replacement_cache=cfg.replacement_cache,
-        refresh_interval=cfg.refresh_interval,
-        questionable_after=cfg.questionable_after,
-        per_network=dht.table.per_network,
-    )
-    dht._walk_params["local_id"] = node_id

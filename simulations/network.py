@@ -376,20 +376,32 @@ class Network:
             self.stats["datagrams.unreachable"] += 1
             return
         sent = self._uplink(src, len(data))
-        copies = 2 if self.model.duplicate and self.rng.random() < self.model.duplicate else 1
+        rng = self._datagram_rng(src)
+        model = self.model
+        copies = 2 if model.duplicate and rng.random() < model.duplicate else 1
         if copies == 2:
             self.stats["datagrams.duplicated"] += 1
-        loss = self.model.loss + self.extra_loss
+        loss = model.loss + self.extra_loss
         if src_addr is None:
             src_addr = self.node_addrs[src]
         for _ in range(copies):
-            if loss and self.rng.random() < loss:
+            if loss and rng.random() < loss:
                 self.stats["datagrams.lost"] += 1
                 continue
             delay = self._latency(src, dst)
-            if self.model.reorder and self.rng.random() < self.model.reorder:
-                delay += self.rng.uniform(0.0, delay)
-            self.engine.at(sent + delay, partial(self._deliver_datagram, dst, data, src, src_addr))
+            if model.reorder and rng.random() < model.reorder:
+                delay += rng.uniform(0.0, delay)
+            self._schedule_datagram(sent + delay, dst, data, src, src_addr)
+
+    def _datagram_rng(self, src: int) -> random.Random:
+        """The generator that draws src's datagram fates (one for the whole network here)."""
+        return self.rng
+
+    def _schedule_datagram(
+        self, at: float, dst: int, data: bytes, src: int, src_addr: tuple[str, int]
+    ) -> None:
+        """Deliver a datagram at ``at`` (a sharded network hands it to dst's process)."""
+        self.engine.at(at, partial(self._deliver_datagram, dst, data, src, src_addr))
 
     def _deliver_datagram(self, dst: int, data: bytes, src: int, src_addr: tuple[str, int]) -> None:
         node = self.nodes[dst]

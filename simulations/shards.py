@@ -266,33 +266,13 @@ class ShardNetwork(Network):
 
     # -- datagrams -----------------------------------------------------------------
 
-    def send_datagram(
-        self, src: int, data: bytes, addr: tuple[str, int], *, src_addr: tuple[str, int] | None = None
+    def _datagram_rng(self, src: int) -> Random:
+        return self._rng(src)
+
+    def _schedule_datagram(
+        self, at: float, dst: int, data: bytes, src: int, src_addr: tuple[str, int]
     ) -> None:
-        traffic = self.traffic[src]
-        traffic.datagrams += 1
-        traffic.datagram_bytes += len(data)
-        dst = self.addrs.get(addr)
-        if dst is None or not self.reachable(src, dst) or dst in self.firewalled:
-            self.stats["datagrams.unreachable"] += 1
-            return
-        sent = self._uplink(src, len(data))
-        rng = self._rng(src)
-        model = self.model
-        copies = 2 if model.duplicate and rng.random() < model.duplicate else 1
-        if copies == 2:
-            self.stats["datagrams.duplicated"] += 1
-        loss = model.loss + self.extra_loss
-        if src_addr is None:
-            src_addr = self.node_addrs[src]
-        for _ in range(copies):
-            if loss and rng.random() < loss:
-                self.stats["datagrams.lost"] += 1
-                continue
-            delay = self._latency(src, dst)
-            if model.reorder and rng.random() < model.reorder:
-                delay += rng.uniform(0.0, delay)
-            self._send(sent + delay, src, dst, DATAGRAM, (dst, data, src, src_addr))
+        self._send(at, src, dst, DATAGRAM, (dst, data, src, src_addr))
 
     # -- streams: two halves -----------------------------------------------------------
 

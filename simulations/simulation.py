@@ -74,6 +74,7 @@ from simulations.devices import DeviceTraffic
 from simulations.dhtmodel import Calibration, DhtCensus, DhtView, dht_factory
 from simulations.dms import DmTraffic
 from simulations.engine import Engine
+from simulations.follows import follow_graph
 from simulations.network import Network
 from simulations.node import EPOCH, SimNode
 from simulations.reliability import ReliabilityWatch
@@ -295,23 +296,7 @@ class Simulation:
         w = self.scenario.workload
         n = self.scenario.nodes
         targets = self.authors or list(range(n))
-        self.follows: dict[int, list[int]] = {}
-        weight = {a: 1.0 for a in targets}
-        for i in range(n):
-            choices = [a for a in targets if a != i]
-            count = min(w.follows, len(choices))
-            if w.follow_graph == "random":
-                picked = rng.sample(choices, count)
-            else:
-                picked = []
-                pool = dict.fromkeys(choices)
-                for _ in range(count):
-                    keys = list(pool)
-                    chosen = rng.choices(keys, weights=[weight[k] for k in keys])[0]
-                    del pool[chosen]
-                    picked.append(chosen)
-                    weight[chosen] += 1.0
-            self.follows[i] = sorted(picked)
+        self.follows = follow_graph(rng, n, targets, w.follows, w.follow_graph)
         self.followers: dict[int, list[int]] = {a: [] for a in range(n)}
         for i, authors in self.follows.items():
             for a in authors:
