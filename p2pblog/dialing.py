@@ -137,6 +137,11 @@ class AddressBook:
             entry.last_connected = now
             self.store.save_peer(peer, entry.host, entry.port, now)
 
+    def set_aside(self, peer: bytes, until: float) -> None:
+        """Do not dial peer before ``until`` (a connection we closed because it served us nothing)."""
+        entry = self.entry(peer)
+        entry.next_try = max(entry.next_try, until)
+
     def back_off(self, peer: bytes, now: float) -> float:
         """Count a failure of peer; returns when it may be dialled again."""
         entry = self.entry(peer)
@@ -199,6 +204,12 @@ class DialPolicy:
             while len(known) > MAX_CANDIDATES:
                 del known[next(iter(known))]
 
+    def drop(self, peer: bytes) -> None:
+        """peer is no provider of any feed we follow (a session showed it holds none of them):
+        forget it as a candidate of every feed, until a new search names it again."""
+        for known in self.candidates.values():
+            known.pop(peer, None)
+
     def want(self, peer: bytes) -> None:
         self.wanted_peers[peer] = None
 
@@ -218,6 +229,28 @@ class DialPolicy:
         targets: dict[bytes, None] = dict.fromkeys(self.book.recent(BOOK_DIALS))
         for key in self.wanted_peers:
             targets[key] = None
+        targets.update(self._for_feeds(feeds, served, standing, unserved_only=False))
+        return targets
+
+    def needed(
+        self,
+        feeds: Collection[bytes],
+        served: Callable[[bytes], bool],
+        standing: Callable[[bytes], float] | None = None,
+    ) -> dict[bytes, None]:
+        """The targets that can give us a feed no connected peer serves: its author and its
+        best providers (what a full set of outbound slots makes room for)."""
+        return self._for_feeds(feeds, served, standing, unserved_only=True)
+
+    def _for_feeds(
+        self,
+        feeds: Collection[bytes],
+        served: Callable[[bytes], bool],
+        standing: Callable[[bytes], float] | None,
+        *,
+        unserved_only: bool,
+    ) -> dict[bytes, None]:
+        targets: dict[bytes, None] = {}
         for feed in sorted(feeds):
             if feed == self.own:
                 if (self.client or self.catching_up) and not served(feed):
@@ -226,10 +259,12 @@ class DialPolicy:
                     for key in list(self.candidates.get(feed, {}))[:DIALS_PER_FEED]:
                         targets[key] = None
                 continue
-            # The author is the root of its feed's push tree: keep a connection to it.
-            targets[feed] = None
             if served(feed):
+                if not unserved_only:
+                    # The author is the root of its feed's push tree: keep a connection to it.
+                    targets[feed] = None
                 continue
+            targets[feed] = None
             providers = list(self.candidates.get(feed, {}))
             if standing is not None:
                 providers.sort(key=lambda key: -standing(key))  # stable: else in the order found

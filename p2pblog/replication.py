@@ -44,7 +44,15 @@ per peer survives: when two meet (both sides dialled), both ends keep the one
 dialled by the smaller public key (or, when one side dialled both, the
 newer one: it gave up the older, e.g. across its restart).  Above `PRUNE_ABOVE`
 sessions, those that replicate none of our feeds are closed, so the
-cap prefers peers that cover the feeds we follow.
+cap prefers peers that cover the feeds we follow.  When every outbound slot
+is taken and a followed feed is served by nobody connected while its author
+or a provider could be dialled, the oldest dialled session that serves none
+of our feeds (not a followed author, holding none of them after
+`PRUNE_GRACE` seconds) is closed to make room, at most every
+`FREE_SLOT_EVERY` seconds; its peer is set aside for `SET_ASIDE` seconds and
+stops being a provider candidate.  Peers that announce our feeds and follow
+them but never hold any (Sybils, `sybil-cold-1000`) could otherwise keep a
+node from dialling the author it follows for good.
 
 **Admission.**  Connections have three budgets that never borrow from each
 other: `MAX_OUTBOUND` for our dials (in progress or open), so that however
@@ -256,6 +264,11 @@ MAX_CONNECTIONS: Final = MAX_OUTBOUND + MAX_INBOUND + MAX_HANDSHAKING
 #: closed (after `PRUNE_GRACE` seconds), so the cap favours useful peers.
 PRUNE_ABOVE: Final = 48
 PRUNE_GRACE: Final = 30.0
+#: With every outbound slot taken and a feed nobody connected serves, one dialled session
+#: that serves none of our feeds is closed, at most every FREE_SLOT_EVERY seconds, and its
+#: peer is not dialled again for SET_ASIDE seconds.
+FREE_SLOT_EVERY: Final = 5.0
+SET_ASIDE: Final = 600.0
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -548,6 +561,8 @@ class Replicator:
         self._closes: list[int] = []
         self._events: deque[Event] = deque()
         self._maintain_at = now
+        #: When `_free_slot` last closed a session (at most every FREE_SLOT_EVERY seconds).
+        self._slot_freed_at = -FREE_SLOT_EVERY
         # Work lists, so each input costs what it touches, not O(connections):
         # connections with input to process, with output to collect, and the
         # earliest timer deadline of each (channel or session).
@@ -1129,9 +1144,7 @@ class Replicator:
         self._credit_sessions(now)
         self._save_banned_scores(now)
         # Outbound slots are ours alone: however full the inbound side, dialling goes on.
-        outbound = len(self._live("outbound"))
-        if outbound >= MAX_OUTBOUND:
-            return  # nothing could be dialled
+        outbound = self._live("outbound")
         live = self.sessions()
 
         def served(feed: bytes) -> bool:  # a source is connected (`sources`)
@@ -1142,30 +1155,74 @@ class Replicator:
             host = entry.host if entry is not None else None
             return self.scores.standing(key, address_prefix(host) if host else None, now)
 
-        for key in self.dial_policy.targets(self.source.wanted, served, standing):
-            if outbound >= MAX_OUTBOUND:
-                break
-            entry = self.book.get(key)
-            if (
-                entry is None
-                or (entry.address is None and entry.relay is None)
-                or key in self._by_peer
-                or key in self._dialling
-                or key in self.blocked
+        wanted = self.source.wanted
+        if len(outbound) >= MAX_OUTBOUND:
+            # Full: make room only for a peer that can give us a feed nobody connected
+            # serves, by closing a dialled peer that serves none of ours.
+            if now < self._slot_freed_at + FREE_SLOT_EVERY:
+                self._maintain_at = min(self._maintain_at, self._slot_freed_at + FREE_SLOT_EVERY)
+                return
+            needed = self.dial_policy.needed(wanted, served, standing)
+            if not any(self._dialable(key, now) for key in needed) or not self._free_slot(
+                outbound, wanted, now
             ):
+                return  # nothing could be dialled
+        dialled = len(self._live("outbound"))
+        for key in self.dial_policy.targets(wanted, served, standing):
+            if dialled >= MAX_OUTBOUND:
+                break
+            if not self._dialable(key, now):
                 continue
-            if self.scores.banned(key, now):
-                self._maintain_at = min(self._maintain_at, self.scores.banned_until(key))
-                continue
-            if now < entry.next_try:
-                # Come back when its backoff ends rather than polling.
-                self._maintain_at = min(self._maintain_at, entry.next_try)
-                continue
+            entry = self.book.get(key)
+            assert entry is not None
             if entry.host is not None and entry.port is not None:
                 self._dial(key, entry.host, entry.port, now)
             elif entry.relay is not None:
                 self._dial_via_relay(key, entry.relay, now)
-            outbound += 1
+            dialled += 1
+
+    def _dialable(self, key: bytes, now: float) -> bool:
+        """Whether key could be dialled now (when it cannot only until some time, the next
+        maintenance pass is moved to that time)."""
+        entry = self.book.get(key)
+        if (
+            entry is None
+            or (entry.address is None and entry.relay is None)
+            or key in self._by_peer
+            or key in self._dialling
+            or key in self.blocked
+        ):
+            return False
+        if self.scores.banned(key, now):
+            self._maintain_at = min(self._maintain_at, self.scores.banned_until(key))
+            return False
+        if now < entry.next_try:
+            # Come back when its backoff ends rather than polling.
+            self._maintain_at = min(self._maintain_at, entry.next_try)
+            return False
+        return True
+
+    def _free_slot(self, outbound: list[_Conn], wanted: Collection[bytes], now: float) -> bool:
+        """Close the oldest dialled session that serves none of the wanted feeds: not an author
+        we follow, not a peer we must reach, holding none of them after `PRUNE_GRACE`
+        seconds (an honest peer that follows what we follow holds some of it by then; a
+        Sybil that declares our feeds and never has any entry does not).  It is not dialled
+        again for `SET_ASIDE` seconds and stops being a provider candidate."""
+        for conn in sorted(outbound, key=lambda c: c.since):
+            session, peer = conn.session, conn.peer
+            if session is None or peer is None or now - conn.since < PRUNE_GRACE:
+                continue
+            if peer in wanted or peer in self.dial_policy.wanted_peers:
+                continue
+            if any(_can_serve(peer, session, feed) for feed in wanted):
+                continue
+            self.stats["pruned.serves_nothing"] += 1
+            self._slot_freed_at = now
+            self._close(conn, now, "serves none of our feeds; its slot is needed")
+            self.book.set_aside(peer, now + SET_ASIDE)
+            self.dial_policy.drop(peer)
+            return True
+        return False
 
     def _space_back(self, now: float) -> None:
         """A full disk refused entries: once the disk has room again, ask for them now

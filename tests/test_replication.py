@@ -686,3 +686,56 @@ def test_an_entry_from_the_future_waits_and_its_relay_is_not_blamed(open_store: 
 
 
 __all__ = ["open_store"]
+
+
+# ----------------------------------------------------------------------------- full outbound slots
+
+LEECHES = [Identity(bytes([60 + i]) * 32) for i in range(3)]
+
+
+@pytest.mark.parametrize("one_holds_the_feed", [False, True])
+def test_dialled_peers_that_hold_nothing_make_room_for_the_author(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch, one_holds_the_feed: bool
+) -> None:
+    """Found in `sybil-cold-1000`: C's outbound slots were all taken by peers that announced
+    A's feed and follow it, but hold none of it (Sybils); A's address was known, and C never
+    dialled A.  With the slots full and A's feed served by nobody connected, C closes the
+    oldest dialled session that serves none of its feeds, sets that peer aside, and dials A.
+    A peer that does hold the feed is never closed for it (the feed is served: no room needed)."""
+    monkeypatch.setattr(replication, "MAX_OUTBOUND", len(LEECHES))
+    feed = a_chain(5)
+    wire = Wire()
+    c_store = open_store("c")
+    follow(c_store, C, A.public_key)
+    c = make_replicator(C, c_store, seed=3)
+    wire.add("c", c, HOST["c"])
+    providers = []
+    for i, leech in enumerate(LEECHES):
+        store = open_store(f"l{i}")
+        follow(store, leech, A.public_key)
+        if one_holds_the_feed and i == 1:
+            holding(store, feed)
+        wire.add(f"l{i}", make_replicator(leech, store, seed=10 + i), f"10.0.{1 + i}.5")
+        providers += candidate(wire, f"l{i}", leech)
+    c.add_candidates(A.public_key, providers, wire.now)
+    wire.run(wire.now + 5)
+    assert all(c.is_connected(leech.public_key) for leech in LEECHES)
+
+    # A's peer record is found (as a resolution does): the author becomes a dial candidate.
+    a_store = holding(open_store("a"), feed)
+    wire.add("a", make_replicator(A, a_store, seed=1), HOST["a"])
+    c.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
+    wire.run(wire.now + replication.PRUNE_GRACE + 2 * MAINTAIN_EVERY)
+
+    assert ids(c_store, A.public_key) == [e.id for e in feed]
+    if one_holds_the_feed:
+        assert not c.is_connected(A.public_key)  # served by the holder: nobody was closed
+        assert c.stats["pruned.serves_nothing"] == 0
+        assert all(c.is_connected(leech.public_key) for leech in LEECHES)
+        return
+    assert c.is_connected(A.public_key)
+    assert c.stats["pruned.serves_nothing"] == 1
+    closed = [leech for leech in LEECHES if not c.is_connected(leech.public_key)]
+    assert closed == [LEECHES[0]]  # the oldest session, and it stays set aside
+    wire.run(wire.now + 5 * MAINTAIN_EVERY)
+    assert not c.is_connected(LEECHES[0].public_key) and c.stats["pruned.serves_nothing"] == 1
