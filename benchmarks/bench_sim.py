@@ -139,8 +139,11 @@ def timed_run(
     processes for the one run (`simulations.shards`; 1: this process)."""
     start = time.perf_counter()
     sims: list[Simulation] = []
+    #: The last progress report (simulated seconds, events): what a sharded run reached.
+    last: list[float] = [0.0, 0]
 
     def progress(sim_time: float, events: int) -> None:
+        last[:] = [sim_time, events]
         elapsed = time.perf_counter() - start
         print(
             f"  {nodes} nodes: {sim_time:7.0f}/{duration:.0f} s simulated, {elapsed:6.1f} s wall, "
@@ -167,8 +170,10 @@ def timed_run(
             outcome = {"delivery_ratio": result.metrics["delivery"]["ratio"], "oracles_ok": result.ok}
     except WallLimitHit as hit:
         finished = False
-        events = sims[0].engine.events_run if sims else 0
-        reached = sims[0].engine.now if sims else 0.0
+        # A single process is asked where it is; a sharded run's coordinator knows the last
+        # progress its workers reported (every 36 simulated seconds).
+        events = sims[0].engine.events_run if sims else int(last[1])
+        reached = sims[0].engine.now if sims else last[0]
         print(file=sys.stderr)
         print(
             f"bench_sim: {hit} ({nodes} nodes): stopped at {reached:.1f} of {duration:g} simulated "
@@ -177,7 +182,7 @@ def timed_run(
         )
     wall = time.perf_counter() - start
     print(file=sys.stderr)
-    simulated = duration if finished else (sims[0].engine.now if sims else 0.0)
+    simulated = duration if finished else reached
     return {
         "nodes": nodes,
         "dht": fidelity,
