@@ -103,9 +103,6 @@ from simulations.simulation import Result, Simulation, Violation
 DEFAULT_FLOOR_MS: Final = 10.0
 #: Smallest lookahead accepted: below it the windows are too short to pay for their barriers.
 MIN_LOOKAHEAD_MS: Final = 1.0
-#: A barrier message at most this large is sent before the peer's is read (a Unix socket
-#: pair buffers about 200 KiB each way; see `_Mesh.exchange`).
-SEND_FIRST_BYTES: Final = 64 * 1024
 #: Most worker processes for one run.
 MAX_SHARDS: Final = 64
 #: Bytes of an entry's digest in a snapshot (enough to tell two entries apart).
@@ -733,28 +730,16 @@ class _Mesh:
 
     def exchange(self, bound: Bound, outbox: list[list[Message]]) -> tuple[dict[int, Bound], list[Message]]:
         """Send each peer its messages and this shard's bound; the peers' bounds and the messages
-        received.
-
-        A message that fits the socket's buffer (`SEND_FIRST_BYTES`) is sent before this shard
-        waits for the peer's, so both ends of a pair send at once and the barrier costs one
-        one-way trip instead of a round trip.  A larger one could block both ends in their
-        sends: the lower shard of the pair sends it first and the higher one receives first,
-        as every barrier did before (either end may hold a large message; each rule pairs
-        with the other's without a deadlock: a small send always completes)."""
+        received.  The lower shard of a pair sends first, so no two wait on each other."""
         received: list[Message] = []
         bounds: dict[int, Bound] = {}
-        pending: list[tuple[int, Connection, bytes]] = []
         for peer, conn in self.peers.items():
-            data = pickle.dumps((bound, outbox[peer]), pickle.HIGHEST_PROTOCOL)
-            if len(data) <= SEND_FIRST_BYTES or self.shard < peer:
-                conn.send_bytes(data)
-                pending.append((peer, conn, b""))
+            if self.shard < peer:
+                conn.send((bound, outbox[peer]))
+                bounds[peer], messages = conn.recv()
             else:
-                pending.append((peer, conn, data))
-        for peer, conn, data in pending:
-            bounds[peer], messages = pickle.loads(conn.recv_bytes())
-            if data:
-                conn.send_bytes(data)
+                bounds[peer], messages = conn.recv()
+                conn.send((bound, outbox[peer]))
             received.extend(messages)
         return bounds, received
 
