@@ -1145,6 +1145,10 @@ class Replicator:
         self._save_banned_scores(now)
         # Outbound slots are ours alone: however full the inbound side, dialling goes on.
         outbound = self._live("outbound")
+        full = len(outbound) >= MAX_OUTBOUND
+        if full and now < self._slot_freed_at + FREE_SLOT_EVERY:
+            self._maintain_at = min(self._maintain_at, self._slot_freed_at + FREE_SLOT_EVERY)
+            return  # nothing can be dialled before a slot may be freed again
         live = self.sessions()
 
         def served(feed: bytes) -> bool:  # a source is connected (`sources`)
@@ -1156,18 +1160,16 @@ class Replicator:
             return self.scores.standing(key, address_prefix(host) if host else None, now)
 
         wanted = self.source.wanted
-        if len(outbound) >= MAX_OUTBOUND:
-            # Full: make room only for a peer that can give us a feed nobody connected
-            # serves, by closing a dialled peer that serves none of ours.
-            if now < self._slot_freed_at + FREE_SLOT_EVERY:
-                self._maintain_at = min(self._maintain_at, self._slot_freed_at + FREE_SLOT_EVERY)
-                return
+        dialled = len(outbound)
+        if full:
+            # Make room only for a peer that can give us a feed nobody connected serves,
+            # by closing a dialled peer that serves none of ours.
             needed = self.dial_policy.needed(wanted, served, standing)
             if not any(self._dialable(key, now) for key in needed) or not self._free_slot(
                 outbound, wanted, now
             ):
                 return  # nothing could be dialled
-        dialled = len(self._live("outbound"))
+            dialled -= 1  # the one `_free_slot` closed
         for key in self.dial_policy.targets(wanted, served, standing):
             if dialled >= MAX_OUTBOUND:
                 break
