@@ -34,7 +34,11 @@ and off and compares the files byte for byte.
    restart is ever read.  The store keeps the latest rows of each in memory
    and writes them when the node crashes (so a crashed node's store holds
    what a killed process's file would) and before anything reads them (so a
-   reader sees exactly what it would have).
+   reader sees exactly what it would have).  Its empty database is a copy of
+   a template made once per process (SQLite's backup API) instead of the
+   schema's migrations run again for each node (0.06 ms instead of 1.2 ms;
+   10,000 nodes join in a 10,000-node run): the same pages, schema and
+   ``user_version``, so the same database.
 3. **Garbage-collector thresholds raised** for a run (`gc_tuned`): the
    objects built during set-up are frozen out of the collector
    (``gc.freeze``) and the generation thresholds raised, since a run
@@ -54,6 +58,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import hmac
+import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -145,6 +150,10 @@ def use_null_cipher(core: NodeCore) -> None:
 # --------------------------------------------------------------------------- snapshots
 
 
+#: The migrated empty database `SnapshotStore` copies (one per process, under the key "").
+_TEMPLATES: dict[str, sqlite3.Connection] = {}
+
+
 class SnapshotStore(Store):
     """A `Store` that holds the latest contact and peer-score snapshots in memory.
 
@@ -155,6 +164,18 @@ class SnapshotStore(Store):
         super().__init__(path)
         self._contacts: list[tuple[bytes, str, int, float]] | None = None
         self._scores: list[tuple[bytes, float, float, float]] | None = None
+
+    def _migrate(self) -> None:
+        """An empty in-memory database: copy the template (`_TEMPLATES`); else the migrations."""
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if str(self.path) != ":memory:" or version != 0:
+            super()._migrate()
+            return
+        template = _TEMPLATES.get("")
+        if template is None:
+            template = _TEMPLATES[""] = sqlite3.connect(":memory:", isolation_level=None)
+            Store(":memory:")._conn.backup(template)  # a store migrated the ordinary way
+        template.backup(self._conn)
 
     def save_contacts(self, contacts: Iterable[tuple[bytes, str, int, float]]) -> bool:
         self._contacts = list(contacts)

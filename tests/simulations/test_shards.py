@@ -10,6 +10,7 @@ name, attackers) is refused with one line.
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 from dataclasses import replace
@@ -18,8 +19,17 @@ from pathlib import Path
 import pytest
 
 from simulations.network import Latency
+from simulations.savings import gc_tuned
 from simulations.scenario import Scenario
-from simulations.shards import DEFAULT_FLOOR_MS, ShardError, ShardRun, prepare, run_sharded
+from simulations.shards import (
+    DEFAULT_FLOOR_MS,
+    IDLE_YOUNG,
+    ShardError,
+    ShardRun,
+    idle_collect,
+    prepare,
+    run_sharded,
+)
 from simulations.simulation import Simulation
 from tests.process import p2pblog
 from tests.test_sim_cli import assert_one_error
@@ -60,7 +70,7 @@ def test_posts_cross_shards_and_every_follower_gets_them() -> None:
             # Node i runs in shard i % 2: from a shard-0 author to a shard-1 follower.
             crossing += author % 2 == 0 and follower % 2 == 1
     assert crossing >= 5
-    assert seen.windows > 0 and len(seen.barrier_wall) == 2
+    assert seen.windows > 0 and len(seen.barrier_wall) == 2 and len(seen.idle_collections) == 2
 
 
 def test_the_dht_model_runs_sharded_with_one_view_in_every_shard() -> None:
@@ -154,3 +164,18 @@ def test_three_shards_with_every_message_at_the_floor_run_in_order() -> None:
     assert result.metrics["delivery"]["ratio"] == 1.0
     assert result.metrics["delivery"]["latency_s"]["p50"] >= 0.01
     assert all(crossed > 0 for _, crossed in seen.messages)
+
+
+def test_a_waiting_worker_collects_young_garbage_only_once_there_is_enough() -> None:
+    gc.collect()
+    with gc_tuned():  # the thresholds a worker runs with: no automatic collection below
+        assert not idle_collect()  # nothing young to collect: the wait is not spent on it
+        cycles = []
+        for _ in range(IDLE_YOUNG):
+            pair: list[object] = []
+            pair.append(pair)  # a reference cycle: only the collector frees it
+            cycles.append(pair)
+        del cycles, pair
+        assert gc.get_count()[0] >= IDLE_YOUNG
+        assert idle_collect()
+        assert gc.get_count()[0] < IDLE_YOUNG

@@ -270,3 +270,21 @@ def test_snapshots_held_in_memory_read_back_as_the_writes_would() -> None:
     plain.save_contacts(rows[1])
     held.write_snapshots()  # what SimNode.crash does
     assert Store.load_contacts(held) == plain.load_contacts()
+
+
+def test_a_snapshot_store_starts_as_the_database_its_migrations_make() -> None:
+    """Its empty database is copied from a template: the same bytes as a store that ran its
+    migrations, but for the schema cookie (header bytes 40..43), which a backup advances."""
+    copied, migrated = SnapshotStore(), Store(":memory:")
+    a, b = copied._conn.serialize(), migrated._conn.serialize()
+    assert len(a) == len(b) and a[:40] + a[44:] == b[:40] + b[44:]
+    assert copied.schema_version == migrated.schema_version > 0
+    for pragma in ("foreign_keys", "journal_mode", "synchronous"):
+        assert (
+            copied._conn.execute(f"PRAGMA {pragma}").fetchone()
+            == migrated._conn.execute(f"PRAGMA {pragma}").fetchone()
+        )
+    # A second store is a copy too, and independent of the first.
+    copied.save_contacts([(b"k" * 20, "10.0.0.1", 7000, 1.0)])
+    copied.write_snapshots()
+    assert SnapshotStore().load_contacts() == []
