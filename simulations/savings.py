@@ -174,7 +174,10 @@ class SnapshotStore(Store):
             return
         template = _TEMPLATES.get("")
         if template is None:
-            template = _TEMPLATES[""] = sqlite3.connect(":memory:", isolation_level=None)
+            # Any thread may copy it (a Dask worker can run simulations in several): SQLite
+            # serializes use of one connection (`sqlite3.threadsafety` 3), and nothing writes it.
+            template = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            _TEMPLATES[""] = template
             Store(":memory:")._conn.backup(template)  # a store migrated the ordinary way
         template.backup(self._conn)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import threading
 from collections.abc import Callable
 from random import Random
 from typing import Any
@@ -288,3 +289,20 @@ def test_a_snapshot_store_starts_as_the_database_its_migrations_make() -> None:
     copied.save_contacts([(b"k" * 20, "10.0.0.1", 7000, 1.0)])
     copied.write_snapshots()
     assert SnapshotStore().load_contacts() == []
+
+
+def test_snapshot_stores_open_in_any_thread() -> None:
+    """The template is made once per process; a simulation in another thread (a Dask worker
+    with several threads) copies it too."""
+    SnapshotStore()  # the template exists now, made in this thread
+    opened: list[int] = []
+
+    def open_one() -> None:
+        opened.append(SnapshotStore().schema_version)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert opened == [Store(":memory:").schema_version] * 4
