@@ -24,6 +24,16 @@ from tests.nodes import init_home, wait_for
 pytestmark = pytest.mark.slow
 
 
+def _as_a_foreground_job() -> None:
+    """In the child before it runs p2pblog: SIGINT and SIGQUIT as a terminal's foreground job
+    has them.  A suite started in the background by a shell without job control (``cmd &``
+    in a script: bash's rule for asynchronous commands) inherits both ignored, and p2pblog
+    keeps an inherited "ignore SIGINT" on purpose (nohup), so a Ctrl-C sent before the node's
+    own handler is up would be lost and the test would hang: measured, 4 tests timed out."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _start(*args: str) -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
     return subprocess.Popen(
@@ -34,6 +44,7 @@ def _start(*args: str) -> subprocess.Popen[str]:
         text=True,
         env=env,
         start_new_session=True,  # its own process group, as a shell gives a foreground job
+        preexec_fn=_as_a_foreground_job,
     )
 
 
