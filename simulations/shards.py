@@ -69,7 +69,6 @@ One shard is the ordinary single-process `run_scenario`.
 from __future__ import annotations
 
 import faulthandler
-import gc
 import hashlib
 import math
 import multiprocessing
@@ -95,6 +94,7 @@ from simulations.dhtmodel import DhtView
 from simulations.engine import Engine
 from simulations.network import DIAL_TIMEOUT, Endpoint, LinkModel, Network
 from simulations.node import SimNode
+from simulations.savings import idle_collect
 from simulations.scenario import Scenario
 from simulations.shard_boot import boot
 from simulations.simulation import Result, Simulation, Violation
@@ -753,31 +753,6 @@ class _Mesh:
         while not conn.poll() and idle_collect():
             self.idle_collections += 1
         return conn.recv()
-
-
-#: Young objects (net allocations of tracked objects) worth one collection while a worker
-#: waits at a barrier: small, so one collection is a fraction of a window (tens of microseconds).
-IDLE_YOUNG: Final = 2_000
-#: Young collections after which the middle generation is collected too (Python's default ratio).
-IDLE_MIDDLE: Final = 10
-
-
-def idle_collect() -> bool:
-    """Collect the young (or middle) generation if it has grown enough; whether it did.
-
-    A sharded worker waits at every barrier for the slowest shard (a third of its time at
-    10,000 nodes).  Collecting then, in small steps, takes the collector's young and middle
-    generations off the windows' critical path: the automatic collection (`GC_THRESHOLDS`)
-    then rarely runs inside a window.  When objects are collected changes no result
-    (`simulations.savings`: nothing simulated depends on it)."""
-    young, middle, _ = gc.get_count()
-    if middle >= IDLE_MIDDLE:
-        gc.collect(1)
-        return True
-    if young >= IDLE_YOUNG:
-        gc.collect(0)
-        return True
-    return False
 
 
 def _worker(

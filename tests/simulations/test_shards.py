@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 
 from simulations.network import Latency
-from simulations.savings import gc_tuned
+from simulations.savings import IDLE_YOUNG, gc_tuned, idle_collect
 from simulations.scenario import Scenario
-from simulations.shards import (
-    DEFAULT_FLOOR_MS,
-    IDLE_YOUNG,
-    ShardError,
-    ShardRun,
-    idle_collect,
-    prepare,
-    run_sharded,
-)
+from simulations.shards import DEFAULT_FLOOR_MS, ShardError, ShardRun, prepare, run_sharded
 from simulations.simulation import Simulation
 from tests.process import p2pblog
 from tests.test_sim_cli import assert_one_error
