@@ -163,7 +163,7 @@ def test_a_waiting_worker_collects_young_garbage_only_once_there_is_enough() -> 
     with gc_tuned():  # the thresholds a worker runs with: no automatic collection below
         assert not idle_collect()  # nothing young to collect: the wait is not spent on it
         cycles = []
-        for _ in range(IDLE_YOUNG):
+        for _ in range(2 * IDLE_YOUNG):  # with room: another thread (xdist's) frees objects too
             pair: list[object] = []
             pair.append(pair)  # a reference cycle: only the collector frees it
             cycles.append(pair)
