@@ -27,15 +27,17 @@ back verified, and only up to its first forgery: nothing is stored before it
 is verified, and the valid prefix is kept exactly as a one-by-one ingest
 would keep it.  The input is read at most those few chunks ahead of the
 writes, so a feed file of any size streams through in bounded memory.
-Writes go in transactions of `limits.INGEST_BATCH` entries; the next entry of
-a feed (the common case) is checked in Python against the cached feed head
-and queued, and the queue goes to SQLite in multi-row INSERTs.  A list of a
-few entries skips the pipeline and verifies inline, through the verify cache.
-(The replicator verifies received entries itself, off its event loop, and
-stores them with `ingest_entries`.)  Used inside a caller's transaction (a
-group commit), a batch joins it; an error escaping a batch half-written
-(SQLite's: refusals are reported, not raised) makes that transaction roll
-back rather than commit half a batch.
+Writes go in transactions of `limits.INGEST_BATCH` entries, with a larger
+page cache (`limits.BULK_CACHE_KIB`) while they last, so a commit writes each
+page its inserts dirtied once; the next entry of a feed (the common case) is
+checked in Python against the cached feed head and queued, and the queue goes
+to SQLite in multi-row INSERTs.  A list of a few entries skips the pipeline
+and verifies inline, through the verify cache.  (The replicator verifies
+received entries itself, off its event loop, and stores them with
+`ingest_entries`.)  Used inside a caller's transaction (a group commit), a
+batch joins it; an error escaping a batch half-written (SQLite's: refusals
+are reported, not raised) makes that transaction roll back rather than commit
+half a batch.
 
 Our own entries (`Store.append`) take a similar shortcut inside a
 transaction: a post's or profile's row is queued, not INSERTed, and the
@@ -956,7 +958,7 @@ class Store(DeviceTables, DmTables):
         from p2pblog.verify import verify_in_order
 
         stream = verify_in_order(chunks_read, pool, cache=small)
-        with contextlib.closing(stream):
+        with contextlib.closing(stream), self._page_cache(None if small else limits.BULK_CACHE_KIB):
             pending = next(stream, None)
             while pending is not None:
                 with self.transaction():
@@ -978,6 +980,20 @@ class Store(DeviceTables, DmTables):
             # Everything from the first refusal on is refused, read or not.
             report.refused = taken + sum(1 for _ in source) - (report.error_index or 0)
         return report
+
+    @contextmanager
+    def _page_cache(self, kib: int | None) -> Iterator[None]:
+        """SQLite's page cache at ``kib`` KiB (None: unchanged) until the block ends."""
+        if kib is None:
+            yield
+            return
+        (before,) = self._conn.execute("PRAGMA cache_size").fetchone()
+        self._conn.execute(f"PRAGMA cache_size = {-int(kib)}")
+        try:
+            yield
+        finally:
+            with suppress(sqlite3.Error):  # the connection may have failed with the ingest
+                self._conn.execute(f"PRAGMA cache_size = {int(before)}")
 
     def _ingest_few(self, raws: Sequence[bytes], now_ms: int | None) -> IngestReport:
         """`ingest_many` of a few entries: verified inline, through the cache."""

@@ -251,3 +251,55 @@ def test_a_mixed_batch_ends_as_one_by_one_ingests_do(tmp_path: Path) -> None:
     assert bulk.verify().problems == single.verify().problems
     bulk.close()
     single.close()
+
+
+def _cache_size(store: Store) -> int:
+    return int(store._conn.execute("PRAGMA cache_size").fetchone()[0])
+
+
+def test_a_bulk_ingest_writes_with_the_larger_page_cache_and_gives_it_back(store: Store) -> None:
+    """While a bulk input is written the page cache is `limits.BULK_CACHE_KIB`; after it,
+    whether it ended well, at a forgery or with an exception, it is what it was."""
+    before = _cache_size(store)
+    assert before != -limits.BULK_CACHE_KIB
+    chain = make_chain(ALICE, 3 * VERIFY_CHUNK)
+    seen: list[int] = []
+
+    def raws(stop: Exception | None = None) -> Iterator[bytes]:
+        for i, entry in enumerate(chain):
+            if i == 2 * VERIFY_CHUNK:
+                seen.append(_cache_size(store))
+                if stop is not None:
+                    raise stop
+            yield entry.raw
+
+    assert store.ingest_many(raws()).accepted == len(chain)
+    assert seen == [-limits.BULK_CACHE_KIB]
+    assert _cache_size(store) == before
+
+    with pytest.raises(OSError, match="the disk went away"):
+        store.ingest_many(raws(OSError("the disk went away")))
+    assert seen[1:] == [-limits.BULK_CACHE_KIB]
+    assert _cache_size(store) == before
+
+    bob = [e.raw for e in make_chain(BOB, 3 * VERIFY_CHUNK)]
+    bob[2 * VERIFY_CHUNK + 1] = forged(bob[2 * VERIFY_CHUNK + 1])
+    report = store.ingest_many(bob)
+    assert (report.accepted, report.error_index) == (2 * VERIFY_CHUNK + 1, 2 * VERIFY_CHUNK + 1)
+    assert _cache_size(store) == before
+
+
+def test_a_few_entries_leave_the_page_cache_alone(store: Store) -> None:
+    """A short list (a gossip batch) takes the inline path: no cache resize for it."""
+    before = _cache_size(store)
+    chain = make_chain(ALICE, 3)
+    seen: list[int] = []
+
+    def raws() -> Iterator[bytes]:
+        for entry in chain:
+            seen.append(_cache_size(store))
+            yield entry.raw
+
+    assert store.ingest_many(raws()).accepted == 3
+    assert seen == [before] * 3
+    assert _cache_size(store) == before
