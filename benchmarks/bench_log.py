@@ -14,6 +14,12 @@ round (fresh keys, fresh entries; building is not timed):
 (d) ingest: ``Store.ingest_many`` of the same feed into a fresh on-disk
     store (every entry must be accepted).
 
+A fresh store is empty unless ``--held N``: then, before (b) and (d), it
+is given N entries of another feed (not timed), as a node's store holds
+what it already follows.  The cost of a write grows with what the store
+holds (the index of the random 32-byte entry ids), so an empty store
+flatters append and ingest; ``docs/benchmarks.md`` reports both.
+
 Even rounds run (a) (b) (c) (d), odd rounds (d) (c) (b) (a): a side is next
 to its baseline in every round and neither always goes first.  Each round
 gives its own ratios, append/raw sign and ingest/raw verify, on wall time
@@ -221,9 +227,23 @@ class RoundInputs:
     contents: list[bytes]
     appender: Identity
     append_texts: list[str]
+    held: list[bytes]
 
 
-def round_inputs(round_index: int, args: argparse.Namespace) -> RoundInputs:
+def held_feed(entries: int) -> list[bytes]:
+    """Another author's feed that every measured store holds before append and ingest (``--held``)."""
+    return build_feed(round_identity("held", 0), texts(entries, seed=4000)) if entries else []
+
+
+def fresh_store(path: Path, inputs: RoundInputs) -> Store:
+    """A new on-disk store, holding ``--held`` entries of another feed (not timed)."""
+    store = Store(path)
+    if inputs.held and store.ingest_many(inputs.held).accepted != len(inputs.held):
+        raise SystemExit("the held feed was not stored whole")
+    return store
+
+
+def round_inputs(round_index: int, args: argparse.Namespace, held: list[bytes]) -> RoundInputs:
     author = round_identity("author", round_index)
     raws = build_feed(author, texts(args.entries, seed=1000 + round_index))
     contents = [raw[SIG:] for raw in raws[: args.append]]
@@ -235,6 +255,7 @@ def round_inputs(round_index: int, args: argparse.Namespace) -> RoundInputs:
         contents,
         round_identity("appender", round_index),
         texts(args.append, 2000 + round_index),
+        held,
     )
 
 
@@ -284,7 +305,7 @@ def measure_raw_sign(inputs: RoundInputs, args: argparse.Namespace, workdir: Pat
 
 def measure_append(inputs: RoundInputs, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     path = Path(tempfile.mkdtemp(dir=workdir)) / "store.db"
-    store = Store(path)
+    store = fresh_store(path, inputs)
     post_texts, appender = inputs.append_texts, inputs.appender
     n = len(post_texts)
 
@@ -317,7 +338,7 @@ def measure_raw_verify(inputs: RoundInputs, args: argparse.Namespace, workdir: P
 
 def measure_ingest(inputs: RoundInputs, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     path = Path(tempfile.mkdtemp(dir=workdir)) / "store.db"
-    store = Store(path)
+    store = fresh_store(path, inputs)
     try:
         with cold_verify_cache() as cache:
             timing, report = timed(lambda: store.ingest_many(inputs.raws))
@@ -471,11 +492,14 @@ def profile(label: str, func: Callable[[], object], top: int) -> str:
 
 def run_rounds(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     rounds: list[dict[str, Any]] = []
+    if args.held:
+        progress(f"building the {args.held:,}-entry feed every measured store holds (not timed) ...")
+    held = held_feed(args.held)
     for r in range(args.rounds):
         progress(
             f"round {r + 1} of {args.rounds}: building a fresh {args.entries:,}-entry feed (not timed) ..."
         )
-        inputs = round_inputs(r, args)
+        inputs = round_inputs(r, args, held)
         order = list(SIDES) if r % 2 == 0 else list(reversed(SIDES))
         sizes = [len(raw) for raw in inputs.raws]
         row: dict[str, Any] = {
@@ -558,7 +582,12 @@ def markdown(result: dict[str, Any], context: RunContext) -> str:
         f"(hits counted: {sum(row['ingest']['verify_cache_hits'] for row in result['rounds'])}). "
         f"Entries {p['entry_bytes_min']}..{p['entry_bytes_max']} bytes signed "
         f"(mean {p['entry_bytes_mean']:.0f}); ingest of {p['entries']:,}, append and raw sign of "
-        f"{p['append']:,}, import of {p['import_entries']:,}.",
+        f"{p['append']:,}, import of {p['import_entries']:,}. "
+        + (
+            f"Each append and ingest store already held {p['held']:,} entries of another feed."
+            if p.get("held")
+            else "Each append and ingest store was empty."
+        ),
         "",
         "Rates in entries/s, each round's own; ratios of the round; CPU = process CPU time "
         "(all threads), main = the measuring thread's CPU time.",
@@ -622,12 +651,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument(
+        "--held",
+        type=int,
+        default=0,
+        help="entries of another feed each store holds before append and ingest (0: empty stores)",
+    )
+    parser.add_argument(
         "--child-timeout", type=float, default=600.0, help="seconds allowed per child process"
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
     parser.add_argument("--profile", action="store_true", help="also cProfile one append and ingest run")
     args = parser.parse_args(argv)
-    if min(args.entries, args.append, args.rounds) < 1 or args.import_entries < 0:
+    if min(args.entries, args.append, args.rounds) < 1 or min(args.import_entries, args.held) < 0:
         parser.error("counts must be positive")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -640,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         profiles = ""
         if args.profile:
             progress("profiling (not timed) ...")
-            inputs = round_inputs(args.rounds, args)
+            inputs = round_inputs(args.rounds, args, held_feed(args.held))
             profiles = profile(f"append of {args.append}", lambda: measure_append(inputs, args, workdir), 25)
             profiles += "\n" + profile(
                 f"ingest_many of {args.entries}", lambda: measure_ingest(inputs, args, workdir), 25
@@ -664,6 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             "append": args.append,
             "import_entries": args.import_entries,
             "rounds": args.rounds,
+            "held": args.held,
             "append_transaction_batch": APPEND_BATCH,
             "ingest_batch": limits.INGEST_BATCH,
             "verify_cache_size": identity.keys.VERIFY_CACHE_SIZE,

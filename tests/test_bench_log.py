@@ -6,6 +6,7 @@ median, and the verify cache cannot serve a measured verify.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -90,3 +91,18 @@ def test_a_tiny_run_reports_rounds_medians_machine_and_no_cache_hits(tmp_path: P
     assert result["machine"]["cpu"] and result["machine"]["cores"]
     assert len(result["load_average_before"]) == len(result["load_average_after"]) == 3
     assert "--rounds 2" in result["command"]
+
+
+def test_with_held_the_measured_stores_already_hold_another_feed(tmp_path: Path) -> None:
+    held = bench_log.held_feed(5)
+    inputs = bench_log.round_inputs(0, argparse.Namespace(entries=8, append=4), held)
+    store = bench_log.fresh_store(tmp_path / "store.db", inputs)
+    try:
+        assert store.latest_seq(bench_log.round_identity("held", 0).public_key) == 5
+        assert store.latest_seq(inputs.author.public_key) == 0
+    finally:
+        store.close()
+    out = tmp_path / "held.json"
+    argv = ["--entries", "40", "--append", "20", "--import-entries", "0", "--rounds", "1", "--held", "30"]
+    assert bench_log.main([*argv, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["parameters"]["held"] == 30
