@@ -207,7 +207,13 @@ class DeviceTables:
             for (i,) in db.execute("SELECT id FROM entries WHERE author = ? AND seq > ?", (device, after))
         ]
         db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
+        db.executemany("DELETE FROM entry_ids WHERE id = ?", [(i,) for i in ids])
         db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
+        # Rows at the top gone: the next rows take their rowids, and must be in the tail.
+        db.execute(
+            "UPDATE settings SET value = min(value, (SELECT coalesce(max(rowid), 0) FROM entries)) "
+            "WHERE key = 'ids_through'"
+        )
         row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
         if row is None:  # nothing of the feed counts (after 0): no head at all
             self._heads.pop(device, None)

@@ -62,6 +62,7 @@ from typing import Any, Final
 from identity import decode_handle, encode_handle
 from identity.handle import HandleError
 from p2pblog.entry import DELETE, POST, PROFILE, decode_entry
+from p2pblog.entry_index import rowid_of
 from p2pblog.store import FeedItem
 
 #: Longest query accepted, in characters.
@@ -291,8 +292,8 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
     _insert_documents(db, docs)
     if deletes:
         db.executemany(
-            "DELETE FROM search_index WHERE rowid IN (SELECT e.rowid FROM retractions r "
-            "JOIN entries e ON e.id = r.target WHERE r.delete_id = ?)",
+            "DELETE FROM search_index WHERE rowid IN "
+            f"(SELECT {rowid_of('r.target')} FROM retractions r WHERE r.delete_id = ?)",
             deletes,
         )
     if last != mark:
@@ -413,7 +414,7 @@ def search(
         (
             "-s.docid",
             "search_loose s JOIN loose_entries e ON e.id = s.id",
-            "NOT EXISTS (SELECT 1 FROM entries x WHERE x.id = e.id)",
+            f"{rowid_of('e.id')} IS NULL",
         ),
     ):
         plan = _plan(terms, names, docid)

@@ -130,6 +130,7 @@ from p2pblog.entry import (
     create_entry,
     decode_entry,
 )
+from p2pblog.entry_index import FOLD_IDS_AT, IDS_THROUGH, rowid_of
 from p2pblog.errors import (
     ChainError,
     DeviceRevokedError,
@@ -441,6 +442,47 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID;
     CREATE INDEX rotations_identity ON rotations (identity);
     """,
+    # 9: entry ids leave the entries table's write path (docs/design.md, "Entry ids, folded
+    # in sorted batches"): ``entries`` loses its UNIQUE index on the random 32-byte id, which
+    # dirtied a page of the index for nearly every entry at every commit; ``entry_ids`` maps
+    # each id to its row and is filled in id order, many rows at once, up to the rowid in the
+    # ``ids_through`` setting.  Rows past it (the tail) are found by a scan of the tail.
+    # Rowids are kept (the search index's watermark counts on them).
+    """
+    DROP VIEW known_entries;
+    CREATE TABLE entries_v9 (
+        author      BLOB NOT NULL,
+        seq         INTEGER NOT NULL,
+        id          BLOB NOT NULL,
+        timestamp   INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        reply_to    BLOB,
+        raw         BLOB NOT NULL,
+        UNIQUE (author, seq)
+    );
+    INSERT INTO entries_v9 (rowid, author, seq, id, timestamp, kind, reply_to, raw)
+        SELECT rowid, author, seq, id, timestamp, kind, reply_to, raw FROM entries ORDER BY rowid;
+    DROP TABLE entries;
+    ALTER TABLE entries_v9 RENAME TO entries;
+    CREATE INDEX entries_reply_to ON entries (reply_to) WHERE reply_to IS NOT NULL;
+    CREATE INDEX entries_kind_time ON entries (kind, timestamp);
+    CREATE TABLE entry_ids (
+        id          BLOB PRIMARY KEY,
+        entry       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO entry_ids (id, entry) SELECT id, rowid FROM entries ORDER BY id;
+    INSERT OR REPLACE INTO settings (key, value)
+        VALUES ('ids_through', (SELECT coalesce(max(rowid), 0) FROM entries));
+    CREATE VIEW known_entries AS
+        SELECT id, author, seq, timestamp, kind, reply_to, raw FROM entries
+        UNION ALL
+        SELECT l.id, l.author, l.seq, l.timestamp, l.kind, l.reply_to, l.raw FROM loose_entries l
+        WHERE coalesce(
+            (SELECT entry FROM entry_ids WHERE id = l.id),
+            (SELECT rowid FROM entries WHERE rowid > (SELECT value FROM settings WHERE key = 'ids_through')
+             AND id = l.id)
+        ) IS NULL;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 #: Entries decoded and sent to a verifier thread at a time by `Store.ingest_many`.
@@ -560,7 +602,6 @@ class VerifyReport:
 _ENTRY_COLUMNS: Final = "e.raw, r.target IS NOT NULL"
 _ENTRY_FROM: Final = "entries e LEFT JOIN retractions r ON r.target = e.id"
 #: Entries of replicated feeds plus admitted mention notices (``loose_entries``).
-_KNOWN_FROM: Final = "known_entries e LEFT JOIN retractions r ON r.target = e.id"
 #: Leaves out authors the owner blocked.
 _NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
 #: The posts mentioning a key (parameters: key, after ms, key, after ms), stored or admitted
@@ -568,7 +609,7 @@ _NOT_BLOCKED: Final = "e.author NOT IN (SELECT key FROM blocks)"
 #: SQLite would copy every entry held first).
 _MENTIONS_OF: Final = (
     "SELECT e.raw AS raw, r.target IS NOT NULL AS deleted, e.timestamp AS ts, e.author AS author, "
-    "e.seq AS seq FROM mentions m JOIN entries e ON e.id = m.entry_id "
+    f"e.seq AS seq FROM mentions m JOIN entries e ON e.rowid = {rowid_of('m.entry_id')} "
     "LEFT JOIN retractions r ON r.target = e.id "
     f"WHERE m.mentioned = ? AND e.timestamp > ? AND {_NOT_BLOCKED} "
     "UNION ALL "
@@ -576,7 +617,17 @@ _MENTIONS_OF: Final = (
     "FROM mentions m JOIN loose_entries e ON e.id = m.entry_id "
     "LEFT JOIN retractions r ON r.target = e.id "
     f"WHERE m.mentioned = ? AND e.timestamp > ? AND {_NOT_BLOCKED} "
-    "AND NOT EXISTS (SELECT 1 FROM entries x WHERE x.id = e.id)"
+    f"AND {rowid_of('e.id')} IS NULL"
+)
+
+
+#: Retract ``:target`` by the delete entry ``:delete`` if it is a stored entry (of a
+#: replicated feed or an admitted notice) of the same author with a lower seq.
+_RETRACT: Final = (
+    "INSERT OR IGNORE INTO retractions (target, delete_id) SELECT :target, :delete "
+    f"WHERE EXISTS (SELECT 1 FROM entries WHERE rowid = {rowid_of(':target')} "
+    "AND author = :author AND seq < :seq) "
+    "OR EXISTS (SELECT 1 FROM loose_entries WHERE id = :target AND author = :author AND seq < :seq)"
 )
 
 
@@ -726,6 +777,7 @@ class Store(DeviceTables, DmTables):
                         "a batch of entries failed half-written inside this transaction: rolled back"
                     )
                 self._flush_heads()
+                self._fold_ids(force=False)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -747,6 +799,40 @@ class Store(DeviceTables, DmTables):
             self._dirty.clear()
             self._queued.clear()
             self._queued_mentions.clear()
+
+    def _fold_ids(self, *, force: bool) -> None:
+        """Fold the tail's ids into ``entry_ids``, in id order (inside a write transaction):
+        once the tail holds `FOLD_IDS_AT` rows, or with ``force`` whenever there is one."""
+        db = self._db
+        (through,) = db.execute(f"SELECT {IDS_THROUGH}").fetchone()
+        (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()
+        if top <= through or (not force and top - through < FOLD_IDS_AT):
+            return
+        db.execute(
+            "INSERT OR IGNORE INTO entry_ids (id, entry) SELECT id, rowid FROM entries WHERE rowid > ? "
+            "ORDER BY id",
+            (through,),
+        )
+        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', ?)", (top,))
+
+    def _fold_before_reading(self) -> None:
+        """Fold the tail before a lookup by id, so the lookup need not scan it.
+
+        Inside a write transaction at once; outside one only when the store is
+        writable and has a tail (a read takes no write lock otherwise).  A fold
+        that cannot be written (a full disk, another writer) is left undone: the
+        lookup then scans the tail, which `rowid_of` always covers."""
+        if self._depth:
+            self._fold_ids(force=True)
+            return
+        if self.read_only or self.damaged is not None:
+            return
+        (behind,) = self._db.execute(
+            f"SELECT coalesce(max(rowid), 0) > {IDS_THROUGH} FROM entries"
+        ).fetchone()
+        if behind:
+            with suppress(StoreError, sqlite3.OperationalError), self.transaction():
+                self._fold_ids(force=True)
 
     def found_damage(self, exc: BaseException | str) -> StoreDamaged:
         """SQLite found the file damaged: refuse every write from now on, record it for later
@@ -1202,10 +1288,10 @@ class Store(DeviceTables, DmTables):
             self._derive_device(entry)
         elif kind == DELETE:
             # Only the author may retract, and only an earlier entry of the same feed.
+            self._fold_ids(force=True)
             self._db.execute(
-                "INSERT OR IGNORE INTO retractions (target, delete_id) "
-                "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
-                (entry.id, entry.target, entry.author, entry.seq),
+                _RETRACT,
+                {"delete": entry.id, "target": entry.target, "author": entry.author, "seq": entry.seq},
             )
 
     # -- reading ----------------------------------------------------------------
@@ -1242,9 +1328,17 @@ class Store(DeviceTables, DmTables):
         return [FeedState(*row) for row in rows]
 
     def get(self, entry_id: bytes) -> FeedItem | None:
-        row = self._db.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM {_KNOWN_FROM} WHERE e.id = ?", (entry_id,)
+        self._fold_before_reading()
+        db = self._db
+        row = db.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.rowid = {rowid_of('?1')}", (entry_id,)
         ).fetchone()
+        if row is None:
+            row = db.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM loose_entries e LEFT JOIN retractions r ON r.target = e.id "
+                "WHERE e.id = ?",
+                (entry_id,),
+            ).fetchone()
         return None if row is None else _item(row)
 
     def feed(
@@ -1329,6 +1423,7 @@ class Store(DeviceTables, DmTables):
         """Posts that mention key (from replicated feeds and admitted notices), newest first.
 
         Posts by blocked authors are left out."""
+        self._fold_before_reading()
         rows = self._db.execute(
             f"SELECT raw, deleted FROM ({_MENTIONS_OF}) ORDER BY ts DESC, author, seq DESC LIMIT ?",
             (key, -(2**63), key, -(2**63), limit),
@@ -1337,6 +1432,7 @@ class Store(DeviceTables, DmTables):
 
     def mention_count(self, key: bytes, *, after: int = 0, limit: int = 100) -> int:
         """How many posts that `mentions` lists are stamped after ``after`` (ms), up to limit."""
+        self._fold_before_reading()
         row = self._db.execute(
             f"SELECT COUNT(*) FROM (SELECT 1 FROM ({_MENTIONS_OF}) LIMIT ?)", (key, after, key, after, limit)
         ).fetchone()
@@ -1359,12 +1455,17 @@ class Store(DeviceTables, DmTables):
                 break
             ancestors.append(item)
             parent = item.entry.reply_to
+        self._fold_before_reading()
         rows = self._db.execute(
             "WITH RECURSIVE below(id) AS ("
             "  SELECT id FROM known_entries WHERE reply_to = ? "
             "  UNION SELECT e.id FROM known_entries e JOIN below b ON e.reply_to = b.id) "
-            f"SELECT {_ENTRY_COLUMNS} FROM below JOIN known_entries e ON e.id = below.id "
-            f"LEFT JOIN retractions r ON r.target = e.id WHERE {_NOT_BLOCKED} "
+            f"SELECT {_ENTRY_COLUMNS} FROM ("
+            "  SELECT x.id, x.author, x.seq, x.timestamp, x.kind, x.reply_to, x.raw "
+            f"  FROM below JOIN entries x ON x.rowid = {rowid_of('below.id')} "
+            "  UNION ALL SELECT x.id, x.author, x.seq, x.timestamp, x.kind, x.reply_to, x.raw "
+            f"  FROM below JOIN loose_entries x ON x.id = below.id WHERE {rowid_of('x.id')} IS NULL"
+            f") e LEFT JOIN retractions r ON r.target = e.id WHERE {_NOT_BLOCKED} "
             "ORDER BY e.timestamp, e.author, e.seq",
             (entry_id,),
         )
@@ -1393,8 +1494,12 @@ class Store(DeviceTables, DmTables):
 
     def has_entry(self, entry_id: bytes) -> bool:
         """Whether the entry is stored (in a replicated feed or as an admitted notice)."""
-        row = self._db.execute("SELECT 1 FROM known_entries WHERE id = ?", (entry_id,)).fetchone()
-        return row is not None
+        self._fold_before_reading()
+        row = self._db.execute(
+            f"SELECT {rowid_of('?1')} IS NOT NULL OR EXISTS (SELECT 1 FROM loose_entries WHERE id = ?1)",
+            (entry_id,),
+        ).fetchone()
+        return bool(row[0])
 
     def add_loose(self, entry: Entry, received: int) -> bool:
         """Keep one verified entry of a feed we may not replicate (an admitted mention notice).
@@ -1433,10 +1538,10 @@ class Store(DeviceTables, DmTables):
                     [(m, entry.id) for m in entry.mentions],
                 )
             elif entry.kind == DELETE:
+                self._fold_ids(force=True)
                 db.execute(
-                    "INSERT OR IGNORE INTO retractions (target, delete_id) "
-                    "SELECT id, ? FROM known_entries WHERE id = ? AND author = ? AND seq < ?",
-                    (entry.id, entry.target, entry.author, entry.seq),
+                    _RETRACT,
+                    {"delete": entry.id, "target": entry.target, "author": entry.author, "seq": entry.seq},
                 )
         return True
 
@@ -1765,6 +1870,8 @@ class Store(DeviceTables, DmTables):
         report.problems += [f"the store file is damaged: {p}" for p in self.check_integrity()]
         try:
             self._verify_entries(author, report)
+            if author is None:
+                self._verify_ids(report)
         except sqlite3.DatabaseError as exc:
             if not is_damage(exc):
                 raise
@@ -1778,6 +1885,22 @@ class Store(DeviceTables, DmTables):
                 _damage_marker(self.path).unlink()
             self.damaged = None
         return report
+
+    def _verify_ids(self, report: VerifyReport) -> None:
+        """``entry_ids`` holds the id and rowid of every entry up to ``ids_through``, and nothing
+        else (`p2pblog.entry_index`)."""
+        (missing,) = self._db.execute(
+            f"SELECT count(*) FROM entries e WHERE e.rowid <= {IDS_THROUGH} AND NOT EXISTS "
+            "(SELECT 1 FROM entry_ids i WHERE i.id = e.id AND i.entry = e.rowid)"
+        ).fetchone()
+        (stray,) = self._db.execute(
+            "SELECT count(*) FROM entry_ids i WHERE NOT EXISTS (SELECT 1 FROM entries e "
+            f"WHERE e.rowid = i.entry AND e.id = i.id AND e.rowid <= {IDS_THROUGH})"
+        ).fetchone()
+        if missing:
+            report.problems.append(f"the id index (entry_ids) misses {missing} stored entries")
+        if stray:
+            report.problems.append(f"the id index (entry_ids) has {stray} rows of no stored entry")
 
     def _verify_entries(self, author: bytes | None, report: VerifyReport) -> None:
         states = [self.feed_state(author)] if author is not None else self.feeds()

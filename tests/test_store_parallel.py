@@ -197,9 +197,9 @@ def test_a_batch_failed_half_written_does_not_commit(tmp_path: Path) -> None:
     with Store(tmp_path / "s.sqlite3") as store:
         with pytest.raises(StoreError, match="half-written"), store.transaction():
             assert store.ingest_entries(chain[:20]).accepted == 20
-            # A row in the way of entry 23 (same id, another seq): SQLite refuses its
-            # insert after 21 and 22 went in.
-            row = (BOB.public_key, 1, chain[22].id, 0, "post", None, b"x")
+            # A row in the way of entry 23 (its author and seq, another id) that the
+            # cached feed head does not know of: SQLite refuses the batch's INSERT.
+            row = (ALICE.public_key, 23, b"\x01" * 32, 0, "post", None, b"x")
             store._db.execute("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", row)
             with pytest.raises(sqlite3.IntegrityError):
                 store.ingest_entries(chain[20:25])

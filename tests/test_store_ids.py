@@ -1,0 +1,176 @@
+"""Entry ids off the write path (`p2pblog.entry_index`, schema 9): ``entry_ids`` is filled in
+sorted folds, the tail is scanned, and every lookup by id finds every stored entry either way."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from identity import Identity
+from p2pblog import entry_index
+from p2pblog import store as store_module
+from p2pblog.entry import DELETE, decode_entry, post_body
+from p2pblog.store import MIGRATIONS, SCHEMA_VERSION, Store
+from tests.feeds import make_chain, make_entry
+
+ALICE = Identity(bytes([2]) * 32)
+BOB = Identity(bytes([3]) * 32)
+CAROL = Identity(bytes([4]) * 32)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store(tmp_path / "store.sqlite3") as s:
+        yield s
+
+
+def through(store: Store) -> int:
+    return int(store._conn.execute(f"SELECT {entry_index.IDS_THROUGH}").fetchone()[0])
+
+
+def top(store: Store) -> int:
+    return int(store._conn.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()[0])
+
+
+def folded(store: Store) -> int:
+    return int(store._conn.execute("SELECT count(*) FROM entry_ids").fetchone()[0])
+
+
+def test_entries_have_no_index_on_id_and_a_commit_folds_a_long_tail(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    indexes = store._conn.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'entries'").fetchall()
+    assert not any(b"UNIQUE" in (sql or b"").upper() and b"(id)" in (sql or b"") for _, sql in indexes)
+    columns = [row[1] for row in store._conn.execute("PRAGMA index_list(entries)")]
+    for name in columns:
+        assert [r[2] for r in store._conn.execute(f"PRAGMA index_info({name.decode()})")] != [b"id"]
+    monkeypatch.setattr(store_module, "FOLD_IDS_AT", 8)
+    assert store.ingest_entries(make_chain(ALICE, 5)).accepted == 5
+    assert (through(store), folded(store)) == (0, 0)  # a short tail waits
+    assert store.ingest_entries(make_chain(BOB, 3)).accepted == 3
+    assert (through(store), folded(store)) == (8, 8)  # 8 rows: folded at that commit
+    assert store.verify().ok
+
+
+def test_a_lookup_finds_tail_entries_and_a_writable_store_folds_before_it(store: Store) -> None:
+    chain = make_chain(ALICE, 6)
+    store.ingest_entries(chain)
+    assert through(store) == 0
+    item = store.get(chain[3].id)
+    assert item is not None and item.entry == chain[3]
+    assert through(store) == top(store) == 6 and folded(store) == 6
+    assert store.has_entry(chain[5].id) and not store.has_entry(b"\x07" * 32)
+    assert store.verify().ok
+
+
+def test_a_store_that_cannot_fold_scans_the_tail(tmp_path: Path) -> None:
+    """Another process, or a store opened read-only on a full disk, reads without folding:
+    every lookup by id still finds the tail's entries."""
+    path = tmp_path / "store.sqlite3"
+    parent = make_chain(ALICE, 2)
+    reply = make_entry(BOB, 1, None, body=post_body(f"@{ALICE.handle} yes", parent[1].id))
+    mention = make_entry(CAROL, 1, None, body=post_body(f"hello @{BOB.handle}"))
+    delete = make_entry(BOB, 2, reply.id, DELETE, {"target": reply.id})
+    with Store(path) as writer:
+        for entries in (parent, [reply], [mention]):
+            writer.ingest_entries(entries)
+        with Store(path) as reader:
+            reader.read_only = True  # as `_open_read_only` leaves it: no write lock taken
+            assert through(reader) == 0
+            got = reader.get(reply.id)
+            assert got is not None and got.entry == reply
+            assert reader.has_entry(mention.id)
+            thread = reader.thread(parent[1].id)
+            assert thread is not None and [r.entry for r in thread.replies] == [reply]
+            assert [i.entry for i in reader.mentions(BOB.public_key)] == [mention]
+            assert [i.entry for i in reader.mentions(ALICE.public_key)] == [reply]
+            assert through(reader) == 0  # nothing folded by the reader
+        writer.ingest_entries([delete])  # the delete finds its target in the tail
+        got = writer.get(reply.id)
+        assert got is not None and got.deleted
+        assert writer.verify().ok
+
+
+def test_loose_notices_and_stored_entries_are_one_set(store: Store) -> None:
+    """An admitted notice that is also stored (the feed replicated later) is listed once,
+    whether its row is folded or still in the tail."""
+    mention = make_entry(CAROL, 1, None, body=post_body(f"hi @{ALICE.handle}"))
+    assert store.add_loose(mention, mention.timestamp)
+    store.ingest_entries([mention])
+    assert through(store) == 0
+    count = store._conn.execute("SELECT count(*) FROM known_entries WHERE author = ?", (CAROL.public_key,))
+    assert count.fetchone()[0] == 1
+    assert [i.entry for i in store.mentions(ALICE.public_key)] == [mention]
+    assert through(store) == 1  # mentions folded first
+    count = store._conn.execute("SELECT count(*) FROM known_entries WHERE author = ?", (CAROL.public_key,))
+    assert count.fetchone()[0] == 1
+
+
+def test_a_revoked_devices_entries_leave_the_id_index(store: Store) -> None:
+    """Truncating a feed (a revoked device, `p2pblog.device_store`) drops its ids, and the
+    rowids the next rows reuse are in the tail again."""
+    chain = make_chain(ALICE, 5)
+    store.ingest_entries(chain)
+    store.get(chain[0].id)  # fold all five
+    assert through(store) == 5
+    with store.transaction():
+        store._truncate(ALICE.public_key, 2)
+    assert store.get(chain[3].id) is None and store.get(chain[1].id) is not None
+    assert through(store) == 2
+    other = make_chain(BOB, 3)
+    store.ingest_entries(other)
+    assert {top(store)} == {5}  # rowids 3..5 reused
+    item = store.get(other[2].id)
+    assert item is not None and item.entry == other[2]
+    assert store.verify().ok
+
+
+def test_verify_reports_an_id_index_that_disagrees_with_the_entries(store: Store) -> None:
+    chain = make_chain(ALICE, 4)
+    store.ingest_entries(chain)
+    store.get(chain[0].id)
+    store._conn.execute("DELETE FROM entry_ids WHERE id = ?", (chain[1].id,))
+    store._conn.execute("INSERT INTO entry_ids (id, entry) VALUES (?, 99)", (b"\x09" * 32,))
+    problems = store.verify().problems
+    assert any("misses 1 stored" in p for p in problems)
+    assert any("1 rows of no stored entry" in p for p in problems)
+
+
+def test_a_schema_8_store_keeps_its_rows_and_rowids_and_gains_the_id_index(tmp_path: Path) -> None:
+    """Migration 9 rebuilds ``entries`` without the id index, rowids and all, and folds every id."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:8]):
+        db.executescript(f"BEGIN; {migration} PRAGMA user_version = {number + 1}; COMMIT;")
+    chain = make_chain(ALICE, 3) + make_chain(BOB, 2)
+    rows = [(e.author, e.seq, e.id, e.timestamp, e.kind, e.body.get("reply_to"), e.raw) for e in chain]
+    db.execute("BEGIN")
+    for rowid, row in enumerate(rows, start=10):  # rowids a copy by value would renumber
+        db.execute(
+            "INSERT INTO entries (rowid, author, seq, id, timestamp, kind, reply_to, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (rowid, *row),
+        )
+    for author, seq, last in ((ALICE, 3, chain[2]), (BOB, 2, chain[4])):
+        db.execute(
+            "INSERT INTO feeds (author, latest_seq, latest_id) VALUES (?, ?, ?)",
+            (author.public_key, seq, last.id),
+        )
+    db.execute("COMMIT")
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        stored = store._conn.execute("SELECT rowid, raw FROM entries ORDER BY rowid").fetchall()
+        assert [(r, decode_entry(bytes(raw))) for r, raw in stored] == list(enumerate(chain, start=10))
+        assert (through(store), folded(store)) == (14, 5)
+        for entry in chain:
+            item = store.get(entry.id)
+            assert item is not None and item.entry == entry
+        more = make_chain(ALICE, 1, start=chain[2])
+        assert store.ingest_entries(more).accepted == 1
+        assert top(store) == 15 and store.has_entry(more[0].id)
+        assert store.verify().ok
+        assert [i.entry for i in store.timeline(ALICE.public_key)] == [more[0], *chain[2::-1]]
