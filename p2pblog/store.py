@@ -39,6 +39,11 @@ batch joins it; an error escaping a batch half-written (SQLite's: refusals
 are reported, not raised) makes that transaction roll back rather than commit
 half a batch.
 
+Entries are found by id through ``entry_ids``, not an index on ``entries``
+(`p2pblog.entry_index`): a commit folds the newest rows' ids into it in id
+order once there are `FOLD_IDS_AT` of them, the store folds before its own
+lookups by id, and a lookup also scans the rows not folded yet.
+
 Our own entries (`Store.append`) take a similar shortcut inside a
 transaction: a post's or profile's row is queued, not INSERTed, and the
 queue goes to SQLite in the same multi-row INSERTs.  The connection is only
