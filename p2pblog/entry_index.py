@@ -8,17 +8,17 @@ wrote it whole to the WAL, so the cost of a write grew with the store
 ids of the rows up to the rowid in the ``ids_through`` setting, and is filled
 many rows at a time in id order (`p2pblog.store.Store._fold_ids`), so a page of
 it is written once per fold rather than once per commit.  Rows past
-``ids_through`` (the *tail*, at most about `FOLD_IDS_AT` of them in a store
-that is written to) are found by scanning it; `rowid_of` looks in both.
+``ids_through`` (the *tail*: fewer than `FOLD_IDS_AT` of them after any commit)
+are found by scanning it; `rowid_of` looks in both.  A lookup never writes: a
+scan of 1,000 rows takes 0.05 ms, where a fold and its commit take 1.5-7.5 ms.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-#: Rows in the tail after which a commit folds their ids into ``entry_ids``.  A
-#: writable store also folds before its own lookups by id, so only other processes
-#: and stores opened read-only scan the tail.
+#: Rows in the tail after which a commit folds their ids into ``entry_ids``: the
+#: longest tail a lookup scans outside a write transaction.
 FOLD_IDS_AT: Final = 4096
 
 #: SQL: the rowid up to which ``entry_ids`` holds the ids of ``entries``.

@@ -41,8 +41,8 @@ half a batch.
 
 Entries are found by id through ``entry_ids``, not an index on ``entries``
 (`p2pblog.entry_index`): a commit folds the newest rows' ids into it in id
-order once there are `FOLD_IDS_AT` of them, the store folds before its own
-lookups by id, and a lookup also scans the rows not folded yet.
+order once there are `FOLD_IDS_AT` of them (a delete entry folds first, in
+its transaction), and a lookup also scans the rows not folded yet.
 
 Our own entries (`Store.append`) take a similar shortcut inside a
 transaction: a post's or profile's row is queued, not INSERTed, and the
@@ -820,25 +820,6 @@ class Store(DeviceTables, DmTables):
         )
         db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', ?)", (top,))
 
-    def _fold_before_reading(self) -> None:
-        """Fold the tail before a lookup by id, so the lookup need not scan it.
-
-        Inside a write transaction at once; outside one only when the store is
-        writable and has a tail (a read takes no write lock otherwise).  A fold
-        that cannot be written (a full disk, another writer) is left undone: the
-        lookup then scans the tail, which `rowid_of` always covers."""
-        if self._depth:
-            self._fold_ids(force=True)
-            return
-        if self.read_only or self.damaged is not None:
-            return
-        (behind,) = self._db.execute(
-            f"SELECT coalesce(max(rowid), 0) > {IDS_THROUGH} FROM entries"
-        ).fetchone()
-        if behind:
-            with suppress(StoreError, sqlite3.OperationalError), self.transaction():
-                self._fold_ids(force=True)
-
     def found_damage(self, exc: BaseException | str) -> StoreDamaged:
         """SQLite found the file damaged: refuse every write from now on, record it for later
         processes, and return the error to raise."""
@@ -1333,7 +1314,6 @@ class Store(DeviceTables, DmTables):
         return [FeedState(*row) for row in rows]
 
     def get(self, entry_id: bytes) -> FeedItem | None:
-        self._fold_before_reading()
         db = self._db
         row = db.execute(
             f"SELECT {_ENTRY_COLUMNS} FROM {_ENTRY_FROM} WHERE e.rowid = {rowid_of('?1')}", (entry_id,)
@@ -1428,7 +1408,6 @@ class Store(DeviceTables, DmTables):
         """Posts that mention key (from replicated feeds and admitted notices), newest first.
 
         Posts by blocked authors are left out."""
-        self._fold_before_reading()
         rows = self._db.execute(
             f"SELECT raw, deleted FROM ({_MENTIONS_OF}) ORDER BY ts DESC, author, seq DESC LIMIT ?",
             (key, -(2**63), key, -(2**63), limit),
@@ -1437,7 +1416,6 @@ class Store(DeviceTables, DmTables):
 
     def mention_count(self, key: bytes, *, after: int = 0, limit: int = 100) -> int:
         """How many posts that `mentions` lists are stamped after ``after`` (ms), up to limit."""
-        self._fold_before_reading()
         row = self._db.execute(
             f"SELECT COUNT(*) FROM (SELECT 1 FROM ({_MENTIONS_OF}) LIMIT ?)", (key, after, key, after, limit)
         ).fetchone()
@@ -1460,7 +1438,6 @@ class Store(DeviceTables, DmTables):
                 break
             ancestors.append(item)
             parent = item.entry.reply_to
-        self._fold_before_reading()
         rows = self._db.execute(
             "WITH RECURSIVE below(id) AS ("
             "  SELECT id FROM known_entries WHERE reply_to = ? "
@@ -1499,7 +1476,6 @@ class Store(DeviceTables, DmTables):
 
     def has_entry(self, entry_id: bytes) -> bool:
         """Whether the entry is stored (in a replicated feed or as an admitted notice)."""
-        self._fold_before_reading()
         row = self._db.execute(
             f"SELECT {rowid_of('?1')} IS NOT NULL OR EXISTS (SELECT 1 FROM loose_entries WHERE id = ?1)",
             (entry_id,),

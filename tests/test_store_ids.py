@@ -55,20 +55,36 @@ def test_entries_have_no_index_on_id_and_a_commit_folds_a_long_tail(
     assert store.verify().ok
 
 
-def test_a_lookup_finds_tail_entries_and_a_writable_store_folds_before_it(store: Store) -> None:
+def test_a_lookup_finds_tail_entries_and_writes_nothing(store: Store) -> None:
     chain = make_chain(ALICE, 6)
     store.ingest_entries(chain)
     assert through(store) == 0
     item = store.get(chain[3].id)
     assert item is not None and item.entry == chain[3]
-    assert through(store) == top(store) == 6 and folded(store) == 6
     assert store.has_entry(chain[5].id) and not store.has_entry(b"\x07" * 32)
+    assert (through(store), folded(store)) == (0, 0)
+    assert store.verify().ok
+
+
+def test_a_delete_folds_the_tail_in_its_transaction_and_finds_its_target(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk ingest's tail grows to a whole transaction before its commit folds it; a delete
+    entry folds first, so it looks its target up in entry_ids, not in a long scan."""
+    monkeypatch.setattr(store_module, "FOLD_IDS_AT", 10**9)
+    chain = make_chain(ALICE, 5)
+    delete = make_entry(ALICE, 6, chain[4].id, DELETE, {"target": chain[1].id})
+    late = make_chain(ALICE, 2, start=delete)
+    assert store.ingest_entries([*chain, delete, *late]).accepted == 8
+    assert (through(store), folded(store)) == (6, 6)  # folded at the delete (its row too), not after
+    item = store.get(chain[1].id)
+    assert item is not None and item.deleted
     assert store.verify().ok
 
 
 def test_a_store_that_cannot_fold_scans_the_tail(tmp_path: Path) -> None:
-    """Another process, or a store opened read-only on a full disk, reads without folding:
-    every lookup by id still finds the tail's entries."""
+    """Another process, or a store opened read-only on a full disk: every lookup by id
+    finds the tail's entries."""
     path = tmp_path / "store.sqlite3"
     parent = make_chain(ALICE, 2)
     reply = make_entry(BOB, 1, None, body=post_body(f"@{ALICE.handle} yes", parent[1].id))
@@ -78,7 +94,7 @@ def test_a_store_that_cannot_fold_scans_the_tail(tmp_path: Path) -> None:
         for entries in (parent, [reply], [mention]):
             writer.ingest_entries(entries)
         with Store(path) as reader:
-            reader.read_only = True  # as `_open_read_only` leaves it: no write lock taken
+            reader.read_only = True  # as `_open_read_only` leaves it
             assert through(reader) == 0
             got = reader.get(reply.id)
             assert got is not None and got.entry == reply
@@ -104,9 +120,12 @@ def test_loose_notices_and_stored_entries_are_one_set(store: Store) -> None:
     count = store._conn.execute("SELECT count(*) FROM known_entries WHERE author = ?", (CAROL.public_key,))
     assert count.fetchone()[0] == 1
     assert [i.entry for i in store.mentions(ALICE.public_key)] == [mention]
-    assert through(store) == 1  # mentions folded first
+    with store.transaction():
+        store._fold_ids(force=True)
+    assert through(store) == 1
     count = store._conn.execute("SELECT count(*) FROM known_entries WHERE author = ?", (CAROL.public_key,))
     assert count.fetchone()[0] == 1
+    assert [i.entry for i in store.mentions(ALICE.public_key)] == [mention]
 
 
 def test_a_revoked_devices_entries_leave_the_id_index(store: Store) -> None:
@@ -114,7 +133,8 @@ def test_a_revoked_devices_entries_leave_the_id_index(store: Store) -> None:
     rowids the next rows reuse are in the tail again."""
     chain = make_chain(ALICE, 5)
     store.ingest_entries(chain)
-    store.get(chain[0].id)  # fold all five
+    with store.transaction():
+        store._fold_ids(force=True)
     assert through(store) == 5
     with store.transaction():
         store._truncate(ALICE.public_key, 2)
@@ -131,7 +151,8 @@ def test_a_revoked_devices_entries_leave_the_id_index(store: Store) -> None:
 def test_verify_reports_an_id_index_that_disagrees_with_the_entries(store: Store) -> None:
     chain = make_chain(ALICE, 4)
     store.ingest_entries(chain)
-    store.get(chain[0].id)
+    with store.transaction():
+        store._fold_ids(force=True)
     store._conn.execute("DELETE FROM entry_ids WHERE id = ?", (chain[1].id,))
     store._conn.execute("INSERT INTO entry_ids (id, entry) VALUES (?, 99)", (b"\x09" * 32,))
     problems = store.verify().problems
