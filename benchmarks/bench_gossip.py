@@ -69,6 +69,7 @@ import json
 import os
 import pstats
 import random
+import re
 import select
 import shutil
 import struct
@@ -146,10 +147,19 @@ def build_posts(store: Store, identity: Identity, post_texts: list[str], first_t
     return raws
 
 
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ (?:info|warn|error) (?P<message>.*)")
+
+
+def log_message(line: str) -> str:
+    """The message of a node's log line (`p2pblog.daemon.log`: ``STAMP LEVEL MESSAGE``)."""
+    match = _LOG_LINE.fullmatch(line)
+    return match["message"] if match else line
+
+
 def wait_joined(cluster: Cluster, nodes: list[NodeProcess]) -> None:
     for node in nodes:
         line = cluster.pump.wait_for_line(
-            node.name, lambda text: text.startswith("joined the DHT"), JOIN_TIMEOUT
+            node.name, lambda text: log_message(text).startswith("joined the DHT"), JOIN_TIMEOUT
         )
         if line is None:
             raise RuntimeError(f"{node.name} did not join the DHT: {cluster.tail(node.name)}")

@@ -106,3 +106,19 @@ def test_with_held_the_measured_stores_already_hold_another_feed(tmp_path: Path)
     argv = ["--entries", "40", "--append", "20", "--import-entries", "0", "--rounds", "1", "--held", "30"]
     assert bench_log.main([*argv, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["parameters"]["held"] == 30
+
+
+def test_the_gossip_benchmark_reads_the_nodes_timestamped_log_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """bench_gossip waits for "joined the DHT" in the node's log, whose lines carry a time
+    and a level before the message (p2pblog.daemon.log); a bare message still matches."""
+    from bench_gossip import log_message
+
+    from p2pblog.daemon import log
+
+    log("joined the DHT: 1 of 1 seeds answered, 1 contacts")
+    line = capsys.readouterr().err.strip()
+    assert not line.startswith("joined")
+    assert log_message(line) == "joined the DHT: 1 of 1 seeds answered, 1 contacts"
+    assert log_message("joined the DHT") == "joined the DHT"
