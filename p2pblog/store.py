@@ -1947,10 +1947,24 @@ def _insert_rows(
     (queued writes: 5.2 -> 4.6 us per entry), and the sqlite3 module
     releases the GIL around every step, so the writing thread has to win
     it back from the verifier threads 128 times less often.
+
+    The blobs are bound as ``bytearray``: the sqlite3 module binds an exact
+    int, float, str or bytearray at once, but looks every other value up in
+    its adapter registry first (CPython's ``need_adapt``), which costs more
+    than the copy (binding 128 rows: 1.66 -> 0.87 us per row; with the copies,
+    about 0.5 us less).  A run of one feed shares one copy of its author.
     """
     for first in range(0, len(rows), _ROWS_PER_INSERT):
         part = rows[first : first + _ROWS_PER_INSERT]
-        db.execute(_insert_entries(len(part)), [value for row in part for value in row])
+        params: list[object] = []
+        extend = params.extend
+        author: bytes | None = None
+        author_blob = bytearray()
+        for key, seq, entry_id, timestamp, kind, reply_to, raw in part:
+            if key is not author:
+                author, author_blob = key, bytearray(key)
+            extend((author_blob, seq, bytearray(entry_id), timestamp, kind, reply_to, bytearray(raw)))
+        db.execute(_insert_entries(len(part)), params)
     rows.clear()
     if mentioned:
         db.executemany(_INSERT_MENTION, mentioned)
