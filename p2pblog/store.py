@@ -689,6 +689,8 @@ class Store(DeviceTables, DmTables):
         # Set when an error escaped a batch of writes (`_write_batch` queues rows, so
         # it may stop half-way): the transaction it joined must not commit.
         self._half_written = False
+        # False for one commit: leave the tail's ids to a later fold (`ingest_many`).
+        self._fold_at_commit = True
         #: Revoked devices: the last seq of each one's feed that may be stored.
         self._caps: dict[bytes, int] = {}
         #: Raised whenever the devices of some identity change (the node re-reads them).
@@ -782,7 +784,8 @@ class Store(DeviceTables, DmTables):
                         "a batch of entries failed half-written inside this transaction: rolled back"
                     )
                 self._flush_heads()
-                self._fold_ids(force=False)
+                if self._fold_at_commit:
+                    self._fold_ids(force=False)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._rollback()
@@ -800,6 +803,7 @@ class Store(DeviceTables, DmTables):
         finally:
             self._depth = 0
             self._half_written = False
+            self._fold_at_commit = True
             self._heads.clear()
             self._dirty.clear()
             self._queued.clear()
@@ -1046,6 +1050,11 @@ class Store(DeviceTables, DmTables):
                             report.refuse(EntrySignatureError("signature does not verify against the author"))
                         written += len(chunk)
                         pending = None if report.error is not None else next(stream, None)
+                    if pending is not None and self._depth == 1:
+                        # The ids are folded once, at the ingest's last commit: a fold writes
+                        # every page of entry_ids its ids land on, nearly all of them for a
+                        # batch this size, so folding at each commit would rewrite them all.
+                        self._fold_at_commit = False
         if report.error is None and cut is not None:
             report.refuse(cut)
         if report.error is not None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from identity import Identity
+from identity import Identity, limits
 from p2pblog import entry_index
 from p2pblog import store as store_module
 from p2pblog.entry import DELETE, decode_entry, post_body
-from p2pblog.store import MIGRATIONS, SCHEMA_VERSION, Store
+from p2pblog.store import MIGRATIONS, SCHEMA_VERSION, VERIFY_CHUNK, Store
 from tests.feeds import make_chain, make_entry
 
 ALICE = Identity(bytes([2]) * 32)
@@ -195,3 +195,28 @@ def test_a_schema_8_store_keeps_its_rows_and_rowids_and_gains_the_id_index(tmp_p
         assert top(store) == 15 and store.has_entry(more[0].id)
         assert store.verify().ok
         assert [i.entry for i in store.timeline(ALICE.public_key)] == [more[0], *chain[2::-1]]
+
+
+def test_a_bulk_ingest_folds_once_at_its_last_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ingest_many` commits every `INGEST_BATCH` entries but folds only at its last commit
+    (one sorted fold of everything instead of one per commit); its tail stays findable
+    meanwhile, and the next ordinary commit folds as usual."""
+    monkeypatch.setattr(limits, "INGEST_BATCH", VERIFY_CHUNK)
+    monkeypatch.setattr(store_module, "FOLD_IDS_AT", 8)
+    path = tmp_path / "store.sqlite3"
+    chain = make_chain(ALICE, 8 * VERIFY_CHUNK)
+    seen: list[tuple[int, int, bool]] = []
+    with Store(path) as store, Store(path) as other:
+
+        def raws() -> Iterator[bytes]:
+            for i, entry in enumerate(chain):
+                if i == 7 * VERIFY_CHUNK + 10:  # past the read-ahead: batches have committed
+                    seen.append((top(other), through(other), other.has_entry(chain[5].id)))
+                yield entry.raw
+
+        assert store.ingest_many(raws()).accepted == len(chain)
+        assert seen and seen[0][0] >= VERIFY_CHUNK and seen[0][1:] == (0, True)
+        assert (through(store), folded(store)) == (len(chain), len(chain))
+        store.ingest_entries(make_chain(BOB, 8))  # an ordinary commit folds its tail
+        assert through(store) == top(store) == len(chain) + 8
+        assert store.verify().ok
