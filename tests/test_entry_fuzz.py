@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from identity import Identity
-from p2pblog.entry import decode_entry
+from identity import Identity, limits
+from p2pblog import entry as entry_module
+from p2pblog.entry import POST, decode_entry, validate_body
 from p2pblog.errors import EntryError
 from p2pblog.feedfile import MAGIC, VERSION, FeedFileError, read_feed
 from tests.feeds import make_chain
@@ -130,3 +132,36 @@ def test_feed_file_reader_raises_only_its_error(tail: bytes) -> None:
     for prefix in (b"", MAGIC, MAGIC + bytes([VERSION])):
         with contextlib.suppress(FeedFileError):
             list(read_feed(io.BytesIO(prefix + tail)))
+
+
+_ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, blacklist_categories=())
+
+
+@settings(max_examples=400, deadline=None)
+@example("\ud800")
+@example("ok \udcff")
+@example(" \u3000 ")
+@example("caf\u00e9")
+@given(
+    st.one_of(
+        st.text(alphabet=_ANY_CHAR, max_size=20),
+        st.text(alphabet=st.sampled_from(" \t\n\x0b\x0c\r\x1c\u3000ab"), max_size=12),
+        st.integers(min_value=limits.MAX_POST_CHARS - 2, max_value=limits.MAX_POST_CHARS + 2).map(
+            "x".__mul__
+        ),
+        st.binary(max_size=4),
+    )
+)
+def test_the_one_step_check_of_a_text_only_post_agrees_with_the_full_check(text: object) -> None:
+    """`validate_body` accepts a body that is only ASCII text in one step; it must refuse and
+    accept exactly what the kind's full check does (surrogates, blanks, the length limit)."""
+    body = {"text": text}
+
+    def outcome(check: Callable[[], None]) -> type[Exception] | None:
+        try:
+            check()
+        except EntryError as exc:
+            return type(exc)
+        return None
+
+    assert outcome(lambda: validate_body(POST, body)) == outcome(lambda: entry_module._check_post(body))
