@@ -326,7 +326,8 @@ def create_entry(
         raise LocalProtocolError("prev must be None for seq 1 and a 32-byte id after")
     if not _is_int(timestamp) or not 0 <= timestamp <= limits.MAX_TIMESTAMP_MS:
         raise EntrySchemaError(f"timestamp out of range: {timestamp!r}")
-    ordered = {k: body[k] for k in sorted(body)}
+    # A copy, sorted (one key is sorted already): the entry must not share the caller's dict.
+    ordered = dict(body) if len(body) == 1 else {k: body[k] for k in sorted(body)}
     validate_body(kind, ordered)
     author = identity.public_key
     # encode_content's bytes, without sorting the body a second time.
@@ -419,6 +420,8 @@ def mentions_in(text: str) -> list[bytes]:
     `HandleError` naming it rather than silently dropping the mention.
     """
     keys: list[bytes] = []
+    if "@" not in text:  # every mention starts with one; most posts have none
+        return keys
     for match in _MENTION_RE.finditer(text):
         token = match.group(0)
         try:

@@ -201,3 +201,18 @@ def test_a_full_database_while_appending_in_a_long_transaction_is_storage_full(s
         for i in range(3 * _QUEUED_ROWS):
             store.append(ME, POST, post_body(f"{i} " + "x" * 400), T0 + i)
     assert store.clock() == {} and committed_entries(store) == 0
+
+
+def test_the_fast_feed_head_is_the_dataclass_it_stands_for() -> None:
+    """`Store.append` builds its feed heads through the slots' setters; the result is the same
+    frozen, hashable `FeedState` the constructor makes."""
+    import dataclasses
+
+    from p2pblog.store import FeedState, _unforked_head
+
+    author, last = bytes(range(32)), bytes(32)
+    fast = _unforked_head(author, 7, last)
+    assert fast == FeedState(author, 7, last, None) and hash(fast) == hash(FeedState(author, 7, last, None))
+    assert dataclasses.astuple(fast) == (author, 7, last, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.latest_seq = 8  # type: ignore[misc]
