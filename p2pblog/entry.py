@@ -293,10 +293,6 @@ _packb: Final = msgpack.packb
 _blake2b: Final = hashlib.blake2b
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def encode_content(
     author: bytes, seq: int, prev: bytes | None, timestamp: int, kind: str, body: Mapping[str, Any]
 ) -> bytes:
@@ -320,11 +316,12 @@ def create_entry(
     Invalid field values raise the same `EntryError`s a peer's entry would,
     so the CLI can report them; wrong chain arguments are our own bug.
     """
-    if not _is_int(seq) or not 1 <= seq <= limits.MAX_SEQ:
+    # ``type(x) is int``: exactly what a decoder gives back (not a bool, nor an int subclass).
+    if type(seq) is not int or not 1 <= seq <= limits.MAX_SEQ:
         raise LocalProtocolError(f"seq must be 1..{limits.MAX_SEQ}, got {seq!r}")
     if (seq == 1) != (prev is None) or (prev is not None and len(prev) != ID_BYTES):
         raise LocalProtocolError("prev must be None for seq 1 and a 32-byte id after")
-    if not _is_int(timestamp) or not 0 <= timestamp <= limits.MAX_TIMESTAMP_MS:
+    if type(timestamp) is not int or not 0 <= timestamp <= limits.MAX_TIMESTAMP_MS:
         raise EntrySchemaError(f"timestamp out of range: {timestamp!r}")
     # A copy, sorted (one key is sorted already): the entry must not share the caller's dict.
     ordered = dict(body) if len(body) == 1 else {k: body[k] for k in sorted(body)}
@@ -377,7 +374,7 @@ def decode_entry(signed: bytes, *, check_signature: bool = True) -> Entry:
     if not isinstance(obj, list) or len(obj) != 7:
         raise EntryDecodeError("entry content is not a 7-element array")
     version, author, seq, prev, timestamp, kind, body = obj
-    # msgpack gives exact types: ``type(x) is int`` is `_is_int` (a bool is not an int here).
+    # msgpack gives exact types: ``type(x) is int`` (a bool is not an int here).
     if type(version) is not int or version != FORMAT_VERSION:
         raise EntrySchemaError(f"unsupported entry format version {version!r}")
     if type(author) is not bytes or len(author) != KEY_BYTES:

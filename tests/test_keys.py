@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from identity import Identity, SignatureError, verify, verify_detached
+from identity import Identity, SignatureError, keys, verify, verify_detached
 from identity.keys import PUBLIC_KEY_BYTES, SEED_BYTES, SIGNATURE_BYTES
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "rfc8032.json"
@@ -269,3 +269,19 @@ def test_sign_gives_the_bytes_of_pynacls_signing_key(seed: bytes, message: bytes
     assert ident.signature(message) == expected.signature
     assert ident.seed == seed
     assert ident.public_key == bytes(nacl.signing.SigningKey(seed).verify_key)
+
+
+@settings(max_examples=30)
+@given(seeds, messages)
+def test_the_direct_libsodium_call_signs_as_pynacls_binding(seed: bytes, message: bytes) -> None:
+    """`keys._crypto_sign` calls libsodium through PyNaCl's cffi module; the public binding,
+    its fallback, gives the same bytes."""
+    ident = Identity(seed)
+    assert keys._crypto_sign(message, ident._secret_key) == keys._sign_through_pynacl(
+        message, ident._secret_key
+    )
+
+
+def test_the_direct_libsodium_call_refuses_a_short_secret_key() -> None:
+    with pytest.raises(ValueError, match="64 bytes"):
+        keys._crypto_sign(b"message", bytes(32))
