@@ -484,8 +484,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT l.id, l.author, l.seq, l.timestamp, l.kind, l.reply_to, l.raw FROM loose_entries l
         WHERE coalesce(
             (SELECT entry FROM entry_ids WHERE id = l.id),
-            (SELECT rowid FROM entries WHERE rowid > (SELECT value FROM settings WHERE key = 'ids_through')
-             AND id = l.id)
+            (SELECT rowid FROM entries
+             WHERE rowid > coalesce((SELECT value FROM settings WHERE key = 'ids_through'), 0) AND id = l.id)
         ) IS NULL;
     """,
 )
