@@ -1905,10 +1905,20 @@ class Store(DeviceTables, DmTables):
             "SELECT count(*) FROM entry_ids i WHERE NOT EXISTS (SELECT 1 FROM entries e "
             f"WHERE e.rowid = i.entry AND e.id = i.id AND e.rowid <= {IDS_THROUGH})"
         ).fetchone()
+        if not missing and not stray:
+            return
+        # Derived from the entries alone: rebuilt in place when the store can be written.
+        fixed = ""
+        if not self.read_only and self.damaged is None:
+            with suppress(StoreError, sqlite3.OperationalError), self.transaction():
+                self._db.execute("DELETE FROM entry_ids")
+                self._db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', 0)")
+                self._fold_ids(force=True)
+                fixed = " (rebuilt from the entries)"
         if missing:
-            report.problems.append(f"the id index (entry_ids) misses {missing} stored entries")
+            report.problems.append(f"the id index (entry_ids) misses {missing} stored entries{fixed}")
         if stray:
-            report.problems.append(f"the id index (entry_ids) has {stray} rows of no stored entry")
+            report.problems.append(f"the id index (entry_ids) has {stray} rows of no stored entry{fixed}")
 
     def _verify_entries(self, author: bytes | None, report: VerifyReport) -> None:
         states = [self.feed_state(author)] if author is not None else self.feeds()
