@@ -224,3 +224,21 @@ def test_a_bulk_ingest_folds_once_at_its_last_commit(tmp_path: Path, monkeypatch
         store.ingest_entries(make_chain(BOB, 8))  # an ordinary commit folds its tail
         assert through(store) == top(store) == len(chain) + 8
         assert store.verify().ok
+
+
+def test_a_thread_gathers_replies_from_both_tables_once(store: Store) -> None:
+    """Replies stored in feeds and admitted as notices, nested across the two tables, are
+    each listed once, also when a notice's feed is later stored as well."""
+    parent = make_chain(ALICE, 1)[0]
+    store.ingest_entries([parent])
+    notice = make_entry(CAROL, 1, None, body=post_body(f"@{ALICE.handle} yes", parent.id))
+    assert store.add_loose(notice, notice.timestamp)
+    stored = make_entry(BOB, 1, None, body=post_body(f"@{CAROL.handle} and", notice.id))
+    store.ingest_entries([stored])
+    nested = make_entry(ALICE, 2, parent.id, body=post_body(f"@{BOB.handle} ok", stored.id))
+    store.ingest_entries([nested])
+    thread = store.thread(parent.id)
+    assert thread is not None and [r.entry for r in thread.replies] == [notice, stored, nested]
+    store.ingest_entries([notice])  # CAROL's feed replicated after all
+    thread = store.thread(parent.id)
+    assert thread is not None and [r.entry for r in thread.replies] == [notice, stored, nested]
