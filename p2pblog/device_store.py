@@ -207,12 +207,26 @@ class DeviceTables:
             for (i,) in db.execute("SELECT id FROM entries WHERE author = ? AND seq > ?", (device, after))
         ]
         db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
+        from p2pblog.search import WATERMARK as SEARCH_WATERMARK  # search imports the store
+
         db.executemany("DELETE FROM entry_ids WHERE id = ?", [(i,) for i in ids])
+        # The search index's documents are the entries' rowids (`p2pblog.search`).
+        db.execute(
+            "DELETE FROM search_index WHERE rowid IN "
+            "(SELECT rowid FROM entries WHERE author = ? AND seq > ?)",
+            (device, after),
+        )
         db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
-        # Rows at the top gone: the next rows take their rowids, and must be in the tail.
+        # Rows at the top gone: the next rows take their rowids, so they must be in the id
+        # index's tail and past the search index's watermark again.
         db.execute(
             "UPDATE settings SET value = min(value, (SELECT coalesce(max(rowid), 0) FROM entries)) "
             "WHERE key = 'ids_through'"
+        )
+        db.execute(
+            "UPDATE settings SET value = CAST(min(CAST(value AS INTEGER), "
+            "(SELECT coalesce(max(rowid), 0) FROM entries)) AS TEXT) WHERE key = ?",
+            (SEARCH_WATERMARK,),
         )
         row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
         if row is None:  # nothing of the feed counts (after 0): no head at all

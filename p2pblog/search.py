@@ -20,7 +20,9 @@ drops the rows of posts that delete entries since then retracted.  Loose
 notices are few; the ones not yet indexed are found by an anti-join.  The
 query also leaves out retracted posts and blocked authors itself, so the
 index may lag a retraction or a block but a result never does.  Rowids are
-stable because the store never deletes entries nor runs VACUUM.
+stable: the store runs no VACUUM, and deletes entries only when it truncates a
+revoked device's feed, which drops their documents and lowers the watermark
+to the highest rowid left, so rows that take those rowids again are indexed.
 
 The query language (`parse_query`):
 

@@ -242,3 +242,21 @@ def test_a_thread_gathers_replies_from_both_tables_once(store: Store) -> None:
     store.ingest_entries([notice])  # CAROL's feed replicated after all
     thread = store.thread(parent.id)
     assert thread is not None and [r.entry for r in thread.replies] == [notice, stored, nested]
+
+
+def test_a_truncated_feed_leaves_the_search_index_and_its_rowids_to_the_next_posts(store: Store) -> None:
+    """A revoked device's truncated posts (`device_store._truncate`) leave the search index,
+    and posts stored after it in their rowids are indexed and found (they were not: the
+    search watermark stayed above them)."""
+    alice = make_chain(ALICE, 5, text="zebrafish")
+    store.ingest_entries(alice)
+    assert len(store.search("zebrafish")) == 5  # indexed up to rowid 5
+    with store.transaction():
+        store._truncate(ALICE.public_key, 2)
+    bob = make_chain(BOB, 3, text="okapi")
+    store.ingest_entries(bob)
+    assert top(store) == 5  # rowids 3..5 again
+    assert sorted(h.item.entry.seq for h in store.search("zebrafish")) == [1, 2]
+    found = store.search("okapi")
+    assert sorted(h.item.entry.seq for h in found) == [1, 2, 3]
+    assert {h.item.entry.id for h in found} == {e.id for e in bob}
