@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
+from p2pblog import entry_index
 from p2pblog.devices import Cert, Device, Revocation, Rotation, resolve, root_state
 from p2pblog.dm_store import text_of
 from p2pblog.entry import COMMIT, DEVICE, DEVICE_OF, ROTATE, Entry
@@ -202,32 +203,16 @@ class DeviceTables:
         if state.latest_seq <= after:
             return
         db = self._db
-        ids = [
-            bytes(i)
-            for (i,) in db.execute("SELECT id FROM entries WHERE author = ? AND seq > ?", (device, after))
-        ]
-        db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
-        from p2pblog.search import WATERMARK as SEARCH_WATERMARK  # search imports the store
+        from p2pblog import search  # search imports the store, which imports this module
 
-        db.executemany("DELETE FROM entry_ids WHERE id = ?", [(i,) for i in ids])
-        # The search index's documents are the entries' rowids (`p2pblog.search`).
-        db.execute(
-            "DELETE FROM search_index WHERE rowid IN "
-            "(SELECT rowid FROM entries WHERE author = ? AND seq > ?)",
-            (device, after),
-        )
+        rows = db.execute(
+            "SELECT id, rowid FROM entries WHERE author = ? AND seq > ?", (device, after)
+        ).fetchall()
+        ids = [bytes(i) for i, _ in rows]
+        db.executemany("DELETE FROM mentions WHERE entry_id = ?", [(i,) for i in ids])
         db.execute("DELETE FROM entries WHERE author = ? AND seq > ?", (device, after))
-        # Rows at the top gone: the next rows take their rowids, so they must be in the id
-        # index's tail and past the search index's watermark again.
-        db.execute(
-            "UPDATE settings SET value = min(value, (SELECT coalesce(max(rowid), 0) FROM entries)) "
-            "WHERE key = 'ids_through'"
-        )
-        db.execute(
-            "UPDATE settings SET value = CAST(min(CAST(value AS INTEGER), "
-            "(SELECT coalesce(max(rowid), 0) FROM entries)) AS TEXT) WHERE key = ?",
-            (SEARCH_WATERMARK,),
-        )
+        entry_index.forget(db, ids)
+        search.forget(db, [int(r) for _, r in rows])
         row = db.execute("SELECT id FROM entries WHERE author = ? AND seq = ?", (device, after)).fetchone()
         if row is None:  # nothing of the feed counts (after 0): no head at all
             self._heads.pop(device, None)

@@ -307,6 +307,18 @@ def catch_up(db: sqlite3.Connection, limit: int | None = None) -> int:
     return posts + _catch_up_loose(db)
 
 
+def forget(db: sqlite3.Connection, rowids: Sequence[int]) -> None:
+    """After the entries at ``rowids`` were deleted (a truncated feed): their documents leave
+    the index, and the watermark drops to the highest rowid left, so the rows that take
+    the freed rowids next are indexed."""
+    db.executemany("DELETE FROM search_index WHERE rowid = ?", [(r,) for r in rowids])
+    db.execute(
+        "UPDATE settings SET value = CAST(min(CAST(value AS INTEGER), "
+        "(SELECT coalesce(max(rowid), 0) FROM entries)) AS TEXT) WHERE key = ?",
+        (WATERMARK,),
+    )
+
+
 def _insert_documents(db: sqlite3.Connection, docs: list[tuple[int, str, str, str]]) -> None:
     db.executemany("INSERT INTO search_index (rowid, text, tags, names) VALUES (?, ?, ?, ?)", docs)
     docs.clear()

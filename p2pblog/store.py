@@ -116,6 +116,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from identity import Identity, encode_handle, limits
+from p2pblog import entry_index
 from p2pblog.device_store import DeviceTables
 from p2pblog.devices import Device
 from p2pblog.dm_store import DmRow as DmRow  # re-exported: the rows of `Store.dm_*`
@@ -135,7 +136,7 @@ from p2pblog.entry import (
     create_entry,
     decode_entry,
 )
-from p2pblog.entry_index import FOLD_IDS_AT, IDS_THROUGH, rowid_of
+from p2pblog.entry_index import FOLD_IDS_AT, rowid_of
 from p2pblog.errors import (
     ChainError,
     DeviceRevokedError,
@@ -828,19 +829,9 @@ class Store(DeviceTables, DmTables):
             self._queued_mentions.clear()
 
     def _fold_ids(self, *, force: bool) -> None:
-        """Fold the tail's ids into ``entry_ids``, in id order (inside a write transaction):
-        once the tail holds `FOLD_IDS_AT` rows, or with ``force`` whenever there is one."""
-        db = self._db
-        (through,) = db.execute(f"SELECT {IDS_THROUGH}").fetchone()
-        (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM entries").fetchone()
-        if top <= through or (not force and top - through < FOLD_IDS_AT):
-            return
-        db.execute(
-            "INSERT OR IGNORE INTO entry_ids (id, entry) SELECT id, rowid FROM entries WHERE rowid > ? "
-            "ORDER BY id",
-            (through,),
-        )
-        db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', ?)", (top,))
+        """`entry_index.fold` (inside a write transaction, after the queued appends): once
+        the tail holds `FOLD_IDS_AT` rows, or with ``force`` whenever there is one."""
+        entry_index.fold(self._db, at=None if force else FOLD_IDS_AT)
 
     def found_damage(self, exc: BaseException | str) -> StoreDamaged:
         """SQLite found the file damaged: refuse every write from now on, record it for later
@@ -1901,23 +1892,14 @@ class Store(DeviceTables, DmTables):
     def _verify_ids(self, report: VerifyReport) -> None:
         """``entry_ids`` holds the id and rowid of every entry up to ``ids_through``, and nothing
         else (`p2pblog.entry_index`)."""
-        (missing,) = self._db.execute(
-            f"SELECT count(*) FROM entries e WHERE e.rowid <= {IDS_THROUGH} AND NOT EXISTS "
-            "(SELECT 1 FROM entry_ids i WHERE i.id = e.id AND i.entry = e.rowid)"
-        ).fetchone()
-        (stray,) = self._db.execute(
-            "SELECT count(*) FROM entry_ids i WHERE NOT EXISTS (SELECT 1 FROM entries e "
-            f"WHERE e.rowid = i.entry AND e.id = i.id AND e.rowid <= {IDS_THROUGH})"
-        ).fetchone()
+        missing, stray = entry_index.disagreements(self._db)
         if not missing and not stray:
             return
         # Derived from the entries alone: rebuilt in place when the store can be written.
         fixed = ""
         if not self.read_only and self.damaged is None:
             with suppress(StoreError, sqlite3.OperationalError), self.transaction():
-                self._db.execute("DELETE FROM entry_ids")
-                self._db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', 0)")
-                self._fold_ids(force=True)
+                entry_index.rebuild(self._db)
                 fixed = " (rebuilt from the entries)"
         if missing:
             report.problems.append(f"the id index (entry_ids) misses {missing} stored entries{fixed}")
