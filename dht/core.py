@@ -446,7 +446,7 @@ class DhtCore:
         if not self._limiter.allow(source_key(addr), now):
             self._dropped(addr, "rate limited")
             return
-        self._guard.received(addr, len(data))
+        self._guard.received(addr, len(data), now)
         try:
             message = wire.decode_datagram(data)
         except WireError as exc:

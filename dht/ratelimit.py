@@ -14,7 +14,7 @@ because one host can send from 65,535 ports.  The table is bounded by
 ``max_sources``: a new source at a full table forgets the least recently
 active one, which is the same as giving it a full bucket (what an idle
 source would have anyway).  The arithmetic is the project's one token
-bucket (`identity.pacing`).
+bucket (`identity.pacing`), kept as one number per bucket (`KeyedBuckets`).
 
 **Bytes to unproven addresses** (`AmplificationGuard`).  A UDP source
 address is only a claim: an attacker can send us a small request with a
@@ -28,7 +28,9 @@ address is verified for ``verified_for`` seconds after it answered a
 request of ours (a spoofer never sees our requests, so it cannot answer
 them).  Both tables (credit and verified) are bounded and forget the least
 recently used entry first; forgetting credit only makes us more careful,
-forgetting a verification only costs one more verification ping.  Over any
+forgetting a verification only costs one more verification ping.  A
+verified address holds no credit (it would never be spent); when its
+verification lapses it starts from nothing, as a new address does.  Over any
 sequence of inputs, the bytes sent to an address while it is unverified
 are at most ``factor`` times the bytes received from it.
 
@@ -36,8 +38,11 @@ are at most ``factor`` times the bytes received from it.
 these tables (and in the core's per-host verification and STORE budgets),
 so they are plain dicts: a dict keeps insertion order, "least recently
 used" is a pop and a re-insert, and an entry costs half what it costs in an
-``OrderedDict`` (`KeyedBuckets`; the arithmetic is `identity.pacing`'s
-`TokenBucket`, unchanged).  A token bucket that has refilled to its burst is
+``OrderedDict``.  A token bucket is one float, the time it will be full
+again (`KeyedBuckets`: `identity.pacing`'s arithmetic without an object and
+a second float per bucket), and the credit table holds only unverified
+addresses, so a peer we talk with costs one entry in the verified table, not
+one more in the credit table.  A token bucket that has refilled to its burst is
 the same as no bucket (a new source gets a full one), so `KeyedBuckets`
 forgets its least recently active bucket once that one is full: the tables
 hold the hosts active in the last burst / rate seconds (4 s for datagrams),
@@ -90,26 +95,31 @@ def source_key(addr: Address) -> str:
     return host_key(addr[0])
 
 
-class _Tokens:
-    """One key's bucket: `identity.pacing.TokenBucket` without the rate and burst its table holds."""
-
-    __slots__ = ("stamp", "tokens")
-
-    def __init__(self, tokens: float, stamp: float) -> None:
-        self.tokens = tokens
-        self.stamp = stamp
+#: Tokens a take may be short by and still succeed: float rounding, not credit
+#: (``burst`` takes of ``1 / rate`` seconds each, summed as floats, must all succeed).
+ROUNDING: Final = 1e-6
 
 
 class KeyedBuckets:
-    """One `TokenBucket` per key, at most ``max_keys`` of them, the least recently active dropped.
+    """One token bucket per key, at most ``max_keys`` of them, the least recently active dropped.
 
     `identity.pacing.KeyedTokenBuckets` on a plain dict, holding only buckets
-    that are not full (module docstring, "Memory").  Below ``max_keys`` keys it
-    gives the same answers; at the bound it forgets fewer partly spent buckets
-    (full ones go first), so it is never more lenient.
+    that are not full (module docstring, "Memory"), each as one float: the
+    time at which it will be full again (the "theoretical arrival time" of
+    the generic cell rate algorithm, ITU-T I.371).  A bucket full at ``f``
+    holds ``burst - (f - now) * rate`` tokens at ``now`` (``burst`` once
+    ``f <= now``); taking ``cost`` moves ``f`` ``cost / rate`` later.  That
+    is `identity.pacing.TokenBucket`'s arithmetic (tokens and the time they
+    were counted) in one number instead of two and an object.  Times are
+    kept as seconds since the table's ``_epoch``, which moves up to ``now``
+    whenever the table is rebuilt or empty: at Unix-time magnitudes a float
+    resolves only 0.24 us, and ``burst`` small steps added there would drift
+    by a thousandth of a token.  Below ``max_keys`` keys it gives the same
+    answers, up to float rounding (`ROUNDING`); at the bound it forgets fewer
+    partly spent buckets (full ones go first), so it is never more lenient.
     """
 
-    __slots__ = ("_buckets", "_moves", "burst", "max_keys", "rate")
+    __slots__ = ("_buckets", "_epoch", "_moves", "burst", "max_keys", "rate")
 
     def __init__(self, rate: float, burst: float, max_keys: int) -> None:
         if rate <= 0 or burst < 1 or max_keys < 1:
@@ -117,7 +127,10 @@ class KeyedBuckets:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: dict[Hashable, _Tokens] = {}  # least recently active first
+        # key -> when its bucket is full again, in seconds since `_epoch`;
+        # least recently active first.
+        self._buckets: dict[Hashable, float] = {}
+        self._epoch = 0.0
         self._moves = 0
 
     def __len__(self) -> int:
@@ -126,35 +139,47 @@ class KeyedBuckets:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._buckets
 
+    def tokens(self, key: Hashable, now: float) -> float:
+        """Tokens in ``key``'s bucket at ``now`` (``burst`` for a key without one)."""
+        t = now - self._epoch
+        full = self._buckets.get(key, t)
+        return self.burst - (full - t) * self.rate if full > t else self.burst
+
     def take(self, key: Hashable, now: float, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket; False (and nothing taken) if too few."""
         buckets = self._buckets
-        bucket = buckets.pop(key, None)
-        if bucket is None:
-            if len(buckets) >= self.max_keys:
+        if not buckets:
+            self._epoch = now
+        t = now - self._epoch
+        full = buckets.pop(key, None)
+        if full is None or full < t:
+            if full is None and len(buckets) >= self.max_keys:
                 del buckets[next(iter(buckets))]
-            bucket = _Tokens(self.burst, now)
-        buckets[key] = bucket  # now the most recently active
-        self._moves += 1
-        if self._moves > len(buckets) // 2 + COMPACT_SLACK:
-            compact(buckets)
-            self._moves = 0
-        # `TokenBucket.take`, inlined (one call per datagram received): the same arithmetic.
-        rate, burst = self.rate, self.burst
-        elapsed = now - bucket.stamp
-        tokens = bucket.tokens + elapsed * rate if elapsed > 0 else bucket.tokens
-        if tokens > burst:
-            tokens = burst
-        bucket.stamp = now
-        allowed = tokens >= cost
-        bucket.tokens = tokens - cost if allowed else tokens
-        # Forget the least recently active bucket once it has refilled: a full
-        # bucket answers as a new one would (module docstring, "Memory").
-        oldest = buckets[next(iter(buckets))]
-        elapsed = now - oldest.stamp
-        if elapsed > 0 and oldest.tokens + elapsed * rate >= burst:
-            del buckets[next(iter(buckets))]
+            full = t
+        rate = self.rate
+        allowed = (full - t) * rate + cost <= self.burst + ROUNDING
+        if allowed:
+            full += cost / rate
+        if full > t:  # a full bucket is no bucket (module docstring, "Memory")
+            buckets[key] = full  # now the most recently active
+            self._moves += 1
+            if self._moves > len(buckets) // 2 + COMPACT_SLACK:
+                self._rebuild(now, t)
+                t = 0.0
+        # Forget the least recently active bucket once it has refilled.
+        if buckets:
+            oldest = next(iter(buckets))
+            if buckets[oldest] <= t:
+                del buckets[oldest]
         return allowed
+
+    def _rebuild(self, now: float, t: float) -> None:
+        """`compact`, and move the epoch to ``now`` (``t`` seconds after the old one)."""
+        items = [(key, full - t) for key, full in self._buckets.items()]
+        self._buckets.clear()
+        self._buckets.update(items)
+        self._epoch = now
+        self._moves = 0
 
 
 class TokenBucketLimiter(KeyedBuckets):
@@ -213,9 +238,18 @@ class AmplificationGuard:
     def __len__(self) -> int:
         return len(self._credit) + len(self._verified)
 
-    def received(self, addr: Address, nbytes: int) -> None:
-        """``addr`` sent us ``nbytes``: it earns ``factor`` times that in credit."""
+    def received(self, addr: Address, nbytes: int, now: float) -> None:
+        """``addr`` sent us ``nbytes``: it earns ``factor`` times that in credit, unless verified.
+
+        A verified address needs no credit (nothing we send it is counted), so
+        it holds none: an entry per peer we talk with would double the table
+        for nothing.  Once its verification lapses it starts from zero, as a
+        new address does, and earns credit with its next datagram."""
         credit = self._credit
+        if self.is_verified(addr, now):
+            if addr in credit:
+                del credit[addr]
+            return
         credit[addr] = credit.pop(addr, 0.0) + self.factor * nbytes
         if len(credit) > self.max_addresses:
             del credit[next(iter(credit))]
@@ -226,6 +260,7 @@ class AmplificationGuard:
         verified = self._verified
         verified.pop(addr, None)
         verified[addr] = now
+        self._credit.pop(addr, None)  # spent on nothing while verified (`received`)
         if len(verified) > self.max_addresses:
             del verified[next(iter(verified))]
         self._moved()

@@ -25,10 +25,12 @@ import gc
 import sys
 import tracemalloc
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 from random import Random
 from typing import Final
 
+import pytest
 import trio
 import trio.testing
 
@@ -87,17 +89,61 @@ def test_buckets_exist_only_while_they_hold_something() -> None:
     assert table.next_refresh() is None and table.buckets_due(10_000.0) == []
 
 
-def test_keyed_buckets_answer_as_identity_pacing_does() -> None:
+def exact_take(
+    state: dict[int, tuple[Fraction, Fraction]], key: int, now: float, cost: float
+) -> tuple[bool, Fraction]:
+    """A token bucket (rate 2, burst 5) in exact arithmetic: the answer, and the tokens it saw."""
+    rate, burst, t = Fraction(2), Fraction(5), Fraction(now)
+    tokens, stamp = state.get(key, (burst, t))
+    tokens = min(burst, tokens + max(Fraction(0), t - stamp) * rate)
+    allowed = tokens >= Fraction(cost)
+    state[key] = (tokens - Fraction(cost) if allowed else tokens, t)
+    return allowed, tokens
+
+
+def test_keyed_buckets_answer_as_a_token_bucket_does() -> None:
+    # The same decisions as `identity.pacing`'s token bucket, computed exactly:
+    # only where the tokens are within rounding of the cost may float answers differ.
     rng = Random(7)
     ours, reference = KeyedBuckets(2.0, 5.0, 64), KeyedTokenBuckets(2.0, 5.0, 64)
+    exact: dict[int, tuple[Fraction, Fraction]] = {}
     now = 0.0
+    differ = refused = 0
     for _ in range(5000):
-        now += rng.choice((0.0, 0.01, 0.1, 0.5, 2.0))
-        key = rng.randrange(12)
+        now += rng.choice((0.0, 0.01, 0.1, 0.5, 2.0, 0.3 * rng.random()))
+        key = rng.randrange(12) if rng.random() < 0.2 else rng.randrange(3)  # 3 busy keys
         cost = rng.choice((1.0, 1.0, 2.5))
-        assert ours.take(key, now, cost) == reference.take(key, now, cost)
+        allowed, tokens = exact_take(exact, key, now, cost)
+        refused += not allowed
+        answer = ours.take(key, now, cost)
+        assert reference.take(key, now, cost) == allowed or abs(tokens - Fraction(cost)) < Fraction(1, 10**6)
+        if answer != allowed:
+            differ += 1
+            assert abs(tokens - Fraction(cost)) < Fraction(1, 10**6), (now, key, cost, float(tokens))
+    assert refused > 200  # the buckets run dry often
+    assert differ < 50  # a boundary case now and then, not a different rule
     # ... holding only the buckets that are not full again.
     assert len(ours) < len(reference) == 12
+
+
+@pytest.mark.parametrize("rate", [3.0, 50.0])
+@pytest.mark.parametrize("start", [0.0, 1000.1, 1.7e9])
+def test_a_burst_of_exactly_burst_tokens_is_admitted_whole(rate: float, start: float) -> None:
+    # 200 takes at one instant (200 steps of 1/rate s, summed as floats; at Unix
+    # time a float resolves 0.24 us) all succeed; the 201st does not.
+    buckets = KeyedBuckets(rate, 200.0, 8)
+    assert all(buckets.take("h", start) for _ in range(200))
+    assert not buckets.take("h", start)
+    assert abs(buckets.tokens("h", start)) < 1e-9
+    later = start + 3600.0
+    assert buckets.tokens("h", later) == 200.0
+    # Busy for an hour: the 200-token burst at its end is whole again after 200 / rate s.
+    now = later
+    for _ in range(1000):
+        now += 1 / rate
+        assert buckets.take("h", now)
+    assert all(buckets.take("h", now + 200 / rate) for _ in range(200))
+    assert not buckets.take("h", now + 200 / rate)
 
 
 def test_keyed_buckets_forget_refilled_buckets_and_stay_bounded() -> None:
@@ -113,10 +159,10 @@ def test_keyed_buckets_forget_refilled_buckets_and_stay_bounded() -> None:
 def test_the_guard_forgets_the_least_recently_used_address() -> None:
     guard = AmplificationGuard(max_addresses=2)
     a, b, c = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
-    guard.received(a, 10)
-    guard.received(b, 10)
-    guard.received(a, 10)  # a is now the most recent
-    guard.received(c, 10)  # b goes
+    guard.received(a, 10, 0.0)
+    guard.received(b, 10, 0.0)
+    guard.received(a, 10, 0.0)  # a is now the most recent
+    guard.received(c, 10, 0.0)  # b goes
     assert guard.budget(a, 0.0) == 60
     assert guard.budget(b, 0.0) == 0
     assert guard.budget(c, 0.0) == 30
@@ -125,21 +171,40 @@ def test_the_guard_forgets_the_least_recently_used_address() -> None:
 def test_tables_kept_in_lru_order_do_not_grow_with_their_moves() -> None:
     # Pops and re-inserts leave deleted slots; the tables rebuild themselves.
     addrs = [shared_address((f"10.0.{i}.1", 5000 + i)) for i in range(100)]
+    strangers = [shared_address((f"10.1.{i}.1", 5000 + i)) for i in range(100)]
     guard, buckets = AmplificationGuard(), KeyedBuckets(1.0, 1000.0, 4096)
-    for a in addrs:
-        guard.received(a, 1)
+    for a, s in zip(addrs, strangers, strict=True):
         guard.verify(a, 0.0)
+        guard.received(s, 1, 0.0)
         buckets.take(a, 0.0)
     rng = Random(5)
     for i in range(20_000):
         a = rng.choice(addrs)
-        guard.received(a, 10)
+        guard.received(rng.choice(strangers), 10, 0.0)
         if i % 2:
             guard.verify(rng.choice(addrs), 0.0)
         buckets.take(a, 0.0)
     for table in (guard._credit, guard._verified, buckets._buckets):
         assert len(table) == 100
         assert sys.getsizeof(table) <= sys.getsizeof(dict(table))
+
+
+def test_a_verified_address_holds_no_credit_and_starts_afresh_when_it_lapses() -> None:
+    guard = AmplificationGuard(verified_for=60.0)
+    peer, stranger = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    guard.received(peer, 100, 0.0)
+    guard.received(stranger, 100, 0.0)
+    guard.verify(peer, 1.0)  # it answered a request of ours
+    for t in range(2, 50):
+        guard.received(peer, 1000, float(t))
+    assert len(guard._credit) == 1  # only the stranger's: one table entry per peer we talk with
+    assert guard.budget(peer, 50.0) is None  # verified: no limit
+    assert guard.budget(stranger, 50.0) == 300
+    # Lapsed: what it sent while verified earns nothing now; its next datagram does.
+    assert guard.budget(peer, 62.0) == 0
+    assert not guard.spend(peer, 1, 62.0)
+    guard.received(peer, 40, 62.0)
+    assert guard.budget(peer, 62.0) == 120
 
 
 def test_addresses_from_datagrams_and_answers_are_shared() -> None:
