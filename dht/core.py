@@ -103,7 +103,8 @@ buckets farther than the nearest neighbour, paper 2.3) are done too, so a
 node that publishes its records then publishes them to a full routing table.
 
 A lookup that ran to its end (the k closest peers it found all answered, not
-stopped early by a value or enough providers) is remembered for
+stopped early by a value or enough providers; not a bucket refresh's or a
+join's, whose targets are random ids and our own) is remembered for
 ``DhtConfig.walk_reuse`` seconds: a PUT or provider announcement of the same
 key in that window stores at those k peers without walking again (a node
 that searched a feed's providers and then announces itself as one walks
@@ -966,7 +967,14 @@ class DhtCore:
 
     def _walk_done(self, query: Query, lookup: ClosestPeersLookup, now: float) -> None:
         closest = tuple(lookup.result())
-        if not lookup.stopped_early and closest and self.config.walk_reuse > 0:
+        # A refresh walks to a random id and a join to our own: no put or
+        # announcement follows to the same key, so neither is kept.
+        if (
+            not lookup.stopped_early
+            and closest
+            and self.config.walk_reuse > 0
+            and not isinstance(query, RefreshQuery | BootstrapQuery)
+        ):
             walks = self._walks
             walks.pop(query.target, None)  # to the end: the most recent
             # Kept for a minute: the table's objects, not the copies the answers brought.

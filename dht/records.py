@@ -109,6 +109,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast
 
 from dht.wire import Value, is_value, value_size
+from identity.errors import LocalProtocolError
 from identity.limits import MAX_DHT_VALUE_BYTES
 
 if TYPE_CHECKING:
@@ -367,6 +368,8 @@ class BoundedStore(Generic[Item]):
 #: The value of a record the store no longer holds: its heap entries are stale,
 #: and must not keep a replaced value alive.
 _RETIRED: Final = b""
+#: A published record's expiry: never (`_Record.published`).
+_NEVER: Final = float("inf")
 
 
 class _Record:
@@ -374,41 +377,39 @@ class _Record:
 
     A record is never changed in place: new timers make a new record, and
     the heap entries of the old one go stale (the store no longer holds
-    them).  Ordered by (deadline, version), as a ``(deadline, version, key)``
-    tuple would be, without the tuple (module docstring, "Memory").
+    them).  Ordered by deadline, as a ``(deadline, key)`` tuple would be,
+    without the tuple (module docstring, "Memory").  Records we published
+    are the ones that never expire (``expires_at`` infinite; a held record's
+    ``ttl`` is finite), so that needs no slot of its own.
     """
 
-    __slots__ = ("expires_at", "key", "published", "renew_at", "source", "value", "version")
+    __slots__ = ("expires_at", "key", "renew_at", "source", "value")
 
     def __init__(
-        self,
-        key: bytes,
-        value: Value,
-        published: bool,
-        expires_at: float,
-        renew_at: float,
-        version: int,
-        source: str | None,
+        self, key: bytes, value: Value, expires_at: float, renew_at: float, source: str | None
     ) -> None:
         self.key = key
         #: Who brought a received value (`Capacity`'s source; None: local, or our own).
         self.source = source
         self.value = value
-        self.published = published
         self.expires_at = expires_at
         #: Next replication (held records) or republication (our own).
         self.renew_at = renew_at
-        self.version = version
+
+    @property
+    def published(self) -> bool:
+        return self.expires_at == _NEVER
 
     @property
     def deadline(self) -> float:
         return min(self.expires_at, self.renew_at)
 
     def __lt__(self, other: _Record) -> bool:
-        # Versions are unique, so this is the tuple order (deadline, version).
+        # Keys are unique among the records a store holds (stale heap entries
+        # may tie with them: either order is right), so this is the tuple order.
         mine = min(self.expires_at, self.renew_at)
         theirs = min(other.expires_at, other.renew_at)
-        return mine < theirs or (mine == theirs and self.version < other.version)
+        return mine < theirs or (mine == theirs and self.key < other.key)
 
 
 class RecordStore(BoundedStore[bytes]):
@@ -430,6 +431,8 @@ class RecordStore(BoundedStore[bytes]):
         """``priority`` names the keys the owner cares about (None: none);
         ``max_per_source`` defaults to ``max_records // SOURCE_SHARE``;
         ``replicate_interval`` None: held records are not replicated."""
+        if not 0.0 < ttl < _NEVER:  # an infinite one would read as published (`_Record`)
+            raise LocalProtocolError("a record's ttl is a positive, finite number of seconds")
         self.validator = validator
         self.selector = selector
         self.ttl = ttl
@@ -445,7 +448,6 @@ class RecordStore(BoundedStore[bytes]):
         self._capacity.priority = priority
         # Lazy heap of records; an entry the store no longer holds is stale and skipped.
         self._timers: list[_Record] = []
-        self._version = 0
 
     def __len__(self) -> int:
         """Records held, our own included."""
@@ -531,12 +533,11 @@ class RecordStore(BoundedStore[bytes]):
         return base * (1.0 + RENEW_JITTER * self._rng.random()) if self._rng is not None else base
 
     def _set(self, key: bytes, value: Value, now: float, *, published: bool, source: str | None) -> None:
-        self._version += 1
         if published:
-            expires, renew = float("inf"), now + self._interval(True)
+            expires, renew = _NEVER, now + self._interval(True)
         else:
             expires, renew = now + self.ttl, now + self._interval(False)
-        record = _Record(key, value, published, expires, renew, self._version, None if published else source)
+        record = _Record(key, value, expires, renew, None if published else source)
         old = self._records.get(key)
         self._records[key] = record
         if old is not None:
@@ -550,7 +551,7 @@ class RecordStore(BoundedStore[bytes]):
     def _compact(self) -> None:
         # After a push or a drop: amortized O(1), since a rebuild leaves no stale entries.
         if heap_is_bloated(len(self._timers), len(self._records)):
-            # Insertion order and unique versions: the same inputs give the same heap.
+            # Insertion order and unique keys: the same inputs give the same heap.
             self._timers = list(self._records.values())
             heapq.heapify(self._timers)
             self.stats["timers.compacted"] += 1
@@ -583,15 +584,8 @@ class RecordStore(BoundedStore[bytes]):
                 self.stats["expired"] += 1
                 self._drop(key)
                 continue
-            self._version += 1
             renewed = _Record(
-                key,
-                record.value,
-                record.published,
-                record.expires_at,
-                now + self._interval(record.published),
-                self._version,
-                record.source,
+                key, record.value, record.expires_at, now + self._interval(record.published), record.source
             )
             self._records[key] = renewed
             record.value = _RETIRED

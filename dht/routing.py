@@ -14,8 +14,8 @@ or a replacement, and of the rest only a refresh time per index is kept.  With
 n nodes about log2(n) buckets are ever non-empty, and 160 pairs of empty dicts
 per node were the largest part of a node's memory (docs/benchmarks.md).
 
-Within a bucket contacts are kept least-recently seen first (an insertion-
-ordered dict; "move to the tail" is a pop and a re-insert).
+Within a bucket contacts are kept least-recently seen first ("move to the
+tail" is a delete and an append; see "Memory" below).
 `RoutingTable.update` is called for every message a contact proves it sent
 (paper 2.2: "when a Kademlia node receives any message ... from another
 node, it updates the appropriate k-bucket"):
@@ -71,6 +71,14 @@ cap the answer, not the table).  Tables hold at most a few hundred contacts
 in practice (about k per bit of log2(network size)), so the ranking is
 cheap, and exactness is what lookups and the tests rely on.
 
+**Memory.**  A bucket is five parallel lists (contacts, their integer ids,
+when each last answered, failures in a row and when they began), not a dict
+of entry objects: a contact costs five list slots and its `Contact`, where
+an entry object and a dict entry cost about three times that (issue 18,
+docs/design.md).  The table's one dict, id to contact, answers `get` and
+membership; a contact's position in its bucket is found among at most k
+integer ids.
+
 Each bucket remembers when a lookup last targeted its range
 (`touch`).  Buckets not touched for `refresh_interval` are due for a
 refresh lookup of a random id in their range (section 2.3).  Only buckets from
@@ -85,7 +93,6 @@ import bisect
 import enum
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from dht.ids import ID_BITS, ID_BYTES, Contact, K
@@ -149,27 +156,26 @@ class UpdateOutcome(enum.Enum):
     IGNORED = "ignored"
 
 
-@dataclass(slots=True)
-class _Entry:
-    contact: Contact
-    last_seen: float
-    failures: int = 0
-    #: When the first of the current run of failed requests was sent.
-    failing_since: float = 0.0
-
-
 class _Bucket:
-    """A bucket that holds something (empty ones do not exist, module docstring)."""
+    """A bucket that holds something (empty ones do not exist, module docstring).
 
-    __slots__ = ("checking", "entries", "ints", "members", "replacements")
+    Its contacts are parallel lists, least-recently seen first (position i of
+    each list is contact i): no object and no dict entry per contact (module
+    docstring, "Memory").  A contact's position is found by its integer id
+    (`RoutingTable._position`), at most k comparisons of ints.
+    """
+
+    __slots__ = ("checking", "failing_since", "failures", "ints", "members", "replacements", "seen")
 
     def __init__(self) -> None:
-        # Least-recently seen first.
-        self.entries: dict[bytes, _Entry] = {}
-        # Every entry's contact and its id as an integer, for `RoutingTable.closest`
-        # (parallel lists: no (int, contact) tuple per contact).
         self.members: list[Contact] = []
+        #: Each contact's id as an integer (`RoutingTable.closest` ranks by it).
         self.ints: list[int] = []
+        #: When each last answered us (the caller's ``now``, the object itself).
+        self.seen: list[float] = []
+        #: Requests each failed in a row, and when the first of them was sent.
+        self.failures: list[int] = []
+        self.failing_since: list[float] = []
         # Most-recently seen last.
         self.replacements: dict[bytes, Contact] = {}
         # Id of the contact whose liveness check is in flight, if any.
@@ -247,8 +253,7 @@ class RoutingTable:
     def contacts(self) -> Iterator[Contact]:
         """Every contact, bucket by bucket, least-recently seen first within a bucket."""
         for j in self._filled:
-            for entry in self._buckets[j].entries.values():
-                yield entry.contact
+            yield from self._buckets[j].members
 
     def filled_mask(self, *, exclude_id: bytes | None = None) -> int:
         """Bit j set for every bucket j holding a contact (other than ``exclude_id``).
@@ -262,7 +267,7 @@ class RoutingTable:
             mask |= 1 << j
         if exclude_id is not None and exclude_id in self._flat:
             j = self.bucket_index(exclude_id)
-            if len(self._buckets[j].entries) == 1:
+            if len(self._buckets[j].members) == 1:
                 mask &= ~(1 << j)
         return mask
 
@@ -270,9 +275,9 @@ class RoutingTable:
         """``(node_id, host, port, last_seen)`` of every contact, in `contacts` order:
         what a node saves to rejoin after a restart."""
         return [
-            (e.contact.node_id, e.contact.addr[0], e.contact.addr[1], e.last_seen)
+            (c.node_id, c.addr[0], c.addr[1], seen)
             for j in self._filled
-            for e in self._buckets[j].entries.values()
+            for c, seen in zip(self._buckets[j].members, self._buckets[j].seen, strict=True)
         ]
 
     def shared(self, contact: Contact) -> Contact:
@@ -282,16 +287,16 @@ class RoutingTable:
         return found if found is not None and found.addr == contact.addr else contact
 
     def bucket_contacts(self, index: int) -> list[Contact]:
-        return [e.contact for e in self._buckets.get(index, _NO_BUCKET).entries.values()]
+        return list(self._buckets.get(index, _NO_BUCKET).members)
 
     def knows(self, contact: Contact) -> bool:
         """True if ``contact`` (id and address) is in the table or its bucket's replacement cache."""
         if len(contact.node_id) != ID_BYTES or contact.node_id == self.own_id:
             return True  # nothing to learn about ourselves
-        bucket = self._buckets.get(self.bucket_index(contact.node_id), _NO_BUCKET)
-        held = bucket.entries.get(contact.node_id)
+        held = self._flat.get(contact.node_id)
         if held is not None:
-            return held.contact.addr == contact.addr
+            return held.addr == contact.addr
+        bucket = self._buckets.get(self.bucket_index(contact.node_id), _NO_BUCKET)
         return bucket.replacements.get(contact.node_id) == contact
 
     def has_room(self, node_id: bytes, now: float) -> bool:
@@ -299,28 +304,27 @@ class RoutingTable:
         replacement cache?  True if its bucket has a free slot or a stale contact, its
         replacement cache a free slot, or `update` would start a liveness check."""
         bucket = self._buckets.get(self.bucket_index(node_id))
-        if bucket is None or len(bucket.entries) < self.k:
+        if bucket is None or len(bucket.members) < self.k:
             return True
         if len(bucket.replacements) < self.replacement_cache:
             return True
-        if any(e.failures >= STALE_FAILURES for e in bucket.entries.values()):
+        if max(bucket.failures) >= STALE_FAILURES:
             return True
         if bucket.checking is not None:
             return False
-        oldest = next(iter(bucket.entries.values()))
-        return now - oldest.last_seen >= self.questionable_after
+        return now - bucket.seen[0] >= self.questionable_after
 
     def replacements(self, index: int) -> list[Contact]:
         return list(self._buckets.get(index, _NO_BUCKET).replacements.values())
 
     def last_seen(self, node_id: bytes) -> float:
         """When the contact last answered or sent us something (``now`` units); 0.0 if unknown."""
-        entry = self._entry(node_id)
-        return entry.last_seen if entry is not None else 0.0
+        found = self._position(node_id)
+        return found[0].seen[found[1]] if found is not None else 0.0
 
     def failures(self, node_id: bytes) -> int:
-        entry = self._entry(node_id)
-        return entry.failures if entry is not None else 0
+        found = self._position(node_id)
+        return found[0].failures[found[1]] if found is not None else 0
 
     def closest(
         self,
@@ -404,33 +408,34 @@ class RoutingTable:
         bucket = self._buckets.get(index)
         if bucket is None:
             bucket = self._buckets[index] = _Bucket()
-        entry = bucket.entries.get(node_id)
-        if entry is not None:
-            if entry.contact.addr != contact.addr:
+        held = self._flat.get(node_id)
+        if held is not None:
+            if held.addr != contact.addr:
                 return UpdateOutcome.IGNORED, None
-            del bucket.entries[node_id]  # move to the tail
-            bucket.entries[node_id] = entry
-            entry.last_seen = now
-            entry.failures = 0
+            i = bucket.ints.index(int.from_bytes(node_id, "big"))
+            self._pop(bucket, i)  # to the tail
+            self._append(bucket, held, now)
             if bucket.checking == node_id:
                 bucket.checking = None
             return UpdateOutcome.REFRESHED, None
-        if len(bucket.entries) < self.k:
+        members = bucket.members
+        if len(members) < self.k:
             self._insert(bucket, contact, now)
             return UpdateOutcome.ADDED, None
-        stale = next((e for e in bucket.entries.values() if e.failures >= STALE_FAILURES), None)
-        if stale is not None:
-            self._drop(bucket, stale.contact.node_id)
+        failures = bucket.failures
+        if max(failures) >= STALE_FAILURES:  # the least recently seen stale one gives way
+            stale = next(i for i, f in enumerate(failures) if f >= STALE_FAILURES)
+            self._drop(bucket, members[stale].node_id)
             self._insert(bucket, contact, now)
             return UpdateOutcome.ADDED, None
         self._cache_replacement(bucket, contact)
         if bucket.checking is not None:
             return UpdateOutcome.QUEUED, None
-        oldest = next(iter(bucket.entries.values()))
-        if now - oldest.last_seen < self.questionable_after:
+        if now - bucket.seen[0] < self.questionable_after:
             return UpdateOutcome.QUEUED, None
-        bucket.checking = oldest.contact.node_id
-        return UpdateOutcome.PING, oldest.contact
+        oldest = members[0]
+        bucket.checking = oldest.node_id
+        return UpdateOutcome.PING, oldest
 
     def eviction_failed(
         self, node_id: bytes, now: float, *, checked_at: float | None = None
@@ -441,10 +446,10 @@ class RoutingTable:
         then is alive after all (its answer was lost, not its node) and stays.
         Returns the promoted contact, if any.
         """
-        entry = self._entry(node_id)
-        if entry is None:
+        found = self._position(node_id)
+        if found is None:
             return None
-        if checked_at is not None and entry.last_seen > checked_at:
+        if checked_at is not None and found[0].seen[found[1]] > checked_at:
             bucket = self._buckets.get(self.bucket_index(node_id), _NO_BUCKET)
             if bucket.checking == node_id:
                 bucket.checking = None
@@ -460,23 +465,23 @@ class RoutingTable:
         stale contact with no replacement is kept.  Returns the promoted
         contact, if any.
         """
-        entry = self._entry(node_id)
-        if entry is None:
+        found = self._position(node_id)
+        if found is None:
             return None
-        if entry.failures == 0:
-            entry.failing_since = now if sent_at is None else sent_at
-        entry.failures += 1
-        if entry.failures < STALE_FAILURES:
+        bucket, i = found
+        if bucket.failures[i] == 0:
+            bucket.failing_since[i] = now if sent_at is None else sent_at
+        bucket.failures[i] += 1
+        if bucket.failures[i] < STALE_FAILURES:
             return None
-        bucket = self._buckets.get(self.bucket_index(node_id), _NO_BUCKET)
-        if bucket.replacements or (sent_at is not None and self.last_answer > entry.failing_since):
+        if bucket.replacements or (sent_at is not None and self.last_answer > bucket.failing_since[i]):
             return self.remove(node_id, now)
         return None
 
     def stale(self, node_id: bytes) -> bool:
         """True for a contact that failed `STALE_FAILURES` requests in a row."""
-        entry = self._entry(node_id)
-        return entry is not None and entry.failures >= STALE_FAILURES
+        found = self._position(node_id)
+        return found is not None and found[0].failures[found[1]] >= STALE_FAILURES
 
     def remove(self, node_id: bytes, now: float) -> Contact | None:
         """Forget ``node_id`` (and its replacement-cache entry); promote the freshest replacement."""
@@ -487,7 +492,7 @@ class RoutingTable:
         if bucket is None:
             return None
         bucket.replacements.pop(node_id, None)
-        if node_id not in bucket.entries:
+        if node_id not in self._flat:
             self._forget_if_empty(index, bucket)
             return None
         self._drop(bucket, node_id)
@@ -498,35 +503,49 @@ class RoutingTable:
         self._forget_if_empty(index, bucket)
         return None
 
-    def _entry(self, node_id: bytes) -> _Entry | None:
-        if len(node_id) != ID_BYTES or node_id == self.own_id:
+    def _position(self, node_id: bytes) -> tuple[_Bucket, int] | None:
+        """The bucket holding ``node_id`` and its position there; None if the table does not."""
+        if node_id not in self._flat:
             return None
-        bucket = self._buckets.get(self.bucket_index(node_id))
-        return bucket.entries.get(node_id) if bucket is not None else None
+        i = int.from_bytes(node_id, "big")
+        bucket = self._buckets[(self._own_int ^ i).bit_length() - 1]
+        return bucket, bucket.ints.index(i)
+
+    @staticmethod
+    def _append(bucket: _Bucket, contact: Contact, now: float) -> None:
+        bucket.members.append(contact)
+        bucket.ints.append(int.from_bytes(contact.node_id, "big"))
+        bucket.seen.append(now)
+        bucket.failures.append(0)
+        bucket.failing_since.append(0.0)
+
+    @staticmethod
+    def _pop(bucket: _Bucket, i: int) -> None:
+        del bucket.members[i]
+        del bucket.ints[i]
+        del bucket.seen[i]
+        del bucket.failures[i]
+        del bucket.failing_since[i]
 
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.replacements.pop(contact.node_id, None)
-        bucket.entries[contact.node_id] = _Entry(contact, now)
         self._flat[contact.node_id] = contact
-        bucket.members.append(contact)
-        bucket.ints.append(int.from_bytes(contact.node_id, "big"))
-        if len(bucket.entries) == 1:
+        self._append(bucket, contact, now)
+        if len(bucket.members) == 1:
             bisect.insort(self._filled, self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
-        del bucket.entries[node_id]
-        index = bucket.members.index(self._flat.pop(node_id))
-        del bucket.members[index]
-        del bucket.ints[index]
-        if not bucket.entries:
+        del self._flat[node_id]
+        self._pop(bucket, bucket.ints.index(int.from_bytes(node_id, "big")))
+        if not bucket.members:
             self._filled.remove(self.bucket_index(node_id))
         if bucket.checking == node_id:
             bucket.checking = None
         self._refresh_dirty = True
 
     def _forget_if_empty(self, index: int, bucket: _Bucket) -> None:
-        if not bucket.entries and not bucket.replacements:
+        if not bucket.members and not bucket.replacements:
             del self._buckets[index]
 
     def _cache_replacement(self, bucket: _Bucket, contact: Contact) -> None:
