@@ -135,7 +135,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from random import Random
-from typing import Final
+from typing import Any, Final
 
 from dht import wire
 from dht.events import (
@@ -235,6 +235,15 @@ STORE_HOST_BURST: Final = 100.0
 #: Requests held per address while its verification runs (alpha concurrent
 #: lookup steps, plus a STORE).
 MAX_PARKED_PER_ADDRESS: Final = ALPHA + 1
+
+
+def _give_back(*tables: dict[Any, Any]) -> None:
+    """Free the hash table of each emptied dict: a dict keeps the table it grew to after
+    its last entry is deleted (a busy moment's queries or verifications, up to 1 KiB per
+    node), and ``clear`` gives it back."""
+    for table in tables:
+        if not table:
+            table.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,6 +725,7 @@ class DhtCore:
         if self._verifying_hosts[host] <= 0:
             del self._verifying_hosts[host]
         parked = self._parked.pop(addr, [])
+        _give_back(self._verifying, self._verifying_hosts, self._parked)
         if responder is None:
             self.stats["verify.failed"] += 1
             self.stats["verify.parked_dropped"] += len(parked)
@@ -991,6 +1001,7 @@ class DhtCore:
             if query.pending:
                 return
         del self._queries[query.query_id]
+        _give_back(self._queries)
         if isinstance(query, RefreshQuery):
             self._refresh_done(query)
         elif isinstance(query, BootstrapQuery):
@@ -1021,6 +1032,7 @@ class DhtCore:
         parent = self._queries.get(refresh.parent) if refresh.parent is not None else None
         if isinstance(parent, BootstrapQuery) and parent.refresh_done():
             del self._queries[parent.query_id]
+            _give_back(self._queries)
             self._emit(parent.result())
 
     def _store_at(self, query: StoreQuery, closest: tuple[Contact, ...], now: float) -> None:
@@ -1043,6 +1055,7 @@ class DhtCore:
     def _finish(self, query: StoreQuery) -> None:
         """A put's STOREs (an announcement's ADD_PROVIDERs) have all been answered or failed."""
         self._queries.pop(query.query_id, None)
+        _give_back(self._queries)
         event = query.result()
         if event is not None:
             self._emit(event)

@@ -71,13 +71,13 @@ cap the answer, not the table).  Tables hold at most a few hundred contacts
 in practice (about k per bit of log2(network size)), so the ranking is
 cheap, and exactness is what lookups and the tests rely on.
 
-**Memory.**  A bucket is five parallel lists (contacts, their integer ids,
-when each last answered, failures in a row and when they began), not a dict
-of entry objects: a contact costs five list slots and its `Contact`, where
-an entry object and a dict entry cost about three times that (issue 18,
-docs/design.md).  The table's one dict, id to contact, answers `get` and
-membership; a contact's position in its bucket is found among at most k
-integer ids.
+**Memory.**  A bucket is four parallel lists (contacts, their integer ids,
+when each last answered, failures in a row), not a dict of entry objects
+(when a run of failures began is kept only for the contacts failing now): a
+contact costs four list slots and its `Contact`, where an entry object and
+a dict entry cost about three times that (issue 18, docs/design.md).  The
+table's one dict, id to contact, answers `get` and membership; a contact's
+position in its bucket is found among at most k integer ids.
 
 Each bucket remembers when a lookup last targeted its range
 (`touch`).  Buckets not touched for `refresh_interval` are due for a
@@ -165,7 +165,7 @@ class _Bucket:
     (`RoutingTable._position`), at most k comparisons of ints.
     """
 
-    __slots__ = ("checking", "failing_since", "failures", "ints", "members", "replacements", "seen")
+    __slots__ = ("checking", "failures", "ints", "members", "replacements", "seen")
 
     def __init__(self) -> None:
         self.members: list[Contact] = []
@@ -173,9 +173,8 @@ class _Bucket:
         self.ints: list[int] = []
         #: When each last answered us (the caller's ``now``, the object itself).
         self.seen: list[float] = []
-        #: Requests each failed in a row, and when the first of them was sent.
+        #: Requests each failed in a row (when the first was sent: `RoutingTable._failing_since`).
         self.failures: list[int] = []
-        self.failing_since: list[float] = []
         # Most-recently seen last.
         self.replacements: dict[bytes, Contact] = {}
         # Id of the contact whose liveness check is in flight, if any.
@@ -225,6 +224,9 @@ class RoutingTable:
         self._filled: list[int] = []  # sorted
         # Every contact by id, with its id as an integer: the flat view `closest` scans.
         self._flat: dict[bytes, Contact] = {}
+        #: When the current run of failed requests began, for the contacts failing now
+        #: (few: a dict of those, not a list slot per contact).
+        self._failing_since: dict[bytes, float] = {}
         # Cache of next_refresh(): it is asked after every input, and changes
         # only when a bucket is touched or the nearest non-empty bucket moves.
         self._refresh_cache: float | None = None
@@ -413,6 +415,8 @@ class RoutingTable:
             if held.addr != contact.addr:
                 return UpdateOutcome.IGNORED, None
             i = bucket.ints.index(int.from_bytes(node_id, "big"))
+            if bucket.failures[i]:
+                self._recovered(node_id)
             self._pop(bucket, i)  # to the tail
             self._append(bucket, held, now)
             if bucket.checking == node_id:
@@ -470,11 +474,11 @@ class RoutingTable:
             return None
         bucket, i = found
         if bucket.failures[i] == 0:
-            bucket.failing_since[i] = now if sent_at is None else sent_at
+            self._failing_since[node_id] = now if sent_at is None else sent_at
         bucket.failures[i] += 1
         if bucket.failures[i] < STALE_FAILURES:
             return None
-        if bucket.replacements or (sent_at is not None and self.last_answer > bucket.failing_since[i]):
+        if bucket.replacements or (sent_at is not None and self.last_answer > self._failing_since[node_id]):
             return self.remove(node_id, now)
         return None
 
@@ -517,7 +521,6 @@ class RoutingTable:
         bucket.ints.append(int.from_bytes(contact.node_id, "big"))
         bucket.seen.append(now)
         bucket.failures.append(0)
-        bucket.failing_since.append(0.0)
 
     @staticmethod
     def _pop(bucket: _Bucket, i: int) -> None:
@@ -525,7 +528,6 @@ class RoutingTable:
         del bucket.ints[i]
         del bucket.seen[i]
         del bucket.failures[i]
-        del bucket.failing_since[i]
 
     def _insert(self, bucket: _Bucket, contact: Contact, now: float) -> None:
         bucket.replacements.pop(contact.node_id, None)
@@ -535,8 +537,14 @@ class RoutingTable:
             bisect.insort(self._filled, self.bucket_index(contact.node_id))
         self._refresh_dirty = True
 
+    def _recovered(self, node_id: bytes) -> None:
+        self._failing_since.pop(node_id, None)
+        if not self._failing_since:
+            self._failing_since.clear()  # give back the table it grew to
+
     def _drop(self, bucket: _Bucket, node_id: bytes) -> None:
         del self._flat[node_id]
+        self._recovered(node_id)
         self._pop(bucket, bucket.ints.index(int.from_bytes(node_id, "big")))
         if not bucket.members:
             self._filled.remove(self.bucket_index(node_id))

@@ -230,7 +230,7 @@ def test_bucket_lists_stay_parallel_through_any_mix_of_updates_and_failures() ->
         else:
             table.remove(c.node_id, now)
         for bucket in table._buckets.values():
-            lists = (bucket.members, bucket.ints, bucket.seen, bucket.failures, bucket.failing_since)
+            lists = (bucket.members, bucket.ints, bucket.seen, bucket.failures)
             assert len({len(x) for x in lists}) == 1
             assert bucket.ints == [int.from_bytes(m.node_id, "big") for m in bucket.members]
             assert bucket.seen == sorted(bucket.seen)  # least-recently seen first
@@ -239,6 +239,8 @@ def test_bucket_lists_stay_parallel_through_any_mix_of_updates_and_failures() ->
                 assert table.last_seen(m.node_id) == last
                 assert table.failures(m.node_id) == failures
         assert len(table) == sum(len(b.members) for b in table._buckets.values())
+        # Failure runs are remembered for failing contacts only.
+        assert all(table.failures(node_id) > 0 for node_id in table._failing_since)
     assert 10 < len(table) <= 4 * 8
 
 
