@@ -238,9 +238,9 @@ def test_bucket_lists_stay_parallel_through_any_mix_of_updates_and_failures() ->
                 assert table.get(m.node_id) is m
                 assert table.last_seen(m.node_id) == last
                 assert table.failures(m.node_id) == failures
+                assert (m.node_id in table._failing_since) == (failures > 0)
         assert len(table) == sum(len(b.members) for b in table._buckets.values())
-        # Failure runs are remembered for failing contacts only.
-        assert all(table.failures(node_id) > 0 for node_id in table._failing_since)
+        assert len(table._failing_since) <= len(table)  # failing contacts only (above)
     assert 10 < len(table) <= 4 * 8
 
 
