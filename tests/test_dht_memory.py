@@ -7,9 +7,12 @@ table, and a fresh address tuple per datagram in each of them
 (docs/benchmarks.md, "DHT").  These tests fail if one of those comes back:
 
 * a fresh routing table creates no bucket, and a bucket goes away once empty;
-* the per-peer token buckets give `identity.pacing`'s answers and hold only
-  the buckets that are not full again; tables kept in LRU order by pops and
-  re-inserts do not grow with the number of moves;
+* the per-peer token buckets (one float each) give a token bucket's answers,
+  up to float rounding, and hold only the buckets that are not full again; a
+  verified address holds no amplification credit; tables kept in LRU order by
+  pops and re-inserts do not grow with the number of moves;
+* a routing bucket's parallel lists stay consistent through any mix of
+  answers, failures, evictions and removals;
 * addresses and walk results share objects instead of holding copies;
 * the record store's timer heap holds the records (no tuple per record) and
   its admission count needs no table of its own; a `UdpDriver` is one trio
