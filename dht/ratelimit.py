@@ -247,8 +247,7 @@ class AmplificationGuard:
         new address does, and earns credit with its next datagram."""
         credit = self._credit
         if self.is_verified(addr, now):
-            if addr in credit:
-                del credit[addr]
+            credit.pop(addr, None)
             return
         credit[addr] = credit.pop(addr, 0.0) + self.factor * nbytes
         if len(credit) > self.max_addresses:

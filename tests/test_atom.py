@@ -8,7 +8,6 @@ import tempfile
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import feedparser
@@ -40,12 +39,6 @@ HOSTILE = (
     "<script>alert(1)</script> ]]> &amp; \x00\x01\x08\x0b\x0c\x0e\x1b[31m\x1f \ufffe\uffff\x7f\x80\x9f"
     " end\r\nnext\rlast"
 )
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "store.sqlite3") as s:
-        yield s
 
 
 def parse(doc: bytes) -> feedparser.FeedParserDict:

@@ -12,8 +12,6 @@ transaction is committed when it returns.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,12 +23,6 @@ from tests.feeds import T0, make_chain
 
 ME = Identity(bytes([11]) * 32)
 ALICE = Identity(bytes([12]) * 32)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "store.sqlite3") as s:
-        yield s
 
 
 def other_connection(store: Store) -> sqlite3.Connection:

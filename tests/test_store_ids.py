@@ -21,12 +21,6 @@ BOB = Identity(bytes([3]) * 32)
 CAROL = Identity(bytes([4]) * 32)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "store.sqlite3") as s:
-        yield s
-
-
 def through(store: Store) -> int:
     return int(store._conn.execute(f"SELECT {entry_index.IDS_THROUGH}").fetchone()[0])
 
