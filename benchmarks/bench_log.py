@@ -8,6 +8,14 @@ round (fresh keys, fresh entries; building is not timed):
 (b) append: ``--append`` calls of ``Store.append(identity, "post",
     post_body(text), timestamp)`` into a fresh on-disk store, 1000 per
     ``store.transaction()``;
+
+    (a) and (b) run together, in alternating blocks of 1000: a block of
+    raw signs, then one append transaction (or the other way round: the
+    first of each pair alternates, and so does the first block between
+    rounds).  Each side's time is the sum over its blocks, so load that
+    comes and goes within the round reaches both sides alike (measured one
+    after the other, single rounds of the same code spread from 0.41 to
+    1.04 on a busy VM);
 (c) raw verify: ``nacl.bindings.crypto_sign_open`` (what ``identity.verify``
     calls) over every entry of the round's ``--entries`` feed, on this
     thread: one core's raw verify rate;
@@ -20,8 +28,8 @@ what it already follows.  The cost of a write grows with what the store
 holds (the index of the random 32-byte entry ids), so an empty store
 flatters append and ingest; ``docs/benchmarks.md`` reports both.
 
-Even rounds run (a) (b) (c) (d), odd rounds (d) (c) (b) (a): a side is next
-to its baseline in every round and neither always goes first.  Each round
+Even rounds run (a)+(b), (c), (d), odd rounds (d), (c), (a)+(b): a side is
+next to its baseline in every round and neither always goes first.  Each round
 gives its own ratios, append/raw sign and ingest/raw verify, on wall time
 and on CPU time; the report is the **median** over the rounds (never the
 best round), with every round's numbers beside it.
@@ -69,6 +77,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
 import hashlib
 import io
 import json
@@ -117,8 +126,12 @@ TARGET_INGEST_VERIFY = 1.0
 TARGET_IMPORT_VERIFY = 1.0
 APPEND_BATCH = 1000
 PACKAGES = ("PyNaCl", "msgpack", "sqlite")
-#: The in-process sides, in the order of even rounds (odd rounds run them backwards).
+#: The in-process sides (the report's columns).
 SIDES = ("raw_sign", "append", "raw_verify", "ingest")
+#: What a round measures, in order (reversed in odd rounds): raw sign and append together,
+#: in alternating blocks (`measure_sign_and_append`), then raw verify and ingest.
+SIGN_AND_APPEND = "raw_sign+append"
+UNITS = (SIGN_AND_APPEND, "raw_verify", "ingest")
 IMPORT_SIDES = ("raw_verify_process", "import_process")
 
 WORDS = [
@@ -291,38 +304,53 @@ def cold_verify_cache() -> Iterator[CountingCache]:
 # --- the in-process measurements -----------------------------------------------------------
 
 
-def measure_raw_sign(inputs: RoundInputs, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def measure_sign_and_append(
+    inputs: RoundInputs, args: argparse.Namespace, workdir: Path, round_index: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(a) and (b) in alternating blocks of `APPEND_BATCH` entries: a block of raw signs, then
+    one append transaction of as many entries (or the other way round; the order alternates
+    from block to block and between rounds).  Each side's time is the sum over its blocks,
+    so a change of load within the round reaches both sides alike."""
     sign = nacl.signing.SigningKey(inputs.author.seed).sign
-    contents = inputs.contents
-
-    def run() -> None:
-        for content in contents:
-            sign(content)
-
-    timing, _ = timed(run)
-    return {"entries": len(contents), **timing.as_json()}
-
-
-def measure_append(inputs: RoundInputs, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    contents, post_texts, appender = inputs.contents, inputs.append_texts, inputs.appender
+    n = len(post_texts)
     path = Path(tempfile.mkdtemp(dir=workdir)) / "store.db"
     store = fresh_store(path, inputs)
-    post_texts, appender = inputs.append_texts, inputs.appender
-    n = len(post_texts)
+    clock, cpu_clock, thread_clock = time.perf_counter, time.process_time, time.thread_time
+    spent = {"raw_sign": [0.0, 0.0, 0.0], "append": [0.0, 0.0, 0.0]}
 
-    def run() -> None:
-        for first in range(0, n, APPEND_BATCH):
-            with store.transaction():
-                for i in range(first, min(first + APPEND_BATCH, n)):
-                    store.append(appender, POST, post_body(post_texts[i]), T0 + i + 1)
+    def raw_block(first: int, last: int) -> None:
+        for content in contents[first:last]:
+            sign(content)
 
+    def append_block(first: int, last: int) -> None:
+        with store.transaction():
+            for i in range(first, last):
+                store.append(appender, POST, post_body(post_texts[i]), T0 + i + 1)
+
+    blocks = {"raw_sign": raw_block, "append": append_block}
     try:
-        timing, _ = timed(run)
+        gc.collect()
+        for number, first in enumerate(range(0, n, APPEND_BATCH)):
+            last = min(first + APPEND_BATCH, n)
+            order = ("raw_sign", "append") if (number + round_index) % 2 == 0 else ("append", "raw_sign")
+            for side in order:
+                totals = spent[side]
+                wall, cpu, thread_cpu = clock(), cpu_clock(), thread_clock()
+                blocks[side](first, last)
+                totals[0] += clock() - wall
+                totals[1] += cpu_clock() - cpu
+                totals[2] += thread_clock() - thread_cpu
         if store.latest_seq(appender.public_key) != n:
             raise SystemExit(f"append stored {store.latest_seq(appender.public_key)} of {n} entries")
     finally:
         store.close()
         shutil.rmtree(path.parent)
-    return {"entries": n, **timing.as_json()}
+    (sign_wall, sign_cpu, sign_thread), (append_wall, append_cpu, append_thread) = spent.values()
+    return (
+        {"entries": len(contents), "wall": sign_wall, "cpu": sign_cpu, "thread_cpu": sign_thread},
+        {"entries": n, "wall": append_wall, "cpu": append_cpu, "thread_cpu": append_thread},
+    )
 
 
 def measure_raw_verify(inputs: RoundInputs, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -355,8 +383,6 @@ def measure_ingest(inputs: RoundInputs, args: argparse.Namespace, workdir: Path)
 
 
 MEASURE: dict[str, Callable[[RoundInputs, argparse.Namespace, Path], dict[str, Any]]] = {
-    "raw_sign": measure_raw_sign,
-    "append": measure_append,
     "raw_verify": measure_raw_verify,
     "ingest": measure_ingest,
 }
@@ -500,7 +526,7 @@ def run_rounds(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             f"round {r + 1} of {args.rounds}: building a fresh {args.entries:,}-entry feed (not timed) ..."
         )
         inputs = round_inputs(r, args, held)
-        order = list(SIDES) if r % 2 == 0 else list(reversed(SIDES))
+        order = list(UNITS) if r % 2 == 0 else list(reversed(UNITS))
         sizes = [len(raw) for raw in inputs.raws]
         row: dict[str, Any] = {
             "round": r + 1,
@@ -508,9 +534,15 @@ def run_rounds(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
             "load_average_before": os.getloadavg(),
             "entry_bytes": {"min": min(sizes), "mean": sum(sizes) / len(sizes), "max": max(sizes)},
         }
-        for side in order:
-            row[side] = MEASURE[side](inputs, args, workdir)
-            progress(f"  {side}: {row[side]['entries'] / row[side]['wall']:,.0f} entries/s")
+        for unit in order:
+            if unit == SIGN_AND_APPEND:
+                row["raw_sign"], row["append"] = measure_sign_and_append(inputs, args, workdir, r)
+                measured = ["raw_sign", "append"]
+            else:
+                row[unit] = MEASURE[unit](inputs, args, workdir)
+                measured = [unit]
+            for side in measured:
+                progress(f"  {side}: {row[side]['entries'] / row[side]['wall']:,.0f} entries/s")
         row["append_over_raw_sign"] = speed_ratios(row["append"], row["raw_sign"])
         row["ingest_over_raw_verify"] = speed_ratios(row["ingest"], row["raw_verify"])
         if args.import_entries:
@@ -577,8 +609,10 @@ def markdown(result: dict[str, Any], context: RunContext) -> str:
         "",
         *context.markdown(),
         "",
-        f"{p['rounds']} interleaved rounds (order {' '.join(SIDES)} in odd-numbered rounds, reversed in "
-        f"even-numbered ones); fresh keys and entries every round; ingest with an empty verify cache "
+        f"{p['rounds']} interleaved rounds (order {', '.join(UNITS)} in odd-numbered rounds, reversed in "
+        f"even-numbered ones; raw sign and append in alternating blocks of {p['append_transaction_batch']:,} "
+        f"entries, the first of each pair alternating); fresh keys and entries every round; "
+        f"ingest with an empty verify cache "
         f"(hits counted: {sum(row['ingest']['verify_cache_hits'] for row in result['rounds'])}). "
         f"Entries {p['entry_bytes_min']}..{p['entry_bytes_max']} bytes signed "
         f"(mean {p['entry_bytes_mean']:.0f}); ingest of {p['entries']:,}, append and raw sign of "
@@ -676,7 +710,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             progress("profiling (not timed) ...")
             inputs = round_inputs(args.rounds, args, held_feed(args.held))
-            profiles = profile(f"append of {args.append}", lambda: measure_append(inputs, args, workdir), 25)
+            profiles = profile(
+                f"append of {args.append} (and as many raw signs, in alternating blocks)",
+                lambda: measure_sign_and_append(inputs, args, workdir, 0),
+                25,
+            )
             profiles += "\n" + profile(
                 f"ingest_many of {args.entries}", lambda: measure_ingest(inputs, args, workdir), 25
             )

@@ -81,7 +81,7 @@ def test_a_tiny_run_reports_rounds_medians_machine_and_no_cache_hits(tmp_path: P
     argv = ["--entries", "60", "--append", "30", "--import-entries", "20", "--rounds", "2"]
     assert bench_log.main([*argv, "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [row["order"][0] for row in result["rounds"]] == ["raw_sign", "ingest"]
+    assert [row["order"][0] for row in result["rounds"]] == ["raw_sign+append", "ingest"]
     assert all(row["ingest"]["verify_cache_hits"] == 0 for row in result["rounds"])
     for key in ("append_over_raw_sign", "ingest_over_raw_verify", "import_over_raw_verify"):
         wall = result["ratios"][key]["wall"]
@@ -91,6 +91,39 @@ def test_a_tiny_run_reports_rounds_medians_machine_and_no_cache_hits(tmp_path: P
     assert result["machine"]["cpu"] and result["machine"]["cores"]
     assert len(result["load_average_before"]) == len(result["load_average_after"]) == 3
     assert "--rounds 2" in result["command"]
+
+
+def test_raw_sign_and_append_run_in_alternating_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Load that changes within a round must reach both sides: blocks of raw signs and append
+    transactions alternate, and so does which of a pair goes first."""
+    events: list[str] = []
+    real_key = bench_log.nacl.signing.SigningKey
+
+    class RecordingKey:
+        def __init__(self, seed: bytes) -> None:
+            self._key = real_key(seed)
+
+        def sign(self, message: bytes) -> object:
+            events.append("s")
+            return self._key.sign(message)
+
+    real_body = bench_log.post_body
+
+    def recording_body(text: str) -> dict[str, object]:
+        events.append("a")
+        return real_body(text)
+
+    monkeypatch.setattr(bench_log.nacl.signing, "SigningKey", RecordingKey)
+    monkeypatch.setattr(bench_log, "post_body", recording_body)
+    monkeypatch.setattr(bench_log, "APPEND_BATCH", 3)
+    inputs = bench_log.round_inputs(0, argparse.Namespace(entries=8, append=8), [])
+    events.clear()  # (building the inputs made bodies too)
+    sign, append = bench_log.measure_sign_and_append(inputs, argparse.Namespace(), tmp_path, 1)
+    assert "".join(events) == "aaasss" + "sssaaa" + "aass"
+    assert sign["entries"] == append["entries"] == 8
+    assert sign["wall"] > 0 and append["wall"] > 0 and append["cpu"] > 0
 
 
 def test_with_held_the_measured_stores_already_hold_another_feed(tmp_path: Path) -> None:
