@@ -39,10 +39,11 @@ batch joins it; an error escaping a batch half-written (SQLite's: refusals
 are reported, not raised) makes that transaction roll back rather than commit
 half a batch.
 
-Entries are found by id through ``entry_ids``, not an index on ``entries``
-(`p2pblog.entry_index`): a commit folds the newest rows' ids into it in id
-order once there are `FOLD_IDS_AT` of them (a delete entry folds first, in
-its transaction), and a lookup also scans the rows not folded yet.
+Entries are found by id through the id index (``entry_ids``, in two levels),
+not an index on ``entries`` (`p2pblog.entry_index`): a commit folds the
+newest rows' ids into it in id order once there are `FOLD_IDS_AT` of them (a
+delete entry folds first, in its transaction), and a lookup also scans the
+rows not folded yet.
 
 Our own entries (`Store.append`) take a similar shortcut inside a
 transaction: a post's or profile's row is queued, not INSERTed, and the
@@ -485,6 +486,27 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         SELECT l.id, l.author, l.seq, l.timestamp, l.kind, l.reply_to, l.raw FROM loose_entries l
         WHERE coalesce(
             (SELECT entry FROM entry_ids WHERE id = l.id),
+            (SELECT rowid FROM entries
+             WHERE rowid > coalesce((SELECT value FROM settings WHERE key = 'ids_through'), 0) AND id = l.id)
+        ) IS NULL;
+    """,
+    # 10: the id index in two levels (`p2pblog.entry_index`): folds go to the small
+    # ``entry_ids_new`` and move to ``entry_ids`` in sorted merges, so a fold no longer
+    # rewrites every page of the whole index.  ``known_entries`` looks in both.
+    """
+    CREATE TABLE entry_ids_new (
+        id          BLOB PRIMARY KEY,
+        entry       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_new_rows', 0);
+    DROP VIEW known_entries;
+    CREATE VIEW known_entries AS
+        SELECT id, author, seq, timestamp, kind, reply_to, raw FROM entries
+        UNION ALL
+        SELECT l.id, l.author, l.seq, l.timestamp, l.kind, l.reply_to, l.raw FROM loose_entries l
+        WHERE coalesce(
+            (SELECT entry FROM entry_ids WHERE id = l.id),
+            (SELECT entry FROM entry_ids_new WHERE id = l.id),
             (SELECT rowid FROM entries
              WHERE rowid > coalesce((SELECT value FROM settings WHERE key = 'ids_through'), 0) AND id = l.id)
         ) IS NULL;
@@ -1890,8 +1912,8 @@ class Store(DeviceTables, DmTables):
         return report
 
     def _verify_ids(self, report: VerifyReport) -> None:
-        """``entry_ids`` holds the id and rowid of every entry up to ``ids_through``, and nothing
-        else (`p2pblog.entry_index`)."""
+        """The id index (``entry_ids`` and ``entry_ids_new``) holds the id and rowid of every
+        entry up to ``ids_through``, each once, and nothing else (`p2pblog.entry_index`)."""
         missing, stray = entry_index.disagreements(self._db)
         if not missing and not stray:
             return

@@ -12,7 +12,7 @@ import pytest
 from identity import Identity, limits
 from p2pblog import entry_index
 from p2pblog import store as store_module
-from p2pblog.entry import DELETE, decode_entry, post_body
+from p2pblog.entry import DELETE, Entry, decode_entry, post_body
 from p2pblog.store import MIGRATIONS, SCHEMA_VERSION, VERIFY_CHUNK, Store
 from tests.feeds import make_chain, make_entry
 
@@ -30,7 +30,11 @@ def top(store: Store) -> int:
 
 
 def folded(store: Store) -> int:
-    return int(store._conn.execute("SELECT count(*) FROM entry_ids").fetchone()[0])
+    """Ids in the index, both levels."""
+    (count,) = store._conn.execute(
+        "SELECT (SELECT count(*) FROM entry_ids) + (SELECT count(*) FROM entry_ids_new)"
+    ).fetchone()
+    return int(count)
 
 
 def test_entries_have_no_index_on_id_and_a_commit_folds_a_long_tail(
@@ -254,3 +258,165 @@ def test_a_truncated_feed_leaves_the_search_index_and_its_rowids_to_the_next_pos
     found = store.search("okapi")
     assert sorted(h.item.entry.seq for h in found) == [1, 2, 3]
     assert {h.item.entry.id for h in found} == {e.id for e in bob}
+
+
+# --- two levels (schema 10) ----------------------------------------------------------------
+
+
+def levels(store: Store) -> tuple[int, int]:
+    """(rows of entry_ids, rows of entry_ids_new)."""
+    big, small = store._conn.execute(
+        "SELECT (SELECT count(*) FROM entry_ids), (SELECT count(*) FROM entry_ids_new)"
+    ).fetchone()
+    return int(big), int(small)
+
+
+def small_levels(monkeypatch: pytest.MonkeyPatch, fold: int = 8, merge: int = 16) -> None:
+    monkeypatch.setattr(store_module, "FOLD_IDS_AT", fold)
+    monkeypatch.setattr(entry_index, "FOLD_IDS_AT", fold)
+    monkeypatch.setattr(entry_index, "MERGE_IDS_MIN", merge)
+
+
+def test_merge_at_grows_as_the_root_of_the_big_level_times_a_fold() -> None:
+    assert entry_index.merge_at(0) == entry_index.MERGE_IDS_MIN == 16384
+    assert entry_index.merge_at(65_536) == 16384  # sqrt(65,536 * 4,096)
+    assert entry_index.merge_at(100_000) == 20238
+    assert entry_index.merge_at(1_000_000) == 64000
+
+
+def test_folds_gather_in_the_small_level_and_move_to_the_big_one_in_a_merge(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_levels(monkeypatch)
+    chains = [make_chain(who, 8) for who in (ALICE, BOB, CAROL)]
+    store.ingest_entries(chains[0])
+    assert levels(store) == (8, 0)  # the first ids: straight into the big level
+    store.ingest_entries(chains[1])
+    assert levels(store) == (8, 8)  # a fold: the small level
+    store.ingest_entries(make_chain(ALICE, 3, start=chains[0][-1]))
+    assert levels(store) == (8, 8) and through(store) == 16  # 3 rows: the tail
+    for entries in chains[:2]:  # found in either level
+        for entry in entries:
+            item = store.get(entry.id)
+            assert item is not None and item.entry == entry
+    assert store.has_entry(store.timeline(ALICE.public_key)[0].entry.id)  # found in the tail
+    store.ingest_entries(chains[2])
+    assert levels(store) == (27, 0)  # the small level reached 16 + 3 rows: merged
+    assert through(store) == top(store) == 27
+    for entries in chains:
+        assert all(store.has_entry(e.id) for e in entries)
+    assert store._conn.execute(f"SELECT {entry_index._NEW_ROWS}").fetchone()[0] == 0
+    assert store.verify().ok
+
+
+def test_a_fold_as_large_as_a_merge_goes_straight_to_the_big_level(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_levels(monkeypatch)
+    store.ingest_entries(make_chain(ALICE, 8))
+    store.ingest_entries(make_chain(BOB, 8))
+    assert levels(store) == (8, 8)
+    store.ingest_entries(make_chain(CAROL, 16))  # a batch of merge_at rows
+    assert levels(store) == (24, 8)
+    assert store.verify().ok
+
+
+def test_verify_reports_an_id_in_both_levels_and_rebuilds_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small_levels(monkeypatch)
+    first, second = make_chain(ALICE, 8), make_chain(BOB, 8)
+    store.ingest_entries(first)
+    store.ingest_entries(second)
+    store._conn.execute("INSERT INTO entry_ids (id, entry) VALUES (?, 9)", (second[0].id,))
+    store._conn.execute("DELETE FROM entry_ids_new WHERE id = ?", (second[1].id,))
+    problems = store.verify().problems
+    assert any("misses 1 stored entries (rebuilt" in p for p in problems)
+    assert any("1 rows of no stored entry (rebuilt" in p for p in problems)  # in both levels
+    assert store.verify().ok
+    assert levels(store) == (16, 0)
+    assert all(store.has_entry(e.id) for e in first + second)
+
+
+def test_a_truncated_feed_leaves_the_small_level_too(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_levels(monkeypatch)
+    store.ingest_entries(make_chain(BOB, 8))
+    chain = make_chain(ALICE, 8)
+    store.ingest_entries(chain)
+    assert levels(store) == (8, 8)
+    with store.transaction():
+        store._truncate(ALICE.public_key, 3)
+    assert levels(store) == (8, 3)
+    assert store._conn.execute(f"SELECT {entry_index._NEW_ROWS}").fetchone()[0] == 3
+    assert not store.has_entry(chain[3].id) and store.has_entry(chain[2].id)
+    assert store.verify().ok
+
+
+def test_random_ingests_and_truncations_keep_every_entry_findable(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever sequence of commits, folds, merges and truncations: every stored entry is
+    found by id, no dropped one is, and the index agrees with the entries."""
+    import random
+
+    seed = 1830
+    rng = random.Random(seed)
+    small_levels(monkeypatch, fold=4, merge=8)
+    authors = [Identity(bytes([10 + i]) * 32) for i in range(4)]
+    heads: dict[bytes, list[Entry]] = {a.public_key: [] for a in authors}
+    dropped: list[bytes] = []
+    for step in range(60):
+        who = rng.choice(authors)
+        held = heads[who.public_key]
+        if held and rng.random() < 0.15:
+            keep = rng.randrange(len(held))
+            with store.transaction():
+                store._truncate(who.public_key, keep)
+            dropped += [e.id for e in held[keep:]]
+            del held[keep:]
+        else:
+            start = held[-1] if held else None
+            # (a text of its own: a dropped entry made again would be the same entry)
+            new = make_chain(who, rng.randint(1, 7), start=start, text=f"step {step}")
+            assert store.ingest_entries(new).accepted == len(new), f"seed {seed}, step {step}"
+            held += new
+        assert entry_index.disagreements(store._conn) == (0, 0), f"seed {seed}, step {step}"
+        for entries in heads.values():
+            assert all(store.has_entry(e.id) for e in entries), f"seed {seed}, step {step}"
+        assert not any(store.has_entry(i) for i in dropped), f"seed {seed}, step {step}"
+    assert levels(store)[0] and store.verify().ok
+
+
+def test_a_schema_9_store_gains_the_small_level(tmp_path: Path) -> None:
+    """Migration 10: the folded ids stay where they are, the tail and the notices too."""
+    path = tmp_path / "v9.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:9]):
+        db.executescript(f"BEGIN; {migration} PRAGMA user_version = {number + 1}; COMMIT;")
+    chain = make_chain(ALICE, 6)
+    mention = make_entry(CAROL, 1, None, body=post_body(f"hi @{ALICE.handle}"))
+    db.execute("BEGIN")
+    for rowid, e in enumerate(chain, start=1):
+        db.execute(
+            "INSERT INTO entries (rowid, author, seq, id, timestamp, kind, reply_to, raw) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (rowid, e.author, e.seq, e.id, e.timestamp, e.kind, None, e.raw),
+        )
+    db.execute(
+        "INSERT INTO feeds (author, latest_seq, latest_id) VALUES (?, 6, ?)", (ALICE.public_key, chain[5].id)
+    )
+    db.execute("INSERT INTO entry_ids (id, entry) SELECT id, rowid FROM entries WHERE rowid <= 4")
+    db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('ids_through', 4)")
+    db.execute("COMMIT")
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 10
+        assert levels(store) == (4, 0) and through(store) == 4
+        assert all(store.has_entry(e.id) for e in chain)
+        assert store.add_loose(mention, mention.timestamp)
+        store.ingest_entries([mention])
+        count = store._conn.execute(
+            "SELECT count(*) FROM known_entries WHERE author = ?", (CAROL.public_key,)
+        )
+        assert count.fetchone()[0] == 1
+        assert store.verify().ok
