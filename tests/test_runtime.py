@@ -20,6 +20,7 @@ import functools
 import itertools
 import math
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -53,6 +54,51 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     clock = trio.testing.MockClock(autojump_threshold=AUTOJUMP)
     clock.jump(T0)
     trio.run(test, clock=clock)
+
+
+class ClockHold:
+    """Keeps the mock clock from jumping while real work runs off the event loop.
+
+    The clock jumps to the next deadline once every task has been blocked for
+    `AUTOJUMP` real seconds, and a task waiting for a verifier thread or process
+    is blocked.  On a loaded machine a batch (or a worker process starting) takes
+    far longer than that, and without a hold a few hundred jumps spend a test's
+    whole virtual budget in under a second of real time.  In real use a batch
+    takes milliseconds of the same clock the timers run on.
+    """
+
+    def __init__(self) -> None:
+        self.clock = trio.lowlevel.current_clock()
+        self.held = 0
+
+    @staticmethod
+    def current() -> ClockHold:
+        """The hold of this run's clock, shared by every node of the run."""
+        try:
+            return _HOLD.get()
+        except LookupError:
+            _HOLD.set(ClockHold())
+            return _HOLD.get()
+
+    def wrap(self, work: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        if not isinstance(self.clock, trio.testing.MockClock):
+            return work
+
+        async def held(*args: Any) -> None:
+            assert isinstance(self.clock, trio.testing.MockClock)
+            self.held += 1
+            self.clock.autojump_threshold = math.inf
+            try:
+                await work(*args)
+            finally:
+                self.held -= 1
+                if not self.held:
+                    self.clock.autojump_threshold = AUTOJUMP
+
+        return held
+
+
+_HOLD: trio.lowlevel.RunVar[ClockHold] = trio.lowlevel.RunVar("clock_hold")
 
 
 # -- gossip "TCP" in memory --------------------------------------------------------------
@@ -218,6 +264,9 @@ class Node:
             on_event=self.core.on_event,
             **driver,
         )
+        # The driver starts each batch's check as a task running `_verify`: hold the
+        # mock clock while one runs (see `ClockHold`).
+        self.driver._verify = ClockHold.current().wrap(self.driver._verify)  # type: ignore[method-assign]
         self.addrs = [("udp", *self.udp), ("tcp", *self.driver.gossip_addr)]
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
@@ -312,6 +361,22 @@ def open_connections(core: RecordingCore) -> list[int]:
 
 
 # -- tests ----------------------------------------------------------------------------------
+
+
+def test_the_mock_clock_does_not_jump_while_work_off_the_loop_is_held() -> None:
+    async def main() -> None:
+        async def check() -> None:
+            await trio.to_thread.run_sync(time.sleep, 20 * AUTOJUMP)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 1000)  # a deadline to jump to
+            start = trio.current_time()
+            await ClockHold.current().wrap(check)()
+            assert trio.current_time() == start
+            await check()  # not held: the clock jumps to the sleeper's deadline
+            assert trio.current_time() == start + 1000
+
+    run(main)
 
 
 def test_a_post_reaches_a_follower_over_the_runtime(tmp_path: Path) -> None:
