@@ -264,9 +264,12 @@ class Node:
             on_event=self.core.on_event,
             **driver,
         )
-        # The driver starts each batch's check as a task running `_verify`: hold the
-        # mock clock while one runs (see `ClockHold`).
-        self.driver._verify = ClockHold.current().wrap(self.driver._verify)  # type: ignore[method-assign]
+        # The driver starts each batch's check (`_verify`) and each notice stamp's proof of
+        # work (`_make_stamp`) as a task waiting for a worker: hold the mock clock while
+        # one runs (see `ClockHold`).
+        hold = ClockHold.current()
+        self.driver._verify = hold.wrap(self.driver._verify)  # type: ignore[method-assign]
+        self.driver._make_stamp = hold.wrap(self.driver._make_stamp)  # type: ignore[method-assign]
         self.addrs = [("udp", *self.udp), ("tcp", *self.driver.gossip_addr)]
         self.scope = trio.CancelScope()
         self.stopped = trio.Event()
