@@ -197,7 +197,7 @@ class Host:
 
     def python(self, code: str, *args: str, timeout: float = 30, check: bool = True) -> str:
         """Run a Python snippet (this interpreter, the project on its path) here; its stdout."""
-        env = ["env", f"PYTHONPATH={ROOT}"]
+        env = ["env", "--unset=PYTHONDONTWRITEBYTECODE", f"PYTHONPATH={ROOT}"]  # see `child_env`
         return self.run(*env, sys.executable, "-c", code, *args, timeout=timeout, check=check).stdout
 
 
@@ -362,6 +362,7 @@ class NatLab:
         """``python -m p2pblog --home HOME ARGS`` in ``host`` (e.g. ``"run", "--listen", ...``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
         env["PYTHONPATH"] = str(ROOT)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # see `tests.process.child_env`
         kwargs.setdefault("env", env)
         return self.popen(host, sys.executable, "-m", "p2pblog", "--home", str(home), *args, **kwargs)
 
@@ -371,6 +372,7 @@ class NatLab:
         """Run ``p2pblog --home HOME ARGS`` in ``host`` and wait (a CLI command: the control
         API of a node answers only inside its own namespace)."""
         clean = [f"--unset={k}" for k in os.environ if k.startswith("P2PBLOG_")]
+        clean.append("--unset=PYTHONDONTWRITEBYTECODE")  # see `tests.process.child_env`
         cmd = ["env", *clean, f"PYTHONPATH={ROOT}", sys.executable, "-m", "p2pblog", "--home", str(home)]
         return host.run(*cmd, *args, check=False, timeout=timeout)
 

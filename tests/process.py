@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a p2pblog child process: no P2PBLOG_ settings, this checkout first."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
+    # Children may cache compiled modules (in the git-ignored __pycache__ folders): with
+    # PYTHONDONTWRITEBYTECODE set (as it is on this project's machines) each child process
+    # compiled the project's modules again, 0.05-0.1 s of CPU per `p2pblog` command.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     return env
