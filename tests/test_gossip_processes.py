@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from identity import decode_handle
+from p2pblog import control
 from p2pblog.store import Store
 from tests.nodes import NodeProcess, run, start_node, status, timeline_texts, wait_for
 from tests.process import p2pblog
@@ -124,8 +125,8 @@ def test_a_restarted_follower_catches_up_to_exactly_the_authors_feed(
     follow_and_connect(b, a)
     b.stop()
 
-    for i in range(50):
-        run(a.home, "post", f"post {i}")
+    for i in range(50):  # through A's control API, as `p2pblog post` would (without 50 processes)
+        control.call(a.home, "post", {"text": f"post {i}"})
     assert latest_seq(a.home, a.handle) == 50
 
     b = restart(nodes, b)
@@ -162,7 +163,7 @@ def descendants(pid: int) -> set[int]:
 def test_a_killed_node_leaves_no_verifier_processes(tmp_path: Path, nodes: list[NodeProcess]) -> None:
     a = start(nodes, tmp_path / "a")
     for i in range(40):  # one batch of 40: checked in a verifier process
-        run(a.home, "post", f"post {i}")
+        control.call(a.home, "post", {"text": f"post {i}"})
     b = start(nodes, tmp_path / "b", "--bootstrap", a.bootstrap)
     run(b.home, "follow", a.handle)
     assert wait_for(lambda: latest_seq(b.home, a.handle) == 40, timeout=20), b.output()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pblog import control
 from tests.nodes import NodeProcess, cli_json, run, start_node, status, wait_for
 from tests.process import child_env, p2pblog
 from tests.test_web import _sse_events, sign_in
@@ -97,8 +98,8 @@ def test_track_commands_work_offline_and_through_a_running_node(
     missing = p2pblog(home, "track", "remove", "#nothing")
     assert missing.returncode != 0 and "not tracked" in missing.stderr
     # A 65th term is refused with one clear line.
-    for i in range(62):
-        run(home, "track", "add", f"w{i}")
+    for i in range(62):  # through the control API, as `p2pblog track add` would
+        control.call(home, "track_add", {"term": f"w{i}"})
     over = p2pblog(home, "track", "add", "onemore")
     assert over.returncode != 0 and "at most 64" in over.stderr and "Traceback" not in over.stderr
 
