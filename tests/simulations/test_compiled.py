@@ -100,15 +100,15 @@ def run_cli(out: Path, *args: str, build: Path | None) -> str:
 @pytest.mark.parametrize(
     ("args", "outputs"),
     [
-        (["run", "baseline", "--nodes", "30", "--duration", "300"], ["."]),
-        (["run", "crash-and-loss", "--nodes", "24", "--duration", "400"], ["."]),
+        (["run", "baseline", "--nodes", "20", "--duration", "200"], ["."]),
+        (["run", "crash-and-loss", "--nodes", "16", "--duration", "400"], ["."]),
         # Workers are forked after the option is read, and the scenario is pickled to them.
         (
             ["sweep", "baseline", "--seeds", "1..2", "--nodes", "12", "--duration", "300", "-j", "2"],
             ["seed-1", "seed-2"],
         ),
         # Spawned shard workers take the coordinator's build; the DHT model's view crosses shards.
-        (["run", "baseline", "--nodes", "30", "--duration", "300", "--dht", "model", "--shards", "2"], ["."]),
+        (["run", "baseline", "--nodes", "20", "--duration", "200", "--dht", "model", "--shards", "2"], ["."]),
     ],
     ids=["baseline", "crash-and-loss", "sweep", "sharded-model"],
 )
