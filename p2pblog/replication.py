@@ -141,6 +141,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import math
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -207,6 +208,9 @@ from p2pblog.verify import first_forgery
 MAINTAIN_EVERY: Final = 30.0
 #: Seconds before a feed whose entries a full disk refused is asked for again.
 STORAGE_RETRY: Final = 60.0
+#: Seconds between looks for room on the disk (a statvfs call) while refused entries wait
+#: for it: a freed disk resumes the catch-up within this, not at the next maintenance pass.
+SPACE_CHECK_EVERY: Final = 5.0
 #: Seconds before a feed whose entries were refused for a full verification queue is asked again.
 BUSY_RETRY: Final = 1.0
 #: Outbound connections (dials in progress and sessions we dialled): a budget of
@@ -579,9 +583,11 @@ class Replicator:
         self.verify = VerifyQueue(offload=False)
         #: Dial-backs we run for peers (`MAX_PROBES`, `PROBE_RATE`), and the peers we asked
         #: for one -> until when their inbound connection is taken as its probe.
-        #: Feeds whose entries a full disk refused: asked for again at the first pass that
-        #: finds space (or after STORAGE_RETRY).
+        #: Feeds whose entries a full disk refused: asked for again at the first look that
+        #: finds space (every SPACE_CHECK_EVERY), or after STORAGE_RETRY.
         self._waiting_for_space: set[bytes] = set()
+        #: When to look for room again (`_space_back`); infinite while nothing waits.
+        self._space_check_at = math.inf
         self._probe_budget = TokenBucket(PROBE_RATE, PROBE_BURST, now)
         self._probes_expected: dict[bytes, tuple[float, int]] = {}
         #: Relaying.  As a relay (when ``relay_enabled``): reserved keys -> until when, and
@@ -635,6 +641,7 @@ class Replicator:
             self._maintain_at,
             min(self._deadlines.values(), default=self._maintain_at),
             min(self._ask_again.values(), default=self._maintain_at),
+            self._space_check_at,
         )
 
     def offload_verification(self) -> None:
@@ -949,6 +956,8 @@ class Replicator:
         self._pump(now)
 
     def handle_timer(self, now: float) -> None:
+        if now >= self._space_check_at:
+            self._space_back(now)  # before the feeds due to be asked again: room makes them due
         due = [c for c, t in self._deadlines.items() if t <= now]
         for conn_id in due:
             conn = self._conns[conn_id]
@@ -1231,14 +1240,17 @@ class Replicator:
         rather than at STORAGE_RETRY."""
         waiting = self._waiting_for_space
         if not waiting:
+            self._space_check_at = math.inf
             return
         free = self.store.free_bytes()
         if self.store.full and (free is None or free < FULL_BELOW_BYTES):
+            self._space_check_at = now + SPACE_CHECK_EVERY
             return
         for feed in waiting:
             if feed in self._ask_again:
                 self._ask_again[feed] = min(self._ask_again[feed], now)
         waiting.clear()
+        self._space_check_at = math.inf
 
     def _prune_idle(self, now: float) -> None:
         """Near the cap, close sessions that replicate none of our feeds, to make room."""
@@ -1968,6 +1980,7 @@ class Replicator:
             session.entries_stored(event.feed, now)
             self._ask_again[event.feed] = now + STORAGE_RETRY
             self._waiting_for_space.add(event.feed)
+            self._space_check_at = min(self._space_check_at, now + SPACE_CHECK_EVERY)
             if self.store.latest_seq(event.feed) > before:
                 self._feed_grew(conn, event.feed, now)
             return

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import itertools
+from collections.abc import Iterable
+from pathlib import Path
 from random import Random
 
 import pytest
@@ -22,9 +24,11 @@ from identity import Identity
 from p2pblog import replication
 from p2pblog.dialing import FIRST_BACKOFF, MAX_BACKOFF
 from p2pblog.entry import FOLLOW, POST, Entry, create_entry, encode_content, post_body
+from p2pblog.errors import StorageFull
 from p2pblog.node import NodeCore
 from p2pblog.replication import (
     MAINTAIN_EVERY,
+    SPACE_CHECK_EVERY,
     EntriesStored,
     InputRefused,
     PeerConnected,
@@ -32,7 +36,7 @@ from p2pblog.replication import (
     Replicator,
 )
 from p2pblog.scoring import BAN_SECONDS
-from p2pblog.store import Store
+from p2pblog.store import IngestReport, Store
 from tests.gossip.wire import PORT, T0, ChannelPeer, Wire
 from tests.wire_nodes import OpenStore, open_store
 
@@ -159,6 +163,51 @@ def test_a_long_feed_is_caught_up_in_batches(open_store: OpenStore, already_held
     assert len(events) == -(-missing // BATCH_ENTRIES) and sum(e.count for e in events) == missing
     assert events[-1].latest == 1200
     assert all(e.peer == A.public_key for e in events)
+
+
+class DiskThatFills(Store):
+    """A real store whose disk a test can fill: while ``no_room``, entry writes are refused
+    as a full disk refuses them (`StorageFull`, ``full``) and no byte is free.
+    tests/test_disk_full.py does this with a real tmpfs, in processes."""
+
+    no_room = False
+
+    def ingest_entries(self, entries: Iterable[Entry], *, now_ms: int | None = None) -> IngestReport:
+        if self.no_room:
+            self.full = True
+            self.refused_writes += 1
+            raise StorageFull(f"the disk is full: cannot write to {self.path}")
+        return super().ingest_entries(entries, now_ms=now_ms)
+
+    def free_bytes(self) -> int | None:
+        return 0 if self.no_room else super().free_bytes()
+
+
+def test_a_catch_up_refused_by_a_full_disk_resumes_within_seconds_of_room(tmp_path: Path) -> None:
+    feed = a_chain(30)
+    wire = Wire()
+    with Store(tmp_path / "a.db") as a_store, DiskThatFills(tmp_path / "b.db") as b_store:
+        a = make_replicator(A, holding(a_store, feed), seed=1)
+        follow(b_store, B, A.public_key)
+        b_store.no_room = True
+        b = make_replicator(B, b_store, seed=2)
+        wire.add("a", a, HOST["a"])
+        wire.add("b", b, HOST["b"])
+        b.add_candidates(A.public_key, candidate(wire, "a", A), wire.now)
+        wire.settle()
+        assert b.stats["entries.refused_storage_full"] == len(feed)
+        assert b_store.latest_seq(A.public_key) == 0 and b.is_connected(A.public_key)
+        assert not [k for k in b.stats if k.startswith("misbehaved")]  # not the peer's fault
+        # Still full: the node looks again and waits, without asking for what it cannot store.
+        wire.advance(2 * SPACE_CHECK_EVERY)
+        assert b.stats["entries.refused_storage_full"] == len(feed)
+        # Room again: the catch-up resumes at the next look, long before a maintenance pass.
+        b_store.no_room = False
+        wire.advance(SPACE_CHECK_EVERY)
+        assert ids(b_store, A.public_key) == [e.id for e in feed]
+        assert SPACE_CHECK_EVERY < MAINTAIN_EVERY / 2
+        # Nothing waits any more: no more looks (the timer is the maintenance pass's).
+        assert b.get_timer() is not None and b.get_timer() > wire.now + SPACE_CHECK_EVERY
 
 
 def test_a_follower_reads_an_offline_author_through_another_follower(open_store: OpenStore) -> None:
