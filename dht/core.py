@@ -421,22 +421,27 @@ class DhtCore:
 
     def get_timer(self) -> float | None:
         """The earliest time at which `handle_timer` has work, or None."""
-        deadlines: list[float] = []
-        d1 = self._rpcs.next_deadline()
-        if d1 is not None:
-            deadlines.append(d1)
+        # Asked after every input: plain comparisons (the first of equal deadlines wins, as
+        # with min), no temporary list.
+        at = self._rpcs.next_deadline()
         if self.config.lookup_peer_timeout < self.config.rpc_timeout:
             # Otherwise a lookup's peer times out no earlier than the RPC to it,
             # whose deadline is above; asked after every input, so skip the scan.
             for query in self._queries.values():
                 if query.lookup is not None:
                     d = query.lookup.next_deadline()
-                    if d is not None:
-                        deadlines.append(d)
-        for d2 in (self.table.next_refresh(), self.records.next_deadline(), self.providers.next_deadline()):
-            if d2 is not None:
-                deadlines.append(d2)
-        return min(deadlines) if deadlines else None
+                    if d is not None and (at is None or d < at):
+                        at = d
+        d = self.table.next_refresh()
+        if d is not None and (at is None or d < at):
+            at = d
+        d = self.records.next_deadline()
+        if d is not None and (at is None or d < at):
+            at = d
+        d = self.providers.next_deadline()
+        if d is not None and (at is None or d < at):
+            at = d
+        return at
 
     @property
     def active_queries(self) -> int:

@@ -138,6 +138,16 @@ class _Outcome(enum.Enum):
 _WAIT = _Outcome.WAIT
 _EXHAUSTED = _Outcome.EXHAUSTED
 _BLOCKED = _Outcome.BLOCKED
+# The states as module constants too: ``PeerState.WAITING`` is a lookup through the enum
+# class's metaclass (slow: it defines __getattr__), and a walk compares the state of every peer.
+_NOT_CONTACTED = PeerState.NOT_CONTACTED
+_WAITING = PeerState.WAITING
+_UNRESPONSIVE = PeerState.UNRESPONSIVE
+_FAILED = PeerState.FAILED
+_SUCCEEDED = PeerState.SUCCEEDED
+_ITERATING = LookupState.ITERATING
+_STALLED = LookupState.STALLED
+_FINISHED = LookupState.FINISHED
 
 
 @dataclass(slots=True)
@@ -198,7 +208,7 @@ class ClosestPeersLookup:
         self.peer_timeout = peer_timeout
         self.local_id = local_id
         self.max_per_network = max_per_network
-        self.state = LookupState.ITERATING
+        self.state: LookupState = _ITERATING
         self._target_int = int.from_bytes(target, "big")
         self._no_progress = 0
         #: The last pass stepped over a peer of a network that had its share.
@@ -219,21 +229,29 @@ class ClosestPeersLookup:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _insert(self, contact: Contact, hop: int = 1) -> bool:
-        """Add a contact (id and address) we have not seen; True when it is new."""
-        if contact.node_id == self.local_id or len(contact.node_id) != ID_BYTES:
-            return False
-        same_id = self._peers.setdefault(contact.node_id, [])
-        if any(p.contact.addr == contact.addr for p in same_id):
-            return False
-        d = int.from_bytes(contact.node_id, "big") ^ self._target_int
+    def _insert(self, contact: Contact, hop: int = 1) -> int | None:
+        """Add a contact (id and address) we have not seen; its distance when it is new, else None."""
+        node_id = contact.node_id
+        if node_id == self.local_id or len(node_id) != ID_BYTES:
+            return None
+        # Plain loops, no setdefault or generator: every contact of every answer comes here.
+        same_id = self._peers.get(node_id)
+        if same_id is None:
+            same_id = self._peers[node_id] = []
+        else:
+            addr = contact.addr
+            for p in same_id:
+                if p.contact.addr == addr:
+                    return None
+        d = int.from_bytes(node_id, "big") ^ self._target_int
         peer = _Peer(contact, d, hop=hop)
         same_id.append(peer)
         # bisect_right: an id's later addresses go after its earlier ones.
-        i = bisect.bisect_right(self._order.keys, d)
-        self._order.keys.insert(i, d)
-        self._order.peers.insert(i, peer)
-        return True
+        order = self._order
+        i = bisect.bisect_right(order.keys, d)
+        order.keys.insert(i, d)
+        order.peers.insert(i, peer)
+        return d
 
     def _insert_seeds(self, seeds: Iterable[Contact]) -> None:
         """`_insert` of every seed, in order, with one sort instead of a bisect and a list
@@ -262,20 +280,20 @@ class ClosestPeersLookup:
     def _active(self, node_id: bytes) -> _Peer | None:
         """The contact of ``node_id`` that is in flight or timed out (at most one is)."""
         for peer in self._peers.get(node_id, ()):
-            if peer.state is PeerState.WAITING or peer.state is PeerState.UNRESPONSIVE:
+            if peer.state is _WAITING or peer.state is _UNRESPONSIVE:
                 return peer
         return None
 
     def _at_capacity(self) -> bool:
-        if self.state is LookupState.STALLED:
+        if self.state is _STALLED:
             return len(self._waiting) >= max(self.k, self.alpha)
-        if self.state is LookupState.ITERATING:
+        if self.state is _ITERATING:
             return len(self._waiting) >= self.alpha
         return True
 
     @property
     def finished(self) -> bool:
-        return self.state is LookupState.FINISHED
+        return self.state is _FINISHED
 
     @property
     def in_flight(self) -> int:
@@ -306,7 +324,7 @@ class ClosestPeersLookup:
         stall (a value), so it does not count towards the alpha answers in a
         row that raise the capacity to k.
         """
-        peer = self._conclude(node_id, PeerState.SUCCEEDED)
+        peer = self._conclude(node_id, _SUCCEEDED)
         if peer is None:
             return None
         progress = False
@@ -317,31 +335,31 @@ class ClosestPeersLookup:
                 continue  # one address per id and answer: a liar cannot flood an id
             named.add(contact.node_id)
             seen = len(self._peers)
-            if self._insert(contact, hop):
-                d = int.from_bytes(contact.node_id, "big") ^ self._target_int
+            d = self._insert(contact, hop)
+            if d is not None:
                 progress = progress or self._order.keys[0] == d or seen < self.k
-        if self.state is LookupState.ITERATING and (progress or stalls):
+        if self.state is _ITERATING and (progress or stalls):
             self._no_progress = 0 if progress else self._no_progress + 1
             if self._no_progress >= self.alpha:
-                self.state = LookupState.STALLED
-        elif self.state is LookupState.STALLED and progress:
-            self.state = LookupState.ITERATING
+                self.state = _STALLED
+        elif self.state is _STALLED and progress:
+            self.state = _ITERATING
             self._no_progress = 0
         return peer
 
     def on_failure(self, node_id: bytes, now: float) -> bool:
         """The RPC to ``node_id`` failed (timed out or answered nonsense)."""
         del now
-        return self._conclude(node_id, PeerState.FAILED) is not None
+        return self._conclude(node_id, _FAILED) is not None
 
     def _conclude(self, node_id: bytes, outcome: PeerState) -> _Peer | None:
         """Settle the contact of ``node_id`` we are waiting on (or that timed out); None if unexpected."""
-        if self.state is LookupState.FINISHED:
+        if self.state is _FINISHED:
             return None
         peer = self._active(node_id)
         if peer is None:
             return None
-        if peer.state is PeerState.WAITING:
+        if peer.state is _WAITING:
             del self._waiting[node_id]
             self._earliest = None
         peer.state = outcome
@@ -355,7 +373,7 @@ class ClosestPeersLookup:
         if self._waiting and now >= self._next_waiting_deadline():
             self._time_out_waiting(now)
         out: list[Contact] = []
-        while self.state is not LookupState.FINISHED:
+        while self.state is not _FINISHED:
             peer = self._step(now)
             if peer is None:
                 break
@@ -368,7 +386,7 @@ class ClosestPeersLookup:
                 del self._waiting[node_id]
                 peer = self._active(node_id)
                 assert peer is not None
-                peer.state = PeerState.UNRESPONSIVE
+                peer.state = _UNRESPONSIVE
         self._earliest = None
 
     def _next_waiting_deadline(self) -> float:
@@ -391,7 +409,7 @@ class ClosestPeersLookup:
             outcome = self._pass(now, diverse=False, may_finish=outcome is _EXHAUSTED)
         if outcome is _EXHAUSTED or outcome is _BLOCKED:
             if not self._waiting:
-                self.state = LookupState.FINISHED
+                self.state = _FINISHED
             return None
         return outcome if isinstance(outcome, Contact) else None
 
@@ -404,40 +422,42 @@ class ClosestPeersLookup:
         taken: dict[str, int] = {}  # answered ids per network so far (diverse pass)
         full: set[str] = set()  # networks that have their share
         self._stepped_over = False
+        # Asked once: nothing it reads changes during the walk (which returns where it would).
+        at_capacity = self._at_capacity()
         for peer in self._order.peers:
             state = peer.state
-            if full and _network(peer) in full:
+            if full and (peer.network or _network(peer)) in full:
                 # Its network has its share nearer the target.  (With none
                 # stepped over, the plain pass would end just as this one.)
                 self._stepped_over = True
                 continue
-            if state is PeerState.WAITING:
-                if self._at_capacity():
+            if state is _WAITING:
+                if at_capacity:
                     return _WAIT
                 # A nearer peer is still in flight: answers from farther
                 # peers cannot finish the lookup yet.
                 result_counter = None
-            elif state is PeerState.SUCCEEDED:
+            elif state is _SUCCEEDED:
                 if peer.contact.node_id != counted:
                     counted = peer.contact.node_id
                     if diverse:
-                        network = _network(peer)
+                        network = peer.network or _network(peer)  # (inline when known: a call per peer)
                         share = taken[network] = taken.get(network, 0) + 1
                         if share >= self.max_per_network:
                             full.add(network)
                     if result_counter is not None:
                         result_counter += 1
                         if result_counter >= self.k and may_finish:
-                            self.state = LookupState.FINISHED
+                            self.state = _FINISHED
                             return _WAIT
-            elif state is PeerState.NOT_CONTACTED:
+            elif state is _NOT_CONTACTED:
                 if self._active(peer.contact.node_id) is not None:
                     # Another address of this id is in flight; this one waits its turn.
                     result_counter = None
                     continue
-                if self._at_capacity():
+                if at_capacity:
                     return _WAIT
-                peer.state = PeerState.WAITING
+                peer.state = _WAITING
                 peer.deadline = now + self.peer_timeout
                 self._waiting[peer.contact.node_id] = peer.deadline
                 if self._earliest is not None:
@@ -448,21 +468,19 @@ class ClosestPeersLookup:
 
     def _finish_if_exhausted(self) -> None:
         """End the walk now if no peer is left to ask or to wait for (as `next` would)."""
-        if not self._waiting and all(
-            p.state is PeerState.SUCCEEDED or p.state is PeerState.FAILED for p in self._order.peers
-        ):
-            self.state = LookupState.FINISHED
+        if not self._waiting and all(p.state is _SUCCEEDED or p.state is _FAILED for p in self._order.peers):
+            self.state = _FINISHED
 
     def finish(self) -> None:
         """Stop the lookup now (the driver has what it wanted)."""
-        self.state = LookupState.FINISHED
+        self.state = _FINISHED
         self.stopped_early = True
 
     # ------------------------------------------------------------------ outputs
 
     def next_deadline(self) -> float | None:
         """Earliest time a WAITING peer turns unresponsive (None if nothing is in flight)."""
-        if self.state is LookupState.FINISHED or not self._waiting:
+        if self.state is _FINISHED or not self._waiting:
             return None
         return self._next_waiting_deadline()
 
@@ -472,7 +490,7 @@ class ClosestPeersLookup:
         answered: list[Contact] = []
         ids: set[bytes] = set()
         for p in self._order.peers:
-            if p.state is PeerState.SUCCEEDED and p.contact.node_id not in ids:
+            if p.state is _SUCCEEDED and p.contact.node_id not in ids:
                 ids.add(p.contact.node_id)
                 answered.append(p.contact)
         return diverse_first(answered, self.k, self.max_per_network)[0]
@@ -481,12 +499,12 @@ class ClosestPeersLookup:
     def hops(self) -> int:
         """Sequential RPCs that reached the nearest peer that answered (0 if none did)."""
         for peer in self._order.peers:
-            if peer.state is PeerState.SUCCEEDED:
+            if peer.state is _SUCCEEDED:
                 return peer.hop
         return 0
 
     def failed_count(self) -> int:
-        return sum(1 for p in self._order.peers if p.state is PeerState.FAILED)
+        return sum(1 for p in self._order.peers if p.state is _FAILED)
 
 
 class ValueLookup(ClosestPeersLookup):
@@ -569,7 +587,7 @@ class ValueLookup(ClosestPeersLookup):
         out: list[Contact] = []
         for p in self._order.peers:
             node_id = p.contact.node_id
-            if p.state is PeerState.SUCCEEDED and node_id not in holders:
+            if p.state is _SUCCEEDED and node_id not in holders:
                 holders.add(node_id)  # (each id once)
                 out.append(p.contact)
         return out

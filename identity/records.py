@@ -107,6 +107,9 @@ MAX_HOSTNAME_CHARS: Final = 253
 #: One label of a host name (RFC 1123 section 2.1): letters, digits and hyphens, 1..63 characters,
 #: neither first nor last a hyphen.  ASCII only: `re.ASCII` and explicit ranges.
 HOSTNAME_LABEL_RE: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+#: A dotted-quad IPv4 address as `ipaddress` accepts it (decimal octets 0..255, no leading zeros).
+_IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 DHT_KEY_BYTES: Final = 20
 #: ``relay``: a relay that reaches the signer, which cannot be dialled itself (its host and
 #: gossip port; the dialler opens a circuit through it, `gossip.messages`).
@@ -128,6 +131,8 @@ _BODY_FIELDS: Final = {
 }
 #: Body fields a record may carry besides `_BODY_FIELDS` (absent in records of earlier versions).
 _OPTIONAL_FIELDS: Final[dict[str, frozenset[str]]] = {PEER: frozenset({"instance"})}
+#: `_BODY_FIELDS` with `_OPTIONAL_FIELDS`: the fields a body may have (worked out once, not per record).
+_ALLOWED_FIELDS: Final = {t: f | _OPTIONAL_FIELDS.get(t, frozenset()) for t, f in _BODY_FIELDS.items()}
 
 
 class RecordError(ValueError):
@@ -263,6 +268,9 @@ def check_host(host: object) -> str:
     """
     if not isinstance(host, str) or not 0 < len(host) <= MAX_HOST_CHARS:
         raise RecordError("an address host is 1..255 characters of text")
+    # Fast path: every record of a peer names hosts, and `ipaddress` is slow; the rest as before.
+    if _IPV4_RE.fullmatch(host):
+        return host
     if "%" not in host:
         try:
             ipaddress.ip_address(host)
@@ -289,7 +297,8 @@ def _check_addrs(addrs: object) -> tuple[Address, ...]:
         proto, host, port = item
         if proto not in PROTOCOLS:
             raise RecordError(f"unknown address protocol {proto!r}")
-        host = check_host(host)
+        if type(host) is not str or not _IPV4_RE.fullmatch(host):  # (inline: check_host's fast path)
+            host = check_host(host)
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             raise RecordError("an address port is 1..65535")
         out.append((proto, host, port))
@@ -424,7 +433,7 @@ def decode_record(
     expected = _BODY_FIELDS[rtype]
     if (
         not isinstance(body, dict)
-        or not expected <= set(body) <= expected | _OPTIONAL_FIELDS.get(rtype, frozenset())
+        or not expected <= set(body) <= _ALLOWED_FIELDS[rtype]
         or list(body) != sorted(body)
     ):
         raise RecordError(f"a {rtype} record body has exactly {sorted(expected)} (sorted)")

@@ -637,12 +637,19 @@ class Replicator:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
-        return min(
-            self._maintain_at,
-            min(self._deadlines.values(), default=self._maintain_at),
-            min(self._ask_again.values(), default=self._maintain_at),
-            self._space_check_at,
-        )
+        # Asked after every input: skip the empty tables (the first of equal times wins, as with min).
+        at = self._maintain_at
+        if self._deadlines:
+            t = min(self._deadlines.values())
+            if t < at:
+                at = t
+        if self._ask_again:
+            t = min(self._ask_again.values())
+            if t < at:
+                at = t
+        if self._space_check_at < at:
+            at = self._space_check_at
+        return at
 
     def offload_verification(self) -> None:
         """The driver verifies signatures off the event loop from now on: it collects

@@ -515,7 +515,8 @@ class Censor(AttackHost):
             ]
             self.contacts = honest + [Contact(c.node_id, c.addr) for c in self.fellows]
         pool = [c for c in self.contacts if c.addr != exclude]
-        return heapq.nsmallest(K, pool, key=lambda c: distance(c.node_id, target))
+        t = int.from_bytes(target, "big")  # `distance`, with the target converted once per answer
+        return heapq.nsmallest(K, pool, key=lambda c: int.from_bytes(c.node_id, "big") ^ t)
 
     def on_datagram(self, message: wire.Message, addr: tuple[str, int]) -> None:
         if isinstance(message, wire.Response):
