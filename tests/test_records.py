@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 
 import msgpack
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from identity import Identity
 from identity.records import (
+    _IPV4_RE,
     PEER,
     PROVIDER,
     RecordError,
@@ -114,3 +116,19 @@ def test_bit_flips_are_refused(data: st.DataObject) -> None:
     mutated[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(RecordError):
         decode_record(bytes(mutated), now=0)
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789.", max_size=20),
+        st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+        st.text(alphabet="0123456789.٣x \n", max_size=20),
+    )
+)
+def test_the_ipv4_fast_path_accepts_exactly_what_ipaddress_accepts(text: str) -> None:
+    try:
+        ipaddress.IPv4Address(text)
+        valid = True
+    except ValueError:
+        valid = False
+    assert bool(_IPV4_RE.fullmatch(text)) == valid
