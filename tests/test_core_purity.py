@@ -62,6 +62,7 @@ PURE_STDLIB = {
     "heapq",
     "ipaddress",
     "itertools",
+    "math",
     "typing",
 }
 #: Project modules a core must not import: the drivers and what only they use.
