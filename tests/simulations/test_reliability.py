@@ -2,8 +2,10 @@
 down with their oracles passing, and each new metric and oracle moves when what it
 measures breaks.
 
-The runs are scaled down (30-60 nodes, some shortened; `scaled`) so that each test
-stays near half a minute of CPU; they are cached per variant.  The full-size runs
+The runs are scaled down (20-60 nodes, most shortened; `scaled`) so that each test
+stays well under half a minute of CPU; they are cached per variant.  A broken run
+("the oracle fires") may be smaller than its good run: its figure is then held to a
+fixed bound well clear of the good run's goal.  The full-size runs
 and their figures are in docs/design.md ("Simulator at scale: reliability goals at
 1,000 nodes").  A "break" is a `Hooks.make_core` that disables one mechanism of the
 honest nodes (pushing a post, passing a fork proof on, publishing a name claim, the
@@ -137,7 +139,8 @@ CRASH: dict[str, Any] = {"workload": {"join_over": 10.0}}
 @functools.cache
 def crash_loss(broken: bool = False) -> Result:
     silent_authors = breaking(lambda core: setattr(core.replicator, "feed_appended", lambda feed, now: None))
-    return run(scaled("crash-loss-1000", 40, **CRASH), silent_authors if broken else None)
+    # The broken run is smaller: its share is checked against a fixed figure too.
+    return run(scaled("crash-loss-1000", 24 if broken else 30, **CRASH), silent_authors if broken else None)
 
 
 def test_crash_loss_scaled_down_meets_its_live_follower_goals() -> None:
@@ -153,8 +156,10 @@ def test_crash_loss_scaled_down_meets_its_live_follower_goals() -> None:
 
 def test_live_share_within_30s_drops_when_authors_stop_pushing() -> None:
     good, broken = crash_loss(), crash_loss(broken=True)
-    share = broken.metrics["reliability"]["live_followers_within"]["30s"]["ratio"]
-    assert share < good.metrics["reliability"]["live_followers_within"]["30s"]["ratio"] - 0.2
+    live = broken.metrics["reliability"]["live_followers_within"]["30s"]
+    assert live["posts"] > 20 and live["pairs"] > 50
+    assert live["ratio"] < 0.5
+    assert live["ratio"] < good.metrics["reliability"]["live_followers_within"]["30s"]["ratio"] - 0.2
     assert [v.oracle for v in broken.violations if v.oracle == "live delivery"]
     # The terminal summary names the figure and the oracles that ran.
     assert any(line.startswith("reliability: live followers within 30 s 100.00%") for line in summary(good))
@@ -165,7 +170,7 @@ def test_live_share_within_30s_drops_when_authors_stop_pushing() -> None:
 
 
 def test_partitions_scaled_down_converge_after_the_last_heal() -> None:
-    result = run(scaled("partitions-1000", 30, workload={"join_over": 10.0}))
+    result = run(scaled("partitions-1000", 20, workload={"join_over": 10.0}))
     assert result.ok, result.violations
     m = result.metrics
     assert m["convergence"]["converged_after_s"] is not None
@@ -187,7 +192,9 @@ EQUIVOCATION: dict[str, Any] = {
 @functools.cache
 def equivocation(broken: bool = False) -> Result:
     mute = breaking(lambda core: setattr(core.replicator, "_fork_found", lambda feed, now: None))
-    return run(scaled("equivocation-1000", 40, 420.0, **EQUIVOCATION), mute if broken else None)
+    return run(
+        scaled("equivocation-1000", 24 if broken else 30, 420.0, **EQUIVOCATION), mute if broken else None
+    )
 
 
 def test_every_honest_follower_holds_the_fork_proof_in_time() -> None:
@@ -202,6 +209,7 @@ def test_every_honest_follower_holds_the_fork_proof_in_time() -> None:
 
 def test_fork_proof_oracle_fires_when_nodes_do_not_pass_the_proof_on() -> None:
     fork = equivocation(broken=True).metrics["reliability"]["fork_proof"]
+    assert fork["equivocators"] >= 2 and fork["followers"] >= 8
     assert fork["held"] < fork["followers"] and fork["all_held_after_s"] is None
     assert "fork proof" in {v.oracle for v in equivocation(broken=True).violations}
 
@@ -211,7 +219,7 @@ def test_fork_proof_oracle_fires_when_nodes_do_not_pass_the_proof_on() -> None:
 
 LYING: dict[str, Any] = {
     "workload": {"join_over": 10.0, "lookups_per_hour": 60.0},
-    "names": {"claims": 3, "lookups_per_hour": 60.0},
+    "names": {"claims": 3, "lookups_per_hour": 75.0},
 }
 
 
@@ -224,7 +232,8 @@ def lying(broken: bool = False) -> Result:
         core.claim_name = lambda *args, **kwargs: 0  # type: ignore[method-assign]
         return core
 
-    scenario = scaled("lying-dht-1000", 40, 300.0, **LYING)
+    # The broken run is smaller and shorter: a name lookup there never finds a claim.
+    scenario = scaled("lying-dht-1000", *((24, 180.0) if broken else (36, 300.0)), **LYING)
     sim = Simulation(scenario, hooks=Hooks(make_core=no_claims if broken else None))
     roles.update(sim.roles)
     return sim.run()
@@ -242,8 +251,9 @@ def test_lying_dht_scaled_down_returns_the_right_names_and_records() -> None:
 
 def test_name_lookup_oracle_fires_when_the_claims_never_reach_the_dht() -> None:
     result = lying(broken=True)
-    assert result.metrics["roles"] == lying().metrics["roles"]
-    assert result.metrics["reliability"]["names"]["ratio"] == 0.0
+    assert result.metrics["roles"] == {"dht_bogus": 2, "dht_forged": 2}  # the liars are there too
+    names = result.metrics["reliability"]["names"]
+    assert names["claimed"] == 3 and names["lookups"] >= 15 and names["ratio"] == 0.0
     assert "name lookup" in {v.oracle for v in result.violations}
 
 
@@ -256,13 +266,18 @@ def plan(sim: Simulation) -> SybilPlan:
 
 
 def sybil_run(
-    mode: str, nodes: int, duration: float, *, make: Any = None, **sybil: Any
+    mode: str, nodes: int, duration: float, *, make: Any = None, lookups_per_hour: float = 60.0, **sybil: Any
 ) -> tuple[Simulation, Result]:
     scenario = scaled(
         f"sybil-{mode}-1000",
         nodes,
         duration,
-        workload={"join_over": 10.0, "post_from": 20.0, "post_until": 0.0, "lookups_per_hour": 60.0},
+        workload={
+            "join_over": 10.0,
+            "post_from": 20.0,
+            "post_until": 0.0,
+            "lookups_per_hour": lookups_per_hour,
+        },
         sybil=sybil,
         converge_within=60.0,
     )
@@ -272,24 +287,24 @@ def sybil_run(
 
 @functools.cache
 def cold() -> tuple[Simulation, Result]:
-    return sybil_run("cold", 40, 240.0, fraction=0.5, networks=2)
+    return sybil_run("cold", 24, 240.0, fraction=0.5, networks=2)
 
 
 def test_cold_boot_sybils_lie_and_honest_nodes_still_deliver() -> None:
     sim, result = cold()
     assert result.ok, result.violations
     s = result.metrics["reliability"]["sybil"]
-    assert s["sybils"] == 20 and s["lies"]["closer"] > 100 and s["lies"]["providers"] > 0
-    # Two /24s for 20 Sybils; honest nodes keep their own.
+    assert s["sybils"] == 12 and s["lies"]["closer"] > 100 and s["lies"]["providers"] > 0
+    # Two /24s for 12 Sybils; honest nodes keep their own.
     sybil_nets = {sim.nodes[i].addr[0].rsplit(".", 1)[0] for i in plan(sim).indices}
     assert sybil_nets == {"10.254.0", "10.254.1"}
     assert all(isinstance(sim.nodes[i].core, SybilCore) for i in plan(sim).indices)
-    assert result.metrics["delivery"]["ratio"] >= 0.95
+    assert result.metrics["delivery"]["expected"] > 20 and result.metrics["delivery"]["ratio"] >= 0.95
 
 
 @functools.cache
 def flash() -> tuple[Simulation, Result]:
-    return sybil_run("flash", 40, 240.0, fraction=0.5, networks=2, turn_at=120.0)
+    return sybil_run("flash", 30, 240.0, fraction=0.5, networks=2, turn_at=120.0)
 
 
 def test_flash_sybils_turn_at_once_and_are_measured_before_and_after() -> None:
@@ -304,27 +319,30 @@ def test_flash_sybils_turn_at_once_and_are_measured_before_and_after() -> None:
 
 
 def test_flash_sybils_are_honest_before_the_turn() -> None:
-    _, result = sybil_run("flash", 24, 100.0, fraction=0.5, networks=2, turn_at=99.0)
+    _, result = sybil_run("flash", 20, 100.0, fraction=0.5, networks=2, turn_at=99.0)
     assert result.metrics["reliability"]["sybil"]["lies"] == {}
 
 
-ECLIPSE = {"fraction": 0.8, "networks": 1, "prefix_bits": 24}
+ECLIPSE: dict[str, Any] = {"fraction": 0.8, "networks": 1, "prefix_bits": 24}
+# 60 nodes (fewer no longer show the eclipse without the defence); 90 s with twice the
+# lookups of the other Sybil runs gives as many lookups of the victim as 150 s did.
+ECLIPSE_RUN: dict[str, Any] = {"nodes": 60, "duration": 90.0, "lookups_per_hour": 120.0}
 
 
 @functools.cache
 def eclipse(defended: bool = True) -> Result:
     if defended:
-        return sybil_run("eclipse", 60, 150.0, **ECLIPSE)[1]
+        return sybil_run("eclipse", **ECLIPSE_RUN, **ECLIPSE)[1]
     with pytest.MonkeyPatch.context() as patch:
         for module in (dht.routing, dht.lookup):
             patch.setattr(module, "MAX_CLOSEST_PER_NETWORK", 1000)
-        return sybil_run("eclipse", 60, 150.0, **ECLIPSE)[1]
+        return sybil_run("eclipse", **ECLIPSE_RUN, **ECLIPSE)[1]
 
 
 def test_eclipse_of_one_author_is_held_off_by_network_diversity() -> None:
     defended, open_ = eclipse(), eclipse(defended=False)
     s, t = defended.metrics["reliability"]["sybil"], open_.metrics["reliability"]["sybil"]
-    assert s["victim_lookups"] >= 20 and s["lies"]["closer"] > 0
+    assert s["victim_lookups"] >= 20 and t["victim_lookups"] >= 20 and s["lies"]["closer"] > 0
     # 48 Sybils from one /24 next to the victim's keys: with at most 2 per /24 among
     # the k closest, the victim's record is found; without that rule it mostly is not.
     assert s["victim_lookup_success"] >= 0.9
@@ -343,7 +361,7 @@ def test_victim_delivery_oracle_fires_when_the_victim_is_silenced() -> None:
 
     scenario = scaled(
         "sybil-eclipse-1000",
-        30,
+        26,
         200.0,
         workload={
             "join_over": 10.0,
@@ -359,7 +377,7 @@ def test_victim_delivery_oracle_fires_when_the_victim_is_silenced() -> None:
     victims.extend(plan(sim).victims)
     result = sim.run()
     d = result.metrics["reliability"]["sybil"]["victim_delivery"]
-    assert d["expected"] > 0 and d["ratio"] < 0.5
+    assert d["expected"] >= 20 and d["ratio"] < 0.5
     assert "victim delivery" in {v.oracle for v in result.violations}
 
 
@@ -370,13 +388,13 @@ def test_the_report_shows_each_figure(tmp_path: Path) -> None:
         texts[name] = (tmp_path / name / "report.md").read_text()
     assert all("## Reliability" in text and "| 30s |" in text for text in texts.values())
     assert "Delivery of posts after the turn" in texts["flash"] and "answers they changed: " in texts["flash"]
-    assert "Fork proofs: 23 of 23 honest followers" in texts["equivocation"]
+    assert "Fork proofs: 26 of 26 honest followers" in texts["equivocation"]
     assert "Name lookups that returned the claimant's claim" in texts["lying"]
 
 
 def test_a_sybil_run_replays_byte_for_byte() -> None:
     def once() -> str:
-        _, result = sybil_run("eclipse", 24, 80.0, fraction=0.5, networks=2)
+        _, result = sybil_run("eclipse", 16, 50.0, fraction=0.5, networks=2)
         return json.dumps(metrics_document(result), sort_keys=True)
 
     first = once()
