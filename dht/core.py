@@ -422,7 +422,7 @@ class DhtCore:
     def get_timer(self) -> float | None:
         """The earliest time at which `handle_timer` has work, or None."""
         # Asked after every input: plain comparisons (the first of equal deadlines wins, as
-        # with min), no temporary list.
+        # with min), no list to sort.
         at = self._rpcs.next_deadline()
         if self.config.lookup_peer_timeout < self.config.rpc_timeout:
             # Otherwise a lookup's peer times out no earlier than the RPC to it,
@@ -432,15 +432,9 @@ class DhtCore:
                     d = query.lookup.next_deadline()
                     if d is not None and (at is None or d < at):
                         at = d
-        d = self.table.next_refresh()
-        if d is not None and (at is None or d < at):
-            at = d
-        d = self.records.next_deadline()
-        if d is not None and (at is None or d < at):
-            at = d
-        d = self.providers.next_deadline()
-        if d is not None and (at is None or d < at):
-            at = d
+        for d in (self.table.next_refresh(), self.records.next_deadline(), self.providers.next_deadline()):
+            if d is not None and (at is None or d < at):
+                at = d
         return at
 
     @property
