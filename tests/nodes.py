@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +51,40 @@ def init_home(home: Path) -> str:
     result = p2pblog(home, "init")
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands to sockets bound to port 0 (Linux's default if unreadable)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def fixed_port() -> int:
+    """A port for a node that will be restarted on it (as a home node keeps its port).
+
+    Outside the kernel's ephemeral range: a port a stopped node held, taken from that
+    range, could be handed to any socket bound to port 0 (another test's node, an
+    outgoing connection) before the node comes back, and it would fail to listen (seen in
+    CI: "cannot listen on 127.0.0.1:51152: Address already in use").  Free now for both
+    UDP and TCP, as the node binds both.
+    """
+    ephemeral = _ephemeral_ports()
+    rng = random.Random()
+    for _ in range(1000):  # bounded: nearly every port tried is free
+        port = rng.randrange(10_000, 65_536)
+        if port in ephemeral:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port outside the ephemeral range")
 
 
 def start_node(home: Path, *args: str, listen: str = "127.0.0.1:0", timeout: float = 20.0) -> NodeProcess:

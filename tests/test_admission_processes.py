@@ -26,7 +26,7 @@ from gossip.transport import HandshakeCompleted
 from identity import Identity, decode_handle
 from p2pblog.entry import POST, encode_content
 from p2pblog.store import Store
-from tests.nodes import NodeProcess, init_home, run, start_node, status, wait_for
+from tests.nodes import NodeProcess, fixed_port, init_home, run, start_node, status, wait_for
 from tests.peers.gossip_attacker import Connection, GossipDialer
 
 #: The flood's source addresses: 5 addresses in each of 5 /24s, none in 127.0.0.0/24 (the honest one's).
@@ -182,7 +182,7 @@ def test_a_flood_of_idle_connections_does_not_stop_honest_followers_or_dials(
 def test_a_peer_that_forged_entries_is_still_refused_after_a_restart(
     tmp_path: Path, running: list[NodeProcess]
 ) -> None:
-    node = start_node(tmp_path / "n")
+    node = start_node(tmp_path / "n", listen=f"127.0.0.1:{fixed_port()}")  # restarted on it below
     running.append(node)
     try:
         node_key = decode_handle(node.handle)

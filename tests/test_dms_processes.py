@@ -24,7 +24,7 @@ from identity import Identity, decode_handle
 from identity.limits import MENTION_WORK
 from identity.pow import NOTICE_DOMAIN, notice_subject, solve
 from identity.sealed import dm_id, seal
-from tests.nodes import NodeProcess, cli_json, run, start_node, wait_for
+from tests.nodes import NodeProcess, cli_json, fixed_port, run, start_node, wait_for
 from tests.peers.gossip_attacker import Connection, GossipDialer
 
 
@@ -52,7 +52,7 @@ def test_a_message_to_an_offline_recipient_is_held_by_its_follower_and_read_late
     secret = "the door code is 4711, tell nobody"
     f = start_node(tmp_path / "f")
     nodes.append(f)
-    b = start_node(tmp_path / "b", "--bootstrap", f.bootstrap)
+    b = start_node(tmp_path / "b", "--bootstrap", f.bootstrap, listen=f"127.0.0.1:{fixed_port()}")
     nodes.append(b)
     a = start_node(tmp_path / "a", "--bootstrap", f.bootstrap)
     nodes.append(a)

@@ -16,7 +16,7 @@ from pathlib import Path
 from identity import decode_handle
 from p2pblog import control
 from p2pblog.store import Store
-from tests.nodes import NodeProcess, run, start_node, status, timeline_texts, wait_for
+from tests.nodes import NodeProcess, fixed_port, run, start_node, status, timeline_texts, wait_for
 from tests.process import p2pblog
 
 
@@ -31,8 +31,9 @@ def connected(node: NodeProcess, handle: str) -> bool:
     return any(p["handle"] == handle for p in peers)
 
 
-def start(nodes: list[NodeProcess], home: Path, *args: str, listen: str = "127.0.0.1:0") -> NodeProcess:
-    node = start_node(home, *args, listen=listen)
+def start(nodes: list[NodeProcess], home: Path, *args: str, listen: str = "") -> NodeProcess:
+    """A node on a port of its own (`fixed_port`): `restart` brings it back there."""
+    node = start_node(home, *args, listen=listen or f"127.0.0.1:{fixed_port()}")
     nodes.append(node)
     return node
 
