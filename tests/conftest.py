@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules."""
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,13 +28,22 @@ def _runs_long(item: pytest.Item) -> bool:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files that take long first, each file's tests in their order.
+    """Files that take long first, simulations (CPU) and the rest (node processes, which
+    mostly wait) taking turns; each file's tests in their order.
 
     pytest-xdist hands out whole files (``--dist loadfile``) in this order
     (``--no-loadscope-reorder``: by default it orders them by their number of
     tests, which put files of a few long simulations last, and one worker ran
     them for minutes while the other had nothing left).  Longest first keeps
-    the end of the run to short files on both workers.
+    the end of the run to short files on both workers; taking turns keeps both
+    workers from waiting on node processes at once while the cores idle.
     """
-    long_files = {item.path for item in items if _runs_long(item)}
-    items.sort(key=lambda item: item.path not in long_files)  # stable: order kept within each group
+    files: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    long_files = [path for path, tests in files.items() if any(_runs_long(item) for item in tests)]
+    cpu = [path for path in long_files if "simulations" in path.parts]
+    waits = [path for path in long_files if "simulations" not in path.parts]
+    turns = [path for pair in itertools.zip_longest(cpu, waits) for path in pair if path is not None]
+    rest = [path for path in files if path not in set(long_files)]
+    items[:] = [item for path in turns + rest for item in files[path]]
