@@ -45,5 +45,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     cpu = [path for path in long_files if "simulations" in path.parts]
     waits = [path for path in long_files if "simulations" not in path.parts]
     turns = [path for pair in itertools.zip_longest(cpu, waits) for path in pair if path is not None]
-    rest = [path for path in files if path not in set(long_files)]
+    taken = set(turns)
+    rest = [path for path in files if path not in taken]
     items[:] = [item for path in turns + rest for item in files[path]]
