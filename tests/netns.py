@@ -55,6 +55,8 @@ from typing import Any
 
 import pytest
 
+from tests.process import child_env
+
 PREFIX = "p2pt-"
 #: The default public network: RFC 1918, which miniupnpd refuses to map on (it calls a
 #: private WAN address "behind NAT"); a lab with a UPnP router takes `ROUTABLE_NET`.
@@ -360,10 +362,7 @@ class NatLab:
 
     def start_p2pblog(self, host: Host, home: Path, *args: str, **kwargs: object) -> subprocess.Popen[str]:
         """``python -m p2pblog --home HOME ARGS`` in ``host`` (e.g. ``"run", "--listen", ...``)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("P2PBLOG_")}
-        env["PYTHONPATH"] = str(ROOT)
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # see `tests.process.child_env`
-        kwargs.setdefault("env", env)
+        kwargs.setdefault("env", child_env())
         return self.popen(host, sys.executable, "-m", "p2pblog", "--home", str(home), *args, **kwargs)
 
     def p2pblog(

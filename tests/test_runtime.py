@@ -77,23 +77,24 @@ class ClockHold:
         try:
             return _HOLD.get()
         except LookupError:
-            _HOLD.set(ClockHold())
-            return _HOLD.get()
+            hold = ClockHold()
+            _HOLD.set(hold)
+            return hold
 
     def wrap(self, work: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-        if not isinstance(self.clock, trio.testing.MockClock):
+        clock = self.clock
+        if not isinstance(clock, trio.testing.MockClock):
             return work
 
         async def held(*args: Any) -> None:
-            assert isinstance(self.clock, trio.testing.MockClock)
             self.held += 1
-            self.clock.autojump_threshold = math.inf
+            clock.autojump_threshold = math.inf
             try:
                 await work(*args)
             finally:
                 self.held -= 1
                 if not self.held:
-                    self.clock.autojump_threshold = AUTOJUMP
+                    clock.autojump_threshold = AUTOJUMP
 
         return held
 
